@@ -1,0 +1,114 @@
+//! Cuts a body into chunk frames, with a CRC32C per chunk and a SHA-256 over
+//! the whole body; used for requests by `send` and for responses by the portal.
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::wire::{Body, ChunkInfo, EndInfo, Frame, JobId};
+
+/// Default chunk payload size: 900 KiB leaves headroom under the broker's
+/// default `message.max.bytes` of 1 MiB for the frame header, record key,
+/// headers and batch overhead.
+pub const DEFAULT_CHUNK_SIZE: usize = 900 * 1024;
+
+/// Largest chunk size accepted from configuration.
+pub const MAX_CHUNK_SIZE: usize = 64 * 1024 * 1024;
+
+/// Numbers the frames of one body and keeps its running digest.
+#[derive(Debug)]
+pub struct Chunker {
+    job: JobId,
+    next_seq: u32,
+    offset: u64,
+    chunks: u32,
+    hasher: Sha256,
+}
+
+/// One chunk ready to produce: its frame and payload.
+#[derive(Debug)]
+pub struct OutChunk {
+    /// The frame header.
+    pub frame: Frame,
+    /// The chunk's bytes.
+    pub payload: Vec<u8>,
+}
+
+impl Chunker {
+    /// Starts numbering at `first_seq` (the record after the start frame).
+    pub fn new(job: JobId, first_seq: u32) -> Self {
+        Self {
+            job,
+            next_seq: first_seq,
+            offset: 0,
+            chunks: 0,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// Wraps `data` (non-empty) as the next chunk.
+    pub fn chunk(&mut self, data: Vec<u8>) -> OutChunk {
+        self.hasher.update(&data);
+        let frame = Frame {
+            job: self.job,
+            seq: self.next_seq,
+            body: Body::Chunk(ChunkInfo {
+                offset: self.offset,
+                crc32c: crate::wire::checksum(&data),
+            }),
+        };
+        self.next_seq += 1;
+        self.chunks += 1;
+        self.offset += data.len() as u64;
+        OutChunk {
+            frame,
+            payload: data,
+        }
+    }
+
+    /// Sequence number the next frame of this body will carry.
+    pub fn next_seq(&self) -> u32 {
+        self.next_seq
+    }
+
+    /// Bytes chunked so far.
+    pub fn bytes(&self) -> u64 {
+        self.offset
+    }
+
+    /// Closes the body with its `End` frame.
+    pub fn finish(self) -> Frame {
+        Frame {
+            job: self.job,
+            seq: self.next_seq,
+            body: Body::End(EndInfo {
+                chunks: self.chunks,
+                total_len: self.offset,
+                sha256: self.hasher.finalize().into(),
+            }),
+        }
+    }
+}
+
+/// Reads up to `size` bytes, stopping early only at end of input.
+/// Returns an empty vector at end of input.
+pub async fn read_chunk<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    size: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; size];
+    let mut filled = 0;
+    while filled < size {
+        let n = reader.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// Hex form of a digest, for messages and logs.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

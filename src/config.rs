@@ -1,0 +1,654 @@
+//! Settings: flags, environment variables, an optional TOML file, defaults.
+//!
+//! Precedence is flag > environment > file > default. clap merges the first
+//! two (each flag names its variable); the file is read with confy, and
+//! [`PortalConfig::resolve`] / [`SendConfig::resolve`] fill in the rest.
+//! Invalid values fail at start with a message naming the setting.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+use crate::chunker::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
+use crate::token_cache::AuthMethod;
+
+/// Default request headers forwarded to the API.
+pub const DEFAULT_ALLOWED_HEADERS: &str = "Content-Type,Accept,X-Request-ID,X-Correlation-ID";
+
+const AFTER_HELP: &str = "\
+Environment variables (each also a flag, and a key of the --config file):
+  KAFKA_BOOTSTRAP_SERVERS, KAFKA_REQUEST_TOPIC, KAFKA_RESPONSE_TOPIC,
+  PORTAL_TARGET_API_URL, PORTAL_USE_OAUTH, OAUTH2_TOKEN_URL, OAUTH2_CLIENT_ID, ...
+See README.md for the full table.";
+
+/// Command line of `kafkasend`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kafkasend",
+    version,
+    about = "Call a REST API across a network boundary that only Kafka crosses",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run next to the REST API: consume requests, call the API, stream responses back.
+    #[command(
+        after_help = "Example:\n  PORTAL_TARGET_API_URL=http://127.0.0.1:8080 PORTAL_USE_OAUTH=false kafkasend portal"
+    )]
+    Portal(PortalArgs),
+    /// Send one HTTP request (and a file) through Kafka and print the response.
+    #[command(
+        after_help = "Examples:\n  kafkasend send report.pdf --endpoint /api/upload\n  kafkasend send --endpoint '/api/items?limit=5' -H 'Accept: application/json'\n  kafkasend send big.iso --endpoint /api/upload --multipart --field file -o reply.json"
+    )]
+    Send(SendArgs),
+}
+
+/// Kafka settings shared by both sides.
+#[derive(Debug, Args, Clone, Default)]
+pub struct KafkaArgs {
+    /// Kafka brokers, `host:port[,host:port...]` [default: localhost:9092]
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", value_name = "HOSTS")]
+    pub bootstrap_servers: Option<String>,
+    /// Topic requests travel on [default: api-requests]
+    #[arg(long, env = "KAFKA_REQUEST_TOPIC", value_name = "TOPIC")]
+    pub request_topic: Option<String>,
+    /// Topic responses travel on [default: api-responses]
+    #[arg(long, env = "KAFKA_RESPONSE_TOPIC", value_name = "TOPIC")]
+    pub response_topic: Option<String>,
+    /// Seconds to wait for the broker to connect or acknowledge [default: 30]
+    #[arg(long, env = "KAFKA_TIMEOUT_SECS", value_name = "SECS")]
+    pub kafka_timeout_secs: Option<u64>,
+    /// Chunk payload size in bytes; must fit the broker's message.max.bytes [default: 921600]
+    #[arg(long, env = "KAFKASEND_CHUNK_SIZE", value_name = "BYTES")]
+    pub chunk_size: Option<usize>,
+    /// TOML file with settings (keys are the flag names with '_' for '-')
+    #[arg(long, env = "KAFKASEND_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Flags of `kafkasend portal`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PortalArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    /// Base URL of the REST API the portal calls (required)
+    #[arg(long, env = "PORTAL_TARGET_API_URL", value_name = "URL")]
+    pub target_api_url: Option<String>,
+    /// Get an OAuth2 client-credentials token for the API [default: true]
+    #[arg(long, env = "PORTAL_USE_OAUTH", value_name = "BOOL", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub use_oauth: Option<bool>,
+    /// Log level: DEBUG, INFO, WARNING, ERROR [default: INFO]
+    #[arg(long, env = "PORTAL_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// REST calls running at once [default: 10]
+    #[arg(long, env = "PORTAL_MAX_CONCURRENT_JOBS", value_name = "N")]
+    pub max_concurrent_jobs: Option<usize>,
+    /// Seconds the API may take to answer one call [default: 1800]
+    #[arg(long, env = "PORTAL_REQUEST_TIMEOUT_SECS", value_name = "SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// Request headers forwarded to the API, comma-separated [default: Content-Type,Accept,X-Request-ID,X-Correlation-ID]
+    #[arg(long, env = "PORTAL_ALLOWED_HEADERS", value_name = "NAMES")]
+    pub allowed_headers: Option<String>,
+    /// Largest request body accepted, in bytes [default: 10737418240]
+    #[arg(long, env = "PORTAL_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<u64>,
+    /// Bodies above this many bytes spool to disk [default: 1048576]
+    #[arg(long, env = "PORTAL_SPOOL_THRESHOLD_BYTES", value_name = "BYTES")]
+    pub spool_threshold_bytes: Option<usize>,
+    /// Directory for spool files [default: the system temporary directory]
+    #[arg(long, env = "PORTAL_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Jobs assembling at once per partition [default: 256]
+    #[arg(long, env = "PORTAL_MAX_ASSEMBLING_JOBS", value_name = "N")]
+    pub max_assembling_jobs: Option<usize>,
+    /// Drop a job when nothing of it arrives for this long [default: 300]
+    #[arg(long, env = "PORTAL_JOB_IDLE_TIMEOUT_SECS", value_name = "SECS")]
+    pub job_idle_timeout_secs: Option<u64>,
+    /// Partitions of topics the portal creates [default: 3]
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", value_name = "N")]
+    pub topic_partitions: Option<i32>,
+    /// Replication factor of topics the portal creates [default: 1]
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", value_name = "N")]
+    pub replication_factor: Option<i16>,
+    /// Where to start reading the request topic: latest or earliest [default: latest]
+    #[arg(long, env = "PORTAL_START_FROM", value_name = "WHERE")]
+    pub start_from: Option<String>,
+    /// OAuth2 token endpoint URL
+    #[arg(long, env = "OAUTH2_TOKEN_URL", value_name = "URL")]
+    pub oauth2_token_url: Option<String>,
+    /// OAuth2 client id
+    #[arg(long, env = "OAUTH2_CLIENT_ID", value_name = "ID")]
+    pub oauth2_client_id: Option<String>,
+    /// OAuth2 client secret (prefer the environment variable)
+    #[arg(
+        long,
+        env = "OAUTH2_CLIENT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub oauth2_client_secret: Option<String>,
+    /// OAuth2 scope
+    #[arg(long, env = "OAUTH2_SCOPE", value_name = "SCOPE")]
+    pub oauth2_scope: Option<String>,
+    /// OAuth2 audience
+    #[arg(long, env = "OAUTH2_AUDIENCE", value_name = "AUDIENCE")]
+    pub oauth2_audience: Option<String>,
+    /// client_secret_basic or client_secret_post [default: client_secret_basic]
+    #[arg(long, env = "OAUTH2_AUTH_METHOD", value_name = "METHOD")]
+    pub oauth2_auth_method: Option<String>,
+}
+
+/// Flags of `kafkasend send`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SendArgs {
+    /// File to send as the body; '-' reads standard input; none sends no body
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Path and query on the target API, e.g. /api/upload
+    #[arg(short = 'e', long, value_name = "PATH")]
+    pub endpoint: String,
+    /// HTTP method [default: POST with a file, GET without]
+    #[arg(short = 'X', long, value_name = "METHOD")]
+    pub method: Option<String>,
+    /// Request header 'Name: value' (repeatable)
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    pub headers: Vec<String>,
+    /// Content type of the file [default: guessed from its extension]
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// Send the file as a multipart/form-data part
+    #[arg(long)]
+    pub multipart: bool,
+    /// Form field name of the multipart part
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "file",
+        requires = "multipart"
+    )]
+    pub field: String,
+    /// Write the response body here instead of standard output
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Print the job id and exit once the broker has every record
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Seconds to wait for the response, counted from the last record received [default: 300]
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+}
+
+/// Keys of the optional `--config` TOML file; every one optional.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)]
+pub struct FileConfig {
+    pub bootstrap_servers: Option<String>,
+    pub request_topic: Option<String>,
+    pub response_topic: Option<String>,
+    pub kafka_timeout_secs: Option<u64>,
+    pub chunk_size: Option<usize>,
+    pub target_api_url: Option<String>,
+    pub use_oauth: Option<bool>,
+    pub log_level: Option<String>,
+    pub max_concurrent_jobs: Option<usize>,
+    pub request_timeout_secs: Option<u64>,
+    pub allowed_headers: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub spool_threshold_bytes: Option<usize>,
+    pub spool_dir: Option<PathBuf>,
+    pub max_assembling_jobs: Option<usize>,
+    pub job_idle_timeout_secs: Option<u64>,
+    pub topic_partitions: Option<i32>,
+    pub replication_factor: Option<i16>,
+    pub start_from: Option<String>,
+    pub oauth2_token_url: Option<String>,
+    pub oauth2_client_id: Option<String>,
+    pub oauth2_client_secret: Option<String>,
+    pub oauth2_scope: Option<String>,
+    pub oauth2_audience: Option<String>,
+    pub oauth2_auth_method: Option<String>,
+    pub timeout: Option<u64>,
+}
+
+/// Reads the `--config` file; a missing file or an unknown key is an error.
+pub fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    if !path.is_file() {
+        bail!("config file {} does not exist", path.display());
+    }
+    confy::load_path(path).map_err(|e| {
+        anyhow::anyhow!(
+            "config file {} is invalid: {}",
+            path.display(),
+            crate::http_dispatch::error_chain(&e)
+        )
+    })
+}
+
+/// Kafka settings, resolved.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Brokers.
+    pub bootstrap_servers: String,
+    /// Request topic.
+    pub request_topic: String,
+    /// Response topic.
+    pub response_topic: String,
+    /// Broker deadline.
+    pub timeout: Duration,
+    /// Chunk payload size.
+    pub chunk_size: usize,
+}
+
+impl KafkaConfig {
+    fn resolve(a: &KafkaArgs, f: &FileConfig) -> anyhow::Result<Self> {
+        let servers = pick(&a.bootstrap_servers, &f.bootstrap_servers)
+            .unwrap_or_else(|| "localhost:9092".into());
+        if servers.split(',').all(|s| s.trim().is_empty()) {
+            bail!("KAFKA_BOOTSTRAP_SERVERS is empty; name at least one broker as host:port");
+        }
+        for s in servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let port_ok = s
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !port_ok {
+                bail!("KAFKA_BOOTSTRAP_SERVERS: '{s}' is not host:port");
+            }
+        }
+        let request_topic =
+            pick(&a.request_topic, &f.request_topic).unwrap_or_else(|| "api-requests".into());
+        let response_topic =
+            pick(&a.response_topic, &f.response_topic).unwrap_or_else(|| "api-responses".into());
+        check_topic("KAFKA_REQUEST_TOPIC", &request_topic)?;
+        check_topic("KAFKA_RESPONSE_TOPIC", &response_topic)?;
+        if request_topic == response_topic {
+            bail!("KAFKA_REQUEST_TOPIC and KAFKA_RESPONSE_TOPIC must differ (both are '{request_topic}')");
+        }
+        let secs = pick(&a.kafka_timeout_secs, &f.kafka_timeout_secs).unwrap_or(30);
+        if secs == 0 {
+            bail!("KAFKA_TIMEOUT_SECS must be at least 1");
+        }
+        let chunk_size = pick(&a.chunk_size, &f.chunk_size).unwrap_or(DEFAULT_CHUNK_SIZE);
+        if !(1024..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+            bail!("KAFKASEND_CHUNK_SIZE must be between 1024 and {MAX_CHUNK_SIZE} bytes, not {chunk_size}");
+        }
+        Ok(Self {
+            bootstrap_servers: servers,
+            request_topic,
+            response_topic,
+            timeout: Duration::from_secs(secs),
+            chunk_size,
+        })
+    }
+
+    /// Connection settings for the `kafka` module.
+    pub fn settings(&self, client_id: &str) -> crate::kafka::KafkaSettings {
+        crate::kafka::KafkaSettings {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            op_timeout: self.timeout,
+            client_id: client_id.to_string(),
+        }
+    }
+}
+
+fn check_topic(setting: &str, t: &str) -> anyhow::Result<()> {
+    let valid = !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if !valid {
+        bail!("{setting}: '{t}' is not a valid Kafka topic name (letters, digits, '.', '_', '-'; at most 249)");
+    }
+    Ok(())
+}
+
+fn pick<T: Clone>(flag_or_env: &Option<T>, file: &Option<T>) -> Option<T> {
+    flag_or_env.clone().or_else(|| file.clone())
+}
+
+/// Where a new portal starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// Only requests sent after the portal started.
+    Latest,
+    /// Everything the topic still holds.
+    Earliest,
+}
+
+/// OAuth settings, resolved.
+pub type OAuthSettings = crate::token_cache::OAuthConfig;
+
+/// Portal settings, resolved.
+#[derive(Debug, Clone)]
+pub struct PortalConfig {
+    /// Kafka side.
+    pub kafka: KafkaConfig,
+    /// API base URL.
+    pub target_api_url: String,
+    /// OAuth settings, when on.
+    pub oauth: Option<OAuthSettings>,
+    /// env_logger filter.
+    pub log_filter: String,
+    /// REST calls at once.
+    pub max_concurrent_jobs: usize,
+    /// API deadline.
+    pub request_timeout: Duration,
+    /// Forwarded request headers.
+    pub allowed_headers: Vec<String>,
+    /// Assembly limits.
+    pub limits: crate::assembler::Limits,
+    /// Partitions of created topics.
+    pub topic_partitions: i32,
+    /// Replication of created topics.
+    pub replication_factor: i16,
+    /// Where to start reading.
+    pub start_from: StartFrom,
+}
+
+impl PortalConfig {
+    /// Resolves flags, environment, file and defaults.
+    pub fn resolve(a: &PortalArgs) -> anyhow::Result<Self> {
+        let f = load_file(a.kafka.config.as_deref())?;
+        let kafka = KafkaConfig::resolve(&a.kafka, &f)?;
+        let target = pick(&a.target_api_url, &f.target_api_url).context(
+            "PORTAL_TARGET_API_URL is not set; set it to the base URL of the REST API (e.g. http://127.0.0.1:8080)",
+        )?;
+        let target_uri: hyper::Uri = target
+            .parse()
+            .map_err(|e| anyhow::anyhow!("PORTAL_TARGET_API_URL: '{target}' is not a URL: {e}"))?;
+        if !matches!(target_uri.scheme_str(), Some("http" | "https")) || target_uri.host().is_none()
+        {
+            bail!(
+                "PORTAL_TARGET_API_URL: '{target}' must be an http:// or https:// URL with a host"
+            );
+        }
+        if target_uri.query().is_some() {
+            bail!("PORTAL_TARGET_API_URL: '{target}' must not have a query string");
+        }
+        let use_oauth = pick(&a.use_oauth, &f.use_oauth).unwrap_or(true);
+        let oauth = if use_oauth {
+            let url = pick(&a.oauth2_token_url, &f.oauth2_token_url);
+            let id = pick(&a.oauth2_client_id, &f.oauth2_client_id);
+            let secret = pick(&a.oauth2_client_secret, &f.oauth2_client_secret);
+            let mut missing = Vec::new();
+            if url.is_none() {
+                missing.push("OAUTH2_TOKEN_URL");
+            }
+            if id.is_none() {
+                missing.push("OAUTH2_CLIENT_ID");
+            }
+            if secret.is_none() {
+                missing.push("OAUTH2_CLIENT_SECRET");
+            }
+            if !missing.is_empty() {
+                bail!(
+                    "OAuth2 is on (PORTAL_USE_OAUTH=true) but {} not set; set them, or set PORTAL_USE_OAUTH=false to call the API without a token",
+                    missing.join(", ") + if missing.len() == 1 { " is" } else { " are" }
+                );
+            }
+            let auth_method = match pick(&a.oauth2_auth_method, &f.oauth2_auth_method) {
+                Some(m) => m
+                    .parse::<AuthMethod>()
+                    .map_err(|e| anyhow::anyhow!("OAUTH2_AUTH_METHOD: {e}"))?,
+                None => AuthMethod::ClientSecretBasic,
+            };
+            let url = url.unwrap_or_default();
+            let uri: hyper::Uri = url
+                .parse()
+                .map_err(|e| anyhow::anyhow!("OAUTH2_TOKEN_URL: '{url}' is not a URL: {e}"))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) {
+                bail!("OAUTH2_TOKEN_URL: '{url}' must be an http:// or https:// URL");
+            }
+            Some(OAuthSettings {
+                token_url: url,
+                client_id: id.unwrap_or_default(),
+                client_secret: secret.unwrap_or_default(),
+                scope: pick(&a.oauth2_scope, &f.oauth2_scope).filter(|s| !s.is_empty()),
+                audience: pick(&a.oauth2_audience, &f.oauth2_audience).filter(|s| !s.is_empty()),
+                auth_method,
+                timeout: Duration::from_secs(30),
+            })
+        } else {
+            None
+        };
+        let level = pick(&a.log_level, &f.log_level).unwrap_or_else(|| "INFO".into());
+        let log_filter = log_filter(&level)?;
+        let max_concurrent_jobs =
+            pick(&a.max_concurrent_jobs, &f.max_concurrent_jobs).unwrap_or(10);
+        if !(1..=10_000).contains(&max_concurrent_jobs) {
+            bail!(
+                "PORTAL_MAX_CONCURRENT_JOBS must be between 1 and 10000, not {max_concurrent_jobs}"
+            );
+        }
+        let timeout = pick(&a.request_timeout_secs, &f.request_timeout_secs).unwrap_or(1800);
+        if timeout == 0 {
+            bail!("PORTAL_REQUEST_TIMEOUT_SECS must be at least 1");
+        }
+        let allowed_headers = pick(&a.allowed_headers, &f.allowed_headers)
+            .unwrap_or_else(|| DEFAULT_ALLOWED_HEADERS.into())
+            .split(',')
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .collect();
+        let defaults = crate::assembler::Limits::default();
+        let max_jobs =
+            pick(&a.max_assembling_jobs, &f.max_assembling_jobs).unwrap_or(defaults.max_jobs);
+        if max_jobs == 0 {
+            bail!("PORTAL_MAX_ASSEMBLING_JOBS must be at least 1");
+        }
+        let idle = pick(&a.job_idle_timeout_secs, &f.job_idle_timeout_secs).unwrap_or(300);
+        if idle == 0 {
+            bail!("PORTAL_JOB_IDLE_TIMEOUT_SECS must be at least 1");
+        }
+        let spool_dir = pick(&a.spool_dir, &f.spool_dir);
+        if let Some(d) = &spool_dir {
+            if !d.is_dir() {
+                bail!("PORTAL_SPOOL_DIR: {} is not a directory", d.display());
+            }
+        }
+        let limits = crate::assembler::Limits {
+            max_body_bytes: pick(&a.max_body_bytes, &f.max_body_bytes)
+                .unwrap_or(defaults.max_body_bytes),
+            spool_threshold: pick(&a.spool_threshold_bytes, &f.spool_threshold_bytes)
+                .unwrap_or(defaults.spool_threshold),
+            spool_dir,
+            max_jobs,
+            idle_timeout: Duration::from_secs(idle),
+        };
+        let topic_partitions = pick(&a.topic_partitions, &f.topic_partitions).unwrap_or(3);
+        if topic_partitions < 1 {
+            bail!("KAFKA_TOPIC_PARTITIONS must be at least 1");
+        }
+        let replication_factor = pick(&a.replication_factor, &f.replication_factor).unwrap_or(1);
+        if replication_factor < 1 {
+            bail!("KAFKA_REPLICATION_FACTOR must be at least 1");
+        }
+        let start_from = match pick(&a.start_from, &f.start_from)
+            .unwrap_or_else(|| "latest".into())
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "latest" => StartFrom::Latest,
+            "earliest" => StartFrom::Earliest,
+            other => bail!("PORTAL_START_FROM must be latest or earliest, not '{other}'"),
+        };
+        Ok(Self {
+            kafka,
+            target_api_url: target,
+            oauth,
+            log_filter,
+            max_concurrent_jobs,
+            request_timeout: Duration::from_secs(timeout),
+            allowed_headers,
+            limits,
+            topic_partitions,
+            replication_factor,
+            start_from,
+        })
+    }
+}
+
+/// Maps the Python tool's level names to an env_logger filter.
+pub fn log_filter(level: &str) -> anyhow::Result<String> {
+    let l = match level.trim().to_ascii_uppercase().as_str() {
+        "TRACE" => "trace",
+        "DEBUG" => "debug",
+        "INFO" => "info",
+        "WARN" | "WARNING" => "warn",
+        "ERROR" | "CRITICAL" => "error",
+        "OFF" => "off",
+        _ => bail!("PORTAL_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not '{level}'"),
+    };
+    // Our own messages at the chosen level; the Kafka client's only when they matter.
+    Ok(format!("warn,kafkasend={l}"))
+}
+
+/// Send settings, resolved.
+#[derive(Debug, Clone)]
+pub struct SendConfig {
+    /// Kafka side.
+    pub kafka: KafkaConfig,
+    /// Wait for the response this long after the last record received.
+    pub timeout: Duration,
+}
+
+impl SendConfig {
+    /// Resolves flags, environment, file and defaults.
+    pub fn resolve(a: &SendArgs) -> anyhow::Result<Self> {
+        let f = load_file(a.kafka.config.as_deref())?;
+        let kafka = KafkaConfig::resolve(&a.kafka, &f)?;
+        let timeout = pick(&a.timeout, &f.timeout).unwrap_or(300);
+        if timeout == 0 {
+            bail!("--timeout must be at least 1 second");
+        }
+        Ok(Self {
+            kafka,
+            timeout: Duration::from_secs(timeout),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn portal_args(extra: &[&str]) -> PortalArgs {
+        let mut argv = vec!["kafkasend", "portal"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Portal(p) => p,
+            Command::Send(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "target_api_url = \"http://file.example\"\nmax_concurrent_jobs = 4\nuse_oauth = false\nrequest_topic = \"from-file\""
+        )
+        .unwrap();
+        let path = file.path().to_str().unwrap().to_string();
+        let a = portal_args(&["--config", &path, "--max-concurrent-jobs", "7"]);
+        let c = PortalConfig::resolve(&a).unwrap();
+        assert_eq!(c.max_concurrent_jobs, 7);
+        assert_eq!(c.target_api_url, "http://file.example");
+        assert_eq!(c.kafka.request_topic, "from-file");
+        assert_eq!(c.kafka.response_topic, "api-responses");
+        assert!(c.oauth.is_none());
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "target_api_url = \"http://x\"\nmax_concurent_jobs = 4"
+        )
+        .unwrap();
+        let path = file.path().to_str().unwrap().to_string();
+        let err = PortalConfig::resolve(&portal_args(&["--config", &path]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_concurent_jobs"), "{err}");
+    }
+
+    #[test]
+    fn oauth_without_settings_names_the_variables() {
+        let a = portal_args(&[
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--use-oauth",
+            "true",
+        ]);
+        let a = PortalArgs {
+            oauth2_token_url: None,
+            oauth2_client_id: None,
+            oauth2_client_secret: None,
+            ..a
+        };
+        let err = PortalConfig::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("OAUTH2_TOKEN_URL"), "{err}");
+        assert!(err.contains("PORTAL_USE_OAUTH=false"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let base = [
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--use-oauth",
+            "false",
+        ];
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--max-concurrent-jobs", "0"],
+                "PORTAL_MAX_CONCURRENT_JOBS",
+            ),
+            (
+                &["--bootstrap-servers", "nohost"],
+                "KAFKA_BOOTSTRAP_SERVERS",
+            ),
+            (&["--request-topic", "bad topic"], "KAFKA_REQUEST_TOPIC"),
+            (&["--log-level", "LOUD"], "PORTAL_LOG_LEVEL"),
+            (&["--start-from", "middle"], "PORTAL_START_FROM"),
+            (&["--chunk-size", "10"], "KAFKASEND_CHUNK_SIZE"),
+        ];
+        for (extra, name) in cases {
+            let mut argv = base.to_vec();
+            argv.extend_from_slice(extra);
+            let err = PortalConfig::resolve(&portal_args(&argv))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name), "{extra:?}: {err}");
+        }
+        let mut argv = vec!["--use-oauth", "false"];
+        argv.extend_from_slice(&["--target-api-url", "ftp://x"]);
+        let err = PortalConfig::resolve(&portal_args(&argv))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PORTAL_TARGET_API_URL"), "{err}");
+    }
+}

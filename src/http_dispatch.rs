@@ -1,0 +1,410 @@
+//! Calls the target REST API for a completed job. Only this module and
+//! `token_cache` touch hyper.
+//!
+//! The URL is always `PORTAL_TARGET_API_URL` joined with the request's path;
+//! the request can name a path and query only. Redirects are not followed.
+//! Bodies stream from the spool, so a retry after a 401 re-reads it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
+
+use crate::assembler::{CompletedJob, SpooledBody};
+use crate::token_cache::TokenCache;
+use crate::wire::ErrorCategory;
+
+/// Body type of every outgoing request.
+pub type DispatchBody = BoxBody<Bytes, std::io::Error>;
+
+/// The HTTP(S) client the portal uses for the API and the token endpoint.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, DispatchBody>;
+
+/// Headers never forwarded, whatever the allow-list says: credentials, routing
+/// and framing belong to the portal.
+pub const ALWAYS_STRIPPED: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "x-real-ip",
+    "forwarded",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "proxy-authenticate",
+];
+
+/// Builds the shared HTTP client: HTTP/1.1 and HTTP/2, TLS by rustls with the
+/// `ring` provider (the one rskafka uses), trusting the system's CA store, or
+/// the web PKI roots when the system has none.
+pub fn build_client() -> HttpClient {
+    let provider = || Arc::new(rustls::crypto::ring::default_provider());
+    let builder = match hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(provider())
+    {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            log::debug!("no system CA certificates ({e}); using the web PKI roots");
+            hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_webpki_roots(provider())
+        }
+    };
+    let https = match builder {
+        Ok(b) => b.https_or_http().enable_http1().enable_http2().build(),
+        Err(e) => {
+            log::error!("TLS setup failed ({e}); HTTPS targets will not work");
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_webpki_roots()
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .build()
+        }
+    };
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(32)
+        .build(https)
+}
+
+/// A body held in memory.
+pub fn full_body(bytes: Bytes) -> DispatchBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// Streams `len` bytes of a spool file from its start.
+struct FileBody {
+    file: tokio::fs::File,
+    remaining: u64,
+    buf: Box<[u8]>,
+}
+
+impl hyper::body::Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let want = this.buf.len().min(this.remaining as usize);
+        let mut rb = ReadBuf::new(&mut this.buf[..want]);
+        match Pin::new(&mut this.file).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "spool file is shorter than the body",
+                    ))));
+                }
+                this.remaining -= n as u64;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(rb.filled())))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+async fn body_of(spool: &SpooledBody) -> std::io::Result<DispatchBody> {
+    Ok(match spool {
+        SpooledBody::Empty => full_body(Bytes::new()),
+        SpooledBody::Memory(b) => full_body(b.clone()),
+        SpooledBody::File { file, len } => {
+            let mut file = tokio::fs::File::from_std(file.try_clone()?);
+            file.seek(std::io::SeekFrom::Start(0)).await?;
+            FileBody {
+                file,
+                remaining: *len,
+                buf: vec![0u8; 256 * 1024].into_boxed_slice(),
+            }
+            .boxed()
+        }
+    })
+}
+
+/// Why a call did not produce a response.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct DispatchError {
+    /// Class, as reported to the client.
+    pub category: ErrorCategory,
+    /// Readable explanation.
+    pub message: String,
+}
+
+impl DispatchError {
+    fn new(category: ErrorCategory, message: impl Into<String>) -> Self {
+        Self {
+            category,
+            message: message.into(),
+        }
+    }
+}
+
+/// Every source of an error, joined, for messages that say what really failed.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// Calls the target API.
+#[derive(Debug)]
+pub struct Dispatcher {
+    client: HttpClient,
+    /// Target base URL without a trailing slash.
+    base: String,
+    tokens: Option<Arc<TokenCache>>,
+    /// Deadline for the API to send its response headers.
+    timeout: Duration,
+    /// Lower-case names of the request headers forwarded.
+    allowed_headers: Vec<String>,
+}
+
+impl Dispatcher {
+    /// A dispatcher for `base_url`; `tokens` when OAuth is on.
+    pub fn new(
+        client: HttpClient,
+        base_url: &str,
+        tokens: Option<Arc<TokenCache>>,
+        timeout: Duration,
+        allowed_headers: &[String],
+    ) -> Self {
+        Self {
+            client,
+            base: base_url.trim_end_matches('/').to_string(),
+            tokens,
+            timeout,
+            allowed_headers: allowed_headers
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        }
+    }
+
+    /// The deadline for response headers.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends the job's request; on a 401 with a token, refreshes the token and
+    /// retries once.
+    pub async fn call(&self, job: &CompletedJob) -> Result<Response<Incoming>, DispatchError> {
+        let url = self.url_for(&job.start.path)?;
+        let method = Method::from_bytes(job.start.method.as_bytes()).map_err(|_| {
+            DispatchError::new(
+                ErrorCategory::BadRequest,
+                format!("'{}' is not an HTTP method", job.start.method),
+            )
+        })?;
+        let mut retried = false;
+        loop {
+            let token = match &self.tokens {
+                Some(t) => Some(t.token().await.map_err(|e| {
+                    DispatchError::new(
+                        ErrorCategory::Auth,
+                        format!("cannot get an OAuth2 token: {e}"),
+                    )
+                })?),
+                None => None,
+            };
+            let req = self.build(&method, &url, job, token.as_deref()).await?;
+            let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+                Err(_) => {
+                    return Err(DispatchError::new(
+                        ErrorCategory::UpstreamTimeout,
+                        format!(
+                            "{method} {url}: no response within {} s (PORTAL_REQUEST_TIMEOUT_SECS)",
+                            self.timeout.as_secs()
+                        ),
+                    ))
+                }
+                Ok(Err(e)) => {
+                    // Connection refused, reset or TLS failure: the API is not there for us.
+                    let category = ErrorCategory::UpstreamUnreachable;
+                    return Err(DispatchError::new(
+                        category,
+                        format!("{method} {url} failed: {}", error_chain(&e)),
+                    ));
+                }
+                Ok(Ok(resp)) => resp,
+            };
+            if resp.status() == StatusCode::UNAUTHORIZED && !retried {
+                if let (Some(tokens), Some(token)) = (&self.tokens, token) {
+                    log::info!(
+                        "job {}: API answered 401; refreshing the token and retrying once",
+                        job.job
+                    );
+                    tokens.invalidate(&token);
+                    retried = true;
+                    continue;
+                }
+            }
+            return Ok(resp);
+        }
+    }
+
+    async fn build(
+        &self,
+        method: &Method,
+        url: &str,
+        job: &CompletedJob,
+        token: Option<&str>,
+    ) -> Result<Request<DispatchBody>, DispatchError> {
+        let mut builder = Request::builder().method(method.clone()).uri(url);
+        for (name, value) in &job.start.headers {
+            let lower = name.to_ascii_lowercase();
+            if ALWAYS_STRIPPED.contains(&lower.as_str())
+                || lower.starts_with("x-forwarded-")
+                || !self.allowed_headers.contains(&lower)
+            {
+                log::debug!("job {}: dropping header {name}", job.job);
+                continue;
+            }
+            let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) else {
+                return Err(DispatchError::new(
+                    ErrorCategory::BadRequest,
+                    format!("header '{name}' is not a valid HTTP header"),
+                ));
+            };
+            builder = builder.header(n, v);
+        }
+        if let Some(t) = token {
+            let v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+                DispatchError::new(
+                    ErrorCategory::Auth,
+                    "the OAuth2 token is not a valid header value",
+                )
+            })?;
+            builder = builder.header(AUTHORIZATION, v);
+        }
+        if job.start.has_body || method_expects_body(method) {
+            builder = builder.header(CONTENT_LENGTH, job.body.len());
+        }
+        let body = body_of(&job.body).await.map_err(|e| {
+            DispatchError::new(
+                ErrorCategory::Internal,
+                format!("cannot read the spooled body: {e}"),
+            )
+        })?;
+        builder.body(body).map_err(|e| {
+            DispatchError::new(ErrorCategory::BadRequest, format!("invalid request: {e}"))
+        })
+    }
+
+    /// Joins the target URL and a request path, refusing paths that could
+    /// leave the target's origin or base path.
+    pub fn url_for(&self, path: &str) -> Result<String, DispatchError> {
+        validate_path(path)?;
+        Ok(format!("{}{}", self.base, path))
+    }
+}
+
+fn method_expects_body(m: &Method) -> bool {
+    matches!(*m, Method::POST | Method::PUT | Method::PATCH)
+}
+
+/// Checks that a request path is a plain absolute path with an optional query.
+pub fn validate_path(path: &str) -> Result<(), DispatchError> {
+    let reject = |why: &str| {
+        Err(DispatchError::new(
+            ErrorCategory::Rejected,
+            format!("endpoint '{}' refused: {why}", path.escape_debug()),
+        ))
+    };
+    if !path.starts_with('/') {
+        return reject("it must start with '/'");
+    }
+    if path.starts_with("//") {
+        return reject("it names another host");
+    }
+    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return reject("it contains control characters or spaces");
+    }
+    if path.contains('\\') || path.contains('#') {
+        return reject("it contains '\\' or '#'");
+    }
+    let only_path = path.split('?').next().unwrap_or(path);
+    let decoded = only_path
+        .to_ascii_lowercase()
+        .replace("%2e", ".")
+        .replace("%2f", "/");
+    if decoded.split('/').any(|seg| seg == "." || seg == "..") {
+        return reject("it contains dot segments");
+    }
+    if only_path.to_ascii_lowercase().contains("%25") {
+        return reject("it contains doubly encoded characters");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        for ok in ["/", "/api/upload", "/a/b?x=1&y=%20", "/files/report.v2.pdf"] {
+            assert!(validate_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "api",
+            "//evil.example/x",
+            "/a/../b",
+            "/a/%2e%2e/b",
+            "/a/%2E%2E%2Fb",
+            "/a\\b",
+            "/a\r\nHost: x",
+            "/a b",
+            "/%252e%252e/x",
+            "http://evil/x",
+        ] {
+            assert!(validate_path(bad).is_err(), "{bad}");
+        }
+    }
+}

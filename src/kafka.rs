@@ -1,0 +1,279 @@
+//! The thin layer over `rskafka` shared by `send` and the portal: connecting
+//! with a deadline, creating topics, producing frames and reading a partition.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskafka::client::error::{Error as RsError, ProtocolError};
+use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::{Record, RecordAndOffset};
+use rskafka::BackoffConfig;
+use tokio::sync::Mutex;
+
+use crate::wire::{Frame, JobId};
+
+/// Errors talking to Kafka, phrased for the person who has to fix them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KafkaError {
+    /// No broker answered.
+    #[error("cannot reach the Kafka broker at {servers}: {detail}; check KAFKA_BOOTSTRAP_SERVERS and that the broker is running")]
+    Unreachable {
+        /// The bootstrap servers tried.
+        servers: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A topic we need does not exist.
+    #[error("Kafka topic '{0}' does not exist; start the portal once (it creates its topics) or create it")]
+    MissingTopic(String),
+    /// The broker refused a record as too large.
+    #[error("the broker refused a {size}-byte record as too large; lower --chunk-size (KAFKASEND_CHUNK_SIZE) or raise the broker's message.max.bytes / the topic's max.message.bytes")]
+    RecordTooLarge {
+        /// Size of the record value.
+        size: usize,
+    },
+    /// Anything else from the client library.
+    #[error("Kafka {action} failed: {source}")]
+    Client {
+        /// What we were doing.
+        action: &'static str,
+        /// The library's error.
+        #[source]
+        source: RsError,
+    },
+    /// An operation did not finish in time.
+    #[error("Kafka {0} timed out")]
+    Timeout(&'static str),
+}
+
+/// Maps a library error, naming what we were doing.
+pub fn client_err(action: &'static str) -> impl FnOnce(RsError) -> KafkaError {
+    move |source| KafkaError::Client { action, source }
+}
+
+/// Connection settings shared by every Kafka user in the process.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// How long connecting and each retried operation may take.
+    pub op_timeout: Duration,
+    /// Client id shown in broker logs.
+    pub client_id: String,
+}
+
+/// Largest fetch response we ask for, per partition; bounds memory per reader.
+pub const FETCH_MAX_BYTES: i32 = 8 * 1024 * 1024;
+
+/// Connects to the cluster, failing with a clear message when no broker answers in time.
+pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError> {
+    let servers: Vec<String> = settings
+        .bootstrap_servers
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if servers.is_empty() {
+        return Err(KafkaError::Unreachable {
+            servers: settings.bootstrap_servers.clone(),
+            detail: "no bootstrap server given".into(),
+        });
+    }
+    let backoff = BackoffConfig {
+        init_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(2),
+        base: 2.0,
+        deadline: Some(settings.op_timeout),
+    };
+    let builder = ClientBuilder::new(servers)
+        .client_id(settings.client_id.clone())
+        .backoff_config(backoff)
+        .max_message_size(FETCH_MAX_BYTES as usize * 2);
+    let unreachable = |detail: String| KafkaError::Unreachable {
+        servers: settings.bootstrap_servers.clone(),
+        detail,
+    };
+    match tokio::time::timeout(
+        settings.op_timeout + Duration::from_secs(1),
+        builder.build(),
+    )
+    .await
+    {
+        Ok(Ok(client)) => Ok(Arc::new(client)),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable(format!(
+            "no answer within {} s",
+            settings.op_timeout.as_secs()
+        ))),
+    }
+}
+
+/// Number of partitions of `topic`, or `None` when it does not exist.
+pub async fn partition_count(client: &Client, topic: &str) -> Result<Option<i32>, KafkaError> {
+    let topics = client
+        .list_topics()
+        .await
+        .map_err(client_err("listing topics"))?;
+    Ok(topics
+        .into_iter()
+        .find(|t| t.name == topic)
+        .map(|t| t.partitions.len() as i32))
+}
+
+/// Creates `topic` unless it exists; returns its partition count.
+pub async fn ensure_topic(
+    client: &Client,
+    topic: &str,
+    partitions: i32,
+    replication: i16,
+) -> Result<i32, KafkaError> {
+    if let Some(n) = partition_count(client, topic).await? {
+        return Ok(n);
+    }
+    let controller = client
+        .controller_client()
+        .map_err(client_err("reaching the controller"))?;
+    match controller
+        .create_topic(topic, partitions, replication, 30_000)
+        .await
+    {
+        Ok(()) => {
+            log::info!(
+                "created topic {topic} with {partitions} partitions, replication {replication}"
+            );
+        }
+        Err(RsError::ServerError {
+            protocol_error: ProtocolError::TopicAlreadyExists,
+            ..
+        }) => {}
+        Err(e) => return Err(client_err("creating a topic")(e)),
+    }
+    // Metadata can lag creation by a moment; wait until the topic is visible.
+    for _ in 0..50 {
+        if let Some(n) = partition_count(client, topic).await? {
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(KafkaError::MissingTopic(topic.to_string()))
+}
+
+/// A client for one partition.
+pub async fn partition(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+) -> Result<PartitionClient, KafkaError> {
+    client
+        .partition_client(topic.to_string(), partition, UnknownTopicHandling::Retry)
+        .await
+        .map_err(client_err("opening a partition"))
+}
+
+/// The record for one frame: keyed by the job id, headers as given.
+pub fn record(frame: &Frame, payload: &[u8], headers: &[(&str, Vec<u8>)]) -> Record {
+    Record {
+        key: Some(frame.job.key()),
+        value: Some(crate::wire::encode(frame, payload)),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        timestamp: now_utc(),
+    }
+}
+
+fn now_utc() -> rskafka::chrono::DateTime<rskafka::chrono::Utc> {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    rskafka::chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// Produces one record and waits for the broker's acknowledgement.
+pub async fn produce(pc: &PartitionClient, record: Record) -> Result<i64, KafkaError> {
+    let size = record.value.as_ref().map_or(0, Vec::len);
+    match pc.produce(vec![record], Compression::NoCompression).await {
+        Ok(offsets) => Ok(offsets.first().copied().unwrap_or(-1)),
+        Err(RsError::ServerError {
+            protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
+            ..
+        }) => Err(KafkaError::RecordTooLarge { size }),
+        Err(e) => Err(client_err("producing a record")(e)),
+    }
+}
+
+/// The offset the next record produced to the partition will get.
+pub async fn end_offset(pc: &PartitionClient) -> Result<i64, KafkaError> {
+    pc.get_offset(OffsetAt::Latest)
+        .await
+        .map_err(client_err("reading a partition's end offset"))
+}
+
+/// The earliest offset still kept in the partition.
+pub async fn start_offset(pc: &PartitionClient) -> Result<i64, KafkaError> {
+    pc.get_offset(OffsetAt::Earliest)
+        .await
+        .map_err(client_err("reading a partition's start offset"))
+}
+
+/// Fetches records from `offset`, waiting up to `max_wait` for some to arrive.
+pub async fn fetch(
+    pc: &PartitionClient,
+    offset: i64,
+    max_wait: Duration,
+) -> Result<Vec<RecordAndOffset>, KafkaError> {
+    let wait_ms = i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX);
+    match pc.fetch_records(offset, 1..FETCH_MAX_BYTES, wait_ms).await {
+        Ok((records, _high_watermark)) => Ok(records),
+        Err(e) => Err(client_err("fetching records")(e)),
+    }
+}
+
+/// Whether a record is keyed by `job`.
+pub fn is_for_job(record: &Record, job: &JobId) -> bool {
+    record.key.as_deref() == Some(job.key().as_slice())
+}
+
+/// Partition clients of one topic, opened on first use and kept: opening
+/// one costs a metadata round trip, and a portal answers on few partitions.
+#[derive(Debug)]
+pub struct PartitionCache {
+    client: Arc<Client>,
+    topic: String,
+    /// Guards the map only while a client is looked up or inserted.
+    clients: Mutex<HashMap<i32, Arc<PartitionClient>>>,
+}
+
+impl PartitionCache {
+    /// An empty cache for `topic`.
+    pub fn new(client: Arc<Client>, topic: String) -> Self {
+        Self {
+            client,
+            topic,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The topic served.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The client for `p`, opened if needed.
+    pub async fn get(&self, p: i32) -> Result<Arc<PartitionClient>, KafkaError> {
+        let mut map = self.clients.lock().await;
+        if let Some(c) = map.get(&p) {
+            return Ok(Arc::clone(c));
+        }
+        let c = Arc::new(partition(&self.client, &self.topic, p).await?);
+        map.insert(p, Arc::clone(&c));
+        Ok(c)
+    }
+}

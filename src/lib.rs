@@ -1,0 +1,26 @@
+//! KafkaSend: call a REST API across a network boundary that only Kafka crosses.
+//!
+//! # Layout
+//!
+//! - [`send`] is the client side. It frames a request with [`chunker`] into
+//!   records ([`wire`]), keyed by the job id and placed by [`partitioner`]
+//!   exactly as Kafka's Java client would, produces them through [`kafka`],
+//!   then follows its reply partition and verifies the streamed response.
+//! - [`portal`] runs next to the API. Per request partition it reads records,
+//!   hands them to an [`assembler`] (memory or spool file, CRC and SHA-256
+//!   checked), and runs each completed job as a task that calls the API with
+//!   [`http_dispatch`] (token from [`token_cache`]) and streams the response
+//!   back, chunked by [`chunker`].
+//! - [`config`] resolves flags, environment, file and defaults for both.
+#![warn(missing_docs)]
+
+pub mod assembler;
+pub mod chunker;
+pub mod config;
+pub mod http_dispatch;
+pub mod kafka;
+pub mod partitioner;
+pub mod portal;
+pub mod send;
+pub mod token_cache;
+pub mod wire;

@@ -1,0 +1,99 @@
+//! The `kafkasend` executable: parses flags and runs a subcommand; every
+//! error becomes one line on stderr and one exit code, decided here.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kafkasend::config::{Cli, Command, PortalConfig, SendConfig};
+
+fn init_logging(default_filter: &str) {
+    let env = env_logger::Env::default().filter_or("RUST_LOG", default_filter);
+    env_logger::Builder::from_env(env)
+        .format_target(false)
+        .format_timestamp_millis()
+        .init();
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Portal(args) => {
+            let cfg = match PortalConfig::resolve(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("kafkasend portal: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&cfg.log_filter);
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("kafkasend portal: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(kafkasend::portal::run(cfg, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("{e:#}");
+                    eprintln!("kafkasend portal: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Send(args) => {
+            init_logging("warn");
+            let cfg = match SendConfig::resolve(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("kafkasend send: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("kafkasend send: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(kafkasend::send::run(&args, &cfg)) {
+                Ok(outcome) => ExitCode::from(outcome.exit_code()),
+                Err(e) => {
+                    eprintln!("kafkasend send: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+    }
+}

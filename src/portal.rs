@@ -1,0 +1,693 @@
+//! The portal: consumes the request topic, assembles jobs, calls the API and
+//! streams each response back to the partition its client listens on.
+//!
+//! One task reads each request partition and feeds its own [`Assembler`];
+//! completed jobs run as tasks of their own, at most
+//! `PORTAL_MAX_CONCURRENT_JOBS` REST calls at once, so a slow call never holds
+//! up consumption or another job. Per partition, [`Progress`] knows the offset
+//! below which every job has been fully answered.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use http_body_util::BodyExt;
+use rskafka::client::error::{Error as RsError, ProtocolError};
+use rskafka::client::partition::PartitionClient;
+use rskafka::client::Client;
+use rskafka::record::RecordAndOffset;
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::assembler::{Assembler, CompletedJob, FailedJob, Outcome};
+use crate::chunker::Chunker;
+use crate::config::{PortalConfig, StartFrom};
+use crate::http_dispatch::{DispatchError, Dispatcher};
+use crate::kafka::{self, KafkaError, PartitionCache};
+use crate::token_cache::TokenCache;
+use crate::wire::{self, Body, ErrorCategory, ErrorInfo, Frame, JobId, ResponseStart};
+
+/// How long a partial response chunk waits for more bytes before it is sent
+/// anyway, so a slowly streaming API still reaches the client promptly.
+const FLUSH_AFTER: Duration = Duration::from_millis(200);
+
+/// How long a fetch waits on the broker for new records.
+const FETCH_WAIT: Duration = Duration::from_millis(500);
+
+/// How long in-flight jobs may finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Response headers not relayed: they describe the hop, not the content.
+const HOP_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// Per request partition: which offsets are still owed an answer.
+///
+/// The committable offset is the first offset of the oldest job not yet
+/// fully answered, or the next offset to read when none is in flight.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Start offsets of jobs not yet answered, with a count in case a
+    /// broken producer reused an offset's job id.
+    in_flight: BTreeMap<i64, usize>,
+    /// Next offset the reader will fetch.
+    next: i64,
+}
+
+impl Progress {
+    fn add(&mut self, offset: i64) {
+        *self.in_flight.entry(offset).or_default() += 1;
+    }
+
+    fn done(&mut self, offset: i64) {
+        if let Some(n) = self.in_flight.get_mut(&offset) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight.remove(&offset);
+            }
+        }
+    }
+
+    /// The offset below which every job has been answered.
+    pub fn committable(&self) -> i64 {
+        self.in_flight
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next)
+            .min(self.next)
+    }
+}
+
+/// Counts running job tasks so shutdown can wait for them.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+struct InFlightGuard(Arc<InFlight>);
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(Arc::clone(self))
+    }
+
+    async fn wait_idle(&self, grace: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let notified = self.idle.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.count.load(Ordering::SeqCst) == 0;
+            }
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// What every task of a portal shares.
+struct Ctx {
+    cfg: PortalConfig,
+    client: Arc<Client>,
+    dispatcher: Dispatcher,
+    replies: PartitionCache,
+    response_partitions: i32,
+    /// REST calls at once.
+    call_permits: Arc<Semaphore>,
+    /// Completed jobs waiting for or holding a call permit; bounds the spool
+    /// files held by queued jobs. The reader waits when none is free.
+    queue_permits: Arc<Semaphore>,
+    in_flight: Arc<InFlight>,
+}
+
+/// Runs a portal until `shutdown` completes, then lets in-flight jobs finish.
+pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let kcfg = &cfg.kafka;
+    let client = kafka::connect(&kcfg.settings("kafkasend-portal")).await?;
+    let request_partitions = kafka::ensure_topic(
+        &client,
+        &kcfg.request_topic,
+        cfg.topic_partitions,
+        cfg.replication_factor,
+    )
+    .await?;
+    let response_partitions = kafka::ensure_topic(
+        &client,
+        &kcfg.response_topic,
+        cfg.topic_partitions,
+        cfg.replication_factor,
+    )
+    .await?;
+
+    let http = crate::http_dispatch::build_client();
+    let tokens = cfg
+        .oauth
+        .clone()
+        .map(|o| Arc::new(TokenCache::new(o, http.clone())));
+    if tokens.is_none() {
+        log::warn!("OAuth2 is off (PORTAL_USE_OAUTH=false): calling the API without a token");
+    }
+    let dispatcher = Dispatcher::new(
+        http,
+        &cfg.target_api_url,
+        tokens,
+        cfg.request_timeout,
+        &cfg.allowed_headers,
+    );
+    let ctx = Arc::new(Ctx {
+        replies: PartitionCache::new(Arc::clone(&client), kcfg.response_topic.clone()),
+        call_permits: Arc::new(Semaphore::new(cfg.max_concurrent_jobs)),
+        queue_permits: Arc::new(Semaphore::new(cfg.max_concurrent_jobs + 256)),
+        in_flight: Arc::new(InFlight::default()),
+        response_partitions,
+        dispatcher,
+        client,
+        cfg,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ready_tx, mut ready_rx) =
+        tokio::sync::mpsc::channel::<i32>(request_partitions.max(1) as usize);
+    let mut readers = tokio::task::JoinSet::new();
+    for p in 0..request_partitions {
+        readers.spawn(read_partition(
+            Arc::clone(&ctx),
+            p,
+            stop_rx.clone(),
+            ready_tx.clone(),
+        ));
+    }
+    drop(ready_tx);
+
+    tokio::pin!(shutdown);
+    let mut ready = 0;
+    let mut announced = false;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            r = ready_rx.recv(), if !announced => match r {
+                Some(_) => {
+                    ready += 1;
+                    if ready == request_partitions {
+                        announced = true;
+                        log::info!(
+                            "portal ready: {} partitions of {} -> {}, responses on {} ({} partitions)",
+                            request_partitions,
+                            ctx.cfg.kafka.request_topic,
+                            ctx.cfg.target_api_url,
+                            ctx.cfg.kafka.response_topic,
+                            response_partitions
+                        );
+                    }
+                }
+                None => announced = true,
+            },
+            r = readers.join_next() => match r {
+                Some(Ok(Ok(()))) | None => break,
+                Some(Ok(Err(e))) => return Err(e).context("a request partition reader stopped"),
+                Some(Err(e)) => anyhow::bail!("a request partition reader failed: {e}"),
+            },
+        }
+    }
+    log::info!(
+        "shutting down: no new jobs; waiting up to {} s for jobs in flight",
+        SHUTDOWN_GRACE.as_secs()
+    );
+    let _ = stop_tx.send(true);
+    while readers.join_next().await.is_some() {}
+    if ctx.in_flight.wait_idle(SHUTDOWN_GRACE).await {
+        log::info!("all jobs answered; bye");
+    } else {
+        log::warn!(
+            "{} jobs still in flight after {} s; their clients will time out",
+            ctx.in_flight.count.load(Ordering::SeqCst),
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
+    Ok(())
+}
+
+async fn read_partition(
+    ctx: Arc<Ctx>,
+    partition: i32,
+    mut stop: watch::Receiver<bool>,
+    ready: tokio::sync::mpsc::Sender<i32>,
+) -> Result<(), KafkaError> {
+    let topic = ctx.cfg.kafka.request_topic.clone();
+    let pc = kafka::partition(&ctx.client, &topic, partition).await?;
+    let mut offset = match ctx.cfg.start_from {
+        StartFrom::Latest => kafka::end_offset(&pc).await?,
+        StartFrom::Earliest => kafka::start_offset(&pc).await?,
+    };
+    log::debug!("reading {topic}[{partition}] from offset {offset}");
+    let _ = ready.send(partition).await;
+    drop(ready);
+
+    let progress = Arc::new(Mutex::new(Progress {
+        next: offset,
+        ..Progress::default()
+    }));
+    let mut asm = Assembler::new(ctx.cfg.limits.clone());
+    let mut last_sweep = Instant::now();
+    let mut failures = 0u32;
+    loop {
+        let fetched = tokio::select! {
+            _ = stop.changed() => break,
+            r = kafka::fetch(&pc, offset, FETCH_WAIT) => r,
+        };
+        let records = match fetched {
+            Ok(r) => {
+                failures = 0;
+                r
+            }
+            Err(KafkaError::Client {
+                source:
+                    RsError::ServerError {
+                        protocol_error: ProtocolError::OffsetOutOfRange,
+                        ..
+                    },
+                ..
+            }) => {
+                let earliest = kafka::start_offset(&pc).await?;
+                log::warn!("{topic}[{partition}]: offset {offset} is gone (retention?); continuing at {earliest}");
+                offset = earliest;
+                continue;
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
+                log::warn!(
+                    "{topic}[{partition}]: {e}; retrying in {} ms",
+                    wait.as_millis()
+                );
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        for rec in records {
+            offset = rec.offset + 1;
+            handle_record(&ctx, &mut asm, &progress, partition, rec).await;
+        }
+        lock(&progress).next = offset;
+        if last_sweep.elapsed() >= Duration::from_secs(1) {
+            last_sweep = Instant::now();
+            for failed in asm.expire(Instant::now()) {
+                log::warn!("job {}: {}", failed.job, failed.message);
+                spawn_error_reply(&ctx, &progress, failed);
+            }
+        }
+    }
+    log::debug!(
+        "{topic}[{partition}] stopped at offset {offset}; answered below {}",
+        lock(&progress).committable()
+    );
+    Ok(())
+}
+
+fn lock(p: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn handle_record(
+    ctx: &Arc<Ctx>,
+    asm: &mut Assembler,
+    progress: &Arc<Mutex<Progress>>,
+    partition: i32,
+    rec: RecordAndOffset,
+) {
+    let offset = rec.offset;
+    let Some(value) = rec.record.value.as_deref() else {
+        log::warn!("partition {partition} offset {offset}: record without a value; skipped");
+        return;
+    };
+    let (frame, payload) = match wire::decode(value) {
+        Ok(x) => x,
+        Err(e) => {
+            log::warn!("partition {partition} offset {offset}: {e}; skipped");
+            answer_undecodable(ctx, progress, &rec, e);
+            return;
+        }
+    };
+    if rec.record.key.as_deref() != Some(frame.job.key().as_slice()) {
+        log::warn!(
+            "partition {partition} offset {offset}: record key does not match job {}; skipped",
+            frame.job
+        );
+        return;
+    }
+    let is_start = matches!(frame.body, Body::RequestStart(_));
+    let outcome = asm.accept(frame, payload, offset, Instant::now());
+    if is_start && !matches!(outcome, Outcome::Ignored(_)) {
+        lock(progress).add(offset);
+    }
+    match outcome {
+        Outcome::Pending => {}
+        Outcome::Ignored(why) => log::debug!("partition {partition} offset {offset}: {why}"),
+        Outcome::Failed(failed) => {
+            log::warn!("job {}: {}", failed.job, failed.message);
+            spawn_error_reply(ctx, progress, failed);
+        }
+        Outcome::Complete(job) => {
+            // Backpressure: wait here, not in memory, when too many jobs queue.
+            let queued = match Arc::clone(&ctx.queue_permits).acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+            log::info!(
+                "job {}: {} {} ({} bytes) assembled",
+                job.job,
+                job.start.method,
+                job.start.path,
+                job.body.len()
+            );
+            let ctx2 = Arc::clone(ctx);
+            let progress = Arc::clone(progress);
+            let guard = ctx.in_flight.enter();
+            tokio::spawn(async move {
+                let first = job.first_offset;
+                run_job(&ctx2, job).await;
+                lock(&progress).done(first);
+                drop(queued);
+                drop(guard);
+            });
+        }
+    }
+}
+
+/// A record we cannot read may still say who sent it and where they listen;
+/// if so, tell them instead of letting them time out.
+fn answer_undecodable(
+    ctx: &Arc<Ctx>,
+    progress: &Arc<Mutex<Progress>>,
+    rec: &RecordAndOffset,
+    e: wire::WireError,
+) {
+    let Some(reply) = rec.record.headers.get(wire::REPLY_TO_HEADER) else {
+        return;
+    };
+    let Some((reply_topic, reply_partition)) = wire::parse_reply_to(reply) else {
+        return;
+    };
+    let Some(job) = rec
+        .record
+        .key
+        .as_deref()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .and_then(|k| k.parse::<JobId>().ok())
+    else {
+        return;
+    };
+    lock(progress).add(rec.offset);
+    spawn_error_reply(
+        ctx,
+        progress,
+        FailedJob {
+            job,
+            reply_topic,
+            reply_partition,
+            first_offset: rec.offset,
+            category: ErrorCategory::BadRequest,
+            message: format!("the portal cannot read this request: {e}"),
+        },
+    );
+}
+
+fn spawn_error_reply(ctx: &Arc<Ctx>, progress: &Arc<Mutex<Progress>>, failed: FailedJob) {
+    let ctx = Arc::clone(ctx);
+    let progress = Arc::clone(progress);
+    let guard = ctx.in_flight.enter();
+    tokio::spawn(async move {
+        if let Some(pc) = reply_partition(
+            &ctx,
+            failed.job,
+            &failed.reply_topic,
+            failed.reply_partition,
+        )
+        .await
+        {
+            let info = ErrorInfo {
+                category: failed.category,
+                message: failed.message,
+            };
+            if let Err(e) = send_error(&pc, failed.job, 0, info).await {
+                log::error!("job {}: could not send the error reply: {e}", failed.job);
+            }
+        }
+        lock(&progress).done(failed.first_offset);
+        drop(guard);
+    });
+}
+
+/// The client for a job's reply partition, if the start record named a valid one.
+async fn reply_partition(
+    ctx: &Ctx,
+    job: JobId,
+    topic: &str,
+    partition: i32,
+) -> Option<Arc<PartitionClient>> {
+    if topic != ctx.replies.topic() {
+        log::error!(
+            "job {job}: the client listens on topic '{topic}' but this portal answers on '{}'; check KAFKA_RESPONSE_TOPIC on both sides",
+            ctx.replies.topic()
+        );
+        return None;
+    }
+    if !(0..ctx.response_partitions).contains(&partition) {
+        log::error!(
+            "job {job}: reply partition {partition} does not exist ({} has {})",
+            topic,
+            ctx.response_partitions
+        );
+        return None;
+    }
+    match ctx.replies.get(partition).await {
+        Ok(pc) => Some(pc),
+        Err(e) => {
+            log::error!("job {job}: cannot open reply partition {partition}: {e}");
+            None
+        }
+    }
+}
+
+async fn send_error(
+    pc: &PartitionClient,
+    job: JobId,
+    seq: u32,
+    info: ErrorInfo,
+) -> Result<i64, KafkaError> {
+    let frame = Frame {
+        job,
+        seq,
+        body: Body::Error(info),
+    };
+    kafka::produce(pc, kafka::record(&frame, &[], &[])).await
+}
+
+async fn run_job(ctx: &Ctx, job: CompletedJob) {
+    let Some(pc) = reply_partition(
+        ctx,
+        job.job,
+        &job.start.reply_topic,
+        job.start.reply_partition,
+    )
+    .await
+    else {
+        return;
+    };
+    let permit = match ctx.call_permits.acquire().await {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let started = Instant::now();
+    let id = job.job;
+    match answer(ctx, &pc, &job).await {
+        Ok((status, bytes)) => log::info!(
+            "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s",
+            job.start.method,
+            job.start.path,
+            started.elapsed().as_secs_f64()
+        ),
+        Err(AnswerError::Failed { seq, error }) => {
+            log::warn!("job {id}: {} ({})", error.message, error.category);
+            let info = ErrorInfo {
+                category: error.category,
+                message: error.message,
+            };
+            if let Err(e) = send_error(&pc, id, seq, info).await {
+                log::error!("job {id}: could not send the error reply: {e}");
+            }
+        }
+        Err(AnswerError::Kafka(e)) => log::error!("job {id}: could not send the response: {e}"),
+    }
+    drop(permit);
+}
+
+enum AnswerError {
+    /// The job failed; `seq` is the next sequence number of the reply.
+    Failed {
+        seq: u32,
+        error: DispatchError,
+    },
+    Kafka(KafkaError),
+}
+
+impl From<KafkaError> for AnswerError {
+    fn from(e: KafkaError) -> Self {
+        Self::Kafka(e)
+    }
+}
+
+/// Calls the API and streams its response; returns status and body bytes.
+async fn answer(
+    ctx: &Ctx,
+    pc: &PartitionClient,
+    job: &CompletedJob,
+) -> Result<(u16, u64), AnswerError> {
+    let resp = ctx
+        .dispatcher
+        .call(job)
+        .await
+        .map_err(|error| AnswerError::Failed { seq: 0, error })?;
+    let deadline = tokio::time::Instant::now() + ctx.dispatcher.timeout();
+    let status = resp.status().as_u16();
+    let headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .filter(|(n, _)| !HOP_HEADERS.contains(&n.as_str()))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body_len = resp
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let start = Frame {
+        job: job.job,
+        seq: 0,
+        body: Body::ResponseStart(ResponseStart {
+            status,
+            headers,
+            body_len,
+        }),
+    };
+    kafka::produce(pc, kafka::record(&start, &[], &[])).await?;
+
+    let chunk_size = ctx.cfg.kafka.chunk_size;
+    let mut chunker = Chunker::new(job.job, 1);
+    let mut buf: Vec<u8> = Vec::with_capacity(chunk_size);
+    let mut body = resp.into_body();
+    loop {
+        let wait = if buf.is_empty() {
+            deadline
+        } else {
+            (tokio::time::Instant::now() + FLUSH_AFTER).min(deadline)
+        };
+        let next = match tokio::time::timeout_at(wait, body.frame()).await {
+            Ok(n) => n,
+            Err(_) if !buf.is_empty() && tokio::time::Instant::now() < deadline => {
+                let out = chunker.chunk(std::mem::take(&mut buf));
+                kafka::produce(pc, kafka::record(&out.frame, &out.payload, &[])).await?;
+                continue;
+            }
+            Err(_) => {
+                return Err(AnswerError::Failed {
+                    seq: chunker.next_seq(),
+                    error: DispatchError {
+                        category: ErrorCategory::UpstreamTimeout,
+                        message: format!(
+                            "the API did not finish its response within {} s (PORTAL_REQUEST_TIMEOUT_SECS)",
+                            ctx.dispatcher.timeout().as_secs()
+                        ),
+                    },
+                })
+            }
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                return Err(AnswerError::Failed {
+                    seq: chunker.next_seq(),
+                    error: DispatchError {
+                        category: ErrorCategory::UpstreamUnreachable,
+                        message: format!(
+                            "the API's response broke off after {} bytes: {}",
+                            chunker.bytes() + buf.len() as u64,
+                            crate::http_dispatch::error_chain(&e)
+                        ),
+                    },
+                })
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                let mut data = &data[..];
+                while !data.is_empty() {
+                    let take = (chunk_size - buf.len()).min(data.len());
+                    buf.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if buf.len() == chunk_size {
+                        let out = chunker
+                            .chunk(std::mem::replace(&mut buf, Vec::with_capacity(chunk_size)));
+                        kafka::produce(pc, kafka::record(&out.frame, &out.payload, &[])).await?;
+                    }
+                }
+            }
+        }
+    }
+    if !buf.is_empty() {
+        let out = chunker.chunk(buf);
+        kafka::produce(pc, kafka::record(&out.frame, &out.payload, &[])).await?;
+    }
+    let total = chunker.bytes();
+    let end = chunker.finish();
+    kafka::produce(pc, kafka::record(&end, &[], &[])).await?;
+    Ok((status, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committable_offset_is_the_oldest_unanswered_job() {
+        let mut p = Progress {
+            next: 10,
+            ..Progress::default()
+        };
+        assert_eq!(p.committable(), 10);
+        p.add(3);
+        p.add(7);
+        assert_eq!(p.committable(), 3);
+        p.done(3);
+        assert_eq!(p.committable(), 7);
+        p.next = 20;
+        p.done(7);
+        assert_eq!(p.committable(), 20);
+    }
+}

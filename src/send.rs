@@ -1,0 +1,655 @@
+//! `kafkasend send`: one HTTP request through Kafka, curl-like.
+//!
+//! The reply partition's end offset is noted before anything is produced,
+//! and a reader task follows that partition from there, so even an instant
+//! reply is never missed. The body streams from disk chunk by chunk; the
+//! response streams to its destination as it arrives and is verified at the end.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rskafka::client::partition::PartitionClient;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::chunker::{hex, read_chunk, Chunker};
+use crate::config::{SendArgs, SendConfig};
+use crate::kafka::{self, KafkaError};
+use crate::partitioner::partition_for_key;
+use crate::wire::{self, Body, ErrorCategory, Frame, JobId, RequestStart};
+
+/// Exit status for a response with HTTP status 400 or above (as curl's `--fail-with-body`).
+pub const EXIT_HTTP_ERROR: u8 = 22;
+
+/// Why a send failed; each maps to one exit code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The command line asks for something impossible.
+    #[error("{0}")]
+    Usage(String),
+    /// A local file could not be read or written.
+    #[error("{0}")]
+    Io(String),
+    /// Kafka could not be reached or refused us.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// No response in time.
+    #[error("no response for job {job} within {secs} s; the portal may be down or busy (raise --timeout, or pick the job up later)")]
+    Timeout {
+        /// Job id.
+        job: JobId,
+        /// Timeout.
+        secs: u64,
+    },
+    /// The portal refused the request.
+    #[error("the portal refused the request ({category}): {message}")]
+    Refused {
+        /// Category reported.
+        category: ErrorCategory,
+        /// Portal's message.
+        message: String,
+    },
+    /// The portal could not get an answer from the API.
+    #[error("the portal could not complete the call ({category}): {message}")]
+    Upstream {
+        /// Category reported.
+        category: ErrorCategory,
+        /// Portal's message.
+        message: String,
+    },
+    /// Data was corrupted on the way.
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
+}
+
+impl SendError {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            Self::Io(_) => 1,
+            Self::Refused { .. } => 3,
+            Self::Integrity(_) => 4,
+            Self::Upstream { .. } => 5,
+            Self::Kafka(_) => 7,
+            Self::Timeout { .. } => 28,
+        }
+    }
+}
+
+fn usage(msg: impl Into<String>) -> SendError {
+    SendError::Usage(msg.into())
+}
+
+/// What the body is read from.
+enum Source {
+    None,
+    Stdin,
+    File(PathBuf),
+}
+
+/// Parses `Name: value`.
+pub fn parse_header(h: &str) -> Result<(String, String), SendError> {
+    let (name, value) = h
+        .split_once(':')
+        .ok_or_else(|| usage(format!("header '{h}' must look like 'Name: value'")))?;
+    let name = name.trim();
+    let valid_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid_name {
+        return Err(usage(format!(
+            "header name '{name}' is not a valid HTTP header name"
+        )));
+    }
+    let value = value.trim();
+    if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        return Err(usage(format!(
+            "header '{name}' has a line break or NUL in its value"
+        )));
+    }
+    Ok((name.to_string(), value.to_string()))
+}
+
+/// Escapes a value for a quoted multipart parameter (as browsers do).
+fn quote_param(s: &str) -> String {
+    s.replace('"', "%22")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+/// The request as it will be framed, before anything is sent.
+struct Prepared {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    source: Source,
+    body_len: Option<u64>,
+    /// Multipart framing around the file, when `--multipart`.
+    envelope: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+fn prepare(args: &SendArgs) -> Result<Prepared, SendError> {
+    if !args.endpoint.starts_with('/') {
+        return Err(usage(format!(
+            "--endpoint '{}' must be a path starting with '/', e.g. /api/upload",
+            args.endpoint
+        )));
+    }
+    if args
+        .endpoint
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ')
+    {
+        return Err(usage(
+            "--endpoint must not contain spaces or control characters (percent-encode them)",
+        ));
+    }
+    let source = match &args.file {
+        None => Source::None,
+        Some(p) if p.as_os_str() == "-" => Source::Stdin,
+        Some(p) => Source::File(p.clone()),
+    };
+    let method = args
+        .method
+        .clone()
+        .unwrap_or_else(|| {
+            if matches!(source, Source::None) {
+                "GET"
+            } else {
+                "POST"
+            }
+            .into()
+        })
+        .to_ascii_uppercase();
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(usage(format!("-X '{method}' is not an HTTP method")));
+    }
+    if args.multipart && matches!(source, Source::None) {
+        return Err(usage("--multipart needs a FILE to send"));
+    }
+    let mut headers = args
+        .headers
+        .iter()
+        .map(|h| parse_header(h))
+        .collect::<Result<Vec<_>, _>>()?;
+    let file_len = match &source {
+        Source::File(p) => {
+            let meta = std::fs::metadata(p)
+                .map_err(|e| SendError::Io(format!("cannot read {}: {e}", p.display())))?;
+            if meta.is_dir() {
+                return Err(usage(format!(
+                    "{} is a directory; send a file",
+                    p.display()
+                )));
+            }
+            // Special files (a FIFO, /dev/stdin) have no meaningful length.
+            meta.is_file().then_some(meta.len())
+        }
+        _ => None,
+    };
+    let has_content_type = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+    let file_type = args.content_type.clone().unwrap_or_else(|| match &source {
+        Source::File(p) => mime_guess::from_path(p)
+            .first_raw()
+            .unwrap_or("application/octet-stream")
+            .to_string(),
+        _ => "application/octet-stream".into(),
+    });
+    let mut envelope = None;
+    let mut body_len = file_len;
+    if args.multipart {
+        let boundary = format!("kafkasend-{}", JobId::new());
+        let filename = match &source {
+            Source::File(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "file".into()),
+            _ => "stdin".into(),
+        };
+        let head = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"{}\"\r\nContent-Type: {file_type}\r\n\r\n",
+            quote_param(&args.field),
+            quote_param(&filename)
+        )
+        .into_bytes();
+        let tail = format!("\r\n--{boundary}--\r\n").into_bytes();
+        body_len = body_len.map(|n| n + head.len() as u64 + tail.len() as u64);
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case("content-type"));
+        headers.push((
+            "Content-Type".into(),
+            format!("multipart/form-data; boundary={boundary}"),
+        ));
+        envelope = Some((head, tail));
+    } else if !matches!(source, Source::None) && !has_content_type {
+        headers.push(("Content-Type".into(), file_type));
+    }
+    Ok(Prepared {
+        method,
+        path: args.endpoint.clone(),
+        headers,
+        source,
+        body_len,
+        envelope,
+    })
+}
+
+async fn open_body(p: &Prepared) -> Result<Option<Box<dyn AsyncRead + Unpin + Send>>, SendError> {
+    let inner: Box<dyn AsyncRead + Unpin + Send> = match &p.source {
+        Source::None => return Ok(None),
+        Source::Stdin => Box::new(tokio::io::stdin()),
+        Source::File(path) => Box::new(
+            tokio::fs::File::open(path)
+                .await
+                .map_err(|e| SendError::Io(format!("cannot open {}: {e}", path.display())))?,
+        ),
+    };
+    Ok(Some(match &p.envelope {
+        None => inner,
+        Some((head, tail)) => Box::new(
+            std::io::Cursor::new(head.clone())
+                .chain(inner)
+                .chain(std::io::Cursor::new(tail.clone())),
+        ),
+    }))
+}
+
+/// What a finished send reports.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Job id.
+    pub job: JobId,
+    /// HTTP status, when a response was awaited.
+    pub status: Option<u16>,
+}
+
+impl Outcome {
+    /// Exit code: 0, or 22 for an HTTP error status.
+    pub fn exit_code(&self) -> u8 {
+        match self.status {
+            Some(s) if s >= 400 => EXIT_HTTP_ERROR,
+            _ => 0,
+        }
+    }
+}
+
+/// Runs one send.
+pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError> {
+    let prepared = prepare(args)?;
+    let mut body = open_body(&prepared).await?;
+    let kcfg = &cfg.kafka;
+    let client = kafka::connect(&kcfg.settings("kafkasend-send")).await?;
+    let req_parts = kafka::partition_count(&client, &kcfg.request_topic)
+        .await?
+        .ok_or_else(|| KafkaError::MissingTopic(kcfg.request_topic.clone()))?;
+    let resp_parts = kafka::partition_count(&client, &kcfg.response_topic)
+        .await?
+        .ok_or_else(|| KafkaError::MissingTopic(kcfg.response_topic.clone()))?;
+
+    let job = JobId::new();
+    let key = job.key();
+    let reply_partition = partition_for_key(&key, resp_parts);
+    let request_partition = partition_for_key(&key, req_parts);
+    log::debug!(
+        "job {job}: request partition {request_partition}, reply partition {reply_partition}"
+    );
+
+    // Note where the reply partition ends before producing anything, so a
+    // reply however quick lands after this offset.
+    let (reply_tx, mut reply_rx) = mpsc::channel(8);
+    let reader = if args.no_wait {
+        None
+    } else {
+        let reply_pc =
+            Arc::new(kafka::partition(&client, &kcfg.response_topic, reply_partition).await?);
+        let from = kafka::end_offset(&reply_pc).await?;
+        Some(tokio::spawn(follow_replies(reply_pc, from, job, reply_tx)))
+    };
+    let request_pc = kafka::partition(&client, &kcfg.request_topic, request_partition).await?;
+
+    let start = Frame {
+        job,
+        seq: 0,
+        body: Body::RequestStart(RequestStart {
+            method: prepared.method.clone(),
+            path: prepared.path.clone(),
+            headers: prepared.headers.clone(),
+            body_len: prepared.body_len,
+            has_body: body.is_some(),
+            reply_topic: kcfg.response_topic.clone(),
+            reply_partition,
+        }),
+    };
+    let reply_to = wire::reply_to_header(&kcfg.response_topic, reply_partition);
+    kafka::produce(
+        &request_pc,
+        kafka::record(&start, &[], &[(wire::REPLY_TO_HEADER, reply_to)]),
+    )
+    .await?;
+
+    let mut early: VecDeque<Reply> = VecDeque::new();
+    let upload_started = Instant::now();
+    if let Some(reader) = body.as_mut() {
+        let mut chunker = Chunker::new(job, 1);
+        loop {
+            let data = read_chunk(reader, kcfg.chunk_size)
+                .await
+                .map_err(|e| SendError::Io(format!("reading the body failed: {e}")))?;
+            if data.is_empty() {
+                break;
+            }
+            let out = chunker.chunk(data);
+            kafka::produce(&request_pc, kafka::record(&out.frame, &out.payload, &[])).await?;
+            // A portal that refuses the job says so at once; stop uploading then.
+            while let Ok(r) = reply_rx.try_recv() {
+                if let Reply::Frame(
+                    Frame {
+                        body: Body::Error(e),
+                        ..
+                    },
+                    _,
+                ) = &r
+                {
+                    return Err(error_from_portal(e.category, e.message.clone()));
+                }
+                early.push_back(r);
+            }
+        }
+        if let Some(declared) = prepared.body_len {
+            if declared != chunker.bytes() {
+                return Err(SendError::Io(format!(
+                    "the file changed while it was sent ({declared} bytes expected, {} read)",
+                    chunker.bytes()
+                )));
+            }
+        }
+        let sent = chunker.bytes();
+        let end = chunker.finish();
+        kafka::produce(&request_pc, kafka::record(&end, &[], &[])).await?;
+        let secs = upload_started.elapsed().as_secs_f64();
+        log::info!(
+            "job {job}: sent {sent} bytes in {secs:.2} s ({:.1} MB/s)",
+            sent as f64 / 1e6 / secs.max(1e-9)
+        );
+    }
+
+    let Some(reader) = reader else {
+        println!("{job}");
+        return Ok(Outcome { job, status: None });
+    };
+    let result = receive(args, cfg, job, early, &mut reply_rx).await;
+    reader.abort();
+    result
+}
+
+/// One item from the reply reader.
+enum Reply {
+    Frame(Frame, Vec<u8>),
+    Broken(String),
+    Kafka(KafkaError),
+}
+
+/// Follows the reply partition from `from`, passing on this job's frames.
+async fn follow_replies(
+    pc: Arc<PartitionClient>,
+    mut from: i64,
+    job: JobId,
+    tx: mpsc::Sender<Reply>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let records = match kafka::fetch(&pc, from, Duration::from_millis(500)).await {
+            Ok(r) => {
+                failures = 0;
+                r
+            }
+            Err(e) => {
+                failures += 1;
+                if failures >= 5 {
+                    let _ = tx.send(Reply::Kafka(e)).await;
+                    return;
+                }
+                log::warn!("reading replies: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(300 * u64::from(failures))).await;
+                continue;
+            }
+        };
+        for rec in records {
+            from = rec.offset + 1;
+            if !kafka::is_for_job(&rec.record, &job) {
+                continue;
+            }
+            let item = match rec.record.value.as_deref().map(wire::decode) {
+                Some(Ok((frame, payload))) if frame.job == job => {
+                    Reply::Frame(frame, payload.to_vec())
+                }
+                Some(Ok(_)) => Reply::Broken("a reply record's key and job id disagree".into()),
+                Some(Err(e)) => Reply::Broken(format!("a reply record is unreadable: {e}")),
+                None => Reply::Broken("a reply record has no value".into()),
+            };
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn error_from_portal(category: ErrorCategory, message: String) -> SendError {
+    match category {
+        ErrorCategory::Rejected | ErrorCategory::BadRequest => {
+            SendError::Refused { category, message }
+        }
+        ErrorCategory::Integrity => SendError::Integrity(message),
+        ErrorCategory::UpstreamUnreachable
+        | ErrorCategory::UpstreamTimeout
+        | ErrorCategory::Auth
+        | ErrorCategory::Internal => SendError::Upstream { category, message },
+    }
+}
+
+/// Where the response body goes: stdout, or `FILE.part` renamed to `FILE`
+/// once the body is complete and verified.
+struct Sink {
+    out: Box<dyn AsyncWrite + Unpin + Send>,
+    part: Option<(PathBuf, PathBuf)>,
+}
+
+impl Sink {
+    async fn open(output: Option<&Path>) -> Result<Self, SendError> {
+        match output {
+            None => Ok(Self {
+                out: Box::new(tokio::io::BufWriter::new(tokio::io::stdout())),
+                part: None,
+            }),
+            Some(path) => {
+                let mut part = path.as_os_str().to_owned();
+                part.push(".part");
+                let part = PathBuf::from(part);
+                let f = tokio::fs::File::create(&part)
+                    .await
+                    .map_err(|e| SendError::Io(format!("cannot create {}: {e}", part.display())))?;
+                Ok(Self {
+                    out: Box::new(tokio::io::BufWriter::new(f)),
+                    part: Some((part, path.to_path_buf())),
+                })
+            }
+        }
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.out
+            .write_all(data)
+            .await
+            .map_err(|e| SendError::Io(format!("writing the response failed: {e}")))
+    }
+
+    async fn commit(mut self) -> Result<(), SendError> {
+        self.out
+            .flush()
+            .await
+            .map_err(|e| SendError::Io(format!("writing the response failed: {e}")))?;
+        if let Some((part, dest)) = self.part.take() {
+            tokio::fs::rename(&part, &dest).await.map_err(|e| {
+                SendError::Io(format!(
+                    "cannot move {} to {}: {e}",
+                    part.display(),
+                    dest.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // Not committed: a partial or unverified body must not look complete.
+        if let Some((part, _)) = self.part.take() {
+            let _ = std::fs::remove_file(part);
+        }
+    }
+}
+
+async fn receive(
+    args: &SendArgs,
+    cfg: &SendConfig,
+    job: JobId,
+    mut early: VecDeque<Reply>,
+    rx: &mut mpsc::Receiver<Reply>,
+) -> Result<Outcome, SendError> {
+    let mut expected_seq = 0u32;
+    let mut status: Option<u16> = None;
+    let mut sink: Option<Sink> = None;
+    let mut hasher = Sha256::new();
+    let mut received = 0u64;
+    let mut chunks = 0u32;
+    let started = Instant::now();
+    loop {
+        let item = match early.pop_front() {
+            Some(r) => r,
+            None => match tokio::time::timeout(cfg.timeout, rx.recv()).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Err(SendError::Io("the reply reader stopped".into())),
+                Err(_) => {
+                    return Err(SendError::Timeout {
+                        job,
+                        secs: cfg.timeout.as_secs(),
+                    })
+                }
+            },
+        };
+        let (frame, payload) = match item {
+            Reply::Frame(f, p) => (f, p),
+            Reply::Broken(why) => return Err(SendError::Integrity(why)),
+            Reply::Kafka(e) => return Err(e.into()),
+        };
+        if frame.seq < expected_seq {
+            log::debug!("job {job}: duplicate reply record {} ignored", frame.seq);
+            continue;
+        }
+        if let Body::Error(e) = frame.body {
+            return Err(error_from_portal(e.category, e.message));
+        }
+        if frame.seq > expected_seq {
+            return Err(SendError::Integrity(format!(
+                "reply record {expected_seq} is missing (got {})",
+                frame.seq
+            )));
+        }
+        expected_seq += 1;
+        match frame.body {
+            Body::ResponseStart(rs) if status.is_none() => {
+                eprintln!("HTTP {} {}", rs.status, reason(rs.status));
+                status = Some(rs.status);
+                sink = Some(Sink::open(args.output.as_deref()).await?);
+            }
+            Body::Chunk(info) if status.is_some() => {
+                if wire::checksum(&payload) != info.crc32c {
+                    return Err(SendError::Integrity(format!(
+                        "response chunk at byte {} failed its CRC32C check",
+                        info.offset
+                    )));
+                }
+                if info.offset != received {
+                    return Err(SendError::Integrity(format!(
+                        "response chunk at byte {} arrived when {received} bytes were expected",
+                        info.offset
+                    )));
+                }
+                hasher.update(&payload);
+                received += payload.len() as u64;
+                chunks += 1;
+                if let Some(s) = sink.as_mut() {
+                    s.write(&payload).await?;
+                }
+            }
+            Body::End(end) if status.is_some() => {
+                let digest: [u8; 32] = std::mem::take(&mut hasher).finalize().into();
+                if end.total_len != received || end.chunks != chunks {
+                    return Err(SendError::Integrity(format!(
+                        "response is {received} bytes in {chunks} chunks, the portal sent {} bytes in {}",
+                        end.total_len, end.chunks
+                    )));
+                }
+                if digest != end.sha256 {
+                    return Err(SendError::Integrity(format!(
+                        "response SHA-256 {} does not match the portal's {}",
+                        hex(&digest),
+                        hex(&end.sha256)
+                    )));
+                }
+                if let Some(s) = sink.take() {
+                    s.commit().await?;
+                }
+                log::info!(
+                    "job {job}: {received} bytes received in {:.2} s, SHA-256 {} verified",
+                    started.elapsed().as_secs_f64(),
+                    hex(&digest)
+                );
+                return Ok(Outcome { job, status });
+            }
+            other => {
+                return Err(SendError::Integrity(format!(
+                    "unexpected reply record {}: {other:?}",
+                    frame.seq
+                )))
+            }
+        }
+    }
+}
+
+/// Reason phrase for common status codes.
+fn reason(status: u16) -> &'static str {
+    hyper::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_parse_or_explain() {
+        assert_eq!(
+            parse_header("X-Request-ID:  abc ").unwrap(),
+            ("X-Request-ID".into(), "abc".into())
+        );
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header("Bad Name: x").is_err());
+        assert!(parse_header(": x").is_err());
+    }
+
+    #[test]
+    fn multipart_parameters_are_quoted() {
+        assert_eq!(quote_param("a\"b\r\nc"), "a%22b%0D%0Ac");
+    }
+}

@@ -1,0 +1,445 @@
+//! The framing: how one KafkaSend record value is laid out in bytes.
+//!
+//! Only this module knows the byte layout. Every record value is
+//!
+//! ```text
+//! "KSND" | version (1 byte) | header (bincode 2, standard config) | payload
+//! ```
+//!
+//! The payload is non-empty only for [`Body::Chunk`] frames; it is the raw
+//! body bytes, never passed through serde. PROTOCOL.md describes the layout
+//! precisely enough to write another implementation.
+
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+/// First four bytes of every KafkaSend record value.
+pub const MAGIC: [u8; 4] = *b"KSND";
+
+/// The protocol version this build writes and reads.
+pub const VERSION: u8 = 1;
+
+/// Kafka record header on a start record naming where replies go, as
+/// `PARTITION/TOPIC`. It is kept outside the versioned frame so that a portal
+/// can answer a request whose frame version it does not understand.
+pub const REPLY_TO_HEADER: &str = "kafkasend-reply-to";
+
+/// Upper bound on the encoded header of one frame; a header claiming more is
+/// malformed. Bodies travel as payload, so headers stay small.
+pub const MAX_HEADER_BYTES: usize = 256 * 1024;
+
+const PREFIX_LEN: usize = MAGIC.len() + 1;
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_HEADER_BYTES>()
+}
+
+/// Identifier of one job: a ULID, so it sorts by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobId(pub [u8; 16]);
+
+impl JobId {
+    /// A fresh job id for a job created now.
+    pub fn new() -> Self {
+        Self(Ulid::new().to_bytes())
+    }
+
+    /// The Kafka record key for this job: the ULID in its 26-character text form.
+    pub fn key(&self) -> Vec<u8> {
+        self.to_string().into_bytes()
+    }
+
+    /// Milliseconds since the Unix epoch at which the job was created.
+    pub fn timestamp_ms(&self) -> u64 {
+        Ulid::from_bytes(self.0).timestamp_ms()
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", Ulid::from_bytes(self.0))
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = ulid::DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(Ulid::from_string(s)?.to_bytes()))
+    }
+}
+
+/// The header of every frame: which job, which record of it, and what it says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// The job this record belongs to; equals the record key.
+    pub job: JobId,
+    /// Position of this record among the job's records in one direction,
+    /// starting at 0 with the start frame.
+    pub seq: u32,
+    /// What the record says.
+    pub body: Body,
+}
+
+/// The kinds of frame. Requests are `RequestStart`, `Chunk`..., `End`;
+/// responses are `ResponseStart`, `Chunk`..., `End`, or a single `Error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// First record of a request.
+    RequestStart(RequestStart),
+    /// A slice of a body; the bytes are the frame's payload.
+    Chunk(ChunkInfo),
+    /// Last record of a body, with what the receiver must verify.
+    End(EndInfo),
+    /// First record of a response.
+    ResponseStart(ResponseStart),
+    /// The request failed; no other response record follows.
+    Error(ErrorInfo),
+}
+
+/// What a portal needs to know before the body arrives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestStart {
+    /// HTTP method, upper case.
+    pub method: String,
+    /// Path and query, starting with `/`, relative to the portal's target API.
+    pub path: String,
+    /// Request headers, in order, names as given.
+    pub headers: Vec<(String, String)>,
+    /// Body length when known in advance (a file); `None` for a stream.
+    pub body_len: Option<u64>,
+    /// Whether a body follows (`Chunk`s and an `End`).
+    pub has_body: bool,
+    /// Topic where the response goes.
+    pub reply_topic: String,
+    /// Partition of `reply_topic` where the response goes.
+    pub reply_partition: i32,
+}
+
+/// Metadata of one body chunk; the data is the frame's payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkInfo {
+    /// Byte offset of this chunk within the body.
+    pub offset: u64,
+    /// CRC32C (Castagnoli) of the payload.
+    pub crc32c: u32,
+}
+
+/// Closes a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndInfo {
+    /// Number of chunks that make up the body.
+    pub chunks: u32,
+    /// Total body length in bytes.
+    pub total_len: u64,
+    /// SHA-256 of the whole body.
+    pub sha256: [u8; 32],
+}
+
+/// The API's answer, before its body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseStart {
+    /// HTTP status code.
+    pub status: u16,
+    /// Response headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// Body length when the API declared one.
+    pub body_len: Option<u64>,
+}
+
+/// Why a job failed, for the waiting client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// Class of failure.
+    pub category: ErrorCategory,
+    /// Readable explanation.
+    pub message: String,
+}
+
+/// Classes of failure reported to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCategory {
+    /// Refused by the portal's policy or limits.
+    Rejected,
+    /// The request itself is malformed.
+    BadRequest,
+    /// A chunk checksum or the body digest did not match.
+    Integrity,
+    /// The target API could not be reached.
+    UpstreamUnreachable,
+    /// The target API did not answer in time.
+    UpstreamTimeout,
+    /// The portal could not authenticate to the API.
+    Auth,
+    /// A fault inside the portal.
+    Internal,
+}
+
+impl std::fmt::Display for ErrorCategory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            Self::Rejected => "rejected",
+            Self::BadRequest => "bad request",
+            Self::Integrity => "integrity",
+            Self::UpstreamUnreachable => "upstream unreachable",
+            Self::UpstreamTimeout => "upstream timeout",
+            Self::Auth => "auth",
+            Self::Internal => "internal",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Why a record value could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WireError {
+    /// Shorter than magic and version.
+    #[error("record is too short to be a KafkaSend frame ({0} bytes)")]
+    TooShort(usize),
+    /// Not a KafkaSend record at all.
+    #[error("record is not a KafkaSend frame (bad magic)")]
+    BadMagic,
+    /// Written by a KafkaSend speaking another protocol version.
+    #[error("protocol version {found} is not supported (this build speaks version {VERSION}); upgrade the older side")]
+    UnsupportedVersion {
+        /// Version byte found in the record.
+        found: u8,
+    },
+    /// The header did not decode.
+    #[error("malformed frame header: {0}")]
+    Malformed(String),
+    /// A frame other than a chunk carried payload bytes.
+    #[error("frame carries {0} unexpected trailing bytes")]
+    TrailingBytes(usize),
+}
+
+/// Encodes a frame and its payload (empty unless it is a chunk) into one record value.
+pub fn encode(frame: &Frame, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PREFIX_LEN + 64 + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    // Encoding into a Vec cannot fail for these plain types; the size limit
+    // only binds on headers far beyond anything we build.
+    if let Err(e) = bincode::serde::encode_into_std_write(frame, &mut out, bincode_config()) {
+        unreachable_encode(e);
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+#[cold]
+fn unreachable_encode(e: bincode::error::EncodeError) -> ! {
+    panic!("encoding a frame header into memory failed: {e}")
+}
+
+/// Decodes a record value into its frame and payload.
+pub fn decode(value: &[u8]) -> Result<(Frame, &[u8]), WireError> {
+    let version = peek_version(value)?;
+    if version != VERSION {
+        return Err(WireError::UnsupportedVersion { found: version });
+    }
+    let rest = &value[PREFIX_LEN..];
+    let (frame, used): (Frame, usize) = bincode::serde::decode_from_slice(rest, bincode_config())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let payload = &rest[used..];
+    if !matches!(frame.body, Body::Chunk(_)) && !payload.is_empty() {
+        return Err(WireError::TrailingBytes(payload.len()));
+    }
+    Ok((frame, payload))
+}
+
+/// Checks magic and returns the version byte, without decoding further.
+pub fn peek_version(value: &[u8]) -> Result<u8, WireError> {
+    if value.len() < PREFIX_LEN {
+        return Err(WireError::TooShort(value.len()));
+    }
+    if value[..MAGIC.len()] != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    Ok(value[MAGIC.len()])
+}
+
+/// Formats the `kafkasend-reply-to` header value.
+pub fn reply_to_header(topic: &str, partition: i32) -> Vec<u8> {
+    format!("{partition}/{topic}").into_bytes()
+}
+
+/// Parses the `kafkasend-reply-to` header value.
+pub fn parse_reply_to(value: &[u8]) -> Option<(String, i32)> {
+    let s = std::str::from_utf8(value).ok()?;
+    let (p, t) = s.split_once('/')?;
+    let p: i32 = p.parse().ok()?;
+    (p >= 0 && !t.is_empty()).then(|| (t.to_string(), p))
+}
+
+/// CRC32C of a chunk payload.
+pub fn checksum(data: &[u8]) -> u32 {
+    crc32c::crc32c(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_category() -> impl Strategy<Value = ErrorCategory> {
+        prop_oneof![
+            Just(ErrorCategory::Rejected),
+            Just(ErrorCategory::BadRequest),
+            Just(ErrorCategory::Integrity),
+            Just(ErrorCategory::UpstreamUnreachable),
+            Just(ErrorCategory::UpstreamTimeout),
+            Just(ErrorCategory::Auth),
+            Just(ErrorCategory::Internal),
+        ]
+    }
+
+    fn arb_headers() -> impl Strategy<Value = Vec<(String, String)>> {
+        prop::collection::vec((".{0,20}", ".{0,40}"), 0..6)
+    }
+
+    fn arb_body() -> impl Strategy<Value = Body> {
+        prop_oneof![
+            (
+                "[A-Z]{1,7}",
+                ".{0,80}",
+                arb_headers(),
+                any::<Option<u64>>(),
+                any::<bool>(),
+                ".{1,30}",
+                any::<i32>()
+            )
+                .prop_map(|(method, path, headers, body_len, has_body, t, p)| {
+                    Body::RequestStart(RequestStart {
+                        method,
+                        path,
+                        headers,
+                        body_len,
+                        has_body,
+                        reply_topic: t,
+                        reply_partition: p,
+                    })
+                }),
+            (any::<u64>(), any::<u32>())
+                .prop_map(|(offset, crc32c)| Body::Chunk(ChunkInfo { offset, crc32c })),
+            (any::<u32>(), any::<u64>(), any::<[u8; 32]>()).prop_map(
+                |(chunks, total_len, sha256)| Body::End(EndInfo {
+                    chunks,
+                    total_len,
+                    sha256
+                })
+            ),
+            (any::<u16>(), arb_headers(), any::<Option<u64>>()).prop_map(
+                |(status, headers, body_len)| Body::ResponseStart(ResponseStart {
+                    status,
+                    headers,
+                    body_len
+                })
+            ),
+            (arb_category(), ".{0,100}")
+                .prop_map(|(category, message)| Body::Error(ErrorInfo { category, message })),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn frames_round_trip(job in any::<[u8; 16]>(), seq in any::<u32>(), body in arb_body(),
+                             payload in prop::collection::vec(any::<u8>(), 0..2048)) {
+            let frame = Frame { job: JobId(job), seq, body };
+            let payload: &[u8] = if matches!(frame.body, Body::Chunk(_)) { &payload } else { &[] };
+            let bytes = encode(&frame, payload);
+            let (back, back_payload) = decode(&bytes).unwrap();
+            prop_assert_eq!(back, frame);
+            prop_assert_eq!(back_payload, payload);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_headers_after_valid_prefix_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut value = MAGIC.to_vec();
+            value.push(VERSION);
+            value.extend_from_slice(&bytes);
+            let _ = decode(&value);
+        }
+
+        #[test]
+        fn truncated_frames_are_errors(cut in 0usize..40) {
+            let frame = Frame { job: JobId::new(), seq: 0, body: Body::ResponseStart(ResponseStart {
+                status: 200, headers: vec![("content-type".into(), "text/plain".into())], body_len: Some(5) }) };
+            let bytes = encode(&frame, &[]);
+            let cut = cut.min(bytes.len() - 1);
+            prop_assert!(decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn future_version_is_recognised() {
+        let frame = Frame {
+            job: JobId::new(),
+            seq: 0,
+            body: Body::End(EndInfo {
+                chunks: 0,
+                total_len: 0,
+                sha256: [0; 32],
+            }),
+        };
+        let mut bytes = encode(&frame, &[]);
+        bytes[4] = 2;
+        assert_eq!(
+            decode(&bytes).unwrap_err(),
+            WireError::UnsupportedVersion { found: 2 }
+        );
+        assert!(decode(&bytes)
+            .unwrap_err()
+            .to_string()
+            .contains("version 2"));
+    }
+
+    #[test]
+    fn foreign_records_are_named() {
+        assert_eq!(decode(b"{\"json\":1}").unwrap_err(), WireError::BadMagic);
+        assert_eq!(decode(b"KS").unwrap_err(), WireError::TooShort(2));
+    }
+
+    #[test]
+    fn payload_on_a_non_chunk_frame_is_refused() {
+        let frame = Frame {
+            job: JobId::new(),
+            seq: 1,
+            body: Body::Error(ErrorInfo {
+                category: ErrorCategory::Internal,
+                message: "x".into(),
+            }),
+        };
+        let bytes = encode(&frame, b"junk");
+        assert_eq!(decode(&bytes).unwrap_err(), WireError::TrailingBytes(4));
+    }
+
+    #[test]
+    fn reply_to_header_round_trips() {
+        let v = reply_to_header("api-responses", 7);
+        assert_eq!(parse_reply_to(&v), Some(("api-responses".into(), 7)));
+        assert_eq!(parse_reply_to(b"-1/x"), None);
+        assert_eq!(parse_reply_to(b"3/"), None);
+        assert_eq!(parse_reply_to(b"\xff/x"), None);
+    }
+
+    #[test]
+    fn job_id_text_round_trips() {
+        let id = JobId::new();
+        let text = id.to_string();
+        assert_eq!(text.len(), 26);
+        assert_eq!(text.parse::<JobId>().unwrap(), id);
+        assert_eq!(id.key(), text.into_bytes());
+    }
+}
