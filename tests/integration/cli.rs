@@ -1,0 +1,95 @@
+//! Errors a person can cause get one clear line and a distinct exit code.
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_broker_is_named_with_exit_7() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let topics = Topics::new("nobroker");
+    let mut cmd = tokio::process::Command::from(kafkasend(&topics));
+    cmd.env("KAFKA_BOOTSTRAP_SERVERS", &addr)
+        .env("KAFKA_TIMEOUT_SECS", "2")
+        .args(["send", "--endpoint", "/x"]);
+    let out = tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(stderr.contains("cannot reach the Kafka broker"), "{stderr}");
+    assert!(stderr.contains(&addr), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_portal_means_a_timeout_with_exit_28() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("noportal");
+    // A portal creates the topics, then goes away.
+    drop(Portal::start(&topics, &servers.plain_env()));
+    let out = send(&topics, &["--endpoint", "/x", "--timeout", "2"]).await;
+    assert_eq!(out.code, 28, "{}", out.stderr);
+    assert!(out.stderr.contains("no response for job"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_topics_are_explained() {
+    let topics = Topics::new("notopic");
+    let out = send(&topics, &["--endpoint", "/x"]).await;
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    assert!(out.stderr.contains(&topics.request), "{}", out.stderr);
+    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_one_line_and_a_usage_code() {
+    let topics = Topics::new("usage");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--endpoint", "api/x"], "must be a path starting with '/'"),
+        (
+            &["/definitely/not/here.bin", "--endpoint", "/x"],
+            "cannot read /definitely/not/here.bin",
+        ),
+        (
+            &["--endpoint", "/x", "-H", "NoColon"],
+            "must look like 'Name: value'",
+        ),
+        (
+            &["--endpoint", "/x", "--multipart"],
+            "--multipart needs a FILE",
+        ),
+        (&["--endpoint", "/x", "--timeout", "0"], "--timeout"),
+    ];
+    for (args, expected) in cases {
+        let out = send(&topics, args).await;
+        assert_ne!(out.code, 0, "{args:?}");
+        assert!(out.stderr.contains(expected), "{args:?}: {}", out.stderr);
+        assert_eq!(
+            out.stderr.trim().lines().count(),
+            1,
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn portal_refuses_to_start_without_oauth_settings() {
+    let topics = Topics::new("nooauth");
+    let out = kafkasend(&topics)
+        .arg("portal")
+        .env("PORTAL_TARGET_API_URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for var in [
+        "OAUTH2_TOKEN_URL",
+        "OAUTH2_CLIENT_ID",
+        "OAUTH2_CLIENT_SECRET",
+        "PORTAL_USE_OAUTH=false",
+    ] {
+        assert!(stderr.contains(var), "{var} not named: {stderr}");
+    }
+}

@@ -1,0 +1,527 @@
+//! Shared fixtures: the real broker, the real `kafkasend` binary, an
+//! in-process target API that records what it receives, and an in-process
+//! OAuth2 token endpoint.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+/// Every wait in these tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// The broker address: `KAFKA_BOOTSTRAP_SERVERS` when set, else the one
+/// `scripts/kafka start` starts (or finds running).
+pub fn broker() -> &'static str {
+    static BROKER: OnceLock<String> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
+            if !b.trim().is_empty() {
+                return b;
+            }
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka");
+        let out = Command::new(&script)
+            .arg("start")
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "scripts/kafka start failed ({}); the integration tests need a real broker",
+            out.status
+        );
+        let addr = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(!addr.is_empty(), "scripts/kafka start printed no address");
+        addr
+    })
+}
+
+/// Request and response topic names unique to one test.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    pub request: String,
+    pub response: String,
+}
+
+impl Topics {
+    pub fn new(name: &str) -> Self {
+        let id = ulid::Ulid::new().to_string().to_ascii_lowercase();
+        Self {
+            request: format!("it-{name}-{id}-req"),
+            response: format!("it-{name}-{id}-resp"),
+        }
+    }
+}
+
+/// The `kafkasend` binary with a clean environment pointing at the broker and `topics`.
+pub fn kafkasend(topics: &Topics) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafkasend"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KAFKA_BOOTSTRAP_SERVERS", broker())
+        .env("KAFKA_REQUEST_TOPIC", &topics.request)
+        .env("KAFKA_RESPONSE_TOPIC", &topics.response);
+    cmd
+}
+
+/// A running portal process, killed on drop.
+pub struct Portal {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Portal {
+    /// Starts a portal with `env` and waits until it says it is ready.
+    pub fn start(topics: &Topics, env: &[(&str, String)]) -> Self {
+        let mut cmd = kafkasend(topics);
+        cmd.arg("portal")
+            .env("PORTAL_LOG_LEVEL", "DEBUG")
+            .env("KAFKA_TOPIC_PARTITIONS", "3")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn kafkasend portal");
+        let stderr = child.stderr.take().expect("portal stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let log2 = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("portal ready") {
+                    let _ = ready_tx.send(());
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut portal = Self { child, log };
+        if ready_rx.recv_timeout(WAIT).is_err() {
+            let status = portal.child.try_wait().ok().flatten();
+            panic!(
+                "portal did not become ready (exit: {status:?}); log:\n{}",
+                portal.log()
+            );
+        }
+        portal
+    }
+
+    /// Everything the portal logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Portal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- portal log ----\n{}", self.log());
+        }
+    }
+}
+
+/// What one `kafkasend send` did.
+#[derive(Debug)]
+pub struct SendResult {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl SendResult {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// Runs `kafkasend send ARGS` to completion, within [`WAIT`].
+pub async fn send(topics: &Topics, args: &[&str]) -> SendResult {
+    let mut cmd = tokio::process::Command::from(kafkasend(topics));
+    cmd.arg("send").args(args).kill_on_drop(true);
+    let out = tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .expect("kafkasend send did not finish in time")
+        .expect("run kafkasend send");
+    SendResult {
+        code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A deterministic pseudo-random byte stream (xorshift), so large bodies
+/// need not be stored to be checked.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+pub fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `len` pattern bytes to a new file in `dir`; returns path and digest.
+pub fn pattern_file(dir: &Path, name: &str, seed: u64, len: usize) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let mut f = std::fs::File::create(&path).unwrap();
+    let mut hasher = Sha256::new();
+    let mut left = len;
+    let mut block_seed = seed;
+    while left > 0 {
+        let n = left.min(4 << 20);
+        let block = pattern(block_seed, n);
+        hasher.update(&block);
+        f.write_all(&block).unwrap();
+        left -= n;
+        block_seed = block_seed.wrapping_add(1);
+    }
+    (path, hex(&hasher.finalize()))
+}
+
+/// One request as the target API saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body_len: u64,
+    pub body_sha256: String,
+    /// For multipart requests: (field name, file name, file bytes length, file digest).
+    pub parts: Vec<(String, Option<String>, u64, String)>,
+    /// The status the API answered.
+    pub status: u16,
+}
+
+/// State shared by the target API and the token endpoint.
+#[derive(Default)]
+pub struct ApiState {
+    pub requests: Mutex<Vec<Recorded>>,
+    /// Requests to `/slow` wait for this.
+    pub release_slow: Notify,
+    pub slow_released: AtomicBool,
+    /// Tokens the token endpoint issued and the API accepts.
+    pub valid_tokens: Mutex<HashSet<String>>,
+    /// When set, the API demands a valid bearer token.
+    pub require_auth: AtomicBool,
+    /// Token requests received.
+    pub token_fetches: AtomicU64,
+    /// Lifetime stated in token responses, seconds.
+    pub token_lifetime: AtomicU64,
+    /// When set, the API refuses every token, as if it did not trust the issuer.
+    pub reject_all_tokens: AtomicBool,
+    /// Requests that arrived at `/slow` so far.
+    pub slow_arrived: AtomicU64,
+}
+
+impl ApiState {
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn release_slow(&self) {
+        self.slow_released.store(true, Ordering::SeqCst);
+        self.release_slow.notify_waiters();
+    }
+}
+
+/// The body of a `/bytes/N?seed=S` response.
+pub fn bytes_route_body(n: usize, seed: u64) -> Vec<u8> {
+    pattern(seed, n)
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<BoxBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Full::new(body.into()).boxed())
+        .unwrap()
+}
+
+async fn api(
+    state: Arc<ApiState>,
+    req: Request<Incoming>,
+) -> Result<Response<BoxBody>, Infallible> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let headers = req.headers().clone();
+    let mut status = StatusCode::OK;
+    if state.require_auth.load(Ordering::SeqCst) {
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let ok = token.is_some_and(|t| state.valid_tokens.lock().unwrap().contains(&t));
+        if !ok || state.reject_all_tokens.load(Ordering::SeqCst) {
+            status = StatusCode::UNAUTHORIZED;
+        }
+    }
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut parts = Vec::new();
+    let (body_len, body_sha256) =
+        if content_type.starts_with("multipart/form-data") && status == StatusCode::OK {
+            let boundary = multer::parse_boundary(&content_type).unwrap();
+            let mut mp = multer::Multipart::new(req.into_body().into_data_stream(), boundary);
+            let mut total = 0;
+            while let Some(mut field) = mp.next_field().await.unwrap() {
+                let name = field.name().unwrap_or("").to_string();
+                let file_name = field.file_name().map(str::to_string);
+                let mut h = Sha256::new();
+                let mut n = 0u64;
+                while let Some(chunk) = field.chunk().await.unwrap() {
+                    n += chunk.len() as u64;
+                    h.update(&chunk);
+                }
+                total += n;
+                parts.push((name, file_name, n, hex(&h.finalize())));
+            }
+            (total, String::new())
+        } else {
+            let mut body = req.into_body();
+            let mut h = Sha256::new();
+            let mut n = 0u64;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { break };
+                if let Ok(d) = frame.into_data() {
+                    n += d.len() as u64;
+                    h.update(&d);
+                }
+            }
+            (n, hex(&h.finalize()))
+        };
+    if path == "/missing" && status == StatusCode::OK {
+        status = StatusCode::NOT_FOUND;
+    }
+    state.requests.lock().unwrap().push(Recorded {
+        method,
+        path: path.clone(),
+        query: query.clone(),
+        headers,
+        body_len,
+        body_sha256: body_sha256.clone(),
+        parts,
+        status: status.as_u16(),
+    });
+    if status == StatusCode::UNAUTHORIZED {
+        return Ok(text(status, "token refused"));
+    }
+    if status == StatusCode::NOT_FOUND {
+        return Ok(text(status, "no such thing here"));
+    }
+    if path == "/slow" {
+        state.slow_arrived.fetch_add(1, Ordering::SeqCst);
+        loop {
+            let notified = state.release_slow.notified();
+            if state.slow_released.load(Ordering::SeqCst) {
+                break;
+            }
+            if tokio::time::timeout(WAIT, notified).await.is_err() {
+                break;
+            }
+        }
+        return Ok(text(StatusCode::OK, "slow done"));
+    }
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let seed = query
+            .as_deref()
+            .and_then(|q| q.strip_prefix("seed="))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(7);
+        // Stream it in pieces, as a real large download would arrive.
+        let body = bytes_route_body(n, seed);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        tokio::spawn(async move {
+            for piece in body.chunks(100_000) {
+                if tx
+                    .send(Ok(Frame::data(Bytes::copy_from_slice(piece))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let stream = RxStream(rx);
+        return Ok(Response::builder()
+            .header("content-type", "application/octet-stream")
+            .body(StreamBody::new(stream).boxed())
+            .unwrap());
+    }
+    let json = serde_json::json!({
+        "body_bytes": body_len,
+        "body_sha256": body_sha256,
+        "path": path,
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json.to_string())).boxed())
+        .unwrap())
+}
+
+struct RxStream<T>(tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for RxStream<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+async fn token_endpoint(
+    state: Arc<ApiState>,
+    req: Request<Incoming>,
+) -> Result<Response<BoxBody>, Infallible> {
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("test-client:s3cret%2Fx")
+    );
+    let auth_ok = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == expected);
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let form = String::from_utf8_lossy(&body).into_owned();
+    if !auth_ok || !form.contains("grant_type=client_credentials") {
+        return Ok(text(
+            StatusCode::UNAUTHORIZED,
+            "{\"error\":\"invalid_client\"}",
+        ));
+    }
+    let n = state.token_fetches.fetch_add(1, Ordering::SeqCst) + 1;
+    let token = format!("token-{n}");
+    state.valid_tokens.lock().unwrap().insert(token.clone());
+    let json = serde_json::json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": state.token_lifetime.load(Ordering::SeqCst),
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json.to_string())).boxed())
+        .unwrap())
+}
+
+/// Serves `handler` on a fresh loopback port; the server lives as long as the runtime.
+async fn serve<F, Fut>(state: Arc<ApiState>, handler: F) -> SocketAddr
+where
+    F: Fn(Arc<ApiState>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<BoxBody>, Infallible>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let state = Arc::clone(&state);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handler(Arc::clone(&state), req));
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The target API and token endpoint of one test.
+pub struct Servers {
+    pub state: Arc<ApiState>,
+    pub api_url: String,
+    pub token_url: String,
+}
+
+impl Servers {
+    pub async fn start() -> Self {
+        let state = Arc::new(ApiState::default());
+        state.token_lifetime.store(3600, Ordering::SeqCst);
+        let api = serve(Arc::clone(&state), api).await;
+        let tok = serve(Arc::clone(&state), token_endpoint).await;
+        Self {
+            state,
+            api_url: format!("http://{api}"),
+            token_url: format!("http://{tok}/oauth/token"),
+        }
+    }
+
+    /// Portal environment without OAuth.
+    pub fn plain_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("PORTAL_TARGET_API_URL", self.api_url.clone()),
+            ("PORTAL_USE_OAUTH", "false".into()),
+        ]
+    }
+
+    /// Portal environment with OAuth against the test token endpoint.
+    pub fn oauth_env(&self) -> Vec<(&'static str, String)> {
+        self.state.require_auth.store(true, Ordering::SeqCst);
+        vec![
+            ("PORTAL_TARGET_API_URL", self.api_url.clone()),
+            ("PORTAL_USE_OAUTH", "true".into()),
+            ("OAUTH2_TOKEN_URL", self.token_url.clone()),
+            ("OAUTH2_CLIENT_ID", "test-client".into()),
+            ("OAUTH2_CLIENT_SECRET", "s3cret/x".into()),
+        ]
+    }
+}
+
+/// Parses the JSON the test API answers with.
+pub fn json(out: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(out)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
+}
