@@ -31,6 +31,8 @@ pub struct Limits {
     pub max_jobs: usize,
     /// A job that receives nothing for this long is dropped.
     pub idle_timeout: Duration,
+    /// Most chunks one body may have; bounds the per-job bookkeeping.
+    pub max_chunks: usize,
 }
 
 impl Default for Limits {
@@ -41,6 +43,7 @@ impl Default for Limits {
             spool_dir: None,
             max_jobs: 256,
             idle_timeout: Duration::from_secs(300),
+            max_chunks: 100_000,
         }
     }
 }
@@ -314,6 +317,17 @@ impl Assembler {
             return Outcome::Ignored("duplicate chunk");
         }
         a.last_activity = now;
+        if payload.is_empty() || seq == 0 {
+            let msg = format!("chunk {seq} is empty or numbered as a start record");
+            return self.fail(job, ErrorCategory::BadRequest, msg);
+        }
+        if a.seen.len() >= self.limits.max_chunks {
+            let msg = format!(
+                "request body has more than {} chunks; use a larger chunk size",
+                self.limits.max_chunks
+            );
+            return self.fail(job, ErrorCategory::Rejected, msg);
+        }
         if crate::wire::checksum(payload) != info.crc32c {
             let msg = format!(
                 "chunk {seq} at byte {} failed its CRC32C check",

@@ -474,6 +474,7 @@ impl PortalConfig {
             spool_dir,
             max_jobs,
             idle_timeout: Duration::from_secs(idle),
+            max_chunks: defaults.max_chunks,
         };
         let topic_partitions = pick(&a.topic_partitions, &f.topic_partitions).unwrap_or(3);
         if topic_partitions < 1 {

@@ -359,6 +359,11 @@ pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError
                 {
                     return Err(error_from_portal(e.category, e.message.clone()));
                 }
+                if early.len() >= 64 {
+                    return Err(SendError::Integrity(format!(
+                        "job {job}: the portal answered before the upload finished with more than 64 records"
+                    )));
+                }
                 early.push_back(r);
             }
         }

@@ -367,6 +367,28 @@ mod tests {
     }
 
     #[test]
+    fn lifetime_from_a_jwt_without_expires_in() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let jwt = format!(
+            "{}.{}.c2ln",
+            b64(serde_json::json!({"alg": "HS256", "typ": "JWT"})),
+            b64(serde_json::json!({"exp": now + 120, "sub": "portal"}))
+        );
+        let r = TokenResponse {
+            access_token: jwt,
+            expires_in: None,
+        };
+        let got = lifetime_of(&r).as_secs();
+        assert!((118..=120).contains(&got), "{got}");
+    }
+
+    #[test]
     fn auth_method_parses() {
         assert_eq!(
             "client_secret_post".parse::<AuthMethod>(),

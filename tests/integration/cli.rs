@@ -93,3 +93,27 @@ fn portal_refuses_to_start_without_oauth_settings() {
         assert!(stderr.contains(var), "{var} not named: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_the_broker_refuses_names_the_setting() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("toolarge");
+    let _portal = Portal::start(&topics, &servers.plain_env());
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = pattern_file(dir.path(), "f.bin", 1, 3_000_000);
+    let out = send(
+        &topics,
+        &[
+            file.to_str().unwrap(),
+            "--endpoint",
+            "/x",
+            "--chunk-size",
+            "2000000",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    assert!(out.stderr.contains("message.max.bytes"), "{}", out.stderr);
+    assert!(out.stderr.contains("--chunk-size"), "{}", out.stderr);
+    assert!(servers.state.requests().is_empty());
+}
