@@ -186,7 +186,7 @@ pub struct SendArgs {
     #[arg(long)]
     pub no_wait: bool,
     /// Seconds to wait for the response, counted from the last record received [default: 300]
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, env = "KAFKASEND_TIMEOUT_SECS", value_name = "SECS")]
     pub timeout: Option<u64>,
     #[command(flatten)]
     #[allow(missing_docs)]

@@ -313,7 +313,7 @@ async fn read_partition(
             last_sweep = Instant::now();
             for failed in asm.expire(Instant::now()) {
                 log::warn!("job {}: {}", failed.job, failed.message);
-                spawn_error_reply(&ctx, &progress, failed);
+                spawn_error_reply(&ctx, &progress, failed).await;
             }
         }
     }
@@ -344,7 +344,7 @@ async fn handle_record(
         Ok(x) => x,
         Err(e) => {
             log::warn!("partition {partition} offset {offset}: {e}; skipped");
-            answer_undecodable(ctx, progress, &rec, e);
+            answer_undecodable(ctx, progress, &rec, e).await;
             return;
         }
     };
@@ -365,7 +365,7 @@ async fn handle_record(
         Outcome::Ignored(why) => log::debug!("partition {partition} offset {offset}: {why}"),
         Outcome::Failed(failed) => {
             log::warn!("job {}: {}", failed.job, failed.message);
-            spawn_error_reply(ctx, progress, failed);
+            spawn_error_reply(ctx, progress, failed).await;
         }
         Outcome::Complete(job) => {
             // Backpressure: wait here, not in memory, when too many jobs queue.
@@ -396,7 +396,7 @@ async fn handle_record(
 
 /// A record we cannot read may still say who sent it and where they listen;
 /// if so, tell them instead of letting them time out.
-fn answer_undecodable(
+async fn answer_undecodable(
     ctx: &Arc<Ctx>,
     progress: &Arc<Mutex<Progress>>,
     rec: &RecordAndOffset,
@@ -429,10 +429,15 @@ fn answer_undecodable(
             category: ErrorCategory::BadRequest,
             message: format!("the portal cannot read this request: {e}"),
         },
-    );
+    )
+    .await;
 }
 
-fn spawn_error_reply(ctx: &Arc<Ctx>, progress: &Arc<Mutex<Progress>>, failed: FailedJob) {
+async fn spawn_error_reply(ctx: &Arc<Ctx>, progress: &Arc<Mutex<Progress>>, failed: FailedJob) {
+    // Error replies queue like jobs, so a flood of bad requests cannot pile up tasks.
+    let Ok(queued) = Arc::clone(&ctx.queue_permits).acquire_owned().await else {
+        return;
+    };
     let ctx = Arc::clone(ctx);
     let progress = Arc::clone(progress);
     let guard = ctx.in_flight.enter();
@@ -454,6 +459,7 @@ fn spawn_error_reply(ctx: &Arc<Ctx>, progress: &Arc<Mutex<Progress>>, failed: Fa
             }
         }
         lock(&progress).done(failed.first_offset);
+        drop(queued);
         drop(guard);
     });
 }
@@ -563,12 +569,13 @@ async fn answer(
     pc: &PartitionClient,
     job: &CompletedJob,
 ) -> Result<(u16, u64), AnswerError> {
+    // One deadline for the whole call, headers and body alike.
+    let deadline = tokio::time::Instant::now() + ctx.dispatcher.timeout();
     let resp = ctx
         .dispatcher
         .call(job)
         .await
         .map_err(|error| AnswerError::Failed { seq: 0, error })?;
-    let deadline = tokio::time::Instant::now() + ctx.dispatcher.timeout();
     let status = resp.status().as_u16();
     let headers: Vec<(String, String)> = resp
         .headers()

@@ -38,7 +38,7 @@ pub enum SendError {
     #[error(transparent)]
     Kafka(#[from] KafkaError),
     /// No response in time.
-    #[error("no response for job {job} within {secs} s; the portal may be down or busy (raise --timeout, or pick the job up later)")]
+    #[error("no response for job {job} within {secs} s; the portal may be down or busy (check it is running, or raise --timeout)")]
     Timeout {
         /// Job id.
         job: JobId,
