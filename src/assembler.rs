@@ -57,8 +57,9 @@ pub enum SpooledBody {
     Memory(bytes::Bytes),
     /// A large body in an unlinked temporary file.
     File {
-        /// The spool file, already unlinked from its directory.
-        file: File,
+        /// The spool file, already unlinked from its directory; shared so
+        /// every attempt at the call reads it independently.
+        file: std::sync::Arc<File>,
         /// Body length.
         len: u64,
     },
@@ -463,7 +464,7 @@ impl Assembler {
         let body = match a.spool {
             Spool::Memory(v) => SpooledBody::Memory(bytes::Bytes::from(v)),
             Spool::File(file) => SpooledBody::File {
-                file,
+                file: std::sync::Arc::new(file),
                 len: end.total_len,
             },
         };
@@ -610,9 +611,9 @@ mod tests {
             SpooledBody::Empty => vec![],
             SpooledBody::Memory(m) => m.to_vec(),
             SpooledBody::File { file, len } => {
-                let mut v = Vec::new();
-                file.seek(SeekFrom::Start(0)).unwrap();
-                file.take(*len).read_to_end(&mut v).unwrap();
+                use std::os::unix::fs::FileExt;
+                let mut v = vec![0u8; *len as usize];
+                file.read_exact_at(&mut v, 0).unwrap();
                 v
             }
         }

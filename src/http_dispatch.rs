@@ -20,7 +20,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
+use std::future::Future as _;
 
 use crate::assembler::{CompletedJob, SpooledBody};
 use crate::token_cache::TokenCache;
@@ -91,12 +91,17 @@ pub fn full_body(bytes: Bytes) -> DispatchBody {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
-/// Streams `len` bytes of a spool file from its start.
+/// Streams `len` bytes of a spool file from its start. Reads are positional
+/// (`pread`), so each body keeps its own position: a retry after a 401 reads
+/// the file afresh even while the first attempt's body is still draining.
 struct FileBody {
-    file: tokio::fs::File,
-    remaining: u64,
-    buf: Box<[u8]>,
+    file: Arc<std::fs::File>,
+    pos: u64,
+    end: u64,
+    pending: Option<tokio::task::JoinHandle<std::io::Result<Vec<u8>>>>,
 }
+
+const FILE_READ: u64 = 256 * 1024;
 
 impl hyper::body::Body for FileBody {
     type Data = Bytes;
@@ -107,52 +112,61 @@ impl hyper::body::Body for FileBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
-        if this.remaining == 0 {
+        if this.pos >= this.end {
             return Poll::Ready(None);
         }
-        let want = this.buf.len().min(this.remaining as usize);
-        let mut rb = ReadBuf::new(&mut this.buf[..want]);
-        match Pin::new(&mut this.file).poll_read(cx, &mut rb) {
+        let handle = this.pending.get_or_insert_with(|| {
+            let file = Arc::clone(&this.file);
+            let pos = this.pos;
+            let len = (this.end - pos).min(FILE_READ) as usize;
+            tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, pos)?;
+                Ok(buf)
+            })
+        });
+        match Pin::new(handle).poll(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(Ok(())) => {
-                let n = rb.filled().len();
-                if n == 0 {
-                    return Poll::Ready(Some(Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "spool file is shorter than the body",
-                    ))));
+            Poll::Ready(joined) => {
+                this.pending = None;
+                let read = joined.unwrap_or_else(|e| {
+                    Err(std::io::Error::other(format!(
+                        "spool read task failed: {e}"
+                    )))
+                });
+                match read {
+                    Ok(buf) => {
+                        this.pos += buf.len() as u64;
+                        Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))))
+                    }
+                    Err(e) => Poll::Ready(Some(Err(e))),
                 }
-                this.remaining -= n as u64;
-                Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(rb.filled())))))
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.remaining == 0
+        self.pos >= self.end
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
+        SizeHint::with_exact(self.end.saturating_sub(self.pos))
     }
 }
 
-async fn body_of(spool: &SpooledBody) -> std::io::Result<DispatchBody> {
-    Ok(match spool {
+fn body_of(spool: &SpooledBody) -> DispatchBody {
+    match spool {
         SpooledBody::Empty => full_body(Bytes::new()),
         SpooledBody::Memory(b) => full_body(b.clone()),
-        SpooledBody::File { file, len } => {
-            let mut file = tokio::fs::File::from_std(file.try_clone()?);
-            file.seek(std::io::SeekFrom::Start(0)).await?;
-            FileBody {
-                file,
-                remaining: *len,
-                buf: vec![0u8; 256 * 1024].into_boxed_slice(),
-            }
-            .boxed()
+        SpooledBody::File { file, len } => FileBody {
+            file: Arc::clone(file),
+            pos: 0,
+            end: *len,
+            pending: None,
         }
-    })
+        .boxed(),
+    }
 }
 
 /// Why a call did not produce a response.
@@ -326,12 +340,7 @@ impl Dispatcher {
         if job.start.has_body || method_expects_body(method) {
             builder = builder.header(CONTENT_LENGTH, job.body.len());
         }
-        let body = body_of(&job.body).await.map_err(|e| {
-            DispatchError::new(
-                ErrorCategory::Internal,
-                format!("cannot read the spooled body: {e}"),
-            )
-        })?;
+        let body = body_of(&job.body);
         builder.body(body).map_err(|e| {
             DispatchError::new(ErrorCategory::BadRequest, format!("invalid request: {e}"))
         })

@@ -59,7 +59,8 @@ pub fn client_err(action: &'static str) -> impl FnOnce(RsError) -> KafkaError {
 pub struct KafkaSettings {
     /// Comma-separated `host:port` list.
     pub bootstrap_servers: String,
-    /// How long connecting and each retried operation may take.
+    /// How long connecting may take, and the retries of one operation; each
+    /// call is also bounded by a timeout of this length.
     pub op_timeout: Duration,
     /// Client id shown in broker logs.
     pub client_id: String,
@@ -112,11 +113,18 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError
 }
 
 /// Number of partitions of `topic`, or `None` when it does not exist.
-pub async fn partition_count(client: &Client, topic: &str) -> Result<Option<i32>, KafkaError> {
-    let topics = client
-        .list_topics()
-        .await
-        .map_err(client_err("listing topics"))?;
+pub async fn partition_count(
+    client: &Client,
+    topic: &str,
+    limit: Duration,
+) -> Result<Option<i32>, KafkaError> {
+    let topics = bounded("metadata lookup", limit, async {
+        client
+            .list_topics()
+            .await
+            .map_err(client_err("listing topics"))
+    })
+    .await?;
     Ok(topics
         .into_iter()
         .find(|t| t.name == topic)
@@ -129,31 +137,37 @@ pub async fn ensure_topic(
     topic: &str,
     partitions: i32,
     replication: i16,
+    limit: Duration,
 ) -> Result<i32, KafkaError> {
-    if let Some(n) = partition_count(client, topic).await? {
+    if let Some(n) = partition_count(client, topic, limit).await? {
         return Ok(n);
     }
     let controller = client
         .controller_client()
         .map_err(client_err("reaching the controller"))?;
-    match controller
-        .create_topic(topic, partitions, replication, 30_000)
-        .await
-    {
-        Ok(()) => {
-            log::info!(
-                "created topic {topic} with {partitions} partitions, replication {replication}"
-            );
+    let timeout_ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
+    let created = bounded("topic creation", limit, async {
+        match controller
+            .create_topic(topic, partitions, replication, timeout_ms)
+            .await
+        {
+            Ok(()) => {
+                log::info!(
+                    "created topic {topic} with {partitions} partitions, replication {replication}"
+                );
+                Ok(())
+            }
+            Err(RsError::ServerError {
+                protocol_error: ProtocolError::TopicAlreadyExists,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(client_err("creating a topic")(e)),
         }
-        Err(RsError::ServerError {
-            protocol_error: ProtocolError::TopicAlreadyExists,
-            ..
-        }) => {}
-        Err(e) => return Err(client_err("creating a topic")(e)),
-    }
+    });
+    created.await?;
     // Metadata can lag creation by a moment; wait until the topic is visible.
     for _ in 0..50 {
-        if let Some(n) = partition_count(client, topic).await? {
+        if let Some(n) = partition_count(client, topic, limit).await? {
             if n > 0 {
                 return Ok(n);
             }
@@ -168,11 +182,15 @@ pub async fn partition(
     client: &Client,
     topic: &str,
     partition: i32,
+    limit: Duration,
 ) -> Result<PartitionClient, KafkaError> {
-    client
-        .partition_client(topic.to_string(), partition, UnknownTopicHandling::Retry)
-        .await
-        .map_err(client_err("opening a partition"))
+    bounded("partition lookup", limit, async {
+        client
+            .partition_client(topic.to_string(), partition, UnknownTopicHandling::Retry)
+            .await
+            .map_err(client_err("opening a partition"))
+    })
+    .await
 }
 
 /// The record for one frame: keyed by the job id, headers as given.
@@ -196,44 +214,73 @@ fn now_utc() -> rskafka::chrono::DateTime<rskafka::chrono::Utc> {
     rskafka::chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-/// Produces one record and waits for the broker's acknowledgement.
-pub async fn produce(pc: &PartitionClient, record: Record) -> Result<i64, KafkaError> {
+/// Bounds one Kafka call: rskafka retries with backoff but a request on a
+/// silently dead connection has no deadline of its own.
+async fn bounded<T>(
+    action: &'static str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, KafkaError>>,
+) -> Result<T, KafkaError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or(Err(KafkaError::Timeout(action)))
+}
+
+/// Produces one record and waits for the broker's acknowledgement, at most `limit`.
+pub async fn produce(
+    pc: &PartitionClient,
+    record: Record,
+    limit: Duration,
+) -> Result<i64, KafkaError> {
     let size = record.value.as_ref().map_or(0, Vec::len);
-    match pc.produce(vec![record], Compression::NoCompression).await {
-        Ok(offsets) => Ok(offsets.first().copied().unwrap_or(-1)),
-        Err(RsError::ServerError {
-            protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
-            ..
-        }) => Err(KafkaError::RecordTooLarge { size }),
-        Err(e) => Err(client_err("producing a record")(e)),
-    }
+    bounded("produce", limit, async {
+        match pc.produce(vec![record], Compression::NoCompression).await {
+            Ok(offsets) => Ok(offsets.first().copied().unwrap_or(-1)),
+            Err(RsError::ServerError {
+                protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
+                ..
+            }) => Err(KafkaError::RecordTooLarge { size }),
+            Err(e) => Err(client_err("producing a record")(e)),
+        }
+    })
+    .await
 }
 
 /// The offset the next record produced to the partition will get.
-pub async fn end_offset(pc: &PartitionClient) -> Result<i64, KafkaError> {
-    pc.get_offset(OffsetAt::Latest)
-        .await
-        .map_err(client_err("reading a partition's end offset"))
+pub async fn end_offset(pc: &PartitionClient, limit: Duration) -> Result<i64, KafkaError> {
+    bounded("offset lookup", limit, async {
+        pc.get_offset(OffsetAt::Latest)
+            .await
+            .map_err(client_err("reading a partition's end offset"))
+    })
+    .await
 }
 
 /// The earliest offset still kept in the partition.
-pub async fn start_offset(pc: &PartitionClient) -> Result<i64, KafkaError> {
-    pc.get_offset(OffsetAt::Earliest)
-        .await
-        .map_err(client_err("reading a partition's start offset"))
+pub async fn start_offset(pc: &PartitionClient, limit: Duration) -> Result<i64, KafkaError> {
+    bounded("offset lookup", limit, async {
+        pc.get_offset(OffsetAt::Earliest)
+            .await
+            .map_err(client_err("reading a partition's start offset"))
+    })
+    .await
 }
 
-/// Fetches records from `offset`, waiting up to `max_wait` for some to arrive.
+/// Records from `offset` and the partition's high watermark, waiting up to
+/// `max_wait` on the broker for records to arrive and `limit` beyond that.
 pub async fn fetch(
     pc: &PartitionClient,
     offset: i64,
     max_wait: Duration,
-) -> Result<Vec<RecordAndOffset>, KafkaError> {
+    limit: Duration,
+) -> Result<(Vec<RecordAndOffset>, i64), KafkaError> {
     let wait_ms = i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX);
-    match pc.fetch_records(offset, 1..FETCH_MAX_BYTES, wait_ms).await {
-        Ok((records, _high_watermark)) => Ok(records),
-        Err(e) => Err(client_err("fetching records")(e)),
-    }
+    bounded("fetch", max_wait + limit, async {
+        pc.fetch_records(offset, 1..FETCH_MAX_BYTES, wait_ms)
+            .await
+            .map_err(client_err("fetching records"))
+    })
+    .await
 }
 
 /// Whether a record is keyed by `job`.
@@ -247,16 +294,18 @@ pub fn is_for_job(record: &Record, job: &JobId) -> bool {
 pub struct PartitionCache {
     client: Arc<Client>,
     topic: String,
+    limit: Duration,
     /// Guards the map only while a client is looked up or inserted.
     clients: Mutex<HashMap<i32, Arc<PartitionClient>>>,
 }
 
 impl PartitionCache {
     /// An empty cache for `topic`.
-    pub fn new(client: Arc<Client>, topic: String) -> Self {
+    pub fn new(client: Arc<Client>, topic: String, limit: Duration) -> Self {
         Self {
             client,
             topic,
+            limit,
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -272,7 +321,7 @@ impl PartitionCache {
         if let Some(c) = map.get(&p) {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(partition(&self.client, &self.topic, p).await?);
+        let c = Arc::new(partition(&self.client, &self.topic, p, self.limit).await?);
         map.insert(p, Arc::clone(&c));
         Ok(c)
     }

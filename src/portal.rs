@@ -149,6 +149,7 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         &kcfg.request_topic,
         cfg.topic_partitions,
         cfg.replication_factor,
+        kcfg.timeout,
     )
     .await?;
     let response_partitions = kafka::ensure_topic(
@@ -156,6 +157,7 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         &kcfg.response_topic,
         cfg.topic_partitions,
         cfg.replication_factor,
+        kcfg.timeout,
     )
     .await?;
 
@@ -175,7 +177,11 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         &cfg.allowed_headers,
     );
     let ctx = Arc::new(Ctx {
-        replies: PartitionCache::new(Arc::clone(&client), kcfg.response_topic.clone()),
+        replies: PartitionCache::new(
+            Arc::clone(&client),
+            kcfg.response_topic.clone(),
+            kcfg.timeout,
+        ),
         call_permits: Arc::new(Semaphore::new(cfg.max_concurrent_jobs)),
         queue_permits: Arc::new(Semaphore::new(cfg.max_concurrent_jobs + 256)),
         in_flight: Arc::new(InFlight::default()),
@@ -254,10 +260,11 @@ async fn read_partition(
     ready: tokio::sync::mpsc::Sender<i32>,
 ) -> Result<(), KafkaError> {
     let topic = ctx.cfg.kafka.request_topic.clone();
-    let pc = kafka::partition(&ctx.client, &topic, partition).await?;
+    let limit = ctx.cfg.kafka.timeout;
+    let pc = kafka::partition(&ctx.client, &topic, partition, limit).await?;
     let mut offset = match ctx.cfg.start_from {
-        StartFrom::Latest => kafka::end_offset(&pc).await?,
-        StartFrom::Earliest => kafka::start_offset(&pc).await?,
+        StartFrom::Latest => kafka::end_offset(&pc, limit).await?,
+        StartFrom::Earliest => kafka::start_offset(&pc, limit).await?,
     };
     log::debug!("reading {topic}[{partition}] from offset {offset}");
     let _ = ready.send(partition).await;
@@ -273,9 +280,9 @@ async fn read_partition(
     loop {
         let fetched = tokio::select! {
             _ = stop.changed() => break,
-            r = kafka::fetch(&pc, offset, FETCH_WAIT) => r,
+            r = kafka::fetch(&pc, offset, FETCH_WAIT, limit) => r,
         };
-        let records = match fetched {
+        let (records, high_watermark) = match fetched {
             Ok(r) => {
                 failures = 0;
                 r
@@ -288,9 +295,19 @@ async fn read_partition(
                     },
                 ..
             }) => {
-                let earliest = kafka::start_offset(&pc).await?;
-                log::warn!("{topic}[{partition}]: offset {offset} is gone (retention?); continuing at {earliest}");
-                offset = earliest;
+                // Below the log start: records were deleted, go on from the
+                // oldest kept. Past the end: the topic was truncated or
+                // recreated; replaying it could repeat old calls, so skip to the end.
+                let earliest = kafka::start_offset(&pc, limit).await?;
+                let next = if offset < earliest {
+                    earliest
+                } else {
+                    kafka::end_offset(&pc, limit).await?
+                };
+                log::warn!(
+                    "{topic}[{partition}]: offset {offset} is out of range; continuing at {next}"
+                );
+                offset = next;
                 continue;
             }
             Err(e) => {
@@ -309,7 +326,10 @@ async fn read_partition(
             handle_record(&ctx, &mut asm, &progress, partition, rec).await;
         }
         lock(&progress).next = offset;
-        if last_sweep.elapsed() >= Duration::from_secs(1) {
+        // Judge idleness only once caught up: records still unread in Kafka
+        // (say, while this reader waited for a queue slot) are not idleness.
+        let caught_up = offset >= high_watermark;
+        if caught_up && last_sweep.elapsed() >= Duration::from_secs(1) {
             last_sweep = Instant::now();
             for failed in asm.expire(Instant::now()) {
                 log::warn!("job {}: {}", failed.job, failed.message);
@@ -454,7 +474,7 @@ async fn spawn_error_reply(ctx: &Arc<Ctx>, progress: &Arc<Mutex<Progress>>, fail
                 category: failed.category,
                 message: failed.message,
             };
-            if let Err(e) = send_error(&pc, failed.job, 0, info).await {
+            if let Err(e) = send_error(&pc, failed.job, 0, info, ctx.cfg.kafka.timeout).await {
                 log::error!("job {}: could not send the error reply: {e}", failed.job);
             }
         }
@@ -500,13 +520,31 @@ async fn send_error(
     job: JobId,
     seq: u32,
     info: ErrorInfo,
+    limit: Duration,
 ) -> Result<i64, KafkaError> {
     let frame = Frame {
         job,
         seq,
         body: Body::Error(info),
     };
-    kafka::produce(pc, kafka::record(&frame, &[], &[])).await
+    kafka::produce(pc, kafka::record(&frame, &[], &[]), limit).await
+}
+
+/// Produces one response frame; a failure names the sequence number that
+/// did not get through, so an error record can take its place.
+async fn emit(
+    pc: &PartitionClient,
+    frame: &Frame,
+    payload: &[u8],
+    limit: Duration,
+) -> Result<(), AnswerError> {
+    kafka::produce(pc, kafka::record(frame, payload, &[]), limit)
+        .await
+        .map(|_| ())
+        .map_err(|error| AnswerError::Kafka {
+            seq: frame.seq,
+            error,
+        })
 }
 
 async fn run_job(ctx: &Ctx, job: CompletedJob) {
@@ -539,28 +577,30 @@ async fn run_job(ctx: &Ctx, job: CompletedJob) {
                 category: error.category,
                 message: error.message,
             };
-            if let Err(e) = send_error(&pc, id, seq, info).await {
+            if let Err(e) = send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await {
                 log::error!("job {id}: could not send the error reply: {e}");
             }
         }
-        Err(AnswerError::Kafka(e)) => log::error!("job {id}: could not send the response: {e}"),
+        Err(AnswerError::Kafka { seq, error }) => {
+            log::error!("job {id}: could not send the response: {error}");
+            // An error record is small; it may get through where a chunk did not.
+            let info = ErrorInfo {
+                category: ErrorCategory::Internal,
+                message: format!("the portal could not send the response: {error}"),
+            };
+            if let Err(e) = send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await {
+                log::error!("job {id}: could not send the error reply either: {e}");
+            }
+        }
     }
     drop(permit);
 }
 
 enum AnswerError {
     /// The job failed; `seq` is the next sequence number of the reply.
-    Failed {
-        seq: u32,
-        error: DispatchError,
-    },
-    Kafka(KafkaError),
-}
-
-impl From<KafkaError> for AnswerError {
-    fn from(e: KafkaError) -> Self {
-        Self::Kafka(e)
-    }
+    Failed { seq: u32, error: DispatchError },
+    /// The reply record numbered `seq` could not be produced.
+    Kafka { seq: u32, error: KafkaError },
 }
 
 /// Calls the API and streams its response; returns status and body bytes.
@@ -569,6 +609,7 @@ async fn answer(
     pc: &PartitionClient,
     job: &CompletedJob,
 ) -> Result<(u16, u64), AnswerError> {
+    let limit = ctx.cfg.kafka.timeout;
     // One deadline for the whole call, headers and body alike.
     let deadline = tokio::time::Instant::now() + ctx.dispatcher.timeout();
     let resp = ctx
@@ -602,7 +643,7 @@ async fn answer(
             body_len,
         }),
     };
-    kafka::produce(pc, kafka::record(&start, &[], &[])).await?;
+    emit(pc, &start, &[], limit).await?;
 
     let chunk_size = ctx.cfg.kafka.chunk_size;
     let mut chunker = Chunker::new(job.job, 1);
@@ -618,7 +659,7 @@ async fn answer(
             Ok(n) => n,
             Err(_) if !buf.is_empty() && tokio::time::Instant::now() < deadline => {
                 let out = chunker.chunk(std::mem::take(&mut buf));
-                kafka::produce(pc, kafka::record(&out.frame, &out.payload, &[])).await?;
+                emit(pc, &out.frame, &out.payload, limit).await?;
                 continue;
             }
             Err(_) => {
@@ -661,7 +702,7 @@ async fn answer(
                     if buf.len() == chunk_size {
                         let out = chunker
                             .chunk(std::mem::replace(&mut buf, Vec::with_capacity(chunk_size)));
-                        kafka::produce(pc, kafka::record(&out.frame, &out.payload, &[])).await?;
+                        emit(pc, &out.frame, &out.payload, limit).await?;
                     }
                 }
             }
@@ -669,11 +710,11 @@ async fn answer(
     }
     if !buf.is_empty() {
         let out = chunker.chunk(buf);
-        kafka::produce(pc, kafka::record(&out.frame, &out.payload, &[])).await?;
+        emit(pc, &out.frame, &out.payload, limit).await?;
     }
     let total = chunker.bytes();
     let end = chunker.finish();
-    kafka::produce(pc, kafka::record(&end, &[], &[])).await?;
+    emit(pc, &end, &[], limit).await?;
     Ok((status, total))
 }
 

@@ -285,11 +285,12 @@ pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError
     let prepared = prepare(args)?;
     let mut body = open_body(&prepared).await?;
     let kcfg = &cfg.kafka;
+    let limit = kcfg.timeout;
     let client = kafka::connect(&kcfg.settings("kafkasend-send")).await?;
-    let req_parts = kafka::partition_count(&client, &kcfg.request_topic)
+    let req_parts = kafka::partition_count(&client, &kcfg.request_topic, limit)
         .await?
         .ok_or_else(|| KafkaError::MissingTopic(kcfg.request_topic.clone()))?;
-    let resp_parts = kafka::partition_count(&client, &kcfg.response_topic)
+    let resp_parts = kafka::partition_count(&client, &kcfg.response_topic, limit)
         .await?
         .ok_or_else(|| KafkaError::MissingTopic(kcfg.response_topic.clone()))?;
 
@@ -307,12 +308,16 @@ pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError
     let reader = if args.no_wait {
         None
     } else {
-        let reply_pc =
-            Arc::new(kafka::partition(&client, &kcfg.response_topic, reply_partition).await?);
-        let from = kafka::end_offset(&reply_pc).await?;
-        Some(tokio::spawn(follow_replies(reply_pc, from, job, reply_tx)))
+        let reply_pc = Arc::new(
+            kafka::partition(&client, &kcfg.response_topic, reply_partition, limit).await?,
+        );
+        let from = kafka::end_offset(&reply_pc, limit).await?;
+        Some(tokio::spawn(follow_replies(
+            reply_pc, from, job, reply_tx, limit,
+        )))
     };
-    let request_pc = kafka::partition(&client, &kcfg.request_topic, request_partition).await?;
+    let request_pc =
+        kafka::partition(&client, &kcfg.request_topic, request_partition, limit).await?;
 
     let start = Frame {
         job,
@@ -331,6 +336,7 @@ pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError
     kafka::produce(
         &request_pc,
         kafka::record(&start, &[], &[(wire::REPLY_TO_HEADER, reply_to)]),
+        limit,
     )
     .await?;
 
@@ -346,7 +352,12 @@ pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError
                 break;
             }
             let out = chunker.chunk(data);
-            kafka::produce(&request_pc, kafka::record(&out.frame, &out.payload, &[])).await?;
+            kafka::produce(
+                &request_pc,
+                kafka::record(&out.frame, &out.payload, &[]),
+                limit,
+            )
+            .await?;
             // A portal that refuses the job says so at once; stop uploading then.
             while let Ok(r) = reply_rx.try_recv() {
                 if let Reply::Frame(
@@ -377,7 +388,7 @@ pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError
         }
         let sent = chunker.bytes();
         let end = chunker.finish();
-        kafka::produce(&request_pc, kafka::record(&end, &[], &[])).await?;
+        kafka::produce(&request_pc, kafka::record(&end, &[], &[]), limit).await?;
         let secs = upload_started.elapsed().as_secs_f64();
         log::info!(
             "job {job}: sent {sent} bytes in {secs:.2} s ({:.1} MB/s)",
@@ -407,11 +418,12 @@ async fn follow_replies(
     mut from: i64,
     job: JobId,
     tx: mpsc::Sender<Reply>,
+    limit: Duration,
 ) {
     let mut failures = 0u32;
     loop {
-        let records = match kafka::fetch(&pc, from, Duration::from_millis(500)).await {
-            Ok(r) => {
+        let records = match kafka::fetch(&pc, from, Duration::from_millis(500), limit).await {
+            Ok((r, _)) => {
                 failures = 0;
                 r
             }

@@ -293,6 +293,24 @@ async fn api(
             status = StatusCode::UNAUTHORIZED;
         }
     }
+    if status == StatusCode::UNAUTHORIZED {
+        // Refuse at once and drain the body in the background, as real
+        // servers do: the portal sees the 401 while its first attempt is
+        // still uploading, and its retry must send the whole body again.
+        let mut body = req.into_body();
+        tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
+        state.requests.lock().unwrap().push(Recorded {
+            method,
+            path,
+            query,
+            headers,
+            body_len: 0,
+            body_sha256: String::new(),
+            parts: Vec::new(),
+            status: status.as_u16(),
+        });
+        return Ok(text(status, "token refused"));
+    }
     let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
@@ -343,9 +361,6 @@ async fn api(
         parts,
         status: status.as_u16(),
     });
-    if status == StatusCode::UNAUTHORIZED {
-        return Ok(text(status, "token refused"));
-    }
     if status == StatusCode::NOT_FOUND {
         return Ok(text(status, "no such thing here"));
     }

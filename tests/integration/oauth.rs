@@ -43,7 +43,7 @@ async fn a_401_causes_one_refresh_and_one_retry() {
     let topics = Topics::new("unauthorized");
     let _portal = Portal::start(&topics, &servers.oauth_env());
     let dir = tempfile::tempdir().unwrap();
-    let (file, digest) = pattern_file(dir.path(), "body.bin", 3, 2_500_000);
+    let (file, digest) = pattern_file(dir.path(), "body.bin", 3, 20_000_000);
     let out = send(
         &topics,
         &[file.to_str().unwrap(), "--endpoint", "/api/first"],
