@@ -485,6 +485,20 @@ impl Assembler {
         }
     }
 
+    /// Ends an assembling job from outside (e.g. one of its records was
+    /// unreadable); `None` when no such job is assembling.
+    pub fn abort(
+        &mut self,
+        job: JobId,
+        category: ErrorCategory,
+        message: String,
+    ) -> Option<FailedJob> {
+        match self.fail(job, category, message) {
+            Outcome::Failed(f) => Some(f),
+            _ => None,
+        }
+    }
+
     /// Drops jobs idle for longer than the limit, returning them so the
     /// clients can be told; their spool files go with them.
     pub fn expire(&mut self, now: Instant) -> Vec<FailedJob> {

@@ -16,6 +16,12 @@ use serde::{Deserialize, Serialize};
 use crate::chunker::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
 use crate::token_cache::AuthMethod;
 
+/// Longest wait any setting may ask for: a week.
+pub const MAX_WAIT_SECS: u64 = 7 * 24 * 3600;
+
+/// Largest spool threshold: bodies above it always go to disk.
+pub const MAX_SPOOL_THRESHOLD: usize = 64 * 1024 * 1024;
+
 /// Default request headers forwarded to the API.
 pub const DEFAULT_ALLOWED_HEADERS: &str = "Content-Type,Accept,X-Request-ID,X-Correlation-ID";
 
@@ -283,8 +289,8 @@ impl KafkaConfig {
             bail!("KAFKA_REQUEST_TOPIC and KAFKA_RESPONSE_TOPIC must differ (both are '{request_topic}')");
         }
         let secs = pick(&a.kafka_timeout_secs, &f.kafka_timeout_secs).unwrap_or(30);
-        if secs == 0 {
-            bail!("KAFKA_TIMEOUT_SECS must be at least 1");
+        if !(1..=3600).contains(&secs) {
+            bail!("KAFKA_TIMEOUT_SECS must be between 1 and 3600, not {secs}");
         }
         let chunk_size = pick(&a.chunk_size, &f.chunk_size).unwrap_or(DEFAULT_CHUNK_SIZE);
         if !(1024..=MAX_CHUNK_SIZE).contains(&chunk_size) {
@@ -441,8 +447,10 @@ impl PortalConfig {
             );
         }
         let timeout = pick(&a.request_timeout_secs, &f.request_timeout_secs).unwrap_or(1800);
-        if timeout == 0 {
-            bail!("PORTAL_REQUEST_TIMEOUT_SECS must be at least 1");
+        if !(1..=MAX_WAIT_SECS).contains(&timeout) {
+            bail!(
+                "PORTAL_REQUEST_TIMEOUT_SECS must be between 1 and {MAX_WAIT_SECS}, not {timeout}"
+            );
         }
         let allowed_headers = pick(&a.allowed_headers, &f.allowed_headers)
             .unwrap_or_else(|| DEFAULT_ALLOWED_HEADERS.into())
@@ -457,8 +465,8 @@ impl PortalConfig {
             bail!("PORTAL_MAX_ASSEMBLING_JOBS must be at least 1");
         }
         let idle = pick(&a.job_idle_timeout_secs, &f.job_idle_timeout_secs).unwrap_or(300);
-        if idle == 0 {
-            bail!("PORTAL_JOB_IDLE_TIMEOUT_SECS must be at least 1");
+        if !(1..=MAX_WAIT_SECS).contains(&idle) {
+            bail!("PORTAL_JOB_IDLE_TIMEOUT_SECS must be between 1 and {MAX_WAIT_SECS}, not {idle}");
         }
         let spool_dir = pick(&a.spool_dir, &f.spool_dir);
         if let Some(d) = &spool_dir {
@@ -466,11 +474,15 @@ impl PortalConfig {
                 bail!("PORTAL_SPOOL_DIR: {} is not a directory", d.display());
             }
         }
+        let spool_threshold = pick(&a.spool_threshold_bytes, &f.spool_threshold_bytes)
+            .unwrap_or(defaults.spool_threshold);
+        if spool_threshold > MAX_SPOOL_THRESHOLD {
+            bail!("PORTAL_SPOOL_THRESHOLD_BYTES must be at most {MAX_SPOOL_THRESHOLD}, not {spool_threshold}");
+        }
         let limits = crate::assembler::Limits {
             max_body_bytes: pick(&a.max_body_bytes, &f.max_body_bytes)
                 .unwrap_or(defaults.max_body_bytes),
-            spool_threshold: pick(&a.spool_threshold_bytes, &f.spool_threshold_bytes)
-                .unwrap_or(defaults.spool_threshold),
+            spool_threshold,
             spool_dir,
             max_jobs,
             idle_timeout: Duration::from_secs(idle),
@@ -539,8 +551,8 @@ impl SendConfig {
         let f = load_file(a.kafka.config.as_deref())?;
         let kafka = KafkaConfig::resolve(&a.kafka, &f)?;
         let timeout = pick(&a.timeout, &f.timeout).unwrap_or(300);
-        if timeout == 0 {
-            bail!("--timeout must be at least 1 second");
+        if !(1..=MAX_WAIT_SECS).contains(&timeout) {
+            bail!("--timeout (KAFKASEND_TIMEOUT_SECS) must be between 1 and {MAX_WAIT_SECS} seconds, not {timeout}");
         }
         Ok(Self {
             kafka,

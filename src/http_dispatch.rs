@@ -379,15 +379,21 @@ pub fn validate_path(path: &str) -> Result<(), DispatchError> {
         return reject("it contains '\\' or '#'");
     }
     let only_path = path.split('?').next().unwrap_or(path);
-    let decoded = only_path
-        .to_ascii_lowercase()
-        .replace("%2e", ".")
-        .replace("%2f", "/");
-    if decoded.split('/').any(|seg| seg == "." || seg == "..") {
-        return reject("it contains dot segments");
-    }
-    if only_path.to_ascii_lowercase().contains("%25") {
+    let lower = only_path.to_ascii_lowercase();
+    if lower.contains("%25") {
         return reject("it contains doubly encoded characters");
+    }
+    if lower.contains("%5c") || lower.contains("%00") {
+        return reject("it contains an encoded backslash or NUL");
+    }
+    let decoded = lower.replace("%2e", ".").replace("%2f", "/");
+    // `..;x` is a dot segment to servers that strip path parameters.
+    if decoded
+        .split('/')
+        .map(|seg| seg.split(';').next().unwrap_or(seg))
+        .any(|seg| seg == "." || seg == "..")
+    {
+        return reject("it contains dot segments");
     }
     Ok(())
 }
@@ -411,6 +417,9 @@ mod tests {
             "/a\r\nHost: x",
             "/a b",
             "/%252e%252e/x",
+            "/a/..;/admin",
+            "/a/..%5cadmin",
+            "/a%00b",
             "http://evil/x",
         ] {
             assert!(validate_path(bad).is_err(), "{bad}");

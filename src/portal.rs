@@ -39,6 +39,9 @@ const FETCH_WAIT: Duration = Duration::from_millis(500);
 /// How long in-flight jobs may finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// Most bytes of response headers relayed.
+const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
+
 /// Response headers not relayed: they describe the hop, not the content.
 const HOP_HEADERS: &[&str] = &[
     "connection",
@@ -240,7 +243,16 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         SHUTDOWN_GRACE.as_secs()
     );
     let _ = stop_tx.send(true);
-    while readers.join_next().await.is_some() {}
+    let readers_done = async { while readers.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, readers_done)
+        .await
+        .is_err()
+    {
+        log::warn!(
+            "request readers did not stop within {} s",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
     if ctx.in_flight.wait_idle(SHUTDOWN_GRACE).await {
         log::info!("all jobs answered; bye");
     } else {
@@ -364,7 +376,24 @@ async fn handle_record(
         Ok(x) => x,
         Err(e) => {
             log::warn!("partition {partition} offset {offset}: {e}; skipped");
-            answer_undecodable(ctx, progress, &rec, e).await;
+            // A broken record of a job being assembled dooms that job: say so now.
+            let job = rec
+                .record
+                .key
+                .as_deref()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .and_then(|k| k.parse::<JobId>().ok());
+            if let Some(failed) = job.and_then(|j| {
+                asm.abort(
+                    j,
+                    ErrorCategory::Integrity,
+                    format!("a record of this request is unreadable: {e}"),
+                )
+            }) {
+                spawn_error_reply(ctx, progress, failed).await;
+            } else {
+                answer_undecodable(ctx, progress, &rec, e).await;
+            }
             return;
         }
     };
@@ -618,17 +647,25 @@ async fn answer(
         .await
         .map_err(|error| AnswerError::Failed { seq: 0, error })?;
     let status = resp.status().as_u16();
-    let headers: Vec<(String, String)> = resp
-        .headers()
-        .iter()
-        .filter(|(n, _)| !HOP_HEADERS.contains(&n.as_str()))
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    // Response headers travel in one frame header; keep them well inside
+    // wire::MAX_HEADER_BYTES and say what was dropped.
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut header_bytes = 0usize;
+    for (n, v) in resp.headers() {
+        if HOP_HEADERS.contains(&n.as_str()) {
+            continue;
+        }
+        let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        header_bytes += n.as_str().len() + value.len();
+        if header_bytes > MAX_RESPONSE_HEADER_BYTES {
+            log::warn!(
+                "job {}: response headers exceed {MAX_RESPONSE_HEADER_BYTES} bytes; header {n} and later ones dropped",
+                job.job
+            );
+            break;
+        }
+        headers.push((n.as_str().to_string(), value));
+    }
     let body_len = resp
         .headers()
         .get(hyper::header::CONTENT_LENGTH)

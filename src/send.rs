@@ -471,7 +471,7 @@ fn error_from_portal(category: ErrorCategory, message: String) -> SendError {
     }
 }
 
-/// Where the response body goes: stdout, or `FILE.part` renamed to `FILE`
+/// Where the response body goes: stdout, or `FILE.<job>.part` renamed to `FILE`
 /// once the body is complete and verified.
 struct Sink {
     out: Box<dyn AsyncWrite + Unpin + Send>,
@@ -486,10 +486,15 @@ impl Sink {
                 part: None,
             }),
             Some(path) => {
+                // A fresh name nobody else uses, created exclusively: never
+                // truncates an existing file or follows a planted symlink.
                 let mut part = path.as_os_str().to_owned();
-                part.push(".part");
+                part.push(format!(".{}.part", JobId::new()));
                 let part = PathBuf::from(part);
-                let f = tokio::fs::File::create(&part)
+                let f = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&part)
                     .await
                     .map_err(|e| SendError::Io(format!("cannot create {}: {e}", part.display())))?;
                 Ok(Self {

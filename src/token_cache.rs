@@ -60,7 +60,7 @@ pub struct OAuthConfig {
 }
 
 /// Why no token could be had.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokenError {
     /// The endpoint could not be reached.
@@ -117,6 +117,12 @@ struct Cached {
     refresh_at: Instant,
 }
 
+/// How long a failed fetch is reported to callers without trying again.
+const FAILURE_HOLD: Duration = Duration::from_secs(2);
+
+/// Longest a token is reused, whatever lifetime it claims.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// Tokens used when the endpoint states no lifetime and the token is no JWT.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
@@ -130,6 +136,9 @@ pub struct TokenCache {
     /// Held while one fetch runs so concurrent callers wait for it instead of
     /// fetching too.
     fetch_lock: tokio::sync::Mutex<()>,
+    /// The last failed fetch, handed to callers that queued behind it for a
+    /// moment instead of each trying again against an endpoint that is down.
+    last_failure: std::sync::Mutex<Option<(Instant, TokenError)>>,
     fetches: AtomicU64,
 }
 
@@ -155,6 +164,7 @@ impl TokenCache {
             http,
             current: std::sync::Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
+            last_failure: std::sync::Mutex::new(None),
             fetches: AtomicU64::new(0),
         }
     }
@@ -181,7 +191,23 @@ impl TokenCache {
         if let Some(t) = self.valid() {
             return Ok(t);
         }
-        let (token, lifetime) = self.fetch().await?;
+        {
+            let failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, e)) = failure.as_ref() {
+                if at.elapsed() < FAILURE_HOLD {
+                    return Err(e.clone());
+                }
+            }
+        }
+        let (token, lifetime) = match self.fetch().await {
+            Ok(t) => t,
+            Err(e) => {
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), e.clone()));
+                return Err(e);
+            }
+        };
+        let lifetime = lifetime.min(MAX_LIFETIME);
         let token: Arc<str> = Arc::from(token);
         let refresh_at = Instant::now() + lifetime.saturating_sub(refresh_margin(lifetime));
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Cached {

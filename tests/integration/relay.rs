@@ -92,7 +92,11 @@ async fn a_20_mb_response_streams_to_output_and_verifies() {
         sha256_hex(&got),
         sha256_hex(&bytes_route_body(20_000_000, 9))
     );
-    assert!(!dir.path().join("download.bin.part").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, vec![std::ffi::OsString::from("download.bin")]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
