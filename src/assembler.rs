@@ -485,6 +485,12 @@ impl Assembler {
         }
     }
 
+    /// Ignores every record of `job` from now on.
+    pub fn skip(&mut self, job: JobId) {
+        self.jobs.remove(&job);
+        self.finished.insert(job);
+    }
+
     /// Ends an assembling job from outside (e.g. one of its records was
     /// unreadable); `None` when no such job is assembling.
     pub fn abort(

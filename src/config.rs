@@ -52,12 +52,12 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  PORTAL_TARGET_API_URL=http://127.0.0.1:8080 PORTAL_USE_OAUTH=false kafkasend portal"
     )]
-    Portal(PortalArgs),
+    Portal(Box<PortalArgs>),
     /// Send one HTTP request (and a file) through Kafka and print the response.
     #[command(
         after_help = "Examples:\n  kafkasend send report.pdf --endpoint /api/upload\n  kafkasend send --endpoint '/api/items?limit=5' -H 'Accept: application/json'\n  kafkasend send big.iso --endpoint /api/upload --multipart --field file -o reply.json"
     )]
-    Send(SendArgs),
+    Send(Box<SendArgs>),
 }
 
 /// Kafka settings shared by both sides.
@@ -131,6 +131,18 @@ pub struct PortalArgs {
     /// Where to start reading the request topic: latest or earliest [default: latest]
     #[arg(long, env = "PORTAL_START_FROM", value_name = "WHERE")]
     pub start_from: Option<String>,
+    /// Consumer group the portals share [default: kafkasend-portal]
+    #[arg(long, env = "KAFKA_CONSUMER_GROUP", value_name = "GROUP")]
+    pub consumer_group: Option<String>,
+    /// The group drops a portal not heard from for this long, 6 to 1800 [default: 30]
+    #[arg(long, env = "PORTAL_SESSION_TIMEOUT_SECS", value_name = "SECS")]
+    pub session_timeout_secs: Option<u64>,
+    /// On shutdown or rebalance, how long jobs in flight may finish [default: 30]
+    #[arg(long, env = "PORTAL_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+    /// Header carrying the job id on every API call; empty turns it off [default: Idempotency-Key]
+    #[arg(long, env = "PORTAL_IDEMPOTENCY_HEADER", value_name = "NAME")]
+    pub idempotency_header: Option<String>,
     /// OAuth2 token endpoint URL
     #[arg(long, env = "OAUTH2_TOKEN_URL", value_name = "URL")]
     pub oauth2_token_url: Option<String>,
@@ -223,6 +235,10 @@ pub struct FileConfig {
     pub topic_partitions: Option<i32>,
     pub replication_factor: Option<i16>,
     pub start_from: Option<String>,
+    pub consumer_group: Option<String>,
+    pub session_timeout_secs: Option<u64>,
+    pub shutdown_grace_secs: Option<u64>,
+    pub idempotency_header: Option<String>,
     pub oauth2_token_url: Option<String>,
     pub oauth2_client_id: Option<String>,
     pub oauth2_client_secret: Option<String>,
@@ -344,9 +360,26 @@ pub enum StartFrom {
 /// OAuth settings, resolved.
 pub type OAuthSettings = crate::token_cache::OAuthConfig;
 
+/// Consumer-group settings of the portal, resolved.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// Group id.
+    pub group_id: String,
+    /// Session timeout.
+    pub session_timeout: Duration,
+    /// Time members have to rejoin in a rebalance.
+    pub rebalance_timeout: Duration,
+    /// Time jobs in flight get on shutdown or revocation.
+    pub shutdown_grace: Duration,
+}
+
 /// Portal settings, resolved.
 #[derive(Debug, Clone)]
 pub struct PortalConfig {
+    /// Consumer group.
+    pub group: GroupConfig,
+    /// Header carrying the job id, if any.
+    pub idempotency_header: Option<String>,
     /// Kafka side.
     pub kafka: KafkaConfig,
     /// API base URL.
@@ -505,7 +538,35 @@ impl PortalConfig {
             "earliest" => StartFrom::Earliest,
             other => bail!("PORTAL_START_FROM must be latest or earliest, not '{other}'"),
         };
+        let group_id =
+            pick(&a.consumer_group, &f.consumer_group).unwrap_or_else(|| "kafkasend-portal".into());
+        if group_id.trim().is_empty() || group_id.len() > 249 {
+            bail!("KAFKA_CONSUMER_GROUP must be a non-empty name of at most 249 characters");
+        }
+        let session = pick(&a.session_timeout_secs, &f.session_timeout_secs).unwrap_or(30);
+        if !(6..=1800).contains(&session) {
+            bail!("PORTAL_SESSION_TIMEOUT_SECS must be between 6 and 1800 (the broker's group.min/max.session.timeout.ms), not {session}");
+        }
+        let grace = pick(&a.shutdown_grace_secs, &f.shutdown_grace_secs).unwrap_or(30);
+        if grace > 3600 {
+            bail!("PORTAL_SHUTDOWN_GRACE_SECS must be at most 3600, not {grace}");
+        }
+        let idempotency_header = pick(&a.idempotency_header, &f.idempotency_header)
+            .unwrap_or_else(|| "Idempotency-Key".into());
+        let idempotency_header = match idempotency_header.trim() {
+            "" => None,
+            h if hyper::header::HeaderName::from_bytes(h.as_bytes()).is_ok() => Some(h.to_string()),
+            h => bail!("PORTAL_IDEMPOTENCY_HEADER: '{h}' is not a valid header name"),
+        };
+        let group = GroupConfig {
+            group_id,
+            session_timeout: Duration::from_secs(session),
+            rebalance_timeout: Duration::from_secs(grace + 30),
+            shutdown_grace: Duration::from_secs(grace),
+        };
         Ok(Self {
+            group,
+            idempotency_header,
             kafka,
             target_api_url: target,
             oauth,
@@ -570,7 +631,7 @@ mod tests {
         let mut argv = vec!["kafkasend", "portal"];
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Portal(p) => p,
+            Command::Portal(p) => *p,
             Command::Send(_) => unreachable!(),
         }
     }

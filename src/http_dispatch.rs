@@ -214,6 +214,9 @@ pub struct Dispatcher {
     timeout: Duration,
     /// Lower-case names of the request headers forwarded.
     allowed_headers: Vec<String>,
+    /// Header that carries the job id, so an API honouring idempotency keys
+    /// turns a repeated call into a no-op.
+    idempotency_header: Option<HeaderName>,
 }
 
 impl Dispatcher {
@@ -224,6 +227,7 @@ impl Dispatcher {
         tokens: Option<Arc<TokenCache>>,
         timeout: Duration,
         allowed_headers: &[String],
+        idempotency_header: Option<&str>,
     ) -> Self {
         Self {
             client,
@@ -235,6 +239,8 @@ impl Dispatcher {
                 .map(|h| h.trim().to_ascii_lowercase())
                 .filter(|h| !h.is_empty())
                 .collect(),
+            idempotency_header: idempotency_header
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
         }
     }
 
@@ -310,7 +316,12 @@ impl Dispatcher {
         let mut builder = Request::builder().method(method.clone()).uri(url);
         for (name, value) in &job.start.headers {
             let lower = name.to_ascii_lowercase();
-            if ALWAYS_STRIPPED.contains(&lower.as_str())
+            let is_idempotency = self
+                .idempotency_header
+                .as_ref()
+                .is_some_and(|h| h.as_str() == lower);
+            if is_idempotency
+                || ALWAYS_STRIPPED.contains(&lower.as_str())
                 || lower.starts_with("x-forwarded-")
                 || !self.allowed_headers.contains(&lower)
             {
@@ -327,6 +338,12 @@ impl Dispatcher {
                 ));
             };
             builder = builder.header(n, v);
+        }
+        if let Some(name) = &self.idempotency_header {
+            let id = HeaderValue::from_str(&job.job.to_string()).map_err(|_| {
+                DispatchError::new(ErrorCategory::Internal, "job id is not a header value")
+            })?;
+            builder = builder.header(name.clone(), id);
         }
         if let Some(t) = token {
             let v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {

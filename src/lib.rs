@@ -17,10 +17,12 @@
 pub mod assembler;
 pub mod chunker;
 pub mod config;
+pub mod group;
 pub mod http_dispatch;
 pub mod kafka;
 pub mod partitioner;
 pub mod portal;
+pub mod progress;
 pub mod send;
 pub mod token_cache;
 pub mod wire;

@@ -20,6 +20,16 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Resolves at the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_then_force() {
+    shutdown_signal().await;
+    tokio::spawn(async {
+        shutdown_signal().await;
+        eprintln!("kafkasend portal: second signal; exiting now without waiting for jobs");
+        std::process::exit(130);
+    });
+}
+
 /// Resolves when SIGINT or SIGTERM arrives.
 async fn shutdown_signal() {
     #[cfg(unix)]
@@ -62,7 +72,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(kafkasend::portal::run(cfg, shutdown_signal())) {
+            match rt.block_on(kafkasend::portal::run(cfg, shutdown_then_force())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e:#}");

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use http_body_util::BodyExt;
 use rskafka::client::error::{Error as RsError, ProtocolError};
 use rskafka::client::partition::PartitionClient;
@@ -24,8 +23,10 @@ use tokio::sync::{watch, Notify, Semaphore};
 use crate::assembler::{Assembler, CompletedJob, FailedJob, Outcome};
 use crate::chunker::Chunker;
 use crate::config::{PortalConfig, StartFrom};
+use crate::group::{Assignment, Beat, GroupError, GroupSettings, Member};
 use crate::http_dispatch::{DispatchError, Dispatcher};
 use crate::kafka::{self, KafkaError, PartitionCache};
+use crate::progress::{decode_metadata, Progress};
 use crate::token_cache::TokenCache;
 use crate::wire::{self, Body, ErrorCategory, ErrorInfo, Frame, JobId, ResponseStart};
 
@@ -35,9 +36,6 @@ const FLUSH_AFTER: Duration = Duration::from_millis(200);
 
 /// How long a fetch waits on the broker for new records.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
-
-/// How long in-flight jobs may finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Most bytes of response headers relayed.
 const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
@@ -52,44 +50,6 @@ const HOP_HEADERS: &[&str] = &[
     "upgrade",
     "proxy-authenticate",
 ];
-
-/// Per request partition: which offsets are still owed an answer.
-///
-/// The committable offset is the first offset of the oldest job not yet
-/// fully answered, or the next offset to read when none is in flight.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Start offsets of jobs not yet answered, with a count in case a
-    /// broken producer reused an offset's job id.
-    in_flight: BTreeMap<i64, usize>,
-    /// Next offset the reader will fetch.
-    next: i64,
-}
-
-impl Progress {
-    fn add(&mut self, offset: i64) {
-        *self.in_flight.entry(offset).or_default() += 1;
-    }
-
-    fn done(&mut self, offset: i64) {
-        if let Some(n) = self.in_flight.get_mut(&offset) {
-            *n -= 1;
-            if *n == 0 {
-                self.in_flight.remove(&offset);
-            }
-        }
-    }
-
-    /// The offset below which every job has been answered.
-    pub fn committable(&self) -> i64 {
-        self.in_flight
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.next)
-            .min(self.next)
-    }
-}
 
 /// Counts running job tasks so shutdown can wait for them.
 #[derive(Debug, Default)]
@@ -141,6 +101,17 @@ struct Ctx {
     /// files held by queued jobs. The reader waits when none is free.
     queue_permits: Arc<Semaphore>,
     in_flight: Arc<InFlight>,
+    /// Progress of every request partition this portal has read, kept across
+    /// rebalances so a job still running from an earlier generation is known
+    /// when its partition comes back, and still commits when it ends.
+    progress: Mutex<BTreeMap<i32, Arc<Mutex<Progress>>>>,
+}
+
+impl Ctx {
+    fn progress_of(&self, partition: i32) -> Arc<Mutex<Progress>> {
+        let mut map = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(partition).or_default())
+    }
 }
 
 /// Runs a portal until `shutdown` completes, then lets in-flight jobs finish.
@@ -178,6 +149,7 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         tokens,
         cfg.request_timeout,
         &cfg.allowed_headers,
+        cfg.idempotency_header.as_deref(),
     );
     let ctx = Arc::new(Ctx {
         replies: PartitionCache::new(
@@ -188,104 +160,271 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         call_permits: Arc::new(Semaphore::new(cfg.max_concurrent_jobs)),
         queue_permits: Arc::new(Semaphore::new(cfg.max_concurrent_jobs + 256)),
         in_flight: Arc::new(InFlight::default()),
+        progress: Mutex::new(BTreeMap::new()),
         response_partitions,
         dispatcher,
         client,
         cfg,
     });
 
+    let mut member = Member::new(GroupSettings {
+        bootstrap: ctx
+            .cfg
+            .kafka
+            .bootstrap_servers
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        group_id: ctx.cfg.group.group_id.clone(),
+        client_id: "kafkasend-portal".into(),
+        session_timeout: ctx.cfg.group.session_timeout,
+        rebalance_timeout: ctx.cfg.group.rebalance_timeout,
+        heartbeat_interval: ctx.cfg.group.session_timeout / 5,
+        op_timeout: ctx.cfg.kafka.timeout,
+    });
+    tokio::pin!(shutdown);
+    let mut announced = false;
+    let mut failures = 0u32;
+    loop {
+        let topic = ctx.cfg.kafka.request_topic.clone();
+        let joined = tokio::select! {
+            _ = &mut shutdown => break,
+            r = member.join(&topic, request_partitions) => r,
+        };
+        let assignment = match joined {
+            Ok(a) => {
+                failures = 0;
+                a
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = Duration::from_millis(250 * u64::from(failures.min(20)));
+                log::warn!(
+                    "joining group {} failed: {e}; retrying in {} ms",
+                    member.group_id(),
+                    wait.as_millis()
+                );
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(wait) => continue,
+                }
+            }
+        };
+        log::info!(
+            "group {} generation {}: this portal reads partitions {:?} of {topic}",
+            member.group_id(),
+            assignment.generation,
+            assignment.partitions
+        );
+        let stop = match serve_generation(
+            &ctx,
+            &mut member,
+            &assignment,
+            &mut shutdown,
+            &mut announced,
+        )
+        .await
+        {
+            Ok(stop) => stop,
+            Err(e) => {
+                log::warn!("generation {} ended: {e:#}", assignment.generation);
+                GenerationEnd::Rebalance
+            }
+        };
+        if stop == GenerationEnd::Shutdown {
+            if let Err(e) = member.leave().await {
+                log::warn!("leaving group {} failed: {e}", member.group_id());
+            }
+            log::info!("left group {}; bye", member.group_id());
+            return Ok(());
+        }
+    }
+    // Shut down before ever joining.
+    let grace = ctx.cfg.group.shutdown_grace;
+    ctx.in_flight.wait_idle(grace).await;
+    Ok(())
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GenerationEnd {
+    Shutdown,
+    Rebalance,
+}
+
+/// Reads the assigned partitions, heartbeats and commits until a rebalance or
+/// shutdown; then stops reading, lets jobs in flight finish within the grace
+/// period, and commits.
+async fn serve_generation(
+    ctx: &Arc<Ctx>,
+    member: &mut Member,
+    assignment: &Assignment,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    announced: &mut bool,
+) -> anyhow::Result<GenerationEnd> {
+    let topic = ctx.cfg.kafka.request_topic.clone();
+    let committed = member.fetch_offsets(&topic, &assignment.partitions).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) =
-        tokio::sync::mpsc::channel::<i32>(request_partitions.max(1) as usize);
+        tokio::sync::mpsc::channel::<i32>(assignment.partitions.len().max(1));
     let mut readers = tokio::task::JoinSet::new();
-    for p in 0..request_partitions {
+    for &p in &assignment.partitions {
+        let c = committed.get(&p);
+        let start = c.and_then(|c| c.offset);
+        let progress = ctx.progress_of(p);
+        if let (Some(base), Some(c)) = (start, c) {
+            lock(&progress).remember_answered(decode_metadata(base, &c.metadata));
+        }
         readers.spawn(read_partition(
-            Arc::clone(&ctx),
+            Arc::clone(ctx),
             p,
+            start,
+            progress,
             stop_rx.clone(),
             ready_tx.clone(),
         ));
     }
     drop(ready_tx);
-
-    tokio::pin!(shutdown);
-    let mut ready = 0;
-    let mut announced = false;
-    loop {
+    let mut ready = 0usize;
+    let mut heartbeat = tokio::time::interval(ctx.cfg.group.session_timeout / 5);
+    let mut commit_tick = tokio::time::interval(COMMIT_EVERY);
+    let end = loop {
         tokio::select! {
-            _ = &mut shutdown => break,
-            r = ready_rx.recv(), if !announced => match r {
+            _ = &mut *shutdown => break GenerationEnd::Shutdown,
+            r = ready_rx.recv(), if !*announced => match r {
                 Some(_) => {
                     ready += 1;
-                    if ready == request_partitions {
-                        announced = true;
+                    if ready == assignment.partitions.len() {
+                        *announced = true;
                         log::info!(
-                            "portal ready: {} partitions of {} -> {}, responses on {} ({} partitions)",
-                            request_partitions,
-                            ctx.cfg.kafka.request_topic,
+                            "portal ready: group {} reads {:?} of {} -> {}, responses on {} ({} partitions)",
+                            member.group_id(),
+                            assignment.partitions,
+                            topic,
                             ctx.cfg.target_api_url,
                             ctx.cfg.kafka.response_topic,
-                            response_partitions
+                            ctx.response_partitions
                         );
                     }
                 }
-                None => announced = true,
+                None => {
+                    if assignment.partitions.is_empty() {
+                        *announced = true;
+                        log::info!("portal ready: group {} assigned no partition to this portal (more portals than partitions)", member.group_id());
+                    }
+                }
             },
-            r = readers.join_next() => match r {
-                Some(Ok(Ok(()))) | None => break,
-                Some(Ok(Err(e))) => return Err(e).context("a request partition reader stopped"),
-                Some(Err(e)) => anyhow::bail!("a request partition reader failed: {e}"),
+            _ = heartbeat.tick() => match member.heartbeat().await {
+                Ok(Beat::Ok) => {}
+                Ok(Beat::Rebalance) => break GenerationEnd::Rebalance,
+                Err(e) if e.needs_rejoin() => {
+                    log::info!("group {}: {e}; rejoining", member.group_id());
+                    break GenerationEnd::Rebalance;
+                }
+                Err(e) => log::warn!("heartbeat to group {} failed: {e}; retrying", member.group_id()),
+            },
+            _ = commit_tick.tick() => {
+                if let Err(e) = commit(ctx, member, &assignment.partitions).await {
+                    if e.needs_rejoin() {
+                        break GenerationEnd::Rebalance;
+                    }
+                    log::warn!("committing offsets failed: {e}");
+                }
+            }
+            Some(r) = readers.join_next() => match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    log::warn!("a request reader stopped: {e}; rejoining");
+                    break GenerationEnd::Rebalance;
+                }
+                Err(e) => {
+                    log::error!("a request reader failed: {e}; rejoining");
+                    break GenerationEnd::Rebalance;
+                }
             },
         }
-    }
-    log::info!(
-        "shutting down: no new jobs; waiting up to {} s for jobs in flight",
-        SHUTDOWN_GRACE.as_secs()
-    );
+    };
+    // Revoke: stop starting jobs, let those in flight finish (heartbeating
+    // meanwhile, so the coordinator does not drop us), then commit.
     let _ = stop_tx.send(true);
-    let readers_done = async { while readers.join_next().await.is_some() {} };
-    if tokio::time::timeout(SHUTDOWN_GRACE, readers_done)
-        .await
-        .is_err()
-    {
-        log::warn!(
-            "request readers did not stop within {} s",
-            SHUTDOWN_GRACE.as_secs()
+    let grace = ctx.cfg.group.shutdown_grace;
+    if end == GenerationEnd::Shutdown {
+        log::info!(
+            "shutting down: no new jobs; waiting up to {} s for jobs in flight",
+            grace.as_secs()
         );
     }
-    if ctx.in_flight.wait_idle(SHUTDOWN_GRACE).await {
-        log::info!("all jobs answered; bye");
-    } else {
+    let drained = async {
+        while readers.join_next().await.is_some() {}
+        ctx.in_flight.wait_idle(grace).await
+    };
+    tokio::pin!(drained);
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    let all_done = loop {
+        tokio::select! {
+            done = &mut drained => break done,
+            _ = &mut deadline => break false,
+            _ = heartbeat.tick() => {
+                // Only keeps the session alive; a rebalance is handled after.
+                let _ = member.heartbeat().await;
+            }
+        }
+    };
+    if !all_done {
         log::warn!(
-            "{} jobs still in flight after {} s; their clients will time out",
+            "{} jobs still in flight after {} s; the next owner of their partitions will run them again",
             ctx.in_flight.count.load(Ordering::SeqCst),
-            SHUTDOWN_GRACE.as_secs()
+            grace.as_secs()
         );
     }
-    Ok(())
+    if let Err(e) = commit(ctx, member, &assignment.partitions).await {
+        log::warn!(
+            "final commit of generation {} failed: {e}",
+            assignment.generation
+        );
+    }
+    Ok(end)
+}
+
+/// How often committed offsets catch up with answered jobs.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+async fn commit(ctx: &Ctx, member: &mut Member, partitions: &[i32]) -> Result<(), GroupError> {
+    let offsets: Vec<(i32, i64, String)> = partitions
+        .iter()
+        .map(|&p| {
+            let progress = ctx.progress_of(p);
+            let (offset, metadata) = lock(&progress).commit_point();
+            (p, offset, metadata)
+        })
+        .filter(|(_, offset, _)| *offset >= 0)
+        .collect();
+    member.commit(&ctx.cfg.kafka.request_topic, &offsets).await
 }
 
 async fn read_partition(
     ctx: Arc<Ctx>,
     partition: i32,
+    committed: Option<i64>,
+    progress: Arc<Mutex<Progress>>,
     mut stop: watch::Receiver<bool>,
     ready: tokio::sync::mpsc::Sender<i32>,
 ) -> Result<(), KafkaError> {
     let topic = ctx.cfg.kafka.request_topic.clone();
     let limit = ctx.cfg.kafka.timeout;
     let pc = kafka::partition(&ctx.client, &topic, partition, limit).await?;
-    let mut offset = match ctx.cfg.start_from {
-        StartFrom::Latest => kafka::end_offset(&pc, limit).await?,
-        StartFrom::Earliest => kafka::start_offset(&pc, limit).await?,
+    let mut offset = match (committed, ctx.cfg.start_from) {
+        (Some(o), _) => o,
+        (None, StartFrom::Latest) => kafka::end_offset(&pc, limit).await?,
+        (None, StartFrom::Earliest) => kafka::start_offset(&pc, limit).await?,
     };
     log::debug!("reading {topic}[{partition}] from offset {offset}");
+    lock(&progress).set_next(offset);
     let _ = ready.send(partition).await;
     drop(ready);
 
-    let progress = Arc::new(Mutex::new(Progress {
-        next: offset,
-        ..Progress::default()
-    }));
     let mut asm = Assembler::new(ctx.cfg.limits.clone());
     let mut last_sweep = Instant::now();
     let mut failures = 0u32;
@@ -337,7 +476,7 @@ async fn read_partition(
             offset = rec.offset + 1;
             handle_record(&ctx, &mut asm, &progress, partition, rec).await;
         }
-        lock(&progress).next = offset;
+        lock(&progress).set_next(offset);
         // Judge idleness only once caught up: records still unread in Kafka
         // (say, while this reader waited for a queue slot) are not idleness.
         let caught_up = offset >= high_watermark;
@@ -405,6 +544,13 @@ async fn handle_record(
         return;
     }
     let is_start = matches!(frame.body, Body::RequestStart(_));
+    if is_start && lock(progress).known(offset) {
+        // Running since an earlier generation, or answered by an earlier
+        // owner of this partition: never call the API for it again.
+        log::debug!("job {}: already running or answered; skipped", frame.job);
+        asm.skip(frame.job);
+        return;
+    }
     let outcome = asm.accept(frame, payload, offset, Instant::now());
     if is_start && !matches!(outcome, Outcome::Ignored(_)) {
         lock(progress).add(offset);
@@ -753,26 +899,4 @@ async fn answer(
     let end = chunker.finish();
     emit(pc, &end, &[], limit).await?;
     Ok((status, total))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn committable_offset_is_the_oldest_unanswered_job() {
-        let mut p = Progress {
-            next: 10,
-            ..Progress::default()
-        };
-        assert_eq!(p.committable(), 10);
-        p.add(3);
-        p.add(7);
-        assert_eq!(p.committable(), 3);
-        p.done(3);
-        assert_eq!(p.committable(), 7);
-        p.next = 20;
-        p.done(7);
-        assert_eq!(p.committable(), 20);
-    }
 }

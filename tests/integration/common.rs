@@ -58,6 +58,7 @@ pub fn broker() -> &'static str {
 pub struct Topics {
     pub request: String,
     pub response: String,
+    pub group: String,
 }
 
 impl Topics {
@@ -66,6 +67,7 @@ impl Topics {
         Self {
             request: format!("it-{name}-{id}-req"),
             response: format!("it-{name}-{id}-resp"),
+            group: format!("it-{name}-{id}-group"),
         }
     }
 }
@@ -77,7 +79,8 @@ pub fn kafkasend(topics: &Topics) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("KAFKA_BOOTSTRAP_SERVERS", broker())
         .env("KAFKA_REQUEST_TOPIC", &topics.request)
-        .env("KAFKA_RESPONSE_TOPIC", &topics.response);
+        .env("KAFKA_RESPONSE_TOPIC", &topics.response)
+        .env("KAFKA_CONSUMER_GROUP", &topics.group);
     cmd
 }
 

@@ -1,0 +1,711 @@
+//! Membership in a Kafka consumer group, for the portal.
+//!
+//! rskafka has no consumer groups, so this module speaks Kafka's classic
+//! group protocol itself: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+//! OffsetFetch, OffsetCommit and LeaveGroup, with `kafka-protocol` as the
+//! codec and a connection of its own to the group coordinator. The group uses
+//! protocol type `consumer` with the standard subscription and assignment
+//! payloads and the `range` assignor, so Kafka's own tools show the portals
+//! as members, with their partitions, committed offsets and lag.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
+use kafka_protocol::messages::{
+    api_versions_request::ApiVersionsRequest, find_coordinator_request::FindCoordinatorRequest,
+    heartbeat_request::HeartbeatRequest, join_group_request::JoinGroupRequest,
+    join_group_request::JoinGroupRequestProtocol, leave_group_request::LeaveGroupRequest,
+    leave_group_request::MemberIdentity, offset_commit_request::OffsetCommitRequest,
+    offset_commit_request::OffsetCommitRequestPartition,
+    offset_commit_request::OffsetCommitRequestTopic, offset_fetch_request::OffsetFetchRequest,
+    offset_fetch_request::OffsetFetchRequestTopic, sync_group_request::SyncGroupRequest,
+    sync_group_request::SyncGroupRequestAssignment, ConsumerProtocolAssignment,
+    ConsumerProtocolSubscription, GroupId, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Versions of each request this module sends; all of them are served by
+/// Kafka 2.4 and later, including 4.x, which dropped many older versions.
+const V_API_VERSIONS: i16 = 0;
+const V_FIND_COORDINATOR: i16 = 4;
+const V_JOIN: i16 = 7;
+const V_SYNC: i16 = 5;
+const V_HEARTBEAT: i16 = 4;
+const V_OFFSET_FETCH: i16 = 7;
+const V_OFFSET_COMMIT: i16 = 8;
+const V_LEAVE: i16 = 4;
+
+/// Largest response accepted from the coordinator.
+const MAX_RESPONSE: usize = 16 * 1024 * 1024;
+
+/// Kafka error codes this module acts on.
+mod code {
+    pub const NONE: i16 = 0;
+    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const NOT_COORDINATOR: i16 = 16;
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
+}
+
+/// Why a group operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    /// The connection to a broker failed.
+    #[error("group coordinator connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// A request or response could not be encoded or decoded.
+    #[error("group protocol codec: {0}")]
+    Codec(String),
+    /// The broker does not serve a request version we need.
+    #[error("the broker does not support {api} version {version} (it serves {min}..{max}); KafkaSend needs Kafka 2.4 or later")]
+    Unsupported {
+        /// API name.
+        api: &'static str,
+        /// Version we send.
+        version: i16,
+        /// Broker's lowest.
+        min: i16,
+        /// Broker's highest.
+        max: i16,
+    },
+    /// The broker answered with an error code.
+    #[error("{api} failed with Kafka error code {code}")]
+    Kafka {
+        /// API name.
+        api: &'static str,
+        /// Kafka's error code.
+        code: i16,
+    },
+    /// No answer in time.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+}
+
+impl GroupError {
+    /// Whether the coordinator moved or is not ready: find it again.
+    pub fn coordinator_moved(&self) -> bool {
+        matches!(
+            self,
+            Self::Io(_)
+                | Self::Timeout(_)
+                | Self::Kafka {
+                    code: code::NOT_COORDINATOR
+                        | code::COORDINATOR_NOT_AVAILABLE
+                        | code::COORDINATOR_LOAD_IN_PROGRESS,
+                    ..
+                }
+        )
+    }
+
+    /// Whether this member was dropped from the group or its generation is
+    /// over, so it must join again.
+    pub fn needs_rejoin(&self) -> bool {
+        matches!(
+            self,
+            Self::Kafka {
+                code: code::ILLEGAL_GENERATION
+                    | code::UNKNOWN_MEMBER_ID
+                    | code::REBALANCE_IN_PROGRESS,
+                ..
+            }
+        )
+    }
+}
+
+fn codec(e: impl std::fmt::Display) -> GroupError {
+    GroupError::Codec(e.to_string())
+}
+
+fn check(api: &'static str, code: i16) -> Result<(), GroupError> {
+    if code == code::NONE {
+        Ok(())
+    } else {
+        Err(GroupError::Kafka { api, code })
+    }
+}
+
+/// One framed connection to a broker.
+struct Conn {
+    stream: TcpStream,
+    correlation: i32,
+    client_id: String,
+    limit: Duration,
+}
+
+impl Conn {
+    async fn open(addr: &str, client_id: &str, limit: Duration) -> Result<Self, GroupError> {
+        let stream = tokio::time::timeout(limit, TcpStream::connect(addr))
+            .await
+            .map_err(|_| GroupError::Timeout("connecting to the broker"))??;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            correlation: 0,
+            client_id: client_id.to_string(),
+            limit,
+        })
+    }
+
+    async fn call<R: Request>(
+        &mut self,
+        api: &'static str,
+        req: &R,
+        version: i16,
+        extra_wait: Duration,
+    ) -> Result<R::Response, GroupError> {
+        self.correlation = self.correlation.wrapping_add(1);
+        let correlation = self.correlation;
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation)
+            .with_client_id(Some(StrBytes::from_string(self.client_id.clone())));
+        let mut buf = BytesMut::new();
+        buf.put_i32(0);
+        header
+            .encode(&mut buf, R::header_version(version))
+            .map_err(codec)?;
+        req.encode(&mut buf, version).map_err(codec)?;
+        let len = i32::try_from(buf.len() - 4).map_err(codec)?;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        let exchange = async {
+            self.stream.write_all(&buf).await?;
+            let size = self.stream.read_i32().await?;
+            let size = usize::try_from(size)
+                .ok()
+                .filter(|s| *s <= MAX_RESPONSE)
+                .ok_or_else(|| GroupError::Codec(format!("response size {size} out of range")))?;
+            let mut body = vec![0u8; size];
+            self.stream.read_exact(&mut body).await?;
+            Ok::<_, GroupError>(Bytes::from(body))
+        };
+        let mut bytes = tokio::time::timeout(self.limit + extra_wait, exchange)
+            .await
+            .map_err(|_| GroupError::Timeout(api))??;
+        let rh = ResponseHeader::decode(&mut bytes, R::Response::header_version(version))
+            .map_err(codec)?;
+        if rh.correlation_id != correlation {
+            return Err(GroupError::Codec(format!(
+                "{api}: correlation id {} answered {correlation}",
+                rh.correlation_id
+            )));
+        }
+        R::Response::decode(&mut bytes, version).map_err(codec)
+    }
+
+    /// Checks that the broker serves every request version we send.
+    async fn negotiate(&mut self) -> Result<(), GroupError> {
+        let resp = self
+            .call(
+                "ApiVersions",
+                &ApiVersionsRequest::default(),
+                V_API_VERSIONS,
+                Duration::ZERO,
+            )
+            .await?;
+        check("ApiVersions", resp.error_code)?;
+        let served: BTreeMap<i16, (i16, i16)> = resp
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
+        let needed: [(&'static str, i16, i16); 7] = [
+            (
+                "FindCoordinator",
+                FindCoordinatorRequest::KEY,
+                V_FIND_COORDINATOR,
+            ),
+            ("JoinGroup", JoinGroupRequest::KEY, V_JOIN),
+            ("SyncGroup", SyncGroupRequest::KEY, V_SYNC),
+            ("Heartbeat", HeartbeatRequest::KEY, V_HEARTBEAT),
+            ("OffsetFetch", OffsetFetchRequest::KEY, V_OFFSET_FETCH),
+            ("OffsetCommit", OffsetCommitRequest::KEY, V_OFFSET_COMMIT),
+            ("LeaveGroup", LeaveGroupRequest::KEY, V_LEAVE),
+        ];
+        for (api, key, version) in needed {
+            let (min, max) = served.get(&key).copied().unwrap_or((-1, -1));
+            if version < min || version > max {
+                return Err(GroupError::Unsupported {
+                    api,
+                    version,
+                    min,
+                    max,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the portal takes part in its group.
+#[derive(Debug, Clone)]
+pub struct GroupSettings {
+    /// Bootstrap brokers, `host:port`.
+    pub bootstrap: Vec<String>,
+    /// Group id (`KAFKA_CONSUMER_GROUP`).
+    pub group_id: String,
+    /// Client id shown by the group tools.
+    pub client_id: String,
+    /// The coordinator drops a member it has not heard from for this long.
+    pub session_timeout: Duration,
+    /// How long members have to rejoin during a rebalance.
+    pub rebalance_timeout: Duration,
+    /// Time between heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Deadline for one request.
+    pub op_timeout: Duration,
+}
+
+/// What a completed join gave this member.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    /// Generation of the group.
+    pub generation: i32,
+    /// This member's id.
+    pub member_id: String,
+    /// Partitions of the topic assigned to this member.
+    pub partitions: Vec<i32>,
+}
+
+/// A committed position and its metadata string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Next offset to read; `None` when nothing was committed.
+    pub offset: Option<i64>,
+    /// Metadata stored with the offset.
+    pub metadata: String,
+}
+
+/// Result of one heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// All well.
+    Ok,
+    /// The group is rebalancing: revoke and rejoin.
+    Rebalance,
+}
+
+/// A member of one consumer group, talking to its coordinator.
+pub struct Member {
+    settings: GroupSettings,
+    /// Connection to the coordinator; `None` until found, and after a failure.
+    conn: Option<Conn>,
+    member_id: String,
+    generation: i32,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("group", &self.settings.group_id)
+            .field("member_id", &self.member_id)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Member {
+    /// A member that has not joined yet.
+    pub fn new(settings: GroupSettings) -> Self {
+        Self {
+            settings,
+            conn: None,
+            member_id: String::new(),
+            generation: -1,
+        }
+    }
+
+    /// The group id.
+    pub fn group_id(&self) -> &str {
+        &self.settings.group_id
+    }
+
+    fn group(&self) -> GroupId {
+        GroupId(StrBytes::from_string(self.settings.group_id.clone()))
+    }
+
+    /// Forgets the coordinator connection, so the next call finds it again.
+    pub fn disconnect(&mut self) {
+        self.conn = None;
+    }
+
+    async fn coordinator(&mut self) -> Result<&mut Conn, GroupError> {
+        if self.conn.is_none() {
+            let mut last = None;
+            for addr in self.settings.bootstrap.clone() {
+                match self.find_coordinator_via(&addr).await {
+                    Ok(conn) => {
+                        self.conn = Some(conn);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            if self.conn.is_none() {
+                return Err(last.unwrap_or(GroupError::Timeout("finding the group coordinator")));
+            }
+        }
+        self.conn
+            .as_mut()
+            .ok_or(GroupError::Timeout("finding the group coordinator"))
+    }
+
+    async fn find_coordinator_via(&self, addr: &str) -> Result<Conn, GroupError> {
+        let s = &self.settings;
+        let mut conn = Conn::open(addr, &s.client_id, s.op_timeout).await?;
+        conn.negotiate().await?;
+        let req = FindCoordinatorRequest::default()
+            .with_key_type(0)
+            .with_coordinator_keys(vec![StrBytes::from_string(s.group_id.clone())]);
+        let resp = conn
+            .call("FindCoordinator", &req, V_FIND_COORDINATOR, Duration::ZERO)
+            .await?;
+        let c = resp
+            .coordinators
+            .first()
+            .ok_or_else(|| GroupError::Codec("FindCoordinator returned no coordinator".into()))?;
+        check("FindCoordinator", c.error_code)?;
+        let target = format!("{}:{}", c.host.as_str(), c.port);
+        log::debug!("group {}: coordinator is {target}", s.group_id);
+        let mut coord = Conn::open(&target, &s.client_id, s.op_timeout).await?;
+        coord.negotiate().await?;
+        Ok(coord)
+    }
+
+    /// Joins (or rejoins) the group subscribed to `topic`, which has
+    /// `partitions` partitions, and returns this member's assignment.
+    pub async fn join(&mut self, topic: &str, partitions: i32) -> Result<Assignment, GroupError> {
+        let subscription = encode_versioned(
+            &ConsumerProtocolSubscription::default()
+                .with_topics(vec![StrBytes::from_string(topic.to_string())]),
+            0,
+        )?;
+        let group = self.group();
+        let session_ms = millis(self.settings.session_timeout);
+        let rebalance_ms = millis(self.settings.rebalance_timeout);
+        let rebalance_wait = self.settings.rebalance_timeout;
+        let join = loop {
+            let req = JoinGroupRequest::default()
+                .with_group_id(group.clone())
+                .with_session_timeout_ms(session_ms)
+                .with_rebalance_timeout_ms(rebalance_ms)
+                .with_member_id(StrBytes::from_string(self.member_id.clone()))
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(subscription.clone())]);
+            let conn = self.coordinator().await?;
+            let resp = match conn.call("JoinGroup", &req, V_JOIN, rebalance_wait).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.conn = None;
+                    return Err(e);
+                }
+            };
+            match resp.error_code {
+                code::NONE => break resp,
+                code::MEMBER_ID_REQUIRED => {
+                    self.member_id = resp.member_id.to_string();
+                }
+                code::UNKNOWN_MEMBER_ID => self.member_id.clear(),
+                c => {
+                    let e = GroupError::Kafka {
+                        api: "JoinGroup",
+                        code: c,
+                    };
+                    if e.coordinator_moved() {
+                        self.conn = None;
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        self.member_id = join.member_id.to_string();
+        self.generation = join.generation_id;
+        let assignments = if join.leader.as_str() == self.member_id {
+            // Members reading another topic (a group id shared across
+            // request topics) get nothing of ours; say how to fix it.
+            let mut members = Vec::new();
+            for m in &join.members {
+                let sub: Result<ConsumerProtocolSubscription, _> =
+                    decode_versioned(m.metadata.clone());
+                match sub {
+                    Ok(sub) if sub.topics.iter().any(|t| t.as_str() == topic) => {
+                        members.push(m.member_id.to_string());
+                    }
+                    _ => log::warn!(
+                        "group {}: member {} does not read {topic}; give each request topic its own KAFKA_CONSUMER_GROUP",
+                        self.settings.group_id,
+                        m.member_id.as_str()
+                    ),
+                }
+            }
+            let mut plan = range_assign(&members, partitions);
+            for m in &join.members {
+                plan.entry(m.member_id.to_string()).or_default();
+            }
+            plan.into_iter()
+                .map(|(member, parts)| {
+                    let bytes = encode_versioned(
+                        &ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
+                            TopicPartition::default()
+                                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                                .with_partitions(parts),
+                        ]),
+                        0,
+                    )?;
+                    Ok(SyncGroupRequestAssignment::default()
+                        .with_member_id(StrBytes::from_string(member))
+                        .with_assignment(bytes))
+                })
+                .collect::<Result<Vec<_>, GroupError>>()?
+        } else {
+            Vec::new()
+        };
+        let req = SyncGroupRequest::default()
+            .with_group_id(group)
+            .with_generation_id(self.generation)
+            .with_member_id(StrBytes::from_string(self.member_id.clone()))
+            .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
+            .with_protocol_name(Some(StrBytes::from_static_str("range")))
+            .with_assignments(assignments);
+        let conn = self.coordinator().await?;
+        let resp = conn.call("SyncGroup", &req, V_SYNC, rebalance_wait).await?;
+        check("SyncGroup", resp.error_code)?;
+        let mut mine = Vec::new();
+        if !resp.assignment.is_empty() {
+            let a: ConsumerProtocolAssignment = decode_versioned(resp.assignment)?;
+            for tp in a.assigned_partitions {
+                if tp.topic.0.as_str() == topic {
+                    mine.extend(tp.partitions);
+                }
+            }
+        }
+        mine.sort_unstable();
+        Ok(Assignment {
+            generation: self.generation,
+            member_id: self.member_id.clone(),
+            partitions: mine,
+        })
+    }
+
+    /// Tells the coordinator this member is alive.
+    pub async fn heartbeat(&mut self) -> Result<Beat, GroupError> {
+        let req = HeartbeatRequest::default()
+            .with_group_id(self.group())
+            .with_generation_id(self.generation)
+            .with_member_id(StrBytes::from_string(self.member_id.clone()));
+        let conn = self.coordinator().await?;
+        let resp = match conn
+            .call("Heartbeat", &req, V_HEARTBEAT, Duration::ZERO)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                return Err(e);
+            }
+        };
+        match resp.error_code {
+            code::NONE => Ok(Beat::Ok),
+            code::REBALANCE_IN_PROGRESS => Ok(Beat::Rebalance),
+            c => {
+                let e = GroupError::Kafka {
+                    api: "Heartbeat",
+                    code: c,
+                };
+                if e.coordinator_moved() {
+                    self.conn = None;
+                }
+                if matches!(c, code::UNKNOWN_MEMBER_ID) {
+                    self.member_id.clear();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Committed positions of `partitions` of `topic`.
+    pub async fn fetch_offsets(
+        &mut self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<BTreeMap<i32, Committed>, GroupError> {
+        let req = OffsetFetchRequest::default()
+            .with_group_id(self.group())
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partition_indexes(partitions.to_vec())]));
+        let conn = self.coordinator().await?;
+        let resp = match conn
+            .call("OffsetFetch", &req, V_OFFSET_FETCH, Duration::ZERO)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                return Err(e);
+            }
+        };
+        check("OffsetFetch", resp.error_code)?;
+        let mut out = BTreeMap::new();
+        for t in resp.topics {
+            if t.name.0.as_str() != topic {
+                continue;
+            }
+            for p in t.partitions {
+                check("OffsetFetch", p.error_code)?;
+                let offset = (p.committed_offset >= 0).then_some(p.committed_offset);
+                let metadata = p.metadata.map(|m| m.to_string()).unwrap_or_default();
+                out.insert(p.partition_index, Committed { offset, metadata });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits `offsets` (partition, next offset, metadata) of `topic` for
+    /// the current generation.
+    pub async fn commit(
+        &mut self,
+        topic: &str,
+        offsets: &[(i32, i64, String)],
+    ) -> Result<(), GroupError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let partitions = offsets
+            .iter()
+            .map(|(p, o, m)| {
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(*p)
+                    .with_committed_offset(*o)
+                    .with_committed_leader_epoch(-1)
+                    .with_committed_metadata(Some(StrBytes::from_string(m.clone())))
+            })
+            .collect();
+        let req = OffsetCommitRequest::default()
+            .with_group_id(self.group())
+            .with_generation_id_or_member_epoch(self.generation)
+            .with_member_id(StrBytes::from_string(self.member_id.clone()))
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(partitions)]);
+        let conn = self.coordinator().await?;
+        let resp = match conn
+            .call("OffsetCommit", &req, V_OFFSET_COMMIT, Duration::ZERO)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                return Err(e);
+            }
+        };
+        for t in resp.topics {
+            for p in t.partitions {
+                check("OffsetCommit", p.error_code)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves the group, so the others take over at once.
+    pub async fn leave(&mut self) -> Result<(), GroupError> {
+        if self.member_id.is_empty() {
+            return Ok(());
+        }
+        let req = LeaveGroupRequest::default()
+            .with_group_id(self.group())
+            .with_members(vec![MemberIdentity::default()
+                .with_member_id(StrBytes::from_string(self.member_id.clone()))
+                .with_reason(Some(StrBytes::from_static_str("portal shutting down")))]);
+        let conn = self.coordinator().await?;
+        let resp = conn
+            .call("LeaveGroup", &req, V_LEAVE, Duration::ZERO)
+            .await?;
+        check("LeaveGroup", resp.error_code)?;
+        self.member_id.clear();
+        Ok(())
+    }
+}
+
+fn millis(d: Duration) -> i32 {
+    i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
+}
+
+/// Consumer-protocol payloads carry a big-endian i16 version, then the message.
+fn encode_versioned<M: Encodable>(m: &M, version: i16) -> Result<Bytes, GroupError> {
+    let mut buf = BytesMut::new();
+    buf.put_i16(version);
+    m.encode(&mut buf, version).map_err(codec)?;
+    Ok(buf.freeze())
+}
+
+fn decode_versioned<M: Decodable>(mut bytes: Bytes) -> Result<M, GroupError> {
+    if bytes.remaining() < 2 {
+        return Err(GroupError::Codec(
+            "consumer protocol payload too short".into(),
+        ));
+    }
+    // Newer versions only add fields at the end; read what version 0 knows.
+    let version = bytes.get_i16().clamp(0, 0);
+    M::decode(&mut bytes, version).map_err(codec)
+}
+
+/// The `range` assignment of one topic: members sorted by id, each taking a
+/// contiguous run, the first ones one partition more when it does not divide.
+pub fn range_assign(members: &[String], partitions: i32) -> BTreeMap<String, Vec<i32>> {
+    let sorted: BTreeSet<&String> = members.iter().collect();
+    let n = sorted.len() as i32;
+    let mut out = BTreeMap::new();
+    if n == 0 {
+        return out;
+    }
+    let per = partitions / n;
+    let extra = partitions % n;
+    let mut next = 0;
+    for (i, m) in sorted.into_iter().enumerate() {
+        let count = per + i32::from((i as i32) < extra);
+        out.insert(m.clone(), (next..next + count).collect());
+        next += count;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_assignment_covers_every_partition_once() {
+        let members: Vec<String> = ["b", "a", "c"].iter().map(|s| s.to_string()).collect();
+        let a = range_assign(&members, 7);
+        assert_eq!(a["a"], vec![0, 1, 2]);
+        assert_eq!(a["b"], vec![3, 4]);
+        assert_eq!(a["c"], vec![5, 6]);
+        let one = range_assign(&members[..1], 3);
+        assert_eq!(one["b"], vec![0, 1, 2]);
+        let many = range_assign(&members, 2);
+        assert_eq!(many["c"], Vec::<i32>::new());
+        assert!(range_assign(&[], 3).is_empty());
+    }
+
+    #[test]
+    fn consumer_payloads_round_trip() {
+        let s = ConsumerProtocolSubscription::default()
+            .with_topics(vec![StrBytes::from_static_str("api-requests")]);
+        let bytes = encode_versioned(&s, 0).unwrap();
+        assert_eq!(&bytes[..2], &[0, 0]);
+        let back: ConsumerProtocolSubscription = decode_versioned(bytes).unwrap();
+        assert_eq!(back.topics, s.topics);
+        assert!(decode_versioned::<ConsumerProtocolAssignment>(Bytes::from_static(&[0])).is_err());
+    }
+}
