@@ -556,6 +556,9 @@ async fn handle_record(
         lock(progress).add(offset);
     }
     match outcome {
+        Outcome::Pending if is_start => {
+            log::debug!("partition {partition} offset {offset}: receiving a request");
+        }
         Outcome::Pending => {}
         Outcome::Ignored(why) => log::debug!("partition {partition} offset {offset}: {why}"),
         Outcome::Failed(failed) => {

@@ -132,6 +132,96 @@ impl Portal {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// Waits (bounded) until the log contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.log().contains(needle) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "portal never logged {needle:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, ...) to the portal process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits (bounded) for the portal to exit and returns its exit code.
+    pub async fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for portal") {
+                return status.code();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "portal did not exit; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs Kafka's consumer-group tool against the test broker and returns its output.
+pub fn group_tool(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka");
+    let out = Command::new(&script)
+        .arg("groups")
+        .arg("--bootstrap-server")
+        .arg(broker())
+        .args(args)
+        .output()
+        .expect("run scripts/kafka groups");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every final response record (`End` or `Error`) on the response topic, by job.
+pub async fn final_responses(topics: &Topics) -> std::collections::BTreeMap<String, usize> {
+    use kafkasend::kafka;
+    use kafkasend::wire::{decode, Body};
+    let settings = kafka::KafkaSettings {
+        bootstrap_servers: broker().to_string(),
+        op_timeout: Duration::from_secs(30),
+        client_id: "it-reader".into(),
+    };
+    let limit = Duration::from_secs(30);
+    let client = kafka::connect(&settings).await.unwrap();
+    let parts = kafka::partition_count(&client, &topics.response, limit)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for p in 0..parts {
+        let pc = kafka::partition(&client, &topics.response, p, limit)
+            .await
+            .unwrap();
+        let end = kafka::end_offset(&pc, limit).await.unwrap();
+        let mut offset = 0;
+        while offset < end {
+            let (records, _) = kafka::fetch(&pc, offset, Duration::from_millis(100), limit)
+                .await
+                .unwrap();
+            for r in records {
+                offset = r.offset + 1;
+                let (frame, _) = decode(r.record.value.as_deref().unwrap()).unwrap();
+                if matches!(frame.body, Body::End(_) | Body::Error(_)) {
+                    *out.entry(frame.job.to_string()).or_default() += 1;
+                }
+            }
+        }
+    }
+    out
 }
 
 impl Drop for Portal {
@@ -248,11 +338,40 @@ pub struct ApiState {
     pub reject_all_tokens: AtomicBool,
     /// Requests that arrived at `/slow` so far.
     pub slow_arrived: AtomicU64,
+    /// While set, requests to `/held/...` wait before the API processes them.
+    pub hold: AtomicBool,
+    /// Requests waiting at the hold right now.
+    pub held_now: AtomicU64,
+    /// Bumped to send every waiting request away unprocessed (its caller died).
+    pub abandon_generation: AtomicU64,
+    /// Wakes requests waiting at the hold.
+    pub wake: Notify,
 }
 
 impl ApiState {
     pub fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// Lets held requests through.
+    pub fn release_hold(&self) {
+        self.hold.store(false, Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    /// Sends requests waiting at the hold away without processing them.
+    pub fn abandon_held(&self) {
+        self.abandon_generation.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    /// Idempotency keys of the requests the API processed.
+    pub fn idempotency_keys(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter_map(|r| r.headers.get("idempotency-key"))
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
     }
 
     pub fn release_slow(&self) {
@@ -284,6 +403,25 @@ async fn api(
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let headers = req.headers().clone();
+    if path.starts_with("/held/") {
+        let generation = state.abandon_generation.load(Ordering::SeqCst);
+        state.held_now.fetch_add(1, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = state.wake.notified();
+            if state.abandon_generation.load(Ordering::SeqCst) != generation
+                || tokio::time::Instant::now() >= deadline
+            {
+                state.held_now.fetch_sub(1, Ordering::SeqCst);
+                return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "abandoned"));
+            }
+            if !state.hold.load(Ordering::SeqCst) {
+                break;
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+        state.held_now.fetch_sub(1, Ordering::SeqCst);
+    }
     let mut status = StatusCode::OK;
     if state.require_auth.load(Ordering::SeqCst) {
         let token = headers

@@ -3,5 +3,6 @@
 
 mod cli;
 mod common;
+mod group;
 mod oauth;
 mod relay;

@@ -1,0 +1,230 @@
+//! Portals as members of one consumer group: scale-out, shutdown and crashes.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::common::*;
+
+/// Settings that make failover quick enough for a test.
+fn fast_group(servers: &Servers) -> Vec<(&'static str, String)> {
+    let mut env = servers.plain_env();
+    env.push(("PORTAL_SESSION_TIMEOUT_SECS", "6".into()));
+    env.push(("PORTAL_SHUTDOWN_GRACE_SECS", "20".into()));
+    env
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_portals_split_the_partitions_and_the_group_tool_shows_both() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("twoportals");
+    let env = fast_group(&servers);
+    let _a = Portal::start(&topics, &env);
+    let _b = Portal::start(&topics, &env);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let members = loop {
+        let out = group_tool(&["--describe", "--group", &topics.group, "--members"]);
+        let members: Vec<u32> = out
+            .lines()
+            .filter(|l| l.starts_with(&topics.group))
+            .filter_map(|l| l.split_whitespace().last()?.parse().ok())
+            .collect();
+        if members.len() == 2 && members.iter().sum::<u32>() == 3 && !members.contains(&0) {
+            break members;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "group never showed two members:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(members.len(), 2);
+    for i in 0..6 {
+        let out = send(&topics, &["--endpoint", &format!("/api/spread{i}")]).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    assert_eq!(servers.state.requests().len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_jobs_in_flight_and_commits_to_the_end() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("sigterm");
+    let mut portal = Portal::start(&topics, &fast_group(&servers));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let topics = topics.clone();
+            tokio::spawn(async move { send(&topics, &["--endpoint", "/slow"]).await })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while servers.state.slow_arrived.load(Ordering::SeqCst) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slow calls never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    portal.signal("TERM");
+    portal.wait_for_log("shutting down").await;
+    servers.state.release_slow();
+    assert_eq!(portal.wait_exit().await, Some(0), "{}", portal.log());
+    for c in clients {
+        let out = c.await.unwrap();
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(out.stdout_text(), "slow done");
+    }
+    // Every partition committed up to its end: nothing is owed.
+    let out = group_tool(&["--describe", "--group", &topics.group]);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| l.starts_with(&topics.group))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    let mut total = 0;
+    for r in &rows {
+        assert_eq!(r[3], r[4], "committed offset is not the log end: {out}");
+        total += r[4].parse::<i64>().unwrap();
+    }
+    assert_eq!(total, 3, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_a_portal_mid_upload_moves_the_job_to_the_other() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("failover");
+    let env = fast_group(&servers);
+    let mut a = Portal::start(&topics, &env);
+    let mut b = Portal::start(&topics, &env);
+    // Both must hold partitions before the upload starts.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(a.log().contains("generation 2") && b.log().contains("generation 2")) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no shared generation:\n{}\n{}",
+            a.log(),
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (file, digest) = pattern_file(dir.path(), "big.bin", 200, 200_000_000);
+    let client = {
+        let topics = topics.clone();
+        let file = file.to_str().unwrap().to_string();
+        tokio::spawn(async move { send(&topics, &[&file, "--endpoint", "/api/big"]).await })
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (victim, survivor) = loop {
+        if a.log().contains("receiving a request") {
+            break (&mut a, &mut b);
+        }
+        if b.log().contains("receiving a request") {
+            break (&mut b, &mut a);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no portal received the upload"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let killed_at = std::time::Instant::now();
+    victim.signal("KILL");
+    victim.wait_exit().await;
+    let out = client.await.unwrap();
+    let took = killed_at.elapsed();
+    assert_eq!(
+        out.code,
+        0,
+        "{}\nsurvivor log:\n{}",
+        out.stderr,
+        survivor.log()
+    );
+    assert_eq!(json(&out.stdout)["body_sha256"], digest.as_str());
+    let reqs = servers.state.requests();
+    assert_eq!(reqs.len(), 1, "the API was called once");
+    assert_eq!(reqs[0].body_sha256, digest);
+    let finals = final_responses(&topics).await;
+    assert_eq!(
+        finals.values().copied().collect::<Vec<_>>(),
+        vec![1],
+        "{finals:?}"
+    );
+    eprintln!(
+        "failover: job completed {:.1} s after kill -9",
+        took.as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_portal_restarts_and_every_job_is_answered_once() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("restart");
+    let mut env = fast_group(&servers);
+    // Room for every job at once: held calls must not block the others.
+    env.push(("PORTAL_MAX_CONCURRENT_JOBS", "60".into()));
+    let mut portal = Portal::start(&topics, &env);
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [0usize, 1_000, 100_000, 1_000_000, 3_000_000];
+    let jobs: Vec<(String, std::path::PathBuf, String)> = (0..50)
+        .map(|i| {
+            let (path, digest) = pattern_file(
+                dir.path(),
+                &format!("j{i}.bin"),
+                500 + i as u64,
+                sizes[i % 5],
+            );
+            // The first 20 are answered at once; the API holds the rest.
+            let endpoint = if i < 20 {
+                format!("/api/j{i}")
+            } else {
+                format!("/held/j{i}")
+            };
+            (endpoint, path, digest)
+        })
+        .collect();
+    servers.state.hold.store(true, Ordering::SeqCst);
+    let clients: Vec<_> = jobs
+        .iter()
+        .map(|(endpoint, path, _)| {
+            let topics = topics.clone();
+            let endpoint = endpoint.clone();
+            let path = path.to_str().unwrap().to_string();
+            tokio::spawn(async move { send(&topics, &[&path, "--endpoint", &endpoint]).await })
+        })
+        .collect();
+    // Wait until the first 20 are answered and some held jobs reached the API.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while servers.state.requests().len() < 20 || servers.state.held_now.load(Ordering::SeqCst) == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs did not reach the API"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the periodic commit record the answered jobs, then crash.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    portal.signal("KILL");
+    portal.wait_exit().await;
+    servers.state.abandon_held();
+    servers.state.release_hold();
+    let _restarted = Portal::start(&topics, &env);
+    for (client, (endpoint, _, digest)) in clients.into_iter().zip(&jobs) {
+        let out = client.await.unwrap();
+        assert_eq!(out.code, 0, "{endpoint}: {}", out.stderr);
+        assert_eq!(
+            json(&out.stdout)["body_sha256"],
+            digest.as_str(),
+            "{endpoint}"
+        );
+    }
+    let keys = servers.state.idempotency_keys();
+    let unique: BTreeSet<&String> = keys.iter().collect();
+    assert_eq!(keys.len(), 50, "every job processed once by the API");
+    assert_eq!(unique.len(), 50, "no Idempotency-Key twice");
+    let finals = final_responses(&topics).await;
+    assert_eq!(finals.len(), 50);
+    assert!(finals.values().all(|n| *n == 1), "{finals:?}");
+}
