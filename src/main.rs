@@ -72,7 +72,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(kafkasend::portal::run(cfg, shutdown_then_force())) {
+            let result = rt.block_on(kafkasend::portal::run(cfg, shutdown_then_force()));
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e:#}");
@@ -97,7 +99,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(kafkasend::send::run(&args, &cfg)) {
+            let result = rt.block_on(kafkasend::send::run(&args, &cfg));
+            // Background retries of the Kafka client must not hold the exit.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            match result {
                 Ok(outcome) => ExitCode::from(outcome.exit_code()),
                 Err(e) => {
                     eprintln!("kafkasend send: {e}");

@@ -240,7 +240,8 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
             return Ok(());
         }
     }
-    // Shut down before ever joining.
+    // Shut down while joining or between generations: nothing is assigned,
+    // so nothing to commit; jobs still running get the grace period.
     let grace = ctx.cfg.group.shutdown_grace;
     ctx.in_flight.wait_idle(grace).await;
     Ok(())
@@ -286,16 +287,19 @@ async fn serve_generation(
         ));
     }
     drop(ready_tx);
-    let mut ready = 0usize;
+    // Only partitions whose reader has positioned itself are committed:
+    // before that their progress holds no position of this generation.
+    let mut ready_parts: Vec<i32> = Vec::new();
+    let mut all_ready = false;
     let mut heartbeat = tokio::time::interval(ctx.cfg.group.session_timeout / 5);
     let mut commit_tick = tokio::time::interval(COMMIT_EVERY);
     let end = loop {
         tokio::select! {
             _ = &mut *shutdown => break GenerationEnd::Shutdown,
-            r = ready_rx.recv(), if !*announced => match r {
-                Some(_) => {
-                    ready += 1;
-                    if ready == assignment.partitions.len() {
+            r = ready_rx.recv(), if !all_ready => match r {
+                Some(p) => {
+                    ready_parts.push(p);
+                    if ready_parts.len() == assignment.partitions.len() && !*announced {
                         *announced = true;
                         log::info!(
                             "portal ready: group {} reads {:?} of {} -> {}, responses on {} ({} partitions)",
@@ -309,7 +313,8 @@ async fn serve_generation(
                     }
                 }
                 None => {
-                    if assignment.partitions.is_empty() {
+                    all_ready = true;
+                    if assignment.partitions.is_empty() && !*announced {
                         *announced = true;
                         log::info!("portal ready: group {} assigned no partition to this portal (more portals than partitions)", member.group_id());
                     }
@@ -325,7 +330,7 @@ async fn serve_generation(
                 Err(e) => log::warn!("heartbeat to group {} failed: {e}; retrying", member.group_id()),
             },
             _ = commit_tick.tick() => {
-                if let Err(e) = commit(ctx, member, &assignment.partitions).await {
+                if let Err(e) = commit(ctx, member, &ready_parts).await {
                     if e.needs_rejoin() {
                         break GenerationEnd::Rebalance;
                     }
@@ -379,7 +384,10 @@ async fn serve_generation(
             grace.as_secs()
         );
     }
-    if let Err(e) = commit(ctx, member, &assignment.partitions).await {
+    while let Ok(p) = ready_rx.try_recv() {
+        ready_parts.push(p);
+    }
+    if let Err(e) = commit(ctx, member, &ready_parts).await {
         log::warn!(
             "final commit of generation {} failed: {e}",
             assignment.generation
@@ -421,7 +429,7 @@ async fn read_partition(
         (None, StartFrom::Earliest) => kafka::start_offset(&pc, limit).await?,
     };
     log::debug!("reading {topic}[{partition}] from offset {offset}");
-    lock(&progress).set_next(offset);
+    lock(&progress).set_start(offset);
     let _ = ready.send(partition).await;
     drop(ready);
 
@@ -474,7 +482,7 @@ async fn read_partition(
         };
         for rec in records {
             offset = rec.offset + 1;
-            handle_record(&ctx, &mut asm, &progress, partition, rec).await;
+            handle_record(&ctx, &mut asm, &progress, partition, rec, &stop).await;
         }
         lock(&progress).set_next(offset);
         // Judge idleness only once caught up: records still unread in Kafka
@@ -488,9 +496,13 @@ async fn read_partition(
             }
         }
     }
+    // Jobs still assembling go with this reader: whoever reads the partition
+    // next must start them again from their first record.
+    let mut p = lock(&progress);
+    p.forget(asm.first_offsets());
     log::debug!(
         "{topic}[{partition}] stopped at offset {offset}; answered below {}",
-        lock(&progress).committable()
+        p.committable()
     );
     Ok(())
 }
@@ -505,6 +517,7 @@ async fn handle_record(
     progress: &Arc<Mutex<Progress>>,
     partition: i32,
     rec: RecordAndOffset,
+    stop: &watch::Receiver<bool>,
 ) {
     let offset = rec.offset;
     let Some(value) = rec.record.value.as_deref() else {
@@ -567,9 +580,17 @@ async fn handle_record(
         }
         Outcome::Complete(job) => {
             // Backpressure: wait here, not in memory, when too many jobs queue.
-            let queued = match Arc::clone(&ctx.queue_permits).acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => return,
+            let mut stop = stop.clone();
+            let queued = tokio::select! {
+                p = Arc::clone(&ctx.queue_permits).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = stop.wait_for(|stopped| *stopped) => {
+                    // Revoked before it could start: the next reader runs it.
+                    lock(progress).forget([job.first_offset]);
+                    return;
+                }
             };
             log::info!(
                 "job {}: {} {} ({} bytes) assembled",

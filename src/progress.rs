@@ -24,6 +24,9 @@ pub struct Progress {
     /// Start offsets of jobs not yet answered, with a count in case a
     /// broken producer reused an offset.
     in_flight: BTreeMap<i64, usize>,
+    /// Start offsets of jobs that were still assembling when reading stopped:
+    /// not answered, not running, to be read again from their first record.
+    restart: BTreeSet<i64>,
     /// Start offsets of answered jobs at or above the committable offset.
     answered: BTreeSet<i64>,
     /// Next offset the reader will fetch.
@@ -39,13 +42,21 @@ impl Progress {
         }
     }
 
-    /// Moves the read position (after each fetch, or when reading restarts).
+    /// Moves the read position after a fetch.
     pub fn set_next(&mut self, next: i64) {
         self.next = next;
     }
 
+    /// Reading (re)starts at `start`: jobs below it that were waiting to be
+    /// read again were settled by whoever read the partition meanwhile.
+    pub fn set_start(&mut self, start: i64) {
+        self.restart = self.restart.split_off(&start);
+        self.next = start;
+    }
+
     /// A job starting at `offset` is now in flight.
     pub fn add(&mut self, offset: i64) {
+        self.restart.remove(&offset);
         *self.in_flight.entry(offset).or_default() += 1;
     }
 
@@ -67,6 +78,17 @@ impl Progress {
         self.in_flight.contains_key(&offset) || self.answered.contains(&offset)
     }
 
+    /// Drops jobs that will not be answered here after all (still assembling
+    /// when reading stopped): reading the partition again starts them anew.
+    /// The committed offset stays at or below them until they are read again.
+    pub fn forget(&mut self, offsets: impl IntoIterator<Item = i64>) {
+        for o in offsets {
+            if self.in_flight.remove(&o).is_some() {
+                self.restart.insert(o);
+            }
+        }
+    }
+
     /// Remembers jobs answered by an earlier owner of the partition.
     pub fn remember_answered(&mut self, offsets: impl IntoIterator<Item = i64>) {
         self.answered.extend(offsets);
@@ -74,12 +96,12 @@ impl Progress {
 
     /// The offset below which every job has been answered.
     pub fn committable(&self) -> i64 {
-        self.in_flight
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.next)
-            .min(self.next)
+        let oldest_running = self.in_flight.keys().next().copied();
+        let oldest_restart = self.restart.first().copied();
+        [oldest_running, oldest_restart]
+            .into_iter()
+            .flatten()
+            .fold(self.next, i64::min)
     }
 
     fn prune(&mut self) {
@@ -146,6 +168,18 @@ mod tests {
         p.done(7);
         assert_eq!(p.commit_point(), (3, "ks1:4".to_string()));
         assert!(p.known(7) && p.known(3) && !p.known(5));
+        p.add(5);
+        p.forget([5]);
+        // Forgotten, but the commit must not pass it until it is read again.
+        assert!(!p.known(5));
+        assert_eq!(p.committable(), 3);
+        p.done(3);
+        assert_eq!(p.committable(), 5);
+        p.set_start(5);
+        p.add(5);
+        p.done(5);
+        p.set_next(20);
+        assert_eq!(p.committable(), 20);
         p.set_next(20);
         p.done(3);
         assert_eq!(p.commit_point(), (20, "ks1:".to_string()));

@@ -45,6 +45,18 @@ pub enum SendError {
         /// Timeout.
         secs: u64,
     },
+    /// The broker went away while we waited, and did not come back in time.
+    #[error(
+        "no response for job {job} within {secs} s, and the Kafka broker is unreachable: {detail}"
+    )]
+    BrokerLost {
+        /// Job id.
+        job: JobId,
+        /// Timeout.
+        secs: u64,
+        /// Last error seen.
+        detail: String,
+    },
     /// The portal refused the request.
     #[error("the portal refused the request ({category}): {message}")]
     Refused {
@@ -75,7 +87,7 @@ impl SendError {
             Self::Refused { .. } => 3,
             Self::Integrity(_) => 4,
             Self::Upstream { .. } => 5,
-            Self::Kafka(_) => 7,
+            Self::Kafka(_) | Self::BrokerLost { .. } => 7,
             Self::Timeout { .. } => 28,
         }
     }
@@ -360,6 +372,9 @@ pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError
             .await?;
             // A portal that refuses the job says so at once; stop uploading then.
             while let Ok(r) = reply_rx.try_recv() {
+                if matches!(r, Reply::Trouble(_)) {
+                    continue;
+                }
                 if let Reply::Frame(
                     Frame {
                         body: Body::Error(e),
@@ -409,7 +424,8 @@ pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError
 enum Reply {
     Frame(Frame, Vec<u8>),
     Broken(String),
-    Kafka(KafkaError),
+    /// Reading the reply partition fails; the reader keeps retrying.
+    Trouble(String),
 }
 
 /// Follows the reply partition from `from`, passing on this job's frames.
@@ -422,19 +438,24 @@ async fn follow_replies(
 ) {
     let mut failures = 0u32;
     loop {
-        let records = match kafka::fetch(&pc, from, Duration::from_millis(500), limit).await {
+        // A short bound per fetch, so an unreachable broker shows up as
+        // trouble well before the waiting side's timeout.
+        let bound = limit.min(Duration::from_secs(4));
+        let records = match kafka::fetch(&pc, from, Duration::from_millis(500), bound).await {
             Ok((r, _)) => {
                 failures = 0;
                 r
             }
             Err(e) => {
+                // A broker restart or a coordinator move is survived: keep
+                // trying with backoff; the waiting side's timeout decides.
                 failures += 1;
-                if failures >= 5 {
-                    let _ = tx.send(Reply::Kafka(e)).await;
+                log::debug!("reading replies: {e}; retrying");
+                if tx.try_send(Reply::Trouble(e.to_string())).is_err() && tx.is_closed() {
                     return;
                 }
-                log::warn!("reading replies: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(300 * u64::from(failures))).await;
+                let wait = Duration::from_millis(200 * u64::from(failures.min(10)));
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
@@ -547,6 +568,11 @@ async fn receive(
     rx: &mut mpsc::Receiver<Reply>,
 ) -> Result<Outcome, SendError> {
     let mut expected_seq = 0u32;
+    // The last error reading the reply partition, until a record arrives.
+    let mut trouble: Option<String> = None;
+    // Waiting ends `--timeout` after the last record of this job, however
+    // many retries the reader reports meanwhile.
+    let mut idle_deadline = tokio::time::Instant::now() + cfg.timeout;
     let mut status: Option<u16> = None;
     let mut sink: Option<Sink> = None;
     let mut hasher = Sha256::new();
@@ -556,21 +582,35 @@ async fn receive(
     loop {
         let item = match early.pop_front() {
             Some(r) => r,
-            None => match tokio::time::timeout(cfg.timeout, rx.recv()).await {
+            None => match tokio::time::timeout_at(idle_deadline, rx.recv()).await {
                 Ok(Some(r)) => r,
                 Ok(None) => return Err(SendError::Io("the reply reader stopped".into())),
                 Err(_) => {
-                    return Err(SendError::Timeout {
-                        job,
-                        secs: cfg.timeout.as_secs(),
+                    return Err(match trouble {
+                        Some(detail) => SendError::BrokerLost {
+                            job,
+                            secs: cfg.timeout.as_secs(),
+                            detail,
+                        },
+                        None => SendError::Timeout {
+                            job,
+                            secs: cfg.timeout.as_secs(),
+                        },
                     })
                 }
             },
         };
         let (frame, payload) = match item {
-            Reply::Frame(f, p) => (f, p),
+            Reply::Frame(f, p) => {
+                trouble = None;
+                idle_deadline = tokio::time::Instant::now() + cfg.timeout;
+                (f, p)
+            }
             Reply::Broken(why) => return Err(SendError::Integrity(why)),
-            Reply::Kafka(e) => return Err(e.into()),
+            Reply::Trouble(why) => {
+                trouble = Some(why);
+                continue;
+            }
         };
         if frame.seq < expected_seq {
             log::debug!("job {job}: duplicate reply record {} ignored", frame.seq);

@@ -59,15 +59,23 @@ pub struct Topics {
     pub request: String,
     pub response: String,
     pub group: String,
+    /// A broker of the test's own instead of the shared one.
+    pub bootstrap: Option<String>,
 }
 
 impl Topics {
+    /// The broker these topics live on.
+    pub fn broker(&self) -> &str {
+        self.bootstrap.as_deref().unwrap_or_else(|| broker())
+    }
+
     pub fn new(name: &str) -> Self {
         let id = ulid::Ulid::new().to_string().to_ascii_lowercase();
         Self {
             request: format!("it-{name}-{id}-req"),
             response: format!("it-{name}-{id}-resp"),
             group: format!("it-{name}-{id}-group"),
+            bootstrap: None,
         }
     }
 }
@@ -77,7 +85,7 @@ pub fn kafkasend(topics: &Topics) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafkasend"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KAFKA_BOOTSTRAP_SERVERS", broker())
+        .env("KAFKA_BOOTSTRAP_SERVERS", topics.broker())
         .env("KAFKA_REQUEST_TOPIC", &topics.request)
         .env("KAFKA_RESPONSE_TOPIC", &topics.response)
         .env("KAFKA_CONSUMER_GROUP", &topics.group);
@@ -173,6 +181,74 @@ impl Portal {
     }
 }
 
+/// A broker of one test's own, for tests that stop or restart it.
+pub struct PrivateBroker {
+    pub addr: String,
+    env: Vec<(&'static str, String)>,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl PrivateBroker {
+    fn script(&self, cmd: &str) -> std::process::Output {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka");
+        let out = Command::new(script)
+            .arg(cmd)
+            .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/kafka");
+        assert!(out.status.success(), "scripts/kafka {cmd} failed");
+        out
+    }
+
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, controller) = (free_port(), free_port());
+        let env = vec![
+            ("KAFKA_PORT", port.to_string()),
+            ("KAFKA_CONTROLLER_PORT", controller.to_string()),
+            ("KAFKA_STATE_DIR", dir.path().to_str().unwrap().to_string()),
+        ];
+        let mut b = Self {
+            addr: String::new(),
+            env,
+            _dir: dir,
+        };
+        let out = b.script("start");
+        b.addr = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        b
+    }
+
+    /// Stops the broker.
+    pub fn stop(&self) {
+        self.script("stop");
+    }
+
+    /// Stops the broker and starts it again with its data.
+    pub fn restart(&self) {
+        self.script("restart");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka");
+        let _ = Command::new(script)
+            .arg("stop")
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output();
+    }
+}
+
 /// Runs Kafka's consumer-group tool against the test broker and returns its output.
 pub fn group_tool(args: &[&str]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka");
@@ -191,7 +267,7 @@ pub async fn final_responses(topics: &Topics) -> std::collections::BTreeMap<Stri
     use kafkasend::kafka;
     use kafkasend::wire::{decode, Body};
     let settings = kafka::KafkaSettings {
-        bootstrap_servers: broker().to_string(),
+        bootstrap_servers: topics.broker().to_string(),
         op_timeout: Duration::from_secs(30),
         client_id: "it-reader".into(),
     };

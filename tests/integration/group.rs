@@ -228,3 +228,99 @@ async fn a_crashed_portal_restarts_and_every_job_is_answered_once() {
     assert_eq!(finals.len(), 50);
     assert!(finals.values().all(|n| *n == 1), "{finals:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_survive_a_broker_restart() {
+    let kafka = PrivateBroker::start();
+    let servers = Servers::start().await;
+    let mut topics = Topics::new("brokerrestart");
+    topics.bootstrap = Some(kafka.addr.clone());
+    let portal = Portal::start(&topics, &fast_group(&servers));
+    let dir = tempfile::tempdir().unwrap();
+    let jobs: Vec<(String, std::path::PathBuf, String)> = (0..8)
+        .map(|i| {
+            let (path, digest) = pattern_file(dir.path(), &format!("r{i}.bin"), 900 + i, 2_000_000);
+            (format!("/held/r{i}"), path, digest)
+        })
+        .collect();
+    servers.state.hold.store(true, Ordering::SeqCst);
+    let clients: Vec<_> = jobs
+        .iter()
+        .map(|(endpoint, path, _)| {
+            let topics = topics.clone();
+            let endpoint = endpoint.clone();
+            let path = path.to_str().unwrap().to_string();
+            tokio::spawn(async move { send(&topics, &[&path, "--endpoint", &endpoint]).await })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while servers.state.held_now.load(Ordering::SeqCst) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs did not reach the API"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The broker goes away with calls in flight, uploads running and
+    // clients waiting, and comes back with its data.
+    let _kafka = tokio::task::spawn_blocking(move || {
+        kafka.restart();
+        kafka
+    })
+    .await
+    .unwrap();
+    servers.state.release_hold();
+    for (client, (endpoint, _, digest)) in clients.into_iter().zip(&jobs) {
+        let out = client.await.unwrap();
+        assert_eq!(out.code, 0, "{endpoint}: {}", out.stderr);
+        assert_eq!(
+            json(&out.stdout)["body_sha256"],
+            digest.as_str(),
+            "{endpoint}"
+        );
+    }
+    assert!(
+        portal.log().contains("retrying"),
+        "the portal said nothing of the outage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_that_stays_down_gives_the_client_a_clear_error_at_its_timeout() {
+    let kafka = PrivateBroker::start();
+    let servers = Servers::start().await;
+    let mut topics = Topics::new("brokerdown");
+    topics.bootstrap = Some(kafka.addr.clone());
+    let _portal = Portal::start(&topics, &fast_group(&servers));
+    servers.state.hold.store(true, Ordering::SeqCst);
+    let client = {
+        let topics = topics.clone();
+        tokio::spawn(
+            async move { send(&topics, &["--endpoint", "/held/x", "--timeout", "10"]).await },
+        )
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while servers.state.held_now.load(Ordering::SeqCst) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job did not reach the API"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kafka = tokio::task::spawn_blocking(move || {
+        kafka.stop();
+        kafka
+    })
+    .await
+    .unwrap();
+    let out = client.await.unwrap();
+    servers.state.release_hold();
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Kafka broker is unreachable"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    drop(kafka);
+}
