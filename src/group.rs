@@ -29,7 +29,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Versions of each request this module sends; all of them are served by
-/// Kafka 2.4 and later, including 4.x, which dropped many older versions.
+/// Kafka 3.0 and later (FindCoordinator v4 came with 3.0), including 4.x,
+/// which dropped many older versions.
 const V_API_VERSIONS: i16 = 0;
 const V_FIND_COORDINATOR: i16 = 4;
 const V_JOIN: i16 = 7;
@@ -37,7 +38,7 @@ const V_SYNC: i16 = 5;
 const V_HEARTBEAT: i16 = 4;
 const V_OFFSET_FETCH: i16 = 7;
 const V_OFFSET_COMMIT: i16 = 8;
-const V_LEAVE: i16 = 4;
+const V_LEAVE: i16 = 5;
 
 /// Largest response accepted from the coordinator.
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
@@ -65,7 +66,7 @@ pub enum GroupError {
     #[error("group protocol codec: {0}")]
     Codec(String),
     /// The broker does not serve a request version we need.
-    #[error("the broker does not support {api} version {version} (it serves {min}..{max}); KafkaSend needs Kafka 2.4 or later")]
+    #[error("the broker does not support {api} version {version} (it serves {min}..{max}); KafkaSend needs Kafka 3.0 or later")]
     Unsupported {
         /// API name.
         api: &'static str,
@@ -478,8 +479,14 @@ impl Member {
             .with_protocol_name(Some(StrBytes::from_static_str("range")))
             .with_assignments(assignments);
         let conn = self.coordinator().await?;
-        let resp = conn.call("SyncGroup", &req, V_SYNC, rebalance_wait).await?;
-        check("SyncGroup", resp.error_code)?;
+        let resp = match conn.call("SyncGroup", &req, V_SYNC, rebalance_wait).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                return Err(e);
+            }
+        };
+        self.checked("SyncGroup", resp.error_code)?;
         let mut mine = Vec::new();
         if !resp.assignment.is_empty() {
             let a: ConsumerProtocolAssignment = decode_versioned(resp.assignment)?;
@@ -495,6 +502,21 @@ impl Member {
             member_id: self.member_id.clone(),
             partitions: mine,
         })
+    }
+
+    /// Turns an error code into an error, forgetting the coordinator when
+    /// the code says it moved.
+    fn checked(&mut self, api: &'static str, code: i16) -> Result<(), GroupError> {
+        let r = check(api, code);
+        if r.as_ref().is_err_and(GroupError::coordinator_moved) {
+            self.conn = None;
+        }
+        r
+    }
+
+    /// Time between heartbeats.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.settings.heartbeat_interval
     }
 
     /// Tells the coordinator this member is alive.
@@ -555,14 +577,14 @@ impl Member {
                 return Err(e);
             }
         };
-        check("OffsetFetch", resp.error_code)?;
+        self.checked("OffsetFetch", resp.error_code)?;
         let mut out = BTreeMap::new();
         for t in resp.topics {
             if t.name.0.as_str() != topic {
                 continue;
             }
             for p in t.partitions {
-                check("OffsetFetch", p.error_code)?;
+                self.checked("OffsetFetch", p.error_code)?;
                 let offset = (p.committed_offset >= 0).then_some(p.committed_offset);
                 let metadata = p.metadata.map(|m| m.to_string()).unwrap_or_default();
                 out.insert(p.partition_index, Committed { offset, metadata });
@@ -611,7 +633,7 @@ impl Member {
         };
         for t in resp.topics {
             for p in t.partitions {
-                check("OffsetCommit", p.error_code)?;
+                self.checked("OffsetCommit", p.error_code)?;
             }
         }
         Ok(())
@@ -628,10 +650,14 @@ impl Member {
                 .with_member_id(StrBytes::from_string(self.member_id.clone()))
                 .with_reason(Some(StrBytes::from_static_str("portal shutting down")))]);
         let conn = self.coordinator().await?;
-        let resp = conn
-            .call("LeaveGroup", &req, V_LEAVE, Duration::ZERO)
-            .await?;
-        check("LeaveGroup", resp.error_code)?;
+        let resp = match conn.call("LeaveGroup", &req, V_LEAVE, Duration::ZERO).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                return Err(e);
+            }
+        };
+        self.checked("LeaveGroup", resp.error_code)?;
         self.member_id.clear();
         Ok(())
     }

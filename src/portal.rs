@@ -181,7 +181,8 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         session_timeout: ctx.cfg.group.session_timeout,
         rebalance_timeout: ctx.cfg.group.rebalance_timeout,
         heartbeat_interval: ctx.cfg.group.session_timeout / 5,
-        op_timeout: ctx.cfg.kafka.timeout,
+        // A hung group request must not outlast the session it protects.
+        op_timeout: ctx.cfg.kafka.timeout.min(ctx.cfg.group.session_timeout / 3),
     });
     tokio::pin!(shutdown);
     let mut announced = false;
@@ -229,6 +230,8 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
             Ok(stop) => stop,
             Err(e) => {
                 log::warn!("generation {} ended: {e:#}", assignment.generation);
+                // Do not make the whole group rebalance in a tight loop.
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 GenerationEnd::Rebalance
             }
         };
@@ -291,7 +294,7 @@ async fn serve_generation(
     // before that their progress holds no position of this generation.
     let mut ready_parts: Vec<i32> = Vec::new();
     let mut all_ready = false;
-    let mut heartbeat = tokio::time::interval(ctx.cfg.group.session_timeout / 5);
+    let mut heartbeat = tokio::time::interval(member.heartbeat_interval());
     let mut commit_tick = tokio::time::interval(COMMIT_EVERY);
     let end = loop {
         tokio::select! {
