@@ -497,6 +497,8 @@ fn error_from_portal(category: ErrorCategory, message: String) -> SendError {
 struct Sink {
     out: Box<dyn AsyncWrite + Unpin + Send>,
     part: Option<(PathBuf, PathBuf)>,
+    /// Bytes written to `out` so far.
+    written: u64,
 }
 
 impl Sink {
@@ -505,6 +507,7 @@ impl Sink {
             None => Ok(Self {
                 out: Box::new(tokio::io::BufWriter::new(tokio::io::stdout())),
                 part: None,
+                written: 0,
             }),
             Some(path) => {
                 // A fresh name nobody else uses, created exclusively: never
@@ -521,16 +524,35 @@ impl Sink {
                 Ok(Self {
                     out: Box::new(tokio::io::BufWriter::new(f)),
                     part: Some((part, path.to_path_buf())),
+                    written: 0,
                 })
             }
         }
     }
 
     async fn write(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.written += data.len() as u64;
         self.out
             .write_all(data)
             .await
             .map_err(|e| SendError::Io(format!("writing the response failed: {e}")))
+    }
+
+    /// Empties the output to take a response from the start again; `false`
+    /// when that is impossible (body bytes already went to stdout).
+    async fn restart(&mut self) -> Result<bool, SendError> {
+        let Some((part, _)) = &self.part else {
+            return Ok(self.written == 0);
+        };
+        let f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(part)
+            .await
+            .map_err(|e| SendError::Io(format!("cannot restart {}: {e}", part.display())))?;
+        self.out = Box::new(tokio::io::BufWriter::new(f));
+        self.written = 0;
+        Ok(true)
     }
 
     async fn commit(mut self) -> Result<(), SendError> {
@@ -612,12 +634,33 @@ async fn receive(
                 continue;
             }
         };
+        // An error is final whatever its number: a portal that took the job
+        // over after another failed part-way numbers its answer from 0 again.
+        if let Body::Error(e) = frame.body {
+            return Err(error_from_portal(e.category, e.message));
+        }
+        // A start record after body chunks is a second answer (a producer's
+        // retry duplicates a record right after itself, never later): start
+        // over where the output allows it, else keep to the first answer.
+        let second_answer = frame.seq == 0 && received > 0;
+        if let (true, Body::ResponseStart(rs), Some(s)) =
+            (second_answer, &frame.body, sink.as_mut())
+        {
+            if s.restart().await? {
+                log::info!(
+                    "job {job}: a second answer arrived (the job was taken over); starting over"
+                );
+                status = Some(rs.status);
+                hasher = Sha256::new();
+                received = 0;
+                chunks = 0;
+                expected_seq = 1;
+                continue;
+            }
+        }
         if frame.seq < expected_seq {
             log::debug!("job {job}: duplicate reply record {} ignored", frame.seq);
             continue;
-        }
-        if let Body::Error(e) = frame.body {
-            return Err(error_from_portal(e.category, e.message));
         }
         if frame.seq > expected_seq {
             return Err(SendError::Integrity(format!(
@@ -708,6 +751,104 @@ mod tests {
         assert!(parse_header("no colon").is_err());
         assert!(parse_header("Bad Name: x").is_err());
         assert!(parse_header(": x").is_err());
+    }
+
+    fn frames_of(job: JobId, status: u16, body: &[u8]) -> Vec<Reply> {
+        let mut out = vec![Reply::Frame(
+            Frame {
+                job,
+                seq: 0,
+                body: Body::ResponseStart(crate::wire::ResponseStart {
+                    status,
+                    headers: vec![],
+                    body_len: Some(body.len() as u64),
+                }),
+            },
+            vec![],
+        )];
+        let mut c = Chunker::new(job, 1);
+        for piece in body.chunks(4) {
+            let ch = c.chunk(piece.to_vec());
+            out.push(Reply::Frame(ch.frame, ch.payload));
+        }
+        out.push(Reply::Frame(c.finish(), vec![]));
+        out
+    }
+
+    fn config() -> SendConfig {
+        SendConfig {
+            kafka: crate::config::KafkaConfig {
+                bootstrap_servers: "127.0.0.1:9".into(),
+                request_topic: "rq".into(),
+                response_topic: "rs".into(),
+                timeout: Duration::from_secs(5),
+                chunk_size: 1024,
+            },
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    async fn receive_all(items: Vec<Reply>, output: &Path) -> Result<Outcome, SendError> {
+        let job = match &items[0] {
+            Reply::Frame(f, _) => f.job,
+            _ => unreachable!(),
+        };
+        let (tx, mut rx) = mpsc::channel(items.len() + 1);
+        for i in items {
+            tx.send(i).await.unwrap();
+        }
+        let args = SendArgs {
+            output: Some(output.to_path_buf()),
+            ..SendArgs::default()
+        };
+        receive(&args, &config(), job, VecDeque::new(), &mut rx).await
+    }
+
+    #[tokio::test]
+    async fn a_second_answer_after_a_partial_one_replaces_it() {
+        let job = JobId::new();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.bin");
+        let mut items = frames_of(job, 200, b"first answer, cut short");
+        items.truncate(3); // start and two chunks, then the portal died
+        items.extend(frames_of(job, 201, b"second answer, complete"));
+        let outcome = receive_all(items, &out).await.unwrap();
+        assert_eq!(outcome.status, Some(201));
+        assert_eq!(std::fs::read(&out).unwrap(), b"second answer, complete");
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_ignored_and_an_error_is_final_whatever_its_number() {
+        let job = JobId::new();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.bin");
+        let mut items = frames_of(job, 200, b"abcdefgh");
+        let dup = match &items[1] {
+            Reply::Frame(f, p) => Reply::Frame(f.clone(), p.clone()),
+            _ => unreachable!(),
+        };
+        items.insert(2, dup);
+        receive_all(items, &out).await.unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"abcdefgh");
+
+        let mut items = frames_of(job, 200, b"abcdefgh");
+        items.truncate(2);
+        items.push(Reply::Frame(
+            Frame {
+                job,
+                seq: 0,
+                body: Body::Error(crate::wire::ErrorInfo {
+                    category: ErrorCategory::UpstreamTimeout,
+                    message: "took too long".into(),
+                }),
+            },
+            vec![],
+        ));
+        let err = receive_all(items, &dir.path().join("err.bin"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 5, "{err}");
+        assert!(!dir.path().join("err.bin").exists());
     }
 
     #[test]
