@@ -324,3 +324,30 @@ async fn a_broker_that_stays_down_gives_the_client_a_clear_error_at_its_timeout(
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
     drop(kafka);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_exits_at_once() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("twosignals");
+    let mut portal = Portal::start(&topics, &fast_group(&servers));
+    let client = {
+        let topics = topics.clone();
+        tokio::spawn(async move { send(&topics, &["--endpoint", "/slow", "--timeout", "5"]).await })
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while servers.state.slow_arrived.load(Ordering::SeqCst) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow call never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    portal.signal("TERM");
+    portal.wait_for_log("shutting down").await;
+    portal.signal("INT");
+    // The slow call is still held: only the second signal can end the portal.
+    assert_eq!(portal.wait_exit().await, Some(130), "{}", portal.log());
+    assert!(!servers.state.slow_released.load(Ordering::SeqCst));
+    servers.state.release_slow();
+    let _ = client.await;
+}
