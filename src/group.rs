@@ -403,14 +403,7 @@ impl Member {
                 .with_protocols(vec![JoinGroupRequestProtocol::default()
                     .with_name(StrBytes::from_static_str("range"))
                     .with_metadata(subscription.clone())]);
-            let conn = self.coordinator().await?;
-            let resp = match conn.call("JoinGroup", &req, V_JOIN, rebalance_wait).await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.conn = None;
-                    return Err(e);
-                }
-            };
+            let resp = self.call("JoinGroup", &req, V_JOIN, rebalance_wait).await?;
             match resp.error_code {
                 code::NONE => break resp,
                 code::MEMBER_ID_REQUIRED => {
@@ -478,14 +471,7 @@ impl Member {
             .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
             .with_protocol_name(Some(StrBytes::from_static_str("range")))
             .with_assignments(assignments);
-        let conn = self.coordinator().await?;
-        let resp = match conn.call("SyncGroup", &req, V_SYNC, rebalance_wait).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.conn = None;
-                return Err(e);
-            }
-        };
+        let resp = self.call("SyncGroup", &req, V_SYNC, rebalance_wait).await?;
         self.checked("SyncGroup", resp.error_code)?;
         let mut mine = Vec::new();
         if !resp.assignment.is_empty() {
@@ -502,6 +488,23 @@ impl Member {
             member_id: self.member_id.clone(),
             partitions: mine,
         })
+    }
+
+    /// Sends one request to the coordinator; any failure of the exchange
+    /// forgets the connection, so the next call finds the coordinator anew.
+    async fn call<R: Request>(
+        &mut self,
+        api: &'static str,
+        req: &R,
+        version: i16,
+        extra_wait: Duration,
+    ) -> Result<R::Response, GroupError> {
+        let conn = self.coordinator().await?;
+        let result = conn.call(api, req, version, extra_wait).await;
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
     }
 
     /// Turns an error code into an error, forgetting the coordinator when
@@ -525,17 +528,9 @@ impl Member {
             .with_group_id(self.group())
             .with_generation_id(self.generation)
             .with_member_id(StrBytes::from_string(self.member_id.clone()));
-        let conn = self.coordinator().await?;
-        let resp = match conn
+        let resp = self
             .call("Heartbeat", &req, V_HEARTBEAT, Duration::ZERO)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                self.conn = None;
-                return Err(e);
-            }
-        };
+            .await?;
         match resp.error_code {
             code::NONE => Ok(Beat::Ok),
             code::REBALANCE_IN_PROGRESS => Ok(Beat::Rebalance),
@@ -566,17 +561,9 @@ impl Member {
             .with_topics(Some(vec![OffsetFetchRequestTopic::default()
                 .with_name(TopicName(StrBytes::from_string(topic.to_string())))
                 .with_partition_indexes(partitions.to_vec())]));
-        let conn = self.coordinator().await?;
-        let resp = match conn
+        let resp = self
             .call("OffsetFetch", &req, V_OFFSET_FETCH, Duration::ZERO)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                self.conn = None;
-                return Err(e);
-            }
-        };
+            .await?;
         self.checked("OffsetFetch", resp.error_code)?;
         let mut out = BTreeMap::new();
         for t in resp.topics {
@@ -620,17 +607,9 @@ impl Member {
             .with_topics(vec![OffsetCommitRequestTopic::default()
                 .with_name(TopicName(StrBytes::from_string(topic.to_string())))
                 .with_partitions(partitions)]);
-        let conn = self.coordinator().await?;
-        let resp = match conn
+        let resp = self
             .call("OffsetCommit", &req, V_OFFSET_COMMIT, Duration::ZERO)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                self.conn = None;
-                return Err(e);
-            }
-        };
+            .await?;
         for t in resp.topics {
             for p in t.partitions {
                 self.checked("OffsetCommit", p.error_code)?;
@@ -649,14 +628,9 @@ impl Member {
             .with_members(vec![MemberIdentity::default()
                 .with_member_id(StrBytes::from_string(self.member_id.clone()))
                 .with_reason(Some(StrBytes::from_static_str("portal shutting down")))]);
-        let conn = self.coordinator().await?;
-        let resp = match conn.call("LeaveGroup", &req, V_LEAVE, Duration::ZERO).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.conn = None;
-                return Err(e);
-            }
-        };
+        let resp = self
+            .call("LeaveGroup", &req, V_LEAVE, Duration::ZERO)
+            .await?;
         self.checked("LeaveGroup", resp.error_code)?;
         self.member_id.clear();
         Ok(())

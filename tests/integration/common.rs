@@ -26,6 +26,25 @@ use tokio::sync::Notify;
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(120);
 
+/// Waits (bounded by [`WAIT`]) until `done` holds, failing with `what`.
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts `kafkasend send ARGS` in the background.
+pub fn spawn_send(topics: &Topics, args: &[&str]) -> tokio::task::JoinHandle<SendResult> {
+    let topics = topics.clone();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        send(&topics, &args).await
+    })
+}
+
 /// The broker address: `KAFKA_BOOTSTRAP_SERVERS` when set, else the one
 /// `scripts/kafka start` starts (or finds running).
 pub fn broker() -> &'static str {
@@ -228,14 +247,14 @@ impl PrivateBroker {
         b
     }
 
-    /// Stops the broker.
+    /// Stops the broker (from a multi-threaded runtime's worker).
     pub fn stop(&self) {
-        self.script("stop");
+        tokio::task::block_in_place(|| self.script("stop"));
     }
 
     /// Stops the broker and starts it again with its data.
     pub fn restart(&self) {
-        self.script("restart");
+        tokio::task::block_in_place(|| self.script("restart"));
     }
 }
 
@@ -427,6 +446,14 @@ pub struct ApiState {
 impl ApiState {
     pub fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `n` requests wait at the hold.
+    pub async fn wait_held(&self, n: u64) {
+        wait_until("requests did not reach the API", || {
+            self.held_now.load(Ordering::SeqCst) >= n
+        })
+        .await;
     }
 
     /// Lets held requests through.

@@ -52,19 +52,12 @@ async fn sigterm_drains_jobs_in_flight_and_commits_to_the_end() {
     let topics = Topics::new("sigterm");
     let mut portal = Portal::start(&topics, &fast_group(&servers));
     let clients: Vec<_> = (0..3)
-        .map(|_| {
-            let topics = topics.clone();
-            tokio::spawn(async move { send(&topics, &["--endpoint", "/slow"]).await })
-        })
+        .map(|_| spawn_send(&topics, &["--endpoint", "/slow"]))
         .collect();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while servers.state.slow_arrived.load(Ordering::SeqCst) < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "slow calls never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("slow calls never arrived", || {
+        servers.state.slow_arrived.load(Ordering::SeqCst) >= 3
+    })
+    .await;
     portal.signal("TERM");
     portal.wait_for_log("shutting down").await;
     servers.state.release_slow();
@@ -188,10 +181,7 @@ async fn a_crashed_portal_restarts_and_every_job_is_answered_once() {
     let clients: Vec<_> = jobs
         .iter()
         .map(|(endpoint, path, _)| {
-            let topics = topics.clone();
-            let endpoint = endpoint.clone();
-            let path = path.to_str().unwrap().to_string();
-            tokio::spawn(async move { send(&topics, &[&path, "--endpoint", &endpoint]).await })
+            spawn_send(&topics, &[path.to_str().unwrap(), "--endpoint", endpoint])
         })
         .collect();
     // Wait until the first 20 are answered and some held jobs reached the API.
@@ -229,13 +219,19 @@ async fn a_crashed_portal_restarts_and_every_job_is_answered_once() {
     assert!(finals.values().all(|n| *n == 1), "{finals:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn jobs_survive_a_broker_restart() {
+/// A broker of the test's own with a portal on it, for tests that stop it.
+async fn on_private_broker(name: &str) -> (PrivateBroker, Servers, Topics, Portal) {
     let kafka = PrivateBroker::start();
     let servers = Servers::start().await;
-    let mut topics = Topics::new("brokerrestart");
+    let mut topics = Topics::new(name);
     topics.bootstrap = Some(kafka.addr.clone());
     let portal = Portal::start(&topics, &fast_group(&servers));
+    (kafka, servers, topics, portal)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_survive_a_broker_restart() {
+    let (kafka, servers, topics, portal) = on_private_broker("brokerrestart").await;
     let dir = tempfile::tempdir().unwrap();
     let jobs: Vec<(String, std::path::PathBuf, String)> = (0..8)
         .map(|i| {
@@ -247,28 +243,13 @@ async fn jobs_survive_a_broker_restart() {
     let clients: Vec<_> = jobs
         .iter()
         .map(|(endpoint, path, _)| {
-            let topics = topics.clone();
-            let endpoint = endpoint.clone();
-            let path = path.to_str().unwrap().to_string();
-            tokio::spawn(async move { send(&topics, &[&path, "--endpoint", &endpoint]).await })
+            spawn_send(&topics, &[path.to_str().unwrap(), "--endpoint", endpoint])
         })
         .collect();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while servers.state.held_now.load(Ordering::SeqCst) < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "jobs did not reach the API"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    servers.state.wait_held(3).await;
     // The broker goes away with calls in flight, uploads running and
     // clients waiting, and comes back with its data.
-    let _kafka = tokio::task::spawn_blocking(move || {
-        kafka.restart();
-        kafka
-    })
-    .await
-    .unwrap();
+    kafka.restart();
     servers.state.release_hold();
     for (client, (endpoint, _, digest)) in clients.into_iter().zip(&jobs) {
         let out = client.await.unwrap();
@@ -287,32 +268,11 @@ async fn jobs_survive_a_broker_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_that_stays_down_gives_the_client_a_clear_error_at_its_timeout() {
-    let kafka = PrivateBroker::start();
-    let servers = Servers::start().await;
-    let mut topics = Topics::new("brokerdown");
-    topics.bootstrap = Some(kafka.addr.clone());
-    let _portal = Portal::start(&topics, &fast_group(&servers));
+    let (kafka, servers, topics, _portal) = on_private_broker("brokerdown").await;
     servers.state.hold.store(true, Ordering::SeqCst);
-    let client = {
-        let topics = topics.clone();
-        tokio::spawn(
-            async move { send(&topics, &["--endpoint", "/held/x", "--timeout", "10"]).await },
-        )
-    };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while servers.state.held_now.load(Ordering::SeqCst) < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the job did not reach the API"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let kafka = tokio::task::spawn_blocking(move || {
-        kafka.stop();
-        kafka
-    })
-    .await
-    .unwrap();
+    let client = spawn_send(&topics, &["--endpoint", "/held/x", "--timeout", "10"]);
+    servers.state.wait_held(1).await;
+    kafka.stop();
     let out = client.await.unwrap();
     servers.state.release_hold();
     assert_eq!(out.code, 7, "{}", out.stderr);
@@ -322,7 +282,6 @@ async fn a_broker_that_stays_down_gives_the_client_a_clear_error_at_its_timeout(
         out.stderr
     );
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
-    drop(kafka);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -330,18 +289,11 @@ async fn a_second_signal_exits_at_once() {
     let servers = Servers::start().await;
     let topics = Topics::new("twosignals");
     let mut portal = Portal::start(&topics, &fast_group(&servers));
-    let client = {
-        let topics = topics.clone();
-        tokio::spawn(async move { send(&topics, &["--endpoint", "/slow", "--timeout", "5"]).await })
-    };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while servers.state.slow_arrived.load(Ordering::SeqCst) < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the slow call never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let client = spawn_send(&topics, &["--endpoint", "/slow", "--timeout", "5"]);
+    wait_until("the slow call never arrived", || {
+        servers.state.slow_arrived.load(Ordering::SeqCst) >= 1
+    })
+    .await;
     portal.signal("TERM");
     portal.wait_for_log("shutting down").await;
     portal.signal("INT");

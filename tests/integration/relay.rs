@@ -191,10 +191,7 @@ async fn a_slow_endpoint_does_not_delay_a_fast_request() {
     let servers = Servers::start().await;
     let topics = Topics::new("slow");
     let _portal = Portal::start(&topics, &servers.plain_env());
-    let slow = {
-        let topics = topics.clone();
-        tokio::spawn(async move { send(&topics, &["--endpoint", "/slow"]).await })
-    };
+    let slow = spawn_send(&topics, &["--endpoint", "/slow"]);
     // Wait until the slow call is being served (bounded).
     let deadline = tokio::time::Instant::now() + WAIT;
     while servers.state.slow_arrived.load(Ordering::SeqCst) == 0 {
