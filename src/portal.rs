@@ -302,6 +302,11 @@ async fn serve_generation(
             r = ready_rx.recv(), if !all_ready => match r {
                 Some(p) => {
                     ready_parts.push(p);
+                    // Pin the start position at once: without a commit, a
+                    // portal taking over after a crash would start at the end.
+                    if let Err(e) = commit(ctx, member, &[p]).await {
+                        log::warn!("committing the start of partition {p} failed: {e}");
+                    }
                     if ready_parts.len() == assignment.partitions.len() && !*announced {
                         *announced = true;
                         log::info!(
@@ -436,7 +441,10 @@ async fn read_partition(
     let _ = ready.send(partition).await;
     drop(ready);
 
-    let mut asm = Assembler::new(ctx.cfg.limits.clone());
+    let mut held = ReaderJobs {
+        asm: Assembler::new(ctx.cfg.limits.clone()),
+        progress: Arc::clone(&progress),
+    };
     let mut last_sweep = Instant::now();
     let mut failures = 0u32;
     loop {
@@ -460,11 +468,19 @@ async fn read_partition(
                 // Below the log start: records were deleted, go on from the
                 // oldest kept. Past the end: the topic was truncated or
                 // recreated; replaying it could repeat old calls, so skip to the end.
-                let earliest = kafka::start_offset(&pc, limit).await?;
-                let next = if offset < earliest {
-                    earliest
-                } else {
-                    kafka::end_offset(&pc, limit).await?
+                let earliest = kafka::start_offset(&pc, limit).await;
+                let next = match earliest {
+                    Ok(earliest) if offset < earliest => Ok(earliest),
+                    Ok(_) => kafka::end_offset(&pc, limit).await,
+                    Err(e) => Err(e),
+                };
+                let next = match next {
+                    Ok(n) => n,
+                    Err(e) => {
+                        log::warn!("{topic}[{partition}]: {e}; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                 };
                 log::warn!(
                     "{topic}[{partition}]: offset {offset} is out of range; continuing at {next}"
@@ -485,7 +501,7 @@ async fn read_partition(
         };
         for rec in records {
             offset = rec.offset + 1;
-            handle_record(&ctx, &mut asm, &progress, partition, rec, &stop).await;
+            handle_record(&ctx, &mut held.asm, &progress, partition, rec, &stop).await;
         }
         lock(&progress).set_next(offset);
         // Judge idleness only once caught up: records still unread in Kafka
@@ -493,21 +509,33 @@ async fn read_partition(
         let caught_up = offset >= high_watermark;
         if caught_up && last_sweep.elapsed() >= Duration::from_secs(1) {
             last_sweep = Instant::now();
-            for failed in asm.expire(Instant::now()) {
+            for failed in held.asm.expire(Instant::now()) {
                 log::warn!("job {}: {}", failed.job, failed.message);
-                spawn_error_reply(&ctx, &progress, failed).await;
+                spawn_error_reply(&ctx, &progress, failed, &stop).await;
             }
         }
     }
-    // Jobs still assembling go with this reader: whoever reads the partition
-    // next must start them again from their first record.
-    let mut p = lock(&progress);
-    p.forget(asm.first_offsets());
+    drop(held);
     log::debug!(
         "{topic}[{partition}] stopped at offset {offset}; answered below {}",
-        p.committable()
+        lock(&progress).committable()
     );
     Ok(())
+}
+
+/// The jobs a reader is assembling. However the reader ends (stopped,
+/// failed, or aborted at the end of a grace period), they go with it:
+/// whoever reads the partition next starts them again from their first record.
+struct ReaderJobs {
+    asm: Assembler,
+    progress: Arc<Mutex<Progress>>,
+}
+
+impl Drop for ReaderJobs {
+    fn drop(&mut self) {
+        let offsets: Vec<i64> = self.asm.first_offsets().collect();
+        lock(&self.progress).forget(offsets);
+    }
 }
 
 fn lock(p: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
@@ -545,9 +573,9 @@ async fn handle_record(
                     format!("a record of this request is unreadable: {e}"),
                 )
             }) {
-                spawn_error_reply(ctx, progress, failed).await;
+                spawn_error_reply(ctx, progress, failed, stop).await;
             } else {
-                answer_undecodable(ctx, progress, &rec, e).await;
+                answer_undecodable(ctx, progress, &rec, e, stop).await;
             }
             return;
         }
@@ -579,7 +607,7 @@ async fn handle_record(
         Outcome::Ignored(why) => log::debug!("partition {partition} offset {offset}: {why}"),
         Outcome::Failed(failed) => {
             log::warn!("job {}: {}", failed.job, failed.message);
-            spawn_error_reply(ctx, progress, failed).await;
+            spawn_error_reply(ctx, progress, failed, stop).await;
         }
         Outcome::Complete(job) => {
             // Backpressure: wait here, not in memory, when too many jobs queue.
@@ -605,10 +633,11 @@ async fn handle_record(
             let ctx2 = Arc::clone(ctx);
             let progress = Arc::clone(progress);
             let guard = ctx.in_flight.enter();
+            let stop = stop.clone();
             tokio::spawn(async move {
                 let first = job.first_offset;
-                run_job(&ctx2, job).await;
-                lock(&progress).done(first);
+                let settled = run_job(&ctx2, job, stop).await;
+                settle(&progress, first, settled);
                 drop(queued);
                 drop(guard);
             });
@@ -623,6 +652,7 @@ async fn answer_undecodable(
     progress: &Arc<Mutex<Progress>>,
     rec: &RecordAndOffset,
     e: wire::WireError,
+    stop: &watch::Receiver<bool>,
 ) {
     let Some(reply) = rec.record.headers.get(wire::REPLY_TO_HEADER) else {
         return;
@@ -651,54 +681,93 @@ async fn answer_undecodable(
             category: ErrorCategory::BadRequest,
             message: format!("the portal cannot read this request: {e}"),
         },
+        stop,
     )
     .await;
 }
 
-async fn spawn_error_reply(ctx: &Arc<Ctx>, progress: &Arc<Mutex<Progress>>, failed: FailedJob) {
+async fn spawn_error_reply(
+    ctx: &Arc<Ctx>,
+    progress: &Arc<Mutex<Progress>>,
+    failed: FailedJob,
+    stop: &watch::Receiver<bool>,
+) {
     // Error replies queue like jobs, so a flood of bad requests cannot pile up tasks.
-    let Ok(queued) = Arc::clone(&ctx.queue_permits).acquire_owned().await else {
-        return;
+    let mut stop = stop.clone();
+    let queued = tokio::select! {
+        p = Arc::clone(&ctx.queue_permits).acquire_owned() => match p {
+            Ok(p) => p,
+            Err(_) => return,
+        },
+        _ = stop.wait_for(|stopped| *stopped) => {
+            // Revoked first: the next reader meets the job again.
+            lock(progress).forget([failed.first_offset]);
+            return;
+        }
     };
     let ctx = Arc::clone(ctx);
     let progress = Arc::clone(progress);
     let guard = ctx.in_flight.enter();
     tokio::spawn(async move {
-        if let Some(pc) = reply_partition(
+        let target = reply_partition(
             &ctx,
             failed.job,
             &failed.reply_topic,
             failed.reply_partition,
         )
-        .await
-        {
-            let info = ErrorInfo {
-                category: failed.category,
-                message: failed.message,
-            };
-            if let Err(e) = send_error(&pc, failed.job, 0, info, ctx.cfg.kafka.timeout).await {
-                log::error!("job {}: could not send the error reply: {e}", failed.job);
+        .await;
+        let settled = match target {
+            ReplyTo::Partition(pc) => {
+                let info = ErrorInfo {
+                    category: failed.category,
+                    message: failed.message,
+                };
+                match send_error(&pc, failed.job, 0, info, ctx.cfg.kafka.timeout).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        log::error!("job {}: could not send the error reply: {e}", failed.job);
+                        false
+                    }
+                }
             }
-        }
-        lock(&progress).done(failed.first_offset);
+            ReplyTo::Nowhere => true,
+            ReplyTo::Unavailable => false,
+        };
+        settle(&progress, failed.first_offset, settled);
         drop(queued);
         drop(guard);
     });
 }
 
+/// Where a job's answer can go.
+enum ReplyTo {
+    /// The reply partition, open.
+    Partition(Arc<PartitionClient>),
+    /// The start record names no valid reply address: no answer is possible.
+    Nowhere,
+    /// The reply partition could not be opened now; try again later.
+    Unavailable,
+}
+
+/// A job is settled when its final record is acknowledged or it can never
+/// be answered; otherwise it is left for the next reader to run again.
+fn settle(progress: &Mutex<Progress>, first_offset: i64, settled: bool) {
+    let mut p = lock(progress);
+    if settled {
+        p.done(first_offset);
+    } else {
+        p.forget([first_offset]);
+    }
+}
+
 /// The client for a job's reply partition, if the start record named a valid one.
-async fn reply_partition(
-    ctx: &Ctx,
-    job: JobId,
-    topic: &str,
-    partition: i32,
-) -> Option<Arc<PartitionClient>> {
+async fn reply_partition(ctx: &Ctx, job: JobId, topic: &str, partition: i32) -> ReplyTo {
     if topic != ctx.replies.topic() {
         log::error!(
             "job {job}: the client listens on topic '{topic}' but this portal answers on '{}'; check KAFKA_RESPONSE_TOPIC on both sides",
             ctx.replies.topic()
         );
-        return None;
+        return ReplyTo::Nowhere;
     }
     if !(0..ctx.response_partitions).contains(&partition) {
         log::error!(
@@ -706,13 +775,13 @@ async fn reply_partition(
             topic,
             ctx.response_partitions
         );
-        return None;
+        return ReplyTo::Nowhere;
     }
     match ctx.replies.get(partition).await {
-        Ok(pc) => Some(pc),
+        Ok(pc) => ReplyTo::Partition(pc),
         Err(e) => {
             log::error!("job {job}: cannot open reply partition {partition}: {e}");
-            None
+            ReplyTo::Unavailable
         }
     }
 }
@@ -749,38 +818,54 @@ async fn emit(
         })
 }
 
-async fn run_job(ctx: &Ctx, job: CompletedJob) {
-    let Some(pc) = reply_partition(
+/// Runs one job; returns whether it is settled (see [`settle`]).
+async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) -> bool {
+    let pc = match reply_partition(
         ctx,
         job.job,
         &job.start.reply_topic,
         job.start.reply_partition,
     )
     .await
-    else {
-        return;
+    {
+        ReplyTo::Partition(pc) => pc,
+        ReplyTo::Nowhere => return true,
+        ReplyTo::Unavailable => return false,
     };
-    let permit = match ctx.call_permits.acquire().await {
-        Ok(p) => p,
-        Err(_) => return,
+    // A job whose partition was revoked before it got a call slot is left
+    // to the partition's next reader instead of calling the API from here.
+    let permit = tokio::select! {
+        biased;
+        _ = stop.wait_for(|stopped| *stopped) => return false,
+        p = ctx.call_permits.acquire() => match p {
+            Ok(p) => p,
+            Err(_) => return false,
+        },
     };
     let started = Instant::now();
     let id = job.job;
-    match answer(ctx, &pc, &job).await {
-        Ok((status, bytes)) => log::info!(
-            "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s",
-            job.start.method,
-            job.start.path,
-            started.elapsed().as_secs_f64()
-        ),
+    let settled = match answer(ctx, &pc, &job).await {
+        Ok((status, bytes)) => {
+            log::info!(
+                "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s",
+                job.start.method,
+                job.start.path,
+                started.elapsed().as_secs_f64()
+            );
+            true
+        }
         Err(AnswerError::Failed { seq, error }) => {
             log::warn!("job {id}: {} ({})", error.message, error.category);
             let info = ErrorInfo {
                 category: error.category,
                 message: error.message,
             };
-            if let Err(e) = send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await {
-                log::error!("job {id}: could not send the error reply: {e}");
+            match send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await {
+                Ok(_) => true,
+                Err(e) => {
+                    log::error!("job {id}: could not send the error reply: {e}");
+                    false
+                }
             }
         }
         Err(AnswerError::Kafka { seq, error }) => {
@@ -790,12 +875,17 @@ async fn run_job(ctx: &Ctx, job: CompletedJob) {
                 category: ErrorCategory::Internal,
                 message: format!("the portal could not send the response: {error}"),
             };
-            if let Err(e) = send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await {
-                log::error!("job {id}: could not send the error reply either: {e}");
+            match send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await {
+                Ok(_) => true,
+                Err(e) => {
+                    log::error!("job {id}: could not send the error reply either: {e}");
+                    false
+                }
             }
         }
-    }
+    };
     drop(permit);
+    settled
 }
 
 enum AnswerError {

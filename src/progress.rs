@@ -29,6 +29,10 @@ pub struct Progress {
     restart: BTreeSet<i64>,
     /// Start offsets of answered jobs at or above the committable offset.
     answered: BTreeSet<i64>,
+    /// Jobs still running from before the current read position was set
+    /// (the partition went to another portal and came back meanwhile): they
+    /// no longer hold the committed offset down.
+    stale: BTreeSet<i64>,
     /// Next offset the reader will fetch.
     next: i64,
 }
@@ -51,6 +55,9 @@ impl Progress {
     /// read again were settled by whoever read the partition meanwhile.
     pub fn set_start(&mut self, start: i64) {
         self.restart = self.restart.split_off(&start);
+        let keep = self.in_flight.split_off(&start);
+        let below = std::mem::replace(&mut self.in_flight, keep);
+        self.stale.extend(below.into_keys());
         self.next = start;
     }
 
@@ -62,14 +69,19 @@ impl Progress {
 
     /// The job starting at `offset` is answered.
     pub fn done(&mut self, offset: i64) {
+        if self.stale.remove(&offset) {
+            return;
+        }
         if let Some(n) = self.in_flight.get_mut(&offset) {
             *n -= 1;
             if *n == 0 {
                 self.in_flight.remove(&offset);
             }
         }
+        // Kept until a commit passes it: pruning here, against a read
+        // position that may be out of date, could forget an answer that the
+        // next reader of the partition still needs.
         self.answered.insert(offset);
-        self.prune();
     }
 
     /// Whether the job starting at `offset` is running or already answered,
@@ -83,6 +95,9 @@ impl Progress {
     /// The committed offset stays at or below them until they are read again.
     pub fn forget(&mut self, offsets: impl IntoIterator<Item = i64>) {
         for o in offsets {
+            if self.stale.remove(&o) {
+                continue;
+            }
             if self.in_flight.remove(&o).is_some() {
                 self.restart.insert(o);
             }
@@ -183,6 +198,32 @@ mod tests {
         p.set_next(20);
         p.done(3);
         assert_eq!(p.commit_point(), (20, "ks1:".to_string()));
+    }
+
+    #[test]
+    fn a_job_answered_after_its_partition_left_is_still_known_when_it_returns() {
+        let mut p = Progress::starting_at(0);
+        p.add(5);
+        p.set_next(9);
+        assert_eq!(p.commit_point().0, 5);
+        // The partition moves away; the job ends later, then the partition
+        // comes back with the committed offset 5.
+        p.done(5);
+        p.set_start(5);
+        assert!(p.known(5), "must not be called again");
+    }
+
+    #[test]
+    fn old_jobs_do_not_pull_the_commit_back_when_a_partition_returns() {
+        let mut p = Progress::starting_at(0);
+        p.add(5);
+        p.set_next(9);
+        // Another portal answered everything up to 100 meanwhile.
+        p.set_start(100);
+        assert_eq!(p.committable(), 100);
+        p.done(5);
+        p.set_next(120);
+        assert_eq!(p.commit_point().0, 120);
     }
 
     #[test]

@@ -584,7 +584,10 @@ async fn api(
             let mut h = Sha256::new();
             let mut n = 0u64;
             while let Some(frame) = body.frame().await {
-                let Ok(frame) = frame else { break };
+                // A body cut off (its sender died) is not a request the API processed.
+                let Ok(frame) = frame else {
+                    return Ok(text(StatusCode::BAD_REQUEST, "body cut off"));
+                };
                 if let Ok(d) = frame.into_data() {
                     n += d.len() as u64;
                     h.update(&d);

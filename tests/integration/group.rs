@@ -6,6 +6,28 @@ use std::time::Duration;
 
 use crate::common::*;
 
+/// Waits until Kafka's group tool shows two members sharing the three
+/// request partitions; returns each member's partition count.
+async fn wait_for_two_members(topics: &Topics) -> Vec<u32> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let out = group_tool(&["--describe", "--group", &topics.group, "--members"]);
+        let members: Vec<u32> = out
+            .lines()
+            .filter(|l| l.starts_with(&topics.group))
+            .filter_map(|l| l.split_whitespace().last()?.parse().ok())
+            .collect();
+        if members.len() == 2 && members.iter().sum::<u32>() == 3 && !members.contains(&0) {
+            return members;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "group never showed two members:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Settings that make failover quick enough for a test.
 fn fast_group(servers: &Servers) -> Vec<(&'static str, String)> {
     let mut env = servers.plain_env();
@@ -21,23 +43,7 @@ async fn two_portals_split_the_partitions_and_the_group_tool_shows_both() {
     let env = fast_group(&servers);
     let _a = Portal::start(&topics, &env);
     let _b = Portal::start(&topics, &env);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let members = loop {
-        let out = group_tool(&["--describe", "--group", &topics.group, "--members"]);
-        let members: Vec<u32> = out
-            .lines()
-            .filter(|l| l.starts_with(&topics.group))
-            .filter_map(|l| l.split_whitespace().last()?.parse().ok())
-            .collect();
-        if members.len() == 2 && members.iter().sum::<u32>() == 3 && !members.contains(&0) {
-            break members;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "group never showed two members:\n{out}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let members = wait_for_two_members(&topics).await;
     assert_eq!(members.len(), 2);
     for i in 0..6 {
         let out = send(&topics, &["--endpoint", &format!("/api/spread{i}")]).await;
@@ -91,16 +97,7 @@ async fn killing_a_portal_mid_upload_moves_the_job_to_the_other() {
     let mut a = Portal::start(&topics, &env);
     let mut b = Portal::start(&topics, &env);
     // Both must hold partitions before the upload starts.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !(a.log().contains("generation 2") && b.log().contains("generation 2")) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no shared generation:\n{}\n{}",
-            a.log(),
-            b.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_two_members(&topics).await;
     let dir = tempfile::tempdir().unwrap();
     let (file, digest) = pattern_file(dir.path(), "big.bin", 200, 200_000_000);
     let client = {
@@ -178,31 +175,30 @@ async fn a_crashed_portal_restarts_and_every_job_is_answered_once() {
         })
         .collect();
     servers.state.hold.store(true, Ordering::SeqCst);
-    let clients: Vec<_> = jobs
+    let mut clients: Vec<_> = jobs
         .iter()
         .map(|(endpoint, path, _)| {
             spawn_send(&topics, &[path.to_str().unwrap(), "--endpoint", endpoint])
         })
         .collect();
-    // Wait until the first 20 are answered and some held jobs reached the API.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while servers.state.requests().len() < 20 || servers.state.held_now.load(Ordering::SeqCst) == 0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "jobs did not reach the API"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // The first 20 are answered before the crash; some held ones reach the API.
+    let held_clients = clients.split_off(20);
+    let mut results = Vec::new();
+    for c in clients {
+        results.push(c.await.unwrap());
     }
-    // Let the periodic commit record the answered jobs, then crash.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    servers.state.wait_held(1).await;
+    // Let the periodic commit (every second) record the answered jobs, then crash.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     portal.signal("KILL");
     portal.wait_exit().await;
     servers.state.abandon_held();
     servers.state.release_hold();
     let _restarted = Portal::start(&topics, &env);
-    for (client, (endpoint, _, digest)) in clients.into_iter().zip(&jobs) {
-        let out = client.await.unwrap();
+    for c in held_clients {
+        results.push(c.await.unwrap());
+    }
+    for (out, (endpoint, _, digest)) in results.into_iter().zip(&jobs) {
         assert_eq!(out.code, 0, "{endpoint}: {}", out.stderr);
         assert_eq!(
             json(&out.stdout)["body_sha256"],
@@ -270,7 +266,7 @@ async fn jobs_survive_a_broker_restart() {
 async fn a_broker_that_stays_down_gives_the_client_a_clear_error_at_its_timeout() {
     let (kafka, servers, topics, _portal) = on_private_broker("brokerdown").await;
     servers.state.hold.store(true, Ordering::SeqCst);
-    let client = spawn_send(&topics, &["--endpoint", "/held/x", "--timeout", "10"]);
+    let client = spawn_send(&topics, &["--endpoint", "/held/x", "--timeout", "30"]);
     servers.state.wait_held(1).await;
     kafka.stop();
     let out = client.await.unwrap();
