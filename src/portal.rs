@@ -244,9 +244,15 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         }
     }
     // Shut down while joining or between generations: nothing is assigned,
-    // so nothing to commit; jobs still running get the grace period.
+    // so nothing to commit; jobs still running get the grace period, and the
+    // group hears at once that this member is gone.
     let grace = ctx.cfg.group.shutdown_grace;
     ctx.in_flight.wait_idle(grace).await;
+    match tokio::time::timeout(ctx.cfg.group.session_timeout, member.leave()).await {
+        Ok(Ok(())) => log::info!("left group {}; bye", member.group_id()),
+        Ok(Err(e)) => log::warn!("leaving group {} failed: {e}", member.group_id()),
+        Err(_) => log::warn!("leaving group {} timed out", member.group_id()),
+    }
     Ok(())
 }
 

@@ -57,6 +57,12 @@ pub enum SendError {
         /// Last error seen.
         detail: String,
     },
+    /// The user interrupted the wait.
+    #[error("interrupted while waiting for job {job}; the portal may still answer it")]
+    Interrupted {
+        /// Job id.
+        job: JobId,
+    },
     /// The portal refused the request.
     #[error("the portal refused the request ({category}): {message}")]
     Refused {
@@ -89,6 +95,7 @@ impl SendError {
             Self::Upstream { .. } => 5,
             Self::Kafka(_) | Self::BrokerLost { .. } => 7,
             Self::Timeout { .. } => 28,
+            Self::Interrupted { .. } => 130,
         }
     }
 }
@@ -415,7 +422,12 @@ pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError
         println!("{job}");
         return Ok(Outcome { job, status: None });
     };
-    let result = receive(args, cfg, job, early, &mut reply_rx).await;
+    // Ctrl-C while waiting: stop cleanly, so an unfinished `--output`
+    // file does not stay behind.
+    let result = tokio::select! {
+        r = receive(args, cfg, job, early, &mut reply_rx) => r,
+        _ = tokio::signal::ctrl_c() => Err(SendError::Interrupted { job }),
+    };
     reader.abort();
     result
 }

@@ -117,3 +117,45 @@ async fn a_chunk_the_broker_refuses_names_the_setting() {
     assert!(out.stderr.contains("--chunk-size"), "{}", out.stderr);
     assert!(servers.state.requests().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_while_waiting_leaves_no_partial_output() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("ctrlc");
+    let _portal = Portal::start(&topics, &servers.plain_env());
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("out.bin");
+    let mut cmd = tokio::process::Command::from(kafkasend(&topics));
+    cmd.args([
+        "send",
+        "--endpoint",
+        "/trickle",
+        "-o",
+        dest.to_str().unwrap(),
+    ])
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    let child = cmd.spawn().unwrap();
+    let pid = child.id().unwrap();
+    // The response has begun: its .part file exists.
+    wait_until("no partial output appeared", || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".part"))
+    })
+    .await;
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    servers.state.release_slow();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

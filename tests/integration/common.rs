@@ -624,6 +624,34 @@ async fn api(
         }
         return Ok(text(StatusCode::OK, "slow done"));
     }
+    if path == "/trickle" {
+        // Some bytes now, the rest once `/slow` requests are released.
+        state.slow_arrived.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let st = Arc::clone(&state);
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from(vec![b'a'; 1000]))))
+                .await;
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let notified = st.release_slow.notified();
+                if st.slow_released.load(Ordering::SeqCst) {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    break;
+                }
+            }
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from(vec![b'b'; 1000]))))
+                .await;
+        });
+        return Ok(Response::builder()
+            .header("content-type", "application/octet-stream")
+            .body(StreamBody::new(RxStream(rx)).boxed())
+            .unwrap());
+    }
     if let Some(n) = path
         .strip_prefix("/bytes/")
         .and_then(|n| n.parse::<usize>().ok())
