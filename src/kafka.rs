@@ -248,20 +248,19 @@ pub async fn produce(
 
 /// The offset the next record produced to the partition will get.
 pub async fn end_offset(pc: &PartitionClient, limit: Duration) -> Result<i64, KafkaError> {
-    bounded("offset lookup", limit, async {
-        pc.get_offset(OffsetAt::Latest)
-            .await
-            .map_err(client_err("reading a partition's end offset"))
-    })
-    .await
+    offset_at(pc, OffsetAt::Latest, limit).await
 }
 
 /// The earliest offset still kept in the partition.
 pub async fn start_offset(pc: &PartitionClient, limit: Duration) -> Result<i64, KafkaError> {
+    offset_at(pc, OffsetAt::Earliest, limit).await
+}
+
+async fn offset_at(pc: &PartitionClient, at: OffsetAt, limit: Duration) -> Result<i64, KafkaError> {
     bounded("offset lookup", limit, async {
-        pc.get_offset(OffsetAt::Earliest)
+        pc.get_offset(at)
             .await
-            .map_err(client_err("reading a partition's start offset"))
+            .map_err(client_err("reading a partition offset"))
     })
     .await
 }

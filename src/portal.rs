@@ -566,12 +566,7 @@ async fn handle_record(
         Err(e) => {
             log::warn!("partition {partition} offset {offset}: {e}; skipped");
             // A broken record of a job being assembled dooms that job: say so now.
-            let job = rec
-                .record
-                .key
-                .as_deref()
-                .and_then(|k| std::str::from_utf8(k).ok())
-                .and_then(|k| k.parse::<JobId>().ok());
+            let job = job_of(&rec);
             if let Some(failed) = job.and_then(|j| {
                 asm.abort(
                     j,
@@ -617,17 +612,8 @@ async fn handle_record(
         }
         Outcome::Complete(job) => {
             // Backpressure: wait here, not in memory, when too many jobs queue.
-            let mut stop = stop.clone();
-            let queued = tokio::select! {
-                p = Arc::clone(&ctx.queue_permits).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-                _ = stop.wait_for(|stopped| *stopped) => {
-                    // Revoked before it could start: the next reader runs it.
-                    lock(progress).forget([job.first_offset]);
-                    return;
-                }
+            let Some(queued) = queue_slot(ctx, progress, job.first_offset, stop).await else {
+                return;
             };
             log::info!(
                 "job {}: {} {} ({} bytes) assembled",
@@ -651,6 +637,31 @@ async fn handle_record(
     }
 }
 
+/// The job a record's key names, if it names one.
+fn job_of(rec: &RecordAndOffset) -> Option<JobId> {
+    let key = std::str::from_utf8(rec.record.key.as_deref()?).ok()?;
+    key.parse().ok()
+}
+
+/// Waits for a slot in the job queue; `None` when the reader was stopped
+/// first, and then the job starting at `first_offset` is left for the
+/// partition's next reader.
+async fn queue_slot(
+    ctx: &Ctx,
+    progress: &Mutex<Progress>,
+    first_offset: i64,
+    stop: &watch::Receiver<bool>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let mut stop = stop.clone();
+    tokio::select! {
+        p = Arc::clone(&ctx.queue_permits).acquire_owned() => p.ok(),
+        _ = stop.wait_for(|stopped| *stopped) => {
+            lock(progress).forget([first_offset]);
+            None
+        }
+    }
+}
+
 /// A record we cannot read may still say who sent it and where they listen;
 /// if so, tell them instead of letting them time out.
 async fn answer_undecodable(
@@ -666,13 +677,7 @@ async fn answer_undecodable(
     let Some((reply_topic, reply_partition)) = wire::parse_reply_to(reply) else {
         return;
     };
-    let Some(job) = rec
-        .record
-        .key
-        .as_deref()
-        .and_then(|k| std::str::from_utf8(k).ok())
-        .and_then(|k| k.parse::<JobId>().ok())
-    else {
+    let Some(job) = job_of(rec) else {
         return;
     };
     lock(progress).add(rec.offset);
@@ -699,17 +704,8 @@ async fn spawn_error_reply(
     stop: &watch::Receiver<bool>,
 ) {
     // Error replies queue like jobs, so a flood of bad requests cannot pile up tasks.
-    let mut stop = stop.clone();
-    let queued = tokio::select! {
-        p = Arc::clone(&ctx.queue_permits).acquire_owned() => match p {
-            Ok(p) => p,
-            Err(_) => return,
-        },
-        _ = stop.wait_for(|stopped| *stopped) => {
-            // Revoked first: the next reader meets the job again.
-            lock(progress).forget([failed.first_offset]);
-            return;
-        }
+    let Some(queued) = queue_slot(ctx, progress, failed.first_offset, stop).await else {
+        return;
     };
     let ctx = Arc::clone(ctx);
     let progress = Arc::clone(progress);
