@@ -12,7 +12,9 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
@@ -33,6 +35,11 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Most chunks one body may have; bounds the per-job bookkeeping.
     pub max_chunks: usize,
+    /// Most bytes of spool files on disk at once, shared by every assembler
+    /// of a portal through one [`SpoolBudget`].
+    pub max_spool_bytes: u64,
+    /// A request older than this, by its job id's time, is refused.
+    pub max_job_age: Duration,
 }
 
 impl Default for Limits {
@@ -44,7 +51,74 @@ impl Default for Limits {
             max_jobs: 256,
             idle_timeout: Duration::from_secs(300),
             max_chunks: 100_000,
+            max_spool_bytes: 20 * 1024 * 1024 * 1024,
+            max_job_age: Duration::from_secs(3600),
         }
+    }
+}
+
+/// Bytes of spool files on disk, all jobs of a portal together; jobs take
+/// [`SpoolLease`]s from it as their spool files grow.
+#[derive(Debug)]
+pub struct SpoolBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl SpoolBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes currently held by spool files.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::SeqCst)
+    }
+}
+
+/// The part of a [`SpoolBudget`] one job's spool file holds; given back on drop.
+#[derive(Debug)]
+pub struct SpoolLease {
+    budget: Arc<SpoolBudget>,
+    held: u64,
+}
+
+impl SpoolLease {
+    fn new(budget: &Arc<SpoolBudget>) -> Self {
+        Self {
+            budget: Arc::clone(budget),
+            held: 0,
+        }
+    }
+
+    /// Grows the lease to `bytes`; false, and unchanged, when the budget
+    /// cannot cover it.
+    fn grow_to(&mut self, bytes: u64) -> bool {
+        if bytes <= self.held {
+            return true;
+        }
+        let extra = bytes - self.held;
+        let b = &self.budget;
+        let taken = b
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(extra).filter(|&n| n <= b.limit)
+            })
+            .is_ok();
+        if taken {
+            self.held = bytes;
+        }
+        taken
+    }
+}
+
+impl Drop for SpoolLease {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.held, Ordering::SeqCst);
     }
 }
 
@@ -62,6 +136,8 @@ pub enum SpooledBody {
         file: std::sync::Arc<File>,
         /// Body length.
         len: u64,
+        /// Its share of the portal's spool budget, held until the call ends.
+        lease: SpoolLease,
     },
 }
 
@@ -137,6 +213,8 @@ struct Assembly {
     last_activity: Instant,
     spool: Spool,
     seen: HashSet<u32>,
+    /// Share of the spool budget this job's file holds.
+    lease: SpoolLease,
     /// Highest byte offset written plus one.
     extent: u64,
     /// Sum of chunk lengths received.
@@ -185,6 +263,7 @@ impl RecentJobs {
 /// Reassembles the jobs of one request partition.
 pub struct Assembler {
     limits: Limits,
+    budget: Arc<SpoolBudget>,
     jobs: HashMap<JobId, Assembly>,
     finished: RecentJobs,
 }
@@ -198,10 +277,17 @@ impl std::fmt::Debug for Assembler {
 }
 
 impl Assembler {
-    /// An assembler with the given limits.
+    /// An assembler with the given limits and a spool budget of its own.
     pub fn new(limits: Limits) -> Self {
+        let budget = SpoolBudget::new(limits.max_spool_bytes);
+        Self::with_budget(limits, budget)
+    }
+
+    /// An assembler whose spool files draw on a budget shared with others.
+    pub fn with_budget(limits: Limits, budget: Arc<SpoolBudget>) -> Self {
         Self {
             limits,
+            budget,
             jobs: HashMap::new(),
             finished: RecentJobs::new(16 * 1024),
         }
@@ -239,8 +325,12 @@ impl Assembler {
     }
 
     fn start(&mut self, job: JobId, start: RequestStart, offset: i64, now: Instant) -> Outcome {
-        if self.jobs.contains_key(&job) {
-            return Outcome::Ignored("duplicate start record");
+        if let Some(a) = self.jobs.get(&job) {
+            if a.start == start {
+                return Outcome::Ignored("duplicate start record");
+            }
+            let msg = "the start record was repeated with different metadata".to_string();
+            return self.fail(job, ErrorCategory::BadRequest, msg);
         }
         let fail = |category, message: String| {
             Outcome::Failed(FailedJob {
@@ -252,6 +342,10 @@ impl Assembler {
                 message,
             })
         };
+        if let Some(msg) = too_old(job, self.limits.max_job_age) {
+            self.finished.insert(job);
+            return fail(ErrorCategory::Rejected, msg);
+        }
         if let Some(len) = start.body_len {
             if len > self.limits.max_body_bytes {
                 self.finished.insert(job);
@@ -292,6 +386,7 @@ impl Assembler {
                 last_activity: now,
                 spool: Spool::Memory(Vec::new()),
                 seen: HashSet::new(),
+                lease: SpoolLease::new(&self.budget),
                 extent: 0,
                 received: 0,
                 hasher: Sha256::new(),
@@ -318,6 +413,12 @@ impl Assembler {
             return Outcome::Ignored("duplicate chunk");
         }
         a.last_activity = now;
+        if seq as usize > self.limits.max_chunks
+            || a.end.is_some_and(|e| u64::from(seq) > u64::from(e.chunks))
+        {
+            let msg = format!("chunk number {seq} is out of range");
+            return self.fail(job, ErrorCategory::BadRequest, msg);
+        }
         if payload.is_empty() || seq == 0 {
             let msg = format!("chunk {seq} is empty or numbered as a start record");
             return self.fail(job, ErrorCategory::BadRequest, msg);
@@ -363,6 +464,16 @@ impl Assembler {
                 ErrorCategory::BadRequest
             };
             return self.fail(job, category, msg);
+        }
+        let on_disk =
+            matches!(a.spool, Spool::File(_)) || end_at > self.limits.spool_threshold as u64;
+        if on_disk && !a.lease.grow_to(a.extent.max(end_at)) {
+            let msg = format!(
+                "the portal's spool is full ({} of {} bytes in use, PORTAL_MAX_SPOOL_BYTES); retry later",
+                self.budget.used(),
+                self.budget.limit
+            );
+            return self.fail(job, ErrorCategory::Rejected, msg);
         }
         if let Err(e) = write_at(
             &mut a.spool,
@@ -466,6 +577,7 @@ impl Assembler {
             Spool::File(file) => SpooledBody::File {
                 file: std::sync::Arc::new(file),
                 len: end.total_len,
+                lease: a.lease,
             },
         };
         Outcome::Complete(CompletedJob {
@@ -509,25 +621,52 @@ impl Assembler {
     /// clients can be told; their spool files go with them.
     pub fn expire(&mut self, now: Instant) -> Vec<FailedJob> {
         let idle = self.limits.idle_timeout;
-        let stale: Vec<JobId> = self
+        let max_age = self.limits.max_job_age;
+        let stale: Vec<(JobId, ErrorCategory, String)> = self
             .jobs
             .iter()
-            .filter(|(_, a)| now.saturating_duration_since(a.last_activity) > idle)
-            .map(|(j, _)| *j)
+            .filter_map(|(j, a)| {
+                if now.saturating_duration_since(a.last_activity) > idle {
+                    let msg = format!(
+                        "no record of this request arrived for {} s (PORTAL_JOB_IDLE_TIMEOUT_SECS); the job was dropped",
+                        idle.as_secs()
+                    );
+                    return Some((*j, ErrorCategory::BadRequest, msg));
+                }
+                too_old(*j, max_age).map(|msg| (*j, ErrorCategory::Rejected, msg))
+            })
             .collect();
         stale
             .into_iter()
-            .filter_map(|job| {
-                let msg = format!(
-                    "no record of this request arrived for {} s (PORTAL_JOB_IDLE_TIMEOUT_SECS); the job was dropped",
-                    idle.as_secs()
-                );
-                match self.fail(job, ErrorCategory::BadRequest, msg) {
-                    Outcome::Failed(f) => Some(f),
-                    _ => None,
-                }
+            .filter_map(|(job, category, msg)| match self.fail(job, category, msg) {
+                Outcome::Failed(f) => Some(f),
+                _ => None,
             })
             .collect()
+    }
+}
+
+/// Says why a job is too old to run, judged by the time in its id (the
+/// sender's clock); a time far in the future is refused alike.
+fn too_old(job: JobId, max_age: Duration) -> Option<String> {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let created = job.timestamp_ms();
+    let max_ms = max_age.as_millis() as u64;
+    if now_ms.saturating_sub(created) > max_ms {
+        Some(format!(
+            "the request is {} s old, older than PORTAL_MAX_JOB_AGE_SECS ({} s)",
+            now_ms.saturating_sub(created) / 1000,
+            max_age.as_secs()
+        ))
+    } else if created.saturating_sub(now_ms) > max_ms {
+        Some(format!(
+            "the request's job id lies {} s in the future; check the sender's clock",
+            created.saturating_sub(now_ms) / 1000
+        ))
+    } else {
+        None
     }
 }
 
@@ -630,7 +769,7 @@ mod tests {
         match b {
             SpooledBody::Empty => vec![],
             SpooledBody::Memory(m) => m.to_vec(),
-            SpooledBody::File { file, len } => {
+            SpooledBody::File { file, len, .. } => {
                 use std::os::unix::fs::FileExt;
                 let mut v = vec![0u8; *len as usize];
                 file.read_exact_at(&mut v, 0).unwrap();
@@ -697,6 +836,221 @@ mod tests {
             for (job, body) in jobs.iter().zip(&bodies) {
                 prop_assert_eq!(done.get(job), Some(body));
             }
+        }
+    }
+
+    /// Arbitrary frames from a small set of jobs: chunks with any offset,
+    /// sequence number and checksum, ends with any counts, starts with any
+    /// declarations.
+    fn arb_hostile_frame(jobs: Vec<JobId>) -> impl Strategy<Value = (Frame, Vec<u8>)> {
+        let job = prop::sample::select(jobs);
+        let start = (
+            any::<Option<u64>>(),
+            any::<bool>(),
+            prop::sample::select(vec!["/a", "/b"]),
+        )
+            .prop_map(|(body_len, has_body, path)| {
+                Body::RequestStart(RequestStart {
+                    method: "POST".into(),
+                    path: path.into(),
+                    headers: vec![],
+                    body_len: body_len.map(|l| l % 5000),
+                    has_body,
+                    reply_topic: "r".into(),
+                    reply_partition: 0,
+                })
+            });
+        let payload = prop::collection::vec(any::<u8>(), 0..600);
+        let chunk = (0u64..6000, any::<bool>(), payload).prop_map(|(offset, good_crc, data)| {
+            let crc = if good_crc {
+                crate::wire::checksum(&data)
+            } else {
+                crate::wire::checksum(&data) ^ 1
+            };
+            (
+                Body::Chunk(ChunkInfo {
+                    offset,
+                    crc32c: crc,
+                }),
+                data,
+            )
+        });
+        let end =
+            (0u32..20, 0u64..6000, any::<[u8; 32]>()).prop_map(|(chunks, total_len, sha256)| {
+                Body::End(EndInfo {
+                    chunks,
+                    total_len,
+                    sha256,
+                })
+            });
+        let body = prop_oneof![
+            start.prop_map(|b| (b, vec![])),
+            chunk,
+            end.prop_map(|b| (b, vec![])),
+        ];
+        (job, 0u32..30, body)
+            .prop_map(|(job, seq, (body, payload))| (Frame { job, seq, body }, payload))
+    }
+
+    proptest! {
+        /// Whatever arrives, the assembler never panics, keeps at most
+        /// `max_jobs` jobs, never holds more spool than its budget, and any
+        /// job it completes has a body of the length and digest declared.
+        #[test]
+        fn hostile_sequences_stay_bounded(
+            frames in (prop::collection::vec(any::<[u8; 10]>(), 1..6)).prop_flat_map(|seeds| {
+                let now = JobId::new().timestamp_ms();
+                let jobs: Vec<JobId> = seeds.iter().map(|r| {
+                    let mut random = [0u8; 16];
+                    random[6..].copy_from_slice(r);
+                    JobId(ulid::Ulid::from_parts(now, u128::from_be_bytes(random)).to_bytes())
+                }).collect();
+                prop::collection::vec(arb_hostile_frame(jobs), 0..200)
+            }),
+            threshold in 0usize..3000,
+        ) {
+            let limits = Limits { max_jobs: 3, max_spool_bytes: 4000, ..limits(threshold) };
+            let budget = SpoolBudget::new(limits.max_spool_bytes);
+            let mut asm = Assembler::with_budget(limits, Arc::clone(&budget));
+            for (offset, (frame, payload)) in frames.into_iter().enumerate() {
+                // Round trip through the codec as the portal would see it.
+                let bytes = encode(&frame, &payload);
+                let (frame, payload) = decode(&bytes).unwrap();
+                if let Outcome::Complete(mut c) = asm.accept(frame, payload, offset as i64, Instant::now()) {
+                    let body = body_bytes(&mut c.body);
+                    prop_assert_eq!(c.body.len(), body.len() as u64);
+                    let digest: [u8; 32] = Sha256::digest(&body).into();
+                    prop_assert_eq!(digest, c.sha256);
+                }
+                prop_assert!(asm.len() <= 3);
+                prop_assert!(budget.used() <= 4000);
+            }
+            drop(asm);
+            prop_assert_eq!(budget.used(), 0);
+        }
+    }
+
+    fn feed(asm: &mut Assembler, recs: &[Vec<u8>]) -> Outcome {
+        let mut outcome = Outcome::Pending;
+        for (i, r) in recs.iter().enumerate() {
+            let (f, p) = decode(r).unwrap();
+            outcome = asm.accept(f, p, i as i64, Instant::now());
+            if !matches!(outcome, Outcome::Pending | Outcome::Ignored(_)) {
+                break;
+            }
+        }
+        outcome
+    }
+
+    #[test]
+    fn spool_budget_is_shared_and_given_back() {
+        let budget = SpoolBudget::new(10_000);
+        let lim = Limits {
+            max_spool_bytes: 10_000,
+            ..limits(100)
+        };
+        let mut a = Assembler::with_budget(lim.clone(), Arc::clone(&budget));
+        let mut b = Assembler::with_budget(lim, Arc::clone(&budget));
+        let first = JobId::new();
+        let held = match feed(&mut a, &records(first, &[1u8; 6000], 1000)) {
+            Outcome::Complete(c) => c,
+            other => panic!("expected completion, got {other:?}"),
+        };
+        assert_eq!(budget.used(), 6000);
+        match feed(&mut b, &records(JobId::new(), &[2u8; 6000], 1000)) {
+            Outcome::Failed(f) => {
+                assert_eq!(f.category, ErrorCategory::Rejected);
+                assert!(
+                    f.message.contains("PORTAL_MAX_SPOOL_BYTES"),
+                    "{}",
+                    f.message
+                );
+            }
+            other => panic!("expected the spool to be full, got {other:?}"),
+        }
+        assert_eq!(budget.used(), 6000, "the failed job gave its share back");
+        drop(held);
+        assert_eq!(budget.used(), 0);
+        assert!(matches!(
+            feed(&mut b, &records(JobId::new(), &[3u8; 6000], 1000)),
+            Outcome::Complete(_)
+        ));
+    }
+
+    #[test]
+    fn old_and_future_requests_are_refused() {
+        let now = JobId::new().timestamp_ms();
+        let lim = Limits {
+            max_job_age: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        for (at, why) in [
+            (now - 120_000, "older than PORTAL_MAX_JOB_AGE_SECS"),
+            (now + 120_000, "future"),
+        ] {
+            let job = JobId(ulid::Ulid::from_parts(at, 7).to_bytes());
+            let mut asm = Assembler::new(lim.clone());
+            match feed(&mut asm, &records(job, b"x", 1)) {
+                Outcome::Failed(f) => {
+                    assert_eq!(f.category, ErrorCategory::Rejected);
+                    assert!(f.message.contains(why), "{}", f.message);
+                }
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+        // A job that ages out while assembling is dropped by the sweep.
+        let now = JobId::new().timestamp_ms();
+        let job = JobId(ulid::Ulid::from_parts(now - 59_700, 7).to_bytes());
+        let mut asm = Assembler::new(lim);
+        let recs = records(job, &[1u8; 100], 10);
+        assert!(matches!(feed(&mut asm, &recs[..2]), Outcome::Pending));
+        std::thread::sleep(Duration::from_millis(1100));
+        let expired = asm.expire(Instant::now());
+        assert_eq!(expired.len(), 1);
+        assert!(expired[0].message.contains("PORTAL_MAX_JOB_AGE_SECS"));
+        assert!(asm.is_empty());
+    }
+
+    #[test]
+    fn repeated_start_with_other_metadata_fails_the_job() {
+        let job = JobId::new();
+        let recs = records(job, &[1u8; 100], 10);
+        let mut asm = Assembler::new(Limits::default());
+        assert!(matches!(feed(&mut asm, &recs[..3]), Outcome::Pending));
+        let (same, _) = decode(&recs[0]).unwrap();
+        assert!(matches!(
+            asm.accept(same.clone(), &[], 9, Instant::now()),
+            Outcome::Ignored(_)
+        ));
+        let mut other = same;
+        if let Body::RequestStart(s) = &mut other.body {
+            s.path = "/admin".into();
+        }
+        match asm.accept(other, &[], 10, Instant::now()) {
+            Outcome::Failed(f) => {
+                assert_eq!(f.category, ErrorCategory::BadRequest);
+                assert!(f.message.contains("different metadata"), "{}", f.message);
+            }
+            o => panic!("expected a failure, got {o:?}"),
+        }
+        assert!(asm.is_empty());
+    }
+
+    #[test]
+    fn out_of_range_chunk_numbers_fail_the_job() {
+        let job = JobId::new();
+        let recs = records(job, &[1u8; 100], 10);
+        let lim = Limits {
+            max_chunks: 20,
+            ..Limits::default()
+        };
+        let mut asm = Assembler::new(lim);
+        assert!(matches!(feed(&mut asm, &recs[..2]), Outcome::Pending));
+        let (mut f, p) = decode(&recs[2]).unwrap();
+        f.seq = 21;
+        match asm.accept(f, p, 5, Instant::now()) {
+            Outcome::Failed(f) => assert!(f.message.contains("out of range"), "{}", f.message),
+            o => panic!("expected a failure, got {o:?}"),
         }
     }
 

@@ -50,7 +50,7 @@ pub struct Cli {
 pub enum Command {
     /// Run next to the REST API: consume requests, call the API, stream responses back.
     #[command(
-        after_help = "Example:\n  PORTAL_TARGET_API_URL=http://127.0.0.1:8080 PORTAL_USE_OAUTH=false kafkasend portal"
+        after_help = "Example:\n  PORTAL_TARGET_API_URL=http://127.0.0.1:8080 PORTAL_USE_OAUTH=false \\\n    PORTAL_ALLOWED_ENDPOINTS='POST /api/upload, GET /api/items/*' kafkasend portal"
     )]
     Portal(Box<PortalArgs>),
     /// Send one HTTP request (and a file) through Kafka and print the response.
@@ -107,6 +107,27 @@ pub struct PortalArgs {
     /// Request headers forwarded to the API, comma-separated [default: Content-Type,Accept,X-Request-ID,X-Correlation-ID]
     #[arg(long, env = "PORTAL_ALLOWED_HEADERS", value_name = "NAMES")]
     pub allowed_headers: Option<String>,
+    /// Endpoints the portal may call: comma-separated '[METHODS ]PATTERN', '*' within a segment, '**' across (e.g. 'POST /api/upload, GET,DELETE /api/items/*') [default: none]
+    #[arg(long, env = "PORTAL_ALLOWED_ENDPOINTS", value_name = "PATTERNS")]
+    pub allowed_endpoints: Option<String>,
+    /// Refuse requests outside PORTAL_ALLOWED_ENDPOINTS; false only logs them [default: true]
+    #[arg(long, env = "PORTAL_STRICT_SECURITY", value_name = "BOOL", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub strict_security: Option<bool>,
+    /// Most headers one request may carry [default: 64]
+    #[arg(long, env = "PORTAL_MAX_HEADER_COUNT", value_name = "N")]
+    pub max_header_count: Option<usize>,
+    /// Most bytes of header names and values one request may carry [default: 16384]
+    #[arg(long, env = "PORTAL_MAX_HEADER_BYTES", value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most chunks one request body may have [default: 100000]
+    #[arg(long, env = "PORTAL_MAX_CHUNKS", value_name = "N")]
+    pub max_chunks: Option<usize>,
+    /// Most bytes of spool files on disk at once, all jobs together [default: 21474836480]
+    #[arg(long, env = "PORTAL_MAX_SPOOL_BYTES", value_name = "BYTES")]
+    pub max_spool_bytes: Option<u64>,
+    /// Refuse a request older than this, counted from its job id's time [default: 3600]
+    #[arg(long, env = "PORTAL_MAX_JOB_AGE_SECS", value_name = "SECS")]
+    pub max_job_age_secs: Option<u64>,
     /// Largest request body accepted, in bytes [default: 10737418240]
     #[arg(long, env = "PORTAL_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<u64>,
@@ -227,6 +248,13 @@ pub struct FileConfig {
     pub max_concurrent_jobs: Option<usize>,
     pub request_timeout_secs: Option<u64>,
     pub allowed_headers: Option<String>,
+    pub allowed_endpoints: Option<String>,
+    pub strict_security: Option<bool>,
+    pub max_header_count: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub max_chunks: Option<usize>,
+    pub max_spool_bytes: Option<u64>,
+    pub max_job_age_secs: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub spool_threshold_bytes: Option<usize>,
     pub spool_dir: Option<PathBuf>,
@@ -392,8 +420,8 @@ pub struct PortalConfig {
     pub max_concurrent_jobs: usize,
     /// API deadline.
     pub request_timeout: Duration,
-    /// Forwarded request headers.
-    pub allowed_headers: Vec<String>,
+    /// What may reach the API.
+    pub policy: crate::policy::Policy,
     /// Assembly limits.
     pub limits: crate::assembler::Limits,
     /// Partitions of created topics.
@@ -485,12 +513,7 @@ impl PortalConfig {
                 "PORTAL_REQUEST_TIMEOUT_SECS must be between 1 and {MAX_WAIT_SECS}, not {timeout}"
             );
         }
-        let allowed_headers = pick(&a.allowed_headers, &f.allowed_headers)
-            .unwrap_or_else(|| DEFAULT_ALLOWED_HEADERS.into())
-            .split(',')
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .collect();
+        let policy = resolve_policy(a, &f)?;
         let defaults = crate::assembler::Limits::default();
         let max_jobs =
             pick(&a.max_assembling_jobs, &f.max_assembling_jobs).unwrap_or(defaults.max_jobs);
@@ -512,6 +535,20 @@ impl PortalConfig {
         if spool_threshold > MAX_SPOOL_THRESHOLD {
             bail!("PORTAL_SPOOL_THRESHOLD_BYTES must be at most {MAX_SPOOL_THRESHOLD}, not {spool_threshold}");
         }
+        let max_chunks = pick(&a.max_chunks, &f.max_chunks).unwrap_or(defaults.max_chunks);
+        if !(1..=10_000_000).contains(&max_chunks) {
+            bail!("PORTAL_MAX_CHUNKS must be between 1 and 10000000, not {max_chunks}");
+        }
+        let max_spool_bytes =
+            pick(&a.max_spool_bytes, &f.max_spool_bytes).unwrap_or(defaults.max_spool_bytes);
+        if max_spool_bytes < 1024 * 1024 {
+            bail!("PORTAL_MAX_SPOOL_BYTES must be at least 1048576 (1 MiB), not {max_spool_bytes}");
+        }
+        let max_age = pick(&a.max_job_age_secs, &f.max_job_age_secs)
+            .unwrap_or(defaults.max_job_age.as_secs());
+        if !(1..=MAX_WAIT_SECS).contains(&max_age) {
+            bail!("PORTAL_MAX_JOB_AGE_SECS must be between 1 and {MAX_WAIT_SECS}, not {max_age}");
+        }
         let limits = crate::assembler::Limits {
             max_body_bytes: pick(&a.max_body_bytes, &f.max_body_bytes)
                 .unwrap_or(defaults.max_body_bytes),
@@ -519,7 +556,9 @@ impl PortalConfig {
             spool_dir,
             max_jobs,
             idle_timeout: Duration::from_secs(idle),
-            max_chunks: defaults.max_chunks,
+            max_chunks,
+            max_spool_bytes,
+            max_job_age: Duration::from_secs(max_age),
         };
         let topic_partitions = pick(&a.topic_partitions, &f.topic_partitions).unwrap_or(3);
         if topic_partitions < 1 {
@@ -573,13 +612,53 @@ impl PortalConfig {
             log_filter,
             max_concurrent_jobs,
             request_timeout: Duration::from_secs(timeout),
-            allowed_headers,
+            policy,
             limits,
             topic_partitions,
             replication_factor,
             start_from,
         })
     }
+}
+
+/// Resolves the request policy settings.
+fn resolve_policy(a: &PortalArgs, f: &FileConfig) -> anyhow::Result<crate::policy::Policy> {
+    let defaults = crate::policy::Policy::default();
+    let allowed_headers = pick(&a.allowed_headers, &f.allowed_headers)
+        .unwrap_or_else(|| DEFAULT_ALLOWED_HEADERS.into())
+        .split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect::<Vec<_>>();
+    if let Some(bad) = allowed_headers
+        .iter()
+        .find(|h| hyper::header::HeaderName::from_bytes(h.as_bytes()).is_err())
+    {
+        bail!("PORTAL_ALLOWED_HEADERS: '{bad}' is not a valid header name");
+    }
+    let endpoints = crate::policy::parse_endpoints(
+        &pick(&a.allowed_endpoints, &f.allowed_endpoints).unwrap_or_default(),
+    )
+    .map_err(|e| anyhow::anyhow!("PORTAL_ALLOWED_ENDPOINTS: {e}"))?;
+    let max_header_count =
+        pick(&a.max_header_count, &f.max_header_count).unwrap_or(defaults.max_header_count);
+    if !(1..=10_000).contains(&max_header_count) {
+        bail!("PORTAL_MAX_HEADER_COUNT must be between 1 and 10000, not {max_header_count}");
+    }
+    let max_header_bytes =
+        pick(&a.max_header_bytes, &f.max_header_bytes).unwrap_or(defaults.max_header_bytes);
+    // Headers travel in one frame header, which the wire limits.
+    let ceiling = crate::wire::MAX_HEADER_BYTES / 2;
+    if !(256..=ceiling).contains(&max_header_bytes) {
+        bail!("PORTAL_MAX_HEADER_BYTES must be between 256 and {ceiling}, not {max_header_bytes}");
+    }
+    Ok(crate::policy::Policy {
+        endpoints,
+        strict: pick(&a.strict_security, &f.strict_security).unwrap_or(true),
+        allowed_headers,
+        max_header_count,
+        max_header_bytes,
+    })
 }
 
 /// Maps the Python tool's level names to an env_logger filter.

@@ -32,26 +32,6 @@ pub type DispatchBody = BoxBody<Bytes, std::io::Error>;
 /// The HTTP(S) client the portal uses for the API and the token endpoint.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, DispatchBody>;
 
-/// Headers never forwarded, whatever the allow-list says: credentials, routing
-/// and framing belong to the portal.
-pub const ALWAYS_STRIPPED: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "host",
-    "x-real-ip",
-    "forwarded",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-connection",
-    "proxy-authenticate",
-];
-
 /// Builds the shared HTTP client: HTTP/1.1 and HTTP/2, TLS by rustls with the
 /// `ring` provider (the one rskafka uses), trusting the system's CA store, or
 /// the web PKI roots when the system has none.
@@ -159,7 +139,7 @@ fn body_of(spool: &SpooledBody) -> DispatchBody {
     match spool {
         SpooledBody::Empty => full_body(Bytes::new()),
         SpooledBody::Memory(b) => full_body(b.clone()),
-        SpooledBody::File { file, len } => FileBody {
+        SpooledBody::File { file, len, .. } => FileBody {
             file: Arc::clone(file),
             pos: 0,
             end: *len,
@@ -320,11 +300,7 @@ impl Dispatcher {
                 .idempotency_header
                 .as_ref()
                 .is_some_and(|h| h.as_str() == lower);
-            if is_idempotency
-                || ALWAYS_STRIPPED.contains(&lower.as_str())
-                || lower.starts_with("x-forwarded-")
-                || !self.allowed_headers.contains(&lower)
-            {
+            if is_idempotency || !crate::policy::forwards(&lower, &self.allowed_headers) {
                 log::debug!("job {}: dropping header {name}", job.job);
                 continue;
             }
@@ -366,80 +342,32 @@ impl Dispatcher {
     /// Joins the target URL and a request path, refusing paths that could
     /// leave the target's origin or base path.
     pub fn url_for(&self, path: &str) -> Result<String, DispatchError> {
-        validate_path(path)?;
-        Ok(format!("{}{}", self.base, path))
+        crate::policy::validate_path(path)
+            .map_err(|r| DispatchError::new(r.category, r.message))?;
+        let url = format!("{}{}", self.base, path);
+        // Belt and braces: whatever the path, the joined URL must parse to
+        // the target's scheme and authority, under its base path.
+        let base: hyper::Uri = self.base.parse().map_err(|_| {
+            DispatchError::new(ErrorCategory::Internal, "target URL does not parse")
+        })?;
+        let same_origin = url.parse::<hyper::Uri>().is_ok_and(|u| {
+            u.scheme() == base.scheme()
+                && u.authority() == base.authority()
+                && u.path().starts_with(base.path().trim_end_matches('/'))
+        });
+        if !same_origin {
+            return Err(DispatchError::new(
+                ErrorCategory::Rejected,
+                format!(
+                    "endpoint '{}' refused: it would leave the target API",
+                    path.escape_debug()
+                ),
+            ));
+        }
+        Ok(url)
     }
 }
 
 fn method_expects_body(m: &Method) -> bool {
     matches!(*m, Method::POST | Method::PUT | Method::PATCH)
-}
-
-/// Checks that a request path is a plain absolute path with an optional query.
-pub fn validate_path(path: &str) -> Result<(), DispatchError> {
-    let reject = |why: &str| {
-        Err(DispatchError::new(
-            ErrorCategory::Rejected,
-            format!("endpoint '{}' refused: {why}", path.escape_debug()),
-        ))
-    };
-    if !path.starts_with('/') {
-        return reject("it must start with '/'");
-    }
-    if path.starts_with("//") {
-        return reject("it names another host");
-    }
-    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return reject("it contains control characters or spaces");
-    }
-    if path.contains('\\') || path.contains('#') {
-        return reject("it contains '\\' or '#'");
-    }
-    let only_path = path.split('?').next().unwrap_or(path);
-    let lower = only_path.to_ascii_lowercase();
-    if lower.contains("%25") {
-        return reject("it contains doubly encoded characters");
-    }
-    if lower.contains("%5c") || lower.contains("%00") {
-        return reject("it contains an encoded backslash or NUL");
-    }
-    let decoded = lower.replace("%2e", ".").replace("%2f", "/");
-    // `..;x` is a dot segment to servers that strip path parameters.
-    if decoded
-        .split('/')
-        .map(|seg| seg.split(';').next().unwrap_or(seg))
-        .any(|seg| seg == "." || seg == "..")
-    {
-        return reject("it contains dot segments");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths() {
-        for ok in ["/", "/api/upload", "/a/b?x=1&y=%20", "/files/report.v2.pdf"] {
-            assert!(validate_path(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "api",
-            "//evil.example/x",
-            "/a/../b",
-            "/a/%2e%2e/b",
-            "/a/%2E%2E%2Fb",
-            "/a\\b",
-            "/a\r\nHost: x",
-            "/a b",
-            "/%252e%252e/x",
-            "/a/..;/admin",
-            "/a/..%5cadmin",
-            "/a%00b",
-            "http://evil/x",
-        ] {
-            assert!(validate_path(bad).is_err(), "{bad}");
-        }
-    }
 }

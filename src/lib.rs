@@ -21,6 +21,7 @@ pub mod group;
 pub mod http_dispatch;
 pub mod kafka;
 pub mod partitioner;
+pub mod policy;
 pub mod portal;
 pub mod progress;
 pub mod send;

@@ -20,7 +20,7 @@ use rskafka::client::Client;
 use rskafka::record::RecordAndOffset;
 use tokio::sync::{watch, Notify, Semaphore};
 
-use crate::assembler::{Assembler, CompletedJob, FailedJob, Outcome};
+use crate::assembler::{Assembler, CompletedJob, FailedJob, Outcome, SpoolBudget};
 use crate::chunker::Chunker;
 use crate::config::{PortalConfig, StartFrom};
 use crate::group::{Assignment, Beat, GroupError, GroupSettings, Member};
@@ -105,6 +105,8 @@ struct Ctx {
     /// rebalances so a job still running from an earlier generation is known
     /// when its partition comes back, and still commits when it ends.
     progress: Mutex<BTreeMap<i32, Arc<Mutex<Progress>>>>,
+    /// Disk all spool files may take together (PORTAL_MAX_SPOOL_BYTES).
+    spool_budget: Arc<SpoolBudget>,
 }
 
 impl Ctx {
@@ -148,9 +150,10 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         &cfg.target_api_url,
         tokens,
         cfg.request_timeout,
-        &cfg.allowed_headers,
+        &cfg.policy.allowed_headers,
         cfg.idempotency_header.as_deref(),
     );
+    cfg.policy.announce();
     let ctx = Arc::new(Ctx {
         replies: PartitionCache::new(
             Arc::clone(&client),
@@ -161,6 +164,7 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         queue_permits: Arc::new(Semaphore::new(cfg.max_concurrent_jobs + 256)),
         in_flight: Arc::new(InFlight::default()),
         progress: Mutex::new(BTreeMap::new()),
+        spool_budget: SpoolBudget::new(cfg.limits.max_spool_bytes),
         response_partitions,
         dispatcher,
         client,
@@ -448,7 +452,7 @@ async fn read_partition(
     drop(ready);
 
     let mut held = ReaderJobs {
-        asm: Assembler::new(ctx.cfg.limits.clone()),
+        asm: Assembler::with_budget(ctx.cfg.limits.clone(), Arc::clone(&ctx.spool_budget)),
         progress: Arc::clone(&progress),
     };
     let mut last_sweep = Instant::now();
@@ -596,7 +600,23 @@ async fn handle_record(
         asm.skip(frame.job);
         return;
     }
-    let outcome = asm.accept(frame, payload, offset, Instant::now());
+    let outcome = match &frame.body {
+        Body::RequestStart(start) => match ctx.cfg.policy.check(frame.job, start) {
+            Ok(()) => asm.accept(frame, payload, offset, Instant::now()),
+            Err(refusal) => {
+                asm.skip(frame.job);
+                Outcome::Failed(FailedJob {
+                    job: frame.job,
+                    reply_topic: start.reply_topic.clone(),
+                    reply_partition: start.reply_partition,
+                    first_offset: offset,
+                    category: refusal.category,
+                    message: refusal.message,
+                })
+            }
+        },
+        _ => asm.accept(frame, payload, offset, Instant::now()),
+    };
     if is_start && !matches!(outcome, Outcome::Ignored(_)) {
         lock(progress).add(offset);
     }

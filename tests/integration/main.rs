@@ -5,4 +5,5 @@ mod cli;
 mod common;
 mod group;
 mod oauth;
+mod policy;
 mod relay;

@@ -1,0 +1,451 @@
+//! The portal's request policy and hostile records, end to end.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kafkasend::kafka;
+use kafkasend::wire::{
+    self, Body, ChunkInfo, EndInfo, ErrorCategory, Frame, JobId, RequestStart, ResponseStart,
+};
+use rskafka::record::Record;
+
+use crate::common::*;
+
+fn env_with(
+    base: Vec<(&'static str, String)>,
+    extra: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut env = base;
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    env
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_policy_lets_through_only_what_it_names() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("policy");
+    let portal = Portal::start(
+        &topics,
+        &env_with(
+            servers.plain_env(),
+            &[
+                (
+                    "PORTAL_ALLOWED_ENDPOINTS",
+                    "POST /api/upload, GET,DELETE /api/items/*",
+                ),
+                // Listing them does not let credentials or routing headers through.
+                (
+                    "PORTAL_ALLOWED_HEADERS",
+                    "X-Request-ID,Cookie,Authorization,X-Forwarded-For,X-Real-IP,Proxy-Authorization",
+                ),
+                ("PORTAL_MAX_HEADER_COUNT", "6"),
+            ],
+        ),
+    );
+    let ok = send(
+        &topics,
+        &[
+            "--endpoint",
+            "/api/items/7",
+            "-H",
+            "X-Request-ID: r-1",
+            "-H",
+            "Cookie: session=stolen",
+            "-H",
+            "Authorization: Bearer stolen",
+            "-H",
+            "X-Forwarded-For: 10.0.0.1",
+            "-H",
+            "X-Real-IP: 10.0.0.2",
+            "-H",
+            "Proxy-Authorization: Basic c3RvbGVu",
+        ],
+    )
+    .await;
+    assert_eq!(ok.code, 0, "stderr: {}", ok.stderr);
+
+    let seven_headers: Vec<String> = (0..7).map(|i| format!("X-H{i}: {i}")).collect();
+    let mut too_many = vec!["--endpoint", "/api/items/7"];
+    for h in &seven_headers {
+        too_many.extend(["-H", h.as_str()]);
+    }
+    let refused: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--endpoint", "/admin"],
+            "not in PORTAL_ALLOWED_ENDPOINTS",
+        ),
+        (
+            vec!["-X", "PUT", "--endpoint", "/api/items/7"],
+            "not in PORTAL_ALLOWED_ENDPOINTS",
+        ),
+        (
+            vec!["--endpoint", "/api/items/7/secret"],
+            "not in PORTAL_ALLOWED_ENDPOINTS",
+        ),
+        (
+            vec!["--endpoint", "/api/items/..%2f..%2fadmin"],
+            "dot segments",
+        ),
+        (
+            vec!["--endpoint", "/api/items/%252e%252e"],
+            "doubly encoded",
+        ),
+        (
+            vec!["-X", "TRACE", "--endpoint", "/api/items/7"],
+            "never forwarded",
+        ),
+        (too_many, "PORTAL_MAX_HEADER_COUNT"),
+    ];
+    for (args, why) in &refused {
+        let out = send(&topics, args).await;
+        assert_eq!(out.code, 3, "{args:?}: stderr {}", out.stderr);
+        assert!(out.stderr.contains(why), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    }
+
+    let reqs = servers.state.requests();
+    assert_eq!(reqs.len(), 1, "only the allowed call reached the API");
+    let h = &reqs[0].headers;
+    assert_eq!(h["x-request-id"], "r-1");
+    for stripped in [
+        "cookie",
+        "authorization",
+        "x-forwarded-for",
+        "x-real-ip",
+        "proxy-authorization",
+    ] {
+        assert!(
+            h.get(stripped).is_none(),
+            "{stripped} reached the API: {h:?}"
+        );
+    }
+    assert!(portal
+        .log()
+        .contains("allowed endpoints: POST /api/upload, GET,DELETE /api/items/*"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_allow_list_refuses_everything_unless_strict_mode_is_off() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("strict");
+    {
+        let portal = Portal::start(
+            &topics,
+            &env_with(servers.plain_env(), &[("PORTAL_ALLOWED_ENDPOINTS", "")]),
+        );
+        assert!(
+            portal.log().contains("every request will be refused"),
+            "{}",
+            portal.log()
+        );
+        let out = send(&topics, &["--endpoint", "/api/items"]).await;
+        assert_eq!(out.code, 3, "{}", out.stderr);
+        assert!(
+            out.stderr.contains("PORTAL_ALLOWED_ENDPOINTS is empty"),
+            "{}",
+            out.stderr
+        );
+    }
+    // Fresh topics: the killed portal above may not have committed its last answer.
+    let topics = Topics::new("lax");
+    let portal = Portal::start(
+        &topics,
+        &env_with(
+            servers.plain_env(),
+            &[
+                ("PORTAL_ALLOWED_ENDPOINTS", "GET /api/items"),
+                ("PORTAL_STRICT_SECURITY", "false"),
+            ],
+        ),
+    );
+    let out = send(&topics, &["-X", "DELETE", "--endpoint", "/api/other"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    portal
+        .wait_for_log(
+            "DELETE /api/other let through although it is not in PORTAL_ALLOWED_ENDPOINTS",
+        )
+        .await;
+    // Path safety holds in lax mode too.
+    let out = send(&topics, &["--endpoint", "/api/%2e%2e/admin"]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(servers.state.requests().len(), 1);
+}
+
+/// What a hostile producer might write, and the error the client named in
+/// a reply address should get (none when there is no one to tell).
+fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)> {
+    let reply = || {
+        vec![(
+            wire::REPLY_TO_HEADER,
+            wire::reply_to_header(response_topic, 0),
+        )]
+    };
+    let raw =
+        |key: Option<Vec<u8>>, value: Option<Vec<u8>>, headers: Vec<(&str, Vec<u8>)>| Record {
+            key,
+            value,
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            timestamp: rskafka::chrono::DateTime::from_timestamp_millis(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64,
+            )
+            .unwrap(),
+        };
+    let start =
+        |job: JobId, path: &str, body_len: Option<u64>, headers: Vec<(String, String)>| Frame {
+            job,
+            seq: 0,
+            body: Body::RequestStart(RequestStart {
+                method: "POST".into(),
+                path: path.into(),
+                headers,
+                body_len,
+                has_body: true,
+                reply_topic: response_topic.into(),
+                reply_partition: 0,
+            }),
+        };
+    let chunk = |job: JobId, seq: u32, offset: u64, data: &[u8], crc: u32| {
+        kafka::record(
+            &Frame {
+                job,
+                seq,
+                body: Body::Chunk(ChunkInfo {
+                    offset,
+                    crc32c: crc,
+                }),
+            },
+            data,
+            &[],
+        )
+    };
+    let mut out = Vec::new();
+    // Not ours at all.
+    out.push((raw(None, Some(pattern(1, 1000)), vec![]), None));
+    out.push((raw(Some(b"k".to_vec()), None, vec![]), None));
+    out.push((
+        raw(Some(b"k".to_vec()), Some(b"KSN".to_vec()), vec![]),
+        None,
+    ));
+    // A future version and a truncated frame, with a reply address.
+    let job = JobId::new();
+    let mut future = b"KSND\x09".to_vec();
+    future.extend(pattern(2, 50));
+    out.push((
+        raw(Some(job.key()), Some(future), reply()),
+        Some((job, "version")),
+    ));
+    let job = JobId::new();
+    let whole = wire::encode(&start(job, "/upload", Some(4), vec![]), &[]);
+    let cut = whole[..whole.len() / 2].to_vec();
+    out.push((
+        raw(Some(job.key()), Some(cut), reply()),
+        Some((job, "cannot read")),
+    ));
+    // A key that does not match the frame's job.
+    let mut rec = kafka::record(&start(JobId::new(), "/upload", Some(4), vec![]), &[], &[]);
+    rec.key = Some(JobId::new().key());
+    out.push((rec, None));
+    // A chunk of a job nobody started, and a response frame on the request topic.
+    let stray = JobId::new();
+    out.push((chunk(stray, 1, 0, b"abcd", wire::checksum(b"abcd")), None));
+    let resp = Frame {
+        job: stray,
+        seq: 0,
+        body: Body::ResponseStart(ResponseStart {
+            status: 200,
+            headers: vec![],
+            body_len: None,
+        }),
+    };
+    out.push((kafka::record(&resp, &[], &[]), None));
+    // Policy and limits.
+    let job = JobId::new();
+    out.push((
+        kafka::record(&start(job, "/a/../../etc/passwd", None, vec![]), &[], &[]),
+        Some((job, "dot segments")),
+    ));
+    let job = JobId::new();
+    out.push((
+        kafka::record(&start(job, "/upload", Some(1 << 40), vec![]), &[], &[]),
+        Some((job, "PORTAL_MAX_BODY_BYTES")),
+    ));
+    let job = JobId::new();
+    let many = (0..100)
+        .map(|i| (format!("X-{i}"), "v".to_string()))
+        .collect();
+    out.push((
+        kafka::record(&start(job, "/upload", None, many), &[], &[]),
+        Some((job, "PORTAL_MAX_HEADER_COUNT")),
+    ));
+    // A start repeated with other metadata.
+    let job = JobId::new();
+    out.push((
+        kafka::record(&start(job, "/upload", Some(4), vec![]), &[], &[]),
+        None,
+    ));
+    out.push((
+        kafka::record(&start(job, "/upload/other", Some(4), vec![]), &[], &[]),
+        Some((job, "different metadata")),
+    ));
+    // A chunk numbered far out of range.
+    let job = JobId::new();
+    out.push((
+        kafka::record(&start(job, "/upload", Some(4), vec![]), &[], &[]),
+        None,
+    ));
+    out.push((
+        chunk(job, 50_000_000, 0, b"abcd", wire::checksum(b"abcd")),
+        Some((job, "out of range")),
+    ));
+    // A chunk whose checksum is wrong.
+    let job = JobId::new();
+    out.push((
+        kafka::record(&start(job, "/upload", Some(4), vec![]), &[], &[]),
+        None,
+    ));
+    out.push((chunk(job, 1, 0, b"abcd", 12345), Some((job, "CRC32C"))));
+    // A body whose digest does not match its end record.
+    let job = JobId::new();
+    out.push((
+        kafka::record(&start(job, "/upload", Some(4), vec![]), &[], &[]),
+        None,
+    ));
+    out.push((chunk(job, 1, 0, b"abcd", wire::checksum(b"abcd")), None));
+    let end = Frame {
+        job,
+        seq: 2,
+        body: Body::End(EndInfo {
+            chunks: 1,
+            total_len: 4,
+            sha256: [7; 32],
+        }),
+    };
+    out.push((kafka::record(&end, &[], &[]), Some((job, "SHA-256"))));
+    // A reply address that does not exist: nobody to tell.
+    let mut lost = start(JobId::new(), "/a/../b", None, vec![]);
+    if let Body::RequestStart(s) = &mut lost.body {
+        s.reply_partition = 99;
+    }
+    out.push((kafka::record(&lost, &[], &[]), None));
+    out
+}
+
+/// Every error reply on the response topic, by job: category and message.
+async fn error_replies(topics: &Topics) -> BTreeMap<JobId, (ErrorCategory, String)> {
+    let settings = kafka::KafkaSettings {
+        bootstrap_servers: topics.broker().to_string(),
+        op_timeout: Duration::from_secs(30),
+        client_id: "it-errors".into(),
+    };
+    let limit = Duration::from_secs(30);
+    let client = kafka::connect(&settings).await.unwrap();
+    let mut out = BTreeMap::new();
+    for p in 0..3 {
+        let pc = kafka::partition(&client, &topics.response, p, limit)
+            .await
+            .unwrap();
+        let end = kafka::end_offset(&pc, limit).await.unwrap();
+        let mut offset = 0;
+        while offset < end {
+            let (records, _) = kafka::fetch(&pc, offset, Duration::from_millis(100), limit)
+                .await
+                .unwrap();
+            for r in records {
+                offset = r.offset + 1;
+                let (frame, _) = wire::decode(r.record.value.as_deref().unwrap()).unwrap();
+                if let Body::Error(e) = frame.body {
+                    out.insert(frame.job, (e.category, e.message));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_garbage_does_not_stop_real_jobs() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("garbage");
+    let portal = Portal::start(&topics, &servers.plain_env());
+    let dir = tempfile::tempdir().unwrap();
+    let mut real = Vec::new();
+    for i in 0..6u64 {
+        let (path, digest) = pattern_file(
+            dir.path(),
+            &format!("f{i}"),
+            i,
+            100_000 + i as usize * 400_000,
+        );
+        let path = path.to_str().unwrap().to_string();
+        real.push((
+            spawn_send(&topics, &[&path, "--endpoint", "/upload"]),
+            digest,
+        ));
+    }
+    let settings = kafka::KafkaSettings {
+        bootstrap_servers: topics.broker().to_string(),
+        op_timeout: Duration::from_secs(30),
+        client_id: "it-garbage".into(),
+    };
+    let limit = Duration::from_secs(30);
+    let client = kafka::connect(&settings).await.unwrap();
+    let mut expected = Vec::new();
+    for p in 0..3 {
+        let pc = kafka::partition(&client, &topics.request, p, limit)
+            .await
+            .unwrap();
+        for (record, error) in garbage(&topics.response) {
+            kafka::produce(&pc, record, limit).await.unwrap();
+            expected.extend(error);
+        }
+    }
+    let mut digests = Vec::new();
+    for (handle, digest) in real {
+        let out = handle.await.unwrap();
+        assert_eq!(out.code, 0, "a real job failed: {}", out.stderr);
+        digests.push(digest);
+    }
+    let seen: Vec<String> = servers
+        .state
+        .requests()
+        .iter()
+        .map(|r| r.body_sha256.clone())
+        .collect();
+    for d in &digests {
+        assert!(seen.contains(d), "the API never got body {d}");
+    }
+    assert_eq!(seen.len(), digests.len(), "only real jobs reached the API");
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let errors = loop {
+        let errors = error_replies(&topics).await;
+        if expected.iter().all(|(job, _)| errors.contains_key(job)) {
+            break errors;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for error replies; have {errors:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (job, why) in &expected {
+        let (category, message) = &errors[job];
+        assert!(
+            message.contains(why),
+            "job {job} ({category}): {message}; wanted {why}"
+        );
+    }
+    // Still serving after all that.
+    let out = send(&topics, &["--endpoint", "/api/items"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        portal.log().contains("skipped"),
+        "undecodable records are logged"
+    );
+}
