@@ -425,7 +425,7 @@ impl Assembler {
         }
         if a.seen.len() >= self.limits.max_chunks {
             let msg = format!(
-                "request body has more than {} chunks; use a larger chunk size",
+                "request body has more than {} chunks (PORTAL_MAX_CHUNKS); use a larger chunk size",
                 self.limits.max_chunks
             );
             return self.fail(job, ErrorCategory::Rejected, msg);
@@ -505,6 +505,20 @@ impl Assembler {
             return Outcome::Ignored("duplicate end record");
         }
         a.last_activity = now;
+        if end.chunks as usize > self.limits.max_chunks {
+            let msg = format!(
+                "request body declares {} chunks; the portal accepts at most {} (PORTAL_MAX_CHUNKS)",
+                end.chunks, self.limits.max_chunks
+            );
+            return self.fail(job, ErrorCategory::Rejected, msg);
+        }
+        if end.total_len > self.limits.max_body_bytes {
+            let msg = format!(
+                "request body declares {} bytes, over the portal's limit of {} bytes (PORTAL_MAX_BODY_BYTES)",
+                end.total_len, self.limits.max_body_bytes
+            );
+            return self.fail(job, ErrorCategory::Rejected, msg);
+        }
         a.end = Some(end);
         self.try_complete(job)
     }

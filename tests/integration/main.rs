@@ -7,3 +7,4 @@ mod group;
 mod oauth;
 mod policy;
 mod relay;
+mod secrets;
