@@ -80,6 +80,15 @@ impl SpoolBudget {
     }
 }
 
+/// A spool file with its share of the budget: both go when the last reader
+/// (a job, or an HTTP body still draining after a timeout) lets go.
+#[derive(Debug)]
+pub struct SpoolFile {
+    /// The unlinked file.
+    pub file: File,
+    _lease: SpoolLease,
+}
+
 /// The part of a [`SpoolBudget`] one job's spool file holds; given back on drop.
 #[derive(Debug)]
 pub struct SpoolLease {
@@ -133,11 +142,9 @@ pub enum SpooledBody {
     File {
         /// The spool file, already unlinked from its directory; shared so
         /// every attempt at the call reads it independently.
-        file: std::sync::Arc<File>,
+        file: Arc<SpoolFile>,
         /// Body length.
         len: u64,
-        /// Its share of the portal's spool budget, held until the call ends.
-        lease: SpoolLease,
     },
 }
 
@@ -213,7 +220,9 @@ struct Assembly {
     last_activity: Instant,
     spool: Spool,
     seen: HashSet<u32>,
-    /// Share of the spool budget this job's file holds.
+    /// Share of the spool budget this job's file holds: the bytes written to
+    /// it, each write rounded up to whole disk blocks, so a sparse file of a
+    /// few far-flung bytes costs what it takes on disk, not its extent.
     lease: SpoolLease,
     /// Highest byte offset written plus one.
     extent: u64,
@@ -301,6 +310,11 @@ impl Assembler {
     /// Whether no job is assembling.
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty()
+    }
+
+    /// Whether `job` is assembling or recently finished here.
+    pub fn knows(&self, job: &JobId) -> bool {
+        self.jobs.contains_key(job) || self.finished.contains(job)
     }
 
     /// Start offsets of the jobs still assembling.
@@ -465,9 +479,15 @@ impl Assembler {
             };
             return self.fail(job, category, msg);
         }
-        let on_disk =
-            matches!(a.spool, Spool::File(_)) || end_at > self.limits.spool_threshold as u64;
-        if on_disk && !a.lease.grow_to(a.extent.max(end_at)) {
+        let charge = match &a.spool {
+            Spool::File(_) => Some(a.lease.held + blocks(payload.len())),
+            // Moving to disk writes the memory buffer out first.
+            Spool::Memory(buf) if end_at > self.limits.spool_threshold as u64 => {
+                Some(blocks(buf.len()) + blocks(payload.len()))
+            }
+            Spool::Memory(_) => None,
+        };
+        if charge.is_some_and(|c| !a.lease.grow_to(c)) {
             let msg = format!(
                 "the portal's spool is full ({} of {} bytes in use, PORTAL_MAX_SPOOL_BYTES); retry later",
                 self.budget.used(),
@@ -589,9 +609,11 @@ impl Assembler {
         let body = match a.spool {
             Spool::Memory(v) => SpooledBody::Memory(bytes::Bytes::from(v)),
             Spool::File(file) => SpooledBody::File {
-                file: std::sync::Arc::new(file),
+                file: Arc::new(SpoolFile {
+                    file,
+                    _lease: a.lease,
+                }),
                 len: end.total_len,
-                lease: a.lease,
             },
         };
         Outcome::Complete(CompletedJob {
@@ -658,6 +680,11 @@ impl Assembler {
             })
             .collect()
     }
+}
+
+/// Disk bytes a write of `len` bytes may take: whole 4 KiB blocks.
+fn blocks(len: usize) -> u64 {
+    (len as u64).div_ceil(4096) * 4096
 }
 
 /// Says why a job is too old to run, judged by the time in its id (the
@@ -786,7 +813,7 @@ mod tests {
             SpooledBody::File { file, len, .. } => {
                 use std::os::unix::fs::FileExt;
                 let mut v = vec![0u8; *len as usize];
-                file.read_exact_at(&mut v, 0).unwrap();
+                file.file.read_exact_at(&mut v, 0).unwrap();
                 v
             }
         }
@@ -923,7 +950,7 @@ mod tests {
             }),
             threshold in 0usize..3000,
         ) {
-            let limits = Limits { max_jobs: 3, max_spool_bytes: 4000, ..limits(threshold) };
+            let limits = Limits { max_jobs: 3, max_spool_bytes: 12288, ..limits(threshold) };
             let budget = SpoolBudget::new(limits.max_spool_bytes);
             let mut asm = Assembler::with_budget(limits, Arc::clone(&budget));
             for (offset, (frame, payload)) in frames.into_iter().enumerate() {
@@ -937,7 +964,7 @@ mod tests {
                     prop_assert_eq!(digest, c.sha256);
                 }
                 prop_assert!(asm.len() <= 3);
-                prop_assert!(budget.used() <= 4000);
+                prop_assert!(budget.used() <= 12288);
             }
             drop(asm);
             prop_assert_eq!(budget.used(), 0);
@@ -958,20 +985,20 @@ mod tests {
 
     #[test]
     fn spool_budget_is_shared_and_given_back() {
-        let budget = SpoolBudget::new(10_000);
+        const BLOCK: usize = 4096;
+        let budget = SpoolBudget::new(10 * BLOCK as u64);
         let lim = Limits {
-            max_spool_bytes: 10_000,
+            max_spool_bytes: 10 * BLOCK as u64,
             ..limits(100)
         };
         let mut a = Assembler::with_budget(lim.clone(), Arc::clone(&budget));
         let mut b = Assembler::with_budget(lim, Arc::clone(&budget));
-        let first = JobId::new();
-        let held = match feed(&mut a, &records(first, &[1u8; 6000], 1000)) {
+        let held = match feed(&mut a, &records(JobId::new(), &[1u8; 6 * BLOCK], BLOCK)) {
             Outcome::Complete(c) => c,
             other => panic!("expected completion, got {other:?}"),
         };
-        assert_eq!(budget.used(), 6000);
-        match feed(&mut b, &records(JobId::new(), &[2u8; 6000], 1000)) {
+        assert_eq!(budget.used(), 6 * BLOCK as u64);
+        match feed(&mut b, &records(JobId::new(), &[2u8; 6 * BLOCK], BLOCK)) {
             Outcome::Failed(f) => {
                 assert_eq!(f.category, ErrorCategory::Rejected);
                 assert!(
@@ -982,13 +1009,42 @@ mod tests {
             }
             other => panic!("expected the spool to be full, got {other:?}"),
         }
-        assert_eq!(budget.used(), 6000, "the failed job gave its share back");
+        assert_eq!(
+            budget.used(),
+            6 * BLOCK as u64,
+            "the failed job gave its share back"
+        );
         drop(held);
         assert_eq!(budget.used(), 0);
         assert!(matches!(
-            feed(&mut b, &records(JobId::new(), &[3u8; 6000], 1000)),
+            feed(&mut b, &records(JobId::new(), &[3u8; 6 * BLOCK], BLOCK)),
             Outcome::Complete(_)
         ));
+        assert_eq!(budget.used(), 0);
+
+        // A byte far out in a sparse file costs a block, not its offset.
+        let job = JobId::new();
+        let mut start = start(job, None);
+        if let Body::RequestStart(s) = &mut start.body {
+            s.body_len = None;
+        }
+        assert!(matches!(
+            b.accept(start, &[], 0, Instant::now()),
+            Outcome::Pending
+        ));
+        let far = Frame {
+            job,
+            seq: 1,
+            body: Body::Chunk(ChunkInfo {
+                offset: 1 << 30,
+                crc32c: crate::wire::checksum(b"x"),
+            }),
+        };
+        assert!(matches!(
+            b.accept(far, b"x", 1, Instant::now()),
+            Outcome::Pending
+        ));
+        assert_eq!(budget.used(), BLOCK as u64);
     }
 
     #[test]

@@ -449,8 +449,14 @@ impl PortalConfig {
                 "PORTAL_TARGET_API_URL: '{target}' must be an http:// or https:// URL with a host"
             );
         }
-        if target_uri.query().is_some() {
-            bail!("PORTAL_TARGET_API_URL: '{target}' must not have a query string");
+        if target_uri.query().is_some() || target.contains('#') {
+            bail!("PORTAL_TARGET_API_URL: '{target}' must not have a query string or fragment");
+        }
+        if target_uri
+            .authority()
+            .is_some_and(|a| a.as_str().contains('@'))
+        {
+            bail!("PORTAL_TARGET_API_URL: '{target}' must not hold credentials (user@host); the portal authenticates with OAuth2");
         }
         let use_oauth = pick(&a.use_oauth, &f.use_oauth).unwrap_or(true);
         let oauth = if use_oauth {
@@ -797,11 +803,29 @@ mod tests {
                 .to_string();
             assert!(err.contains(name), "{extra:?}: {err}");
         }
-        let mut argv = vec!["--use-oauth", "false"];
-        argv.extend_from_slice(&["--target-api-url", "ftp://x"]);
-        let err = PortalConfig::resolve(&portal_args(&argv))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("PORTAL_TARGET_API_URL"), "{err}");
+        for bad in [
+            "ftp://x",
+            "http://u:p@x/",
+            "http://x/v1#frag",
+            "http://x/?q=1",
+        ] {
+            let mut argv = vec!["--use-oauth", "false", "--target-api-url", bad];
+            argv.extend_from_slice(&["--allowed-endpoints", "/**"]);
+            let err = PortalConfig::resolve(&portal_args(&argv))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("PORTAL_TARGET_API_URL"), "{bad}: {err}");
+        }
+        let err = PortalConfig::resolve(&portal_args(&[
+            "--use-oauth",
+            "false",
+            "--target-api-url",
+            "http://x",
+            "--allowed-endpoints",
+            "GET",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("PORTAL_ALLOWED_ENDPOINTS"), "{err}");
     }
 }

@@ -22,7 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future as _;
 
-use crate::assembler::{CompletedJob, SpooledBody};
+use crate::assembler::{CompletedJob, SpoolFile, SpooledBody};
 use crate::token_cache::TokenCache;
 use crate::wire::ErrorCategory;
 
@@ -75,7 +75,7 @@ pub fn full_body(bytes: Bytes) -> DispatchBody {
 /// (`pread`), so each body keeps its own position: a retry after a 401 reads
 /// the file afresh even while the first attempt's body is still draining.
 struct FileBody {
-    file: Arc<std::fs::File>,
+    file: Arc<SpoolFile>,
     pos: u64,
     end: u64,
     pending: Option<tokio::task::JoinHandle<std::io::Result<Vec<u8>>>>,
@@ -102,7 +102,7 @@ impl hyper::body::Body for FileBody {
             tokio::task::spawn_blocking(move || {
                 use std::os::unix::fs::FileExt;
                 let mut buf = vec![0u8; len];
-                file.read_exact_at(&mut buf, pos)?;
+                file.file.read_exact_at(&mut buf, pos)?;
                 Ok(buf)
             })
         });
@@ -342,32 +342,75 @@ impl Dispatcher {
     /// Joins the target URL and a request path, refusing paths that could
     /// leave the target's origin or base path.
     pub fn url_for(&self, path: &str) -> Result<String, DispatchError> {
-        crate::policy::validate_path(path)
-            .map_err(|r| DispatchError::new(r.category, r.message))?;
-        let url = format!("{}{}", self.base, path);
-        // Belt and braces: whatever the path, the joined URL must parse to
-        // the target's scheme and authority, under its base path.
-        let base: hyper::Uri = self.base.parse().map_err(|_| {
-            DispatchError::new(ErrorCategory::Internal, "target URL does not parse")
-        })?;
-        let same_origin = url.parse::<hyper::Uri>().is_ok_and(|u| {
-            u.scheme() == base.scheme()
-                && u.authority() == base.authority()
-                && u.path().starts_with(base.path().trim_end_matches('/'))
-        });
-        if !same_origin {
-            return Err(DispatchError::new(
-                ErrorCategory::Rejected,
-                format!(
-                    "endpoint '{}' refused: it would leave the target API",
-                    path.escape_debug()
-                ),
-            ));
-        }
-        Ok(url)
+        join_url(&self.base, path)
     }
+}
+
+/// Joins a target base URL (no trailing slash) and a request path that
+/// passed [`crate::policy::validate_path`]; the joined URL is parsed again
+/// and must keep the target's scheme, authority and base path.
+pub fn join_url(base: &str, path: &str) -> Result<String, DispatchError> {
+    crate::policy::validate_path(path).map_err(|r| DispatchError::new(r.category, r.message))?;
+    let url = format!("{base}{path}");
+    let base: hyper::Uri = base
+        .parse()
+        .map_err(|_| DispatchError::new(ErrorCategory::Internal, "target URL does not parse"))?;
+    let base_path = base.path().trim_end_matches('/');
+    let same_origin = url.parse::<hyper::Uri>().is_ok_and(|u| {
+        u.scheme() == base.scheme()
+            && u.authority() == base.authority()
+            && (u.path() == base_path || u.path().starts_with(&format!("{base_path}/")))
+    });
+    if !same_origin {
+        return Err(DispatchError::new(
+            ErrorCategory::Rejected,
+            format!(
+                "endpoint '{}' refused: it would leave the target API",
+                path.escape_debug()
+            ),
+        ));
+    }
+    Ok(url)
 }
 
 fn method_expects_body(m: &Method) -> bool {
     matches!(*m, Method::POST | Method::PUT | Method::PATCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_join_under_the_base_path() {
+        for (base, path, want) in [
+            (
+                "https://api.example",
+                "/items?x=1",
+                "https://api.example/items?x=1",
+            ),
+            (
+                "https://api.example/v1",
+                "/items",
+                "https://api.example/v1/items",
+            ),
+            (
+                "http://127.0.0.1:8080/a/b",
+                "/",
+                "http://127.0.0.1:8080/a/b/",
+            ),
+        ] {
+            assert_eq!(join_url(base, path).unwrap(), want);
+        }
+        for (base, path) in [
+            ("https://api.example/v1", "/../admin"),
+            ("https://api.example/v1", "//evil.example/x"),
+            ("https://api.example/v1", "@evil.example/x"),
+            ("https://api.example", "/a%2f..%2fb"),
+            ("https://api.example", "/x\r\nHost: evil"),
+        ] {
+            let e = join_url(base, path).unwrap_err();
+            assert_eq!(e.category, ErrorCategory::Rejected, "{path}: {e}");
+        }
+    }
 }

@@ -29,14 +29,26 @@ pub const ALWAYS_STRIPPED: &[&str] = &[
     "upgrade",
     "proxy-connection",
     "proxy-authenticate",
+    "trailers",
+    "via",
+    "true-client-ip",
+    "x-client-ip",
+    // These re-route or re-method a request behind some proxies and
+    // frameworks, which would walk around the endpoint allow-list.
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
 
 /// Longest request path (with query) accepted.
 pub const MAX_PATH_BYTES: usize = 8 * 1024;
 
-/// Methods refused whatever the allow-list says: `TRACE` would echo the
-/// portal's `Authorization` header back to the sender, `CONNECT` opens a tunnel.
-const FORBIDDEN_METHODS: &[&str] = &["TRACE", "CONNECT"];
+/// Methods refused whatever the allow-list says: `TRACE` (and IIS's `TRACK`)
+/// would echo the portal's `Authorization` header back to the sender,
+/// `CONNECT` opens a tunnel.
+const FORBIDDEN_METHODS: &[&str] = &["TRACE", "TRACK", "CONNECT"];
 
 /// Why a request was refused, as reported to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,14 +81,17 @@ impl Refusal {
 pub struct EndpointRule {
     /// Upper-case methods allowed; empty allows every method.
     pub methods: Vec<String>,
-    /// Path pattern: `*` matches within one segment, `**` across segments.
+    /// Path pattern: `*` matches within one segment, `**` across segments;
+    /// a pattern ending in `/**` also matches the path without that suffix.
     pub pattern: String,
 }
 
 impl EndpointRule {
     fn allows(&self, method: &str, path: &str) -> bool {
+        let base = self.pattern.strip_suffix("/**");
         (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
-            && glob_match(self.pattern.as_bytes(), path.as_bytes())
+            && (glob_match(self.pattern.as_bytes(), path.as_bytes())
+                || base.is_some_and(|b| glob_match(b.as_bytes(), path.as_bytes())))
     }
 }
 
@@ -214,9 +229,9 @@ impl Policy {
     /// Decides whether the request a start record describes may reach the API.
     pub fn check(&self, job: JobId, start: &RequestStart) -> Result<(), Refusal> {
         let method = start.method.as_str();
-        if hyper::Method::from_bytes(method.as_bytes()).is_err() {
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(Refusal::bad_request(format!(
-                "'{}' is not an HTTP method",
+                "'{}' is not an HTTP method (upper-case letters only)",
                 method.escape_debug()
             )));
         }
@@ -339,6 +354,9 @@ pub fn validate_path(path: &str) -> Result<(), Refusal> {
     if path.contains('\\') || path.contains('#') {
         return reject("it contains '\\' or '#'");
     }
+    if path.parse::<hyper::http::uri::PathAndQuery>().is_err() {
+        return reject("it has characters a URI path cannot hold (percent-encode them)");
+    }
     let only_path = path.split('?').next().unwrap_or(path);
     let decoded = match percent_decode(only_path) {
         Ok(d) => d,
@@ -353,30 +371,32 @@ pub fn validate_path(path: &str) -> Result<(), Refusal> {
     {
         return reject("it contains an encoded control character, backslash, '#' or '?'");
     }
-    if decoded.windows(2).any(|w| w == b"//") {
-        return reject("it contains an empty segment ('//'), also when encoded");
+    if only_path.to_ascii_lowercase().contains("%2f") {
+        // Servers that decode before routing would see another path than
+        // the allow-list matched.
+        return reject("it contains an encoded '/' (%2F)");
     }
-    // Overlong UTF-8 and full-width forms that some servers fold to '.' or '/'.
-    const LOOKALIKES: &[&[u8]] = &[
-        b"\xc0\xae",
-        b"\xc0\xaf",
-        b"\xc1\x9c",
-        b"\xe0\x80\xae",
-        b"\xe0\x80\xaf",
-        b"\xef\xbc\x8e",
-        b"\xef\xbc\x8f",
+    if only_path.contains("//") {
+        return reject("it contains an empty segment ('//')");
+    }
+    // Overlong encodings are not UTF-8; the rest are characters that some
+    // servers fold to '.', '/' or '\\' (Unicode compatibility forms).
+    let Ok(text) = std::str::from_utf8(&decoded) else {
+        return reject("it contains percent-encoded bytes that are not UTF-8 (overlong forms?)");
+    };
+    const LOOKALIKES: &[char] = &[
+        '\u{2024}', '\u{2025}', '\u{2026}', '\u{FE52}', '\u{FF0E}', '\u{FF0F}', '\u{2215}',
+        '\u{2044}', '\u{29F8}', '\u{FF3C}', '\u{FE68}', '\u{29F5}',
     ];
-    if LOOKALIKES
-        .iter()
-        .any(|l| decoded.windows(l.len()).any(|w| w == *l))
-    {
-        return reject("it contains an encoded look-alike of '.' or '/'");
+    if text.chars().any(|c| LOOKALIKES.contains(&c)) {
+        return reject("it contains an encoded look-alike of '.', '/' or '\\'");
     }
-    // `..;x` is a dot segment to servers that strip path parameters.
-    if decoded
-        .split(|&b| b == b'/')
-        .map(|seg| seg.split(|&b| b == b';').next().unwrap_or(seg))
-        .any(|seg| seg == b"." || seg == b"..")
+    // `..;x` is a dot segment to servers that strip path parameters, and
+    // `.. ` or `...` to servers that trim trailing dots and spaces.
+    if text
+        .split('/')
+        .map(|seg| seg.split(';').next().unwrap_or(seg))
+        .any(|seg| seg.contains('.') && seg.trim_end_matches([' ', '.']).is_empty())
     {
         return reject("it contains dot segments ('.' or '..'), also when encoded");
     }
@@ -432,8 +452,18 @@ mod tests {
         ("/a/%2E%2E/b", "dot segments"),
         ("/a/.%2e/b", "dot segments"),
         ("/a/%2e./b", "dot segments"),
-        ("/a/%2e%2e%2fb", "dot segments"),
-        ("/a%2f..%2fadmin", "dot segments"),
+        ("/a/%2e%2e%2fb", "encoded '/'"),
+        ("/a%2f..%2fadmin", "encoded '/'"),
+        ("/a/..%20/b", "dot segments"),
+        ("/a/.../b", "dot segments"),
+        ("/api/items/7%2Fsecret", "encoded '/'"),
+        ("/a/b<c", "a URI path cannot hold"),
+        ("/a/%e2%80%a5/b", "look-alike"),
+        ("/a/%e2%80%a4%e2%80%a4/b", "look-alike"),
+        ("/a/%ef%b9%92%ef%b9%92/b", "look-alike"),
+        ("/a/%ef%bc%bcb", "look-alike"),
+        ("/a/%f0%80%80%ae%f0%80%80%ae/b", "not UTF-8"),
+        ("/a//b", "empty segment"),
         ("/%252e%252e/x", "doubly encoded"),
         ("/a/%25%32%65%25%32%65/x", "doubly encoded"),
         ("/a\\..\\b", "'\\'"),
@@ -449,11 +479,11 @@ mod tests {
         ("/a#fragment", "'#'"),
         ("/a%23/b", "'#' or '?'"),
         ("/a%3fx=1", "'#' or '?'"),
-        ("/a/%2f%2fevil.example", "empty segment"),
-        ("/a/%c0%ae%c0%ae/b", "look-alike"),
-        ("/a/%e0%80%ae%e0%80%ae/b", "look-alike"),
+        ("/a/%2f%2fevil.example", "encoded '/'"),
+        ("/a/%c0%ae%c0%ae/b", "not UTF-8"),
+        ("/a/%e0%80%ae%e0%80%ae/b", "not UTF-8"),
         ("/a/%ef%bc%8e%ef%bc%8e/b", "look-alike"),
-        ("/a/%c0%afetc", "look-alike"),
+        ("/a/%c0%afetc", "not UTF-8"),
         ("/a/%zz", "malformed percent-encoding"),
         ("/a/%2", "malformed percent-encoding"),
         ("/a/%u002e%u002e/b", "malformed percent-encoding"),
@@ -486,6 +516,7 @@ mod tests {
             "/a/b?x=1&y=%20",
             "/files/report.v2.pdf",
             "/files/...hidden",
+            "/files/v1.2..3",
             "/a/.well-known/x",
             "/users/@me",
             "/search?q=a/../b",
@@ -610,7 +641,16 @@ mod tests {
         assert!(lax.check(job, &start("GET", "/anything", &[])).is_ok());
         // Path safety and forbidden methods hold in lax mode too.
         assert!(lax.check(job, &start("GET", "/a/../b", &[])).is_err());
-        assert!(lax.check(job, &start("TRACE", "/", &[])).is_err());
+        for m in ["TRACE", "TRACK", "CONNECT", "trace", "Get"] {
+            assert!(lax.check(job, &start(m, "/", &[])).is_err(), "{m}");
+        }
+        let subtree = Policy {
+            endpoints: parse_endpoints("GET /api/**").unwrap(),
+            ..Policy::default()
+        };
+        assert!(subtree.check(job, &start("GET", "/api", &[])).is_ok());
+        assert!(subtree.check(job, &start("GET", "/api/a/b", &[])).is_ok());
+        assert!(subtree.check(job, &start("GET", "/apix", &[])).is_err());
         assert!(lax.check(job, &start("GE T", "/", &[])).is_err());
     }
 

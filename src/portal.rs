@@ -601,23 +601,36 @@ async fn handle_record(
         return;
     }
     let outcome = match &frame.body {
-        Body::RequestStart(start) => match ctx.cfg.policy.check(frame.job, start) {
-            Ok(()) => asm.accept(frame, payload, offset, Instant::now()),
-            Err(refusal) => {
-                asm.skip(frame.job);
-                Outcome::Failed(FailedJob {
-                    job: frame.job,
-                    reply_topic: start.reply_topic.clone(),
-                    reply_partition: start.reply_partition,
-                    first_offset: offset,
-                    category: refusal.category,
-                    message: refusal.message,
-                })
+        // A start of a job already assembling or finished is the assembler's
+        // to judge (a duplicate, or a conflicting repeat); only a new job
+        // meets the policy, so a refusal never touches another job's records.
+        Body::RequestStart(start) if !asm.knows(&frame.job) => {
+            match ctx.cfg.policy.check(frame.job, start) {
+                Ok(()) => asm.accept(frame, payload, offset, Instant::now()),
+                Err(refusal) => {
+                    asm.skip(frame.job);
+                    Outcome::Failed(FailedJob {
+                        job: frame.job,
+                        reply_topic: start.reply_topic.clone(),
+                        reply_partition: start.reply_partition,
+                        first_offset: offset,
+                        category: refusal.category,
+                        message: refusal.message,
+                    })
+                }
             }
-        },
+        }
         _ => asm.accept(frame, payload, offset, Instant::now()),
     };
-    if is_start && !matches!(outcome, Outcome::Ignored(_)) {
+    // Track this offset only when it starts the job the outcome is about:
+    // a repeated start fails the job that began at an earlier offset.
+    let starts_job = match &outcome {
+        Outcome::Pending => true,
+        Outcome::Complete(c) => c.first_offset == offset,
+        Outcome::Failed(f) => f.first_offset == offset,
+        Outcome::Ignored(_) => false,
+    };
+    if is_start && starts_job {
         lock(progress).add(offset);
     }
     match outcome {

@@ -83,8 +83,13 @@ async fn the_policy_lets_through_only_what_it_names() {
             "not in PORTAL_ALLOWED_ENDPOINTS",
         ),
         (
-            vec!["--endpoint", "/api/items/..%2f..%2fadmin"],
+            vec!["--endpoint", "/api/items/%2e%2e/admin"],
             "dot segments",
+        ),
+        (vec!["--endpoint", "/api/items/7%2Fsecret"], "encoded '/'"),
+        (
+            vec!["-X", "TRACK", "--endpoint", "/api/items/7"],
+            "never forwarded",
         ),
         (
             vec!["--endpoint", "/api/items/%252e%252e"],
@@ -293,6 +298,17 @@ fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)>
         kafka::record(&start(job, "/upload/other", Some(4), vec![]), &[], &[]),
         Some((job, "different metadata")),
     ));
+    // A hostile repeat of a job being assembled: the job fails, once, and
+    // its first start's offset is settled.
+    let job = JobId::new();
+    out.push((
+        kafka::record(&start(job, "/upload", Some(4), vec![]), &[], &[]),
+        None,
+    ));
+    out.push((
+        kafka::record(&start(job, "/a/../admin", Some(4), vec![]), &[], &[]),
+        Some((job, "different metadata")),
+    ));
     // A chunk numbered far out of range.
     let job = JobId::new();
     out.push((
@@ -372,7 +388,7 @@ async fn error_replies(topics: &Topics) -> BTreeMap<JobId, (ErrorCategory, Strin
 async fn a_burst_of_garbage_does_not_stop_real_jobs() {
     let servers = Servers::start().await;
     let topics = Topics::new("garbage");
-    let portal = Portal::start(&topics, &servers.plain_env());
+    let mut portal = Portal::start(&topics, &servers.plain_env());
     let dir = tempfile::tempdir().unwrap();
     let mut real = Vec::new();
     for i in 0..6u64 {
@@ -448,4 +464,19 @@ async fn a_burst_of_garbage_does_not_stop_real_jobs() {
         portal.log().contains("skipped"),
         "undecodable records are logged"
     );
+
+    // Nothing hostile pinned a partition: after a clean stop every partition
+    // is committed to its end.
+    portal.signal("TERM");
+    assert_eq!(portal.wait_exit().await, Some(0), "{}", portal.log());
+    let out = group_tool(&["--describe", "--group", &topics.group]);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| l.starts_with(&topics.group))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    for r in &rows {
+        assert_eq!(r[3], r[4], "committed offset is not the log end: {out}");
+    }
 }
