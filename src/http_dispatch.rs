@@ -57,6 +57,7 @@ pub const ALWAYS_STRIPPED: &[&str] = &[
 /// `ring` provider (the one rskafka uses) configured by `tls` (trusted roots,
 /// optional client certificate). Plain `http://` URLs still work.
 pub fn build_client(tls: &ApiTls) -> HttpClient {
+    log::info!("HTTPS trusts {}", tls.summary());
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls.client_config())
         .https_or_http()
@@ -69,6 +70,18 @@ pub fn build_client(tls: &ApiTls) -> HttpClient {
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(32)
         .build(https)
+}
+
+/// Adds what to change to a TLS failure the settings can fix.
+pub fn with_tls_hint(chain: String) -> String {
+    let hint = if chain.contains("invalid peer certificate") {
+        "; the server's certificate is not trusted: put its CA certificate in PORTAL_CA_FILE"
+    } else if chain.contains("CertificateRequired") || chain.contains("certificate required") {
+        "; the server wants a client certificate: set PORTAL_CLIENT_CERT_FILE and PORTAL_CLIENT_KEY_FILE"
+    } else {
+        ""
+    };
+    chain + hint
 }
 
 /// A body held in memory.
@@ -272,7 +285,7 @@ impl Dispatcher {
                     let category = ErrorCategory::UpstreamUnreachable;
                     return Err(DispatchError::new(
                         category,
-                        format!("{method} {url} failed: {}", error_chain(&e)),
+                        format!("{method} {url} failed: {}", with_tls_hint(error_chain(&e))),
                     ));
                 }
                 Ok(Ok(resp)) => resp,

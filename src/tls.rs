@@ -113,13 +113,13 @@ impl ApiTls {
             (Some(_), None) => {
                 return Err(TlsError::new(
                     "PORTAL_CLIENT_KEY_FILE",
-                    "is not set but PORTAL_CLIENT_CERT_FILE is; a client certificate needs its private key",
+                    "not set, but PORTAL_CLIENT_CERT_FILE is; a client certificate needs its private key",
                 ))
             }
             (None, Some(_)) => {
                 return Err(TlsError::new(
                     "PORTAL_CLIENT_CERT_FILE",
-                    "is not set but PORTAL_CLIENT_KEY_FILE is; set both for a client certificate, or neither",
+                    "not set, but PORTAL_CLIENT_KEY_FILE is; set both for a client certificate, or neither",
                 ))
             }
         };

@@ -530,7 +530,9 @@ impl TokenCache {
                 .await
                 .map_err(|e| TokenError::Unreachable {
                     url: url.clone(),
-                    detail: crate::http_dispatch::error_chain(&e),
+                    detail: crate::http_dispatch::with_tls_hint(crate::http_dispatch::error_chain(
+                        &e,
+                    )),
                 })?;
             let status = resp.status();
             // Token responses are small; refuse to buffer anything large.

@@ -1060,14 +1060,16 @@ impl Servers {
         }
     }
 
-    /// Like [`Servers::start`], but the API speaks HTTPS with a certificate
-    /// from `pki`, demanding a client certificate when `client_auth`.
+    /// Like [`Servers::start`], but the API and the token endpoint speak
+    /// HTTPS with certificates from `pki`, demanding a client certificate
+    /// when `client_auth`.
     pub async fn start_tls(pki: &TestPki, client_auth: bool) -> Self {
         let state = Arc::new(ApiState::default());
         state.token_lifetime.store(3600, Ordering::SeqCst);
-        let api = serve_tls(Arc::clone(&state), api, pki.server_config(client_auth)).await;
-        let tok = serve(Arc::clone(&state), token_endpoint).await;
-        let token_url = format!("http://{tok}/oauth/token");
+        let config = pki.server_config(client_auth);
+        let api = serve_tls(Arc::clone(&state), api, Arc::clone(&config)).await;
+        let tok = serve_tls(Arc::clone(&state), token_endpoint, config).await;
+        let token_url = format!("https://{tok}/oauth/token");
         *state.token_url.lock().unwrap() = token_url.clone();
         Self {
             state,

@@ -1,6 +1,8 @@
 //! HTTPS to the target API: a private CA added with `PORTAL_CA_FILE`, an
 //! untrusted certificate refused clearly, and client certificates (mTLS).
 
+use std::sync::atomic::Ordering;
+
 use crate::common::*;
 
 fn https_env(
@@ -45,30 +47,33 @@ async fn an_untrusted_certificate_is_a_clear_error_and_the_portal_keeps_serving(
         );
         assert!(out.stderr.contains("certificate"), "{}", out.stderr);
         assert!(out.stderr.contains("UnknownIssuer"), "{}", out.stderr);
+        assert!(out.stderr.contains("PORTAL_CA_FILE"), "{}", out.stderr);
     }
     assert!(servers.state.requests().is_empty());
     assert!(!portal.log().contains("panicked"), "{}", portal.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_client_certificate_is_presented_when_configured() {
+async fn a_client_certificate_is_presented_to_the_api_and_the_token_endpoint() {
     let pki = TestPki::new();
     let servers = Servers::start_tls(&pki, true).await;
     let topics = Topics::new("tls-mtls");
-    let _portal = Portal::start(
-        &topics,
-        &https_env(
-            &servers,
-            &[
-                ("PORTAL_CA_FILE", &pki.ca_file),
-                ("PORTAL_CLIENT_CERT_FILE", &pki.client_cert_file),
-                ("PORTAL_CLIENT_KEY_FILE", &pki.client_key_file),
-            ],
-        ),
-    );
+    let mut env = servers.oauth_env();
+    for (k, path) in [
+        ("PORTAL_CA_FILE", &pki.ca_file),
+        ("PORTAL_CLIENT_CERT_FILE", &pki.client_cert_file),
+        ("PORTAL_CLIENT_KEY_FILE", &pki.client_key_file),
+    ] {
+        env.push((k, path.to_str().unwrap().to_string()));
+    }
+    let _portal = Portal::start(&topics, &env);
     let out = send(&topics, &["--endpoint", "/api/mtls"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(json(&out.stdout)["path"], "/api/mtls");
+    assert_eq!(servers.state.token_fetches.load(Ordering::SeqCst), 1);
+    let reqs = servers.state.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].headers["authorization"], "Bearer token-1");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -83,6 +88,11 @@ async fn without_a_client_certificate_an_mtls_api_fails_clearly() {
     let out = send(&topics, &["--endpoint", "/api/mtls"]).await;
     assert_eq!(out.code, 5, "{}", out.stderr);
     assert!(out.stderr.contains("CertificateRequired"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("PORTAL_CLIENT_CERT_FILE"),
+        "{}",
+        out.stderr
+    );
     assert!(servers.state.requests().is_empty());
 }
 
