@@ -14,7 +14,8 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
-use crate::token_cache::AuthMethod;
+use crate::tls::ApiTls;
+use crate::token_cache::{AssertionSigner, AuthMethod, ClientCredentials};
 
 /// Longest wait any setting may ask for: a week.
 pub const MAX_WAIT_SECS: u64 = 7 * 24 * 3600;
@@ -184,9 +185,37 @@ pub struct PortalArgs {
     /// OAuth2 audience
     #[arg(long, env = "OAUTH2_AUDIENCE", value_name = "AUDIENCE")]
     pub oauth2_audience: Option<String>,
-    /// client_secret_basic or client_secret_post [default: client_secret_basic]
+    /// client_secret_basic, client_secret_post or private_key_jwt [default: private_key_jwt with an assertion key file, else client_secret_basic]
     #[arg(long, env = "OAUTH2_AUTH_METHOD", value_name = "METHOD")]
     pub oauth2_auth_method: Option<String>,
+    /// PEM private key (EC P-256/P-384 in PKCS#8, or RSA) that signs private_key_jwt client assertions
+    #[arg(long, env = "OAUTH2_CLIENT_ASSERTION_KEY_FILE", value_name = "FILE")]
+    pub oauth2_client_assertion_key_file: Option<PathBuf>,
+    /// Client assertion algorithm: ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512 [default: ES256 for EC keys (ES384 for P-384), RS256 for RSA keys]
+    #[arg(long, env = "OAUTH2_CLIENT_ASSERTION_ALG", value_name = "ALG")]
+    pub oauth2_client_assertion_alg: Option<String>,
+    /// `kid` header of client assertions, naming the key registered at the authorization server
+    #[arg(long, env = "OAUTH2_CLIENT_ASSERTION_KID", value_name = "KID")]
+    pub oauth2_client_assertion_kid: Option<String>,
+    /// `aud` claim of client assertions [default: the token URL]
+    #[arg(
+        long,
+        env = "OAUTH2_CLIENT_ASSERTION_AUDIENCE",
+        value_name = "AUDIENCE"
+    )]
+    pub oauth2_client_assertion_audience: Option<String>,
+    /// API statuses that mean the token was refused: refresh it and retry once, comma-separated 4xx [default: 401]
+    #[arg(long, env = "PORTAL_TOKEN_REFRESH_STATUSES", value_name = "CODES")]
+    pub token_refresh_statuses: Option<String>,
+    /// PEM file of CA certificates trusted for the API and token endpoint, besides the web PKI and system roots
+    #[arg(long, env = "PORTAL_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) the portal presents to the API and token endpoint (mTLS); needs PORTAL_CLIENT_KEY_FILE
+    #[arg(long, env = "PORTAL_CLIENT_CERT_FILE", value_name = "FILE")]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of PORTAL_CLIENT_CERT_FILE
+    #[arg(long, env = "PORTAL_CLIENT_KEY_FILE", value_name = "FILE")]
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// Flags of `kafkasend send`.
@@ -273,6 +302,14 @@ pub struct FileConfig {
     pub oauth2_scope: Option<String>,
     pub oauth2_audience: Option<String>,
     pub oauth2_auth_method: Option<String>,
+    pub oauth2_client_assertion_key_file: Option<PathBuf>,
+    pub oauth2_client_assertion_alg: Option<String>,
+    pub oauth2_client_assertion_kid: Option<String>,
+    pub oauth2_client_assertion_audience: Option<String>,
+    pub token_refresh_statuses: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
     pub timeout: Option<u64>,
 }
 
@@ -414,6 +451,8 @@ pub struct PortalConfig {
     pub target_api_url: String,
     /// OAuth settings, when on.
     pub oauth: Option<OAuthSettings>,
+    /// TLS of the calls to the API and the token endpoint.
+    pub api_tls: ApiTls,
     /// env_logger filter.
     pub log_filter: String,
     /// REST calls at once.
@@ -459,51 +498,20 @@ impl PortalConfig {
             bail!("PORTAL_TARGET_API_URL: '{target}' must not hold credentials (user@host); the portal authenticates with OAuth2");
         }
         let use_oauth = pick(&a.use_oauth, &f.use_oauth).unwrap_or(true);
+        let refresh_statuses = parse_refresh_statuses(
+            &pick(&a.token_refresh_statuses, &f.token_refresh_statuses)
+                .unwrap_or_else(|| "401".into()),
+        )?;
         let oauth = if use_oauth {
-            let url = pick(&a.oauth2_token_url, &f.oauth2_token_url);
-            let id = pick(&a.oauth2_client_id, &f.oauth2_client_id);
-            let secret = pick(&a.oauth2_client_secret, &f.oauth2_client_secret);
-            let mut missing = Vec::new();
-            if url.is_none() {
-                missing.push("OAUTH2_TOKEN_URL");
-            }
-            if id.is_none() {
-                missing.push("OAUTH2_CLIENT_ID");
-            }
-            if secret.is_none() {
-                missing.push("OAUTH2_CLIENT_SECRET");
-            }
-            if !missing.is_empty() {
-                bail!(
-                    "OAuth2 is on (PORTAL_USE_OAUTH=true) but {} not set; set them, or set PORTAL_USE_OAUTH=false to call the API without a token",
-                    missing.join(", ") + if missing.len() == 1 { " is" } else { " are" }
-                );
-            }
-            let auth_method = match pick(&a.oauth2_auth_method, &f.oauth2_auth_method) {
-                Some(m) => m
-                    .parse::<AuthMethod>()
-                    .map_err(|e| anyhow::anyhow!("OAUTH2_AUTH_METHOD: {e}"))?,
-                None => AuthMethod::ClientSecretBasic,
-            };
-            let url = url.unwrap_or_default();
-            let uri: hyper::Uri = url
-                .parse()
-                .map_err(|e| anyhow::anyhow!("OAUTH2_TOKEN_URL: '{url}' is not a URL: {e}"))?;
-            if !matches!(uri.scheme_str(), Some("http" | "https")) {
-                bail!("OAUTH2_TOKEN_URL: '{url}' must be an http:// or https:// URL");
-            }
-            Some(OAuthSettings {
-                token_url: url,
-                client_id: id.unwrap_or_default(),
-                client_secret: secret.unwrap_or_default(),
-                scope: pick(&a.oauth2_scope, &f.oauth2_scope).filter(|s| !s.is_empty()),
-                audience: pick(&a.oauth2_audience, &f.oauth2_audience).filter(|s| !s.is_empty()),
-                auth_method,
-                timeout: Duration::from_secs(30),
-            })
+            Some(resolve_oauth(a, &f, refresh_statuses)?)
         } else {
             None
         };
+        let api_tls = ApiTls::load(
+            pick(&a.ca_file, &f.ca_file).as_deref(),
+            pick(&a.client_cert_file, &f.client_cert_file).as_deref(),
+            pick(&a.client_key_file, &f.client_key_file).as_deref(),
+        )?;
         let level = pick(&a.log_level, &f.log_level).unwrap_or_else(|| "INFO".into());
         let log_filter = log_filter(&level)?;
         let max_concurrent_jobs =
@@ -615,6 +623,7 @@ impl PortalConfig {
             kafka,
             target_api_url: target,
             oauth,
+            api_tls,
             log_filter,
             max_concurrent_jobs,
             request_timeout: Duration::from_secs(timeout),
@@ -665,6 +674,135 @@ fn resolve_policy(a: &PortalArgs, f: &FileConfig) -> anyhow::Result<crate::polic
         max_header_count,
         max_header_bytes,
     })
+}
+
+fn resolve_oauth(
+    a: &PortalArgs,
+    f: &FileConfig,
+    refresh_statuses: Vec<hyper::StatusCode>,
+) -> anyhow::Result<OAuthSettings> {
+    let url = pick(&a.oauth2_token_url, &f.oauth2_token_url);
+    let id = pick(&a.oauth2_client_id, &f.oauth2_client_id);
+    let secret = pick(&a.oauth2_client_secret, &f.oauth2_client_secret);
+    let key_file = pick(
+        &a.oauth2_client_assertion_key_file,
+        &f.oauth2_client_assertion_key_file,
+    );
+    let auth_method = match pick(&a.oauth2_auth_method, &f.oauth2_auth_method) {
+        Some(m) => m
+            .parse::<AuthMethod>()
+            .map_err(|e| anyhow::anyhow!("OAUTH2_AUTH_METHOD: {e}"))?,
+        None if key_file.is_some() => AuthMethod::PrivateKeyJwt,
+        None => AuthMethod::ClientSecretBasic,
+    };
+    let mut missing = Vec::new();
+    if url.is_none() {
+        missing.push("OAUTH2_TOKEN_URL");
+    }
+    if id.is_none() {
+        missing.push("OAUTH2_CLIENT_ID");
+    }
+    match auth_method {
+        AuthMethod::PrivateKeyJwt if key_file.is_none() => {
+            missing.push("OAUTH2_CLIENT_ASSERTION_KEY_FILE")
+        }
+        AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost if secret.is_none() => {
+            missing.push("OAUTH2_CLIENT_SECRET")
+        }
+        _ => {}
+    }
+    if !missing.is_empty() {
+        bail!(
+            "OAuth2 is on (PORTAL_USE_OAUTH=true) but {} not set; set them, or set PORTAL_USE_OAUTH=false to call the API without a token",
+            missing.join(", ") + if missing.len() == 1 { " is" } else { " are" }
+        );
+    }
+    if key_file.is_some() && auth_method != AuthMethod::PrivateKeyJwt {
+        bail!("OAUTH2_CLIENT_ASSERTION_KEY_FILE is set but OAUTH2_AUTH_METHOD is not private_key_jwt; set OAUTH2_AUTH_METHOD=private_key_jwt to sign client assertions, or unset the key file");
+    }
+    let url = url.unwrap_or_default();
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("OAUTH2_TOKEN_URL: '{url}' is not a URL: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        bail!("OAUTH2_TOKEN_URL: '{url}' must be an http:// or https:// URL");
+    }
+    let credentials = match (auth_method, key_file) {
+        (AuthMethod::PrivateKeyJwt, Some(path)) => {
+            let alg = pick(
+                &a.oauth2_client_assertion_alg,
+                &f.oauth2_client_assertion_alg,
+            )
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| crate::token_cache::parse_assertion_alg(&s))
+            .transpose()?;
+            let kid = pick(
+                &a.oauth2_client_assertion_kid,
+                &f.oauth2_client_assertion_kid,
+            )
+            .filter(|s| !s.is_empty());
+            let audience = pick(
+                &a.oauth2_client_assertion_audience,
+                &f.oauth2_client_assertion_audience,
+            )
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| url.clone());
+            let pem = read_key_file(&path)?;
+            ClientCredentials::PrivateKeyJwt(AssertionSigner::from_pem(&pem, alg, kid, audience)?)
+        }
+        (AuthMethod::ClientSecretPost, _) => {
+            ClientCredentials::SecretPost(secret.unwrap_or_default())
+        }
+        _ => ClientCredentials::SecretBasic(secret.unwrap_or_default()),
+    };
+    Ok(OAuthSettings {
+        token_url: url,
+        client_id: id.unwrap_or_default(),
+        credentials,
+        scope: pick(&a.oauth2_scope, &f.oauth2_scope).filter(|s| !s.is_empty()),
+        audience: pick(&a.oauth2_audience, &f.oauth2_audience).filter(|s| !s.is_empty()),
+        refresh_statuses,
+        timeout: Duration::from_secs(30),
+    })
+}
+
+/// Reads `OAUTH2_CLIENT_ASSERTION_KEY_FILE`; errors never quote the file.
+fn read_key_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    const MAX_KEY_BYTES: u64 = 1024 * 1024;
+    let cant = |e: std::io::Error| {
+        anyhow::anyhow!(
+            "OAUTH2_CLIENT_ASSERTION_KEY_FILE: cannot read {}: {e}",
+            path.display()
+        )
+    };
+    let len = std::fs::metadata(path).map_err(cant)?.len();
+    if len > MAX_KEY_BYTES {
+        bail!(
+            "OAUTH2_CLIENT_ASSERTION_KEY_FILE: {} has {len} bytes; a PEM private key has at most {MAX_KEY_BYTES}",
+            path.display()
+        );
+    }
+    std::fs::read(path).map_err(cant)
+}
+
+/// Parses `PORTAL_TOKEN_REFRESH_STATUSES`: comma-separated 4xx codes, at least one.
+pub fn parse_refresh_statuses(list: &str) -> anyhow::Result<Vec<hyper::StatusCode>> {
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim) {
+        let code = item
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (400..=499).contains(c))
+            .and_then(|c| hyper::StatusCode::from_u16(c).ok());
+        match code {
+            Some(c) if !out.contains(&c) => out.push(c),
+            Some(_) => {}
+            None => bail!(
+                "PORTAL_TOKEN_REFRESH_STATUSES: '{item}' is not a 4xx HTTP status; give comma-separated codes such as 401,403"
+            ),
+        }
+    }
+    Ok(out)
 }
 
 /// Maps the Python tool's level names to an env_logger filter.
@@ -771,6 +909,174 @@ mod tests {
         let err = PortalConfig::resolve(&a).unwrap_err().to_string();
         assert!(err.contains("OAUTH2_TOKEN_URL"), "{err}");
         assert!(err.contains("PORTAL_USE_OAUTH=false"), "{err}");
+    }
+
+    #[test]
+    fn refresh_statuses_are_4xx_codes() {
+        let codes = parse_refresh_statuses(" 401, 403,401").unwrap();
+        assert_eq!(
+            codes,
+            [401, 403].map(|c| hyper::StatusCode::from_u16(c).unwrap())
+        );
+        for bad in ["", "200", "401,,403", "abc", "4011", "500"] {
+            let err = parse_refresh_statuses(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with("PORTAL_TOKEN_REFRESH_STATUSES"),
+                "{bad}: {err}"
+            );
+        }
+        let a = portal_args(&[
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--use-oauth",
+            "false",
+            "--token-refresh-statuses",
+            "401,302",
+        ]);
+        let err = PortalConfig::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("'302'"), "{err}");
+    }
+
+    fn jwt_args(extra: &[&str]) -> PortalArgs {
+        let mut argv = vec![
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--use-oauth",
+            "true",
+            "--oauth2-token-url",
+            "https://idp.example/token",
+            "--oauth2-client-id",
+            "portal",
+        ];
+        argv.extend_from_slice(extra);
+        portal_args(&argv)
+    }
+
+    #[test]
+    fn private_key_jwt_settings() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(key.serialize_pem().as_bytes()).unwrap();
+        let path = file.path().to_str().unwrap().to_string();
+        let mut garbage = tempfile::NamedTempFile::new().unwrap();
+        garbage.write_all(b"not a key\n").unwrap();
+        let garbage = garbage.path().to_str().unwrap().to_string();
+
+        // A key file alone picks private_key_jwt; no secret is needed.
+        let c = PortalConfig::resolve(&jwt_args(&[
+            "--oauth2-client-assertion-key-file",
+            &path,
+            "--oauth2-audience",
+            "https://api.example",
+        ]))
+        .unwrap();
+        let oauth = c.oauth.unwrap();
+        let ClientCredentials::PrivateKeyJwt(signer) = &oauth.credentials else {
+            panic!("{:?}", oauth.credentials);
+        };
+        assert_eq!(signer.algorithm(), jsonwebtoken::Algorithm::ES256);
+        assert_eq!(signer.audience(), "https://idp.example/token");
+        assert_eq!(oauth.audience.as_deref(), Some("https://api.example"));
+        assert_eq!(oauth.refresh_statuses, [hyper::StatusCode::UNAUTHORIZED]);
+
+        let c = PortalConfig::resolve(&jwt_args(&[
+            "--oauth2-client-assertion-key-file",
+            &path,
+            "--oauth2-client-assertion-audience",
+            "https://idp.example/",
+        ]))
+        .unwrap();
+        let ClientCredentials::PrivateKeyJwt(signer) = &c.oauth.unwrap().credentials else {
+            panic!("not private_key_jwt");
+        };
+        assert_eq!(signer.audience(), "https://idp.example/");
+
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--oauth2-auth-method", "private_key_jwt"],
+                "OAUTH2_CLIENT_ASSERTION_KEY_FILE is not set",
+            ),
+            (
+                &[
+                    "--oauth2-auth-method",
+                    "client_secret_post",
+                    "--oauth2-client-secret",
+                    "x",
+                    "--oauth2-client-assertion-key-file",
+                    &path,
+                ],
+                "OAUTH2_CLIENT_ASSERTION_KEY_FILE is set but OAUTH2_AUTH_METHOD",
+            ),
+            (
+                &["--oauth2-client-assertion-key-file", "/nonexistent/key.pem"],
+                "OAUTH2_CLIENT_ASSERTION_KEY_FILE: cannot read",
+            ),
+            (
+                &["--oauth2-client-assertion-key-file", &garbage],
+                "OAUTH2_CLIENT_ASSERTION_KEY_FILE: not an EC private key",
+            ),
+            (
+                &[
+                    "--oauth2-client-assertion-key-file",
+                    &path,
+                    "--oauth2-client-assertion-alg",
+                    "HS256",
+                ],
+                "OAUTH2_CLIENT_ASSERTION_ALG",
+            ),
+            (
+                &[
+                    "--oauth2-client-assertion-key-file",
+                    &path,
+                    "--oauth2-client-assertion-alg",
+                    "RS256",
+                ],
+                "OAUTH2_CLIENT_ASSERTION_KEY_FILE: not a private key for RS256",
+            ),
+            (&["--oauth2-auth-method", "mtls"], "OAUTH2_AUTH_METHOD"),
+        ];
+        for (extra, expected) in cases {
+            let err = PortalConfig::resolve(&jwt_args(extra))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{extra:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let c = PortalConfig::resolve(&jwt_args(&["--oauth2-client-secret", "very-s3cret-value"]))
+            .unwrap();
+        let text = format!("{c:?}");
+        assert!(text.contains("SecretBasic"), "{text}");
+        assert!(!text.contains("very-s3cret-value"), "{text}");
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_start() {
+        let mut garbage = tempfile::NamedTempFile::new().unwrap();
+        garbage.write_all(b"not PEM\n").unwrap();
+        let garbage = garbage.path().to_str().unwrap().to_string();
+        let base = [
+            "--target-api-url",
+            "https://127.0.0.1:1",
+            "--use-oauth",
+            "false",
+        ];
+        let cases: &[(&[&str], &str)] = &[
+            (&["--ca-file", "/nonexistent/ca.pem"], "PORTAL_CA_FILE"),
+            (&["--ca-file", &garbage], "PORTAL_CA_FILE"),
+            (&["--client-cert-file", &garbage], "PORTAL_CLIENT_KEY_FILE"),
+            (&["--client-key-file", &garbage], "PORTAL_CLIENT_CERT_FILE"),
+        ];
+        for (extra, name) in cases {
+            let mut argv = base.to_vec();
+            argv.extend_from_slice(extra);
+            let err = PortalConfig::resolve(&portal_args(&argv))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(name), "{extra:?}: {err}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! The URL is always `PORTAL_TARGET_API_URL` joined with the request's path;
 //! the request can name a path and query only. Redirects are not followed.
-//! Bodies stream from the spool, so a retry after a 401 re-reads it.
+//! Bodies stream from the spool, so a retry after a refused token re-reads it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future as _;
 
 use crate::assembler::{CompletedJob, SpoolFile, SpooledBody};
+use crate::tls::ApiTls;
 use crate::token_cache::TokenCache;
 use crate::wire::ErrorCategory;
 
@@ -33,37 +34,34 @@ pub type DispatchBody = BoxBody<Bytes, std::io::Error>;
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, DispatchBody>;
 
 /// Builds the shared HTTP client: HTTP/1.1 and HTTP/2, TLS by rustls with the
-/// `ring` provider (the one rskafka uses), trusting the system's CA store, or
-/// the web PKI roots when the system has none.
-pub fn build_client() -> HttpClient {
-    let provider = || Arc::new(rustls::crypto::ring::default_provider());
-    let builder = match hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(provider())
-    {
-        Ok(b) => Ok(b),
-        Err(e) => {
-            log::debug!("no system CA certificates ({e}); using the web PKI roots");
-            hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_webpki_roots(provider())
-        }
-    };
-    let https = match builder {
-        Ok(b) => b.https_or_http().enable_http1().enable_http2().build(),
-        Err(e) => {
-            log::error!("TLS setup failed ({e}); HTTPS targets will not work");
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_webpki_roots()
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .build()
-        }
-    };
+/// `ring` provider (the one rskafka uses) configured by `tls` (trusted roots,
+/// optional client certificate). Plain `http://` URLs still work.
+pub fn build_client(tls: &ApiTls) -> HttpClient {
+    log::info!("HTTPS trusts {}", tls.summary());
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.client_config())
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .build();
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(32)
         .build(https)
+}
+
+/// Adds what to change to a TLS failure the settings can fix.
+pub fn with_tls_hint(chain: String) -> String {
+    let hint = if chain.contains("invalid peer certificate") {
+        "; the server's certificate is not trusted: put its CA certificate in PORTAL_CA_FILE"
+    } else if chain.contains("CertificateRequired") || chain.contains("certificate required") {
+        "; the server wants a client certificate: set PORTAL_CLIENT_CERT_FILE and PORTAL_CLIENT_KEY_FILE"
+    } else {
+        ""
+    };
+    chain + hint
 }
 
 /// A body held in memory.
@@ -229,7 +227,8 @@ impl Dispatcher {
         self.timeout
     }
 
-    /// Sends the job's request; on a 401 with a token, refreshes the token and
+    /// Sends the job's request; when the API refuses the token (a status in
+    /// `PORTAL_TOKEN_REFRESH_STATUSES`, 401 by default), refreshes it and
     /// retries once.
     pub async fn call(&self, job: &CompletedJob) -> Result<Response<Incoming>, DispatchError> {
         let url = self.url_for(&job.start.path)?;
@@ -266,16 +265,17 @@ impl Dispatcher {
                     let category = ErrorCategory::UpstreamUnreachable;
                     return Err(DispatchError::new(
                         category,
-                        format!("{method} {url} failed: {}", error_chain(&e)),
+                        format!("{method} {url} failed: {}", with_tls_hint(error_chain(&e))),
                     ));
                 }
                 Ok(Ok(resp)) => resp,
             };
-            if resp.status() == StatusCode::UNAUTHORIZED && !retried {
-                if let (Some(tokens), Some(token)) = (&self.tokens, token) {
+            if let (false, Some(tokens), Some(token)) = (retried, &self.tokens, token) {
+                if tokens.refreshes_on(resp.status()) {
                     log::info!(
-                        "job {}: API answered 401; refreshing the token and retrying once",
-                        job.job
+                        "job {}: API answered {} (PORTAL_TOKEN_REFRESH_STATUSES); refreshing the token and retrying once",
+                        job.job,
+                        resp.status().as_u16()
                     );
                     tokens.invalidate(&token);
                     retried = true;

@@ -9,8 +9,8 @@
 //! - [`portal`] runs next to the API. Per request partition it reads records,
 //!   hands them to an [`assembler`] (memory or spool file, CRC and SHA-256
 //!   checked), and runs each completed job as a task that calls the API with
-//!   [`http_dispatch`] (token from [`token_cache`]) and streams the response
-//!   back, chunked by [`chunker`].
+//!   [`http_dispatch`] (token from [`token_cache`], TLS settings from
+//!   [`tls`]) and streams the response back, chunked by [`chunker`].
 //! - [`config`] resolves flags, environment, file and defaults for both.
 #![warn(missing_docs)]
 
@@ -25,5 +25,6 @@ pub mod policy;
 pub mod portal;
 pub mod progress;
 pub mod send;
+pub mod tls;
 pub mod token_cache;
 pub mod wire;

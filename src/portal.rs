@@ -137,7 +137,7 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
     )
     .await?;
 
-    let http = crate::http_dispatch::build_client();
+    let http = crate::http_dispatch::build_client(&cfg.api_tls);
     let tokens = cfg
         .oauth
         .clone()

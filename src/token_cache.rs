@@ -1,5 +1,9 @@
 //! OAuth2 client-credentials tokens for the portal, fetched once and shared.
 //!
+//! The portal proves who it is to the token endpoint with a client secret
+//! (HTTP Basic or in the form) or with a signed JWT, `private_key_jwt`
+//! (RFC 7523): a fresh assertion, valid for a minute, for every fetch.
+//!
 //! A token is reused until shortly before it expires; the margin scales with
 //! its lifetime (a tenth, at most a minute), so even a 20-second token serves
 //! many calls. However many jobs ask at once, one fetch runs: callers queue on
@@ -13,7 +17,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use serde::Deserialize;
+use hyper::StatusCode;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
 
 use crate::http_dispatch::{full_body, HttpClient};
 
@@ -25,6 +31,8 @@ pub enum AuthMethod {
     ClientSecretBasic,
     /// Client id and secret in the form body.
     ClientSecretPost,
+    /// A JWT signed with the client's private key (RFC 7523).
+    PrivateKeyJwt,
 }
 
 impl std::str::FromStr for AuthMethod {
@@ -33,30 +41,256 @@ impl std::str::FromStr for AuthMethod {
         match s.to_ascii_lowercase().replace('-', "_").as_str() {
             "client_secret_basic" | "basic" => Ok(Self::ClientSecretBasic),
             "client_secret_post" | "post" => Ok(Self::ClientSecretPost),
+            "private_key_jwt" => Ok(Self::PrivateKeyJwt),
             other => Err(format!(
-                "unknown OAuth2 client authentication '{other}'; use client_secret_basic or client_secret_post"
+                "unknown OAuth2 client authentication '{other}'; use client_secret_basic, client_secret_post or private_key_jwt"
             )),
         }
     }
 }
 
+/// How the portal authenticates at the token endpoint, with what it needs.
+#[derive(Clone)]
+pub enum ClientCredentials {
+    /// HTTP Basic with the client id and this secret.
+    SecretBasic(String),
+    /// The client id and this secret in the form body.
+    SecretPost(String),
+    /// A client assertion signed with this key.
+    PrivateKeyJwt(AssertionSigner),
+}
+
+impl ClientCredentials {
+    /// The method, without the secret or key.
+    pub fn method(&self) -> AuthMethod {
+        match self {
+            Self::SecretBasic(_) => AuthMethod::ClientSecretBasic,
+            Self::SecretPost(_) => AuthMethod::ClientSecretPost,
+            Self::PrivateKeyJwt(_) => AuthMethod::PrivateKeyJwt,
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SecretBasic(_) => f.write_str("SecretBasic(<redacted>)"),
+            Self::SecretPost(_) => f.write_str("SecretPost(<redacted>)"),
+            Self::PrivateKeyJwt(s) => f.debug_tuple("PrivateKeyJwt").field(s).finish(),
+        }
+    }
+}
+
 /// Where and how to get tokens.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OAuthConfig {
     /// Token endpoint URL.
     pub token_url: String,
     /// Client id.
     pub client_id: String,
-    /// Client secret.
-    pub client_secret: String,
+    /// Client authentication: a secret or a signing key.
+    pub credentials: ClientCredentials,
     /// Optional `scope` parameter.
     pub scope: Option<String>,
-    /// Optional `audience` parameter.
+    /// Optional `audience` parameter: who the access token is for.
     pub audience: Option<String>,
-    /// Client authentication method.
-    pub auth_method: AuthMethod,
+    /// API answers meaning "this token is no good": refresh and retry once.
+    pub refresh_statuses: Vec<StatusCode>,
     /// Deadline for one token request.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for OAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthConfig")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("credentials", &self.credentials)
+            .field("scope", &self.scope)
+            .field("audience", &self.audience)
+            .field("refresh_statuses", &self.refresh_statuses)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// `client_assertion_type` of a JWT client assertion (RFC 7523 section 2.2).
+pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// How long a client assertion is valid.
+pub const ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Signing algorithms a client assertion may use.
+const ASSERTION_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+/// The claims of a client assertion (RFC 7523 section 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssertionClaims {
+    /// Issuer: the client id.
+    pub iss: String,
+    /// Subject: the client id.
+    pub sub: String,
+    /// Audience: the authorization server, by default the token URL.
+    pub aud: String,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    /// Issued at, seconds since the epoch.
+    pub iat: u64,
+    /// Unique id, so the server can refuse a replayed assertion.
+    pub jti: String,
+}
+
+/// A private key that signs client assertions. Holds the parsed key, never
+/// the PEM text, and `Debug` shows only the algorithm.
+#[derive(Clone)]
+pub struct AssertionSigner {
+    key: EncodingKey,
+    alg: Algorithm,
+    kid: Option<String>,
+    audience: String,
+}
+
+impl std::fmt::Debug for AssertionSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssertionSigner")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client-assertion setting that cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{setting}: {detail}")]
+pub struct AssertionKeyError {
+    /// The setting (environment variable) at fault.
+    pub setting: &'static str,
+    /// What is wrong, without any key material.
+    pub detail: String,
+}
+
+/// Parses `OAUTH2_CLIENT_ASSERTION_ALG`: an ECDSA or RSA JWS algorithm name.
+pub fn parse_assertion_alg(name: &str) -> Result<Algorithm, AssertionKeyError> {
+    let upper = name.trim().to_ascii_uppercase();
+    ASSERTION_ALGORITHMS
+        .iter()
+        .copied()
+        .find(|a| format!("{a:?}") == upper)
+        .ok_or_else(|| AssertionKeyError {
+            setting: "OAUTH2_CLIENT_ASSERTION_ALG",
+            detail: format!(
+                "'{name}' is not supported; use ES256, ES384, RS256, RS384, RS512, PS256, PS384 or PS512"
+            ),
+        })
+}
+
+impl AssertionSigner {
+    /// A signer from a PEM private key (EC keys in PKCS#8, RSA keys in PKCS#1
+    /// or PKCS#8). Without `alg`, EC keys sign with ES256 (ES384 for a P-384
+    /// key) and RSA keys with RS256. The key is tried once here, so a key that
+    /// cannot sign fails at start rather than at the first token fetch.
+    pub fn from_pem(
+        pem: &[u8],
+        alg: Option<Algorithm>,
+        kid: Option<String>,
+        audience: String,
+    ) -> Result<Self, AssertionKeyError> {
+        let key_error = |detail: String| AssertionKeyError {
+            setting: "OAUTH2_CLIENT_ASSERTION_KEY_FILE",
+            detail,
+        };
+        let ec = EncodingKey::from_ec_pem(pem).ok();
+        let rsa = EncodingKey::from_rsa_pem(pem).ok();
+        let (key, candidates): (EncodingKey, Vec<Algorithm>) = match (alg, ec, rsa) {
+            (Some(a), Some(k), _) if a.family() == AlgorithmFamily::Ec => (k, vec![a]),
+            (Some(a), _, Some(k)) if a.family() == AlgorithmFamily::Rsa => (k, vec![a]),
+            (Some(a), _, _) => {
+                return Err(key_error(format!(
+                    "not a private key for {a:?} (OAUTH2_CLIENT_ASSERTION_ALG); {}",
+                    if a.family() == AlgorithmFamily::Ec {
+                        "ES algorithms need an EC key in PKCS#8 PEM (-----BEGIN PRIVATE KEY-----)"
+                    } else {
+                        "RS and PS algorithms need an RSA private key in PEM"
+                    }
+                )))
+            }
+            (None, Some(k), _) => (k, vec![Algorithm::ES256, Algorithm::ES384]),
+            (None, None, Some(k)) => (k, vec![Algorithm::RS256]),
+            (None, None, None) => {
+                return Err(key_error(
+                    "not an EC private key in PKCS#8 PEM (-----BEGIN PRIVATE KEY-----) or an RSA private key in PEM; \
+                     convert an 'EC PRIVATE KEY' with: openssl pkcs8 -topk8 -nocrypt"
+                        .into(),
+                ))
+            }
+        };
+        for candidate in &candidates {
+            let signer = Self {
+                key: key.clone(),
+                alg: *candidate,
+                kid: kid.clone(),
+                audience: audience.clone(),
+            };
+            if signer.sign("kafkasend-key-check").is_ok() {
+                return Ok(signer);
+            }
+        }
+        Err(key_error(format!(
+            "the key cannot sign with {}",
+            candidates
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )))
+    }
+
+    /// The signing algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// The `aud` claim of every assertion.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// The claims of a new assertion for `client_id`, issued now, with a fresh `jti`.
+    pub fn claims(&self, client_id: &str) -> AssertionClaims {
+        let now = unix_now();
+        AssertionClaims {
+            iss: client_id.to_string(),
+            sub: client_id.to_string(),
+            aud: self.audience.clone(),
+            exp: now + ASSERTION_LIFETIME.as_secs(),
+            iat: now,
+            jti: ulid::Ulid::new().to_string(),
+        }
+    }
+
+    /// A new signed assertion for `client_id`.
+    pub fn sign(&self, client_id: &str) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut header = Header::new(self.alg);
+        header.kid = self.kid.clone();
+        jsonwebtoken::encode(&header, &self.claims(client_id), &self.key)
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Why no token could be had.
@@ -87,6 +321,12 @@ pub enum TokenError {
         /// Endpoint.
         url: String,
         /// What was wrong.
+        detail: String,
+    },
+    /// The client assertion could not be signed.
+    #[error("cannot sign the OAuth2 client assertion: {detail}")]
+    Assertion {
+        /// What failed.
         detail: String,
     },
     /// No answer in time.
@@ -169,6 +409,12 @@ impl TokenCache {
         }
     }
 
+    /// Whether an API answer with `status` means the token was refused, so it
+    /// is worth a fresh token and one more try.
+    pub fn refreshes_on(&self, status: StatusCode) -> bool {
+        self.cfg.refresh_statuses.contains(&status)
+    }
+
     /// Number of token requests made so far.
     pub fn fetch_count(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
@@ -238,19 +484,31 @@ impl TokenCache {
         let mut req = hyper::Request::post(url.as_str())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json");
-        match self.cfg.auth_method {
-            AuthMethod::ClientSecretBasic => {
+        let assertion;
+        match &self.cfg.credentials {
+            ClientCredentials::SecretBasic(secret) => {
                 let pair = format!(
                     "{}:{}",
                     form_encode(&self.cfg.client_id),
-                    form_encode(&self.cfg.client_secret)
+                    form_encode(secret)
                 );
                 let b64 = base64::engine::general_purpose::STANDARD.encode(pair);
                 req = req.header(AUTHORIZATION, format!("Basic {b64}"));
             }
-            AuthMethod::ClientSecretPost => {
+            ClientCredentials::SecretPost(secret) => {
                 form.push(("client_id", &self.cfg.client_id));
-                form.push(("client_secret", &self.cfg.client_secret));
+                form.push(("client_secret", secret));
+            }
+            ClientCredentials::PrivateKeyJwt(signer) => {
+                assertion =
+                    signer
+                        .sign(&self.cfg.client_id)
+                        .map_err(|e| TokenError::Assertion {
+                            detail: e.to_string(),
+                        })?;
+                form.push(("client_id", &self.cfg.client_id));
+                form.push(("client_assertion_type", JWT_BEARER_ASSERTION));
+                form.push(("client_assertion", &assertion));
             }
         }
         let body: String = form
@@ -272,7 +530,9 @@ impl TokenCache {
                 .await
                 .map_err(|e| TokenError::Unreachable {
                     url: url.clone(),
-                    detail: crate::http_dispatch::error_chain(&e),
+                    detail: crate::http_dispatch::with_tls_hint(crate::http_dispatch::error_chain(
+                        &e,
+                    )),
                 })?;
             let status = resp.status();
             // Token responses are small; refuse to buffer anything large.
@@ -327,11 +587,7 @@ fn lifetime_of(resp: &TokenResponse) -> Duration {
     // No stated lifetime: a JWT access token carries its own expiry.
     if let Ok(data) = jsonwebtoken::dangerous::insecure_decode::<JwtExp>(&resp.access_token) {
         if let Some(exp) = data.claims.exp {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            return Duration::from_secs(exp.saturating_sub(now));
+            return Duration::from_secs(exp.saturating_sub(unix_now()));
         }
     }
     DEFAULT_LIFETIME
@@ -414,6 +670,165 @@ mod tests {
         assert!((118..=120).contains(&got), "{got}");
     }
 
+    /// A fresh EC P-256 key: (PKCS#8 PEM, public key PEM).
+    fn ec_key() -> (String, String) {
+        let k = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        (k.serialize_pem(), k.public_key_pem())
+    }
+
+    /// A fresh RSA key made by openssl: (PEM, public key PEM).
+    fn rsa_key() -> (String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rsa.pem");
+        let p = path.to_str().unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "openssl {args:?}");
+            out.stdout
+        };
+        run(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            p,
+        ]);
+        let public = run(&["pkey", "-in", p, "-pubout"]);
+        (
+            std::fs::read_to_string(&path).unwrap(),
+            String::from_utf8(public).unwrap(),
+        )
+    }
+
+    fn check_assertion(signer: &AssertionSigner, public: jsonwebtoken::DecodingKey) {
+        let token_url = "https://idp.example/oauth2/token";
+        assert_eq!(signer.audience(), token_url);
+        let jwt = signer.sign("portal-client").unwrap();
+        let header = jsonwebtoken::decode_header(&jwt).unwrap();
+        assert_eq!(header.alg, signer.algorithm());
+        assert_eq!(header.kid.as_deref(), Some("key-7"));
+        let mut v = jsonwebtoken::Validation::new(signer.algorithm());
+        v.set_audience(&[token_url]);
+        v.set_issuer(&["portal-client"]);
+        v.sub = Some("portal-client".into());
+        v.leeway = 0;
+        let claims = jsonwebtoken::decode::<AssertionClaims>(&jwt, &public, &v)
+            .unwrap()
+            .claims;
+        assert_eq!(claims.iss, "portal-client");
+        assert_eq!(claims.sub, "portal-client");
+        assert_eq!(claims.aud, token_url);
+        assert_eq!(claims.exp - claims.iat, ASSERTION_LIFETIME.as_secs());
+        assert!(claims.iat.abs_diff(unix_now()) <= 5, "{}", claims.iat);
+        assert!(claims.jti.parse::<ulid::Ulid>().is_ok(), "{}", claims.jti);
+        let again = jsonwebtoken::decode::<AssertionClaims>(
+            &signer.sign("portal-client").unwrap(),
+            &public,
+            &v,
+        )
+        .unwrap()
+        .claims;
+        assert_ne!(again.jti, claims.jti, "every assertion has its own jti");
+    }
+
+    #[test]
+    fn es256_assertion_claims_verify_with_the_public_key() {
+        let (private, public) = ec_key();
+        let signer = AssertionSigner::from_pem(
+            private.as_bytes(),
+            None,
+            Some("key-7".into()),
+            "https://idp.example/oauth2/token".into(),
+        )
+        .unwrap();
+        assert_eq!(signer.algorithm(), Algorithm::ES256);
+        check_assertion(
+            &signer,
+            jsonwebtoken::DecodingKey::from_ec_pem(public.as_bytes()).unwrap(),
+        );
+    }
+
+    #[test]
+    fn rs256_assertion_claims_verify_with_the_public_key() {
+        let (private, public) = rsa_key();
+        let signer = AssertionSigner::from_pem(
+            private.as_bytes(),
+            None,
+            Some("key-7".into()),
+            "https://idp.example/oauth2/token".into(),
+        )
+        .unwrap();
+        assert_eq!(signer.algorithm(), Algorithm::RS256);
+        let public = jsonwebtoken::DecodingKey::from_rsa_pem(public.as_bytes()).unwrap();
+        check_assertion(&signer, public.clone());
+        let ps = AssertionSigner::from_pem(
+            private.as_bytes(),
+            Some(Algorithm::PS256),
+            Some("key-7".into()),
+            "https://idp.example/oauth2/token".into(),
+        )
+        .unwrap();
+        check_assertion(&ps, public);
+    }
+
+    #[test]
+    fn unusable_assertion_keys_name_the_setting() {
+        let (ec, _) = ec_key();
+        let aud = || "https://idp.example/token".to_string();
+        let cases: [(&[u8], Option<Algorithm>); 4] = [
+            (b"not a key", None),
+            (ec.as_bytes(), Some(Algorithm::RS256)),
+            (ec.as_bytes(), Some(Algorithm::ES384)),
+            (
+                b"-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----\n",
+                None,
+            ),
+        ];
+        for (pem, alg) in cases {
+            let err = AssertionSigner::from_pem(pem, alg, None, aud()).unwrap_err();
+            assert_eq!(err.setting, "OAUTH2_CLIENT_ASSERTION_KEY_FILE", "{err}");
+        }
+        let err = parse_assertion_alg("HS256").unwrap_err();
+        assert!(
+            err.to_string().starts_with("OAUTH2_CLIENT_ASSERTION_ALG"),
+            "{err}"
+        );
+        assert_eq!(parse_assertion_alg("es256").unwrap(), Algorithm::ES256);
+        assert_eq!(parse_assertion_alg("PS512").unwrap(), Algorithm::PS512);
+    }
+
+    #[test]
+    fn debug_output_holds_no_secret_or_key() {
+        let (private, _) = ec_key();
+        let signer =
+            AssertionSigner::from_pem(private.as_bytes(), None, None, "https://t".into()).unwrap();
+        let key_line = private.lines().nth(1).unwrap().to_string();
+        for credentials in [
+            ClientCredentials::SecretBasic("s3cret-value".into()),
+            ClientCredentials::SecretPost("s3cret-value".into()),
+            ClientCredentials::PrivateKeyJwt(signer),
+        ] {
+            let cfg = OAuthConfig {
+                token_url: "https://t".into(),
+                client_id: "c".into(),
+                credentials,
+                scope: None,
+                audience: None,
+                refresh_statuses: vec![StatusCode::UNAUTHORIZED],
+                timeout: Duration::from_secs(1),
+            };
+            let text = format!("{cfg:?} {cfg:#?}");
+            assert!(!text.contains("s3cret-value"), "{text}");
+            assert!(!text.contains(&key_line), "{text}");
+            assert!(!text.contains(&key_line[..16]), "{text}");
+        }
+    }
+
     #[test]
     fn auth_method_parses() {
         assert_eq!(
@@ -423,6 +838,10 @@ mod tests {
         assert_eq!(
             "basic".parse::<AuthMethod>(),
             Ok(AuthMethod::ClientSecretBasic)
+        );
+        assert_eq!(
+            "private_key_jwt".parse::<AuthMethod>(),
+            Ok(AuthMethod::PrivateKeyJwt)
         );
         assert!("jwt".parse::<AuthMethod>().is_err());
     }

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -443,6 +443,18 @@ pub struct ApiState {
     pub abandon_generation: AtomicU64,
     /// Wakes requests waiting at the hold.
     pub wake: Notify,
+    /// The status the API refuses a token with; 0 means 401.
+    pub refuse_status: AtomicU16,
+    /// Public key and algorithm that `private_key_jwt` assertions must verify with.
+    pub assertion_key: Mutex<Option<(jsonwebtoken::DecodingKey, jsonwebtoken::Algorithm)>>,
+    /// `jti` of every assertion accepted so far; a repeat is refused.
+    pub seen_jti: Mutex<HashSet<String>>,
+    /// Client assertions the token endpoint accepted, in order.
+    pub assertions: Mutex<Vec<String>>,
+    /// Why the token endpoint refused requests, in order.
+    pub token_refusals: Mutex<Vec<String>>,
+    /// The token endpoint's URL: the `aud` assertions must carry.
+    pub token_url: Mutex<String>,
 }
 
 impl ApiState {
@@ -536,10 +548,13 @@ async fn api(
             .map(str::to_string);
         let ok = token.is_some_and(|t| state.valid_tokens.lock().unwrap().contains(&t));
         if !ok || state.reject_all_tokens.load(Ordering::SeqCst) {
-            status = StatusCode::UNAUTHORIZED;
+            status = match state.refuse_status.load(Ordering::SeqCst) {
+                0 => StatusCode::UNAUTHORIZED,
+                s => StatusCode::from_u16(s).unwrap(),
+            };
         }
     }
-    if status == StatusCode::UNAUTHORIZED {
+    if status.is_client_error() {
         // Refuse at once and drain the body in the background, as real
         // servers do: the portal sees the 401 while its first attempt is
         // still uploading, and its retry must send the whole body again.
@@ -706,6 +721,85 @@ impl<T> futures_core::Stream for RxStream<T> {
     }
 }
 
+/// Decodes an `application/x-www-form-urlencoded` body.
+pub fn form_decode(body: &str) -> std::collections::HashMap<String, String> {
+    let decode = |s: &str| {
+        let bytes = s.replace('+', " ").into_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            if let (b'%', Some(Ok(b))) = (bytes[i], hex.map(|h| u8::from_str_radix(h, 16))) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    body.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// The claims a client assertion must carry.
+#[derive(serde::Deserialize)]
+struct AssertionClaims {
+    iss: String,
+    sub: String,
+    exp: u64,
+    iat: u64,
+    jti: String,
+}
+
+/// Checks a `private_key_jwt` token request the way an authorization server
+/// would: signature with the registered public key, then every claim.
+fn check_assertion(
+    state: &ApiState,
+    form: &std::collections::HashMap<String, String>,
+) -> Result<String, String> {
+    let client_id = form.get("client_id").map(String::as_str).unwrap_or("");
+    if client_id != "test-client" {
+        return Err(format!("unknown client_id '{client_id}'"));
+    }
+    if form.get("client_assertion_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return Err("wrong client_assertion_type".into());
+    }
+    let assertion = form.get("client_assertion").ok_or("no client_assertion")?;
+    let Some((key, alg)) = state.assertion_key.lock().unwrap().clone() else {
+        return Err("no key registered for private_key_jwt".into());
+    };
+    let mut v = jsonwebtoken::Validation::new(alg);
+    v.set_audience(&[state.token_url.lock().unwrap().clone()]);
+    v.set_issuer(&["test-client"]);
+    v.sub = Some("test-client".into());
+    v.leeway = 0;
+    v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+    let data = jsonwebtoken::decode::<AssertionClaims>(assertion, &key, &v)
+        .map_err(|e| format!("assertion refused: {e}"))?;
+    let c = data.claims;
+    if c.iss != client_id || c.sub != client_id {
+        return Err("iss and sub must be the client id".into());
+    }
+    if c.exp <= c.iat || c.exp - c.iat > 300 {
+        return Err("the assertion must be short-lived".into());
+    }
+    if c.jti.is_empty() || !state.seen_jti.lock().unwrap().insert(c.jti.clone()) {
+        return Err(format!("jti '{}' used before", c.jti));
+    }
+    Ok(assertion.clone())
+}
+
 async fn token_endpoint(
     state: Arc<ApiState>,
     req: Request<Incoming>,
@@ -725,12 +819,22 @@ async fn token_endpoint(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let form = String::from_utf8_lossy(&body).into_owned();
-    if !auth_ok || !form.contains("grant_type=client_credentials") {
-        return Ok(text(
-            StatusCode::UNAUTHORIZED,
-            "{\"error\":\"invalid_client\"}",
-        ));
+    let form = form_decode(&String::from_utf8_lossy(&body));
+    let refuse = |why: String| {
+        state.token_refusals.lock().unwrap().push(why.clone());
+        let json = serde_json::json!({"error": "invalid_client", "error_description": why});
+        Ok(text(StatusCode::UNAUTHORIZED, json.to_string()))
+    };
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return refuse("grant_type must be client_credentials".into());
+    }
+    if form.contains_key("client_assertion") || form.contains_key("client_assertion_type") {
+        match check_assertion(&state, &form) {
+            Ok(assertion) => state.assertions.lock().unwrap().push(assertion),
+            Err(why) => return refuse(why),
+        }
+    } else if !auth_ok {
+        return refuse("bad client credentials".into());
     }
     let n = state.token_fetches.fetch_add(1, Ordering::SeqCst) + 1;
     let token = format!("token-{n}");
@@ -771,6 +875,171 @@ where
     addr
 }
 
+/// Serves `handler` over TLS (`config`) on a fresh loopback port. A failed
+/// handshake closes that connection only.
+async fn serve_tls<F, Fut>(
+    state: Arc<ApiState>,
+    handler: F,
+    config: Arc<rustls::ServerConfig>,
+) -> SocketAddr
+where
+    F: Fn(Arc<ApiState>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<BoxBody>, Infallible>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let state = Arc::clone(&state);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(Ok(tls)) = tokio::time::timeout(WAIT, acceptor.accept(stream)).await else {
+                    return;
+                };
+                let svc = service_fn(move |req| handler(Arc::clone(&state), req));
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A throwaway CA, made at test time, with a server certificate for
+/// 127.0.0.1 and a client certificate, as PEM files in a temp directory.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    pub ca_file: PathBuf,
+    pub client_cert_file: PathBuf,
+    pub client_key_file: PathBuf,
+    ca: rustls::pki_types::CertificateDer<'static>,
+    server_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    server_key_pkcs8: Vec<u8>,
+}
+
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "KafkaSend test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate().unwrap();
+        let mut sp =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
+        sp.distinguished_name.push(DnType::CommonName, "test API");
+        sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_cert = sp.signed_by(&server_key, &issuer).unwrap();
+
+        let client_key = KeyPair::generate().unwrap();
+        let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
+        cp.distinguished_name
+            .push(DnType::CommonName, "kafkasend portal");
+        cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_cert = cp.signed_by(&client_key, &issuer).unwrap();
+
+        let write = |name: &str, pem: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        Self {
+            ca_file: write("ca.pem", &ca_cert.pem()),
+            client_cert_file: write("client.pem", &client_cert.pem()),
+            client_key_file: write("client-key.pem", &client_key.serialize_pem()),
+            ca: ca_cert.der().clone(),
+            server_chain: vec![server_cert.der().clone()],
+            server_key_pkcs8: server_key.serialize_der(),
+            dir,
+        }
+    }
+
+    /// The test API's TLS settings; with `client_auth`, it demands a client
+    /// certificate issued by the test CA.
+    pub fn server_config(&self, client_auth: bool) -> Arc<rustls::ServerConfig> {
+        let builder = rustls::ServerConfig::builder_with_provider(ring())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if client_auth {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.ca.clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                ring(),
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(self.server_key_pkcs8.clone());
+        let mut config = builder
+            .with_single_cert(self.server_chain.clone(), key.into())
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+/// A fresh ECDSA P-256 key pair: (private key PEM in PKCS#8, public key PEM).
+pub fn ec_key_pair() -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    (key.serialize_pem(), key.public_key_pem())
+}
+
+/// A fresh 2048-bit RSA key pair made by `openssl`: (private key PEM, public key PEM).
+pub fn rsa_key_pair(dir: &Path) -> (String, String) {
+    let private = dir.join(format!("rsa-{}.pem", ulid::Ulid::new()));
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?} failed");
+        out.stdout
+    };
+    let p = private.to_str().unwrap();
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        p,
+    ]);
+    let public = run(&["pkey", "-in", p, "-pubout"]);
+    (
+        std::fs::read_to_string(&private).unwrap(),
+        String::from_utf8(public).unwrap(),
+    )
+}
+
 /// The target API and token endpoint of one test.
 pub struct Servers {
     pub state: Arc<ApiState>,
@@ -784,11 +1053,61 @@ impl Servers {
         state.token_lifetime.store(3600, Ordering::SeqCst);
         let api = serve(Arc::clone(&state), api).await;
         let tok = serve(Arc::clone(&state), token_endpoint).await;
+        let token_url = format!("http://{tok}/oauth/token");
+        *state.token_url.lock().unwrap() = token_url.clone();
         Self {
             state,
             api_url: format!("http://{api}"),
-            token_url: format!("http://{tok}/oauth/token"),
+            token_url,
         }
+    }
+
+    /// Like [`Servers::start`], but the API and the token endpoint speak
+    /// HTTPS with certificates from `pki`, demanding a client certificate
+    /// when `client_auth`.
+    pub async fn start_tls(pki: &TestPki, client_auth: bool) -> Self {
+        let state = Arc::new(ApiState::default());
+        state.token_lifetime.store(3600, Ordering::SeqCst);
+        let config = pki.server_config(client_auth);
+        let api = serve_tls(Arc::clone(&state), api, Arc::clone(&config)).await;
+        let tok = serve_tls(Arc::clone(&state), token_endpoint, config).await;
+        let token_url = format!("https://{tok}/oauth/token");
+        *state.token_url.lock().unwrap() = token_url.clone();
+        Self {
+            state,
+            api_url: format!("https://{api}"),
+            token_url,
+        }
+    }
+
+    /// Portal environment with OAuth `private_key_jwt`: assertions signed with
+    /// the key in `key_file`, verified by the token endpoint with `public_pem`.
+    pub fn jwt_env(
+        &self,
+        key_file: &Path,
+        public_pem: &str,
+        alg: jsonwebtoken::Algorithm,
+    ) -> Vec<(&'static str, String)> {
+        let key = match alg {
+            jsonwebtoken::Algorithm::ES256 => {
+                jsonwebtoken::DecodingKey::from_ec_pem(public_pem.as_bytes())
+            }
+            _ => jsonwebtoken::DecodingKey::from_rsa_pem(public_pem.as_bytes()),
+        }
+        .unwrap();
+        *self.state.assertion_key.lock().unwrap() = Some((key, alg));
+        self.state.require_auth.store(true, Ordering::SeqCst);
+        vec![
+            ("PORTAL_TARGET_API_URL", self.api_url.clone()),
+            ("PORTAL_USE_OAUTH", "true".into()),
+            ("OAUTH2_TOKEN_URL", self.token_url.clone()),
+            ("OAUTH2_CLIENT_ID", "test-client".into()),
+            ("OAUTH2_AUTH_METHOD", "private_key_jwt".into()),
+            (
+                "OAUTH2_CLIENT_ASSERTION_KEY_FILE",
+                key_file.to_str().unwrap().into(),
+            ),
+        ]
     }
 
     /// Portal environment without OAuth.

@@ -8,3 +8,4 @@ mod oauth;
 mod policy;
 mod relay;
 mod secrets;
+mod tls;
