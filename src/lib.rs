@@ -11,6 +11,8 @@
 //!   checked), and runs each completed job as a task that calls the API with
 //!   [`http_dispatch`] (token from [`token_cache`]) and streams the response
 //!   back, chunked by [`chunker`].
+//! - [`signing`] lets `send` sign each start record and a portal refuse
+//!   requests not signed by a key it trusts, altered, expired or replayed.
 //! - [`config`] resolves flags, environment, file and defaults for both.
 #![warn(missing_docs)]
 
@@ -24,5 +26,6 @@ pub mod partitioner;
 pub mod portal;
 pub mod progress;
 pub mod send;
+pub mod signing;
 pub mod token_cache;
 pub mod wire;

@@ -6,3 +6,4 @@ mod common;
 mod group;
 mod oauth;
 mod relay;
+mod signing;
