@@ -131,6 +131,21 @@ async fn signed_sends_pass_and_unsigned_or_foreign_ones_are_refused() {
     .await;
     assert_eq!(out.code, 0, "stderr: {}", out.stderr);
 
+    // No body: the signature says so, and covers the query and headers.
+    let out = send(
+        &topics,
+        &[
+            "--endpoint",
+            "/api/items?limit=5",
+            "-H",
+            "Accept: application/json",
+            "--signing-key",
+            keys.ed.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+
     let out = send(&topics, &[file, "--endpoint", "/api/upload"]).await;
     assert_eq!(out.code, 3, "stderr: {}", out.stderr);
     assert!(out.stderr.contains("is not signed"), "{}", out.stderr);
@@ -155,7 +170,9 @@ async fn signed_sends_pass_and_unsigned_or_foreign_ones_are_refused() {
     );
 
     let reqs = servers.state.requests();
-    assert_eq!(reqs.len(), 2, "only the signed requests reach the API");
+    assert_eq!(reqs.len(), 3, "only the signed requests reach the API");
+    assert_eq!(reqs[2].method, "GET");
+    assert_eq!(reqs[2].query.as_deref(), Some("limit=5"));
     assert_eq!(reqs[0].body_sha256, digest);
     assert_eq!(reqs[1].query.as_deref(), Some("kind=csv"));
     assert_eq!(reqs[1].headers["x-request-id"], "signed-form");
