@@ -234,6 +234,8 @@ struct Assembly {
     hashed: u64,
     in_order: bool,
     end: Option<EndInfo>,
+    /// The body digest the sender signed, when the request was signed.
+    signed_sha256: Option<[u8; 32]>,
 }
 
 /// Remembers recently finished jobs so a duplicated start record does not
@@ -407,6 +409,7 @@ impl Assembler {
                 hashed: 0,
                 in_order: true,
                 end: None,
+                signed_sha256: None,
             },
         );
         Outcome::Pending
@@ -606,6 +609,18 @@ impl Assembler {
                 ),
             ));
         }
+        if let Some(signed) = a.signed_sha256.filter(|s| *s != digest) {
+            return Outcome::Failed(failed(
+                job,
+                &a,
+                ErrorCategory::Integrity,
+                format!(
+                    "request body SHA-256 {} does not match the signed digest {}",
+                    crate::chunker::hex(&digest),
+                    crate::chunker::hex(&signed)
+                ),
+            ));
+        }
         let body = match a.spool {
             Spool::Memory(v) => SpooledBody::Memory(bytes::Bytes::from(v)),
             Spool::File(file) => SpooledBody::File {
@@ -630,6 +645,19 @@ impl Assembler {
         match self.jobs.remove(&job) {
             Some(a) => Outcome::Failed(failed(job, &a, category, message)),
             None => Outcome::Ignored("unknown job"),
+        }
+    }
+
+    /// Requires the body of the assembling `job` to have SHA-256 `digest`
+    /// (the digest its sender signed), or the job fails with `Integrity`;
+    /// `false` when no such job is assembling.
+    pub fn expect_digest(&mut self, job: JobId, digest: [u8; 32]) -> bool {
+        match self.jobs.get_mut(&job) {
+            Some(a) => {
+                a.signed_sha256 = Some(digest);
+                true
+            }
+            None => false,
         }
     }
 
@@ -1234,6 +1262,35 @@ mod tests {
         assert_eq!(expired[0].first_offset, 42);
         assert!(expired[0].message.contains("PORTAL_JOB_IDLE_TIMEOUT_SECS"));
         assert!(asm.is_empty());
+    }
+
+    #[test]
+    fn a_body_other_than_the_signed_one_fails_with_integrity() {
+        let body = b"signed body".to_vec();
+        for (signed, ok) in [(Sha256::digest(&body).into(), true), ([9u8; 32], false)] {
+            let job = JobId::new();
+            let mut asm = Assembler::new(Limits::default());
+            assert!(!asm.knows(&job));
+            let mut last = Outcome::Pending;
+            for (i, r) in records(job, &body, 4).iter().enumerate() {
+                let (f, p) = decode(r).unwrap();
+                last = asm.accept(f, p, i as i64, Instant::now());
+                if i == 0 {
+                    assert!(asm.knows(&job));
+                    assert!(asm.expect_digest(job, signed));
+                }
+            }
+            match (ok, last) {
+                (true, Outcome::Complete(c)) => assert_eq!(c.sha256, signed),
+                (false, Outcome::Failed(f)) => {
+                    assert_eq!(f.category, ErrorCategory::Integrity);
+                    assert!(f.message.contains("signed digest"), "{}", f.message);
+                }
+                (_, other) => panic!("signed digest ok={ok}: {other:?}"),
+            }
+            assert!(asm.knows(&job), "a finished job stays known");
+            assert!(!asm.expect_digest(job, signed));
+        }
     }
 
     #[test]

@@ -165,6 +165,12 @@ pub struct PortalArgs {
     /// Header carrying the job id on every API call; empty turns it off [default: Idempotency-Key]
     #[arg(long, env = "PORTAL_IDEMPOTENCY_HEADER", value_name = "NAME")]
     pub idempotency_header: Option<String>,
+    /// Accept only requests signed by one of these PEM public keys (comma-separated files)
+    #[arg(long, env = "PORTAL_TRUSTED_KEYS", value_name = "FILES")]
+    pub trusted_keys: Option<String>,
+    /// Longest lifetime a request signature may have, in seconds [default: 3600]
+    #[arg(long, env = "PORTAL_SIGNATURE_MAX_TTL_SECS", value_name = "SECS")]
+    pub signature_max_ttl_secs: Option<u64>,
     /// OAuth2 token endpoint URL
     #[arg(long, env = "OAUTH2_TOKEN_URL", value_name = "URL")]
     pub oauth2_token_url: Option<String>,
@@ -256,6 +262,12 @@ pub struct SendArgs {
     /// Seconds to wait for the response, counted from the last record received [default: 300]
     #[arg(long, env = "KAFKASEND_TIMEOUT_SECS", value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Sign the request with this PEM private key (Ed25519 or EC P-256)
+    #[arg(long, env = "KAFKASEND_SIGNING_KEY_FILE", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+    /// Seconds a request signature stays valid [default: 300]
+    #[arg(long, env = "KAFKASEND_SIGNATURE_TTL_SECS", value_name = "SECS")]
+    pub signature_ttl_secs: Option<u64>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,
@@ -311,6 +323,10 @@ pub struct FileConfig {
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
     pub timeout: Option<u64>,
+    pub trusted_keys: Option<String>,
+    pub signature_max_ttl_secs: Option<u64>,
+    pub signing_key: Option<PathBuf>,
+    pub signature_ttl_secs: Option<u64>,
 }
 
 /// Reads the `--config` file; a missing file or an unknown key is an error.
@@ -469,6 +485,8 @@ pub struct PortalConfig {
     pub replication_factor: i16,
     /// Where to start reading.
     pub start_from: StartFrom,
+    /// Keys whose signatures the portal requires, when set.
+    pub trusted_keys: Option<crate::signing::TrustedKeys>,
 }
 
 impl PortalConfig {
@@ -617,7 +635,9 @@ impl PortalConfig {
             rebalance_timeout: Duration::from_secs(grace + 30),
             shutdown_grace: Duration::from_secs(grace),
         };
+        let trusted_keys = resolve_trusted_keys(a, &f)?;
         Ok(Self {
+            trusted_keys,
             group,
             idempotency_header,
             kafka,
@@ -805,6 +825,25 @@ pub fn parse_refresh_statuses(list: &str) -> anyhow::Result<Vec<hyper::StatusCod
     Ok(out)
 }
 
+/// `PORTAL_TRUSTED_KEYS` and `PORTAL_SIGNATURE_MAX_TTL_SECS`, loaded and checked.
+fn resolve_trusted_keys(
+    a: &PortalArgs,
+    f: &FileConfig,
+) -> anyhow::Result<Option<crate::signing::TrustedKeys>> {
+    let max_ttl = pick(&a.signature_max_ttl_secs, &f.signature_max_ttl_secs).unwrap_or(3600);
+    let cap = crate::signing::MAX_SIGNATURE_TTL_SECS;
+    if !(1..=cap).contains(&max_ttl) {
+        bail!("PORTAL_SIGNATURE_MAX_TTL_SECS must be between 1 and {cap}, not {max_ttl}");
+    }
+    let Some(list) = pick(&a.trusted_keys, &f.trusted_keys).filter(|l| !l.trim().is_empty()) else {
+        return Ok(None);
+    };
+    Ok(Some(crate::signing::TrustedKeys::load(
+        &list,
+        Duration::from_secs(max_ttl),
+    )?))
+}
+
 /// Maps the Python tool's level names to an env_logger filter.
 pub fn log_filter(level: &str) -> anyhow::Result<String> {
     let l = match level.trim().to_ascii_uppercase().as_str() {
@@ -827,6 +866,8 @@ pub struct SendConfig {
     pub kafka: KafkaConfig,
     /// Wait for the response this long after the last record received.
     pub timeout: Duration,
+    /// Signs each request, when a signing key is set.
+    pub signer: Option<crate::signing::Signer>,
 }
 
 impl SendConfig {
@@ -838,9 +879,23 @@ impl SendConfig {
         if !(1..=MAX_WAIT_SECS).contains(&timeout) {
             bail!("--timeout (KAFKASEND_TIMEOUT_SECS) must be between 1 and {MAX_WAIT_SECS} seconds, not {timeout}");
         }
+        let ttl = pick(&a.signature_ttl_secs, &f.signature_ttl_secs).unwrap_or(300);
+        let cap = crate::signing::MAX_SIGNATURE_TTL_SECS;
+        if !(1..=cap).contains(&ttl) {
+            bail!("--signature-ttl-secs (KAFKASEND_SIGNATURE_TTL_SECS) must be between 1 and {cap}, not {ttl}");
+        }
+        let signer =
+            match pick(&a.signing_key, &f.signing_key).filter(|p| !p.as_os_str().is_empty()) {
+                Some(path) => Some(crate::signing::Signer::from_pem_file(
+                    &path,
+                    Duration::from_secs(ttl),
+                )?),
+                None => None,
+            };
         Ok(Self {
             kafka,
             timeout: Duration::from_secs(timeout),
+            signer,
         })
     }
 }
@@ -1133,5 +1188,54 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("PORTAL_ALLOWED_ENDPOINTS"), "{err}");
+    }
+
+    #[test]
+    fn signature_settings_name_their_variables() {
+        let base = [
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--use-oauth",
+            "false",
+        ];
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--trusted-keys", "/nonexistent/k.pem"],
+                "PORTAL_TRUSTED_KEYS",
+            ),
+            (
+                &["--signature-max-ttl-secs", "0"],
+                "PORTAL_SIGNATURE_MAX_TTL_SECS",
+            ),
+        ];
+        for (extra, name) in cases {
+            let mut argv = base.to_vec();
+            argv.extend_from_slice(extra);
+            let err = PortalConfig::resolve(&portal_args(&argv))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name), "{extra:?}: {err}");
+        }
+        let unset = PortalConfig::resolve(&portal_args(&base)).unwrap();
+        assert!(unset.trusted_keys.is_none());
+        let send = |extra: &[&str]| {
+            let mut argv = vec!["kafkasend", "send", "--endpoint", "/x"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Send(a) => SendConfig::resolve(&a),
+                Command::Portal(_) => unreachable!(),
+            }
+        };
+        let err = send(&["--signing-key", "/nonexistent/k.pem"]).unwrap_err();
+        assert!(
+            err.to_string().contains("KAFKASEND_SIGNING_KEY_FILE"),
+            "{err}"
+        );
+        let err = send(&["--signature-ttl-secs", "0"]).unwrap_err();
+        assert!(
+            err.to_string().contains("KAFKASEND_SIGNATURE_TTL_SECS"),
+            "{err}"
+        );
+        assert!(send(&[]).unwrap().signer.is_none());
     }
 }

@@ -11,6 +11,9 @@
 //!   checked), and runs each completed job as a task that calls the API with
 //!   [`http_dispatch`] (token from [`token_cache`], TLS settings from
 //!   [`tls`]) and streams the response back, chunked by [`chunker`].
+//! - [`signing`] lets `send` sign each start record and a portal refuse
+//!   requests not signed by a key it trusts, altered, expired or replayed.
+//! - [`policy`] decides which requests may reach the API.
 //! - [`config`] resolves flags, environment, file and defaults for both.
 #![warn(missing_docs)]
 
@@ -25,6 +28,7 @@ pub mod policy;
 pub mod portal;
 pub mod progress;
 pub mod send;
+pub mod signing;
 pub mod tls;
 pub mod token_cache;
 pub mod wire;

@@ -27,6 +27,7 @@ use crate::group::{Assignment, Beat, GroupError, GroupSettings, Member};
 use crate::http_dispatch::{DispatchError, Dispatcher};
 use crate::kafka::{self, KafkaError, PartitionCache};
 use crate::progress::{decode_metadata, Progress};
+use crate::signing::Verifier;
 use crate::token_cache::TokenCache;
 use crate::wire::{self, Body, ErrorCategory, ErrorInfo, Frame, JobId, ResponseStart};
 
@@ -107,6 +108,8 @@ struct Ctx {
     progress: Mutex<BTreeMap<i32, Arc<Mutex<Progress>>>>,
     /// Disk all spool files may take together (PORTAL_MAX_SPOOL_BYTES).
     spool_budget: Arc<SpoolBudget>,
+    /// Checks request signatures when `PORTAL_TRUSTED_KEYS` is set.
+    verifier: Option<Verifier>,
 }
 
 impl Ctx {
@@ -154,7 +157,15 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         cfg.idempotency_header.as_deref(),
     );
     cfg.policy.announce();
+    let verifier = cfg.trusted_keys.clone().map(|trusted| {
+        log::info!(
+            "accepting only signed requests; trusted keys (PORTAL_TRUSTED_KEYS): {}",
+            trusted.names().join(", ")
+        );
+        Verifier::new(trusted, &kcfg.request_topic)
+    });
     let ctx = Arc::new(Ctx {
+        verifier,
         replies: PartitionCache::new(
             Arc::clone(&client),
             kcfg.response_topic.clone(),
@@ -600,6 +611,12 @@ async fn handle_record(
         asm.skip(frame.job);
         return;
     }
+    let Some(signed_digest) =
+        check_signature(ctx, asm, progress, partition, &rec, &frame, stop).await
+    else {
+        return;
+    };
+    let job = frame.job;
     let outcome = match &frame.body {
         // A start of a job already assembling or finished is the assembler's
         // to judge (a duplicate, or a conflicting repeat); only a new job
@@ -630,6 +647,9 @@ async fn handle_record(
         Outcome::Failed(f) => f.first_offset == offset,
         Outcome::Ignored(_) => false,
     };
+    if let (Some(digest), Outcome::Pending) = (signed_digest, &outcome) {
+        asm.expect_digest(job, digest);
+    }
     if is_start && starts_job {
         lock(progress).add(offset);
     }
@@ -666,6 +686,63 @@ async fn handle_record(
                 drop(queued);
                 drop(guard);
             });
+        }
+    }
+}
+
+/// With `PORTAL_TRUSTED_KEYS` set, checks a start record's signature before
+/// the assembler sees it. `None` when the request is refused: the client is
+/// told and the job's records are ignored from now on. Otherwise the body
+/// digest the sender signed, if any, which the body must then match.
+async fn check_signature(
+    ctx: &Arc<Ctx>,
+    asm: &mut Assembler,
+    progress: &Arc<Mutex<Progress>>,
+    partition: i32,
+    rec: &RecordAndOffset,
+    frame: &Frame,
+    stop: &watch::Receiver<bool>,
+) -> Option<Option<[u8; 32]>> {
+    let (Some(verifier), Body::RequestStart(start)) = (&ctx.verifier, &frame.body) else {
+        return Some(None);
+    };
+    // The assembler ignores a start of a job it knows (a producer's retry
+    // repeats a record): nothing to check, nothing to answer.
+    if asm.knows(&frame.job) {
+        return Some(None);
+    }
+    let signature = rec.record.headers.get(wire::SIGNATURE_HEADER);
+    let now = crate::signing::unix_now();
+    match verifier.verify(
+        frame.job,
+        start,
+        signature.map(Vec::as_slice),
+        partition,
+        rec.offset,
+        now,
+    ) {
+        Ok(v) => {
+            log::debug!("job {}: signature by {} verified", frame.job, v.key);
+            Some(v.body_sha256)
+        }
+        Err(why) => {
+            log::warn!(
+                "job {}: refused (partition {partition} offset {}): {why}",
+                frame.job,
+                rec.offset
+            );
+            asm.skip(frame.job);
+            lock(progress).add(rec.offset);
+            let failed = FailedJob {
+                job: frame.job,
+                reply_topic: start.reply_topic.clone(),
+                reply_partition: start.reply_partition,
+                first_offset: rec.offset,
+                category: ErrorCategory::Rejected,
+                message: why.to_string(),
+            };
+            spawn_error_reply(ctx, progress, failed, stop).await;
+            None
         }
     }
 }

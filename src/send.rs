@@ -280,6 +280,51 @@ async fn open_body(p: &Prepared) -> Result<Option<Box<dyn AsyncRead + Unpin + Se
     }))
 }
 
+/// The SHA-256 of exactly the body bytes that will be sent (multipart
+/// framing included), read in a first pass so the signature can cover it
+/// before the start record goes out. Only a regular file can be read twice.
+async fn body_digest(p: &Prepared) -> Result<Option<[u8; 32]>, SendError> {
+    match &p.source {
+        Source::None => return Ok(None),
+        Source::Stdin => {
+            return Err(usage(
+                "a signed request cannot read its body from standard input: the body is hashed before it is sent, so it must be a file; save it to one, or send without --signing-key (KAFKASEND_SIGNING_KEY_FILE)",
+            ))
+        }
+        Source::File(path) if p.body_len.is_none() => {
+            return Err(usage(format!(
+                "{} is not a regular file; a signed request's body is hashed before it is sent, so it must be a file that can be read twice",
+                path.display()
+            )))
+        }
+        Source::File(_) => {}
+    }
+    let Some(mut reader) = open_body(p).await? else {
+        return Ok(None);
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .await
+            .map_err(|e| SendError::Io(format!("reading the body failed: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    if p.body_len != Some(total) {
+        return Err(SendError::Io(format!(
+            "the file changed while it was read ({} bytes expected, {total} read)",
+            p.body_len.unwrap_or(0)
+        )));
+    }
+    Ok(Some(hasher.finalize().into()))
+}
+
 /// What a finished send reports.
 #[derive(Debug)]
 pub struct Outcome {
@@ -302,6 +347,10 @@ impl Outcome {
 /// Runs one send.
 pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError> {
     let prepared = prepare(args)?;
+    let body_sha256 = match &cfg.signer {
+        Some(_) => body_digest(&prepared).await?,
+        None => None,
+    };
     let mut body = open_body(&prepared).await?;
     let kcfg = &cfg.kafka;
     let limit = kcfg.timeout;
@@ -351,13 +400,24 @@ pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError
             reply_partition,
         }),
     };
-    let reply_to = wire::reply_to_header(&kcfg.response_topic, reply_partition);
-    kafka::produce(
-        &request_pc,
-        kafka::record(&start, &[], &[(wire::REPLY_TO_HEADER, reply_to)]),
-        limit,
-    )
-    .await?;
+    let mut headers = vec![(
+        wire::REPLY_TO_HEADER,
+        wire::reply_to_header(&kcfg.response_topic, reply_partition),
+    )];
+    if let (Some(signer), Body::RequestStart(rs)) = (&cfg.signer, &start.body) {
+        let signature = signer
+            .sign(
+                job,
+                &kcfg.request_topic,
+                request_partition,
+                rs,
+                body_sha256,
+                crate::signing::unix_now(),
+            )
+            .map_err(|e| usage(e.to_string()))?;
+        headers.push((wire::SIGNATURE_HEADER, signature.into_bytes()));
+    }
+    kafka::produce(&request_pc, kafka::record(&start, &[], &headers), limit).await?;
 
     let mut early: VecDeque<Reply> = VecDeque::new();
     let upload_started = Instant::now();
@@ -797,6 +857,7 @@ mod tests {
                 chunk_size: 1024,
             },
             timeout: Duration::from_secs(5),
+            signer: None,
         }
     }
 

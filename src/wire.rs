@@ -24,6 +24,10 @@ pub const VERSION: u8 = 1;
 /// can answer a request whose frame version it does not understand.
 pub const REPLY_TO_HEADER: &str = "kafkasend-reply-to";
 
+/// Kafka record header on a start record carrying the sender's signature
+/// (see `signing`); like the reply-to header, it is outside the versioned frame.
+pub const SIGNATURE_HEADER: &str = "kafkasend-signature";
+
 /// Upper bound on the encoded header of one frame; a header claiming more is
 /// malformed. Bodies travel as payload, so headers stay small.
 pub const MAX_HEADER_BYTES: usize = 256 * 1024;

@@ -8,4 +8,5 @@ mod oauth;
 mod policy;
 mod relay;
 mod secrets;
+mod signing;
 mod tls;

@@ -1,0 +1,345 @@
+//! Signed requests: a portal with `PORTAL_TRUSTED_KEYS` runs only requests
+//! signed by a key it trusts, and refuses unsigned, foreign and replayed ones.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use kafkasend::kafka;
+use kafkasend::partitioner::partition_for_key;
+use kafkasend::wire::JobId;
+
+use crate::common::*;
+
+/// Runs openssl; a missing openssl fails the test.
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl must be installed to run the signing tests");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes a key pair in `dir` as the README says; returns (private, public).
+fn key_pair(dir: &Path, name: &str, ec: bool) -> (PathBuf, PathBuf) {
+    let private = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let p = private.to_str().unwrap();
+    if ec {
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            p,
+        ]);
+    } else {
+        openssl(&["genpkey", "-algorithm", "ed25519", "-out", p]);
+    }
+    openssl(&[
+        "pkey",
+        "-in",
+        p,
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    (private, public)
+}
+
+struct Keys {
+    _dir: tempfile::TempDir,
+    ed: PathBuf,
+    ec: PathBuf,
+    stranger: PathBuf,
+    /// `PORTAL_TRUSTED_KEYS`: the public halves of `ed` and `ec`.
+    trusted: String,
+}
+
+fn keys() -> Keys {
+    let dir = tempfile::tempdir().unwrap();
+    let (ed, ed_pub) = key_pair(dir.path(), "sender-ed", false);
+    let (ec, ec_pub) = key_pair(dir.path(), "sender-ec", true);
+    let (stranger, _) = key_pair(dir.path(), "stranger", false);
+    let trusted = format!("{},{}", ed_pub.display(), ec_pub.display());
+    Keys {
+        _dir: dir,
+        ed,
+        ec,
+        stranger,
+        trusted,
+    }
+}
+
+fn signed_portal(topics: &Topics, servers: &Servers, keys: &Keys) -> Portal {
+    let mut env = servers.plain_env();
+    env.push(("PORTAL_TRUSTED_KEYS", keys.trusted.clone()));
+    Portal::start(topics, &env)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_sends_pass_and_unsigned_or_foreign_ones_are_refused() {
+    let keys = keys();
+    let servers = Servers::start().await;
+    let topics = Topics::new("signed");
+    let portal = signed_portal(&topics, &servers, &keys);
+    assert!(
+        portal
+            .log()
+            .contains("sender-ed.pub.pem (Ed25519), sender-ec.pub.pem (EC P-256)"),
+        "{}",
+        portal.log()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (file, digest) = pattern_file(dir.path(), "data.bin", 11, 3_000_000);
+    let file = file.to_str().unwrap();
+
+    let out = send(
+        &topics,
+        &[
+            file,
+            "--endpoint",
+            "/api/upload",
+            "--signing-key",
+            keys.ed.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    assert_eq!(json(&out.stdout)["body_sha256"], digest.as_str());
+
+    let (form_file, form_digest) = pattern_file(dir.path(), "form.csv", 12, 2_500_000);
+    let out = send(
+        &topics,
+        &[
+            form_file.to_str().unwrap(),
+            "--endpoint",
+            "/api/form?kind=csv",
+            "--multipart",
+            "-H",
+            "X-Request-ID: signed-form",
+            "--signing-key",
+            keys.ec.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+
+    // No body: the signature says so, and covers the query and headers.
+    let out = send(
+        &topics,
+        &[
+            "--endpoint",
+            "/api/items?limit=5",
+            "-H",
+            "Accept: application/json",
+            "--signing-key",
+            keys.ed.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+
+    let out = send(&topics, &[file, "--endpoint", "/api/upload"]).await;
+    assert_eq!(out.code, 3, "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("is not signed"), "{}", out.stderr);
+
+    let out = send(
+        &topics,
+        &[
+            file,
+            "--endpoint",
+            "/api/upload",
+            "--signing-key",
+            keys.stranger.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 3, "stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("not valid for any key this portal trusts"),
+        "{}",
+        out.stderr
+    );
+
+    let reqs = servers.state.requests();
+    assert_eq!(reqs.len(), 3, "only the signed requests reach the API");
+    assert_eq!(reqs[2].method, "GET");
+    assert_eq!(reqs[2].query.as_deref(), Some("limit=5"));
+    assert_eq!(reqs[0].body_sha256, digest);
+    assert_eq!(reqs[1].query.as_deref(), Some("kind=csv"));
+    assert_eq!(reqs[1].headers["x-request-id"], "signed-form");
+    assert_eq!(reqs[1].parts.len(), 1, "{:?}", reqs[1].parts);
+    assert_eq!(reqs[1].parts[0].3, form_digest);
+    portal.wait_for_log("is not signed").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signing_needs_a_file_that_can_be_read_twice() {
+    let keys = keys();
+    let topics = Topics::new("signstdin");
+    let out = send(
+        &topics,
+        &[
+            "-",
+            "--endpoint",
+            "/x",
+            "--signing-key",
+            keys.ed.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 2, "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("standard input"), "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+
+    let out = send(
+        &topics,
+        &[
+            "--endpoint",
+            "/x",
+            "--signing-key",
+            keys.ed.with_extension("missing").to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 2, "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains("KAFKASEND_SIGNING_KEY_FILE"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Every record of `job` in `partition` of the request topic, as produced.
+async fn records_of(topics: &Topics, partition: i32, job: &str) -> Vec<rskafka::record::Record> {
+    let limit = Duration::from_secs(30);
+    let client = kafka::connect(&kafka::KafkaSettings {
+        bootstrap_servers: topics.broker().to_string(),
+        op_timeout: limit,
+        client_id: "it-replay".into(),
+    })
+    .await
+    .unwrap();
+    let pc = kafka::partition(&client, &topics.request, partition, limit)
+        .await
+        .unwrap();
+    let end = kafka::end_offset(&pc, limit).await.unwrap();
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < end {
+        let (records, _) = kafka::fetch(&pc, offset, Duration::from_millis(100), limit)
+            .await
+            .unwrap();
+        for r in records {
+            offset = r.offset + 1;
+            if r.record.key.as_deref() == Some(job.as_bytes()) {
+                out.push(r.record);
+            }
+        }
+    }
+    out
+}
+
+/// Produces `records` again to `partition`; returns the offset of the first.
+async fn replay(topics: &Topics, partition: i32, records: &[rskafka::record::Record]) -> i64 {
+    let limit = Duration::from_secs(30);
+    let client = kafka::connect(&kafka::KafkaSettings {
+        bootstrap_servers: topics.broker().to_string(),
+        op_timeout: limit,
+        client_id: "it-replay".into(),
+    })
+    .await
+    .unwrap();
+    let pc = kafka::partition(&client, &topics.request, partition, limit)
+        .await
+        .unwrap();
+    let mut first = None;
+    for r in records {
+        let at = kafka::produce(&pc, r.clone(), limit).await.unwrap();
+        first.get_or_insert(at);
+    }
+    first.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_signed_request_never_reaches_the_api_twice() {
+    let keys = keys();
+    let servers = Servers::start().await;
+    let topics = Topics::new("replay");
+    let portal = signed_portal(&topics, &servers, &keys);
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = pattern_file(dir.path(), "once.bin", 13, 2_000_000);
+    let out = send(
+        &topics,
+        &[
+            file.to_str().unwrap(),
+            "--endpoint",
+            "/api/once",
+            "--signing-key",
+            keys.ec.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    let job = servers
+        .state
+        .idempotency_keys()
+        .pop()
+        .expect("the API saw the job");
+    let p = partition_for_key(job.as_bytes(), 3);
+    let records = records_of(&topics, p, &job).await;
+    assert_eq!(records.len(), 5, "start, 3 chunks, end");
+    let _: JobId = job.parse().unwrap();
+
+    // The same partition at once: the portal still knows the job as finished.
+    let at = replay(&topics, p, &records).await;
+    portal
+        .wait_for_log(&format!(
+            "partition {p} offset {at}: record of a finished job"
+        ))
+        .await;
+
+    // Another partition: the signature names the partition it was made for.
+    let q = (p + 1) % 3;
+    let at = replay(&topics, q, &records).await;
+    portal
+        .wait_for_log(&format!(
+            "job {job}: refused (partition {q} offset {at}): the request does not match its signature: its request partition differs"
+        ))
+        .await;
+
+    // After a rebalance the partition's reader starts afresh and has forgotten
+    // the job; the portal's replay cache still knows where it was first read.
+    let generations = |log: &str| {
+        log.matches("this portal reads partitions [0, 1, 2]")
+            .count()
+    };
+    let before = generations(&portal.log());
+    let mut second = signed_portal(&topics, &servers, &keys);
+    second.signal("TERM");
+    assert_eq!(second.wait_exit().await, Some(0), "{}", second.log());
+    wait_until("the first portal took every partition back", || {
+        generations(&portal.log()) > before
+    })
+    .await;
+    let at = replay(&topics, p, &records).await;
+    portal
+        .wait_for_log(&format!(
+            "job {job}: refused (partition {p} offset {at}): replayed request"
+        ))
+        .await;
+
+    assert_eq!(
+        servers.state.requests().len(),
+        1,
+        "the API saw the call once"
+    );
+}
