@@ -12,14 +12,19 @@
 //!   [`http_dispatch`] (token from [`token_cache`]) and streams the response
 //!   back, chunked by [`chunker`].
 //! - [`config`] resolves flags, environment, file and defaults for both.
+//! - [`kafka_security`] holds the TLS and SASL settings every Kafka
+//!   connection uses: rskafka's in [`kafka`], and the connection of our own
+//!   in [`broker_conn`] that [`group`] speaks the consumer-group protocol on.
 #![warn(missing_docs)]
 
 pub mod assembler;
+pub mod broker_conn;
 pub mod chunker;
 pub mod config;
 pub mod group;
 pub mod http_dispatch;
 pub mod kafka;
+pub mod kafka_security;
 pub mod partitioner;
 pub mod portal;
 pub mod progress;

@@ -289,6 +289,7 @@ pub async fn final_responses(topics: &Topics) -> std::collections::BTreeMap<Stri
         bootstrap_servers: topics.broker().to_string(),
         op_timeout: Duration::from_secs(30),
         client_id: "it-reader".into(),
+        security: Default::default(),
     };
     let limit = Duration::from_secs(30);
     let client = kafka::connect(&settings).await.unwrap();
@@ -345,8 +346,16 @@ impl SendResult {
 
 /// Runs `kafkasend send ARGS` to completion, within [`WAIT`].
 pub async fn send(topics: &Topics, args: &[&str]) -> SendResult {
+    send_with_env(topics, &[], args).await
+}
+
+/// Runs `kafkasend send ARGS` with extra environment variables.
+pub async fn send_with_env(topics: &Topics, env: &[(&str, String)], args: &[&str]) -> SendResult {
     let mut cmd = tokio::process::Command::from(kafkasend(topics));
     cmd.arg("send").args(args).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let out = tokio::time::timeout(WAIT, cmd.output())
         .await
         .expect("kafkasend send did not finish in time")
@@ -814,4 +823,71 @@ impl Servers {
 pub fn json(out: &[u8]) -> serde_json::Value {
     serde_json::from_slice(out)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
+}
+
+/// Connection facts of the broker's SASL_SSL listener, as `scripts/kafka
+/// sasl-env` prints them.
+#[derive(Debug)]
+pub struct SaslFacts {
+    /// `host:port` of the SASL_SSL listener.
+    pub bootstrap: String,
+    /// PEM file of the CA that signed the broker's certificate.
+    pub ca_file: String,
+    pub scram_user: String,
+    pub scram_password: String,
+    pub plain_user: String,
+    pub plain_password: String,
+}
+
+/// The SASL_SSL facts of the suite's broker: from the file
+/// `KAFKA_SASL_ENV_FILE` names, else from `scripts/kafka sasl-env` (same
+/// `KAFKA_STATE_DIR` as the broker's). Fails, never skips, when neither
+/// describes the broker at [`broker()`].
+pub fn sasl_facts() -> &'static SaslFacts {
+    static FACTS: OnceLock<SaslFacts> = OnceLock::new();
+    FACTS.get_or_init(|| {
+        let broker = broker();
+        let how = "the Kafka security tests need the broker's SASL_SSL listener: run the \
+            broker with scripts/kafka start (it writes $KAFKA_STATE_DIR/sasl.env), or set \
+            KAFKA_SASL_ENV_FILE to a file with the lines KAFKA_PLAINTEXT_BOOTSTRAP, \
+            KAFKA_SASL_SSL_BOOTSTRAP, KAFKA_SSL_CA_FILE, KAFKA_SCRAM_USERNAME, \
+            KAFKA_SCRAM_PASSWORD, KAFKA_PLAIN_USERNAME, KAFKA_PLAIN_PASSWORD \
+            (SCRAM user with SHA-256 and SHA-512 credentials)";
+        let text = match std::env::var("KAFKA_SASL_ENV_FILE") {
+            Ok(path) if !path.is_empty() => std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("KAFKA_SASL_ENV_FILE={path}: {e}; {how}")),
+            _ => {
+                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka");
+                let out = Command::new(&script)
+                    .arg("sasl-env")
+                    .output()
+                    .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+                assert!(
+                    out.status.success(),
+                    "scripts/kafka sasl-env failed: {}; {how}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+        };
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|| panic!("no {key} in the SASL facts; {how}"))
+        };
+        let plaintext = get("KAFKA_PLAINTEXT_BOOTSTRAP");
+        assert!(
+            broker.split(',').any(|b| b.trim() == plaintext),
+            "the SASL facts describe the broker at {plaintext}, but the tests use {broker}; {how}"
+        );
+        SaslFacts {
+            bootstrap: get("KAFKA_SASL_SSL_BOOTSTRAP"),
+            ca_file: get("KAFKA_SSL_CA_FILE"),
+            scram_user: get("KAFKA_SCRAM_USERNAME"),
+            scram_password: get("KAFKA_SCRAM_PASSWORD"),
+            plain_user: get("KAFKA_PLAIN_USERNAME"),
+            plain_password: get("KAFKA_PLAIN_PASSWORD"),
+        }
+    })
 }

@@ -4,5 +4,6 @@
 mod cli;
 mod common;
 mod group;
+mod kafka_security;
 mod oauth;
 mod relay;
