@@ -231,10 +231,11 @@ impl PrivateBroker {
 
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (port, controller) = (free_port(), free_port());
+        let (port, controller, sasl) = (free_port(), free_port(), free_port());
         let env = vec![
             ("KAFKA_PORT", port.to_string()),
             ("KAFKA_CONTROLLER_PORT", controller.to_string()),
+            ("KAFKA_SASL_SSL_PORT", sasl.to_string()),
             ("KAFKA_STATE_DIR", dir.path().to_str().unwrap().to_string()),
         ];
         let mut b = Self {
