@@ -14,6 +14,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
+use crate::kafka_security::{KafkaSecurity, SaslCredentials, SaslMechanism, SecurityProtocol};
 use crate::tls::ApiTls;
 use crate::token_cache::{AssertionSigner, AuthMethod, ClientCredentials};
 
@@ -79,6 +80,26 @@ pub struct KafkaArgs {
     /// Chunk payload size in bytes; must fit the broker's message.max.bytes [default: 921600]
     #[arg(long, env = "KAFKASEND_CHUNK_SIZE", value_name = "BYTES")]
     pub chunk_size: Option<usize>,
+    /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL [default: PLAINTEXT]
+    #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", value_name = "PROTOCOL")]
+    pub security_protocol: Option<String>,
+    /// PEM file of CA certificates trusted for the brokers, besides the bundled web PKI roots
+    #[arg(long, env = "KAFKA_SSL_CA_FILE", value_name = "FILE")]
+    pub ssl_ca_file: Option<PathBuf>,
+    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (required with SASL_*)
+    #[arg(long, env = "KAFKA_SASL_MECHANISM", value_name = "MECHANISM")]
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name
+    #[arg(long, env = "KAFKA_SASL_USERNAME", value_name = "USER")]
+    pub sasl_username: Option<String>,
+    /// SASL password (prefer the environment variable)
+    #[arg(
+        long,
+        env = "KAFKA_SASL_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub sasl_password: Option<String>,
     /// TOML file with settings (keys are the flag names with '_' for '-')
     #[arg(long, env = "KAFKASEND_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -274,7 +295,8 @@ pub struct SendArgs {
 }
 
 /// Keys of the optional `--config` TOML file; every one optional.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+/// Its `Debug` leaves out the secrets.
+#[derive(Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[allow(missing_docs)]
 pub struct FileConfig {
@@ -283,6 +305,11 @@ pub struct FileConfig {
     pub response_topic: Option<String>,
     pub kafka_timeout_secs: Option<u64>,
     pub chunk_size: Option<usize>,
+    pub security_protocol: Option<String>,
+    pub ssl_ca_file: Option<PathBuf>,
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<String>,
     pub target_api_url: Option<String>,
     pub use_oauth: Option<bool>,
     pub log_level: Option<String>,
@@ -329,6 +356,17 @@ pub struct FileConfig {
     pub signature_ttl_secs: Option<u64>,
 }
 
+impl std::fmt::Debug for FileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_username", &self.sasl_username)
+            .field("target_api_url", &self.target_api_url)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Reads the `--config` file; a missing file or an unknown key is an error.
 pub fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
     let Some(path) = path else {
@@ -359,6 +397,8 @@ pub struct KafkaConfig {
     pub timeout: Duration,
     /// Chunk payload size.
     pub chunk_size: usize,
+    /// TLS and SASL.
+    pub security: KafkaSecurity,
 }
 
 impl KafkaConfig {
@@ -399,6 +439,7 @@ impl KafkaConfig {
             response_topic,
             timeout: Duration::from_secs(secs),
             chunk_size,
+            security: resolve_security(a, f)?,
         })
     }
 
@@ -408,8 +449,73 @@ impl KafkaConfig {
             bootstrap_servers: self.bootstrap_servers.clone(),
             op_timeout: self.timeout,
             client_id: client_id.to_string(),
+            security: self.security.clone(),
         }
     }
+}
+
+/// Checks that the TLS and SASL settings fit the protocol and together, and
+/// loads the CA file, so mistakes show at start with the setting named.
+fn resolve_security(a: &KafkaArgs, f: &FileConfig) -> anyhow::Result<KafkaSecurity> {
+    let protocol: SecurityProtocol = match pick(&a.security_protocol, &f.security_protocol) {
+        Some(p) => p
+            .parse()
+            .map_err(|e| anyhow::anyhow!("KAFKA_SECURITY_PROTOCOL: {e}"))?,
+        None => SecurityProtocol::Plaintext,
+    };
+    let ca_file = pick(&a.ssl_ca_file, &f.ssl_ca_file);
+    let mechanism = pick(&a.sasl_mechanism, &f.sasl_mechanism);
+    let username = pick(&a.sasl_username, &f.sasl_username);
+    let password = pick(&a.sasl_password, &f.sasl_password);
+
+    let tls = if protocol.uses_tls() {
+        Some(crate::kafka_security::tls_config(ca_file.as_deref()).map_err(anyhow::Error::msg)?)
+    } else {
+        if ca_file.is_some() {
+            bail!("KAFKA_SSL_CA_FILE is set but KAFKA_SECURITY_PROTOCOL is {protocol}, which does not use TLS; set KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL, or unset KAFKA_SSL_CA_FILE");
+        }
+        None
+    };
+
+    let sasl = if protocol.uses_sasl() {
+        let mechanism: SaslMechanism = mechanism
+            .with_context(|| format!("KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"))?
+            .parse()
+            .map_err(|e| anyhow::anyhow!("KAFKA_SASL_MECHANISM: {e}"))?;
+        let username = username.filter(|u| !u.is_empty()).with_context(|| {
+            format!("KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME")
+        })?;
+        let password = password.filter(|p| !p.is_empty()).with_context(|| {
+            format!("KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_PASSWORD")
+        })?;
+        Some(SaslCredentials {
+            mechanism,
+            username,
+            password,
+        })
+    } else {
+        let stray: Vec<&str> = [
+            ("KAFKA_SASL_MECHANISM", mechanism.is_some()),
+            ("KAFKA_SASL_USERNAME", username.is_some()),
+            ("KAFKA_SASL_PASSWORD", password.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| *name)
+        .collect();
+        if !stray.is_empty() {
+            bail!(
+                "{} set but KAFKA_SECURITY_PROTOCOL is {protocol}, which does not use SASL; set KAFKA_SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT), or unset them",
+                stray.join(", ") + if stray.len() == 1 { " is" } else { " are" }
+            );
+        }
+        None
+    };
+    Ok(KafkaSecurity {
+        protocol,
+        tls,
+        sasl,
+    })
 }
 
 fn check_topic(setting: &str, t: &str) -> anyhow::Result<()> {
@@ -1237,5 +1343,127 @@ mod tests {
             "{err}"
         );
         assert!(send(&[]).unwrap().signer.is_none());
+    }
+
+    #[test]
+    fn kafka_security_combinations_are_checked() {
+        let base = [
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--use-oauth",
+            "false",
+        ];
+        let resolve = |extra: &[&str]| {
+            let mut argv = base.to_vec();
+            argv.extend_from_slice(extra);
+            PortalConfig::resolve(&portal_args(&argv)).map(|c| c.kafka.security)
+        };
+        let sasl = [
+            "--security-protocol",
+            "SASL_SSL",
+            "--sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--sasl-username",
+            "alice",
+            "--sasl-password",
+            "pw-secret-1",
+        ];
+        let ok = resolve(&sasl).unwrap();
+        assert_eq!(ok.protocol, SecurityProtocol::SaslSsl);
+        assert!(ok.tls.is_some());
+        assert_eq!(
+            ok.sasl.as_ref().unwrap().mechanism,
+            SaslMechanism::ScramSha512
+        );
+        let plain = resolve(&[]).unwrap();
+        assert!(plain.tls.is_none() && plain.sasl.is_none());
+
+        let cases: &[(&[&str], &[&str])] = &[
+            (
+                &["--security-protocol", "TLS"],
+                &["KAFKA_SECURITY_PROTOCOL", "'TLS'"],
+            ),
+            (&sasl[..6], &["KAFKA_SASL_PASSWORD"]),
+            (
+                &[
+                    "--security-protocol",
+                    "SASL_PLAINTEXT",
+                    "--sasl-username",
+                    "a",
+                    "--sasl-password",
+                    "b",
+                ],
+                &["KAFKA_SASL_MECHANISM"],
+            ),
+            (
+                &[
+                    "--security-protocol",
+                    "SASL_SSL",
+                    "--sasl-mechanism",
+                    "GSSAPI",
+                    "--sasl-username",
+                    "a",
+                    "--sasl-password",
+                    "b",
+                ],
+                &["KAFKA_SASL_MECHANISM", "GSSAPI"],
+            ),
+            (
+                &[
+                    "--sasl-mechanism",
+                    "PLAIN",
+                    "--sasl-password",
+                    "pw-secret-2",
+                ],
+                &[
+                    "KAFKA_SASL_MECHANISM, KAFKA_SASL_PASSWORD are set",
+                    "PLAINTEXT",
+                ],
+            ),
+            (
+                &["--ssl-ca-file", "/etc/hostname"],
+                &["KAFKA_SSL_CA_FILE", "PLAINTEXT"],
+            ),
+            (
+                &[
+                    "--security-protocol",
+                    "SSL",
+                    "--ssl-ca-file",
+                    "/nonexistent/ca.pem",
+                ],
+                &["KAFKA_SSL_CA_FILE", "/nonexistent/ca.pem"],
+            ),
+        ];
+        for (extra, needles) in cases {
+            let err = format!("{:#}", resolve(extra).unwrap_err());
+            for n in *needles {
+                assert!(err.contains(n), "{extra:?}: {err}");
+            }
+            assert!(!err.contains("pw-secret"), "{extra:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn file_config_debug_hides_the_password() {
+        let f = FileConfig {
+            sasl_username: Some("alice".into()),
+            sasl_password: Some("pw-secret-3".into()),
+            ..Default::default()
+        };
+        let shown = format!("{f:?}");
+        assert!(
+            shown.contains("alice") && !shown.contains("pw-secret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn bad_target_url_is_named() {
+        let mut argv = vec!["--use-oauth", "false"];
+        argv.extend_from_slice(&["--target-api-url", "ftp://x"]);
+        let err = PortalConfig::resolve(&portal_args(&argv))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PORTAL_TARGET_API_URL"), "{err}");
     }
 }

@@ -3,7 +3,8 @@
 //! rskafka has no consumer groups, so this module speaks Kafka's classic
 //! group protocol itself: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
 //! OffsetFetch, OffsetCommit and LeaveGroup, with `kafka-protocol` as the
-//! codec and a connection of its own to the group coordinator. The group uses
+//! codec and a connection of its own to the group coordinator (a
+//! `broker_conn::BrokerConn`, secured like rskafka's connections). The group uses
 //! protocol type `consumer` with the standard subscription and assignment
 //! payloads and the `range` assignor, so Kafka's own tools show the portals
 //! as members, with their partitions, committed offsets and lag.
@@ -22,11 +23,12 @@ use kafka_protocol::messages::{
     offset_commit_request::OffsetCommitRequestTopic, offset_fetch_request::OffsetFetchRequest,
     offset_fetch_request::OffsetFetchRequestTopic, sync_group_request::SyncGroupRequest,
     sync_group_request::SyncGroupRequestAssignment, ConsumerProtocolAssignment,
-    ConsumerProtocolSubscription, GroupId, RequestHeader, ResponseHeader, TopicName,
+    ConsumerProtocolSubscription, GroupId, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+
+use crate::broker_conn::{BrokerConn, ConnError};
+use crate::kafka_security::KafkaSecurity;
 
 /// Versions of each request this module sends; all of them are served by
 /// Kafka 3.0 and later (FindCoordinator v4 came with 3.0), including 4.x,
@@ -39,9 +41,6 @@ const V_HEARTBEAT: i16 = 4;
 const V_OFFSET_FETCH: i16 = 7;
 const V_OFFSET_COMMIT: i16 = 8;
 const V_LEAVE: i16 = 5;
-
-/// Largest response accepted from the coordinator.
-const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 
 /// Kafka error codes this module acts on.
 mod code {
@@ -88,6 +87,20 @@ pub enum GroupError {
     /// No answer in time.
     #[error("{0} timed out")]
     Timeout(&'static str),
+    /// TLS or SASL failed: the settings are wrong, retrying cannot help.
+    #[error(transparent)]
+    Security(ConnError),
+}
+
+impl From<ConnError> for GroupError {
+    fn from(e: ConnError) -> Self {
+        match e {
+            ConnError::Io(e) => Self::Io(e),
+            ConnError::Codec(m) => Self::Codec(m),
+            ConnError::Timeout(what) => Self::Timeout(what),
+            other => Self::Security(other),
+        }
+    }
 }
 
 impl GroupError {
@@ -104,6 +117,11 @@ impl GroupError {
                     ..
                 }
         )
+    }
+
+    /// Whether the portal should give up: a certificate or password problem.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Security(_))
     }
 
     /// Whether this member was dropped from the group or its generation is
@@ -133,117 +151,47 @@ fn check(api: &'static str, code: i16) -> Result<(), GroupError> {
     }
 }
 
-/// One framed connection to a broker.
-struct Conn {
-    stream: TcpStream,
-    correlation: i32,
-    client_id: String,
-    limit: Duration,
-}
-
-impl Conn {
-    async fn open(addr: &str, client_id: &str, limit: Duration) -> Result<Self, GroupError> {
-        let stream = tokio::time::timeout(limit, TcpStream::connect(addr))
-            .await
-            .map_err(|_| GroupError::Timeout("connecting to the broker"))??;
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            stream,
-            correlation: 0,
-            client_id: client_id.to_string(),
-            limit,
-        })
-    }
-
-    async fn call<R: Request>(
-        &mut self,
-        api: &'static str,
-        req: &R,
-        version: i16,
-        extra_wait: Duration,
-    ) -> Result<R::Response, GroupError> {
-        self.correlation = self.correlation.wrapping_add(1);
-        let correlation = self.correlation;
-        let header = RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(correlation)
-            .with_client_id(Some(StrBytes::from_string(self.client_id.clone())));
-        let mut buf = BytesMut::new();
-        buf.put_i32(0);
-        header
-            .encode(&mut buf, R::header_version(version))
-            .map_err(codec)?;
-        req.encode(&mut buf, version).map_err(codec)?;
-        let len = i32::try_from(buf.len() - 4).map_err(codec)?;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
-        let exchange = async {
-            self.stream.write_all(&buf).await?;
-            let size = self.stream.read_i32().await?;
-            let size = usize::try_from(size)
-                .ok()
-                .filter(|s| *s <= MAX_RESPONSE)
-                .ok_or_else(|| GroupError::Codec(format!("response size {size} out of range")))?;
-            let mut body = vec![0u8; size];
-            self.stream.read_exact(&mut body).await?;
-            Ok::<_, GroupError>(Bytes::from(body))
-        };
-        let mut bytes = tokio::time::timeout(self.limit + extra_wait, exchange)
-            .await
-            .map_err(|_| GroupError::Timeout(api))??;
-        let rh = ResponseHeader::decode(&mut bytes, R::Response::header_version(version))
-            .map_err(codec)?;
-        if rh.correlation_id != correlation {
-            return Err(GroupError::Codec(format!(
-                "{api}: correlation id {} answered {correlation}",
-                rh.correlation_id
-            )));
+/// Checks that the broker serves every request version we send.
+async fn negotiate(conn: &mut BrokerConn) -> Result<(), GroupError> {
+    let resp = conn
+        .call(
+            "ApiVersions",
+            &ApiVersionsRequest::default(),
+            V_API_VERSIONS,
+            Duration::ZERO,
+        )
+        .await?;
+    check("ApiVersions", resp.error_code)?;
+    let served: BTreeMap<i16, (i16, i16)> = resp
+        .api_keys
+        .iter()
+        .map(|k| (k.api_key, (k.min_version, k.max_version)))
+        .collect();
+    let needed: [(&'static str, i16, i16); 7] = [
+        (
+            "FindCoordinator",
+            FindCoordinatorRequest::KEY,
+            V_FIND_COORDINATOR,
+        ),
+        ("JoinGroup", JoinGroupRequest::KEY, V_JOIN),
+        ("SyncGroup", SyncGroupRequest::KEY, V_SYNC),
+        ("Heartbeat", HeartbeatRequest::KEY, V_HEARTBEAT),
+        ("OffsetFetch", OffsetFetchRequest::KEY, V_OFFSET_FETCH),
+        ("OffsetCommit", OffsetCommitRequest::KEY, V_OFFSET_COMMIT),
+        ("LeaveGroup", LeaveGroupRequest::KEY, V_LEAVE),
+    ];
+    for (api, key, version) in needed {
+        let (min, max) = served.get(&key).copied().unwrap_or((-1, -1));
+        if version < min || version > max {
+            return Err(GroupError::Unsupported {
+                api,
+                version,
+                min,
+                max,
+            });
         }
-        R::Response::decode(&mut bytes, version).map_err(codec)
     }
-
-    /// Checks that the broker serves every request version we send.
-    async fn negotiate(&mut self) -> Result<(), GroupError> {
-        let resp = self
-            .call(
-                "ApiVersions",
-                &ApiVersionsRequest::default(),
-                V_API_VERSIONS,
-                Duration::ZERO,
-            )
-            .await?;
-        check("ApiVersions", resp.error_code)?;
-        let served: BTreeMap<i16, (i16, i16)> = resp
-            .api_keys
-            .iter()
-            .map(|k| (k.api_key, (k.min_version, k.max_version)))
-            .collect();
-        let needed: [(&'static str, i16, i16); 7] = [
-            (
-                "FindCoordinator",
-                FindCoordinatorRequest::KEY,
-                V_FIND_COORDINATOR,
-            ),
-            ("JoinGroup", JoinGroupRequest::KEY, V_JOIN),
-            ("SyncGroup", SyncGroupRequest::KEY, V_SYNC),
-            ("Heartbeat", HeartbeatRequest::KEY, V_HEARTBEAT),
-            ("OffsetFetch", OffsetFetchRequest::KEY, V_OFFSET_FETCH),
-            ("OffsetCommit", OffsetCommitRequest::KEY, V_OFFSET_COMMIT),
-            ("LeaveGroup", LeaveGroupRequest::KEY, V_LEAVE),
-        ];
-        for (api, key, version) in needed {
-            let (min, max) = served.get(&key).copied().unwrap_or((-1, -1));
-            if version < min || version > max {
-                return Err(GroupError::Unsupported {
-                    api,
-                    version,
-                    min,
-                    max,
-                });
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// How the portal takes part in its group.
@@ -263,6 +211,8 @@ pub struct GroupSettings {
     pub heartbeat_interval: Duration,
     /// Deadline for one request.
     pub op_timeout: Duration,
+    /// TLS and SASL, the same as the rest of the process uses.
+    pub security: KafkaSecurity,
 }
 
 /// What a completed join gave this member.
@@ -298,7 +248,7 @@ pub enum Beat {
 pub struct Member {
     settings: GroupSettings,
     /// Connection to the coordinator; `None` until found, and after a failure.
-    conn: Option<Conn>,
+    conn: Option<BrokerConn>,
     member_id: String,
     generation: i32,
 }
@@ -338,7 +288,7 @@ impl Member {
         self.conn = None;
     }
 
-    async fn coordinator(&mut self) -> Result<&mut Conn, GroupError> {
+    async fn coordinator(&mut self) -> Result<&mut BrokerConn, GroupError> {
         if self.conn.is_none() {
             let mut last = None;
             for addr in self.settings.bootstrap.clone() {
@@ -359,16 +309,17 @@ impl Member {
             .ok_or(GroupError::Timeout("finding the group coordinator"))
     }
 
-    async fn find_coordinator_via(&self, addr: &str) -> Result<Conn, GroupError> {
+    async fn find_coordinator_via(&self, addr: &str) -> Result<BrokerConn, GroupError> {
         let s = &self.settings;
-        let mut conn = Conn::open(addr, &s.client_id, s.op_timeout).await?;
-        conn.negotiate().await?;
+        let mut conn = BrokerConn::open(addr, &s.client_id, s.op_timeout, &s.security).await?;
+        negotiate(&mut conn).await?;
         let req = FindCoordinatorRequest::default()
             .with_key_type(0)
             .with_coordinator_keys(vec![StrBytes::from_string(s.group_id.clone())]);
         let resp = conn
             .call("FindCoordinator", &req, V_FIND_COORDINATOR, Duration::ZERO)
-            .await?;
+            .await
+            .map_err(GroupError::from)?;
         let c = resp
             .coordinators
             .first()
@@ -376,8 +327,8 @@ impl Member {
         check("FindCoordinator", c.error_code)?;
         let target = format!("{}:{}", c.host.as_str(), c.port);
         log::debug!("group {}: coordinator is {target}", s.group_id);
-        let mut coord = Conn::open(&target, &s.client_id, s.op_timeout).await?;
-        coord.negotiate().await?;
+        let mut coord = BrokerConn::open(&target, &s.client_id, s.op_timeout, &s.security).await?;
+        negotiate(&mut coord).await?;
         Ok(coord)
     }
 
@@ -500,7 +451,10 @@ impl Member {
         extra_wait: Duration,
     ) -> Result<R::Response, GroupError> {
         let conn = self.coordinator().await?;
-        let result = conn.call(api, req, version, extra_wait).await;
+        let result = conn
+            .call(api, req, version, extra_wait)
+            .await
+            .map_err(GroupError::from);
         if result.is_err() {
             self.conn = None;
         }

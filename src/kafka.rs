@@ -12,6 +12,8 @@ use rskafka::record::{Record, RecordAndOffset};
 use rskafka::BackoffConfig;
 use tokio::sync::Mutex;
 
+use crate::broker_conn::{BrokerConn, ConnError};
+use crate::kafka_security::KafkaSecurity;
 use crate::wire::{Frame, JobId};
 
 /// Errors talking to Kafka, phrased for the person who has to fix them.
@@ -47,6 +49,9 @@ pub enum KafkaError {
     /// An operation did not finish in time.
     #[error("Kafka {0} timed out")]
     Timeout(&'static str),
+    /// TLS or SASL failed: a certificate, password or protocol setting is wrong.
+    #[error(transparent)]
+    Security(ConnError),
 }
 
 /// Maps a library error, naming what we were doing.
@@ -64,6 +69,8 @@ pub struct KafkaSettings {
     pub op_timeout: Duration,
     /// Client id shown in broker logs.
     pub client_id: String,
+    /// TLS and SASL.
+    pub security: KafkaSecurity,
 }
 
 /// Largest fetch response we ask for, per partition; bounds memory per reader.
@@ -89,14 +96,28 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError
         base: 2.0,
         deadline: Some(settings.op_timeout),
     };
-    let builder = ClientBuilder::new(servers)
-        .client_id(settings.client_id.clone())
-        .backoff_config(backoff)
-        .max_message_size(FETCH_MAX_BYTES as usize * 2);
     let unreachable = |detail: String| KafkaError::Unreachable {
         servers: settings.bootstrap_servers.clone(),
         detail,
     };
+    if settings.security.tls.is_some() || settings.security.sasl.is_some() {
+        check_security(&servers, settings)
+            .await
+            .map_err(|e| match e {
+                e if e.is_config_problem() => KafkaError::Security(e),
+                e => unreachable(e.to_string()),
+            })?;
+    }
+    let mut builder = ClientBuilder::new(servers)
+        .client_id(settings.client_id.clone())
+        .backoff_config(backoff)
+        .max_message_size(FETCH_MAX_BYTES as usize * 2);
+    if let Some(tls) = &settings.security.tls {
+        builder = builder.tls_config(Arc::clone(tls));
+    }
+    if let Some(sasl) = settings.security.rskafka_sasl() {
+        builder = builder.sasl_config(sasl);
+    }
     match tokio::time::timeout(
         settings.op_timeout + Duration::from_secs(1),
         builder.build(),
@@ -109,6 +130,37 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError
             "no answer within {} s",
             settings.op_timeout.as_secs()
         ))),
+    }
+}
+
+/// Opens one secured connection to the first bootstrap broker that answers:
+/// rskafka retries a failed TLS handshake or login until its deadline and
+/// then reports only that retries ran out, so settings are checked here
+/// first, with the same connection setup the group coordinator gets.
+/// Only a settings problem or a timeout fails here.
+async fn check_security(servers: &[String], settings: &KafkaSettings) -> Result<(), ConnError> {
+    let mut last = None;
+    for addr in servers {
+        match BrokerConn::open(
+            addr,
+            &settings.client_id,
+            settings.op_timeout,
+            &settings.security,
+        )
+        .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_config_problem() => return Err(e),
+            Err(e) => {
+                log::debug!("Kafka security check with {addr}: {e}");
+                last = Some(e);
+            }
+        }
+    }
+    match last {
+        // Refused or reset: the broker may still be starting; rskafka retries.
+        Some(ConnError::Io(_)) | None => Ok(()),
+        Some(e) => Err(e),
     }
 }
 

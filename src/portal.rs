@@ -198,6 +198,7 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         heartbeat_interval: ctx.cfg.group.session_timeout / 5,
         // A hung group request must not outlast the session it protects.
         op_timeout: ctx.cfg.kafka.timeout.min(ctx.cfg.group.session_timeout / 3),
+        security: ctx.cfg.kafka.security.clone(),
     });
     tokio::pin!(shutdown);
     let mut announced = false;
@@ -212,6 +213,10 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
             Ok(a) => {
                 failures = 0;
                 a
+            }
+            Err(e) if e.is_fatal() => {
+                ctx.in_flight.wait_idle(ctx.cfg.group.shutdown_grace).await;
+                return Err(e.into());
             }
             Err(e) => {
                 failures += 1;

@@ -855,6 +855,7 @@ mod tests {
                 response_topic: "rs".into(),
                 timeout: Duration::from_secs(5),
                 chunk_size: 1024,
+                security: Default::default(),
             },
             timeout: Duration::from_secs(5),
             signer: None,

@@ -233,10 +233,11 @@ impl PrivateBroker {
 
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (port, controller) = (free_port(), free_port());
+        let (port, controller, sasl) = (free_port(), free_port(), free_port());
         let env = vec![
             ("KAFKA_PORT", port.to_string()),
             ("KAFKA_CONTROLLER_PORT", controller.to_string()),
+            ("KAFKA_SASL_SSL_PORT", sasl.to_string()),
             ("KAFKA_STATE_DIR", dir.path().to_str().unwrap().to_string()),
         ];
         let mut b = Self {
@@ -283,15 +284,21 @@ pub fn group_tool(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Plain-text Kafka client settings for a test reading or writing `topics` directly.
+pub fn kafka_settings(topics: &Topics, client_id: &str) -> kafkasend::kafka::KafkaSettings {
+    kafkasend::kafka::KafkaSettings {
+        bootstrap_servers: topics.broker().to_string(),
+        op_timeout: Duration::from_secs(30),
+        client_id: client_id.into(),
+        security: Default::default(),
+    }
+}
+
 /// Every final response record (`End` or `Error`) on the response topic, by job.
 pub async fn final_responses(topics: &Topics) -> std::collections::BTreeMap<String, usize> {
     use kafkasend::kafka;
     use kafkasend::wire::{decode, Body};
-    let settings = kafka::KafkaSettings {
-        bootstrap_servers: topics.broker().to_string(),
-        op_timeout: Duration::from_secs(30),
-        client_id: "it-reader".into(),
-    };
+    let settings = kafka_settings(topics, "it-reader");
     let limit = Duration::from_secs(30);
     let client = kafka::connect(&settings).await.unwrap();
     let parts = kafka::partition_count(&client, &topics.response, limit)
@@ -347,8 +354,16 @@ impl SendResult {
 
 /// Runs `kafkasend send ARGS` to completion, within [`WAIT`].
 pub async fn send(topics: &Topics, args: &[&str]) -> SendResult {
+    send_with_env(topics, &[], args).await
+}
+
+/// Runs `kafkasend send ARGS` with extra environment variables.
+pub async fn send_with_env(topics: &Topics, env: &[(&str, String)], args: &[&str]) -> SendResult {
     let mut cmd = tokio::process::Command::from(kafkasend(topics));
     cmd.arg("send").args(args).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let out = tokio::time::timeout(WAIT, cmd.output())
         .await
         .expect("kafkasend send did not finish in time")
@@ -1135,4 +1150,71 @@ impl Servers {
 pub fn json(out: &[u8]) -> serde_json::Value {
     serde_json::from_slice(out)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
+}
+
+/// Connection facts of the broker's SASL_SSL listener, as `scripts/kafka
+/// sasl-env` prints them.
+#[derive(Debug)]
+pub struct SaslFacts {
+    /// `host:port` of the SASL_SSL listener.
+    pub bootstrap: String,
+    /// PEM file of the CA that signed the broker's certificate.
+    pub ca_file: String,
+    pub scram_user: String,
+    pub scram_password: String,
+    pub plain_user: String,
+    pub plain_password: String,
+}
+
+/// The SASL_SSL facts of the suite's broker: from the file
+/// `KAFKA_SASL_ENV_FILE` names, else from `scripts/kafka sasl-env` (same
+/// `KAFKA_STATE_DIR` as the broker's). Fails, never skips, when neither
+/// describes the broker at [`broker()`].
+pub fn sasl_facts() -> &'static SaslFacts {
+    static FACTS: OnceLock<SaslFacts> = OnceLock::new();
+    FACTS.get_or_init(|| {
+        let broker = broker();
+        let how = "the Kafka security tests need the broker's SASL_SSL listener: run the \
+            broker with scripts/kafka start (it writes $KAFKA_STATE_DIR/sasl.env), or set \
+            KAFKA_SASL_ENV_FILE to a file with the lines KAFKA_PLAINTEXT_BOOTSTRAP, \
+            KAFKA_SASL_SSL_BOOTSTRAP, KAFKA_SSL_CA_FILE, KAFKA_SCRAM_USERNAME, \
+            KAFKA_SCRAM_PASSWORD, KAFKA_PLAIN_USERNAME, KAFKA_PLAIN_PASSWORD \
+            (SCRAM user with SHA-256 and SHA-512 credentials)";
+        let text = match std::env::var("KAFKA_SASL_ENV_FILE") {
+            Ok(path) if !path.is_empty() => std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("KAFKA_SASL_ENV_FILE={path}: {e}; {how}")),
+            _ => {
+                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka");
+                let out = Command::new(&script)
+                    .arg("sasl-env")
+                    .output()
+                    .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+                assert!(
+                    out.status.success(),
+                    "scripts/kafka sasl-env failed: {}; {how}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+        };
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|| panic!("no {key} in the SASL facts; {how}"))
+        };
+        let plaintext = get("KAFKA_PLAINTEXT_BOOTSTRAP");
+        assert!(
+            broker.split(',').any(|b| b.trim() == plaintext),
+            "the SASL facts describe the broker at {plaintext}, but the tests use {broker}; {how}"
+        );
+        SaslFacts {
+            bootstrap: get("KAFKA_SASL_SSL_BOOTSTRAP"),
+            ca_file: get("KAFKA_SSL_CA_FILE"),
+            scram_user: get("KAFKA_SCRAM_USERNAME"),
+            scram_password: get("KAFKA_SCRAM_PASSWORD"),
+            plain_user: get("KAFKA_PLAIN_USERNAME"),
+            plain_password: get("KAFKA_PLAIN_PASSWORD"),
+        }
+    })
 }

@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod group;
+mod kafka_security;
 mod oauth;
 mod policy;
 mod relay;

@@ -354,11 +354,7 @@ fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)>
 
 /// Every error reply on the response topic, by job: category and message.
 async fn error_replies(topics: &Topics) -> BTreeMap<JobId, (ErrorCategory, String)> {
-    let settings = kafka::KafkaSettings {
-        bootstrap_servers: topics.broker().to_string(),
-        op_timeout: Duration::from_secs(30),
-        client_id: "it-errors".into(),
-    };
+    let settings = kafka_settings(topics, "it-errors");
     let limit = Duration::from_secs(30);
     let client = kafka::connect(&settings).await.unwrap();
     let mut out = BTreeMap::new();
@@ -404,11 +400,7 @@ async fn a_burst_of_garbage_does_not_stop_real_jobs() {
             digest,
         ));
     }
-    let settings = kafka::KafkaSettings {
-        bootstrap_servers: topics.broker().to_string(),
-        op_timeout: Duration::from_secs(30),
-        client_id: "it-garbage".into(),
-    };
+    let settings = kafka_settings(&topics, "it-garbage");
     let limit = Duration::from_secs(30);
     let client = kafka::connect(&settings).await.unwrap();
     let mut expected = Vec::new();

@@ -221,13 +221,9 @@ async fn signing_needs_a_file_that_can_be_read_twice() {
 /// Every record of `job` in `partition` of the request topic, as produced.
 async fn records_of(topics: &Topics, partition: i32, job: &str) -> Vec<rskafka::record::Record> {
     let limit = Duration::from_secs(30);
-    let client = kafka::connect(&kafka::KafkaSettings {
-        bootstrap_servers: topics.broker().to_string(),
-        op_timeout: limit,
-        client_id: "it-replay".into(),
-    })
-    .await
-    .unwrap();
+    let client = kafka::connect(&kafka_settings(topics, "it-replay"))
+        .await
+        .unwrap();
     let pc = kafka::partition(&client, &topics.request, partition, limit)
         .await
         .unwrap();
@@ -251,13 +247,9 @@ async fn records_of(topics: &Topics, partition: i32, job: &str) -> Vec<rskafka::
 /// Produces `records` again to `partition`; returns the offset of the first.
 async fn replay(topics: &Topics, partition: i32, records: &[rskafka::record::Record]) -> i64 {
     let limit = Duration::from_secs(30);
-    let client = kafka::connect(&kafka::KafkaSettings {
-        bootstrap_servers: topics.broker().to_string(),
-        op_timeout: limit,
-        client_id: "it-replay".into(),
-    })
-    .await
-    .unwrap();
+    let client = kafka::connect(&kafka_settings(topics, "it-replay"))
+        .await
+        .unwrap();
     let pc = kafka::partition(&client, &topics.request, partition, limit)
         .await
         .unwrap();

@@ -1,0 +1,200 @@
+//! Portal and send over the broker's SASL_SSL listener: TLS against the test
+//! CA, SASL PLAIN and SCRAM, and the errors a user sees when a password or
+//! CA is wrong.
+
+use std::process::Stdio;
+
+use crate::common::*;
+
+/// Topics on the SASL_SSL listener.
+fn sasl_topics(name: &str) -> Topics {
+    Topics {
+        bootstrap: Some(sasl_facts().bootstrap.clone()),
+        ..Topics::new(name)
+    }
+}
+
+/// Environment for SASL_SSL with `mechanism` as `user`.
+fn sasl_env(mechanism: &str, user: &str, password: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL".into()),
+        ("KAFKA_SSL_CA_FILE", sasl_facts().ca_file.clone()),
+        ("KAFKA_SASL_MECHANISM", mechanism.into()),
+        ("KAFKA_SASL_USERNAME", user.into()),
+        ("KAFKA_SASL_PASSWORD", password.into()),
+    ]
+}
+
+fn scram_env(mechanism: &str) -> Vec<(&'static str, String)> {
+    let f = sasl_facts();
+    sasl_env(mechanism, &f.scram_user, &f.scram_password)
+}
+
+fn plain_env() -> Vec<(&'static str, String)> {
+    let f = sasl_facts();
+    sasl_env("PLAIN", &f.plain_user, &f.plain_password)
+}
+
+/// Relays one POST with a body through a portal logged in with
+/// `portal_mechanism`, once per sender environment in `senders`.
+async fn relay_over_sasl_ssl(
+    name: &str,
+    portal_mechanism: &str,
+    senders: &[(&str, Vec<(&str, String)>)],
+) {
+    let servers = Servers::start().await;
+    let topics = sasl_topics(name);
+    let mut env = servers.plain_env();
+    env.extend(scram_env(portal_mechanism));
+    let portal = Portal::start(&topics, &env);
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (label, send_env)) in senders.iter().enumerate() {
+        let (file, digest) = pattern_file(dir.path(), "body.bin", i as u64 + 7, 300_000);
+        let out = send_with_env(
+            &topics,
+            send_env,
+            &[file.to_str().unwrap(), "--endpoint", "/api/upload"],
+        )
+        .await;
+        assert_eq!(out.code, 0, "{label}: stderr: {}", out.stderr);
+        let reply = json(&out.stdout);
+        assert_eq!(reply["body_sha256"], digest.as_str(), "{label}");
+        let reqs = servers.state.requests();
+        assert_eq!(reqs.len(), i + 1, "{label}");
+        assert_eq!(reqs[i].body_sha256, digest, "{label}");
+    }
+    // The portal logs at DEBUG; no password may appear there.
+    let log = portal.log();
+    let f = sasl_facts();
+    assert!(
+        !log.contains(&f.scram_password),
+        "SCRAM password in the portal log"
+    );
+    assert!(
+        !log.contains(&f.plain_password),
+        "PLAIN password in the portal log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scram_sha_512_portal_serves_scram_and_plain_senders_over_sasl_ssl() {
+    relay_over_sasl_ssl(
+        "sasl512",
+        "SCRAM-SHA-512",
+        &[
+            ("SCRAM-SHA-512", scram_env("SCRAM-SHA-512")),
+            ("PLAIN", plain_env()),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scram_sha_256_portal_and_sender_over_sasl_ssl() {
+    relay_over_sasl_ssl(
+        "sasl256",
+        "SCRAM-SHA-256",
+        &[("SCRAM-SHA-256", scram_env("SCRAM-SHA-256"))],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_password_fails_send_and_portal_with_one_clear_line() {
+    let topics = sasl_topics("badpw");
+    let f = sasl_facts();
+    let wrong = "not-the-password-4711";
+    let env = sasl_env("SCRAM-SHA-256", &f.scram_user, wrong);
+
+    let out = send_with_env(&topics, &env, &["--endpoint", "/api/items"]).await;
+    assert_eq!(out.code, 7, "stderr: {}", out.stderr);
+    let stderr = out.stderr.trim();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Kafka authentication failed for user '{}' (SCRAM-SHA-256)",
+            f.scram_user
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(wrong), "{stderr}");
+
+    let servers = Servers::start().await;
+    let mut cmd = tokio::process::Command::from(kafkasend(&topics));
+    cmd.arg("portal")
+        .envs(servers.plain_env())
+        .envs(sasl_env("PLAIN", &f.plain_user, wrong))
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .expect("the portal kept running with a wrong password")
+        .expect("run kafkasend portal");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "kafkasend portal: Kafka authentication failed for user '{}' (PLAIN)",
+            f.plain_user
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(wrong), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ca_that_did_not_sign_the_broker_gives_a_tls_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let other_ca = dir.path().join("other-ca.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=not the broker's CA", "-keyout"])
+        .arg(dir.path().join("other-ca.key"))
+        .arg("-out")
+        .arg(&other_ca)
+        .output()
+        .expect("run openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+
+    let topics = sasl_topics("badca");
+    let env = [
+        ("KAFKA_SECURITY_PROTOCOL", "SSL".to_string()),
+        ("KAFKA_SSL_CA_FILE", other_ca.to_str().unwrap().to_string()),
+    ];
+    let out = send_with_env(&topics, &env, &["--endpoint", "/api/items"]).await;
+    assert_eq!(out.code, 7, "stderr: {}", out.stderr);
+    let stderr = out.stderr.trim();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "TLS handshake with the Kafka broker at {} failed",
+            sasl_facts().bootstrap
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("KAFKA_SSL_CA_FILE"), "{stderr}");
+}
+
+#[test]
+fn help_does_not_show_the_sasl_password() {
+    let secret = "help-must-not-show-4712";
+    for sub in ["send", "portal"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kafkasend"))
+            .args([sub, "--help"])
+            .env("KAFKA_SASL_PASSWORD", secret)
+            .env("KAFKA_SASL_USERNAME", "visible-user")
+            .output()
+            .expect("run kafkasend --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{help}");
+        assert!(help.contains("KAFKA_SASL_PASSWORD"), "{help}");
+        assert!(help.contains("visible-user"), "{help}");
+        assert!(!help.contains(secret), "{help}");
+    }
+}
