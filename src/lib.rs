@@ -34,6 +34,8 @@ pub mod portal;
 pub mod progress;
 pub mod send;
 pub mod signing;
+#[cfg(test)]
+mod test_support;
 pub mod tls;
 pub mod token_cache;
 pub mod wire;

@@ -622,20 +622,8 @@ impl ReplayCache {
 mod tests {
     use super::*;
     use std::path::PathBuf;
-    use std::process::Command;
 
-    /// Runs openssl; a missing openssl fails the test.
-    fn openssl(args: &[&str]) {
-        let out = Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl must be installed to run these tests");
-        assert!(
-            out.status.success(),
-            "openssl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    use crate::test_support::openssl;
 
     /// A fresh key pair of `kind` in `dir`: (private PEM path, public PEM path).
     fn key_pair(dir: &Path, name: &str, kind: KeyType) -> (PathBuf, PathBuf) {
@@ -653,7 +641,7 @@ mod tests {
                 "-out",
                 p,
             ]),
-        }
+        };
         openssl(&[
             "pkey",
             "-in",

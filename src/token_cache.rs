@@ -681,14 +681,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rsa.pem");
         let p = path.to_str().unwrap();
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "openssl {args:?}");
-            out.stdout
-        };
+        let run = crate::test_support::openssl;
         run(&[
             "genpkey",
             "-algorithm",

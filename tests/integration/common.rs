@@ -294,35 +294,72 @@ pub fn kafka_settings(topics: &Topics, client_id: &str) -> kafkasend::kafka::Kaf
     }
 }
 
-/// Every final response record (`End` or `Error`) on the response topic, by job.
-pub async fn final_responses(topics: &Topics) -> std::collections::BTreeMap<String, usize> {
+/// Checks with Kafka's group tool that the group of `topics` has committed
+/// every request partition up to its log end; returns the log ends.
+pub fn assert_committed_to_end(topics: &Topics) -> Vec<i64> {
+    let out = group_tool(&["--describe", "--group", &topics.group]);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| l.starts_with(&topics.group))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    rows.iter()
+        .map(|r| {
+            assert_eq!(r[3], r[4], "committed offset is not the log end: {out}");
+            r[4].parse::<i64>().unwrap()
+        })
+        .collect()
+}
+
+/// Every record in `partition` of `topic`, from the start to the end it has now.
+pub async fn records_in(
+    topics: &Topics,
+    topic: &str,
+    partition: i32,
+) -> Vec<rskafka::record::Record> {
     use kafkasend::kafka;
-    use kafkasend::wire::{decode, Body};
-    let settings = kafka_settings(topics, "it-reader");
     let limit = Duration::from_secs(30);
-    let client = kafka::connect(&settings).await.unwrap();
-    let parts = kafka::partition_count(&client, &topics.response, limit)
+    let client = kafka::connect(&kafka_settings(topics, "it-reader"))
         .await
-        .unwrap()
         .unwrap();
-    let mut out = std::collections::BTreeMap::new();
-    for p in 0..parts {
-        let pc = kafka::partition(&client, &topics.response, p, limit)
+    let pc = kafka::partition(&client, topic, partition, limit)
+        .await
+        .unwrap();
+    let end = kafka::end_offset(&pc, limit).await.unwrap();
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < end {
+        let (records, _) = kafka::fetch(&pc, offset, Duration::from_millis(100), limit)
             .await
             .unwrap();
-        let end = kafka::end_offset(&pc, limit).await.unwrap();
-        let mut offset = 0;
-        while offset < end {
-            let (records, _) = kafka::fetch(&pc, offset, Duration::from_millis(100), limit)
-                .await
-                .unwrap();
-            for r in records {
-                offset = r.offset + 1;
-                let (frame, _) = decode(r.record.value.as_deref().unwrap()).unwrap();
-                if matches!(frame.body, Body::End(_) | Body::Error(_)) {
-                    *out.entry(frame.job.to_string()).or_default() += 1;
-                }
-            }
+        for r in records {
+            offset = r.offset + 1;
+            out.push(r.record);
+        }
+    }
+    out
+}
+
+/// Every frame on the response topic (all 3 partitions the tests create).
+pub async fn response_frames(topics: &Topics) -> Vec<kafkasend::wire::Frame> {
+    let mut out = Vec::new();
+    for p in 0..3 {
+        for r in records_in(topics, &topics.response, p).await {
+            let (frame, _) = kafkasend::wire::decode(r.value.as_deref().unwrap()).unwrap();
+            out.push(frame);
+        }
+    }
+    out
+}
+
+/// Every final response record (`End` or `Error`) on the response topic, by job.
+pub async fn final_responses(topics: &Topics) -> std::collections::BTreeMap<String, usize> {
+    use kafkasend::wire::Body;
+    let mut out = std::collections::BTreeMap::new();
+    for frame in response_frames(topics).await {
+        if matches!(frame.body, Body::End(_) | Body::Error(_)) {
+            *out.entry(frame.job.to_string()).or_default() += 1;
         }
     }
     out
@@ -1026,20 +1063,26 @@ pub fn ec_key_pair() -> (String, String) {
     (key.serialize_pem(), key.public_key_pem())
 }
 
+/// Runs `openssl ARGS` and returns its standard output; a missing or
+/// failing openssl fails the test (CI checks that it is installed).
+pub fn openssl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl must be installed to run these tests");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// A fresh 2048-bit RSA key pair made by `openssl`: (private key PEM, public key PEM).
 pub fn rsa_key_pair(dir: &Path) -> (String, String) {
     let private = dir.join(format!("rsa-{}.pem", ulid::Ulid::new()));
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run openssl");
-        assert!(out.status.success(), "openssl {args:?} failed");
-        out.stdout
-    };
     let p = private.to_str().unwrap();
-    run(&[
+    openssl(&[
         "genpkey",
         "-algorithm",
         "RSA",
@@ -1048,7 +1091,7 @@ pub fn rsa_key_pair(dir: &Path) -> (String, String) {
         "-out",
         p,
     ]);
-    let public = run(&["pkey", "-in", p, "-pubout"]);
+    let public = openssl(&["pkey", "-in", p, "-pubout"]);
     (
         std::fs::read_to_string(&private).unwrap(),
         String::from_utf8(public).unwrap(),

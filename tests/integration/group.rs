@@ -74,19 +74,8 @@ async fn sigterm_drains_jobs_in_flight_and_commits_to_the_end() {
         assert_eq!(out.stdout_text(), "slow done");
     }
     // Every partition committed up to its end: nothing is owed.
-    let out = group_tool(&["--describe", "--group", &topics.group]);
-    let rows: Vec<Vec<&str>> = out
-        .lines()
-        .filter(|l| l.starts_with(&topics.group))
-        .map(|l| l.split_whitespace().collect())
-        .collect();
-    assert_eq!(rows.len(), 3, "{out}");
-    let mut total = 0;
-    for r in &rows {
-        assert_eq!(r[3], r[4], "committed offset is not the log end: {out}");
-        total += r[4].parse::<i64>().unwrap();
-    }
-    assert_eq!(total, 3, "{out}");
+    let ends = assert_committed_to_end(&topics);
+    assert_eq!(ends.iter().sum::<i64>(), 3, "{ends:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -146,21 +146,22 @@ async fn wrong_password_fails_send_and_portal_with_one_clear_line() {
 async fn a_ca_that_did_not_sign_the_broker_gives_a_tls_error() {
     let dir = tempfile::tempdir().unwrap();
     let other_ca = dir.path().join("other-ca.pem");
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=not the broker's CA", "-keyout"])
-        .arg(dir.path().join("other-ca.key"))
-        .arg("-out")
-        .arg(&other_ca)
-        .output()
-        .expect("run openssl");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let key = dir.path().join("other-ca.key");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=not the broker's CA",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        other_ca.to_str().unwrap(),
+    ]);
 
     let topics = sasl_topics("badca");
     let env = [

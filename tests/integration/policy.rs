@@ -215,6 +215,13 @@ fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)>
                 reply_partition: 0,
             }),
         };
+    // The valid start of a 4-byte upload, with nothing to expect of it alone.
+    let begin = |job: JobId| {
+        (
+            kafka::record(&start(job, "/upload", Some(4), vec![]), &[], &[]),
+            None,
+        )
+    };
     let chunk = |job: JobId, seq: u32, offset: u64, data: &[u8], crc: u32| {
         kafka::record(
             &Frame {
@@ -290,10 +297,7 @@ fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)>
     ));
     // A start repeated with other metadata.
     let job = JobId::new();
-    out.push((
-        kafka::record(&start(job, "/upload", Some(4), vec![]), &[], &[]),
-        None,
-    ));
+    out.push(begin(job));
     out.push((
         kafka::record(&start(job, "/upload/other", Some(4), vec![]), &[], &[]),
         Some((job, "different metadata")),
@@ -301,37 +305,25 @@ fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)>
     // A hostile repeat of a job being assembled: the job fails, once, and
     // its first start's offset is settled.
     let job = JobId::new();
-    out.push((
-        kafka::record(&start(job, "/upload", Some(4), vec![]), &[], &[]),
-        None,
-    ));
+    out.push(begin(job));
     out.push((
         kafka::record(&start(job, "/a/../admin", Some(4), vec![]), &[], &[]),
         Some((job, "different metadata")),
     ));
     // A chunk numbered far out of range.
     let job = JobId::new();
-    out.push((
-        kafka::record(&start(job, "/upload", Some(4), vec![]), &[], &[]),
-        None,
-    ));
+    out.push(begin(job));
     out.push((
         chunk(job, 50_000_000, 0, b"abcd", wire::checksum(b"abcd")),
         Some((job, "out of range")),
     ));
     // A chunk whose checksum is wrong.
     let job = JobId::new();
-    out.push((
-        kafka::record(&start(job, "/upload", Some(4), vec![]), &[], &[]),
-        None,
-    ));
+    out.push(begin(job));
     out.push((chunk(job, 1, 0, b"abcd", 12345), Some((job, "CRC32C"))));
     // A body whose digest does not match its end record.
     let job = JobId::new();
-    out.push((
-        kafka::record(&start(job, "/upload", Some(4), vec![]), &[], &[]),
-        None,
-    ));
+    out.push(begin(job));
     out.push((chunk(job, 1, 0, b"abcd", wire::checksum(b"abcd")), None));
     let end = Frame {
         job,
@@ -354,30 +346,14 @@ fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)>
 
 /// Every error reply on the response topic, by job: category and message.
 async fn error_replies(topics: &Topics) -> BTreeMap<JobId, (ErrorCategory, String)> {
-    let settings = kafka_settings(topics, "it-errors");
-    let limit = Duration::from_secs(30);
-    let client = kafka::connect(&settings).await.unwrap();
-    let mut out = BTreeMap::new();
-    for p in 0..3 {
-        let pc = kafka::partition(&client, &topics.response, p, limit)
-            .await
-            .unwrap();
-        let end = kafka::end_offset(&pc, limit).await.unwrap();
-        let mut offset = 0;
-        while offset < end {
-            let (records, _) = kafka::fetch(&pc, offset, Duration::from_millis(100), limit)
-                .await
-                .unwrap();
-            for r in records {
-                offset = r.offset + 1;
-                let (frame, _) = wire::decode(r.record.value.as_deref().unwrap()).unwrap();
-                if let Body::Error(e) = frame.body {
-                    out.insert(frame.job, (e.category, e.message));
-                }
-            }
-        }
-    }
-    out
+    response_frames(topics)
+        .await
+        .into_iter()
+        .filter_map(|frame| match frame.body {
+            Body::Error(e) => Some((frame.job, (e.category, e.message))),
+            _ => None,
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -461,14 +437,5 @@ async fn a_burst_of_garbage_does_not_stop_real_jobs() {
     // is committed to its end.
     portal.signal("TERM");
     assert_eq!(portal.wait_exit().await, Some(0), "{}", portal.log());
-    let out = group_tool(&["--describe", "--group", &topics.group]);
-    let rows: Vec<Vec<&str>> = out
-        .lines()
-        .filter(|l| l.starts_with(&topics.group))
-        .map(|l| l.split_whitespace().collect())
-        .collect();
-    assert_eq!(rows.len(), 3, "{out}");
-    for r in &rows {
-        assert_eq!(r[3], r[4], "committed offset is not the log end: {out}");
-    }
+    assert_committed_to_end(&topics);
 }

@@ -2,7 +2,6 @@
 //! signed by a key it trusts, and refuses unsigned, foreign and replayed ones.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use kafkasend::kafka;
@@ -10,19 +9,6 @@ use kafkasend::partitioner::partition_for_key;
 use kafkasend::wire::JobId;
 
 use crate::common::*;
-
-/// Runs openssl; a missing openssl fails the test.
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl must be installed to run the signing tests");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Makes a key pair in `dir` as the README says; returns (private, public).
 fn key_pair(dir: &Path, name: &str, ec: bool) -> (PathBuf, PathBuf) {
@@ -220,28 +206,11 @@ async fn signing_needs_a_file_that_can_be_read_twice() {
 
 /// Every record of `job` in `partition` of the request topic, as produced.
 async fn records_of(topics: &Topics, partition: i32, job: &str) -> Vec<rskafka::record::Record> {
-    let limit = Duration::from_secs(30);
-    let client = kafka::connect(&kafka_settings(topics, "it-replay"))
+    records_in(topics, &topics.request, partition)
         .await
-        .unwrap();
-    let pc = kafka::partition(&client, &topics.request, partition, limit)
-        .await
-        .unwrap();
-    let end = kafka::end_offset(&pc, limit).await.unwrap();
-    let mut out = Vec::new();
-    let mut offset = 0;
-    while offset < end {
-        let (records, _) = kafka::fetch(&pc, offset, Duration::from_millis(100), limit)
-            .await
-            .unwrap();
-        for r in records {
-            offset = r.offset + 1;
-            if r.record.key.as_deref() == Some(job.as_bytes()) {
-                out.push(r.record);
-            }
-        }
-    }
-    out
+        .into_iter()
+        .filter(|r| r.key.as_deref() == Some(job.as_bytes()))
+        .collect()
 }
 
 /// Produces `records` again to `partition`; returns the offset of the first.
