@@ -142,10 +142,16 @@ impl BrokerConn {
                 let name = ServerName::try_from(host_of(addr).to_string())
                     .map_err(|e| tls_err(format!("'{}' is not a host name: {e}", host_of(addr))))?;
                 let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(tls));
+                // Only what rustls rejects (a certificate, a protocol
+                // mismatch) is a settings problem; a slow or dropped
+                // connection is worth retrying like any other.
                 let tls_stream = tokio::time::timeout(limit, connector.connect(name, tcp))
                     .await
-                    .map_err(|_| tls_err(format!("no handshake within {} s", limit.as_secs())))?
-                    .map_err(|e| tls_err(e.to_string()))?;
+                    .map_err(|_| ConnError::Timeout("the TLS handshake"))?
+                    .map_err(|e| match e.kind() {
+                        std::io::ErrorKind::InvalidData => tls_err(e.to_string()),
+                        _ => ConnError::Io(e),
+                    })?;
                 Box::new(tls_stream)
             }
         };
@@ -240,8 +246,13 @@ impl BrokerConn {
             .await
             .map_err(|e| match e {
                 // A TLS listener reached without TLS, or a broker that hung up.
-                ConnError::Io(io) => sasl_err(format!(
-                    "the broker closed the connection during the SASL handshake ({io}); check KAFKA_SECURITY_PROTOCOL (SASL_SSL needs TLS)"
+                // It may be restarting; retrying is right, but say what else
+                // it could be if it goes on.
+                ConnError::Io(io) => ConnError::Io(std::io::Error::new(
+                    io.kind(),
+                    format!(
+                        "the broker closed the connection during the SASL handshake ({io}); if this goes on, check KAFKA_SECURITY_PROTOCOL (SASL_SSL needs TLS)"
+                    ),
                 )),
                 other => other,
             })?;

@@ -26,6 +26,7 @@ use crate::config::{PortalConfig, StartFrom};
 use crate::group::{Assignment, Beat, GroupError, GroupSettings, Member};
 use crate::http_dispatch::{DispatchError, Dispatcher};
 use crate::kafka::{self, KafkaError, PartitionCache};
+use crate::partitioner::partition_for_key;
 use crate::progress::{decode_metadata, Progress};
 use crate::signing::Verifier;
 use crate::token_cache::TokenCache;
@@ -110,6 +111,8 @@ struct Ctx {
     spool_budget: Arc<SpoolBudget>,
     /// Checks request signatures when `PORTAL_TRUSTED_KEYS` is set.
     verifier: Option<Verifier>,
+    /// Partitions of the request topic, to tell where a sender puts a job.
+    request_partitions: i32,
 }
 
 impl Ctx {
@@ -166,6 +169,7 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
     });
     let ctx = Arc::new(Ctx {
         verifier,
+        request_partitions,
         replies: PartitionCache::new(
             Arc::clone(&client),
             kcfg.response_topic.clone(),
@@ -711,11 +715,6 @@ async fn check_signature(
     let (Some(verifier), Body::RequestStart(start)) = (&ctx.verifier, &frame.body) else {
         return Some(None);
     };
-    // The assembler ignores a start of a job it knows (a producer's retry
-    // repeats a record): nothing to check, nothing to answer.
-    if asm.knows(&frame.job) {
-        return Some(None);
-    }
     let signature = rec.record.headers.get(wire::SIGNATURE_HEADER);
     let now = crate::signing::unix_now();
     match verifier.verify(
@@ -729,6 +728,22 @@ async fn check_signature(
         Ok(v) => {
             log::debug!("job {}: signature by {} verified", frame.job, v.key);
             Some(v.body_sha256)
+        }
+        // Answer only a start that could be its sender's own. One for a job
+        // this portal holds or accepted signed, or one off the partition its
+        // key hashes to, may be a forgery aimed at someone else's job, and an
+        // error reply would end that job for its client.
+        Err(why)
+            if asm.knows(&frame.job)
+                || verifier.has_seen(frame.job)
+                || partition != partition_for_key(&frame.job.key(), ctx.request_partitions) =>
+        {
+            log::warn!(
+                "job {}: ignored a start record at partition {partition} offset {} that fails its signature check: {why}",
+                frame.job,
+                rec.offset
+            );
+            None
         }
         Err(why) => {
             log::warn!(

@@ -430,9 +430,14 @@ impl Verifier {
         }
     }
 
-    /// The trusted keys, for logs.
-    pub fn key_names(&self) -> Vec<String> {
-        self.trusted.names()
+    /// Whether a signed request of `job` was accepted and has not expired:
+    /// any other start record claiming that job is a forgery or a copy.
+    pub fn has_seen(&self, job: JobId) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seen
+            .contains_key(&job)
     }
 
     /// Checks the `signature` header of the start record of `job`, read at

@@ -267,7 +267,7 @@ impl AssertionSigner {
 
     /// The claims of a new assertion for `client_id`, issued now, with a fresh `jti`.
     pub fn claims(&self, client_id: &str) -> AssertionClaims {
-        let now = unix_now();
+        let now = crate::signing::unix_now();
         AssertionClaims {
             iss: client_id.to_string(),
             sub: client_id.to_string(),
@@ -284,13 +284,6 @@ impl AssertionSigner {
         header.kid = self.kid.clone();
         jsonwebtoken::encode(&header, &self.claims(client_id), &self.key)
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Why no token could be had.
@@ -587,7 +580,7 @@ fn lifetime_of(resp: &TokenResponse) -> Duration {
     // No stated lifetime: a JWT access token carries its own expiry.
     if let Ok(data) = jsonwebtoken::dangerous::insecure_decode::<JwtExp>(&resp.access_token) {
         if let Some(exp) = data.claims.exp {
-            return Duration::from_secs(exp.saturating_sub(unix_now()));
+            return Duration::from_secs(exp.saturating_sub(crate::signing::unix_now()));
         }
     }
     DEFAULT_LIFETIME
@@ -717,7 +710,11 @@ mod tests {
         assert_eq!(claims.sub, "portal-client");
         assert_eq!(claims.aud, token_url);
         assert_eq!(claims.exp - claims.iat, ASSERTION_LIFETIME.as_secs());
-        assert!(claims.iat.abs_diff(unix_now()) <= 5, "{}", claims.iat);
+        assert!(
+            claims.iat.abs_diff(crate::signing::unix_now()) <= 5,
+            "{}",
+            claims.iat
+        );
         assert!(claims.jti.parse::<ulid::Ulid>().is_ok(), "{}", claims.jti);
         let again = jsonwebtoken::decode::<AssertionClaims>(
             &signer.sign("portal-client").unwrap(),

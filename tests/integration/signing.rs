@@ -260,11 +260,27 @@ async fn a_replayed_signed_request_never_reaches_the_api_twice() {
     assert_eq!(records.len(), 5, "start, 3 chunks, end");
     let _: JobId = job.parse().unwrap();
 
-    // The same partition at once: the portal still knows the job as finished.
+    // The same partition at once: the replay cache knows where it was read.
     let at = replay(&topics, p, &records).await;
     portal
         .wait_for_log(&format!(
-            "partition {p} offset {at}: record of a finished job"
+            "job {job}: ignored a start record at partition {p} offset {at} that fails its signature check: replayed request"
+        ))
+        .await;
+
+    // A forged, unsigned start for the same job with another path: ignored,
+    // and no error reply that could end the job for its client.
+    let mut forged = records[0].clone();
+    let (mut frame, _) = kafkasend::wire::decode(forged.value.as_deref().unwrap()).unwrap();
+    if let kafkasend::wire::Body::RequestStart(start) = &mut frame.body {
+        start.path = "/api/other".into();
+    }
+    forged.value = Some(kafkasend::wire::encode(&frame, &[]));
+    forged.headers.remove(kafkasend::wire::SIGNATURE_HEADER);
+    let at = replay(&topics, p, &[forged]).await;
+    portal
+        .wait_for_log(&format!(
+            "job {job}: ignored a start record at partition {p} offset {at} that fails its signature check"
         ))
         .await;
 
@@ -273,7 +289,7 @@ async fn a_replayed_signed_request_never_reaches_the_api_twice() {
     let at = replay(&topics, q, &records).await;
     portal
         .wait_for_log(&format!(
-            "job {job}: refused (partition {q} offset {at}): the request does not match its signature: its request partition differs"
+            "job {job}: ignored a start record at partition {q} offset {at} that fails its signature check: the request does not match its signature: its request partition differs"
         ))
         .await;
 
@@ -294,9 +310,14 @@ async fn a_replayed_signed_request_never_reaches_the_api_twice() {
     let at = replay(&topics, p, &records).await;
     portal
         .wait_for_log(&format!(
-            "job {job}: refused (partition {p} offset {at}): replayed request"
+            "job {job}: ignored a start record at partition {p} offset {at} that fails its signature check: replayed request"
         ))
         .await;
+    assert_eq!(
+        final_responses(&topics).await.get(&job),
+        Some(&1),
+        "one answer, and no error reply for any copy"
+    );
 
     assert_eq!(
         servers.state.requests().len(),
