@@ -894,21 +894,8 @@ fn resolve_oauth(
 
 /// Reads `OAUTH2_CLIENT_ASSERTION_KEY_FILE`; errors never quote the file.
 fn read_key_file(path: &Path) -> anyhow::Result<Vec<u8>> {
-    const MAX_KEY_BYTES: u64 = 1024 * 1024;
-    let cant = |e: std::io::Error| {
-        anyhow::anyhow!(
-            "OAUTH2_CLIENT_ASSERTION_KEY_FILE: cannot read {}: {e}",
-            path.display()
-        )
-    };
-    let len = std::fs::metadata(path).map_err(cant)?.len();
-    if len > MAX_KEY_BYTES {
-        bail!(
-            "OAUTH2_CLIENT_ASSERTION_KEY_FILE: {} has {len} bytes; a PEM private key has at most {MAX_KEY_BYTES}",
-            path.display()
-        );
-    }
-    std::fs::read(path).map_err(cant)
+    crate::tls::read_pem(path)
+        .map_err(|why| anyhow::anyhow!("OAUTH2_CLIENT_ASSERTION_KEY_FILE: {why}"))
 }
 
 /// Parses `PORTAL_TOKEN_REFRESH_STATUSES`: comma-separated 4xx codes, at least one.

@@ -90,6 +90,17 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError
             detail: "no bootstrap server given".into(),
         });
     }
+    let security = &settings.security;
+    if security.tls.is_none()
+        && security
+            .sasl
+            .as_ref()
+            .is_some_and(|c| c.mechanism == crate::kafka_security::SaslMechanism::Plain)
+    {
+        log::warn!(
+            "KAFKA_SASL_MECHANISM=PLAIN without TLS sends the password in clear text; use KAFKA_SECURITY_PROTOCOL=SASL_SSL"
+        );
+    }
     let backoff = BackoffConfig {
         init_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(2),

@@ -174,8 +174,7 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, S
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("KAFKA_SSL_CA_FILE: cannot read {}: {e}", path.display()))?;
+        let pem = crate::tls::read_pem(path).map_err(|why| format!("KAFKA_SSL_CA_FILE: {why}"))?;
         let mut added = 0;
         for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| {

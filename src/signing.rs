@@ -124,12 +124,8 @@ impl Signer {
     /// Loads the private key in `path` (setting `KAFKASEND_SIGNING_KEY_FILE`);
     /// signatures will be valid for `ttl`.
     pub fn from_pem_file(path: &Path, ttl: Duration) -> Result<Self, KeyError> {
-        let pem = std::fs::read(path).map_err(|e| {
-            KeyError(format!(
-                "KAFKASEND_SIGNING_KEY_FILE: cannot read {}: {e}",
-                path.display()
-            ))
-        })?;
+        let pem = crate::tls::read_pem(path)
+            .map_err(|why| KeyError(format!("KAFKASEND_SIGNING_KEY_FILE: {why}")))?;
         Self::from_pem(&pem, ttl).map_err(|why| {
             KeyError(format!(
                 "KAFKASEND_SIGNING_KEY_FILE: {} {why}",
@@ -215,8 +211,8 @@ impl TrustedKeys {
     pub fn load(list: &str, max_ttl: Duration) -> Result<Self, KeyError> {
         let mut keys = Vec::new();
         for file in list.split(',').map(str::trim).filter(|f| !f.is_empty()) {
-            let pem = std::fs::read(file)
-                .map_err(|e| KeyError(format!("PORTAL_TRUSTED_KEYS: cannot read {file}: {e}")))?;
+            let pem = crate::tls::read_pem(Path::new(file))
+                .map_err(|why| KeyError(format!("PORTAL_TRUSTED_KEYS: {why}")))?;
             let (kind, key) = public_key(&pem)
                 .map_err(|why| KeyError(format!("PORTAL_TRUSTED_KEYS: {file} {why}")))?;
             let name = Path::new(file)

@@ -141,16 +141,18 @@ impl ApiTls {
 }
 
 fn read_pem_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    let cant =
-        |e: std::io::Error| TlsError::new(setting, format!("cannot read {}: {e}", path.display()));
+    read_pem(path).map_err(|why| TlsError::new(setting, why))
+}
+
+/// Reads a PEM file of certificates or keys, refusing one larger than any
+/// such file could be; the error (without the setting's name) never quotes it.
+pub fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    let cant = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
     let len = std::fs::metadata(path).map_err(cant)?.len();
     if len > MAX_PEM_BYTES {
-        return Err(TlsError::new(
-            setting,
-            format!(
-                "{} has {len} bytes; a PEM file of certificates or a key has at most {MAX_PEM_BYTES}",
-                path.display()
-            ),
+        return Err(format!(
+            "{} has {len} bytes; a PEM file of certificates or a key has at most {MAX_PEM_BYTES}",
+            path.display()
         ));
     }
     std::fs::read(path).map_err(cant)

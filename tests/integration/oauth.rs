@@ -144,7 +144,10 @@ async fn private_key_jwt_round_trip(
     let key_file = dir.path().join("assertion-key.pem");
     std::fs::write(&key_file, private_pem).unwrap();
     let topics = Topics::new(name);
-    let portal = Portal::start(&topics, &servers.jwt_env(&key_file, public_pem, alg));
+    let mut env = servers.jwt_env(&key_file, public_pem, alg);
+    env.push(("PORTAL_LOG_LEVEL", "TRACE".into()));
+    env.push(("RUST_LOG", "trace".into()));
+    let portal = Portal::start(&topics, &env);
 
     let out = send(&topics, &["--endpoint", "/api/first"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -176,7 +179,7 @@ async fn private_key_jwt_round_trip(
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("used before"), "{body}");
 
-    // Neither the key nor an assertion reaches the log, even at DEBUG.
+    // Neither the key nor an assertion reaches the log, even at TRACE.
     let log = portal.log();
     let key_body: String = private_pem.lines().nth(1).unwrap().to_string();
     assert!(!log.contains(&key_body), "private key in the log");
