@@ -60,6 +60,11 @@ pub enum Command {
         after_help = "Examples:\n  kafkasend send report.pdf --endpoint /api/upload\n  kafkasend send --endpoint '/api/items?limit=5' -H 'Accept: application/json'\n  kafkasend send big.iso --endpoint /api/upload --multipart --field file -o reply.json"
     )]
     Send(Box<SendArgs>),
+    /// Wait for the response to a job sent earlier with `send --no-wait`.
+    #[command(
+        after_help = "Examples:\n  JOB=$(kafkasend send big.iso --endpoint /api/upload --no-wait)\n  kafkasend wait \"$JOB\" -o reply.json"
+    )]
+    Wait(Box<WaitArgs>),
 }
 
 /// Kafka settings shared by both sides.
@@ -277,9 +282,15 @@ pub struct SendArgs {
     /// Write the response body here instead of standard output
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Print the job id and exit once the broker has every record
+    /// Print the job id and exit once the broker has every record; `kafkasend wait JOB_ID` picks the response up later
     #[arg(long)]
     pub no_wait: bool,
+    /// No progress bars and no status line on stderr; errors still show
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Print a one-line JSON summary on stdout (job, status, bytes each way, duration, digest verified); needs --output or --no-wait
+    #[arg(long)]
+    pub json: bool,
     /// Seconds to wait for the response, counted from the last record received [default: 300]
     #[arg(long, env = "KAFKASEND_TIMEOUT_SECS", value_name = "SECS")]
     pub timeout: Option<u64>,
@@ -289,6 +300,29 @@ pub struct SendArgs {
     /// Seconds a request signature stays valid [default: 300]
     #[arg(long, env = "KAFKASEND_SIGNATURE_TTL_SECS", value_name = "SECS")]
     pub signature_ttl_secs: Option<u64>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+}
+
+/// Flags of `kafkasend wait`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct WaitArgs {
+    /// The job id `send --no-wait` printed
+    #[arg(value_name = "JOB_ID")]
+    pub job: String,
+    /// Write the response body here instead of standard output
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Seconds to wait for the response, counted from the last record received [default: 300]
+    #[arg(long, env = "KAFKASEND_TIMEOUT_SECS", value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// No progress bar and no status line on stderr; errors still show
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Print a one-line JSON summary on stdout; needs --output
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,
@@ -966,12 +1000,11 @@ pub struct SendConfig {
 impl SendConfig {
     /// Resolves flags, environment, file and defaults.
     pub fn resolve(a: &SendArgs) -> anyhow::Result<Self> {
-        let f = load_file(a.kafka.config.as_deref())?;
-        let kafka = KafkaConfig::resolve(&a.kafka, &f)?;
-        let timeout = pick(&a.timeout, &f.timeout).unwrap_or(300);
-        if !(1..=MAX_WAIT_SECS).contains(&timeout) {
-            bail!("--timeout (KAFKASEND_TIMEOUT_SECS) must be between 1 and {MAX_WAIT_SECS} seconds, not {timeout}");
+        if a.json && a.output.is_none() && !a.no_wait {
+            bail!("--json needs --output FILE (or --no-wait), so the response body and the summary do not mix on stdout");
         }
+        let f = load_file(a.kafka.config.as_deref())?;
+        let (kafka, timeout) = Self::resolve_wait_parts(&a.kafka, &a.timeout, &f)?;
         let ttl = pick(&a.signature_ttl_secs, &f.signature_ttl_secs).unwrap_or(300);
         let cap = crate::signing::MAX_SIGNATURE_TTL_SECS;
         if !(1..=cap).contains(&ttl) {
@@ -987,9 +1020,36 @@ impl SendConfig {
             };
         Ok(Self {
             kafka,
-            timeout: Duration::from_secs(timeout),
+            timeout,
             signer,
         })
+    }
+
+    /// Resolves the settings of `kafkasend wait`.
+    pub fn resolve_wait(a: &WaitArgs) -> anyhow::Result<Self> {
+        if a.json && a.output.is_none() {
+            bail!("--json needs --output FILE, so the response body and the summary do not mix on stdout");
+        }
+        let f = load_file(a.kafka.config.as_deref())?;
+        let (kafka, timeout) = Self::resolve_wait_parts(&a.kafka, &a.timeout, &f)?;
+        Ok(Self {
+            kafka,
+            timeout,
+            signer: None,
+        })
+    }
+
+    fn resolve_wait_parts(
+        kafka: &KafkaArgs,
+        timeout: &Option<u64>,
+        f: &FileConfig,
+    ) -> anyhow::Result<(KafkaConfig, Duration)> {
+        let kafka = KafkaConfig::resolve(kafka, f)?;
+        let timeout = pick(timeout, &f.timeout).unwrap_or(300);
+        if !(1..=MAX_WAIT_SECS).contains(&timeout) {
+            bail!("--timeout (KAFKASEND_TIMEOUT_SECS) must be between 1 and {MAX_WAIT_SECS} seconds, not {timeout}");
+        }
+        Ok((kafka, Duration::from_secs(timeout)))
     }
 }
 
@@ -1003,7 +1063,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Portal(p) => *p,
-            Command::Send(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 
@@ -1316,7 +1376,7 @@ mod tests {
             argv.extend_from_slice(extra);
             match Cli::try_parse_from(argv).unwrap().command {
                 Command::Send(a) => SendConfig::resolve(&a),
-                Command::Portal(_) => unreachable!(),
+                _ => unreachable!(),
             }
         };
         let err = send(&["--signing-key", "/nonexistent/k.pem"]).unwrap_err();

@@ -319,6 +319,22 @@ pub async fn start_offset(pc: &PartitionClient, limit: Duration) -> Result<i64, 
     offset_at(pc, OffsetAt::Earliest, limit).await
 }
 
+/// The first offset whose record is stamped at or after `ms` (Unix
+/// milliseconds); the end offset when none is.
+pub async fn offset_since(
+    pc: &PartitionClient,
+    ms: u64,
+    limit: Duration,
+) -> Result<i64, KafkaError> {
+    let at = rskafka::chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default();
+    let offset = offset_at(pc, OffsetAt::Timestamp(at), limit).await?;
+    if offset >= 0 {
+        Ok(offset)
+    } else {
+        end_offset(pc, limit).await
+    }
+}
+
 async fn offset_at(pc: &PartitionClient, at: OffsetAt, limit: Duration) -> Result<i64, KafkaError> {
     bounded("offset lookup", limit, async {
         pc.get_offset(at)

@@ -38,4 +38,5 @@ pub mod signing;
 mod test_support;
 pub mod tls;
 pub mod token_cache;
+pub mod ui;
 pub mod wire;

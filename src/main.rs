@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kafkasend::config::{Cli, Command, PortalConfig, SendConfig};
+use kafkasend::send::{Outcome, SendError};
+use kafkasend::ui::Report;
 
 fn init_logging(default_filter: &str) {
     let env = env_logger::Env::default().filter_or("RUST_LOG", default_filter);
@@ -85,30 +87,59 @@ fn main() -> ExitCode {
         }
         Command::Send(args) => {
             init_logging("warn");
-            let cfg = match SendConfig::resolve(&args) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("kafkasend send: {e:#}");
-                    return ExitCode::from(2);
-                }
-            };
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("kafkasend send: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let result = rt.block_on(kafkasend::send::run(&args, &cfg));
-            // Background retries of the Kafka client must not hold the exit.
-            rt.shutdown_timeout(std::time::Duration::from_secs(1));
-            match result {
-                Ok(outcome) => ExitCode::from(outcome.exit_code()),
-                Err(e) => {
-                    eprintln!("kafkasend send: {e}");
-                    ExitCode::from(e.exit_code())
-                }
-            }
+            let cfg = SendConfig::resolve(&args);
+            run_client("send", args.json, cfg, async |cfg, report| {
+                kafkasend::send::run(&args, cfg, report).await
+            })
+        }
+        Command::Wait(args) => {
+            init_logging("warn");
+            let cfg = SendConfig::resolve_wait(&args);
+            run_client("wait", args.json, cfg, async |cfg, report| {
+                kafkasend::send::wait(&args, cfg, report).await
+            })
         }
     }
+}
+
+/// Runs `send` or `wait`: one line on stderr for an error, the JSON summary
+/// on stdout when asked for, and the exit code of the outcome.
+fn run_client(
+    name: &str,
+    json: bool,
+    cfg: anyhow::Result<SendConfig>,
+    run: impl AsyncFnOnce(&SendConfig, &mut Report) -> Result<Outcome, SendError>,
+) -> ExitCode {
+    let mut report = Report::default();
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kafkasend {name}: {e:#}");
+            if json {
+                println!("{}", report.to_json(2, Some(&format!("{e:#}"))));
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kafkasend {name}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(&cfg, &mut report));
+    // Background retries of the Kafka client must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    let (code, error) = match result {
+        Ok(outcome) => (outcome.exit_code(), None),
+        Err(e) => {
+            eprintln!("kafkasend {name}: {e}");
+            (e.exit_code(), Some(e.to_string()))
+        }
+    };
+    if json {
+        println!("{}", report.to_json(code, error.as_deref()));
+    }
+    ExitCode::from(code)
 }

@@ -16,9 +16,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::chunker::{hex, read_chunk, Chunker};
-use crate::config::{SendArgs, SendConfig};
+use crate::config::{SendArgs, SendConfig, WaitArgs};
 use crate::kafka::{self, KafkaError};
 use crate::partitioner::partition_for_key;
+use crate::ui::{Progress, Report};
 use crate::wire::{self, Body, ErrorCategory, Frame, JobId, RequestStart};
 
 /// Exit status for a response with HTTP status 400 or above (as curl's `--fail-with-body`).
@@ -344,8 +345,20 @@ impl Outcome {
     }
 }
 
-/// Runs one send.
-pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError> {
+/// How the response is shown: where the body goes and what stderr gets.
+#[derive(Debug, Clone, Copy)]
+struct Show<'a> {
+    output: Option<&'a Path>,
+    /// Status line and progress bar on stderr.
+    chatty: bool,
+}
+
+/// Runs one send; `report` collects what `--json` prints, also on failure.
+pub async fn run(
+    args: &SendArgs,
+    cfg: &SendConfig,
+    report: &mut Report,
+) -> Result<Outcome, SendError> {
     let prepared = prepare(args)?;
     let body_sha256 = match &cfg.signer {
         Some(_) => body_digest(&prepared).await?,
@@ -363,6 +376,8 @@ pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError
         .ok_or_else(|| KafkaError::MissingTopic(kcfg.response_topic.clone()))?;
 
     let job = JobId::new();
+    report.job = Some(job);
+    let chatty = !args.quiet && !args.json;
     let key = job.key();
     let reply_partition = partition_for_key(&key, resp_parts);
     let request_partition = partition_for_key(&key, req_parts);
@@ -422,6 +437,7 @@ pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError
     let mut early: VecDeque<Reply> = VecDeque::new();
     let upload_started = Instant::now();
     if let Some(reader) = body.as_mut() {
+        let progress = Progress::new("upload", prepared.body_len, chatty);
         let mut chunker = Chunker::new(job, 1);
         loop {
             let data = read_chunk(reader, kcfg.chunk_size)
@@ -437,6 +453,8 @@ pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError
                 limit,
             )
             .await?;
+            progress.add(out.payload.len() as u64);
+            report.bytes_sent = chunker.bytes();
             // A portal that refuses the job says so at once; stop uploading then.
             while let Ok(r) = reply_rx.try_recv() {
                 if matches!(r, Reply::Trouble(_)) {
@@ -469,6 +487,7 @@ pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError
             }
         }
         let sent = chunker.bytes();
+        progress.finish();
         let end = chunker.finish();
         kafka::produce(&request_pc, kafka::record(&end, &[], &[]), limit).await?;
         let secs = upload_started.elapsed().as_secs_f64();
@@ -479,13 +498,15 @@ pub async fn run(args: &SendArgs, cfg: &SendConfig) -> Result<Outcome, SendError
     }
 
     let Some(reader) = reader else {
-        println!("{job}");
+        if !args.json {
+            println!("{job}");
+        }
         return Ok(Outcome { job, status: None });
     };
     // Ctrl-C while waiting: stop cleanly, so an unfinished `--output`
     // file does not stay behind.
     let result = tokio::select! {
-        r = receive(args, cfg, job, early, &mut reply_rx) => r,
+        r = receive(Show { output: args.output.as_deref(), chatty }, cfg, job, early, &mut reply_rx, report) => r,
         _ = tokio::signal::ctrl_c() => Err(SendError::Interrupted { job }),
     };
     reader.abort();
@@ -498,6 +519,53 @@ enum Reply {
     Broken(String),
     /// Reading the reply partition fails; the reader keeps retrying.
     Trouble(String),
+}
+
+/// How far before a job's creation `wait` starts looking for its answer:
+/// the portal's clock, which stamps the answer, may run behind the sender's.
+const WAIT_CLOCK_SLACK: Duration = Duration::from_secs(300);
+
+/// Picks up the answer to a job sent earlier with `--no-wait`. The job id
+/// says which reply partition holds it and, being a ULID, when it was made,
+/// so reading starts at the first record stamped shortly before that.
+pub async fn wait(
+    args: &WaitArgs,
+    cfg: &SendConfig,
+    report: &mut Report,
+) -> Result<Outcome, SendError> {
+    let job: JobId = args.job.trim().parse().map_err(|_| {
+        usage(format!(
+            "'{}' is not a job id; use the 26-character id `send --no-wait` printed",
+            args.job
+        ))
+    })?;
+    report.job = Some(job);
+    let kcfg = &cfg.kafka;
+    let limit = kcfg.timeout;
+    let client = kafka::connect(&kcfg.settings("kafkasend-wait")).await?;
+    let resp_parts = kafka::partition_count(&client, &kcfg.response_topic, limit)
+        .await?
+        .ok_or_else(|| KafkaError::MissingTopic(kcfg.response_topic.clone()))?;
+    let reply_partition = partition_for_key(&job.key(), resp_parts);
+    let reply_pc =
+        Arc::new(kafka::partition(&client, &kcfg.response_topic, reply_partition, limit).await?);
+    let since_ms = job
+        .timestamp_ms()
+        .saturating_sub(WAIT_CLOCK_SLACK.as_millis() as u64);
+    let from = kafka::offset_since(&reply_pc, since_ms, limit).await?;
+    log::debug!("job {job}: reading reply partition {reply_partition} from offset {from}");
+    let (reply_tx, mut reply_rx) = mpsc::channel(8);
+    let reader = tokio::spawn(follow_replies(reply_pc, from, job, reply_tx, limit));
+    let show = Show {
+        output: args.output.as_deref(),
+        chatty: !args.quiet && !args.json,
+    };
+    let result = tokio::select! {
+        r = receive(show, cfg, job, VecDeque::new(), &mut reply_rx, report) => r,
+        _ = tokio::signal::ctrl_c() => Err(SendError::Interrupted { job }),
+    };
+    reader.abort();
+    result
 }
 
 /// Follows the reply partition from `from`, passing on this job's frames.
@@ -655,12 +723,14 @@ impl Drop for Sink {
 }
 
 async fn receive(
-    args: &SendArgs,
+    show: Show<'_>,
     cfg: &SendConfig,
     job: JobId,
     mut early: VecDeque<Reply>,
     rx: &mut mpsc::Receiver<Reply>,
+    report: &mut Report,
 ) -> Result<Outcome, SendError> {
+    let mut progress = Progress::new("download", None, false);
     let mut expected_seq = 0u32;
     // The last error reading the reply partition, until a record arrives.
     let mut trouble: Option<String> = None;
@@ -723,10 +793,12 @@ async fn receive(
                     "job {job}: a second answer arrived (the job was taken over); starting over"
                 );
                 status = Some(rs.status);
+                report.status = status;
                 hasher = Sha256::new();
                 received = 0;
                 chunks = 0;
                 expected_seq = 1;
+                progress.reset();
                 continue;
             }
         }
@@ -743,9 +815,19 @@ async fn receive(
         expected_seq += 1;
         match frame.body {
             Body::ResponseStart(rs) if status.is_none() => {
-                eprintln!("HTTP {} {}", rs.status, reason(rs.status));
+                if show.chatty {
+                    eprintln!("HTTP {} {}", rs.status, reason(rs.status));
+                }
                 status = Some(rs.status);
-                sink = Some(Sink::open(args.output.as_deref()).await?);
+                report.status = status;
+                // A bar on stderr while the body goes to a file; not over a
+                // body streaming to the same terminal.
+                progress = Progress::new(
+                    "download",
+                    rs.body_len,
+                    show.chatty && show.output.is_some(),
+                );
+                sink = Some(Sink::open(show.output).await?);
             }
             Body::Chunk(info) if status.is_some() => {
                 if wire::checksum(&payload) != info.crc32c {
@@ -763,6 +845,7 @@ async fn receive(
                 hasher.update(&payload);
                 received += payload.len() as u64;
                 chunks += 1;
+                progress.add(payload.len() as u64);
                 if let Some(s) = sink.as_mut() {
                     s.write(&payload).await?;
                 }
@@ -785,6 +868,9 @@ async fn receive(
                 if let Some(s) = sink.take() {
                     s.commit().await?;
                 }
+                progress.finish();
+                report.bytes_received = received;
+                report.digest_verified = true;
                 log::info!(
                     "job {job}: {received} bytes received in {:.2} s, SHA-256 {} verified",
                     started.elapsed().as_secs_f64(),
@@ -871,11 +957,12 @@ mod tests {
         for i in items {
             tx.send(i).await.unwrap();
         }
-        let args = SendArgs {
-            output: Some(output.to_path_buf()),
-            ..SendArgs::default()
+        let show = Show {
+            output: Some(output),
+            chatty: false,
         };
-        receive(&args, &config(), job, VecDeque::new(), &mut rx).await
+        let mut report = Report::default();
+        receive(show, &config(), job, VecDeque::new(), &mut rx, &mut report).await
     }
 
     #[tokio::test]

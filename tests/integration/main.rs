@@ -2,6 +2,7 @@
 //! HTTP servers on loopback. One test binary, so it links once.
 
 mod cli;
+mod client;
 mod common;
 mod group;
 mod kafka_security;

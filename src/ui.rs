@@ -1,0 +1,150 @@
+//! What `send` and `wait` show a person at a terminal: progress bars on
+//! stderr, and the one-line JSON summary for scripts.
+
+use std::io::IsTerminal as _;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::wire::JobId;
+
+/// A progress bar on stderr, or nothing when stderr is not a terminal or
+/// the user asked for quiet or JSON output.
+#[derive(Debug)]
+pub struct Progress(Option<ProgressBar>);
+
+impl Progress {
+    /// A bar for `what` ("upload", "download") of `total` bytes, or a
+    /// spinner with a byte count when the total is unknown.
+    pub fn new(what: &str, total: Option<u64>, shown: bool) -> Self {
+        if !shown || !std::io::stderr().is_terminal() {
+            return Self(None);
+        }
+        let bar = match total {
+            Some(n) => ProgressBar::new(n).with_style(
+                ProgressStyle::with_template(
+                    "{msg:>8} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            ),
+            None => ProgressBar::new_spinner().with_style(
+                ProgressStyle::with_template("{msg:>8} {spinner} {bytes} {binary_bytes_per_sec}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            ),
+        };
+        bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+        bar.set_message(what.to_string());
+        Self(Some(bar))
+    }
+
+    /// Counts `n` more bytes done.
+    pub fn add(&self, n: u64) {
+        if let Some(b) = &self.0 {
+            b.inc(n);
+        }
+    }
+
+    /// Starts the count again (a second answer replaced the first).
+    pub fn reset(&self) {
+        if let Some(b) = &self.0 {
+            b.reset();
+        }
+    }
+
+    /// Removes the bar from the terminal.
+    pub fn finish(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// What one `send` or `wait` did, for `--json`.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The job, once it has an id.
+    pub job: Option<JobId>,
+    /// HTTP status of the response, when one arrived.
+    pub status: Option<u16>,
+    /// Request body bytes produced.
+    pub bytes_sent: u64,
+    /// Response body bytes received and verified.
+    pub bytes_received: u64,
+    /// Whether the response's SHA-256 was checked and matched.
+    pub digest_verified: bool,
+    /// When the command started.
+    pub started: Instant,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Self {
+            job: None,
+            status: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            digest_verified: false,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Report {
+    /// The one-line JSON summary: the fields above, the duration, the exit
+    /// code and, on failure, the error.
+    pub fn to_json(&self, exit_code: u8, error: Option<&str>) -> String {
+        serde_json::json!({
+            "job": self.job.map(|j| j.to_string()),
+            "status": self.status,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "digest_verified": self.digest_verified,
+            "duration_secs": round_ms(self.started.elapsed()),
+            "exit_code": exit_code,
+            "error": error,
+        })
+        .to_string()
+    }
+}
+
+fn round_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_summary_has_every_field() {
+        let job = JobId::new();
+        let r = Report {
+            job: Some(job),
+            status: Some(201),
+            bytes_sent: 10,
+            bytes_received: 20,
+            digest_verified: true,
+            ..Report::default()
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.to_json(0, None)).unwrap();
+        assert_eq!(v["job"], job.to_string());
+        assert_eq!(v["status"], 201);
+        assert_eq!(v["bytes_sent"], 10);
+        assert_eq!(v["bytes_received"], 20);
+        assert_eq!(v["digest_verified"], true);
+        assert_eq!(v["exit_code"], 0);
+        assert!(v["error"].is_null());
+        assert!(v["duration_secs"].as_f64().unwrap() >= 0.0);
+        let failed: serde_json::Value =
+            serde_json::from_str(&Report::default().to_json(7, Some("broker gone"))).unwrap();
+        assert!(failed["job"].is_null());
+        assert_eq!(failed["error"], "broker gone");
+    }
+}
