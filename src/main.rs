@@ -56,7 +56,10 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     match cli.command {
         Command::Portal(args) => {
             let cfg = match PortalConfig::resolve(&args) {
@@ -142,4 +145,43 @@ fn run_client(
         println!("{}", report.to_json(code, error.as_deref()));
     }
     ExitCode::from(code)
+}
+
+/// Help and version print as clap renders them; a bad command line gets one
+/// line saying what is wrong and where the help is, and exit code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+    }
+    let rendered = e.render().to_string();
+    // The message is the first paragraph; the rest is usage and tips.
+    let first: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.trim().trim_start_matches("error: "))
+        .collect();
+    let first = match first.join(" ") {
+        m if m.is_empty() => "invalid command line".to_string(),
+        m => m,
+    };
+    let command: Vec<String> = std::env::args()
+        .skip(1)
+        .take_while(|a| !a.starts_with('-'))
+        .take(1)
+        .collect();
+    let help = match command.first() {
+        Some(sub) if ["send", "portal", "wait"].contains(&sub.as_str()) => {
+            format!("kafkasend {sub} --help")
+        }
+        _ => "kafkasend --help".into(),
+    };
+    eprintln!("kafkasend: {first}; see '{help}'");
+    ExitCode::from(2)
 }

@@ -159,3 +159,33 @@ async fn ctrl_c_while_waiting_leaves_no_partial_output() {
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn a_bad_command_line_is_one_line_naming_the_help() {
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &["send", "--frob"],
+            "unexpected argument '--frob'",
+            "kafkasend send --help",
+        ),
+        (&["send"], "--endpoint", "kafkasend send --help"),
+        (&["wait"], "<JOB_ID>", "kafkasend wait --help"),
+        (
+            &["frob"],
+            "unrecognized subcommand 'frob'",
+            "kafkasend --help",
+        ),
+    ];
+    for (args, what, help) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kafkasend"))
+            .env_clear()
+            .args(*args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(what), "{args:?}: {stderr}");
+        assert!(stderr.contains(help), "{args:?}: {stderr}");
+    }
+}
