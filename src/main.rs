@@ -4,15 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kafkasend::config::{Cli, Command, PortalConfig, SendConfig};
-
-fn init_logging(default_filter: &str) {
-    let env = env_logger::Env::default().filter_or("RUST_LOG", default_filter);
-    env_logger::Builder::from_env(env)
-        .format_target(false)
-        .format_timestamp_millis()
-        .init();
-}
+use kafkasend::config::{Cli, Command, LogFormat, PortalConfig, SendConfig};
+use kafkasend::logging;
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -64,7 +57,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logging(&cfg.log_filter);
+            logging::init(&cfg.log_filter, cfg.log_format);
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -84,7 +77,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Send(args) => {
-            init_logging("warn");
+            logging::init("warn", LogFormat::Text);
             let cfg = match SendConfig::resolve(&args) {
                 Ok(c) => c,
                 Err(e) => {

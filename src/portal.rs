@@ -20,6 +20,7 @@ use rskafka::client::Client;
 use rskafka::record::RecordAndOffset;
 use tokio::sync::{watch, Notify, Semaphore};
 
+use crate::admin::{Metrics, Readiness};
 use crate::assembler::{Assembler, CompletedJob, FailedJob, Outcome, SpoolBudget};
 use crate::chunker::Chunker;
 use crate::config::{PortalConfig, StartFrom};
@@ -110,6 +111,10 @@ struct Ctx {
     spool_budget: Arc<SpoolBudget>,
     /// Checks request signatures when `PORTAL_TRUSTED_KEYS` is set.
     verifier: Option<Verifier>,
+    /// Counters the admin listener serves (kept whether it runs or not).
+    metrics: Arc<Metrics>,
+    /// What `/readyz` answers.
+    readiness: Arc<Readiness>,
 }
 
 impl Ctx {
@@ -121,6 +126,22 @@ impl Ctx {
 
 /// Runs a portal until `shutdown` completes, then lets in-flight jobs finish.
 pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let spool_budget = SpoolBudget::new(cfg.limits.max_spool_bytes);
+    let metrics = Arc::new(Metrics::new(Arc::clone(&spool_budget)));
+    let readiness = Arc::new(Readiness::default());
+    // Up before Kafka, so /healthz answers and /readyz says what is missing.
+    let _admin = match cfg.admin_listen {
+        Some(addr) => {
+            let server =
+                crate::admin::start(addr, Arc::clone(&metrics), Arc::clone(&readiness)).await?;
+            log::info!(
+                "admin listener on http://{} (/healthz, /readyz, /metrics)",
+                server.local_addr()
+            );
+            Some(server)
+        }
+        None => None,
+    };
     let kcfg = &cfg.kafka;
     let client = kafka::connect(&kcfg.settings("kafkasend-portal")).await?;
     let request_partitions = kafka::ensure_topic(
@@ -139,12 +160,16 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         kcfg.timeout,
     )
     .await?;
+    readiness.set_connected();
 
     let http = crate::http_dispatch::build_client(&cfg.api_tls);
     let tokens = cfg
         .oauth
         .clone()
         .map(|o| Arc::new(TokenCache::new(o, http.clone())));
+    if let Some(t) = &tokens {
+        metrics.watch_tokens(Arc::clone(t));
+    }
     if tokens.is_none() {
         log::warn!("OAuth2 is off (PORTAL_USE_OAUTH=false): calling the API without a token");
     }
@@ -175,7 +200,9 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         queue_permits: Arc::new(Semaphore::new(cfg.max_concurrent_jobs + 256)),
         in_flight: Arc::new(InFlight::default()),
         progress: Mutex::new(BTreeMap::new()),
-        spool_budget: SpoolBudget::new(cfg.limits.max_spool_bytes),
+        spool_budget,
+        metrics,
+        readiness,
         response_partitions,
         dispatcher,
         client,
@@ -328,6 +355,7 @@ async fn serve_generation(
             r = ready_rx.recv(), if !all_ready => match r {
                 Some(p) => {
                     ready_parts.push(p);
+                    ctx.readiness.set_partitions(ready_parts.len());
                     // Pin the start position at once: without a commit, a
                     // portal taking over after a crash would start at the end.
                     if let Err(e) = commit(ctx, member, &[p]).await {
@@ -387,6 +415,7 @@ async fn serve_generation(
     // Revoke: stop starting jobs, let those in flight finish (heartbeating
     // meanwhile, so the coordinator does not drop us), then commit.
     let _ = stop_tx.send(true);
+    ctx.readiness.set_partitions(0);
     let grace = ctx.cfg.group.shutdown_grace;
     if end == GenerationEnd::Shutdown {
         log::info!(
@@ -473,6 +502,7 @@ async fn read_partition(
     };
     let mut last_sweep = Instant::now();
     let mut failures = 0u32;
+    let mut assembling = 0;
     loop {
         let fetched = tokio::select! {
             _ = stop.changed() => break,
@@ -515,6 +545,7 @@ async fn read_partition(
                 continue;
             }
             Err(e) => {
+                ctx.metrics.fetch_error();
                 failures += 1;
                 let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
                 log::warn!(
@@ -530,6 +561,8 @@ async fn read_partition(
             handle_record(&ctx, &mut held.asm, &progress, partition, rec, &stop).await;
         }
         lock(&progress).set_next(offset);
+        ctx.metrics
+            .partition_position(partition, offset, high_watermark);
         // Judge idleness only once caught up: records still unread in Kafka
         // (say, while this reader waited for a queue slot) are not idleness.
         let caught_up = offset >= high_watermark;
@@ -540,7 +573,11 @@ async fn read_partition(
                 spawn_error_reply(&ctx, &progress, failed, &stop).await;
             }
         }
+        ctx.metrics.assembling_changed(assembling, held.asm.len());
+        assembling = held.asm.len();
     }
+    ctx.metrics.assembling_changed(assembling, 0);
+    ctx.metrics.partition_released(partition);
     drop(held);
     log::debug!(
         "{topic}[{partition}] stopped at offset {offset}; answered below {}",
@@ -603,7 +640,7 @@ async fn handle_record(
     };
     if rec.record.key.as_deref() != Some(frame.job.key().as_slice()) {
         log::warn!(
-            "partition {partition} offset {offset}: record key does not match job {}; skipped",
+            "job {}: record key does not match (partition {partition} offset {offset}); skipped",
             frame.job
         );
         return;
@@ -660,7 +697,7 @@ async fn handle_record(
     }
     match outcome {
         Outcome::Pending if is_start => {
-            log::debug!("partition {partition} offset {offset}: receiving a request");
+            log::debug!("job {job}: receiving a request (partition {partition} offset {offset})");
         }
         Outcome::Pending => {}
         Outcome::Ignored(why) => log::debug!("partition {partition} offset {offset}: {why}"),
@@ -825,6 +862,7 @@ async fn spawn_error_reply(
     let ctx = Arc::clone(ctx);
     let progress = Arc::clone(progress);
     let guard = ctx.in_flight.enter();
+    ctx.metrics.job_started(0);
     tokio::spawn(async move {
         let target = reply_partition(
             &ctx,
@@ -839,13 +877,12 @@ async fn spawn_error_reply(
                     category: failed.category,
                     message: failed.message,
                 };
-                match send_error(&pc, failed.job, 0, info, ctx.cfg.kafka.timeout).await {
-                    Ok(_) => true,
-                    Err(e) => {
-                        log::error!("job {}: could not send the error reply: {e}", failed.job);
-                        false
-                    }
-                }
+                report_error_reply(
+                    &ctx,
+                    failed.job,
+                    send_error(&pc, failed.job, 0, info, ctx.cfg.kafka.timeout).await,
+                    failed.category,
+                )
             }
             ReplyTo::Nowhere => true,
             ReplyTo::Unavailable => false,
@@ -961,6 +998,8 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) 
     };
     let started = Instant::now();
     let id = job.job;
+    ctx.metrics.job_started(job.body.len());
+    let calling = ctx.metrics.in_flight();
     let settled = match answer(ctx, &pc, &job).await {
         Ok((status, bytes)) => {
             log::info!(
@@ -969,40 +1008,57 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) 
                 job.start.path,
                 started.elapsed().as_secs_f64()
             );
+            ctx.metrics.job_completed(bytes, started.elapsed());
             true
         }
         Err(AnswerError::Failed { seq, error }) => {
             log::warn!("job {id}: {} ({})", error.message, error.category);
+            ctx.metrics.job_took(started.elapsed());
+            let category = error.category;
             let info = ErrorInfo {
-                category: error.category,
+                category,
                 message: error.message,
             };
-            match send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await {
-                Ok(_) => true,
-                Err(e) => {
-                    log::error!("job {id}: could not send the error reply: {e}");
-                    false
-                }
-            }
+            let sent = send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await;
+            report_error_reply(ctx, id, sent, category)
         }
         Err(AnswerError::Kafka { seq, error }) => {
             log::error!("job {id}: could not send the response: {error}");
+            ctx.metrics.produce_error();
+            ctx.metrics.job_took(started.elapsed());
             // An error record is small; it may get through where a chunk did not.
+            let category = ErrorCategory::Internal;
             let info = ErrorInfo {
-                category: ErrorCategory::Internal,
+                category,
                 message: format!("the portal could not send the response: {error}"),
             };
-            match send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await {
-                Ok(_) => true,
-                Err(e) => {
-                    log::error!("job {id}: could not send the error reply either: {e}");
-                    false
-                }
-            }
+            let sent = send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await;
+            report_error_reply(ctx, id, sent, category)
         }
     };
+    drop(calling);
     drop(permit);
     settled
+}
+
+/// Counts and logs how sending a job's error reply went; whether it is settled.
+fn report_error_reply(
+    ctx: &Ctx,
+    job: JobId,
+    sent: Result<i64, KafkaError>,
+    category: ErrorCategory,
+) -> bool {
+    match sent {
+        Ok(_) => {
+            ctx.metrics.job_failed(category);
+            true
+        }
+        Err(e) => {
+            ctx.metrics.produce_error();
+            log::error!("job {job}: could not send the error reply: {e}");
+            false
+        }
+    }
 }
 
 enum AnswerError {
