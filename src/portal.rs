@@ -502,7 +502,11 @@ async fn read_partition(
     };
     let mut last_sweep = Instant::now();
     let mut failures = 0u32;
-    let mut assembling = 0;
+    let mut gauges = ReaderGauges {
+        metrics: Arc::clone(&ctx.metrics),
+        partition,
+        assembling: 0,
+    };
     loop {
         let fetched = tokio::select! {
             _ = stop.changed() => break,
@@ -573,11 +577,10 @@ async fn read_partition(
                 spawn_error_reply(&ctx, &progress, failed, &stop).await;
             }
         }
-        ctx.metrics.assembling_changed(assembling, held.asm.len());
-        assembling = held.asm.len();
+        ctx.metrics
+            .assembling_changed(gauges.assembling, held.asm.len());
+        gauges.assembling = held.asm.len();
     }
-    ctx.metrics.assembling_changed(assembling, 0);
-    ctx.metrics.partition_released(partition);
     drop(held);
     log::debug!(
         "{topic}[{partition}] stopped at offset {offset}; answered below {}",
@@ -598,6 +601,21 @@ impl Drop for ReaderJobs {
     fn drop(&mut self) {
         let offsets: Vec<i64> = self.asm.first_offsets().collect();
         lock(&self.progress).forget(offsets);
+    }
+}
+
+/// A reader's share of the metrics (its partition's lag, its jobs being
+/// assembled), taken out however the reader ends.
+struct ReaderGauges {
+    metrics: Arc<Metrics>,
+    partition: i32,
+    assembling: usize,
+}
+
+impl Drop for ReaderGauges {
+    fn drop(&mut self) {
+        self.metrics.assembling_changed(self.assembling, 0);
+        self.metrics.partition_released(self.partition);
     }
 }
 
