@@ -125,6 +125,12 @@ pub struct PortalArgs {
     /// Log level: DEBUG, INFO, WARNING, ERROR [default: INFO]
     #[arg(long, env = "PORTAL_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Log lines as text or json (one JSON object per line) [default: text]
+    #[arg(long, env = "PORTAL_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Serve /healthz, /readyz and /metrics on this address, e.g. 0.0.0.0:9464 [default: off]
+    #[arg(long, env = "PORTAL_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<String>,
     /// REST calls running at once [default: 10]
     #[arg(long, env = "PORTAL_MAX_CONCURRENT_JOBS", value_name = "N")]
     pub max_concurrent_jobs: Option<usize>,
@@ -347,6 +353,8 @@ pub struct FileConfig {
     pub target_api_url: Option<String>,
     pub use_oauth: Option<bool>,
     pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    pub admin_listen: Option<String>,
     pub max_concurrent_jobs: Option<usize>,
     pub request_timeout_secs: Option<u64>,
     pub allowed_headers: Option<String>,
@@ -611,6 +619,10 @@ pub struct PortalConfig {
     pub api_tls: ApiTls,
     /// env_logger filter.
     pub log_filter: String,
+    /// How log lines look.
+    pub log_format: LogFormat,
+    /// Where the admin listener serves, when on.
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// REST calls at once.
     pub max_concurrent_jobs: usize,
     /// API deadline.
@@ -672,6 +684,11 @@ impl PortalConfig {
         )?;
         let level = pick(&a.log_level, &f.log_level).unwrap_or_else(|| "INFO".into());
         let log_filter = log_filter(&level)?;
+        let log_format =
+            parse_log_format(&pick(&a.log_format, &f.log_format).unwrap_or_else(|| "text".into()))?;
+        let admin_listen = pick(&a.admin_listen, &f.admin_listen)
+            .map(|s| parse_admin_listen(&s))
+            .transpose()?;
         let max_concurrent_jobs =
             pick(&a.max_concurrent_jobs, &f.max_concurrent_jobs).unwrap_or(10);
         if !(1..=10_000).contains(&max_concurrent_jobs) {
@@ -785,6 +802,8 @@ impl PortalConfig {
             oauth,
             api_tls,
             log_filter,
+            log_format,
+            admin_listen,
             max_concurrent_jobs,
             request_timeout: Duration::from_secs(timeout),
             policy,
@@ -969,6 +988,34 @@ fn resolve_trusted_keys(
         &list,
         Duration::from_secs(max_ttl),
     )?))
+}
+
+/// How the portal writes log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// env_logger's text lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Parses `PORTAL_LOG_FORMAT`.
+pub fn parse_log_format(s: &str) -> anyhow::Result<LogFormat> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => bail!("PORTAL_LOG_FORMAT must be text or json, not '{other}'"),
+    }
+}
+
+/// Parses `PORTAL_ADMIN_LISTEN`: an IP address and port.
+pub fn parse_admin_listen(s: &str) -> anyhow::Result<std::net::SocketAddr> {
+    s.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "PORTAL_ADMIN_LISTEN: '{s}' is not an address and port; use e.g. 0.0.0.0:9464 or [::1]:9464"
+        )
+    })
 }
 
 /// Maps the Python tool's level names to an env_logger filter.
@@ -1512,5 +1559,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("PORTAL_TARGET_API_URL"), "{err}");
+    }
+
+    #[test]
+    fn admin_listen_and_log_format() {
+        let base = [
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--use-oauth",
+            "false",
+        ];
+        let c = PortalConfig::resolve(&portal_args(&base)).unwrap();
+        assert_eq!(c.admin_listen, None);
+        assert_eq!(c.log_format, LogFormat::Text);
+        let mut argv = base.to_vec();
+        argv.extend(["--admin-listen", "0.0.0.0:9464", "--log-format", "JSON"]);
+        let c = PortalConfig::resolve(&portal_args(&argv)).unwrap();
+        assert_eq!(c.admin_listen, Some("0.0.0.0:9464".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
+        for (flag, bad, name) in [
+            ("--admin-listen", "9464", "PORTAL_ADMIN_LISTEN"),
+            ("--admin-listen", "localhost:9464", "PORTAL_ADMIN_LISTEN"),
+            ("--admin-listen", "0.0.0.0:99999", "PORTAL_ADMIN_LISTEN"),
+            ("--log-format", "yaml", "PORTAL_LOG_FORMAT"),
+        ] {
+            let mut argv = base.to_vec();
+            argv.extend([flag, bad]);
+            let err = PortalConfig::resolve(&portal_args(&argv))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name) && err.contains(bad), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
     }
 }

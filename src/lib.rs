@@ -15,11 +15,14 @@
 //!   requests not signed by a key it trusts, altered, expired or replayed.
 //! - [`policy`] decides which requests may reach the API.
 //! - [`config`] resolves flags, environment, file and defaults for both.
+//! - [`admin`] serves a portal's `/healthz`, `/readyz` and `/metrics`;
+//!   [`logging`] writes its log lines as text or JSON.
 //! - [`kafka_security`] holds the TLS and SASL settings every Kafka
 //!   connection uses: rskafka's in [`kafka`], and the connection of our own
 //!   in [`broker_conn`] that [`group`] speaks the consumer-group protocol on.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod assembler;
 pub mod broker_conn;
 pub mod chunker;
@@ -28,6 +31,7 @@ pub mod group;
 pub mod http_dispatch;
 pub mod kafka;
 pub mod kafka_security;
+pub mod logging;
 pub mod partitioner;
 pub mod policy;
 pub mod portal;

@@ -4,17 +4,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kafkasend::config::{Cli, Command, PortalConfig, SendConfig};
+use kafkasend::config::{Cli, Command, LogFormat, PortalConfig, SendConfig};
+use kafkasend::logging;
 use kafkasend::send::{Outcome, SendError};
 use kafkasend::ui::Report;
-
-fn init_logging(default_filter: &str) {
-    let env = env_logger::Env::default().filter_or("RUST_LOG", default_filter);
-    env_logger::Builder::from_env(env)
-        .format_target(false)
-        .format_timestamp_millis()
-        .init();
-}
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -69,7 +62,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logging(&cfg.log_filter);
+            logging::init(&cfg.log_filter, cfg.log_format);
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -89,14 +82,14 @@ fn main() -> ExitCode {
             }
         }
         Command::Send(args) => {
-            init_logging("warn");
+            logging::init("warn", LogFormat::Text);
             let cfg = SendConfig::resolve(&args);
             run_client("send", args.json, cfg, async |cfg, report| {
                 kafkasend::send::run(&args, cfg, report).await
             })
         }
         Command::Wait(args) => {
-            init_logging("warn");
+            logging::init("warn", LogFormat::Text);
             let cfg = SendConfig::resolve_wait(&args);
             run_client("wait", args.json, cfg, async |cfg, report| {
                 kafkasend::send::wait(&args, cfg, report).await

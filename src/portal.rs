@@ -20,6 +20,7 @@ use rskafka::client::Client;
 use rskafka::record::RecordAndOffset;
 use tokio::sync::{watch, Notify, Semaphore};
 
+use crate::admin::{Metrics, Readiness};
 use crate::assembler::{Assembler, CompletedJob, FailedJob, Outcome, SpoolBudget};
 use crate::chunker::Chunker;
 use crate::config::{PortalConfig, StartFrom};
@@ -113,6 +114,10 @@ struct Ctx {
     verifier: Option<Verifier>,
     /// Partitions of the request topic, to tell where a sender puts a job.
     request_partitions: i32,
+    /// Counters the admin listener serves (kept whether it runs or not).
+    metrics: Arc<Metrics>,
+    /// What `/readyz` answers.
+    readiness: Arc<Readiness>,
 }
 
 impl Ctx {
@@ -124,6 +129,22 @@ impl Ctx {
 
 /// Runs a portal until `shutdown` completes, then lets in-flight jobs finish.
 pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let spool_budget = SpoolBudget::new(cfg.limits.max_spool_bytes);
+    let metrics = Arc::new(Metrics::new(Arc::clone(&spool_budget)));
+    let readiness = Arc::new(Readiness::default());
+    // Up before Kafka, so /healthz answers and /readyz says what is missing.
+    let _admin = match cfg.admin_listen {
+        Some(addr) => {
+            let server =
+                crate::admin::start(addr, Arc::clone(&metrics), Arc::clone(&readiness)).await?;
+            log::info!(
+                "admin listener on http://{} (/healthz, /readyz, /metrics)",
+                server.local_addr()
+            );
+            Some(server)
+        }
+        None => None,
+    };
     let kcfg = &cfg.kafka;
     let client = kafka::connect(&kcfg.settings("kafkasend-portal")).await?;
     let request_partitions = kafka::ensure_topic(
@@ -142,12 +163,16 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         kcfg.timeout,
     )
     .await?;
+    readiness.set_connected();
 
     let http = crate::http_dispatch::build_client(&cfg.api_tls);
     let tokens = cfg
         .oauth
         .clone()
         .map(|o| Arc::new(TokenCache::new(o, http.clone())));
+    if let Some(t) = &tokens {
+        metrics.watch_tokens(Arc::clone(t));
+    }
     if tokens.is_none() {
         log::warn!("OAuth2 is off (PORTAL_USE_OAUTH=false): calling the API without a token");
     }
@@ -179,7 +204,9 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         queue_permits: Arc::new(Semaphore::new(cfg.max_concurrent_jobs + 256)),
         in_flight: Arc::new(InFlight::default()),
         progress: Mutex::new(BTreeMap::new()),
-        spool_budget: SpoolBudget::new(cfg.limits.max_spool_bytes),
+        spool_budget,
+        metrics,
+        readiness,
         response_partitions,
         dispatcher,
         client,
@@ -332,6 +359,7 @@ async fn serve_generation(
             r = ready_rx.recv(), if !all_ready => match r {
                 Some(p) => {
                     ready_parts.push(p);
+                    ctx.readiness.set_partitions(ready_parts.len());
                     // Pin the start position at once: without a commit, a
                     // portal taking over after a crash would start at the end.
                     if let Err(e) = commit(ctx, member, &[p]).await {
@@ -391,6 +419,7 @@ async fn serve_generation(
     // Revoke: stop starting jobs, let those in flight finish (heartbeating
     // meanwhile, so the coordinator does not drop us), then commit.
     let _ = stop_tx.send(true);
+    ctx.readiness.set_partitions(0);
     let grace = ctx.cfg.group.shutdown_grace;
     if end == GenerationEnd::Shutdown {
         log::info!(
@@ -477,6 +506,11 @@ async fn read_partition(
     };
     let mut last_sweep = Instant::now();
     let mut failures = 0u32;
+    let mut gauges = ReaderGauges {
+        metrics: Arc::clone(&ctx.metrics),
+        partition,
+        assembling: 0,
+    };
     loop {
         let fetched = tokio::select! {
             _ = stop.changed() => break,
@@ -519,6 +553,7 @@ async fn read_partition(
                 continue;
             }
             Err(e) => {
+                ctx.metrics.fetch_error();
                 failures += 1;
                 let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
                 log::warn!(
@@ -534,6 +569,8 @@ async fn read_partition(
             handle_record(&ctx, &mut held.asm, &progress, partition, rec, &stop).await;
         }
         lock(&progress).set_next(offset);
+        ctx.metrics
+            .partition_position(partition, offset, high_watermark);
         // Judge idleness only once caught up: records still unread in Kafka
         // (say, while this reader waited for a queue slot) are not idleness.
         let caught_up = offset >= high_watermark;
@@ -544,6 +581,9 @@ async fn read_partition(
                 spawn_error_reply(&ctx, &progress, failed, &stop).await;
             }
         }
+        ctx.metrics
+            .assembling_changed(gauges.assembling, held.asm.len());
+        gauges.assembling = held.asm.len();
     }
     drop(held);
     log::debug!(
@@ -565,6 +605,21 @@ impl Drop for ReaderJobs {
     fn drop(&mut self) {
         let offsets: Vec<i64> = self.asm.first_offsets().collect();
         lock(&self.progress).forget(offsets);
+    }
+}
+
+/// A reader's share of the metrics (its partition's lag, its jobs being
+/// assembled), taken out however the reader ends.
+struct ReaderGauges {
+    metrics: Arc<Metrics>,
+    partition: i32,
+    assembling: usize,
+}
+
+impl Drop for ReaderGauges {
+    fn drop(&mut self) {
+        self.metrics.assembling_changed(self.assembling, 0);
+        self.metrics.partition_released(self.partition);
     }
 }
 
@@ -607,7 +662,7 @@ async fn handle_record(
     };
     if rec.record.key.as_deref() != Some(frame.job.key().as_slice()) {
         log::warn!(
-            "partition {partition} offset {offset}: record key does not match job {}; skipped",
+            "job {}: record key does not match (partition {partition} offset {offset}); skipped",
             frame.job
         );
         return;
@@ -664,7 +719,7 @@ async fn handle_record(
     }
     match outcome {
         Outcome::Pending if is_start => {
-            log::debug!("partition {partition} offset {offset}: receiving a request");
+            log::debug!("job {job}: receiving a request (partition {partition} offset {offset})");
         }
         Outcome::Pending => {}
         Outcome::Ignored(why) => log::debug!("partition {partition} offset {offset}: {why}"),
@@ -840,6 +895,7 @@ async fn spawn_error_reply(
     let ctx = Arc::clone(ctx);
     let progress = Arc::clone(progress);
     let guard = ctx.in_flight.enter();
+    ctx.metrics.job_started(0);
     tokio::spawn(async move {
         let target = reply_partition(
             &ctx,
@@ -854,13 +910,12 @@ async fn spawn_error_reply(
                     category: failed.category,
                     message: failed.message,
                 };
-                match send_error(&pc, failed.job, 0, info, ctx.cfg.kafka.timeout).await {
-                    Ok(_) => true,
-                    Err(e) => {
-                        log::error!("job {}: could not send the error reply: {e}", failed.job);
-                        false
-                    }
-                }
+                report_error_reply(
+                    &ctx,
+                    failed.job,
+                    send_error(&pc, failed.job, 0, info, ctx.cfg.kafka.timeout).await,
+                    failed.category,
+                )
             }
             ReplyTo::Nowhere => true,
             ReplyTo::Unavailable => false,
@@ -976,6 +1031,8 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) 
     };
     let started = Instant::now();
     let id = job.job;
+    ctx.metrics.job_started(job.body.len());
+    let calling = ctx.metrics.in_flight();
     let settled = match answer(ctx, &pc, &job).await {
         Ok((status, bytes)) => {
             log::info!(
@@ -984,40 +1041,57 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) 
                 job.start.path,
                 started.elapsed().as_secs_f64()
             );
+            ctx.metrics.job_completed(bytes, started.elapsed());
             true
         }
         Err(AnswerError::Failed { seq, error }) => {
             log::warn!("job {id}: {} ({})", error.message, error.category);
+            ctx.metrics.job_took(started.elapsed());
+            let category = error.category;
             let info = ErrorInfo {
-                category: error.category,
+                category,
                 message: error.message,
             };
-            match send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await {
-                Ok(_) => true,
-                Err(e) => {
-                    log::error!("job {id}: could not send the error reply: {e}");
-                    false
-                }
-            }
+            let sent = send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await;
+            report_error_reply(ctx, id, sent, category)
         }
         Err(AnswerError::Kafka { seq, error }) => {
             log::error!("job {id}: could not send the response: {error}");
+            ctx.metrics.produce_error();
+            ctx.metrics.job_took(started.elapsed());
             // An error record is small; it may get through where a chunk did not.
+            let category = ErrorCategory::Internal;
             let info = ErrorInfo {
-                category: ErrorCategory::Internal,
+                category,
                 message: format!("the portal could not send the response: {error}"),
             };
-            match send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await {
-                Ok(_) => true,
-                Err(e) => {
-                    log::error!("job {id}: could not send the error reply either: {e}");
-                    false
-                }
-            }
+            let sent = send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await;
+            report_error_reply(ctx, id, sent, category)
         }
     };
+    drop(calling);
     drop(permit);
     settled
+}
+
+/// Counts and logs how sending a job's error reply went; whether it is settled.
+fn report_error_reply(
+    ctx: &Ctx,
+    job: JobId,
+    sent: Result<i64, KafkaError>,
+    category: ErrorCategory,
+) -> bool {
+    match sent {
+        Ok(_) => {
+            ctx.metrics.job_failed(category);
+            true
+        }
+        Err(e) => {
+            ctx.metrics.produce_error();
+            log::error!("job {job}: could not send the error reply: {e}");
+            false
+        }
+    }
 }
 
 enum AnswerError {

@@ -372,7 +372,10 @@ pub struct TokenCache {
     /// The last failed fetch, handed to callers that queued behind it for a
     /// moment instead of each trying again against an endpoint that is down.
     last_failure: std::sync::Mutex<Option<(Instant, TokenError)>>,
+    /// Token requests made, for `fetch_count` and the portal's metrics.
     fetches: AtomicU64,
+    /// Token requests that failed.
+    failures: AtomicU64,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -399,6 +402,7 @@ impl TokenCache {
             fetch_lock: tokio::sync::Mutex::new(()),
             last_failure: std::sync::Mutex::new(None),
             fetches: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -411,6 +415,11 @@ impl TokenCache {
     /// Number of token requests made so far.
     pub fn fetch_count(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Number of token requests that failed so far.
+    pub fn failure_count(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     fn valid(&self) -> Option<Arc<str>> {
@@ -441,6 +450,7 @@ impl TokenCache {
         let (token, lifetime) = match self.fetch().await {
             Ok(t) => t,
             Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
                 *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((Instant::now(), e.clone()));
                 return Err(e);

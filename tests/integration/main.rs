@@ -1,6 +1,7 @@
 //! Integration tests: the real `kafkasend` binary, a real Kafka broker, real
 //! HTTP servers on loopback. One test binary, so it links once.
 
+mod admin;
 mod cli;
 mod client;
 mod common;
