@@ -1,0 +1,73 @@
+//! In-process round trips for `bench/run`: calls `kafkasend::send::run` in a
+//! loop inside one process and prints one latency in microseconds per line.
+//!
+//! `bench_rtt COUNT SEND_ARGS...`, e.g.
+//! `bench_rtt 1000 --endpoint /ping -o target/bench/rtt.out`, with the Kafka
+//! settings in the environment as for `kafkasend send`.
+//!
+//! Each call still connects to Kafka and looks up its partitions, as a
+//! `send` process does; what it leaves out is process start and runtime
+//! setup. The first call is a warm-up and is not printed.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use kafkasend::config::{Cli, Command, SendConfig};
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1);
+    let Some(count) = argv.next().and_then(|c| c.parse::<usize>().ok()) else {
+        eprintln!("usage: bench_rtt COUNT SEND_ARGS...");
+        return ExitCode::from(2);
+    };
+    let send_argv = ["kafkasend".to_string(), "send".to_string()]
+        .into_iter()
+        .chain(argv);
+    let args = match Cli::try_parse_from(send_argv) {
+        Ok(Cli {
+            command: Command::Send(args),
+            ..
+        }) => args,
+        Ok(_) => return ExitCode::from(2),
+        Err(e) => {
+            eprintln!("bench_rtt: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = match SendConfig::resolve(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bench_rtt: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench_rtt: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for i in 0..=count {
+        let t0 = Instant::now();
+        match rt.block_on(kafkasend::send::run(&args, &cfg)) {
+            Ok(outcome) if outcome.exit_code() == 0 => {}
+            Ok(outcome) => {
+                eprintln!(
+                    "bench_rtt: call {i} ended with exit code {}",
+                    outcome.exit_code()
+                );
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("bench_rtt: call {i} failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        if i > 0 {
+            println!("{}", t0.elapsed().as_micros());
+        }
+    }
+    ExitCode::SUCCESS
+}
