@@ -51,7 +51,8 @@ fn main() -> ExitCode {
     };
     for i in 0..=count {
         let t0 = Instant::now();
-        match rt.block_on(kafkasend::send::run(&args, &cfg)) {
+        let mut report = kafkasend::ui::Report::default();
+        match rt.block_on(kafkasend::send::run(&args, &cfg, &mut report)) {
             Ok(outcome) if outcome.exit_code() == 0 => {}
             Ok(outcome) => {
                 eprintln!(
