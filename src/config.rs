@@ -60,6 +60,22 @@ pub enum Command {
         after_help = "Examples:\n  kafkasend send report.pdf --endpoint /api/upload\n  kafkasend send --endpoint '/api/items?limit=5' -H 'Accept: application/json'\n  kafkasend send big.iso --endpoint /api/upload --multipart --field file -o reply.json"
     )]
     Send(Box<SendArgs>),
+    /// Inspect settings.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  kafkasend config show portal --config portal.toml"
+    )]
+    Config(crate::config_show::ConfigCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  kafkasend completions bash > /etc/bash_completion.d/kafkasend\n  kafkasend completions zsh > \"${fpath[1]}/_kafkasend\"\n  kafkasend completions fish > ~/.config/fish/completions/kafkasend.fish"
+    )]
+    Completions(crate::completions::CompletionsArgs),
+    /// GET a health URL and exit 0 on a 2xx answer, 1 otherwise (for container health checks).
+    #[command(
+        after_help = "Examples:\n  kafkasend health\n  kafkasend health --url http://127.0.0.1:9464/readyz --timeout 3"
+    )]
+    Health(crate::health_check::HealthArgs),
 }
 
 /// Kafka settings shared by both sides.
@@ -1016,7 +1032,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Portal(p) => *p,
-            Command::Send(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 
@@ -1329,7 +1345,7 @@ mod tests {
             argv.extend_from_slice(extra);
             match Cli::try_parse_from(argv).unwrap().command {
                 Command::Send(a) => SendConfig::resolve(&a),
-                Command::Portal(_) => unreachable!(),
+                _ => unreachable!(),
             }
         };
         let err = send(&["--signing-key", "/nonexistent/k.pem"]).unwrap_err();

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kafkasend::config::{Cli, Command, PortalConfig, SendConfig};
+use kafkasend::config_show::ConfigCommand;
 
 fn init_logging(default_filter: &str) {
     let env = env_logger::Env::default().filter_or("RUST_LOG", default_filter);
@@ -107,6 +108,39 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("kafkasend send: {e}");
                     ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Command::Config(ConfigCommand::Show(args)) => match kafkasend::config_show::rows(&args) {
+            Ok(sections) => {
+                print!("{}", kafkasend::config_show::render(&sections));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kafkasend config show: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Completions(args) => {
+            kafkasend::completions::write(args.shell, &mut std::io::stdout().lock());
+            ExitCode::SUCCESS
+        }
+        Command::Health(args) => {
+            let result = match runtime() {
+                Ok(rt) => rt.block_on(kafkasend::health_check::probe(&args)),
+                Err(e) => {
+                    eprintln!("kafkasend health: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match result {
+                Ok(status) => {
+                    println!("healthy: {} answered {status}", args.url);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("kafkasend health: {e}");
+                    ExitCode::FAILURE
                 }
             }
         }

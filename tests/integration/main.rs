@@ -9,5 +9,6 @@ mod oauth;
 mod policy;
 mod relay;
 mod secrets;
+mod ship;
 mod signing;
 mod tls;
