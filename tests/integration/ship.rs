@@ -37,7 +37,8 @@ fn completions_for_each_shell() {
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{shell}: {stderr}");
         // The script knows the subcommands and the flags of send.
-        for word in ["kafkasend", "portal", "send", "--endpoint", "--config"] {
+        // (fish writes flags as `-l endpoint`.)
+        for word in ["kafkasend", "portal", "send", "endpoint", "config"] {
             assert!(stdout.contains(word), "{shell} script lacks {word}");
         }
     }
@@ -212,8 +213,10 @@ fn config_show_with_a_side_checks_values_and_names_the_setting() {
         .unwrap();
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("bootstrap_server"), "{stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("unknown field `bootstrap_server`"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
