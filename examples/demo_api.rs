@@ -6,9 +6,20 @@
 //!   path, query, headers, body length and SHA-256), reading the body as a
 //!   stream, so uploads of any size work;
 //! - `GET /bytes/N`: streams N bytes of a repeating pattern back.
+//!
+//! With `DEMO_OAUTH_CLIENT_ID` and `DEMO_OAUTH_CLIENT_SECRET` set it is also
+//! its own OAuth2 authorization server, so a portal can run with OAuth on:
+//!
+//! - `POST /oauth/token` with `grant_type=client_credentials` and those
+//!   credentials (HTTP Basic or in the form) answers a bearer token;
+//! - every other path then requires `Authorization: Bearer <that token>`
+//!   and answers 401 without it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -17,6 +28,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use kafkasend::token_cache::form_encode;
 use sha2::{Digest, Sha256};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -25,8 +37,102 @@ fn json_escape(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// The demo's OAuth2 client and the one token it hands out.
+struct OAuth {
+    client_id: String,
+    client_secret: String,
+    token: String,
+}
+
+impl OAuth {
+    fn from_env() -> Option<Self> {
+        let client_id = std::env::var("DEMO_OAUTH_CLIENT_ID").ok()?;
+        let client_secret = std::env::var("DEMO_OAUTH_CLIENT_SECRET").ok()?;
+        Some(Self {
+            client_id,
+            client_secret,
+            token: format!("demo-{}", ulid::Ulid::new()),
+        })
+    }
+
+    /// True when the form or the Basic header carries our credentials, as
+    /// `client_secret_post` or `client_secret_basic` send them.
+    fn client_ok(&self, authorization: Option<&str>, form: &str) -> bool {
+        let id = form_encode(&self.client_id);
+        let secret = form_encode(&self.client_secret);
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+        );
+        let fields: Vec<&str> = form.split('&').collect();
+        authorization == Some(basic.as_str())
+            || (fields.contains(&format!("client_id={id}").as_str())
+                && fields.contains(&format!("client_secret={secret}").as_str()))
+    }
+}
+
+fn json_response(status: u16, text: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(text)).boxed())
+        .unwrap_or_default()
+}
+
+/// `POST /oauth/token`: a client-credentials grant for our one client.
+async fn token(req: Request<Incoming>, oauth: &OAuth) -> Response<Body> {
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // A token request is a few hundred bytes; refuse anything large.
+    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+    {
+        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+        Err(_) => return json_response(400, "{\"error\": \"invalid_request\"}\n".into()),
+    };
+    if !body
+        .split('&')
+        .any(|f| f == "grant_type=client_credentials")
+    {
+        return json_response(400, "{\"error\": \"unsupported_grant_type\"}\n".into());
+    }
+    if !oauth.client_ok(authorization.as_deref(), &body) {
+        return json_response(401, "{\"error\": \"invalid_client\"}\n".into());
+    }
+    json_response(
+        200,
+        format!(
+            "{{\"access_token\": {}, \"token_type\": \"Bearer\", \"expires_in\": 3600}}\n",
+            json_escape(&oauth.token)
+        ),
+    )
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    oauth: Arc<Option<OAuth>>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
+    if let Some(oauth) = oauth.as_ref() {
+        if path == "/oauth/token" && req.method() == hyper::Method::POST {
+            return Ok(token(req, oauth).await);
+        }
+        let expected = format!("Bearer {}", oauth.token);
+        let bearer = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if bearer != Some(expected.as_str()) {
+            return Ok(json_response(
+                401,
+                "{\"error\": \"a bearer token from POST /oauth/token is required\"}\n".into(),
+            ));
+        }
+    }
     if let Some(n) = path
         .strip_prefix("/bytes/")
         .and_then(|n| n.parse::<u64>().ok())
@@ -123,12 +229,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "127.0.0.1:8080".into())
         .parse()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    eprintln!("demo API listening on http://{}", listener.local_addr()?);
+    let oauth = Arc::new(OAuth::from_env());
+    eprintln!(
+        "demo API listening on http://{}{}",
+        listener.local_addr()?,
+        if oauth.is_some() {
+            " (OAuth on: POST /oauth/token)"
+        } else {
+            ""
+        }
+    );
     loop {
         let (stream, _) = listener.accept().await?;
+        let oauth = oauth.clone();
         tokio::spawn(async move {
+            let service = service_fn(move |req| handle(req, oauth.clone()));
             let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service_fn(handle))
+                .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }

@@ -65,6 +65,22 @@ pub enum Command {
         after_help = "Examples:\n  JOB=$(kafkasend send big.iso --endpoint /api/upload --no-wait)\n  kafkasend wait \"$JOB\" -o reply.json"
     )]
     Wait(Box<WaitArgs>),
+    /// Inspect settings.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  kafkasend config show portal --config portal.toml"
+    )]
+    Config(crate::config_show::ConfigCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  kafkasend completions bash > /etc/bash_completion.d/kafkasend\n  kafkasend completions zsh > \"${fpath[1]}/_kafkasend\"\n  kafkasend completions fish > ~/.config/fish/completions/kafkasend.fish"
+    )]
+    Completions(crate::completions::CompletionsArgs),
+    /// GET a health URL and exit 0 on a 2xx answer, 1 otherwise (for container health checks).
+    #[command(
+        after_help = "Examples:\n  kafkasend health\n  kafkasend health --url http://127.0.0.1:9464/readyz --timeout 3"
+    )]
+    Health(crate::health_check::HealthArgs),
 }
 
 /// Kafka settings shared by both sides.

@@ -14,7 +14,10 @@
 //! - [`signing`] lets `send` sign each start record and a portal refuse
 //!   requests not signed by a key it trusts, altered, expired or replayed.
 //! - [`policy`] decides which requests may reach the API.
-//! - [`config`] resolves flags, environment, file and defaults for both.
+//! - [`config`] resolves flags, environment, file and defaults for both;
+//!   [`config_show`] prints the result and where each value came from.
+//! - [`completions`] writes shell completion scripts; [`health_check`] is the
+//!   probe a container's HEALTHCHECK runs.
 //! - [`admin`] serves a portal's `/healthz`, `/readyz` and `/metrics`;
 //!   [`logging`] writes its log lines as text or JSON.
 //! - [`kafka_security`] holds the TLS and SASL settings every Kafka
@@ -26,8 +29,11 @@ pub mod admin;
 pub mod assembler;
 pub mod broker_conn;
 pub mod chunker;
+pub mod completions;
 pub mod config;
+pub mod config_show;
 pub mod group;
+pub mod health_check;
 pub mod http_dispatch;
 pub mod kafka;
 pub mod kafka_security;

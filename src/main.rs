@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kafkasend::config::{Cli, Command, LogFormat, PortalConfig, SendConfig};
+use kafkasend::config_show::ConfigCommand;
 use kafkasend::logging;
 use kafkasend::send::{Outcome, SendError};
 use kafkasend::ui::Report;
@@ -94,6 +95,39 @@ fn main() -> ExitCode {
             run_client("wait", args.json, cfg, async |cfg, report| {
                 kafkasend::send::wait(&args, cfg, report).await
             })
+        }
+        Command::Config(ConfigCommand::Show(args)) => match kafkasend::config_show::rows(&args) {
+            Ok(sections) => {
+                print!("{}", kafkasend::config_show::render(&sections));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kafkasend config show: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Completions(args) => {
+            kafkasend::completions::write(args.shell, &mut std::io::stdout().lock());
+            ExitCode::SUCCESS
+        }
+        Command::Health(args) => {
+            let result = match runtime() {
+                Ok(rt) => rt.block_on(kafkasend::health_check::probe(&args)),
+                Err(e) => {
+                    eprintln!("kafkasend health: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match result {
+                Ok(status) => {
+                    println!("healthy: {} answered {status}", args.url);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("kafkasend health: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

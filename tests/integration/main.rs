@@ -11,5 +11,6 @@ mod oauth;
 mod policy;
 mod relay;
 mod secrets;
+mod ship;
 mod signing;
 mod tls;

@@ -1,0 +1,19 @@
+//! `kafkasend completions SHELL`: a completion script for bash, zsh, fish
+//! (and the other shells clap_complete knows), generated from the same
+//! clap definitions the binary parses with, so it never falls behind.
+
+use clap::{Args, CommandFactory};
+
+/// Flags of `kafkasend completions`.
+#[derive(Debug, Args, Clone)]
+pub struct CompletionsArgs {
+    /// Shell to write the script for
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// Writes the completion script for `shell` to `out`.
+pub fn write(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    let mut cmd = crate::config::Cli::command();
+    clap_complete::generate(shell, &mut cmd, "kafkasend", out);
+}
