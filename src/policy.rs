@@ -292,11 +292,6 @@ impl Policy {
         Ok(())
     }
 
-    /// Whether a request header named `name` is forwarded to the API.
-    pub fn forwards(&self, name: &str) -> bool {
-        forwards(name, &self.allowed_headers)
-    }
-
     /// Says loudly at start what the policy allows.
     pub fn announce(&self) {
         if self.endpoints.is_empty() && self.strict {
