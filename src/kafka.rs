@@ -320,19 +320,19 @@ pub async fn start_offset(pc: &PartitionClient, limit: Duration) -> Result<i64, 
 }
 
 /// The first offset whose record is stamped at or after `ms` (Unix
-/// milliseconds); the end offset when none is.
+/// milliseconds); when none is, the end offset as it was before the lookup.
+///
+/// The end offset is read first: read after a lookup that found nothing,
+/// it would skip a record produced between the two requests.
 pub async fn offset_since(
     pc: &PartitionClient,
     ms: u64,
     limit: Duration,
 ) -> Result<i64, KafkaError> {
+    let end = end_offset(pc, limit).await?;
     let at = rskafka::chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default();
     let offset = offset_at(pc, OffsetAt::Timestamp(at), limit).await?;
-    if offset >= 0 {
-        Ok(offset)
-    } else {
-        end_offset(pc, limit).await
-    }
+    Ok(if offset >= 0 { offset.min(end) } else { end })
 }
 
 async fn offset_at(pc: &PartitionClient, at: OffsetAt, limit: Duration) -> Result<i64, KafkaError> {
