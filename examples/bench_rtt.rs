@@ -5,9 +5,12 @@
 //! `bench_rtt 1000 --endpoint /ping -o target/bench/rtt.out`, with the Kafka
 //! settings in the environment as for `kafkasend send`.
 //!
-//! Each call still connects to Kafka and looks up its partitions, as a
-//! `send` process does; what it leaves out is process start and runtime
-//! setup. The first call is a warm-up and is not printed.
+//! The process connects to Kafka once (`send::Link`) and sends every request
+//! over that connection with `send::run_on`, as a program embedding the
+//! client would; each call still notes the reply partition's end offset,
+//! produces its request and reads its answer. Process start, runtime setup
+//! and connecting are what it leaves out. The first call is a warm-up and
+//! is not printed.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -49,10 +52,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let link = match rt.block_on(kafkasend::send::Link::open(&cfg.kafka, "bench-rtt")) {
+        Ok(link) => link,
+        Err(e) => {
+            eprintln!("bench_rtt: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     for i in 0..=count {
         let t0 = Instant::now();
         let mut report = kafkasend::ui::Report::default();
-        match rt.block_on(kafkasend::send::run(&args, &cfg, &mut report)) {
+        match rt.block_on(kafkasend::send::run_on(&link, &args, &cfg, &mut report)) {
             Ok(outcome) if outcome.exit_code() == 0 => {}
             Ok(outcome) => {
                 eprintln!(

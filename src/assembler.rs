@@ -514,8 +514,11 @@ impl Assembler {
         if a.in_order && info.offset == a.hashed {
             a.hasher.update(payload);
             a.hashed = end_at;
-        } else {
+        } else if a.in_order {
             a.in_order = false;
+            log::debug!(
+                "job {job}: chunk {seq} arrived out of order; the digest will be computed from the spool"
+            );
         }
         self.try_complete(job)
     }

@@ -38,12 +38,16 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, DispatchBody>;
 /// optional client certificate). Plain `http://` URLs still work.
 pub fn build_client(tls: &ApiTls) -> HttpClient {
     log::info!("HTTPS trusts {}", tls.summary());
+    let mut http = HttpConnector::new();
+    // Requests and responses, not bulk streams: send small writes at once.
+    http.set_nodelay(true);
+    http.enforce_http(false);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls.client_config())
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .build();
+        .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())

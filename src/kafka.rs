@@ -1,8 +1,11 @@
 //! The thin layer over `rskafka` shared by `send` and the portal: connecting
 //! with a deadline, creating topics, producing frames and reading a partition.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rskafka::client::error::{Error as RsError, ProtocolError};
@@ -194,6 +197,31 @@ pub async fn partition_count(
         .map(|t| t.partitions.len() as i32))
 }
 
+/// The partition counts of `topics` (None for a missing one), from one
+/// metadata request.
+pub async fn partition_counts(
+    client: &Client,
+    topics: &[&str],
+    limit: Duration,
+) -> Result<Vec<Option<i32>>, KafkaError> {
+    let known = bounded("metadata lookup", limit, async {
+        client
+            .list_topics()
+            .await
+            .map_err(client_err("listing topics"))
+    })
+    .await?;
+    Ok(topics
+        .iter()
+        .map(|name| {
+            known
+                .iter()
+                .find(|t| t.name == *name)
+                .map(|t| t.partitions.len() as i32)
+        })
+        .collect())
+}
+
 /// Creates `topic` unless it exists; returns its partition count.
 pub async fn ensure_topic(
     client: &Client,
@@ -295,9 +323,23 @@ pub async fn produce(
     record: Record,
     limit: Duration,
 ) -> Result<i64, KafkaError> {
-    let size = record.value.as_ref().map_or(0, Vec::len);
+    produce_all(pc, vec![record], limit).await
+}
+
+/// Produces `records` as one batch (one request, one acknowledgement) and
+/// returns the first one's offset. The batch must fit the broker's
+/// `message.max.bytes` like a single record.
+pub async fn produce_all(
+    pc: &PartitionClient,
+    records: Vec<Record>,
+    limit: Duration,
+) -> Result<i64, KafkaError> {
+    let size = records
+        .iter()
+        .map(|r| r.value.as_ref().map_or(0, Vec::len))
+        .sum();
     bounded("produce", limit, async {
-        match pc.produce(vec![record], Compression::NoCompression).await {
+        match pc.produce(records, Compression::NoCompression).await {
             Ok(offsets) => Ok(offsets.first().copied().unwrap_or(-1)),
             Err(RsError::ServerError {
                 protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
@@ -307,6 +349,104 @@ pub async fn produce(
         }
     })
     .await
+}
+
+/// A produce call in flight: boxed so a window can hold several.
+type Producing<'a> = Pin<Box<dyn Future<Output = Result<i64, KafkaError>> + Send + 'a>>;
+
+/// Up to `capacity` produce calls to one partition in flight at once, their
+/// acknowledgements taken oldest first.
+///
+/// The calls are not spawned: the window polls them in the order they were
+/// pushed, so each reaches rskafka's (first come, first served) connection
+/// lock, and the broker, in that order. The records land in the partition in
+/// the order they were produced, which keeps the portal's digest running
+/// without a second pass. Dropping the window abandons the calls.
+pub struct ProduceWindow<'a> {
+    pc: &'a PartitionClient,
+    limit: Duration,
+    capacity: usize,
+    calls: VecDeque<Slot<'a>>,
+}
+
+enum Slot<'a> {
+    Pending(Producing<'a>),
+    Done(Result<i64, KafkaError>),
+}
+
+impl<'a> ProduceWindow<'a> {
+    /// An empty window onto `pc`; each call is bounded by `limit`.
+    pub fn new(pc: &'a PartitionClient, capacity: usize, limit: Duration) -> Self {
+        Self {
+            pc,
+            limit,
+            capacity: capacity.max(1),
+            calls: VecDeque::with_capacity(capacity.max(1)),
+        }
+    }
+
+    /// Whether another record may be pushed without waiting.
+    pub fn has_room(&self) -> bool {
+        self.calls.len() < self.capacity
+    }
+
+    /// Whether nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Starts producing `record` (after every record pushed before it).
+    pub fn push(&mut self, record: Record) {
+        self.calls.push_back(Slot::Pending(Box::pin(produce(
+            self.pc, record, self.limit,
+        ))));
+    }
+
+    /// Polls every unfinished call, in push order.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) {
+        for slot in &mut self.calls {
+            if let Slot::Pending(call) = slot {
+                if let Poll::Ready(r) = call.as_mut().poll(cx) {
+                    *slot = Slot::Done(r);
+                }
+            }
+        }
+    }
+
+    /// Polls the calls; takes the oldest call's result when it has finished.
+    fn poll_calls(&mut self, cx: &mut Context<'_>) -> Option<Result<i64, KafkaError>> {
+        self.poll_pending(cx);
+        match self.calls.pop_front()? {
+            Slot::Done(r) => Some(r),
+            pending => {
+                self.calls.push_front(pending);
+                None
+            }
+        }
+    }
+
+    /// Waits for the oldest call; its offset, or None when nothing is in flight.
+    pub async fn next(&mut self) -> Option<Result<i64, KafkaError>> {
+        if self.calls.is_empty() {
+            return None;
+        }
+        std::future::poll_fn(|cx| match self.poll_calls(cx) {
+            Some(r) => Poll::Ready(Some(r)),
+            None => Poll::Pending,
+        })
+        .await
+    }
+
+    /// Runs `work` (reading the next chunk, say) while the calls in flight
+    /// keep moving.
+    pub async fn alongside<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        std::future::poll_fn(|cx| {
+            self.poll_pending(cx);
+            work.as_mut().poll(cx)
+        })
+        .await
+    }
 }
 
 /// The offset the next record produced to the partition will get.

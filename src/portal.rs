@@ -37,6 +37,10 @@ use crate::wire::{self, Body, ErrorCategory, ErrorInfo, Frame, JobId, ResponseSt
 /// anyway, so a slowly streaming API still reaches the client promptly.
 const FLUSH_AFTER: Duration = Duration::from_millis(200);
 
+/// How long a response's start record waits for the first body bytes, so
+/// that a small response leaves in one produce request.
+const START_HOLD: Duration = Duration::from_millis(20);
+
 /// How long a fetch waits on the broker for new records.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 
@@ -988,21 +992,71 @@ async fn send_error(
     kafka::produce(pc, kafka::record(&frame, &[], &[]), limit).await
 }
 
-/// Produces one response frame; a failure names the sequence number that
-/// did not get through, so an error record can take its place.
-async fn emit(
-    pc: &PartitionClient,
-    frame: &Frame,
-    payload: &[u8],
+/// The records of one response on their way to the reply partition.
+///
+/// Records are held briefly and produced together: a small response (start,
+/// body, end) leaves in one produce request and reaches the client in one
+/// fetch. A batch never holds more than one chunk's worth of bytes.
+struct ReplyWriter<'a> {
+    pc: &'a PartitionClient,
     limit: Duration,
-) -> Result<(), AnswerError> {
-    kafka::produce(pc, kafka::record(frame, payload, &[]), limit)
-        .await
-        .map(|_| ())
-        .map_err(|error| AnswerError::Kafka {
-            seq: frame.seq,
-            error,
-        })
+    /// Most bytes one batch may carry.
+    batch_max: usize,
+    held: Vec<rskafka::record::Record>,
+    held_bytes: usize,
+    /// Sequence number of the first held record.
+    first_seq: u32,
+}
+
+impl<'a> ReplyWriter<'a> {
+    fn new(pc: &'a PartitionClient, batch_max: usize, limit: Duration) -> Self {
+        Self {
+            pc,
+            limit,
+            batch_max,
+            held: Vec::new(),
+            held_bytes: 0,
+            first_seq: 0,
+        }
+    }
+
+    /// Whether records wait to be produced.
+    fn holds(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Holds a frame, producing what is held first if both would not fit
+    /// one batch.
+    async fn push(&mut self, frame: &Frame, payload: &[u8]) -> Result<(), AnswerError> {
+        let record = kafka::record(frame, payload, &[]);
+        let size = record.value.as_ref().map_or(0, Vec::len);
+        if self.holds() && self.held_bytes + size > self.batch_max {
+            self.flush().await?;
+        }
+        if self.held.is_empty() {
+            self.first_seq = frame.seq;
+        }
+        self.held.push(record);
+        self.held_bytes += size;
+        Ok(())
+    }
+
+    /// Produces what is held; a failure names the first sequence number
+    /// that did not get through, so an error record can take its place.
+    async fn flush(&mut self) -> Result<(), AnswerError> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.held);
+        self.held_bytes = 0;
+        kafka::produce_all(self.pc, records, self.limit)
+            .await
+            .map(|_| ())
+            .map_err(|error| AnswerError::Kafka {
+                seq: self.first_seq,
+                error,
+            })
+    }
 }
 
 /// Runs one job; returns whether it is settled (see [`settle`]).
@@ -1149,26 +1203,37 @@ async fn answer(
             body_len,
         }),
     };
-    emit(pc, &start, &[], limit).await?;
-
     let chunk_size = ctx.cfg.kafka.chunk_size;
+    let mut out = ReplyWriter::new(pc, chunk_size, limit);
+    out.push(&start, &[]).await?;
+
     let mut chunker = Chunker::new(job.job, 1);
     let mut buf: Vec<u8> = Vec::with_capacity(chunk_size);
     let mut body = resp.into_body();
     loop {
-        let wait = if buf.is_empty() {
-            deadline
-        } else {
+        // The start record waits a moment for the body to join it; body
+        // bytes wait a little longer for a chunk to fill.
+        let wait = if !buf.is_empty() {
             (tokio::time::Instant::now() + FLUSH_AFTER).min(deadline)
+        } else if out.holds() {
+            (tokio::time::Instant::now() + START_HOLD).min(deadline)
+        } else {
+            deadline
         };
         let next = match tokio::time::timeout_at(wait, body.frame()).await {
             Ok(n) => n,
-            Err(_) if !buf.is_empty() && tokio::time::Instant::now() < deadline => {
-                let out = chunker.chunk(std::mem::take(&mut buf));
-                emit(pc, &out.frame, &out.payload, limit).await?;
+            Err(_)
+                if (out.holds() || !buf.is_empty()) && tokio::time::Instant::now() < deadline =>
+            {
+                if !buf.is_empty() {
+                    let chunk = chunker.chunk(std::mem::take(&mut buf));
+                    out.push(&chunk.frame, &chunk.payload).await?;
+                }
+                out.flush().await?;
                 continue;
             }
             Err(_) => {
+                out.flush().await?;
                 return Err(AnswerError::Failed {
                     seq: chunker.next_seq(),
                     error: DispatchError {
@@ -1178,12 +1243,13 @@ async fn answer(
                             ctx.dispatcher.timeout().as_secs()
                         ),
                     },
-                })
+                });
             }
         };
         match next {
             None => break,
             Some(Err(e)) => {
+                out.flush().await?;
                 return Err(AnswerError::Failed {
                     seq: chunker.next_seq(),
                     error: DispatchError {
@@ -1194,7 +1260,7 @@ async fn answer(
                             crate::http_dispatch::error_chain(&e)
                         ),
                     },
-                })
+                });
             }
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else {
@@ -1206,20 +1272,22 @@ async fn answer(
                     buf.extend_from_slice(&data[..take]);
                     data = &data[take..];
                     if buf.len() == chunk_size {
-                        let out = chunker
+                        let chunk = chunker
                             .chunk(std::mem::replace(&mut buf, Vec::with_capacity(chunk_size)));
-                        emit(pc, &out.frame, &out.payload, limit).await?;
+                        out.push(&chunk.frame, &chunk.payload).await?;
+                        out.flush().await?;
                     }
                 }
             }
         }
     }
     if !buf.is_empty() {
-        let out = chunker.chunk(buf);
-        emit(pc, &out.frame, &out.payload, limit).await?;
+        let chunk = chunker.chunk(buf);
+        out.push(&chunk.frame, &chunk.payload).await?;
     }
     let total = chunker.bytes();
     let end = chunker.finish();
-    emit(pc, &end, &[], limit).await?;
+    out.push(&end, &[]).await?;
+    out.flush().await?;
     Ok((status, total))
 }

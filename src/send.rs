@@ -16,8 +16,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::chunker::{hex, read_chunk, Chunker};
-use crate::config::{SendArgs, SendConfig, WaitArgs};
-use crate::kafka::{self, KafkaError};
+use crate::config::{KafkaConfig, SendArgs, SendConfig, WaitArgs};
+use crate::kafka::{self, KafkaError, PartitionCache};
 use crate::partitioner::partition_for_key;
 use crate::ui::{Progress, Report};
 use crate::wire::{self, Body, ErrorCategory, Frame, JobId, RequestStart};
@@ -359,21 +359,80 @@ pub async fn run(
     cfg: &SendConfig,
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
+    // A bad command line or an unreadable body is reported before the broker.
+    let (prepared, body_sha256) = prepare_signed(args, cfg).await?;
+    let link = Link::open(&cfg.kafka, "kafkasend-send").await?;
+    transmit(&link, prepared, body_sha256, args, cfg, report).await
+}
+
+/// The request, and its body's digest when the request is to be signed.
+async fn prepare_signed(
+    args: &SendArgs,
+    cfg: &SendConfig,
+) -> Result<(Prepared, Option<[u8; 32]>), SendError> {
     let prepared = prepare(args)?;
     let body_sha256 = match &cfg.signer {
         Some(_) => body_digest(&prepared).await?,
         None => None,
     };
+    Ok((prepared, body_sha256))
+}
+
+/// Sends one request over an open [`Link`], as [`run`] does: for programs
+/// that send many requests from one process and would rather not connect to
+/// Kafka for each.
+pub async fn run_on(
+    link: &Link,
+    args: &SendArgs,
+    cfg: &SendConfig,
+    report: &mut Report,
+) -> Result<Outcome, SendError> {
+    let (prepared, body_sha256) = prepare_signed(args, cfg).await?;
+    transmit(link, prepared, body_sha256, args, cfg, report).await
+}
+
+/// A client connected to the request and response topics, with the
+/// partitions it has used kept open.
+pub struct Link {
+    requests: PartitionCache,
+    replies: PartitionCache,
+    request_partitions: i32,
+    reply_partitions: i32,
+}
+
+impl Link {
+    /// Connects and reads both topics' partition counts (one metadata
+    /// request); a missing topic is an error.
+    pub async fn open(kcfg: &KafkaConfig, client_id: &str) -> Result<Self, SendError> {
+        let limit = kcfg.timeout;
+        let client = kafka::connect(&kcfg.settings(client_id)).await?;
+        let counts =
+            kafka::partition_counts(&client, &[&kcfg.request_topic, &kcfg.response_topic], limit)
+                .await?;
+        let count = |topic: &str, n: Option<i32>| {
+            n.ok_or_else(|| SendError::from(KafkaError::MissingTopic(topic.to_string())))
+        };
+        Ok(Self {
+            request_partitions: count(&kcfg.request_topic, counts[0])?,
+            reply_partitions: count(&kcfg.response_topic, counts[1])?,
+            requests: PartitionCache::new(Arc::clone(&client), kcfg.request_topic.clone(), limit),
+            replies: PartitionCache::new(client, kcfg.response_topic.clone(), limit),
+        })
+    }
+}
+
+async fn transmit(
+    link: &Link,
+    prepared: Prepared,
+    body_sha256: Option<[u8; 32]>,
+    args: &SendArgs,
+    cfg: &SendConfig,
+    report: &mut Report,
+) -> Result<Outcome, SendError> {
     let mut body = open_body(&prepared).await?;
     let kcfg = &cfg.kafka;
     let limit = kcfg.timeout;
-    let client = kafka::connect(&kcfg.settings("kafkasend-send")).await?;
-    let req_parts = kafka::partition_count(&client, &kcfg.request_topic, limit)
-        .await?
-        .ok_or_else(|| KafkaError::MissingTopic(kcfg.request_topic.clone()))?;
-    let resp_parts = kafka::partition_count(&client, &kcfg.response_topic, limit)
-        .await?
-        .ok_or_else(|| KafkaError::MissingTopic(kcfg.response_topic.clone()))?;
+    let (req_parts, resp_parts) = (link.request_partitions, link.reply_partitions);
 
     let job = JobId::new();
     report.job = Some(job);
@@ -391,16 +450,13 @@ pub async fn run(
     let reader = if args.no_wait {
         None
     } else {
-        let reply_pc = Arc::new(
-            kafka::partition(&client, &kcfg.response_topic, reply_partition, limit).await?,
-        );
+        let reply_pc = link.replies.get(reply_partition).await?;
         let from = kafka::end_offset(&reply_pc, limit).await?;
         Some(tokio::spawn(follow_replies(
             reply_pc, from, job, reply_tx, limit,
         )))
     };
-    let request_pc =
-        kafka::partition(&client, &kcfg.request_topic, request_partition, limit).await?;
+    let request_pc = link.requests.get(request_partition).await?;
 
     let start = Frame {
         job,
@@ -439,22 +495,33 @@ pub async fn run(
     if let Some(reader) = body.as_mut() {
         let progress = Progress::new("upload", prepared.body_len, chatty);
         let mut chunker = Chunker::new(job, 1);
+        let mut window = kafka::ProduceWindow::new(&request_pc, PRODUCE_WINDOW, limit);
+        // Lengths of the chunks in flight, oldest first.
+        let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(PRODUCE_WINDOW);
+        let mut read_all = false;
         loop {
-            let data = read_chunk(reader, kcfg.chunk_size)
-                .await
-                .map_err(|e| SendError::Io(format!("reading the body failed: {e}")))?;
-            if data.is_empty() {
-                break;
+            if !read_all && window.has_room() {
+                // Read the next chunk while the ones before it are in flight.
+                let data = window
+                    .alongside(read_chunk(reader, kcfg.chunk_size))
+                    .await
+                    .map_err(|e| SendError::Io(format!("reading the body failed: {e}")))?;
+                if data.is_empty() {
+                    read_all = true;
+                    continue;
+                }
+                let out = chunker.chunk(data);
+                in_flight.push_back(out.payload.len() as u64);
+                window.push(kafka::record(&out.frame, &out.payload, &[]));
+                continue;
             }
-            let out = chunker.chunk(data);
-            kafka::produce(
-                &request_pc,
-                kafka::record(&out.frame, &out.payload, &[]),
-                limit,
-            )
-            .await?;
-            progress.add(out.payload.len() as u64);
-            report.bytes_sent = chunker.bytes();
+            let Some(acked) = window.next().await else {
+                break;
+            };
+            acked?;
+            let len = in_flight.pop_front().unwrap_or(0);
+            progress.add(len);
+            report.bytes_sent += len;
             // A portal that refuses the job says so at once; stop uploading then.
             while let Ok(r) = reply_rx.try_recv() {
                 if matches!(r, Reply::Trouble(_)) {
@@ -512,6 +579,11 @@ pub async fn run(
     reader.abort();
     result
 }
+
+/// Chunk records in flight at once: enough to keep the broker busy while
+/// the next chunk is read and the last acknowledgement travels back, few
+/// enough that `send` stays small (each costs about two chunk sizes).
+const PRODUCE_WINDOW: usize = 4;
 
 /// One item from the reply reader.
 enum Reply {
