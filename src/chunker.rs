@@ -11,8 +11,9 @@ use crate::wire::{Body, ChunkInfo, EndInfo, Frame, JobId};
 /// headers and batch overhead.
 pub const DEFAULT_CHUNK_SIZE: usize = 900 * 1024;
 
-/// Largest chunk size accepted from configuration; the readers' fetch size
-/// (`kafka::FETCH_MAX_BYTES`) must hold at least one whole record.
+/// Largest chunk size accepted from configuration; a fetch response holding
+/// one such record must fit rskafka's response limit (16 MiB, set in
+/// `kafka::connect`).
 pub const MAX_CHUNK_SIZE: usize = 8 * 1024 * 1024 - 64 * 1024;
 
 /// Numbers the frames of one body and keeps its running digest.

@@ -76,8 +76,15 @@ pub struct KafkaSettings {
     pub security: KafkaSecurity,
 }
 
-/// Largest fetch response we ask for, per partition; bounds memory per reader.
-pub const FETCH_MAX_BYTES: i32 = 8 * 1024 * 1024;
+/// Most record bytes one fetch asks for, per partition; bounds memory per
+/// reader. Two default chunks: a reader keeps a fetch ahead of its writes
+/// without holding megabytes per job. The broker still returns a first
+/// record batch larger than this whole, so larger chunks work too.
+pub const FETCH_MAX_BYTES: i32 = 2 * 1024 * 1024;
+
+/// Largest response rskafka accepts: a fetch holding one record of the
+/// largest chunk size, with room to spare.
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Connects to the cluster, failing with a clear message when no broker answers in time.
 pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError> {
@@ -125,7 +132,7 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError
     let mut builder = ClientBuilder::new(servers)
         .client_id(settings.client_id.clone())
         .backoff_config(backoff)
-        .max_message_size(FETCH_MAX_BYTES as usize * 2);
+        .max_message_size(MAX_RESPONSE_BYTES);
     if let Some(tls) = &settings.security.tls {
         builder = builder.tls_config(Arc::clone(tls));
     }

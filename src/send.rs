@@ -676,8 +676,10 @@ async fn follow_replies(
             if !kafka::is_for_job(&rec.record, &job) {
                 continue;
             }
+            let mut last = false;
             let item = match rec.record.value.as_deref().map(wire::decode) {
                 Some(Ok((frame, payload))) if frame.job == job => {
+                    last = matches!(frame.body, Body::End(_) | Body::Error(_));
                     Reply::Frame(frame, payload.to_vec())
                 }
                 Some(Ok(_)) => Reply::Broken("a reply record's key and job id disagree".into()),
@@ -687,9 +689,23 @@ async fn follow_replies(
             if tx.send(item).await.is_err() {
                 return;
             }
+            // A final record normally ends the answer. Fetch no further
+            // while the waiting side finishes, so no long poll is left on a
+            // connection a `Link` uses again (the broker answers one request
+            // per connection at a time); go on only if it still waits.
+            if last {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(AFTER_FINAL_RECORD) => {}
+                }
+            }
         }
     }
 }
+
+/// How long the reply reader pauses after a final record before it reads
+/// on, for the rare answer that needs more (a second answer, say).
+const AFTER_FINAL_RECORD: Duration = Duration::from_secs(1);
 
 fn error_from_portal(category: ErrorCategory, message: String) -> SendError {
     match category {
