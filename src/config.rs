@@ -1290,6 +1290,59 @@ mod tests {
         }
     }
 
+    /// Every variable a flag reads has its row in the README's configuration
+    /// tables, with that flag and its file key; every row names a variable
+    /// the code reads.
+    #[test]
+    fn readme_configuration_tables_match_the_flags() {
+        use clap::CommandFactory as _;
+        let readme = include_str!("../README.md");
+        let rows: Vec<&str> = readme
+            .lines()
+            .filter(|l| {
+                let first = l.strip_prefix("| `").and_then(|r| r.split('`').next());
+                first.is_some_and(|v| {
+                    !v.is_empty()
+                        && v.bytes()
+                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                        && l.starts_with(&format!("| `{v}` | `--"))
+                })
+            })
+            .collect();
+        let mut declared = std::collections::BTreeSet::new();
+        let mut commands = vec![Cli::command()];
+        while let Some(cmd) = commands.pop() {
+            for arg in cmd.get_arguments() {
+                let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                    continue;
+                };
+                let env = env.to_string_lossy().into_owned();
+                let row = rows
+                    .iter()
+                    .find(|r| r.starts_with(&format!("| `{env}` |")))
+                    .unwrap_or_else(|| panic!("README has no configuration row for {env}"));
+                assert!(
+                    row.contains(&format!("| `--{long}")),
+                    "README row of {env} does not name --{long}: {row}"
+                );
+                let key = long.replace('-', "_");
+                assert!(
+                    env == "KAFKASEND_CONFIG" || row.contains(&format!("| `{key}` |")),
+                    "README row of {env} does not name the file key {key}: {row}"
+                );
+                declared.insert(env);
+            }
+            commands.extend(cmd.get_subcommands().cloned());
+        }
+        for row in rows {
+            let env = row.split('`').nth(1).unwrap_or_default();
+            assert!(
+                declared.contains(env),
+                "README documents {env}, which no flag reads: {row}"
+            );
+        }
+    }
+
     #[test]
     fn typo_suggestions_stay_close() {
         let known = ["bootstrap_servers", "timeout", "kafka_timeout_secs"];
