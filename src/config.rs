@@ -425,7 +425,9 @@ impl std::fmt::Debug for FileConfig {
     }
 }
 
-/// Reads the `--config` file; a missing file or an unknown key is an error.
+/// Reads the `--config` file with confy. A missing file, a TOML syntax error,
+/// an unknown key or a bad value is an error of one line naming the file, the
+/// line and the key.
 pub fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
     let Some(path) = path else {
         return Ok(FileConfig::default());
@@ -433,13 +435,108 @@ pub fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
     if !path.is_file() {
         bail!("config file {} does not exist", path.display());
     }
-    confy::load_path(path).map_err(|e| {
-        anyhow::anyhow!(
-            "config file {} is invalid: {}",
+    confy::load_path(path).map_err(|e| match e {
+        confy::ConfyError::BadTomlData(toml) => {
+            // confy does not hand back the text it read, and the error's
+            // span becomes a line number only against it: read it again.
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            anyhow::anyhow!(
+                "{}: {}",
+                path.display(),
+                describe_toml_error(&text, toml.message(), toml.span())
+            )
+        }
+        other => anyhow::anyhow!(
+            "config file {} cannot be read: {}",
             path.display(),
-            crate::http_dispatch::error_chain(&e)
-        )
+            crate::http_dispatch::error_chain(&other)
+        ),
     })
+}
+
+/// One line for a TOML/serde error in the config file: the line, the key
+/// and what is wrong with it. `message` is the toml crate's, which for an
+/// unknown key is serde's "unknown field `k`, expected one of `a`, `b`...".
+fn describe_toml_error(text: &str, message: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let line_no = span.map(|s| {
+        let start = s.start.min(text.len());
+        text.as_bytes()[..start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    });
+    let at = line_no.map(|n| format!("line {n}: ")).unwrap_or_default();
+    let one_line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    if message.starts_with("unknown field `") {
+        let mut quoted = message.split('`').skip(1).step_by(2);
+        let unknown = quoted.next().unwrap_or_default();
+        let hint = match closest_key(unknown, quoted) {
+            Some(k) => format!("did you mean `{k}`?"),
+            None => "the keys are the flag names with `_` for `-` (see README, Configuration)"
+                .to_string(),
+        };
+        return format!("{at}unknown key `{unknown}`; {hint}");
+    }
+    let key = line_no
+        .and_then(|n| text.lines().nth(n - 1))
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\''))
+        .filter(|k| !k.is_empty());
+    // serde's own wording; anything else comes from the TOML parser.
+    let serde_value_error = ["invalid type:", "invalid value:", "invalid length"]
+        .iter()
+        .any(|p| message.starts_with(p));
+    match key {
+        Some(key) if serde_value_error => {
+            format!("{at}bad value for `{key}`: {}", plain_types(&one_line))
+        }
+        Some(key) if one_line == "duplicate key" => format!("{at}duplicate key `{key}`"),
+        _ => format!("{at}not valid TOML: {one_line}"),
+    }
+}
+
+/// Says serde's Rust type names in words.
+fn plain_types(message: &str) -> String {
+    let mut out = message.to_string();
+    for (rust, words) in [
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected i32", "expected a whole number"),
+        ("expected i16", "expected a whole number up to 32767"),
+    ] {
+        if out.ends_with(rust) {
+            out.truncate(out.len() - rust.len());
+            out.push_str(words);
+        }
+    }
+    out
+}
+
+/// The known key most like `unknown`, if one is close enough to be a typo.
+fn closest_key<'a>(unknown: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (unknown.len() / 3).max(2);
+    known
+        .map(|k| (edit_distance(unknown, k), k))
+        .filter(|&(d, _)| d <= limit)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance over bytes (keys are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// Kafka settings, resolved.
@@ -1161,6 +1258,101 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_concurent_jobs"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("did you mean `max_concurrent_jobs`?"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn bad_file_values_and_syntax_name_the_line_and_key() {
+        let cases = [
+            (
+                "kafka_timeout_secs = \"ten\"",
+                "line 1: bad value for `kafka_timeout_secs`: invalid type: string \"ten\", expected a whole number, 0 or more",
+            ),
+            (
+                "# comment\n'use_oauth' = \"yes\"",
+                "line 2: bad value for `use_oauth`: invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                "chunk_size = 1\nchunk_size = 2",
+                "line 2: duplicate key `chunk_size`",
+            ),
+            ("request_topic = \"open", "line 1: not valid TOML: "),
+            ("xyzzy = 1", "line 1: unknown key `xyzzy`; the keys are the flag names"),
+        ];
+        for (toml, want) in cases {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            writeln!(file, "{toml}").unwrap();
+            let err = load_file(Some(file.path())).unwrap_err().to_string();
+            assert!(err.contains(want), "{toml:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{toml:?}: {err}");
+        }
+    }
+
+    /// Every variable a flag reads has its row in the README's configuration
+    /// tables, with that flag and its file key; every row names a variable
+    /// the code reads.
+    #[test]
+    fn readme_configuration_tables_match_the_flags() {
+        use clap::CommandFactory as _;
+        let readme = include_str!("../README.md");
+        let rows: Vec<&str> = readme
+            .lines()
+            .filter(|l| {
+                let first = l.strip_prefix("| `").and_then(|r| r.split('`').next());
+                first.is_some_and(|v| {
+                    !v.is_empty()
+                        && v.bytes()
+                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                        && l.starts_with(&format!("| `{v}` | `--"))
+                })
+            })
+            .collect();
+        let mut declared = std::collections::BTreeSet::new();
+        let mut commands = vec![Cli::command()];
+        while let Some(cmd) = commands.pop() {
+            for arg in cmd.get_arguments() {
+                let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                    continue;
+                };
+                let env = env.to_string_lossy().into_owned();
+                let row = rows
+                    .iter()
+                    .find(|r| r.starts_with(&format!("| `{env}` |")))
+                    .unwrap_or_else(|| panic!("README has no configuration row for {env}"));
+                assert!(
+                    row.contains(&format!("| `--{long}")),
+                    "README row of {env} does not name --{long}: {row}"
+                );
+                let key = long.replace('-', "_");
+                assert!(
+                    env == "KAFKASEND_CONFIG" || row.contains(&format!("| `{key}` |")),
+                    "README row of {env} does not name the file key {key}: {row}"
+                );
+                declared.insert(env);
+            }
+            commands.extend(cmd.get_subcommands().cloned());
+        }
+        for row in rows {
+            let env = row.split('`').nth(1).unwrap_or_default();
+            assert!(
+                declared.contains(env),
+                "README documents {env}, which no flag reads: {row}"
+            );
+        }
+    }
+
+    #[test]
+    fn typo_suggestions_stay_close() {
+        let known = ["bootstrap_servers", "timeout", "kafka_timeout_secs"];
+        assert_eq!(
+            closest_key("bootstrap_server", known.into_iter()),
+            Some("bootstrap_servers")
+        );
+        assert_eq!(closest_key("timout", known.into_iter()), Some("timeout"));
+        assert_eq!(closest_key("xyzzy", known.into_iter()), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

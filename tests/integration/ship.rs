@@ -203,20 +203,47 @@ fn config_show_with_a_side_checks_values_and_names_the_setting() {
         assert_eq!(out.status.code(), Some(2), "{env:?}: {stderr}");
         assert!(stderr.contains(named), "{env:?}: {stderr}");
     }
+}
+
+#[test]
+fn config_file_mistakes_are_one_line_naming_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bad.toml");
-    std::fs::write(&file, "bootstrap_server = \"typo:9092\"\n").unwrap();
-    let out = bare()
-        .args(["config", "show", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("unknown field `bootstrap_server`"),
-        "{stderr}"
-    );
+    // (file text, what the one line must say)
+    let cases = [
+        (
+            "request_topic = \"requests\"\n\nbootstrap_server = \"typo:9092\"\n",
+            "line 3: unknown key `bootstrap_server`; did you mean `bootstrap_servers`?",
+        ),
+        (
+            "timeout = \"ten\"\n",
+            "line 1: bad value for `timeout`: invalid type: string \"ten\", expected a whole number",
+        ),
+    ];
+    for (contents, want) in cases {
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, contents).unwrap();
+        let shown = file.display().to_string();
+        let runs: [&[&str]; 3] = [
+            &["config", "show"],
+            &["send", "--endpoint", "/x"],
+            &["portal", "--target-api-url", "http://127.0.0.1:9"],
+        ];
+        for args in runs {
+            let out = bare()
+                .args(args)
+                .arg("--config")
+                .arg(&file)
+                .output()
+                .unwrap();
+            let (_, stderr) = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("{shown}: {want}")),
+                "{args:?}: {stderr}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
