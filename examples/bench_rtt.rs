@@ -19,6 +19,7 @@ use clap::Parser;
 use kafkasend::config::{Cli, Command, SendConfig};
 
 fn main() -> ExitCode {
+    kafkasend::memory::tune_allocator();
     let mut argv = std::env::args().skip(1);
     let Some(count) = argv.next().and_then(|c| c.parse::<usize>().ok()) else {
         eprintln!("usage: bench_rtt COUNT SEND_ARGS...");

@@ -38,6 +38,7 @@ pub mod http_dispatch;
 pub mod kafka;
 pub mod kafka_security;
 pub mod logging;
+pub mod memory;
 pub mod partitioner;
 pub mod policy;
 pub mod portal;

@@ -50,6 +50,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
+    kafkasend::memory::tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
