@@ -5,7 +5,7 @@
 //! large with a fresh `mmap` and returns them with `munmap`, so every chunk
 //! paid for zeroed pages and page faults: a profile of `send` relaying 1 GiB
 //! showed about a fifth of its CPU time there, and 2.8 s of system time per
-//! GiB fell to 0.6 s with the settings below. Memory use stays bounded:
+//! GiB fell to about 0.7 s with the settings below. Memory use stays bounded:
 //! freed buffers are reused, and the heap is trimmed above `TRIM_THRESHOLD`.
 
 /// Allocations below this come from the heap and are reused when freed.

@@ -33,8 +33,8 @@ use crate::signing::Verifier;
 use crate::token_cache::TokenCache;
 use crate::wire::{self, Body, ErrorCategory, ErrorInfo, Frame, JobId, ResponseStart};
 
-/// How long a partial response chunk waits for more bytes before it is sent
-/// anyway, so a slowly streaming API still reaches the client promptly.
+/// How long a partial response chunk waits, from its first bytes, before it
+/// is sent anyway, so a slowly streaming API still reaches the client promptly.
 const FLUSH_AFTER: Duration = Duration::from_millis(200);
 
 /// How long a response's start record waits for the first body bytes, so
@@ -1210,26 +1210,24 @@ async fn answer(
     let mut chunker = Chunker::new(job.job, 1);
     let mut buf: Vec<u8> = Vec::with_capacity(chunk_size);
     let mut body = resp.into_body();
+    // When what waits (held records, a partial chunk) must go out: set when
+    // something starts waiting, so a trickle of small body frames cannot
+    // postpone it.
+    let mut flush_at = Some(tokio::time::Instant::now() + START_HOLD);
     loop {
-        // The start record waits a moment for the body to join it; body
-        // bytes wait a little longer for a chunk to fill.
-        let wait = if !buf.is_empty() {
-            (tokio::time::Instant::now() + FLUSH_AFTER).min(deadline)
-        } else if out.holds() {
-            (tokio::time::Instant::now() + START_HOLD).min(deadline)
-        } else {
-            deadline
-        };
+        if flush_at.is_none() && !buf.is_empty() {
+            flush_at = Some(tokio::time::Instant::now() + FLUSH_AFTER);
+        }
+        let wait = flush_at.map_or(deadline, |at| at.min(deadline));
         let next = match tokio::time::timeout_at(wait, body.frame()).await {
             Ok(n) => n,
-            Err(_)
-                if (out.holds() || !buf.is_empty()) && tokio::time::Instant::now() < deadline =>
-            {
+            Err(_) if flush_at.is_some() && tokio::time::Instant::now() < deadline => {
                 if !buf.is_empty() {
                     let chunk = chunker.chunk(std::mem::take(&mut buf));
                     out.push(&chunk.frame, &chunk.payload).await?;
                 }
                 out.flush().await?;
+                flush_at = None;
                 continue;
             }
             Err(_) => {
@@ -1276,6 +1274,7 @@ async fn answer(
                             .chunk(std::mem::replace(&mut buf, Vec::with_capacity(chunk_size)));
                         out.push(&chunk.frame, &chunk.payload).await?;
                         out.flush().await?;
+                        flush_at = None;
                     }
                 }
             }

@@ -392,7 +392,10 @@ pub async fn run_on(
 }
 
 /// A client connected to the request and response topics, with the
-/// partitions it has used kept open.
+/// partitions it has used kept open. Meant for one request at a time:
+/// requests whose replies share a partition would also share its
+/// connection, and the broker answers one request per connection at a time.
+/// The partition counts are read once, when it opens.
 pub struct Link {
     requests: PartitionCache,
     replies: PartitionCache,
@@ -452,9 +455,11 @@ async fn transmit(
     } else {
         let reply_pc = link.replies.get(reply_partition).await?;
         let from = kafka::end_offset(&reply_pc, limit).await?;
-        Some(tokio::spawn(follow_replies(
+        // Stopped however this function returns: left running, it would
+        // long-poll on a connection the `Link` uses again.
+        Some(AbortOnDrop(tokio::spawn(follow_replies(
             reply_pc, from, job, reply_tx, limit,
-        )))
+        ))))
     };
     let request_pc = link.requests.get(request_partition).await?;
 
@@ -495,9 +500,10 @@ async fn transmit(
     if let Some(reader) = body.as_mut() {
         let progress = Progress::new("upload", prepared.body_len, chatty);
         let mut chunker = Chunker::new(job, 1);
-        let mut window = kafka::ProduceWindow::new(&request_pc, PRODUCE_WINDOW, limit);
+        let capacity = produce_window(kcfg.chunk_size);
+        let mut window = kafka::ProduceWindow::new(&request_pc, capacity, limit);
         // Lengths of the chunks in flight, oldest first.
-        let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(PRODUCE_WINDOW);
+        let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(capacity);
         let mut read_all = false;
         loop {
             if !read_all && window.has_room() {
@@ -576,14 +582,32 @@ async fn transmit(
         r = receive(Show { output: args.output.as_deref(), chatty }, cfg, job, early, &mut reply_rx, report) => r,
         _ = tokio::signal::ctrl_c() => Err(SendError::Interrupted { job }),
     };
-    reader.abort();
+    drop(reader);
     result
 }
 
-/// Chunk records in flight at once: enough to keep the broker busy while
-/// the next chunk is read and the last acknowledgement travels back, few
-/// enough that `send` stays small (each costs about two chunk sizes).
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Most chunk records in flight at once: enough to keep the broker busy
+/// while the next chunk is read and the last acknowledgement travels back.
 const PRODUCE_WINDOW: usize = 4;
+
+/// Most chunk bytes in flight at once. Each call in flight holds its chunk
+/// about twice over, and its timeout also covers the calls queued ahead of
+/// it, so large chunks get fewer calls in flight (one from 4 MiB up).
+const PRODUCE_WINDOW_BYTES: usize = 4 * 1024 * 1024;
+
+/// Produce calls in flight for chunks of `chunk_size` bytes.
+fn produce_window(chunk_size: usize) -> usize {
+    (PRODUCE_WINDOW_BYTES / chunk_size.max(1)).clamp(1, PRODUCE_WINDOW)
+}
 
 /// One item from the reply reader.
 enum Reply {
@@ -627,7 +651,9 @@ pub async fn wait(
     let from = kafka::offset_since(&reply_pc, since_ms, limit).await?;
     log::debug!("job {job}: reading reply partition {reply_partition} from offset {from}");
     let (reply_tx, mut reply_rx) = mpsc::channel(8);
-    let reader = tokio::spawn(follow_replies(reply_pc, from, job, reply_tx, limit));
+    let reader = AbortOnDrop(tokio::spawn(follow_replies(
+        reply_pc, from, job, reply_tx, limit,
+    )));
     let show = Show {
         output: args.output.as_deref(),
         chatty: !args.quiet && !args.json,
@@ -636,7 +662,7 @@ pub async fn wait(
         r = receive(show, cfg, job, VecDeque::new(), &mut reply_rx, report) => r,
         _ = tokio::signal::ctrl_c() => Err(SendError::Interrupted { job }),
     };
-    reader.abort();
+    drop(reader);
     result
 }
 
@@ -1098,6 +1124,14 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.exit_code(), 5, "{err}");
         assert!(!dir.path().join("err.bin").exists());
+    }
+
+    #[test]
+    fn large_chunks_get_fewer_produce_calls_in_flight() {
+        assert_eq!(produce_window(crate::chunker::DEFAULT_CHUNK_SIZE), 4);
+        assert_eq!(produce_window(1024), 4);
+        assert_eq!(produce_window(2 * 1024 * 1024), 2);
+        assert_eq!(produce_window(crate::chunker::MAX_CHUNK_SIZE), 1);
     }
 
     #[test]
