@@ -191,17 +191,8 @@ pub async fn partition_count(
     topic: &str,
     limit: Duration,
 ) -> Result<Option<i32>, KafkaError> {
-    let topics = bounded("metadata lookup", limit, async {
-        client
-            .list_topics()
-            .await
-            .map_err(client_err("listing topics"))
-    })
-    .await?;
-    Ok(topics
-        .into_iter()
-        .find(|t| t.name == topic)
-        .map(|t| t.partitions.len() as i32))
+    let counts = partition_counts(client, &[topic], limit).await?;
+    Ok(counts.first().copied().flatten())
 }
 
 /// The partition counts of `topics` (None for a missing one), from one
