@@ -1,5 +1,7 @@
-//! Helpers for the unit tests of several modules.
+//! Helpers for tests: the unit tests of several modules, and the integration
+//! tests, which include this file (`tests/integration/common.rs`).
 
+use std::path::Path;
 use std::process::Command;
 
 /// Runs `openssl ARGS` and returns its standard output; a missing or failing
@@ -15,4 +17,31 @@ pub fn openssl(args: &[&str]) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// A fresh ECDSA P-256 key pair: (private key PEM in PKCS#8, public key PEM).
+pub fn ec_key_pair() -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    (key.serialize_pem(), key.public_key_pem())
+}
+
+/// A fresh 2048-bit RSA key pair made by `openssl` in `dir`: (private key
+/// PEM, public key PEM).
+pub fn rsa_key_pair(dir: &Path) -> (String, String) {
+    let private = dir.join(format!("rsa-{}.pem", ulid::Ulid::new()));
+    let p = private.to_str().unwrap();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        p,
+    ]);
+    let public = openssl(&["pkey", "-in", p, "-pubout"]);
+    (
+        std::fs::read_to_string(&private).unwrap(),
+        String::from_utf8(public).unwrap(),
+    )
 }

@@ -673,32 +673,10 @@ mod tests {
         assert!((118..=120).contains(&got), "{got}");
     }
 
-    /// A fresh EC P-256 key: (PKCS#8 PEM, public key PEM).
-    fn ec_key() -> (String, String) {
-        let k = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        (k.serialize_pem(), k.public_key_pem())
-    }
-
-    /// A fresh RSA key made by openssl: (PEM, public key PEM).
+    /// A fresh RSA key pair: (PEM, public key PEM).
     fn rsa_key() -> (String, String) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("rsa.pem");
-        let p = path.to_str().unwrap();
-        let run = crate::test_support::openssl;
-        run(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            p,
-        ]);
-        let public = run(&["pkey", "-in", p, "-pubout"]);
-        (
-            std::fs::read_to_string(&path).unwrap(),
-            String::from_utf8(public).unwrap(),
-        )
+        crate::test_support::rsa_key_pair(dir.path())
     }
 
     fn check_assertion(signer: &AssertionSigner, public: jsonwebtoken::DecodingKey) {
@@ -738,7 +716,7 @@ mod tests {
 
     #[test]
     fn es256_assertion_claims_verify_with_the_public_key() {
-        let (private, public) = ec_key();
+        let (private, public) = crate::test_support::ec_key_pair();
         let signer = AssertionSigner::from_pem(
             private.as_bytes(),
             None,
@@ -778,7 +756,7 @@ mod tests {
 
     #[test]
     fn unusable_assertion_keys_name_the_setting() {
-        let (ec, _) = ec_key();
+        let (ec, _) = crate::test_support::ec_key_pair();
         let aud = || "https://idp.example/token".to_string();
         let cases: [(&[u8], Option<Algorithm>); 4] = [
             (b"not a key", None),
@@ -804,7 +782,7 @@ mod tests {
 
     #[test]
     fn debug_output_holds_no_secret_or_key() {
-        let (private, _) = ec_key();
+        let (private, _) = crate::test_support::ec_key_pair();
         let signer =
             AssertionSigner::from_pem(private.as_bytes(), None, None, "https://t".into()).unwrap();
         let key_line = private.lines().nth(1).unwrap().to_string();

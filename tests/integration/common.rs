@@ -1058,46 +1058,9 @@ impl TestPki {
     }
 }
 
-/// A fresh ECDSA P-256 key pair: (private key PEM in PKCS#8, public key PEM).
-pub fn ec_key_pair() -> (String, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    (key.serialize_pem(), key.public_key_pem())
-}
-
-/// Runs `openssl ARGS` and returns its standard output; a missing or
-/// failing openssl fails the test (CI checks that it is installed).
-pub fn openssl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl must be installed to run these tests");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// A fresh 2048-bit RSA key pair made by `openssl`: (private key PEM, public key PEM).
-pub fn rsa_key_pair(dir: &Path) -> (String, String) {
-    let private = dir.join(format!("rsa-{}.pem", ulid::Ulid::new()));
-    let p = private.to_str().unwrap();
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        p,
-    ]);
-    let public = openssl(&["pkey", "-in", p, "-pubout"]);
-    (
-        std::fs::read_to_string(&private).unwrap(),
-        String::from_utf8(public).unwrap(),
-    )
-}
+#[path = "../../src/test_support.rs"]
+mod test_support;
+pub use test_support::{ec_key_pair, openssl, rsa_key_pair};
 
 /// The target API and token endpoint of one test.
 pub struct Servers {
