@@ -205,8 +205,14 @@ pub enum Outcome {
     Complete(CompletedJob),
     /// The job failed.
     Failed(FailedJob),
-    /// The record was not used (a duplicate, or part of an unknown or finished job).
+    /// The record was not used: a copy of one already taken (Kafka can
+    /// deliver a record twice), or part of a finished job.
     Ignored(&'static str),
+    /// The first record seen of a job whose start record was not read here:
+    /// not a request at all, or left over from a job answered before this
+    /// reader took the partition over. Later records of that job are
+    /// `Ignored`, so it is worth one log line per job.
+    Stray(&'static str),
 }
 
 enum Spool {
@@ -219,7 +225,9 @@ struct Assembly {
     first_offset: i64,
     last_activity: Instant,
     spool: Spool,
-    seen: HashSet<u32>,
+    /// Chunks taken, by number, to tell a redelivered copy (ignored) from
+    /// another chunk under the same number (the job fails).
+    seen: HashMap<u32, SeenChunk>,
     /// Share of the spool budget this job's file holds: the bytes written to
     /// it, each write rounded up to whole disk blocks, so a sparse file of a
     /// few far-flung bytes costs what it takes on disk, not its extent.
@@ -236,6 +244,14 @@ struct Assembly {
     end: Option<EndInfo>,
     /// The body digest the sender signed, when the request was signed.
     signed_sha256: Option<[u8; 32]>,
+}
+
+/// What identifies a chunk's contents, as its header states them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SeenChunk {
+    offset: u64,
+    len: usize,
+    crc32c: u32,
 }
 
 /// Remembers recently finished jobs so a duplicated start record does not
@@ -277,6 +293,8 @@ pub struct Assembler {
     budget: Arc<SpoolBudget>,
     jobs: HashMap<JobId, Assembly>,
     finished: RecentJobs,
+    /// Jobs already reported as `Stray`.
+    strays: RecentJobs,
 }
 
 impl std::fmt::Debug for Assembler {
@@ -301,6 +319,7 @@ impl Assembler {
             budget,
             jobs: HashMap::new(),
             finished: RecentJobs::new(16 * 1024),
+            strays: RecentJobs::new(4 * 1024),
         }
     }
 
@@ -335,9 +354,19 @@ impl Assembler {
             Body::Chunk(info) => self.chunk(job, frame.seq, info, payload, now),
             Body::End(end) => self.end(job, end, now),
             Body::ResponseStart(_) | Body::Error(_) => {
-                Outcome::Ignored("response frame on the request topic")
+                self.stray(job, "a response frame on the request topic")
             }
         }
+    }
+
+    /// `Stray` for the first record of a job not assembling here, `Ignored`
+    /// for the ones after it.
+    fn stray(&mut self, job: JobId, what: &'static str) -> Outcome {
+        if self.strays.contains(&job) {
+            return Outcome::Ignored("another record of a job not started here");
+        }
+        self.strays.insert(job);
+        Outcome::Stray(what)
     }
 
     fn start(&mut self, job: JobId, start: RequestStart, offset: i64, now: Instant) -> Outcome {
@@ -401,7 +430,7 @@ impl Assembler {
                 first_offset: offset,
                 last_activity: now,
                 spool: Spool::Memory(Vec::new()),
-                seen: HashSet::new(),
+                seen: HashMap::new(),
                 lease: SpoolLease::new(&self.budget),
                 extent: 0,
                 received: 0,
@@ -424,28 +453,35 @@ impl Assembler {
         now: Instant,
     ) -> Outcome {
         let Some(a) = self.jobs.get_mut(&job) else {
-            return Outcome::Ignored("chunk of an unknown job");
+            return self.stray(job, "a chunk of a job whose start record was not read here");
         };
-        if a.seen.contains(&seq) {
-            return Outcome::Ignored("duplicate chunk");
+        let this = SeenChunk {
+            offset: info.offset,
+            len: payload.len(),
+            crc32c: info.crc32c,
+        };
+        if let Some(before) = a.seen.get(&seq) {
+            if *before == this {
+                return Outcome::Ignored("duplicate chunk");
+            }
+            let msg = format!("chunk {seq} arrived twice with different contents");
+            return self.fail(job, ErrorCategory::BadRequest, msg);
         }
         a.last_activity = now;
-        if seq as usize > self.limits.max_chunks
-            || a.end.is_some_and(|e| u64::from(seq) > u64::from(e.chunks))
-        {
-            let msg = format!("chunk number {seq} is out of range");
+        if seq as usize > self.limits.max_chunks {
+            let msg = format!(
+                "chunk number {seq} is out of range: the portal accepts at most {} chunks (PORTAL_MAX_CHUNKS); use a larger chunk size",
+                self.limits.max_chunks
+            );
+            return self.fail(job, ErrorCategory::Rejected, msg);
+        }
+        if a.end.is_some_and(|e| u64::from(seq) > u64::from(e.chunks)) {
+            let msg = format!("chunk number {seq} is out of range: the end record counts fewer");
             return self.fail(job, ErrorCategory::BadRequest, msg);
         }
         if payload.is_empty() || seq == 0 {
             let msg = format!("chunk {seq} is empty or numbered as a start record");
             return self.fail(job, ErrorCategory::BadRequest, msg);
-        }
-        if a.seen.len() >= self.limits.max_chunks {
-            let msg = format!(
-                "request body has more than {} chunks (PORTAL_MAX_CHUNKS); use a larger chunk size",
-                self.limits.max_chunks
-            );
-            return self.fail(job, ErrorCategory::Rejected, msg);
         }
         if crate::wire::checksum(payload) != info.crc32c {
             let msg = format!(
@@ -508,7 +544,7 @@ impl Assembler {
             let msg = format!("cannot spool the request body: {e}");
             return self.fail(job, ErrorCategory::Internal, msg);
         }
-        a.seen.insert(seq);
+        a.seen.insert(seq, this);
         a.received += payload.len() as u64;
         a.extent = a.extent.max(end_at);
         if a.in_order && info.offset == a.hashed {
@@ -525,7 +561,10 @@ impl Assembler {
 
     fn end(&mut self, job: JobId, end: EndInfo, now: Instant) -> Outcome {
         let Some(a) = self.jobs.get_mut(&job) else {
-            return Outcome::Ignored("end of an unknown job");
+            return self.stray(
+                job,
+                "an end record of a job whose start record was not read here",
+            );
         };
         if a.end.is_some() {
             return Outcome::Ignored("duplicate end record");
@@ -901,6 +940,7 @@ mod tests {
                         prop_assert!(done.insert(c.job, body_bytes(&mut c.body)).is_none());
                     }
                     Outcome::Failed(f) => prop_assert!(false, "job failed: {}", f.message),
+                    Outcome::Stray(what) => prop_assert!(false, "stray record: {}", what),
                     Outcome::Pending | Outcome::Ignored(_) => {}
                 }
             }
@@ -1153,6 +1193,163 @@ mod tests {
             Outcome::Failed(f) => assert!(f.message.contains("out of range"), "{}", f.message),
             o => panic!("expected a failure, got {o:?}"),
         }
+    }
+
+    /// `n` bytes that differ from chunk to chunk.
+    fn pattern_body(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    /// The outcome's failure, or a panic naming what came instead.
+    fn failure(outcome: Outcome) -> FailedJob {
+        match outcome {
+            Outcome::Failed(f) => f,
+            o => panic!("expected a failure, got {o:?}"),
+        }
+    }
+
+    #[test]
+    fn a_redelivered_chunk_is_ignored_and_a_conflicting_one_fails_the_job() {
+        let job = JobId::new();
+        let body = pattern_body(300);
+        let recs = records(job, &body, 100);
+        let mut asm = Assembler::new(Limits::default());
+        assert!(matches!(feed(&mut asm, &recs[..3]), Outcome::Pending));
+        // Kafka delivered chunk 2 again: the copy changes nothing.
+        let (f, p) = decode(&recs[2]).unwrap();
+        assert!(matches!(
+            asm.accept(f, p, 3, Instant::now()),
+            Outcome::Ignored("duplicate chunk")
+        ));
+        match feed(&mut asm, &recs[3..]) {
+            Outcome::Complete(mut c) => assert_eq!(body_bytes(&mut c.body), body),
+            o => panic!("expected the job to complete, got {o:?}"),
+        }
+
+        // Another chunk under a number already taken fails the job.
+        let job = JobId::new();
+        let recs = records(job, &body, 100);
+        let mut asm = Assembler::new(Limits::default());
+        assert!(matches!(feed(&mut asm, &recs[..2]), Outcome::Pending));
+        let (mut f, _) = decode(&recs[1]).unwrap();
+        let other = vec![9u8; 100];
+        f.body = Body::Chunk(ChunkInfo {
+            offset: 0,
+            crc32c: crate::wire::checksum(&other),
+        });
+        let f = failure(asm.accept(f, &other, 2, Instant::now()));
+        assert_eq!(f.category, ErrorCategory::BadRequest);
+        assert!(
+            f.message.contains("twice with different contents"),
+            "{}",
+            f.message
+        );
+        assert!(asm.is_empty(), "the job is dropped");
+    }
+
+    #[test]
+    fn chunk_count_and_size_limits_name_their_settings() {
+        let lim = Limits {
+            max_chunks: 20,
+            max_body_bytes: 1000,
+            ..Limits::default()
+        };
+        let recs = |job| records(job, &[1u8; 100], 10);
+        // A chunk numbered past the limit.
+        let job = JobId::new();
+        let mut asm = Assembler::new(lim.clone());
+        let r = recs(job);
+        assert!(matches!(feed(&mut asm, &r[..1]), Outcome::Pending));
+        let (mut f, p) = decode(&r[1]).unwrap();
+        f.seq = 21;
+        let f = failure(asm.accept(f, p, 1, Instant::now()));
+        assert_eq!(f.category, ErrorCategory::Rejected);
+        assert!(
+            f.message.contains("at most 20 chunks (PORTAL_MAX_CHUNKS)"),
+            "{}",
+            f.message
+        );
+        // End records declaring more chunks or bytes than allowed.
+        for (end, wanted) in [
+            (
+                EndInfo {
+                    chunks: 21,
+                    total_len: 100,
+                    sha256: [0; 32],
+                },
+                "PORTAL_MAX_CHUNKS",
+            ),
+            (
+                EndInfo {
+                    chunks: 10,
+                    total_len: 1001,
+                    sha256: [0; 32],
+                },
+                "PORTAL_MAX_BODY_BYTES",
+            ),
+        ] {
+            let job = JobId::new();
+            let mut asm = Assembler::new(lim.clone());
+            let r = recs(job);
+            assert!(matches!(feed(&mut asm, &r[..3]), Outcome::Pending));
+            let frame = Frame {
+                job,
+                seq: 11,
+                body: Body::End(end),
+            };
+            let f = failure(asm.accept(frame, &[], 3, Instant::now()));
+            assert_eq!(f.category, ErrorCategory::Rejected);
+            assert!(f.message.contains(wanted), "{}", f.message);
+            assert!(asm.is_empty(), "the job is dropped");
+        }
+    }
+
+    #[test]
+    fn a_busy_partition_refuses_new_jobs_until_one_finishes() {
+        let lim = Limits {
+            max_jobs: 2,
+            ..Limits::default()
+        };
+        let mut asm = Assembler::new(lim);
+        let jobs: Vec<JobId> = (0..3).map(|_| JobId::new()).collect();
+        let recs: Vec<_> = jobs.iter().map(|j| records(*j, &[5u8; 50], 10)).collect();
+        assert!(matches!(feed(&mut asm, &recs[0][..2]), Outcome::Pending));
+        assert!(matches!(feed(&mut asm, &recs[1][..2]), Outcome::Pending));
+        let f = failure(feed(&mut asm, &recs[2][..1]));
+        assert_eq!(f.category, ErrorCategory::Rejected);
+        assert!(
+            f.message.contains("PORTAL_MAX_ASSEMBLING_JOBS"),
+            "{}",
+            f.message
+        );
+        assert!(f.message.contains("retry later"), "{}", f.message);
+        // Once a job completes, a new one is taken.
+        assert!(matches!(
+            feed(&mut asm, &recs[0][2..]),
+            Outcome::Complete(_)
+        ));
+        let late = JobId::new();
+        assert!(matches!(
+            feed(&mut asm, &records(late, &[5u8; 50], 10)[..1]),
+            Outcome::Pending
+        ));
+    }
+
+    #[test]
+    fn records_of_jobs_not_started_here_are_reported_once_per_job() {
+        let mut asm = Assembler::new(Limits::default());
+        let (a, b) = (JobId::new(), JobId::new());
+        let ra = records(a, &[3u8; 30], 10);
+        let rb = records(b, &[3u8; 30], 10);
+        let at = |asm: &mut Assembler, r: &[u8]| {
+            let (f, p) = decode(r).unwrap();
+            asm.accept(f, p, 0, Instant::now())
+        };
+        assert!(matches!(at(&mut asm, &ra[1]), Outcome::Stray(_)));
+        assert!(matches!(at(&mut asm, &ra[2]), Outcome::Ignored(_)));
+        assert!(matches!(at(&mut asm, &ra[4]), Outcome::Ignored(_)));
+        assert!(matches!(at(&mut asm, &rb[4]), Outcome::Stray(_)));
+        assert!(asm.is_empty());
     }
 
     #[test]

@@ -713,7 +713,7 @@ async fn handle_record(
         Outcome::Pending => true,
         Outcome::Complete(c) => c.first_offset == offset,
         Outcome::Failed(f) => f.first_offset == offset,
-        Outcome::Ignored(_) => false,
+        Outcome::Ignored(_) | Outcome::Stray(_) => false,
     };
     if let (Some(digest), Outcome::Pending) = (signed_digest, &outcome) {
         asm.expect_digest(job, digest);
@@ -727,6 +727,9 @@ async fn handle_record(
         }
         Outcome::Pending => {}
         Outcome::Ignored(why) => log::debug!("partition {partition} offset {offset}: {why}"),
+        Outcome::Stray(what) => log::warn!(
+            "partition {partition} offset {offset}: ignoring job {job}: {what} (not a request, or one answered before this portal took the partition over); its later records are ignored quietly"
+        ),
         Outcome::Failed(failed) => {
             log::warn!("job {}: {}", failed.job, failed.message);
             spawn_error_reply(ctx, progress, failed, stop).await;

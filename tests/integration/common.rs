@@ -159,6 +159,11 @@ impl Portal {
     }
 
     /// Everything the portal logged so far.
+    /// The portal's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }

@@ -317,6 +317,30 @@ fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)>
         chunk(job, 50_000_000, 0, b"abcd", wire::checksum(b"abcd")),
         Some((job, "out of range")),
     ));
+    // Two different chunks under one number.
+    let job = JobId::new();
+    out.push(begin(job));
+    out.push((chunk(job, 1, 0, b"abcd", wire::checksum(b"abcd")), None));
+    out.push((
+        chunk(job, 1, 0, b"wxyz", wire::checksum(b"wxyz")),
+        Some((job, "twice with different contents")),
+    ));
+    // An end record declaring more chunks than the portal takes.
+    let job = JobId::new();
+    out.push(begin(job));
+    let end = Frame {
+        job,
+        seq: 1,
+        body: Body::End(EndInfo {
+            chunks: 5_000_000,
+            total_len: 4,
+            sha256: [7; 32],
+        }),
+    };
+    out.push((
+        kafka::record(&end, &[], &[]),
+        Some((job, "PORTAL_MAX_CHUNKS")),
+    ));
     // A chunk whose checksum is wrong.
     let job = JobId::new();
     out.push(begin(job));
@@ -428,13 +452,133 @@ async fn a_burst_of_garbage_does_not_stop_real_jobs() {
     // Still serving after all that.
     let out = send(&topics, &["--endpoint", "/api/items"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        portal.log().contains("skipped"),
-        "undecodable records are logged"
+    let log = portal.log();
+    assert!(log.contains("skipped"), "undecodable records are logged");
+    // The chunk of a job nobody started, once per partition; the response
+    // frame of the same job after it is not worth another line.
+    let strays = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("whose start record was not read here"))
+        .count();
+    assert_eq!(
+        strays, 3,
+        "records of unknown jobs are logged once per job:\n{log}"
     );
 
     // Nothing hostile pinned a partition: after a clean stop every partition
     // is committed to its end.
+    portal.signal("TERM");
+    assert_eq!(portal.wait_exit().await, Some(0), "{}", portal.log());
+    assert_committed_to_end(&topics);
+}
+
+/// Files under `dir` that process `pid` holds open (spool files are unlinked
+/// at once, so they show only here).
+fn open_files_under(pid: u32, dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_upload_is_dropped_its_spool_freed_and_its_client_told() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("idle");
+    let spool = tempfile::tempdir().unwrap();
+    let mut env = servers.plain_env();
+    env.push(("PORTAL_JOB_IDLE_TIMEOUT_SECS", "2".into()));
+    env.push(("PORTAL_SPOOL_DIR", spool.path().to_str().unwrap().into()));
+    let mut portal = Portal::start(&topics, &env);
+
+    // The start of an upload of unknown length and 1.4 MB of it, more than
+    // the portal keeps in memory; then the sender goes quiet.
+    let job = JobId::new();
+    let start = Frame {
+        job,
+        seq: 0,
+        body: Body::RequestStart(RequestStart {
+            method: "POST".into(),
+            path: "/upload".into(),
+            headers: vec![],
+            body_len: None,
+            has_body: true,
+            reply_topic: topics.response.clone(),
+            reply_partition: 0,
+        }),
+    };
+    let settings = kafka_settings(&topics, "it-idle");
+    let limit = Duration::from_secs(30);
+    let client = kafka::connect(&settings).await.unwrap();
+    let pc = kafka::partition(&client, &topics.request, 1, limit)
+        .await
+        .unwrap();
+    kafka::produce(&pc, kafka::record(&start, &[], &[]), limit)
+        .await
+        .unwrap();
+    for seq in 1..=2u32 {
+        let data = pattern(u64::from(seq), 700_000);
+        let frame = Frame {
+            job,
+            seq,
+            body: Body::Chunk(ChunkInfo {
+                offset: u64::from(seq - 1) * 700_000,
+                crc32c: wire::checksum(&data),
+            }),
+        };
+        kafka::produce(&pc, kafka::record(&frame, &data, &[]), limit)
+            .await
+            .unwrap();
+    }
+    let pid = portal.pid();
+    wait_until("the portal spools the upload to disk", || {
+        open_files_under(pid, spool.path()) == 1
+    })
+    .await;
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (category, message) = loop {
+        if let Some(e) = error_replies(&topics).await.remove(&job) {
+            break e;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client was never told; portal log:\n{}",
+            portal.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(category, ErrorCategory::BadRequest, "{message}");
+    assert!(
+        message.contains("PORTAL_JOB_IDLE_TIMEOUT_SECS"),
+        "the reply names the setting: {message}"
+    );
+    assert_eq!(
+        open_files_under(pid, spool.path()),
+        0,
+        "the spool file was let go with the job"
+    );
+    assert!(servers.state.requests().is_empty(), "the API saw nothing");
+
+    // Later records of the dropped job change nothing, and others are served.
+    let data = pattern(3, 1000);
+    let late = Frame {
+        job,
+        seq: 3,
+        body: Body::Chunk(ChunkInfo {
+            offset: 1_400_000,
+            crc32c: wire::checksum(&data),
+        }),
+    };
+    kafka::produce(&pc, kafka::record(&late, &data, &[]), limit)
+        .await
+        .unwrap();
+    let out = send(&topics, &["--endpoint", "/api/items"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(servers.state.requests().len(), 1);
     portal.signal("TERM");
     assert_eq!(portal.wait_exit().await, Some(0), "{}", portal.log());
     assert_committed_to_end(&topics);
