@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
 use kafka_protocol::messages::sasl_authenticate_request::SaslAuthenticateRequest;
 use kafka_protocol::messages::sasl_handshake_request::SaslHandshakeRequest;
 use kafka_protocol::messages::{RequestHeader, ResponseHeader};
@@ -166,6 +167,20 @@ impl BrokerConn {
             conn.authenticate(addr, sasl).await?;
         }
         Ok(conn)
+    }
+
+    /// ApiVersions v0: what the broker serves, and proof that it speaks
+    /// Kafka on this connection.
+    pub async fn api_versions(
+        &mut self,
+    ) -> Result<kafka_protocol::messages::ApiVersionsResponse, ConnError> {
+        self.call(
+            "ApiVersions",
+            &ApiVersionsRequest::default(),
+            0,
+            Duration::ZERO,
+        )
+        .await
     }
 
     /// Sends one request and reads its response, within the connection's

@@ -15,10 +15,10 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
 use kafka_protocol::messages::{
-    api_versions_request::ApiVersionsRequest, find_coordinator_request::FindCoordinatorRequest,
-    heartbeat_request::HeartbeatRequest, join_group_request::JoinGroupRequest,
-    join_group_request::JoinGroupRequestProtocol, leave_group_request::LeaveGroupRequest,
-    leave_group_request::MemberIdentity, offset_commit_request::OffsetCommitRequest,
+    find_coordinator_request::FindCoordinatorRequest, heartbeat_request::HeartbeatRequest,
+    join_group_request::JoinGroupRequest, join_group_request::JoinGroupRequestProtocol,
+    leave_group_request::LeaveGroupRequest, leave_group_request::MemberIdentity,
+    offset_commit_request::OffsetCommitRequest,
     offset_commit_request::OffsetCommitRequestPartition,
     offset_commit_request::OffsetCommitRequestTopic, offset_fetch_request::OffsetFetchRequest,
     offset_fetch_request::OffsetFetchRequestTopic, sync_group_request::SyncGroupRequest,
@@ -33,7 +33,6 @@ use crate::kafka_security::KafkaSecurity;
 /// Versions of each request this module sends; all of them are served by
 /// Kafka 3.0 and later (FindCoordinator v4 came with 3.0), including 4.x,
 /// which dropped many older versions.
-const V_API_VERSIONS: i16 = 0;
 const V_FIND_COORDINATOR: i16 = 4;
 const V_JOIN: i16 = 7;
 const V_SYNC: i16 = 5;
@@ -153,14 +152,7 @@ fn check(api: &'static str, code: i16) -> Result<(), GroupError> {
 
 /// Checks that the broker serves every request version we send.
 async fn negotiate(conn: &mut BrokerConn) -> Result<(), GroupError> {
-    let resp = conn
-        .call(
-            "ApiVersions",
-            &ApiVersionsRequest::default(),
-            V_API_VERSIONS,
-            Duration::ZERO,
-        )
-        .await?;
+    let resp = conn.api_versions().await?;
     check("ApiVersions", resp.error_code)?;
     let served: BTreeMap<i16, (i16, i16)> = resp
         .api_keys

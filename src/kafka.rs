@@ -129,7 +129,7 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError
                 e => unreachable(e.to_string()),
             })?;
     }
-    let mut builder = ClientBuilder::new(servers)
+    let mut builder = ClientBuilder::new(servers.clone())
         .client_id(settings.client_id.clone())
         .backoff_config(backoff)
         .max_message_size(MAX_RESPONSE_BYTES);
@@ -139,12 +139,28 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError
     if let Some(sasl) = settings.security.rskafka_sasl() {
         builder = builder.sasl_config(sasl);
     }
-    match tokio::time::timeout(
+    let build = tokio::time::timeout(
         settings.op_timeout + Duration::from_secs(1),
         builder.build(),
-    )
-    .await
-    {
+    );
+    let built = if settings.security.tls.is_some() || settings.security.sasl.is_some() {
+        build.await
+    } else {
+        // Plain TCP to a TLS listener makes rskafka retry until its
+        // deadline; a probe alongside it names the mistake at once.
+        tokio::pin!(build);
+        let probe = check_security(&servers, settings);
+        tokio::select! {
+            built = &mut build => built,
+            Err(e) = probe => {
+                if e.is_config_problem() {
+                    return Err(KafkaError::Security(e));
+                }
+                build.await
+            }
+        }
+    };
+    match built {
         Ok(Ok(client)) => Ok(Arc::new(client)),
         Ok(Err(e)) => Err(unreachable(e.to_string())),
         Err(_) => Err(unreachable(format!(
@@ -157,7 +173,8 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError
 /// Opens one secured connection to the first bootstrap broker that answers:
 /// rskafka retries a failed TLS handshake or login until its deadline and
 /// then reports only that retries ran out, so settings are checked here
-/// first, with the same connection setup the group coordinator gets.
+/// first, with the same connection setup the group coordinator gets. Without
+/// TLS or SASL it asks ApiVersions, which tells a TLS listener by its alert.
 /// Only a settings problem or a timeout fails here.
 async fn check_security(servers: &[String], settings: &KafkaSettings) -> Result<(), ConnError> {
     let mut last = None;
@@ -170,6 +187,18 @@ async fn check_security(servers: &[String], settings: &KafkaSettings) -> Result<
         )
         .await
         {
+            // Without TLS or SASL nothing was said yet: one request shows
+            // whether the port speaks Kafka or TLS.
+            Ok(mut conn) if settings.security.tls.is_none() && settings.security.sasl.is_none() => {
+                match conn.api_versions().await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.is_config_problem() => return Err(e),
+                    Err(e) => {
+                        log::debug!("Kafka check with {addr}: {e}");
+                        last = Some(e);
+                    }
+                }
+            }
             Ok(_) => return Ok(()),
             Err(e) if e.is_config_problem() => return Err(e),
             Err(e) => {

@@ -239,11 +239,12 @@ impl PrivateBroker {
 
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (port, controller, sasl) = (free_port(), free_port(), free_port());
+        let (port, controller, sasl, ssl) = (free_port(), free_port(), free_port(), free_port());
         let env = vec![
             ("KAFKA_PORT", port.to_string()),
             ("KAFKA_CONTROLLER_PORT", controller.to_string()),
             ("KAFKA_SASL_SSL_PORT", sasl.to_string()),
+            ("KAFKA_SSL_PORT", ssl.to_string()),
             ("KAFKA_STATE_DIR", dir.path().to_str().unwrap().to_string()),
         ];
         let mut b = Self {
@@ -1170,6 +1171,8 @@ pub fn json(out: &[u8]) -> serde_json::Value {
 pub struct SaslFacts {
     /// `host:port` of the SASL_SSL listener.
     pub bootstrap: String,
+    /// `host:port` of the SSL listener (TLS without SASL).
+    pub ssl_bootstrap: String,
     /// PEM file of the CA that signed the broker's certificate.
     pub ca_file: String,
     pub scram_user: String,
@@ -1189,7 +1192,7 @@ pub fn sasl_facts() -> &'static SaslFacts {
         let how = "the Kafka security tests need the broker's SASL_SSL listener: run the \
             broker with scripts/kafka start (it writes $KAFKA_STATE_DIR/sasl.env), or set \
             KAFKA_SASL_ENV_FILE to a file with the lines KAFKA_PLAINTEXT_BOOTSTRAP, \
-            KAFKA_SASL_SSL_BOOTSTRAP, KAFKA_SSL_CA_FILE, KAFKA_SCRAM_USERNAME, \
+            KAFKA_SASL_SSL_BOOTSTRAP, KAFKA_SSL_BOOTSTRAP, KAFKA_SSL_CA_FILE, KAFKA_SCRAM_USERNAME, \
             KAFKA_SCRAM_PASSWORD, KAFKA_PLAIN_USERNAME, KAFKA_PLAIN_PASSWORD \
             (SCRAM user with SHA-256 and SHA-512 credentials)";
         let text = match std::env::var("KAFKA_SASL_ENV_FILE") {
@@ -1222,6 +1225,7 @@ pub fn sasl_facts() -> &'static SaslFacts {
         );
         SaslFacts {
             bootstrap: get("KAFKA_SASL_SSL_BOOTSTRAP"),
+            ssl_bootstrap: get("KAFKA_SSL_BOOTSTRAP"),
             ca_file: get("KAFKA_SSL_CA_FILE"),
             scram_user: get("KAFKA_SCRAM_USERNAME"),
             scram_password: get("KAFKA_SCRAM_PASSWORD"),

@@ -1,6 +1,6 @@
-//! Portal and send over the broker's SASL_SSL listener: TLS against the test
-//! CA, SASL PLAIN and SCRAM, and the errors a user sees when a password or
-//! CA is wrong.
+//! Portal and send over the broker's SASL_SSL and SSL listeners: TLS against
+//! the test CA, SASL PLAIN and SCRAM, and the errors a user sees when a
+//! password or CA is wrong.
 
 use std::process::Stdio;
 
@@ -102,6 +102,58 @@ async fn scram_sha_256_portal_and_sender_over_sasl_ssl() {
         &[("SCRAM-SHA-256", scram_env("SCRAM-SHA-256"))],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn portal_and_sender_over_the_ssl_listener_without_sasl() {
+    let f = sasl_facts();
+    let servers = Servers::start().await;
+    let topics = Topics {
+        bootstrap: Some(f.ssl_bootstrap.clone()),
+        ..Topics::new("ssl")
+    };
+    let tls = vec![
+        ("KAFKA_SECURITY_PROTOCOL", "SSL".to_string()),
+        ("KAFKA_SSL_CA_FILE", f.ca_file.clone()),
+    ];
+    let mut env = servers.plain_env();
+    env.extend(tls.clone());
+    let _portal = Portal::start(&topics, &env);
+    let dir = tempfile::tempdir().unwrap();
+    let (file, digest) = pattern_file(dir.path(), "body.bin", 31, 1_500_000);
+    let out = send_with_env(
+        &topics,
+        &tls,
+        &[file.to_str().unwrap(), "--endpoint", "/api/upload"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    assert_eq!(json(&out.stdout)["body_sha256"], digest.as_str());
+    let reqs = servers.state.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].body_sha256, digest);
+
+    // The same listener without TLS: one clear line at once, not retries
+    // until the timeout, from send and from the portal.
+    let expected = format!(
+        "the Kafka broker at {} answered with TLS; set KAFKA_SECURITY_PROTOCOL to SSL or SASL_SSL",
+        f.ssl_bootstrap
+    );
+    let out = send(&topics, &["--endpoint", "/api/items"]).await;
+    assert_eq!(out.code, 7, "stderr: {}", out.stderr);
+    assert_eq!(out.stderr.trim(), format!("kafkasend send: {expected}"));
+    let mut cmd = tokio::process::Command::from(kafkasend(&topics));
+    cmd.arg("portal")
+        .envs(servers.plain_env())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .expect("the portal kept running against a TLS port")
+        .expect("run kafkasend portal");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
