@@ -178,6 +178,55 @@ async fn an_empty_allow_list_refuses_everything_unless_strict_mode_is_off() {
 
 /// What a hostile producer might write, and the error the client named in
 /// a reply address should get (none when there is no one to tell).
+/// The start record of a POST to `path` with a body, answered on partition 0
+/// of `reply_topic`.
+fn post_start(
+    job: JobId,
+    path: &str,
+    body_len: Option<u64>,
+    headers: Vec<(String, String)>,
+    reply_topic: &str,
+) -> Frame {
+    Frame {
+        job,
+        seq: 0,
+        body: Body::RequestStart(RequestStart {
+            method: "POST".into(),
+            path: path.into(),
+            headers,
+            body_len,
+            has_body: true,
+            reply_topic: reply_topic.into(),
+            reply_partition: 0,
+        }),
+    }
+}
+
+/// A chunk record of `job`.
+fn chunk_record(job: JobId, seq: u32, offset: u64, data: &[u8], crc32c: u32) -> Record {
+    let frame = Frame {
+        job,
+        seq,
+        body: Body::Chunk(ChunkInfo { offset, crc32c }),
+    };
+    kafka::record(&frame, data, &[])
+}
+
+/// An end record of `job` declaring `chunks` chunks, 4 bytes and a digest
+/// no body has.
+fn end_record(job: JobId, seq: u32, chunks: u32) -> Record {
+    let frame = Frame {
+        job,
+        seq,
+        body: Body::End(EndInfo {
+            chunks,
+            total_len: 4,
+            sha256: [7; 32],
+        }),
+    };
+    kafka::record(&frame, &[], &[])
+}
+
 fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)> {
     let reply = || {
         vec![(
@@ -201,20 +250,9 @@ fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)>
             )
             .unwrap(),
         };
-    let start =
-        |job: JobId, path: &str, body_len: Option<u64>, headers: Vec<(String, String)>| Frame {
-            job,
-            seq: 0,
-            body: Body::RequestStart(RequestStart {
-                method: "POST".into(),
-                path: path.into(),
-                headers,
-                body_len,
-                has_body: true,
-                reply_topic: response_topic.into(),
-                reply_partition: 0,
-            }),
-        };
+    let start = |job: JobId, path: &str, body_len: Option<u64>, headers| {
+        post_start(job, path, body_len, headers, response_topic)
+    };
     // The valid start of a 4-byte upload, with nothing to expect of it alone.
     let begin = |job: JobId| {
         (
@@ -222,20 +260,7 @@ fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)>
             None,
         )
     };
-    let chunk = |job: JobId, seq: u32, offset: u64, data: &[u8], crc: u32| {
-        kafka::record(
-            &Frame {
-                job,
-                seq,
-                body: Body::Chunk(ChunkInfo {
-                    offset,
-                    crc32c: crc,
-                }),
-            },
-            data,
-            &[],
-        )
-    };
+    let chunk = chunk_record;
     let mut out = Vec::new();
     // Not ours at all.
     out.push((raw(None, Some(pattern(1, 1000)), vec![]), None));
@@ -328,17 +353,8 @@ fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)>
     // An end record declaring more chunks than the portal takes.
     let job = JobId::new();
     out.push(begin(job));
-    let end = Frame {
-        job,
-        seq: 1,
-        body: Body::End(EndInfo {
-            chunks: 5_000_000,
-            total_len: 4,
-            sha256: [7; 32],
-        }),
-    };
     out.push((
-        kafka::record(&end, &[], &[]),
+        end_record(job, 1, 5_000_000),
         Some((job, "PORTAL_MAX_CHUNKS")),
     ));
     // A chunk whose checksum is wrong.
@@ -349,16 +365,7 @@ fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)>
     let job = JobId::new();
     out.push(begin(job));
     out.push((chunk(job, 1, 0, b"abcd", wire::checksum(b"abcd")), None));
-    let end = Frame {
-        job,
-        seq: 2,
-        body: Body::End(EndInfo {
-            chunks: 1,
-            total_len: 4,
-            sha256: [7; 32],
-        }),
-    };
-    out.push((kafka::record(&end, &[], &[]), Some((job, "SHA-256"))));
+    out.push((end_record(job, 2, 1), Some((job, "SHA-256"))));
     // A reply address that does not exist: nobody to tell.
     let mut lost = start(JobId::new(), "/a/../b", None, vec![]);
     if let Body::RequestStart(s) = &mut lost.body {
@@ -497,19 +504,7 @@ async fn an_idle_upload_is_dropped_its_spool_freed_and_its_client_told() {
     // The start of an upload of unknown length and 1.4 MB of it, more than
     // the portal keeps in memory; then the sender goes quiet.
     let job = JobId::new();
-    let start = Frame {
-        job,
-        seq: 0,
-        body: Body::RequestStart(RequestStart {
-            method: "POST".into(),
-            path: "/upload".into(),
-            headers: vec![],
-            body_len: None,
-            has_body: true,
-            reply_topic: topics.response.clone(),
-            reply_partition: 0,
-        }),
-    };
+    let start = post_start(job, "/upload", None, vec![], &topics.response);
     let settings = kafka_settings(&topics, "it-idle");
     let limit = Duration::from_secs(30);
     let client = kafka::connect(&settings).await.unwrap();
@@ -521,17 +516,9 @@ async fn an_idle_upload_is_dropped_its_spool_freed_and_its_client_told() {
         .unwrap();
     for seq in 1..=2u32 {
         let data = pattern(u64::from(seq), 700_000);
-        let frame = Frame {
-            job,
-            seq,
-            body: Body::Chunk(ChunkInfo {
-                offset: u64::from(seq - 1) * 700_000,
-                crc32c: wire::checksum(&data),
-            }),
-        };
-        kafka::produce(&pc, kafka::record(&frame, &data, &[]), limit)
-            .await
-            .unwrap();
+        let offset = u64::from(seq - 1) * 700_000;
+        let record = chunk_record(job, seq, offset, &data, wire::checksum(&data));
+        kafka::produce(&pc, record, limit).await.unwrap();
     }
     let pid = portal.pid();
     wait_until("the portal spools the upload to disk", || {
@@ -565,17 +552,8 @@ async fn an_idle_upload_is_dropped_its_spool_freed_and_its_client_told() {
 
     // Later records of the dropped job change nothing, and others are served.
     let data = pattern(3, 1000);
-    let late = Frame {
-        job,
-        seq: 3,
-        body: Body::Chunk(ChunkInfo {
-            offset: 1_400_000,
-            crc32c: wire::checksum(&data),
-        }),
-    };
-    kafka::produce(&pc, kafka::record(&late, &data, &[]), limit)
-        .await
-        .unwrap();
+    let late = chunk_record(job, 3, 1_400_000, &data, wire::checksum(&data));
+    kafka::produce(&pc, late, limit).await.unwrap();
     let out = send(&topics, &["--endpoint", "/api/items"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(servers.state.requests().len(), 1);
