@@ -35,6 +35,22 @@ fn plain_env() -> Vec<(&'static str, String)> {
     sasl_env("PLAIN", &f.plain_user, &f.plain_password)
 }
 
+/// Runs a portal that is expected to stop by itself (bounded): its exit
+/// code and standard error.
+async fn portal_that_stops(topics: &Topics, env: Vec<(&str, String)>) -> (Option<i32>, String) {
+    let mut cmd = tokio::process::Command::from(kafkasend(topics));
+    cmd.arg("portal")
+        .envs(env)
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .expect("the portal kept running")
+        .expect("run kafkasend portal");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stderr)
+}
+
 /// Relays one POST with a body through a portal logged in with
 /// `portal_mechanism`, once per sender environment in `senders`.
 async fn relay_over_sasl_ssl(
@@ -142,17 +158,8 @@ async fn portal_and_sender_over_the_ssl_listener_without_sasl() {
     let out = send(&topics, &["--endpoint", "/api/items"]).await;
     assert_eq!(out.code, 7, "stderr: {}", out.stderr);
     assert_eq!(out.stderr.trim(), format!("kafkasend send: {expected}"));
-    let mut cmd = tokio::process::Command::from(kafkasend(&topics));
-    cmd.arg("portal")
-        .envs(servers.plain_env())
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(WAIT, cmd.output())
-        .await
-        .expect("the portal kept running against a TLS port")
-        .expect("run kafkasend portal");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = portal_that_stops(&topics, servers.plain_env()).await;
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains(&expected), "{stderr}");
 }
 
@@ -177,18 +184,10 @@ async fn wrong_password_fails_send_and_portal_with_one_clear_line() {
     assert!(!stderr.contains(wrong), "{stderr}");
 
     let servers = Servers::start().await;
-    let mut cmd = tokio::process::Command::from(kafkasend(&topics));
-    cmd.arg("portal")
-        .envs(servers.plain_env())
-        .envs(sasl_env("PLAIN", &f.plain_user, wrong))
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(WAIT, cmd.output())
-        .await
-        .expect("the portal kept running with a wrong password")
-        .expect("run kafkasend portal");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    let mut env = servers.plain_env();
+    env.extend(sasl_env("PLAIN", &f.plain_user, wrong));
+    let (code, stderr) = portal_that_stops(&topics, env).await;
+    assert_ne!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains(&format!(
             "kafkasend portal: Kafka authentication failed for user '{}' (PLAIN)",
