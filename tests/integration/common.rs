@@ -508,6 +508,9 @@ pub struct ApiState {
     pub token_refusals: Mutex<Vec<String>>,
     /// The token endpoint's URL: the `aud` assertions must carry.
     pub token_url: Mutex<String>,
+    /// What issued tokens start with, before their serial number; `token-`
+    /// when unset. A test searching logs for tokens sets a distinctive one.
+    pub token_prefix: Mutex<Option<String>>,
 }
 
 impl ApiState {
@@ -890,7 +893,10 @@ async fn token_endpoint(
         return refuse("bad client credentials".into());
     }
     let n = state.token_fetches.fetch_add(1, Ordering::SeqCst) + 1;
-    let token = format!("token-{n}");
+    let token = match state.token_prefix.lock().unwrap().as_deref() {
+        Some(prefix) => format!("{prefix}{n}"),
+        None => format!("token-{n}"),
+    };
     state.valid_tokens.lock().unwrap().insert(token.clone());
     let json = serde_json::json!({
         "access_token": token,
@@ -1061,6 +1067,19 @@ impl TestPki {
 #[path = "../../src/test_support.rs"]
 mod test_support;
 pub use test_support::{ec_key_pair, openssl, rsa_key_pair};
+
+/// The base64 lines of a PEM file, without its `-----BEGIN/END` lines: what
+/// a leaked key would show in a log, whole or in part.
+pub fn pem_body_lines(pem: &str) -> Vec<String> {
+    let lines: Vec<String> = pem
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("-----"))
+        .map(str::to_string)
+        .collect();
+    assert!(!lines.is_empty(), "no PEM body in {pem:?}");
+    lines
+}
 
 /// The target API and token endpoint of one test.
 pub struct Servers {
