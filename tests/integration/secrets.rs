@@ -119,21 +119,40 @@ async fn secrets_stay_out_of_logs_at_trace_level() {
     );
 }
 
+/// Every setting whose value is a secret: the ones declared with
+/// `hide_env_values` in `src/config.rs`. Key files are settings by path and
+/// their paths are not secret.
+const SECRET_SETTINGS: [&str; 2] = ["OAUTH2_CLIENT_SECRET", "KAFKA_SASL_PASSWORD"];
+
 #[test]
 fn help_never_shows_secret_values() {
-    let secret_vars = ["OAUTH2_CLIENT_SECRET", "KAFKA_SASL_PASSWORD"];
-    for sub in ["portal", "send"] {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kafkasend"));
-        cmd.env_clear().args([sub, "--help"]);
-        for (i, var) in secret_vars.iter().enumerate() {
-            cmd.env(var, format!("hunter{i}-value"));
+    // Each command whose help lists a secret setting, and the ones it lists.
+    let commands: [(&[&str], &[&str]); 4] = [
+        (&["portal"], &SECRET_SETTINGS),
+        (&["send"], &["KAFKA_SASL_PASSWORD"]),
+        (&["wait"], &["KAFKA_SASL_PASSWORD"]),
+        (&["config", "show"], &SECRET_SETTINGS),
+    ];
+    for (sub, listed) in commands {
+        for help_flag in ["--help", "-h"] {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kafkasend"));
+            cmd.env_clear().args(sub).arg(help_flag);
+            for (i, var) in SECRET_SETTINGS.iter().enumerate() {
+                cmd.env(var, format!("hunter{i}-value"));
+            }
+            let out = cmd.output().unwrap();
+            assert!(out.status.success());
+            let help = String::from_utf8_lossy(&out.stdout);
+            for var in listed {
+                assert!(
+                    help.contains(&format!("[env: {var}]")),
+                    "{sub:?} {help_flag} lists {var} without a value:\n{help}"
+                );
+            }
+            assert!(
+                !help.contains("hunter"),
+                "{sub:?} {help_flag} shows a secret:\n{help}"
+            );
         }
-        let out = cmd.output().unwrap();
-        assert!(out.status.success());
-        let help = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            !help.contains("hunter"),
-            "{sub} --help shows a secret:\n{help}"
-        );
     }
 }
