@@ -671,6 +671,25 @@ async fn api(
     if path == "/missing" && status == StatusCode::OK {
         status = StatusCode::NOT_FOUND;
     }
+    // Redirects to `/elsewhere`, which a client that followed them would
+    // ask for next: `302` to a relative path, and `307` (which keeps the
+    // method and body) to this API's own absolute URL.
+    let redirect = match path.as_str() {
+        _ if status != StatusCode::OK => None,
+        "/redirect" => Some((StatusCode::FOUND, "/elsewhere".to_string())),
+        "/redirect-absolute" => {
+            let host = headers.get("host").expect("a request names its Host");
+            let host = host.to_str().unwrap();
+            Some((
+                StatusCode::TEMPORARY_REDIRECT,
+                format!("http://{host}/elsewhere"),
+            ))
+        }
+        _ => None,
+    };
+    if let Some((code, _)) = &redirect {
+        status = *code;
+    }
     state.requests.lock().unwrap().push(Recorded {
         method,
         path: path.clone(),
@@ -683,6 +702,13 @@ async fn api(
     });
     if status == StatusCode::NOT_FOUND {
         return Ok(text(status, "no such thing here"));
+    }
+    if let Some((code, location)) = redirect {
+        let mut reply = text(code, "moved to /elsewhere");
+        reply
+            .headers_mut()
+            .insert("location", location.parse().unwrap());
+        return Ok(reply);
     }
     if path == "/slow" {
         state.slow_arrived.fetch_add(1, Ordering::SeqCst);
