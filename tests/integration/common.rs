@@ -514,6 +514,9 @@ pub struct ApiState {
     pub token_refusals: Mutex<Vec<String>>,
     /// The token endpoint's URL: the `aud` assertions must carry.
     pub token_url: Mutex<String>,
+    /// What issued tokens start with, before their serial number; `token-`
+    /// when unset. A test searching logs for tokens sets a distinctive one.
+    pub token_prefix: Mutex<Option<String>>,
 }
 
 impl ApiState {
@@ -674,6 +677,25 @@ async fn api(
     if path == "/missing" && status == StatusCode::OK {
         status = StatusCode::NOT_FOUND;
     }
+    // Redirects to `/elsewhere`, which a client that followed them would
+    // ask for next: `302` to a relative path, and `307` (which keeps the
+    // method and body) to this API's own absolute URL.
+    let redirect = match path.as_str() {
+        _ if status != StatusCode::OK => None,
+        "/redirect" => Some((StatusCode::FOUND, "/elsewhere".to_string())),
+        "/redirect-absolute" => {
+            let host = headers.get("host").expect("a request names its Host");
+            let host = host.to_str().unwrap();
+            Some((
+                StatusCode::TEMPORARY_REDIRECT,
+                format!("http://{host}/elsewhere"),
+            ))
+        }
+        _ => None,
+    };
+    if let Some((code, _)) = &redirect {
+        status = *code;
+    }
     state.requests.lock().unwrap().push(Recorded {
         method,
         path: path.clone(),
@@ -686,6 +708,13 @@ async fn api(
     });
     if status == StatusCode::NOT_FOUND {
         return Ok(text(status, "no such thing here"));
+    }
+    if let Some((code, location)) = redirect {
+        let mut reply = text(code, "moved to /elsewhere");
+        reply
+            .headers_mut()
+            .insert("location", location.parse().unwrap());
+        return Ok(reply);
     }
     if path == "/slow" {
         state.slow_arrived.fetch_add(1, Ordering::SeqCst);
@@ -896,7 +925,10 @@ async fn token_endpoint(
         return refuse("bad client credentials".into());
     }
     let n = state.token_fetches.fetch_add(1, Ordering::SeqCst) + 1;
-    let token = format!("token-{n}");
+    let token = match state.token_prefix.lock().unwrap().as_deref() {
+        Some(prefix) => format!("{prefix}{n}"),
+        None => format!("token-{n}"),
+    };
     state.valid_tokens.lock().unwrap().insert(token.clone());
     let json = serde_json::json!({
         "access_token": token,
@@ -1067,6 +1099,19 @@ impl TestPki {
 #[path = "../../src/test_support.rs"]
 mod test_support;
 pub use test_support::{ec_key_pair, openssl, rsa_key_pair};
+
+/// The base64 lines of a PEM file, without its `-----BEGIN/END` lines: what
+/// a leaked key would show in a log, whole or in part.
+pub fn pem_body_lines(pem: &str) -> Vec<String> {
+    let lines: Vec<String> = pem
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("-----"))
+        .map(str::to_string)
+        .collect();
+    assert!(!lines.is_empty(), "no PEM body in {pem:?}");
+    lines
+}
 
 /// The target API and token endpoint of one test.
 pub struct Servers {

@@ -111,6 +111,45 @@ async fn http_404_exits_22_with_the_body() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn redirects_come_back_to_the_sender_and_are_not_followed() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("redirect");
+    let _portal = Portal::start(&topics, &servers.plain_env());
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = pattern_file(dir.path(), "body.bin", 31, 100_000);
+    let reply = dir.path().join("reply.txt");
+    let reply_arg = reply.to_str().unwrap();
+    let cases: [(&[&str], u16); 2] = [
+        (&["--endpoint", "/redirect"], 302),
+        // A client following a 307 would send the body on to the new URL.
+        (
+            &[file.to_str().unwrap(), "--endpoint", "/redirect-absolute"],
+            307,
+        ),
+    ];
+    for (args, status) in cases {
+        let args = [args, &["--output", reply_arg, "--json"]].concat();
+        let out = send(&topics, &args).await;
+        // A status below 400 is a success, as the exit code table says.
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        let summary = json(&out.stdout);
+        assert_eq!(summary["status"], status, "{args:?}");
+        assert_eq!(summary["exit_code"], 0, "{args:?}");
+        assert_eq!(
+            std::fs::read_to_string(&reply).unwrap(),
+            "moved to /elsewhere"
+        );
+    }
+    let paths: Vec<String> = servers
+        .state
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(paths, ["/redirect", "/redirect-absolute"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn api_down_gives_a_clear_error() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = dead.local_addr().unwrap();

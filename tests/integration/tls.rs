@@ -66,7 +66,10 @@ async fn a_client_certificate_is_presented_to_the_api_and_the_token_endpoint() {
     ] {
         env.push((k, path.to_str().unwrap().to_string()));
     }
-    let _portal = Portal::start(&topics, &env);
+    // The most verbose level, where the TLS libraries say the most.
+    env.push(("PORTAL_LOG_LEVEL", "TRACE".into()));
+    env.push(("RUST_LOG", "trace".into()));
+    let portal = Portal::start(&topics, &env);
     let out = send(&topics, &["--endpoint", "/api/mtls"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(json(&out.stdout)["path"], "/api/mtls");
@@ -74,6 +77,19 @@ async fn a_client_certificate_is_presented_to_the_api_and_the_token_endpoint() {
     let reqs = servers.state.requests();
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].headers["authorization"], "Bearer token-1");
+
+    let log = portal.log();
+    assert!(
+        log.contains(" TRACE]"),
+        "the portal logged at TRACE:\n{log}"
+    );
+    let key = std::fs::read_to_string(&pki.client_key_file).unwrap();
+    for line in pem_body_lines(&key) {
+        assert!(
+            !log.contains(&line),
+            "the portal log shows the client key ({line}):\n{log}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
