@@ -778,7 +778,8 @@ impl PortalConfig {
             .authority()
             .is_some_and(|a| a.as_str().contains('@'))
         {
-            bail!("PORTAL_TARGET_API_URL: '{target}' must not hold credentials (user@host); the portal authenticates with OAuth2");
+            // Not quoted: the message would show the credentials.
+            bail!("PORTAL_TARGET_API_URL must not hold credentials (user@host); the portal authenticates with OAuth2");
         }
         let use_oauth = pick(&a.use_oauth, &f.use_oauth).unwrap_or(true);
         let refresh_statuses = parse_refresh_statuses(
@@ -1018,6 +1019,10 @@ fn resolve_oauth(
         .map_err(|e| anyhow::anyhow!("OAUTH2_TOKEN_URL: '{url}' is not a URL: {e}"))?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
         bail!("OAUTH2_TOKEN_URL: '{url}' must be an http:// or https:// URL");
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // Not quoted: the message would show the credentials.
+        bail!("OAUTH2_TOKEN_URL must not hold credentials (user@host); give them as OAUTH2_CLIENT_ID and OAUTH2_CLIENT_SECRET");
     }
     let credentials = match (auth_method, key_file) {
         (AuthMethod::PrivateKeyJwt, Some(path)) => {
@@ -1372,6 +1377,40 @@ mod tests {
         let err = PortalConfig::resolve(&a).unwrap_err().to_string();
         assert!(err.contains("OAUTH2_TOKEN_URL"), "{err}");
         assert!(err.contains("PORTAL_USE_OAUTH=false"), "{err}");
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_showing_them() {
+        let base = portal_args(&[
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--oauth2-token-url",
+            "https://idp.example/token",
+            "--oauth2-client-id",
+            "kafkasend",
+            "--oauth2-client-secret",
+            "s",
+        ]);
+        assert!(PortalConfig::resolve(&base).is_ok());
+        let cases = [
+            PortalArgs {
+                target_api_url: Some("http://api:pw-4711@127.0.0.1:1".into()),
+                ..base.clone()
+            },
+            PortalArgs {
+                oauth2_token_url: Some("https://client:pw-4711@idp.example/token".into()),
+                ..base.clone()
+            },
+        ];
+        for (a, setting) in cases
+            .iter()
+            .zip(["PORTAL_TARGET_API_URL", "OAUTH2_TOKEN_URL"])
+        {
+            let err = PortalConfig::resolve(a).unwrap_err().to_string();
+            assert!(err.starts_with(setting), "{err}");
+            assert!(err.contains("must not hold credentials"), "{err}");
+            assert!(!err.contains("pw-4711"), "{err}");
+        }
     }
 
     #[test]
