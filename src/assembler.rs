@@ -225,9 +225,11 @@ struct Assembly {
     first_offset: i64,
     last_activity: Instant,
     spool: Spool,
-    /// Chunks taken, by number, to tell a redelivered copy (ignored) from
-    /// another chunk under the same number (the job fails).
-    seen: HashMap<u32, SeenChunk>,
+    /// Chunks taken: number to CRC32C, to tell a redelivered copy (ignored)
+    /// from another chunk under the same number (the job fails). Whichever
+    /// of two chunks with one number and CRC32C came first is kept; if that
+    /// was a forgery, the body fails its length or digest check at the end.
+    seen: HashMap<u32, u32>,
     /// Share of the spool budget this job's file holds: the bytes written to
     /// it, each write rounded up to whole disk blocks, so a sparse file of a
     /// few far-flung bytes costs what it takes on disk, not its extent.
@@ -244,14 +246,6 @@ struct Assembly {
     end: Option<EndInfo>,
     /// The body digest the sender signed, when the request was signed.
     signed_sha256: Option<[u8; 32]>,
-}
-
-/// What identifies a chunk's contents, as its header states them.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct SeenChunk {
-    offset: u64,
-    len: usize,
-    crc32c: u32,
 }
 
 /// Remembers recently finished jobs so a duplicated start record does not
@@ -353,6 +347,9 @@ impl Assembler {
             Body::RequestStart(start) => self.start(job, start, offset, now),
             Body::Chunk(info) => self.chunk(job, frame.seq, info, payload, now),
             Body::End(end) => self.end(job, end, now),
+            Body::ResponseStart(_) | Body::Error(_) if self.jobs.contains_key(&job) => {
+                Outcome::Ignored("response frame on the request topic")
+            }
             Body::ResponseStart(_) | Body::Error(_) => {
                 self.stray(job, "a response frame on the request topic")
             }
@@ -455,13 +452,8 @@ impl Assembler {
         let Some(a) = self.jobs.get_mut(&job) else {
             return self.stray(job, "a chunk of a job whose start record was not read here");
         };
-        let this = SeenChunk {
-            offset: info.offset,
-            len: payload.len(),
-            crc32c: info.crc32c,
-        };
-        if let Some(before) = a.seen.get(&seq) {
-            if *before == this {
+        if let Some(&crc32c) = a.seen.get(&seq) {
+            if crc32c == info.crc32c {
                 return Outcome::Ignored("duplicate chunk");
             }
             let msg = format!("chunk {seq} arrived twice with different contents");
@@ -544,7 +536,7 @@ impl Assembler {
             let msg = format!("cannot spool the request body: {e}");
             return self.fail(job, ErrorCategory::Internal, msg);
         }
-        a.seen.insert(seq, this);
+        a.seen.insert(seq, info.crc32c);
         a.received += payload.len() as u64;
         a.extent = a.extent.max(end_at);
         if a.in_order && info.offset == a.hashed {

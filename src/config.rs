@@ -762,9 +762,17 @@ impl PortalConfig {
         let target = pick(&a.target_api_url, &f.target_api_url).context(
             "PORTAL_TARGET_API_URL is not set; set it to the base URL of the REST API (e.g. http://127.0.0.1:8080)",
         )?;
-        let target_uri: hyper::Uri = target
-            .parse()
-            .map_err(|e| anyhow::anyhow!("PORTAL_TARGET_API_URL: '{target}' is not a URL: {e}"))?;
+        let target_uri: hyper::Uri = target.parse().map_err(|e| {
+            let shown = without_userinfo(&target);
+            anyhow::anyhow!("PORTAL_TARGET_API_URL: '{shown}' is not a URL: {e}")
+        })?;
+        if target_uri
+            .authority()
+            .is_some_and(|a| a.as_str().contains('@'))
+        {
+            // Not quoted: the message would show the credentials.
+            bail!("PORTAL_TARGET_API_URL must not hold credentials (user@host); the portal authenticates with OAuth2");
+        }
         if !matches!(target_uri.scheme_str(), Some("http" | "https")) || target_uri.host().is_none()
         {
             bail!(
@@ -773,13 +781,6 @@ impl PortalConfig {
         }
         if target_uri.query().is_some() || target.contains('#') {
             bail!("PORTAL_TARGET_API_URL: '{target}' must not have a query string or fragment");
-        }
-        if target_uri
-            .authority()
-            .is_some_and(|a| a.as_str().contains('@'))
-        {
-            // Not quoted: the message would show the credentials.
-            bail!("PORTAL_TARGET_API_URL must not hold credentials (user@host); the portal authenticates with OAuth2");
         }
         let use_oauth = pick(&a.use_oauth, &f.use_oauth).unwrap_or(true);
         let refresh_statuses = parse_refresh_statuses(
@@ -1014,15 +1015,16 @@ fn resolve_oauth(
         bail!("OAUTH2_CLIENT_ASSERTION_KEY_FILE is set but OAUTH2_AUTH_METHOD is not private_key_jwt; set OAUTH2_AUTH_METHOD=private_key_jwt to sign client assertions, or unset the key file");
     }
     let url = url.unwrap_or_default();
-    let uri: hyper::Uri = url
-        .parse()
-        .map_err(|e| anyhow::anyhow!("OAUTH2_TOKEN_URL: '{url}' is not a URL: {e}"))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        bail!("OAUTH2_TOKEN_URL: '{url}' must be an http:// or https:// URL");
-    }
+    let uri: hyper::Uri = url.parse().map_err(|e| {
+        let shown = without_userinfo(&url);
+        anyhow::anyhow!("OAUTH2_TOKEN_URL: '{shown}' is not a URL: {e}")
+    })?;
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         // Not quoted: the message would show the credentials.
         bail!("OAUTH2_TOKEN_URL must not hold credentials (user@host); give them as OAUTH2_CLIENT_ID and OAUTH2_CLIENT_SECRET");
+    }
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        bail!("OAUTH2_TOKEN_URL: '{url}' must be an http:// or https:// URL");
     }
     let credentials = match (auth_method, key_file) {
         (AuthMethod::PrivateKeyJwt, Some(path)) => {
@@ -1218,6 +1220,20 @@ impl SendConfig {
     }
 }
 
+/// `url` with any `user:password@` before its host replaced by `***@`, for
+/// messages and `config show`; text without `://` is returned as is.
+pub fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let rest = &url[start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_len].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1402,6 +1418,32 @@ mod tests {
                 ..base.clone()
             },
         ];
+        // Whatever else is wrong with them, too.
+        for bad in [
+            "ftp://u:pw-4711@h/",
+            "http://u:pw-4711@h/?q=1",
+            "http://u:pw-4711@h/ x",
+        ] {
+            for a in [
+                PortalArgs {
+                    target_api_url: Some(bad.into()),
+                    ..base.clone()
+                },
+                PortalArgs {
+                    oauth2_token_url: Some(bad.into()),
+                    ..base.clone()
+                },
+            ] {
+                let err = PortalConfig::resolve(&a).unwrap_err().to_string();
+                assert!(!err.contains("pw-4711"), "{err}");
+            }
+        }
+        assert_eq!(
+            without_userinfo("https://u:p@h:1/a@b?x=@"),
+            "https://***@h:1/a@b?x=@"
+        );
+        assert_eq!(without_userinfo("http://h/a@b"), "http://h/a@b");
+        assert_eq!(without_userinfo("alice@corp.example"), "alice@corp.example");
         for (a, setting) in cases
             .iter()
             .zip(["PORTAL_TARGET_API_URL", "OAUTH2_TOKEN_URL"])

@@ -170,6 +170,16 @@ pub fn rows(args: &ShowArgs) -> anyhow::Result<Vec<(&'static str, Vec<Row>)>> {
     Ok(sections)
 }
 
+/// A setting's value as `config show` prints it: secrets redacted, and
+/// credentials inside URLs hidden.
+fn shown(secret: bool, value: String) -> String {
+    if secret {
+        "(redacted)".into()
+    } else {
+        crate::config::without_userinfo(&value).into_owned()
+    }
+}
+
 /// The row of one setting: flag or env as clap saw it, else the file's key
 /// of the same name, else the default from the help text.
 fn row(arg: &Arg, m: &ArgMatches, file: &serde_json::Value) -> Row {
@@ -197,7 +207,7 @@ fn row(arg: &Arg, m: &ArgMatches, file: &serde_json::Value) -> Row {
         return Row {
             name,
             source,
-            value: if secret { "(redacted)".into() } else { value },
+            value: shown(secret, value),
         };
     }
     let from_file = file.get(id).filter(|v| !v.is_null());
@@ -209,7 +219,7 @@ fn row(arg: &Arg, m: &ArgMatches, file: &serde_json::Value) -> Row {
         return Row {
             name,
             source: "file",
-            value: if secret { "(redacted)".into() } else { value },
+            value: shown(secret, value),
         };
     }
     Row {

@@ -175,11 +175,15 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError
 /// then reports only that retries ran out, so settings are checked here
 /// first, with the same connection setup the group coordinator gets. Without
 /// TLS or SASL it asks ApiVersions, which tells a TLS listener by its alert.
-/// Only a settings problem or a timeout fails here.
+/// Only a settings problem (when no bootstrap server passes) or a timeout
+/// fails here.
 async fn check_security(servers: &[String], settings: &KafkaSettings) -> Result<(), ConnError> {
+    // A settings problem with one bootstrap server is reported only when no
+    // other one answers: rskafka can start from any of them.
+    let mut wrong = None;
     let mut last = None;
     for addr in servers {
-        match BrokerConn::open(
+        let checked = match BrokerConn::open(
             addr,
             &settings.client_id,
             settings.op_timeout,
@@ -190,27 +194,28 @@ async fn check_security(servers: &[String], settings: &KafkaSettings) -> Result<
             // Without TLS or SASL nothing was said yet: one request shows
             // whether the port speaks Kafka or TLS.
             Ok(mut conn) if settings.security.tls.is_none() && settings.security.sasl.is_none() => {
-                match conn.api_versions().await {
-                    Ok(_) => return Ok(()),
-                    Err(e) if e.is_config_problem() => return Err(e),
-                    Err(e) => {
-                        log::debug!("Kafka check with {addr}: {e}");
-                        last = Some(e);
-                    }
-                }
+                conn.api_versions().await.map(drop)
             }
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_config_problem() => return Err(e),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(()) => return Ok(()),
             Err(e) => {
-                log::debug!("Kafka security check with {addr}: {e}");
-                last = Some(e);
+                log::debug!("Kafka connection check with {addr}: {e}");
+                if e.is_config_problem() {
+                    wrong.get_or_insert(e);
+                } else {
+                    last = Some(e);
+                }
             }
         }
     }
-    match last {
+    match (wrong, last) {
+        (Some(e), _) => Err(e),
         // Refused or reset: the broker may still be starting; rskafka retries.
-        Some(ConnError::Io(_)) | None => Ok(()),
-        Some(e) => Err(e),
+        (None, Some(ConnError::Io(_)) | None) => Ok(()),
+        (None, Some(e)) => Err(e),
     }
 }
 

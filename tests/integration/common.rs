@@ -158,12 +158,12 @@ impl Portal {
         portal
     }
 
-    /// Everything the portal logged so far.
     /// The portal's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Everything the portal logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -1216,8 +1216,9 @@ pub fn json(out: &[u8]) -> serde_json::Value {
 pub struct SaslFacts {
     /// `host:port` of the SASL_SSL listener.
     pub bootstrap: String,
-    /// `host:port` of the SSL listener (TLS without SASL).
-    pub ssl_bootstrap: String,
+    /// `host:port` of the SSL listener (TLS without SASL); brokers started
+    /// before scripts/kafka had one lack it, which fails only the SSL test.
+    pub ssl_bootstrap: Option<String>,
     /// PEM file of the CA that signed the broker's certificate.
     pub ca_file: String,
     pub scram_user: String,
@@ -1270,7 +1271,10 @@ pub fn sasl_facts() -> &'static SaslFacts {
         );
         SaslFacts {
             bootstrap: get("KAFKA_SASL_SSL_BOOTSTRAP"),
-            ssl_bootstrap: get("KAFKA_SSL_BOOTSTRAP"),
+            ssl_bootstrap: text
+                .lines()
+                .find_map(|l| l.strip_prefix("KAFKA_SSL_BOOTSTRAP="))
+                .map(|v| v.trim().to_string()),
             ca_file: get("KAFKA_SSL_CA_FILE"),
             scram_user: get("KAFKA_SCRAM_USERNAME"),
             scram_password: get("KAFKA_SCRAM_PASSWORD"),

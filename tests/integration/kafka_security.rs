@@ -123,9 +123,12 @@ async fn scram_sha_256_portal_and_sender_over_sasl_ssl() {
 #[tokio::test(flavor = "multi_thread")]
 async fn portal_and_sender_over_the_ssl_listener_without_sasl() {
     let f = sasl_facts();
+    let ssl_bootstrap = f.ssl_bootstrap.clone().expect(
+        "the SASL facts name no KAFKA_SSL_BOOTSTRAP: restart the broker with scripts/kafka restart, which adds the SSL listener",
+    );
     let servers = Servers::start().await;
     let topics = Topics {
-        bootstrap: Some(f.ssl_bootstrap.clone()),
+        bootstrap: Some(ssl_bootstrap.clone()),
         ..Topics::new("ssl")
     };
     let tls = vec![
@@ -153,7 +156,7 @@ async fn portal_and_sender_over_the_ssl_listener_without_sasl() {
     // until the timeout, from send and from the portal.
     let expected = format!(
         "the Kafka broker at {} answered with TLS; set KAFKA_SECURITY_PROTOCOL to SSL or SASL_SSL",
-        f.ssl_bootstrap
+        ssl_bootstrap
     );
     let out = send(&topics, &["--endpoint", "/api/items"]).await;
     assert_eq!(out.code, 7, "stderr: {}", out.stderr);

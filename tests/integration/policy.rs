@@ -176,8 +176,6 @@ async fn an_empty_allow_list_refuses_everything_unless_strict_mode_is_off() {
     assert_eq!(servers.state.requests().len(), 1);
 }
 
-/// What a hostile producer might write, and the error the client named in
-/// a reply address should get (none when there is no one to tell).
 /// The start record of a POST to `path` with a body, answered on partition 0
 /// of `reply_topic`.
 fn post_start(
@@ -227,6 +225,8 @@ fn end_record(job: JobId, seq: u32, chunks: u32) -> Record {
     kafka::record(&frame, &[], &[])
 }
 
+/// What a hostile producer might write, and the error the client named in
+/// a reply address should get (none when there is no one to tell).
 fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)> {
     let reply = || {
         vec![(
@@ -497,7 +497,8 @@ async fn an_idle_upload_is_dropped_its_spool_freed_and_its_client_told() {
     let topics = Topics::new("idle");
     let spool = tempfile::tempdir().unwrap();
     let mut env = servers.plain_env();
-    env.push(("PORTAL_JOB_IDLE_TIMEOUT_SECS", "2".into()));
+    // Long enough for the test to see the spool file on a loaded machine.
+    env.push(("PORTAL_JOB_IDLE_TIMEOUT_SECS", "5".into()));
     env.push(("PORTAL_SPOOL_DIR", spool.path().to_str().unwrap().into()));
     let mut portal = Portal::start(&topics, &env);
 
