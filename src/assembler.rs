@@ -1342,6 +1342,25 @@ mod tests {
         assert!(matches!(at(&mut asm, &ra[4]), Outcome::Ignored(_)));
         assert!(matches!(at(&mut asm, &rb[4]), Outcome::Stray(_)));
         assert!(asm.is_empty());
+        // A response frame naming a job assembling here is no stray.
+        let c = JobId::new();
+        assert!(matches!(
+            feed(&mut asm, &records(c, &[3u8; 30], 10)[..1]),
+            Outcome::Pending
+        ));
+        let response = Frame {
+            job: c,
+            seq: 0,
+            body: Body::ResponseStart(crate::wire::ResponseStart {
+                status: 200,
+                headers: vec![],
+                body_len: None,
+            }),
+        };
+        assert!(matches!(
+            asm.accept(response, &[], 9, Instant::now()),
+            Outcome::Ignored(_)
+        ));
     }
 
     #[test]

@@ -313,6 +313,8 @@ mod tests {
             "b:1",
             "--oauth2-client-secret",
             "hunter2",
+            "--target-api-url",
+            "https://api:hunter3@api.example/v1",
         ]))
         .unwrap();
         assert_eq!(
@@ -333,6 +335,9 @@ mod tests {
         let url = find(&s, "OAUTH2_TOKEN_URL");
         assert_eq!(url.value, "(not set)");
         assert!(!render(&s).contains("hunter2"));
+        let target = find(&s, "PORTAL_TARGET_API_URL");
+        assert_eq!(target.value, "https://***@api.example/v1");
+        assert!(!render(&s).contains("hunter3"));
     }
 
     #[test]
