@@ -762,17 +762,11 @@ impl PortalConfig {
         let target = pick(&a.target_api_url, &f.target_api_url).context(
             "PORTAL_TARGET_API_URL is not set; set it to the base URL of the REST API (e.g. http://127.0.0.1:8080)",
         )?;
-        let target_uri: hyper::Uri = target.parse().map_err(|e| {
-            let shown = without_userinfo(&target);
-            anyhow::anyhow!("PORTAL_TARGET_API_URL: '{shown}' is not a URL: {e}")
-        })?;
-        if target_uri
-            .authority()
-            .is_some_and(|a| a.as_str().contains('@'))
-        {
-            // Not quoted: the message would show the credentials.
-            bail!("PORTAL_TARGET_API_URL must not hold credentials (user@host); the portal authenticates with OAuth2");
-        }
+        let target_uri = parse_url(
+            "PORTAL_TARGET_API_URL",
+            &target,
+            "the portal authenticates with OAuth2",
+        )?;
         if !matches!(target_uri.scheme_str(), Some("http" | "https")) || target_uri.host().is_none()
         {
             bail!(
@@ -1015,14 +1009,11 @@ fn resolve_oauth(
         bail!("OAUTH2_CLIENT_ASSERTION_KEY_FILE is set but OAUTH2_AUTH_METHOD is not private_key_jwt; set OAUTH2_AUTH_METHOD=private_key_jwt to sign client assertions, or unset the key file");
     }
     let url = url.unwrap_or_default();
-    let uri: hyper::Uri = url.parse().map_err(|e| {
-        let shown = without_userinfo(&url);
-        anyhow::anyhow!("OAUTH2_TOKEN_URL: '{shown}' is not a URL: {e}")
-    })?;
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        // Not quoted: the message would show the credentials.
-        bail!("OAUTH2_TOKEN_URL must not hold credentials (user@host); give them as OAUTH2_CLIENT_ID and OAUTH2_CLIENT_SECRET");
-    }
+    let uri = parse_url(
+        "OAUTH2_TOKEN_URL",
+        &url,
+        "give them as OAUTH2_CLIENT_ID and OAUTH2_CLIENT_SECRET",
+    )?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
         bail!("OAUTH2_TOKEN_URL: '{url}' must be an http:// or https:// URL");
     }
@@ -1218,6 +1209,19 @@ impl SendConfig {
         }
         Ok((kafka, Duration::from_secs(timeout)))
     }
+}
+
+/// The URL of `setting`, refused when it holds credentials (`user@host`,
+/// `instead` says what to do) before any message could quote them.
+fn parse_url(setting: &str, url: &str, instead: &str) -> anyhow::Result<hyper::Uri> {
+    let uri: hyper::Uri = url.parse().map_err(|e| {
+        let shown = without_userinfo(url);
+        anyhow::anyhow!("{setting}: '{shown}' is not a URL: {e}")
+    })?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        bail!("{setting} must not hold credentials (user@host); {instead}");
+    }
+    Ok(uri)
 }
 
 /// `url` with any `user:password@` before its host replaced by `***@`, for

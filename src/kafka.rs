@@ -427,11 +427,6 @@ impl<'a> ProduceWindow<'a> {
         self.calls.len() < self.capacity
     }
 
-    /// Whether nothing is in flight.
-    pub fn is_empty(&self) -> bool {
-        self.calls.is_empty()
-    }
-
     /// Starts producing `record` (after every record pushed before it).
     pub fn push(&mut self, record: Record) {
         self.calls.push_back(Slot::Pending(Box::pin(produce(

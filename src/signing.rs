@@ -976,15 +976,7 @@ mod tests {
         let wrong = Signer::from_pem_file(&public, ttl).unwrap_err().to_string();
         assert!(wrong.contains("is a public key"), "{wrong}");
         let rsa = dir.path().join("rsa.pem");
-        openssl(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            rsa.to_str().unwrap(),
-        ]);
+        std::fs::write(&rsa, crate::test_support::rsa_key_pair(dir.path()).0).unwrap();
         let err = Signer::from_pem_file(&rsa, ttl).unwrap_err().to_string();
         assert!(err.contains("RSA"), "{err}");
         let p384 = dir.path().join("p384.pem");
