@@ -58,7 +58,10 @@ pub fn build_client(tls: &ApiTls) -> HttpClient {
 
 /// Adds what to change to a TLS failure the settings can fix.
 pub fn with_tls_hint(chain: String) -> String {
-    let hint = if chain.contains("invalid peer certificate") {
+    let hint = if chain.contains("CaUsedAsEndEntity") {
+        // The verifier's own message already says what to do.
+        ""
+    } else if chain.contains("invalid peer certificate") {
         "; the server's certificate is not trusted: put its CA certificate in PORTAL_CA_FILE"
     } else if chain.contains("CertificateRequired") || chain.contains("certificate required") {
         "; the server wants a client certificate: set PORTAL_CLIENT_CERT_FILE and PORTAL_CLIENT_KEY_FILE"

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
 
+use crate::server_trust::ListedCertVerifier;
+
 /// `KAFKA_SECURITY_PROTOCOL`: Kafka's own names for the four combinations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SecurityProtocol {
@@ -168,14 +170,15 @@ impl KafkaSecurity {
 }
 
 /// A TLS client setup that trusts the bundled web PKI roots plus, when given,
-/// every certificate in the PEM file `ca_file` (`KAFKA_SSL_CA_FILE`).
+/// every certificate in the PEM file `ca_file` (`KAFKA_SSL_CA_FILE`), each
+/// also as the broker's own certificate (see [`crate::server_trust`]).
 pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    let mut listed = Vec::new();
     if let Some(path) = ca_file {
         let pem = crate::tls::read_pem(path).map_err(|why| format!("KAFKA_SSL_CA_FILE: {why}"))?;
-        let mut added = 0;
         for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| {
                 format!(
@@ -183,26 +186,23 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, S
                     path.display()
                 )
             })?;
-            roots.add(cert).map_err(|e| {
+            roots.add(cert.clone()).map_err(|e| {
                 format!(
                     "KAFKA_SSL_CA_FILE: a certificate in {} is not usable as a CA: {e}",
                     path.display()
                 )
             })?;
-            added += 1;
+            listed.push(cert);
         }
-        if added == 0 {
+        if listed.is_empty() {
             return Err(format!(
                 "KAFKA_SSL_CA_FILE: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
                 path.display()
             ));
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup failed: {e}"))?
-        .with_root_certificates(roots)
+    let config = ListedCertVerifier::new(roots, listed, "KAFKA_SSL_CA_FILE")?
+        .into_config_builder()?
         .with_no_client_auth();
     Ok(Arc::new(config))
 }

@@ -44,6 +44,7 @@ pub mod policy;
 pub mod portal;
 pub mod progress;
 pub mod send;
+pub mod server_trust;
 pub mod signing;
 #[cfg(test)]
 mod test_support;

@@ -4,7 +4,8 @@
 //! Trusted are the bundled web PKI roots (`webpki-roots`, the same on every
 //! host), the system's CA store when it has one (so a CA an operator
 //! installed system-wide keeps working), and every certificate in
-//! `PORTAL_CA_FILE`. With `PORTAL_CLIENT_CERT_FILE` and
+//! `PORTAL_CA_FILE`, each of which is also trusted as the server's own
+//! certificate (a self-signed one, see [`crate::server_trust`]). With `PORTAL_CLIENT_CERT_FILE` and
 //! `PORTAL_CLIENT_KEY_FILE` the portal presents a client certificate (mTLS).
 //! Everything is read and checked once, at start; a file that cannot be used
 //! is an error naming its setting. The private key never appears in a
@@ -15,6 +16,8 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::server_trust::ListedCertVerifier;
 
 /// Largest PEM file read; certificates and keys are a few KiB.
 const MAX_PEM_BYTES: u64 = 1024 * 1024;
@@ -72,8 +75,10 @@ impl ApiTls {
         }
         let (system, _unusable) = roots.add_parsable_certificates(native.certs);
         let mut summary = format!("{web_pki} web PKI roots, {system} system roots");
+        let mut listed = Vec::new();
         if let Some(path) = ca_file {
             let certs = read_certs("PORTAL_CA_FILE", path)?;
+            listed.extend(certs.iter().cloned());
             for (i, cert) in certs.into_iter().enumerate() {
                 roots.add(cert).map_err(|e| {
                     TlsError::new(
@@ -88,11 +93,9 @@ impl ApiTls {
             }
             summary.push_str(&format!(", CAs from {}", path.display()));
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::new("PORTAL_CA_FILE", format!("TLS setup failed: {e}")))?
-            .with_root_certificates(roots);
+        let builder = ListedCertVerifier::new(roots, listed, "PORTAL_CA_FILE")
+            .and_then(ListedCertVerifier::into_config_builder)
+            .map_err(|e| TlsError::new("PORTAL_CA_FILE", e))?;
         let config = match (client_cert, client_key) {
             (None, None) => builder.with_no_client_auth(),
             (Some(cert_path), Some(key_path)) => {

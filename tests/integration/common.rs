@@ -1096,6 +1096,50 @@ impl TestPki {
     }
 }
 
+/// A self-signed certificate for `san` made in `dir` by the usual
+/// `openssl req -x509` one-liner, which marks it `CA:TRUE`: the certificate
+/// file and the server TLS settings that present it.
+pub fn openssl_self_signed(dir: &Path, san: &str) -> (PathBuf, Arc<rustls::ServerConfig>) {
+    use rustls::pki_types::pem::PemObject;
+    let stem = format!("self-signed-{}", ulid::Ulid::new());
+    let cert = dir.join(format!("{stem}.pem"));
+    let key = dir.join(format!("{stem}-key.pem"));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        &format!("subjectAltName={san}"),
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    let text = openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-text"]);
+    assert!(
+        String::from_utf8_lossy(&text).contains("CA:TRUE"),
+        "openssl req -x509 made no CA:TRUE certificate; the test needs one"
+    );
+    let chain = vec![rustls::pki_types::CertificateDer::from_pem_file(&cert).unwrap()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    (cert, Arc::new(config))
+}
+
 #[path = "../../src/test_support.rs"]
 mod test_support;
 pub use test_support::{ec_key_pair, openssl, rsa_key_pair};
@@ -1139,9 +1183,13 @@ impl Servers {
     /// HTTPS with certificates from `pki`, demanding a client certificate
     /// when `client_auth`.
     pub async fn start_tls(pki: &TestPki, client_auth: bool) -> Self {
+        Self::start_tls_with(pki.server_config(client_auth)).await
+    }
+
+    /// Like [`Servers::start_tls`], with the server TLS settings `config`.
+    pub async fn start_tls_with(config: Arc<rustls::ServerConfig>) -> Self {
         let state = Arc::new(ApiState::default());
         state.token_lifetime.store(3600, Ordering::SeqCst);
-        let config = pki.server_config(client_auth);
         let api = serve_tls(Arc::clone(&state), api, Arc::clone(&config)).await;
         let tok = serve_tls(Arc::clone(&state), token_endpoint, config).await;
         let token_url = format!("https://{tok}/oauth/token");

@@ -157,3 +157,67 @@ fn unusable_tls_files_stop_the_portal_at_start_naming_the_setting() {
         assert_eq!(stderr.trim().lines().count(), 1, "{env:?}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_self_signed_ca_true_certificate_listed_in_portal_ca_file_is_trusted() {
+    // The openssl one-liner's certificate, for both the API and the token
+    // endpoint, listed as itself in PORTAL_CA_FILE (as curl --cacert takes it).
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, config) = openssl_self_signed(dir.path(), "DNS:localhost,IP:127.0.0.1");
+    let servers = Servers::start_tls_with(config).await;
+    let topics = Topics::new("tls-self-signed");
+    let mut env = servers.oauth_env();
+    env.push(("PORTAL_CA_FILE", cert.to_str().unwrap().into()));
+    let _portal = Portal::start(&topics, &env);
+    let out = send(&topics, &["--endpoint", "/api/self-signed"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(json(&out.stdout)["path"], "/api/self-signed");
+    assert_eq!(servers.state.token_fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(servers.state.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_self_signed_certificate_is_still_checked_and_an_unlisted_one_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    // Listed, but made for another name: the name check still applies.
+    let (wrong_name, config) = openssl_self_signed(dir.path(), "DNS:api.example");
+    let servers = Servers::start_tls_with(config).await;
+    let topics = Topics::new("tls-self-signed-name");
+    let portal = Portal::start(
+        &topics,
+        &https_env(&servers, &[("PORTAL_CA_FILE", &wrong_name)]),
+    );
+    let out = send(&topics, &["--endpoint", "/api/x"]).await;
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(out.stderr.contains("not valid for name"), "{}", out.stderr);
+    assert!(servers.state.requests().is_empty());
+    drop(portal);
+
+    // Not listed (PORTAL_CA_FILE holds another CA): the message says what a
+    // CA:TRUE server certificate means and what to do, and does not tell the
+    // user to add "its CA", which is what they may already have done.
+    let (_cert, config) = openssl_self_signed(dir.path(), "DNS:localhost,IP:127.0.0.1");
+    let servers = Servers::start_tls_with(config).await;
+    let pki = TestPki::new();
+    let topics = Topics::new("tls-self-signed-unlisted");
+    let _portal = Portal::start(
+        &topics,
+        &https_env(&servers, &[("PORTAL_CA_FILE", &pki.ca_file)]),
+    );
+    let out = send(&topics, &["--endpoint", "/api/x"]).await;
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    for part in [
+        "CaUsedAsEndEntity",
+        "CA:TRUE",
+        "PORTAL_CA_FILE",
+        "certificate itself",
+    ] {
+        assert!(out.stderr.contains(part), "{part}: {}", out.stderr);
+    }
+    assert!(
+        !out.stderr.contains("put its CA certificate"),
+        "{}",
+        out.stderr
+    );
+    assert!(servers.state.requests().is_empty());
+}
