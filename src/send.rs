@@ -387,7 +387,7 @@ async fn prepare_signed(
     let prepared = prepare(args)?;
     if !prepared.dropped.is_empty() {
         eprintln!(
-            "kafkasend send: warning: not sending {}: no portal forwards {} (the portal calls the API with its own credentials)",
+            "kafkasend send: warning: not sending {}: no portal forwards {} (credentials, routing and framing headers are always stripped)",
             prepared.dropped.join(", "),
             if prepared.dropped.len() == 1 { "it" } else { "them" }
         );
