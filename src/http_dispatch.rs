@@ -249,10 +249,8 @@ impl Dispatcher {
         loop {
             let token = match &self.tokens {
                 Some(t) => Some(t.token().await.map_err(|e| {
-                    DispatchError::new(
-                        ErrorCategory::Auth,
-                        format!("cannot get an OAuth2 token: {e}"),
-                    )
+                    log::warn!("job {}: cannot get an OAuth2 token: {e}", job.job);
+                    DispatchError::new(ErrorCategory::Auth, e.for_sender())
                 })?),
                 None => None,
             };

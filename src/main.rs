@@ -8,7 +8,7 @@ use kafkasend::config::{Cli, Command, LogFormat, PortalConfig, SendConfig};
 use kafkasend::config_show::ConfigCommand;
 use kafkasend::logging;
 use kafkasend::send::{Outcome, SendError};
-use kafkasend::ui::Report;
+use kafkasend::ui::{one_line, Report};
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -125,7 +125,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("kafkasend health: {e}");
+                    eprintln!("kafkasend health: {}", one_line(&e.to_string()));
                     ExitCode::FAILURE
                 }
             }
@@ -145,9 +145,10 @@ fn run_client(
     let cfg = match cfg {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("kafkasend {name}: {e:#}");
+            let shown = one_line(&format!("{e:#}"));
+            eprintln!("kafkasend {name}: {shown}");
             if json {
-                println!("{}", report.to_json(2, Some(&format!("{e:#}"))));
+                println!("{}", report.to_json(2, Some(&shown)));
             }
             return ExitCode::from(2);
         }
@@ -165,8 +166,10 @@ fn run_client(
     let (code, error) = match result {
         Ok(outcome) => (outcome.exit_code(), None),
         Err(e) => {
-            eprintln!("kafkasend {name}: {e}");
-            (e.exit_code(), Some(e.to_string()))
+            // Portal messages, and Kafka's, arrive over the network.
+            let shown = one_line(&e.to_string());
+            eprintln!("kafkasend {name}: {shown}");
+            (e.exit_code(), Some(shown))
         }
     };
     if json {

@@ -8,6 +8,7 @@
 //! mode (the default) and only logged when strict mode is off.
 
 use hyper::header::{HeaderName, HeaderValue};
+use unicode_normalization::UnicodeNormalization as _;
 
 use crate::wire::{ErrorCategory, JobId, RequestStart};
 
@@ -307,17 +308,35 @@ impl Policy {
             let list: Vec<String> = self.endpoints.iter().map(ToString::to_string).collect();
             log::info!("allowed endpoints: {}", list.join(", "));
         }
+        let useless: Vec<&str> = self
+            .allowed_headers
+            .iter()
+            .map(String::as_str)
+            .filter(|h| never_forwarded(h))
+            .collect();
+        if !useless.is_empty() {
+            log::warn!(
+                "PORTAL_ALLOWED_HEADERS lists {}, which will never be forwarded: credentials, routing and framing headers are always stripped (and kafkasend send does not even write them to Kafka)",
+                useless.join(", ")
+            );
+        }
     }
+}
+
+/// Whether a header named `name` is never forwarded, whatever the
+/// allow-list: the always-stripped names and the `X-Forwarded-*` and
+/// `Proxy-*` families.
+pub fn never_forwarded(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    ALWAYS_STRIPPED.contains(&lower.as_str())
+        || lower.starts_with("x-forwarded-")
+        || lower.starts_with("proxy-")
 }
 
 /// Whether a header named `name` is forwarded under the allow-list
 /// `allowed` (lower-case names): never for the always-stripped ones.
 pub fn forwards(name: &str, allowed: &[String]) -> bool {
-    let lower = name.to_ascii_lowercase();
-    !(ALWAYS_STRIPPED.contains(&lower.as_str())
-        || lower.starts_with("x-forwarded-")
-        || lower.starts_with("proxy-"))
-        && allowed.contains(&lower)
+    !never_forwarded(name) && allowed.contains(&name.to_ascii_lowercase())
 }
 
 /// Checks that a request path is a plain absolute path with an optional
@@ -374,17 +393,22 @@ pub fn validate_path(path: &str) -> Result<(), Refusal> {
     if only_path.contains("//") {
         return reject("it contains an empty segment ('//')");
     }
-    // Overlong encodings are not UTF-8; the rest are characters that some
-    // servers fold to '.', '/' or '\\' (Unicode compatibility forms).
+    // Overlong encodings are not UTF-8.
     let Ok(text) = std::str::from_utf8(&decoded) else {
         return reject("it contains percent-encoded bytes that are not UTF-8 (overlong forms?)");
     };
-    const LOOKALIKES: &[char] = &[
-        '\u{2024}', '\u{2025}', '\u{2026}', '\u{FE52}', '\u{FF0E}', '\u{FF0F}', '\u{2215}',
-        '\u{2044}', '\u{29F8}', '\u{FF3C}', '\u{FE68}', '\u{29F5}',
-    ];
-    if text.chars().any(|c| LOOKALIKES.contains(&c)) {
-        return reject("it contains an encoded look-alike of '.', '/' or '\\'");
+    // ASCII controls were refused above; this catches C1 ones such as NEL.
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return reject(&format!(
+            "it contains an encoded control character (U+{:04X})",
+            u32::from(c)
+        ));
+    }
+    if let Some((c, seen_as)) = text.chars().find_map(|c| lookalike(c).map(|l| (c, l))) {
+        return reject(&format!(
+            "it contains an encoded look-alike of path syntax: U+{:04X}, {seen_as}",
+            u32::from(c)
+        ));
     }
     // `..;x` is a dot segment to servers that strip path parameters, and
     // `.. ` or `...` to servers that trim trailing dots and spaces.
@@ -399,6 +423,46 @@ pub fn validate_path(path: &str) -> Result<(), Refusal> {
         return reject("its query has malformed percent-encoding");
     }
     Ok(())
+}
+
+/// Characters that mean something in a path once decoded: segments, dot
+/// segments, escapes, query and fragment, path parameters (`..;x`) and the
+/// trailing spaces some servers trim (`.. `).
+const PATH_SYNTAX: &[char] = &['.', '/', '\\', '%', '?', '#', ';', ' '];
+
+/// Look-alikes of `/` and `\` that NFKC leaves as they are, each with the
+/// character it passes for.
+const CONFUSABLES: &[(char, char)] = &[
+    ('\u{2215}', '/'),
+    ('\u{2044}', '/'),
+    ('\u{29F8}', '/'),
+    ('\u{29F5}', '\\'),
+];
+
+/// How a non-ASCII character could pass for path syntax, if it could.
+///
+/// A server that applies Unicode compatibility normalisation (NFKC) before
+/// routing would see U+FE30 as `..` and U+2100 as `a/c`, a path other than
+/// the one the allow-list matched. Matching the normalised path instead
+/// would only help if the portal also forwarded it normalised (a server that
+/// does not normalise sees the path as sent), and that would rewrite
+/// legitimate names (NFKC turns `ﬁ` into `fi`, `²` into `2`). Refusing just
+/// the characters that fold into path syntax leaves every other path as it
+/// came and is safe with servers of both kinds.
+fn lookalike(c: char) -> Option<String> {
+    if c.is_ascii() {
+        return None;
+    }
+    if let Some((_, like)) = CONFUSABLES.iter().find(|(l, _)| *l == c) {
+        return Some(format!("which looks like '{like}'"));
+    }
+    let folded: String = std::iter::once(c).nfkc().collect();
+    folded.contains(PATH_SYNTAX).then(|| {
+        format!(
+            "which Unicode normalisation (NFKC) turns into '{}'",
+            folded.escape_debug()
+        )
+    })
 }
 
 /// Decodes `%XX` escapes once; `%` not followed by two hex digits is an error.
@@ -485,6 +549,27 @@ mod tests {
         ("/a?q=%zz", "malformed percent-encoding"),
         ("/caf\u{e9}", "non-ASCII"),
         ("/a/\u{ff0e}\u{ff0e}/b", "non-ASCII"),
+        // Compatibility forms NFKC folds into path syntax: U+FE30 is `..`,
+        // U+FE19 `...`, U+2100 `a/c`, U+2488 `1.`, U+FE54 `;`, U+00A0 and
+        // U+3000 a space, U+FF05 `%`, U+FF1F `?`, U+FE5F `#`.
+        ("/api/%EF%B8%B0", "look-alike"),
+        ("/api/%ef%b8%99", "look-alike"),
+        ("/api/x%E2%84%80admin", "look-alike"),
+        ("/a/%E2%92%88/b", "look-alike"),
+        ("/a/..%EF%B9%94x/b", "look-alike"),
+        ("/a/..%C2%A0/b", "look-alike"),
+        ("/a/..%E3%80%80/b", "look-alike"),
+        ("/a/%EF%BC%852e%EF%BC%852e/b", "look-alike"),
+        ("/a/x%EF%BC%9Fy", "look-alike"),
+        ("/a/x%EF%B9%9Fy", "look-alike"),
+        // Look-alikes NFKC leaves alone.
+        ("/a/%E2%88%95etc", "look-alike"),
+        ("/a/x%E2%81%84y", "look-alike"),
+        ("/a/%E2%A7%B8b", "look-alike"),
+        ("/a/%E2%A7%B5b", "look-alike"),
+        // C1 controls: NEL ends a line for some parsers.
+        ("/a%C2%85b", "control character (U+0085)"),
+        ("/a%C2%9Bb", "control character (U+009B)"),
     ];
 
     #[test]
@@ -517,8 +602,75 @@ mod tests {
             "/search?q=a/../b",
             "/caf%C3%A9",
             "/a;v=1/b",
+            // NFKC changes these, but into nothing with meaning in a path.
+            "/files/%EF%AC%81le",
+            "/x%C2%B2",
+            "/%E6%97%A5%E6%9C%AC/%F0%9F%93%84",
         ] {
             assert!(validate_path(ok).is_ok(), "{ok}: {:?}", validate_path(ok));
+        }
+    }
+
+    /// Percent-encodes every byte of `c`'s UTF-8 form.
+    fn encoded(c: char) -> String {
+        c.to_string().bytes().map(|b| format!("%{b:02X}")).collect()
+    }
+
+    /// Every non-ASCII character whose NFKC form holds `.`, `/` or `\\`.
+    fn folding_into_separators() -> Vec<char> {
+        (0x80..=0x10FFFF_u32)
+            .filter_map(char::from_u32)
+            .filter(|c| {
+                std::iter::once(*c)
+                    .nfkc()
+                    .any(|n| matches!(n, '.' | '/' | '\\'))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_named_look_alikes_are_among_the_folding_characters() {
+        let all = folding_into_separators();
+        for c in [
+            '\u{FE30}', '\u{FE19}', '\u{2100}', '\u{FF0E}', '\u{FF0F}', '\u{FF3C}',
+        ] {
+            assert!(all.contains(&c), "U+{:04X}", u32::from(c));
+        }
+        assert!(all.len() > 30, "{}", all.len());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn characters_folding_into_separators_are_refused(
+            c in proptest::sample::select(folding_into_separators()),
+            before in "[a-z0-9]{0,3}",
+            after in "[a-z0-9]{0,3}",
+        ) {
+            let enc = encoded(c);
+            for path in [
+                format!("/api/{before}{enc}{after}"),
+                format!("/api/{enc}/x"),
+                format!("/api/{before}{enc}{after}?q=1"),
+            ] {
+                let refused = validate_path(&path);
+                proptest::prop_assert!(
+                    refused.as_ref().is_err_and(|r| r.message.contains("look-alike")),
+                    "{path}: {refused:?}"
+                );
+            }
+            let raw = format!("/api/{before}{c}{after}");
+            proptest::prop_assert!(validate_path(&raw).is_err(), "{raw}");
+        }
+
+        #[test]
+        fn other_encoded_characters_pass(c in proptest::prelude::any::<char>()) {
+            proptest::prop_assume!(!c.is_ascii());
+            let folded: String = std::iter::once(c).nfkc().collect();
+            let plain = !c.is_control()
+                && !folded.contains(['.', '/', '\\', '%', '?', '#', ';', ' '])
+                && !['\u{2215}', '\u{2044}', '\u{29F8}', '\u{29F5}'].contains(&c);
+            let path = format!("/api/x{}y", encoded(c));
+            proptest::prop_assert_eq!(validate_path(&path).is_ok(), plain, "{}", path);
         }
     }
 

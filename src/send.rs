@@ -148,6 +148,8 @@ struct Prepared {
     method: String,
     path: String,
     headers: Vec<(String, String)>,
+    /// Names of the `-H` headers left out because no portal forwards them.
+    dropped: Vec<String>,
     source: Source,
     body_len: Option<u64>,
     /// Multipart framing around the file, when `--multipart`.
@@ -193,11 +195,22 @@ fn prepare(args: &SendArgs) -> Result<Prepared, SendError> {
     if args.multipart && matches!(source, Source::None) {
         return Err(usage("--multipart needs a FILE to send"));
     }
-    let mut headers = args
+    let given = args
         .headers
         .iter()
         .map(|h| parse_header(h))
         .collect::<Result<Vec<_>, _>>()?;
+    // No portal forwards these, so writing them to Kafka would only leave
+    // the caller's credentials in the topic for anyone who can read it.
+    let (mut headers, stripped): (Vec<_>, Vec<_>) = given
+        .into_iter()
+        .partition(|(name, _)| !crate::policy::never_forwarded(name));
+    let mut dropped: Vec<String> = Vec::new();
+    for (name, _) in stripped {
+        if !dropped.iter().any(|d| d.eq_ignore_ascii_case(&name)) {
+            dropped.push(name);
+        }
+    }
     let file_len = match &source {
         Source::File(p) => {
             let meta = std::fs::metadata(p)
@@ -255,6 +268,7 @@ fn prepare(args: &SendArgs) -> Result<Prepared, SendError> {
         method,
         path: args.endpoint.clone(),
         headers,
+        dropped,
         source,
         body_len,
         envelope,
@@ -371,6 +385,13 @@ async fn prepare_signed(
     cfg: &SendConfig,
 ) -> Result<(Prepared, Option<[u8; 32]>), SendError> {
     let prepared = prepare(args)?;
+    if !prepared.dropped.is_empty() {
+        eprintln!(
+            "kafkasend send: warning: not sending {}: no portal forwards {} (credentials, routing and framing headers are always stripped)",
+            prepared.dropped.join(", "),
+            if prepared.dropped.len() == 1 { "it" } else { "them" }
+        );
+    }
     let body_sha256 = match &cfg.signer {
         Some(_) => body_digest(&prepared).await?,
         None => None,
@@ -930,7 +951,8 @@ async fn receive(
         match frame.body {
             Body::ResponseStart(rs) if status.is_none() => {
                 if show.chatty {
-                    eprintln!("HTTP {} {}", rs.status, reason(rs.status));
+                    let line = format!("HTTP {} {}", rs.status, reason(rs.status));
+                    eprintln!("{}", crate::ui::one_line(&line));
                 }
                 status = Some(rs.status);
                 report.status = status;
@@ -1132,6 +1154,46 @@ mod tests {
         assert_eq!(produce_window(1024), 4);
         assert_eq!(produce_window(2 * 1024 * 1024), 2);
         assert_eq!(produce_window(crate::chunker::MAX_CHUNK_SIZE), 1);
+    }
+
+    fn send_args(argv: &[&str]) -> SendArgs {
+        use clap::Parser as _;
+        let argv = ["kafkasend", "send"].iter().chain(argv);
+        match crate::config::Cli::try_parse_from(argv).unwrap().command {
+            crate::config::Command::Send(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn headers_no_portal_forwards_are_left_out_and_named_once() {
+        let args = send_args(&[
+            "--endpoint",
+            "/x",
+            "-H",
+            "Authorization: Bearer secret-1",
+            "-H",
+            "X-Request-ID: r-1",
+            "-H",
+            "cookie: a=b",
+            "-H",
+            "Cookie: c=d",
+            "-H",
+            "X-Forwarded-For: 10.0.0.1",
+            "-H",
+            "Accept: application/json",
+        ]);
+        let p = prepare(&args).unwrap();
+        assert_eq!(
+            p.headers,
+            vec![
+                ("X-Request-ID".to_string(), "r-1".to_string()),
+                ("Accept".to_string(), "application/json".to_string()),
+            ]
+        );
+        assert_eq!(p.dropped, ["Authorization", "cookie", "X-Forwarded-For"]);
+        let plain = prepare(&send_args(&["--endpoint", "/x", "-H", "X-A: 1"])).unwrap();
+        assert!(plain.dropped.is_empty());
     }
 
     #[test]

@@ -298,15 +298,17 @@ pub enum TokenError {
         /// What failed.
         detail: String,
     },
-    /// The endpoint answered with an error status.
-    #[error("token endpoint {url} answered HTTP {status}: {body}")]
+    /// The endpoint answered with an error status. Its body is not kept:
+    /// some endpoints echo the request, `Authorization` header included.
+    #[error("token endpoint {url} answered HTTP {status}{}", oauth_error.as_ref().map(|e| format!(" (OAuth error '{e}')")).unwrap_or_default())]
     Refused {
         /// Endpoint.
         url: String,
         /// HTTP status.
         status: u16,
-        /// Start of the response body.
-        body: String,
+        /// The OAuth `error` code of a JSON body, when it is a plain code
+        /// (see [`oauth_error_code`]).
+        oauth_error: Option<String>,
     },
     /// The answer was not a token response.
     #[error("token endpoint {url} sent an unusable answer: {detail}")]
@@ -330,6 +332,48 @@ pub enum TokenError {
         /// Deadline.
         secs: u64,
     },
+}
+
+impl TokenError {
+    /// What the client of a job learns: a fixed sentence with the status at
+    /// most. The portal's log has the rest ([`std::fmt::Display`]); nothing
+    /// the token endpoint sent reaches the sender.
+    pub fn for_sender(&self) -> String {
+        let why = match self {
+            Self::Unreachable { .. } => "the token endpoint is unreachable".to_string(),
+            Self::Refused { status, .. } => format!("the token endpoint answered HTTP {status}"),
+            Self::BadResponse { .. } => "the token endpoint sent an unusable answer".to_string(),
+            Self::Assertion { .. } => "the client assertion could not be signed".to_string(),
+            Self::Timeout { secs, .. } => {
+                format!("the token endpoint did not answer within {secs} s")
+            }
+        };
+        format!("the portal could not get an OAuth2 token ({why}); see the portal's log")
+    }
+}
+
+/// Longest OAuth `error` code kept; the codes of RFC 6749 and its
+/// extensions are under 30 characters.
+const MAX_ERROR_CODE: usize = 40;
+
+/// The `error` field of a JSON error answer, if it looks like an OAuth error
+/// code (`invalid_client`): lower-case letters, digits and `_`, short, and
+/// not containing the client secret. Anything else (free text, an echoed
+/// header) is dropped, so the log cannot be made to hold a credential.
+pub fn oauth_error_code(body: &[u8], secret: Option<&str>) -> Option<String> {
+    #[derive(Deserialize)]
+    struct ErrorAnswer {
+        error: serde_json::Value,
+    }
+    let answer: ErrorAnswer = serde_json::from_slice(body).ok()?;
+    let code = answer.error.as_str()?;
+    let plain = !code.is_empty()
+        && code.len() <= MAX_ERROR_CODE
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let holds_secret = secret.is_some_and(|s| !s.is_empty() && code.contains(s));
+    (plain && !holds_secret).then(|| code.to_string())
 }
 
 #[derive(Deserialize)]
@@ -557,17 +601,28 @@ impl TokenCache {
                 secs,
             })??;
         if !status.is_success() {
-            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+            let secret = match &self.cfg.credentials {
+                ClientCredentials::SecretBasic(s) | ClientCredentials::SecretPost(s) => Some(&**s),
+                ClientCredentials::PrivateKeyJwt(_) => None,
+            };
             return Err(TokenError::Refused {
                 url: url.clone(),
                 status: status.as_u16(),
-                body: text,
+                oauth_error: oauth_error_code(&bytes, secret),
             });
         }
+        // serde's message can quote a value from the body (`invalid type:
+        // string "…"`), and the body of a 2xx answer may hold a token: say
+        // only what kind of error it was and where.
         let parsed: TokenResponse =
             serde_json::from_slice(&bytes).map_err(|e| TokenError::BadResponse {
                 url: url.clone(),
-                detail: format!("not a JSON token response: {e}"),
+                detail: format!(
+                    "not a JSON token response ({:?} error at line {} column {})",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                ),
             })?;
         let lifetime = lifetime_of(&parsed);
         log::info!(
@@ -624,6 +679,44 @@ mod tests {
         assert_eq!(
             refresh_margin(Duration::from_secs(3600)),
             Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn only_a_plain_oauth_error_code_is_kept() {
+        let code = |body: &str| oauth_error_code(body.as_bytes(), Some("hunter2"));
+        assert_eq!(
+            code(r#"{"error":"invalid_client","error_description":"Basic dGVzdDpodW50ZXIy"}"#),
+            Some("invalid_client".into())
+        );
+        for refused in [
+            r#"{"error":"Basic dGVzdDpodW50ZXIy"}"#,
+            r#"{"error":"dGVzdDpodW50ZXIy"}"#,
+            r#"{"error":"invalid client: Authorization: Basic x"}"#,
+            r#"{"error":"bad\u001b[2J"}"#,
+            r#"{"error":"leaked_hunter2"}"#,
+            r#"{"error":""}"#,
+            r#"{"error":42}"#,
+            r#"{"error":{"code":"invalid_client"}}"#,
+            "Authorization: Basic dGVzdDpodW50ZXIy",
+            "",
+        ] {
+            assert_eq!(code(refused), None, "{refused}");
+        }
+        let long = format!(r#"{{"error":"{}"}}"#, "a".repeat(MAX_ERROR_CODE + 1));
+        assert_eq!(code(&long), None);
+        let err = TokenError::Refused {
+            url: "https://idp.example/token".into(),
+            status: 401,
+            oauth_error: Some("invalid_client".into()),
+        };
+        assert_eq!(
+            err.to_string(),
+            "token endpoint https://idp.example/token answered HTTP 401 (OAuth error 'invalid_client')"
+        );
+        assert_eq!(
+            err.for_sender(),
+            "the portal could not get an OAuth2 token (the token endpoint answered HTTP 401); see the portal's log"
         );
     }
 

@@ -1,5 +1,6 @@
 //! What `send` and `wait` show a person at a terminal: progress bars on
-//! stderr, and the one-line JSON summary for scripts.
+//! stderr, the one-line JSON summary for scripts, and [`one_line`], which
+//! every text from the network goes through before it is shown.
 
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
@@ -118,9 +119,68 @@ fn round_ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
+/// Text from the network made safe for a terminal: one line, with control
+/// characters (C0, DEL, C1), line and paragraph separators and bidi
+/// controls shown as visible escapes (`\n`, `\r`, `\t`, `\u{1b}`).
+///
+/// Error messages come from Error records anyone who can write the response
+/// topic can forge; raw, an `ESC]0;…` would retitle the window, an `ESC[2J`
+/// clear it, and a newline fake a second line of output.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_SHOWN_CHARS + 64));
+    for (i, (at, c)) in text.char_indices().enumerate() {
+        if i == MAX_SHOWN_CHARS {
+            out.push_str(&format!(" … ({} more bytes not shown)", text.len() - at));
+            break;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || is_invisible_format(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Longest message shown, in characters: a forged Error record can hold
+/// hundreds of kilobytes, more than anyone reads on a terminal.
+const MAX_SHOWN_CHARS: usize = 2000;
+
+/// Characters that reorder or split what a terminal shows without being
+/// control characters: bidi marks, embeddings, overrides and isolates, and
+/// the Unicode line and paragraph separators.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            | '\u{2028}' | '\u{2029}'
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_text_becomes_one_visible_line() {
+        let hostile =
+            "bad\u{1b}]0;owned\u{7}\u{1b}[2J\r\nsecond line\u{9b}31m\u{202e}txt.exe\u{2028}end";
+        let shown = one_line(hostile);
+        assert_eq!(
+            shown,
+            "bad\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\r\\nsecond line\\u{9b}31m\\u{202e}txt.exe\\u{2028}end"
+        );
+        assert!(!shown.chars().any(|c| c.is_control()));
+        assert_eq!(one_line("café: 'a' \\ b ✓"), "café: 'a' \\ b ✓");
+        let long = format!("{}é{}", "a".repeat(MAX_SHOWN_CHARS), "b".repeat(5000));
+        let shown = one_line(&long);
+        assert!(shown.ends_with(" … (5002 more bytes not shown)"), "{shown}");
+        assert!(shown.starts_with(&"a".repeat(MAX_SHOWN_CHARS)));
+    }
 
     #[test]
     fn json_summary_has_every_field() {

@@ -517,7 +517,16 @@ pub struct ApiState {
     /// What issued tokens start with, before their serial number; `token-`
     /// when unset. A test searching logs for tokens sets a distinctive one.
     pub token_prefix: Mutex<Option<String>>,
+    /// When non-zero, the token endpoint refuses every request with this
+    /// status and a body that repeats the request, headers included, as some
+    /// endpoints do: JSON whose `error` is the `Authorization` value for 400,
+    /// an OAuth error with the request in `error_description` for 401, plain
+    /// text otherwise. Each body contains [`ECHO_MARKER`].
+    pub echo_refusal: AtomicU16,
 }
+
+/// Text in every body the echoing token endpoint sends.
+pub const ECHO_MARKER: &str = "echoed-by-the-token-endpoint";
 
 impl ApiState {
     pub fn requests(&self) -> Vec<Recorded> {
@@ -896,17 +905,34 @@ async fn token_endpoint(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode("test-client:s3cret%2Fx")
     );
-    let auth_ok = req
+    let authorization = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == expected);
+        .unwrap_or("")
+        .to_string();
+    let auth_ok = authorization == expected;
     let body = req
         .into_body()
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    let echo = state.echo_refusal.load(Ordering::SeqCst);
+    if echo != 0 {
+        state.token_refusals.lock().unwrap().push("echoed".into());
+        let request = format!(
+            "{ECHO_MARKER}: POST /oauth/token\r\nAuthorization: {authorization}\r\n\u{1b}[2J\r\n{}",
+            String::from_utf8_lossy(&body)
+        );
+        let answer = match echo {
+            400 => serde_json::json!({"error": authorization, "request": request}).to_string(),
+            401 => serde_json::json!({"error": "invalid_client", "error_description": request})
+                .to_string(),
+            _ => request,
+        };
+        return Ok(text(StatusCode::from_u16(echo).unwrap(), answer));
+    }
     let form = form_decode(&String::from_utf8_lossy(&body));
     let refuse = |why: String| {
         state.token_refusals.lock().unwrap().push(why.clone());

@@ -56,6 +56,7 @@ async fn secrets_stay_out_of_logs_at_trace_level() {
         .args(["--endpoint", "/api/upload"])
         .args(["-H", "Authorization: Bearer caller-token-7f3a9"])
         .args(["-H", "Cookie: session=caller-cookie-51c2"])
+        .args(["-H", "X-Unlisted: 1"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -103,8 +104,27 @@ async fn secrets_stay_out_of_logs_at_trace_level() {
     let portal_log = portal.log();
     // Our crate has nothing below DEBUG to say; the filter was at TRACE.
     assert!(
-        portal_log.contains("dropping header Authorization"),
+        portal_log.contains("dropping header X-Unlisted"),
         "the portal logged at its most verbose level:\n{portal_log}"
+    );
+    assert!(
+        send_log.contains("not sending Authorization, Cookie"),
+        "{send_log}"
+    );
+    let mut in_kafka = Vec::new();
+    for p in 0..3 {
+        for r in records_in(&topics, &topics.request, p).await {
+            in_kafka.extend(r.value.unwrap_or_default());
+            for (k, v) in r.headers {
+                in_kafka.extend(k.into_bytes());
+                in_kafka.extend(v);
+            }
+        }
+    }
+    assert_eq!(
+        leaks(&String::from_utf8_lossy(&in_kafka), &secrets),
+        Vec::<&str>::new(),
+        "request records"
     );
     assert_eq!(
         leaks(&portal_log, &secrets),
