@@ -13,6 +13,8 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
 
+use crate::file_read::{self, Kind};
+
 /// `KAFKA_SECURITY_PROTOCOL`: Kafka's own names for the four combinations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SecurityProtocol {
@@ -174,7 +176,8 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, S
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(path) = ca_file {
-        let pem = crate::tls::read_pem(path).map_err(|why| format!("KAFKA_SSL_CA_FILE: {why}"))?;
+        let pem = file_read::read("KAFKA_SSL_CA_FILE", path, Kind::Certificates)
+            .map_err(|e| e.to_string())?;
         let mut added = 0;
         for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| {
