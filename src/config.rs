@@ -1,7 +1,8 @@
 //! Settings: flags, environment variables, an optional TOML file, defaults.
 //!
 //! Precedence is flag > environment > file > default. clap merges the first
-//! two (each flag names its variable); the file is read with confy, and
+//! two (each flag names its variable); the file is read through
+//! [`crate::file_read`] and parsed as TOML, and
 //! [`PortalConfig::resolve`] / [`SendConfig::resolve`] fill in the rest.
 //! Invalid values fail at start with a message naming the setting.
 
@@ -301,7 +302,7 @@ pub struct SendArgs {
         requires = "multipart"
     )]
     pub field: String,
-    /// Write the response body here instead of standard output
+    /// Write the response body to this regular file (replaced once the body is verified); '-' is standard output
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Print the job id and exit once the broker has every record; `kafkasend wait JOB_ID` picks the response up later
@@ -333,7 +334,7 @@ pub struct WaitArgs {
     /// The job id `send --no-wait` printed
     #[arg(value_name = "JOB_ID")]
     pub job: String,
-    /// Write the response body here instead of standard output
+    /// Write the response body to this regular file (replaced once the body is verified); '-' is standard output
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Seconds to wait for the response, counted from the last record received [default: 300]
@@ -425,32 +426,32 @@ impl std::fmt::Debug for FileConfig {
     }
 }
 
-/// Reads the `--config` file with confy. A missing file, a TOML syntax error,
-/// an unknown key or a bad value is an error of one line naming the file, the
-/// line and the key.
+/// The setting that names the config file, as its errors say.
+const CONFIG_SETTING: &str = "--config (KAFKASEND_CONFIG)";
+
+/// Reads the `--config` file. A file that is missing, is not a regular file
+/// or is too large, a TOML syntax error, an unknown key or a bad value is an
+/// error of one line naming the file (and the line and the key).
 pub fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
     let Some(path) = path else {
         return Ok(FileConfig::default());
     };
-    if !path.is_file() {
-        bail!("config file {} does not exist", path.display());
-    }
-    confy::load_path(path).map_err(|e| match e {
-        confy::ConfyError::BadTomlData(toml) => {
-            // confy does not hand back the text it read, and the error's
-            // span becomes a line number only against it: read it again.
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            anyhow::anyhow!(
-                "{}: {}",
-                path.display(),
-                describe_toml_error(&text, toml.message(), toml.span())
-            )
-        }
-        other => anyhow::anyhow!(
-            "config file {} cannot be read: {}",
+    // Not confy::load_path: it reads whatever the path holds, without a cap,
+    // and writes a default file where none exists.
+    let bytes = crate::file_read::read(CONFIG_SETTING, path, crate::file_read::Kind::Config)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{CONFIG_SETTING}: {} is not UTF-8 text (byte {} is not), so it is not a TOML file",
             path.display(),
-            crate::http_dispatch::error_chain(&other)
-        ),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {}",
+            path.display(),
+            describe_toml_error(&text, e.message(), e.span())
+        )
     })
 }
 
@@ -1058,8 +1059,11 @@ fn resolve_oauth(
 
 /// Reads `OAUTH2_CLIENT_ASSERTION_KEY_FILE`; errors never quote the file.
 fn read_key_file(path: &Path) -> anyhow::Result<Vec<u8>> {
-    crate::tls::read_pem(path)
-        .map_err(|why| anyhow::anyhow!("OAUTH2_CLIENT_ASSERTION_KEY_FILE: {why}"))
+    Ok(crate::file_read::read(
+        "OAUTH2_CLIENT_ASSERTION_KEY_FILE",
+        path,
+        crate::file_read::Kind::Key,
+    )?)
 }
 
 /// Parses `PORTAL_TOKEN_REFRESH_STATUSES`: comma-separated 4xx codes, at least one.
@@ -1158,7 +1162,7 @@ pub struct SendConfig {
 impl SendConfig {
     /// Resolves flags, environment, file and defaults.
     pub fn resolve(a: &SendArgs) -> anyhow::Result<Self> {
-        if a.json && a.output.is_none() && !a.no_wait {
+        if a.json && crate::output::is_stdout(a.output.as_deref()) && !a.no_wait {
             bail!("--json needs --output FILE (or --no-wait), so the response body and the summary do not mix on stdout");
         }
         let f = load_file(a.kafka.config.as_deref())?;
@@ -1185,7 +1189,7 @@ impl SendConfig {
 
     /// Resolves the settings of `kafkasend wait`.
     pub fn resolve_wait(a: &WaitArgs) -> anyhow::Result<Self> {
-        if a.json && a.output.is_none() {
+        if a.json && crate::output::is_stdout(a.output.as_deref()) {
             bail!("--json needs --output FILE, so the response body and the summary do not mix on stdout");
         }
         let f = load_file(a.kafka.config.as_deref())?;
@@ -1312,6 +1316,28 @@ mod tests {
             let err = load_file(Some(file.path())).unwrap_err().to_string();
             assert!(err.contains(want), "{toml:?}: {err}");
             assert_eq!(err.lines().count(), 1, "{toml:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_config_path_that_is_no_toml_file_says_what_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("binary.toml");
+        std::fs::write(&binary, b"timeout = 5\n\xff\xfe").unwrap();
+        let cases = [
+            (
+                Path::new("/dev/zero"),
+                "is a character device, not a regular file",
+            ),
+            (dir.path(), "is a directory, not a file"),
+            (&dir.path().join("absent.toml"), "does not exist"),
+            (&binary, "is not UTF-8 text (byte 12 is not)"),
+        ];
+        for (path, problem) in cases {
+            let err = load_file(Some(path)).unwrap_err().to_string();
+            let want = format!("--config (KAFKASEND_CONFIG): {} {problem}", path.display());
+            assert!(err.starts_with(&want), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
         }
     }
 
@@ -1557,7 +1583,7 @@ mod tests {
             ),
             (
                 &["--oauth2-client-assertion-key-file", "/nonexistent/key.pem"],
-                "OAUTH2_CLIENT_ASSERTION_KEY_FILE: cannot read",
+                "OAUTH2_CLIENT_ASSERTION_KEY_FILE: /nonexistent/key.pem does not exist",
             ),
             (
                 &["--oauth2-client-assertion-key-file", &garbage],

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
 
+use crate::file_read::{self, Kind};
 use crate::server_trust::ListedCertVerifier;
 
 /// `KAFKA_SECURITY_PROTOCOL`: Kafka's own names for the four combinations.
@@ -178,7 +179,8 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, S
     };
     let mut listed = Vec::new();
     if let Some(path) = ca_file {
-        let pem = crate::tls::read_pem(path).map_err(|why| format!("KAFKA_SSL_CA_FILE: {why}"))?;
+        let pem = file_read::read("KAFKA_SSL_CA_FILE", path, Kind::Certificates)
+            .map_err(|e| e.to_string())?;
         for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| {
                 format!(

@@ -5,7 +5,8 @@
 //! - [`send`] is the client side. It frames a request with [`chunker`] into
 //!   records ([`wire`]), keyed by the job id and placed by [`partitioner`]
 //!   exactly as Kafka's Java client would, produces them through [`kafka`],
-//!   then follows its reply partition and verifies the streamed response.
+//!   then follows its reply partition and verifies the streamed response,
+//!   which [`output`] writes to standard output or a regular file.
 //! - [`portal`] runs next to the API. Per request partition it reads records,
 //!   hands them to an [`assembler`] (memory or spool file, CRC and SHA-256
 //!   checked), and runs each completed job as a task that calls the API with
@@ -16,6 +17,7 @@
 //! - [`policy`] decides which requests may reach the API.
 //! - [`config`] resolves flags, environment, file and defaults for both;
 //!   [`config_show`] prints the result and where each value came from.
+//!   Every key, certificate and config file is read through [`file_read`].
 //! - [`completions`] writes shell completion scripts; [`health_check`] is the
 //!   probe a container's HEALTHCHECK runs.
 //! - [`admin`] serves a portal's `/healthz`, `/readyz` and `/metrics`;
@@ -32,6 +34,7 @@ pub mod chunker;
 pub mod completions;
 pub mod config;
 pub mod config_show;
+pub mod file_read;
 pub mod group;
 pub mod health_check;
 pub mod http_dispatch;
@@ -39,6 +42,7 @@ pub mod kafka;
 pub mod kafka_security;
 pub mod logging;
 pub mod memory;
+pub mod output;
 pub mod partitioner;
 pub mod policy;
 pub mod portal;

@@ -6,18 +6,20 @@
 //! response streams to its destination as it arrives and is verified at the end.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rskafka::client::partition::PartitionClient;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::chunker::{hex, read_chunk, Chunker};
 use crate::config::{KafkaConfig, SendArgs, SendConfig, WaitArgs};
 use crate::kafka::{self, KafkaError, PartitionCache};
+use crate::output::{OutputError, Sink};
 use crate::partitioner::partition_for_key;
 use crate::ui::{Progress, Report};
 use crate::wire::{self, Body, ErrorCategory, Frame, JobId, RequestStart};
@@ -58,11 +60,14 @@ pub enum SendError {
         /// Last error seen.
         detail: String,
     },
-    /// The user interrupted the wait.
-    #[error("interrupted while waiting for job {job}; the portal may still answer it")]
+    /// The user interrupted (Ctrl-C).
+    #[error("interrupted{}", match job {
+        Some(job) => format!(" during job {job}; the portal may still answer it (kafkasend wait {job})"),
+        None => " before the request was sent".to_string(),
+    })]
     Interrupted {
-        /// Job id.
-        job: JobId,
+        /// Job id, when the job had begun.
+        job: Option<JobId>,
     },
     /// The portal refused the request.
     #[error("the portal refused the request ({category}): {message}")]
@@ -97,6 +102,15 @@ impl SendError {
             Self::Kafka(_) | Self::BrokerLost { .. } => 7,
             Self::Timeout { .. } => 28,
             Self::Interrupted { .. } => 130,
+        }
+    }
+}
+
+impl From<OutputError> for SendError {
+    fn from(e: OutputError) -> Self {
+        match e {
+            OutputError::Refused(why) => Self::Usage(why),
+            OutputError::Io(why) => Self::Io(why),
         }
     }
 }
@@ -359,31 +373,32 @@ impl Outcome {
     }
 }
 
-/// How the response is shown: where the body goes and what stderr gets.
-#[derive(Debug, Clone, Copy)]
-struct Show<'a> {
-    output: Option<&'a Path>,
-    /// Status line and progress bar on stderr.
-    chatty: bool,
-}
-
 /// Runs one send; `report` collects what `--json` prints, also on failure.
 pub async fn run(
     args: &SendArgs,
     cfg: &SendConfig,
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
-    // A bad command line or an unreadable body is reported before the broker.
-    let (prepared, body_sha256) = prepare_signed(args, cfg).await?;
-    let link = Link::open(&cfg.kafka, "kafkasend-send").await?;
-    transmit(&link, prepared, body_sha256, args, cfg, report).await
+    // A bad command line, an unreadable body or an output that cannot be
+    // written is reported before the broker.
+    let prepared = prepare_and_warn(args)?;
+    let mut interrupt = watch_interrupt()?;
+    let sink = open_sink(args)?;
+    let result = tokio::select! {
+        biased;
+        _ = interrupt.recv() => Err(SendError::Interrupted { job: None }),
+        r = async {
+            let body_sha256 = signed_digest(&prepared, cfg).await?;
+            let link = Link::open(&cfg.kafka, "kafkasend-send").await?;
+            transmit(&link, prepared, body_sha256, sink, args, cfg, report).await
+        } => r,
+    };
+    with_job(result, report)
 }
 
-/// The request, and its body's digest when the request is to be signed.
-async fn prepare_signed(
-    args: &SendArgs,
-    cfg: &SendConfig,
-) -> Result<(Prepared, Option<[u8; 32]>), SendError> {
+/// [`prepare`], then one warning on stderr naming the headers it dropped
+/// (names only: their values may be credentials).
+fn prepare_and_warn(args: &SendArgs) -> Result<Prepared, SendError> {
     let prepared = prepare(args)?;
     if !prepared.dropped.is_empty() {
         eprintln!(
@@ -392,11 +407,44 @@ async fn prepare_signed(
             if prepared.dropped.len() == 1 { "it" } else { "them" }
         );
     }
-    let body_sha256 = match &cfg.signer {
-        Some(_) => body_digest(&prepared).await?,
-        None => None,
-    };
-    Ok((prepared, body_sha256))
+    Ok(prepared)
+}
+
+/// Where the response goes, opened before the request is sent; none with
+/// `--no-wait`, which takes no response.
+fn open_sink(args: &SendArgs) -> Result<Option<Sink>, SendError> {
+    if args.no_wait {
+        return Ok(None);
+    }
+    Ok(Some(Sink::open(args.output.as_deref())?))
+}
+
+/// Takes Ctrl-C from now on, so that stopping drops the work under way
+/// (and with it a part file) instead of ending the process on the spot.
+fn watch_interrupt() -> Result<Signal, SendError> {
+    signal(SignalKind::interrupt())
+        .map_err(|e| SendError::Io(format!("cannot watch for Ctrl-C: {e}")))
+}
+
+/// Names the job in an interruption, once the job had begun.
+fn with_job(result: Result<Outcome, SendError>, report: &Report) -> Result<Outcome, SendError> {
+    match result {
+        Err(SendError::Interrupted { job: None }) => {
+            Err(SendError::Interrupted { job: report.job })
+        }
+        other => other,
+    }
+}
+
+/// The body's digest when the request is to be signed.
+async fn signed_digest(
+    prepared: &Prepared,
+    cfg: &SendConfig,
+) -> Result<Option<[u8; 32]>, SendError> {
+    match &cfg.signer {
+        Some(_) => body_digest(prepared).await,
+        None => Ok(None),
+    }
 }
 
 /// Sends one request over an open [`Link`], as [`run`] does: for programs
@@ -408,8 +456,18 @@ pub async fn run_on(
     cfg: &SendConfig,
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
-    let (prepared, body_sha256) = prepare_signed(args, cfg).await?;
-    transmit(link, prepared, body_sha256, args, cfg, report).await
+    let prepared = prepare_and_warn(args)?;
+    let mut interrupt = watch_interrupt()?;
+    let sink = open_sink(args)?;
+    let result = tokio::select! {
+        biased;
+        _ = interrupt.recv() => Err(SendError::Interrupted { job: None }),
+        r = async {
+            let body_sha256 = signed_digest(&prepared, cfg).await?;
+            transmit(link, prepared, body_sha256, sink, args, cfg, report).await
+        } => r,
+    };
+    with_job(result, report)
 }
 
 /// A client connected to the request and response topics, with the
@@ -449,6 +507,7 @@ async fn transmit(
     link: &Link,
     prepared: Prepared,
     body_sha256: Option<[u8; 32]>,
+    sink: Option<Sink>,
     args: &SendArgs,
     cfg: &SendConfig,
     report: &mut Report,
@@ -471,16 +530,18 @@ async fn transmit(
     // Note where the reply partition ends before producing anything, so a
     // reply however quick lands after this offset.
     let (reply_tx, mut reply_rx) = mpsc::channel(8);
-    let reader = if args.no_wait {
-        None
-    } else {
-        let reply_pc = link.replies.get(reply_partition).await?;
-        let from = kafka::end_offset(&reply_pc, limit).await?;
-        // Stopped however this function returns: left running, it would
-        // long-poll on a connection the `Link` uses again.
-        Some(AbortOnDrop(tokio::spawn(follow_replies(
-            reply_pc, from, job, reply_tx, limit,
-        ))))
+    let waiting = match sink {
+        None => None,
+        Some(sink) => {
+            let reply_pc = link.replies.get(reply_partition).await?;
+            let from = kafka::end_offset(&reply_pc, limit).await?;
+            // Stopped however this function returns: left running, it would
+            // long-poll on a connection the `Link` uses again.
+            let reader = AbortOnDrop(tokio::spawn(follow_replies(
+                reply_pc, from, job, reply_tx, limit,
+            )));
+            Some((sink, reader))
+        }
     };
     let request_pc = link.requests.get(request_partition).await?;
 
@@ -591,18 +652,13 @@ async fn transmit(
         );
     }
 
-    let Some(reader) = reader else {
+    let Some((sink, reader)) = waiting else {
         if !args.json {
             println!("{job}");
         }
         return Ok(Outcome { job, status: None });
     };
-    // Ctrl-C while waiting: stop cleanly, so an unfinished `--output`
-    // file does not stay behind.
-    let result = tokio::select! {
-        r = receive(Show { output: args.output.as_deref(), chatty }, cfg, job, early, &mut reply_rx, report) => r,
-        _ = tokio::signal::ctrl_c() => Err(SendError::Interrupted { job }),
-    };
+    let result = receive(sink, chatty, cfg, job, early, &mut reply_rx, report).await;
     drop(reader);
     result
 }
@@ -650,13 +706,32 @@ pub async fn wait(
     cfg: &SendConfig,
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
-    let job: JobId = args.job.trim().parse().map_err(|_| {
+    let job: JobId = args.job.trim().parse().map_err(|why| {
         usage(format!(
-            "'{}' is not a job id; use the 26-character id `send --no-wait` printed",
-            args.job
+            "'{}' is not a job id: {why}; use the id `send --no-wait` printed",
+            args.job.escape_debug()
         ))
     })?;
     report.job = Some(job);
+    let mut interrupt = watch_interrupt()?;
+    let sink = Sink::open(args.output.as_deref())?;
+    let chatty = !args.quiet && !args.json;
+    tokio::select! {
+        biased;
+        _ = interrupt.recv() => Err(SendError::Interrupted { job: Some(job) }),
+        r = follow_job(job, sink, chatty, cfg, report) => r,
+    }
+}
+
+/// Reads the reply partition of `job` from shortly before its time, and
+/// receives its answer into `sink`.
+async fn follow_job(
+    job: JobId,
+    sink: Sink,
+    chatty: bool,
+    cfg: &SendConfig,
+    report: &mut Report,
+) -> Result<Outcome, SendError> {
     let kcfg = &cfg.kafka;
     let limit = kcfg.timeout;
     let client = kafka::connect(&kcfg.settings("kafkasend-wait")).await?;
@@ -675,14 +750,16 @@ pub async fn wait(
     let reader = AbortOnDrop(tokio::spawn(follow_replies(
         reply_pc, from, job, reply_tx, limit,
     )));
-    let show = Show {
-        output: args.output.as_deref(),
-        chatty: !args.quiet && !args.json,
-    };
-    let result = tokio::select! {
-        r = receive(show, cfg, job, VecDeque::new(), &mut reply_rx, report) => r,
-        _ = tokio::signal::ctrl_c() => Err(SendError::Interrupted { job }),
-    };
+    let result = receive(
+        sink,
+        chatty,
+        cfg,
+        job,
+        VecDeque::new(),
+        &mut reply_rx,
+        report,
+    )
+    .await;
     drop(reader);
     result
 }
@@ -767,98 +844,11 @@ fn error_from_portal(category: ErrorCategory, message: String) -> SendError {
     }
 }
 
-/// Where the response body goes: stdout, or `FILE.<job>.part` renamed to `FILE`
-/// once the body is complete and verified.
-struct Sink {
-    out: Box<dyn AsyncWrite + Unpin + Send>,
-    part: Option<(PathBuf, PathBuf)>,
-    /// Bytes written to `out` so far.
-    written: u64,
-}
-
-impl Sink {
-    async fn open(output: Option<&Path>) -> Result<Self, SendError> {
-        match output {
-            None => Ok(Self {
-                out: Box::new(tokio::io::BufWriter::new(tokio::io::stdout())),
-                part: None,
-                written: 0,
-            }),
-            Some(path) => {
-                // A fresh name nobody else uses, created exclusively: never
-                // truncates an existing file or follows a planted symlink.
-                let mut part = path.as_os_str().to_owned();
-                part.push(format!(".{}.part", JobId::new()));
-                let part = PathBuf::from(part);
-                let f = tokio::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&part)
-                    .await
-                    .map_err(|e| SendError::Io(format!("cannot create {}: {e}", part.display())))?;
-                Ok(Self {
-                    out: Box::new(tokio::io::BufWriter::new(f)),
-                    part: Some((part, path.to_path_buf())),
-                    written: 0,
-                })
-            }
-        }
-    }
-
-    async fn write(&mut self, data: &[u8]) -> Result<(), SendError> {
-        self.written += data.len() as u64;
-        self.out
-            .write_all(data)
-            .await
-            .map_err(|e| SendError::Io(format!("writing the response failed: {e}")))
-    }
-
-    /// Empties the output to take a response from the start again; `false`
-    /// when that is impossible (body bytes already went to stdout).
-    async fn restart(&mut self) -> Result<bool, SendError> {
-        let Some((part, _)) = &self.part else {
-            return Ok(self.written == 0);
-        };
-        let f = tokio::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(part)
-            .await
-            .map_err(|e| SendError::Io(format!("cannot restart {}: {e}", part.display())))?;
-        self.out = Box::new(tokio::io::BufWriter::new(f));
-        self.written = 0;
-        Ok(true)
-    }
-
-    async fn commit(mut self) -> Result<(), SendError> {
-        self.out
-            .flush()
-            .await
-            .map_err(|e| SendError::Io(format!("writing the response failed: {e}")))?;
-        if let Some((part, dest)) = self.part.take() {
-            tokio::fs::rename(&part, &dest).await.map_err(|e| {
-                SendError::Io(format!(
-                    "cannot move {} to {}: {e}",
-                    part.display(),
-                    dest.display()
-                ))
-            })?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        // Not committed: a partial or unverified body must not look complete.
-        if let Some((part, _)) = self.part.take() {
-            let _ = std::fs::remove_file(part);
-        }
-    }
-}
-
+/// Receives the answer to `job` into `sink`; `chatty` puts the status line
+/// and a progress bar on stderr.
 async fn receive(
-    show: Show<'_>,
+    mut sink: Sink,
+    chatty: bool,
     cfg: &SendConfig,
     job: JobId,
     mut early: VecDeque<Reply>,
@@ -873,7 +863,6 @@ async fn receive(
     // many retries the reader reports meanwhile.
     let mut idle_deadline = tokio::time::Instant::now() + cfg.timeout;
     let mut status: Option<u16> = None;
-    let mut sink: Option<Sink> = None;
     let mut hasher = Sha256::new();
     let mut received = 0u64;
     let mut chunks = 0u32;
@@ -920,10 +909,8 @@ async fn receive(
         // retry duplicates a record right after itself, never later): start
         // over where the output allows it, else keep to the first answer.
         let second_answer = frame.seq == 0 && received > 0;
-        if let (true, Body::ResponseStart(rs), Some(s)) =
-            (second_answer, &frame.body, sink.as_mut())
-        {
-            if s.restart().await? {
+        if let (true, Body::ResponseStart(rs)) = (second_answer, &frame.body) {
+            if sink.restart().await? {
                 log::info!(
                     "job {job}: a second answer arrived (the job was taken over); starting over"
                 );
@@ -950,7 +937,7 @@ async fn receive(
         expected_seq += 1;
         match frame.body {
             Body::ResponseStart(rs) if status.is_none() => {
-                if show.chatty {
+                if chatty {
                     let line = format!("HTTP {} {}", rs.status, reason(rs.status));
                     eprintln!("{}", crate::ui::one_line(&line));
                 }
@@ -958,12 +945,7 @@ async fn receive(
                 report.status = status;
                 // A bar on stderr while the body goes to a file; not over a
                 // body streaming to the same terminal.
-                progress = Progress::new(
-                    "download",
-                    rs.body_len,
-                    show.chatty && show.output.is_some(),
-                );
-                sink = Some(Sink::open(show.output).await?);
+                progress = Progress::new("download", rs.body_len, chatty && sink.is_file());
             }
             Body::Chunk(info) if status.is_some() => {
                 if wire::checksum(&payload) != info.crc32c {
@@ -982,9 +964,7 @@ async fn receive(
                 received += payload.len() as u64;
                 chunks += 1;
                 progress.add(payload.len() as u64);
-                if let Some(s) = sink.as_mut() {
-                    s.write(&payload).await?;
-                }
+                sink.write(&payload).await?;
             }
             Body::End(end) if status.is_some() => {
                 let digest: [u8; 32] = std::mem::take(&mut hasher).finalize().into();
@@ -1001,9 +981,7 @@ async fn receive(
                         hex(&end.sha256)
                     )));
                 }
-                if let Some(s) = sink.take() {
-                    s.commit().await?;
-                }
+                sink.commit().await?;
                 progress.finish();
                 report.bytes_received = received;
                 report.digest_verified = true;
@@ -1035,6 +1013,7 @@ fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn headers_parse_or_explain() {
@@ -1093,12 +1072,18 @@ mod tests {
         for i in items {
             tx.send(i).await.unwrap();
         }
-        let show = Show {
-            output: Some(output),
-            chatty: false,
-        };
+        let sink = Sink::open(Some(output))?;
         let mut report = Report::default();
-        receive(show, &config(), job, VecDeque::new(), &mut rx, &mut report).await
+        receive(
+            sink,
+            false,
+            &config(),
+            job,
+            VecDeque::new(),
+            &mut rx,
+            &mut report,
+        )
+        .await
     }
 
     #[tokio::test]

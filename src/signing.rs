@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::chunker::hex;
+use crate::file_read::{self, Kind};
 pub use crate::wire::SIGNATURE_HEADER;
 use crate::wire::{JobId, RequestStart};
 
@@ -124,8 +125,8 @@ impl Signer {
     /// Loads the private key in `path` (setting `KAFKASEND_SIGNING_KEY_FILE`);
     /// signatures will be valid for `ttl`.
     pub fn from_pem_file(path: &Path, ttl: Duration) -> Result<Self, KeyError> {
-        let pem = crate::tls::read_pem(path)
-            .map_err(|why| KeyError(format!("KAFKASEND_SIGNING_KEY_FILE: {why}")))?;
+        let pem = file_read::read("KAFKASEND_SIGNING_KEY_FILE", path, Kind::Key)
+            .map_err(|e| KeyError(e.to_string()))?;
         Self::from_pem(&pem, ttl).map_err(|why| {
             KeyError(format!(
                 "KAFKASEND_SIGNING_KEY_FILE: {} {why}",
@@ -211,8 +212,8 @@ impl TrustedKeys {
     pub fn load(list: &str, max_ttl: Duration) -> Result<Self, KeyError> {
         let mut keys = Vec::new();
         for file in list.split(',').map(str::trim).filter(|f| !f.is_empty()) {
-            let pem = crate::tls::read_pem(Path::new(file))
-                .map_err(|why| KeyError(format!("PORTAL_TRUSTED_KEYS: {why}")))?;
+            let pem = file_read::read("PORTAL_TRUSTED_KEYS", Path::new(file), Kind::Key)
+                .map_err(|e| KeyError(e.to_string()))?;
             let (kind, key) = public_key(&pem)
                 .map_err(|why| KeyError(format!("PORTAL_TRUSTED_KEYS: {file} {why}")))?;
             let name = Path::new(file)

@@ -17,10 +17,8 @@ use std::sync::Arc;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::file_read::{self, Kind, ReadError};
 use crate::server_trust::ListedCertVerifier;
-
-/// Largest PEM file read; certificates and keys are a few KiB.
-const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
 /// A TLS setting that cannot be used.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,6 +28,12 @@ pub struct TlsError {
     pub setting: &'static str,
     /// What is wrong, without any key material.
     pub detail: String,
+}
+
+impl From<ReadError> for TlsError {
+    fn from(e: ReadError) -> Self {
+        Self::new(e.setting, e.detail())
+    }
 }
 
 impl TlsError {
@@ -143,30 +147,12 @@ impl ApiTls {
     }
 }
 
-fn read_pem_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    read_pem(path).map_err(|why| TlsError::new(setting, why))
-}
-
-/// Reads a PEM file of certificates or keys, refusing one larger than any
-/// such file could be; the error (without the setting's name) never quotes it.
-pub fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
-    let cant = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
-    let len = std::fs::metadata(path).map_err(cant)?.len();
-    if len > MAX_PEM_BYTES {
-        return Err(format!(
-            "{} has {len} bytes; a PEM file of certificates or a key has at most {MAX_PEM_BYTES}",
-            path.display()
-        ));
-    }
-    std::fs::read(path).map_err(cant)
-}
-
 /// Every certificate in a PEM file; at least one.
 pub fn read_certs(
     setting: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = read_pem_file(setting, path)?;
+    let bytes = file_read::read(setting, path, Kind::Certificates)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
@@ -193,7 +179,7 @@ pub fn read_private_key(
     setting: &'static str,
     path: &Path,
 ) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = read_pem_file(setting, path)?;
+    let bytes = file_read::read(setting, path, Kind::Key)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
         let why = match e {
             pem::Error::NoItemsFound => {

@@ -71,10 +71,43 @@ impl std::fmt::Display for JobId {
     }
 }
 
+/// Why a text is not a job id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobIdError {
+    /// Not 26 characters long.
+    #[error("it has {0} characters; a job id has 26")]
+    Length(usize),
+    /// A character outside Crockford's base32 alphabet.
+    #[error("character {position} is not one of 0-9 and A-Z without I, L, O and U")]
+    Digit {
+        /// 1-based position of the first bad character.
+        position: usize,
+    },
+    /// 26 digits that hold more than 128 bits.
+    #[error("it starts with '{0}', and a job id starts with 0 to 7 (a larger first digit overflows 128 bits)")]
+    Overflow(char),
+}
+
 impl std::str::FromStr for JobId {
-    type Err = ulid::DecodeError;
+    type Err = JobIdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(Ulid::from_string(s)?.to_bytes()))
+        let count = s.chars().count();
+        if count != 26 {
+            return Err(JobIdError::Length(count));
+        }
+        let alphabet = |c: char| c.is_ascii_alphanumeric() && !"IiLlOoUu".contains(c);
+        if let Some(i) = s.chars().position(|c| !alphabet(c)) {
+            return Err(JobIdError::Digit { position: i + 1 });
+        }
+        // 26 digits of 5 bits are 130 bits; the `ulid` decoder shifts the
+        // two extra bits out, so `8ZZ…` would read as another job's id.
+        let first = s.chars().next().unwrap_or('0');
+        if first > '7' {
+            return Err(JobIdError::Overflow(first));
+        }
+        Ulid::from_string(s)
+            .map(|u| Self(u.to_bytes()))
+            .map_err(|_| JobIdError::Digit { position: 1 })
     }
 }
 
@@ -444,6 +477,46 @@ mod tests {
         let text = id.to_string();
         assert_eq!(text.len(), 26);
         assert_eq!(text.parse::<JobId>().unwrap(), id);
+        assert_eq!(text.to_lowercase().parse::<JobId>().unwrap(), id);
         assert_eq!(id.key(), text.into_bytes());
+        let max = "7ZZZZZZZZZZZZZZZZZZZZZZZZZ".parse::<JobId>().unwrap();
+        assert_eq!(max, JobId([0xff; 16]));
+        assert_eq!("00000000000000000000000000".parse(), Ok(JobId([0; 16])));
+    }
+
+    #[test]
+    fn job_id_text_that_is_no_ulid_is_refused() {
+        let cases = [
+            ("8ZZZZZZZZZZZZZZZZZZZZZZZZZ", JobIdError::Overflow('8')),
+            ("ZZZZZZZZZZZZZZZZZZZZZZZZZZ", JobIdError::Overflow('Z')),
+            ("z0000000000000000000000000", JobIdError::Overflow('z')),
+            ("01JDXK5Q7V8Y0C4J6N2W3R9T1", JobIdError::Length(25)),
+            ("01JDXK5Q7V8Y0C4J6N2W3R9T1MM", JobIdError::Length(27)),
+            ("", JobIdError::Length(0)),
+            (
+                "01JDXK5Q7V8Y0C4J6N2W3R9TIM",
+                JobIdError::Digit { position: 25 },
+            ),
+            (
+                "01JDXK5Q7V8Y0C4J6N2W3R9T-M",
+                JobIdError::Digit { position: 25 },
+            ),
+            (
+                "U1JDXK5Q7V8Y0C4J6N2W3R9T1M",
+                JobIdError::Digit { position: 1 },
+            ),
+            // 26 characters, more bytes: no panic on a char boundary.
+            (
+                "é1JDXK5Q7V8Y0C4J6N2W3R9T1M",
+                JobIdError::Digit { position: 1 },
+            ),
+            (
+                "01JDXK5Q7V8Y0C4J6N2W3R9T1é",
+                JobIdError::Digit { position: 26 },
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(text.parse::<JobId>(), Err(want.clone()), "{text}");
+        }
     }
 }

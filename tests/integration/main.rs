@@ -5,6 +5,7 @@ mod admin;
 mod cli;
 mod client;
 mod common;
+mod files;
 mod group;
 mod kafka_security;
 mod leaks;
