@@ -7,6 +7,7 @@ mod client;
 mod common;
 mod group;
 mod kafka_security;
+mod limits;
 mod oauth;
 mod policy;
 mod relay;
