@@ -955,13 +955,15 @@ fn resolve_policy(a: &PortalArgs, f: &FileConfig) -> anyhow::Result<crate::polic
     .map_err(|e| anyhow::anyhow!("PORTAL_ALLOWED_ENDPOINTS: {e}"))?;
     let max_header_count =
         pick(&a.max_header_count, &f.max_header_count).unwrap_or(defaults.max_header_count);
-    if !(1..=10_000).contains(&max_header_count) {
-        bail!("PORTAL_MAX_HEADER_COUNT must be between 1 and 10000, not {max_header_count}");
+    // Headers travel in one frame header, whose decoding the wire bounds: up
+    // to these maxima every request decodes and meets the policy.
+    let most = crate::wire::MAX_HEADERS;
+    if !(1..=most).contains(&max_header_count) {
+        bail!("PORTAL_MAX_HEADER_COUNT must be between 1 and {most}, not {max_header_count}");
     }
     let max_header_bytes =
         pick(&a.max_header_bytes, &f.max_header_bytes).unwrap_or(defaults.max_header_bytes);
-    // Headers travel in one frame header, which the wire limits.
-    let ceiling = crate::wire::MAX_HEADER_BYTES / 2;
+    let ceiling = crate::wire::MAX_HEADER_TEXT;
     if !(256..=ceiling).contains(&max_header_bytes) {
         bail!("PORTAL_MAX_HEADER_BYTES must be between 256 and {ceiling}, not {max_header_bytes}");
     }
