@@ -804,7 +804,7 @@ impl Assembler {
     fn memory_in_use(&self) -> String {
         let memory = &self.budgets.memory;
         format!(
-            "the portal's memory for requests is in use ({} of {} bytes, PORTAL_MAX_ASSEMBLY_MEMORY_BYTES)",
+            "the portal's memory for requests is full ({} of {} bytes in use, PORTAL_MAX_ASSEMBLY_MEMORY_BYTES)",
             memory.used(),
             memory.limit()
         )
