@@ -3,9 +3,9 @@
 //!
 //! [`Metrics`] holds every counter the portal updates; [`Readiness`] what
 //! `/readyz` answers from. Both are shared with [`crate::portal`], which
-//! updates them at a few call sites. Values that live elsewhere (spool bytes,
-//! token fetches) are read at scrape time by a collector, so their owners
-//! need not know about metrics at all.
+//! updates them at a few call sites. Values that live elsewhere (spool and
+//! memory bytes, token fetches) are read at scrape time by a collector, so
+//! their owners need not know about metrics at all.
 //!
 //! The listener is small on purpose: at most [`MAX_CONNECTIONS`] connections,
 //! one request each, a deadline for reading the head and for the whole
@@ -31,7 +31,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::assembler::SpoolBudget;
+use crate::assembler::Budgets;
 use crate::token_cache::TokenCache;
 use crate::wire::ErrorCategory;
 
@@ -87,14 +87,14 @@ pub struct Metrics {
 /// Values read from their owners at scrape time.
 #[derive(Debug)]
 struct Sampled {
-    spool: Arc<SpoolBudget>,
+    budgets: Budgets,
     /// Set once the portal has made its token cache (OAuth on).
     tokens: OnceLock<Arc<TokenCache>>,
 }
 
 impl Collector for Sampled {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let spool = ConstGauge::new(i64::try_from(self.spool.used()).unwrap_or(i64::MAX));
+        let spool = ConstGauge::new(i64::try_from(self.budgets.spool.used()).unwrap_or(i64::MAX));
         let m = encoder.encode_descriptor(
             "spool_bytes",
             "Bytes of spool files on disk, all jobs together",
@@ -102,6 +102,14 @@ impl Collector for Sampled {
             spool.metric_type(),
         )?;
         spool.encode(m)?;
+        let memory = ConstGauge::new(i64::try_from(self.budgets.memory.used()).unwrap_or(i64::MAX));
+        let m = encoder.encode_descriptor(
+            "assembly_memory_bytes",
+            "Bytes of memory held for requests, all jobs together",
+            None,
+            memory.metric_type(),
+        )?;
+        memory.encode(m)?;
         let (fetches, failures) = self
             .tokens
             .get()
@@ -126,8 +134,9 @@ impl Collector for Sampled {
 }
 
 impl Metrics {
-    /// Registers every metric; spool bytes are read from `spool` on each scrape.
-    pub fn new(spool: Arc<SpoolBudget>) -> Self {
+    /// Registers every metric; spool and memory bytes are read from
+    /// `budgets` on each scrape.
+    pub fn new(budgets: Budgets) -> Self {
         let mut registry = Registry::with_prefix("kafkasend");
         let jobs_started = Counter::default();
         let jobs_completed = Counter::default();
@@ -193,7 +202,7 @@ impl Metrics {
             partition_lag.clone(),
         );
         let sampled = Arc::new(Sampled {
-            spool,
+            budgets,
             tokens: OnceLock::new(),
         });
         registry.register_collector(Box::new(Arc::clone(&sampled)));
@@ -471,10 +480,11 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::assembler::Limits;
 
     #[test]
     fn metrics_render_with_labels_and_units() {
-        let m = Metrics::new(SpoolBudget::new(1 << 20));
+        let m = Metrics::new(Budgets::new(&Limits::default()));
         m.job_started(100);
         m.job_completed(42, Duration::from_millis(30));
         m.job_started(5);
@@ -492,6 +502,7 @@ mod tests {
             "kafkasend_kafka_errors_total{op=\"fetch\"} 1",
             "kafkasend_partition_lag{partition=\"2\"} 5",
             "kafkasend_spool_bytes 0",
+            "kafkasend_assembly_memory_bytes 0",
             "kafkasend_token_fetches_total 0",
             "kafkasend_jobs_in_flight 0",
         ] {
@@ -503,7 +514,7 @@ mod tests {
 
     #[test]
     fn gauges_follow_guards_and_deltas() {
-        let m = Metrics::new(SpoolBudget::new(1 << 20));
+        let m = Metrics::new(Budgets::new(&Limits::default()));
         let g = m.in_flight();
         assert!(m
             .render()

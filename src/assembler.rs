@@ -1,11 +1,13 @@
 //! Reassembles requests from their frames, many jobs interleaved on one
 //! partition, tolerating duplicated and reordered chunks.
 //!
-//! Memory per job is bounded: a body stays in memory up to the spool
-//! threshold and moves to an unlinked temporary file beyond it, so the file
-//! disappears with the job whatever happens. A job completes only when every
-//! chunk has arrived and the body's SHA-256 matches the `End` frame, so the
-//! target API never receives a body whose digest does not match.
+//! Memory is bounded per job and for all jobs together: a body stays in
+//! memory while it arrives without gaps, stays under the spool threshold and
+//! fits the portal's memory [`Budget`]; otherwise it moves to an unlinked
+//! temporary file, which disappears with the job whatever happens. A job
+//! completes only when every chunk has arrived and the body's SHA-256 matches
+//! the `End` frame, so the target API never receives a body whose digest does
+//! not match.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -36,8 +38,11 @@ pub struct Limits {
     /// Most chunks one body may have; bounds the per-job bookkeeping.
     pub max_chunks: usize,
     /// Most bytes of spool files on disk at once, shared by every assembler
-    /// of a portal through one [`SpoolBudget`].
+    /// of a portal through [`Budgets::spool`].
     pub max_spool_bytes: u64,
+    /// Most bytes of memory held for requests, shared by every assembler of
+    /// a portal through [`Budgets::memory`].
+    pub max_memory_bytes: u64,
     /// A request older than this, by its job id's time, is refused.
     pub max_job_age: Duration,
 }
@@ -52,20 +57,22 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             max_chunks: 100_000,
             max_spool_bytes: 20 * 1024 * 1024 * 1024,
+            max_memory_bytes: 256 * 1024 * 1024,
             max_job_age: Duration::from_secs(3600),
         }
     }
 }
 
-/// Bytes of spool files on disk, all jobs of a portal together; jobs take
-/// [`SpoolLease`]s from it as their spool files grow.
+/// Bytes that all jobs of a portal share, on disk or in memory; jobs take
+/// [`Lease`]s from it as they grow. Atomic, so the readers of all partitions
+/// draw on one budget without a lock.
 #[derive(Debug)]
-pub struct SpoolBudget {
+pub struct Budget {
     limit: u64,
     used: AtomicU64,
 }
 
-impl SpoolBudget {
+impl Budget {
     /// A budget of `limit` bytes.
     pub fn new(limit: u64) -> Arc<Self> {
         Arc::new(Self {
@@ -74,9 +81,35 @@ impl SpoolBudget {
         })
     }
 
-    /// Bytes currently held by spool files.
+    /// Bytes currently held by leases.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::SeqCst)
+    }
+
+    /// The most bytes the leases may hold together.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+}
+
+/// The budgets one portal's assemblers share, whatever partition they read.
+#[derive(Debug, Clone)]
+pub struct Budgets {
+    /// Disk for spool files (`PORTAL_MAX_SPOOL_BYTES`).
+    pub spool: Arc<Budget>,
+    /// Memory for requests: jobs' start records and chunk tables while they
+    /// assemble, and bodies kept in memory until the last copy is dropped
+    /// (`PORTAL_MAX_ASSEMBLY_MEMORY_BYTES`).
+    pub memory: Arc<Budget>,
+}
+
+impl Budgets {
+    /// Fresh budgets of the sizes `limits` names.
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            spool: Budget::new(limits.max_spool_bytes),
+            memory: Budget::new(limits.max_memory_bytes),
+        }
     }
 }
 
@@ -86,22 +119,30 @@ impl SpoolBudget {
 pub struct SpoolFile {
     /// The unlinked file.
     pub file: File,
-    _lease: SpoolLease,
+    _lease: Lease,
 }
 
-/// The part of a [`SpoolBudget`] one job's spool file holds; given back on drop.
+/// The part of a [`Budget`] one job holds; given back on drop.
 #[derive(Debug)]
-pub struct SpoolLease {
-    budget: Arc<SpoolBudget>,
+pub struct Lease {
+    budget: Arc<Budget>,
     held: u64,
 }
 
-impl SpoolLease {
-    fn new(budget: &Arc<SpoolBudget>) -> Self {
+impl Lease {
+    fn new(budget: &Arc<Budget>) -> Self {
         Self {
             budget: Arc::clone(budget),
             held: 0,
         }
+    }
+
+    /// Grows the lease by `bytes`; false, and unchanged, when the budget
+    /// cannot cover it.
+    fn grow_by(&mut self, bytes: u64) -> bool {
+        self.held
+            .checked_add(bytes)
+            .is_some_and(|total| self.grow_to(total))
     }
 
     /// Grows the lease to `bytes`; false, and unchanged, when the budget
@@ -125,7 +166,7 @@ impl SpoolLease {
     }
 }
 
-impl Drop for SpoolLease {
+impl Drop for Lease {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.held, Ordering::SeqCst);
     }
@@ -136,7 +177,8 @@ impl Drop for SpoolLease {
 pub enum SpooledBody {
     /// No body.
     Empty,
-    /// A small body held in memory.
+    /// A small body held in memory; its share of the memory budget is given
+    /// back when the last copy of these bytes is dropped.
     Memory(bytes::Bytes),
     /// A large body in an unlinked temporary file.
     File {
@@ -216,8 +258,56 @@ pub enum Outcome {
 }
 
 enum Spool {
-    Memory(Vec<u8>),
+    /// The body from byte 0 on, with no gap; `lease` covers the buffer's
+    /// capacity, which is what it takes from the allocator.
+    Memory {
+        buf: Vec<u8>,
+        lease: Lease,
+    },
     File(File),
+}
+
+/// Why a body moves from memory to its spool file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spill {
+    /// It would pass the spool threshold.
+    Threshold,
+    /// A chunk starts past the bytes received so far; memory holds only
+    /// bytes received, never the zeros in front of a far-flung chunk.
+    Gap,
+    /// The memory budget cannot cover it.
+    Memory,
+}
+
+/// An in-memory body and its share of the memory budget, kept together
+/// until the last `Bytes` of the body (perhaps inside an HTTP request still
+/// being sent) is dropped.
+struct LeasedBody {
+    buf: Vec<u8>,
+    _lease: Lease,
+}
+
+impl AsRef<[u8]> for LeasedBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// Memory a job's chunk table takes per chunk: an entry of the `seen` map
+/// is 8 bytes and a control byte, and a map that has just doubled is less
+/// than half full, so 24 bytes per entry covers what it allocates.
+const CHUNK_ENTRY_COST: u64 = 24;
+
+/// Memory a job takes before its body: its place in the job table and the
+/// text of its start record.
+fn start_cost(start: &RequestStart) -> u64 {
+    let headers: usize = start
+        .headers
+        .iter()
+        .map(|(n, v)| std::mem::size_of::<(String, String)>() + n.len() + v.len())
+        .sum();
+    let text = start.method.len() + start.path.len() + start.reply_topic.len() + headers;
+    (std::mem::size_of::<(JobId, Assembly)>() + text) as u64
 }
 
 struct Assembly {
@@ -233,7 +323,10 @@ struct Assembly {
     /// Share of the spool budget this job's file holds: the bytes written to
     /// it, each write rounded up to whole disk blocks, so a sparse file of a
     /// few far-flung bytes costs what it takes on disk, not its extent.
-    lease: SpoolLease,
+    disk: Lease,
+    /// Share of the memory budget the start record and the chunk table
+    /// hold (an in-memory body holds its own, in [`Spool::Memory`]).
+    books: Lease,
     /// Highest byte offset written plus one.
     extent: u64,
     /// Sum of chunk lengths received.
@@ -284,7 +377,7 @@ impl RecentJobs {
 /// Reassembles the jobs of one request partition.
 pub struct Assembler {
     limits: Limits,
-    budget: Arc<SpoolBudget>,
+    budgets: Budgets,
     jobs: HashMap<JobId, Assembly>,
     finished: RecentJobs,
     /// Jobs already reported as `Stray`.
@@ -300,17 +393,17 @@ impl std::fmt::Debug for Assembler {
 }
 
 impl Assembler {
-    /// An assembler with the given limits and a spool budget of its own.
+    /// An assembler with the given limits and budgets of its own.
     pub fn new(limits: Limits) -> Self {
-        let budget = SpoolBudget::new(limits.max_spool_bytes);
-        Self::with_budget(limits, budget)
+        let budgets = Budgets::new(&limits);
+        Self::with_budgets(limits, budgets)
     }
 
-    /// An assembler whose spool files draw on a budget shared with others.
-    pub fn with_budget(limits: Limits, budget: Arc<SpoolBudget>) -> Self {
+    /// An assembler whose jobs draw on budgets shared with others.
+    pub fn with_budgets(limits: Limits, budgets: Budgets) -> Self {
         Self {
             limits,
-            budget,
+            budgets,
             jobs: HashMap::new(),
             finished: RecentJobs::new(16 * 1024),
             strays: RecentJobs::new(4 * 1024),
@@ -420,15 +513,24 @@ impl Assembler {
                 first_offset: offset,
             });
         }
+        let mut books = Lease::new(&self.budgets.memory);
+        if !books.grow_by(start_cost(&start)) {
+            self.finished.insert(job);
+            return fail(ErrorCategory::Rejected, self.memory_full());
+        }
         self.jobs.insert(
             job,
             Assembly {
                 start,
                 first_offset: offset,
                 last_activity: now,
-                spool: Spool::Memory(Vec::new()),
+                spool: Spool::Memory {
+                    buf: Vec::new(),
+                    lease: Lease::new(&self.budgets.memory),
+                },
                 seen: HashMap::new(),
-                lease: SpoolLease::new(&self.budget),
+                disk: Lease::new(&self.budgets.spool),
+                books,
                 extent: 0,
                 received: 0,
                 hasher: Sha256::new(),
@@ -510,29 +612,51 @@ impl Assembler {
             };
             return self.fail(job, category, msg);
         }
-        let charge = match &a.spool {
-            Spool::File(_) => Some(a.lease.held + blocks(payload.len())),
-            // Moving to disk writes the memory buffer out first.
-            Spool::Memory(buf) if end_at > self.limits.spool_threshold as u64 => {
-                Some(blocks(buf.len()) + blocks(payload.len()))
-            }
-            Spool::Memory(_) => None,
-        };
-        if charge.is_some_and(|c| !a.lease.grow_to(c)) {
-            let msg = format!(
-                "the portal's spool is full ({} of {} bytes in use, PORTAL_MAX_SPOOL_BYTES); retry later",
-                self.budget.used(),
-                self.budget.limit
-            );
+        // The chunk table cannot move to disk: without room for its entry
+        // the chunk cannot be taken.
+        if !a.books.grow_by(CHUNK_ENTRY_COST) {
+            let msg = self.memory_full();
             return self.fail(job, ErrorCategory::Rejected, msg);
         }
-        if let Err(e) = write_at(
-            &mut a.spool,
-            info.offset,
-            payload,
-            self.limits.spool_threshold,
-            &self.limits.spool_dir,
-        ) {
+        let spill = match &mut a.spool {
+            Spool::File(_) => None,
+            Spool::Memory { buf, lease } => {
+                let cap_limit = a
+                    .start
+                    .body_len
+                    .map_or(self.limits.spool_threshold as u64, |n| {
+                        n.min(self.limits.spool_threshold as u64)
+                    });
+                make_room(buf, lease, info.offset, end_at, cap_limit)
+            }
+        };
+        let charge = match (&a.spool, spill) {
+            (Spool::File(_), _) => Some(a.disk.held + blocks(payload.len())),
+            // Moving to disk writes the memory buffer out first.
+            (Spool::Memory { buf, .. }, Some(_)) => Some(blocks(buf.len()) + blocks(payload.len())),
+            (Spool::Memory { .. }, None) => None,
+        };
+        if charge.is_some_and(|c| !a.disk.grow_to(c)) {
+            let spool = &self.budgets.spool;
+            let spool_full = format!(
+                "the portal's spool is full ({} of {} bytes in use, PORTAL_MAX_SPOOL_BYTES)",
+                spool.used(),
+                spool.limit()
+            );
+            let msg = match spill {
+                Some(Spill::Memory) => {
+                    format!("{} and {spool_full}; retry later", self.memory_in_use())
+                }
+                _ => format!("{spool_full}; retry later"),
+            };
+            return self.fail(job, ErrorCategory::Rejected, msg);
+        }
+        let written = match spill {
+            Some(_) => a.spool.move_to_disk(&self.limits.spool_dir),
+            None => Ok(()),
+        }
+        .and_then(|()| a.spool.write(info.offset, payload));
+        if let Err(e) = written {
             let msg = format!("cannot spool the request body: {e}");
             return self.fail(job, ErrorCategory::Internal, msg);
         }
@@ -656,11 +780,13 @@ impl Assembler {
             ));
         }
         let body = match a.spool {
-            Spool::Memory(v) => SpooledBody::Memory(bytes::Bytes::from(v)),
+            Spool::Memory { buf, lease } => {
+                SpooledBody::Memory(bytes::Bytes::from_owner(LeasedBody { buf, _lease: lease }))
+            }
             Spool::File(file) => SpooledBody::File {
                 file: Arc::new(SpoolFile {
                     file,
-                    _lease: a.lease,
+                    _lease: a.disk,
                 }),
                 len: end.total_len,
             },
@@ -672,6 +798,21 @@ impl Assembler {
             sha256: digest,
             first_offset: a.first_offset,
         })
+    }
+
+    /// Says that the memory budget is used up, naming the setting.
+    fn memory_in_use(&self) -> String {
+        let memory = &self.budgets.memory;
+        format!(
+            "the portal's memory for requests is full ({} of {} bytes in use, PORTAL_MAX_ASSEMBLY_MEMORY_BYTES)",
+            memory.used(),
+            memory.limit()
+        )
+    }
+
+    /// Why a job cannot have the memory it needs.
+    fn memory_full(&self) -> String {
+        format!("{}; retry later", self.memory_in_use())
     }
 
     fn fail(&mut self, job: JobId, category: ErrorCategory, message: String) -> Outcome {
@@ -784,39 +925,76 @@ fn failed(job: JobId, a: &Assembly, category: ErrorCategory, message: String) ->
     }
 }
 
-fn write_at(
-    spool: &mut Spool,
+/// Readies an in-memory body for a chunk covering `offset..end`: grows the
+/// buffer, charged to `lease`, so the chunk fits; or says why the body must
+/// move to disk instead. The buffer grows by doubling, as `Vec` would, but
+/// never past `cap_limit` (the threshold, or the declared length if smaller).
+fn make_room(
+    buf: &mut Vec<u8>,
+    lease: &mut Lease,
     offset: u64,
-    data: &[u8],
-    threshold: usize,
-    dir: &Option<PathBuf>,
-) -> std::io::Result<()> {
-    let end = offset as usize + data.len();
-    if let Spool::Memory(buf) = spool {
-        if end <= threshold {
-            if buf.len() < end {
-                buf.resize(end, 0);
-            }
-            buf[offset as usize..end].copy_from_slice(data);
-            return Ok(());
-        }
-        let mut file = match dir {
-            Some(d) => tempfile::tempfile_in(d)?,
-            None => tempfile::tempfile()?,
-        };
-        file.write_all(buf)?;
-        *spool = Spool::File(file);
+    end: u64,
+    cap_limit: u64,
+) -> Option<Spill> {
+    if end > cap_limit {
+        return Some(Spill::Threshold);
     }
-    match spool {
-        Spool::File(file) => file.write_all_at(data, offset),
-        Spool::Memory(_) => Ok(()),
+    if offset > buf.len() as u64 {
+        return Some(Spill::Gap);
+    }
+    // `end` is at most the threshold (64 MiB at most), so it fits a usize.
+    let end = end as usize;
+    if end <= buf.capacity() {
+        return None;
+    }
+    let doubled = (buf.capacity() as u64 * 2).min(cap_limit).max(end as u64);
+    let want = if lease.grow_to(doubled) {
+        doubled as usize
+    } else if lease.grow_to(end as u64) {
+        end
+    } else {
+        return Some(Spill::Memory);
+    };
+    buf.reserve_exact(want - buf.len());
+    None
+}
+
+impl Spool {
+    /// Writes `data` at `offset`: into memory, where [`make_room`] made room
+    /// for it, or into the file.
+    fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Memory { buf, .. } => {
+                // make_room saw to it that offset is within what is held.
+                let at = offset as usize;
+                let overlap = buf.len().saturating_sub(at).min(data.len());
+                buf[at..at + overlap].copy_from_slice(&data[..overlap]);
+                buf.extend_from_slice(&data[overlap..]);
+                Ok(())
+            }
+            Self::File(file) => file.write_all_at(data, offset),
+        }
+    }
+
+    /// Moves an in-memory body to a new unlinked file in `dir`, giving its
+    /// memory back.
+    fn move_to_disk(&mut self, dir: &Option<PathBuf>) -> std::io::Result<()> {
+        if let Self::Memory { buf, .. } = self {
+            let mut file = match dir {
+                Some(d) => tempfile::tempfile_in(d)?,
+                None => tempfile::tempfile()?,
+            };
+            file.write_all(buf)?;
+            *self = Self::File(file);
+        }
+        Ok(())
     }
 }
 
 fn digest_spool(spool: &mut Spool, len: u64) -> std::io::Result<[u8; 32]> {
     let mut hasher = Sha256::new();
     match spool {
-        Spool::Memory(buf) => hasher.update(&buf[..len as usize]),
+        Spool::Memory { buf, .. } => hasher.update(&buf[..len as usize]),
         Spool::File(file) => {
             file.seek(SeekFrom::Start(0))?;
             let mut reader = file.take(len);
@@ -998,8 +1176,9 @@ mod tests {
 
     proptest! {
         /// Whatever arrives, the assembler never panics, keeps at most
-        /// `max_jobs` jobs, never holds more spool than its budget, and any
-        /// job it completes has a body of the length and digest declared.
+        /// `max_jobs` jobs, never holds more spool or memory than its
+        /// budgets, gives both back in full, and any job it completes has a
+        /// body of the length and digest declared.
         #[test]
         fn hostile_sequences_stay_bounded(
             frames in (prop::collection::vec(any::<[u8; 10]>(), 1..6)).prop_flat_map(|seeds| {
@@ -1013,9 +1192,14 @@ mod tests {
             }),
             threshold in 0usize..3000,
         ) {
-            let limits = Limits { max_jobs: 3, max_spool_bytes: 12288, ..limits(threshold) };
-            let budget = SpoolBudget::new(limits.max_spool_bytes);
-            let mut asm = Assembler::with_budget(limits, Arc::clone(&budget));
+            let limits = Limits {
+                max_jobs: 3,
+                max_spool_bytes: 12288,
+                max_memory_bytes: 6000,
+                ..limits(threshold)
+            };
+            let budgets = Budgets::new(&limits);
+            let mut asm = Assembler::with_budgets(limits, budgets.clone());
             for (offset, (frame, payload)) in frames.into_iter().enumerate() {
                 // Round trip through the codec as the portal would see it.
                 let bytes = encode(&frame, &payload);
@@ -1027,10 +1211,12 @@ mod tests {
                     prop_assert_eq!(digest, c.sha256);
                 }
                 prop_assert!(asm.len() <= 3);
-                prop_assert!(budget.used() <= 12288);
+                prop_assert!(budgets.spool.used() <= 12288);
+                prop_assert!(budgets.memory.used() <= 6000);
             }
             drop(asm);
-            prop_assert_eq!(budget.used(), 0);
+            prop_assert_eq!(budgets.spool.used(), 0);
+            prop_assert_eq!(budgets.memory.used(), 0);
         }
     }
 
@@ -1049,13 +1235,14 @@ mod tests {
     #[test]
     fn spool_budget_is_shared_and_given_back() {
         const BLOCK: usize = 4096;
-        let budget = SpoolBudget::new(10 * BLOCK as u64);
         let lim = Limits {
             max_spool_bytes: 10 * BLOCK as u64,
             ..limits(100)
         };
-        let mut a = Assembler::with_budget(lim.clone(), Arc::clone(&budget));
-        let mut b = Assembler::with_budget(lim, Arc::clone(&budget));
+        let budgets = Budgets::new(&lim);
+        let budget = Arc::clone(&budgets.spool);
+        let mut a = Assembler::with_budgets(lim.clone(), budgets.clone());
+        let mut b = Assembler::with_budgets(lim, budgets);
         let held = match feed(&mut a, &records(JobId::new(), &[1u8; 6 * BLOCK], BLOCK)) {
             Outcome::Complete(c) => c,
             other => panic!("expected completion, got {other:?}"),
@@ -1108,6 +1295,294 @@ mod tests {
             Outcome::Pending
         ));
         assert_eq!(budget.used(), BLOCK as u64);
+    }
+
+    /// The start record `start` builds, as the assembler charges it.
+    fn start_cost_of(job: JobId) -> u64 {
+        match start(job, None).body {
+            Body::RequestStart(s) => start_cost(&s),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Feeds every record of `job` with `body` cut into `chunk`-byte pieces,
+    /// and returns the job's body once complete.
+    fn assemble(asm: &mut Assembler, job: JobId, body: &[u8], chunk: usize) -> SpooledBody {
+        match feed(asm, &records(job, body, chunk)) {
+            Outcome::Complete(c) => c.body,
+            other => panic!("expected completion, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn jobs_spill_to_disk_when_the_shared_memory_budget_is_used_up() {
+        let cost = start_cost_of(JobId::new());
+        let lim = Limits {
+            spool_threshold: 10_000,
+            max_memory_bytes: 2 * cost + 6000 + 1000,
+            ..Limits::default()
+        };
+        let budgets = Budgets::new(&lim);
+        // Two partitions' assemblers, one budget.
+        let mut a = Assembler::with_budgets(lim.clone(), budgets.clone());
+        let mut b = Assembler::with_budgets(lim, budgets.clone());
+        let body_a = pattern_body(6000);
+        let body_b = pattern_body(5000);
+        let (ja, jb) = (JobId::new(), JobId::new());
+        let ra = records(ja, &body_a, 2000);
+        assert!(matches!(feed(&mut a, &ra[..4]), Outcome::Pending));
+        assert_eq!(budgets.memory.used(), cost + 3 * CHUNK_ENTRY_COST + 6000);
+        assert_eq!(budgets.spool.used(), 0);
+
+        // B's first chunk does not fit what A left: B moves to disk and
+        // still completes, byte for byte.
+        let rb = records(jb, &body_b, 2000);
+        assert!(matches!(feed(&mut b, &rb[..2]), Outcome::Pending));
+        assert_eq!(
+            budgets.spool.used(),
+            4096,
+            "B's chunk went to its spool file"
+        );
+        let mut done_b = match feed(&mut b, &rb[2..]) {
+            Outcome::Complete(c) => c.body,
+            other => panic!("expected completion, got {other:?}"),
+        };
+        assert!(matches!(done_b, SpooledBody::File { .. }));
+        assert_eq!(body_bytes(&mut done_b), body_b);
+
+        // A completes in memory; its body keeps its share until the last
+        // copy of it is gone.
+        let mut done_a = match feed(&mut a, &ra[4..]) {
+            Outcome::Complete(c) => c.body,
+            other => panic!("expected completion, got {other:?}"),
+        };
+        let SpooledBody::Memory(bytes) = &done_a else {
+            panic!("A stayed in memory: {done_a:?}");
+        };
+        let copy = bytes.clone();
+        assert_eq!(body_bytes(&mut done_a), body_a);
+        drop(done_a);
+        assert_eq!(budgets.memory.used(), 6000);
+        drop(copy);
+        assert_eq!(budgets.memory.used(), 0);
+        drop(done_b);
+        assert_eq!(budgets.spool.used(), 0);
+    }
+
+    #[test]
+    fn a_job_is_refused_when_neither_memory_nor_spool_has_room() {
+        let cost = start_cost_of(JobId::new());
+        let lim = Limits {
+            spool_threshold: 10_000,
+            max_memory_bytes: 2 * cost + 6000 + 1000,
+            max_spool_bytes: 4096,
+            ..Limits::default()
+        };
+        let budgets = Budgets::new(&lim);
+        let mut a = Assembler::with_budgets(lim.clone(), budgets.clone());
+        let mut b = Assembler::with_budgets(lim, budgets.clone());
+        let ja = JobId::new();
+        let ra = records(ja, &pattern_body(6000), 6000);
+        assert!(matches!(feed(&mut a, &ra[..2]), Outcome::Pending));
+        let held = budgets.memory.used();
+
+        // 5000 bytes need two blocks of spool; there is one.
+        let jb = JobId::new();
+        let rb = records(jb, &pattern_body(5000), 5000);
+        let f = failure(feed(&mut b, &rb));
+        assert_eq!(f.category, ErrorCategory::Rejected);
+        for wanted in [
+            "PORTAL_MAX_ASSEMBLY_MEMORY_BYTES",
+            "PORTAL_MAX_SPOOL_BYTES",
+            "retry later",
+        ] {
+            assert!(f.message.contains(wanted), "{}", f.message);
+        }
+        assert!(b.is_empty());
+        assert_eq!(budgets.memory.used(), held, "the refused job gave all back");
+        assert_eq!(budgets.spool.used(), 0);
+        // Its later records change nothing.
+        let (frame, payload) = decode(&rb[1]).unwrap();
+        assert!(matches!(
+            b.accept(frame, payload, 9, Instant::now()),
+            Outcome::Ignored(_)
+        ));
+
+        // A body that takes one block of spool still fits.
+        let small = pattern_body(3000);
+        let mut done = assemble(&mut b, JobId::new(), &small, 3000);
+        assert!(matches!(done, SpooledBody::File { .. }));
+        assert_eq!(body_bytes(&mut done), small);
+    }
+
+    #[test]
+    fn a_start_or_chunk_the_memory_budget_cannot_record_is_refused() {
+        let cost = start_cost_of(JobId::new());
+        let lim = Limits {
+            max_memory_bytes: cost,
+            ..Limits::default()
+        };
+        let budgets = Budgets::new(&lim);
+        let mut asm = Assembler::with_budgets(lim, budgets.clone());
+        // The first start fits exactly; its first chunk has no room for its
+        // entry in the chunk table, which cannot move to disk.
+        let job = JobId::new();
+        let recs = records(job, b"abc", 3);
+        assert!(matches!(feed(&mut asm, &recs[..1]), Outcome::Pending));
+        let other = JobId::new();
+        let f = failure(feed(&mut asm, &records(other, b"abc", 3)[..1]));
+        assert_eq!(f.category, ErrorCategory::Rejected);
+        assert!(
+            f.message.contains("PORTAL_MAX_ASSEMBLY_MEMORY_BYTES"),
+            "{}",
+            f.message
+        );
+        let f = failure(feed(&mut asm, &recs[1..2]));
+        assert!(
+            f.message.contains("PORTAL_MAX_ASSEMBLY_MEMORY_BYTES"),
+            "{}",
+            f.message
+        );
+        assert!(asm.is_empty());
+        assert_eq!(budgets.memory.used(), 0);
+    }
+
+    #[test]
+    fn memory_follows_the_bytes_received() {
+        let budgets = Budgets::new(&Limits::default());
+        let mut asm = Assembler::with_budgets(Limits::default(), budgets.clone());
+        // The hostile chunk of issue 11: one byte just under the threshold.
+        let job = JobId::new();
+        let cost = start_cost_of(job);
+        assert!(matches!(
+            asm.accept(start(job, None), &[], 0, Instant::now()),
+            Outcome::Pending
+        ));
+        let far = Frame {
+            job,
+            seq: 1,
+            body: Body::Chunk(ChunkInfo {
+                offset: (1 << 20) - 1,
+                crc32c: crate::wire::checksum(b"x"),
+            }),
+        };
+        assert!(matches!(
+            asm.accept(far, b"x", 1, Instant::now()),
+            Outcome::Pending
+        ));
+        assert_eq!(budgets.memory.used(), cost + CHUNK_ENTRY_COST);
+        assert_eq!(budgets.spool.used(), 4096, "the gap went to a sparse file");
+        asm.skip(job);
+        assert_eq!((budgets.memory.used(), budgets.spool.used()), (0, 0));
+
+        // A body arriving back to front has a gap until its end: it is
+        // assembled from disk, correctly.
+        let body = pattern_body(3000);
+        let job = JobId::new();
+        let mut recs = records(job, &body, 1000);
+        recs[1..4].reverse();
+        let mut done = match feed(&mut asm, &recs) {
+            Outcome::Complete(c) => c.body,
+            other => panic!("expected completion, got {other:?}"),
+        };
+        assert!(matches!(done, SpooledBody::File { .. }));
+        assert_eq!(body_bytes(&mut done), body);
+        drop(done);
+
+        // In order, a stream of unknown length grows by doubling; one of
+        // declared length takes just that.
+        let job = JobId::new();
+        let mut stream = records(job, &pattern_body(2500), 1000);
+        if let Ok((mut f, _)) = decode(&stream[0]) {
+            if let Body::RequestStart(s) = &mut f.body {
+                s.body_len = None;
+            }
+            stream[0] = encode(&f, &[]);
+        }
+        assert!(matches!(feed(&mut asm, &stream[..4]), Outcome::Pending));
+        assert_eq!(
+            budgets.memory.used(),
+            start_cost_of(job) + 3 * CHUNK_ENTRY_COST + 4000
+        );
+        asm.skip(job);
+        let job = JobId::new();
+        assert!(matches!(
+            feed(&mut asm, &records(job, &pattern_body(2500), 1000)[..4]),
+            Outcome::Pending
+        ));
+        assert_eq!(
+            budgets.memory.used(),
+            start_cost_of(job) + 3 * CHUNK_ENTRY_COST + 2500
+        );
+    }
+
+    #[test]
+    fn budgets_are_given_back_however_a_job_ends() {
+        let lim = Limits {
+            idle_timeout: Duration::from_secs(5),
+            spool_threshold: 2000,
+            ..Limits::default()
+        };
+        let budgets = Budgets::new(&lim);
+        let empty = |b: &Budgets| (b.memory.used(), b.spool.used()) == (0, 0);
+        let mut asm = Assembler::with_budgets(lim.clone(), budgets.clone());
+        // Two jobs held: one in memory, one on disk.
+        let pending = |asm: &mut Assembler| {
+            let mem = JobId::new();
+            let disk = JobId::new();
+            assert!(matches!(
+                feed(asm, &records(mem, &pattern_body(1500), 500)[..3]),
+                Outcome::Pending
+            ));
+            assert!(matches!(
+                feed(asm, &records(disk, &pattern_body(4000), 2000)[..3]),
+                Outcome::Pending
+            ));
+            assert!(budgets.memory.used() > 1000 && budgets.spool.used() >= 4096);
+            (mem, disk)
+        };
+
+        // Failed: a chunk with a bad checksum, then aborted from outside.
+        let (mem, disk) = pending(&mut asm);
+        let mut bad = Chunker::new(mem, 4);
+        let mut c = bad.chunk(vec![1; 10]);
+        if let Body::Chunk(info) = &mut c.frame.body {
+            info.crc32c ^= 1;
+        }
+        assert!(matches!(
+            asm.accept(c.frame, &c.payload, 5, Instant::now()),
+            Outcome::Failed(_)
+        ));
+        assert!(asm
+            .abort(disk, ErrorCategory::Internal, "x".into())
+            .is_some());
+        assert!(empty(&budgets));
+
+        // Skipped.
+        let (mem, disk) = pending(&mut asm);
+        asm.skip(mem);
+        asm.skip(disk);
+        assert!(empty(&budgets));
+
+        // Expired.
+        pending(&mut asm);
+        assert_eq!(asm.expire(Instant::now() + Duration::from_secs(6)).len(), 2);
+        assert!(empty(&budgets));
+
+        // Dropped with the assembler (the reader stopped).
+        pending(&mut asm);
+        drop(asm);
+        assert!(empty(&budgets));
+
+        // Finished: the bodies hold their shares until they are dropped.
+        let mut asm = Assembler::with_budgets(lim, budgets.clone());
+        let mem = assemble(&mut asm, JobId::new(), &pattern_body(1500), 500);
+        let disk = assemble(&mut asm, JobId::new(), &pattern_body(4000), 2000);
+        assert_eq!(budgets.memory.used(), 1500);
+        // Its first chunk and the second, each in whole blocks.
+        assert_eq!(budgets.spool.used(), 8192);
+        drop((mem, disk));
+        assert!(empty(&budgets));
     }
 
     #[test]

@@ -175,6 +175,9 @@ pub struct PortalArgs {
     /// Most bytes of spool files on disk at once, all jobs together [default: 21474836480]
     #[arg(long, env = "PORTAL_MAX_SPOOL_BYTES", value_name = "BYTES")]
     pub max_spool_bytes: Option<u64>,
+    /// Most bytes of memory held for requests at once, all jobs together; beyond it bodies spool to disk [default: 268435456]
+    #[arg(long, env = "PORTAL_MAX_ASSEMBLY_MEMORY_BYTES", value_name = "BYTES")]
+    pub max_assembly_memory_bytes: Option<u64>,
     /// Refuse a request older than this, counted from its job id's time [default: 3600]
     #[arg(long, env = "PORTAL_MAX_JOB_AGE_SECS", value_name = "SECS")]
     pub max_job_age_secs: Option<u64>,
@@ -381,6 +384,7 @@ pub struct FileConfig {
     pub max_header_bytes: Option<usize>,
     pub max_chunks: Option<usize>,
     pub max_spool_bytes: Option<u64>,
+    pub max_assembly_memory_bytes: Option<u64>,
     pub max_job_age_secs: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub spool_threshold_bytes: Option<usize>,
@@ -843,6 +847,11 @@ impl PortalConfig {
         if max_spool_bytes < 1024 * 1024 {
             bail!("PORTAL_MAX_SPOOL_BYTES must be at least 1048576 (1 MiB), not {max_spool_bytes}");
         }
+        let max_memory_bytes = pick(&a.max_assembly_memory_bytes, &f.max_assembly_memory_bytes)
+            .unwrap_or(defaults.max_memory_bytes);
+        if max_memory_bytes < 1024 * 1024 {
+            bail!("PORTAL_MAX_ASSEMBLY_MEMORY_BYTES must be at least 1048576 (1 MiB), not {max_memory_bytes}");
+        }
         let max_age = pick(&a.max_job_age_secs, &f.max_job_age_secs)
             .unwrap_or(defaults.max_job_age.as_secs());
         if !(1..=MAX_WAIT_SECS).contains(&max_age) {
@@ -857,6 +866,7 @@ impl PortalConfig {
             idle_timeout: Duration::from_secs(idle),
             max_chunks,
             max_spool_bytes,
+            max_memory_bytes,
             max_job_age: Duration::from_secs(max_age),
         };
         let topic_partitions = pick(&a.topic_partitions, &f.topic_partitions).unwrap_or(3);
@@ -946,13 +956,15 @@ fn resolve_policy(a: &PortalArgs, f: &FileConfig) -> anyhow::Result<crate::polic
     .map_err(|e| anyhow::anyhow!("PORTAL_ALLOWED_ENDPOINTS: {e}"))?;
     let max_header_count =
         pick(&a.max_header_count, &f.max_header_count).unwrap_or(defaults.max_header_count);
-    if !(1..=10_000).contains(&max_header_count) {
-        bail!("PORTAL_MAX_HEADER_COUNT must be between 1 and 10000, not {max_header_count}");
+    // Headers travel in one frame header, whose decoding the wire bounds: up
+    // to these maxima every request decodes and meets the policy.
+    let most = crate::wire::MAX_HEADERS;
+    if !(1..=most).contains(&max_header_count) {
+        bail!("PORTAL_MAX_HEADER_COUNT must be between 1 and {most}, not {max_header_count}");
     }
     let max_header_bytes =
         pick(&a.max_header_bytes, &f.max_header_bytes).unwrap_or(defaults.max_header_bytes);
-    // Headers travel in one frame header, which the wire limits.
-    let ceiling = crate::wire::MAX_HEADER_BYTES / 2;
+    let ceiling = crate::wire::MAX_HEADER_TEXT;
     if !(256..=ceiling).contains(&max_header_bytes) {
         bail!("PORTAL_MAX_HEADER_BYTES must be between 256 and {ceiling}, not {max_header_bytes}");
     }
@@ -1674,6 +1686,18 @@ mod tests {
             (&["--log-level", "LOUD"], "PORTAL_LOG_LEVEL"),
             (&["--start-from", "middle"], "PORTAL_START_FROM"),
             (&["--chunk-size", "10"], "KAFKASEND_CHUNK_SIZE"),
+            (
+                &["--max-assembly-memory-bytes", "1048575"],
+                "PORTAL_MAX_ASSEMBLY_MEMORY_BYTES must be at least 1048576",
+            ),
+            (
+                &["--max-header-count", "10001"],
+                "PORTAL_MAX_HEADER_COUNT must be between 1 and 10000",
+            ),
+            (
+                &["--max-header-bytes", "131073"],
+                "PORTAL_MAX_HEADER_BYTES must be between 256 and 131072",
+            ),
         ];
         for (extra, name) in cases {
             let mut argv = base.to_vec();

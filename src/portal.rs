@@ -21,7 +21,7 @@ use rskafka::record::RecordAndOffset;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::admin::{Metrics, Readiness};
-use crate::assembler::{Assembler, CompletedJob, FailedJob, Outcome, SpoolBudget};
+use crate::assembler::{Assembler, Budgets, CompletedJob, FailedJob, Outcome};
 use crate::chunker::Chunker;
 use crate::config::{PortalConfig, StartFrom};
 use crate::group::{Assignment, Beat, GroupError, GroupSettings, Member};
@@ -112,8 +112,10 @@ struct Ctx {
     /// rebalances so a job still running from an earlier generation is known
     /// when its partition comes back, and still commits when it ends.
     progress: Mutex<BTreeMap<i32, Arc<Mutex<Progress>>>>,
-    /// Disk all spool files may take together (PORTAL_MAX_SPOOL_BYTES).
-    spool_budget: Arc<SpoolBudget>,
+    /// Disk all spool files may take together (PORTAL_MAX_SPOOL_BYTES) and
+    /// memory all requests may take together
+    /// (PORTAL_MAX_ASSEMBLY_MEMORY_BYTES), whichever partition they came on.
+    budgets: Budgets,
     /// Checks request signatures when `PORTAL_TRUSTED_KEYS` is set.
     verifier: Option<Verifier>,
     /// Partitions of the request topic, to tell where a sender puts a job.
@@ -133,8 +135,8 @@ impl Ctx {
 
 /// Runs a portal until `shutdown` completes, then lets in-flight jobs finish.
 pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let spool_budget = SpoolBudget::new(cfg.limits.max_spool_bytes);
-    let metrics = Arc::new(Metrics::new(Arc::clone(&spool_budget)));
+    let budgets = Budgets::new(&cfg.limits);
+    let metrics = Arc::new(Metrics::new(budgets.clone()));
     let readiness = Arc::new(Readiness::default());
     // Up before Kafka, so /healthz answers and /readyz says what is missing.
     let _admin = match cfg.admin_listen {
@@ -208,7 +210,7 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
         queue_permits: Arc::new(Semaphore::new(cfg.max_concurrent_jobs + 256)),
         in_flight: Arc::new(InFlight::default()),
         progress: Mutex::new(BTreeMap::new()),
-        spool_budget,
+        budgets,
         metrics,
         readiness,
         response_partitions,
@@ -505,7 +507,7 @@ async fn read_partition(
     drop(ready);
 
     let mut held = ReaderJobs {
-        asm: Assembler::with_budget(ctx.cfg.limits.clone(), Arc::clone(&ctx.spool_budget)),
+        asm: Assembler::with_budgets(ctx.cfg.limits.clone(), ctx.budgets.clone()),
         progress: Arc::clone(&progress),
     };
     let mut last_sweep = Instant::now();

@@ -28,9 +28,22 @@ pub const REPLY_TO_HEADER: &str = "kafkasend-reply-to";
 /// (see `signing`); like the reply-to header, it is outside the versioned frame.
 pub const SIGNATURE_HEADER: &str = "kafkasend-signature";
 
-/// Upper bound on the encoded header of one frame; a header claiming more is
-/// malformed. Bodies travel as payload, so headers stay small.
-pub const MAX_HEADER_BYTES: usize = 256 * 1024;
+/// Most HTTP headers a request may carry and always decode: the largest
+/// `PORTAL_MAX_HEADER_COUNT`.
+pub const MAX_HEADERS: usize = 10_000;
+
+/// Most bytes of header names and values a request may carry and always
+/// decode: the largest `PORTAL_MAX_HEADER_BYTES`.
+pub const MAX_HEADER_TEXT: usize = 128 * 1024;
+
+/// Decoding budget of one frame header, counted as bincode counts it: each
+/// string or list length as 8 bytes, each string's bytes, each number at
+/// its size. A frame header needing more is refused, which bounds the
+/// memory one decode takes whatever the bytes say. [`MAX_HEADERS`] headers
+/// of [`MAX_HEADER_TEXT`] bytes with an 8 KiB path need about 300 KiB; the
+/// rest is headroom, so a request somewhat over the portal's header settings
+/// still decodes and gets the policy's refusal, which names the setting.
+pub const MAX_HEADER_BYTES: usize = 512 * 1024;
 
 const PREFIX_LEN: usize = MAGIC.len() + 1;
 
@@ -251,6 +264,9 @@ pub enum WireError {
     /// The header did not decode.
     #[error("malformed frame header: {0}")]
     Malformed(String),
+    /// The header needs more than [`MAX_HEADER_BYTES`] to decode.
+    #[error("frame header is too large: it needs more than {MAX_HEADER_BYTES} bytes once decoded (a request may carry at most {MAX_HEADERS} headers of {MAX_HEADER_TEXT} bytes in all)")]
+    TooLarge,
     /// A frame other than a chunk carried payload bytes.
     #[error("frame carries {0} unexpected trailing bytes")]
     TrailingBytes(usize),
@@ -283,7 +299,10 @@ pub fn decode(value: &[u8]) -> Result<(Frame, &[u8]), WireError> {
     }
     let rest = &value[PREFIX_LEN..];
     let (frame, used): (Frame, usize) = bincode::serde::decode_from_slice(rest, bincode_config())
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+        .map_err(|e| match e {
+        bincode::error::DecodeError::LimitExceeded => WireError::TooLarge,
+        e => WireError::Malformed(e.to_string()),
+    })?;
     let payload = &rest[used..];
     if !matches!(frame.body, Body::Chunk(_)) && !payload.is_empty() {
         return Err(WireError::TrailingBytes(payload.len()));
@@ -417,6 +436,74 @@ mod tests {
             let cut = cut.min(bytes.len() - 1);
             prop_assert!(decode(&bytes[..cut]).is_err());
         }
+    }
+
+    /// A start record with `count` headers whose names and values take
+    /// `text` bytes together, with the longest path the policy takes and
+    /// the longest topic name Kafka allows.
+    fn start_with_headers(count: usize, text: usize) -> Frame {
+        let headers = (0..count)
+            .map(|i| {
+                let name = format!("x-{i}");
+                let share = text / count + usize::from(i < text % count);
+                let value = "v".repeat(share.saturating_sub(name.len()));
+                (name, value)
+            })
+            .collect();
+        Frame {
+            job: JobId::new(),
+            seq: 0,
+            body: Body::RequestStart(RequestStart {
+                method: "POST".into(),
+                path: format!("/{}", "p".repeat(crate::policy::MAX_PATH_BYTES - 1)),
+                headers,
+                body_len: Some(u64::MAX),
+                has_body: true,
+                reply_topic: "t".repeat(249),
+                reply_partition: i32::MAX,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_largest_headers_the_settings_allow_decode() {
+        let frame = start_with_headers(MAX_HEADERS, MAX_HEADER_TEXT);
+        let Body::RequestStart(s) = &frame.body else {
+            unreachable!()
+        };
+        let text: usize = s.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        assert_eq!((s.headers.len(), text), (MAX_HEADERS, MAX_HEADER_TEXT));
+        let bytes = encode(&frame, &[]);
+        assert_eq!(decode(&bytes).unwrap().0, frame);
+        // Twice as many short headers still reach the policy.
+        let many = start_with_headers(2 * MAX_HEADERS, 2 * MAX_HEADERS * 8);
+        assert_eq!(decode(&encode(&many, &[])).unwrap().0, many);
+    }
+
+    #[test]
+    fn a_header_past_the_decoding_budget_is_named_too_large() {
+        let huge = start_with_headers(MAX_HEADERS, MAX_HEADER_BYTES);
+        let err = decode(&encode(&huge, &[])).unwrap_err();
+        assert_eq!(err, WireError::TooLarge);
+        assert!(err.to_string().contains("too large"), "{err}");
+        // Counted as decoded, not as encoded: many empty headers take 2
+        // bytes each on the wire but 16 bytes of lengths in the budget.
+        let empty = Frame {
+            job: JobId::new(),
+            seq: 0,
+            body: Body::RequestStart(RequestStart {
+                method: "GET".into(),
+                path: "/".into(),
+                headers: vec![(String::new(), String::new()); MAX_HEADER_BYTES / 16],
+                body_len: None,
+                has_body: false,
+                reply_topic: "t".into(),
+                reply_partition: 0,
+            }),
+        };
+        let bytes = encode(&empty, &[]);
+        assert!(bytes.len() < MAX_HEADER_BYTES / 4);
+        assert_eq!(decode(&bytes).unwrap_err(), WireError::TooLarge);
     }
 
     #[test]

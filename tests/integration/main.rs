@@ -9,6 +9,7 @@ mod files;
 mod group;
 mod kafka_security;
 mod leaks;
+mod limits;
 mod oauth;
 mod policy;
 mod relay;

@@ -225,7 +225,7 @@ async fn an_empty_allow_list_refuses_everything_unless_strict_mode_is_off() {
 
 /// The start record of a POST to `path` with a body, answered on partition 0
 /// of `reply_topic`.
-fn post_start(
+pub fn post_start(
     job: JobId,
     path: &str,
     body_len: Option<u64>,
@@ -248,7 +248,7 @@ fn post_start(
 }
 
 /// A chunk record of `job`.
-fn chunk_record(job: JobId, seq: u32, offset: u64, data: &[u8], crc32c: u32) -> Record {
+pub fn chunk_record(job: JobId, seq: u32, offset: u64, data: &[u8], crc32c: u32) -> Record {
     let frame = Frame {
         job,
         seq,
@@ -423,7 +423,7 @@ fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)>
 }
 
 /// Every error reply on the response topic, by job: category and message.
-async fn error_replies(topics: &Topics) -> BTreeMap<JobId, (ErrorCategory, String)> {
+pub async fn error_replies(topics: &Topics) -> BTreeMap<JobId, (ErrorCategory, String)> {
     response_frames(topics)
         .await
         .into_iter()
@@ -528,7 +528,7 @@ async fn a_burst_of_garbage_does_not_stop_real_jobs() {
 
 /// Files under `dir` that process `pid` holds open (spool files are unlinked
 /// at once, so they show only here).
-fn open_files_under(pid: u32, dir: &std::path::Path) -> usize {
+pub fn open_files_under(pid: u32, dir: &std::path::Path) -> usize {
     let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return 0;
     };
