@@ -7,8 +7,8 @@
 //! webpki refuses a CA certificate presented as a server's own
 //! (`CaUsedAsEndEntity`) even when that very certificate is a trusted root.
 //! [`ListedCertVerifier`] accepts such a certificate when its bytes are equal
-//! to one the operator listed, after checking the name it was asked for and
-//! its dates; any other `CaUsedAsEndEntity` gets a message that says what
+//! to one the operator listed, after checking the name it was asked for, its
+//! dates and that its extended key usage (if any) allows a TLS server; any other `CaUsedAsEndEntity` gets a message that says what
 //! happened and what to do.
 
 use std::fmt;
@@ -110,6 +110,98 @@ fn is_ca_used_as_end_entity(err: &Error) -> bool {
     }
 }
 
+/// Whether a certificate's extended key usage lets it serve TLS: it has no
+/// such extension, or the extension lists serverAuth or
+/// anyExtendedKeyUsage. A certificate that cannot be read says no.
+fn allows_server_auth(cert: &[u8]) -> bool {
+    const EKU: &[u8] = &[0x55, 0x1d, 0x25];
+    const SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+    const ANY_USAGE: &[u8] = &[0x55, 0x1d, 0x25, 0x00];
+    let Some(extensions) = extensions(cert) else {
+        return false;
+    };
+    let mut rest = extensions;
+    while !rest.is_empty() {
+        let Some((0x30, extension, next)) = der(rest) else {
+            return false;
+        };
+        rest = next;
+        let Some((0x06, oid, mut value)) = der(extension) else {
+            return false;
+        };
+        if oid != EKU {
+            continue;
+        }
+        if let Some((0x01, _critical, after)) = der(value) {
+            value = after;
+        }
+        let Some((0x04, octets, _)) = der(value) else {
+            return false;
+        };
+        let Some((0x30, mut usages, _)) = der(octets) else {
+            return false;
+        };
+        while !usages.is_empty() {
+            let Some((0x06, usage, next)) = der(usages) else {
+                return false;
+            };
+            if usage == SERVER_AUTH || usage == ANY_USAGE {
+                return true;
+            }
+            usages = next;
+        }
+        return false;
+    }
+    true
+}
+
+/// The contents of a certificate's extensions list (empty when it has
+/// none), or `None` when the certificate cannot be read that far.
+fn extensions(cert: &[u8]) -> Option<&[u8]> {
+    let (0x30, certificate, _) = der(cert)? else {
+        return None;
+    };
+    let (0x30, mut tbs, _) = der(certificate)? else {
+        return None;
+    };
+    while !tbs.is_empty() {
+        let (tag, content, rest) = der(tbs)?;
+        if tag == 0xa3 {
+            let (0x30, list, _) = der(content)? else {
+                return None;
+            };
+            return Some(list);
+        }
+        tbs = rest;
+    }
+    Some(&[])
+}
+
+/// One DER element at the start of `input`: its tag, its contents and what
+/// follows it. Only the short tags and the definite lengths DER allows.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(n);
+        let len = bytes
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (len, rest)
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (content, rest) = rest.split_at(len);
+    Some((tag, content, rest))
+}
+
 impl ServerCertVerifier for ListedCertVerifier {
     fn verify_server_cert(
         &self,
@@ -140,7 +232,12 @@ impl ServerCertVerifier for ListedCertVerifier {
                 }
                 // webpki checks a certificate's dates before its basic
                 // constraints, so this error means the dates passed (a unit
-                // test holds webpki to that). The name is checked here.
+                // test holds webpki to that). It checks the extended key
+                // usage only after them, and the name last: both are
+                // checked here.
+                if !allows_server_auth(end_entity.as_ref()) {
+                    return Err(Error::InvalidCertificate(CertificateError::InvalidPurpose));
+                }
                 let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
                 rustls::client::verify_server_name(&parsed, server_name)?;
                 Ok(ServerCertVerified::assertion())
@@ -188,6 +285,17 @@ mod tests {
     /// A self-signed certificate for `names`, valid between the years given;
     /// `ca` gives it `basicConstraints CA:TRUE` as `openssl req -x509` does.
     fn self_signed(ca: bool, names: &[&str], years: (i32, i32)) -> Server {
+        self_signed_for(ca, names, years, &[])
+    }
+
+    /// [`self_signed`] with the extended key usages `eku` (none: no such
+    /// extension).
+    fn self_signed_for(
+        ca: bool,
+        names: &[&str],
+        years: (i32, i32),
+        eku: &[rcgen::ExtendedKeyUsagePurpose],
+    ) -> Server {
         let key = KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
@@ -201,6 +309,7 @@ mod tests {
         if ca {
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         }
+        params.extended_key_usages = eku.to_vec();
         params.not_before = date_time_ymd(years.0, 1, 1);
         params.not_after = date_time_ymd(years.1, 1, 1);
         let made = params.self_signed(&key).unwrap();
@@ -355,5 +464,39 @@ mod tests {
         // Without the file, the same certificate is an unknown issuer.
         let bare = crate::kafka_security::tls_config(None).unwrap();
         assert!(handshake(bare, &server, "localhost").is_err());
+    }
+
+    #[test]
+    fn a_listed_ca_certificate_must_be_meant_for_servers() {
+        use rcgen::ExtendedKeyUsagePurpose::{Any, ClientAuth, ServerAuth};
+        let client_only = self_signed_for(true, &["localhost"], (2000, 2090), &[ClientAuth]);
+        let err = handshake(client(&[&client_only.cert]), &client_only, "localhost").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidCertificate(CertificateError::InvalidPurpose)
+            ),
+            "{err}"
+        );
+        for eku in [vec![ClientAuth, ServerAuth], vec![Any]] {
+            let server = self_signed_for(true, &["localhost"], (2000, 2090), &eku);
+            handshake(client(&[&server.cert]), &server, "localhost").unwrap();
+        }
+    }
+
+    #[test]
+    fn der_reading_refuses_what_it_cannot_read() {
+        assert!(!allows_server_auth(&[]));
+        assert!(!allows_server_auth(&[0x30, 0x05, 0x30]));
+        assert!(!allows_server_auth(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]));
+        assert!(!allows_server_auth(&[0x30, 0x85, 1, 1, 1, 1, 1]));
+        let server = self_signed(true, &["localhost"], (2000, 2090));
+        let der = server.cert.as_ref();
+        assert!(allows_server_auth(der));
+        for cut in 0..der.len() {
+            // Never a panic on a cut certificate; whatever it says, a
+            // certificate must also be equal to a listed one to be used.
+            let _ = allows_server_auth(&der[..cut]);
+        }
     }
 }
