@@ -60,14 +60,17 @@ pub enum SendError {
         /// Last error seen.
         detail: String,
     },
-    /// The user interrupted (Ctrl-C).
-    #[error("interrupted{}", match job {
+    /// The user interrupted (Ctrl-C), or the process was told to stop
+    /// (SIGTERM, SIGHUP).
+    #[error("interrupted by {signal}{}", match job {
         Some(job) => format!(" during job {job}; the portal may still answer it (kafkasend wait {job})"),
-        None => " before the request was sent".to_string(),
+        None => " before the request was completely sent; the portal will not answer it".to_string(),
     })]
     Interrupted {
-        /// Job id, when the job had begun.
+        /// Job id, when the request had been wholly sent.
         job: Option<JobId>,
+        /// The signal's name, e.g. `SIGINT`.
+        signal: &'static str,
     },
     /// The portal refused the request.
     #[error("the portal refused the request ({category}): {message}")]
@@ -101,7 +104,7 @@ impl SendError {
             Self::Upstream { .. } => 5,
             Self::Kafka(_) | Self::BrokerLost { .. } => 7,
             Self::Timeout { .. } => 28,
-            Self::Interrupted { .. } => 130,
+            Self::Interrupted { signal, .. } => 128 + signal_number(signal),
         }
     }
 }
@@ -386,7 +389,7 @@ pub async fn run(
     let sink = open_sink(args)?;
     let result = tokio::select! {
         biased;
-        _ = interrupt.recv() => Err(SendError::Interrupted { job: None }),
+        signal = interrupt.recv() => Err(SendError::Interrupted { job: None, signal }),
         r = async {
             let body_sha256 = signed_digest(&prepared, cfg).await?;
             let link = Link::open(&cfg.kafka, "kafkasend-send").await?;
@@ -419,18 +422,58 @@ fn open_sink(args: &SendArgs) -> Result<Option<Sink>, SendError> {
     Ok(Some(Sink::open(args.output.as_deref())?))
 }
 
-/// Takes Ctrl-C from now on, so that stopping drops the work under way
-/// (and with it a part file) instead of ending the process on the spot.
-fn watch_interrupt() -> Result<Signal, SendError> {
-    signal(SignalKind::interrupt())
-        .map_err(|e| SendError::Io(format!("cannot watch for Ctrl-C: {e}")))
+/// The signals that stop `send` and `wait`: Ctrl-C, `kill` (and `timeout`,
+/// systemd, CI cancelling) and a closed terminal.
+struct Interrupts {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
 }
 
-/// Names the job in an interruption, once the job had begun.
+impl Interrupts {
+    /// The first of the three signals to arrive, by name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// The number of a signal [`Interrupts::recv`] names, for the exit code
+/// (128 + number, as a shell reports a process the signal ended).
+fn signal_number(name: &str) -> u8 {
+    match name {
+        "SIGHUP" => 1,
+        "SIGTERM" => 15,
+        _ => 2,
+    }
+}
+
+/// Takes SIGINT, SIGTERM and SIGHUP from now on, so that stopping drops the
+/// work under way (and with it a part file) instead of ending the process
+/// on the spot.
+fn watch_interrupt() -> Result<Interrupts, SendError> {
+    let watch = |kind: SignalKind| {
+        signal(kind).map_err(|e| SendError::Io(format!("cannot watch for signals: {e}")))
+    };
+    Ok(Interrupts {
+        int: watch(SignalKind::interrupt())?,
+        term: watch(SignalKind::terminate())?,
+        hup: watch(SignalKind::hangup())?,
+    })
+}
+
+/// Names the job in an interruption once its request was wholly sent: only
+/// then may the portal answer it, and `wait` pick the answer up.
 fn with_job(result: Result<Outcome, SendError>, report: &Report) -> Result<Outcome, SendError> {
     match result {
-        Err(SendError::Interrupted { job: None }) => {
-            Err(SendError::Interrupted { job: report.job })
+        Err(SendError::Interrupted { job: None, signal }) if report.request_sent => {
+            Err(SendError::Interrupted {
+                job: report.job,
+                signal,
+            })
         }
         other => other,
     }
@@ -461,7 +504,7 @@ pub async fn run_on(
     let sink = open_sink(args)?;
     let result = tokio::select! {
         biased;
-        _ = interrupt.recv() => Err(SendError::Interrupted { job: None }),
+        signal = interrupt.recv() => Err(SendError::Interrupted { job: None, signal }),
         r = async {
             let body_sha256 = signed_digest(&prepared, cfg).await?;
             transmit(link, prepared, body_sha256, sink, args, cfg, report).await
@@ -652,6 +695,8 @@ async fn transmit(
         );
     }
 
+    report.request_sent = true;
+
     let Some((sink, reader)) = waiting else {
         if !args.json {
             println!("{job}");
@@ -718,7 +763,7 @@ pub async fn wait(
     let chatty = !args.quiet && !args.json;
     tokio::select! {
         biased;
-        _ = interrupt.recv() => Err(SendError::Interrupted { job: Some(job) }),
+        signal = interrupt.recv() => Err(SendError::Interrupted { job: Some(job), signal }),
         r = follow_job(job, sink, chatty, cfg, report) => r,
     }
 }

@@ -78,6 +78,10 @@ pub struct Report {
     pub bytes_sent: u64,
     /// Response body bytes received and verified.
     pub bytes_received: u64,
+    /// Whether the request was wholly produced and acknowledged (its start
+    /// record, and its end record when it has a body): only then can the
+    /// portal answer it.
+    pub request_sent: bool,
     /// Whether the response's SHA-256 was checked and matched.
     pub digest_verified: bool,
     /// When the command started.
@@ -91,6 +95,7 @@ impl Default for Report {
             status: None,
             bytes_sent: 0,
             bytes_received: 0,
+            request_sent: false,
             digest_verified: false,
             started: Instant::now(),
         }

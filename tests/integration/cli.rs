@@ -1,5 +1,7 @@
 //! Errors a person can cause get one clear line and a distinct exit code.
 
+use std::sync::atomic::Ordering;
+
 use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -137,13 +139,17 @@ async fn ctrl_c_while_waiting_leaves_no_partial_output() {
     .kill_on_drop(true);
     let child = cmd.spawn().unwrap();
     let pid = child.id().unwrap();
-    // The response has begun: its .part file exists.
-    wait_until("no partial output appeared", || {
-        std::fs::read_dir(dir.path())
-            .unwrap()
-            .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".part"))
+    // The API is answering, slowly: the request was wholly sent and its
+    // .part file (made before the request was sent) is there.
+    wait_until("the API did not get the request", || {
+        servers.state.slow_arrived.load(Ordering::SeqCst) == 1
     })
     .await;
+    assert!(std::fs::read_dir(dir.path()).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".part")));
     let status = std::process::Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status()
@@ -156,7 +162,12 @@ async fn ctrl_c_while_waiting_leaves_no_partial_output() {
     servers.state.release_slow();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("interrupted"), "{stderr}");
+    // The request was wholly sent: the portal may still answer it.
+    assert!(
+        stderr.contains("interrupted by SIGINT during job"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("kafkasend wait"), "{stderr}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 

@@ -512,15 +512,22 @@ async fn wait_takes_only_a_job_id() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn ctrl_c_before_the_request_leaves_no_part_file() {
+async fn a_signal_before_the_request_leaves_no_part_file() {
     // A broker that accepts connections and never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap().to_string();
     let topics = Topics::new("files-ctrlc");
+    for (signal, code) in [("INT", 130), ("TERM", 143), ("HUP", 129)] {
+        interrupted_before_the_request(&topics, &addr, signal, code).await;
+    }
+    drop(silent);
+}
+
+async fn interrupted_before_the_request(topics: &Topics, addr: &str, signal: &str, code: i32) {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("out.bin");
-    let mut cmd = tokio::process::Command::from(kafkasend(&topics));
-    cmd.env("KAFKA_BOOTSTRAP_SERVERS", &addr)
+    let mut cmd = tokio::process::Command::from(kafkasend(topics));
+    cmd.env("KAFKA_BOOTSTRAP_SERVERS", addr)
         .env("KAFKA_TIMEOUT_SECS", "120")
         .args(["send", "--endpoint", "/x", "-o", dest.to_str().unwrap()])
         .stderr(std::process::Stdio::piped())
@@ -532,7 +539,7 @@ async fn ctrl_c_before_the_request_leaves_no_part_file() {
     })
     .await;
     let status = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
+        .args([&format!("-{signal}"), &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -541,11 +548,13 @@ async fn ctrl_c_before_the_request_leaves_no_part_file() {
         .unwrap()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert_eq!(out.status.code(), Some(code), "SIG{signal}: {stderr}");
     assert!(
-        stderr.contains("interrupted before the request was sent"),
+        stderr.contains(&format!(
+            "interrupted by SIG{signal} before the request was completely sent"
+        )),
         "{stderr}"
     );
-    assert!(names_in(dir.path()).is_empty());
-    drop(silent);
+    assert!(!stderr.contains("kafkasend wait"), "{stderr}");
+    assert!(names_in(dir.path()).is_empty(), "SIG{signal}");
 }
