@@ -457,7 +457,11 @@ fn lookalike(c: char) -> Option<String> {
         return Some(format!("which looks like '{like}'"));
     }
     let folded: String = std::iter::once(c).nfkc().collect();
-    folded.contains(PATH_SYNTAX).then(|| {
+    // `½` folds into `1⁄2`, whose fraction slash is itself a look-alike.
+    let confusable = folded
+        .chars()
+        .any(|f| CONFUSABLES.iter().any(|(l, _)| *l == f));
+    (folded.contains(PATH_SYNTAX) || confusable).then(|| {
         format!(
             "which Unicode normalisation (NFKC) turns into '{}'",
             folded.escape_debug()
@@ -566,6 +570,8 @@ mod tests {
         ("/a/%E2%88%95etc", "look-alike"),
         ("/a/x%E2%81%84y", "look-alike"),
         ("/a/%E2%A7%B8b", "look-alike"),
+        // `½`, which NFKC turns into `1⁄2`, with the fraction slash above.
+        ("/a/%C2%BD", "look-alike"),
         ("/a/%E2%A7%B5b", "look-alike"),
         // C1 controls: NEL ends a line for some parsers.
         ("/a%C2%85b", "control character (U+0085)"),
@@ -668,7 +674,7 @@ mod tests {
             let folded: String = std::iter::once(c).nfkc().collect();
             let plain = !c.is_control()
                 && !folded.contains(['.', '/', '\\', '%', '?', '#', ';', ' '])
-                && !['\u{2215}', '\u{2044}', '\u{29F8}', '\u{29F5}'].contains(&c);
+                && !folded.contains(['\u{2215}', '\u{2044}', '\u{29F8}', '\u{29F5}']);
             let path = format!("/api/x{}y", encoded(c));
             proptest::prop_assert_eq!(validate_path(&path).is_ok(), plain, "{}", path);
         }
