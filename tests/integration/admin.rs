@@ -29,7 +29,7 @@ async fn admin_get(addr: &str, request: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
-async fn get(addr: &str, path: &str) -> (u16, String) {
+pub async fn get(addr: &str, path: &str) -> (u16, String) {
     admin_get(
         addr,
         &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"),
@@ -38,7 +38,7 @@ async fn get(addr: &str, path: &str) -> (u16, String) {
 }
 
 /// The address the portal logged for its admin listener.
-fn admin_addr(log: &str) -> String {
+pub fn admin_addr(log: &str) -> String {
     let line = log
         .lines()
         .find(|l| l.contains("admin listener on http://"))
@@ -48,7 +48,7 @@ fn admin_addr(log: &str) -> String {
 }
 
 /// The value of the sample `name` (with labels, exactly) in a metrics text.
-fn sample(metrics: &str, name: &str) -> Option<f64> {
+pub fn sample(metrics: &str, name: &str) -> Option<f64> {
     metrics
         .lines()
         .filter(|l| !l.starts_with('#'))

@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod common;
 mod group;
+mod kafka_read;
 mod kafka_security;
 mod oauth;
 mod policy;
