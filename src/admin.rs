@@ -11,10 +11,11 @@
 //! one request each, a deadline for reading the head and for the whole
 //! exchange, and no request bodies.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,6 +62,12 @@ struct OpLabel {
     op: &'static str,
 }
 
+/// Label of skipped request records: why they were skipped (a closed set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// Label of a request partition (bounded by the topic's partition count).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PartitionLabel {
@@ -81,6 +88,7 @@ pub struct Metrics {
     jobs_assembling: Gauge,
     kafka_errors: Family<OpLabel, Counter>,
     partition_lag: Family<PartitionLabel, Gauge>,
+    records_skipped: Family<ReasonLabel, Counter>,
     sampled: Arc<Sampled>,
 }
 
@@ -148,6 +156,7 @@ impl Metrics {
         let jobs_assembling = Gauge::default();
         let kafka_errors = Family::<OpLabel, Counter>::default();
         let partition_lag = Family::<PartitionLabel, Gauge>::default();
+        let records_skipped = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "jobs_started",
             "Jobs taken up: assembled, or refused before assembly",
@@ -201,6 +210,11 @@ impl Metrics {
             "Request records not yet read, per request partition this portal holds",
             partition_lag.clone(),
         );
+        registry.register(
+            "records_skipped",
+            "Request records skipped unread, by reason",
+            records_skipped.clone(),
+        );
         let sampled = Arc::new(Sampled {
             budgets,
             tokens: OnceLock::new(),
@@ -218,6 +232,7 @@ impl Metrics {
             jobs_assembling,
             kafka_errors,
             partition_lag,
+            records_skipped,
             sampled,
         }
     }
@@ -281,6 +296,14 @@ impl Metrics {
             .set((high_watermark - next).max(0));
     }
 
+    /// `n` request records were skipped unread, for `reason` (a fixed
+    /// label such as `not_kafkasend` or `too_large`).
+    pub fn records_skipped(&self, reason: &'static str, n: u64) {
+        self.records_skipped
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(n);
+    }
+
     /// This portal no longer reads `partition`.
     pub fn partition_released(&self, partition: i32) {
         self.partition_lag.remove(&PartitionLabel { partition });
@@ -317,12 +340,16 @@ impl Drop for GaugeGuard {
 }
 
 /// What `/readyz` answers from: the portal sets it as it connects, joins
-/// and loses its partitions.
+/// and loses its partitions, and as its readers get stuck and move again.
 #[derive(Debug, Default)]
 pub struct Readiness {
     connected: AtomicBool,
     /// Request partitions of the current generation this portal reads.
     partitions: AtomicUsize,
+    /// Partitions whose reader cannot get past an offset, with why. Holds
+    /// at most one entry per request partition; an entry goes when its
+    /// reader moves on or ends.
+    stalled: Mutex<BTreeMap<i32, String>>,
 }
 
 impl Readiness {
@@ -336,13 +363,38 @@ impl Readiness {
         self.partitions.store(n, Ordering::SeqCst);
     }
 
+    /// The reader of `partition` cannot make progress, for `why`.
+    pub fn set_stalled(&self, partition: i32, why: String) {
+        self.stalled_map().insert(partition, why);
+    }
+
+    /// The reader of `partition` moves again, or has ended.
+    pub fn clear_stalled(&self, partition: i32) {
+        self.stalled_map().remove(&partition);
+    }
+
+    fn stalled_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, String>> {
+        self.stalled.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// `Ok` when ready; otherwise why not, in one line.
-    pub fn check(&self) -> Result<(), &'static str> {
+    pub fn check(&self) -> Result<(), String> {
         if !self.connected.load(Ordering::SeqCst) {
-            return Err("not connected to Kafka yet");
+            return Err("not connected to Kafka yet".into());
         }
         if self.partitions.load(Ordering::SeqCst) == 0 {
-            return Err("holds no request partition (joining the consumer group, or more portals than partitions)");
+            return Err("holds no request partition (joining the consumer group, or more portals than partitions)".into());
+        }
+        let stalled = self.stalled_map();
+        if !stalled.is_empty() {
+            let each: Vec<String> = stalled
+                .iter()
+                .map(|(p, why)| format!("partition {p}: {why}"))
+                .collect();
+            return Err(format!(
+                "cannot read request partitions: {}",
+                each.join("; ")
+            ));
         }
         Ok(())
     }
@@ -491,6 +543,8 @@ mod tests {
         m.job_failed(ErrorCategory::UpstreamTimeout);
         m.fetch_error();
         m.partition_position(2, 10, 15);
+        m.records_skipped("too_large", 3);
+        m.records_skipped("too_large", 1);
         let text = m.render();
         for line in [
             "kafkasend_jobs_started_total 2",
@@ -501,6 +555,7 @@ mod tests {
             "kafkasend_job_duration_seconds_count 1",
             "kafkasend_kafka_errors_total{op=\"fetch\"} 1",
             "kafkasend_partition_lag{partition=\"2\"} 5",
+            "kafkasend_records_skipped_total{reason=\"too_large\"} 4",
             "kafkasend_spool_bytes 0",
             "kafkasend_assembly_memory_bytes 0",
             "kafkasend_token_fetches_total 0",
@@ -536,12 +591,35 @@ mod tests {
     #[test]
     fn readiness_says_why_not() {
         let r = Readiness::default();
-        assert_eq!(r.check(), Err("not connected to Kafka yet"));
+        assert_eq!(r.check(), Err("not connected to Kafka yet".to_string()));
         r.set_connected();
         assert!(r.check().unwrap_err().contains("no request partition"));
         r.set_partitions(2);
         assert_eq!(r.check(), Ok(()));
         r.set_partitions(0);
         assert!(r.check().is_err());
+    }
+
+    #[test]
+    fn a_stalled_partition_makes_the_portal_not_ready_until_it_moves() {
+        let r = Readiness::default();
+        r.set_connected();
+        r.set_partitions(3);
+        r.set_stalled(2, "stuck at offset 7: the answer is too large".into());
+        r.set_stalled(0, "stuck at offset 1: broker gone".into());
+        let why = r.check().unwrap_err();
+        assert_eq!(
+            why,
+            "cannot read request partitions: partition 0: stuck at offset 1: broker gone; partition 2: stuck at offset 7: the answer is too large"
+        );
+        // A second report replaces the first: one entry per partition.
+        r.set_stalled(2, "stuck at offset 9".into());
+        assert!(r
+            .check()
+            .unwrap_err()
+            .contains("partition 2: stuck at offset 9"));
+        r.clear_stalled(0);
+        r.clear_stalled(2);
+        assert_eq!(r.check(), Ok(()));
     }
 }

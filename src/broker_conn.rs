@@ -221,7 +221,11 @@ impl BrokerConn {
             let size = usize::try_from(size)
                 .ok()
                 .filter(|s| *s <= MAX_RESPONSE)
-                .ok_or_else(|| ConnError::Codec(format!("response size {size} out of range")))?;
+                .ok_or_else(|| {
+                    ConnError::Codec(format!(
+                        "a {api} response of {size} bytes is more than the {MAX_RESPONSE} bytes accepted"
+                    ))
+                })?;
             let mut body = vec![0u8; size];
             self.stream.read_exact(&mut body).await?;
             Ok::<_, ConnError>(Bytes::from(body))

@@ -1,5 +1,6 @@
 //! The thin layer over `rskafka` shared by `send` and the portal: connecting
-//! with a deadline, creating topics, producing frames and reading a partition.
+//! with a deadline, creating topics, producing frames and finding offsets.
+//! Reading a partition is `fetcher`'s, with requests of our own.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -9,15 +10,19 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rskafka::client::error::{Error as RsError, ProtocolError};
-use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
-use rskafka::record::{Record, RecordAndOffset};
+use rskafka::record::Record;
 use rskafka::BackoffConfig;
 use tokio::sync::Mutex;
 
 use crate::broker_conn::{BrokerConn, ConnError};
 use crate::kafka_security::KafkaSecurity;
 use crate::wire::{Frame, JobId};
+
+/// How a produce request compresses its batch: every codec Kafka has.
+/// Reading needs no setting: `fetcher` reads them all.
+pub use rskafka::client::partition::Compression;
 
 /// Errors talking to Kafka, phrased for the person who has to fix them.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,43 @@ pub enum KafkaError {
     /// TLS or SASL failed: a certificate, password or protocol setting is wrong.
     #[error(transparent)]
     Security(ConnError),
+    /// The broker answered with a Kafka error code.
+    #[error("Kafka {action} failed: {name} (Kafka error code {code})")]
+    Broker {
+        /// What we were doing.
+        action: &'static str,
+        /// Kafka's error code.
+        code: i16,
+        /// Its name and meaning.
+        name: String,
+    },
+    /// The offset asked for is not in the partition: its records were
+    /// deleted, or it is past the end.
+    #[error("offset {offset} is out of range for the partition")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        offset: i64,
+    },
+    /// The broker's answer cannot be used: too large, malformed, or a
+    /// request version it does not serve.
+    #[error("Kafka {action}: {detail}")]
+    Protocol {
+        /// What we were doing.
+        action: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+impl KafkaError {
+    /// Whether the broker could not be reached or did not answer, as
+    /// opposed to answering with something we cannot use.
+    pub fn is_connection_problem(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable { .. } | Self::Timeout(_) | Self::Client { .. }
+        )
+    }
 }
 
 /// Maps a library error, naming what we were doing.
@@ -366,12 +408,22 @@ pub async fn produce_all(
     records: Vec<Record>,
     limit: Duration,
 ) -> Result<i64, KafkaError> {
+    produce_with(pc, records, Compression::NoCompression, limit).await
+}
+
+/// Like [`produce_all`], with the batch compressed by `compression`.
+pub async fn produce_with(
+    pc: &PartitionClient,
+    records: Vec<Record>,
+    compression: Compression,
+    limit: Duration,
+) -> Result<i64, KafkaError> {
     let size = records
         .iter()
         .map(|r| r.value.as_ref().map_or(0, Vec::len))
         .sum();
     bounded("produce", limit, async {
-        match pc.produce(records, Compression::NoCompression).await {
+        match pc.produce(records, compression).await {
             Ok(offsets) => Ok(offsets.first().copied().unwrap_or(-1)),
             Err(RsError::ServerError {
                 protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
@@ -512,23 +564,6 @@ async fn offset_at(pc: &PartitionClient, at: OffsetAt, limit: Duration) -> Resul
         pc.get_offset(at)
             .await
             .map_err(client_err("reading a partition offset"))
-    })
-    .await
-}
-
-/// Records from `offset` and the partition's high watermark, waiting up to
-/// `max_wait` on the broker for records to arrive and `limit` beyond that.
-pub async fn fetch(
-    pc: &PartitionClient,
-    offset: i64,
-    max_wait: Duration,
-    limit: Duration,
-) -> Result<(Vec<RecordAndOffset>, i64), KafkaError> {
-    let wait_ms = i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX);
-    bounded("fetch", max_wait + limit, async {
-        pc.fetch_records(offset, 1..FETCH_MAX_BYTES, wait_ms)
-            .await
-            .map_err(client_err("fetching records"))
     })
     .await
 }

@@ -23,8 +23,10 @@
 //! - [`admin`] serves a portal's `/healthz`, `/readyz` and `/metrics`;
 //!   [`logging`] writes its log lines as text or JSON.
 //! - [`kafka_security`] holds the TLS and SASL settings every Kafka
-//!   connection uses: rskafka's in [`kafka`], and the connection of our own
-//!   in [`broker_conn`] that [`group`] speaks the consumer-group protocol on.
+//!   connection uses: rskafka's in [`kafka`], and the connections of our own
+//!   in [`broker_conn`] that [`group`] speaks the consumer-group protocol on
+//!   and [`fetcher`] reads partitions over (read_committed, every codec,
+//!   batches decoded by [`record_batch`]).
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -34,6 +36,7 @@ pub mod chunker;
 pub mod completions;
 pub mod config;
 pub mod config_show;
+pub mod fetcher;
 pub mod file_read;
 pub mod group;
 pub mod health_check;
@@ -47,6 +50,7 @@ pub mod partitioner;
 pub mod policy;
 pub mod portal;
 pub mod progress;
+pub mod record_batch;
 pub mod send;
 pub mod server_trust;
 pub mod signing;

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use rskafka::client::error::{Error as RsError, ProtocolError};
 use rskafka::client::partition::PartitionClient;
 use rskafka::client::Client;
 use rskafka::record::RecordAndOffset;
@@ -24,11 +23,13 @@ use crate::admin::{Metrics, Readiness};
 use crate::assembler::{Assembler, Budgets, CompletedJob, FailedJob, Outcome};
 use crate::chunker::Chunker;
 use crate::config::{PortalConfig, StartFrom};
+use crate::fetcher::Fetcher;
 use crate::group::{Assignment, Beat, GroupError, GroupSettings, Member};
 use crate::http_dispatch::{DispatchError, Dispatcher};
 use crate::kafka::{self, KafkaError, PartitionCache};
 use crate::partitioner::partition_for_key;
 use crate::progress::{decode_metadata, Progress};
+use crate::record_batch::{Item, Unreadable};
 use crate::signing::Verifier;
 use crate::token_cache::TokenCache;
 use crate::wire::{self, Body, ErrorCategory, ErrorInfo, Frame, JobId, ResponseStart};
@@ -43,6 +44,10 @@ const START_HOLD: Duration = Duration::from_millis(20);
 
 /// How long a fetch waits on the broker for new records.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
+
+/// Failed fetches in a row at one offset after which a reader counts as
+/// stuck: `/readyz` names its partition until it moves again.
+const STALLED_AFTER: u32 = 3;
 
 /// Most bytes of response headers relayed.
 const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
@@ -514,27 +519,30 @@ async fn read_partition(
     let mut failures = 0u32;
     let mut gauges = ReaderGauges {
         metrics: Arc::clone(&ctx.metrics),
+        readiness: Arc::clone(&ctx.readiness),
         partition,
         assembling: 0,
     };
+    let mut fetcher = Fetcher::new(
+        &ctx.cfg.kafka.settings("kafkasend-portal"),
+        &topic,
+        partition,
+    );
     loop {
         let fetched = tokio::select! {
             _ = stop.changed() => break,
-            r = kafka::fetch(&pc, offset, FETCH_WAIT, limit) => r,
+            r = fetcher.fetch(offset, FETCH_WAIT, limit) => r,
         };
-        let (records, high_watermark) = match fetched {
+        let fetched = match fetched {
             Ok(r) => {
+                if failures >= STALLED_AFTER {
+                    log::info!("{topic}[{partition}]: reading again from offset {offset}");
+                    ctx.readiness.clear_stalled(partition);
+                }
                 failures = 0;
                 r
             }
-            Err(KafkaError::Client {
-                source:
-                    RsError::ServerError {
-                        protocol_error: ProtocolError::OffsetOutOfRange,
-                        ..
-                    },
-                ..
-            }) => {
+            Err(KafkaError::OffsetOutOfRange { .. }) => {
                 // Below the log start: records were deleted, go on from the
                 // oldest kept. Past the end: the topic was truncated or
                 // recreated; replaying it could repeat old calls, so skip to the end.
@@ -561,6 +569,9 @@ async fn read_partition(
             Err(e) => {
                 ctx.metrics.fetch_error();
                 failures += 1;
+                if failures >= STALLED_AFTER {
+                    report_stalled(&ctx, &pc, partition, offset, failures, &e).await;
+                }
                 let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
                 log::warn!(
                     "{topic}[{partition}]: {e}; retrying in {} ms",
@@ -570,10 +581,18 @@ async fn read_partition(
                 continue;
             }
         };
-        for rec in records {
-            offset = rec.offset + 1;
-            handle_record(&ctx, &mut held.asm, &progress, partition, rec, &stop).await;
+        for item in fetched.items {
+            match item {
+                Item::Record(rec) => {
+                    handle_record(&ctx, &mut held.asm, &progress, partition, rec, &stop).await;
+                }
+                Item::Unreadable(batch) => {
+                    skip_unreadable(&ctx, &mut held.asm, &progress, partition, batch, &stop).await;
+                }
+            }
         }
+        offset = fetched.next_offset;
+        let high_watermark = fetched.high_watermark;
         lock(&progress).set_next(offset);
         ctx.metrics
             .partition_position(partition, offset, high_watermark);
@@ -615,9 +634,10 @@ impl Drop for ReaderJobs {
 }
 
 /// A reader's share of the metrics (its partition's lag, its jobs being
-/// assembled), taken out however the reader ends.
+/// assembled) and of readiness (a stall), taken out however the reader ends.
 struct ReaderGauges {
     metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
     partition: i32,
     assembling: usize,
 }
@@ -626,6 +646,62 @@ impl Drop for ReaderGauges {
     fn drop(&mut self) {
         self.metrics.assembling_changed(self.assembling, 0);
         self.metrics.partition_released(self.partition);
+        self.readiness.clear_stalled(self.partition);
+    }
+}
+
+/// A reader whose fetches keep failing at one offset says so on `/readyz`,
+/// and its lag metric keeps following the partition's end (read with
+/// ListOffsets, which does not go through the failing fetch).
+async fn report_stalled(
+    ctx: &Ctx,
+    pc: &PartitionClient,
+    partition: i32,
+    offset: i64,
+    failures: u32,
+    e: &KafkaError,
+) {
+    let topic = &ctx.cfg.kafka.request_topic;
+    let why = format!("no progress past offset {offset} in {failures} fetches: {e}");
+    if failures == STALLED_AFTER {
+        log::error!("{topic}[{partition}]: {why}");
+    }
+    ctx.readiness.set_stalled(partition, why);
+    match kafka::end_offset(pc, ctx.cfg.kafka.timeout).await {
+        Ok(end) => ctx.metrics.partition_position(partition, offset, end),
+        Err(e) => log::debug!("{topic}[{partition}]: end offset: {e}"),
+    }
+}
+
+/// A batch the reader could not read is logged, counted and passed over.
+/// A job being assembled that had a record in it fails now, with an error
+/// reply, instead of at its idle timeout.
+async fn skip_unreadable(
+    ctx: &Arc<Ctx>,
+    asm: &mut Assembler,
+    progress: &Arc<Mutex<Progress>>,
+    partition: i32,
+    batch: Unreadable,
+    stop: &watch::Receiver<bool>,
+) {
+    log::error!(
+        "{}[{partition}] offsets {}..={}: {}; skipped",
+        ctx.cfg.kafka.request_topic,
+        batch.first_offset,
+        batch.last_offset,
+        batch.detail
+    );
+    ctx.metrics
+        .records_skipped(batch.reason.label(), batch.records());
+    let jobs = batch
+        .keys
+        .iter()
+        .filter_map(|k| std::str::from_utf8(k).ok()?.parse::<JobId>().ok());
+    for job in jobs {
+        let message = format!("a record of this request is unreadable: {}", batch.detail);
+        if let Some(failed) = asm.abort(job, ErrorCategory::Integrity, message) {
+            spawn_error_reply(ctx, progress, failed, stop).await;
+        }
     }
 }
 
@@ -644,12 +720,14 @@ async fn handle_record(
     let offset = rec.offset;
     let Some(value) = rec.record.value.as_deref() else {
         log::warn!("partition {partition} offset {offset}: record without a value; skipped");
+        ctx.metrics.records_skipped("not_kafkasend", 1);
         return;
     };
     let (frame, payload) = match wire::decode(value) {
         Ok(x) => x,
         Err(e) => {
             log::warn!("partition {partition} offset {offset}: {e}; skipped");
+            ctx.metrics.records_skipped("not_kafkasend", 1);
             // A broken record of a job being assembled dooms that job: say so now.
             let job = job_of(&rec);
             if let Some(failed) = job.and_then(|j| {

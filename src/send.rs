@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rskafka::client::partition::PartitionClient;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -18,9 +17,11 @@ use tokio::sync::mpsc;
 
 use crate::chunker::{hex, read_chunk, Chunker};
 use crate::config::{KafkaConfig, SendArgs, SendConfig, WaitArgs};
-use crate::kafka::{self, KafkaError, PartitionCache};
+use crate::fetcher::Fetcher;
+use crate::kafka::{self, KafkaError, KafkaSettings, PartitionCache};
 use crate::output::{OutputError, Sink};
 use crate::partitioner::partition_for_key;
+use crate::record_batch::Item;
 use crate::ui::{Progress, Report};
 use crate::wire::{self, Body, ErrorCategory, Frame, JobId, RequestStart};
 
@@ -53,6 +54,19 @@ pub enum SendError {
         "no response for job {job} within {secs} s, and the Kafka broker is unreachable: {detail}"
     )]
     BrokerLost {
+        /// Job id.
+        job: JobId,
+        /// Timeout.
+        secs: u64,
+        /// Last error seen.
+        detail: String,
+    },
+    /// Reading the reply partition kept failing (the broker answered, but
+    /// with something unusable), and no answer came in time.
+    #[error(
+        "no response for job {job} within {secs} s; reading the reply partition failed: {detail}"
+    )]
+    ReplyUnreadable {
         /// Job id.
         job: JobId,
         /// Timeout.
@@ -102,7 +116,7 @@ impl SendError {
             Self::Refused { .. } => 3,
             Self::Integrity(_) => 4,
             Self::Upstream { .. } => 5,
-            Self::Kafka(_) | Self::BrokerLost { .. } => 7,
+            Self::Kafka(_) | Self::BrokerLost { .. } | Self::ReplyUnreadable { .. } => 7,
             Self::Timeout { .. } => 28,
             Self::Interrupted { signal, .. } => 128 + signal_number(signal),
         }
@@ -514,11 +528,11 @@ pub async fn run_on(
 }
 
 /// A client connected to the request and response topics, with the
-/// partitions it has used kept open. Meant for one request at a time:
-/// requests whose replies share a partition would also share its
-/// connection, and the broker answers one request per connection at a time.
+/// partitions it has used kept open; each request reads its replies over a
+/// connection of its own (a `Fetcher`). Meant for one request at a time.
 /// The partition counts are read once, when it opens.
 pub struct Link {
+    settings: KafkaSettings,
     requests: PartitionCache,
     replies: PartitionCache,
     request_partitions: i32,
@@ -530,7 +544,8 @@ impl Link {
     /// request); a missing topic is an error.
     pub async fn open(kcfg: &KafkaConfig, client_id: &str) -> Result<Self, SendError> {
         let limit = kcfg.timeout;
-        let client = kafka::connect(&kcfg.settings(client_id)).await?;
+        let settings = kcfg.settings(client_id);
+        let client = kafka::connect(&settings).await?;
         let counts =
             kafka::partition_counts(&client, &[&kcfg.request_topic, &kcfg.response_topic], limit)
                 .await?;
@@ -538,6 +553,7 @@ impl Link {
             n.ok_or_else(|| SendError::from(KafkaError::MissingTopic(topic.to_string())))
         };
         Ok(Self {
+            settings,
             request_partitions: count(&kcfg.request_topic, counts[0])?,
             reply_partitions: count(&kcfg.response_topic, counts[1])?,
             requests: PartitionCache::new(Arc::clone(&client), kcfg.request_topic.clone(), limit),
@@ -578,10 +594,11 @@ async fn transmit(
         Some(sink) => {
             let reply_pc = link.replies.get(reply_partition).await?;
             let from = kafka::end_offset(&reply_pc, limit).await?;
+            let fetcher = Fetcher::new(&link.settings, &kcfg.response_topic, reply_partition);
             // Stopped however this function returns: left running, it would
-            // long-poll on a connection the `Link` uses again.
+            // long-poll the broker for nothing.
             let reader = AbortOnDrop(tokio::spawn(follow_replies(
-                reply_pc, from, job, reply_tx, limit,
+                fetcher, from, job, reply_tx, limit,
             )));
             Some((sink, reader))
         }
@@ -736,7 +753,16 @@ enum Reply {
     Frame(Frame, Vec<u8>),
     Broken(String),
     /// Reading the reply partition fails; the reader keeps retrying.
-    Trouble(String),
+    Trouble(Trouble),
+}
+
+/// Why reading the reply partition failed last.
+#[derive(Debug)]
+struct Trouble {
+    detail: String,
+    /// The broker could not be reached, rather than answering with
+    /// something unusable.
+    unreachable: bool,
 }
 
 /// How far before a job's creation `wait` starts looking for its answer:
@@ -779,7 +805,8 @@ async fn follow_job(
 ) -> Result<Outcome, SendError> {
     let kcfg = &cfg.kafka;
     let limit = kcfg.timeout;
-    let client = kafka::connect(&kcfg.settings("kafkasend-wait")).await?;
+    let settings = kcfg.settings("kafkasend-wait");
+    let client = kafka::connect(&settings).await?;
     let resp_parts = kafka::partition_count(&client, &kcfg.response_topic, limit)
         .await?
         .ok_or_else(|| KafkaError::MissingTopic(kcfg.response_topic.clone()))?;
@@ -792,8 +819,9 @@ async fn follow_job(
     let from = kafka::offset_since(&reply_pc, since_ms, limit).await?;
     log::debug!("job {job}: reading reply partition {reply_partition} from offset {from}");
     let (reply_tx, mut reply_rx) = mpsc::channel(8);
+    let fetcher = Fetcher::new(&settings, &kcfg.response_topic, reply_partition);
     let reader = AbortOnDrop(tokio::spawn(follow_replies(
-        reply_pc, from, job, reply_tx, limit,
+        fetcher, from, job, reply_tx, limit,
     )));
     let result = receive(
         sink,
@@ -810,29 +838,36 @@ async fn follow_job(
 }
 
 /// Follows the reply partition from `from`, passing on this job's frames.
+/// Other jobs' records, and batches that cannot be read and hold none of
+/// this job's records, are passed over.
 async fn follow_replies(
-    pc: Arc<PartitionClient>,
+    mut fetcher: Fetcher,
     mut from: i64,
     job: JobId,
     tx: mpsc::Sender<Reply>,
     limit: Duration,
 ) {
     let mut failures = 0u32;
+    let key = job.key();
     loop {
         // A short bound per fetch, so an unreachable broker shows up as
         // trouble well before the waiting side's timeout.
         let bound = limit.min(Duration::from_secs(4));
-        let records = match kafka::fetch(&pc, from, Duration::from_millis(500), bound).await {
-            Ok((r, _)) => {
+        let fetched = match fetcher.fetch(from, Duration::from_millis(500), bound).await {
+            Ok(f) => {
                 failures = 0;
-                r
+                f
             }
             Err(e) => {
                 // A broker restart or a coordinator move is survived: keep
                 // trying with backoff; the waiting side's timeout decides.
                 failures += 1;
                 log::debug!("reading replies: {e}; retrying");
-                if tx.try_send(Reply::Trouble(e.to_string())).is_err() && tx.is_closed() {
+                let trouble = Trouble {
+                    unreachable: e.is_connection_problem(),
+                    detail: e.to_string(),
+                };
+                if tx.try_send(Reply::Trouble(trouble)).is_err() && tx.is_closed() {
                     return;
                 }
                 let wait = Duration::from_millis(200 * u64::from(failures.min(10)));
@@ -840,8 +875,34 @@ async fn follow_replies(
                 continue;
             }
         };
-        for rec in records {
-            from = rec.offset + 1;
+        for item in fetched.items {
+            let rec = match item {
+                Item::Record(rec) => rec,
+                Item::Unreadable(batch) if batch.keys.contains(&key) => {
+                    let why = format!("a reply record is unreadable: {}", batch.detail);
+                    if tx.send(Reply::Broken(why)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Item::Unreadable(batch) => {
+                    // Another job's, as far as its keys tell; with none to
+                    // tell, this job's answer may have been in it.
+                    let level = if batch.keys.is_empty() {
+                        log::Level::Warn
+                    } else {
+                        log::Level::Debug
+                    };
+                    log::log!(
+                        level,
+                        "job {job}: reply partition offsets {}..={} skipped: {}",
+                        batch.first_offset,
+                        batch.last_offset,
+                        batch.detail
+                    );
+                    continue;
+                }
+            };
             if !kafka::is_for_job(&rec.record, &job) {
                 continue;
             }
@@ -859,9 +920,8 @@ async fn follow_replies(
                 return;
             }
             // A final record normally ends the answer. Fetch no further
-            // while the waiting side finishes, so no long poll is left on a
-            // connection a `Link` uses again (the broker answers one request
-            // per connection at a time); go on only if it still waits.
+            // while the waiting side finishes, so no long poll is left
+            // waiting on the broker for nothing; go on only if it still waits.
             if last {
                 tokio::select! {
                     _ = tx.closed() => return,
@@ -869,6 +929,7 @@ async fn follow_replies(
                 }
             }
         }
+        from = fetched.next_offset;
     }
 }
 
@@ -903,7 +964,7 @@ async fn receive(
     let mut progress = Progress::new("download", None, false);
     let mut expected_seq = 0u32;
     // The last error reading the reply partition, until a record arrives.
-    let mut trouble: Option<String> = None;
+    let mut trouble: Option<Trouble> = None;
     // Waiting ends `--timeout` after the last record of this job, however
     // many retries the reader reports meanwhile.
     let mut idle_deadline = tokio::time::Instant::now() + cfg.timeout;
@@ -920,7 +981,15 @@ async fn receive(
                 Ok(None) => return Err(SendError::Io("the reply reader stopped".into())),
                 Err(_) => {
                     return Err(match trouble {
-                        Some(detail) => SendError::BrokerLost {
+                        Some(Trouble {
+                            detail,
+                            unreachable: true,
+                        }) => SendError::BrokerLost {
+                            job,
+                            secs: cfg.timeout.as_secs(),
+                            detail,
+                        },
+                        Some(Trouble { detail, .. }) => SendError::ReplyUnreadable {
                             job,
                             secs: cfg.timeout.as_secs(),
                             detail,

@@ -5,7 +5,7 @@ use kafkasend::wire::JobId;
 use crate::common::*;
 
 /// Runs `kafkasend ARGS` (any subcommand) to completion, within [`WAIT`].
-async fn kafkasend_cmd(topics: &Topics, args: &[&str]) -> SendResult {
+pub async fn kafkasend_cmd(topics: &Topics, args: &[&str]) -> SendResult {
     let mut cmd = tokio::process::Command::from(kafkasend(topics));
     cmd.args(args).kill_on_drop(true);
     let out = tokio::time::timeout(WAIT, cmd.output())

@@ -319,31 +319,44 @@ pub fn assert_committed_to_end(topics: &Topics) -> Vec<i64> {
         .collect()
 }
 
-/// Every record in `partition` of `topic`, from the start to the end it has now.
+/// Every record in `partition` of `topic`, from the start to the end it has
+/// now, as a read_committed consumer sees them. Panics on a batch that
+/// cannot be read.
 pub async fn records_in(
     topics: &Topics,
     topic: &str,
     partition: i32,
 ) -> Vec<rskafka::record::Record> {
     use kafkasend::kafka;
+    use kafkasend::record_batch::Item;
     let limit = Duration::from_secs(30);
-    let client = kafka::connect(&kafka_settings(topics, "it-reader"))
-        .await
-        .unwrap();
+    let settings = kafka_settings(topics, "it-reader");
+    let client = kafka::connect(&settings).await.unwrap();
     let pc = kafka::partition(&client, topic, partition, limit)
         .await
         .unwrap();
     let end = kafka::end_offset(&pc, limit).await.unwrap();
+    let mut fetcher = kafkasend::fetcher::Fetcher::new(&settings, topic, partition);
     let mut out = Vec::new();
     let mut offset = 0;
+    // An open transaction holds read_committed readers back.
+    let deadline = tokio::time::Instant::now() + WAIT;
     while offset < end {
-        let (records, _) = kafka::fetch(&pc, offset, Duration::from_millis(100), limit)
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic}[{partition}] stays unread at offset {offset} (end {end})"
+        );
+        let fetched = fetcher
+            .fetch(offset, Duration::from_millis(100), limit)
             .await
             .unwrap();
-        for r in records {
-            offset = r.offset + 1;
-            out.push(r.record);
+        for item in fetched.items {
+            match item {
+                Item::Record(r) => out.push(r.record),
+                Item::Unreadable(u) => panic!("{topic}[{partition}]: {u:?}"),
+            }
         }
+        offset = fetched.next_offset;
     }
     out
 }

@@ -7,6 +7,7 @@ mod client;
 mod common;
 mod files;
 mod group;
+mod kafka_read;
 mod kafka_security;
 mod leaks;
 mod limits;

@@ -1,0 +1,1291 @@
+//! Record batches as a fetch response carries them, read the way Kafka's own
+//! consumer reads them with `isolation.level=read_committed`.
+//!
+//! Kafka's v2 batch format is decoded here, and every codec Kafka writes
+//! (gzip, snappy, lz4, zstd) is undone, within [`MAX_BATCH_BYTES`] per batch.
+//! Control batches (the commit and abort markers of transactions) are
+//! dropped, and so are the records of aborted transactions: from the first
+//! offset the broker lists for an aborted producer until that producer's
+//! abort marker.
+//!
+//! A batch that cannot be read (bad checksum, an unknown codec or format,
+//! data its codec rejects, too large once decompressed) does not stop the
+//! reader. It comes out as an [`Unreadable`] item in its place, naming its
+//! offsets, why, and the keys of whatever records could still be made out,
+//! and reading goes on after it. No I/O here: `fetcher` hands in the bytes of
+//! one fetch response.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+
+use bytes::Bytes;
+use rskafka::record::{Record, RecordAndOffset};
+
+/// Largest records section of one batch once decompressed. Our own batches
+/// hold at most one chunk (under 8 MiB); a larger one is skipped as
+/// [`SkipReason::TooLarge`] rather than held in memory.
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Record bytes decoded from one fetch response before the rest is left for
+/// the next fetch: with [`MAX_BATCH_BYTES`], bounds a reader's memory
+/// whatever the compression ratio.
+const DECODE_BUDGET: usize = 16 * 1024 * 1024;
+
+/// Records taken from one fetch response before the rest is left for the
+/// next fetch: tiny records cost more in bookkeeping than in bytes.
+const MAX_RECORDS: usize = 65_536;
+
+/// Keys an [`Unreadable`] lists at most, and the longest it keeps: a job id
+/// is 26 bytes, so longer keys cannot name a job.
+const MAX_KEYS: usize = 256;
+const MAX_KEY_LEN: usize = 64;
+
+/// Base offset and batch length: what precedes every batch, whatever its format.
+const LOG_OVERHEAD: usize = 12;
+/// The v2 batch header, up to and including the record count.
+const HEADER_V2: usize = 61;
+/// Smallest v2 record: length, attributes, timestamp and offset deltas, key
+/// and value lengths, header count, one byte each.
+const MIN_RECORD: usize = 7;
+/// Magic byte of the xerial framing Kafka's Java client wraps snappy data in.
+const XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
+
+/// A transaction the broker says was aborted: `producer_id`'s records from
+/// `first_offset` on, until its abort marker, are not to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    /// Producer that wrote the transaction.
+    pub producer_id: i64,
+    /// Offset of the transaction's first record.
+    pub first_offset: i64,
+}
+
+/// Why a batch was skipped; the `reason` label of `kafkasend_records_skipped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// The checksum does not match, or the records inside do not parse.
+    Corrupt,
+    /// An unknown codec, or data the codec rejects.
+    Codec,
+    /// A message format other than v2 (Kafka before 0.11).
+    Format,
+    /// Larger than [`MAX_BATCH_BYTES`] once decompressed.
+    TooLarge,
+}
+
+impl SkipReason {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Corrupt => "corrupt",
+            Self::Codec => "codec",
+            Self::Format => "format",
+            Self::TooLarge => "too_large",
+        }
+    }
+}
+
+/// A batch that could not be read, in the place of its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// Its first offset.
+    pub first_offset: i64,
+    /// Its last offset.
+    pub last_offset: i64,
+    /// Why it was skipped.
+    pub reason: SkipReason,
+    /// What was wrong, for the log.
+    pub detail: String,
+    /// Keys of the records in it that could still be made out (only those
+    /// short enough to be a job id): the jobs it may have held.
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl Unreadable {
+    /// How many offsets it covers.
+    pub fn records(&self) -> u64 {
+        u64::try_from(self.last_offset - self.first_offset + 1).unwrap_or(1)
+    }
+}
+
+/// One thing a fetch found, in offset order.
+#[derive(Debug)]
+pub enum Item {
+    /// A record to read.
+    Record(RecordAndOffset),
+    /// A batch that was skipped.
+    Unreadable(Unreadable),
+}
+
+/// What one fetch response held.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Records and unreadable batches, in offset order.
+    pub items: Vec<Item>,
+    /// Where the next fetch starts: past every batch read, dropped or skipped here.
+    pub next_offset: i64,
+    /// Records dropped as Kafka's read_committed consumer drops them:
+    /// transaction markers and records of aborted transactions.
+    pub dropped: u64,
+}
+
+/// A compression codec, from the low three bits of a batch's attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Codec {
+    fn from_attributes(attributes: i16) -> Result<Self, i16> {
+        match attributes & 0x7 {
+            0 => Ok(Self::None),
+            1 => Ok(Self::Gzip),
+            2 => Ok(Self::Snappy),
+            3 => Ok(Self::Lz4),
+            4 => Ok(Self::Zstd),
+            other => Err(other),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "uncompressed",
+            Self::Gzip => "gzip",
+            Self::Snappy => "snappy",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+
+/// Decodes the record bytes of one fetch response that asked for records
+/// from offset `from`. Records below `from` (the start of the first batch)
+/// are left out. The only error is a response that holds record bytes but
+/// not one whole batch, or a batch whose length is negative: then nothing
+/// can be read past `from`.
+pub fn decode(data: Bytes, from: i64, aborted: &[AbortedTxn]) -> Result<Decoded, String> {
+    let mut out = Decoded {
+        next_offset: from,
+        ..Decoded::default()
+    };
+    let mut txns = Transactions::new(aborted);
+    let mut rest = data;
+    let mut whole = 0usize;
+    let mut budget = Budget::default();
+    while rest.len() >= LOG_OVERHEAD {
+        if budget.spent() {
+            break;
+        }
+        let base = be_i64(&rest[0..8]);
+        let len = be_i32(&rest[8..12]);
+        let Ok(len) = usize::try_from(len) else {
+            if whole == 0 {
+                return Err(format!(
+                    "the record batch at offset {base} has a negative length ({len})"
+                ));
+            }
+            break;
+        };
+        if rest.len() - LOG_OVERHEAD < len {
+            // The broker may cut the last batch short; it comes whole next time.
+            break;
+        }
+        whole += 1;
+        let batch = rest.split_to(LOG_OVERHEAD + len);
+        read_batch(&batch, base, &mut txns, &mut budget, &mut out);
+    }
+    if whole == 0 && !rest.is_empty() {
+        return Err(format!(
+            "the fetch response holds {} bytes but not one whole record batch at offset {from}",
+            rest.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// How much of one response has been decoded so far.
+#[derive(Debug, Default)]
+struct Budget {
+    bytes: usize,
+    records: usize,
+}
+
+impl Budget {
+    fn spent(&self) -> bool {
+        self.bytes >= DECODE_BUDGET || self.records >= MAX_RECORDS
+    }
+}
+
+/// The fields of a v2 batch header this module uses.
+#[derive(Debug)]
+struct Header {
+    base: i64,
+    last: i64,
+    attributes: i16,
+    first_timestamp: i64,
+    max_timestamp: i64,
+    producer_id: i64,
+    record_count: i32,
+}
+
+impl Header {
+    fn transactional(&self) -> bool {
+        self.attributes & (1 << 4) != 0
+    }
+
+    fn control(&self) -> bool {
+        self.attributes & (1 << 5) != 0
+    }
+
+    fn log_append_time(&self) -> bool {
+        self.attributes & (1 << 3) != 0
+    }
+}
+
+/// Reads one whole batch (`base` offset, length and the rest) into `out`.
+fn read_batch(
+    batch: &Bytes,
+    base: i64,
+    txns: &mut Transactions,
+    budget: &mut Budget,
+    out: &mut Decoded,
+) {
+    let skip = |out: &mut Decoded, last: i64, reason, detail: String, keys| {
+        out.items.push(Item::Unreadable(Unreadable {
+            first_offset: base,
+            last_offset: last,
+            reason,
+            detail,
+            keys,
+        }));
+        out.next_offset = out.next_offset.max(last.saturating_add(1));
+    };
+    // Magic byte: after base offset, length and partition leader epoch.
+    let Some(&magic) = batch.get(16) else {
+        skip(
+            out,
+            base,
+            SkipReason::Corrupt,
+            format!("the record batch at offset {base} is too short to read"),
+            Vec::new(),
+        );
+        return;
+    };
+    if magic != 2 {
+        // The offset of a v0/v1 entry is its last record's.
+        skip(
+            out,
+            base,
+            SkipReason::Format,
+            format!("a message set in format v{magic} (Kafka before 0.11) cannot be read; only v2 record batches can"),
+            Vec::new(),
+        );
+        return;
+    }
+    if batch.len() < HEADER_V2 {
+        skip(
+            out,
+            base,
+            SkipReason::Corrupt,
+            format!("the record batch at offset {base} is too short to read"),
+            Vec::new(),
+        );
+        return;
+    }
+    let last_delta = be_i32(&batch[23..27]);
+    let header = Header {
+        base,
+        last: base.saturating_add(i64::from(last_delta.max(0))),
+        attributes: be_i16(&batch[21..23]),
+        first_timestamp: be_i64(&batch[27..35]),
+        max_timestamp: be_i64(&batch[35..43]),
+        producer_id: be_i64(&batch[43..51]),
+        record_count: be_i32(&batch[57..61]),
+    };
+    let last = header.last;
+    if last < out.next_offset {
+        // Wholly before the offset asked for: nothing in it is wanted.
+        return;
+    }
+    let crc = be_u32(&batch[17..21]);
+    if crc32c::crc32c(&batch[21..]) != crc {
+        let keys = match Codec::from_attributes(header.attributes) {
+            Ok(Codec::None) => keys_in(&batch[HEADER_V2..]),
+            _ => Vec::new(),
+        };
+        skip(
+            out,
+            last,
+            SkipReason::Corrupt,
+            format!("the record batch at offsets {base}..={last} fails its CRC32C check"),
+            keys,
+        );
+        return;
+    }
+    if header.producer_id >= 0 {
+        txns.reach(last);
+        if header.control() {
+            if is_abort_marker(&batch.slice(HEADER_V2..), &header) {
+                txns.ended(header.producer_id);
+            }
+        } else if header.transactional() && txns.is_aborted(header.producer_id) {
+            out.dropped += u64::try_from(header.record_count).unwrap_or(0);
+            out.next_offset = out.next_offset.max(last + 1);
+            return;
+        }
+    }
+    if header.control() {
+        out.dropped += u64::try_from(header.record_count).unwrap_or(0);
+        out.next_offset = out.next_offset.max(last + 1);
+        return;
+    }
+    let codec = match Codec::from_attributes(header.attributes) {
+        Ok(c) => c,
+        Err(n) => {
+            skip(
+                out,
+                last,
+                SkipReason::Codec,
+                format!(
+                    "the record batch at offsets {base}..={last} uses compression codec {n}, which Kafka does not define"
+                ),
+                Vec::new(),
+            );
+            return;
+        }
+    };
+    let section = batch.slice(HEADER_V2..);
+    let records = match decompress(codec, &section, MAX_BATCH_BYTES) {
+        Ok(r) => r,
+        Err(failed) => {
+            let detail = format!(
+                "the {} record batch at offsets {base}..={last} {}",
+                codec.name(),
+                failed.detail
+            );
+            let keys = keys_in(&failed.prefix);
+            skip(out, last, failed.reason, detail, keys);
+            return;
+        }
+    };
+    budget.bytes += records.len();
+    let from = out.next_offset;
+    match parse_records(&records, &header, from, budget) {
+        Ok((parsed, stopped_at)) => {
+            out.items.extend(parsed.into_iter().map(Item::Record));
+            out.next_offset = match stopped_at {
+                Some(offset) => offset,
+                None => out.next_offset.max(last + 1),
+            };
+        }
+        Err(detail) => {
+            let keys = keys_in(&records);
+            skip(
+                out,
+                last,
+                SkipReason::Corrupt,
+                format!(
+                    "the {} record batch at offsets {base}..={last} is damaged: {detail}",
+                    codec.name()
+                ),
+                keys,
+            );
+        }
+    }
+}
+
+/// Kafka's read_committed filter over one fetch response, as its consumer
+/// applies it: an aborted transaction starts to count once a batch reaches
+/// its first offset, and ends at its producer's abort marker. The broker
+/// lists every aborted transaction overlapping the fetched range, so no
+/// state carries over from one response to the next.
+#[derive(Debug)]
+struct Transactions {
+    /// Aborted transactions not yet reached, the lowest first offset last.
+    ahead: Vec<AbortedTxn>,
+    /// Producers inside an aborted transaction: their transactional
+    /// batches are dropped until their abort marker.
+    open: HashSet<i64>,
+}
+
+impl Transactions {
+    fn new(aborted: &[AbortedTxn]) -> Self {
+        let mut ahead = aborted.to_vec();
+        ahead.sort_by_key(|t| std::cmp::Reverse(t.first_offset));
+        Self {
+            ahead,
+            open: HashSet::new(),
+        }
+    }
+
+    /// A batch ending at `last` is next: every aborted transaction that
+    /// starts at or before it is now open.
+    fn reach(&mut self, last: i64) {
+        while self.ahead.last().is_some_and(|t| t.first_offset <= last) {
+            if let Some(t) = self.ahead.pop() {
+                self.open.insert(t.producer_id);
+            }
+        }
+    }
+
+    fn is_aborted(&self, producer_id: i64) -> bool {
+        self.open.contains(&producer_id)
+    }
+
+    /// The abort marker of `producer_id`'s transaction.
+    fn ended(&mut self, producer_id: i64) {
+        self.open.remove(&producer_id);
+    }
+}
+
+/// Whether a control batch is an abort marker: its first record's key is
+/// a version (i16) and a type (i16), and type 0 is ABORT (1 is COMMIT).
+fn is_abort_marker(section: &Bytes, header: &Header) -> bool {
+    let mut cur = Cursor::new(section);
+    match parse_record(&mut cur, header) {
+        Ok(rec) => rec
+            .record
+            .key
+            .as_deref()
+            .is_some_and(|k| k.len() >= 4 && k[2..4] == [0, 0]),
+        Err(_) => false,
+    }
+}
+
+/// Parses a batch's records; those below `from` are left out. Stops early,
+/// returning the offset to go on from, when `budget` runs out part-way.
+fn parse_records(
+    section: &[u8],
+    header: &Header,
+    from: i64,
+    budget: &mut Budget,
+) -> Result<(Vec<RecordAndOffset>, Option<i64>), String> {
+    let count = usize::try_from(header.record_count)
+        .map_err(|_| format!("negative record count {}", header.record_count))?;
+    if count > section.len() / MIN_RECORD {
+        return Err(format!(
+            "{count} records cannot fit in {} bytes",
+            section.len()
+        ));
+    }
+    let mut cur = Cursor::new(section);
+    let mut out = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let rec = parse_record(&mut cur, header)?;
+        if rec.offset < from {
+            continue;
+        }
+        if budget.records >= MAX_RECORDS {
+            // The rest of this batch comes again with the next fetch.
+            return Ok((out, Some(rec.offset)));
+        }
+        budget.records += 1;
+        out.push(rec);
+    }
+    if cur.remaining() > 0 {
+        return Err(format!(
+            "{} bytes follow the {count} records the header announces",
+            cur.remaining()
+        ));
+    }
+    Ok((out, None))
+}
+
+/// Parses one record.
+fn parse_record(cur: &mut Cursor<'_>, header: &Header) -> Result<RecordAndOffset, String> {
+    let len = usize::try_from(cur.varint()?).map_err(|_| "negative record length".to_string())?;
+    let mut rec = Cursor::new(cur.take(len)?);
+    let _attributes = rec.take(1)?;
+    let timestamp_delta = rec.varlong()?;
+    let offset_delta = rec.varint()?;
+    let key = rec.nullable()?.map(<[u8]>::to_vec);
+    let value = rec.nullable()?.map(<[u8]>::to_vec);
+    let header_count =
+        usize::try_from(rec.varint()?).map_err(|_| "negative header count".to_string())?;
+    if header_count > rec.remaining() / 2 {
+        return Err(format!(
+            "{header_count} headers cannot fit in {} bytes",
+            rec.remaining()
+        ));
+    }
+    let mut headers = BTreeMap::new();
+    for _ in 0..header_count {
+        let name = rec
+            .nullable()?
+            .ok_or_else(|| "a header without a name".to_string())?;
+        let value = rec.nullable()?.map(<[u8]>::to_vec).unwrap_or_default();
+        headers.insert(String::from_utf8_lossy(name).into_owned(), value);
+    }
+    if rec.remaining() > 0 {
+        return Err(format!(
+            "{} bytes follow a record's headers",
+            rec.remaining()
+        ));
+    }
+    let millis = if header.log_append_time() {
+        header.max_timestamp
+    } else {
+        header.first_timestamp.saturating_add(timestamp_delta)
+    };
+    Ok(RecordAndOffset {
+        record: Record {
+            key,
+            value,
+            headers,
+            timestamp: rskafka::chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default(),
+        },
+        offset: header.base.saturating_add(i64::from(offset_delta)),
+    })
+}
+
+/// The keys of the records in `section` up to the first that cannot be
+/// made out, each once: the jobs an unreadable batch may have held. A
+/// record cut short or damaged past its key still gives its key.
+fn keys_in(section: &[u8]) -> Vec<Vec<u8>> {
+    let mut cur = Cursor::new(section);
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    while cur.remaining() > 0 && keys.len() < MAX_KEYS {
+        let Some(len) = cur.varint().ok().and_then(|n| usize::try_from(n).ok()) else {
+            break;
+        };
+        let whole = len <= cur.remaining();
+        let Ok(body) = cur.take(len.min(cur.remaining())) else {
+            break;
+        };
+        let mut rec = Cursor::new(body);
+        let key = rec
+            .take(1)
+            .and_then(|_| rec.varlong())
+            .and_then(|_| rec.varint())
+            .and_then(|_| rec.nullable());
+        if let Ok(Some(k)) = key {
+            if k.len() <= MAX_KEY_LEN && !keys.iter().any(|seen| seen == k) {
+                keys.push(k.to_vec());
+            }
+        }
+        if !whole {
+            break;
+        }
+    }
+    keys
+}
+
+/// Why decompression failed, and what came out before it did.
+#[derive(Debug)]
+struct Failed {
+    reason: SkipReason,
+    detail: String,
+    prefix: Vec<u8>,
+}
+
+/// Undoes `codec` on a batch's records section, giving up past `limit`
+/// bytes of output.
+fn decompress(codec: Codec, input: &Bytes, limit: usize) -> Result<Bytes, Failed> {
+    let out = match codec {
+        Codec::None => {
+            if input.len() > limit {
+                return Err(too_large(limit, input[..limit].to_vec()));
+            }
+            return Ok(input.clone());
+        }
+        Codec::Gzip => read_limited(flate2::read::MultiGzDecoder::new(&input[..]), limit),
+        Codec::Lz4 => match lz4::Decoder::new(&input[..]) {
+            Ok(d) => read_limited(d, limit),
+            Err(e) => Err(damaged(e, Vec::new())),
+        },
+        Codec::Zstd => match zstd::stream::read::Decoder::with_buffer(&input[..]) {
+            Ok(d) => read_limited(d, limit),
+            Err(e) => Err(damaged(e, Vec::new())),
+        },
+        Codec::Snappy => unsnappy(input, limit),
+    }?;
+    Ok(Bytes::from(out))
+}
+
+fn too_large(limit: usize, prefix: Vec<u8>) -> Failed {
+    Failed {
+        reason: SkipReason::TooLarge,
+        detail: format!(
+            "holds more than {} MiB once decompressed",
+            limit / (1024 * 1024)
+        ),
+        prefix,
+    }
+}
+
+fn damaged(e: impl std::fmt::Display, prefix: Vec<u8>) -> Failed {
+    Failed {
+        reason: SkipReason::Codec,
+        detail: format!("cannot be decompressed: {e}"),
+        prefix,
+    }
+}
+
+fn read_limited(reader: impl Read, limit: usize) -> Result<Vec<u8>, Failed> {
+    let mut out = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    match reader.take(cap).read_to_end(&mut out) {
+        Ok(_) if out.len() > limit => {
+            out.truncate(limit);
+            Err(too_large(limit, out))
+        }
+        Ok(_) => Ok(out),
+        Err(e) => Err(damaged(e, out)),
+    }
+}
+
+/// Snappy as Kafka's Java client writes it: the xerial stream (a 16-byte
+/// header, then blocks each preceded by its length as a big-endian u32), or,
+/// as the Java client also accepts, one raw snappy block.
+fn unsnappy(input: &[u8], limit: usize) -> Result<Vec<u8>, Failed> {
+    let mut decoder = snap::raw::Decoder::new();
+    let mut out = Vec::new();
+    let mut block = |data: &[u8], out: &mut Vec<u8>| -> Result<(), Failed> {
+        let n = snap::raw::decompress_len(data).map_err(|e| damaged(e, Vec::new()))?;
+        if out.len().saturating_add(n) > limit {
+            return Err(too_large(limit, std::mem::take(out)));
+        }
+        let at = out.len();
+        out.resize(at + n, 0);
+        match decoder.decompress(data, &mut out[at..]) {
+            Ok(written) => {
+                out.truncate(at + written);
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(at);
+                Err(damaged(e, std::mem::take(out)))
+            }
+        }
+    };
+    if input.len() < 16 || !input.starts_with(XERIAL_MAGIC) {
+        block(input, &mut out)?;
+        return Ok(out);
+    }
+    let mut rest = &input[16..];
+    while !rest.is_empty() {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(damaged("a block length is cut short", out));
+        };
+        let len = usize::try_from(u32::from_be_bytes(*len)).unwrap_or(usize::MAX);
+        if len > tail.len() {
+            return Err(damaged("a block is cut short", out));
+        }
+        let (data, next) = tail.split_at(len);
+        block(data, &mut out)?;
+        rest = next;
+    }
+    Ok(out)
+}
+
+/// Reads Kafka's big-endian integers and zigzag varints from a byte slice.
+struct Cursor<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf }
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if n > self.buf.len() {
+            return Err(format!("{n} bytes announced, {} left", self.buf.len()));
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    /// An unsigned LEB128 value of at most `max_bytes` bytes.
+    fn unsigned(&mut self, max_bytes: u32) -> Result<u64, String> {
+        let mut value = 0u64;
+        for i in 0..max_bytes {
+            let b = self.take(1)?[0];
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("a varint is too long".into())
+    }
+
+    fn varint(&mut self) -> Result<i32, String> {
+        let v = self.unsigned(5)?;
+        let v = u32::try_from(v).map_err(|_| "a varint is too large".to_string())?;
+        Ok(((v >> 1) as i32) ^ -((v & 1) as i32))
+    }
+
+    fn varlong(&mut self) -> Result<i64, String> {
+        let v = self.unsigned(10)?;
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+
+    /// A length-prefixed field; length -1 means null.
+    fn nullable(&mut self) -> Result<Option<&'a [u8]>, String> {
+        match self.varint()? {
+            -1 => Ok(None),
+            n => match usize::try_from(n) {
+                Ok(n) => self.take(n).map(Some),
+                Err(_) => Err(format!("negative length {n}")),
+            },
+        }
+    }
+}
+
+fn be_i64(b: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    i64::from_be_bytes(a)
+}
+
+fn be_i32(b: &[u8]) -> i32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    i32::from_be_bytes(a)
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_be_bytes(a)
+}
+
+fn be_i16(b: &[u8]) -> i16 {
+    i16::from_be_bytes([b[0], b[1]])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use bytes::{BufMut, BytesMut};
+    use kafka_protocol::indexmap::IndexMap;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Compression, Record as KRecord, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const JOB: &str = "01JDXK5Q7V8Y0C4J6N2W3R9T1M";
+
+    /// A plain record, written by a producer without transactions.
+    fn plain(offset: i64, key: &str, value: &[u8]) -> KRecord {
+        KRecord {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset,
+            sequence: offset as i32,
+            timestamp: 1_700_000_000_000 + offset,
+            key: Some(Bytes::copy_from_slice(key.as_bytes())),
+            value: Some(Bytes::copy_from_slice(value)),
+            headers: IndexMap::new(),
+        }
+    }
+
+    /// A record of `producer`'s transaction.
+    fn txn(offset: i64, producer: i64, value: &str) -> KRecord {
+        KRecord {
+            transactional: true,
+            producer_id: producer,
+            producer_epoch: 0,
+            ..plain(offset, "k", value.as_bytes())
+        }
+    }
+
+    /// An idempotent producer's record outside any transaction.
+    fn idempotent(offset: i64, producer: i64, value: &str) -> KRecord {
+        KRecord {
+            transactional: false,
+            ..txn(offset, producer, value)
+        }
+    }
+
+    /// A transaction marker: key version 0, type 0 (abort) or 1 (commit).
+    fn marker(offset: i64, producer: i64, abort: bool) -> KRecord {
+        KRecord {
+            control: true,
+            key: Some(Bytes::from_static(if abort {
+                &[0, 0, 0, 0]
+            } else {
+                &[0, 0, 0, 1]
+            })),
+            value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0])),
+            ..txn(offset, producer, "")
+        }
+    }
+
+    /// The xerial snappy stream Kafka's Java client writes.
+    fn xerial(data: &[u8]) -> Vec<u8> {
+        let mut out = XERIAL_MAGIC.to_vec();
+        out.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+        for block in data.chunks(32 * 1024) {
+            let packed = snap::raw::Encoder::new().compress_vec(block).unwrap();
+            out.extend_from_slice(&(packed.len() as u32).to_be_bytes());
+            out.extend_from_slice(&packed);
+        }
+        out
+    }
+
+    fn compress(codec: Compression, data: &[u8]) -> Vec<u8> {
+        match codec {
+            Compression::None => data.to_vec(),
+            Compression::Gzip => {
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            Compression::Snappy => xerial(data),
+            Compression::Lz4 => {
+                let mut e = lz4::EncoderBuilder::new().build(Vec::new()).unwrap();
+                e.write_all(data).unwrap();
+                let (out, r) = e.finish();
+                r.unwrap();
+                out
+            }
+            Compression::Zstd => zstd::bulk::compress(data, 3).unwrap(),
+        }
+    }
+
+    /// One batch (the records must agree on producer and flags), its
+    /// records section compressed with `codec` by another encoder than ours.
+    fn batch(records: &[KRecord], codec: Compression) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: codec,
+        };
+        RecordBatchEncoder::encode_with_custom_compression(
+            &mut buf,
+            records,
+            &options,
+            Some(|plain: &mut BytesMut, out: &mut BytesMut, c: Compression| {
+                out.put_slice(&compress(c, plain));
+                Ok(())
+            }),
+        )
+        .unwrap();
+        buf.to_vec()
+    }
+
+    fn response(batches: &[Vec<u8>]) -> Bytes {
+        Bytes::from(batches.concat())
+    }
+
+    /// Rewrites a batch's CRC after a test changed its bytes.
+    fn fix_crc(batch: &mut [u8]) {
+        let crc = crc32c::crc32c(&batch[21..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    fn records(d: &Decoded) -> Vec<(i64, Vec<u8>)> {
+        d.items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Record(r) => Some((r.offset, r.record.value.clone().unwrap_or_default())),
+                Item::Unreadable(_) => None,
+            })
+            .collect()
+    }
+
+    fn unreadable(d: &Decoded) -> Vec<&Unreadable> {
+        d.items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Unreadable(u) => Some(u),
+                Item::Record(_) => None,
+            })
+            .collect()
+    }
+
+    fn values(d: &Decoded) -> Vec<String> {
+        records(d)
+            .into_iter()
+            .map(|(o, v)| format!("{o}:{}", String::from_utf8_lossy(&v)))
+            .collect()
+    }
+
+    #[test]
+    fn every_codec_reads_back_what_was_written() {
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut first = plain(40, JOB, b"start");
+            first.headers.insert(
+                StrBytes::from_static_str("kafkasend-reply-to"),
+                Some(Bytes::from_static(b"2/replies")),
+            );
+            first
+                .headers
+                .insert(StrBytes::from_static_str("empty"), None);
+            // Larger than one snappy block, and not all alike.
+            let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+            let written = [first, plain(41, JOB, &big), plain(42, "other", b"end")];
+            let d = decode(response(&[batch(&written, codec)]), 40, &[]).unwrap();
+            assert_eq!(d.next_offset, 43, "{codec:?}");
+            let got: Vec<&RecordAndOffset> = d
+                .items
+                .iter()
+                .map(|i| match i {
+                    Item::Record(r) => r,
+                    Item::Unreadable(u) => panic!("{codec:?}: {u:?}"),
+                })
+                .collect();
+            assert_eq!(got.len(), 3, "{codec:?}");
+            assert_eq!(got[0].offset, 40);
+            assert_eq!(got[0].record.key.as_deref(), Some(JOB.as_bytes()));
+            assert_eq!(got[0].record.value.as_deref(), Some(&b"start"[..]));
+            assert_eq!(
+                got[0]
+                    .record
+                    .headers
+                    .get("kafkasend-reply-to")
+                    .map(Vec::as_slice),
+                Some(&b"2/replies"[..])
+            );
+            assert_eq!(got[0].record.headers.get("empty"), Some(&Vec::new()));
+            assert_eq!(
+                got[0].record.timestamp.timestamp_millis(),
+                1_700_000_000_040
+            );
+            assert_eq!(got[1].record.value.as_deref(), Some(&big[..]), "{codec:?}");
+            assert_eq!(got[2].offset, 42);
+            assert_eq!(got[2].record.key.as_deref(), Some(&b"other"[..]));
+        }
+    }
+
+    #[test]
+    fn records_before_the_offset_asked_for_are_left_out() {
+        let written: Vec<KRecord> = (10..15).map(|o| plain(o, "k", b"v")).collect();
+        let d = decode(response(&[batch(&written, Compression::Gzip)]), 12, &[]).unwrap();
+        let offsets: Vec<i64> = records(&d).iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, [12, 13, 14]);
+        assert_eq!(d.next_offset, 15);
+    }
+
+    #[test]
+    fn an_aborted_transaction_is_dropped_up_to_its_marker_and_its_neighbours_kept() {
+        let data = response(&[
+            batch(&[plain(0, "k", b"before")], Compression::None),
+            batch(
+                &[txn(1, 7, "aborted-1"), txn(2, 7, "aborted-2")],
+                Compression::Lz4,
+            ),
+            batch(&[plain(3, "k", b"between")], Compression::None),
+            batch(&[txn(4, 8, "committed")], Compression::Zstd),
+            batch(&[marker(5, 7, true)], Compression::None),
+            batch(&[marker(6, 8, false)], Compression::None),
+            // The same producer's next transaction is not the aborted one.
+            batch(&[txn(7, 7, "next-txn")], Compression::Gzip),
+            batch(&[marker(8, 7, false)], Compression::None),
+        ]);
+        let aborted = [AbortedTxn {
+            producer_id: 7,
+            first_offset: 1,
+        }];
+        let d = decode(data, 0, &aborted).unwrap();
+        assert_eq!(
+            values(&d),
+            ["0:before", "3:between", "4:committed", "7:next-txn"]
+        );
+        assert_eq!(d.next_offset, 9);
+        assert_eq!(d.dropped, 2 + 3);
+    }
+
+    #[test]
+    fn a_transaction_aborted_before_the_offset_asked_for_is_still_dropped() {
+        let data = response(&[
+            batch(
+                &[txn(3, 7, "aborted-3"), txn(4, 7, "aborted-4")],
+                Compression::Snappy,
+            ),
+            batch(&[plain(5, "k", b"kept")], Compression::None),
+            batch(&[marker(6, 7, true)], Compression::None),
+        ]);
+        let aborted = [AbortedTxn {
+            producer_id: 7,
+            first_offset: 1,
+        }];
+        let d = decode(data, 3, &aborted).unwrap();
+        assert_eq!(values(&d), ["5:kept"]);
+        assert_eq!(d.next_offset, 7);
+    }
+
+    #[test]
+    fn an_aborted_producer_stays_dropped_until_its_marker_arrives() {
+        let data = response(&[
+            batch(&[txn(0, 7, "a"), txn(1, 7, "b")], Compression::None),
+            batch(&[plain(2, "k", b"kept")], Compression::None),
+            batch(&[txn(3, 7, "c")], Compression::None),
+        ]);
+        let aborted = [AbortedTxn {
+            producer_id: 7,
+            first_offset: 0,
+        }];
+        let d = decode(data, 0, &aborted).unwrap();
+        assert_eq!(values(&d), ["2:kept"]);
+        assert_eq!(d.next_offset, 4);
+    }
+
+    #[test]
+    fn a_producer_aborted_later_keeps_its_earlier_committed_transaction() {
+        let data = response(&[
+            batch(&[txn(0, 7, "committed")], Compression::None),
+            batch(&[marker(1, 7, false)], Compression::None),
+            batch(&[txn(2, 7, "aborted")], Compression::None),
+            batch(&[marker(3, 7, true)], Compression::None),
+            batch(&[txn(4, 9, "other producer")], Compression::None),
+        ]);
+        let aborted = [AbortedTxn {
+            producer_id: 7,
+            first_offset: 2,
+        }];
+        let d = decode(data, 0, &aborted).unwrap();
+        assert_eq!(values(&d), ["0:committed", "4:other producer"]);
+    }
+
+    #[test]
+    fn an_aborted_producers_records_outside_transactions_are_kept() {
+        let data = response(&[
+            batch(&[txn(0, 7, "aborted")], Compression::None),
+            batch(
+                &[idempotent(1, 7, "not in a transaction")],
+                Compression::None,
+            ),
+            batch(&[marker(2, 7, true)], Compression::None),
+        ]);
+        let aborted = [AbortedTxn {
+            producer_id: 7,
+            first_offset: 0,
+        }];
+        let d = decode(data, 0, &aborted).unwrap();
+        assert_eq!(values(&d), ["1:not in a transaction"]);
+    }
+
+    #[test]
+    fn markers_alone_are_dropped_and_passed() {
+        let data = response(&[
+            batch(&[marker(5, 7, false)], Compression::None),
+            batch(&[marker(6, 8, true)], Compression::None),
+        ]);
+        let d = decode(data, 5, &[]).unwrap();
+        assert!(d.items.is_empty());
+        assert_eq!(d.next_offset, 7);
+        assert_eq!(d.dropped, 2);
+    }
+
+    #[test]
+    fn a_batch_too_large_once_decompressed_is_skipped_naming_its_job() {
+        let zeros = vec![0u8; MAX_BATCH_BYTES + 1];
+        for codec in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let data = response(&[
+                batch(&[plain(0, JOB, &zeros)], codec),
+                batch(&[plain(1, "k", b"after")], codec),
+            ]);
+            let d = decode(data, 0, &[]).unwrap();
+            let skipped = unreadable(&d);
+            assert_eq!(skipped.len(), 1, "{codec:?}");
+            assert_eq!(skipped[0].reason, SkipReason::TooLarge, "{codec:?}");
+            assert_eq!((skipped[0].first_offset, skipped[0].last_offset), (0, 0));
+            assert_eq!(skipped[0].keys, [JOB.as_bytes().to_vec()], "{codec:?}");
+            assert!(
+                skipped[0].detail.contains("more than 16 MiB"),
+                "{}",
+                skipped[0].detail
+            );
+            assert_eq!(values(&d), ["1:after"], "{codec:?}");
+            assert_eq!(d.next_offset, 2);
+        }
+    }
+
+    #[test]
+    fn a_damaged_batch_is_skipped_and_reading_goes_on() {
+        let mut damaged = batch(
+            &[plain(0, JOB, b"value"), plain(1, JOB, b"v2")],
+            Compression::None,
+        );
+        let at = damaged.len() - 3;
+        damaged[at] ^= 0xff;
+        let data = response(&[
+            damaged,
+            batch(&[plain(2, "k", b"after")], Compression::None),
+        ]);
+        let d = decode(data, 0, &[]).unwrap();
+        let skipped = unreadable(&d);
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].reason, SkipReason::Corrupt);
+        assert!(
+            skipped[0].detail.contains("CRC32C"),
+            "{}",
+            skipped[0].detail
+        );
+        assert_eq!(skipped[0].records(), 2);
+        assert_eq!(values(&d), ["2:after"]);
+        assert_eq!(d.next_offset, 3);
+    }
+
+    #[test]
+    fn a_record_damaged_after_its_key_still_names_its_job() {
+        let mut b = batch(&[plain(0, JOB, b"value")], Compression::None);
+        // The record is: length, attributes, timestamp delta, offset delta,
+        // key length, key, value length, value, header count. Claim a value
+        // longer than what is left.
+        let value_len_at = HEADER_V2 + 4 + 1 + JOB.len();
+        assert_eq!(b[value_len_at], 10, "zigzag 5");
+        b[value_len_at] = 100;
+        fix_crc(&mut b);
+        let d = decode(response(&[b]), 0, &[]).unwrap();
+        let skipped = unreadable(&d);
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].reason, SkipReason::Corrupt);
+        assert_eq!(skipped[0].keys, [JOB.as_bytes().to_vec()]);
+        assert_eq!(d.next_offset, 1);
+    }
+
+    #[test]
+    fn unknown_codecs_and_data_a_codec_rejects_are_skipped() {
+        let mut unknown = batch(&[plain(0, JOB, b"v")], Compression::None);
+        unknown[22] |= 0x5;
+        fix_crc(&mut unknown);
+        let mut garbage = batch(&[plain(1, JOB, b"v")], Compression::None);
+        // Uncompressed bytes under a gzip, lz4, zstd or snappy flag.
+        for bits in [1u8, 2, 3, 4] {
+            let mut g = garbage.clone();
+            g[22] = (g[22] & !0x7) | bits;
+            fix_crc(&mut g);
+            let d = decode(response(&[g]), 1, &[]).unwrap();
+            let skipped = unreadable(&d);
+            assert_eq!(skipped.len(), 1, "codec {bits}");
+            assert_eq!(skipped[0].reason, SkipReason::Codec, "codec {bits}");
+            assert_eq!(d.next_offset, 2);
+        }
+        garbage.clear();
+        let d = decode(response(&[unknown]), 0, &[]).unwrap();
+        let skipped = unreadable(&d);
+        assert_eq!(skipped[0].reason, SkipReason::Codec);
+        assert!(
+            skipped[0].detail.contains("codec 5"),
+            "{}",
+            skipped[0].detail
+        );
+    }
+
+    #[test]
+    fn message_sets_of_old_formats_are_skipped() {
+        let mut old = batch(&[plain(4, "k", b"v")], Compression::None);
+        old[16] = 1;
+        let d = decode(
+            response(&[old, batch(&[plain(5, "k", b"new")], Compression::None)]),
+            4,
+            &[],
+        )
+        .unwrap();
+        let skipped = unreadable(&d);
+        assert_eq!(skipped[0].reason, SkipReason::Format);
+        assert_eq!(values(&d), ["5:new"]);
+    }
+
+    #[test]
+    fn a_last_batch_cut_short_waits_for_the_next_fetch() {
+        let first = batch(
+            &[plain(0, "k", b"a"), plain(1, "k", b"b")],
+            Compression::None,
+        );
+        let second = batch(&[plain(2, "k", b"c")], Compression::None);
+        let cut = &second[..second.len() - 1];
+        let d = decode(response(&[first, cut.to_vec()]), 0, &[]).unwrap();
+        assert_eq!(values(&d), ["0:a", "1:b"]);
+        assert_eq!(d.next_offset, 2);
+        // Nothing whole at all: nothing can be read past the offset.
+        assert!(decode(Bytes::copy_from_slice(cut), 2, &[]).is_err());
+        assert!(decode(Bytes::new(), 2, &[]).unwrap().items.is_empty());
+    }
+
+    #[test]
+    fn a_large_response_is_read_in_parts() {
+        let six_mib = vec![0u8; 6 * 1024 * 1024];
+        let data = response(
+            &(0..4)
+                .map(|o| batch(&[plain(o, "k", &six_mib)], Compression::Zstd))
+                .collect::<Vec<_>>(),
+        );
+        let d = decode(data.clone(), 0, &[]).unwrap();
+        assert_eq!(records(&d).len(), 3);
+        assert_eq!(d.next_offset, 3);
+        let d = decode(data.slice(data.len() / 4 * 3..), 3, &[]).unwrap();
+        assert_eq!(records(&d).len(), 1);
+        assert_eq!(d.next_offset, 4);
+
+        let tiny: Vec<KRecord> = (0..MAX_RECORDS as i64 + 10)
+            .map(|o| plain(o, "", b""))
+            .collect();
+        let data = response(&[batch(&tiny, Compression::Lz4)]);
+        let d = decode(data.clone(), 0, &[]).unwrap();
+        assert_eq!(records(&d).len(), MAX_RECORDS);
+        assert_eq!(d.next_offset, MAX_RECORDS as i64);
+        let d = decode(data, d.next_offset, &[]).unwrap();
+        assert_eq!(records(&d).len(), 10);
+        assert_eq!(d.next_offset, MAX_RECORDS as i64 + 10);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode(Bytes::from(data), 0, &[]);
+        }
+
+        #[test]
+        fn damaged_batches_never_panic(
+            codec in 0usize..5,
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            crc in any::<bool>(),
+        ) {
+            let codec = [
+                Compression::None,
+                Compression::Gzip,
+                Compression::Snappy,
+                Compression::Lz4,
+                Compression::Zstd,
+            ][codec];
+            let mut b = batch(
+                &[plain(0, JOB, b"some value"), plain(1, "k", &[7; 300])],
+                codec,
+            );
+            for (at, byte) in flips {
+                let i = at.index(b.len());
+                b[i] ^= byte;
+            }
+            if crc && b.len() > HEADER_V2 {
+                fix_crc(&mut b);
+            }
+            let _ = decode(Bytes::from(b), 0, &[]);
+        }
+    }
+}
