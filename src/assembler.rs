@@ -3,8 +3,10 @@
 //!
 //! Memory is bounded per job and for all jobs together: a body stays in
 //! memory while it arrives without gaps, stays under the spool threshold and
-//! fits the portal's memory [`Budget`]; otherwise it moves to an unlinked
-//! temporary file, which disappears with the job whatever happens. A job
+//! fits the portal's memory [`Budget`] short of the reserve kept for start
+//! records and chunk tables, which cannot move to disk; otherwise it moves to
+//! an unlinked temporary file, which disappears with the job whatever
+//! happens. A job
 //! completes only when every chunk has arrived and the body's SHA-256 matches
 //! the `End` frame, so the target API never receives a body whose digest does
 //! not match.
@@ -43,6 +45,12 @@ pub struct Limits {
     /// Most bytes of memory held for requests, shared by every assembler of
     /// a portal through [`Budgets::memory`].
     pub max_memory_bytes: u64,
+    /// The last bytes of `max_memory_bytes`, which bodies may not take: only
+    /// start records and chunk tables, which cannot move to disk. The
+    /// portal sets it to [`bookkeeping_bound`], so a job of the most chunks
+    /// and the largest start record the settings allow can always be
+    /// recorded, however much memory bodies hold.
+    pub memory_reserve: u64,
     /// A request older than this, by its job id's time, is refused.
     pub max_job_age: Duration,
 }
@@ -58,9 +66,45 @@ impl Default for Limits {
             max_chunks: 100_000,
             max_spool_bytes: 20 * 1024 * 1024 * 1024,
             max_memory_bytes: 256 * 1024 * 1024,
+            memory_reserve: bookkeeping_bound(100_000, 64, 16 * 1024),
             max_job_age: Duration::from_secs(3600),
         }
     }
+}
+
+/// Memory a job's chunk table takes per chunk: an entry of the `seen` map
+/// is 8 bytes and a control byte, and a map that has just doubled is less
+/// than half full, so 24 bytes per entry covers what it allocates.
+pub const CHUNK_ENTRY_COST: u64 = 24;
+
+/// Bytes of a start record's text besides its headers that
+/// [`largest_start_cost`] allows for: a path of at most
+/// [`crate::policy::MAX_PATH_BYTES`], a reply topic (Kafka allows 249) and a
+/// method. A start record with more is still charged in full, only not
+/// covered by the reserve.
+const START_TEXT_BESIDES_HEADERS: u64 = crate::policy::MAX_PATH_BYTES as u64 + 512;
+
+/// The most memory one job's start record takes when the policy admits at
+/// most `max_header_count` headers of `max_header_bytes` bytes in all.
+pub fn largest_start_cost(max_header_count: usize, max_header_bytes: usize) -> u64 {
+    let per_header = std::mem::size_of::<(String, String)>() as u64;
+    std::mem::size_of::<(JobId, Assembly)>() as u64
+        + START_TEXT_BESIDES_HEADERS
+        + (max_header_count as u64).saturating_mul(per_header)
+        + max_header_bytes as u64
+}
+
+/// The most memory one job's bookkeeping (start record and chunk table)
+/// takes under these settings: what a memory budget must hold at least,
+/// and the reserve bodies leave free.
+pub fn bookkeeping_bound(
+    max_chunks: usize,
+    max_header_count: usize,
+    max_header_bytes: usize,
+) -> u64 {
+    (max_chunks as u64)
+        .saturating_mul(CHUNK_ENTRY_COST)
+        .saturating_add(largest_start_cost(max_header_count, max_header_bytes))
 }
 
 /// Bytes that all jobs of a portal share, on disk or in memory; jobs take
@@ -69,14 +113,24 @@ impl Default for Limits {
 #[derive(Debug)]
 pub struct Budget {
     limit: u64,
+    /// The last bytes of `limit`, which leases taken with
+    /// [`Lease::short_of_reserve`] may not fill.
+    reserve: u64,
     used: AtomicU64,
 }
 
 impl Budget {
     /// A budget of `limit` bytes.
     pub fn new(limit: u64) -> Arc<Self> {
+        Self::with_reserve(limit, 0)
+    }
+
+    /// A budget of `limit` bytes whose last `reserve` bytes only some
+    /// leases may take.
+    pub fn with_reserve(limit: u64, reserve: u64) -> Arc<Self> {
         Arc::new(Self {
             limit,
+            reserve,
             used: AtomicU64::new(0),
         })
     }
@@ -99,7 +153,8 @@ pub struct Budgets {
     pub spool: Arc<Budget>,
     /// Memory for requests: jobs' start records and chunk tables while they
     /// assemble, and bodies kept in memory until the last copy is dropped
-    /// (`PORTAL_MAX_ASSEMBLY_MEMORY_BYTES`).
+    /// (`PORTAL_MAX_ASSEMBLY_MEMORY_BYTES`); bodies leave the last
+    /// [`Limits::memory_reserve`] bytes to the others.
     pub memory: Arc<Budget>,
 }
 
@@ -108,7 +163,7 @@ impl Budgets {
     pub fn new(limits: &Limits) -> Self {
         Self {
             spool: Budget::new(limits.max_spool_bytes),
-            memory: Budget::new(limits.max_memory_bytes),
+            memory: Budget::with_reserve(limits.max_memory_bytes, limits.memory_reserve),
         }
     }
 }
@@ -127,13 +182,26 @@ pub struct SpoolFile {
 pub struct Lease {
     budget: Arc<Budget>,
     held: u64,
+    /// The budget's use this lease may not grow it past.
+    ceiling: u64,
 }
 
 impl Lease {
+    /// A lease that may grow until the budget is used up.
     fn new(budget: &Arc<Budget>) -> Self {
         Self {
             budget: Arc::clone(budget),
             held: 0,
+            ceiling: budget.limit,
+        }
+    }
+
+    /// A lease that may grow only while the budget's reserve stays free.
+    fn short_of_reserve(budget: &Arc<Budget>) -> Self {
+        Self {
+            budget: Arc::clone(budget),
+            held: 0,
+            ceiling: budget.limit.saturating_sub(budget.reserve),
         }
     }
 
@@ -152,11 +220,12 @@ impl Lease {
             return true;
         }
         let extra = bytes - self.held;
-        let b = &self.budget;
-        let taken = b
+        let ceiling = self.ceiling;
+        let taken = self
+            .budget
             .used
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-                used.checked_add(extra).filter(|&n| n <= b.limit)
+                used.checked_add(extra).filter(|&n| n <= ceiling)
             })
             .is_ok();
         if taken {
@@ -259,7 +328,8 @@ pub enum Outcome {
 
 enum Spool {
     /// The body from byte 0 on, with no gap; `lease` covers the buffer's
-    /// capacity, which is what it takes from the allocator.
+    /// capacity, which is what it takes from the allocator, and stops short
+    /// of the memory budget's reserve.
     Memory {
         buf: Vec<u8>,
         lease: Lease,
@@ -277,6 +347,9 @@ enum Spill {
     Gap,
     /// The memory budget cannot cover it.
     Memory,
+    /// The memory budget has no room for the chunk's entry in the chunk
+    /// table, which cannot move to disk; the body's memory makes room.
+    Books,
 }
 
 /// An in-memory body and its share of the memory budget, kept together
@@ -292,11 +365,6 @@ impl AsRef<[u8]> for LeasedBody {
         &self.buf
     }
 }
-
-/// Memory a job's chunk table takes per chunk: an entry of the `seen` map
-/// is 8 bytes and a control byte, and a map that has just doubled is less
-/// than half full, so 24 bytes per entry covers what it allocates.
-const CHUNK_ENTRY_COST: u64 = 24;
 
 /// Memory a job takes before its body: its place in the job table and the
 /// text of its start record.
@@ -514,9 +582,10 @@ impl Assembler {
             });
         }
         let mut books = Lease::new(&self.budgets.memory);
-        if !books.grow_by(start_cost(&start)) {
+        let cost = start_cost(&start);
+        if !books.grow_by(cost) {
             self.finished.insert(job);
-            return fail(ErrorCategory::Rejected, self.memory_full());
+            return fail(ErrorCategory::Rejected, self.no_room_for_books(cost));
         }
         self.jobs.insert(
             job,
@@ -526,7 +595,7 @@ impl Assembler {
                 last_activity: now,
                 spool: Spool::Memory {
                     buf: Vec::new(),
-                    lease: Lease::new(&self.budgets.memory),
+                    lease: Lease::short_of_reserve(&self.budgets.memory),
                 },
                 seen: HashMap::new(),
                 disk: Lease::new(&self.budgets.spool),
@@ -613,13 +682,18 @@ impl Assembler {
             return self.fail(job, category, msg);
         }
         // The chunk table cannot move to disk: without room for its entry
-        // the chunk cannot be taken.
-        if !a.books.grow_by(CHUNK_ENTRY_COST) {
-            let msg = self.memory_full();
+        // the chunk cannot be taken, unless this job's own body gives its
+        // memory back by moving to disk first.
+        let booked = a.books.grow_by(CHUNK_ENTRY_COST);
+        let holds_memory = matches!(&a.spool, Spool::Memory { lease, .. } if lease.held > 0);
+        if !booked && !holds_memory {
+            let need = books_needed(a, seq);
+            let msg = self.no_room_for_books(need);
             return self.fail(job, ErrorCategory::Rejected, msg);
         }
         let spill = match &mut a.spool {
             Spool::File(_) => None,
+            Spool::Memory { .. } if !booked => Some(Spill::Books),
             Spool::Memory { buf, lease } => {
                 let cap_limit = a
                     .start
@@ -644,19 +718,25 @@ impl Assembler {
                 spool.limit()
             );
             let msg = match spill {
-                Some(Spill::Memory) => {
+                Some(Spill::Memory | Spill::Books) => {
                     format!("{} and {spool_full}; retry later", self.memory_in_use())
                 }
                 _ => format!("{spool_full}; retry later"),
             };
             return self.fail(job, ErrorCategory::Rejected, msg);
         }
-        let written = match spill {
-            Some(_) => a.spool.move_to_disk(&self.limits.spool_dir),
-            None => Ok(()),
+        if spill.is_some() {
+            if let Err(e) = a.spool.move_to_disk(&self.limits.spool_dir) {
+                let msg = format!("cannot spool the request body: {e}");
+                return self.fail(job, ErrorCategory::Internal, msg);
+            }
         }
-        .and_then(|()| a.spool.write(info.offset, payload));
-        if let Err(e) = written {
+        if !booked && !a.books.grow_by(CHUNK_ENTRY_COST) {
+            let need = books_needed(a, seq);
+            let msg = self.no_room_for_books(need);
+            return self.fail(job, ErrorCategory::Rejected, msg);
+        }
+        if let Err(e) = a.spool.write(info.offset, payload) {
             let msg = format!("cannot spool the request body: {e}");
             return self.fail(job, ErrorCategory::Internal, msg);
         }
@@ -701,6 +781,12 @@ impl Assembler {
             return self.fail(job, ErrorCategory::Rejected, msg);
         }
         a.end = Some(end);
+        // Known now: how large the chunk table will grow. A job that can
+        // never fit is told so at once, not after thousands of chunks.
+        let need = books_needed(a, 0);
+        if let Some(msg) = never_fits(&self.budgets.memory, need) {
+            return self.fail(job, ErrorCategory::Rejected, msg);
+        }
         self.try_complete(job)
     }
 
@@ -803,16 +889,22 @@ impl Assembler {
     /// Says that the memory budget is used up, naming the setting.
     fn memory_in_use(&self) -> String {
         let memory = &self.budgets.memory;
+        let reserve = match memory.reserve {
+            0 => String::new(),
+            r => format!(", the last {r} kept for start records and chunk tables"),
+        };
         format!(
-            "the portal's memory for requests is full ({} of {} bytes in use, PORTAL_MAX_ASSEMBLY_MEMORY_BYTES)",
+            "the portal's memory for requests is full ({} of {} bytes in use, PORTAL_MAX_ASSEMBLY_MEMORY_BYTES{reserve})",
             memory.used(),
-            memory.limit()
+            memory.limit(),
         )
     }
 
-    /// Why a job cannot have the memory it needs.
-    fn memory_full(&self) -> String {
-        format!("{}; retry later", self.memory_in_use())
+    /// Why a job whose start record and chunk table need at least `need`
+    /// bytes cannot have the next of them: never, or not now.
+    fn no_room_for_books(&self, need: u64) -> String {
+        never_fits(&self.budgets.memory, need)
+            .unwrap_or_else(|| format!("{}; retry later", self.memory_in_use()))
     }
 
     fn fail(&mut self, job: JobId, category: ErrorCategory, message: String) -> Outcome {
@@ -883,6 +975,28 @@ impl Assembler {
             })
             .collect()
     }
+}
+
+/// The least memory job `a`'s start record and chunk table will take, now
+/// that a chunk numbered `seq` arrived: an entry for each chunk the end
+/// record counts, and at least for each taken so far and this one.
+fn books_needed(a: &Assembly, seq: u32) -> u64 {
+    let chunks = (a.seen.len() as u64 + u64::from(seq > 0))
+        .max(u64::from(seq))
+        .max(a.end.map_or(0, |e| u64::from(e.chunks)));
+    start_cost(&a.start).saturating_add(chunks.saturating_mul(CHUNK_ENTRY_COST))
+}
+
+/// Says why a job whose start record and chunk table need `need` bytes can
+/// never be assembled, when that is more than the whole memory budget;
+/// `None` when it fits once other jobs give memory back.
+fn never_fits(memory: &Budget, need: u64) -> Option<String> {
+    (need > memory.limit()).then(|| {
+        format!(
+            "the request can never be assembled by this portal: its start record and chunk table need at least {need} bytes of memory, more than all of PORTAL_MAX_ASSEMBLY_MEMORY_BYTES ({}); send it in fewer, larger chunks or with fewer headers",
+            memory.limit()
+        )
+    })
 }
 
 /// Disk bytes a write of `len` bytes may take: whole 4 KiB blocks.
@@ -1196,6 +1310,7 @@ mod tests {
                 max_jobs: 3,
                 max_spool_bytes: 12288,
                 max_memory_bytes: 6000,
+                memory_reserve: 1000,
                 ..limits(threshold)
             };
             let budgets = Budgets::new(&limits);
@@ -1319,7 +1434,9 @@ mod tests {
         let cost = start_cost_of(JobId::new());
         let lim = Limits {
             spool_threshold: 10_000,
-            max_memory_bytes: 2 * cost + 6000 + 1000,
+            // Bodies may take all but the last 1000 bytes.
+            max_memory_bytes: 2 * cost + 6000 + 1000 + 1000,
+            memory_reserve: 1000,
             ..Limits::default()
         };
         let budgets = Budgets::new(&lim);
@@ -1374,7 +1491,9 @@ mod tests {
         let cost = start_cost_of(JobId::new());
         let lim = Limits {
             spool_threshold: 10_000,
-            max_memory_bytes: 2 * cost + 6000 + 1000,
+            // Bodies may take all but the last 1000 bytes.
+            max_memory_bytes: 2 * cost + 6000 + 1000 + 1000,
+            memory_reserve: 1000,
             max_spool_bytes: 4096,
             ..Limits::default()
         };
@@ -1424,27 +1543,200 @@ mod tests {
         };
         let budgets = Budgets::new(&lim);
         let mut asm = Assembler::with_budgets(lim, budgets.clone());
-        // The first start fits exactly; its first chunk has no room for its
-        // entry in the chunk table, which cannot move to disk.
+        // The first start fits exactly. A second does not fit beside it, but
+        // would alone: the portal is busy.
         let job = JobId::new();
         let recs = records(job, b"abc", 3);
         assert!(matches!(feed(&mut asm, &recs[..1]), Outcome::Pending));
         let other = JobId::new();
         let f = failure(feed(&mut asm, &records(other, b"abc", 3)[..1]));
         assert_eq!(f.category, ErrorCategory::Rejected);
+        for wanted in ["PORTAL_MAX_ASSEMBLY_MEMORY_BYTES", "retry later"] {
+            assert!(f.message.contains(wanted), "{}", f.message);
+        }
+        // The first job's chunk needs an entry in its chunk table, which
+        // cannot move to disk and would pass the whole budget: that is no
+        // passing shortage, and the message says so.
+        let f = failure(feed(&mut asm, &recs[1..2]));
+        assert_eq!(f.category, ErrorCategory::Rejected);
+        for wanted in [
+            "can never be assembled",
+            &format!("need at least {} bytes", cost + CHUNK_ENTRY_COST),
+            &format!("PORTAL_MAX_ASSEMBLY_MEMORY_BYTES ({cost})"),
+        ] {
+            assert!(f.message.contains(wanted), "{}", f.message);
+        }
+        assert!(!f.message.contains("retry"), "{}", f.message);
+        assert!(asm.is_empty());
+        assert_eq!(budgets.memory.used(), 0);
+    }
+
+    /// The reviewer's probe: the budget holds one start record, one chunk
+    /// entry and a 3000-byte chunk, exactly. A 6000-byte body in 3000-byte
+    /// chunks fills it with its first chunk; its second chunk's entry finds
+    /// no room, and the job's own body makes room by moving to disk.
+    #[test]
+    fn a_job_that_filled_the_budget_moves_its_own_body_to_disk_for_its_chunk_table() {
+        let job = JobId::new();
+        let cost = start_cost_of(job);
+        let lim = Limits {
+            max_memory_bytes: cost + CHUNK_ENTRY_COST + 3000,
+            memory_reserve: 0,
+            ..Limits::default()
+        };
+        let budgets = Budgets::new(&lim);
+        let mut asm = Assembler::with_budgets(lim.clone(), budgets.clone());
+        let body = pattern_body(6000);
+        let recs = records(job, &body, 3000);
+        assert!(matches!(feed(&mut asm, &recs[..2]), Outcome::Pending));
+        assert_eq!(budgets.memory.used(), lim.max_memory_bytes, "full");
+        assert_eq!(budgets.spool.used(), 0);
+        assert!(matches!(feed(&mut asm, &recs[2..3]), Outcome::Pending));
+        assert_eq!(budgets.memory.used(), cost + 2 * CHUNK_ENTRY_COST);
+        assert_eq!(budgets.spool.used(), 8192, "both chunks on disk");
+        let mut done = match feed(&mut asm, &recs[3..]) {
+            Outcome::Complete(c) => c.body,
+            other => panic!("expected completion, got {other:?}"),
+        };
+        assert!(matches!(done, SpooledBody::File { .. }));
+        assert_eq!(body_bytes(&mut done), body);
+        drop(done);
+        assert_eq!((budgets.memory.used(), budgets.spool.used()), (0, 0));
+
+        // With a reserve of one entry, the body never takes the entry's room:
+        // the first chunk already goes to disk.
+        let lim = Limits {
+            memory_reserve: CHUNK_ENTRY_COST,
+            ..lim
+        };
+        let budgets = Budgets::new(&lim);
+        let mut asm = Assembler::with_budgets(lim, budgets.clone());
+        let job = JobId::new();
+        let recs = records(job, &body, 3000);
+        assert!(matches!(feed(&mut asm, &recs[..2]), Outcome::Pending));
+        assert_eq!(budgets.memory.used(), cost + CHUNK_ENTRY_COST);
+        let mut done = match feed(&mut asm, &recs[2..]) {
+            Outcome::Complete(c) => c.body,
+            other => panic!("expected completion, got {other:?}"),
+        };
+        assert_eq!(body_bytes(&mut done), body);
+    }
+
+    /// Bodies held in memory (as completed jobs queued for the API hold
+    /// them) fill all the budget they may; a job already on disk and a new
+    /// job still get their chunk tables from the reserve and complete.
+    #[test]
+    fn bodies_filling_the_memory_budget_leave_chunk_tables_room() {
+        let cost = start_cost_of(JobId::new());
+        let max_chunks = 100;
+        let reserve = bookkeeping_bound(max_chunks, 64, 16 * 1024);
+        let lim = Limits {
+            spool_threshold: 1000,
+            max_chunks,
+            max_memory_bytes: reserve + 10_000,
+            memory_reserve: reserve,
+            ..Limits::default()
+        };
+        let ceiling = lim.max_memory_bytes - reserve;
+        let budgets = Budgets::new(&lim);
+        let mut asm = Assembler::with_budgets(lim.clone(), budgets.clone());
+
+        // A job of 100 chunks passes the spool threshold at its 21st and
+        // goes to disk; 75 chunks are still to come.
+        let spooled = JobId::new();
+        let spooled_body = pattern_body(5000);
+        let spooled_recs = records(spooled, &spooled_body, 50);
+        assert!(matches!(
+            feed(&mut asm, &spooled_recs[..26]),
+            Outcome::Pending
+        ));
+        assert!(budgets.spool.used() > 0);
+        // Without the reserve, what bodies leave would not hold those 75
+        // entries, nor a new job's start record and 100 entries.
+        assert!(75 * CHUNK_ENTRY_COST > cost + CHUNK_ENTRY_COST + 1);
+
+        // Bodies fill memory, down to bodies of one byte.
+        let mut held = Vec::new();
+        for size in [1000, 100, 10, 1] {
+            for _ in 0..=lim.max_memory_bytes / size as u64 {
+                let body = assemble(&mut asm, JobId::new(), &pattern_body(size), size);
+                let on_disk = matches!(body, SpooledBody::File { .. });
+                held.push(body);
+                if on_disk {
+                    break;
+                }
+            }
+            assert!(matches!(held.last(), Some(SpooledBody::File { .. })));
+        }
+        let used = budgets.memory.used();
+        assert!(used <= ceiling, "{used} of {ceiling}");
         assert!(
-            f.message.contains("PORTAL_MAX_ASSEMBLY_MEMORY_BYTES"),
+            used + cost + CHUNK_ENTRY_COST + 1 > ceiling,
+            "bodies took all they may: {used} of {ceiling}"
+        );
+
+        // The spooled job goes on and completes.
+        let mut done = match feed(&mut asm, &spooled_recs[26..]) {
+            Outcome::Complete(c) => c.body,
+            other => panic!("expected the spooled job to complete, got {other:?}"),
+        };
+        assert_eq!(body_bytes(&mut done), spooled_body);
+        drop(done);
+        // So does a new job of the most chunks, on disk.
+        let body = pattern_body(5000);
+        let mut done = assemble(&mut asm, JobId::new(), &body, 50);
+        assert!(matches!(done, SpooledBody::File { .. }));
+        assert_eq!(body_bytes(&mut done), body);
+        assert!(budgets.memory.used() <= lim.max_memory_bytes);
+        drop((done, held));
+        assert_eq!((budgets.memory.used(), budgets.spool.used()), (0, 0));
+    }
+
+    #[test]
+    fn a_job_whose_chunk_table_can_never_fit_is_told_so_at_its_end_record() {
+        let cost = start_cost_of(JobId::new());
+        let lim = Limits {
+            max_memory_bytes: cost + 10 * CHUNK_ENTRY_COST,
+            memory_reserve: 0,
+            ..Limits::default()
+        };
+        // Twenty chunks need twenty entries; the budget holds ten.
+        let body = pattern_body(20);
+        let recs = records(JobId::new(), &body, 1);
+        let at_end = [recs[0].clone(), recs[21].clone()];
+        let budgets = Budgets::new(&lim);
+        let mut asm = Assembler::with_budgets(lim.clone(), budgets.clone());
+        let f = failure(feed(&mut asm, &at_end));
+        assert_eq!(f.category, ErrorCategory::Rejected);
+        let need = cost + 20 * CHUNK_ENTRY_COST;
+        assert!(
+            f.message.contains(&format!("need at least {need} bytes")),
             "{}",
             f.message
         );
-        let f = failure(feed(&mut asm, &recs[1..2]));
         assert!(
-            f.message.contains("PORTAL_MAX_ASSEMBLY_MEMORY_BYTES"),
+            f.message.contains("can never be assembled"),
+            "{}",
+            f.message
+        );
+        assert!(!f.message.contains("retry"), "{}", f.message);
+        // Without the end record, the eleventh chunk finds out.
+        let recs = records(JobId::new(), &body, 1);
+        assert!(matches!(feed(&mut asm, &recs[..11]), Outcome::Pending));
+        let f = failure(feed(&mut asm, &recs[11..12]));
+        assert!(
+            f.message.contains("can never be assembled"),
             "{}",
             f.message
         );
         assert!(asm.is_empty());
-        assert_eq!(budgets.memory.used(), 0);
+        assert_eq!((budgets.memory.used(), budgets.spool.used()), (0, 0));
+        // Ten chunks fit.
+        let ten = pattern_body(10);
+        assert_eq!(
+            body_bytes(&mut assemble(&mut asm, JobId::new(), &ten, 1)),
+            ten
+        );
     }
 
     #[test]

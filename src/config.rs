@@ -852,6 +852,28 @@ impl PortalConfig {
         if max_memory_bytes < 1024 * 1024 {
             bail!("PORTAL_MAX_ASSEMBLY_MEMORY_BYTES must be at least 1048576 (1 MiB), not {max_memory_bytes}");
         }
+        // Start records and chunk tables cannot move to disk: a budget that
+        // cannot hold one job of the most chunks and the largest start
+        // record the settings allow would refuse such a job forever.
+        let memory_reserve = crate::assembler::bookkeeping_bound(
+            max_chunks,
+            policy.max_header_count,
+            policy.max_header_bytes,
+        );
+        if max_memory_bytes < memory_reserve {
+            let start = crate::assembler::largest_start_cost(
+                policy.max_header_count,
+                policy.max_header_bytes,
+            );
+            let chunks =
+                max_memory_bytes.saturating_sub(start) / crate::assembler::CHUNK_ENTRY_COST;
+            bail!(
+                "PORTAL_MAX_ASSEMBLY_MEMORY_BYTES ({max_memory_bytes}) is too small for PORTAL_MAX_CHUNKS ({max_chunks}): one request's chunk table ({} bytes a chunk) and largest start record (PORTAL_MAX_HEADER_COUNT {}, PORTAL_MAX_HEADER_BYTES {}) take up to {memory_reserve} bytes, which cannot move to disk; raise PORTAL_MAX_ASSEMBLY_MEMORY_BYTES to at least {memory_reserve} or lower PORTAL_MAX_CHUNKS to at most {chunks}",
+                crate::assembler::CHUNK_ENTRY_COST,
+                policy.max_header_count,
+                policy.max_header_bytes
+            );
+        }
         let max_age = pick(&a.max_job_age_secs, &f.max_job_age_secs)
             .unwrap_or(defaults.max_job_age.as_secs());
         if !(1..=MAX_WAIT_SECS).contains(&max_age) {
@@ -867,6 +889,7 @@ impl PortalConfig {
             max_chunks,
             max_spool_bytes,
             max_memory_bytes,
+            memory_reserve,
             max_job_age: Duration::from_secs(max_age),
         };
         let topic_partitions = pick(&a.topic_partitions, &f.topic_partitions).unwrap_or(3);
@@ -1731,6 +1754,69 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("PORTAL_ALLOWED_ENDPOINTS"), "{err}");
+    }
+
+    #[test]
+    fn a_memory_budget_that_cannot_hold_one_job_is_a_start_error() {
+        let resolve = |extra: &[&str]| {
+            let mut argv = vec![
+                "--target-api-url",
+                "http://127.0.0.1:1",
+                "--use-oauth",
+                "false",
+            ];
+            argv.extend_from_slice(extra);
+            PortalConfig::resolve(&portal_args(&argv))
+        };
+        // 1 MiB cannot hold the default 100000 chunks at 24 bytes each.
+        let err = resolve(&["--max-assembly-memory-bytes", "1048576"])
+            .unwrap_err()
+            .to_string();
+        for wanted in [
+            "PORTAL_MAX_ASSEMBLY_MEMORY_BYTES (1048576) is too small for PORTAL_MAX_CHUNKS (100000)",
+            "PORTAL_MAX_HEADER_COUNT 64",
+            "PORTAL_MAX_HEADER_BYTES 16384",
+        ] {
+            assert!(err.contains(wanted), "{err}");
+        }
+        // Both remedies the message offers work, and not a byte or chunk less.
+        let number_after = |text: &str| -> String {
+            let at = err.find(text).unwrap_or_else(|| panic!("{text} in {err}")) + text.len();
+            err[at..].chars().take_while(char::is_ascii_digit).collect()
+        };
+        let budget = number_after("to at least ");
+        let chunks = number_after("PORTAL_MAX_CHUNKS to at most ");
+        let cfg = resolve(&["--max-assembly-memory-bytes", &budget]).unwrap();
+        assert_eq!(cfg.limits.memory_reserve, cfg.limits.max_memory_bytes);
+        let less = (budget.parse::<u64>().unwrap() - 1).to_string();
+        assert!(resolve(&["--max-assembly-memory-bytes", &less]).is_err());
+        let small = ["--max-assembly-memory-bytes", "1048576", "--max-chunks"];
+        let cfg = resolve(&[&small[..], &[chunks.as_str()]].concat()).unwrap();
+        assert!(cfg.limits.memory_reserve <= 1048576);
+        let more = (chunks.parse::<u64>().unwrap() + 1).to_string();
+        assert!(resolve(&[&small[..], &[more.as_str()]].concat()).is_err());
+
+        // The reserve follows the header settings, and even the largest
+        // leave room for chunks in the smallest budget.
+        let largest = [
+            "--max-assembly-memory-bytes",
+            "1048576",
+            "--max-header-count",
+            "10000",
+            "--max-header-bytes",
+            "131072",
+            "--max-chunks",
+            "1000",
+        ];
+        let cfg = resolve(&largest).unwrap();
+        assert_eq!(
+            cfg.limits.memory_reserve,
+            crate::assembler::bookkeeping_bound(1000, 10_000, 131_072)
+        );
+        // The default budget takes the largest chunk count.
+        let cfg = resolve(&["--max-chunks", "10000000"]).unwrap();
+        assert!(cfg.limits.memory_reserve > 240_000_000);
+        assert!(cfg.limits.memory_reserve < cfg.limits.max_memory_bytes);
     }
 
     #[test]

@@ -162,9 +162,10 @@ async fn budgets_in_use(addr: &str) -> (f64, f64) {
 }
 
 /// With 1 MiB of memory and 1 MiB of spool, bodies of 200 000 bytes fill
-/// memory (5), then the spool (5), then are refused naming both settings;
-/// a small request still fits meanwhile, and everything is given back once
-/// the held jobs are answered.
+/// memory (5, all but the 31 KB kept for bookkeeping at 100 chunks a job),
+/// then the spool (5), then are refused naming both settings; a small
+/// request still fits meanwhile, and everything is given back once the held
+/// jobs are answered.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_memory_budget_sends_bodies_to_disk_then_refuses_them() {
     const BODY: usize = 200_000;
@@ -173,6 +174,8 @@ async fn a_full_memory_budget_sends_bodies_to_disk_then_refuses_them() {
     let spool = tempfile::tempdir().unwrap();
     let mut env = servers.plain_env();
     env.push(("PORTAL_MAX_ASSEMBLY_MEMORY_BYTES", MIB.to_string()));
+    // 1 MiB cannot hold the chunk table of the default 100000 chunks.
+    env.push(("PORTAL_MAX_CHUNKS", "100".into()));
     env.push(("PORTAL_MAX_SPOOL_BYTES", MIB.to_string()));
     env.push(("PORTAL_SPOOL_DIR", spool.path().to_str().unwrap().into()));
     env.push(("PORTAL_ADMIN_LISTEN", "127.0.0.1:0".into()));
@@ -289,6 +292,45 @@ async fn a_full_memory_budget_sends_bodies_to_disk_then_refuses_them() {
         reqs.last().map(|r| r.body_sha256.as_str()),
         Some(large_digest.as_str())
     );
+}
+
+/// A memory budget that cannot hold the chunk table of one job of
+/// `PORTAL_MAX_CHUNKS` chunks stops the portal at start, naming the settings
+/// and what would do, instead of refusing such jobs with "retry later"
+/// forever; with the chunk limit it suggests, the portal starts.
+#[test]
+fn a_memory_budget_too_small_for_the_chunk_limit_is_a_start_error() {
+    let topics = Topics::new("smallmem");
+    let env = |chunks: &str| {
+        vec![
+            ("PORTAL_TARGET_API_URL", "http://127.0.0.1:9".to_string()),
+            ("PORTAL_USE_OAUTH", "false".into()),
+            ("PORTAL_MAX_ASSEMBLY_MEMORY_BYTES", MIB.to_string()),
+            ("PORTAL_MAX_CHUNKS", chunks.into()),
+        ]
+    };
+    let out = kafkasend(&topics)
+        .arg("portal")
+        .envs(env("100000"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    for wanted in [
+        "PORTAL_MAX_ASSEMBLY_MEMORY_BYTES (1048576) is too small for PORTAL_MAX_CHUNKS (100000)",
+        "raise PORTAL_MAX_ASSEMBLY_MEMORY_BYTES to at least",
+        "lower PORTAL_MAX_CHUNKS to at most ",
+    ] {
+        assert!(stderr.contains(wanted), "{stderr}");
+    }
+    let at = stderr.rfind("at most ").unwrap() + "at most ".len();
+    let most: String = stderr[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    assert!(most.parse::<u64>().unwrap() > 1000, "{stderr}");
+    let _portal = Portal::start(&topics, &env(&most));
 }
 
 /// A request over `PORTAL_MAX_HEADER_COUNT` gets the policy's refusal, not
