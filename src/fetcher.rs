@@ -9,10 +9,13 @@
 //! through a [`Fetcher`]; [`crate::record_batch`] decodes what comes back.
 //! rskafka still does everything else: producing, offsets, topics.
 //!
-//! The leader is found with a Metadata request to a bootstrap broker. Any
-//! error drops the connection, so the next fetch finds the leader again:
-//! that covers a leader that moved (`NOT_LEADER_OR_FOLLOWER` and the
-//! like), a broker restart and a connection left mid-exchange.
+//! The leader is found with a Metadata request to a bootstrap broker, each
+//! server tried within [`LOOKUP_LIMIT`] of its own, starting from the last
+//! one that answered. Any error drops the connection, so the next fetch
+//! finds the leader again: that covers a leader that moved
+//! (`NOT_LEADER_OR_FOLLOWER` and the like) and a broker restart. A Fetch
+//! that only timed out leaves its connection mid-exchange: the next fetch
+//! connects to the same leader again without asking where it is.
 
 use std::time::Duration;
 
@@ -23,7 +26,7 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, MetadataRequest, TopicNam
 use kafka_protocol::protocol::{Request, StrBytes};
 
 use crate::broker_conn::{BrokerConn, ConnError};
-use crate::kafka::{KafkaError, KafkaSettings, FETCH_MAX_BYTES};
+use crate::kafka::{KafkaError, KafkaSettings, FETCH_MAX_BYTES, LOOKUP_LIMIT};
 use crate::record_batch::{self, AbortedTxn, Item};
 
 /// Fetch v12 (Kafka 2.7 and later, still served by 4.x): isolation level,
@@ -62,6 +65,15 @@ pub struct Fetcher {
     /// The connection to the partition's leader. Dropped after any error:
     /// the leader may have moved, or the connection may be mid-exchange.
     leader: Option<Leader>,
+    /// Where the leader was last found. Kept when a Fetch only timed out
+    /// (the leader is still the leader, its connection is just unusable),
+    /// forgotten after any other error.
+    leader_addr: Option<String>,
+    /// The bootstrap servers, from the settings.
+    servers: Vec<String>,
+    /// Index in `servers` of the one to ask first: the last that answered,
+    /// or the one after the last that did not.
+    next_server: usize,
     /// Whether a broker has shown that it serves the request versions we
     /// send; asked once per fetcher, brokers of a cluster agree.
     checked: bool,
@@ -84,6 +96,14 @@ impl Fetcher {
             topic: topic.to_string(),
             partition,
             leader: None,
+            leader_addr: None,
+            servers: settings
+                .bootstrap_servers
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            next_server: 0,
             checked: false,
         }
     }
@@ -94,19 +114,29 @@ impl Fetcher {
     }
 
     /// Records from `offset` on, waiting up to `max_wait` on the broker for
-    /// some to arrive and `limit` beyond that for the answer.
+    /// some to arrive and `limit` beyond that for the answer. Finding the
+    /// leader first, when needed, has deadlines of its own ([`LOOKUP_LIMIT`]
+    /// per server), so a slow lookup does not eat the Fetch's time.
     pub async fn fetch(
         &mut self,
         offset: i64,
         max_wait: Duration,
         limit: Duration,
     ) -> Result<Fetched, KafkaError> {
+        if let Err(e) = self.connect().await {
+            self.leader = None;
+            self.leader_addr = None;
+            return Err(e);
+        }
         let result = tokio::time::timeout(max_wait + limit, self.fetch_once(offset, max_wait))
             .await
             .unwrap_or(Err(KafkaError::Timeout("fetch")));
-        if let Err(e) = &result {
-            if !matches!(e, KafkaError::OffsetOutOfRange { .. }) {
+        match &result {
+            Ok(_) | Err(KafkaError::OffsetOutOfRange { .. }) => {}
+            Err(KafkaError::Timeout(_)) => self.leader = None,
+            Err(_) => {
                 self.leader = None;
+                self.leader_addr = None;
             }
         }
         result
@@ -131,7 +161,10 @@ impl Fetcher {
                     .with_last_fetched_epoch(-1)
                     .with_log_start_offset(-1)
                     .with_partition_max_bytes(FETCH_MAX_BYTES)])]);
-        let leader = self.leader().await?;
+        let leader = self
+            .leader
+            .as_mut()
+            .ok_or(KafkaError::Timeout("leader lookup"))?;
         leader.busy = true;
         let response = leader
             .conn
@@ -210,34 +243,75 @@ impl Fetcher {
         })
     }
 
-    /// The connection to the partition's leader, opened if needed.
-    async fn leader(&mut self) -> Result<&mut Leader, KafkaError> {
-        if self.leader.as_ref().is_none_or(|l| l.busy) {
-            self.leader = None;
-            let found = self.find_leader().await?;
-            self.leader = Some(found);
+    /// Opens the connection to the partition's leader if there is none:
+    /// straight to the leader last found when only a Fetch timed out, else
+    /// through the bootstrap servers.
+    async fn connect(&mut self) -> Result<(), KafkaError> {
+        if self.leader.as_ref().is_some_and(|l| !l.busy) {
+            return Ok(());
         }
-        self.leader
-            .as_mut()
-            .ok_or(KafkaError::Timeout("leader lookup"))
+        self.leader = None;
+        let limit = self.lookup_limit();
+        if let Some(addr) = self.leader_addr.take() {
+            match tokio::time::timeout(limit, open(&self.settings, &addr)).await {
+                Ok(Ok(conn)) => {
+                    self.leader = Some(Leader {
+                        conn,
+                        addr: addr.clone(),
+                        busy: false,
+                    });
+                    self.leader_addr = Some(addr);
+                    return Ok(());
+                }
+                Ok(Err(e)) => log::debug!("{}[{}]: {e}", self.topic, self.partition),
+                Err(_) => log::debug!(
+                    "{}[{}]: the leader at {addr} did not answer in {} s",
+                    self.topic,
+                    self.partition,
+                    limit.as_secs()
+                ),
+            }
+        }
+        let found = self.find_leader(limit).await?;
+        self.leader_addr = Some(found.addr.clone());
+        self.leader = Some(found);
+        Ok(())
     }
 
-    /// Asks the bootstrap brokers in turn where the partition's leader is,
-    /// and connects to it.
-    async fn find_leader(&mut self) -> Result<Leader, KafkaError> {
-        let servers: Vec<String> = self
-            .settings
-            .bootstrap_servers
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
+    fn lookup_limit(&self) -> Duration {
+        self.settings.op_timeout.min(LOOKUP_LIMIT)
+    }
+
+    /// Asks the bootstrap servers in turn, from `next_server` on, where the
+    /// partition's leader is, and connects to it; `limit` for each server.
+    async fn find_leader(&mut self, limit: Duration) -> Result<Leader, KafkaError> {
+        let count = self.servers.len();
+        let first = self.next_server;
         let mut last = None;
-        for addr in &servers {
-            match self.leader_via(addr).await {
-                Ok(leader) => return Ok(leader),
+        for i in 0..count {
+            let index = (first + i) % count;
+            let addr = self.servers[index].clone();
+            let found = tokio::time::timeout(limit, self.leader_via(&addr))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(KafkaError::Unreachable {
+                        servers: addr.clone(),
+                        detail: format!(
+                            "finding the leader of {}[{}] took more than {} s",
+                            self.topic,
+                            self.partition,
+                            limit.as_secs()
+                        ),
+                    })
+                });
+            match found {
+                Ok(leader) => {
+                    self.next_server = index;
+                    return Ok(leader);
+                }
                 Err(e) if e.is_connection_problem() => {
                     log::debug!("{}[{}]: {e}", self.topic, self.partition);
+                    self.next_server = (index + 1) % count;
                     last = Some(e);
                 }
                 Err(e) => return Err(e),

@@ -124,6 +124,16 @@ pub struct KafkaSettings {
 /// record batch larger than this whole, so larger chunks work too.
 pub const FETCH_MAX_BYTES: i32 = 2 * 1024 * 1024;
 
+/// How long one bootstrap server may take (at most KAFKA_TIMEOUT_SECS) when
+/// another could answer instead: to pass [`connect`]'s check, or for a
+/// reader to find a partition's leader through it. Either is a dozen round
+/// trips at most (TCP, TLS, SASL, ApiVersions, Metadata, the leader's
+/// connection) that a live broker answers in well under a second; a server
+/// silent for longer is as good as down, and a bound this short lets the
+/// next server be tried within `send`'s 4.5 s fetches, long before the
+/// portal reports a reader stuck.
+pub const LOOKUP_LIMIT: Duration = Duration::from_secs(5);
+
 /// Largest response rskafka accepts: a fetch holding one record of the
 /// largest chunk size, with room to spare.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -163,15 +173,20 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError
         servers: settings.bootstrap_servers.clone(),
         detail,
     };
-    if settings.security.tls.is_some() || settings.security.sasl.is_some() {
-        check_security(&servers, settings)
-            .await
-            .map_err(|e| match e {
-                e if e.is_config_problem() => KafkaError::Security(e),
-                e => unreachable(e.to_string()),
-            })?;
-    }
-    let mut builder = ClientBuilder::new(servers.clone())
+    let answered = check_security(&servers, settings)
+        .await
+        .map_err(|e| match e {
+            e if e.is_config_problem() => KafkaError::Security(e),
+            e => unreachable(e.to_string()),
+        })?;
+    // rskafka asks its bootstrap servers in random order and waits on one
+    // that accepts connections but never answers until its deadline: given
+    // the one that answered, it reaches the rest through its Metadata.
+    let bootstrap = match answered {
+        Some(addr) => vec![addr],
+        None => servers.clone(),
+    };
+    let mut builder = ClientBuilder::new(bootstrap)
         .client_id(settings.client_id.clone())
         .backoff_config(backoff)
         .max_message_size(MAX_RESPONSE_BYTES);
@@ -181,27 +196,11 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError
     if let Some(sasl) = settings.security.rskafka_sasl() {
         builder = builder.sasl_config(sasl);
     }
-    let build = tokio::time::timeout(
+    let built = tokio::time::timeout(
         settings.op_timeout + Duration::from_secs(1),
         builder.build(),
-    );
-    let built = if settings.security.tls.is_some() || settings.security.sasl.is_some() {
-        build.await
-    } else {
-        // Plain TCP to a TLS listener makes rskafka retry until its
-        // deadline; a probe alongside it names the mistake at once.
-        tokio::pin!(build);
-        let probe = check_security(&servers, settings);
-        tokio::select! {
-            built = &mut build => built,
-            Err(e) = probe => {
-                if e.is_config_problem() {
-                    return Err(KafkaError::Security(e));
-                }
-                build.await
-            }
-        }
-    };
+    )
+    .await;
     match built {
         Ok(Ok(client)) => Ok(Arc::new(client)),
         Ok(Err(e)) => Err(unreachable(e.to_string())),
@@ -212,37 +211,44 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError
     }
 }
 
-/// Opens one secured connection to the first bootstrap broker that answers:
-/// rskafka retries a failed TLS handshake or login until its deadline and
-/// then reports only that retries ran out, so settings are checked here
-/// first, with the same connection setup the group coordinator gets. Without
-/// TLS or SASL it asks ApiVersions, which tells a TLS listener by its alert.
-/// Only a settings problem (when no bootstrap server passes) or a timeout
+/// Opens one secured connection to the first bootstrap broker that answers
+/// within [`LOOKUP_LIMIT`], and names it: rskafka retries a failed TLS
+/// handshake or login until its deadline and then reports only that
+/// retries ran out, so settings are checked here first, with the same
+/// connection setup the group coordinator gets. Without TLS or SASL it asks
+/// ApiVersions, which tells a TLS listener by its alert. `None` when no
+/// server answered but none ruled itself out either (refused, reset or
+/// slow: the broker may still be starting, rskafka retries). Only a settings
+/// problem (when no bootstrap server passes) or a server that is not Kafka
 /// fails here.
-async fn check_security(servers: &[String], settings: &KafkaSettings) -> Result<(), ConnError> {
+async fn check_security(
+    servers: &[String],
+    settings: &KafkaSettings,
+) -> Result<Option<String>, ConnError> {
     // A settings problem with one bootstrap server is reported only when no
     // other one answers: rskafka can start from any of them.
     let mut wrong = None;
     let mut last = None;
+    let limit = settings.op_timeout.min(LOOKUP_LIMIT);
     for addr in servers {
-        let checked = match BrokerConn::open(
-            addr,
-            &settings.client_id,
-            settings.op_timeout,
-            &settings.security,
-        )
-        .await
-        {
-            // Without TLS or SASL nothing was said yet: one request shows
-            // whether the port speaks Kafka or TLS.
-            Ok(mut conn) if settings.security.tls.is_none() && settings.security.sasl.is_none() => {
-                conn.api_versions().await.map(drop)
+        let attempt = async {
+            match BrokerConn::open(addr, &settings.client_id, limit, &settings.security).await {
+                // Without TLS or SASL nothing was said yet: one request shows
+                // whether the port speaks Kafka or TLS.
+                Ok(mut conn)
+                    if settings.security.tls.is_none() && settings.security.sasl.is_none() =>
+                {
+                    conn.api_versions().await.map(drop)
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
             }
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
         };
+        let checked = tokio::time::timeout(limit, attempt)
+            .await
+            .unwrap_or(Err(ConnError::Timeout("connecting to the broker")));
         match checked {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(Some(addr.clone())),
             Err(e) => {
                 log::debug!("Kafka connection check with {addr}: {e}");
                 if e.is_config_problem() {
@@ -255,8 +261,7 @@ async fn check_security(servers: &[String], settings: &KafkaSettings) -> Result<
     }
     match (wrong, last) {
         (Some(e), _) => Err(e),
-        // Refused or reset: the broker may still be starting; rskafka retries.
-        (None, Some(ConnError::Io(_)) | None) => Ok(()),
+        (None, Some(ConnError::Io(_) | ConnError::Timeout(_)) | None) => Ok(None),
         (None, Some(e)) => Err(e),
     }
 }

@@ -727,3 +727,46 @@ async fn a_reader_that_cannot_move_on_says_so_and_its_lag_stays_true() {
     assert_eq!(get(&admin, "/readyz").await, (200, "ready\n".to_string()));
     assert_eq!(metric(&admin, lag).await, Some(0.0));
 }
+
+/// A loopback address that takes connections and never says a word, like
+/// a broker host that drops packets once connected; closed on drop.
+struct SilentServer {
+    addr: String,
+    _held: tokio::task::JoinHandle<()>,
+}
+
+impl SilentServer {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                conns.push(conn);
+            }
+        });
+        Self { addr, _held: held }
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self._held.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_first_bootstrap_server_does_not_stop_readers() {
+    let silent = SilentServer::start().await;
+    let servers = Servers::start().await;
+    let mut topics = Topics::new("silentboot");
+    // Both sides are given the silent server first.
+    topics.bootstrap = Some(format!("{},{}", silent.addr, broker()));
+    let (portal, admin) = portal_with_admin(&topics, &servers);
+    for path in ["/first", "/second"] {
+        let out = send(&topics, &["--endpoint", path, "--timeout", "90"]).await;
+        assert_eq!(out.code, 0, "{}\n{}", out.stderr, portal.log());
+        assert_eq!(json(&out.stdout)["path"], path);
+    }
+    assert_eq!(get(&admin, "/readyz").await, (200, "ready\n".to_string()));
+}
