@@ -289,11 +289,12 @@ impl Metrics {
             .inc();
     }
 
-    /// The reader of `partition` is at `next`; the partition ends at `high_watermark`.
-    pub fn partition_position(&self, partition: i32, next: i64, high_watermark: i64) {
+    /// The reader of `partition` is at `next`; what it can read of the
+    /// partition ends at `end` (its last stable offset).
+    pub fn partition_position(&self, partition: i32, next: i64, end: i64) {
         self.partition_lag
             .get_or_create(&PartitionLabel { partition })
-            .set((high_watermark - next).max(0));
+            .set(end.saturating_sub(next).max(0));
     }
 
     /// `n` request records were skipped unread, for `reason` (a fixed

@@ -54,6 +54,10 @@ pub struct Fetched {
     pub next_offset: i64,
     /// The partition's high watermark.
     pub high_watermark: i64,
+    /// Where a read_committed reader's records end for now: the last
+    /// stable offset, below the high watermark while a transaction is open;
+    /// the high watermark when the broker does not say.
+    pub last_stable_offset: i64,
 }
 
 /// Reads one partition; opens its connection on first use and after any error.
@@ -207,12 +211,18 @@ impl Fetcher {
             })
             .collect();
         let high_watermark = data.high_watermark;
+        let last_stable_offset = if data.last_stable_offset < 0 {
+            high_watermark
+        } else {
+            data.last_stable_offset
+        };
         let records = data.records.unwrap_or_default();
         if records.is_empty() {
             return Ok(Fetched {
                 items: Vec::new(),
                 next_offset: offset,
                 high_watermark,
+                last_stable_offset,
             });
         }
         // Decompressing up to 16 MiB holds a thread for a while: not one of
@@ -240,6 +250,7 @@ impl Fetcher {
             items: decoded.items,
             next_offset: decoded.next_offset,
             high_watermark,
+            last_stable_offset,
         })
     }
 

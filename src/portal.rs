@@ -592,13 +592,15 @@ async fn read_partition(
             }
         }
         offset = fetched.next_offset;
-        let high_watermark = fetched.high_watermark;
+        // A read_committed reader reads up to the last stable offset: what
+        // lies past it (an open transaction and all after it) is not yet
+        // readable, so it counts neither as lag nor against being caught up.
+        let end = fetched.last_stable_offset;
         lock(&progress).set_next(offset);
-        ctx.metrics
-            .partition_position(partition, offset, high_watermark);
+        ctx.metrics.partition_position(partition, offset, end);
         // Judge idleness only once caught up: records still unread in Kafka
         // (say, while this reader waited for a queue slot) are not idleness.
-        let caught_up = offset >= high_watermark;
+        let caught_up = offset >= end;
         if caught_up && last_sweep.elapsed() >= Duration::from_secs(1) {
             last_sweep = Instant::now();
             for failed in held.asm.expire(Instant::now()) {

@@ -770,3 +770,42 @@ async fn a_silent_first_bootstrap_server_does_not_stop_readers() {
     }
     assert_eq!(get(&admin, "/readyz").await, (200, "ready\n".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_job_is_expired_while_another_producers_transaction_hangs() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("hangingtxn");
+    let mut env = servers.plain_env();
+    env.push(("KAFKA_TOPIC_PARTITIONS", "1".into()));
+    env.push(("PORTAL_ADMIN_LISTEN", "127.0.0.1:0".into()));
+    env.push(("PORTAL_JOB_IDLE_TIMEOUT_SECS", "3".into()));
+    let portal = Portal::start(&topics, &env);
+    let admin = admin_addr(&portal.log());
+    // A job whose sender wrote its start record and went quiet.
+    let mut plain = JavaProducer::start(&topics.request, 0, &[]).await;
+    let job = JobId::new();
+    let records = job_records(job, "/abandoned", &pattern(7, 1000), &topics);
+    plain.send(&job.to_string(), &records[..1]).await;
+    // Then a transaction is opened after it and left hanging: the reader
+    // has read all it can (up to the last stable offset), below the high
+    // watermark for as long as the transaction stays open.
+    let id = format!("transactional.id={}", topics.group);
+    let mut txn = JavaProducer::start(&topics.request, 0, &[&id]).await;
+    txn.run("begin").await;
+    txn.send("foreign", &[(b"not a KafkaSend record".to_vec(), vec![])])
+        .await;
+
+    let out = kafkasend_cmd(&topics, &["wait", &job.to_string(), "--timeout", "60"]).await;
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("PORTAL_JOB_IDLE_TIMEOUT_SECS"),
+        "{}\n{}",
+        out.stderr,
+        portal.log()
+    );
+    // Nothing it can read is left: no lag while the transaction hangs.
+    let lag = r#"kafkasend_partition_lag{partition="0"}"#;
+    assert_eq!(metric(&admin, lag).await, Some(0.0));
+    assert!(servers.state.requests().is_empty());
+    txn.run("abort").await;
+}
