@@ -27,13 +27,17 @@ use kafka_protocol::protocol::{Request, StrBytes};
 
 use crate::broker_conn::{BrokerConn, ConnError};
 use crate::kafka::{KafkaError, KafkaSettings, FETCH_MAX_BYTES, LOOKUP_LIMIT};
-use crate::record_batch::{self, AbortedTxn, Item};
+use crate::record_batch::{self, AbortedTxn, Item, Reading};
 
 /// Fetch v12 (Kafka 2.7 and later, still served by 4.x): isolation level,
 /// aborted transactions, topics by name.
 const V_FETCH: i16 = 12;
 /// Metadata v9 (Kafka 2.4 and later, still served by 4.x).
 const V_METADATA: i16 = 9;
+
+/// Fetches in a row that find the same batch failing its checksum before
+/// it is skipped: a failure may be a transient one, which a fetch again cures.
+const CRC_ATTEMPTS: u32 = 3;
 
 /// `isolation_level` of a read_committed consumer.
 const READ_COMMITTED: i8 = 1;
@@ -78,6 +82,9 @@ pub struct Fetcher {
     /// Index in `servers` of the one to ask first: the last that answered,
     /// or the one after the last that did not.
     next_server: usize,
+    /// The offset at which fetches last stopped at a batch failing its
+    /// checksum, and how many in a row did.
+    crc_failures: Option<(i64, u32)>,
     /// Whether a broker has shown that it serves the request versions we
     /// send; asked once per fetcher, brokers of a cluster agree.
     checked: bool,
@@ -108,6 +115,7 @@ impl Fetcher {
                 .filter(|s| !s.is_empty())
                 .collect(),
             next_server: 0,
+            crc_failures: None,
             checked: false,
         }
     }
@@ -225,19 +233,38 @@ impl Fetcher {
                 last_stable_offset,
             });
         }
+        let reading = Reading {
+            high_watermark,
+            skip_crc_failure: self
+                .crc_failures
+                .is_some_and(|(at, n)| at == offset && n + 1 >= CRC_ATTEMPTS),
+        };
         // Decompressing up to 16 MiB holds a thread for a while: not one of
         // the runtime's.
-        let decoded =
-            tokio::task::spawn_blocking(move || record_batch::decode(records, offset, &aborted))
-                .await
-                .map_err(|e| KafkaError::Protocol {
-                    action: "fetch",
-                    detail: format!("decoding records failed: {e}"),
-                })?
-                .map_err(|detail| KafkaError::Protocol {
-                    action: "fetch",
-                    detail,
-                })?;
+        let decoded = tokio::task::spawn_blocking(move || {
+            record_batch::decode(records, offset, &aborted, reading)
+        })
+        .await
+        .map_err(|e| KafkaError::Protocol {
+            action: "fetch",
+            detail: format!("decoding records failed: {e}"),
+        })?
+        .map_err(|detail| KafkaError::Protocol {
+            action: "fetch",
+            detail,
+        })?;
+        self.crc_failures = decoded.crc_failed_at.map(|at| {
+            let n = match self.crc_failures {
+                Some((before, n)) if before == at => n + 1,
+                _ => 1,
+            };
+            log::warn!(
+                "{}[{}]: the record batch at offset {at} fails its CRC32C check ({n} of {CRC_ATTEMPTS} fetches before it is skipped); fetching it again",
+                self.topic,
+                self.partition
+            );
+            (at, n)
+        });
         if decoded.dropped > 0 {
             log::debug!(
                 "{}[{}]: dropped {} transaction markers and records of aborted transactions",

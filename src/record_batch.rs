@@ -104,7 +104,12 @@ pub struct Unreadable {
 impl Unreadable {
     /// How many offsets it covers.
     pub fn records(&self) -> u64 {
-        u64::try_from(self.last_offset - self.first_offset + 1).unwrap_or(1)
+        u64::try_from(
+            self.last_offset
+                .saturating_sub(self.first_offset)
+                .saturating_add(1),
+        )
+        .unwrap_or(1)
     }
 }
 
@@ -127,6 +132,21 @@ pub struct Decoded {
     /// Records dropped as Kafka's read_committed consumer drops them:
     /// transaction markers and records of aborted transactions.
     pub dropped: u64,
+    /// Set when decoding stopped at a batch that fails its checksum, to be
+    /// fetched again (see [`Reading::skip_crc_failure`]): `next_offset`.
+    pub crc_failed_at: Option<i64>,
+}
+
+/// What `decode` is told beyond the response's record bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading {
+    /// The partition's high watermark: no batch skipped reaches past it.
+    pub high_watermark: i64,
+    /// Whether a batch that fails its checksum is skipped. If not, decoding
+    /// stops before it: a checksum failure may be transient (Kafka's own
+    /// consumer fails the fetch and fetches again), so the caller skips only
+    /// once it has failed on a few fetches in a row.
+    pub skip_crc_failure: bool,
 }
 
 /// A compression codec, from the low three bits of a batch's attributes.
@@ -167,7 +187,12 @@ impl Codec {
 /// are left out. The only error is a response that holds record bytes but
 /// not one whole batch, or a batch whose length is negative: then nothing
 /// can be read past `from`.
-pub fn decode(data: Bytes, from: i64, aborted: &[AbortedTxn]) -> Result<Decoded, String> {
+pub fn decode(
+    data: Bytes,
+    from: i64,
+    aborted: &[AbortedTxn],
+    reading: Reading,
+) -> Result<Decoded, String> {
     let mut out = Decoded {
         next_offset: from,
         ..Decoded::default()
@@ -196,7 +221,13 @@ pub fn decode(data: Bytes, from: i64, aborted: &[AbortedTxn]) -> Result<Decoded,
         }
         whole += 1;
         let batch = rest.split_to(LOG_OVERHEAD + len);
-        read_batch(&batch, base, &mut txns, &mut budget, &mut out);
+        let bounds = Bounds {
+            next_base: next_whole_base(&rest),
+            reading,
+        };
+        if !read_batch(&batch, base, bounds, &mut txns, &mut budget, &mut out) {
+            break;
+        }
     }
     if whole == 0 && !rest.is_empty() {
         return Err(format!(
@@ -205,6 +236,23 @@ pub fn decode(data: Bytes, from: i64, aborted: &[AbortedTxn]) -> Result<Decoded,
         ));
     }
     Ok(out)
+}
+
+/// The base offset of the whole batch at the start of `rest`, if any.
+fn next_whole_base(rest: &Bytes) -> Option<i64> {
+    if rest.len() < LOG_OVERHEAD {
+        return None;
+    }
+    let len = usize::try_from(be_i32(&rest[8..12])).ok()?;
+    (rest.len() - LOG_OVERHEAD >= len).then(|| be_i64(&rest[0..8]))
+}
+
+/// What bounds the offsets of a batch whose own header cannot be trusted.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    /// Base offset of the whole batch after it in the response.
+    next_base: Option<i64>,
+    reading: Reading,
 }
 
 /// How much of one response has been decoded so far.
@@ -246,14 +294,16 @@ impl Header {
     }
 }
 
-/// Reads one whole batch (`base` offset, length and the rest) into `out`.
+/// Reads one whole batch (`base` offset, length and the rest) into `out`;
+/// false when decoding is to stop before it.
 fn read_batch(
     batch: &Bytes,
     base: i64,
+    bounds: Bounds,
     txns: &mut Transactions,
     budget: &mut Budget,
     out: &mut Decoded,
-) {
+) -> bool {
     let skip = |out: &mut Decoded, last: i64, reason, detail: String, keys| {
         out.items.push(Item::Unreadable(Unreadable {
             first_offset: base,
@@ -273,7 +323,7 @@ fn read_batch(
             format!("the record batch at offset {base} is too short to read"),
             Vec::new(),
         );
-        return;
+        return true;
     };
     if magic != 2 {
         // The offset of a v0/v1 entry is its last record's.
@@ -284,7 +334,7 @@ fn read_batch(
             format!("a message set in format v{magic} (Kafka before 0.11) cannot be read; only v2 record batches can"),
             Vec::new(),
         );
-        return;
+        return true;
     }
     if batch.len() < HEADER_V2 {
         skip(
@@ -294,7 +344,7 @@ fn read_batch(
             format!("the record batch at offset {base} is too short to read"),
             Vec::new(),
         );
-        return;
+        return true;
     }
     let last_delta = be_i32(&batch[23..27]);
     let header = Header {
@@ -309,10 +359,22 @@ fn read_batch(
     let last = header.last;
     if last < out.next_offset {
         // Wholly before the offset asked for: nothing in it is wanted.
-        return;
+        return true;
     }
     let crc = be_u32(&batch[17..21]);
     if crc32c::crc32c(&batch[21..]) != crc {
+        if !bounds.reading.skip_crc_failure {
+            out.crc_failed_at = Some(out.next_offset);
+            return false;
+        }
+        // The checksum covers the last offset delta too: a damaged one must
+        // not pass over batches that are fine. It ends before the next
+        // batch, and before the high watermark.
+        let mut last = last.min(bounds.reading.high_watermark.saturating_sub(1));
+        if let Some(next) = bounds.next_base.filter(|&n| n > base) {
+            last = last.min(next - 1);
+        }
+        let last = last.max(base);
         let keys = match Codec::from_attributes(header.attributes) {
             Ok(Codec::None) => keys_in(&batch[HEADER_V2..]),
             _ => Vec::new(),
@@ -324,7 +386,7 @@ fn read_batch(
             format!("the record batch at offsets {base}..={last} fails its CRC32C check"),
             keys,
         );
-        return;
+        return true;
     }
     if header.producer_id >= 0 {
         txns.reach(last);
@@ -334,14 +396,14 @@ fn read_batch(
             }
         } else if header.transactional() && txns.is_aborted(header.producer_id) {
             out.dropped += u64::try_from(header.record_count).unwrap_or(0);
-            out.next_offset = out.next_offset.max(last + 1);
-            return;
+            out.next_offset = out.next_offset.max(last.saturating_add(1));
+            return true;
         }
     }
     if header.control() {
         out.dropped += u64::try_from(header.record_count).unwrap_or(0);
-        out.next_offset = out.next_offset.max(last + 1);
-        return;
+        out.next_offset = out.next_offset.max(last.saturating_add(1));
+        return true;
     }
     let codec = match Codec::from_attributes(header.attributes) {
         Ok(c) => c,
@@ -355,7 +417,7 @@ fn read_batch(
                 ),
                 Vec::new(),
             );
-            return;
+            return true;
         }
     };
     let section = batch.slice(HEADER_V2..);
@@ -369,7 +431,7 @@ fn read_batch(
             );
             let keys = keys_in(&failed.prefix);
             skip(out, last, failed.reason, detail, keys);
-            return;
+            return true;
         }
     };
     budget.bytes += records.len();
@@ -379,7 +441,7 @@ fn read_batch(
             out.items.extend(parsed.into_iter().map(Item::Record));
             out.next_offset = match stopped_at {
                 Some(offset) => offset,
-                None => out.next_offset.max(last + 1),
+                None => out.next_offset.max(last.saturating_add(1)),
             };
         }
         Err(detail) => {
@@ -396,6 +458,7 @@ fn read_batch(
             );
         }
     }
+    true
 }
 
 /// Kafka's read_committed filter over one fetch response, as its consumer
@@ -779,6 +842,25 @@ mod tests {
 
     const JOB: &str = "01JDXK5Q7V8Y0C4J6N2W3R9T1M";
 
+    /// Decodes as a reader that has already fetched any batch failing its
+    /// checksum often enough to skip it.
+    fn decode(data: Bytes, from: i64, aborted: &[AbortedTxn]) -> Result<Decoded, String> {
+        super::decode(
+            data,
+            from,
+            aborted,
+            Reading {
+                high_watermark: i64::MAX,
+                skip_crc_failure: true,
+            },
+        )
+    }
+
+    /// Sets a batch's base offset.
+    fn rebase(batch: &mut [u8], base: i64) {
+        batch[0..8].copy_from_slice(&base.to_be_bytes());
+    }
+
     /// A plain record, written by a producer without transactions.
     fn plain(offset: i64, key: &str, value: &[u8]) -> KRecord {
         KRecord {
@@ -1147,6 +1229,86 @@ mod tests {
         assert_eq!(skipped[0].records(), 2);
         assert_eq!(values(&d), ["2:after"]);
         assert_eq!(d.next_offset, 3);
+    }
+
+    #[test]
+    fn a_batch_failing_its_checksum_stops_decoding_until_it_is_to_be_skipped() {
+        let mut damaged = batch(&[plain(1, JOB, b"value")], Compression::None);
+        rebase(&mut damaged, 1);
+        let at = damaged.len() - 3;
+        damaged[at] ^= 0xff;
+        let mut after = batch(&[plain(0, "k", b"after")], Compression::None);
+        rebase(&mut after, 2);
+        let data = response(&[
+            batch(&[plain(0, "k", b"before")], Compression::None),
+            damaged,
+            after,
+        ]);
+        let again = Reading {
+            high_watermark: 3,
+            skip_crc_failure: false,
+        };
+        let d = super::decode(data.clone(), 0, &[], again).unwrap();
+        assert_eq!(values(&d), ["0:before"]);
+        assert!(unreadable(&d).is_empty());
+        assert_eq!((d.next_offset, d.crc_failed_at), (1, Some(1)));
+        // Fetched again from there, it still fails at once.
+        let d = super::decode(data.clone(), 1, &[], again).unwrap();
+        assert!(d.items.is_empty());
+        assert_eq!((d.next_offset, d.crc_failed_at), (1, Some(1)));
+        let skip = Reading {
+            skip_crc_failure: true,
+            ..again
+        };
+        let d = super::decode(data, 1, &[], skip).unwrap();
+        assert_eq!(unreadable(&d).len(), 1);
+        assert_eq!(values(&d), ["2:after"]);
+        assert_eq!((d.next_offset, d.crc_failed_at), (3, None));
+    }
+
+    #[test]
+    fn a_damaged_last_offset_delta_does_not_pass_over_later_batches() {
+        let mut damaged = batch(&[plain(0, JOB, b"value")], Compression::None);
+        // lastOffsetDelta, covered by the failed checksum, now says 2^30.
+        damaged[23..27].copy_from_slice(&(1i32 << 30).to_be_bytes());
+        let mut after = batch(&[plain(0, "k", b"after")], Compression::None);
+        rebase(&mut after, 5);
+        let skip = Reading {
+            high_watermark: 6,
+            skip_crc_failure: true,
+        };
+        let d = super::decode(response(&[damaged.clone(), after]), 0, &[], skip).unwrap();
+        let skipped = unreadable(&d);
+        assert_eq!((skipped[0].first_offset, skipped[0].last_offset), (0, 4));
+        assert_eq!(skipped[0].keys, [JOB.as_bytes().to_vec()]);
+        assert_eq!(values(&d), ["5:after"]);
+        assert_eq!(d.next_offset, 6);
+        // Alone in the response, it ends before the high watermark.
+        let d = super::decode(response(&[damaged]), 0, &[], skip).unwrap();
+        let skipped = unreadable(&d);
+        assert_eq!((skipped[0].first_offset, skipped[0].last_offset), (0, 5));
+        assert_eq!(d.next_offset, 6);
+    }
+
+    #[test]
+    fn offsets_near_the_largest_do_not_overflow() {
+        for base in [i64::MAX, i64::MAX - 1] {
+            let mut b = batch(&[plain(0, "k", b"v")], Compression::None);
+            rebase(&mut b, base);
+            let d = decode(response(&[b.clone()]), base, &[]).unwrap();
+            assert_eq!(d.next_offset, i64::MAX);
+            // A damaged one, and a control batch, too.
+            let mut damaged = b.clone();
+            let at = damaged.len() - 3;
+            damaged[at] ^= 0xff;
+            let d = decode(response(&[damaged]), base, &[]).unwrap();
+            assert_eq!(d.next_offset, i64::MAX);
+            assert_eq!(unreadable(&d)[0].records(), 1);
+            let mut marker = batch(&[marker(0, 7, false)], Compression::None);
+            rebase(&mut marker, base);
+            let d = decode(response(&[marker]), base, &[]).unwrap();
+            assert_eq!(d.next_offset, i64::MAX);
+        }
     }
 
     #[test]
