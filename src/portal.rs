@@ -677,7 +677,9 @@ async fn report_stalled(
 
 /// A batch the reader could not read is logged, counted and passed over.
 /// A job being assembled that had a record in it fails now, with an error
-/// reply, instead of at its idle timeout.
+/// reply, instead of at its idle timeout; so does a job whose start record
+/// was in it, when that record's reply-to header is still legible (else its
+/// client waits out its timeout: nothing says where to answer).
 async fn skip_unreadable(
     ctx: &Arc<Ctx>,
     asm: &mut Assembler,
@@ -698,10 +700,32 @@ async fn skip_unreadable(
     let jobs = batch
         .keys
         .iter()
-        .filter_map(|k| std::str::from_utf8(k).ok()?.parse::<JobId>().ok());
-    for job in jobs {
+        .filter_map(|k| Some((k, std::str::from_utf8(k).ok()?.parse::<JobId>().ok()?)));
+    for (key, job) in jobs {
         let message = format!("a record of this request is unreadable: {}", batch.detail);
-        if let Some(failed) = asm.abort(job, ErrorCategory::Integrity, message) {
+        let new = !asm.knows(&job);
+        if let Some(failed) = asm.abort(job, ErrorCategory::Integrity, message.clone()) {
+            spawn_error_reply(ctx, progress, failed, stop).await;
+            continue;
+        }
+        // Its start record was in the batch: answer where its reply-to
+        // header, if still legible, says, as for a start that cannot be decoded.
+        let reply_to = batch
+            .reply_to
+            .iter()
+            .filter(|(k, _)| k == key)
+            .find_map(|(_, to)| wire::parse_reply_to(to));
+        let answered = lock(progress).known(batch.first_offset);
+        if let (true, false, Some((reply_topic, reply_partition))) = (new, answered, reply_to) {
+            lock(progress).add(batch.first_offset);
+            let failed = FailedJob {
+                job,
+                reply_topic,
+                reply_partition,
+                first_offset: batch.first_offset,
+                category: ErrorCategory::Integrity,
+                message,
+            };
             spawn_error_reply(ctx, progress, failed, stop).await;
         }
     }

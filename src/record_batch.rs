@@ -39,6 +39,9 @@ const MAX_RECORDS: usize = 65_536;
 /// is 26 bytes, so longer keys cannot name a job.
 const MAX_KEYS: usize = 256;
 const MAX_KEY_LEN: usize = 64;
+/// Longest reply-to header value kept: a partition number, `/` and a
+/// topic name of at most 249 bytes.
+const MAX_REPLY_TO_LEN: usize = 261;
 
 /// Base offset and batch length: what precedes every batch, whatever its format.
 const LOG_OVERHEAD: usize = 12;
@@ -99,6 +102,10 @@ pub struct Unreadable {
     /// Keys of the records in it that could still be made out (only those
     /// short enough to be a job id): the jobs it may have held.
     pub keys: Vec<Vec<u8>>,
+    /// Key and `kafkasend-reply-to` header value of each record whose
+    /// header could still be made out: the start records it held, and
+    /// where their answers go.
+    pub reply_to: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Unreadable {
@@ -304,13 +311,14 @@ fn read_batch(
     budget: &mut Budget,
     out: &mut Decoded,
 ) -> bool {
-    let skip = |out: &mut Decoded, last: i64, reason, detail: String, keys| {
+    let skip = |out: &mut Decoded, last: i64, reason, detail: String, legible: Legible| {
         out.items.push(Item::Unreadable(Unreadable {
             first_offset: base,
             last_offset: last,
             reason,
             detail,
-            keys,
+            keys: legible.keys,
+            reply_to: legible.reply_to,
         }));
         out.next_offset = out.next_offset.max(last.saturating_add(1));
     };
@@ -321,7 +329,7 @@ fn read_batch(
             base,
             SkipReason::Corrupt,
             format!("the record batch at offset {base} is too short to read"),
-            Vec::new(),
+            Legible::default(),
         );
         return true;
     };
@@ -332,7 +340,7 @@ fn read_batch(
             base,
             SkipReason::Format,
             format!("a message set in format v{magic} (Kafka before 0.11) cannot be read; only v2 record batches can"),
-            Vec::new(),
+            Legible::default(),
         );
         return true;
     }
@@ -342,7 +350,7 @@ fn read_batch(
             base,
             SkipReason::Corrupt,
             format!("the record batch at offset {base} is too short to read"),
-            Vec::new(),
+            Legible::default(),
         );
         return true;
     }
@@ -376,8 +384,8 @@ fn read_batch(
         }
         let last = last.max(base);
         let keys = match Codec::from_attributes(header.attributes) {
-            Ok(Codec::None) => keys_in(&batch[HEADER_V2..]),
-            _ => Vec::new(),
+            Ok(Codec::None) => legible_in(&batch[HEADER_V2..]),
+            _ => Legible::default(),
         };
         skip(
             out,
@@ -415,7 +423,7 @@ fn read_batch(
                 format!(
                     "the record batch at offsets {base}..={last} uses compression codec {n}, which Kafka does not define"
                 ),
-                Vec::new(),
+                Legible::default(),
             );
             return true;
         }
@@ -429,7 +437,7 @@ fn read_batch(
                 codec.name(),
                 failed.detail
             );
-            let keys = keys_in(&failed.prefix);
+            let keys = legible_in(&failed.prefix);
             skip(out, last, failed.reason, detail, keys);
             return true;
         }
@@ -445,7 +453,7 @@ fn read_batch(
             };
         }
         Err(detail) => {
-            let keys = keys_in(&records);
+            let keys = legible_in(&records);
             skip(
                 out,
                 last,
@@ -605,13 +613,22 @@ fn parse_record(cur: &mut Cursor<'_>, header: &Header) -> Result<RecordAndOffset
     })
 }
 
+/// What could still be made out of the records of an unreadable batch.
+#[derive(Debug, Default)]
+struct Legible {
+    keys: Vec<Vec<u8>>,
+    reply_to: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
 /// The keys of the records in `section` up to the first that cannot be
-/// made out, each once: the jobs an unreadable batch may have held. A
-/// record cut short or damaged past its key still gives its key.
-fn keys_in(section: &[u8]) -> Vec<Vec<u8>> {
+/// made out, each once, and the reply-to headers among them: the jobs an
+/// unreadable batch may have held. A record cut short or damaged past its
+/// key still gives its key; one damaged before its reply-to header gives
+/// no header.
+fn legible_in(section: &[u8]) -> Legible {
     let mut cur = Cursor::new(section);
-    let mut keys: Vec<Vec<u8>> = Vec::new();
-    while cur.remaining() > 0 && keys.len() < MAX_KEYS {
+    let mut out = Legible::default();
+    while cur.remaining() > 0 && out.keys.len() < MAX_KEYS {
         let Some(len) = cur.varint().ok().and_then(|n| usize::try_from(n).ok()) else {
             break;
         };
@@ -626,15 +643,36 @@ fn keys_in(section: &[u8]) -> Vec<Vec<u8>> {
             .and_then(|_| rec.varint())
             .and_then(|_| rec.nullable());
         if let Ok(Some(k)) = key {
-            if k.len() <= MAX_KEY_LEN && !keys.iter().any(|seen| seen == k) {
-                keys.push(k.to_vec());
+            if k.len() <= MAX_KEY_LEN {
+                if !out.keys.iter().any(|seen| seen == k) {
+                    out.keys.push(k.to_vec());
+                }
+                if let Some(to) = reply_to_in(&mut rec) {
+                    if out.reply_to.len() < MAX_KEYS {
+                        out.reply_to.push((k.to_vec(), to.to_vec()));
+                    }
+                }
             }
         }
         if !whole {
             break;
         }
     }
-    keys
+    out
+}
+
+/// The reply-to header of a record read up to its key, if it can be made out.
+fn reply_to_in<'a>(rec: &mut Cursor<'a>) -> Option<&'a [u8]> {
+    rec.nullable().ok()?;
+    let count = usize::try_from(rec.varint().ok()?).ok()?;
+    for _ in 0..count {
+        let name = rec.nullable().ok()??;
+        let value = rec.nullable().ok()?;
+        if name == crate::wire::REPLY_TO_HEADER.as_bytes() {
+            return value.filter(|v| v.len() <= MAX_REPLY_TO_LEN);
+        }
+    }
+    None
 }
 
 /// Why decompression failed, and what came out before it did.
@@ -1309,6 +1347,45 @@ mod tests {
             let d = decode(response(&[marker]), base, &[]).unwrap();
             assert_eq!(d.next_offset, i64::MAX);
         }
+    }
+
+    #[test]
+    fn an_unreadable_batch_names_where_its_start_records_are_answered() {
+        let mut start = plain(0, JOB, b"start");
+        start.headers.insert(
+            StrBytes::from_static_str("other"),
+            Some(Bytes::from_static(b"x")),
+        );
+        start.headers.insert(
+            StrBytes::from_static_str(crate::wire::REPLY_TO_HEADER),
+            Some(Bytes::from_static(b"2/api-responses")),
+        );
+        let zeros = vec![0u8; MAX_BATCH_BYTES / 2 + 1];
+        for codec in [Compression::Gzip, Compression::Zstd] {
+            let data = response(&[batch(
+                &[start.clone(), plain(1, "k", &zeros), plain(2, "k", &zeros)],
+                codec,
+            )]);
+            let d = decode(data, 0, &[]).unwrap();
+            let skipped = unreadable(&d);
+            assert_eq!(skipped[0].reason, SkipReason::TooLarge, "{codec:?}");
+            assert_eq!(
+                skipped[0].reply_to,
+                [(JOB.as_bytes().to_vec(), b"2/api-responses".to_vec())],
+                "{codec:?}"
+            );
+        }
+        // A record damaged before its headers names its job, not where to answer.
+        let mut b = batch(&[start], Compression::None);
+        // As in the test below, with a record length of two bytes.
+        let value_len_at = HEADER_V2 + 5 + 1 + JOB.len();
+        assert_eq!(b[value_len_at], 10, "zigzag 5");
+        b[value_len_at] = 100;
+        fix_crc(&mut b);
+        let d = decode(response(&[b]), 0, &[]).unwrap();
+        let skipped = unreadable(&d);
+        assert_eq!(skipped[0].keys, [JOB.as_bytes().to_vec()]);
+        assert!(skipped[0].reply_to.is_empty());
     }
 
     #[test]
