@@ -45,9 +45,13 @@ const START_HOLD: Duration = Duration::from_millis(20);
 /// How long a fetch waits on the broker for new records.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 
-/// Failed fetches in a row at one offset after which a reader counts as
-/// stuck: `/readyz` names its partition until it moves again.
-const STALLED_AFTER: u32 = 3;
+/// How long a reader's fetches may keep failing at one offset before it
+/// counts as stuck: `/readyz` names its partition (and an ERROR is logged)
+/// until it moves again. Routine trouble heals sooner: a leader election or
+/// a broker restart moves leadership within seconds, and the reader's next
+/// fetch after it finds the new leader. A reader stuck this long is still
+/// reported well within a client's default `--timeout` (300 s).
+const STALLED_AFTER: Duration = Duration::from_secs(15);
 
 /// Most bytes of response headers relayed.
 const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
@@ -517,6 +521,9 @@ async fn read_partition(
     };
     let mut last_sweep = Instant::now();
     let mut failures = 0u32;
+    // When fetches started failing at `offset`, and whether that is now a stall.
+    let mut failing_since: Option<Instant> = None;
+    let mut stalled = false;
     let mut gauges = ReaderGauges {
         metrics: Arc::clone(&ctx.metrics),
         readiness: Arc::clone(&ctx.readiness),
@@ -535,11 +542,13 @@ async fn read_partition(
         };
         let fetched = match fetched {
             Ok(r) => {
-                if failures >= STALLED_AFTER {
+                if stalled {
                     log::info!("{topic}[{partition}]: reading again from offset {offset}");
                     ctx.readiness.clear_stalled(partition);
                 }
                 failures = 0;
+                failing_since = None;
+                stalled = false;
                 r
             }
             Err(KafkaError::OffsetOutOfRange { .. }) => {
@@ -568,9 +577,11 @@ async fn read_partition(
             }
             Err(e) => {
                 ctx.metrics.fetch_error();
-                failures += 1;
-                if failures >= STALLED_AFTER {
-                    report_stalled(&ctx, &pc, partition, offset, failures, &e).await;
+                failures = failures.saturating_add(1);
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= STALLED_AFTER {
+                    report_stalled(&ctx, &pc, partition, offset, since, !stalled, &e).await;
+                    stalled = true;
                 }
                 let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
                 log::warn!(
@@ -652,20 +663,25 @@ impl Drop for ReaderGauges {
     }
 }
 
-/// A reader whose fetches keep failing at one offset says so on `/readyz`,
-/// and its lag metric keeps following the partition's end (read with
-/// ListOffsets, which does not go through the failing fetch).
+/// A reader whose fetches keep failing at one offset says so on `/readyz`
+/// (logged as an ERROR the `first` time), and its lag metric keeps
+/// following the partition's end (read with ListOffsets, which does not go
+/// through the failing fetch).
 async fn report_stalled(
     ctx: &Ctx,
     pc: &PartitionClient,
     partition: i32,
     offset: i64,
-    failures: u32,
+    since: Instant,
+    first: bool,
     e: &KafkaError,
 ) {
     let topic = &ctx.cfg.kafka.request_topic;
-    let why = format!("no progress past offset {offset} in {failures} fetches: {e}");
-    if failures == STALLED_AFTER {
+    let why = format!(
+        "no progress past offset {offset} in {} s: {e}",
+        since.elapsed().as_secs()
+    );
+    if first {
         log::error!("{topic}[{partition}]: {why}");
     }
     ctx.readiness.set_stalled(partition, why);
