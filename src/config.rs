@@ -1197,6 +1197,15 @@ pub struct SendConfig {
 impl SendConfig {
     /// Resolves flags, environment, file and defaults.
     pub fn resolve(a: &SendArgs) -> anyhow::Result<Self> {
+        if a.no_wait {
+            if let Some(path) = &a.output {
+                bail!(
+                    "--output {} has no effect with --no-wait, which takes no response; write the answer later with: kafkasend wait JOB_ID -o {}",
+                    path.display(),
+                    path.display()
+                );
+            }
+        }
         if a.json && crate::output::is_stdout(a.output.as_deref()) && !a.no_wait {
             bail!("--json needs --output FILE (or --no-wait), so the response body and the summary do not mix on stdout");
         }

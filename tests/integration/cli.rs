@@ -62,6 +62,10 @@ async fn bad_input_gets_one_line_and_a_usage_code() {
             "--multipart needs a FILE",
         ),
         (&["--endpoint", "/x", "--timeout", "0"], "--timeout"),
+        (
+            &["--endpoint", "/x", "--no-wait", "-o", "out.bin"],
+            "has no effect with --no-wait",
+        ),
     ];
     for (args, expected) in cases {
         let out = send(&topics, args).await;
