@@ -10,6 +10,10 @@
 //   send KEY VALUE_HEX [HEADER_NAME HEADER_VALUE_HEX]...  one record, acknowledged
 //                                                          ("-" as KEY: no key)
 //   zeros KEY N                                           a record of N zero bytes
+//   queue KEY VALUE_HEX [HEADER_NAME HEADER_VALUE_HEX]...  like send, not yet acknowledged
+//   queue-zeros KEY N                                     like zeros, not yet acknowledged
+//   flush                                                 sends what is queued and waits
+//     (queued records share one batch when linger.ms and batch.size allow)
 //   begin | commit | abort                                the transaction calls
 import java.io.BufferedReader;
 import java.io.InputStreamReader;
@@ -18,9 +22,11 @@ import java.util.ArrayList;
 import java.util.HexFormat;
 import java.util.List;
 import java.util.Properties;
+import java.util.concurrent.Future;
 
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.clients.producer.RecordMetadata;
 import org.apache.kafka.common.header.Header;
 import org.apache.kafka.common.header.internals.RecordHeader;
 import org.apache.kafka.common.serialization.ByteArraySerializer;
@@ -45,6 +51,7 @@ public class TestProducer {
             System.out.println("ready");
             System.out.flush();
             BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
+            List<Future<RecordMetadata>> queued = new ArrayList<>();
             String line;
             while ((line = in.readLine()) != null) {
                 String[] w = line.trim().split(" ");
@@ -64,6 +71,27 @@ public class TestProducer {
                             producer.send(new ProducerRecord<>(topic, partition, key, new byte[Integer.parseInt(w[2])])).get();
                             break;
                         }
+                        case "queue": {
+                            byte[] key = w[1].getBytes(StandardCharsets.UTF_8);
+                            List<Header> headers = new ArrayList<>();
+                            for (int i = 3; i + 1 < w.length; i += 2) {
+                                headers.add(new RecordHeader(w[i], hex.parseHex(w[i + 1])));
+                            }
+                            queued.add(producer.send(new ProducerRecord<>(topic, partition, key, hex.parseHex(w[2]), headers)));
+                            break;
+                        }
+                        case "queue-zeros": {
+                            byte[] key = w[1].getBytes(StandardCharsets.UTF_8);
+                            queued.add(producer.send(new ProducerRecord<>(topic, partition, key, new byte[Integer.parseInt(w[2])])));
+                            break;
+                        }
+                        case "flush":
+                            producer.flush();
+                            for (Future<RecordMetadata> f : queued) {
+                                f.get();
+                            }
+                            queued.clear();
+                            break;
                         case "begin":
                             producer.beginTransaction();
                             break;

@@ -613,6 +613,53 @@ async fn a_reply_record_of_the_job_that_cannot_be_read_fails_it_clearly() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_batch_holding_a_start_record_gets_its_job_an_error_reply() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("badstart");
+    let (portal, admin) = portal_with_admin(&topics, &servers);
+    // One gzip batch with the job's start record first, then a record too
+    // large to decompress: the start record's reply-to header is still
+    // legible, so the job is answered instead of left to time out.
+    let mut java = JavaProducer::start(
+        &topics.request,
+        0,
+        &[
+            "compression.type=gzip",
+            "max.request.size=20000000",
+            "buffer.memory=40000000",
+            "batch.size=30000000",
+            "linger.ms=60000",
+        ],
+    )
+    .await;
+    let job = JobId::new();
+    let records = job_records(job, "/never", &pattern(6, 1000), &topics);
+    let (start, headers) = &records[0];
+    let mut line = format!("queue {job} {}", hex(start));
+    for (name, v) in headers {
+        line.push_str(&format!(" {name} {}", hex(v)));
+    }
+    java.run(&line).await;
+    java.run(&format!("queue-zeros {job} {TOO_LARGE}")).await;
+    java.run("flush").await;
+    let out = kafkasend_cmd(&topics, &["wait", &job.to_string(), "--timeout", "60"]).await;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("more than 16 MiB once decompressed"),
+        "{}",
+        out.stderr
+    );
+    assert!(servers.state.requests().is_empty());
+    // Both records of the batch were passed over.
+    let too_large = r#"kafkasend_records_skipped_total{reason="too_large"}"#;
+    assert_eq!(metric(&admin, too_large).await, Some(2.0));
+    // The reader went on past it.
+    let out = send(&topics, &["--endpoint", "/after", "--timeout", "60"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!portal.log().contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_unreadable_record_of_a_job_being_assembled_gets_an_error_reply() {
     let servers = Servers::start().await;
     let topics = Topics::new("badrequest");
