@@ -396,8 +396,19 @@ pub async fn run(
     cfg: &SendConfig,
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
-    // A bad command line, an unreadable body or an output that cannot be
-    // written is reported before the broker.
+    send_over(None, args, cfg, report).await
+}
+
+/// One send over `link`, or over a link opened for it when `None`: the
+/// request is prepared and its output opened first (a bad command line, an
+/// unreadable body or an output that cannot be written is reported before
+/// the broker), and a signal stops it at any point after that.
+async fn send_over(
+    link: Option<&Link>,
+    args: &SendArgs,
+    cfg: &SendConfig,
+    report: &mut Report,
+) -> Result<Outcome, SendError> {
     let prepared = prepare_and_warn(args)?;
     let mut interrupt = watch_interrupt()?;
     let sink = open_sink(args)?;
@@ -406,8 +417,15 @@ pub async fn run(
         signal = interrupt.recv() => Err(SendError::Interrupted { job: None, signal }),
         r = async {
             let body_sha256 = signed_digest(&prepared, cfg).await?;
-            let link = Link::open(&cfg.kafka, "kafkasend-send").await?;
-            transmit(&link, prepared, body_sha256, sink, args, cfg, report).await
+            let opened;
+            let link = match link {
+                Some(link) => link,
+                None => {
+                    opened = Link::open(&cfg.kafka, "kafkasend-send").await?;
+                    &opened
+                }
+            };
+            transmit(link, prepared, body_sha256, sink, args, cfg, report).await
         } => r,
     };
     with_job(result, report)
@@ -513,18 +531,7 @@ pub async fn run_on(
     cfg: &SendConfig,
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
-    let prepared = prepare_and_warn(args)?;
-    let mut interrupt = watch_interrupt()?;
-    let sink = open_sink(args)?;
-    let result = tokio::select! {
-        biased;
-        signal = interrupt.recv() => Err(SendError::Interrupted { job: None, signal }),
-        r = async {
-            let body_sha256 = signed_digest(&prepared, cfg).await?;
-            transmit(link, prepared, body_sha256, sink, args, cfg, report).await
-        } => r,
-    };
-    with_job(result, report)
+    send_over(Some(link), args, cfg, report).await
 }
 
 /// A client connected to the request and response topics, with the
