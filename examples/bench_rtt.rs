@@ -16,10 +16,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use kafkasend::config::{Cli, Command, SendConfig};
+use kafkasend::cli::{Cli, Command, SendConfig};
 
 fn main() -> ExitCode {
-    kafkasend::memory::tune_allocator();
+    kafkasend::alloc::tune_allocator();
     let mut argv = std::env::args().skip(1);
     let Some(count) = argv.next().and_then(|c| c.parse::<usize>().ok()) else {
         eprintln!("usage: bench_rtt COUNT SEND_ARGS...");
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     };
     for i in 0..=count {
         let t0 = Instant::now();
-        let mut report = kafkasend::ui::Report::default();
+        let mut report = kafkasend::send::ui::Report::default();
         match rt.block_on(kafkasend::send::run_on(&link, &args, &cfg, &mut report)) {
             Ok(outcome) if outcome.exit_code() == 0 => {}
             Ok(outcome) => {

@@ -28,7 +28,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use kafkasend::token_cache::form_encode;
+use kafkasend::portal::http_dispatch::token_cache::form_encode;
 use sha2::{Digest, Sha256};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;

@@ -6,8 +6,8 @@
 
 use std::io::Write;
 
-use crate::config::LogFormat;
-use crate::wire::JobId;
+use crate::cli::LogFormat;
+use crate::protocol::wire::JobId;
 
 /// Installs the global logger with an env_logger `filter` (`RUST_LOG` wins).
 pub fn init(default_filter: &str, format: LogFormat) {

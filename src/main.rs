@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kafkasend::config::{Cli, Command, LogFormat, PortalConfig, SendConfig};
-use kafkasend::config_show::ConfigCommand;
+use kafkasend::cli::show::ConfigCommand;
+use kafkasend::cli::{Cli, Command, LogFormat, PortalConfig, SendConfig};
 use kafkasend::logging;
+use kafkasend::send::ui::{one_line, Report};
 use kafkasend::send::{Outcome, SendError};
-use kafkasend::ui::{one_line, Report};
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -50,7 +50,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    kafkasend::memory::tune_allocator();
+    kafkasend::alloc::tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -97,9 +97,9 @@ fn main() -> ExitCode {
                 kafkasend::send::wait(&args, cfg, report).await
             })
         }
-        Command::Config(ConfigCommand::Show(args)) => match kafkasend::config_show::rows(&args) {
+        Command::Config(ConfigCommand::Show(args)) => match kafkasend::cli::show::rows(&args) {
             Ok(sections) => {
-                print!("{}", kafkasend::config_show::render(&sections));
+                print!("{}", kafkasend::cli::show::render(&sections));
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -108,12 +108,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Completions(args) => {
-            kafkasend::completions::write(args.shell, &mut std::io::stdout().lock());
+            kafkasend::cli::completions::write(args.shell, &mut std::io::stdout().lock());
             ExitCode::SUCCESS
         }
         Command::Health(args) => {
             let result = match runtime() {
-                Ok(rt) => rt.block_on(kafkasend::health_check::probe(&args)),
+                Ok(rt) => rt.block_on(kafkasend::cli::health::probe(&args)),
                 Err(e) => {
                     eprintln!("kafkasend health: cannot start the runtime: {e}");
                     return ExitCode::FAILURE;

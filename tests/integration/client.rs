@@ -1,6 +1,6 @@
 //! The `send` experience for scripts: `--json`, `-q`, `--no-wait` and `wait`.
 
-use kafkasend::wire::JobId;
+use kafkasend::protocol::wire::JobId;
 
 use crate::common::*;
 

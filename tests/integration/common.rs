@@ -328,7 +328,7 @@ pub async fn records_in(
     partition: i32,
 ) -> Vec<rskafka::record::Record> {
     use kafkasend::kafka;
-    use kafkasend::record_batch::Item;
+    use kafkasend::kafka::record_batch::Item;
     let limit = Duration::from_secs(30);
     let settings = kafka_settings(topics, "it-reader");
     let client = kafka::connect(&settings).await.unwrap();
@@ -336,7 +336,7 @@ pub async fn records_in(
         .await
         .unwrap();
     let end = kafka::end_offset(&pc, limit).await.unwrap();
-    let mut fetcher = kafkasend::fetcher::Fetcher::new(&settings, topic, partition);
+    let mut fetcher = kafkasend::kafka::fetcher::Fetcher::new(&settings, topic, partition);
     let mut out = Vec::new();
     let mut offset = 0;
     // An open transaction holds read_committed readers back.
@@ -362,11 +362,12 @@ pub async fn records_in(
 }
 
 /// Every frame on the response topic (all 3 partitions the tests create).
-pub async fn response_frames(topics: &Topics) -> Vec<kafkasend::wire::Frame> {
+pub async fn response_frames(topics: &Topics) -> Vec<kafkasend::protocol::wire::Frame> {
     let mut out = Vec::new();
     for p in 0..3 {
         for r in records_in(topics, &topics.response, p).await {
-            let (frame, _) = kafkasend::wire::decode(r.value.as_deref().unwrap()).unwrap();
+            let (frame, _) =
+                kafkasend::protocol::wire::decode(r.value.as_deref().unwrap()).unwrap();
             out.push(frame);
         }
     }
@@ -375,7 +376,7 @@ pub async fn response_frames(topics: &Topics) -> Vec<kafkasend::wire::Frame> {
 
 /// Every final response record (`End` or `Error`) on the response topic, by job.
 pub async fn final_responses(topics: &Topics) -> std::collections::BTreeMap<String, usize> {
-    use kafkasend::wire::Body;
+    use kafkasend::protocol::wire::Body;
     let mut out = std::collections::BTreeMap::new();
     for frame in response_frames(topics).await {
         if matches!(frame.body, Body::End(_) | Body::Error(_)) {

@@ -11,9 +11,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use kafkasend::chunker::Chunker;
 use kafkasend::kafka::{self, Compression};
-use kafkasend::wire::{self, Body, ErrorCategory, Frame, JobId, RequestStart};
+use kafkasend::protocol::chunker::Chunker;
+use kafkasend::protocol::wire::{self, Body, ErrorCategory, Frame, JobId, RequestStart};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::admin::{admin_addr, get, sample};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use kafkasend::kafka;
-use kafkasend::wire::{self, Body, ErrorCategory, ErrorInfo, Frame, JobId};
+use kafkasend::protocol::wire::{self, Body, ErrorCategory, ErrorInfo, Frame, JobId};
 
 use crate::common::*;
 
@@ -218,7 +218,7 @@ async fn a_forged_error_reaches_the_terminal_as_one_escaped_line() {
     let queued = send(&topics, &["--endpoint", "/api/later", "--no-wait"]).await;
     assert_eq!(queued.code, 0, "{}", queued.stderr);
     let job: JobId = queued.stdout_text().trim().parse().unwrap();
-    let reply_partition = kafkasend::partitioner::partition_for_key(&job.key(), 3);
+    let reply_partition = kafkasend::kafka::partitioner::partition_for_key(&job.key(), 3);
     forge_error(&topics, job, reply_partition, FORGED).await;
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("reply.bin");

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kafkasend::kafka;
-use kafkasend::wire::{
+use kafkasend::protocol::wire::{
     self, Body, ChunkInfo, EndInfo, ErrorCategory, Frame, JobId, RequestStart, ResponseStart,
 };
 use rskafka::record::Record;

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kafkasend::kafka;
-use kafkasend::partitioner::partition_for_key;
-use kafkasend::wire::JobId;
+use kafkasend::kafka::partitioner::partition_for_key;
+use kafkasend::protocol::wire::JobId;
 
 use crate::common::*;
 
@@ -271,12 +271,15 @@ async fn a_replayed_signed_request_never_reaches_the_api_twice() {
     // A forged, unsigned start for the same job with another path: ignored,
     // and no error reply that could end the job for its client.
     let mut forged = records[0].clone();
-    let (mut frame, _) = kafkasend::wire::decode(forged.value.as_deref().unwrap()).unwrap();
-    if let kafkasend::wire::Body::RequestStart(start) = &mut frame.body {
+    let (mut frame, _) =
+        kafkasend::protocol::wire::decode(forged.value.as_deref().unwrap()).unwrap();
+    if let kafkasend::protocol::wire::Body::RequestStart(start) = &mut frame.body {
         start.path = "/api/other".into();
     }
-    forged.value = Some(kafkasend::wire::encode(&frame, &[]));
-    forged.headers.remove(kafkasend::wire::SIGNATURE_HEADER);
+    forged.value = Some(kafkasend::protocol::wire::encode(&frame, &[]));
+    forged
+        .headers
+        .remove(kafkasend::protocol::wire::SIGNATURE_HEADER);
     let at = replay(&topics, p, &[forged]).await;
     portal
         .wait_for_log(&format!(

@@ -6,7 +6,7 @@
 //! the control batches transactions leave, and fails on every codec left
 //! out of its build, and a fetch that fails at one offset stops its reader
 //! for good. So the portal's readers and `send`'s reply follower fetch
-//! through a [`Fetcher`]; [`crate::record_batch`] decodes what comes back.
+//! through a [`Fetcher`]; [`crate::kafka::record_batch`] decodes what comes back.
 //! rskafka still does everything else: producing, offsets, topics.
 //!
 //! The leader is found with a Metadata request to a bootstrap broker, each
@@ -25,9 +25,9 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{BrokerId, FetchRequest, MetadataRequest, TopicName};
 use kafka_protocol::protocol::{Request, StrBytes};
 
-use crate::broker_conn::{BrokerConn, ConnError};
+use crate::kafka::conn::{BrokerConn, ConnError};
+use crate::kafka::record_batch::{self, AbortedTxn, Item, Reading};
 use crate::kafka::{KafkaError, KafkaSettings, FETCH_MAX_BYTES, LOOKUP_LIMIT};
-use crate::record_batch::{self, AbortedTxn, Item, Reading};
 
 /// Fetch v12 (Kafka 2.7 and later, still served by 4.x): isolation level,
 /// aborted transactions, topics by name.

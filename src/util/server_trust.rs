@@ -457,12 +457,13 @@ mod tests {
         let server = self_signed(true, &["localhost"], (2000, 2090));
         let mut file = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut file, server.pem.as_bytes()).unwrap();
-        let kafka = crate::kafka_security::tls_config(Some(file.path())).unwrap();
+        let kafka = crate::kafka::security::tls_config(Some(file.path())).unwrap();
         handshake(kafka, &server, "localhost").unwrap();
-        let api = crate::tls::ApiTls::load(Some(file.path()), None, None).unwrap();
+        let api =
+            crate::portal::http_dispatch::tls::ApiTls::load(Some(file.path()), None, None).unwrap();
         handshake(Arc::new(api.client_config()), &server, "localhost").unwrap();
         // Without the file, the same certificate is an unknown issuer.
-        let bare = crate::kafka_security::tls_config(None).unwrap();
+        let bare = crate::kafka::security::tls_config(None).unwrap();
         assert!(handshake(bare, &server, "localhost").is_err());
     }
 

@@ -2,9 +2,13 @@
 //!
 //! Precedence is flag > environment > file > default. clap merges the first
 //! two (each flag names its variable); the file is read through
-//! [`crate::file_read`] and parsed as TOML, and
+//! [`crate::util::file_read`] and parsed as TOML, and
 //! [`PortalConfig::resolve`] / [`SendConfig::resolve`] fill in the rest.
 //! Invalid values fail at start with a message naming the setting.
+
+pub mod completions;
+pub mod health;
+pub mod show;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,10 +18,10 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
-use crate::chunker::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
-use crate::kafka_security::{KafkaSecurity, SaslCredentials, SaslMechanism, SecurityProtocol};
-use crate::tls::ApiTls;
-use crate::token_cache::{AssertionSigner, AuthMethod, ClientCredentials};
+use crate::kafka::security::{KafkaSecurity, SaslCredentials, SaslMechanism, SecurityProtocol};
+use crate::portal::http_dispatch::tls::ApiTls;
+use crate::portal::http_dispatch::token_cache::{AssertionSigner, AuthMethod, ClientCredentials};
+use crate::protocol::chunker::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
 
 /// Longest wait any setting may ask for: a week.
 pub const MAX_WAIT_SECS: u64 = 7 * 24 * 3600;
@@ -71,17 +75,17 @@ pub enum Command {
         subcommand,
         after_help = "Example:\n  kafkasend config show portal --config portal.toml"
     )]
-    Config(crate::config_show::ConfigCommand),
+    Config(crate::cli::show::ConfigCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         after_help = "Examples:\n  kafkasend completions bash > /etc/bash_completion.d/kafkasend\n  kafkasend completions zsh > \"${fpath[1]}/_kafkasend\"\n  kafkasend completions fish > ~/.config/fish/completions/kafkasend.fish"
     )]
-    Completions(crate::completions::CompletionsArgs),
+    Completions(crate::cli::completions::CompletionsArgs),
     /// GET a health URL and exit 0 on a 2xx answer, 1 otherwise (for container health checks).
     #[command(
         after_help = "Examples:\n  kafkasend health\n  kafkasend health --url http://127.0.0.1:9464/readyz --timeout 3"
     )]
-    Health(crate::health_check::HealthArgs),
+    Health(crate::cli::health::HealthArgs),
 }
 
 /// Kafka settings shared by both sides.
@@ -442,7 +446,8 @@ pub fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
     };
     // Not confy::load_path: it reads whatever the path holds, without a cap,
     // and writes a default file where none exists.
-    let bytes = crate::file_read::read(CONFIG_SETTING, path, crate::file_read::Kind::Config)?;
+    let bytes =
+        crate::util::file_read::read(CONFIG_SETTING, path, crate::util::file_read::Kind::Config)?;
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{CONFIG_SETTING}: {} is not UTF-8 text (byte {} is not), so it is not a TOML file",
@@ -629,7 +634,7 @@ fn resolve_security(a: &KafkaArgs, f: &FileConfig) -> anyhow::Result<KafkaSecuri
     let password = pick(&a.sasl_password, &f.sasl_password);
 
     let tls = if protocol.uses_tls() {
-        Some(crate::kafka_security::tls_config(ca_file.as_deref()).map_err(anyhow::Error::msg)?)
+        Some(crate::kafka::security::tls_config(ca_file.as_deref()).map_err(anyhow::Error::msg)?)
     } else {
         if ca_file.is_some() {
             bail!("KAFKA_SSL_CA_FILE is set but KAFKA_SECURITY_PROTOCOL is {protocol}, which does not use TLS; set KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL, or unset KAFKA_SSL_CA_FILE");
@@ -705,7 +710,7 @@ pub enum StartFrom {
 }
 
 /// OAuth settings, resolved.
-pub type OAuthSettings = crate::token_cache::OAuthConfig;
+pub type OAuthSettings = crate::portal::http_dispatch::token_cache::OAuthConfig;
 
 /// Consumer-group settings of the portal, resolved.
 #[derive(Debug, Clone)]
@@ -746,9 +751,9 @@ pub struct PortalConfig {
     /// API deadline.
     pub request_timeout: Duration,
     /// What may reach the API.
-    pub policy: crate::policy::Policy,
+    pub policy: crate::portal::policy::Policy,
     /// Assembly limits.
-    pub limits: crate::assembler::Limits,
+    pub limits: crate::portal::assembler::Limits,
     /// Partitions of created topics.
     pub topic_partitions: i32,
     /// Replication of created topics.
@@ -756,7 +761,7 @@ pub struct PortalConfig {
     /// Where to start reading.
     pub start_from: StartFrom,
     /// Keys whose signatures the portal requires, when set.
-    pub trusted_keys: Option<crate::signing::TrustedKeys>,
+    pub trusted_keys: Option<crate::protocol::signing::TrustedKeys>,
 }
 
 impl PortalConfig {
@@ -817,7 +822,7 @@ impl PortalConfig {
             );
         }
         let policy = resolve_policy(a, &f)?;
-        let defaults = crate::assembler::Limits::default();
+        let defaults = crate::portal::assembler::Limits::default();
         let max_jobs =
             pick(&a.max_assembling_jobs, &f.max_assembling_jobs).unwrap_or(defaults.max_jobs);
         if max_jobs == 0 {
@@ -855,21 +860,21 @@ impl PortalConfig {
         // Start records and chunk tables cannot move to disk: a budget that
         // cannot hold one job of the most chunks and the largest start
         // record the settings allow would refuse such a job forever.
-        let memory_reserve = crate::assembler::bookkeeping_bound(
+        let memory_reserve = crate::portal::assembler::bookkeeping_bound(
             max_chunks,
             policy.max_header_count,
             policy.max_header_bytes,
         );
         if max_memory_bytes < memory_reserve {
-            let start = crate::assembler::largest_start_cost(
+            let start = crate::portal::assembler::largest_start_cost(
                 policy.max_header_count,
                 policy.max_header_bytes,
             );
             let chunks =
-                max_memory_bytes.saturating_sub(start) / crate::assembler::CHUNK_ENTRY_COST;
+                max_memory_bytes.saturating_sub(start) / crate::portal::assembler::CHUNK_ENTRY_COST;
             bail!(
                 "PORTAL_MAX_ASSEMBLY_MEMORY_BYTES ({max_memory_bytes}) is too small for PORTAL_MAX_CHUNKS ({max_chunks}): one request's chunk table ({} bytes a chunk) and largest start record (PORTAL_MAX_HEADER_COUNT {}, PORTAL_MAX_HEADER_BYTES {}) take up to {memory_reserve} bytes, which cannot move to disk; raise PORTAL_MAX_ASSEMBLY_MEMORY_BYTES to at least {memory_reserve} or lower PORTAL_MAX_CHUNKS to at most {chunks}",
-                crate::assembler::CHUNK_ENTRY_COST,
+                crate::portal::assembler::CHUNK_ENTRY_COST,
                 policy.max_header_count,
                 policy.max_header_bytes
             );
@@ -879,7 +884,7 @@ impl PortalConfig {
         if !(1..=MAX_WAIT_SECS).contains(&max_age) {
             bail!("PORTAL_MAX_JOB_AGE_SECS must be between 1 and {MAX_WAIT_SECS}, not {max_age}");
         }
-        let limits = crate::assembler::Limits {
+        let limits = crate::portal::assembler::Limits {
             max_body_bytes: pick(&a.max_body_bytes, &f.max_body_bytes)
                 .unwrap_or(defaults.max_body_bytes),
             spool_threshold,
@@ -959,8 +964,8 @@ impl PortalConfig {
 }
 
 /// Resolves the request policy settings.
-fn resolve_policy(a: &PortalArgs, f: &FileConfig) -> anyhow::Result<crate::policy::Policy> {
-    let defaults = crate::policy::Policy::default();
+fn resolve_policy(a: &PortalArgs, f: &FileConfig) -> anyhow::Result<crate::portal::policy::Policy> {
+    let defaults = crate::portal::policy::Policy::default();
     let allowed_headers = pick(&a.allowed_headers, &f.allowed_headers)
         .unwrap_or_else(|| DEFAULT_ALLOWED_HEADERS.into())
         .split(',')
@@ -973,7 +978,7 @@ fn resolve_policy(a: &PortalArgs, f: &FileConfig) -> anyhow::Result<crate::polic
     {
         bail!("PORTAL_ALLOWED_HEADERS: '{bad}' is not a valid header name");
     }
-    let endpoints = crate::policy::parse_endpoints(
+    let endpoints = crate::portal::policy::parse_endpoints(
         &pick(&a.allowed_endpoints, &f.allowed_endpoints).unwrap_or_default(),
     )
     .map_err(|e| anyhow::anyhow!("PORTAL_ALLOWED_ENDPOINTS: {e}"))?;
@@ -981,17 +986,17 @@ fn resolve_policy(a: &PortalArgs, f: &FileConfig) -> anyhow::Result<crate::polic
         pick(&a.max_header_count, &f.max_header_count).unwrap_or(defaults.max_header_count);
     // Headers travel in one frame header, whose decoding the wire bounds: up
     // to these maxima every request decodes and meets the policy.
-    let most = crate::wire::MAX_HEADERS;
+    let most = crate::protocol::wire::MAX_HEADERS;
     if !(1..=most).contains(&max_header_count) {
         bail!("PORTAL_MAX_HEADER_COUNT must be between 1 and {most}, not {max_header_count}");
     }
     let max_header_bytes =
         pick(&a.max_header_bytes, &f.max_header_bytes).unwrap_or(defaults.max_header_bytes);
-    let ceiling = crate::wire::MAX_HEADER_TEXT;
+    let ceiling = crate::protocol::wire::MAX_HEADER_TEXT;
     if !(256..=ceiling).contains(&max_header_bytes) {
         bail!("PORTAL_MAX_HEADER_BYTES must be between 256 and {ceiling}, not {max_header_bytes}");
     }
-    Ok(crate::policy::Policy {
+    Ok(crate::portal::policy::Policy {
         endpoints,
         strict: pick(&a.strict_security, &f.strict_security).unwrap_or(true),
         allowed_headers,
@@ -1060,7 +1065,7 @@ fn resolve_oauth(
                 &f.oauth2_client_assertion_alg,
             )
             .filter(|s| !s.trim().is_empty())
-            .map(|s| crate::token_cache::parse_assertion_alg(&s))
+            .map(|s| crate::portal::http_dispatch::token_cache::parse_assertion_alg(&s))
             .transpose()?;
             let kid = pick(
                 &a.oauth2_client_assertion_kid,
@@ -1094,10 +1099,10 @@ fn resolve_oauth(
 
 /// Reads `OAUTH2_CLIENT_ASSERTION_KEY_FILE`; errors never quote the file.
 fn read_key_file(path: &Path) -> anyhow::Result<Vec<u8>> {
-    Ok(crate::file_read::read(
+    Ok(crate::util::file_read::read(
         "OAUTH2_CLIENT_ASSERTION_KEY_FILE",
         path,
-        crate::file_read::Kind::Key,
+        crate::util::file_read::Kind::Key,
     )?)
 }
 
@@ -1125,16 +1130,16 @@ pub fn parse_refresh_statuses(list: &str) -> anyhow::Result<Vec<hyper::StatusCod
 fn resolve_trusted_keys(
     a: &PortalArgs,
     f: &FileConfig,
-) -> anyhow::Result<Option<crate::signing::TrustedKeys>> {
+) -> anyhow::Result<Option<crate::protocol::signing::TrustedKeys>> {
     let max_ttl = pick(&a.signature_max_ttl_secs, &f.signature_max_ttl_secs).unwrap_or(3600);
-    let cap = crate::signing::MAX_SIGNATURE_TTL_SECS;
+    let cap = crate::protocol::signing::MAX_SIGNATURE_TTL_SECS;
     if !(1..=cap).contains(&max_ttl) {
         bail!("PORTAL_SIGNATURE_MAX_TTL_SECS must be between 1 and {cap}, not {max_ttl}");
     }
     let Some(list) = pick(&a.trusted_keys, &f.trusted_keys).filter(|l| !l.trim().is_empty()) else {
         return Ok(None);
     };
-    Ok(Some(crate::signing::TrustedKeys::load(
+    Ok(Some(crate::protocol::signing::TrustedKeys::load(
         &list,
         Duration::from_secs(max_ttl),
     )?))
@@ -1191,7 +1196,7 @@ pub struct SendConfig {
     /// Wait for the response this long after the last record received.
     pub timeout: Duration,
     /// Signs each request, when a signing key is set.
-    pub signer: Option<crate::signing::Signer>,
+    pub signer: Option<crate::protocol::signing::Signer>,
 }
 
 impl SendConfig {
@@ -1206,19 +1211,19 @@ impl SendConfig {
                 );
             }
         }
-        if a.json && crate::output::is_stdout(a.output.as_deref()) && !a.no_wait {
+        if a.json && crate::send::output::is_stdout(a.output.as_deref()) && !a.no_wait {
             bail!("--json needs --output FILE (or --no-wait), so the response body and the summary do not mix on stdout");
         }
         let f = load_file(a.kafka.config.as_deref())?;
         let (kafka, timeout) = Self::resolve_wait_parts(&a.kafka, &a.timeout, &f)?;
         let ttl = pick(&a.signature_ttl_secs, &f.signature_ttl_secs).unwrap_or(300);
-        let cap = crate::signing::MAX_SIGNATURE_TTL_SECS;
+        let cap = crate::protocol::signing::MAX_SIGNATURE_TTL_SECS;
         if !(1..=cap).contains(&ttl) {
             bail!("--signature-ttl-secs (KAFKASEND_SIGNATURE_TTL_SECS) must be between 1 and {cap}, not {ttl}");
         }
         let signer =
             match pick(&a.signing_key, &f.signing_key).filter(|p| !p.as_os_str().is_empty()) {
-                Some(path) => Some(crate::signing::Signer::from_pem_file(
+                Some(path) => Some(crate::protocol::signing::Signer::from_pem_file(
                     &path,
                     Duration::from_secs(ttl),
                 )?),
@@ -1233,7 +1238,7 @@ impl SendConfig {
 
     /// Resolves the settings of `kafkasend wait`.
     pub fn resolve_wait(a: &WaitArgs) -> anyhow::Result<Self> {
-        if a.json && crate::output::is_stdout(a.output.as_deref()) {
+        if a.json && crate::send::output::is_stdout(a.output.as_deref()) {
             bail!("--json needs --output FILE, so the response body and the summary do not mix on stdout");
         }
         let f = load_file(a.kafka.config.as_deref())?;
@@ -1391,7 +1396,7 @@ mod tests {
     #[test]
     fn readme_configuration_tables_match_the_flags() {
         use clap::CommandFactory as _;
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let rows: Vec<&str> = readme
             .lines()
             .filter(|l| {
@@ -1820,7 +1825,7 @@ mod tests {
         let cfg = resolve(&largest).unwrap();
         assert_eq!(
             cfg.limits.memory_reserve,
-            crate::assembler::bookkeeping_bound(1000, 10_000, 131_072)
+            crate::portal::assembler::bookkeeping_bound(1000, 10_000, 131_072)
         );
         // The default budget takes the largest chunk count.
         let cfg = resolve(&["--max-chunks", "10000000"]).unwrap();

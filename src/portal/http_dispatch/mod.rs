@@ -5,6 +5,9 @@
 //! the request can name a path and query only. Redirects are not followed.
 //! Bodies stream from the spool, so a retry after a refused token re-reads it.
 
+pub mod tls;
+pub mod token_cache;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -22,10 +25,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future as _;
 
-use crate::assembler::{CompletedJob, SpoolFile, SpooledBody};
-use crate::tls::ApiTls;
-use crate::token_cache::TokenCache;
-use crate::wire::ErrorCategory;
+use crate::portal::assembler::{CompletedJob, SpoolFile, SpooledBody};
+use crate::portal::http_dispatch::tls::ApiTls;
+use crate::portal::http_dispatch::token_cache::TokenCache;
+use crate::protocol::wire::ErrorCategory;
 
 /// Body type of every outgoing request.
 pub type DispatchBody = BoxBody<Bytes, std::io::Error>;
@@ -305,7 +308,7 @@ impl Dispatcher {
                 .idempotency_header
                 .as_ref()
                 .is_some_and(|h| h.as_str() == lower);
-            if is_idempotency || !crate::policy::forwards(&lower, &self.allowed_headers) {
+            if is_idempotency || !crate::portal::policy::forwards(&lower, &self.allowed_headers) {
                 log::debug!("job {}: dropping header {name}", job.job);
                 continue;
             }
@@ -352,10 +355,11 @@ impl Dispatcher {
 }
 
 /// Joins a target base URL (no trailing slash) and a request path that
-/// passed [`crate::policy::validate_path`]; the joined URL is parsed again
+/// passed [`crate::portal::policy::validate_path`]; the joined URL is parsed again
 /// and must keep the target's scheme, authority and base path.
 pub fn join_url(base: &str, path: &str) -> Result<String, DispatchError> {
-    crate::policy::validate_path(path).map_err(|r| DispatchError::new(r.category, r.message))?;
+    crate::portal::policy::validate_path(path)
+        .map_err(|r| DispatchError::new(r.category, r.message))?;
     let url = format!("{base}{path}");
     let base: hyper::Uri = base
         .parse()

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
 
-use crate::file_read::{self, Kind};
-use crate::server_trust::ListedCertVerifier;
+use crate::util::file_read::{self, Kind};
+use crate::util::server_trust::ListedCertVerifier;
 
 /// `KAFKA_SECURITY_PROTOCOL`: Kafka's own names for the four combinations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -172,7 +172,7 @@ impl KafkaSecurity {
 
 /// A TLS client setup that trusts the bundled web PKI roots plus, when given,
 /// every certificate in the PEM file `ca_file` (`KAFKA_SSL_CA_FILE`), each
-/// also as the broker's own certificate (see [`crate::server_trust`]).
+/// also as the broker's own certificate (see [`crate::util::server_trust`]).
 pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),

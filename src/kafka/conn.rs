@@ -19,7 +19,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::kafka_security::{KafkaSecurity, SaslCredentials};
+use crate::kafka::security::{KafkaSecurity, SaslCredentials};
 
 /// SaslHandshake v1: the exchange itself then goes in SaslAuthenticate requests.
 const V_SASL_HANDSHAKE: i16 = 1;

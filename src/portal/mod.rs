@@ -7,6 +7,12 @@
 //! up consumption or another job. Per partition, [`Progress`] knows the offset
 //! below which every job has been fully answered.
 
+pub mod admin;
+pub mod assembler;
+pub mod http_dispatch;
+pub mod ledger;
+pub mod policy;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,20 +25,20 @@ use rskafka::client::Client;
 use rskafka::record::RecordAndOffset;
 use tokio::sync::{watch, Notify, Semaphore};
 
-use crate::admin::{Metrics, Readiness};
-use crate::assembler::{Assembler, Budgets, CompletedJob, FailedJob, Outcome};
-use crate::chunker::Chunker;
-use crate::config::{PortalConfig, StartFrom};
-use crate::fetcher::Fetcher;
-use crate::group::{Assignment, Beat, GroupError, GroupSettings, Member};
-use crate::http_dispatch::{DispatchError, Dispatcher};
+use crate::cli::{PortalConfig, StartFrom};
+use crate::kafka::fetcher::Fetcher;
+use crate::kafka::group::{Assignment, Beat, GroupError, GroupSettings, Member};
+use crate::kafka::partitioner::partition_for_key;
+use crate::kafka::record_batch::{Item, Unreadable};
 use crate::kafka::{self, KafkaError, PartitionCache};
-use crate::partitioner::partition_for_key;
-use crate::progress::{decode_metadata, Progress};
-use crate::record_batch::{Item, Unreadable};
-use crate::signing::Verifier;
-use crate::token_cache::TokenCache;
-use crate::wire::{self, Body, ErrorCategory, ErrorInfo, Frame, JobId, ResponseStart};
+use crate::portal::admin::{Metrics, Readiness};
+use crate::portal::assembler::{Assembler, Budgets, CompletedJob, FailedJob, Outcome};
+use crate::portal::http_dispatch::token_cache::TokenCache;
+use crate::portal::http_dispatch::{DispatchError, Dispatcher};
+use crate::portal::ledger::{decode_metadata, Progress};
+use crate::protocol::chunker::Chunker;
+use crate::protocol::signing::Verifier;
+use crate::protocol::wire::{self, Body, ErrorCategory, ErrorInfo, Frame, JobId, ResponseStart};
 
 /// How long a partial response chunk waits, from its first bytes, before it
 /// is sent anyway, so a slowly streaming API still reaches the client promptly.
@@ -151,7 +157,8 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
     let _admin = match cfg.admin_listen {
         Some(addr) => {
             let server =
-                crate::admin::start(addr, Arc::clone(&metrics), Arc::clone(&readiness)).await?;
+                crate::portal::admin::start(addr, Arc::clone(&metrics), Arc::clone(&readiness))
+                    .await?;
             log::info!(
                 "admin listener on http://{} (/healthz, /readyz, /metrics)",
                 server.local_addr()
@@ -180,7 +187,7 @@ pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyho
     .await?;
     readiness.set_connected();
 
-    let http = crate::http_dispatch::build_client(&cfg.api_tls);
+    let http = crate::portal::http_dispatch::build_client(&cfg.api_tls);
     let tokens = cfg
         .oauth
         .clone()
@@ -900,7 +907,7 @@ async fn check_signature(
         return Some(None);
     };
     let signature = rec.record.headers.get(wire::SIGNATURE_HEADER);
-    let now = crate::signing::unix_now();
+    let now = crate::protocol::signing::unix_now();
     match verifier.verify(
         frame.job,
         start,
@@ -1380,7 +1387,7 @@ async fn answer(
                         message: format!(
                             "the API's response broke off after {} bytes: {}",
                             chunker.bytes() + buf.len() as u64,
-                            crate::http_dispatch::error_chain(&e)
+                            crate::portal::http_dispatch::error_chain(&e)
                         ),
                     },
                 });

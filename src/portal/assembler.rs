@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::wire::{Body, ChunkInfo, EndInfo, ErrorCategory, Frame, JobId, RequestStart};
+use crate::protocol::wire::{Body, ChunkInfo, EndInfo, ErrorCategory, Frame, JobId, RequestStart};
 
 /// Limits on what one portal assembles.
 #[derive(Debug, Clone)]
@@ -79,10 +79,10 @@ pub const CHUNK_ENTRY_COST: u64 = 24;
 
 /// Bytes of a start record's text besides its headers that
 /// [`largest_start_cost`] allows for: a path of at most
-/// [`crate::policy::MAX_PATH_BYTES`], a reply topic (Kafka allows 249) and a
+/// [`crate::portal::policy::MAX_PATH_BYTES`], a reply topic (Kafka allows 249) and a
 /// method. A start record with more is still charged in full, only not
 /// covered by the reserve.
-const START_TEXT_BESIDES_HEADERS: u64 = crate::policy::MAX_PATH_BYTES as u64 + 512;
+const START_TEXT_BESIDES_HEADERS: u64 = crate::portal::policy::MAX_PATH_BYTES as u64 + 512;
 
 /// The most memory one job's start record takes when the policy admits at
 /// most `max_header_count` headers of `max_header_bytes` bytes in all.
@@ -646,7 +646,7 @@ impl Assembler {
             let msg = format!("chunk {seq} is empty or numbered as a start record");
             return self.fail(job, ErrorCategory::BadRequest, msg);
         }
-        if crate::wire::checksum(payload) != info.crc32c {
+        if crate::protocol::wire::checksum(payload) != info.crc32c {
             let msg = format!(
                 "chunk {seq} at byte {} failed its CRC32C check",
                 info.offset
@@ -848,8 +848,8 @@ impl Assembler {
                 ErrorCategory::Integrity,
                 format!(
                     "request body SHA-256 {} does not match the sender's {}",
-                    crate::chunker::hex(&digest),
-                    crate::chunker::hex(&end.sha256)
+                    crate::protocol::chunker::hex(&digest),
+                    crate::protocol::chunker::hex(&end.sha256)
                 ),
             ));
         }
@@ -860,8 +860,8 @@ impl Assembler {
                 ErrorCategory::Integrity,
                 format!(
                     "request body SHA-256 {} does not match the signed digest {}",
-                    crate::chunker::hex(&digest),
-                    crate::chunker::hex(&signed)
+                    crate::protocol::chunker::hex(&digest),
+                    crate::protocol::chunker::hex(&signed)
                 ),
             ));
         }
@@ -1128,8 +1128,8 @@ fn digest_spool(spool: &mut Spool, len: u64) -> std::io::Result<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunker::Chunker;
-    use crate::wire::{decode, encode};
+    use crate::protocol::chunker::Chunker;
+    use crate::protocol::wire::{decode, encode};
     use proptest::prelude::*;
 
     fn start(job: JobId, body_len: Option<u64>) -> Frame {
@@ -1259,9 +1259,9 @@ mod tests {
         let payload = prop::collection::vec(any::<u8>(), 0..600);
         let chunk = (0u64..6000, any::<bool>(), payload).prop_map(|(offset, good_crc, data)| {
             let crc = if good_crc {
-                crate::wire::checksum(&data)
+                crate::protocol::wire::checksum(&data)
             } else {
-                crate::wire::checksum(&data) ^ 1
+                crate::protocol::wire::checksum(&data) ^ 1
             };
             (
                 Body::Chunk(ChunkInfo {
@@ -1402,7 +1402,7 @@ mod tests {
             seq: 1,
             body: Body::Chunk(ChunkInfo {
                 offset: 1 << 30,
-                crc32c: crate::wire::checksum(b"x"),
+                crc32c: crate::protocol::wire::checksum(b"x"),
             }),
         };
         assert!(matches!(
@@ -1755,7 +1755,7 @@ mod tests {
             seq: 1,
             body: Body::Chunk(ChunkInfo {
                 offset: (1 << 20) - 1,
-                crc32c: crate::wire::checksum(b"x"),
+                crc32c: crate::protocol::wire::checksum(b"x"),
             }),
         };
         assert!(matches!(
@@ -1994,7 +1994,7 @@ mod tests {
         let other = vec![9u8; 100];
         f.body = Body::Chunk(ChunkInfo {
             offset: 0,
-            crc32c: crate::wire::checksum(&other),
+            crc32c: crate::protocol::wire::checksum(&other),
         });
         let f = failure(asm.accept(f, &other, 2, Instant::now()));
         assert_eq!(f.category, ErrorCategory::BadRequest);
@@ -2118,7 +2118,7 @@ mod tests {
         let response = Frame {
             job: c,
             seq: 0,
-            body: Body::ResponseStart(crate::wire::ResponseStart {
+            body: Body::ResponseStart(crate::protocol::wire::ResponseStart {
                 status: 200,
                 headers: vec![],
                 body_len: None,

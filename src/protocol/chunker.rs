@@ -4,7 +4,7 @@
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::wire::{Body, ChunkInfo, EndInfo, Frame, JobId};
+use crate::protocol::wire::{Body, ChunkInfo, EndInfo, Frame, JobId};
 
 /// Default chunk payload size: 900 KiB leaves headroom under the broker's
 /// default `message.max.bytes` of 1 MiB for the frame header, record key,
@@ -55,7 +55,7 @@ impl Chunker {
             seq: self.next_seq,
             body: Body::Chunk(ChunkInfo {
                 offset: self.offset,
-                crc32c: crate::wire::checksum(&data),
+                crc32c: crate::protocol::wire::checksum(&data),
             }),
         };
         self.next_seq += 1;

@@ -5,7 +5,7 @@
 //! host), the system's CA store when it has one (so a CA an operator
 //! installed system-wide keeps working), and every certificate in
 //! `PORTAL_CA_FILE`, each of which is also trusted as the server's own
-//! certificate (a self-signed one, see [`crate::server_trust`]). With `PORTAL_CLIENT_CERT_FILE` and
+//! certificate (a self-signed one, see [`crate::util::server_trust`]). With `PORTAL_CLIENT_CERT_FILE` and
 //! `PORTAL_CLIENT_KEY_FILE` the portal presents a client certificate (mTLS).
 //! Everything is read and checked once, at start; a file that cannot be used
 //! is an error naming its setting. The private key never appears in a
@@ -17,8 +17,8 @@ use std::sync::Arc;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::file_read::{self, Kind, ReadError};
-use crate::server_trust::ListedCertVerifier;
+use crate::util::file_read::{self, Kind, ReadError};
+use crate::util::server_trust::ListedCertVerifier;
 
 /// A TLS setting that cannot be used.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -21,7 +21,7 @@ use hyper::StatusCode;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
-use crate::http_dispatch::{full_body, HttpClient};
+use crate::portal::http_dispatch::{full_body, HttpClient};
 
 /// How the client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -267,7 +267,7 @@ impl AssertionSigner {
 
     /// The claims of a new assertion for `client_id`, issued now, with a fresh `jti`.
     pub fn claims(&self, client_id: &str) -> AssertionClaims {
-        let now = crate::signing::unix_now();
+        let now = crate::protocol::signing::unix_now();
         AssertionClaims {
             iss: client_id.to_string(),
             sub: client_id.to_string(),
@@ -577,9 +577,9 @@ impl TokenCache {
                 .await
                 .map_err(|e| TokenError::Unreachable {
                     url: url.clone(),
-                    detail: crate::http_dispatch::with_tls_hint(crate::http_dispatch::error_chain(
-                        &e,
-                    )),
+                    detail: crate::portal::http_dispatch::with_tls_hint(
+                        crate::portal::http_dispatch::error_chain(&e),
+                    ),
                 })?;
             let status = resp.status();
             // Token responses are small; refuse to buffer anything large.
@@ -645,7 +645,7 @@ fn lifetime_of(resp: &TokenResponse) -> Duration {
     // No stated lifetime: a JWT access token carries its own expiry.
     if let Ok(data) = jsonwebtoken::dangerous::insecure_decode::<JwtExp>(&resp.access_token) {
         if let Some(exp) = data.claims.exp {
-            return Duration::from_secs(exp.saturating_sub(crate::signing::unix_now()));
+            return Duration::from_secs(exp.saturating_sub(crate::protocol::signing::unix_now()));
         }
     }
     DEFAULT_LIFETIME
@@ -792,7 +792,7 @@ mod tests {
         assert_eq!(claims.aud, token_url);
         assert_eq!(claims.exp - claims.iat, ASSERTION_LIFETIME.as_secs());
         assert!(
-            claims.iat.abs_diff(crate::signing::unix_now()) <= 5,
+            claims.iat.abs_diff(crate::protocol::signing::unix_now()) <= 5,
             "{}",
             claims.iat
         );

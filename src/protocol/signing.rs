@@ -23,10 +23,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::chunker::hex;
-use crate::file_read::{self, Kind};
-pub use crate::wire::SIGNATURE_HEADER;
-use crate::wire::{JobId, RequestStart};
+use crate::protocol::chunker::hex;
+pub use crate::protocol::wire::SIGNATURE_HEADER;
+use crate::protocol::wire::{JobId, RequestStart};
+use crate::util::file_read::{self, Kind};
 
 /// Clock difference tolerated between sender and portal, in seconds.
 pub const LEEWAY_SECS: u64 = 30;

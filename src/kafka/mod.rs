@@ -2,6 +2,13 @@
 //! with a deadline, creating topics, producing frames and finding offsets.
 //! Reading a partition is `fetcher`'s, with requests of our own.
 
+pub mod conn;
+pub mod fetcher;
+pub mod group;
+pub mod partitioner;
+pub mod record_batch;
+pub mod security;
+
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -16,9 +23,9 @@ use rskafka::record::Record;
 use rskafka::BackoffConfig;
 use tokio::sync::Mutex;
 
-use crate::broker_conn::{BrokerConn, ConnError};
-use crate::kafka_security::KafkaSecurity;
-use crate::wire::{Frame, JobId};
+use crate::kafka::conn::{BrokerConn, ConnError};
+use crate::kafka::security::KafkaSecurity;
+use crate::protocol::wire::{Frame, JobId};
 
 /// How a produce request compresses its batch: every codec Kafka has.
 /// Reading needs no setting: `fetcher` reads them all.
@@ -157,7 +164,7 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError
         && security
             .sasl
             .as_ref()
-            .is_some_and(|c| c.mechanism == crate::kafka_security::SaslMechanism::Plain)
+            .is_some_and(|c| c.mechanism == crate::kafka::security::SaslMechanism::Plain)
     {
         log::warn!(
             "KAFKA_SASL_MECHANISM=PLAIN without TLS sends the password in clear text; use KAFKA_SECURITY_PROTOCOL=SASL_SSL"
@@ -367,7 +374,7 @@ pub async fn partition(
 pub fn record(frame: &Frame, payload: &[u8], headers: &[(&str, Vec<u8>)]) -> Record {
     Record {
         key: Some(frame.job.key()),
-        value: Some(crate::wire::encode(frame, payload)),
+        value: Some(crate::protocol::wire::encode(frame, payload)),
         headers: headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))

@@ -14,6 +14,6 @@ pub struct CompletionsArgs {
 
 /// Writes the completion script for `shell` to `out`.
 pub fn write(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
-    let mut cmd = crate::config::Cli::command();
+    let mut cmd = crate::cli::Cli::command();
     clap_complete::generate(shell, &mut cmd, "kafkasend", out);
 }

@@ -668,7 +668,7 @@ fn reply_to_in<'a>(rec: &mut Cursor<'a>) -> Option<&'a [u8]> {
     for _ in 0..count {
         let name = rec.nullable().ok()??;
         let value = rec.nullable().ok()?;
-        if name == crate::wire::REPLY_TO_HEADER.as_bytes() {
+        if name == crate::protocol::wire::REPLY_TO_HEADER.as_bytes() {
             return value.filter(|v| v.len() <= MAX_REPLY_TO_LEN);
         }
     }
@@ -1357,7 +1357,7 @@ mod tests {
             Some(Bytes::from_static(b"x")),
         );
         start.headers.insert(
-            StrBytes::from_static_str(crate::wire::REPLY_TO_HEADER),
+            StrBytes::from_static_str(crate::protocol::wire::REPLY_TO_HEADER),
             Some(Bytes::from_static(b"2/api-responses")),
         );
         let zeros = vec![0u8; MAX_BATCH_BYTES / 2 + 1];

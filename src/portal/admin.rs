@@ -32,9 +32,9 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::assembler::Budgets;
-use crate::token_cache::TokenCache;
-use crate::wire::ErrorCategory;
+use crate::portal::assembler::Budgets;
+use crate::portal::http_dispatch::token_cache::TokenCache;
+use crate::protocol::wire::ErrorCategory;
 
 /// Connections the admin listener serves at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -533,7 +533,7 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::assembler::Limits;
+    use crate::portal::assembler::Limits;
 
     #[test]
     fn metrics_render_with_labels_and_units() {

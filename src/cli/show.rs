@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, Subcommand, ValueEnum};
 
-use crate::config::{load_file, KafkaArgs, PortalArgs, PortalConfig, SendArgs, SendConfig};
+use crate::cli::{load_file, KafkaArgs, PortalArgs, PortalConfig, SendArgs, SendConfig};
 
 /// Id of the positional that picks a side.
 const SIDE: &str = "side";
@@ -176,7 +176,7 @@ fn shown(secret: bool, value: String) -> String {
     if secret {
         "(redacted)".into()
     } else {
-        crate::config::without_userinfo(&value).into_owned()
+        crate::cli::without_userinfo(&value).into_owned()
     }
 }
 
@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn every_setting_with_a_variable_is_a_file_key() {
-        let keys = serde_json::to_value(crate::config::FileConfig::default()).unwrap();
+        let keys = serde_json::to_value(crate::cli::FileConfig::default()).unwrap();
         let cmd = ShowArgs::augment_args(Command::new("show"));
         for a in cmd.get_arguments() {
             let id = a.get_id().as_str();
@@ -297,7 +297,7 @@ mod tests {
     #[test]
     fn every_send_and_portal_setting_is_shown() {
         let shown = ids(&ShowArgs::augment_args(Command::new("show")));
-        let cli = crate::config::Cli::command();
+        let cli = crate::cli::Cli::command();
         for sub in ["portal", "send"] {
             let sub = cli.find_subcommand(sub).unwrap();
             for a in sub.get_arguments().filter(|a| a.get_env().is_some()) {

@@ -5,6 +5,9 @@
 //! reply is never missed. The body streams from disk chunk by chunk; the
 //! response streams to its destination as it arrives and is verified at the end.
 
+pub mod output;
+pub mod ui;
+
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,15 +18,15 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::chunker::{hex, read_chunk, Chunker};
-use crate::config::{KafkaConfig, SendArgs, SendConfig, WaitArgs};
-use crate::fetcher::Fetcher;
+use crate::cli::{KafkaConfig, SendArgs, SendConfig, WaitArgs};
+use crate::kafka::fetcher::Fetcher;
+use crate::kafka::partitioner::partition_for_key;
+use crate::kafka::record_batch::Item;
 use crate::kafka::{self, KafkaError, KafkaSettings, PartitionCache};
-use crate::output::{OutputError, Sink};
-use crate::partitioner::partition_for_key;
-use crate::record_batch::Item;
-use crate::ui::{Progress, Report};
-use crate::wire::{self, Body, ErrorCategory, Frame, JobId, RequestStart};
+use crate::protocol::chunker::{hex, read_chunk, Chunker};
+use crate::protocol::wire::{self, Body, ErrorCategory, Frame, JobId, RequestStart};
+use crate::send::output::{OutputError, Sink};
+use crate::send::ui::{Progress, Report};
 
 /// Exit status for a response with HTTP status 400 or above (as curl's `--fail-with-body`).
 pub const EXIT_HTTP_ERROR: u8 = 22;
@@ -235,7 +238,7 @@ fn prepare(args: &SendArgs) -> Result<Prepared, SendError> {
     // the caller's credentials in the topic for anyone who can read it.
     let (mut headers, stripped): (Vec<_>, Vec<_>) = given
         .into_iter()
-        .partition(|(name, _)| !crate::policy::never_forwarded(name));
+        .partition(|(name, _)| !crate::portal::policy::never_forwarded(name));
     let mut dropped: Vec<String> = Vec::new();
     for (name, _) in stripped {
         if !dropped.iter().any(|d| d.eq_ignore_ascii_case(&name)) {
@@ -637,7 +640,7 @@ async fn transmit(
                 request_partition,
                 rs,
                 body_sha256,
-                crate::signing::unix_now(),
+                crate::protocol::signing::unix_now(),
             )
             .map_err(|e| usage(e.to_string()))?;
         headers.push((wire::SIGNATURE_HEADER, signature.into_bytes()));
@@ -1060,7 +1063,7 @@ async fn receive(
             Body::ResponseStart(rs) if status.is_none() => {
                 if chatty {
                     let line = format!("HTTP {} {}", rs.status, reason(rs.status));
-                    eprintln!("{}", crate::ui::one_line(&line));
+                    eprintln!("{}", crate::send::ui::one_line(&line));
                 }
                 status = Some(rs.status);
                 report.status = status;
@@ -1152,7 +1155,7 @@ mod tests {
             Frame {
                 job,
                 seq: 0,
-                body: Body::ResponseStart(crate::wire::ResponseStart {
+                body: Body::ResponseStart(crate::protocol::wire::ResponseStart {
                     status,
                     headers: vec![],
                     body_len: Some(body.len() as u64),
@@ -1171,7 +1174,7 @@ mod tests {
 
     fn config() -> SendConfig {
         SendConfig {
-            kafka: crate::config::KafkaConfig {
+            kafka: crate::cli::KafkaConfig {
                 bootstrap_servers: "127.0.0.1:9".into(),
                 request_topic: "rq".into(),
                 response_topic: "rs".into(),
@@ -1240,7 +1243,7 @@ mod tests {
             Frame {
                 job,
                 seq: 0,
-                body: Body::Error(crate::wire::ErrorInfo {
+                body: Body::Error(crate::protocol::wire::ErrorInfo {
                     category: ErrorCategory::UpstreamTimeout,
                     message: "took too long".into(),
                 }),
@@ -1256,17 +1259,20 @@ mod tests {
 
     #[test]
     fn large_chunks_get_fewer_produce_calls_in_flight() {
-        assert_eq!(produce_window(crate::chunker::DEFAULT_CHUNK_SIZE), 4);
+        assert_eq!(
+            produce_window(crate::protocol::chunker::DEFAULT_CHUNK_SIZE),
+            4
+        );
         assert_eq!(produce_window(1024), 4);
         assert_eq!(produce_window(2 * 1024 * 1024), 2);
-        assert_eq!(produce_window(crate::chunker::MAX_CHUNK_SIZE), 1);
+        assert_eq!(produce_window(crate::protocol::chunker::MAX_CHUNK_SIZE), 1);
     }
 
     fn send_args(argv: &[&str]) -> SendArgs {
         use clap::Parser as _;
         let argv = ["kafkasend", "send"].iter().chain(argv);
-        match crate::config::Cli::try_parse_from(argv).unwrap().command {
-            crate::config::Command::Send(a) => *a,
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Send(a) => *a,
             _ => unreachable!(),
         }
     }

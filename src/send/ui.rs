@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::wire::JobId;
+use crate::protocol::wire::JobId;
 
 /// A progress bar on stderr, or nothing when stderr is not a terminal or
 /// the user asked for quiet or JSON output.

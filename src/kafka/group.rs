@@ -27,8 +27,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
-use crate::broker_conn::{BrokerConn, ConnError};
-use crate::kafka_security::KafkaSecurity;
+use crate::kafka::conn::{BrokerConn, ConnError};
+use crate::kafka::security::KafkaSecurity;
 
 /// Versions of each request this module sends; all of them are served by
 /// Kafka 3.0 and later (FindCoordinator v4 came with 3.0), including 4.x,

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
-use crate::wire::JobId;
+use crate::protocol::wire::JobId;
 
 /// Why the response body cannot go where the command line says.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,7 +10,7 @@
 use hyper::header::{HeaderName, HeaderValue};
 use unicode_normalization::UnicodeNormalization as _;
 
-use crate::wire::{ErrorCategory, JobId, RequestStart};
+use crate::protocol::wire::{ErrorCategory, JobId, RequestStart};
 
 /// Headers never forwarded, whatever the allow-list says: credentials,
 /// routing, hop-by-hop headers and the framing the portal computes itself.
@@ -216,7 +216,7 @@ impl Default for Policy {
         Self {
             endpoints: Vec::new(),
             strict: true,
-            allowed_headers: crate::config::DEFAULT_ALLOWED_HEADERS
+            allowed_headers: crate::cli::DEFAULT_ALLOWED_HEADERS
                 .split(',')
                 .map(str::to_ascii_lowercase)
                 .collect(),
