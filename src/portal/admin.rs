@@ -34,7 +34,7 @@ use tokio::sync::Semaphore;
 
 use crate::portal::assembler::Budgets;
 use crate::portal::http_dispatch::token_cache::TokenCache;
-use crate::protocol::wire::ErrorCategory;
+use crate::protocol::ErrorCategory;
 
 /// Connections the admin listener serves at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 16;

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::protocol::wire::{Body, ChunkInfo, EndInfo, ErrorCategory, Frame, JobId, RequestStart};
+use crate::protocol::wire::{Body, ChunkInfo, EndInfo, Frame, JobId, RequestStart};
+use crate::protocol::ErrorCategory;
 
 /// Limits on what one portal assembles.
 #[derive(Debug, Clone)]

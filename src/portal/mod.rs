@@ -34,11 +34,12 @@ use crate::kafka::{self, KafkaError, PartitionCache};
 use crate::portal::admin::{Metrics, Readiness};
 use crate::portal::assembler::{Assembler, Budgets, CompletedJob, FailedJob, Outcome};
 use crate::portal::http_dispatch::token_cache::TokenCache;
-use crate::portal::http_dispatch::{DispatchError, Dispatcher};
+use crate::portal::http_dispatch::Dispatcher;
 use crate::portal::ledger::{decode_metadata, Progress};
 use crate::protocol::chunker::Chunker;
 use crate::protocol::signing::Verifier;
-use crate::protocol::wire::{self, Body, ErrorCategory, ErrorInfo, Frame, JobId, ResponseStart};
+use crate::protocol::wire::{self, Body, Frame, JobId, ResponseStart};
+use crate::protocol::{ErrorCategory, Failure};
 
 /// How long a partial response chunk waits, from its first bytes, before it
 /// is sent anyway, so a slowly streaming API still reaches the client promptly.
@@ -1042,7 +1043,7 @@ async fn spawn_error_reply(
         .await;
         let settled = match target {
             ReplyTo::Partition(pc) => {
-                let info = ErrorInfo {
+                let info = Failure {
                     category: failed.category,
                     message: failed.message,
                 };
@@ -1113,7 +1114,7 @@ async fn send_error(
     pc: &PartitionClient,
     job: JobId,
     seq: u32,
-    info: ErrorInfo,
+    info: Failure,
     limit: Duration,
 ) -> Result<i64, KafkaError> {
     let frame = Frame {
@@ -1234,7 +1235,7 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) 
             log::warn!("job {id}: {} ({})", error.message, error.category);
             ctx.metrics.job_took(started.elapsed());
             let category = error.category;
-            let info = ErrorInfo {
+            let info = Failure {
                 category,
                 message: error.message,
             };
@@ -1247,7 +1248,7 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) 
             ctx.metrics.job_took(started.elapsed());
             // An error record is small; it may get through where a chunk did not.
             let category = ErrorCategory::Internal;
-            let info = ErrorInfo {
+            let info = Failure {
                 category,
                 message: format!("the portal could not send the response: {error}"),
             };
@@ -1282,7 +1283,7 @@ fn report_error_reply(
 
 enum AnswerError {
     /// The job failed; `seq` is the next sequence number of the reply.
-    Failed { seq: u32, error: DispatchError },
+    Failed { seq: u32, error: Failure },
     /// The reply record numbered `seq` could not be produced.
     Kafka { seq: u32, error: KafkaError },
 }
@@ -1366,7 +1367,7 @@ async fn answer(
                 out.flush().await?;
                 return Err(AnswerError::Failed {
                     seq: chunker.next_seq(),
-                    error: DispatchError {
+                    error: Failure {
                         category: ErrorCategory::UpstreamTimeout,
                         message: format!(
                             "the API did not finish its response within {} s (PORTAL_REQUEST_TIMEOUT_SECS)",
@@ -1382,7 +1383,7 @@ async fn answer(
                 out.flush().await?;
                 return Err(AnswerError::Failed {
                     seq: chunker.next_seq(),
-                    error: DispatchError {
+                    error: Failure {
                         category: ErrorCategory::UpstreamUnreachable,
                         message: format!(
                             "the API's response broke off after {} bytes: {}",

@@ -10,7 +10,8 @@
 use hyper::header::{HeaderName, HeaderValue};
 use unicode_normalization::UnicodeNormalization as _;
 
-use crate::protocol::wire::{ErrorCategory, JobId, RequestStart};
+use crate::protocol::wire::{JobId, RequestStart};
+use crate::protocol::Failure;
 
 /// Headers never forwarded, whatever the allow-list says: credentials,
 /// routing, hop-by-hop headers and the framing the portal computes itself.
@@ -50,32 +51,6 @@ pub const MAX_PATH_BYTES: usize = 8 * 1024;
 /// would echo the portal's `Authorization` header back to the sender,
 /// `CONNECT` opens a tunnel.
 const FORBIDDEN_METHODS: &[&str] = &["TRACE", "TRACK", "CONNECT"];
-
-/// Why a request was refused, as reported to the client.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct Refusal {
-    /// Class of refusal.
-    pub category: ErrorCategory,
-    /// What was refused and why.
-    pub message: String,
-}
-
-impl Refusal {
-    fn rejected(message: String) -> Self {
-        Self {
-            category: ErrorCategory::Rejected,
-            message,
-        }
-    }
-
-    fn bad_request(message: String) -> Self {
-        Self {
-            category: ErrorCategory::BadRequest,
-            message,
-        }
-    }
-}
 
 /// One entry of `PORTAL_ALLOWED_ENDPOINTS`: optional methods and a path glob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,16 +203,16 @@ impl Default for Policy {
 
 impl Policy {
     /// Decides whether the request a start record describes may reach the API.
-    pub fn check(&self, job: JobId, start: &RequestStart) -> Result<(), Refusal> {
+    pub fn check(&self, job: JobId, start: &RequestStart) -> Result<(), Failure> {
         let method = start.method.as_str();
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(Refusal::bad_request(format!(
+            return Err(Failure::bad_request(format!(
                 "'{}' is not an HTTP method (upper-case letters only)",
                 method.escape_debug()
             )));
         }
         if FORBIDDEN_METHODS.contains(&method) {
-            return Err(Refusal::rejected(format!(
+            return Err(Failure::rejected(format!(
                 "method {method} is never forwarded"
             )));
         }
@@ -251,7 +226,7 @@ impl Policy {
                 "it is not in PORTAL_ALLOWED_ENDPOINTS".to_string()
             };
             if self.strict {
-                return Err(Refusal::rejected(format!(
+                return Err(Failure::rejected(format!(
                     "{method} {path} is not allowed: {why}"
                 )));
             }
@@ -262,9 +237,9 @@ impl Policy {
         Ok(())
     }
 
-    fn check_headers(&self, headers: &[(String, String)]) -> Result<(), Refusal> {
+    fn check_headers(&self, headers: &[(String, String)]) -> Result<(), Failure> {
         if headers.len() > self.max_header_count {
-            return Err(Refusal::rejected(format!(
+            return Err(Failure::rejected(format!(
                 "request has {} headers; the portal accepts at most {} (PORTAL_MAX_HEADER_COUNT)",
                 headers.len(),
                 self.max_header_count
@@ -272,20 +247,20 @@ impl Policy {
         }
         let bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
         if bytes > self.max_header_bytes {
-            return Err(Refusal::rejected(format!(
+            return Err(Failure::rejected(format!(
                 "request headers take {bytes} bytes; the portal accepts at most {} (PORTAL_MAX_HEADER_BYTES)",
                 self.max_header_bytes
             )));
         }
         for (name, value) in headers {
             if HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(Refusal::bad_request(format!(
+                return Err(Failure::bad_request(format!(
                     "header name '{}' is not a valid HTTP header name",
                     name.escape_debug()
                 )));
             }
             if HeaderValue::from_str(value).is_err() {
-                return Err(Refusal::bad_request(format!(
+                return Err(Failure::bad_request(format!(
                     "header '{name}' has a value that is not valid in HTTP (control characters?)"
                 )));
             }
@@ -342,10 +317,10 @@ pub fn forwards(name: &str, allowed: &[String]) -> bool {
 /// Checks that a request path is a plain absolute path with an optional
 /// query that, joined to the target URL, stays on the target's origin and
 /// under its base path.
-pub fn validate_path(path: &str) -> Result<(), Refusal> {
+pub fn validate_path(path: &str) -> Result<(), Failure> {
     let reject = |why: &str| {
         let shown: String = path.chars().take(200).collect();
-        Err(Refusal::rejected(format!(
+        Err(Failure::rejected(format!(
             "endpoint '{}' refused: {why}",
             shown.escape_debug()
         )))
@@ -496,6 +471,7 @@ fn percent_decode(s: &str) -> Result<Vec<u8>, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ErrorCategory;
 
     /// Paths an attacker might send, each with the reason it must be refused.
     const HOSTILE_PATHS: &[(&str, &str)] = &[

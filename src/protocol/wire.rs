@@ -13,6 +13,8 @@
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
+use super::Failure;
+
 /// First four bytes of every KafkaSend record value.
 pub const MAGIC: [u8; 4] = *b"KSND";
 
@@ -149,7 +151,7 @@ pub enum Body {
     /// First record of a response.
     ResponseStart(ResponseStart),
     /// The request failed; no other response record follows.
-    Error(ErrorInfo),
+    Error(Failure),
 }
 
 /// What a portal needs to know before the body arrives.
@@ -200,49 +202,6 @@ pub struct ResponseStart {
     pub headers: Vec<(String, String)>,
     /// Body length when the API declared one.
     pub body_len: Option<u64>,
-}
-
-/// Why a job failed, for the waiting client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorInfo {
-    /// Class of failure.
-    pub category: ErrorCategory,
-    /// Readable explanation.
-    pub message: String,
-}
-
-/// Classes of failure reported to the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ErrorCategory {
-    /// Refused by the portal's policy or limits.
-    Rejected,
-    /// The request itself is malformed.
-    BadRequest,
-    /// A chunk checksum or the body digest did not match.
-    Integrity,
-    /// The target API could not be reached.
-    UpstreamUnreachable,
-    /// The target API did not answer in time.
-    UpstreamTimeout,
-    /// The portal could not authenticate to the API.
-    Auth,
-    /// A fault inside the portal.
-    Internal,
-}
-
-impl std::fmt::Display for ErrorCategory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = match self {
-            Self::Rejected => "rejected",
-            Self::BadRequest => "bad request",
-            Self::Integrity => "integrity",
-            Self::UpstreamUnreachable => "upstream unreachable",
-            Self::UpstreamTimeout => "upstream timeout",
-            Self::Auth => "auth",
-            Self::Internal => "internal",
-        };
-        f.write_str(s)
-    }
 }
 
 /// Why a record value could not be decoded.
@@ -342,6 +301,7 @@ pub fn checksum(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ErrorCategory;
     use proptest::prelude::*;
 
     fn arb_category() -> impl Strategy<Value = ErrorCategory> {
@@ -399,7 +359,7 @@ mod tests {
                 })
             ),
             (arb_category(), ".{0,100}")
-                .prop_map(|(category, message)| Body::Error(ErrorInfo { category, message })),
+                .prop_map(|(category, message)| Body::Error(Failure { category, message })),
         ]
     }
 
@@ -540,7 +500,7 @@ mod tests {
         let frame = Frame {
             job: JobId::new(),
             seq: 1,
-            body: Body::Error(ErrorInfo {
+            body: Body::Error(Failure {
                 category: ErrorCategory::Internal,
                 message: "x".into(),
             }),

@@ -24,7 +24,8 @@ use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::record_batch::Item;
 use crate::kafka::{self, KafkaError, KafkaSettings, PartitionCache};
 use crate::protocol::chunker::{hex, read_chunk, Chunker};
-use crate::protocol::wire::{self, Body, ErrorCategory, Frame, JobId, RequestStart};
+use crate::protocol::wire::{self, Body, Frame, JobId, RequestStart};
+use crate::protocol::ErrorCategory;
 use crate::send::output::{OutputError, Sink};
 use crate::send::ui::{Progress, Report};
 
@@ -1243,7 +1244,7 @@ mod tests {
             Frame {
                 job,
                 seq: 0,
-                body: Body::Error(crate::protocol::wire::ErrorInfo {
+                body: Body::Error(crate::protocol::Failure {
                     category: ErrorCategory::UpstreamTimeout,
                     message: "took too long".into(),
                 }),

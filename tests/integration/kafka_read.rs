@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use kafkasend::kafka::{self, Compression};
 use kafkasend::protocol::chunker::Chunker;
-use kafkasend::protocol::wire::{self, Body, ErrorCategory, Frame, JobId, RequestStart};
+use kafkasend::protocol::wire::{self, Body, Frame, JobId, RequestStart};
+use kafkasend::protocol::ErrorCategory;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::admin::{admin_addr, get, sample};
@@ -553,7 +554,7 @@ async fn foreign_compressed_records_on_the_reply_partition_do_not_fail_send() {
         let frame = Frame {
             job: other,
             seq: 0,
-            body: Body::Error(wire::ErrorInfo {
+            body: Body::Error(kafkasend::protocol::Failure {
                 category: ErrorCategory::Internal,
                 message: "someone else's answer".into(),
             }),

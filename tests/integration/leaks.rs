@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use kafkasend::kafka;
-use kafkasend::protocol::wire::{self, Body, ErrorCategory, ErrorInfo, Frame, JobId};
+use kafkasend::protocol::wire::{self, Body, Frame, JobId};
+use kafkasend::protocol::{ErrorCategory, Failure};
 
 use crate::common::*;
 
@@ -148,7 +149,7 @@ async fn forge_error(topics: &Topics, job: JobId, reply_partition: i32, message:
     let frame = Frame {
         job,
         seq: 0,
-        body: Body::Error(ErrorInfo {
+        body: Body::Error(Failure {
             category: ErrorCategory::UpstreamUnreachable,
             message: message.into(),
         }),

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use kafkasend::kafka;
-use kafkasend::protocol::wire::{self, Body, EndInfo, ErrorCategory, Frame, JobId};
+use kafkasend::protocol::wire::{self, Body, EndInfo, Frame, JobId};
+use kafkasend::protocol::ErrorCategory;
 use sha2::{Digest, Sha256};
 
 use crate::admin::{admin_addr, get, sample};

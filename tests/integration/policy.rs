@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use kafkasend::kafka;
 use kafkasend::protocol::wire::{
-    self, Body, ChunkInfo, EndInfo, ErrorCategory, Frame, JobId, RequestStart, ResponseStart,
+    self, Body, ChunkInfo, EndInfo, Frame, JobId, RequestStart, ResponseStart,
 };
+use kafkasend::protocol::ErrorCategory;
 use rskafka::record::Record;
 
 use crate::common::*;

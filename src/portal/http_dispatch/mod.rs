@@ -28,7 +28,7 @@ use std::future::Future as _;
 use crate::portal::assembler::{CompletedJob, SpoolFile, SpooledBody};
 use crate::portal::http_dispatch::tls::ApiTls;
 use crate::portal::http_dispatch::token_cache::TokenCache;
-use crate::protocol::wire::ErrorCategory;
+use crate::protocol::{ErrorCategory, Failure};
 
 /// Body type of every outgoing request.
 pub type DispatchBody = BoxBody<Bytes, std::io::Error>;
@@ -157,25 +157,6 @@ fn body_of(spool: &SpooledBody) -> DispatchBody {
     }
 }
 
-/// Why a call did not produce a response.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct DispatchError {
-    /// Class, as reported to the client.
-    pub category: ErrorCategory,
-    /// Readable explanation.
-    pub message: String,
-}
-
-impl DispatchError {
-    fn new(category: ErrorCategory, message: impl Into<String>) -> Self {
-        Self {
-            category,
-            message: message.into(),
-        }
-    }
-}
-
 /// Every source of an error, joined, for messages that say what really failed.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
@@ -240,10 +221,10 @@ impl Dispatcher {
     /// Sends the job's request; when the API refuses the token (a status in
     /// `PORTAL_TOKEN_REFRESH_STATUSES`, 401 by default), refreshes it and
     /// retries once.
-    pub async fn call(&self, job: &CompletedJob) -> Result<Response<Incoming>, DispatchError> {
+    pub async fn call(&self, job: &CompletedJob) -> Result<Response<Incoming>, Failure> {
         let url = self.url_for(&job.start.path)?;
         let method = Method::from_bytes(job.start.method.as_bytes()).map_err(|_| {
-            DispatchError::new(
+            Failure::new(
                 ErrorCategory::BadRequest,
                 format!("'{}' is not an HTTP method", job.start.method),
             )
@@ -253,14 +234,14 @@ impl Dispatcher {
             let token = match &self.tokens {
                 Some(t) => Some(t.token().await.map_err(|e| {
                     log::warn!("job {}: cannot get an OAuth2 token: {e}", job.job);
-                    DispatchError::new(ErrorCategory::Auth, e.for_sender())
+                    Failure::new(ErrorCategory::Auth, e.for_sender())
                 })?),
                 None => None,
             };
             let req = self.build(&method, &url, job, token.as_deref()).await?;
             let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
                 Err(_) => {
-                    return Err(DispatchError::new(
+                    return Err(Failure::new(
                         ErrorCategory::UpstreamTimeout,
                         format!(
                             "{method} {url}: no response within {} s (PORTAL_REQUEST_TIMEOUT_SECS)",
@@ -271,7 +252,7 @@ impl Dispatcher {
                 Ok(Err(e)) => {
                     // Connection refused, reset or TLS failure: the API is not there for us.
                     let category = ErrorCategory::UpstreamUnreachable;
-                    return Err(DispatchError::new(
+                    return Err(Failure::new(
                         category,
                         format!("{method} {url} failed: {}", with_tls_hint(error_chain(&e))),
                     ));
@@ -300,7 +281,7 @@ impl Dispatcher {
         url: &str,
         job: &CompletedJob,
         token: Option<&str>,
-    ) -> Result<Request<DispatchBody>, DispatchError> {
+    ) -> Result<Request<DispatchBody>, Failure> {
         let mut builder = Request::builder().method(method.clone()).uri(url);
         for (name, value) in &job.start.headers {
             let lower = name.to_ascii_lowercase();
@@ -316,7 +297,7 @@ impl Dispatcher {
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
             ) else {
-                return Err(DispatchError::new(
+                return Err(Failure::new(
                     ErrorCategory::BadRequest,
                     format!("header '{name}' is not a valid HTTP header"),
                 ));
@@ -325,13 +306,13 @@ impl Dispatcher {
         }
         if let Some(name) = &self.idempotency_header {
             let id = HeaderValue::from_str(&job.job.to_string()).map_err(|_| {
-                DispatchError::new(ErrorCategory::Internal, "job id is not a header value")
+                Failure::new(ErrorCategory::Internal, "job id is not a header value")
             })?;
             builder = builder.header(name.clone(), id);
         }
         if let Some(t) = token {
             let v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
-                DispatchError::new(
+                Failure::new(
                     ErrorCategory::Auth,
                     "the OAuth2 token is not a valid header value",
                 )
@@ -342,14 +323,14 @@ impl Dispatcher {
             builder = builder.header(CONTENT_LENGTH, job.body.len());
         }
         let body = body_of(&job.body);
-        builder.body(body).map_err(|e| {
-            DispatchError::new(ErrorCategory::BadRequest, format!("invalid request: {e}"))
-        })
+        builder
+            .body(body)
+            .map_err(|e| Failure::new(ErrorCategory::BadRequest, format!("invalid request: {e}")))
     }
 
     /// Joins the target URL and a request path, refusing paths that could
     /// leave the target's origin or base path.
-    pub fn url_for(&self, path: &str) -> Result<String, DispatchError> {
+    pub fn url_for(&self, path: &str) -> Result<String, Failure> {
         join_url(&self.base, path)
     }
 }
@@ -357,13 +338,12 @@ impl Dispatcher {
 /// Joins a target base URL (no trailing slash) and a request path that
 /// passed [`crate::portal::policy::validate_path`]; the joined URL is parsed again
 /// and must keep the target's scheme, authority and base path.
-pub fn join_url(base: &str, path: &str) -> Result<String, DispatchError> {
-    crate::portal::policy::validate_path(path)
-        .map_err(|r| DispatchError::new(r.category, r.message))?;
+pub fn join_url(base: &str, path: &str) -> Result<String, Failure> {
+    crate::portal::policy::validate_path(path)?;
     let url = format!("{base}{path}");
     let base: hyper::Uri = base
         .parse()
-        .map_err(|_| DispatchError::new(ErrorCategory::Internal, "target URL does not parse"))?;
+        .map_err(|_| Failure::new(ErrorCategory::Internal, "target URL does not parse"))?;
     let base_path = base.path().trim_end_matches('/');
     let same_origin = url.parse::<hyper::Uri>().is_ok_and(|u| {
         u.scheme() == base.scheme()
@@ -371,7 +351,7 @@ pub fn join_url(base: &str, path: &str) -> Result<String, DispatchError> {
             && (u.path() == base_path || u.path().starts_with(&format!("{base_path}/")))
     });
     if !same_origin {
-        return Err(DispatchError::new(
+        return Err(Failure::new(
             ErrorCategory::Rejected,
             format!(
                 "endpoint '{}' refused: it would leave the target API",
