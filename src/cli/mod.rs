@@ -36,7 +36,7 @@ const AFTER_HELP: &str = "\
 Environment variables (each also a flag, and a key of the --config file):
   KAFKA_BOOTSTRAP_SERVERS, KAFKA_REQUEST_TOPIC, KAFKA_RESPONSE_TOPIC,
   PORTAL_TARGET_API_URL, PORTAL_USE_OAUTH, OAUTH2_TOKEN_URL, OAUTH2_CLIENT_ID, ...
-See README.md for the full table.";
+See docs/configuration.md for the full table.";
 
 /// Command line of `kafkasend`.
 #[derive(Debug, Parser)]
@@ -483,7 +483,7 @@ fn describe_toml_error(text: &str, message: &str, span: Option<std::ops::Range<u
         let unknown = quoted.next().unwrap_or_default();
         let hint = match closest_key(unknown, quoted) {
             Some(k) => format!("did you mean `{k}`?"),
-            None => "the keys are the flag names with `_` for `-` (see README, Configuration)"
+            None => "the keys are the flag names with `_` for `-` (see docs/configuration.md)"
                 .to_string(),
         };
         return format!("{at}unknown key `{unknown}`; {hint}");
@@ -1390,13 +1390,13 @@ mod tests {
         }
     }
 
-    /// Every variable a flag reads has its row in the README's configuration
+    /// Every variable a flag reads has its row in docs/configuration.md
     /// tables, with that flag and its file key; every row names a variable
     /// the code reads.
     #[test]
     fn readme_configuration_tables_match_the_flags() {
         use clap::CommandFactory as _;
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../docs/configuration.md");
         let rows: Vec<&str> = readme
             .lines()
             .filter(|l| {
@@ -1420,15 +1420,15 @@ mod tests {
                 let row = rows
                     .iter()
                     .find(|r| r.starts_with(&format!("| `{env}` |")))
-                    .unwrap_or_else(|| panic!("README has no configuration row for {env}"));
+                    .unwrap_or_else(|| panic!("docs/configuration.md has no row for {env}"));
                 assert!(
                     row.contains(&format!("| `--{long}")),
-                    "README row of {env} does not name --{long}: {row}"
+                    "docs/configuration.md row of {env} does not name --{long}: {row}"
                 );
                 let key = long.replace('-', "_");
                 assert!(
                     env == "KAFKASEND_CONFIG" || row.contains(&format!("| `{key}` |")),
-                    "README row of {env} does not name the file key {key}: {row}"
+                    "docs/configuration.md row of {env} does not name the file key {key}: {row}"
                 );
                 declared.insert(env);
             }
@@ -1438,7 +1438,7 @@ mod tests {
             let env = row.split('`').nth(1).unwrap_or_default();
             assert!(
                 declared.contains(env),
-                "README documents {env}, which no flag reads: {row}"
+                "docs/configuration.md documents {env}, which no flag reads: {row}"
             );
         }
     }
