@@ -6,8 +6,17 @@
 
 use std::io::Write;
 
-use crate::cli::LogFormat;
 use crate::protocol::wire::JobId;
+
+/// How the portal writes log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// env_logger's text lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Installs the global logger with an env_logger `filter` (`RUST_LOG` wins).
 pub fn init(default_filter: &str, format: LogFormat) {

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kafkasend::cli::show::ConfigCommand;
-use kafkasend::cli::{Cli, Command, LogFormat, PortalConfig, SendConfig};
+use kafkasend::cli::{Cli, Command, PortalConfig, SendConfig};
 use kafkasend::logging;
+use kafkasend::logging::LogFormat;
 use kafkasend::send::ui::{one_line, Report};
 use kafkasend::send::{Outcome, SendError};
 

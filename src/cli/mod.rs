@@ -19,6 +19,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::kafka::security::{KafkaSecurity, SaslCredentials, SaslMechanism, SecurityProtocol};
+use crate::logging::LogFormat;
 use crate::portal::http_dispatch::tls::ApiTls;
 use crate::portal::http_dispatch::token_cache::{AssertionSigner, AuthMethod, ClientCredentials};
 use crate::protocol::chunker::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
@@ -28,9 +29,6 @@ pub const MAX_WAIT_SECS: u64 = 7 * 24 * 3600;
 
 /// Largest spool threshold: bodies above it always go to disk.
 pub const MAX_SPOOL_THRESHOLD: usize = 64 * 1024 * 1024;
-
-/// Default request headers forwarded to the API.
-pub const DEFAULT_ALLOWED_HEADERS: &str = "Content-Type,Accept,X-Request-ID,X-Correlation-ID";
 
 const AFTER_HELP: &str = "\
 Environment variables (each also a flag, and a key of the --config file):
@@ -967,7 +965,7 @@ impl PortalConfig {
 fn resolve_policy(a: &PortalArgs, f: &FileConfig) -> anyhow::Result<crate::portal::policy::Policy> {
     let defaults = crate::portal::policy::Policy::default();
     let allowed_headers = pick(&a.allowed_headers, &f.allowed_headers)
-        .unwrap_or_else(|| DEFAULT_ALLOWED_HEADERS.into())
+        .unwrap_or_else(|| crate::portal::policy::DEFAULT_ALLOWED_HEADERS.into())
         .split(',')
         .map(|h| h.trim().to_ascii_lowercase())
         .filter(|h| !h.is_empty())
@@ -1143,16 +1141,6 @@ fn resolve_trusted_keys(
         &list,
         Duration::from_secs(max_ttl),
     )?))
-}
-
-/// How the portal writes log lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    /// env_logger's text lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Parses `PORTAL_LOG_FORMAT`.

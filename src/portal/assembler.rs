@@ -80,10 +80,10 @@ pub const CHUNK_ENTRY_COST: u64 = 24;
 
 /// Bytes of a start record's text besides its headers that
 /// [`largest_start_cost`] allows for: a path of at most
-/// [`crate::portal::policy::MAX_PATH_BYTES`], a reply topic (Kafka allows 249) and a
+/// [`crate::protocol::request::MAX_PATH_BYTES`], a reply topic (Kafka allows 249) and a
 /// method. A start record with more is still charged in full, only not
 /// covered by the reserve.
-const START_TEXT_BESIDES_HEADERS: u64 = crate::portal::policy::MAX_PATH_BYTES as u64 + 512;
+const START_TEXT_BESIDES_HEADERS: u64 = crate::protocol::request::MAX_PATH_BYTES as u64 + 512;
 
 /// The most memory one job's start record takes when the policy admits at
 /// most `max_header_count` headers of `max_header_bytes` bytes in all.

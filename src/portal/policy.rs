@@ -10,42 +10,9 @@
 use hyper::header::{HeaderName, HeaderValue};
 use unicode_normalization::UnicodeNormalization as _;
 
+use crate::protocol::request::{never_forwarded, MAX_PATH_BYTES};
 use crate::protocol::wire::{JobId, RequestStart};
 use crate::protocol::Failure;
-
-/// Headers never forwarded, whatever the allow-list says: credentials,
-/// routing, hop-by-hop headers and the framing the portal computes itself.
-pub const ALWAYS_STRIPPED: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "host",
-    "x-real-ip",
-    "forwarded",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-connection",
-    "proxy-authenticate",
-    "trailers",
-    "via",
-    "true-client-ip",
-    "x-client-ip",
-    // These re-route or re-method a request behind some proxies and
-    // frameworks, which would walk around the endpoint allow-list.
-    "x-original-url",
-    "x-rewrite-url",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
-/// Longest request path (with query) accepted.
-pub const MAX_PATH_BYTES: usize = 8 * 1024;
 
 /// Methods refused whatever the allow-list says: `TRACE` (and IIS's `TRACK`)
 /// would echo the portal's `Authorization` header back to the sender,
@@ -186,12 +153,15 @@ pub struct Policy {
     pub max_header_bytes: usize,
 }
 
+/// Request headers forwarded to the API unless `PORTAL_ALLOWED_HEADERS` says otherwise.
+pub const DEFAULT_ALLOWED_HEADERS: &str = "Content-Type,Accept,X-Request-ID,X-Correlation-ID";
+
 impl Default for Policy {
     fn default() -> Self {
         Self {
             endpoints: Vec::new(),
             strict: true,
-            allowed_headers: crate::cli::DEFAULT_ALLOWED_HEADERS
+            allowed_headers: DEFAULT_ALLOWED_HEADERS
                 .split(',')
                 .map(str::to_ascii_lowercase)
                 .collect(),
@@ -296,16 +266,6 @@ impl Policy {
             );
         }
     }
-}
-
-/// Whether a header named `name` is never forwarded, whatever the
-/// allow-list: the always-stripped names and the `X-Forwarded-*` and
-/// `Proxy-*` families.
-pub fn never_forwarded(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    ALWAYS_STRIPPED.contains(&lower.as_str())
-        || lower.starts_with("x-forwarded-")
-        || lower.starts_with("proxy-")
 }
 
 /// Whether a header named `name` is forwarded under the allow-list
@@ -471,6 +431,7 @@ fn percent_decode(s: &str) -> Result<Vec<u8>, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::request::ALWAYS_STRIPPED;
     use crate::protocol::ErrorCategory;
 
     /// Paths an attacker might send, each with the reason it must be refused.

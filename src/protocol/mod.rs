@@ -3,6 +3,7 @@
 //! command line.
 
 pub mod chunker;
+pub mod request;
 pub mod signing;
 pub mod wire;
 

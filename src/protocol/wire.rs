@@ -415,7 +415,10 @@ mod tests {
             seq: 0,
             body: Body::RequestStart(RequestStart {
                 method: "POST".into(),
-                path: format!("/{}", "p".repeat(crate::portal::policy::MAX_PATH_BYTES - 1)),
+                path: format!(
+                    "/{}",
+                    "p".repeat(crate::protocol::request::MAX_PATH_BYTES - 1)
+                ),
                 headers,
                 body_len: Some(u64::MAX),
                 has_body: true,

@@ -239,7 +239,7 @@ fn prepare(args: &SendArgs) -> Result<Prepared, SendError> {
     // the caller's credentials in the topic for anyone who can read it.
     let (mut headers, stripped): (Vec<_>, Vec<_>) = given
         .into_iter()
-        .partition(|(name, _)| !crate::portal::policy::never_forwarded(name));
+        .partition(|(name, _)| !crate::protocol::request::never_forwarded(name));
     let mut dropped: Vec<String> = Vec::new();
     for (name, _) in stripped {
         if !dropped.iter().any(|d| d.eq_ignore_ascii_case(&name)) {
