@@ -1,5 +1,5 @@
 //! Helpers for tests: the unit tests of several modules, and the integration
-//! tests, which include this file (`tests/integration/common.rs`).
+//! tests, which include this file (`tests/integration/support/pki.rs`).
 
 use std::path::Path;
 use std::process::Command;

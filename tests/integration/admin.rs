@@ -3,57 +3,11 @@
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::common::*;
-
-/// One plain HTTP/1.1 request to the admin listener: (status, body).
-async fn admin_get(addr: &str, request: &str) -> (u16, String) {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
-        raw
-    };
-    let raw = tokio::time::timeout(WAIT, exchange)
-        .await
-        .expect("the admin listener did not answer in time");
-    let text = String::from_utf8(raw).expect("admin answers are text");
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, body.to_string())
-}
-
-pub async fn get(addr: &str, path: &str) -> (u16, String) {
-    admin_get(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"),
-    )
-    .await
-}
-
-/// The address the portal logged for its admin listener.
-pub fn admin_addr(log: &str) -> String {
-    let line = log
-        .lines()
-        .find(|l| l.contains("admin listener on http://"))
-        .unwrap_or_else(|| panic!("no admin listener line in:\n{log}"));
-    let rest = &line[line.find("http://").unwrap() + "http://".len()..];
-    rest.split(' ').next().unwrap().to_string()
-}
-
-/// The value of the sample `name` (with labels, exactly) in a metrics text.
-pub fn sample(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
+use crate::support::api::Servers;
+use crate::support::broker::Topics;
+use crate::support::payload::pattern_file;
+use crate::support::run::{admin_addr, admin_get, get, kafkasend, sample, send, Portal};
+use crate::support::WAIT;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_readiness_and_metrics_of_a_working_portal() {

@@ -2,7 +2,11 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::common::*;
+use crate::support::api::Servers;
+use crate::support::broker::Topics;
+use crate::support::payload::pattern_file;
+use crate::support::run::{kafkasend, send, Portal};
+use crate::support::{wait_until, WAIT};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_broker_is_named_with_exit_7() {

@@ -2,22 +2,10 @@
 
 use kafkasend::protocol::wire::JobId;
 
-use crate::common::*;
-
-/// Runs `kafkasend ARGS` (any subcommand) to completion, within [`WAIT`].
-pub async fn kafkasend_cmd(topics: &Topics, args: &[&str]) -> SendResult {
-    let mut cmd = tokio::process::Command::from(kafkasend(topics));
-    cmd.args(args).kill_on_drop(true);
-    let out = tokio::time::timeout(WAIT, cmd.output())
-        .await
-        .expect("kafkasend did not finish in time")
-        .expect("run kafkasend");
-    SendResult {
-        code: out.status.code().unwrap_or(-1),
-        stdout: out.stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use crate::support::api::{json, Servers};
+use crate::support::broker::Topics;
+use crate::support::payload::pattern_file;
+use crate::support::run::{kafkasend_cmd, send, Portal};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_prints_one_summary_line_and_nothing_else() {

@@ -5,7 +5,11 @@
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::common::*;
+use crate::support::api::{bytes_route_body, json, Servers};
+use crate::support::broker::Topics;
+use crate::support::pki::{ec_key_pair, sender_key_files, TestPki};
+use crate::support::run::{kafkasend, Portal, SendResult};
+use crate::support::{wait_until, WAIT};
 
 /// The unprivileged user the `-o` tests run as when the tests run as root:
 /// root may write where the tests need a refusal, and a regression must not
@@ -110,11 +114,7 @@ async fn key_and_certificate_files_must_be_small_regular_files() {
     let fifo = dir.path().join("key.fifo");
     mkfifo(&fifo);
     let big_key = big_file(dir.path(), "big.pem", 1024 * 1024 + 1);
-    let (ec_private, ec_public) = ec_key_pair();
-    let key = dir.path().join("sender.pem");
-    std::fs::write(&key, &ec_private).unwrap();
-    let public = dir.path().join("sender.pub.pem");
-    std::fs::write(&public, &ec_public).unwrap();
+    let (_, key, public) = sender_key_files(dir.path());
     let pki = TestPki::new();
     let zero = Path::new("/dev/zero");
     let char_device = "is a character device, not a regular file";

@@ -4,7 +4,13 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::common::*;
+use crate::support::api::{json, Servers};
+use crate::support::broker::{
+    assert_committed_to_end, final_responses, group_tool, PrivateBroker, Topics,
+};
+use crate::support::payload::pattern_file;
+use crate::support::run::{send, spawn_send, Portal};
+use crate::support::{wait_until, WAIT};
 
 /// Waits until Kafka's group tool shows two members sharing the three
 /// request partitions; returns each member's partition count.

@@ -6,20 +6,24 @@
 //! transactions and odd records.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use kafkasend::kafka::{self, Compression};
 use kafkasend::protocol::chunker::Chunker;
-use kafkasend::protocol::wire::{self, Body, Frame, JobId, RequestStart};
+use kafkasend::protocol::wire::{self, Body, Frame, JobId};
 use kafkasend::protocol::ErrorCategory;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::admin::{admin_addr, get, sample};
-use crate::client::kafkasend_cmd;
-use crate::common::*;
+use crate::support::api::{bytes_route_body, json, Servers};
+use crate::support::broker::{
+    broker, kafka_script, kafka_settings, post_start, records_in, Topics,
+};
+use crate::support::payload::{hex, pattern, pattern_file, sha256_hex};
+use crate::support::run::{admin_addr, get, kafkasend_cmd, sample, send, spawn_send, Portal};
+use crate::support::{wait_until, WAIT};
 
 /// The codecs Kafka has, as its tools name them.
 const CODECS: [&str; 4] = ["gzip", "snappy", "lz4", "zstd"];
@@ -28,13 +32,9 @@ const CODECS: [&str; 4] = ["gzip", "snappy", "lz4", "zstd"];
 /// the largest fetch response a reader takes.
 const TOO_LARGE: usize = 17_000_000;
 
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka")
-}
-
 /// Runs `scripts/kafka ARGS` with `input` on stdin; its stdout.
 fn kafka_tool(args: &[&str], input: &str) -> String {
-    let mut child = Command::new(script())
+    let mut child = Command::new(kafka_script())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -225,19 +225,13 @@ fn job_frames(
     body: &[u8],
     topics: &Topics,
 ) -> Vec<(Frame, Vec<u8>, Headers)> {
-    let start = Frame {
+    let start = post_start(
         job,
-        seq: 0,
-        body: Body::RequestStart(RequestStart {
-            method: "POST".into(),
-            path: path.into(),
-            headers: vec![("content-type".into(), "application/octet-stream".into())],
-            body_len: Some(body.len() as u64),
-            has_body: true,
-            reply_topic: topics.response.clone(),
-            reply_partition: 0,
-        }),
-    };
+        path,
+        Some(body.len() as u64),
+        vec![("content-type".into(), "application/octet-stream".into())],
+        &topics.response,
+    );
     let reply_to = wire::reply_to_header(&topics.response, 0);
     let mut out = vec![(start, Vec::new(), vec![(wire::REPLY_TO_HEADER, reply_to)])];
     let mut chunker = Chunker::new(job, 1);

@@ -4,7 +4,12 @@
 
 use std::process::Stdio;
 
-use crate::common::*;
+use crate::support::api::{json, Servers};
+use crate::support::broker::{sasl_facts, Topics};
+use crate::support::payload::pattern_file;
+use crate::support::pki::openssl;
+use crate::support::run::{kafkasend, send, send_with_env, Portal};
+use crate::support::WAIT;
 
 /// Topics on the SASL_SSL listener.
 fn sasl_topics(name: &str) -> Topics {

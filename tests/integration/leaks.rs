@@ -10,7 +10,12 @@ use kafkasend::kafka;
 use kafkasend::protocol::wire::{self, Body, Frame, JobId};
 use kafkasend::protocol::{ErrorCategory, Failure};
 
-use crate::common::*;
+use crate::support::api::{json, Servers};
+use crate::support::broker::{kafka_settings, records_in, Topics};
+use crate::support::oauth::ECHO_MARKER;
+use crate::support::pki::sender_key_files;
+use crate::support::run::{kafkasend, send, send_with_env, spawn_send, Portal};
+use crate::support::WAIT;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn look_alike_paths_are_refused_and_the_api_sees_nothing() {
@@ -252,11 +257,7 @@ async fn headers_no_portal_forwards_never_reach_kafka() {
     let topics = Topics::new("no-creds");
     // Signed requests: the signature must cover the headers actually sent.
     let keys = tempfile::tempdir().unwrap();
-    let (signing_pem, public_pem) = ec_key_pair();
-    let signing_key = keys.path().join("sender.pem");
-    let public_key = keys.path().join("sender.pub.pem");
-    std::fs::write(&signing_key, &signing_pem).unwrap();
-    std::fs::write(&public_key, &public_pem).unwrap();
+    let (_, signing_key, public_key) = sender_key_files(keys.path());
     let mut env = servers.plain_env();
     env.push(("PORTAL_ALLOWED_HEADERS", "Authorization,X-Foo".into()));
     env.push(("PORTAL_TRUSTED_KEYS", public_key.to_str().unwrap().into()));

@@ -7,9 +7,13 @@ use kafkasend::protocol::wire::{self, Body, EndInfo, Frame, JobId};
 use kafkasend::protocol::ErrorCategory;
 use sha2::{Digest, Sha256};
 
-use crate::admin::{admin_addr, get, sample};
-use crate::common::*;
-use crate::policy::{chunk_record, error_replies, open_files_under, post_start};
+use crate::support::api::Servers;
+use crate::support::broker::{
+    assert_committed_to_end, chunk_record, error_replies, kafka_settings, post_start, Topics,
+};
+use crate::support::payload::{pattern, pattern_file, sha256_hex};
+use crate::support::run::{admin_addr, get, kafkasend, open_files_under, sample, send, Portal};
+use crate::support::{wait_until, WAIT};
 
 const MIB: u64 = 1024 * 1024;
 

@@ -1,10 +1,10 @@
 //! Integration tests: the real `kafkasend` binary, a real Kafka broker, real
-//! HTTP servers on loopback. One test binary, so it links once.
+//! HTTP servers on loopback. One test binary, so it links once; the fixtures
+//! the tests share are in [`support`], one module per concern.
 
 mod admin;
 mod cli;
 mod client;
-mod common;
 mod files;
 mod group;
 mod kafka_read;
@@ -17,4 +17,5 @@ mod relay;
 mod secrets;
 mod ship;
 mod signing;
+mod support;
 mod tls;

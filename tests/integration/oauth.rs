@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 
-use crate::common::*;
+use crate::support::api::{json, Servers};
+use crate::support::broker::Topics;
+use crate::support::payload::pattern_file;
+use crate::support::pki::{ec_key_pair, rsa_key_pair};
+use crate::support::run::{send, Portal, SendResult};
+use crate::support::WAIT;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_token_serves_many_requests_and_is_refreshed_after_expiry() {

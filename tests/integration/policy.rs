@@ -1,16 +1,19 @@
 //! The portal's request policy and hostile records, end to end.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kafkasend::kafka;
-use kafkasend::protocol::wire::{
-    self, Body, ChunkInfo, EndInfo, Frame, JobId, RequestStart, ResponseStart,
-};
+use kafkasend::protocol::wire::{self, Body, EndInfo, Frame, JobId, ResponseStart};
 use kafkasend::protocol::ErrorCategory;
 use rskafka::record::Record;
 
-use crate::common::*;
+use crate::support::api::Servers;
+use crate::support::broker::{
+    assert_committed_to_end, chunk_record, error_replies, kafka_settings, post_start, Topics,
+};
+use crate::support::payload::{pattern, pattern_file};
+use crate::support::run::{open_files_under, send, spawn_send, Portal};
+use crate::support::{wait_until, WAIT};
 
 fn env_with(
     base: Vec<(&'static str, String)>,
@@ -224,40 +227,6 @@ async fn an_empty_allow_list_refuses_everything_unless_strict_mode_is_off() {
     assert_eq!(servers.state.requests().len(), 1);
 }
 
-/// The start record of a POST to `path` with a body, answered on partition 0
-/// of `reply_topic`.
-pub fn post_start(
-    job: JobId,
-    path: &str,
-    body_len: Option<u64>,
-    headers: Vec<(String, String)>,
-    reply_topic: &str,
-) -> Frame {
-    Frame {
-        job,
-        seq: 0,
-        body: Body::RequestStart(RequestStart {
-            method: "POST".into(),
-            path: path.into(),
-            headers,
-            body_len,
-            has_body: true,
-            reply_topic: reply_topic.into(),
-            reply_partition: 0,
-        }),
-    }
-}
-
-/// A chunk record of `job`.
-pub fn chunk_record(job: JobId, seq: u32, offset: u64, data: &[u8], crc32c: u32) -> Record {
-    let frame = Frame {
-        job,
-        seq,
-        body: Body::Chunk(ChunkInfo { offset, crc32c }),
-    };
-    kafka::record(&frame, data, &[])
-}
-
 /// An end record of `job` declaring `chunks` chunks, 4 bytes and a digest
 /// no body has.
 fn end_record(job: JobId, seq: u32, chunks: u32) -> Record {
@@ -423,18 +392,6 @@ fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)>
     out
 }
 
-/// Every error reply on the response topic, by job: category and message.
-pub async fn error_replies(topics: &Topics) -> BTreeMap<JobId, (ErrorCategory, String)> {
-    response_frames(topics)
-        .await
-        .into_iter()
-        .filter_map(|frame| match frame.body {
-            Body::Error(e) => Some((frame.job, (e.category, e.message))),
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_garbage_does_not_stop_real_jobs() {
     let servers = Servers::start().await;
@@ -525,18 +482,6 @@ async fn a_burst_of_garbage_does_not_stop_real_jobs() {
     portal.signal("TERM");
     assert_eq!(portal.wait_exit().await, Some(0), "{}", portal.log());
     assert_committed_to_end(&topics);
-}
-
-/// Files under `dir` that process `pid` holds open (spool files are unlinked
-/// at once, so they show only here).
-pub fn open_files_under(pid: u32, dir: &std::path::Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    entries
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|target| target.starts_with(dir))
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,7 +2,11 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::common::*;
+use crate::support::api::{bytes_route_body, json, Servers};
+use crate::support::broker::Topics;
+use crate::support::payload::{pattern, pattern_file, sha256_hex};
+use crate::support::run::{kafkasend, send, spawn_send, Portal};
+use crate::support::WAIT;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_50_mb_file_arrives_byte_identical() {

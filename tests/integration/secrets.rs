@@ -5,7 +5,12 @@ use std::process::Stdio;
 
 use base64::Engine as _;
 
-use crate::common::*;
+use crate::support::api::Servers;
+use crate::support::broker::{records_in, Topics};
+use crate::support::payload::pattern_file;
+use crate::support::pki::{pem_body_lines, sender_key_files};
+use crate::support::run::{kafkasend, send_with_env, Portal};
+use crate::support::WAIT;
 
 /// Each secret, and what it is, for failure messages.
 fn leaks<'a>(text: &str, secrets: &'a [(String, &'static str)]) -> Vec<&'a str> {
@@ -28,11 +33,7 @@ async fn secrets_stay_out_of_logs_at_trace_level() {
 
     // Requests are signed, so the sender's private key is in play too.
     let keys = tempfile::tempdir().unwrap();
-    let (signing_pem, public_pem) = ec_key_pair();
-    let signing_key = keys.path().join("sender.pem");
-    let public_key = keys.path().join("sender.pub.pem");
-    std::fs::write(&signing_key, &signing_pem).unwrap();
-    std::fs::write(&public_key, &public_pem).unwrap();
+    let (signing_pem, signing_key, public_key) = sender_key_files(keys.path());
 
     let mut env = servers.oauth_env();
     env.push(("PORTAL_LOG_LEVEL", "TRACE".into()));

@@ -3,7 +3,8 @@
 
 use std::process::{Command, Output};
 
-use crate::common::*;
+use crate::support::api::Servers;
+use crate::support::pki::ec_key_pair;
 
 /// The binary with an empty environment but PATH, so that only what a test
 /// sets is seen.

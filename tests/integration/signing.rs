@@ -8,7 +8,12 @@ use kafkasend::kafka;
 use kafkasend::kafka::partitioner::partition_for_key;
 use kafkasend::protocol::wire::JobId;
 
-use crate::common::*;
+use crate::support::api::{json, Servers};
+use crate::support::broker::{final_responses, kafka_settings, records_in, Topics};
+use crate::support::payload::pattern_file;
+use crate::support::pki::openssl;
+use crate::support::run::{send, Portal};
+use crate::support::wait_until;
 
 /// Makes a key pair in `dir` as the README says; returns (private, public).
 fn key_pair(dir: &Path, name: &str, ec: bool) -> (PathBuf, PathBuf) {

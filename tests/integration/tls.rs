@@ -3,7 +3,10 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::common::*;
+use crate::support::api::{json, Servers};
+use crate::support::broker::Topics;
+use crate::support::pki::{openssl_self_signed, pem_body_lines, TestPki};
+use crate::support::run::{kafkasend, send, Portal};
 
 fn https_env(
     servers: &Servers,
