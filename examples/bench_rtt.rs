@@ -16,7 +16,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use kafkasend::cli::{Cli, Command, SendConfig};
+use kafkasend::cli::send::resolve_send;
+use kafkasend::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     kafkasend::alloc::tune_allocator();
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cfg = match SendConfig::resolve(&args) {
+    let cfg = match resolve_send(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("bench_rtt: {e:#}");

@@ -4,11 +4,14 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use kafkasend::cli::portal::resolve_portal;
+use kafkasend::cli::send::{resolve_send, resolve_wait};
 use kafkasend::cli::show::ConfigCommand;
-use kafkasend::cli::{Cli, Command, PortalConfig, SendConfig};
+use kafkasend::cli::{Cli, Command};
 use kafkasend::logging;
 use kafkasend::logging::LogFormat;
 use kafkasend::send::ui::{one_line, Report};
+use kafkasend::send::Settings as SendConfig;
 use kafkasend::send::{Outcome, SendError};
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -58,7 +61,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Portal(args) => {
-            let cfg = match PortalConfig::resolve(&args) {
+            let cfg = match resolve_portal(&args) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("kafkasend portal: {e:#}");
@@ -86,14 +89,14 @@ fn main() -> ExitCode {
         }
         Command::Send(args) => {
             logging::init("warn", LogFormat::Text);
-            let cfg = SendConfig::resolve(&args);
+            let cfg = resolve_send(&args);
             run_client("send", args.json, cfg, async |cfg, report| {
                 kafkasend::send::run(&args, cfg, report).await
             })
         }
         Command::Wait(args) => {
             logging::init("warn", LogFormat::Text);
-            let cfg = SendConfig::resolve_wait(&args);
+            let cfg = resolve_wait(&args);
             run_client("wait", args.json, cfg, async |cfg, report| {
                 kafkasend::send::wait(&args, cfg, report).await
             })

@@ -19,7 +19,10 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, Subcommand, ValueEnum};
 
-use crate::cli::{load_file, KafkaArgs, PortalArgs, PortalConfig, SendArgs, SendConfig};
+use crate::cli::file::load_file;
+use crate::cli::kafka::KafkaArgs;
+use crate::cli::portal::{resolve_portal, PortalArgs};
+use crate::cli::send::{resolve_send, SendArgs};
 
 /// Id of the positional that picks a side.
 const SIDE: &str = "side";
@@ -124,7 +127,7 @@ pub fn rows(args: &ShowArgs) -> anyhow::Result<Vec<(&'static str, Vec<Row>)>> {
     let file = serde_json::to_value(&file)?;
     match side {
         Some(Side::Portal) => {
-            PortalConfig::resolve(&PortalArgs::from_arg_matches(m)?)?;
+            resolve_portal(&PortalArgs::from_arg_matches(m)?)?;
         }
         Some(Side::Send) => {
             let send = SendArgs {
@@ -134,7 +137,7 @@ pub fn rows(args: &ShowArgs) -> anyhow::Result<Vec<(&'static str, Vec<Row>)>> {
                 signature_ttl_secs: m.get_one::<u64>("signature_ttl_secs").copied(),
                 ..SendArgs::default()
             };
-            SendConfig::resolve(&send)?;
+            resolve_send(&send)?;
         }
         None => {}
     }
@@ -280,7 +283,7 @@ mod tests {
 
     #[test]
     fn every_setting_with_a_variable_is_a_file_key() {
-        let keys = serde_json::to_value(crate::cli::FileConfig::default()).unwrap();
+        let keys = serde_json::to_value(crate::cli::file::FileConfig::default()).unwrap();
         let cmd = ShowArgs::augment_args(Command::new("show"));
         for a in cmd.get_arguments() {
             let id = a.get_id().as_str();

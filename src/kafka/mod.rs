@@ -111,6 +111,35 @@ pub fn client_err(action: &'static str) -> impl FnOnce(RsError) -> KafkaError {
     move |source| KafkaError::Client { action, source }
 }
 
+/// Kafka settings of `send`, `wait` and the portal, resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Brokers.
+    pub bootstrap_servers: String,
+    /// Request topic.
+    pub request_topic: String,
+    /// Response topic.
+    pub response_topic: String,
+    /// Broker deadline.
+    pub timeout: Duration,
+    /// Chunk payload size.
+    pub chunk_size: usize,
+    /// TLS and SASL.
+    pub security: KafkaSecurity,
+}
+
+impl Config {
+    /// Connection settings for the `kafka` module.
+    pub fn settings(&self, client_id: &str) -> KafkaSettings {
+        KafkaSettings {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            op_timeout: self.timeout,
+            client_id: client_id.to_string(),
+            security: self.security.clone(),
+        }
+    }
+}
+
 /// Connection settings shared by every Kafka user in the process.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {

@@ -12,6 +12,9 @@ pub mod assembler;
 pub mod http_dispatch;
 pub mod ledger;
 pub mod policy;
+mod settings;
+
+pub use settings::{GroupConfig, Settings, StartFrom};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,7 +28,6 @@ use rskafka::client::Client;
 use rskafka::record::RecordAndOffset;
 use tokio::sync::{watch, Notify, Semaphore};
 
-use crate::cli::{PortalConfig, StartFrom};
 use crate::kafka::fetcher::Fetcher;
 use crate::kafka::group::{Assignment, Beat, GroupError, GroupSettings, Member};
 use crate::kafka::partitioner::partition_for_key;
@@ -113,7 +115,7 @@ impl Drop for InFlightGuard {
 
 /// What every task of a portal shares.
 struct Ctx {
-    cfg: PortalConfig,
+    cfg: Settings,
     client: Arc<Client>,
     dispatcher: Dispatcher,
     replies: PartitionCache,
@@ -150,7 +152,7 @@ impl Ctx {
 }
 
 /// Runs a portal until `shutdown` completes, then lets in-flight jobs finish.
-pub async fn run(cfg: PortalConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let budgets = Budgets::new(&cfg.limits);
     let metrics = Arc::new(Metrics::new(budgets.clone()));
     let readiness = Arc::new(Readiness::default());

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::cli::{KafkaConfig, SendArgs, SendConfig, WaitArgs};
+use crate::cli::send::{SendArgs, WaitArgs};
 use crate::kafka::fetcher::Fetcher;
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::record_batch::Item;
@@ -31,6 +31,17 @@ use crate::send::ui::{Progress, Report};
 
 /// Exit status for a response with HTTP status 400 or above (as curl's `--fail-with-body`).
 pub const EXIT_HTTP_ERROR: u8 = 22;
+
+/// What `send` and `wait` run with, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Kafka side.
+    pub kafka: kafka::Config,
+    /// Wait for the response this long after the last record received.
+    pub timeout: Duration,
+    /// Signs each request, when a signing key is set.
+    pub signer: Option<crate::protocol::signing::Signer>,
+}
 
 /// Why a send failed; each maps to one exit code.
 #[derive(Debug, thiserror::Error)]
@@ -397,7 +408,7 @@ impl Outcome {
 /// Runs one send; `report` collects what `--json` prints, also on failure.
 pub async fn run(
     args: &SendArgs,
-    cfg: &SendConfig,
+    cfg: &Settings,
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
     send_over(None, args, cfg, report).await
@@ -410,7 +421,7 @@ pub async fn run(
 async fn send_over(
     link: Option<&Link>,
     args: &SendArgs,
-    cfg: &SendConfig,
+    cfg: &Settings,
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
     let prepared = prepare_and_warn(args)?;
@@ -516,10 +527,7 @@ fn with_job(result: Result<Outcome, SendError>, report: &Report) -> Result<Outco
 }
 
 /// The body's digest when the request is to be signed.
-async fn signed_digest(
-    prepared: &Prepared,
-    cfg: &SendConfig,
-) -> Result<Option<[u8; 32]>, SendError> {
+async fn signed_digest(prepared: &Prepared, cfg: &Settings) -> Result<Option<[u8; 32]>, SendError> {
     match &cfg.signer {
         Some(_) => body_digest(prepared).await,
         None => Ok(None),
@@ -532,7 +540,7 @@ async fn signed_digest(
 pub async fn run_on(
     link: &Link,
     args: &SendArgs,
-    cfg: &SendConfig,
+    cfg: &Settings,
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
     send_over(Some(link), args, cfg, report).await
@@ -553,7 +561,7 @@ pub struct Link {
 impl Link {
     /// Connects and reads both topics' partition counts (one metadata
     /// request); a missing topic is an error.
-    pub async fn open(kcfg: &KafkaConfig, client_id: &str) -> Result<Self, SendError> {
+    pub async fn open(kcfg: &kafka::Config, client_id: &str) -> Result<Self, SendError> {
         let limit = kcfg.timeout;
         let settings = kcfg.settings(client_id);
         let client = kafka::connect(&settings).await?;
@@ -579,7 +587,7 @@ async fn transmit(
     body_sha256: Option<[u8; 32]>,
     sink: Option<Sink>,
     args: &SendArgs,
-    cfg: &SendConfig,
+    cfg: &Settings,
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
     let mut body = open_body(&prepared).await?;
@@ -785,7 +793,7 @@ const WAIT_CLOCK_SLACK: Duration = Duration::from_secs(300);
 /// so reading starts at the first record stamped shortly before that.
 pub async fn wait(
     args: &WaitArgs,
-    cfg: &SendConfig,
+    cfg: &Settings,
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
     let job: JobId = args.job.trim().parse().map_err(|why| {
@@ -811,7 +819,7 @@ async fn follow_job(
     job: JobId,
     sink: Sink,
     chatty: bool,
-    cfg: &SendConfig,
+    cfg: &Settings,
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
     let kcfg = &cfg.kafka;
@@ -966,7 +974,7 @@ fn error_from_portal(category: ErrorCategory, message: String) -> SendError {
 async fn receive(
     mut sink: Sink,
     chatty: bool,
-    cfg: &SendConfig,
+    cfg: &Settings,
     job: JobId,
     mut early: VecDeque<Reply>,
     rx: &mut mpsc::Receiver<Reply>,
@@ -1173,9 +1181,9 @@ mod tests {
         out
     }
 
-    fn config() -> SendConfig {
-        SendConfig {
-            kafka: crate::cli::KafkaConfig {
+    fn config() -> Settings {
+        Settings {
+            kafka: crate::kafka::Config {
                 bootstrap_servers: "127.0.0.1:9".into(),
                 request_topic: "rq".into(),
                 response_topic: "rs".into(),

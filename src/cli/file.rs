@@ -1,0 +1,200 @@
+//! The optional `--config` TOML file: its keys, and messages that name the
+//! line and the key of a mistake (with a "did you mean" for typos).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Keys of the optional `--config` TOML file; every one optional.
+/// Its `Debug` leaves out the secrets.
+#[derive(Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)]
+pub struct FileConfig {
+    pub bootstrap_servers: Option<String>,
+    pub request_topic: Option<String>,
+    pub response_topic: Option<String>,
+    pub kafka_timeout_secs: Option<u64>,
+    pub chunk_size: Option<usize>,
+    pub security_protocol: Option<String>,
+    pub ssl_ca_file: Option<PathBuf>,
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<String>,
+    pub target_api_url: Option<String>,
+    pub use_oauth: Option<bool>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    pub admin_listen: Option<String>,
+    pub max_concurrent_jobs: Option<usize>,
+    pub request_timeout_secs: Option<u64>,
+    pub allowed_headers: Option<String>,
+    pub allowed_endpoints: Option<String>,
+    pub strict_security: Option<bool>,
+    pub max_header_count: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub max_chunks: Option<usize>,
+    pub max_spool_bytes: Option<u64>,
+    pub max_assembly_memory_bytes: Option<u64>,
+    pub max_job_age_secs: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub spool_threshold_bytes: Option<usize>,
+    pub spool_dir: Option<PathBuf>,
+    pub max_assembling_jobs: Option<usize>,
+    pub job_idle_timeout_secs: Option<u64>,
+    pub topic_partitions: Option<i32>,
+    pub replication_factor: Option<i16>,
+    pub start_from: Option<String>,
+    pub consumer_group: Option<String>,
+    pub session_timeout_secs: Option<u64>,
+    pub shutdown_grace_secs: Option<u64>,
+    pub idempotency_header: Option<String>,
+    pub oauth2_token_url: Option<String>,
+    pub oauth2_client_id: Option<String>,
+    pub oauth2_client_secret: Option<String>,
+    pub oauth2_scope: Option<String>,
+    pub oauth2_audience: Option<String>,
+    pub oauth2_auth_method: Option<String>,
+    pub oauth2_client_assertion_key_file: Option<PathBuf>,
+    pub oauth2_client_assertion_alg: Option<String>,
+    pub oauth2_client_assertion_kid: Option<String>,
+    pub oauth2_client_assertion_audience: Option<String>,
+    pub token_refresh_statuses: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub timeout: Option<u64>,
+    pub trusted_keys: Option<String>,
+    pub signature_max_ttl_secs: Option<u64>,
+    pub signing_key: Option<PathBuf>,
+    pub signature_ttl_secs: Option<u64>,
+}
+
+impl std::fmt::Debug for FileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_username", &self.sasl_username)
+            .field("target_api_url", &self.target_api_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The setting that names the config file, as its errors say.
+const CONFIG_SETTING: &str = "--config (KAFKASEND_CONFIG)";
+
+/// Reads the `--config` file. A file that is missing, is not a regular file
+/// or is too large, a TOML syntax error, an unknown key or a bad value is an
+/// error of one line naming the file (and the line and the key).
+pub fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    // Not confy::load_path: it reads whatever the path holds, without a cap,
+    // and writes a default file where none exists.
+    let bytes =
+        crate::util::file_read::read(CONFIG_SETTING, path, crate::util::file_read::Kind::Config)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{CONFIG_SETTING}: {} is not UTF-8 text (byte {} is not), so it is not a TOML file",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {}",
+            path.display(),
+            describe_toml_error(&text, e.message(), e.span())
+        )
+    })
+}
+
+/// One line for a TOML/serde error in the config file: the line, the key
+/// and what is wrong with it. `message` is the toml crate's, which for an
+/// unknown key is serde's "unknown field `k`, expected one of `a`, `b`...".
+fn describe_toml_error(text: &str, message: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let line_no = span.map(|s| {
+        let start = s.start.min(text.len());
+        text.as_bytes()[..start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    });
+    let at = line_no.map(|n| format!("line {n}: ")).unwrap_or_default();
+    let one_line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    if message.starts_with("unknown field `") {
+        let mut quoted = message.split('`').skip(1).step_by(2);
+        let unknown = quoted.next().unwrap_or_default();
+        let hint = match closest_key(unknown, quoted) {
+            Some(k) => format!("did you mean `{k}`?"),
+            None => "the keys are the flag names with `_` for `-` (see docs/configuration.md)"
+                .to_string(),
+        };
+        return format!("{at}unknown key `{unknown}`; {hint}");
+    }
+    let key = line_no
+        .and_then(|n| text.lines().nth(n - 1))
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\''))
+        .filter(|k| !k.is_empty());
+    // serde's own wording; anything else comes from the TOML parser.
+    let serde_value_error = ["invalid type:", "invalid value:", "invalid length"]
+        .iter()
+        .any(|p| message.starts_with(p));
+    match key {
+        Some(key) if serde_value_error => {
+            format!("{at}bad value for `{key}`: {}", plain_types(&one_line))
+        }
+        Some(key) if one_line == "duplicate key" => format!("{at}duplicate key `{key}`"),
+        _ => format!("{at}not valid TOML: {one_line}"),
+    }
+}
+
+/// Says serde's Rust type names in words.
+fn plain_types(message: &str) -> String {
+    let mut out = message.to_string();
+    for (rust, words) in [
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected i32", "expected a whole number"),
+        ("expected i16", "expected a whole number up to 32767"),
+    ] {
+        if out.ends_with(rust) {
+            out.truncate(out.len() - rust.len());
+            out.push_str(words);
+        }
+    }
+    out
+}
+
+/// The known key most like `unknown`, if one is close enough to be a typo.
+pub(crate) fn closest_key<'a>(
+    unknown: &str,
+    known: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let limit = (unknown.len() / 3).max(2);
+    known
+        .map(|k| (edit_distance(unknown, k), k))
+        .filter(|&(d, _)| d <= limit)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance over bytes (keys are ASCII).
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}

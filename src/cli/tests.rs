@@ -1,0 +1,737 @@
+//! Settings resolution, the file and the documented tables.
+
+use std::path::Path;
+
+use super::*;
+use crate::cli::file::*;
+use crate::cli::portal::*;
+use crate::cli::send::*;
+use crate::kafka::security::{SaslMechanism, SecurityProtocol};
+use crate::logging::LogFormat;
+use crate::portal::http_dispatch::token_cache::ClientCredentials;
+use std::io::Write;
+
+fn portal_args(extra: &[&str]) -> PortalArgs {
+    let mut argv = vec!["kafkasend", "portal"];
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(argv).unwrap().command {
+        Command::Portal(p) => *p,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn flag_beats_file_beats_default() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        file,
+        "target_api_url = \"http://file.example\"\nmax_concurrent_jobs = 4\nuse_oauth = false\nrequest_topic = \"from-file\""
+    )
+    .unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    let a = portal_args(&["--config", &path, "--max-concurrent-jobs", "7"]);
+    let c = resolve_portal(&a).unwrap();
+    assert_eq!(c.max_concurrent_jobs, 7);
+    assert_eq!(c.target_api_url, "http://file.example");
+    assert_eq!(c.kafka.request_topic, "from-file");
+    assert_eq!(c.kafka.response_topic, "api-responses");
+    assert!(c.oauth.is_none());
+}
+
+#[test]
+fn unknown_file_key_is_named() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        file,
+        "target_api_url = \"http://x\"\nmax_concurent_jobs = 4"
+    )
+    .unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    let err = resolve_portal(&portal_args(&["--config", &path]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_concurent_jobs"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+    assert!(err.contains("did you mean `max_concurrent_jobs`?"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn bad_file_values_and_syntax_name_the_line_and_key() {
+    let cases = [
+        (
+            "kafka_timeout_secs = \"ten\"",
+            "line 1: bad value for `kafka_timeout_secs`: invalid type: string \"ten\", expected a whole number, 0 or more",
+        ),
+        (
+            "# comment\n'use_oauth' = \"yes\"",
+            "line 2: bad value for `use_oauth`: invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            "chunk_size = 1\nchunk_size = 2",
+            "line 2: duplicate key `chunk_size`",
+        ),
+        ("request_topic = \"open", "line 1: not valid TOML: "),
+        ("xyzzy = 1", "line 1: unknown key `xyzzy`; the keys are the flag names"),
+    ];
+    for (toml, want) in cases {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "{toml}").unwrap();
+        let err = load_file(Some(file.path())).unwrap_err().to_string();
+        assert!(err.contains(want), "{toml:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{toml:?}: {err}");
+    }
+}
+
+#[test]
+fn a_config_path_that_is_no_toml_file_says_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("binary.toml");
+    std::fs::write(&binary, b"timeout = 5\n\xff\xfe").unwrap();
+    let cases = [
+        (
+            Path::new("/dev/zero"),
+            "is a character device, not a regular file",
+        ),
+        (dir.path(), "is a directory, not a file"),
+        (&dir.path().join("absent.toml"), "does not exist"),
+        (&binary, "is not UTF-8 text (byte 12 is not)"),
+    ];
+    for (path, problem) in cases {
+        let err = load_file(Some(path)).unwrap_err().to_string();
+        let want = format!("--config (KAFKASEND_CONFIG): {} {problem}", path.display());
+        assert!(err.starts_with(&want), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+/// Every variable a flag reads has its row in docs/configuration.md
+/// tables, with that flag and its file key; every row names a variable
+/// the code reads.
+#[test]
+fn readme_configuration_tables_match_the_flags() {
+    use clap::CommandFactory as _;
+    let readme = include_str!("../../docs/configuration.md");
+    let rows: Vec<&str> = readme
+        .lines()
+        .filter(|l| {
+            let first = l.strip_prefix("| `").and_then(|r| r.split('`').next());
+            first.is_some_and(|v| {
+                !v.is_empty()
+                    && v.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                    && l.starts_with(&format!("| `{v}` | `--"))
+            })
+        })
+        .collect();
+    let mut declared = std::collections::BTreeSet::new();
+    let mut commands = vec![Cli::command()];
+    while let Some(cmd) = commands.pop() {
+        for arg in cmd.get_arguments() {
+            let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                continue;
+            };
+            let env = env.to_string_lossy().into_owned();
+            let row = rows
+                .iter()
+                .find(|r| r.starts_with(&format!("| `{env}` |")))
+                .unwrap_or_else(|| panic!("docs/configuration.md has no row for {env}"));
+            assert!(
+                row.contains(&format!("| `--{long}")),
+                "docs/configuration.md row of {env} does not name --{long}: {row}"
+            );
+            let key = long.replace('-', "_");
+            assert!(
+                env == "KAFKASEND_CONFIG" || row.contains(&format!("| `{key}` |")),
+                "docs/configuration.md row of {env} does not name the file key {key}: {row}"
+            );
+            declared.insert(env);
+        }
+        commands.extend(cmd.get_subcommands().cloned());
+    }
+    for row in rows {
+        let env = row.split('`').nth(1).unwrap_or_default();
+        assert!(
+            declared.contains(env),
+            "docs/configuration.md documents {env}, which no flag reads: {row}"
+        );
+    }
+}
+
+#[test]
+fn typo_suggestions_stay_close() {
+    let known = ["bootstrap_servers", "timeout", "kafka_timeout_secs"];
+    assert_eq!(
+        closest_key("bootstrap_server", known.into_iter()),
+        Some("bootstrap_servers")
+    );
+    assert_eq!(closest_key("timout", known.into_iter()), Some("timeout"));
+    assert_eq!(closest_key("xyzzy", known.into_iter()), None);
+    assert_eq!(edit_distance("kitten", "sitting"), 3);
+}
+
+#[test]
+fn oauth_without_settings_names_the_variables() {
+    let a = portal_args(&[
+        "--target-api-url",
+        "http://127.0.0.1:1",
+        "--use-oauth",
+        "true",
+    ]);
+    let a = PortalArgs {
+        oauth2_token_url: None,
+        oauth2_client_id: None,
+        oauth2_client_secret: None,
+        ..a
+    };
+    let err = resolve_portal(&a).unwrap_err().to_string();
+    assert!(err.contains("OAUTH2_TOKEN_URL"), "{err}");
+    assert!(err.contains("PORTAL_USE_OAUTH=false"), "{err}");
+}
+
+#[test]
+fn urls_with_credentials_are_refused_without_showing_them() {
+    let base = portal_args(&[
+        "--target-api-url",
+        "http://127.0.0.1:1",
+        "--oauth2-token-url",
+        "https://idp.example/token",
+        "--oauth2-client-id",
+        "kafkasend",
+        "--oauth2-client-secret",
+        "s",
+    ]);
+    assert!(resolve_portal(&base).is_ok());
+    let cases = [
+        PortalArgs {
+            target_api_url: Some("http://api:pw-4711@127.0.0.1:1".into()),
+            ..base.clone()
+        },
+        PortalArgs {
+            oauth2_token_url: Some("https://client:pw-4711@idp.example/token".into()),
+            ..base.clone()
+        },
+    ];
+    // Whatever else is wrong with them, too.
+    for bad in [
+        "ftp://u:pw-4711@h/",
+        "http://u:pw-4711@h/?q=1",
+        "http://u:pw-4711@h/ x",
+    ] {
+        for a in [
+            PortalArgs {
+                target_api_url: Some(bad.into()),
+                ..base.clone()
+            },
+            PortalArgs {
+                oauth2_token_url: Some(bad.into()),
+                ..base.clone()
+            },
+        ] {
+            let err = resolve_portal(&a).unwrap_err().to_string();
+            assert!(!err.contains("pw-4711"), "{err}");
+        }
+    }
+    assert_eq!(
+        without_userinfo("https://u:p@h:1/a@b?x=@"),
+        "https://***@h:1/a@b?x=@"
+    );
+    assert_eq!(without_userinfo("http://h/a@b"), "http://h/a@b");
+    assert_eq!(without_userinfo("alice@corp.example"), "alice@corp.example");
+    for (a, setting) in cases
+        .iter()
+        .zip(["PORTAL_TARGET_API_URL", "OAUTH2_TOKEN_URL"])
+    {
+        let err = resolve_portal(a).unwrap_err().to_string();
+        assert!(err.starts_with(setting), "{err}");
+        assert!(err.contains("must not hold credentials"), "{err}");
+        assert!(!err.contains("pw-4711"), "{err}");
+    }
+}
+
+#[test]
+fn refresh_statuses_are_4xx_codes() {
+    let codes = parse_refresh_statuses(" 401, 403,401").unwrap();
+    assert_eq!(
+        codes,
+        [401, 403].map(|c| hyper::StatusCode::from_u16(c).unwrap())
+    );
+    for bad in ["", "200", "401,,403", "abc", "4011", "500"] {
+        let err = parse_refresh_statuses(bad).unwrap_err().to_string();
+        assert!(
+            err.starts_with("PORTAL_TOKEN_REFRESH_STATUSES"),
+            "{bad}: {err}"
+        );
+    }
+    let a = portal_args(&[
+        "--target-api-url",
+        "http://127.0.0.1:1",
+        "--use-oauth",
+        "false",
+        "--token-refresh-statuses",
+        "401,302",
+    ]);
+    let err = resolve_portal(&a).unwrap_err().to_string();
+    assert!(err.contains("'302'"), "{err}");
+}
+
+fn jwt_args(extra: &[&str]) -> PortalArgs {
+    let mut argv = vec![
+        "--target-api-url",
+        "http://127.0.0.1:1",
+        "--use-oauth",
+        "true",
+        "--oauth2-token-url",
+        "https://idp.example/token",
+        "--oauth2-client-id",
+        "portal",
+    ];
+    argv.extend_from_slice(extra);
+    portal_args(&argv)
+}
+
+#[test]
+fn private_key_jwt_settings() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(key.serialize_pem().as_bytes()).unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    let mut garbage = tempfile::NamedTempFile::new().unwrap();
+    garbage.write_all(b"not a key\n").unwrap();
+    let garbage = garbage.path().to_str().unwrap().to_string();
+
+    // A key file alone picks private_key_jwt; no secret is needed.
+    let c = resolve_portal(&jwt_args(&[
+        "--oauth2-client-assertion-key-file",
+        &path,
+        "--oauth2-audience",
+        "https://api.example",
+    ]))
+    .unwrap();
+    let oauth = c.oauth.unwrap();
+    let ClientCredentials::PrivateKeyJwt(signer) = &oauth.credentials else {
+        panic!("{:?}", oauth.credentials);
+    };
+    assert_eq!(signer.algorithm(), jsonwebtoken::Algorithm::ES256);
+    assert_eq!(signer.audience(), "https://idp.example/token");
+    assert_eq!(oauth.audience.as_deref(), Some("https://api.example"));
+    assert_eq!(oauth.refresh_statuses, [hyper::StatusCode::UNAUTHORIZED]);
+
+    let c = resolve_portal(&jwt_args(&[
+        "--oauth2-client-assertion-key-file",
+        &path,
+        "--oauth2-client-assertion-audience",
+        "https://idp.example/",
+    ]))
+    .unwrap();
+    let ClientCredentials::PrivateKeyJwt(signer) = &c.oauth.unwrap().credentials else {
+        panic!("not private_key_jwt");
+    };
+    assert_eq!(signer.audience(), "https://idp.example/");
+
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--oauth2-auth-method", "private_key_jwt"],
+            "OAUTH2_CLIENT_ASSERTION_KEY_FILE is not set",
+        ),
+        (
+            &[
+                "--oauth2-auth-method",
+                "client_secret_post",
+                "--oauth2-client-secret",
+                "x",
+                "--oauth2-client-assertion-key-file",
+                &path,
+            ],
+            "OAUTH2_CLIENT_ASSERTION_KEY_FILE is set but OAUTH2_AUTH_METHOD",
+        ),
+        (
+            &["--oauth2-client-assertion-key-file", "/nonexistent/key.pem"],
+            "OAUTH2_CLIENT_ASSERTION_KEY_FILE: /nonexistent/key.pem does not exist",
+        ),
+        (
+            &["--oauth2-client-assertion-key-file", &garbage],
+            "OAUTH2_CLIENT_ASSERTION_KEY_FILE: not an EC private key",
+        ),
+        (
+            &[
+                "--oauth2-client-assertion-key-file",
+                &path,
+                "--oauth2-client-assertion-alg",
+                "HS256",
+            ],
+            "OAUTH2_CLIENT_ASSERTION_ALG",
+        ),
+        (
+            &[
+                "--oauth2-client-assertion-key-file",
+                &path,
+                "--oauth2-client-assertion-alg",
+                "RS256",
+            ],
+            "OAUTH2_CLIENT_ASSERTION_KEY_FILE: not a private key for RS256",
+        ),
+        (&["--oauth2-auth-method", "mtls"], "OAUTH2_AUTH_METHOD"),
+    ];
+    for (extra, expected) in cases {
+        let err = resolve_portal(&jwt_args(extra)).unwrap_err().to_string();
+        assert!(err.contains(expected), "{extra:?}: {err}");
+    }
+}
+
+#[test]
+fn debug_output_hides_secrets() {
+    let c = resolve_portal(&jwt_args(&["--oauth2-client-secret", "very-s3cret-value"])).unwrap();
+    let text = format!("{c:?}");
+    assert!(text.contains("SecretBasic"), "{text}");
+    assert!(!text.contains("very-s3cret-value"), "{text}");
+}
+
+#[test]
+fn tls_files_are_checked_at_start() {
+    let mut garbage = tempfile::NamedTempFile::new().unwrap();
+    garbage.write_all(b"not PEM\n").unwrap();
+    let garbage = garbage.path().to_str().unwrap().to_string();
+    let base = [
+        "--target-api-url",
+        "https://127.0.0.1:1",
+        "--use-oauth",
+        "false",
+    ];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--ca-file", "/nonexistent/ca.pem"], "PORTAL_CA_FILE"),
+        (&["--ca-file", &garbage], "PORTAL_CA_FILE"),
+        (&["--client-cert-file", &garbage], "PORTAL_CLIENT_KEY_FILE"),
+        (&["--client-key-file", &garbage], "PORTAL_CLIENT_CERT_FILE"),
+    ];
+    for (extra, name) in cases {
+        let mut argv = base.to_vec();
+        argv.extend_from_slice(extra);
+        let err = resolve_portal(&portal_args(&argv)).unwrap_err().to_string();
+        assert!(err.starts_with(name), "{extra:?}: {err}");
+    }
+}
+
+#[test]
+fn bad_values_name_the_setting() {
+    let base = [
+        "--target-api-url",
+        "http://127.0.0.1:1",
+        "--use-oauth",
+        "false",
+    ];
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--max-concurrent-jobs", "0"],
+            "PORTAL_MAX_CONCURRENT_JOBS",
+        ),
+        (
+            &["--bootstrap-servers", "nohost"],
+            "KAFKA_BOOTSTRAP_SERVERS",
+        ),
+        (&["--request-topic", "bad topic"], "KAFKA_REQUEST_TOPIC"),
+        (&["--log-level", "LOUD"], "PORTAL_LOG_LEVEL"),
+        (&["--start-from", "middle"], "PORTAL_START_FROM"),
+        (&["--chunk-size", "10"], "KAFKASEND_CHUNK_SIZE"),
+        (
+            &["--max-assembly-memory-bytes", "1048575"],
+            "PORTAL_MAX_ASSEMBLY_MEMORY_BYTES must be at least 1048576",
+        ),
+        (
+            &["--max-header-count", "10001"],
+            "PORTAL_MAX_HEADER_COUNT must be between 1 and 10000",
+        ),
+        (
+            &["--max-header-bytes", "131073"],
+            "PORTAL_MAX_HEADER_BYTES must be between 256 and 131072",
+        ),
+    ];
+    for (extra, name) in cases {
+        let mut argv = base.to_vec();
+        argv.extend_from_slice(extra);
+        let err = resolve_portal(&portal_args(&argv)).unwrap_err().to_string();
+        assert!(err.contains(name), "{extra:?}: {err}");
+    }
+    for bad in [
+        "ftp://x",
+        "http://u:p@x/",
+        "http://x/v1#frag",
+        "http://x/?q=1",
+    ] {
+        let mut argv = vec!["--use-oauth", "false", "--target-api-url", bad];
+        argv.extend_from_slice(&["--allowed-endpoints", "/**"]);
+        let err = resolve_portal(&portal_args(&argv)).unwrap_err().to_string();
+        assert!(err.contains("PORTAL_TARGET_API_URL"), "{bad}: {err}");
+    }
+    let err = resolve_portal(&portal_args(&[
+        "--use-oauth",
+        "false",
+        "--target-api-url",
+        "http://x",
+        "--allowed-endpoints",
+        "GET",
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("PORTAL_ALLOWED_ENDPOINTS"), "{err}");
+}
+
+#[test]
+fn a_memory_budget_that_cannot_hold_one_job_is_a_start_error() {
+    let resolve = |extra: &[&str]| {
+        let mut argv = vec![
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--use-oauth",
+            "false",
+        ];
+        argv.extend_from_slice(extra);
+        resolve_portal(&portal_args(&argv))
+    };
+    // 1 MiB cannot hold the default 100000 chunks at 24 bytes each.
+    let err = resolve(&["--max-assembly-memory-bytes", "1048576"])
+        .unwrap_err()
+        .to_string();
+    for wanted in [
+        "PORTAL_MAX_ASSEMBLY_MEMORY_BYTES (1048576) is too small for PORTAL_MAX_CHUNKS (100000)",
+        "PORTAL_MAX_HEADER_COUNT 64",
+        "PORTAL_MAX_HEADER_BYTES 16384",
+    ] {
+        assert!(err.contains(wanted), "{err}");
+    }
+    // Both remedies the message offers work, and not a byte or chunk less.
+    let number_after = |text: &str| -> String {
+        let at = err.find(text).unwrap_or_else(|| panic!("{text} in {err}")) + text.len();
+        err[at..].chars().take_while(char::is_ascii_digit).collect()
+    };
+    let budget = number_after("to at least ");
+    let chunks = number_after("PORTAL_MAX_CHUNKS to at most ");
+    let cfg = resolve(&["--max-assembly-memory-bytes", &budget]).unwrap();
+    assert_eq!(cfg.limits.memory_reserve, cfg.limits.max_memory_bytes);
+    let less = (budget.parse::<u64>().unwrap() - 1).to_string();
+    assert!(resolve(&["--max-assembly-memory-bytes", &less]).is_err());
+    let small = ["--max-assembly-memory-bytes", "1048576", "--max-chunks"];
+    let cfg = resolve(&[&small[..], &[chunks.as_str()]].concat()).unwrap();
+    assert!(cfg.limits.memory_reserve <= 1048576);
+    let more = (chunks.parse::<u64>().unwrap() + 1).to_string();
+    assert!(resolve(&[&small[..], &[more.as_str()]].concat()).is_err());
+
+    // The reserve follows the header settings, and even the largest
+    // leave room for chunks in the smallest budget.
+    let largest = [
+        "--max-assembly-memory-bytes",
+        "1048576",
+        "--max-header-count",
+        "10000",
+        "--max-header-bytes",
+        "131072",
+        "--max-chunks",
+        "1000",
+    ];
+    let cfg = resolve(&largest).unwrap();
+    assert_eq!(
+        cfg.limits.memory_reserve,
+        crate::portal::assembler::bookkeeping_bound(1000, 10_000, 131_072)
+    );
+    // The default budget takes the largest chunk count.
+    let cfg = resolve(&["--max-chunks", "10000000"]).unwrap();
+    assert!(cfg.limits.memory_reserve > 240_000_000);
+    assert!(cfg.limits.memory_reserve < cfg.limits.max_memory_bytes);
+}
+
+#[test]
+fn signature_settings_name_their_variables() {
+    let base = [
+        "--target-api-url",
+        "http://127.0.0.1:1",
+        "--use-oauth",
+        "false",
+    ];
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--trusted-keys", "/nonexistent/k.pem"],
+            "PORTAL_TRUSTED_KEYS",
+        ),
+        (
+            &["--signature-max-ttl-secs", "0"],
+            "PORTAL_SIGNATURE_MAX_TTL_SECS",
+        ),
+    ];
+    for (extra, name) in cases {
+        let mut argv = base.to_vec();
+        argv.extend_from_slice(extra);
+        let err = resolve_portal(&portal_args(&argv)).unwrap_err().to_string();
+        assert!(err.contains(name), "{extra:?}: {err}");
+    }
+    let unset = resolve_portal(&portal_args(&base)).unwrap();
+    assert!(unset.trusted_keys.is_none());
+    let send = |extra: &[&str]| {
+        let mut argv = vec!["kafkasend", "send", "--endpoint", "/x"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Send(a) => resolve_send(&a),
+            _ => unreachable!(),
+        }
+    };
+    let err = send(&["--signing-key", "/nonexistent/k.pem"]).unwrap_err();
+    assert!(
+        err.to_string().contains("KAFKASEND_SIGNING_KEY_FILE"),
+        "{err}"
+    );
+    let err = send(&["--signature-ttl-secs", "0"]).unwrap_err();
+    assert!(
+        err.to_string().contains("KAFKASEND_SIGNATURE_TTL_SECS"),
+        "{err}"
+    );
+    assert!(send(&[]).unwrap().signer.is_none());
+}
+
+#[test]
+fn kafka_security_combinations_are_checked() {
+    let base = [
+        "--target-api-url",
+        "http://127.0.0.1:1",
+        "--use-oauth",
+        "false",
+    ];
+    let resolve = |extra: &[&str]| {
+        let mut argv = base.to_vec();
+        argv.extend_from_slice(extra);
+        resolve_portal(&portal_args(&argv)).map(|c| c.kafka.security)
+    };
+    let sasl = [
+        "--security-protocol",
+        "SASL_SSL",
+        "--sasl-mechanism",
+        "SCRAM-SHA-512",
+        "--sasl-username",
+        "alice",
+        "--sasl-password",
+        "pw-secret-1",
+    ];
+    let ok = resolve(&sasl).unwrap();
+    assert_eq!(ok.protocol, SecurityProtocol::SaslSsl);
+    assert!(ok.tls.is_some());
+    assert_eq!(
+        ok.sasl.as_ref().unwrap().mechanism,
+        SaslMechanism::ScramSha512
+    );
+    let plain = resolve(&[]).unwrap();
+    assert!(plain.tls.is_none() && plain.sasl.is_none());
+
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--security-protocol", "TLS"],
+            &["KAFKA_SECURITY_PROTOCOL", "'TLS'"],
+        ),
+        (&sasl[..6], &["KAFKA_SASL_PASSWORD"]),
+        (
+            &[
+                "--security-protocol",
+                "SASL_PLAINTEXT",
+                "--sasl-username",
+                "a",
+                "--sasl-password",
+                "b",
+            ],
+            &["KAFKA_SASL_MECHANISM"],
+        ),
+        (
+            &[
+                "--security-protocol",
+                "SASL_SSL",
+                "--sasl-mechanism",
+                "GSSAPI",
+                "--sasl-username",
+                "a",
+                "--sasl-password",
+                "b",
+            ],
+            &["KAFKA_SASL_MECHANISM", "GSSAPI"],
+        ),
+        (
+            &[
+                "--sasl-mechanism",
+                "PLAIN",
+                "--sasl-password",
+                "pw-secret-2",
+            ],
+            &[
+                "KAFKA_SASL_MECHANISM, KAFKA_SASL_PASSWORD are set",
+                "PLAINTEXT",
+            ],
+        ),
+        (
+            &["--ssl-ca-file", "/etc/hostname"],
+            &["KAFKA_SSL_CA_FILE", "PLAINTEXT"],
+        ),
+        (
+            &[
+                "--security-protocol",
+                "SSL",
+                "--ssl-ca-file",
+                "/nonexistent/ca.pem",
+            ],
+            &["KAFKA_SSL_CA_FILE", "/nonexistent/ca.pem"],
+        ),
+    ];
+    for (extra, needles) in cases {
+        let err = format!("{:#}", resolve(extra).unwrap_err());
+        for n in *needles {
+            assert!(err.contains(n), "{extra:?}: {err}");
+        }
+        assert!(!err.contains("pw-secret"), "{extra:?}: {err}");
+    }
+}
+
+#[test]
+fn file_config_debug_hides_the_password() {
+    let f = FileConfig {
+        sasl_username: Some("alice".into()),
+        sasl_password: Some("pw-secret-3".into()),
+        ..Default::default()
+    };
+    let shown = format!("{f:?}");
+    assert!(
+        shown.contains("alice") && !shown.contains("pw-secret"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn bad_target_url_is_named() {
+    let mut argv = vec!["--use-oauth", "false"];
+    argv.extend_from_slice(&["--target-api-url", "ftp://x"]);
+    let err = resolve_portal(&portal_args(&argv)).unwrap_err().to_string();
+    assert!(err.contains("PORTAL_TARGET_API_URL"), "{err}");
+}
+
+#[test]
+fn admin_listen_and_log_format() {
+    let base = [
+        "--target-api-url",
+        "http://127.0.0.1:1",
+        "--use-oauth",
+        "false",
+    ];
+    let c = resolve_portal(&portal_args(&base)).unwrap();
+    assert_eq!(c.admin_listen, None);
+    assert_eq!(c.log_format, LogFormat::Text);
+    let mut argv = base.to_vec();
+    argv.extend(["--admin-listen", "0.0.0.0:9464", "--log-format", "JSON"]);
+    let c = resolve_portal(&portal_args(&argv)).unwrap();
+    assert_eq!(c.admin_listen, Some("0.0.0.0:9464".parse().unwrap()));
+    assert_eq!(c.log_format, LogFormat::Json);
+    for (flag, bad, name) in [
+        ("--admin-listen", "9464", "PORTAL_ADMIN_LISTEN"),
+        ("--admin-listen", "localhost:9464", "PORTAL_ADMIN_LISTEN"),
+        ("--admin-listen", "0.0.0.0:99999", "PORTAL_ADMIN_LISTEN"),
+        ("--log-format", "yaml", "PORTAL_LOG_FORMAT"),
+    ] {
+        let mut argv = base.to_vec();
+        argv.extend([flag, bad]);
+        let err = resolve_portal(&portal_args(&argv)).unwrap_err().to_string();
+        assert!(err.contains(name) && err.contains(bad), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
