@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use kafkasend::cli::send::resolve_send;
+use kafkasend::cli::send::{request, resolve_send};
 use kafkasend::cli::{Cli, Command};
 
 fn main() -> ExitCode {
@@ -54,6 +54,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let request = request(&args);
     let link = match rt.block_on(kafkasend::send::Link::open(&cfg.kafka, "bench-rtt")) {
         Ok(link) => link,
         Err(e) => {
@@ -64,7 +65,13 @@ fn main() -> ExitCode {
     for i in 0..=count {
         let t0 = Instant::now();
         let mut report = kafkasend::send::ui::Report::default();
-        match rt.block_on(kafkasend::send::run_on(&link, &args, &cfg, &mut report)) {
+        match rt.block_on(kafkasend::send::run_on(
+            &link,
+            &request,
+            &cfg,
+            &mut report,
+            std::future::pending(),
+        )) {
             Ok(outcome) if outcome.exit_code() == 0 => {}
             Ok(outcome) => {
                 eprintln!(

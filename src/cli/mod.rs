@@ -18,11 +18,16 @@ pub mod show;
 #[cfg(test)]
 mod tests;
 
+use std::process::ExitCode;
+
 use anyhow::bail;
 use clap::{Parser, Subcommand};
 
 use crate::cli::portal::PortalArgs;
 use crate::cli::send::{SendArgs, WaitArgs};
+use crate::cli::show::ConfigCommand;
+use crate::logging;
+use crate::send::ui::one_line;
 
 /// Longest wait any setting may ask for: a week.
 pub const MAX_WAIT_SECS: u64 = 7 * 24 * 3600;
@@ -115,4 +120,155 @@ pub fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
         Some(at) => format!("{}***{}", &url[..start], &url[start + at..]).into(),
         None => url.into(),
     }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Resolves at the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_then_force() {
+    shutdown_signal().await;
+    tokio::spawn(async {
+        shutdown_signal().await;
+        eprintln!("kafkasend portal: second signal; exiting now without waiting for jobs");
+        std::process::exit(130);
+    });
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Parses the command line and runs the subcommand; every error becomes one
+/// line on stderr and one exit code, decided here.
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    match cli.command {
+        Command::Portal(args) => {
+            let cfg = match portal::resolve_portal(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("kafkasend portal: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            logging::init(&cfg.log_filter, cfg.log_format);
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("kafkasend portal: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = rt.block_on(crate::portal::run(cfg, shutdown_then_force()));
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("{e:#}");
+                    eprintln!("kafkasend portal: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Send(args) => crate::cli::send::run_send(&args),
+        Command::Wait(args) => crate::cli::send::run_wait(&args),
+        Command::Config(ConfigCommand::Show(args)) => match show::rows(&args) {
+            Ok(sections) => {
+                print!("{}", show::render(&sections));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kafkasend config show: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Completions(args) => {
+            completions::write(args.shell, &mut std::io::stdout().lock());
+            ExitCode::SUCCESS
+        }
+        Command::Health(args) => {
+            let result = match runtime() {
+                Ok(rt) => rt.block_on(health::probe(&args)),
+                Err(e) => {
+                    eprintln!("kafkasend health: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match result {
+                Ok(status) => {
+                    println!("healthy: {} answered {status}", args.url);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("kafkasend health: {}", one_line(&e.to_string()));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Help and version print as clap renders them; a bad command line gets one
+/// line saying what is wrong and where the help is, and exit code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+    }
+    let rendered = e.render().to_string();
+    // The message is the first paragraph; the rest is usage and tips.
+    let first: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.trim().trim_start_matches("error: "))
+        .collect();
+    let first = match first.join(" ") {
+        m if m.is_empty() => "invalid command line".to_string(),
+        m => m,
+    };
+    let command: Vec<String> = std::env::args()
+        .skip(1)
+        .take_while(|a| !a.starts_with('-'))
+        .take(1)
+        .collect();
+    let help = match command.first() {
+        Some(sub) if ["send", "portal", "wait"].contains(&sub.as_str()) => {
+            format!("kafkasend {sub} --help")
+        }
+        _ => "kafkasend --help".into(),
+    };
+    eprintln!("kafkasend: {first}; see '{help}'");
+    ExitCode::from(2)
 }

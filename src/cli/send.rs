@@ -11,7 +11,13 @@ use crate::cli::file::{load_file, FileConfig};
 use crate::cli::kafka::{resolve_kafka, KafkaArgs};
 use crate::cli::{pick, MAX_WAIT_SECS};
 use crate::kafka;
-use crate::send::Settings;
+use std::process::ExitCode;
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::logging::{self, LogFormat};
+use crate::send::ui::{one_line, Report};
+use crate::send::{Notice, Outcome, Pickup, Request, SendError, Settings, Show};
 
 /// Flags of `kafkasend send`.
 #[derive(Debug, Args, Clone, Default)]
@@ -153,4 +159,154 @@ fn resolve_wait_parts(
         bail!("--timeout (KAFKASEND_TIMEOUT_SECS) must be between 1 and {MAX_WAIT_SECS} seconds, not {timeout}");
     }
     Ok((kafka, Duration::from_secs(timeout)))
+}
+
+/// `kafkasend send`: runs the request, prints the job id when it does not
+/// wait, and exits with the outcome's code.
+pub(crate) fn run_send(args: &SendArgs) -> ExitCode {
+    logging::init("warn", LogFormat::Text);
+    let cfg = resolve_send(args);
+    let request = request(args);
+    run_client("send", args.json, cfg, async |cfg, report| {
+        let interrupt = Interrupts::watch()?;
+        let outcome = crate::send::run(&request, cfg, report, interrupt.first()).await?;
+        if request.no_wait && !args.json {
+            println!("{}", outcome.job);
+        }
+        Ok(outcome)
+    })
+}
+
+/// `kafkasend wait`: picks up an answer sent for earlier.
+pub(crate) fn run_wait(args: &WaitArgs) -> ExitCode {
+    logging::init("warn", LogFormat::Text);
+    let cfg = resolve_wait(args);
+    let pickup = Pickup {
+        job: args.job.clone(),
+        output: args.output.clone(),
+        show: show(args.quiet, args.json),
+    };
+    run_client("wait", args.json, cfg, async |cfg, report| {
+        let interrupt = Interrupts::watch()?;
+        crate::send::wait(&pickup, cfg, report, interrupt.first()).await
+    })
+}
+
+/// The request `send`'s flags describe.
+pub fn request(a: &SendArgs) -> Request {
+    Request {
+        file: a.file.clone(),
+        endpoint: a.endpoint.clone(),
+        method: a.method.clone(),
+        headers: a.headers.clone(),
+        content_type: a.content_type.clone(),
+        multipart: a.multipart,
+        field: a.field.clone(),
+        output: a.output.clone(),
+        no_wait: a.no_wait,
+        show: show(a.quiet, a.json),
+    }
+}
+
+/// Progress and the status line unless `--quiet` or `--json`; warnings always.
+fn show(quiet: bool, json: bool) -> Show {
+    Show {
+        progress: !quiet && !json,
+        notices: Some(print_notice),
+    }
+}
+
+/// Prints a notice on stderr; text from the network is made one safe line.
+fn print_notice(n: Notice<'_>) {
+    match n {
+        Notice::DroppedHeaders(names) => eprintln!(
+            "kafkasend send: warning: not sending {}: no portal forwards {} (credentials, routing and framing headers are always stripped)",
+            names.join(", "),
+            if names.len() == 1 { "it" } else { "them" }
+        ),
+        Notice::Status(status) => {
+            let reason = hyper::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("");
+            eprintln!("{}", one_line(&format!("HTTP {status} {reason}")));
+        }
+    }
+}
+
+/// The signals that stop `send` and `wait`: Ctrl-C, `kill` (and `timeout`,
+/// systemd, CI cancelling) and a closed terminal. Taken from the moment
+/// they are watched, so that stopping drops the work under way (and with it
+/// a part file) instead of ending the process on the spot.
+struct Interrupts {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl Interrupts {
+    fn watch() -> Result<Self, SendError> {
+        let watch = |kind: SignalKind| {
+            signal(kind).map_err(|e| SendError::Io(format!("cannot watch for signals: {e}")))
+        };
+        Ok(Self {
+            int: watch(SignalKind::interrupt())?,
+            term: watch(SignalKind::terminate())?,
+            hup: watch(SignalKind::hangup())?,
+        })
+    }
+
+    /// The first of the three signals to arrive, by name.
+    async fn first(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// Runs `send` or `wait`: one line on stderr for an error, the JSON summary
+/// on stdout when asked for, and the exit code of the outcome.
+fn run_client(
+    name: &str,
+    json: bool,
+    cfg: anyhow::Result<Settings>,
+    run: impl AsyncFnOnce(&Settings, &mut Report) -> Result<Outcome, SendError>,
+) -> ExitCode {
+    let mut report = Report::default();
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            let shown = one_line(&format!("{e:#}"));
+            eprintln!("kafkasend {name}: {shown}");
+            if json {
+                println!("{}", report.to_json(2, Some(&shown)));
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match crate::cli::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kafkasend {name}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(&cfg, &mut report));
+    // Background retries of the Kafka client must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    let (code, error) = match result {
+        Ok(outcome) => (outcome.exit_code(), None),
+        Err(e) => {
+            // Portal messages, and Kafka's, arrive over the network.
+            let shown = one_line(&e.to_string());
+            eprintln!("kafkasend {name}: {shown}");
+            (e.exit_code(), Some(shown))
+        }
+    };
+    if json {
+        println!("{}", report.to_json(code, error.as_deref()));
+    }
+    ExitCode::from(code)
 }

@@ -9,16 +9,15 @@ pub mod output;
 pub mod ui;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::cli::send::{SendArgs, WaitArgs};
 use crate::kafka::fetcher::Fetcher;
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::record_batch::Item;
@@ -41,6 +40,71 @@ pub struct Settings {
     pub timeout: Duration,
     /// Signs each request, when a signing key is set.
     pub signer: Option<crate::protocol::signing::Signer>,
+}
+
+/// One request as `send` takes it: plain values, whoever gathered them.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// The body: a file, `-` for standard input, none for no body.
+    pub file: Option<PathBuf>,
+    /// Path and query on the target API, starting with `/`.
+    pub endpoint: String,
+    /// HTTP method; POST with a body, GET without when not given.
+    pub method: Option<String>,
+    /// Headers as `Name: value`.
+    pub headers: Vec<String>,
+    /// Content type of the body; guessed from the file name when not given.
+    pub content_type: Option<String>,
+    /// Send the body as one part of a multipart/form-data form.
+    pub multipart: bool,
+    /// Form field name of that part.
+    pub field: String,
+    /// Where the response body goes: a regular file, or standard output for
+    /// none or `-`.
+    pub output: Option<PathBuf>,
+    /// Return once the request is wholly sent, without waiting for the answer.
+    pub no_wait: bool,
+    /// What to show while it runs.
+    pub show: Show,
+}
+
+/// The answer to pick up for a job sent earlier without waiting.
+#[derive(Debug, Clone, Default)]
+pub struct Pickup {
+    /// The job id as given, checked before anything else.
+    pub job: String,
+    /// Where the response body goes, as in [`Request::output`].
+    pub output: Option<PathBuf>,
+    /// What to show while it runs.
+    pub show: Show,
+}
+
+/// What `send` and `wait` show their user while they run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Show {
+    /// Progress bars on stderr (when it is a terminal), and the response's
+    /// status line as a [`Notice::Status`].
+    pub progress: bool,
+    /// Receives the notices; `None` drops them.
+    pub notices: Option<fn(Notice<'_>)>,
+}
+
+impl Show {
+    fn notice(&self, n: Notice<'_>) {
+        if let Some(f) = self.notices {
+            f(n);
+        }
+    }
+}
+
+/// Something the user should hear about while a request runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Notice<'a> {
+    /// These `-H` headers were left out: no portal forwards them. Names
+    /// only, since their values may be credentials.
+    DroppedHeaders(&'a [String]),
+    /// The response arrived with this HTTP status; its body follows.
+    Status(u16),
 }
 
 /// Why a send failed; each maps to one exit code.
@@ -202,14 +266,14 @@ struct Prepared {
     envelope: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-fn prepare(args: &SendArgs) -> Result<Prepared, SendError> {
-    if !args.endpoint.starts_with('/') {
+fn prepare(request: &Request) -> Result<Prepared, SendError> {
+    if !request.endpoint.starts_with('/') {
         return Err(usage(format!(
             "--endpoint '{}' must be a path starting with '/', e.g. /api/upload",
-            args.endpoint
+            request.endpoint
         )));
     }
-    if args
+    if request
         .endpoint
         .bytes()
         .any(|b| b.is_ascii_control() || b == b' ')
@@ -218,12 +282,12 @@ fn prepare(args: &SendArgs) -> Result<Prepared, SendError> {
             "--endpoint must not contain spaces or control characters (percent-encode them)",
         ));
     }
-    let source = match &args.file {
+    let source = match &request.file {
         None => Source::None,
         Some(p) if p.as_os_str() == "-" => Source::Stdin,
         Some(p) => Source::File(p.clone()),
     };
-    let method = args
+    let method = request
         .method
         .clone()
         .unwrap_or_else(|| {
@@ -238,10 +302,10 @@ fn prepare(args: &SendArgs) -> Result<Prepared, SendError> {
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(usage(format!("-X '{method}' is not an HTTP method")));
     }
-    if args.multipart && matches!(source, Source::None) {
+    if request.multipart && matches!(source, Source::None) {
         return Err(usage("--multipart needs a FILE to send"));
     }
-    let given = args
+    let given = request
         .headers
         .iter()
         .map(|h| parse_header(h))
@@ -275,16 +339,19 @@ fn prepare(args: &SendArgs) -> Result<Prepared, SendError> {
     let has_content_type = headers
         .iter()
         .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
-    let file_type = args.content_type.clone().unwrap_or_else(|| match &source {
-        Source::File(p) => mime_guess::from_path(p)
-            .first_raw()
-            .unwrap_or("application/octet-stream")
-            .to_string(),
-        _ => "application/octet-stream".into(),
-    });
+    let file_type = request
+        .content_type
+        .clone()
+        .unwrap_or_else(|| match &source {
+            Source::File(p) => mime_guess::from_path(p)
+                .first_raw()
+                .unwrap_or("application/octet-stream")
+                .to_string(),
+            _ => "application/octet-stream".into(),
+        });
     let mut envelope = None;
     let mut body_len = file_len;
-    if args.multipart {
+    if request.multipart {
         let boundary = format!("kafkasend-{}", JobId::new());
         let filename = match &source {
             Source::File(p) => p
@@ -295,7 +362,7 @@ fn prepare(args: &SendArgs) -> Result<Prepared, SendError> {
         };
         let head = format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"{}\"\r\nContent-Type: {file_type}\r\n\r\n",
-            quote_param(&args.field),
+            quote_param(&request.field),
             quote_param(&filename)
         )
         .into_bytes();
@@ -312,7 +379,7 @@ fn prepare(args: &SendArgs) -> Result<Prepared, SendError> {
     }
     Ok(Prepared {
         method,
-        path: args.endpoint.clone(),
+        path: request.endpoint.clone(),
         headers,
         dropped,
         source,
@@ -406,30 +473,38 @@ impl Outcome {
 }
 
 /// Runs one send; `report` collects what `--json` prints, also on failure.
+/// `interrupt` resolves, with the signal's name, when the user asks to stop;
+/// the work under way is dropped then (and with it a part file).
 pub async fn run(
-    args: &SendArgs,
+    request: &Request,
     cfg: &Settings,
     report: &mut Report,
+    interrupt: impl Future<Output = &'static str>,
 ) -> Result<Outcome, SendError> {
-    send_over(None, args, cfg, report).await
+    send_over(None, request, cfg, report, interrupt).await
 }
 
 /// One send over `link`, or over a link opened for it when `None`: the
-/// request is prepared and its output opened first (a bad command line, an
+/// request is prepared and its output opened first (a bad request, an
 /// unreadable body or an output that cannot be written is reported before
-/// the broker), and a signal stops it at any point after that.
+/// the broker), and `interrupt` stops it at any point after that.
 async fn send_over(
     link: Option<&Link>,
-    args: &SendArgs,
+    request: &Request,
     cfg: &Settings,
     report: &mut Report,
+    interrupt: impl Future<Output = &'static str>,
 ) -> Result<Outcome, SendError> {
-    let prepared = prepare_and_warn(args)?;
-    let mut interrupt = watch_interrupt()?;
-    let sink = open_sink(args)?;
+    let prepared = prepare(request)?;
+    if !prepared.dropped.is_empty() {
+        request
+            .show
+            .notice(Notice::DroppedHeaders(&prepared.dropped));
+    }
+    let sink = open_sink(request)?;
     let result = tokio::select! {
         biased;
-        signal = interrupt.recv() => Err(SendError::Interrupted { job: None, signal }),
+        signal = interrupt => Err(SendError::Interrupted { job: None, signal }),
         r = async {
             let body_sha256 = signed_digest(&prepared, cfg).await?;
             let opened;
@@ -440,76 +515,29 @@ async fn send_over(
                     &opened
                 }
             };
-            transmit(link, prepared, body_sha256, sink, args, cfg, report).await
+            transmit(link, prepared, body_sha256, sink, request, cfg, report).await
         } => r,
     };
     with_job(result, report)
 }
 
-/// [`prepare`], then one warning on stderr naming the headers it dropped
-/// (names only: their values may be credentials).
-fn prepare_and_warn(args: &SendArgs) -> Result<Prepared, SendError> {
-    let prepared = prepare(args)?;
-    if !prepared.dropped.is_empty() {
-        eprintln!(
-            "kafkasend send: warning: not sending {}: no portal forwards {} (credentials, routing and framing headers are always stripped)",
-            prepared.dropped.join(", "),
-            if prepared.dropped.len() == 1 { "it" } else { "them" }
-        );
-    }
-    Ok(prepared)
-}
-
-/// Where the response goes, opened before the request is sent; none with
-/// `--no-wait`, which takes no response.
-fn open_sink(args: &SendArgs) -> Result<Option<Sink>, SendError> {
-    if args.no_wait {
+/// Where the response goes, opened before the request is sent; none
+/// without waiting, which takes no response.
+fn open_sink(request: &Request) -> Result<Option<Sink>, SendError> {
+    if request.no_wait {
         return Ok(None);
     }
-    Ok(Some(Sink::open(args.output.as_deref())?))
+    Ok(Some(Sink::open(request.output.as_deref())?))
 }
 
-/// The signals that stop `send` and `wait`: Ctrl-C, `kill` (and `timeout`,
-/// systemd, CI cancelling) and a closed terminal.
-struct Interrupts {
-    int: Signal,
-    term: Signal,
-    hup: Signal,
-}
-
-impl Interrupts {
-    /// The first of the three signals to arrive, by name.
-    async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.int.recv() => "SIGINT",
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.hup.recv() => "SIGHUP",
-        }
-    }
-}
-
-/// The number of a signal [`Interrupts::recv`] names, for the exit code
-/// (128 + number, as a shell reports a process the signal ended).
+/// The number of a signal an interrupt names, for the exit code (128 +
+/// number, as a shell reports a process the signal ended).
 fn signal_number(name: &str) -> u8 {
     match name {
         "SIGHUP" => 1,
         "SIGTERM" => 15,
         _ => 2,
     }
-}
-
-/// Takes SIGINT, SIGTERM and SIGHUP from now on, so that stopping drops the
-/// work under way (and with it a part file) instead of ending the process
-/// on the spot.
-fn watch_interrupt() -> Result<Interrupts, SendError> {
-    let watch = |kind: SignalKind| {
-        signal(kind).map_err(|e| SendError::Io(format!("cannot watch for signals: {e}")))
-    };
-    Ok(Interrupts {
-        int: watch(SignalKind::interrupt())?,
-        term: watch(SignalKind::terminate())?,
-        hup: watch(SignalKind::hangup())?,
-    })
 }
 
 /// Names the job in an interruption once its request was wholly sent: only
@@ -539,11 +567,12 @@ async fn signed_digest(prepared: &Prepared, cfg: &Settings) -> Result<Option<[u8
 /// Kafka for each.
 pub async fn run_on(
     link: &Link,
-    args: &SendArgs,
+    request: &Request,
     cfg: &Settings,
     report: &mut Report,
+    interrupt: impl Future<Output = &'static str>,
 ) -> Result<Outcome, SendError> {
-    send_over(Some(link), args, cfg, report).await
+    send_over(Some(link), request, cfg, report, interrupt).await
 }
 
 /// A client connected to the request and response topics, with the
@@ -586,7 +615,7 @@ async fn transmit(
     prepared: Prepared,
     body_sha256: Option<[u8; 32]>,
     sink: Option<Sink>,
-    args: &SendArgs,
+    request: &Request,
     cfg: &Settings,
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
@@ -597,7 +626,7 @@ async fn transmit(
 
     let job = JobId::new();
     report.job = Some(job);
-    let chatty = !args.quiet && !args.json;
+    let show = request.show;
     let key = job.key();
     let reply_partition = partition_for_key(&key, resp_parts);
     let request_partition = partition_for_key(&key, req_parts);
@@ -659,7 +688,7 @@ async fn transmit(
     let mut early: VecDeque<Reply> = VecDeque::new();
     let upload_started = Instant::now();
     if let Some(reader) = body.as_mut() {
-        let progress = Progress::new("upload", prepared.body_len, chatty);
+        let progress = Progress::new("upload", prepared.body_len, show.progress);
         let mut chunker = Chunker::new(job, 1);
         let capacity = produce_window(kcfg.chunk_size);
         let mut window = kafka::ProduceWindow::new(&request_pc, capacity, limit);
@@ -734,12 +763,9 @@ async fn transmit(
     report.request_sent = true;
 
     let Some((sink, reader)) = waiting else {
-        if !args.json {
-            println!("{job}");
-        }
         return Ok(Outcome { job, status: None });
     };
-    let result = receive(sink, chatty, cfg, job, early, &mut reply_rx, report).await;
+    let result = receive(sink, show, cfg, job, early, &mut reply_rx, report).await;
     drop(reader);
     result
 }
@@ -792,24 +818,23 @@ const WAIT_CLOCK_SLACK: Duration = Duration::from_secs(300);
 /// says which reply partition holds it and, being a ULID, when it was made,
 /// so reading starts at the first record stamped shortly before that.
 pub async fn wait(
-    args: &WaitArgs,
+    pickup: &Pickup,
     cfg: &Settings,
     report: &mut Report,
+    interrupt: impl Future<Output = &'static str>,
 ) -> Result<Outcome, SendError> {
-    let job: JobId = args.job.trim().parse().map_err(|why| {
+    let job: JobId = pickup.job.trim().parse().map_err(|why| {
         usage(format!(
             "'{}' is not a job id: {why}; use the id `send --no-wait` printed",
-            args.job.escape_debug()
+            pickup.job.escape_debug()
         ))
     })?;
     report.job = Some(job);
-    let mut interrupt = watch_interrupt()?;
-    let sink = Sink::open(args.output.as_deref())?;
-    let chatty = !args.quiet && !args.json;
+    let sink = Sink::open(pickup.output.as_deref())?;
     tokio::select! {
         biased;
-        signal = interrupt.recv() => Err(SendError::Interrupted { job: Some(job), signal }),
-        r = follow_job(job, sink, chatty, cfg, report) => r,
+        signal = interrupt => Err(SendError::Interrupted { job: Some(job), signal }),
+        r = follow_job(job, sink, pickup.show, cfg, report) => r,
     }
 }
 
@@ -818,7 +843,7 @@ pub async fn wait(
 async fn follow_job(
     job: JobId,
     sink: Sink,
-    chatty: bool,
+    show: Show,
     cfg: &Settings,
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
@@ -842,16 +867,7 @@ async fn follow_job(
     let reader = AbortOnDrop(tokio::spawn(follow_replies(
         fetcher, from, job, reply_tx, limit,
     )));
-    let result = receive(
-        sink,
-        chatty,
-        cfg,
-        job,
-        VecDeque::new(),
-        &mut reply_rx,
-        report,
-    )
-    .await;
+    let result = receive(sink, show, cfg, job, VecDeque::new(), &mut reply_rx, report).await;
     drop(reader);
     result
 }
@@ -969,11 +985,11 @@ fn error_from_portal(category: ErrorCategory, message: String) -> SendError {
     }
 }
 
-/// Receives the answer to `job` into `sink`; `chatty` puts the status line
-/// and a progress bar on stderr.
+/// Receives the answer to `job` into `sink`; `show` decides whether the
+/// status line is announced and a progress bar drawn.
 async fn receive(
     mut sink: Sink,
-    chatty: bool,
+    show: Show,
     cfg: &Settings,
     job: JobId,
     mut early: VecDeque<Reply>,
@@ -1070,15 +1086,14 @@ async fn receive(
         expected_seq += 1;
         match frame.body {
             Body::ResponseStart(rs) if status.is_none() => {
-                if chatty {
-                    let line = format!("HTTP {} {}", rs.status, reason(rs.status));
-                    eprintln!("{}", crate::send::ui::one_line(&line));
+                if show.progress {
+                    show.notice(Notice::Status(rs.status));
                 }
                 status = Some(rs.status);
                 report.status = status;
                 // A bar on stderr while the body goes to a file; not over a
                 // body streaming to the same terminal.
-                progress = Progress::new("download", rs.body_len, chatty && sink.is_file());
+                progress = Progress::new("download", rs.body_len, show.progress && sink.is_file());
             }
             Body::Chunk(info) if status.is_some() => {
                 if wire::checksum(&payload) != info.crc32c {
@@ -1133,14 +1148,6 @@ async fn receive(
             }
         }
     }
-}
-
-/// Reason phrase for common status codes.
-fn reason(status: u16) -> &'static str {
-    hyper::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("")
 }
 
 #[cfg(test)]
@@ -1209,7 +1216,7 @@ mod tests {
         let mut report = Report::default();
         receive(
             sink,
-            false,
+            Show::default(),
             &config(),
             job,
             VecDeque::new(),
@@ -1277,31 +1284,24 @@ mod tests {
         assert_eq!(produce_window(crate::protocol::chunker::MAX_CHUNK_SIZE), 1);
     }
 
-    fn send_args(argv: &[&str]) -> SendArgs {
-        use clap::Parser as _;
-        let argv = ["kafkasend", "send"].iter().chain(argv);
-        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
-            crate::cli::Command::Send(a) => *a,
-            _ => unreachable!(),
+    /// A request to `/x` with these `-H` headers.
+    fn with_headers(headers: &[&str]) -> Request {
+        Request {
+            endpoint: "/x".into(),
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            field: "file".into(),
+            ..Request::default()
         }
     }
 
     #[test]
     fn headers_no_portal_forwards_are_left_out_and_named_once() {
-        let args = send_args(&[
-            "--endpoint",
-            "/x",
-            "-H",
+        let args = with_headers(&[
             "Authorization: Bearer secret-1",
-            "-H",
             "X-Request-ID: r-1",
-            "-H",
             "cookie: a=b",
-            "-H",
             "Cookie: c=d",
-            "-H",
             "X-Forwarded-For: 10.0.0.1",
-            "-H",
             "Accept: application/json",
         ]);
         let p = prepare(&args).unwrap();
@@ -1313,7 +1313,7 @@ mod tests {
             ]
         );
         assert_eq!(p.dropped, ["Authorization", "cookie", "X-Forwarded-For"]);
-        let plain = prepare(&send_args(&["--endpoint", "/x", "-H", "X-A: 1"])).unwrap();
+        let plain = prepare(&with_headers(&["X-A: 1"])).unwrap();
         assert!(plain.dropped.is_empty());
     }
 
