@@ -270,21 +270,21 @@ impl ServerCertVerifier for ListedCertVerifier {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rcgen::{date_time_ymd, BasicConstraints, CertificateParams, IsCa, KeyPair};
     use rustls::pki_types::PrivatePkcs8KeyDer;
 
     /// A server certificate of our making and the server side that shows it.
-    struct Server {
+    pub(crate) struct Server {
         cert: CertificateDer<'static>,
-        pem: String,
+        pub(crate) pem: String,
         config: Arc<rustls::ServerConfig>,
     }
 
     /// A self-signed certificate for `names`, valid between the years given;
     /// `ca` gives it `basicConstraints CA:TRUE` as `openssl req -x509` does.
-    fn self_signed(ca: bool, names: &[&str], years: (i32, i32)) -> Server {
+    pub(crate) fn self_signed(ca: bool, names: &[&str], years: (i32, i32)) -> Server {
         self_signed_for(ca, names, years, &[])
     }
 
@@ -347,7 +347,7 @@ mod tests {
     }
 
     /// A whole TLS handshake in memory; the client's error if it fails.
-    fn handshake(
+    pub(crate) fn handshake(
         client: Arc<rustls::ClientConfig>,
         server: &Server,
         name: &str,
@@ -450,21 +450,6 @@ mod tests {
             ),
             "{err}"
         );
-    }
-
-    #[test]
-    fn both_ca_file_settings_trust_a_listed_self_signed_certificate() {
-        let server = self_signed(true, &["localhost"], (2000, 2090));
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut file, server.pem.as_bytes()).unwrap();
-        let kafka = crate::kafka::security::tls_config(Some(file.path())).unwrap();
-        handshake(kafka, &server, "localhost").unwrap();
-        let api =
-            crate::portal::http_dispatch::tls::ApiTls::load(Some(file.path()), None, None).unwrap();
-        handshake(Arc::new(api.client_config()), &server, "localhost").unwrap();
-        // Without the file, the same certificate is an unknown issuer.
-        let bare = crate::kafka::security::tls_config(None).unwrap();
-        assert!(handshake(bare, &server, "localhost").is_err());
     }
 
     #[test]

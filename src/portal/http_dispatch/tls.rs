@@ -246,4 +246,24 @@ mod tests {
             .to_string();
         assert!(text.contains("no unencrypted PEM private key"), "{text}");
     }
+
+    #[test]
+    fn both_ca_file_settings_trust_a_listed_self_signed_certificate() {
+        let server =
+            crate::util::server_trust::tests::self_signed(true, &["localhost"], (2000, 2090));
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        Write::write_all(&mut file, server.pem.as_bytes()).unwrap();
+        let kafka = crate::kafka::security::tls_config(Some(file.path())).unwrap();
+        crate::util::server_trust::tests::handshake(kafka, &server, "localhost").unwrap();
+        let api = ApiTls::load(Some(file.path()), None, None).unwrap();
+        crate::util::server_trust::tests::handshake(
+            std::sync::Arc::new(api.client_config()),
+            &server,
+            "localhost",
+        )
+        .unwrap();
+        // Without the file, the same certificate is an unknown issuer.
+        let bare = crate::kafka::security::tls_config(None).unwrap();
+        assert!(crate::util::server_trust::tests::handshake(bare, &server, "localhost").is_err());
+    }
 }
