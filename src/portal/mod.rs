@@ -190,7 +190,7 @@ pub async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> anyhow::R
     .await?;
     readiness.set_connected();
 
-    let http = crate::portal::http_dispatch::build_client(&cfg.api_tls);
+    let http = crate::portal::http_dispatch::client::build_client(&cfg.api_tls);
     let tokens = cfg
         .oauth
         .clone()
@@ -1390,7 +1390,7 @@ async fn answer(
                         message: format!(
                             "the API's response broke off after {} bytes: {}",
                             chunker.bytes() + buf.len() as u64,
-                            crate::portal::http_dispatch::error_chain(&e)
+                            crate::util::error_chain(&e)
                         ),
                     },
                 });

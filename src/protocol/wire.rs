@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
-use super::Failure;
+use crate::protocol::Failure;
 
 /// First four bytes of every KafkaSend record value.
 pub const MAGIC: [u8; 4] = *b"KSND";

@@ -1,4 +1,20 @@
-//! Helpers with no role: reading settings files and trusting servers.
+//! Helpers with no role: reading settings files, trusting servers, and
+//! error messages that name every cause.
 
 pub mod file_read;
 pub mod server_trust;
+
+/// Every source of an error, joined, for messages that say what really failed.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}

@@ -1,10 +1,11 @@
-//! Calls the target REST API for a completed job. Only this module and
-//! `token_cache` touch hyper.
+//! Calls the target REST API for a completed job, with a token from
+//! [`token_cache`] over the client [`client`] builds with the [`tls`] settings.
 //!
 //! The URL is always `PORTAL_TARGET_API_URL` joined with the request's path;
 //! the request can name a path and query only. Redirects are not followed.
 //! Bodies stream from the spool, so a retry after a refused token re-reads it.
 
+pub mod client;
 pub mod tls;
 pub mod token_cache;
 
@@ -14,70 +15,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
 use hyper::{Method, Request, Response};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future as _;
 
 use crate::portal::assembler::{CompletedJob, SpoolFile, SpooledBody};
-use crate::portal::http_dispatch::tls::ApiTls;
+use crate::portal::http_dispatch::client::{full_body, with_tls_hint, DispatchBody, HttpClient};
 use crate::portal::http_dispatch::token_cache::TokenCache;
 use crate::protocol::{ErrorCategory, Failure};
-
-/// Body type of every outgoing request.
-pub type DispatchBody = BoxBody<Bytes, std::io::Error>;
-
-/// The HTTP(S) client the portal uses for the API and the token endpoint.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, DispatchBody>;
-
-/// Builds the shared HTTP client: HTTP/1.1 and HTTP/2, TLS by rustls with the
-/// `ring` provider (the one rskafka uses) configured by `tls` (trusted roots,
-/// optional client certificate). Plain `http://` URLs still work.
-pub fn build_client(tls: &ApiTls) -> HttpClient {
-    log::info!("HTTPS trusts {}", tls.summary());
-    let mut http = HttpConnector::new();
-    // Requests and responses, not bulk streams: send small writes at once.
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls.client_config())
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(32)
-        .build(https)
-}
-
-/// Adds what to change to a TLS failure the settings can fix.
-pub fn with_tls_hint(chain: String) -> String {
-    let hint = if chain.contains("CaUsedAsEndEntity") {
-        // The verifier's own message already says what to do.
-        ""
-    } else if chain.contains("invalid peer certificate") {
-        "; the server's certificate is not trusted: put its CA certificate in PORTAL_CA_FILE"
-    } else if chain.contains("CertificateRequired") || chain.contains("certificate required") {
-        "; the server wants a client certificate: set PORTAL_CLIENT_CERT_FILE and PORTAL_CLIENT_KEY_FILE"
-    } else {
-        ""
-    };
-    chain + hint
-}
-
-/// A body held in memory.
-pub fn full_body(bytes: Bytes) -> DispatchBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
-}
+use crate::util::error_chain;
 
 /// Streams `len` bytes of a spool file from its start. Reads are positional
 /// (`pread`), so each body keeps its own position: a retry after a 401 reads
@@ -155,21 +103,6 @@ fn body_of(spool: &SpooledBody) -> DispatchBody {
         }
         .boxed(),
     }
-}
-
-/// Every source of an error, joined, for messages that say what really failed.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 /// Calls the target API.

@@ -21,7 +21,7 @@ use hyper::StatusCode;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
-use crate::portal::http_dispatch::{full_body, HttpClient};
+use crate::portal::http_dispatch::client::{full_body, HttpClient};
 
 /// How the client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -577,8 +577,8 @@ impl TokenCache {
                 .await
                 .map_err(|e| TokenError::Unreachable {
                     url: url.clone(),
-                    detail: crate::portal::http_dispatch::with_tls_hint(
-                        crate::portal::http_dispatch::error_chain(&e),
+                    detail: crate::portal::http_dispatch::client::with_tls_hint(
+                        crate::util::error_chain(&e),
                     ),
                 })?;
             let status = resp.status();
