@@ -2,6 +2,7 @@
 //! with a deadline, creating topics, producing frames and finding offsets.
 //! Reading a partition is `fetcher`'s, with requests of our own.
 
+pub(crate) mod code;
 pub mod conn;
 pub mod fetcher;
 pub mod group;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use kafka_protocol::error::ResponseError;
 use rskafka::client::error::{Error as RsError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
@@ -23,6 +25,7 @@ use rskafka::record::Record;
 use rskafka::BackoffConfig;
 use tokio::sync::Mutex;
 
+use crate::kafka::code::Named;
 use crate::kafka::conn::{BrokerConn, ConnError};
 use crate::kafka::security::KafkaSecurity;
 use crate::protocol::wire::{Frame, JobId};
@@ -68,14 +71,12 @@ pub enum KafkaError {
     #[error(transparent)]
     Security(ConnError),
     /// The broker answered with a Kafka error code.
-    #[error("Kafka {action} failed: {name} (Kafka error code {code})")]
+    #[error("Kafka {action} failed: {}", Named(*error))]
     Broker {
         /// What we were doing.
         action: &'static str,
-        /// Kafka's error code.
-        code: i16,
-        /// Its name and meaning.
-        name: String,
+        /// What the broker's error code says.
+        error: ResponseError,
     },
     /// The offset asked for is not in the partition: its records were
     /// deleted, or it is past the end.
