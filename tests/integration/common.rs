@@ -326,16 +326,14 @@ pub async fn records_in(
     topics: &Topics,
     topic: &str,
     partition: i32,
-) -> Vec<rskafka::record::Record> {
+) -> Vec<kafkasend::kafka::Record> {
     use kafkasend::kafka;
     use kafkasend::kafka::record_batch::Item;
     let limit = Duration::from_secs(30);
     let settings = kafka_settings(topics, "it-reader");
     let client = kafka::connect(&settings).await.unwrap();
-    let pc = kafka::partition(&client, topic, partition, limit)
-        .await
-        .unwrap();
-    let end = kafka::end_offset(&pc, limit).await.unwrap();
+    let pc = client.partition(topic, partition).await.unwrap();
+    let end = pc.end_offset().await.unwrap();
     let mut fetcher = kafkasend::kafka::fetcher::Fetcher::new(&settings, topic, partition);
     let mut out = Vec::new();
     let mut offset = 0;
