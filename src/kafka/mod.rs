@@ -14,12 +14,10 @@ pub mod group;
 pub mod partitioner;
 pub mod record_batch;
 pub mod security;
+pub mod window;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
@@ -555,101 +553,6 @@ async fn bounded<T>(
     tokio::time::timeout(limit, fut)
         .await
         .unwrap_or(Err(KafkaError::Timeout(action)))
-}
-
-/// A produce call in flight: boxed so a window can hold several.
-type Producing<'a> = Pin<Box<dyn Future<Output = Result<i64, KafkaError>> + Send + 'a>>;
-
-/// Up to `capacity` produce calls to one partition in flight at once, their
-/// acknowledgements taken oldest first.
-///
-/// The calls are not spawned: the window polls them in the order they were
-/// pushed, so each reaches rskafka's (first come, first served) connection
-/// lock, and the broker, in that order. Normally the records land in the
-/// partition in the order they were produced, which keeps the portal's
-/// digest running without a second pass. When the connection breaks,
-/// rskafka retries each call on its own after a random backoff, so records
-/// can then land out of order or twice; the portal accepts both (it places
-/// chunks by offset and hashes the spool at the end). Each call's timeout
-/// runs from its first poll, so it covers the calls queued ahead of it.
-/// Dropping the window abandons the calls.
-pub struct ProduceWindow<'a> {
-    partition: &'a Partition,
-    capacity: usize,
-    calls: VecDeque<Slot<'a>>,
-}
-
-enum Slot<'a> {
-    Pending(Producing<'a>),
-    Done(Result<i64, KafkaError>),
-}
-
-impl<'a> ProduceWindow<'a> {
-    /// An empty window onto `partition`; each call is bounded by its deadline.
-    pub fn new(partition: &'a Partition, capacity: usize) -> Self {
-        Self {
-            partition,
-            capacity: capacity.max(1),
-            calls: VecDeque::with_capacity(capacity.max(1)),
-        }
-    }
-
-    /// Whether another record may be pushed without waiting.
-    pub fn has_room(&self) -> bool {
-        self.calls.len() < self.capacity
-    }
-
-    /// Starts producing `record` (after every record pushed before it).
-    pub fn push(&mut self, record: Record) {
-        self.calls
-            .push_back(Slot::Pending(Box::pin(self.partition.produce(record))));
-    }
-
-    /// Polls every unfinished call, in push order.
-    fn poll_pending(&mut self, cx: &mut Context<'_>) {
-        for slot in &mut self.calls {
-            if let Slot::Pending(call) = slot {
-                if let Poll::Ready(r) = call.as_mut().poll(cx) {
-                    *slot = Slot::Done(r);
-                }
-            }
-        }
-    }
-
-    /// Polls the calls; takes the oldest call's result when it has finished.
-    fn poll_calls(&mut self, cx: &mut Context<'_>) -> Option<Result<i64, KafkaError>> {
-        self.poll_pending(cx);
-        match self.calls.pop_front()? {
-            Slot::Done(r) => Some(r),
-            pending => {
-                self.calls.push_front(pending);
-                None
-            }
-        }
-    }
-
-    /// Waits for the oldest call; its offset, or None when nothing is in flight.
-    pub async fn next(&mut self) -> Option<Result<i64, KafkaError>> {
-        if self.calls.is_empty() {
-            return None;
-        }
-        std::future::poll_fn(|cx| match self.poll_calls(cx) {
-            Some(r) => Poll::Ready(Some(r)),
-            None => Poll::Pending,
-        })
-        .await
-    }
-
-    /// Runs `work` (reading the next chunk, say) while the calls in flight
-    /// keep moving.
-    pub async fn alongside<T>(&mut self, work: impl Future<Output = T>) -> T {
-        let mut work = std::pin::pin!(work);
-        std::future::poll_fn(|cx| {
-            self.poll_pending(cx);
-            work.as_mut().poll(cx)
-        })
-        .await
-    }
 }
 
 /// Whether a record is keyed by `job`.

@@ -27,7 +27,8 @@ use crate::kafka::fetcher::Fetcher;
 use crate::kafka::group::{Assignment, Beat, GroupError, GroupSettings, Member};
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::record_batch::{Item, Unreadable};
-use crate::kafka::{self, Cluster, KafkaError, Partition, PartitionCache, Record, RecordAndOffset};
+use crate::kafka::window::{ReplyWriter, Unsent};
+use crate::kafka::{self, Cluster, KafkaError, Partition, PartitionCache, RecordAndOffset};
 use crate::portal::admin::{Metrics, Readiness};
 use crate::portal::assembler::{Assembler, Budgets, CompletedJob, FailedJob, Outcome};
 use crate::portal::http_dispatch::token_cache::TokenCache;
@@ -1114,72 +1115,6 @@ async fn send_error(
     pc.produce(kafka::record(&frame, &[], &[])).await
 }
 
-/// The records of one response on their way to the reply partition.
-///
-/// Records are held briefly and produced together: a small response (start,
-/// body, end) leaves in one produce request and reaches the client in one
-/// fetch. A batch never holds more than one chunk's worth of bytes.
-struct ReplyWriter<'a> {
-    pc: &'a Partition,
-    /// Most bytes one batch may carry.
-    batch_max: usize,
-    held: Vec<Record>,
-    held_bytes: usize,
-    /// Sequence number of the first held record.
-    first_seq: u32,
-}
-
-impl<'a> ReplyWriter<'a> {
-    fn new(pc: &'a Partition, batch_max: usize) -> Self {
-        Self {
-            pc,
-            batch_max,
-            held: Vec::new(),
-            held_bytes: 0,
-            first_seq: 0,
-        }
-    }
-
-    /// Whether records wait to be produced.
-    fn holds(&self) -> bool {
-        !self.held.is_empty()
-    }
-
-    /// Holds a frame, producing what is held first if both would not fit
-    /// one batch.
-    async fn push(&mut self, frame: &Frame, payload: &[u8]) -> Result<(), AnswerError> {
-        let record = kafka::record(frame, payload, &[]);
-        let size = record.value_len();
-        if self.holds() && self.held_bytes + size > self.batch_max {
-            self.flush().await?;
-        }
-        if self.held.is_empty() {
-            self.first_seq = frame.seq;
-        }
-        self.held.push(record);
-        self.held_bytes += size;
-        Ok(())
-    }
-
-    /// Produces what is held; a failure names the first sequence number
-    /// that did not get through, so an error record can take its place.
-    async fn flush(&mut self) -> Result<(), AnswerError> {
-        if self.held.is_empty() {
-            return Ok(());
-        }
-        let records = std::mem::take(&mut self.held);
-        self.held_bytes = 0;
-        self.pc
-            .produce_all(records)
-            .await
-            .map(|_| ())
-            .map_err(|error| AnswerError::Kafka {
-                seq: self.first_seq,
-                error,
-            })
-    }
-}
-
 /// Runs one job; returns whether it is settled (see [`settle`]).
 async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) -> bool {
     let pc = match reply_partition(
@@ -1274,6 +1209,12 @@ enum AnswerError {
     Failed { seq: u32, error: DispatchError },
     /// The reply record numbered `seq` could not be produced.
     Kafka { seq: u32, error: KafkaError },
+}
+
+impl From<Unsent> for AnswerError {
+    fn from(Unsent { seq, error }: Unsent) -> Self {
+        Self::Kafka { seq, error }
+    }
 }
 
 /// Calls the API and streams its response; returns status and body bytes.

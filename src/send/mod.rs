@@ -21,6 +21,7 @@ use crate::cli::{KafkaConfig, SendArgs, SendConfig, WaitArgs};
 use crate::kafka::fetcher::Fetcher;
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::record_batch::Item;
+use crate::kafka::window::ProduceWindow;
 use crate::kafka::{self, KafkaError, KafkaSettings, PartitionCache};
 use crate::protocol::chunker::{hex, read_chunk, Chunker};
 use crate::protocol::wire::{self, Body, ErrorCategory, Frame, JobId, RequestStart};
@@ -653,7 +654,7 @@ async fn transmit(
         let progress = Progress::new("upload", prepared.body_len, chatty);
         let mut chunker = Chunker::new(job, 1);
         let capacity = produce_window(kcfg.chunk_size);
-        let mut window = kafka::ProduceWindow::new(&request_pc, capacity);
+        let mut window = ProduceWindow::new(&request_pc, capacity);
         // Lengths of the chunks in flight, oldest first.
         let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(capacity);
         let mut read_all = false;
@@ -670,7 +671,7 @@ async fn transmit(
                 }
                 let out = chunker.chunk(data);
                 in_flight.push_back(out.payload.len() as u64);
-                window.push(kafka::record(&out.frame, &out.payload, &[]));
+                window.push(&out.frame, &out.payload);
                 continue;
             }
             let Some(acked) = window.next().await else {
