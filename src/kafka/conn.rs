@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::error::{ParseResponseErrorCode, ResponseError};
 use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
 use kafka_protocol::messages::sasl_authenticate_request::SaslAuthenticateRequest;
 use kafka_protocol::messages::sasl_handshake_request::SaslHandshakeRequest;
@@ -19,6 +20,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::kafka::code::Named;
 use crate::kafka::security::{KafkaSecurity, SaslCredentials};
 
 /// SaslHandshake v1: the exchange itself then goes in SaslAuthenticate requests.
@@ -28,13 +30,6 @@ const V_SASL_AUTHENTICATE: i16 = 1;
 
 /// Largest response accepted.
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
-
-/// Kafka error codes of the SASL exchange.
-mod code {
-    pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
-    pub const ILLEGAL_SASL_STATE: i16 = 34;
-    pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
-}
 
 /// Why a connection or one exchange on it failed.
 #[derive(Debug, thiserror::Error)]
@@ -275,25 +270,21 @@ impl BrokerConn {
                 )),
                 other => other,
             })?;
-        match handshake.error_code {
-            0 => {}
-            code::UNSUPPORTED_SASL_MECHANISM => {
+        match handshake.error_code.err() {
+            None => {}
+            Some(ResponseError::UnsupportedSaslMechanism) => {
                 let offered: Vec<&str> = handshake.mechanisms.iter().map(|m| m.as_str()).collect();
                 return Err(sasl_err(format!(
                     "the broker does not offer {mechanism} (it offers: {}); check KAFKA_SASL_MECHANISM",
                     offered.join(", ")
                 )));
             }
-            code::ILLEGAL_SASL_STATE => {
+            Some(ResponseError::IllegalSaslState) => {
                 return Err(sasl_err(
                     "the listener does not expect SASL; check KAFKA_SECURITY_PROTOCOL".into(),
                 ))
             }
-            other => {
-                return Err(sasl_err(format!(
-                    "SaslHandshake failed with Kafka error code {other}"
-                )))
-            }
+            Some(other) => return Err(sasl_err(format!("SaslHandshake failed: {}", Named(other)))),
         }
 
         let config =
@@ -320,9 +311,9 @@ impl BrokerConn {
                         Duration::ZERO,
                     )
                     .await?;
-                match resp.error_code {
-                    0 => {}
-                    code::SASL_AUTHENTICATION_FAILED => {
+                match resp.error_code.err() {
+                    None => {}
+                    Some(ResponseError::SaslAuthenticationFailed) => {
                         if let Some(m) = &resp.error_message {
                             log::debug!("Kafka SASL: the broker said: {}", m.as_str());
                         }
@@ -331,9 +322,10 @@ impl BrokerConn {
                             mechanism,
                         });
                     }
-                    other => {
+                    Some(other) => {
                         return Err(sasl_err(format!(
-                            "SaslAuthenticate failed with Kafka error code {other}"
+                            "SaslAuthenticate failed: {}",
+                            Named(other)
                         )))
                     }
                 }

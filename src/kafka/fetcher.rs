@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use kafka_protocol::error::ParseResponseErrorCode;
+use kafka_protocol::error::{ParseResponseErrorCode, ResponseError};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{BrokerId, FetchRequest, MetadataRequest, TopicName};
@@ -41,12 +41,6 @@ const CRC_ATTEMPTS: u32 = 3;
 
 /// `isolation_level` of a read_committed consumer.
 const READ_COMMITTED: i8 = 1;
-
-/// Kafka error codes this module acts on.
-mod code {
-    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
-    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-}
 
 /// What one fetch found.
 #[derive(Debug)]
@@ -200,14 +194,12 @@ impl Fetcher {
                     self.partition, self.topic
                 ),
             })?;
-        match data.error_code {
-            0 => {}
-            code::OFFSET_OUT_OF_RANGE => return Err(KafkaError::OffsetOutOfRange { offset }),
-            other => {
-                if let Some(e) = other.err() {
-                    return Err(broker_err("fetch", e));
-                }
+        match data.error_code.err() {
+            None => {}
+            Some(ResponseError::OffsetOutOfRange) => {
+                return Err(KafkaError::OffsetOutOfRange { offset })
             }
+            Some(e) => return Err(broker_err("fetch", e)),
         }
         let aborted: Vec<AbortedTxn> = data
             .aborted_transactions
@@ -381,16 +373,12 @@ impl Fetcher {
             .iter()
             .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == self.topic))
             .ok_or_else(|| KafkaError::MissingTopic(self.topic.clone()))?;
-        match topic.error_code {
-            0 => {}
-            code::UNKNOWN_TOPIC_OR_PARTITION => {
+        match topic.error_code.err() {
+            None => {}
+            Some(ResponseError::UnknownTopicOrPartition) => {
                 return Err(KafkaError::MissingTopic(self.topic.clone()))
             }
-            other => {
-                if let Some(e) = other.err() {
-                    return Err(broker_err("metadata lookup", e));
-                }
-            }
+            Some(e) => return Err(broker_err("metadata lookup", e)),
         }
         let partition = topic
             .partitions
@@ -490,12 +478,8 @@ fn join_host_port(host: &str, port: i32) -> String {
     }
 }
 
-fn broker_err(action: &'static str, e: kafka_protocol::error::ResponseError) -> KafkaError {
-    KafkaError::Broker {
-        action,
-        code: e.code(),
-        name: e.to_string(),
-    }
+fn broker_err(action: &'static str, error: ResponseError) -> KafkaError {
+    KafkaError::Broker { action, error }
 }
 
 fn conn_err(e: ConnError, action: &'static str, addr: &str) -> KafkaError {

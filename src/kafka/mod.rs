@@ -1,35 +1,36 @@
 //! The thin layer over `rskafka` shared by `send` and the portal: connecting
 //! with a deadline, creating topics, producing frames and finding offsets.
 //! Reading a partition is `fetcher`'s, with requests of our own.
+//!
+//! This folder is the only one that names `rskafka` or `kafka-protocol`: the
+//! rest of the crate sees [`Cluster`], [`Partition`] (a handle that carries
+//! its deadline), [`Record`] and [`RecordAndOffset`], and errors that name
+//! Kafka's error codes.
 
+pub(crate) mod code;
 pub mod conn;
 pub mod fetcher;
 pub mod group;
 pub mod partitioner;
 pub mod record_batch;
 pub mod security;
+pub mod window;
 
-use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use kafka_protocol::error::ResponseError;
 use rskafka::client::error::{Error as RsError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
-use rskafka::record::Record;
 use rskafka::BackoffConfig;
 use tokio::sync::Mutex;
 
+use crate::kafka::code::Named;
 use crate::kafka::conn::{BrokerConn, ConnError};
 use crate::kafka::security::KafkaSecurity;
 use crate::protocol::wire::{Frame, JobId};
-
-/// How a produce request compresses its batch: every codec Kafka has.
-/// Reading needs no setting: `fetcher` reads them all.
-pub use rskafka::client::partition::Compression;
 
 /// Errors talking to Kafka, phrased for the person who has to fix them.
 #[derive(Debug, thiserror::Error)]
@@ -68,14 +69,12 @@ pub enum KafkaError {
     #[error(transparent)]
     Security(ConnError),
     /// The broker answered with a Kafka error code.
-    #[error("Kafka {action} failed: {name} (Kafka error code {code})")]
+    #[error("Kafka {action} failed: {}", Named(*error))]
     Broker {
         /// What we were doing.
         action: &'static str,
-        /// Kafka's error code.
-        code: i16,
-        /// Its name and meaning.
-        name: String,
+        /// What the broker's error code says.
+        error: ResponseError,
     },
     /// The offset asked for is not in the partition: its records were
     /// deleted, or it is past the end.
@@ -175,7 +174,7 @@ pub const LOOKUP_LIMIT: Duration = Duration::from_secs(5);
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Connects to the cluster, failing with a clear message when no broker answers in time.
-pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError> {
+pub async fn connect(settings: &KafkaSettings) -> Result<Cluster, KafkaError> {
     let servers: Vec<String> = settings
         .bootstrap_servers
         .split(',')
@@ -238,7 +237,10 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Arc<Client>, KafkaError
     )
     .await;
     match built {
-        Ok(Ok(client)) => Ok(Arc::new(client)),
+        Ok(Ok(client)) => Ok(Cluster {
+            client: Arc::new(client),
+            limit: settings.op_timeout,
+        }),
         Ok(Err(e)) => Err(unreachable(e.to_string())),
         Err(_) => Err(unreachable(format!(
             "no answer within {} s",
@@ -302,101 +304,253 @@ async fn check_security(
     }
 }
 
-/// Number of partitions of `topic`, or `None` when it does not exist.
-pub async fn partition_count(
-    client: &Client,
-    topic: &str,
-    limit: Duration,
-) -> Result<Option<i32>, KafkaError> {
-    let counts = partition_counts(client, &[topic], limit).await?;
-    Ok(counts.first().copied().flatten())
+/// How a produce request compresses its batch: every codec Kafka has.
+/// Reading needs no setting: `fetcher` reads them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// As it is.
+    #[default]
+    Uncompressed,
+    /// gzip.
+    Gzip,
+    /// Snappy, in Kafka's framing.
+    Snappy,
+    /// LZ4 frames.
+    Lz4,
+    /// Zstandard.
+    Zstd,
 }
 
-/// The partition counts of `topics` (None for a missing one), from one
-/// metadata request.
-pub async fn partition_counts(
-    client: &Client,
-    topics: &[&str],
+impl Compression {
+    fn rskafka(self) -> rskafka::client::partition::Compression {
+        use rskafka::client::partition::Compression as C;
+        match self {
+            Self::Uncompressed => C::NoCompression,
+            Self::Gzip => C::Gzip,
+            Self::Snappy => C::Snappy,
+            Self::Lz4 => C::Lz4,
+            Self::Zstd => C::Zstd,
+        }
+    }
+}
+
+/// One Kafka record, as produced and as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The key; a job id, for KafkaSend's own records.
+    pub key: Option<Vec<u8>>,
+    /// The value; one frame, for KafkaSend's own records.
+    pub value: Option<Vec<u8>>,
+    /// Headers by name (the reply address, a signature).
+    pub headers: BTreeMap<String, Vec<u8>>,
+    /// When the record was made (or appended, if the topic says so), Unix milliseconds.
+    pub timestamp_ms: i64,
+}
+
+impl Record {
+    /// Bytes of the value, what a batch's size limit counts.
+    pub fn value_len(&self) -> usize {
+        self.value.as_ref().map_or(0, Vec::len)
+    }
+
+    fn into_rskafka(self) -> rskafka::record::Record {
+        rskafka::record::Record {
+            key: self.key,
+            value: self.value,
+            headers: self.headers,
+            timestamp: rskafka::chrono::DateTime::from_timestamp_millis(self.timestamp_ms)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A record read from a partition, and where it stands there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordAndOffset {
+    /// The record.
+    pub record: Record,
+    /// Its offset in the partition.
+    pub offset: i64,
+}
+
+/// The cluster, for topics, producing and offsets (through rskafka; reading
+/// is `fetcher`'s). Every call on it, and on the partitions it opens, is
+/// bounded by the `op_timeout` of the settings it was connected with:
+/// rskafka's own deadline bounds only its retry sleeps, and a request on a
+/// silently dead connection has none.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    client: Arc<Client>,
     limit: Duration,
-) -> Result<Vec<Option<i32>>, KafkaError> {
-    let known = bounded("metadata lookup", limit, async {
-        client
-            .list_topics()
-            .await
-            .map_err(client_err("listing topics"))
-    })
-    .await?;
-    Ok(topics
-        .iter()
-        .map(|name| {
-            known
-                .iter()
-                .find(|t| t.name == *name)
-                .map(|t| t.partitions.len() as i32)
+}
+
+impl Cluster {
+    /// Number of partitions of `topic`, or `None` when it does not exist.
+    pub async fn partition_count(&self, topic: &str) -> Result<Option<i32>, KafkaError> {
+        let counts = self.partition_counts(&[topic]).await?;
+        Ok(counts.first().copied().flatten())
+    }
+
+    /// The partition counts of `topics` (None for a missing one), from one
+    /// metadata request.
+    pub async fn partition_counts(&self, topics: &[&str]) -> Result<Vec<Option<i32>>, KafkaError> {
+        let known = bounded("metadata lookup", self.limit, async {
+            self.client
+                .list_topics()
+                .await
+                .map_err(client_err("listing topics"))
         })
-        .collect())
+        .await?;
+        Ok(topics
+            .iter()
+            .map(|name| {
+                known
+                    .iter()
+                    .find(|t| t.name == *name)
+                    .map(|t| t.partitions.len() as i32)
+            })
+            .collect())
+    }
+
+    /// Creates `topic` unless it exists; returns its partition count.
+    pub async fn ensure_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication: i16,
+    ) -> Result<i32, KafkaError> {
+        if let Some(n) = self.partition_count(topic).await? {
+            return Ok(n);
+        }
+        let controller = self
+            .client
+            .controller_client()
+            .map_err(client_err("reaching the controller"))?;
+        let timeout_ms = i32::try_from(self.limit.as_millis()).unwrap_or(i32::MAX);
+        let created = bounded("topic creation", self.limit, async {
+            match controller
+                .create_topic(topic, partitions, replication, timeout_ms)
+                .await
+            {
+                Ok(()) => {
+                    log::info!(
+                        "created topic {topic} with {partitions} partitions, replication {replication}"
+                    );
+                    Ok(())
+                }
+                Err(RsError::ServerError {
+                    protocol_error: ProtocolError::TopicAlreadyExists,
+                    ..
+                }) => Ok(()),
+                Err(e) => Err(client_err("creating a topic")(e)),
+            }
+        });
+        created.await?;
+        // Metadata can lag creation by a moment; wait until the topic is visible.
+        for _ in 0..50 {
+            if let Some(n) = self.partition_count(topic).await? {
+                if n > 0 {
+                    return Ok(n);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(KafkaError::MissingTopic(topic.to_string()))
+    }
+
+    /// A handle on one partition, with this cluster's deadline.
+    pub async fn partition(&self, topic: &str, partition: i32) -> Result<Partition, KafkaError> {
+        let client = bounded("partition lookup", self.limit, async {
+            self.client
+                .partition_client(topic.to_string(), partition, UnknownTopicHandling::Retry)
+                .await
+                .map_err(client_err("opening a partition"))
+        })
+        .await?;
+        Ok(Partition {
+            client: Arc::new(client),
+            limit: self.limit,
+        })
+    }
 }
 
-/// Creates `topic` unless it exists; returns its partition count.
-pub async fn ensure_topic(
-    client: &Client,
-    topic: &str,
-    partitions: i32,
-    replication: i16,
+/// One partition to produce to and find offsets in. Each call waits at most
+/// the deadline the handle carries (`KAFKA_TIMEOUT_SECS`) for its answer.
+/// Cloning is cheap: clones share the partition's connection.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    client: Arc<PartitionClient>,
     limit: Duration,
-) -> Result<i32, KafkaError> {
-    if let Some(n) = partition_count(client, topic, limit).await? {
-        return Ok(n);
-    }
-    let controller = client
-        .controller_client()
-        .map_err(client_err("reaching the controller"))?;
-    let timeout_ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
-    let created = bounded("topic creation", limit, async {
-        match controller
-            .create_topic(topic, partitions, replication, timeout_ms)
-            .await
-        {
-            Ok(()) => {
-                log::info!(
-                    "created topic {topic} with {partitions} partitions, replication {replication}"
-                );
-                Ok(())
-            }
-            Err(RsError::ServerError {
-                protocol_error: ProtocolError::TopicAlreadyExists,
-                ..
-            }) => Ok(()),
-            Err(e) => Err(client_err("creating a topic")(e)),
-        }
-    });
-    created.await?;
-    // Metadata can lag creation by a moment; wait until the topic is visible.
-    for _ in 0..50 {
-        if let Some(n) = partition_count(client, topic, limit).await? {
-            if n > 0 {
-                return Ok(n);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(KafkaError::MissingTopic(topic.to_string()))
 }
 
-/// A client for one partition.
-pub async fn partition(
-    client: &Client,
-    topic: &str,
-    partition: i32,
-    limit: Duration,
-) -> Result<PartitionClient, KafkaError> {
-    bounded("partition lookup", limit, async {
-        client
-            .partition_client(topic.to_string(), partition, UnknownTopicHandling::Retry)
-            .await
-            .map_err(client_err("opening a partition"))
-    })
-    .await
+impl Partition {
+    /// Produces one record and waits for the broker's acknowledgement;
+    /// returns its offset.
+    pub async fn produce(&self, record: Record) -> Result<i64, KafkaError> {
+        self.produce_all(vec![record]).await
+    }
+
+    /// Produces `records` as one batch (one request, one acknowledgement)
+    /// and returns the first one's offset. The batch must fit the broker's
+    /// `message.max.bytes` like a single record.
+    pub async fn produce_all(&self, records: Vec<Record>) -> Result<i64, KafkaError> {
+        self.produce_with(records, Compression::Uncompressed).await
+    }
+
+    /// Like [`Partition::produce_all`], with the batch compressed by `compression`.
+    pub async fn produce_with(
+        &self,
+        records: Vec<Record>,
+        compression: Compression,
+    ) -> Result<i64, KafkaError> {
+        let size = records.iter().map(Record::value_len).sum();
+        let records = records.into_iter().map(Record::into_rskafka).collect();
+        bounded("produce", self.limit, async {
+            match self.client.produce(records, compression.rskafka()).await {
+                Ok(offsets) => Ok(offsets.first().copied().unwrap_or(-1)),
+                Err(RsError::ServerError {
+                    protocol_error:
+                        ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
+                    ..
+                }) => Err(KafkaError::RecordTooLarge { size }),
+                Err(e) => Err(client_err("producing a record")(e)),
+            }
+        })
+        .await
+    }
+
+    /// The offset the next record produced to the partition will get.
+    pub async fn end_offset(&self) -> Result<i64, KafkaError> {
+        self.offset_at(OffsetAt::Latest).await
+    }
+
+    /// The earliest offset still kept in the partition.
+    pub async fn start_offset(&self) -> Result<i64, KafkaError> {
+        self.offset_at(OffsetAt::Earliest).await
+    }
+
+    /// The first offset whose record is stamped at or after `ms` (Unix
+    /// milliseconds); when none is, the end offset as it was before the lookup.
+    ///
+    /// The end offset is read first: read after a lookup that found nothing,
+    /// it would skip a record produced between the two requests.
+    pub async fn offset_since(&self, ms: u64) -> Result<i64, KafkaError> {
+        let end = self.end_offset().await?;
+        let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+        let at = rskafka::chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+        let offset = self.offset_at(OffsetAt::Timestamp(at)).await?;
+        Ok(if offset >= 0 { offset.min(end) } else { end })
+    }
+
+    async fn offset_at(&self, at: OffsetAt) -> Result<i64, KafkaError> {
+        bounded("offset lookup", self.limit, async {
+            self.client
+                .get_offset(at)
+                .await
+                .map_err(client_err("reading a partition offset"))
+        })
+        .await
+    }
 }
 
 /// The record for one frame: keyed by the job id, headers as given.
@@ -408,16 +562,14 @@ pub fn record(frame: &Frame, payload: &[u8], headers: &[(&str, Vec<u8>)]) -> Rec
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
-        timestamp: now_utc(),
+        timestamp_ms: now_ms(),
     }
 }
 
-fn now_utc() -> rskafka::chrono::DateTime<rskafka::chrono::Utc> {
-    let ms = std::time::SystemTime::now()
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    rskafka::chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Bounds one Kafka call: rskafka retries with backoff but a request on a
@@ -432,207 +584,28 @@ async fn bounded<T>(
         .unwrap_or(Err(KafkaError::Timeout(action)))
 }
 
-/// Produces one record and waits for the broker's acknowledgement, at most `limit`.
-pub async fn produce(
-    pc: &PartitionClient,
-    record: Record,
-    limit: Duration,
-) -> Result<i64, KafkaError> {
-    produce_all(pc, vec![record], limit).await
-}
-
-/// Produces `records` as one batch (one request, one acknowledgement) and
-/// returns the first one's offset. The batch must fit the broker's
-/// `message.max.bytes` like a single record.
-pub async fn produce_all(
-    pc: &PartitionClient,
-    records: Vec<Record>,
-    limit: Duration,
-) -> Result<i64, KafkaError> {
-    produce_with(pc, records, Compression::NoCompression, limit).await
-}
-
-/// Like [`produce_all`], with the batch compressed by `compression`.
-pub async fn produce_with(
-    pc: &PartitionClient,
-    records: Vec<Record>,
-    compression: Compression,
-    limit: Duration,
-) -> Result<i64, KafkaError> {
-    let size = records
-        .iter()
-        .map(|r| r.value.as_ref().map_or(0, Vec::len))
-        .sum();
-    bounded("produce", limit, async {
-        match pc.produce(records, compression).await {
-            Ok(offsets) => Ok(offsets.first().copied().unwrap_or(-1)),
-            Err(RsError::ServerError {
-                protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
-                ..
-            }) => Err(KafkaError::RecordTooLarge { size }),
-            Err(e) => Err(client_err("producing a record")(e)),
-        }
-    })
-    .await
-}
-
-/// A produce call in flight: boxed so a window can hold several.
-type Producing<'a> = Pin<Box<dyn Future<Output = Result<i64, KafkaError>> + Send + 'a>>;
-
-/// Up to `capacity` produce calls to one partition in flight at once, their
-/// acknowledgements taken oldest first.
-///
-/// The calls are not spawned: the window polls them in the order they were
-/// pushed, so each reaches rskafka's (first come, first served) connection
-/// lock, and the broker, in that order. Normally the records land in the
-/// partition in the order they were produced, which keeps the portal's
-/// digest running without a second pass. When the connection breaks,
-/// rskafka retries each call on its own after a random backoff, so records
-/// can then land out of order or twice; the portal accepts both (it places
-/// chunks by offset and hashes the spool at the end). Each call's timeout
-/// runs from its first poll, so it covers the calls queued ahead of it.
-/// Dropping the window abandons the calls.
-pub struct ProduceWindow<'a> {
-    pc: &'a PartitionClient,
-    limit: Duration,
-    capacity: usize,
-    calls: VecDeque<Slot<'a>>,
-}
-
-enum Slot<'a> {
-    Pending(Producing<'a>),
-    Done(Result<i64, KafkaError>),
-}
-
-impl<'a> ProduceWindow<'a> {
-    /// An empty window onto `pc`; each call is bounded by `limit`.
-    pub fn new(pc: &'a PartitionClient, capacity: usize, limit: Duration) -> Self {
-        Self {
-            pc,
-            limit,
-            capacity: capacity.max(1),
-            calls: VecDeque::with_capacity(capacity.max(1)),
-        }
-    }
-
-    /// Whether another record may be pushed without waiting.
-    pub fn has_room(&self) -> bool {
-        self.calls.len() < self.capacity
-    }
-
-    /// Starts producing `record` (after every record pushed before it).
-    pub fn push(&mut self, record: Record) {
-        self.calls.push_back(Slot::Pending(Box::pin(produce(
-            self.pc, record, self.limit,
-        ))));
-    }
-
-    /// Polls every unfinished call, in push order.
-    fn poll_pending(&mut self, cx: &mut Context<'_>) {
-        for slot in &mut self.calls {
-            if let Slot::Pending(call) = slot {
-                if let Poll::Ready(r) = call.as_mut().poll(cx) {
-                    *slot = Slot::Done(r);
-                }
-            }
-        }
-    }
-
-    /// Polls the calls; takes the oldest call's result when it has finished.
-    fn poll_calls(&mut self, cx: &mut Context<'_>) -> Option<Result<i64, KafkaError>> {
-        self.poll_pending(cx);
-        match self.calls.pop_front()? {
-            Slot::Done(r) => Some(r),
-            pending => {
-                self.calls.push_front(pending);
-                None
-            }
-        }
-    }
-
-    /// Waits for the oldest call; its offset, or None when nothing is in flight.
-    pub async fn next(&mut self) -> Option<Result<i64, KafkaError>> {
-        if self.calls.is_empty() {
-            return None;
-        }
-        std::future::poll_fn(|cx| match self.poll_calls(cx) {
-            Some(r) => Poll::Ready(Some(r)),
-            None => Poll::Pending,
-        })
-        .await
-    }
-
-    /// Runs `work` (reading the next chunk, say) while the calls in flight
-    /// keep moving.
-    pub async fn alongside<T>(&mut self, work: impl Future<Output = T>) -> T {
-        let mut work = std::pin::pin!(work);
-        std::future::poll_fn(|cx| {
-            self.poll_pending(cx);
-            work.as_mut().poll(cx)
-        })
-        .await
-    }
-}
-
-/// The offset the next record produced to the partition will get.
-pub async fn end_offset(pc: &PartitionClient, limit: Duration) -> Result<i64, KafkaError> {
-    offset_at(pc, OffsetAt::Latest, limit).await
-}
-
-/// The earliest offset still kept in the partition.
-pub async fn start_offset(pc: &PartitionClient, limit: Duration) -> Result<i64, KafkaError> {
-    offset_at(pc, OffsetAt::Earliest, limit).await
-}
-
-/// The first offset whose record is stamped at or after `ms` (Unix
-/// milliseconds); when none is, the end offset as it was before the lookup.
-///
-/// The end offset is read first: read after a lookup that found nothing,
-/// it would skip a record produced between the two requests.
-pub async fn offset_since(
-    pc: &PartitionClient,
-    ms: u64,
-    limit: Duration,
-) -> Result<i64, KafkaError> {
-    let end = end_offset(pc, limit).await?;
-    let at = rskafka::chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default();
-    let offset = offset_at(pc, OffsetAt::Timestamp(at), limit).await?;
-    Ok(if offset >= 0 { offset.min(end) } else { end })
-}
-
-async fn offset_at(pc: &PartitionClient, at: OffsetAt, limit: Duration) -> Result<i64, KafkaError> {
-    bounded("offset lookup", limit, async {
-        pc.get_offset(at)
-            .await
-            .map_err(client_err("reading a partition offset"))
-    })
-    .await
-}
-
 /// Whether a record is keyed by `job`.
 pub fn is_for_job(record: &Record, job: &JobId) -> bool {
     record.key.as_deref() == Some(job.key().as_slice())
 }
 
-/// Partition clients of one topic, opened on first use and kept: opening
-/// one costs a metadata round trip, and a portal answers on few partitions.
+/// Partitions of one topic, opened on first use and kept: opening one
+/// costs a metadata round trip, and a portal answers on few partitions.
 #[derive(Debug)]
 pub struct PartitionCache {
-    client: Arc<Client>,
+    cluster: Cluster,
     topic: String,
-    limit: Duration,
-    /// Guards the map only while a client is looked up or inserted.
-    clients: Mutex<HashMap<i32, Arc<PartitionClient>>>,
+    /// Guards the map only while a partition is looked up or inserted.
+    partitions: Mutex<HashMap<i32, Partition>>,
 }
 
 impl PartitionCache {
     /// An empty cache for `topic`.
-    pub fn new(client: Arc<Client>, topic: String, limit: Duration) -> Self {
+    pub fn new(cluster: Cluster, topic: String) -> Self {
         Self {
-            client,
+            cluster,
             topic,
-            limit,
-            clients: Mutex::new(HashMap::new()),
+            partitions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -641,14 +614,14 @@ impl PartitionCache {
         &self.topic
     }
 
-    /// The client for `p`, opened if needed.
-    pub async fn get(&self, p: i32) -> Result<Arc<PartitionClient>, KafkaError> {
-        let mut map = self.clients.lock().await;
-        if let Some(c) = map.get(&p) {
-            return Ok(Arc::clone(c));
+    /// Partition `p`, opened if needed.
+    pub async fn get(&self, p: i32) -> Result<Partition, KafkaError> {
+        let mut map = self.partitions.lock().await;
+        if let Some(found) = map.get(&p) {
+            return Ok(found.clone());
         }
-        let c = Arc::new(partition(&self.client, &self.topic, p, self.limit).await?);
-        map.insert(p, Arc::clone(&c));
-        Ok(c)
+        let opened = self.cluster.partition(&self.topic, p).await?;
+        map.insert(p, opened.clone());
+        Ok(opened)
     }
 }

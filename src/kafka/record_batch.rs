@@ -18,8 +18,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 
+use crate::kafka::{Record, RecordAndOffset};
 use bytes::Bytes;
-use rskafka::record::{Record, RecordAndOffset};
 
 /// Largest records section of one batch once decompressed. Our own batches
 /// hold at most one chunk (under 8 MiB); a larger one is skipped as
@@ -607,7 +607,7 @@ fn parse_record(cur: &mut Cursor<'_>, header: &Header) -> Result<RecordAndOffset
             key,
             value,
             headers,
-            timestamp: rskafka::chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default(),
+            timestamp_ms: millis,
         },
         offset: header.base.saturating_add(i64::from(offset_delta)),
     })
@@ -1084,10 +1084,7 @@ mod tests {
                 Some(&b"2/replies"[..])
             );
             assert_eq!(got[0].record.headers.get("empty"), Some(&Vec::new()));
-            assert_eq!(
-                got[0].record.timestamp.timestamp_millis(),
-                1_700_000_000_040
-            );
+            assert_eq!(got[0].record.timestamp_ms, 1_700_000_000_040);
             assert_eq!(got[1].record.value.as_deref(), Some(&big[..]), "{codec:?}");
             assert_eq!(got[2].offset, 42);
             assert_eq!(got[2].record.key.as_deref(), Some(&b"other"[..]));

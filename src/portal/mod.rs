@@ -23,16 +23,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use rskafka::client::partition::PartitionClient;
-use rskafka::client::Client;
-use rskafka::record::RecordAndOffset;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::kafka::fetcher::Fetcher;
 use crate::kafka::group::{Assignment, Beat, GroupError, GroupSettings, Member};
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::record_batch::{Item, Unreadable};
-use crate::kafka::{self, KafkaError, PartitionCache};
+use crate::kafka::window::{ReplyWriter, Unsent};
+use crate::kafka::{self, Cluster, KafkaError, Partition, PartitionCache, RecordAndOffset};
 use crate::portal::admin::{Metrics, Readiness};
 use crate::portal::assembler::{Assembler, Budgets, CompletedJob, FailedJob, Outcome};
 use crate::portal::http_dispatch::token_cache::TokenCache;
@@ -116,7 +114,7 @@ impl Drop for InFlightGuard {
 /// What every task of a portal shares.
 struct Ctx {
     cfg: Settings,
-    client: Arc<Client>,
+    cluster: Cluster,
     dispatcher: Dispatcher,
     replies: PartitionCache,
     response_partitions: i32,
@@ -171,23 +169,21 @@ pub async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> anyhow::R
         None => None,
     };
     let kcfg = &cfg.kafka;
-    let client = kafka::connect(&kcfg.settings("kafkasend-portal")).await?;
-    let request_partitions = kafka::ensure_topic(
-        &client,
-        &kcfg.request_topic,
-        cfg.topic_partitions,
-        cfg.replication_factor,
-        kcfg.timeout,
-    )
-    .await?;
-    let response_partitions = kafka::ensure_topic(
-        &client,
-        &kcfg.response_topic,
-        cfg.topic_partitions,
-        cfg.replication_factor,
-        kcfg.timeout,
-    )
-    .await?;
+    let cluster = kafka::connect(&kcfg.settings("kafkasend-portal")).await?;
+    let request_partitions = cluster
+        .ensure_topic(
+            &kcfg.request_topic,
+            cfg.topic_partitions,
+            cfg.replication_factor,
+        )
+        .await?;
+    let response_partitions = cluster
+        .ensure_topic(
+            &kcfg.response_topic,
+            cfg.topic_partitions,
+            cfg.replication_factor,
+        )
+        .await?;
     readiness.set_connected();
 
     let http = crate::portal::http_dispatch::client::build_client(&cfg.api_tls);
@@ -220,11 +216,7 @@ pub async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> anyhow::R
     let ctx = Arc::new(Ctx {
         verifier,
         request_partitions,
-        replies: PartitionCache::new(
-            Arc::clone(&client),
-            kcfg.response_topic.clone(),
-            kcfg.timeout,
-        ),
+        replies: PartitionCache::new(cluster.clone(), kcfg.response_topic.clone()),
         call_permits: Arc::new(Semaphore::new(cfg.max_concurrent_jobs)),
         queue_permits: Arc::new(Semaphore::new(cfg.max_concurrent_jobs + 256)),
         in_flight: Arc::new(InFlight::default()),
@@ -234,7 +226,7 @@ pub async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> anyhow::R
         readiness,
         response_partitions,
         dispatcher,
-        client,
+        cluster,
         cfg,
     });
 
@@ -514,11 +506,11 @@ async fn read_partition(
 ) -> Result<(), KafkaError> {
     let topic = ctx.cfg.kafka.request_topic.clone();
     let limit = ctx.cfg.kafka.timeout;
-    let pc = kafka::partition(&ctx.client, &topic, partition, limit).await?;
+    let pc = ctx.cluster.partition(&topic, partition).await?;
     let mut offset = match (committed, ctx.cfg.start_from) {
         (Some(o), _) => o,
-        (None, StartFrom::Latest) => kafka::end_offset(&pc, limit).await?,
-        (None, StartFrom::Earliest) => kafka::start_offset(&pc, limit).await?,
+        (None, StartFrom::Latest) => pc.end_offset().await?,
+        (None, StartFrom::Earliest) => pc.start_offset().await?,
     };
     log::debug!("reading {topic}[{partition}] from offset {offset}");
     lock(&progress).set_start(offset);
@@ -565,10 +557,10 @@ async fn read_partition(
                 // Below the log start: records were deleted, go on from the
                 // oldest kept. Past the end: the topic was truncated or
                 // recreated; replaying it could repeat old calls, so skip to the end.
-                let earliest = kafka::start_offset(&pc, limit).await;
+                let earliest = pc.start_offset().await;
                 let next = match earliest {
                     Ok(earliest) if offset < earliest => Ok(earliest),
-                    Ok(_) => kafka::end_offset(&pc, limit).await,
+                    Ok(_) => pc.end_offset().await,
                     Err(e) => Err(e),
                 };
                 let next = match next {
@@ -679,7 +671,7 @@ impl Drop for ReaderGauges {
 /// through the failing fetch).
 async fn report_stalled(
     ctx: &Ctx,
-    pc: &PartitionClient,
+    pc: &Partition,
     partition: i32,
     offset: i64,
     since: Instant,
@@ -695,7 +687,7 @@ async fn report_stalled(
         log::error!("{topic}[{partition}]: {why}");
     }
     ctx.readiness.set_stalled(partition, why);
-    match kafka::end_offset(pc, ctx.cfg.kafka.timeout).await {
+    match pc.end_offset().await {
         Ok(end) => ctx.metrics.partition_position(partition, offset, end),
         Err(e) => log::debug!("{topic}[{partition}]: end offset: {e}"),
     }
@@ -1052,7 +1044,7 @@ async fn spawn_error_reply(
                 report_error_reply(
                     &ctx,
                     failed.job,
-                    send_error(&pc, failed.job, 0, info, ctx.cfg.kafka.timeout).await,
+                    send_error(&pc, failed.job, 0, info).await,
                     failed.category,
                 )
             }
@@ -1068,7 +1060,7 @@ async fn spawn_error_reply(
 /// Where a job's answer can go.
 enum ReplyTo {
     /// The reply partition, open.
-    Partition(Arc<PartitionClient>),
+    Partition(Partition),
     /// The start record names no valid reply address: no answer is possible.
     Nowhere,
     /// The reply partition could not be opened now; try again later.
@@ -1113,85 +1105,17 @@ async fn reply_partition(ctx: &Ctx, job: JobId, topic: &str, partition: i32) -> 
 }
 
 async fn send_error(
-    pc: &PartitionClient,
+    pc: &Partition,
     job: JobId,
     seq: u32,
     info: Failure,
-    limit: Duration,
 ) -> Result<i64, KafkaError> {
     let frame = Frame {
         job,
         seq,
         body: Body::Error(info),
     };
-    kafka::produce(pc, kafka::record(&frame, &[], &[]), limit).await
-}
-
-/// The records of one response on their way to the reply partition.
-///
-/// Records are held briefly and produced together: a small response (start,
-/// body, end) leaves in one produce request and reaches the client in one
-/// fetch. A batch never holds more than one chunk's worth of bytes.
-struct ReplyWriter<'a> {
-    pc: &'a PartitionClient,
-    limit: Duration,
-    /// Most bytes one batch may carry.
-    batch_max: usize,
-    held: Vec<rskafka::record::Record>,
-    held_bytes: usize,
-    /// Sequence number of the first held record.
-    first_seq: u32,
-}
-
-impl<'a> ReplyWriter<'a> {
-    fn new(pc: &'a PartitionClient, batch_max: usize, limit: Duration) -> Self {
-        Self {
-            pc,
-            limit,
-            batch_max,
-            held: Vec::new(),
-            held_bytes: 0,
-            first_seq: 0,
-        }
-    }
-
-    /// Whether records wait to be produced.
-    fn holds(&self) -> bool {
-        !self.held.is_empty()
-    }
-
-    /// Holds a frame, producing what is held first if both would not fit
-    /// one batch.
-    async fn push(&mut self, frame: &Frame, payload: &[u8]) -> Result<(), AnswerError> {
-        let record = kafka::record(frame, payload, &[]);
-        let size = record.value.as_ref().map_or(0, Vec::len);
-        if self.holds() && self.held_bytes + size > self.batch_max {
-            self.flush().await?;
-        }
-        if self.held.is_empty() {
-            self.first_seq = frame.seq;
-        }
-        self.held.push(record);
-        self.held_bytes += size;
-        Ok(())
-    }
-
-    /// Produces what is held; a failure names the first sequence number
-    /// that did not get through, so an error record can take its place.
-    async fn flush(&mut self) -> Result<(), AnswerError> {
-        if self.held.is_empty() {
-            return Ok(());
-        }
-        let records = std::mem::take(&mut self.held);
-        self.held_bytes = 0;
-        kafka::produce_all(self.pc, records, self.limit)
-            .await
-            .map(|_| ())
-            .map_err(|error| AnswerError::Kafka {
-                seq: self.first_seq,
-                error,
-            })
-    }
+    pc.produce(kafka::record(&frame, &[], &[])).await
 }
 
 /// Runs one job; returns whether it is settled (see [`settle`]).
@@ -1241,7 +1165,7 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) 
                 category,
                 message: error.message,
             };
-            let sent = send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await;
+            let sent = send_error(&pc, id, seq, info).await;
             report_error_reply(ctx, id, sent, category)
         }
         Err(AnswerError::Kafka { seq, error }) => {
@@ -1254,7 +1178,7 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) 
                 category,
                 message: format!("the portal could not send the response: {error}"),
             };
-            let sent = send_error(&pc, id, seq, info, ctx.cfg.kafka.timeout).await;
+            let sent = send_error(&pc, id, seq, info).await;
             report_error_reply(ctx, id, sent, category)
         }
     };
@@ -1290,13 +1214,14 @@ enum AnswerError {
     Kafka { seq: u32, error: KafkaError },
 }
 
+impl From<Unsent> for AnswerError {
+    fn from(Unsent { seq, error }: Unsent) -> Self {
+        Self::Kafka { seq, error }
+    }
+}
+
 /// Calls the API and streams its response; returns status and body bytes.
-async fn answer(
-    ctx: &Ctx,
-    pc: &PartitionClient,
-    job: &CompletedJob,
-) -> Result<(u16, u64), AnswerError> {
-    let limit = ctx.cfg.kafka.timeout;
+async fn answer(ctx: &Ctx, pc: &Partition, job: &CompletedJob) -> Result<(u16, u64), AnswerError> {
     // One deadline for the whole call, headers and body alike.
     let deadline = tokio::time::Instant::now() + ctx.dispatcher.timeout();
     let resp = ctx
@@ -1339,7 +1264,7 @@ async fn answer(
         }),
     };
     let chunk_size = ctx.cfg.kafka.chunk_size;
-    let mut out = ReplyWriter::new(pc, chunk_size, limit);
+    let mut out = ReplyWriter::new(pc, chunk_size);
     out.push(&start, &[]).await?;
 
     let mut chunker = Chunker::new(job.job, 1);

@@ -11,7 +11,6 @@ pub mod ui;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -21,6 +20,7 @@ use tokio::sync::mpsc;
 use crate::kafka::fetcher::Fetcher;
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::record_batch::Item;
+use crate::kafka::window::ProduceWindow;
 use crate::kafka::{self, KafkaError, KafkaSettings, PartitionCache};
 use crate::protocol::chunker::{hex, read_chunk, Chunker};
 use crate::protocol::wire::{self, Body, Frame, JobId, RequestStart};
@@ -591,12 +591,11 @@ impl Link {
     /// Connects and reads both topics' partition counts (one metadata
     /// request); a missing topic is an error.
     pub async fn open(kcfg: &kafka::Config, client_id: &str) -> Result<Self, SendError> {
-        let limit = kcfg.timeout;
         let settings = kcfg.settings(client_id);
-        let client = kafka::connect(&settings).await?;
-        let counts =
-            kafka::partition_counts(&client, &[&kcfg.request_topic, &kcfg.response_topic], limit)
-                .await?;
+        let cluster = kafka::connect(&settings).await?;
+        let counts = cluster
+            .partition_counts(&[&kcfg.request_topic, &kcfg.response_topic])
+            .await?;
         let count = |topic: &str, n: Option<i32>| {
             n.ok_or_else(|| SendError::from(KafkaError::MissingTopic(topic.to_string())))
         };
@@ -604,8 +603,8 @@ impl Link {
             settings,
             request_partitions: count(&kcfg.request_topic, counts[0])?,
             reply_partitions: count(&kcfg.response_topic, counts[1])?,
-            requests: PartitionCache::new(Arc::clone(&client), kcfg.request_topic.clone(), limit),
-            replies: PartitionCache::new(client, kcfg.response_topic.clone(), limit),
+            requests: PartitionCache::new(cluster.clone(), kcfg.request_topic.clone()),
+            replies: PartitionCache::new(cluster, kcfg.response_topic.clone()),
         })
     }
 }
@@ -641,7 +640,7 @@ async fn transmit(
         None => None,
         Some(sink) => {
             let reply_pc = link.replies.get(reply_partition).await?;
-            let from = kafka::end_offset(&reply_pc, limit).await?;
+            let from = reply_pc.end_offset().await?;
             let fetcher = Fetcher::new(&link.settings, &kcfg.response_topic, reply_partition);
             // Stopped however this function returns: left running, it would
             // long-poll the broker for nothing.
@@ -683,7 +682,9 @@ async fn transmit(
             .map_err(|e| usage(e.to_string()))?;
         headers.push((wire::SIGNATURE_HEADER, signature.into_bytes()));
     }
-    kafka::produce(&request_pc, kafka::record(&start, &[], &headers), limit).await?;
+    request_pc
+        .produce(kafka::record(&start, &[], &headers))
+        .await?;
 
     let mut early: VecDeque<Reply> = VecDeque::new();
     let upload_started = Instant::now();
@@ -691,7 +692,7 @@ async fn transmit(
         let progress = Progress::new("upload", prepared.body_len, show.progress);
         let mut chunker = Chunker::new(job, 1);
         let capacity = produce_window(kcfg.chunk_size);
-        let mut window = kafka::ProduceWindow::new(&request_pc, capacity, limit);
+        let mut window = ProduceWindow::new(&request_pc, capacity);
         // Lengths of the chunks in flight, oldest first.
         let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(capacity);
         let mut read_all = false;
@@ -708,7 +709,7 @@ async fn transmit(
                 }
                 let out = chunker.chunk(data);
                 in_flight.push_back(out.payload.len() as u64);
-                window.push(kafka::record(&out.frame, &out.payload, &[]));
+                window.push(&out.frame, &out.payload);
                 continue;
             }
             let Some(acked) = window.next().await else {
@@ -752,7 +753,7 @@ async fn transmit(
         let sent = chunker.bytes();
         progress.finish();
         let end = chunker.finish();
-        kafka::produce(&request_pc, kafka::record(&end, &[], &[]), limit).await?;
+        request_pc.produce(kafka::record(&end, &[], &[])).await?;
         let secs = upload_started.elapsed().as_secs_f64();
         log::info!(
             "job {job}: sent {sent} bytes in {secs:.2} s ({:.1} MB/s)",
@@ -850,17 +851,19 @@ async fn follow_job(
     let kcfg = &cfg.kafka;
     let limit = kcfg.timeout;
     let settings = kcfg.settings("kafkasend-wait");
-    let client = kafka::connect(&settings).await?;
-    let resp_parts = kafka::partition_count(&client, &kcfg.response_topic, limit)
+    let cluster = kafka::connect(&settings).await?;
+    let resp_parts = cluster
+        .partition_count(&kcfg.response_topic)
         .await?
         .ok_or_else(|| KafkaError::MissingTopic(kcfg.response_topic.clone()))?;
     let reply_partition = partition_for_key(&job.key(), resp_parts);
-    let reply_pc =
-        Arc::new(kafka::partition(&client, &kcfg.response_topic, reply_partition, limit).await?);
+    let reply_pc = cluster
+        .partition(&kcfg.response_topic, reply_partition)
+        .await?;
     let since_ms = job
         .timestamp_ms()
         .saturating_sub(WAIT_CLOCK_SLACK.as_millis() as u64);
-    let from = kafka::offset_since(&reply_pc, since_ms, limit).await?;
+    let from = reply_pc.offset_since(since_ms).await?;
     log::debug!("job {job}: reading reply partition {reply_partition} from offset {from}");
     let (reply_tx, mut reply_rx) = mpsc::channel(8);
     let fetcher = Fetcher::new(&settings, &kcfg.response_topic, reply_partition);

@@ -337,13 +337,10 @@ async fn jobs_written_with_every_codec_are_answered() {
     let servers = Servers::start().await;
     let topics = Topics::new("written");
     let (_portal, _admin) = portal_with_admin(&topics, &servers);
-    let limit = Duration::from_secs(30);
     let client = kafka::connect(&kafka_settings(&topics, "it-writer"))
         .await
         .unwrap();
-    let pc = kafka::partition(&client, &topics.request, 0, limit)
-        .await
-        .unwrap();
+    let pc = client.partition(&topics.request, 0).await.unwrap();
     let mut jobs = Vec::new();
     for (n, compression) in [
         Compression::Gzip,
@@ -362,9 +359,7 @@ async fn jobs_written_with_every_codec_are_answered() {
             .iter()
             .map(|(frame, payload, headers)| kafka::record(frame, payload, headers))
             .collect();
-        kafka::produce_with(&pc, records, compression, limit)
-            .await
-            .unwrap();
+        pc.produce_with(records, compression).await.unwrap();
         jobs.push((job, path, sha256_hex(&body)));
     }
     for (_, path, digest) in &jobs {
@@ -531,13 +526,10 @@ async fn foreign_compressed_records_on_the_reply_partition_do_not_fail_send() {
     // ahead of the answer: Kafka's console producer, and our own producer
     // with every codec, as another job's records.
     console_produce(&topics.response, "zstd", "not a KafkaSend record\n");
-    let limit = Duration::from_secs(30);
     let kc = kafka::connect(&kafka_settings(&topics, "it-other"))
         .await
         .unwrap();
-    let pc = kafka::partition(&kc, &topics.response, 0, limit)
-        .await
-        .unwrap();
+    let pc = kc.partition(&topics.response, 0).await.unwrap();
     let other = JobId::new();
     for compression in [
         Compression::Gzip,
@@ -553,14 +545,9 @@ async fn foreign_compressed_records_on_the_reply_partition_do_not_fail_send() {
                 message: "someone else's answer".into(),
             }),
         };
-        kafka::produce_with(
-            &pc,
-            vec![kafka::record(&frame, &[], &[])],
-            compression,
-            limit,
-        )
-        .await
-        .unwrap();
+        pc.produce_with(vec![kafka::record(&frame, &[], &[])], compression)
+            .await
+            .unwrap();
     }
     servers.state.release_hold();
     let out = client.await.unwrap();

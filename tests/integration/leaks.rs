@@ -130,25 +130,22 @@ async fn an_echoing_token_endpoint_leaks_nothing_to_senders_or_the_log() {
 
 /// Creates both topics of `topics` with 3 partitions, as a portal would.
 async fn create_topics(topics: &Topics) {
-    let limit = Duration::from_secs(30);
     let client = kafka::connect(&kafka_settings(topics, "it-topics"))
         .await
         .unwrap();
     for topic in [&topics.request, &topics.response] {
-        kafka::ensure_topic(&client, topic, 3, 1, limit)
-            .await
-            .unwrap();
+        client.ensure_topic(topic, 3, 1).await.unwrap();
     }
 }
 
 /// Writes an `Error` record for `job` with `message` to its reply partition,
 /// as anyone allowed to write the response topic could.
 async fn forge_error(topics: &Topics, job: JobId, reply_partition: i32, message: &str) {
-    let limit = Duration::from_secs(30);
     let client = kafka::connect(&kafka_settings(topics, "it-forger"))
         .await
         .unwrap();
-    let pc = kafka::partition(&client, &topics.response, reply_partition, limit)
+    let pc = client
+        .partition(&topics.response, reply_partition)
         .await
         .unwrap();
     let frame = Frame {
@@ -159,9 +156,7 @@ async fn forge_error(topics: &Topics, job: JobId, reply_partition: i32, message:
             message: message.into(),
         }),
     };
-    kafka::produce(&pc, kafka::record(&frame, &[], &[]), limit)
-        .await
-        .unwrap();
+    pc.produce(kafka::record(&frame, &[], &[])).await.unwrap();
 }
 
 /// The first request start on the request topic: its job and reply partition.

@@ -78,13 +78,10 @@ async fn a_flood_of_sparse_chunks_keeps_the_portal_small() {
     let idle_rss = rss_bytes(pid);
 
     let settings = kafka_settings(&topics, "it-sparse");
-    let limit = Duration::from_secs(30);
     let client = kafka::connect(&settings).await.unwrap();
     let mut jobs = Vec::new();
     for p in 0..3 {
-        let pc = kafka::partition(&client, &topics.request, p, limit)
-            .await
-            .unwrap();
+        let pc = client.partition(&topics.request, p).await.unwrap();
         let mut batch = Vec::new();
         for _ in 0..256 {
             let job = JobId::new();
@@ -93,7 +90,7 @@ async fn a_flood_of_sparse_chunks_keeps_the_portal_small() {
             batch.push(chunk_record(job, 1, MIB - 1, b"x", wire::checksum(b"x")));
             jobs.push(job);
         }
-        kafka::produce_all(&pc, batch, limit).await.unwrap();
+        pc.produce_all(batch).await.unwrap();
     }
     let wanted = jobs.len();
     wait_until("the portal holds every flood job", || {
@@ -190,18 +187,15 @@ async fn a_full_memory_budget_sends_bodies_to_disk_then_refuses_them() {
 
     // One partition, so one reader takes the jobs in order.
     let settings = kafka_settings(&topics, "it-membudget");
-    let limit = Duration::from_secs(30);
     let client = kafka::connect(&settings).await.unwrap();
-    let pc = kafka::partition(&client, &topics.request, 0, limit)
-        .await
-        .unwrap();
+    let pc = client.partition(&topics.request, 0).await.unwrap();
     let mut jobs = Vec::new();
     for i in 0..14u64 {
         let job = JobId::new();
         let body = pattern(i, BODY);
         let start = post_start(job, "/upload", Some(BODY as u64), vec![], &topics.response);
         let chunk = chunk_record(job, 1, 0, &body, wire::checksum(&body));
-        kafka::produce_all(&pc, vec![kafka::record(&start, &[], &[]), chunk], limit)
+        pc.produce_all(vec![kafka::record(&start, &[], &[]), chunk])
             .await
             .unwrap();
         jobs.push((job, body));
@@ -261,9 +255,7 @@ async fn a_full_memory_budget_sends_bodies_to_disk_then_refuses_them() {
                 sha256: Sha256::digest(body).into(),
             }),
         };
-        kafka::produce(&pc, kafka::record(&end, &[], &[]), limit)
-            .await
-            .unwrap();
+        pc.produce(kafka::record(&end, &[], &[])).await.unwrap();
     }
     wait_until("the API gets the ten held bodies", || {
         servers.state.requests().len() == 11

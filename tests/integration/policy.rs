@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use kafkasend::kafka;
+use kafkasend::kafka::{self, Record};
 use kafkasend::protocol::wire::{self, Body, EndInfo, Frame, JobId, ResponseStart};
 use kafkasend::protocol::ErrorCategory;
-use rskafka::record::Record;
 
 use crate::support::api::Servers;
 use crate::support::broker::{
@@ -95,14 +94,11 @@ async fn the_policy_lets_through_only_what_it_names() {
         wire::REPLY_TO_HEADER,
         wire::reply_to_header(&topics.response, 0),
     )];
-    let limit = Duration::from_secs(30);
     let client = kafka::connect(&kafka_settings(&topics, "it-policy"))
         .await
         .unwrap();
-    let pc = kafka::partition(&client, &topics.request, 0, limit)
-        .await
-        .unwrap();
-    kafka::produce(&pc, kafka::record(&raw_start, &[], &reply), limit)
+    let pc = client.partition(&topics.request, 0).await.unwrap();
+    pc.produce(kafka::record(&raw_start, &[], &reply))
         .await
         .unwrap();
     wait_until("the raw request reaches the API", || {
@@ -259,13 +255,10 @@ fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)>
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
-            timestamp: rskafka::chrono::DateTime::from_timestamp_millis(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_millis() as i64,
-            )
-            .unwrap(),
+            timestamp_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
         };
     let start = |job: JobId, path: &str, body_len: Option<u64>, headers| {
         post_start(job, path, body_len, headers, response_topic)
@@ -413,15 +406,12 @@ async fn a_burst_of_garbage_does_not_stop_real_jobs() {
         ));
     }
     let settings = kafka_settings(&topics, "it-garbage");
-    let limit = Duration::from_secs(30);
     let client = kafka::connect(&settings).await.unwrap();
     let mut expected = Vec::new();
     for p in 0..3 {
-        let pc = kafka::partition(&client, &topics.request, p, limit)
-            .await
-            .unwrap();
+        let pc = client.partition(&topics.request, p).await.unwrap();
         for (record, error) in garbage(&topics.response) {
-            kafka::produce(&pc, record, limit).await.unwrap();
+            pc.produce(record).await.unwrap();
             expected.extend(error);
         }
     }
@@ -500,19 +490,14 @@ async fn an_idle_upload_is_dropped_its_spool_freed_and_its_client_told() {
     let job = JobId::new();
     let start = post_start(job, "/upload", None, vec![], &topics.response);
     let settings = kafka_settings(&topics, "it-idle");
-    let limit = Duration::from_secs(30);
     let client = kafka::connect(&settings).await.unwrap();
-    let pc = kafka::partition(&client, &topics.request, 1, limit)
-        .await
-        .unwrap();
-    kafka::produce(&pc, kafka::record(&start, &[], &[]), limit)
-        .await
-        .unwrap();
+    let pc = client.partition(&topics.request, 1).await.unwrap();
+    pc.produce(kafka::record(&start, &[], &[])).await.unwrap();
     for seq in 1..=2u32 {
         let data = pattern(u64::from(seq), 700_000);
         let offset = u64::from(seq - 1) * 700_000;
         let record = chunk_record(job, seq, offset, &data, wire::checksum(&data));
-        kafka::produce(&pc, record, limit).await.unwrap();
+        pc.produce(record).await.unwrap();
     }
     let pid = portal.pid();
     wait_until("the portal spools the upload to disk", || {
@@ -547,7 +532,7 @@ async fn an_idle_upload_is_dropped_its_spool_freed_and_its_client_told() {
     // Later records of the dropped job change nothing, and others are served.
     let data = pattern(3, 1000);
     let late = chunk_record(job, 3, 1_400_000, &data, wire::checksum(&data));
-    kafka::produce(&pc, late, limit).await.unwrap();
+    pc.produce(late).await.unwrap();
     let out = send(&topics, &["--endpoint", "/api/items"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(servers.state.requests().len(), 1);

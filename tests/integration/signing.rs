@@ -2,7 +2,6 @@
 //! signed by a key it trusts, and refuses unsigned, foreign and replayed ones.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use kafkasend::kafka;
 use kafkasend::kafka::partitioner::partition_for_key;
@@ -210,7 +209,7 @@ async fn signing_needs_a_file_that_can_be_read_twice() {
 }
 
 /// Every record of `job` in `partition` of the request topic, as produced.
-async fn records_of(topics: &Topics, partition: i32, job: &str) -> Vec<rskafka::record::Record> {
+async fn records_of(topics: &Topics, partition: i32, job: &str) -> Vec<kafka::Record> {
     records_in(topics, &topics.request, partition)
         .await
         .into_iter()
@@ -219,17 +218,14 @@ async fn records_of(topics: &Topics, partition: i32, job: &str) -> Vec<rskafka::
 }
 
 /// Produces `records` again to `partition`; returns the offset of the first.
-async fn replay(topics: &Topics, partition: i32, records: &[rskafka::record::Record]) -> i64 {
-    let limit = Duration::from_secs(30);
+async fn replay(topics: &Topics, partition: i32, records: &[kafka::Record]) -> i64 {
     let client = kafka::connect(&kafka_settings(topics, "it-replay"))
         .await
         .unwrap();
-    let pc = kafka::partition(&client, &topics.request, partition, limit)
-        .await
-        .unwrap();
+    let pc = client.partition(&topics.request, partition).await.unwrap();
     let mut first = None;
     for r in records {
-        let at = kafka::produce(&pc, r.clone(), limit).await.unwrap();
+        let at = pc.produce(r.clone()).await.unwrap();
         first.get_or_insert(at);
     }
     first.unwrap()

@@ -8,10 +8,9 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use kafkasend::kafka;
+use kafkasend::kafka::{self, Record};
 use kafkasend::protocol::wire::{Body, ChunkInfo, Frame, JobId, RequestStart};
 use kafkasend::protocol::ErrorCategory;
-use rskafka::record::Record;
 
 use super::WAIT;
 
@@ -196,10 +195,8 @@ pub async fn records_in(topics: &Topics, topic: &str, partition: i32) -> Vec<Rec
     let limit = Duration::from_secs(30);
     let settings = kafka_settings(topics, "it-reader");
     let client = kafka::connect(&settings).await.unwrap();
-    let pc = kafka::partition(&client, topic, partition, limit)
-        .await
-        .unwrap();
-    let end = kafka::end_offset(&pc, limit).await.unwrap();
+    let pc = client.partition(topic, partition).await.unwrap();
+    let end = pc.end_offset().await.unwrap();
     let mut fetcher = kafkasend::kafka::fetcher::Fetcher::new(&settings, topic, partition);
     let mut out = Vec::new();
     let mut offset = 0;

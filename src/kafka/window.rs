@@ -1,0 +1,266 @@
+//! The two ways a job's frames are produced to one partition, both bounded
+//! and each call within the deadline the [`Partition`] carries.
+//!
+//! - [`ProduceWindow`], for `send`'s upload: chunks are large and come from
+//!   a file as fast as it can be read, so each goes in a produce call of
+//!   its own and a few calls stay in flight while the next chunk is read.
+//! - [`ReplyWriter`], for the portal's answers: frames come as the API
+//!   streams its response, often a start, a short body and an end within
+//!   milliseconds, so they are held and produced together, one batch of at
+//!   most one chunk size at a time; a small answer leaves in one request
+//!   and reaches the client in one fetch.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::kafka::{record, KafkaError, Partition, Record};
+use crate::protocol::wire::Frame;
+
+/// A produce call in flight: boxed so a window can hold several.
+type Producing<'a> = Pin<Box<dyn Future<Output = Result<i64, KafkaError>> + Send + 'a>>;
+
+/// `send`'s upload: one record per produce call, up to `capacity` calls in
+/// flight at once, their acknowledgements taken oldest first.
+///
+/// The calls are not spawned: the window polls them in the order they were
+/// pushed, so each reaches rskafka's (first come, first served) connection
+/// lock, and the broker, in that order. Normally the records land in the
+/// partition in the order they were produced, which keeps the portal's
+/// digest running without a second pass. When the connection breaks,
+/// rskafka retries each call on its own after a random backoff, so records
+/// can then land out of order or twice; the portal accepts both (it places
+/// chunks by offset and hashes the spool at the end). Each call's timeout
+/// runs from its first poll, so it covers the calls queued ahead of it.
+/// Dropping the window abandons the calls.
+pub struct ProduceWindow<'a> {
+    partition: &'a Partition,
+    capacity: usize,
+    calls: VecDeque<Slot<'a>>,
+}
+
+enum Slot<'a> {
+    Pending(Producing<'a>),
+    Done(Result<i64, KafkaError>),
+}
+
+impl<'a> ProduceWindow<'a> {
+    /// An empty window onto `partition`; each call is bounded by its deadline.
+    pub fn new(partition: &'a Partition, capacity: usize) -> Self {
+        Self {
+            partition,
+            capacity: capacity.max(1),
+            calls: VecDeque::with_capacity(capacity.max(1)),
+        }
+    }
+
+    /// Whether another frame may be pushed without waiting.
+    pub fn has_room(&self) -> bool {
+        self.calls.len() < self.capacity
+    }
+
+    /// Starts producing `frame` with `payload` in a record of its own
+    /// (after every frame pushed before it).
+    pub fn push(&mut self, frame: &Frame, payload: &[u8]) {
+        let record = record(frame, payload, &[]);
+        self.calls
+            .push_back(Slot::Pending(Box::pin(self.partition.produce(record))));
+    }
+
+    /// Polls every unfinished call, in push order.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) {
+        for slot in &mut self.calls {
+            if let Slot::Pending(call) = slot {
+                if let Poll::Ready(r) = call.as_mut().poll(cx) {
+                    *slot = Slot::Done(r);
+                }
+            }
+        }
+    }
+
+    /// Polls the calls; takes the oldest call's result when it has finished.
+    fn poll_calls(&mut self, cx: &mut Context<'_>) -> Option<Result<i64, KafkaError>> {
+        self.poll_pending(cx);
+        match self.calls.pop_front()? {
+            Slot::Done(r) => Some(r),
+            pending => {
+                self.calls.push_front(pending);
+                None
+            }
+        }
+    }
+
+    /// Waits for the oldest call; its offset, or None when nothing is in flight.
+    pub async fn next(&mut self) -> Option<Result<i64, KafkaError>> {
+        if self.calls.is_empty() {
+            return None;
+        }
+        std::future::poll_fn(|cx| match self.poll_calls(cx) {
+            Some(r) => Poll::Ready(Some(r)),
+            None => Poll::Pending,
+        })
+        .await
+    }
+
+    /// Runs `work` (reading the next chunk, say) while the calls in flight
+    /// keep moving.
+    pub async fn alongside<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        std::future::poll_fn(|cx| {
+            self.poll_pending(cx);
+            work.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
+/// A frame the partition did not take: the first of the batch whose
+/// produce call failed (later frames went with it, or were never tried),
+/// so an error record can take its sequence number.
+#[derive(Debug)]
+pub struct Unsent {
+    /// Sequence number of the first frame not produced.
+    pub seq: u32,
+    /// Why the produce call failed.
+    pub error: KafkaError,
+}
+
+/// The portal's answer to one job on its way to the reply partition.
+///
+/// Frames are held while they fit one batch of `batch_max` bytes together,
+/// and produced when the next would not fit or the caller flushes (the
+/// portal flushes on a timer too, so a slow API's bytes still reach the
+/// client). One produce call at a time: the calls of one answer reach the
+/// partition in order.
+pub struct ReplyWriter<'a> {
+    partition: &'a Partition,
+    /// Most bytes one batch may carry.
+    batch_max: usize,
+    held: Held,
+}
+
+impl<'a> ReplyWriter<'a> {
+    /// A writer onto `partition` that batches up to `batch_max` bytes.
+    pub fn new(partition: &'a Partition, batch_max: usize) -> Self {
+        Self {
+            partition,
+            batch_max,
+            held: Held::default(),
+        }
+    }
+
+    /// Holds a frame, producing what is held first if both would not fit
+    /// one batch.
+    pub async fn push(&mut self, frame: &Frame, payload: &[u8]) -> Result<(), Unsent> {
+        let record = record(frame, payload, &[]);
+        if self.held.would_overflow(record.value_len(), self.batch_max) {
+            self.flush().await?;
+        }
+        self.held.add(frame.seq, record);
+        Ok(())
+    }
+
+    /// Produces what is held, in one request.
+    pub async fn flush(&mut self) -> Result<(), Unsent> {
+        let Some((seq, records)) = self.held.take() else {
+            return Ok(());
+        };
+        self.partition
+            .produce_all(records)
+            .await
+            .map(drop)
+            .map_err(|error| Unsent { seq, error })
+    }
+}
+
+/// The records a [`ReplyWriter`] holds: no I/O, so its rule can be tested
+/// without a broker.
+#[derive(Debug, Default)]
+struct Held {
+    records: Vec<Record>,
+    bytes: usize,
+    /// Sequence number of the first held record.
+    first_seq: u32,
+}
+
+impl Held {
+    /// Whether a record of `size` bytes must wait for what is held to go
+    /// first. A record larger than a batch alone still goes, by itself.
+    fn would_overflow(&self, size: usize, batch_max: usize) -> bool {
+        !self.records.is_empty() && self.bytes.saturating_add(size) > batch_max
+    }
+
+    fn add(&mut self, seq: u32, record: Record) {
+        if self.records.is_empty() {
+            self.first_seq = seq;
+        }
+        self.bytes = self.bytes.saturating_add(record.value_len());
+        self.records.push(record);
+    }
+
+    /// Everything held and the first one's sequence number; `None` when
+    /// nothing is.
+    fn take(&mut self) -> Option<(u32, Vec<Record>)> {
+        if self.records.is_empty() {
+            return None;
+        }
+        self.bytes = 0;
+        Some((self.first_seq, std::mem::take(&mut self.records)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::wire::{Body, ChunkInfo, JobId};
+
+    fn chunk(job: JobId, seq: u32, len: usize) -> (u32, Record) {
+        let frame = Frame {
+            job,
+            seq,
+            body: Body::Chunk(ChunkInfo {
+                offset: 0,
+                crc32c: 0,
+            }),
+        };
+        (seq, record(&frame, &vec![7; len], &[]))
+    }
+
+    #[test]
+    fn held_frames_go_together_while_they_fit_one_batch() {
+        let job = JobId::new();
+        let mut held = Held::default();
+        assert!(held.take().is_none());
+        let (seq, first) = chunk(job, 3, 100);
+        let size = first.value_len();
+        // Nothing held: even a record past the limit is not held back.
+        assert!(!held.would_overflow(10 * size, size));
+        held.add(seq, first);
+        let (seq, second) = chunk(job, 4, 100);
+        assert!(!held.would_overflow(second.value_len(), 2 * size));
+        assert!(held.would_overflow(second.value_len(), 2 * size - 1));
+        held.add(seq, second);
+        let (first_seq, records) = held.take().unwrap_or_default();
+        assert_eq!(first_seq, 3, "an error record takes the first one's place");
+        assert_eq!(records.len(), 2);
+        assert!(held.take().is_none());
+        // After a take the count starts again, from the next record's seq.
+        let (seq, third) = chunk(job, 5, 100);
+        assert!(!held.would_overflow(third.value_len(), size));
+        held.add(seq, third);
+        assert_eq!(held.take().map(|(s, r)| (s, r.len())), Some((5, 1)));
+    }
+
+    #[test]
+    fn sizes_near_the_largest_do_not_overflow_the_count() {
+        let mut held = Held {
+            bytes: usize::MAX - 1,
+            ..Held::default()
+        };
+        let (seq, r) = chunk(JobId::new(), 0, 10);
+        held.add(seq, r);
+        assert_eq!(held.bytes, usize::MAX);
+        assert!(held.would_overflow(usize::MAX, usize::MAX - 1));
+    }
+}
