@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use kafkasend::cli::send::{request, resolve_send};
-use kafkasend::cli::{Cli, Command};
+use kafkasend::cli::args::{Cli, Command};
 
 fn main() -> ExitCode {
     kafkasend::alloc::tune_allocator();

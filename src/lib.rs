@@ -20,6 +20,8 @@
 pub mod alloc;
 pub mod cli;
 pub mod kafka;
+#[cfg(test)]
+mod layering;
 pub mod logging;
 pub mod portal;
 pub mod protocol;

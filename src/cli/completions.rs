@@ -2,7 +2,7 @@
 //! (and the other shells clap_complete knows), generated from the same
 //! clap definitions the binary parses with, so it never falls behind.
 
-use clap::{Args, CommandFactory};
+use clap::Args;
 
 /// Flags of `kafkasend completions`.
 #[derive(Debug, Args, Clone)]
@@ -12,8 +12,7 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// Writes the completion script for `shell` to `out`.
-pub fn write(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
-    let mut cmd = crate::cli::Cli::command();
-    clap_complete::generate(shell, &mut cmd, "kafkasend", out);
+/// Writes the completion script of the command line `cmd` for `shell` to `out`.
+pub fn write(shell: clap_complete::Shell, cmd: &mut clap::Command, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, cmd, "kafkasend", out);
 }

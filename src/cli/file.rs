@@ -198,3 +198,14 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     }
     row[b.len()]
 }
+
+/// Longest wait any setting may ask for: a week.
+pub const MAX_WAIT_SECS: u64 = 7 * 24 * 3600;
+
+/// Largest spool threshold: bodies above it always go to disk.
+pub const MAX_SPOOL_THRESHOLD: usize = 64 * 1024 * 1024;
+
+/// A flag or environment value, else the file's.
+pub(crate) fn pick<T: Clone>(flag_or_env: &Option<T>, file: &Option<T>) -> Option<T> {
+    flag_or_env.clone().or_else(|| file.clone())
+}

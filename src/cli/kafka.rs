@@ -6,8 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Args;
 
-use crate::cli::file::FileConfig;
-use crate::cli::pick;
+use crate::cli::file::{pick, FileConfig};
 use crate::kafka;
 use crate::kafka::security::{KafkaSecurity, SaslCredentials, SaslMechanism, SecurityProtocol};
 use crate::protocol::chunker::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};

@@ -8,6 +8,7 @@
 //! settings each role runs with. Invalid values fail at start with a message
 //! naming the setting. Printing, signals and exit codes are decided here too.
 
+pub mod args;
 pub mod completions;
 pub mod file;
 pub mod health;
@@ -20,113 +21,13 @@ mod tests;
 
 use std::process::ExitCode;
 
-use anyhow::bail;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
-use crate::cli::portal::PortalArgs;
-use crate::cli::send::{SendArgs, WaitArgs};
+use crate::cli::args::{Cli, Command};
 use crate::cli::show::ConfigCommand;
 use crate::logging;
 use crate::send::ui::one_line;
-
-/// Longest wait any setting may ask for: a week.
-pub const MAX_WAIT_SECS: u64 = 7 * 24 * 3600;
-
-/// Largest spool threshold: bodies above it always go to disk.
-pub const MAX_SPOOL_THRESHOLD: usize = 64 * 1024 * 1024;
-
-const AFTER_HELP: &str = "\
-Environment variables (each also a flag, and a key of the --config file):
-  KAFKA_BOOTSTRAP_SERVERS, KAFKA_REQUEST_TOPIC, KAFKA_RESPONSE_TOPIC,
-  PORTAL_TARGET_API_URL, PORTAL_USE_OAUTH, OAUTH2_TOKEN_URL, OAUTH2_CLIENT_ID, ...
-See docs/configuration.md for the full table.";
-
-/// Command line of `kafkasend`.
-#[derive(Debug, Parser)]
-#[command(
-    name = "kafkasend",
-    version,
-    about = "Call a REST API across a network boundary that only Kafka crosses",
-    after_help = AFTER_HELP
-)]
-pub struct Cli {
-    /// What to run.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run next to the REST API: consume requests, call the API, stream responses back.
-    #[command(
-        after_help = "Example:\n  PORTAL_TARGET_API_URL=http://127.0.0.1:8080 PORTAL_USE_OAUTH=false \\\n    PORTAL_ALLOWED_ENDPOINTS='POST /api/upload, GET /api/items/*' kafkasend portal"
-    )]
-    Portal(Box<PortalArgs>),
-    /// Send one HTTP request (and a file) through Kafka and print the response.
-    #[command(
-        after_help = "Examples:\n  kafkasend send report.pdf --endpoint /api/upload\n  kafkasend send --endpoint '/api/items?limit=5' -H 'Accept: application/json'\n  kafkasend send big.iso --endpoint /api/upload --multipart --field file -o reply.json"
-    )]
-    Send(Box<SendArgs>),
-    /// Wait for the response to a job sent earlier with `send --no-wait`.
-    #[command(
-        after_help = "Examples:\n  JOB=$(kafkasend send big.iso --endpoint /api/upload --no-wait)\n  kafkasend wait \"$JOB\" -o reply.json"
-    )]
-    Wait(Box<WaitArgs>),
-    /// Inspect settings.
-    #[command(
-        subcommand,
-        after_help = "Example:\n  kafkasend config show portal --config portal.toml"
-    )]
-    Config(crate::cli::show::ConfigCommand),
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    #[command(
-        after_help = "Examples:\n  kafkasend completions bash > /etc/bash_completion.d/kafkasend\n  kafkasend completions zsh > \"${fpath[1]}/_kafkasend\"\n  kafkasend completions fish > ~/.config/fish/completions/kafkasend.fish"
-    )]
-    Completions(crate::cli::completions::CompletionsArgs),
-    /// GET a health URL and exit 0 on a 2xx answer, 1 otherwise (for container health checks).
-    #[command(
-        after_help = "Examples:\n  kafkasend health\n  kafkasend health --url http://127.0.0.1:9464/readyz --timeout 3"
-    )]
-    Health(crate::cli::health::HealthArgs),
-}
-
-fn pick<T: Clone>(flag_or_env: &Option<T>, file: &Option<T>) -> Option<T> {
-    flag_or_env.clone().or_else(|| file.clone())
-}
-
-/// The URL of `setting`, refused when it holds credentials (`user@host`,
-/// `instead` says what to do) before any message could quote them.
-fn parse_url(setting: &str, url: &str, instead: &str) -> anyhow::Result<hyper::Uri> {
-    let uri: hyper::Uri = url.parse().map_err(|e| {
-        let shown = without_userinfo(url);
-        anyhow::anyhow!("{setting}: '{shown}' is not a URL: {e}")
-    })?;
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        bail!("{setting} must not hold credentials (user@host); {instead}");
-    }
-    Ok(uri)
-}
-
-/// `url` with any `user:password@` before its host replaced by `***@`, for
-/// messages and `config show`; text without `://` is returned as is.
-pub fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.into();
-    };
-    let rest = &url[start..];
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_len].rfind('@') {
-        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]).into(),
-        None => url.into(),
-    }
-}
-
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-}
+use crate::util::runtime;
 
 /// Resolves at the first SIGINT or SIGTERM; a second one exits at once.
 async fn shutdown_then_force() {
@@ -209,7 +110,11 @@ pub fn run() -> ExitCode {
             }
         },
         Command::Completions(args) => {
-            completions::write(args.shell, &mut std::io::stdout().lock());
+            completions::write(
+                args.shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                &mut std::io::stdout().lock(),
+            );
             ExitCode::SUCCESS
         }
         Command::Health(args) => {

@@ -8,8 +8,8 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 
 use crate::cli::file::{load_file, FileConfig};
+use crate::cli::file::{pick, MAX_SPOOL_THRESHOLD, MAX_WAIT_SECS};
 use crate::cli::kafka::{resolve_kafka, KafkaArgs};
-use crate::cli::{parse_url, pick, MAX_SPOOL_THRESHOLD, MAX_WAIT_SECS};
 use crate::logging::LogFormat;
 use crate::portal::http_dispatch::tls::ApiTls;
 use crate::portal::http_dispatch::token_cache::{AssertionSigner, AuthMethod, ClientCredentials};
@@ -565,4 +565,31 @@ pub fn log_filter(level: &str) -> anyhow::Result<String> {
     };
     // Our own messages at the chosen level; the Kafka client's only when they matter.
     Ok(format!("warn,kafkasend={l}"))
+}
+
+/// The URL of `setting`, refused when it holds credentials (`user@host`,
+/// `instead` says what to do) before any message could quote them.
+pub(crate) fn parse_url(setting: &str, url: &str, instead: &str) -> anyhow::Result<hyper::Uri> {
+    let uri: hyper::Uri = url.parse().map_err(|e| {
+        let shown = without_userinfo(url);
+        anyhow::anyhow!("{setting}: '{shown}' is not a URL: {e}")
+    })?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        bail!("{setting} must not hold credentials (user@host); {instead}");
+    }
+    Ok(uri)
+}
+
+/// `url` with any `user:password@` before its host replaced by `***@`, for
+/// messages and `config show`; text without `://` is returned as is.
+pub fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let rest = &url[start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_len].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
+    }
 }

@@ -8,8 +8,8 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::cli::file::{load_file, FileConfig};
+use crate::cli::file::{pick, MAX_WAIT_SECS};
 use crate::cli::kafka::{resolve_kafka, KafkaArgs};
-use crate::cli::{pick, MAX_WAIT_SECS};
 use crate::kafka;
 use std::process::ExitCode;
 
@@ -286,7 +286,7 @@ fn run_client(
             return ExitCode::from(2);
         }
     };
-    let rt = match crate::cli::runtime() {
+    let rt = match crate::util::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kafkasend {name}: cannot start the runtime: {e}");

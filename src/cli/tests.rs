@@ -735,3 +735,17 @@ fn admin_listen_and_log_format() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+#[test]
+fn every_send_and_portal_setting_is_shown() {
+    let shown = crate::cli::show::ids(&<crate::cli::show::ShowArgs as clap::Args>::augment_args(
+        clap::Command::new("show"),
+    ));
+    let cli = <Cli as clap::CommandFactory>::command();
+    for sub in ["portal", "send"] {
+        let sub = cli.find_subcommand(sub).unwrap();
+        for a in sub.get_arguments().filter(|a| a.get_env().is_some()) {
+            assert!(shown.contains(a.get_id()), "{} not shown", a.get_id());
+        }
+    }
+}

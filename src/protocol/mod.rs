@@ -2,6 +2,7 @@
 //! chunks, and how a request is signed. Pure: no Kafka client, no HTTP, no
 //! command line.
 
+pub mod body;
 pub mod chunker;
 pub mod request;
 pub mod signing;

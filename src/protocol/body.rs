@@ -1,0 +1,178 @@
+//! One body check for both receivers: the portal assembling a request body
+//! and `send` receiving a response body.
+//!
+//! Every chunk's CRC32C is checked as it arrives. The SHA-256 of the body is
+//! computed on the way while chunks arrive in order; a receiver that takes
+//! chunks out of order (the portal, from a spool) digests the body itself at
+//! the end and hands the digest to [`BodyCheck::verify_end`]. The end record
+//! then has to agree on the length, the number of chunks and the digest.
+//! The check says what is wrong; each receiver words it for its reader.
+
+use sha2::{Digest, Sha256};
+
+use crate::protocol::wire::{checksum, ChunkInfo, EndInfo};
+
+/// What the body check found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyFault {
+    /// The chunk's bytes do not match its CRC32C.
+    Crc,
+    /// The end record counts other bytes or chunks than arrived.
+    Length {
+        /// Bytes that arrived.
+        received: u64,
+        /// Chunks that arrived.
+        chunks: u32,
+    },
+    /// The body's SHA-256 is not the one the end record carries.
+    Digest {
+        /// The digest of the bytes that arrived.
+        computed: [u8; 32],
+    },
+}
+
+/// The running check of one body.
+#[derive(Debug, Clone, Default)]
+pub struct BodyCheck {
+    hasher: Sha256,
+    /// Bytes hashed: the body's length so far while chunks come in order.
+    hashed: u64,
+    out_of_order: bool,
+    received: u64,
+    chunks: u32,
+}
+
+impl BodyCheck {
+    /// A check of a body nothing of which has arrived.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Checks the CRC32C of a chunk at `info.offset`; a chunk that passes is
+    /// counted, and hashed when it continues the body in order.
+    pub fn chunk(&mut self, info: &ChunkInfo, payload: &[u8]) -> Result<(), BodyFault> {
+        if checksum(payload) != info.crc32c {
+            return Err(BodyFault::Crc);
+        }
+        if !self.out_of_order && info.offset == self.hashed {
+            self.hasher.update(payload);
+            self.hashed += payload.len() as u64;
+        } else {
+            self.out_of_order = true;
+        }
+        self.received = self.received.saturating_add(payload.len() as u64);
+        self.chunks = self.chunks.saturating_add(1);
+        Ok(())
+    }
+
+    /// Whether every chunk so far continued the body where the last ended.
+    pub fn in_order(&self) -> bool {
+        !self.out_of_order
+    }
+
+    /// Bytes of the chunks that passed.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The digest of the body, when every chunk came in order; `None` when
+    /// the receiver has to digest what it stored.
+    pub fn digest(&mut self) -> Option<[u8; 32]> {
+        self.in_order()
+            .then(|| std::mem::take(&mut self.hasher).finalize().into())
+    }
+
+    /// Checks the end record against what arrived and the body's `digest`.
+    pub fn verify_end(&self, end: &EndInfo, digest: &[u8; 32]) -> Result<(), BodyFault> {
+        if end.total_len != self.received || end.chunks != self.chunks {
+            return Err(BodyFault::Length {
+                received: self.received,
+                chunks: self.chunks,
+            });
+        }
+        if *digest != end.sha256 {
+            return Err(BodyFault::Digest { computed: *digest });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(offset: u64, data: &[u8]) -> ChunkInfo {
+        ChunkInfo {
+            offset,
+            crc32c: checksum(data),
+        }
+    }
+
+    fn end_of(body: &[u8], chunks: u32) -> EndInfo {
+        EndInfo {
+            total_len: body.len() as u64,
+            chunks,
+            sha256: Sha256::digest(body).into(),
+        }
+    }
+
+    #[test]
+    fn a_body_in_order_is_digested_on_the_way() {
+        let mut check = BodyCheck::new();
+        check.chunk(&chunk(0, b"hello "), b"hello ").unwrap();
+        check.chunk(&chunk(6, b"world"), b"world").unwrap();
+        assert!(check.in_order());
+        let digest = check.digest().unwrap();
+        check
+            .verify_end(&end_of(b"hello world", 2), &digest)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_chunk_whose_bytes_changed_fails_its_crc() {
+        let mut check = BodyCheck::new();
+        let info = chunk(0, b"hello");
+        assert_eq!(check.chunk(&info, b"hellO"), Err(BodyFault::Crc));
+        assert_eq!(check.received(), 0);
+    }
+
+    #[test]
+    fn out_of_order_chunks_leave_the_digest_to_the_receiver() {
+        let mut check = BodyCheck::new();
+        check.chunk(&chunk(6, b"world"), b"world").unwrap();
+        check.chunk(&chunk(0, b"hello "), b"hello ").unwrap();
+        assert!(!check.in_order());
+        assert_eq!(check.digest(), None);
+        let stored: [u8; 32] = Sha256::digest(b"hello world").into();
+        check
+            .verify_end(&end_of(b"hello world", 2), &stored)
+            .unwrap();
+    }
+
+    #[test]
+    fn the_end_record_must_agree_on_length_count_and_digest() {
+        let mut check = BodyCheck::new();
+        check.chunk(&chunk(0, b"abc"), b"abc").unwrap();
+        let digest = check.digest().unwrap();
+        let longer = end_of(b"abcd", 1);
+        assert_eq!(
+            check.verify_end(&longer, &digest),
+            Err(BodyFault::Length {
+                received: 3,
+                chunks: 1
+            })
+        );
+        assert!(matches!(
+            check.verify_end(&end_of(b"abc", 2), &digest),
+            Err(BodyFault::Length { .. })
+        ));
+        let other = EndInfo {
+            sha256: Sha256::digest(b"abd").into(),
+            ..end_of(b"abc", 1)
+        };
+        assert_eq!(
+            check.verify_end(&other, &digest),
+            Err(BodyFault::Digest { computed: digest })
+        );
+    }
+}
