@@ -9,14 +9,14 @@
 //! naming the setting. Printing, signals and exit codes are decided here too.
 
 pub mod args;
-pub mod completions;
-pub mod defaults;
-pub mod file;
-pub mod health;
-pub mod kafka;
-pub mod portal;
+pub(crate) mod completions;
+pub(crate) mod defaults;
+pub(crate) mod file;
+pub(crate) mod health;
+pub(crate) mod kafka;
+pub(crate) mod portal;
 pub mod send;
-pub mod show;
+pub(crate) mod show;
 #[cfg(test)]
 mod tests;
 
