@@ -35,7 +35,7 @@ pub(crate) const SIGNATURE_TTL_SECS: u64 = 300;
 pub(crate) const TIMEOUT_SECS: u64 = 300;
 
 /// Each flag with a default value, by arg id, as its help shows it.
-fn shown() -> Vec<(&'static str, String)> {
+pub(crate) fn shown() -> Vec<(&'static str, String)> {
     let limits = Limits::default();
     let policy = Policy::default();
     vec![
@@ -100,44 +100,4 @@ pub(crate) fn annotate(cmd: Command) -> Command {
             _ => arg,
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_flag_names_one_default_at_most() {
-        let mut commands = vec![crate::cli::args::command()];
-        while let Some(cmd) = commands.pop() {
-            for arg in cmd.get_arguments() {
-                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
-                let defaults = help.matches("[default: ").count()
-                    + usize::from(!arg.get_default_values().is_empty());
-                assert!(defaults <= 1, "{} {}: {help}", cmd.get_name(), arg.get_id());
-            }
-            commands.extend(cmd.get_subcommands().cloned());
-        }
-    }
-
-    #[test]
-    fn every_default_names_a_flag_and_reaches_its_help() {
-        let cli = crate::cli::args::command();
-        for (id, value) in shown() {
-            let helps: Vec<String> = ["portal", "send", "wait"]
-                .iter()
-                .filter_map(|sub| cli.find_subcommand(sub))
-                .flat_map(|sub| sub.get_arguments())
-                .filter(|a| a.get_id() == id)
-                .map(|a| a.get_help().map(|h| h.to_string()).unwrap_or_default())
-                .collect();
-            assert!(!helps.is_empty(), "no flag has the id {id}");
-            for help in helps {
-                assert!(
-                    help.ends_with(&format!("[default: {value}]")),
-                    "{id}: {help}"
-                );
-            }
-        }
-    }
 }

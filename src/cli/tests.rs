@@ -751,3 +751,38 @@ fn every_send_and_portal_setting_is_shown() {
         }
     }
 }
+
+#[test]
+fn each_flag_names_one_default_at_most() {
+    let mut commands = vec![crate::cli::args::command()];
+    while let Some(cmd) = commands.pop() {
+        for arg in cmd.get_arguments() {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let defaults = help.matches("[default: ").count()
+                + usize::from(!arg.get_default_values().is_empty());
+            assert!(defaults <= 1, "{} {}: {help}", cmd.get_name(), arg.get_id());
+        }
+        commands.extend(cmd.get_subcommands().cloned());
+    }
+}
+
+#[test]
+fn every_default_names_a_flag_and_reaches_its_help() {
+    let cli = crate::cli::args::command();
+    for (id, value) in crate::cli::defaults::shown() {
+        let helps: Vec<String> = ["portal", "send", "wait"]
+            .iter()
+            .filter_map(|sub| cli.find_subcommand(sub))
+            .flat_map(|sub| sub.get_arguments())
+            .filter(|a| a.get_id() == id)
+            .map(|a| a.get_help().map(|h| h.to_string()).unwrap_or_default())
+            .collect();
+        assert!(!helps.is_empty(), "no flag has the id {id}");
+        for help in helps {
+            assert!(
+                help.ends_with(&format!("[default: {value}]")),
+                "{id}: {help}"
+            );
+        }
+    }
+}
