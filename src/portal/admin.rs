@@ -32,7 +32,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::portal::assembler::Budgets;
+use crate::portal::budget::Budgets;
 use crate::portal::http_dispatch::token_cache::TokenCache;
 use crate::protocol::ErrorCategory;
 
@@ -537,7 +537,7 @@ mod tests {
 
     #[test]
     fn metrics_render_with_labels_and_units() {
-        let m = Metrics::new(Budgets::new(&Limits::default()));
+        let m = Metrics::new(Limits::default().budgets());
         m.job_started(100);
         m.job_completed(42, Duration::from_millis(30));
         m.job_started(5);
@@ -570,7 +570,7 @@ mod tests {
 
     #[test]
     fn gauges_follow_guards_and_deltas() {
-        let m = Metrics::new(Budgets::new(&Limits::default()));
+        let m = Metrics::new(Limits::default().budgets());
         let g = m.in_flight();
         assert!(m
             .render()

@@ -11,7 +11,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::kafka::{Cluster, PartitionCache};
 use crate::portal::admin::{Metrics, Readiness};
-use crate::portal::assembler::Budgets;
+use crate::portal::budget::Budgets;
 use crate::portal::http_dispatch::Dispatcher;
 use crate::portal::ledger::Progress;
 use crate::portal::settings::Settings;

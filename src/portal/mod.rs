@@ -6,7 +6,7 @@
 //! [`run`] starts the admin listener, connects to Kafka, makes sure both
 //! topics exist, builds what every task shares (a [`context::Ctx`]: the
 //! settings, the API [`http_dispatch::Dispatcher`], the signature verifier,
-//! the job queue, the memory and spool [`assembler::Budgets`], a
+//! the job queue, the memory and spool budgets, a
 //! [`ledger::Progress`] per partition) and then loops over generations of
 //! the consumer group: join, serve, and join again after a rebalance, or
 //! leave on shutdown. The shutdown future is an input; it is polled while
@@ -42,14 +42,16 @@
 //! - `reader.rs`: reading one request partition and judging each record.
 //! - `job.rs`: running one job and streaming its answer.
 //! - `replies.rs`: where a job's answer goes, and error replies.
-//! - `assembler.rs`: putting request bodies together, in memory or in a
-//!   spool file, within the portal's budgets.
+//! - `assembler/`: putting request bodies together from their frames and
+//!   checking them; `spool.rs`: where a body is kept, in memory or in a
+//!   file; `budget.rs`: the memory and disk all jobs share.
 //! - `ledger.rs`, `policy.rs`, `admin.rs`, `settings.rs`, `http_dispatch/`:
 //!   the commit ledger, what may reach the API, the admin listener, the
 //!   settings `cli` resolves, and the calls to the API.
 
 pub mod admin;
 pub mod assembler;
+pub mod budget;
 mod context;
 mod generation;
 pub mod http_dispatch;
@@ -59,6 +61,7 @@ pub mod policy;
 mod reader;
 mod replies;
 mod settings;
+pub mod spool;
 
 pub use settings::{GroupConfig, Settings, StartFrom};
 
@@ -72,7 +75,6 @@ use tokio::sync::Semaphore;
 use crate::kafka::group::{GroupSettings, Member};
 use crate::kafka::{self, PartitionCache};
 use crate::portal::admin::{Metrics, Readiness};
-use crate::portal::assembler::Budgets;
 use crate::portal::context::{Ctx, InFlight};
 use crate::portal::generation::{serve_generation, GenerationEnd};
 use crate::portal::http_dispatch::token_cache::TokenCache;
@@ -81,7 +83,7 @@ use crate::protocol::signing::Verifier;
 
 /// Runs a portal until `shutdown` completes, then lets in-flight jobs finish.
 pub async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let budgets = Budgets::new(&cfg.limits);
+    let budgets = cfg.limits.budgets();
     let metrics = Arc::new(Metrics::new(budgets.clone()));
     let readiness = Arc::new(Readiness::default());
     // Up before Kafka, so /healthz answers and /readyz says what is missing.

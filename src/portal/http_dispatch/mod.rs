@@ -21,9 +21,10 @@ use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
 use hyper::{Method, Request, Response};
 use std::future::Future as _;
 
-use crate::portal::assembler::{CompletedJob, SpoolFile, SpooledBody};
+use crate::portal::assembler::CompletedJob;
 use crate::portal::http_dispatch::client::{full_body, with_tls_hint, DispatchBody, HttpClient};
 use crate::portal::http_dispatch::token_cache::TokenCache;
+use crate::portal::spool::{SpoolFile, SpooledBody};
 use crate::protocol::{ErrorCategory, Failure};
 use crate::util::error_chain;
 
