@@ -9,7 +9,10 @@
 //! happens. A job
 //! completes only when every chunk has arrived and the body's SHA-256 matches
 //! the `End` frame, so the target API never receives a body whose digest does
-//! not match.
+//! not match. The checks of each chunk and of the end record are
+//! [`BodyCheck`]'s, shared with `send`; the assembler adds what only a
+//! receiver of reordered chunks needs (the chunk table, the extent, the
+//! spool read back for the digest).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -19,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::portal::budget::{Budget, Budgets, Lease};
 use crate::portal::spool::{blocks, make_room, Spill, Spool, SpooledBody};
+use crate::protocol::body::{BodyCheck, BodyFault};
 use crate::protocol::wire::{Body, ChunkInfo, EndInfo, Frame, JobId, RequestStart};
 use crate::protocol::ErrorCategory;
 
@@ -201,13 +205,10 @@ struct Assembly {
     books: Lease,
     /// Highest byte offset written plus one.
     extent: u64,
-    /// Sum of chunk lengths received.
-    received: u64,
-    hasher: Sha256,
-    /// Bytes hashed so far while chunks arrive in order; once a chunk arrives
-    /// out of order the digest is recomputed from the spool at the end.
-    hashed: u64,
-    in_order: bool,
+    /// Every chunk's CRC32C, the bytes and chunks taken, and the body's
+    /// SHA-256 while chunks arrive in order; once one arrives out of order
+    /// the digest is computed from the spool at the end.
+    check: BodyCheck,
     end: Option<EndInfo>,
     /// The body digest the sender signed, when the request was signed.
     signed_sha256: Option<[u8; 32]>,
@@ -402,10 +403,7 @@ impl Assembler {
                 disk: Lease::new(&self.budgets.spool),
                 books,
                 extent: 0,
-                received: 0,
-                hasher: Sha256::new(),
-                hashed: 0,
-                in_order: true,
+                check: BodyCheck::new(),
                 end: None,
                 signed_sha256: None,
             },
@@ -447,7 +445,9 @@ impl Assembler {
             let msg = format!("chunk {seq} is empty or numbered as a start record");
             return self.fail(job, ErrorCategory::BadRequest, msg);
         }
-        if crate::protocol::wire::checksum(payload) != info.crc32c {
+        let in_order = a.check.in_order();
+        // A chunk on its own can only fail its CRC32C.
+        if a.check.chunk(&info, payload).is_err() {
             let msg = format!(
                 "chunk {seq} at byte {} failed its CRC32C check",
                 info.offset
@@ -541,13 +541,8 @@ impl Assembler {
             return self.fail(job, ErrorCategory::Internal, msg);
         }
         a.seen.insert(seq, info.crc32c);
-        a.received += payload.len() as u64;
         a.extent = a.extent.max(end_at);
-        if a.in_order && info.offset == a.hashed {
-            a.hasher.update(payload);
-            a.hashed = end_at;
-        } else if a.in_order {
-            a.in_order = false;
+        if in_order && !a.check.in_order() {
             log::debug!(
                 "job {job}: chunk {seq} arrived out of order; the digest will be computed from the spool"
             );
@@ -600,14 +595,12 @@ impl Assembler {
         if (a.seen.len() as u64) < u64::from(end.chunks) {
             return Outcome::Pending;
         }
-        if a.seen.len() as u64 > u64::from(end.chunks)
-            || a.received != end.total_len
-            || a.extent != end.total_len
-        {
+        // Overlapping chunks can add up to the length and still leave a gap.
+        if a.check.verify_length(&end).is_err() || a.extent != end.total_len {
             let msg = format!(
                 "request body does not match its end record: got {} chunks and {} bytes, expected {} chunks and {} bytes",
                 a.seen.len(),
-                a.received,
+                a.check.received(),
                 end.chunks,
                 end.total_len
             );
@@ -626,32 +619,37 @@ impl Assembler {
             return Outcome::Ignored("unknown job");
         };
         self.finished.insert(job);
-        let digest: [u8; 32] = if a.in_order {
-            std::mem::take(&mut a.hasher).finalize().into()
-        } else {
-            match a.spool.digest(end.total_len) {
-                Ok(d) => d,
-                Err(e) => {
-                    return Outcome::Failed(failed(
-                        job,
-                        &a,
-                        ErrorCategory::Internal,
-                        format!("cannot read back the spooled body: {e}"),
-                    ))
-                }
+        let digest = match a.check.digest() {
+            Some(d) => Ok(d),
+            None => a.spool.digest(end.total_len),
+        };
+        let digest = match digest {
+            Ok(d) => d,
+            Err(e) => {
+                return Outcome::Failed(failed(
+                    job,
+                    &a,
+                    ErrorCategory::Internal,
+                    format!("cannot read back the spooled body: {e}"),
+                ))
             }
         };
-        if digest != end.sha256 {
-            return Outcome::Failed(failed(
-                job,
-                &a,
-                ErrorCategory::Integrity,
-                format!(
+        if let Err(fault) = a.check.verify_end(&end, &digest) {
+            let msg = match fault {
+                BodyFault::Digest { computed } => format!(
                     "request body SHA-256 {} does not match the sender's {}",
-                    crate::protocol::chunker::hex(&digest),
+                    crate::protocol::chunker::hex(&computed),
                     crate::protocol::chunker::hex(&end.sha256)
                 ),
-            ));
+                // Checked above already, before the body was read back;
+                // and a chunk's CRC32C when it was taken.
+                BodyFault::Length { received, chunks } => format!(
+                    "request body does not match its end record: got {chunks} chunks and {received} bytes, expected {} chunks and {} bytes",
+                    end.chunks, end.total_len
+                ),
+                BodyFault::Crc => "a chunk of the request body failed its CRC32C check".into(),
+            };
+            return Outcome::Failed(failed(job, &a, ErrorCategory::Integrity, msg));
         }
         if let Some(signed) = a.signed_sha256.filter(|s| *s != digest) {
             return Outcome::Failed(failed(

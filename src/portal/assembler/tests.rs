@@ -1156,3 +1156,163 @@ fn duplicate_start_after_completion_is_ignored() {
     }
     assert_eq!(completed, 1);
 }
+
+/// Chunk `seq` of `job`, holding `data` at byte `offset`, with a good CRC32C.
+fn chunk_at(job: JobId, seq: u32, offset: u64, data: &[u8]) -> (Frame, Vec<u8>) {
+    let info = ChunkInfo {
+        offset,
+        crc32c: crate::protocol::wire::checksum(data),
+    };
+    let frame = Frame {
+        job,
+        seq,
+        body: Body::Chunk(info),
+    };
+    (frame, data.to_vec())
+}
+
+/// An end record of `job` that claims `total_len` bytes in `chunks` chunks
+/// and the SHA-256 of `body`.
+fn end_claiming(job: JobId, total_len: u64, chunks: u32, body: &[u8]) -> (Frame, Vec<u8>) {
+    let end = EndInfo {
+        total_len,
+        chunks,
+        sha256: Sha256::digest(body).into(),
+    };
+    let frame = Frame {
+        job,
+        seq: chunks + 1,
+        body: Body::End(end),
+    };
+    (frame, vec![])
+}
+
+/// Starts `job` without a declared length and feeds it `frames`; the
+/// outcome of the last.
+fn feed_frames(asm: &mut Assembler, job: JobId, frames: Vec<(Frame, Vec<u8>)>) -> Outcome {
+    let mut outcome = asm.accept(start(job, None), &[], 0, Instant::now());
+    for (i, (frame, payload)) in frames.into_iter().enumerate() {
+        outcome = asm.accept(frame, &payload, i as i64 + 1, Instant::now());
+    }
+    outcome
+}
+
+#[test]
+fn an_end_record_that_disagrees_with_the_chunks_fails_with_integrity() {
+    let body = b"hello world";
+    type Case = fn(JobId) -> Vec<(Frame, Vec<u8>)>;
+    let cases: [(Case, &str); 3] = [
+        // It claims a byte more than arrived.
+        (
+            |j| {
+                vec![
+                    chunk_at(j, 1, 0, b"hello "),
+                    chunk_at(j, 2, 6, b"world"),
+                    end_claiming(j, 12, 2, b"hello world"),
+                ]
+            },
+            "got 2 chunks and 11 bytes, expected 2 chunks and 12 bytes",
+        ),
+        // It counts fewer chunks than arrived before it.
+        (
+            |j| {
+                vec![
+                    chunk_at(j, 1, 0, b"hello "),
+                    chunk_at(j, 2, 6, b"world"),
+                    end_claiming(j, 11, 1, b"hello world"),
+                ]
+            },
+            "got 2 chunks and 11 bytes, expected 1 chunks and 11 bytes",
+        ),
+        // Two chunks on the same bytes add up to the length but leave the
+        // second half of the body unwritten.
+        (
+            |j| {
+                vec![
+                    chunk_at(j, 1, 0, b"hello"),
+                    chunk_at(j, 2, 0, b"HELLO"),
+                    end_claiming(j, 10, 2, b"helloworld"),
+                ]
+            },
+            "got 2 chunks and 10 bytes, expected 2 chunks and 10 bytes",
+        ),
+    ];
+    assert_eq!(body.len(), 11);
+    for threshold in [0, 1024 * 1024] {
+        for (frames, detail) in cases {
+            let mut asm = Assembler::new(limits(threshold));
+            let job = JobId::new();
+            let f = failure(feed_frames(&mut asm, job, frames(job)));
+            assert_eq!(f.category, ErrorCategory::Integrity);
+            assert_eq!(
+                f.message,
+                format!("request body does not match its end record: {detail}")
+            );
+            assert!(asm.is_empty(), "the job is dropped");
+        }
+    }
+}
+
+#[test]
+fn a_body_read_back_from_the_spool_must_match_the_senders_digest() {
+    type Case = fn(JobId) -> Vec<(Frame, Vec<u8>)>;
+    // Each case: its frames, the body the portal holds at the end, and the
+    // body whose digest the end record carries.
+    let cases: [(Case, &[u8], &[u8]); 2] = [
+        // Out of order, then an end record with another body's digest.
+        (
+            |j| {
+                vec![
+                    chunk_at(j, 2, 6, b"world"),
+                    chunk_at(j, 1, 0, b"hello "),
+                    end_claiming(j, 11, 2, b"hello World"),
+                ]
+            },
+            b"hello world",
+            b"hello World",
+        ),
+        // Overlapping chunks that fill the length and the extent while
+        // leaving bytes 6 and 7 unwritten: only the digest can tell.
+        (
+            |j| {
+                vec![
+                    chunk_at(j, 1, 0, b"0123"),
+                    chunk_at(j, 2, 2, b"2345"),
+                    chunk_at(j, 3, 8, b"89"),
+                    end_claiming(j, 10, 3, b"0123456789"),
+                ]
+            },
+            b"012345\0\089",
+            b"0123456789",
+        ),
+    ];
+    let hex = |b: &[u8]| crate::protocol::chunker::hex(&Sha256::digest(b));
+    for threshold in [0, 1024 * 1024] {
+        let mut asm = Assembler::new(limits(threshold));
+        for (frames, held, claimed) in cases {
+            let job = JobId::new();
+            let f = failure(feed_frames(&mut asm, job, frames(job)));
+            assert_eq!(f.category, ErrorCategory::Integrity);
+            assert_eq!(
+                f.message,
+                format!(
+                    "request body SHA-256 {} does not match the sender's {}",
+                    hex(held),
+                    hex(claimed)
+                )
+            );
+        }
+        // The same chunks out of order, with the right digest, complete.
+        let job = JobId::new();
+        let frames = vec![
+            chunk_at(job, 2, 6, b"world"),
+            chunk_at(job, 1, 0, b"hello "),
+            end_claiming(job, 11, 2, b"hello world"),
+        ];
+        match feed_frames(&mut asm, job, frames) {
+            Outcome::Complete(mut c) => assert_eq!(body_bytes(&mut c.body), b"hello world"),
+            o => panic!("expected the job to complete, got {o:?}"),
+        }
+        assert!(asm.is_empty());
+    }
+}
