@@ -9,7 +9,7 @@ use std::sync::Arc;
 /// [`Lease`]s from it as they grow. Atomic, so the readers of all partitions
 /// draw on one budget without a lock.
 #[derive(Debug)]
-pub struct Budget {
+pub(crate) struct Budget {
     limit: u64,
     /// The last bytes of `limit`, which leases taken with
     /// [`Lease::short_of_reserve`] may not fill.
@@ -19,13 +19,13 @@ pub struct Budget {
 
 impl Budget {
     /// A budget of `limit` bytes.
-    pub fn new(limit: u64) -> Arc<Self> {
+    pub(crate) fn new(limit: u64) -> Arc<Self> {
         Self::with_reserve(limit, 0)
     }
 
     /// A budget of `limit` bytes whose last `reserve` bytes only some
     /// leases may take.
-    pub fn with_reserve(limit: u64, reserve: u64) -> Arc<Self> {
+    pub(crate) fn with_reserve(limit: u64, reserve: u64) -> Arc<Self> {
         Arc::new(Self {
             limit,
             reserve,
@@ -34,36 +34,36 @@ impl Budget {
     }
 
     /// Bytes currently held by leases.
-    pub fn used(&self) -> u64 {
+    pub(crate) fn used(&self) -> u64 {
         self.used.load(Ordering::SeqCst)
     }
 
     /// The most bytes the leases may hold together.
-    pub fn limit(&self) -> u64 {
+    pub(crate) fn limit(&self) -> u64 {
         self.limit
     }
 
     /// The last bytes of the limit that only some leases may take.
-    pub fn reserve(&self) -> u64 {
+    pub(crate) fn reserve(&self) -> u64 {
         self.reserve
     }
 }
 
 /// The budgets one portal's assemblers share, whatever partition they read.
 #[derive(Debug, Clone)]
-pub struct Budgets {
+pub(crate) struct Budgets {
     /// Disk for spool files (`PORTAL_MAX_SPOOL_BYTES`).
-    pub spool: Arc<Budget>,
+    pub(crate) spool: Arc<Budget>,
     /// Memory for requests: jobs' start records and chunk tables while they
     /// assemble, and bodies kept in memory until the last copy is dropped
     /// (`PORTAL_MAX_ASSEMBLY_MEMORY_BYTES`); bodies leave the last
     /// [`Limits::memory_reserve`](crate::portal::assembler::Limits::memory_reserve) bytes to the others.
-    pub memory: Arc<Budget>,
+    pub(crate) memory: Arc<Budget>,
 }
 
 /// The part of a [`Budget`] one job holds; given back on drop.
 #[derive(Debug)]
-pub struct Lease {
+pub(crate) struct Lease {
     budget: Arc<Budget>,
     held: u64,
     /// The budget's use this lease may not grow it past.
@@ -72,7 +72,7 @@ pub struct Lease {
 
 impl Lease {
     /// A lease that may grow until the budget is used up.
-    pub fn new(budget: &Arc<Budget>) -> Self {
+    pub(crate) fn new(budget: &Arc<Budget>) -> Self {
         Self {
             budget: Arc::clone(budget),
             held: 0,
@@ -81,7 +81,7 @@ impl Lease {
     }
 
     /// A lease that may grow only while the budget's reserve stays free.
-    pub fn short_of_reserve(budget: &Arc<Budget>) -> Self {
+    pub(crate) fn short_of_reserve(budget: &Arc<Budget>) -> Self {
         Self {
             budget: Arc::clone(budget),
             held: 0,
@@ -91,7 +91,7 @@ impl Lease {
 
     /// Grows the lease by `bytes`; false, and unchanged, when the budget
     /// cannot cover it.
-    pub fn grow_by(&mut self, bytes: u64) -> bool {
+    pub(crate) fn grow_by(&mut self, bytes: u64) -> bool {
         self.held
             .checked_add(bytes)
             .is_some_and(|total| self.grow_to(total))
@@ -99,7 +99,7 @@ impl Lease {
 
     /// Grows the lease to `bytes`; false, and unchanged, when the budget
     /// cannot cover it.
-    pub fn grow_to(&mut self, bytes: u64) -> bool {
+    pub(crate) fn grow_to(&mut self, bytes: u64) -> bool {
         if bytes <= self.held {
             return true;
         }
@@ -121,7 +121,7 @@ impl Lease {
 
 impl Lease {
     /// Bytes this lease holds now.
-    pub fn held(&self) -> u64 {
+    pub(crate) fn held(&self) -> u64 {
         self.held
     }
 }

@@ -49,21 +49,21 @@
 //!   the commit ledger, what may reach the API, the admin listener, the
 //!   settings `cli` resolves, and the calls to the API.
 
-pub mod admin;
-pub mod assembler;
-pub mod budget;
+mod admin;
+pub(crate) mod assembler;
+mod budget;
 mod context;
 mod generation;
 pub mod http_dispatch;
 mod job;
-pub mod ledger;
-pub mod policy;
+mod ledger;
+pub(crate) mod policy;
 mod reader;
 mod replies;
 mod settings;
-pub mod spool;
+mod spool;
 
-pub use settings::{GroupConfig, Settings, StartFrom};
+pub(crate) use settings::{GroupConfig, Settings, StartFrom};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -82,7 +82,7 @@ use crate::portal::http_dispatch::Dispatcher;
 use crate::protocol::signing::Verifier;
 
 /// Runs a portal until `shutdown` completes, then lets in-flight jobs finish.
-pub async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let budgets = cfg.limits.budgets();
     let metrics = Arc::new(Metrics::new(budgets.clone()));
     let readiness = Arc::new(Readiness::default());

@@ -16,15 +16,15 @@ use crate::portal::budget::{Budget, Lease};
 /// A spool file with its share of the budget: both go when the last reader
 /// (a job, or an HTTP body still draining after a timeout) lets go.
 #[derive(Debug)]
-pub struct SpoolFile {
+pub(crate) struct SpoolFile {
     /// The unlinked file.
-    pub file: File,
+    pub(crate) file: File,
     _lease: Lease,
 }
 
 /// A request body, complete and verified.
 #[derive(Debug)]
-pub enum SpooledBody {
+pub(crate) enum SpooledBody {
     /// No body.
     Empty,
     /// A small body held in memory; its share of the memory budget is given
@@ -42,22 +42,17 @@ pub enum SpooledBody {
 
 impl SpooledBody {
     /// Body length in bytes.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         match self {
             Self::Empty => 0,
             Self::Memory(b) => b.len() as u64,
             Self::File { len, .. } => *len,
         }
     }
-
-    /// Whether the body is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Where a body is kept while it arrives.
-pub enum Spool {
+pub(crate) enum Spool {
     /// The body from byte 0 on, with no gap; `lease` covers the buffer's
     /// capacity, which is what it takes from the allocator, and stops short
     /// of the memory budget's reserve.
@@ -73,7 +68,7 @@ pub enum Spool {
 
 /// Why a body moves from memory to its spool file.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Spill {
+pub(crate) enum Spill {
     /// It would pass the spool threshold.
     Threshold,
     /// A chunk starts past the bytes received so far; memory holds only
@@ -101,7 +96,7 @@ impl AsRef<[u8]> for LeasedBody {
 }
 
 /// Disk bytes a write of `len` bytes may take: whole 4 KiB blocks.
-pub fn blocks(len: usize) -> u64 {
+pub(crate) fn blocks(len: usize) -> u64 {
     (len as u64).div_ceil(4096) * 4096
 }
 
@@ -109,7 +104,7 @@ pub fn blocks(len: usize) -> u64 {
 /// buffer, charged to `lease`, so the chunk fits; or says why the body must
 /// move to disk instead. The buffer grows by doubling, as `Vec` would, but
 /// never past `cap_limit` (the threshold, or the declared length if smaller).
-pub fn make_room(
+pub(crate) fn make_room(
     buf: &mut Vec<u8>,
     lease: &mut Lease,
     offset: u64,
@@ -141,7 +136,7 @@ pub fn make_room(
 
 impl Spool {
     /// An empty body in memory, whose buffer leaves `memory`'s reserve free.
-    pub fn in_memory(memory: &Arc<Budget>) -> Self {
+    pub(crate) fn in_memory(memory: &Arc<Budget>) -> Self {
         Self::Memory {
             buf: Vec::new(),
             lease: Lease::short_of_reserve(memory),
@@ -149,13 +144,13 @@ impl Spool {
     }
 
     /// Whether the body holds memory it could give back by moving to disk.
-    pub fn holds_memory(&self) -> bool {
+    pub(crate) fn holds_memory(&self) -> bool {
         matches!(self, Self::Memory { lease, .. } if lease.held() > 0)
     }
 
     /// Writes `data` at `offset`: into memory, where [`make_room`] made room
     /// for it, or into the file.
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         match self {
             Self::Memory { buf, .. } => {
                 // make_room saw to it that offset is within what is held.
@@ -171,7 +166,7 @@ impl Spool {
 
     /// Moves an in-memory body to a new unlinked file in `dir`, giving its
     /// memory back.
-    pub fn move_to_disk(&mut self, dir: &Option<PathBuf>) -> std::io::Result<()> {
+    pub(crate) fn move_to_disk(&mut self, dir: &Option<PathBuf>) -> std::io::Result<()> {
         if let Self::Memory { buf, .. } = self {
             let mut file = match dir {
                 Some(d) => tempfile::tempfile_in(d)?,
@@ -185,7 +180,7 @@ impl Spool {
 
     /// The SHA-256 of the body's first `len` bytes, read back from where
     /// they are kept, for a body whose chunks did not all arrive in order.
-    pub fn digest(&mut self, len: u64) -> std::io::Result<[u8; 32]> {
+    pub(crate) fn digest(&mut self, len: u64) -> std::io::Result<[u8; 32]> {
         let mut hasher = Sha256::new();
         match self {
             Self::Memory { buf, .. } => hasher.update(&buf[..len as usize]),
@@ -207,7 +202,7 @@ impl Spool {
 
     /// The finished body of `len` bytes; `disk` is its file's share of the
     /// spool budget, which goes with the file.
-    pub fn into_body(self, disk: Lease, len: u64) -> SpooledBody {
+    pub(crate) fn into_body(self, disk: Lease, len: u64) -> SpooledBody {
         match self {
             Self::Memory { buf, lease } => {
                 SpooledBody::Memory(bytes::Bytes::from_owner(LeasedBody { buf, _lease: lease }))

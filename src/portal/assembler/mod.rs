@@ -31,33 +31,33 @@ mod tests;
 
 /// Limits on what one portal assembles.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest request body accepted.
-    pub max_body_bytes: u64,
+    pub(crate) max_body_bytes: u64,
     /// Bodies larger than this spool to disk.
-    pub spool_threshold: usize,
+    pub(crate) spool_threshold: usize,
     /// Directory for spool files; the system temporary directory when `None`.
-    pub spool_dir: Option<PathBuf>,
+    pub(crate) spool_dir: Option<PathBuf>,
     /// Jobs assembling at once on one partition.
-    pub max_jobs: usize,
+    pub(crate) max_jobs: usize,
     /// A job that receives nothing for this long is dropped.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Most chunks one body may have; bounds the per-job bookkeeping.
-    pub max_chunks: usize,
+    pub(crate) max_chunks: usize,
     /// Most bytes of spool files on disk at once, shared by every assembler
     /// of a portal through [`Budgets::spool`].
-    pub max_spool_bytes: u64,
+    pub(crate) max_spool_bytes: u64,
     /// Most bytes of memory held for requests, shared by every assembler of
     /// a portal through [`Budgets::memory`].
-    pub max_memory_bytes: u64,
+    pub(crate) max_memory_bytes: u64,
     /// The last bytes of `max_memory_bytes`, which bodies may not take: only
     /// start records and chunk tables, which cannot move to disk. The
     /// portal sets it to [`bookkeeping_bound`], so a job of the most chunks
     /// and the largest start record the settings allow can always be
     /// recorded, however much memory bodies hold.
-    pub memory_reserve: u64,
+    pub(crate) memory_reserve: u64,
     /// A request older than this, by its job id's time, is refused.
-    pub max_job_age: Duration,
+    pub(crate) max_job_age: Duration,
 }
 
 impl Default for Limits {
@@ -80,7 +80,7 @@ impl Default for Limits {
 impl Limits {
     /// Fresh budgets of the sizes these limits name, for the assemblers of
     /// one portal to share.
-    pub fn budgets(&self) -> Budgets {
+    pub(crate) fn budgets(&self) -> Budgets {
         Budgets {
             spool: Budget::new(self.max_spool_bytes),
             memory: Budget::with_reserve(self.max_memory_bytes, self.memory_reserve),
@@ -91,7 +91,7 @@ impl Limits {
 /// Memory a job's chunk table takes per chunk: an entry of the `seen` map
 /// is 8 bytes and a control byte, and a map that has just doubled is less
 /// than half full, so 24 bytes per entry covers what it allocates.
-pub const CHUNK_ENTRY_COST: u64 = 24;
+pub(crate) const CHUNK_ENTRY_COST: u64 = 24;
 
 /// Bytes of a start record's text besides its headers that
 /// [`largest_start_cost`] allows for: a path of at most
@@ -102,7 +102,7 @@ const START_TEXT_BESIDES_HEADERS: u64 = crate::protocol::request::MAX_PATH_BYTES
 
 /// The most memory one job's start record takes when the policy admits at
 /// most `max_header_count` headers of `max_header_bytes` bytes in all.
-pub fn largest_start_cost(max_header_count: usize, max_header_bytes: usize) -> u64 {
+pub(crate) fn largest_start_cost(max_header_count: usize, max_header_bytes: usize) -> u64 {
     let per_header = std::mem::size_of::<(String, String)>() as u64;
     std::mem::size_of::<(JobId, Assembly)>() as u64
         + START_TEXT_BESIDES_HEADERS
@@ -113,7 +113,7 @@ pub fn largest_start_cost(max_header_count: usize, max_header_bytes: usize) -> u
 /// The most memory one job's bookkeeping (start record and chunk table)
 /// takes under these settings: what a memory budget must hold at least,
 /// and the reserve bodies leave free.
-pub fn bookkeeping_bound(
+pub(crate) fn bookkeeping_bound(
     max_chunks: usize,
     max_header_count: usize,
     max_header_bytes: usize,
@@ -125,39 +125,42 @@ pub fn bookkeeping_bound(
 
 /// A request ready for the API.
 #[derive(Debug)]
-pub struct CompletedJob {
+pub(crate) struct CompletedJob {
     /// Job id.
-    pub job: JobId,
+    pub(crate) job: JobId,
     /// Its start frame.
-    pub start: RequestStart,
+    pub(crate) start: RequestStart,
     /// The verified body.
-    pub body: SpooledBody,
-    /// SHA-256 of the body.
-    pub sha256: [u8; 32],
+    pub(crate) body: SpooledBody,
+    /// SHA-256 of the body. The portal does not need it again once the
+    /// body is checked; the tests read it to see what the body was checked
+    /// against.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) sha256: [u8; 32],
     /// Offset of the job's start record in the request partition.
-    pub first_offset: i64,
+    pub(crate) first_offset: i64,
 }
 
 /// A job that cannot go on; the client should be told.
 #[derive(Debug, Clone)]
-pub struct FailedJob {
+pub(crate) struct FailedJob {
     /// Job id.
-    pub job: JobId,
+    pub(crate) job: JobId,
     /// Where the client listens.
-    pub reply_topic: String,
+    pub(crate) reply_topic: String,
     /// Partition the client listens on.
-    pub reply_partition: i32,
+    pub(crate) reply_partition: i32,
     /// Offset of the job's start record.
-    pub first_offset: i64,
+    pub(crate) first_offset: i64,
     /// Class of failure.
-    pub category: ErrorCategory,
+    pub(crate) category: ErrorCategory,
     /// Readable explanation.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// What accepting one record led to.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The job needs more records.
     Pending,
     /// The job is complete.
@@ -248,7 +251,7 @@ impl RecentJobs {
 }
 
 /// Reassembles the jobs of one request partition.
-pub struct Assembler {
+pub(crate) struct Assembler {
     limits: Limits,
     budgets: Budgets,
     jobs: HashMap<JobId, Assembly>,
@@ -267,13 +270,14 @@ impl std::fmt::Debug for Assembler {
 
 impl Assembler {
     /// An assembler with the given limits and budgets of its own.
-    pub fn new(limits: Limits) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(limits: Limits) -> Self {
         let budgets = limits.budgets();
         Self::with_budgets(limits, budgets)
     }
 
     /// An assembler whose jobs draw on budgets shared with others.
-    pub fn with_budgets(limits: Limits, budgets: Budgets) -> Self {
+    pub(crate) fn with_budgets(limits: Limits, budgets: Budgets) -> Self {
         Self {
             limits,
             budgets,
@@ -284,27 +288,34 @@ impl Assembler {
     }
 
     /// Jobs currently assembling.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.jobs.len()
     }
 
     /// Whether no job is assembling.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.jobs.is_empty()
     }
 
     /// Whether `job` is assembling or recently finished here.
-    pub fn knows(&self, job: &JobId) -> bool {
+    pub(crate) fn knows(&self, job: &JobId) -> bool {
         self.jobs.contains_key(job) || self.finished.contains(job)
     }
 
     /// Start offsets of the jobs still assembling.
-    pub fn first_offsets(&self) -> impl Iterator<Item = i64> + '_ {
+    pub(crate) fn first_offsets(&self) -> impl Iterator<Item = i64> + '_ {
         self.jobs.values().map(|a| a.first_offset)
     }
 
     /// Takes one decoded record, found at `offset` of the request partition.
-    pub fn accept(&mut self, frame: Frame, payload: &[u8], offset: i64, now: Instant) -> Outcome {
+    pub(crate) fn accept(
+        &mut self,
+        frame: Frame,
+        payload: &[u8],
+        offset: i64,
+        now: Instant,
+    ) -> Outcome {
         let job = frame.job;
         if self.finished.contains(&job) {
             return Outcome::Ignored("record of a finished job");
@@ -705,7 +716,7 @@ impl Assembler {
     /// Requires the body of the assembling `job` to have SHA-256 `digest`
     /// (the digest its sender signed), or the job fails with `Integrity`;
     /// `false` when no such job is assembling.
-    pub fn expect_digest(&mut self, job: JobId, digest: [u8; 32]) -> bool {
+    pub(crate) fn expect_digest(&mut self, job: JobId, digest: [u8; 32]) -> bool {
         match self.jobs.get_mut(&job) {
             Some(a) => {
                 a.signed_sha256 = Some(digest);
@@ -716,14 +727,14 @@ impl Assembler {
     }
 
     /// Ignores every record of `job` from now on.
-    pub fn skip(&mut self, job: JobId) {
+    pub(crate) fn skip(&mut self, job: JobId) {
         self.jobs.remove(&job);
         self.finished.insert(job);
     }
 
     /// Ends an assembling job from outside (e.g. one of its records was
     /// unreadable); `None` when no such job is assembling.
-    pub fn abort(
+    pub(crate) fn abort(
         &mut self,
         job: JobId,
         category: ErrorCategory,
@@ -737,7 +748,7 @@ impl Assembler {
 
     /// Drops jobs idle for longer than the limit, returning them so the
     /// clients can be told; their spool files go with them.
-    pub fn expire(&mut self, now: Instant) -> Vec<FailedJob> {
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<FailedJob> {
         let idle = self.limits.idle_timeout;
         let max_age = self.limits.max_job_age;
         let stale: Vec<(JobId, ErrorCategory, String)> = self

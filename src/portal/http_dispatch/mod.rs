@@ -5,8 +5,8 @@
 //! the request can name a path and query only. Redirects are not followed.
 //! Bodies stream from the spool, so a retry after a refused token re-reads it.
 
-pub mod client;
-pub mod tls;
+pub(crate) mod client;
+pub(crate) mod tls;
 pub mod token_cache;
 
 use std::pin::Pin;
@@ -108,7 +108,7 @@ fn body_of(spool: &SpooledBody) -> DispatchBody {
 
 /// Calls the target API.
 #[derive(Debug)]
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     client: HttpClient,
     /// Target base URL without a trailing slash.
     base: String,
@@ -124,7 +124,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher for `base_url`; `tokens` when OAuth is on.
-    pub fn new(
+    pub(crate) fn new(
         client: HttpClient,
         base_url: &str,
         tokens: Option<Arc<TokenCache>>,
@@ -148,14 +148,14 @@ impl Dispatcher {
     }
 
     /// The deadline for response headers.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
     /// Sends the job's request; when the API refuses the token (a status in
     /// `PORTAL_TOKEN_REFRESH_STATUSES`, 401 by default), refreshes it and
     /// retries once.
-    pub async fn call(&self, job: &CompletedJob) -> Result<Response<Incoming>, Failure> {
+    pub(crate) async fn call(&self, job: &CompletedJob) -> Result<Response<Incoming>, Failure> {
         let url = self.url_for(&job.start.path)?;
         let method = Method::from_bytes(job.start.method.as_bytes()).map_err(|_| {
             Failure::new(
@@ -264,7 +264,7 @@ impl Dispatcher {
 
     /// Joins the target URL and a request path, refusing paths that could
     /// leave the target's origin or base path.
-    pub fn url_for(&self, path: &str) -> Result<String, Failure> {
+    pub(crate) fn url_for(&self, path: &str) -> Result<String, Failure> {
         join_url(&self.base, path)
     }
 }
@@ -272,7 +272,7 @@ impl Dispatcher {
 /// Joins a target base URL (no trailing slash) and a request path that
 /// passed [`crate::portal::policy::validate_path`]; the joined URL is parsed again
 /// and must keep the target's scheme, authority and base path.
-pub fn join_url(base: &str, path: &str) -> Result<String, Failure> {
+pub(crate) fn join_url(base: &str, path: &str) -> Result<String, Failure> {
     crate::portal::policy::validate_path(path)?;
     let url = format!("{base}{path}");
     let base: hyper::Uri = base

@@ -24,12 +24,12 @@ const FORBIDDEN_METHODS: &[&str] = &["TRACE", "TRACK", "CONNECT"];
 
 /// One entry of `PORTAL_ALLOWED_ENDPOINTS`: optional methods and a path glob.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointRule {
+pub(crate) struct EndpointRule {
     /// Upper-case methods allowed; empty allows every method.
-    pub methods: Vec<String>,
+    pub(crate) methods: Vec<String>,
     /// Path pattern: `*` matches within one segment, `**` across segments;
     /// a pattern ending in `/**` also matches the path without that suffix.
-    pub pattern: String,
+    pub(crate) pattern: String,
 }
 
 impl EndpointRule {
@@ -53,7 +53,7 @@ impl std::fmt::Display for EndpointRule {
 
 /// Parses `PORTAL_ALLOWED_ENDPOINTS`: comma-separated patterns, each
 /// optionally preceded by methods, e.g. `POST /api/upload, GET,DELETE /api/items/*`.
-pub fn parse_endpoints(spec: &str) -> Result<Vec<EndpointRule>, String> {
+pub(crate) fn parse_endpoints(spec: &str) -> Result<Vec<EndpointRule>, String> {
     let mut rules = Vec::new();
     let mut methods: Vec<String> = Vec::new();
     for piece in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -143,21 +143,22 @@ fn glob_match(pattern: &[u8], path: &[u8]) -> bool {
 
 /// The portal's request policy.
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// Endpoints allowed; empty allows none in strict mode.
-    pub endpoints: Vec<EndpointRule>,
+    pub(crate) endpoints: Vec<EndpointRule>,
     /// Refuse what the endpoint allow-list does not name (otherwise log it).
-    pub strict: bool,
+    pub(crate) strict: bool,
     /// Lower-case names of the request headers forwarded.
-    pub allowed_headers: Vec<String>,
+    pub(crate) allowed_headers: Vec<String>,
     /// Most headers one request may carry.
-    pub max_header_count: usize,
+    pub(crate) max_header_count: usize,
     /// Most bytes of header names and values one request may carry.
-    pub max_header_bytes: usize,
+    pub(crate) max_header_bytes: usize,
 }
 
 /// Request headers forwarded to the API unless `PORTAL_ALLOWED_HEADERS` says otherwise.
-pub const DEFAULT_ALLOWED_HEADERS: &str = "Content-Type,Accept,X-Request-ID,X-Correlation-ID";
+pub(crate) const DEFAULT_ALLOWED_HEADERS: &str =
+    "Content-Type,Accept,X-Request-ID,X-Correlation-ID";
 
 impl Default for Policy {
     fn default() -> Self {
@@ -176,7 +177,7 @@ impl Default for Policy {
 
 impl Policy {
     /// Decides whether the request a start record describes may reach the API.
-    pub fn check(&self, job: JobId, start: &RequestStart) -> Result<(), Failure> {
+    pub(crate) fn check(&self, job: JobId, start: &RequestStart) -> Result<(), Failure> {
         let method = start.method.as_str();
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(Failure::bad_request(format!(
@@ -242,7 +243,7 @@ impl Policy {
     }
 
     /// Says loudly at start what the policy allows.
-    pub fn announce(&self) {
+    pub(crate) fn announce(&self) {
         if self.endpoints.is_empty() && self.strict {
             log::error!(
                 "PORTAL_ALLOWED_ENDPOINTS is empty and PORTAL_STRICT_SECURITY=true: every request will be refused. Set PORTAL_ALLOWED_ENDPOINTS, e.g. 'POST /api/upload, GET /api/items/*'"
@@ -273,14 +274,14 @@ impl Policy {
 
 /// Whether a header named `name` is forwarded under the allow-list
 /// `allowed` (lower-case names): never for the always-stripped ones.
-pub fn forwards(name: &str, allowed: &[String]) -> bool {
+pub(crate) fn forwards(name: &str, allowed: &[String]) -> bool {
     !never_forwarded(name) && allowed.contains(&name.to_ascii_lowercase())
 }
 
 /// Checks that a request path is a plain absolute path with an optional
 /// query that, joined to the target URL, stays on the target's origin and
 /// under its base path.
-pub fn validate_path(path: &str) -> Result<(), Failure> {
+pub(crate) fn validate_path(path: &str) -> Result<(), Failure> {
     let reject = |why: &str| {
         let shown: String = path.chars().take(200).collect();
         Err(Failure::rejected(format!(

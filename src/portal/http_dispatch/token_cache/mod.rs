@@ -29,7 +29,7 @@ mod tests;
 /// How the client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AuthMethod {
+pub(crate) enum AuthMethod {
     /// HTTP Basic with the client id and secret (RFC 6749 section 2.3.1).
     ClientSecretBasic,
     /// Client id and secret in the form body.
@@ -54,24 +54,13 @@ impl std::str::FromStr for AuthMethod {
 
 /// How the portal authenticates at the token endpoint, with what it needs.
 #[derive(Clone)]
-pub enum ClientCredentials {
+pub(crate) enum ClientCredentials {
     /// HTTP Basic with the client id and this secret.
     SecretBasic(String),
     /// The client id and this secret in the form body.
     SecretPost(String),
     /// A client assertion signed with this key.
     PrivateKeyJwt(AssertionSigner),
-}
-
-impl ClientCredentials {
-    /// The method, without the secret or key.
-    pub fn method(&self) -> AuthMethod {
-        match self {
-            Self::SecretBasic(_) => AuthMethod::ClientSecretBasic,
-            Self::SecretPost(_) => AuthMethod::ClientSecretPost,
-            Self::PrivateKeyJwt(_) => AuthMethod::PrivateKeyJwt,
-        }
-    }
 }
 
 impl std::fmt::Debug for ClientCredentials {
@@ -86,21 +75,21 @@ impl std::fmt::Debug for ClientCredentials {
 
 /// Where and how to get tokens.
 #[derive(Clone)]
-pub struct OAuthConfig {
+pub(crate) struct OAuthConfig {
     /// Token endpoint URL.
-    pub token_url: String,
+    pub(crate) token_url: String,
     /// Client id.
-    pub client_id: String,
+    pub(crate) client_id: String,
     /// Client authentication: a secret or a signing key.
-    pub credentials: ClientCredentials,
+    pub(crate) credentials: ClientCredentials,
     /// Optional `scope` parameter.
-    pub scope: Option<String>,
+    pub(crate) scope: Option<String>,
     /// Optional `audience` parameter: who the access token is for.
-    pub audience: Option<String>,
+    pub(crate) audience: Option<String>,
     /// API answers meaning "this token is no good": refresh and retry once.
-    pub refresh_statuses: Vec<StatusCode>,
+    pub(crate) refresh_statuses: Vec<StatusCode>,
     /// Deadline for one token request.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 impl std::fmt::Debug for OAuthConfig {
@@ -118,10 +107,11 @@ impl std::fmt::Debug for OAuthConfig {
 }
 
 /// `client_assertion_type` of a JWT client assertion (RFC 7523 section 2.2).
-pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub(crate) const JWT_BEARER_ASSERTION: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// How long a client assertion is valid.
-pub const ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
+pub(crate) const ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Signing algorithms a client assertion may use.
 const ASSERTION_ALGORITHMS: &[Algorithm] = &[
@@ -137,25 +127,25 @@ const ASSERTION_ALGORITHMS: &[Algorithm] = &[
 
 /// The claims of a client assertion (RFC 7523 section 3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AssertionClaims {
+pub(crate) struct AssertionClaims {
     /// Issuer: the client id.
-    pub iss: String,
+    pub(crate) iss: String,
     /// Subject: the client id.
-    pub sub: String,
+    pub(crate) sub: String,
     /// Audience: the authorization server, by default the token URL.
-    pub aud: String,
+    pub(crate) aud: String,
     /// Expiry, seconds since the epoch.
-    pub exp: u64,
+    pub(crate) exp: u64,
     /// Issued at, seconds since the epoch.
-    pub iat: u64,
+    pub(crate) iat: u64,
     /// Unique id, so the server can refuse a replayed assertion.
-    pub jti: String,
+    pub(crate) jti: String,
 }
 
 /// A private key that signs client assertions. Holds the parsed key, never
 /// the PEM text, and `Debug` shows only the algorithm.
 #[derive(Clone)]
-pub struct AssertionSigner {
+pub(crate) struct AssertionSigner {
     key: EncodingKey,
     alg: Algorithm,
     kid: Option<String>,
@@ -175,15 +165,15 @@ impl std::fmt::Debug for AssertionSigner {
 /// A client-assertion setting that cannot be used.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{setting}: {detail}")]
-pub struct AssertionKeyError {
+pub(crate) struct AssertionKeyError {
     /// The setting (environment variable) at fault.
-    pub setting: &'static str,
+    pub(crate) setting: &'static str,
     /// What is wrong, without any key material.
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 /// Parses `OAUTH2_CLIENT_ASSERTION_ALG`: an ECDSA or RSA JWS algorithm name.
-pub fn parse_assertion_alg(name: &str) -> Result<Algorithm, AssertionKeyError> {
+pub(crate) fn parse_assertion_alg(name: &str) -> Result<Algorithm, AssertionKeyError> {
     let upper = name.trim().to_ascii_uppercase();
     ASSERTION_ALGORITHMS
         .iter()
@@ -202,7 +192,7 @@ impl AssertionSigner {
     /// or PKCS#8). Without `alg`, EC keys sign with ES256 (ES384 for a P-384
     /// key) and RSA keys with RS256. The key is tried once here, so a key that
     /// cannot sign fails at start rather than at the first token fetch.
-    pub fn from_pem(
+    pub(crate) fn from_pem(
         pem: &[u8],
         alg: Option<Algorithm>,
         kid: Option<String>,
@@ -259,17 +249,19 @@ impl AssertionSigner {
     }
 
     /// The signing algorithm.
-    pub fn algorithm(&self) -> Algorithm {
+    #[cfg(test)]
+    pub(crate) fn algorithm(&self) -> Algorithm {
         self.alg
     }
 
     /// The `aud` claim of every assertion.
-    pub fn audience(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn audience(&self) -> &str {
         &self.audience
     }
 
     /// The claims of a new assertion for `client_id`, issued now, with a fresh `jti`.
-    pub fn claims(&self, client_id: &str) -> AssertionClaims {
+    pub(crate) fn claims(&self, client_id: &str) -> AssertionClaims {
         let now = crate::protocol::signing::unix_now();
         AssertionClaims {
             iss: client_id.to_string(),
@@ -282,7 +274,7 @@ impl AssertionSigner {
     }
 
     /// A new signed assertion for `client_id`.
-    pub fn sign(&self, client_id: &str) -> Result<String, jsonwebtoken::errors::Error> {
+    pub(crate) fn sign(&self, client_id: &str) -> Result<String, jsonwebtoken::errors::Error> {
         let mut header = Header::new(self.alg);
         header.kid = self.kid.clone();
         jsonwebtoken::encode(&header, &self.claims(client_id), &self.key)
@@ -292,7 +284,7 @@ impl AssertionSigner {
 /// Why no token could be had.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
-pub enum TokenError {
+pub(crate) enum TokenError {
     /// The endpoint could not be reached.
     #[error("token endpoint {url} unreachable: {detail}")]
     Unreachable {
@@ -341,7 +333,7 @@ impl TokenError {
     /// What the client of a job learns: a fixed sentence with the status at
     /// most. The portal's log has the rest ([`std::fmt::Display`]); nothing
     /// the token endpoint sent reaches the sender.
-    pub fn for_sender(&self) -> String {
+    pub(crate) fn for_sender(&self) -> String {
         let why = match self {
             Self::Unreachable { .. } => "the token endpoint is unreachable".to_string(),
             Self::Refused { status, .. } => format!("the token endpoint answered HTTP {status}"),
@@ -363,7 +355,7 @@ const MAX_ERROR_CODE: usize = 40;
 /// code (`invalid_client`): lower-case letters, digits and `_`, short, and
 /// not containing the client secret. Anything else (free text, an echoed
 /// header) is dropped, so the log cannot be made to hold a credential.
-pub fn oauth_error_code(body: &[u8], secret: Option<&str>) -> Option<String> {
+pub(crate) fn oauth_error_code(body: &[u8], secret: Option<&str>) -> Option<String> {
     #[derive(Deserialize)]
     struct ErrorAnswer {
         error: serde_json::Value,
@@ -407,7 +399,7 @@ const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
 /// Shares one OAuth2 token among all jobs of a portal.
-pub struct TokenCache {
+pub(crate) struct TokenCache {
     cfg: OAuthConfig,
     http: HttpClient,
     /// The token in use; read on every call, written after a fetch or on
@@ -435,13 +427,13 @@ impl std::fmt::Debug for TokenCache {
 }
 
 /// How long before expiry a token is replaced.
-pub fn refresh_margin(lifetime: Duration) -> Duration {
+pub(crate) fn refresh_margin(lifetime: Duration) -> Duration {
     (lifetime / 10).min(Duration::from_secs(60))
 }
 
 impl TokenCache {
     /// A cache that fetches with `http`.
-    pub fn new(cfg: OAuthConfig, http: HttpClient) -> Self {
+    pub(crate) fn new(cfg: OAuthConfig, http: HttpClient) -> Self {
         Self {
             cfg,
             http,
@@ -455,17 +447,17 @@ impl TokenCache {
 
     /// Whether an API answer with `status` means the token was refused, so it
     /// is worth a fresh token and one more try.
-    pub fn refreshes_on(&self, status: StatusCode) -> bool {
+    pub(crate) fn refreshes_on(&self, status: StatusCode) -> bool {
         self.cfg.refresh_statuses.contains(&status)
     }
 
     /// Number of token requests made so far.
-    pub fn fetch_count(&self) -> u64 {
+    pub(crate) fn fetch_count(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
     }
 
     /// Number of token requests that failed so far.
-    pub fn failure_count(&self) -> u64 {
+    pub(crate) fn failure_count(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
 
@@ -478,7 +470,7 @@ impl TokenCache {
     }
 
     /// A valid token, fetched if none is cached.
-    pub async fn token(&self) -> Result<Arc<str>, TokenError> {
+    pub(crate) async fn token(&self) -> Result<Arc<str>, TokenError> {
         if let Some(t) = self.valid() {
             return Ok(t);
         }
@@ -514,7 +506,7 @@ impl TokenCache {
     }
 
     /// Forgets `token` after the API refused it, unless a newer one replaced it already.
-    pub fn invalidate(&self, token: &str) {
+    pub(crate) fn invalidate(&self, token: &str) {
         let mut guard = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if guard.as_ref().is_some_and(|c| &*c.token == token) {
             *guard = None;
