@@ -3,31 +3,29 @@
 //!
 //! # How it works
 //!
-//! [`run`] starts the admin listener, connects to Kafka, makes sure both
-//! topics exist, builds what every task shares (a [`context::Ctx`]: the
-//! settings, the API [`http_dispatch::Dispatcher`], the signature verifier,
-//! the job queue, the memory and spool budgets, a
-//! [`ledger::Progress`] per partition) and then loops over generations of
-//! the consumer group: join, serve, and join again after a rebalance, or
-//! leave on shutdown. The shutdown future is an input; it is polled while
-//! joining and while serving.
+//! `run` starts the admin listener, connects to Kafka, makes sure both
+//! topics exist, and builds what every task shares (`context::Ctx`: the
+//! settings, the API `Dispatcher`, the signature verifier, the job queue,
+//! the memory and spool budgets, a `ledger::Progress` per partition). Then
+//! it loops over generations of the consumer group: join, serve, and join
+//! again after a rebalance, or leave on shutdown. The shutdown future is an
+//! input; it is polled while joining and while serving.
 //!
-//! A generation ([`generation`]) fetches the committed offsets, spawns one
-//! reader per assigned partition, and then heartbeats and commits on ticks
-//! of its own, so neither a slow API nor a busy reader delays them. When it
-//! ends, the readers stop at their next fetch, jobs in flight get
+//! A generation (`generation`) fetches the committed offsets, spawns one
+//! reader per assigned partition, and heartbeats and commits on ticks of its
+//! own, so neither a slow API nor a busy reader delays them. When it ends,
+//! the readers stop at their next fetch, jobs in flight get
 //! `PORTAL_SHUTDOWN_GRACE_SECS`, and a final commit follows.
 //!
-//! A reader ([`reader`]) fetches its partition and decodes each record,
-//! skips what its partition's ledger already knows, checks signatures and
-//! the policy on start records, and hands the rest to its own
-//! [`assembler::Assembler`]. A completed job goes to a task of its own
-//! ([`job`]): it waits for one of `PORTAL_MAX_CONCURRENT_JOBS` call permits,
-//! calls the API and streams the response as frames to the reply partition
-//! the start record names. A failed job gets an error record instead
-//! ([`replies`]). Both kinds of task first take a slot in the job queue; a
-//! reader that finds it full stops fetching, so a backlog waits in Kafka,
-//! not in memory.
+//! A reader (`reader`) fetches its partition and decodes each record, skips
+//! what its partition's ledger already knows, checks signatures and the
+//! policy on start records, and hands the rest to its own `Assembler`. A
+//! completed job goes to a task of its own (`job`): it waits for one of
+//! `PORTAL_MAX_CONCURRENT_JOBS` call permits, calls the API and streams the
+//! response as frames to the reply partition the start record names. A
+//! failed job gets an error record instead (`replies`). Both kinds of task
+//! first take a slot in the job queue; a reader that finds it full stops
+//! fetching, so a backlog waits in Kafka, not in memory.
 //!
 //! The ledger counts a job as in flight from its start record until its
 //! final record is acknowledged; only then may the commit pass it. A job
@@ -45,15 +43,16 @@
 //! - `assembler/`: putting request bodies together from their frames and
 //!   checking them; `spool.rs`: where a body is kept, in memory or in a
 //!   file; `budget.rs`: the memory and disk all jobs share.
-//! - `ledger.rs`, `policy.rs`, `admin.rs`, `settings.rs`, `http_dispatch/`:
-//!   the commit ledger, what may reach the API, the admin listener, the
-//!   settings `cli` resolves, and the calls to the API.
+//! - `ledger.rs`: what is answered and what to commit; `policy/`: what may
+//!   reach the API; `admin.rs`: the admin listener; `settings.rs`: the
+//!   settings `cli` resolves; `http_dispatch/`: the calls to the API.
 
 mod admin;
 pub(crate) mod assembler;
 mod budget;
 mod context;
 mod generation;
+// Public for `examples/demo_api.rs`, which uses `token_cache::form_encode`.
 pub mod http_dispatch;
 mod job;
 mod ledger;

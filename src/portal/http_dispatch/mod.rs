@@ -1,5 +1,5 @@
 //! Calls the target REST API for a completed job, with a token from
-//! [`token_cache`] over the client [`client`] builds with the [`tls`] settings.
+//! `token_cache` over the client `client` builds with the `tls` settings.
 //!
 //! The URL is always `PORTAL_TARGET_API_URL` joined with the request's path;
 //! the request can name a path and query only. Redirects are not followed.
@@ -7,6 +7,7 @@
 
 pub(crate) mod client;
 pub(crate) mod tls;
+// Public for `examples/demo_api.rs`, which uses `form_encode`.
 pub mod token_cache;
 
 use std::pin::Pin;
