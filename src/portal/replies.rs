@@ -13,8 +13,10 @@ use crate::portal::ledger::Progress;
 use crate::protocol::wire::{Body, Frame, JobId};
 use crate::protocol::{ErrorCategory, Failure};
 
-/// Sends `failed` its error record from a task of its own, once a slot in
-/// the job queue is free, and settles the job when it is sent.
+/// Tells the client of `failed` why, with one error record sent from a
+/// task of its own once a slot in the job queue is free. The job is settled
+/// when the record is acknowledged, or when its start record named no valid
+/// reply address; otherwise it is left to be read again.
 pub(crate) async fn spawn_error_reply(
     ctx: &Arc<Ctx>,
     progress: &Arc<Mutex<Progress>>,
