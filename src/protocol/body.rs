@@ -85,7 +85,7 @@ impl BodyCheck {
     /// Checks the end record's length and chunk count against what arrived:
     /// the part of [`BodyCheck::verify_end`] a receiver that digests what it
     /// stored needs first, to know how much to read back.
-    pub fn verify_length(&self, end: &EndInfo) -> Result<(), BodyFault> {
+    pub(crate) fn verify_length(&self, end: &EndInfo) -> Result<(), BodyFault> {
         if end.total_len != self.received || end.chunks != self.chunks {
             return Err(BodyFault::Length {
                 received: self.received,
