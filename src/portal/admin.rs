@@ -32,12 +32,12 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::portal::assembler::Budgets;
+use crate::portal::budget::Budgets;
 use crate::portal::http_dispatch::token_cache::TokenCache;
 use crate::protocol::ErrorCategory;
 
 /// Connections the admin listener serves at once; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 16;
+pub(crate) const MAX_CONNECTIONS: usize = 16;
 
 /// How long a client may take to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,7 +76,7 @@ struct PartitionLabel {
 
 /// Every metric of a portal, registered once; cheap to update from any task.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     jobs_started: Counter,
     jobs_completed: Counter,
@@ -144,7 +144,7 @@ impl Collector for Sampled {
 impl Metrics {
     /// Registers every metric; spool and memory bytes are read from
     /// `budgets` on each scrape.
-    pub fn new(budgets: Budgets) -> Self {
+    pub(crate) fn new(budgets: Budgets) -> Self {
         let mut registry = Registry::with_prefix("kafkasend");
         let jobs_started = Counter::default();
         let jobs_completed = Counter::default();
@@ -238,25 +238,25 @@ impl Metrics {
     }
 
     /// Reports the token cache's fetches and failures from now on.
-    pub fn watch_tokens(&self, tokens: Arc<TokenCache>) {
+    pub(crate) fn watch_tokens(&self, tokens: Arc<TokenCache>) {
         let _ = self.sampled.tokens.set(tokens);
     }
 
     /// A job was taken up; `request_bytes` is its body's size.
-    pub fn job_started(&self, request_bytes: u64) {
+    pub(crate) fn job_started(&self, request_bytes: u64) {
         self.jobs_started.inc();
         self.request_bytes.inc_by(request_bytes);
     }
 
     /// A job's response was relayed in full.
-    pub fn job_completed(&self, response_bytes: u64, took: Duration) {
+    pub(crate) fn job_completed(&self, response_bytes: u64, took: Duration) {
         self.jobs_completed.inc();
         self.response_bytes.inc_by(response_bytes);
         self.job_duration.observe(took.as_secs_f64());
     }
 
     /// A job was answered with an error of `category`.
-    pub fn job_failed(&self, category: ErrorCategory) {
+    pub(crate) fn job_failed(&self, category: ErrorCategory) {
         self.jobs_failed
             .get_or_create(&CategoryLabel {
                 category: category_label(category),
@@ -265,25 +265,25 @@ impl Metrics {
     }
 
     /// Records how long a failed job took.
-    pub fn job_took(&self, took: Duration) {
+    pub(crate) fn job_took(&self, took: Duration) {
         self.job_duration.observe(took.as_secs_f64());
     }
 
     /// Counts an API call for as long as the returned guard lives.
-    pub fn in_flight(&self) -> GaugeGuard {
+    pub(crate) fn in_flight(&self) -> GaugeGuard {
         self.jobs_in_flight.inc();
         GaugeGuard(self.jobs_in_flight.clone())
     }
 
     /// A produce request to Kafka failed.
-    pub fn produce_error(&self) {
+    pub(crate) fn produce_error(&self) {
         self.kafka_errors
             .get_or_create(&OpLabel { op: "produce" })
             .inc();
     }
 
     /// A fetch request to Kafka failed.
-    pub fn fetch_error(&self) {
+    pub(crate) fn fetch_error(&self) {
         self.kafka_errors
             .get_or_create(&OpLabel { op: "fetch" })
             .inc();
@@ -291,7 +291,7 @@ impl Metrics {
 
     /// The reader of `partition` is at `next`; what it can read of the
     /// partition ends at `end` (its last stable offset).
-    pub fn partition_position(&self, partition: i32, next: i64, end: i64) {
+    pub(crate) fn partition_position(&self, partition: i32, next: i64, end: i64) {
         self.partition_lag
             .get_or_create(&PartitionLabel { partition })
             .set(end.saturating_sub(next).max(0));
@@ -299,25 +299,25 @@ impl Metrics {
 
     /// `n` request records were skipped unread, for `reason` (a fixed
     /// label such as `not_kafkasend` or `too_large`).
-    pub fn records_skipped(&self, reason: &'static str, n: u64) {
+    pub(crate) fn records_skipped(&self, reason: &'static str, n: u64) {
         self.records_skipped
             .get_or_create(&ReasonLabel { reason })
             .inc_by(n);
     }
 
     /// This portal no longer reads `partition`.
-    pub fn partition_released(&self, partition: i32) {
+    pub(crate) fn partition_released(&self, partition: i32) {
         self.partition_lag.remove(&PartitionLabel { partition });
     }
 
     /// One reader's count of jobs being assembled changed from `before` to `now`.
-    pub fn assembling_changed(&self, before: usize, now: usize) {
+    pub(crate) fn assembling_changed(&self, before: usize, now: usize) {
         let delta = i64::try_from(now).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(0);
         self.jobs_assembling.inc_by(delta);
     }
 
     /// The metrics in the Prometheus text format (version 0.0.4).
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
@@ -332,7 +332,7 @@ fn category_label(category: ErrorCategory) -> String {
 
 /// Decrements a gauge when dropped.
 #[derive(Debug)]
-pub struct GaugeGuard(Gauge);
+pub(crate) struct GaugeGuard(Gauge);
 
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
@@ -343,7 +343,7 @@ impl Drop for GaugeGuard {
 /// What `/readyz` answers from: the portal sets it as it connects, joins
 /// and loses its partitions, and as its readers get stuck and move again.
 #[derive(Debug, Default)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     connected: AtomicBool,
     /// Request partitions of the current generation this portal reads.
     partitions: AtomicUsize,
@@ -355,22 +355,22 @@ pub struct Readiness {
 
 impl Readiness {
     /// The portal reached Kafka and has its topics.
-    pub fn set_connected(&self) {
+    pub(crate) fn set_connected(&self) {
         self.connected.store(true, Ordering::SeqCst);
     }
 
     /// The portal reads `n` partitions of the current generation.
-    pub fn set_partitions(&self, n: usize) {
+    pub(crate) fn set_partitions(&self, n: usize) {
         self.partitions.store(n, Ordering::SeqCst);
     }
 
     /// The reader of `partition` cannot make progress, for `why`.
-    pub fn set_stalled(&self, partition: i32, why: String) {
+    pub(crate) fn set_stalled(&self, partition: i32, why: String) {
         self.stalled_map().insert(partition, why);
     }
 
     /// The reader of `partition` moves again, or has ended.
-    pub fn clear_stalled(&self, partition: i32) {
+    pub(crate) fn clear_stalled(&self, partition: i32) {
         self.stalled_map().remove(&partition);
     }
 
@@ -379,7 +379,7 @@ impl Readiness {
     }
 
     /// `Ok` when ready; otherwise why not, in one line.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if !self.connected.load(Ordering::SeqCst) {
             return Err("not connected to Kafka yet".into());
         }
@@ -403,14 +403,14 @@ impl Readiness {
 
 /// The running admin listener; dropping it stops the listener.
 #[derive(Debug)]
-pub struct AdminServer {
+pub(crate) struct AdminServer {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl AdminServer {
     /// The address it listens on (the real port when 0 was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 }
@@ -422,7 +422,7 @@ impl Drop for AdminServer {
 }
 
 /// Binds `addr` and serves the admin endpoints until the result is dropped.
-pub async fn start(
+pub(crate) async fn start(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
@@ -537,7 +537,7 @@ mod tests {
 
     #[test]
     fn metrics_render_with_labels_and_units() {
-        let m = Metrics::new(Budgets::new(&Limits::default()));
+        let m = Metrics::new(Limits::default().budgets());
         m.job_started(100);
         m.job_completed(42, Duration::from_millis(30));
         m.job_started(5);
@@ -570,7 +570,7 @@ mod tests {
 
     #[test]
     fn gauges_follow_guards_and_deltas() {
-        let m = Metrics::new(Budgets::new(&Limits::default()));
+        let m = Metrics::new(Limits::default().budgets());
         let g = m.in_flight();
         assert!(m
             .render()

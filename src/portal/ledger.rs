@@ -15,12 +15,12 @@ const METADATA_PREFIX: &str = "ks1:";
 
 /// Largest metadata string we write; brokers refuse more than
 /// `offset.metadata.max.bytes` (4096 by default).
-pub const MAX_METADATA_BYTES: usize = 3500;
+pub(crate) const MAX_METADATA_BYTES: usize = 3500;
 
 /// Offsets of one request partition still owed an answer, and those answered
 /// out of order.
 #[derive(Debug, Default)]
-pub struct Progress {
+pub(crate) struct Progress {
     /// Start offsets of jobs not yet answered, with a count in case a
     /// broken producer reused an offset.
     in_flight: BTreeMap<i64, usize>,
@@ -39,7 +39,8 @@ pub struct Progress {
 
 impl Progress {
     /// Progress of a partition whose reading starts at `next`.
-    pub fn starting_at(next: i64) -> Self {
+    #[cfg(test)]
+    pub(crate) fn starting_at(next: i64) -> Self {
         Self {
             next,
             ..Self::default()
@@ -47,13 +48,13 @@ impl Progress {
     }
 
     /// Moves the read position after a fetch.
-    pub fn set_next(&mut self, next: i64) {
+    pub(crate) fn set_next(&mut self, next: i64) {
         self.next = next;
     }
 
     /// Reading (re)starts at `start`: jobs below it that were waiting to be
     /// read again were settled by whoever read the partition meanwhile.
-    pub fn set_start(&mut self, start: i64) {
+    pub(crate) fn set_start(&mut self, start: i64) {
         self.restart = self.restart.split_off(&start);
         let keep = self.in_flight.split_off(&start);
         let below = std::mem::replace(&mut self.in_flight, keep);
@@ -62,13 +63,13 @@ impl Progress {
     }
 
     /// A job starting at `offset` is now in flight.
-    pub fn add(&mut self, offset: i64) {
+    pub(crate) fn add(&mut self, offset: i64) {
         self.restart.remove(&offset);
         *self.in_flight.entry(offset).or_default() += 1;
     }
 
     /// The job starting at `offset` is answered.
-    pub fn done(&mut self, offset: i64) {
+    pub(crate) fn done(&mut self, offset: i64) {
         if self.stale.remove(&offset) {
             return;
         }
@@ -86,14 +87,14 @@ impl Progress {
 
     /// Whether the job starting at `offset` is running or already answered,
     /// so a reader meeting its start record again must leave it alone.
-    pub fn known(&self, offset: i64) -> bool {
+    pub(crate) fn known(&self, offset: i64) -> bool {
         self.in_flight.contains_key(&offset) || self.answered.contains(&offset)
     }
 
     /// Drops jobs that will not be answered here after all (still assembling
     /// when reading stopped): reading the partition again starts them anew.
     /// The committed offset stays at or below them until they are read again.
-    pub fn forget(&mut self, offsets: impl IntoIterator<Item = i64>) {
+    pub(crate) fn forget(&mut self, offsets: impl IntoIterator<Item = i64>) {
         for o in offsets {
             if self.stale.remove(&o) {
                 continue;
@@ -105,12 +106,12 @@ impl Progress {
     }
 
     /// Remembers jobs answered by an earlier owner of the partition.
-    pub fn remember_answered(&mut self, offsets: impl IntoIterator<Item = i64>) {
+    pub(crate) fn remember_answered(&mut self, offsets: impl IntoIterator<Item = i64>) {
         self.answered.extend(offsets);
     }
 
     /// The offset below which every job has been answered.
-    pub fn committable(&self) -> i64 {
+    pub(crate) fn committable(&self) -> i64 {
         let oldest_running = self.in_flight.keys().next().copied();
         let oldest_restart = self.restart.first().copied();
         [oldest_running, oldest_restart]
@@ -125,7 +126,7 @@ impl Progress {
     }
 
     /// The offset to commit and its metadata, listing the jobs answered above it.
-    pub fn commit_point(&mut self) -> (i64, String) {
+    pub(crate) fn commit_point(&mut self) -> (i64, String) {
         self.prune();
         let base = self.committable();
         (base, encode_metadata(base, &self.answered))
@@ -135,7 +136,7 @@ impl Progress {
 /// `ks1:` and the answered offsets as distances from `base`, comma-separated.
 /// When they do not all fit, the lowest are kept; the rest may be called
 /// again after a failover, which the idempotency key is there for.
-pub fn encode_metadata(base: i64, answered: &BTreeSet<i64>) -> String {
+pub(crate) fn encode_metadata(base: i64, answered: &BTreeSet<i64>) -> String {
     let mut out = String::from(METADATA_PREFIX);
     for (i, off) in answered.range(base..).enumerate() {
         let item = (off - base).to_string();
@@ -156,7 +157,7 @@ pub fn encode_metadata(base: i64, answered: &BTreeSet<i64>) -> String {
 
 /// The answered offsets a metadata string lists above `base`; foreign or
 /// malformed metadata lists none.
-pub fn decode_metadata(base: i64, metadata: &str) -> BTreeSet<i64> {
+pub(crate) fn decode_metadata(base: i64, metadata: &str) -> BTreeSet<i64> {
     let Some(list) = metadata.strip_prefix(METADATA_PREFIX) else {
         return BTreeSet::new();
     };

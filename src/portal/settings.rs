@@ -9,7 +9,7 @@ use crate::portal::http_dispatch::token_cache::OAuthConfig;
 
 /// Where a new portal starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartFrom {
+pub(crate) enum StartFrom {
     /// Only requests sent after the portal started.
     Latest,
     /// Everything the topic still holds.
@@ -18,52 +18,52 @@ pub enum StartFrom {
 
 /// Consumer-group settings of the portal, resolved.
 #[derive(Debug, Clone)]
-pub struct GroupConfig {
+pub(crate) struct GroupConfig {
     /// Group id.
-    pub group_id: String,
+    pub(crate) group_id: String,
     /// Session timeout.
-    pub session_timeout: Duration,
+    pub(crate) session_timeout: Duration,
     /// Time members have to rejoin in a rebalance.
-    pub rebalance_timeout: Duration,
+    pub(crate) rebalance_timeout: Duration,
     /// Time jobs in flight get on shutdown or revocation.
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
 }
 
 /// Everything the portal runs with, resolved and checked.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Consumer group.
-    pub group: GroupConfig,
+    pub(crate) group: GroupConfig,
     /// Header carrying the job id, if any.
-    pub idempotency_header: Option<String>,
+    pub(crate) idempotency_header: Option<String>,
     /// Kafka side.
-    pub kafka: kafka::Config,
+    pub(crate) kafka: kafka::Config,
     /// API base URL.
-    pub target_api_url: String,
+    pub(crate) target_api_url: String,
     /// OAuth settings, when on.
-    pub oauth: Option<OAuthConfig>,
+    pub(crate) oauth: Option<OAuthConfig>,
     /// TLS of the calls to the API and the token endpoint.
-    pub api_tls: ApiTls,
+    pub(crate) api_tls: ApiTls,
     /// env_logger filter.
-    pub log_filter: String,
+    pub(crate) log_filter: String,
     /// How log lines look.
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     /// Where the admin listener serves, when on.
-    pub admin_listen: Option<std::net::SocketAddr>,
+    pub(crate) admin_listen: Option<std::net::SocketAddr>,
     /// REST calls at once.
-    pub max_concurrent_jobs: usize,
+    pub(crate) max_concurrent_jobs: usize,
     /// API deadline.
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// What may reach the API.
-    pub policy: crate::portal::policy::Policy,
+    pub(crate) policy: crate::portal::policy::Policy,
     /// Assembly limits.
-    pub limits: crate::portal::assembler::Limits,
+    pub(crate) limits: crate::portal::assembler::Limits,
     /// Partitions of created topics.
-    pub topic_partitions: i32,
+    pub(crate) topic_partitions: i32,
     /// Replication of created topics.
-    pub replication_factor: i16,
+    pub(crate) replication_factor: i16,
     /// Where to start reading.
-    pub start_from: StartFrom,
+    pub(crate) start_from: StartFrom,
     /// Keys whose signatures the portal requires, when set.
-    pub trusted_keys: Option<crate::protocol::signing::TrustedKeys>,
+    pub(crate) trusted_keys: Option<crate::protocol::signing::TrustedKeys>,
 }

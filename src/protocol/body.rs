@@ -82,14 +82,22 @@ impl BodyCheck {
             .then(|| std::mem::take(&mut self.hasher).finalize().into())
     }
 
-    /// Checks the end record against what arrived and the body's `digest`.
-    pub fn verify_end(&self, end: &EndInfo, digest: &[u8; 32]) -> Result<(), BodyFault> {
+    /// Checks the end record's length and chunk count against what arrived:
+    /// the part of [`BodyCheck::verify_end`] a receiver that digests what it
+    /// stored needs first, to know how much to read back.
+    pub(crate) fn verify_length(&self, end: &EndInfo) -> Result<(), BodyFault> {
         if end.total_len != self.received || end.chunks != self.chunks {
             return Err(BodyFault::Length {
                 received: self.received,
                 chunks: self.chunks,
             });
         }
+        Ok(())
+    }
+
+    /// Checks the end record against what arrived and the body's `digest`.
+    pub fn verify_end(&self, end: &EndInfo, digest: &[u8; 32]) -> Result<(), BodyFault> {
+        self.verify_length(end)?;
         if *digest != end.sha256 {
             return Err(BodyFault::Digest { computed: *digest });
         }
@@ -147,6 +155,22 @@ mod tests {
         check
             .verify_end(&end_of(b"hello world", 2), &stored)
             .unwrap();
+    }
+
+    #[test]
+    fn the_length_is_checked_without_a_digest() {
+        let mut check = BodyCheck::new();
+        check.chunk(&chunk(6, b"world"), b"world").unwrap();
+        check.chunk(&chunk(0, b"hello "), b"hello ").unwrap();
+        assert_eq!(check.verify_length(&end_of(b"hello world", 2)), Ok(()));
+        assert_eq!(
+            check.verify_length(&end_of(b"hello world", 3)),
+            Err(BodyFault::Length {
+                received: 11,
+                chunks: 2
+            })
+        );
+        assert!(check.verify_length(&end_of(b"hello", 2)).is_err());
     }
 
     #[test]

@@ -13,15 +13,15 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::portal::http_dispatch::tls::ApiTls;
 
 /// Body type of every outgoing request.
-pub type DispatchBody = BoxBody<Bytes, std::io::Error>;
+pub(crate) type DispatchBody = BoxBody<Bytes, std::io::Error>;
 
 /// The HTTP(S) client the portal uses for the API and the token endpoint.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, DispatchBody>;
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, DispatchBody>;
 
 /// Builds the shared HTTP client: HTTP/1.1 and HTTP/2, TLS by rustls with the
 /// `ring` provider (the one rskafka uses) configured by `tls` (trusted roots,
 /// optional client certificate). Plain `http://` URLs still work.
-pub fn build_client(tls: &ApiTls) -> HttpClient {
+pub(crate) fn build_client(tls: &ApiTls) -> HttpClient {
     log::info!("HTTPS trusts {}", tls.summary());
     let mut http = HttpConnector::new();
     // Requests and responses, not bulk streams: send small writes at once.
@@ -42,7 +42,7 @@ pub fn build_client(tls: &ApiTls) -> HttpClient {
 }
 
 /// Adds what to change to a TLS failure the settings can fix.
-pub fn with_tls_hint(chain: String) -> String {
+pub(crate) fn with_tls_hint(chain: String) -> String {
     let hint = if chain.contains("CaUsedAsEndEntity") {
         // The verifier's own message already says what to do.
         ""
@@ -57,6 +57,6 @@ pub fn with_tls_hint(chain: String) -> String {
 }
 
 /// A body held in memory.
-pub fn full_body(bytes: Bytes) -> DispatchBody {
+pub(crate) fn full_body(bytes: Bytes) -> DispatchBody {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }

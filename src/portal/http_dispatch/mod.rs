@@ -1,12 +1,13 @@
 //! Calls the target REST API for a completed job, with a token from
-//! [`token_cache`] over the client [`client`] builds with the [`tls`] settings.
+//! `token_cache` over the client `client` builds with the `tls` settings.
 //!
 //! The URL is always `PORTAL_TARGET_API_URL` joined with the request's path;
 //! the request can name a path and query only. Redirects are not followed.
 //! Bodies stream from the spool, so a retry after a refused token re-reads it.
 
-pub mod client;
-pub mod tls;
+pub(crate) mod client;
+pub(crate) mod tls;
+// Public for `examples/demo_api.rs`, which uses `form_encode`.
 pub mod token_cache;
 
 use std::pin::Pin;
@@ -21,9 +22,10 @@ use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
 use hyper::{Method, Request, Response};
 use std::future::Future as _;
 
-use crate::portal::assembler::{CompletedJob, SpoolFile, SpooledBody};
+use crate::portal::assembler::CompletedJob;
 use crate::portal::http_dispatch::client::{full_body, with_tls_hint, DispatchBody, HttpClient};
 use crate::portal::http_dispatch::token_cache::TokenCache;
+use crate::portal::spool::{SpoolFile, SpooledBody};
 use crate::protocol::{ErrorCategory, Failure};
 use crate::util::error_chain;
 
@@ -107,7 +109,7 @@ fn body_of(spool: &SpooledBody) -> DispatchBody {
 
 /// Calls the target API.
 #[derive(Debug)]
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     client: HttpClient,
     /// Target base URL without a trailing slash.
     base: String,
@@ -123,7 +125,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher for `base_url`; `tokens` when OAuth is on.
-    pub fn new(
+    pub(crate) fn new(
         client: HttpClient,
         base_url: &str,
         tokens: Option<Arc<TokenCache>>,
@@ -147,14 +149,14 @@ impl Dispatcher {
     }
 
     /// The deadline for response headers.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
     /// Sends the job's request; when the API refuses the token (a status in
     /// `PORTAL_TOKEN_REFRESH_STATUSES`, 401 by default), refreshes it and
     /// retries once.
-    pub async fn call(&self, job: &CompletedJob) -> Result<Response<Incoming>, Failure> {
+    pub(crate) async fn call(&self, job: &CompletedJob) -> Result<Response<Incoming>, Failure> {
         let url = self.url_for(&job.start.path)?;
         let method = Method::from_bytes(job.start.method.as_bytes()).map_err(|_| {
             Failure::new(
@@ -263,7 +265,7 @@ impl Dispatcher {
 
     /// Joins the target URL and a request path, refusing paths that could
     /// leave the target's origin or base path.
-    pub fn url_for(&self, path: &str) -> Result<String, Failure> {
+    pub(crate) fn url_for(&self, path: &str) -> Result<String, Failure> {
         join_url(&self.base, path)
     }
 }
@@ -271,7 +273,7 @@ impl Dispatcher {
 /// Joins a target base URL (no trailing slash) and a request path that
 /// passed [`crate::portal::policy::validate_path`]; the joined URL is parsed again
 /// and must keep the target's scheme, authority and base path.
-pub fn join_url(base: &str, path: &str) -> Result<String, Failure> {
+pub(crate) fn join_url(base: &str, path: &str) -> Result<String, Failure> {
     crate::portal::policy::validate_path(path)?;
     let url = format!("{base}{path}");
     let base: hyper::Uri = base

@@ -23,11 +23,11 @@ use crate::util::server_trust::ListedCertVerifier;
 /// A TLS setting that cannot be used.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{setting}: {detail}")]
-pub struct TlsError {
+pub(crate) struct TlsError {
     /// The setting (environment variable) at fault.
-    pub setting: &'static str,
+    pub(crate) setting: &'static str,
     /// What is wrong, without any key material.
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 impl From<ReadError> for TlsError {
@@ -47,7 +47,7 @@ impl TlsError {
 
 /// The client TLS configuration of the portal's HTTPS calls, built at start.
 #[derive(Clone)]
-pub struct ApiTls {
+pub(crate) struct ApiTls {
     /// Roots, protocol versions and the optional client identity.
     config: Arc<rustls::ClientConfig>,
     /// What the trust store and identity hold, for logs and `Debug`.
@@ -65,7 +65,7 @@ impl std::fmt::Debug for ApiTls {
 impl ApiTls {
     /// Trust the web PKI and system roots plus `ca_file`; present the client
     /// certificate when `client_cert` and `client_key` are given (both or neither).
-    pub fn load(
+    pub(crate) fn load(
         ca_file: Option<&Path>,
         client_cert: Option<&Path>,
         client_key: Option<&Path>,
@@ -137,18 +137,18 @@ impl ApiTls {
     }
 
     /// A copy of the rustls configuration, for one HTTPS connector.
-    pub fn client_config(&self) -> rustls::ClientConfig {
+    pub(crate) fn client_config(&self) -> rustls::ClientConfig {
         (*self.config).clone()
     }
 
     /// What is trusted and presented, in words.
-    pub fn summary(&self) -> &str {
+    pub(crate) fn summary(&self) -> &str {
         &self.summary
     }
 }
 
 /// Every certificate in a PEM file; at least one.
-pub fn read_certs(
+pub(crate) fn read_certs(
     setting: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -175,7 +175,7 @@ pub fn read_certs(
 
 /// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1, unencrypted).
 /// Errors never quote the file.
-pub fn read_private_key(
+pub(crate) fn read_private_key(
     setting: &'static str,
     path: &Path,
 ) -> Result<PrivateKeyDer<'static>, TlsError> {

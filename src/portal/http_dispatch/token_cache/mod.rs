@@ -23,10 +23,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::portal::http_dispatch::client::{full_body, HttpClient};
 
+#[cfg(test)]
+mod tests;
+
 /// How the client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AuthMethod {
+pub(crate) enum AuthMethod {
     /// HTTP Basic with the client id and secret (RFC 6749 section 2.3.1).
     ClientSecretBasic,
     /// Client id and secret in the form body.
@@ -51,24 +54,13 @@ impl std::str::FromStr for AuthMethod {
 
 /// How the portal authenticates at the token endpoint, with what it needs.
 #[derive(Clone)]
-pub enum ClientCredentials {
+pub(crate) enum ClientCredentials {
     /// HTTP Basic with the client id and this secret.
     SecretBasic(String),
     /// The client id and this secret in the form body.
     SecretPost(String),
     /// A client assertion signed with this key.
     PrivateKeyJwt(AssertionSigner),
-}
-
-impl ClientCredentials {
-    /// The method, without the secret or key.
-    pub fn method(&self) -> AuthMethod {
-        match self {
-            Self::SecretBasic(_) => AuthMethod::ClientSecretBasic,
-            Self::SecretPost(_) => AuthMethod::ClientSecretPost,
-            Self::PrivateKeyJwt(_) => AuthMethod::PrivateKeyJwt,
-        }
-    }
 }
 
 impl std::fmt::Debug for ClientCredentials {
@@ -83,21 +75,21 @@ impl std::fmt::Debug for ClientCredentials {
 
 /// Where and how to get tokens.
 #[derive(Clone)]
-pub struct OAuthConfig {
+pub(crate) struct OAuthConfig {
     /// Token endpoint URL.
-    pub token_url: String,
+    pub(crate) token_url: String,
     /// Client id.
-    pub client_id: String,
+    pub(crate) client_id: String,
     /// Client authentication: a secret or a signing key.
-    pub credentials: ClientCredentials,
+    pub(crate) credentials: ClientCredentials,
     /// Optional `scope` parameter.
-    pub scope: Option<String>,
+    pub(crate) scope: Option<String>,
     /// Optional `audience` parameter: who the access token is for.
-    pub audience: Option<String>,
+    pub(crate) audience: Option<String>,
     /// API answers meaning "this token is no good": refresh and retry once.
-    pub refresh_statuses: Vec<StatusCode>,
+    pub(crate) refresh_statuses: Vec<StatusCode>,
     /// Deadline for one token request.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 impl std::fmt::Debug for OAuthConfig {
@@ -115,10 +107,11 @@ impl std::fmt::Debug for OAuthConfig {
 }
 
 /// `client_assertion_type` of a JWT client assertion (RFC 7523 section 2.2).
-pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub(crate) const JWT_BEARER_ASSERTION: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// How long a client assertion is valid.
-pub const ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
+pub(crate) const ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Signing algorithms a client assertion may use.
 const ASSERTION_ALGORITHMS: &[Algorithm] = &[
@@ -134,25 +127,25 @@ const ASSERTION_ALGORITHMS: &[Algorithm] = &[
 
 /// The claims of a client assertion (RFC 7523 section 3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AssertionClaims {
+pub(crate) struct AssertionClaims {
     /// Issuer: the client id.
-    pub iss: String,
+    pub(crate) iss: String,
     /// Subject: the client id.
-    pub sub: String,
+    pub(crate) sub: String,
     /// Audience: the authorization server, by default the token URL.
-    pub aud: String,
+    pub(crate) aud: String,
     /// Expiry, seconds since the epoch.
-    pub exp: u64,
+    pub(crate) exp: u64,
     /// Issued at, seconds since the epoch.
-    pub iat: u64,
+    pub(crate) iat: u64,
     /// Unique id, so the server can refuse a replayed assertion.
-    pub jti: String,
+    pub(crate) jti: String,
 }
 
 /// A private key that signs client assertions. Holds the parsed key, never
 /// the PEM text, and `Debug` shows only the algorithm.
 #[derive(Clone)]
-pub struct AssertionSigner {
+pub(crate) struct AssertionSigner {
     key: EncodingKey,
     alg: Algorithm,
     kid: Option<String>,
@@ -172,15 +165,15 @@ impl std::fmt::Debug for AssertionSigner {
 /// A client-assertion setting that cannot be used.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{setting}: {detail}")]
-pub struct AssertionKeyError {
+pub(crate) struct AssertionKeyError {
     /// The setting (environment variable) at fault.
-    pub setting: &'static str,
+    pub(crate) setting: &'static str,
     /// What is wrong, without any key material.
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 /// Parses `OAUTH2_CLIENT_ASSERTION_ALG`: an ECDSA or RSA JWS algorithm name.
-pub fn parse_assertion_alg(name: &str) -> Result<Algorithm, AssertionKeyError> {
+pub(crate) fn parse_assertion_alg(name: &str) -> Result<Algorithm, AssertionKeyError> {
     let upper = name.trim().to_ascii_uppercase();
     ASSERTION_ALGORITHMS
         .iter()
@@ -199,7 +192,7 @@ impl AssertionSigner {
     /// or PKCS#8). Without `alg`, EC keys sign with ES256 (ES384 for a P-384
     /// key) and RSA keys with RS256. The key is tried once here, so a key that
     /// cannot sign fails at start rather than at the first token fetch.
-    pub fn from_pem(
+    pub(crate) fn from_pem(
         pem: &[u8],
         alg: Option<Algorithm>,
         kid: Option<String>,
@@ -256,17 +249,19 @@ impl AssertionSigner {
     }
 
     /// The signing algorithm.
-    pub fn algorithm(&self) -> Algorithm {
+    #[cfg(test)]
+    pub(crate) fn algorithm(&self) -> Algorithm {
         self.alg
     }
 
     /// The `aud` claim of every assertion.
-    pub fn audience(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn audience(&self) -> &str {
         &self.audience
     }
 
     /// The claims of a new assertion for `client_id`, issued now, with a fresh `jti`.
-    pub fn claims(&self, client_id: &str) -> AssertionClaims {
+    pub(crate) fn claims(&self, client_id: &str) -> AssertionClaims {
         let now = crate::protocol::signing::unix_now();
         AssertionClaims {
             iss: client_id.to_string(),
@@ -279,7 +274,7 @@ impl AssertionSigner {
     }
 
     /// A new signed assertion for `client_id`.
-    pub fn sign(&self, client_id: &str) -> Result<String, jsonwebtoken::errors::Error> {
+    pub(crate) fn sign(&self, client_id: &str) -> Result<String, jsonwebtoken::errors::Error> {
         let mut header = Header::new(self.alg);
         header.kid = self.kid.clone();
         jsonwebtoken::encode(&header, &self.claims(client_id), &self.key)
@@ -289,7 +284,7 @@ impl AssertionSigner {
 /// Why no token could be had.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
-pub enum TokenError {
+pub(crate) enum TokenError {
     /// The endpoint could not be reached.
     #[error("token endpoint {url} unreachable: {detail}")]
     Unreachable {
@@ -338,7 +333,7 @@ impl TokenError {
     /// What the client of a job learns: a fixed sentence with the status at
     /// most. The portal's log has the rest ([`std::fmt::Display`]); nothing
     /// the token endpoint sent reaches the sender.
-    pub fn for_sender(&self) -> String {
+    pub(crate) fn for_sender(&self) -> String {
         let why = match self {
             Self::Unreachable { .. } => "the token endpoint is unreachable".to_string(),
             Self::Refused { status, .. } => format!("the token endpoint answered HTTP {status}"),
@@ -360,7 +355,7 @@ const MAX_ERROR_CODE: usize = 40;
 /// code (`invalid_client`): lower-case letters, digits and `_`, short, and
 /// not containing the client secret. Anything else (free text, an echoed
 /// header) is dropped, so the log cannot be made to hold a credential.
-pub fn oauth_error_code(body: &[u8], secret: Option<&str>) -> Option<String> {
+pub(crate) fn oauth_error_code(body: &[u8], secret: Option<&str>) -> Option<String> {
     #[derive(Deserialize)]
     struct ErrorAnswer {
         error: serde_json::Value,
@@ -404,7 +399,7 @@ const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
 /// Shares one OAuth2 token among all jobs of a portal.
-pub struct TokenCache {
+pub(crate) struct TokenCache {
     cfg: OAuthConfig,
     http: HttpClient,
     /// The token in use; read on every call, written after a fetch or on
@@ -432,13 +427,13 @@ impl std::fmt::Debug for TokenCache {
 }
 
 /// How long before expiry a token is replaced.
-pub fn refresh_margin(lifetime: Duration) -> Duration {
+pub(crate) fn refresh_margin(lifetime: Duration) -> Duration {
     (lifetime / 10).min(Duration::from_secs(60))
 }
 
 impl TokenCache {
     /// A cache that fetches with `http`.
-    pub fn new(cfg: OAuthConfig, http: HttpClient) -> Self {
+    pub(crate) fn new(cfg: OAuthConfig, http: HttpClient) -> Self {
         Self {
             cfg,
             http,
@@ -452,17 +447,17 @@ impl TokenCache {
 
     /// Whether an API answer with `status` means the token was refused, so it
     /// is worth a fresh token and one more try.
-    pub fn refreshes_on(&self, status: StatusCode) -> bool {
+    pub(crate) fn refreshes_on(&self, status: StatusCode) -> bool {
         self.cfg.refresh_statuses.contains(&status)
     }
 
     /// Number of token requests made so far.
-    pub fn fetch_count(&self) -> u64 {
+    pub(crate) fn fetch_count(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
     }
 
     /// Number of token requests that failed so far.
-    pub fn failure_count(&self) -> u64 {
+    pub(crate) fn failure_count(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
 
@@ -475,7 +470,7 @@ impl TokenCache {
     }
 
     /// A valid token, fetched if none is cached.
-    pub async fn token(&self) -> Result<Arc<str>, TokenError> {
+    pub(crate) async fn token(&self) -> Result<Arc<str>, TokenError> {
         if let Some(t) = self.valid() {
             return Ok(t);
         }
@@ -511,7 +506,7 @@ impl TokenCache {
     }
 
     /// Forgets `token` after the API refused it, unless a newer one replaced it already.
-    pub fn invalidate(&self, token: &str) {
+    pub(crate) fn invalidate(&self, token: &str) {
         let mut guard = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if guard.as_ref().is_some_and(|c| &*c.token == token) {
             *guard = None;
@@ -664,256 +659,4 @@ pub fn form_encode(s: &str) -> String {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn margin_scales_with_lifetime() {
-        assert_eq!(
-            refresh_margin(Duration::from_secs(20)),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            refresh_margin(Duration::from_secs(3600)),
-            Duration::from_secs(60)
-        );
-    }
-
-    #[test]
-    fn only_a_plain_oauth_error_code_is_kept() {
-        let code = |body: &str| oauth_error_code(body.as_bytes(), Some("hunter2"));
-        assert_eq!(
-            code(r#"{"error":"invalid_client","error_description":"Basic dGVzdDpodW50ZXIy"}"#),
-            Some("invalid_client".into())
-        );
-        for refused in [
-            r#"{"error":"Basic dGVzdDpodW50ZXIy"}"#,
-            r#"{"error":"dGVzdDpodW50ZXIy"}"#,
-            r#"{"error":"invalid client: Authorization: Basic x"}"#,
-            r#"{"error":"bad\u001b[2J"}"#,
-            r#"{"error":"leaked_hunter2"}"#,
-            r#"{"error":""}"#,
-            r#"{"error":42}"#,
-            r#"{"error":{"code":"invalid_client"}}"#,
-            "Authorization: Basic dGVzdDpodW50ZXIy",
-            "",
-        ] {
-            assert_eq!(code(refused), None, "{refused}");
-        }
-        let long = format!(r#"{{"error":"{}"}}"#, "a".repeat(MAX_ERROR_CODE + 1));
-        assert_eq!(code(&long), None);
-        let err = TokenError::Refused {
-            url: "https://idp.example/token".into(),
-            status: 401,
-            oauth_error: Some("invalid_client".into()),
-        };
-        assert_eq!(
-            err.to_string(),
-            "token endpoint https://idp.example/token answered HTTP 401 (OAuth error 'invalid_client')"
-        );
-        assert_eq!(
-            err.for_sender(),
-            "the portal could not get an OAuth2 token (the token endpoint answered HTTP 401); see the portal's log"
-        );
-    }
-
-    #[test]
-    fn form_encoding() {
-        assert_eq!(form_encode("a b&c=d/é"), "a+b%26c%3Dd%2F%C3%A9");
-    }
-
-    #[test]
-    fn lifetime_from_field_string_or_default() {
-        let r = TokenResponse {
-            access_token: "opaque".into(),
-            expires_in: Some(serde_json::json!(42)),
-        };
-        assert_eq!(lifetime_of(&r), Duration::from_secs(42));
-        let r = TokenResponse {
-            access_token: "opaque".into(),
-            expires_in: Some(serde_json::json!("17")),
-        };
-        assert_eq!(lifetime_of(&r), Duration::from_secs(17));
-        let r = TokenResponse {
-            access_token: "opaque".into(),
-            expires_in: None,
-        };
-        assert_eq!(lifetime_of(&r), DEFAULT_LIFETIME);
-    }
-
-    #[test]
-    fn lifetime_from_a_jwt_without_expires_in() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let b64 = |v: serde_json::Value| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
-        };
-        let jwt = format!(
-            "{}.{}.c2ln",
-            b64(serde_json::json!({"alg": "HS256", "typ": "JWT"})),
-            b64(serde_json::json!({"exp": now + 120, "sub": "portal"}))
-        );
-        let r = TokenResponse {
-            access_token: jwt,
-            expires_in: None,
-        };
-        let got = lifetime_of(&r).as_secs();
-        assert!((118..=120).contains(&got), "{got}");
-    }
-
-    /// A fresh RSA key pair: (PEM, public key PEM).
-    fn rsa_key() -> (String, String) {
-        let dir = tempfile::tempdir().unwrap();
-        crate::test_support::rsa_key_pair(dir.path())
-    }
-
-    fn check_assertion(signer: &AssertionSigner, public: jsonwebtoken::DecodingKey) {
-        let token_url = "https://idp.example/oauth2/token";
-        assert_eq!(signer.audience(), token_url);
-        let jwt = signer.sign("portal-client").unwrap();
-        let header = jsonwebtoken::decode_header(&jwt).unwrap();
-        assert_eq!(header.alg, signer.algorithm());
-        assert_eq!(header.kid.as_deref(), Some("key-7"));
-        let mut v = jsonwebtoken::Validation::new(signer.algorithm());
-        v.set_audience(&[token_url]);
-        v.set_issuer(&["portal-client"]);
-        v.sub = Some("portal-client".into());
-        v.leeway = 0;
-        let claims = jsonwebtoken::decode::<AssertionClaims>(&jwt, &public, &v)
-            .unwrap()
-            .claims;
-        assert_eq!(claims.iss, "portal-client");
-        assert_eq!(claims.sub, "portal-client");
-        assert_eq!(claims.aud, token_url);
-        assert_eq!(claims.exp - claims.iat, ASSERTION_LIFETIME.as_secs());
-        assert!(
-            claims.iat.abs_diff(crate::protocol::signing::unix_now()) <= 5,
-            "{}",
-            claims.iat
-        );
-        assert!(claims.jti.parse::<ulid::Ulid>().is_ok(), "{}", claims.jti);
-        let again = jsonwebtoken::decode::<AssertionClaims>(
-            &signer.sign("portal-client").unwrap(),
-            &public,
-            &v,
-        )
-        .unwrap()
-        .claims;
-        assert_ne!(again.jti, claims.jti, "every assertion has its own jti");
-    }
-
-    #[test]
-    fn es256_assertion_claims_verify_with_the_public_key() {
-        let (private, public) = crate::test_support::ec_key_pair();
-        let signer = AssertionSigner::from_pem(
-            private.as_bytes(),
-            None,
-            Some("key-7".into()),
-            "https://idp.example/oauth2/token".into(),
-        )
-        .unwrap();
-        assert_eq!(signer.algorithm(), Algorithm::ES256);
-        check_assertion(
-            &signer,
-            jsonwebtoken::DecodingKey::from_ec_pem(public.as_bytes()).unwrap(),
-        );
-    }
-
-    #[test]
-    fn rs256_assertion_claims_verify_with_the_public_key() {
-        let (private, public) = rsa_key();
-        let signer = AssertionSigner::from_pem(
-            private.as_bytes(),
-            None,
-            Some("key-7".into()),
-            "https://idp.example/oauth2/token".into(),
-        )
-        .unwrap();
-        assert_eq!(signer.algorithm(), Algorithm::RS256);
-        let public = jsonwebtoken::DecodingKey::from_rsa_pem(public.as_bytes()).unwrap();
-        check_assertion(&signer, public.clone());
-        let ps = AssertionSigner::from_pem(
-            private.as_bytes(),
-            Some(Algorithm::PS256),
-            Some("key-7".into()),
-            "https://idp.example/oauth2/token".into(),
-        )
-        .unwrap();
-        check_assertion(&ps, public);
-    }
-
-    #[test]
-    fn unusable_assertion_keys_name_the_setting() {
-        let (ec, _) = crate::test_support::ec_key_pair();
-        let aud = || "https://idp.example/token".to_string();
-        let cases: [(&[u8], Option<Algorithm>); 4] = [
-            (b"not a key", None),
-            (ec.as_bytes(), Some(Algorithm::RS256)),
-            (ec.as_bytes(), Some(Algorithm::ES384)),
-            (
-                b"-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----\n",
-                None,
-            ),
-        ];
-        for (pem, alg) in cases {
-            let err = AssertionSigner::from_pem(pem, alg, None, aud()).unwrap_err();
-            assert_eq!(err.setting, "OAUTH2_CLIENT_ASSERTION_KEY_FILE", "{err}");
-        }
-        let err = parse_assertion_alg("HS256").unwrap_err();
-        assert!(
-            err.to_string().starts_with("OAUTH2_CLIENT_ASSERTION_ALG"),
-            "{err}"
-        );
-        assert_eq!(parse_assertion_alg("es256").unwrap(), Algorithm::ES256);
-        assert_eq!(parse_assertion_alg("PS512").unwrap(), Algorithm::PS512);
-    }
-
-    #[test]
-    fn debug_output_holds_no_secret_or_key() {
-        let (private, _) = crate::test_support::ec_key_pair();
-        let signer =
-            AssertionSigner::from_pem(private.as_bytes(), None, None, "https://t".into()).unwrap();
-        let key_line = private.lines().nth(1).unwrap().to_string();
-        for credentials in [
-            ClientCredentials::SecretBasic("s3cret-value".into()),
-            ClientCredentials::SecretPost("s3cret-value".into()),
-            ClientCredentials::PrivateKeyJwt(signer),
-        ] {
-            let cfg = OAuthConfig {
-                token_url: "https://t".into(),
-                client_id: "c".into(),
-                credentials,
-                scope: None,
-                audience: None,
-                refresh_statuses: vec![StatusCode::UNAUTHORIZED],
-                timeout: Duration::from_secs(1),
-            };
-            let text = format!("{cfg:?} {cfg:#?}");
-            assert!(!text.contains("s3cret-value"), "{text}");
-            assert!(!text.contains(&key_line), "{text}");
-            assert!(!text.contains(&key_line[..16]), "{text}");
-        }
-    }
-
-    #[test]
-    fn auth_method_parses() {
-        assert_eq!(
-            "client_secret_post".parse::<AuthMethod>(),
-            Ok(AuthMethod::ClientSecretPost)
-        );
-        assert_eq!(
-            "basic".parse::<AuthMethod>(),
-            Ok(AuthMethod::ClientSecretBasic)
-        );
-        assert_eq!(
-            "private_key_jwt".parse::<AuthMethod>(),
-            Ok(AuthMethod::PrivateKeyJwt)
-        );
-        assert!("jwt".parse::<AuthMethod>().is_err());
-    }
 }

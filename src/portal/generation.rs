@@ -1,0 +1,190 @@
+//! One generation of the group: a reader per assigned partition, heartbeats
+//! and commits on ticks of their own, then the revocation: readers stopped,
+//! jobs in flight given the grace period, a final commit.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::kafka::group::{Assignment, Beat, GroupError, Member};
+use crate::portal::context::{lock, Ctx};
+use crate::portal::ledger::decode_metadata;
+use crate::portal::reader::read_partition;
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GenerationEnd {
+    /// The portal is shutting down.
+    Shutdown,
+    /// The group rebalances (or the generation failed): join again.
+    Rebalance,
+}
+
+/// Reads the assigned partitions, heartbeats and commits until a rebalance or
+/// shutdown; then stops reading, lets jobs in flight finish within the grace
+/// period, and commits.
+pub(crate) async fn serve_generation(
+    ctx: &Arc<Ctx>,
+    member: &mut Member,
+    assignment: &Assignment,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    announced: &mut bool,
+) -> anyhow::Result<GenerationEnd> {
+    let topic = ctx.cfg.kafka.request_topic.clone();
+    let committed = member.fetch_offsets(&topic, &assignment.partitions).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ready_tx, mut ready_rx) =
+        tokio::sync::mpsc::channel::<i32>(assignment.partitions.len().max(1));
+    let mut readers = tokio::task::JoinSet::new();
+    for &p in &assignment.partitions {
+        let c = committed.get(&p);
+        let start = c.and_then(|c| c.offset);
+        let progress = ctx.progress_of(p);
+        if let (Some(base), Some(c)) = (start, c) {
+            lock(&progress).remember_answered(decode_metadata(base, &c.metadata));
+        }
+        readers.spawn(read_partition(
+            Arc::clone(ctx),
+            p,
+            start,
+            progress,
+            stop_rx.clone(),
+            ready_tx.clone(),
+        ));
+    }
+    drop(ready_tx);
+    // Only partitions whose reader has positioned itself are committed:
+    // before that their progress holds no position of this generation.
+    let mut ready_parts: Vec<i32> = Vec::new();
+    let mut all_ready = false;
+    let mut heartbeat = tokio::time::interval(member.heartbeat_interval());
+    let mut commit_tick = tokio::time::interval(COMMIT_EVERY);
+    let end = loop {
+        tokio::select! {
+            _ = &mut *shutdown => break GenerationEnd::Shutdown,
+            r = ready_rx.recv(), if !all_ready => match r {
+                Some(p) => {
+                    ready_parts.push(p);
+                    ctx.readiness.set_partitions(ready_parts.len());
+                    // Pin the start position at once: without a commit, a
+                    // portal taking over after a crash would start at the end.
+                    if let Err(e) = commit(ctx, member, &[p]).await {
+                        log::warn!("committing the start of partition {p} failed: {e}");
+                    }
+                    if ready_parts.len() == assignment.partitions.len() && !*announced {
+                        *announced = true;
+                        log::info!(
+                            "portal ready: group {} reads {:?} of {} -> {}, responses on {} ({} partitions)",
+                            member.group_id(),
+                            assignment.partitions,
+                            topic,
+                            ctx.cfg.target_api_url,
+                            ctx.cfg.kafka.response_topic,
+                            ctx.response_partitions
+                        );
+                    }
+                }
+                None => {
+                    all_ready = true;
+                    if assignment.partitions.is_empty() && !*announced {
+                        *announced = true;
+                        log::info!("portal ready: group {} assigned no partition to this portal (more portals than partitions)", member.group_id());
+                    }
+                }
+            },
+            _ = heartbeat.tick() => match member.heartbeat().await {
+                Ok(Beat::Ok) => {}
+                Ok(Beat::Rebalance) => break GenerationEnd::Rebalance,
+                Err(e) if e.needs_rejoin() => {
+                    log::info!("group {}: {e}; rejoining", member.group_id());
+                    break GenerationEnd::Rebalance;
+                }
+                Err(e) => log::warn!("heartbeat to group {} failed: {e}; retrying", member.group_id()),
+            },
+            _ = commit_tick.tick() => {
+                if let Err(e) = commit(ctx, member, &ready_parts).await {
+                    if e.needs_rejoin() {
+                        break GenerationEnd::Rebalance;
+                    }
+                    log::warn!("committing offsets failed: {e}");
+                }
+            }
+            Some(r) = readers.join_next() => match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    log::warn!("a request reader stopped: {e}; rejoining");
+                    break GenerationEnd::Rebalance;
+                }
+                Err(e) => {
+                    log::error!("a request reader failed: {e}; rejoining");
+                    break GenerationEnd::Rebalance;
+                }
+            },
+        }
+    };
+    // Revoke: stop starting jobs, let those in flight finish (heartbeating
+    // meanwhile, so the coordinator does not drop us), then commit.
+    let _ = stop_tx.send(true);
+    ctx.readiness.set_partitions(0);
+    let grace = ctx.cfg.group.shutdown_grace;
+    if end == GenerationEnd::Shutdown {
+        log::info!(
+            "shutting down: no new jobs; waiting up to {} s for jobs in flight",
+            grace.as_secs()
+        );
+    }
+    let drained = async {
+        while readers.join_next().await.is_some() {}
+        ctx.in_flight.wait_idle(grace).await
+    };
+    tokio::pin!(drained);
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    let all_done = loop {
+        tokio::select! {
+            done = &mut drained => break done,
+            _ = &mut deadline => break false,
+            _ = heartbeat.tick() => {
+                // Only keeps the session alive; a rebalance is handled after.
+                let _ = member.heartbeat().await;
+            }
+        }
+    };
+    if !all_done {
+        log::warn!(
+            "{} jobs still in flight after {} s; the next owner of their partitions will run them again",
+            ctx.in_flight.count(),
+            grace.as_secs()
+        );
+    }
+    while let Ok(p) = ready_rx.try_recv() {
+        ready_parts.push(p);
+    }
+    if let Err(e) = commit(ctx, member, &ready_parts).await {
+        log::warn!(
+            "final commit of generation {} failed: {e}",
+            assignment.generation
+        );
+    }
+    Ok(end)
+}
+
+/// How often committed offsets catch up with answered jobs.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+/// Commits each of `partitions` that has a position: the offset below which
+/// all its jobs are answered, with answered offsets above it in the metadata.
+async fn commit(ctx: &Ctx, member: &mut Member, partitions: &[i32]) -> Result<(), GroupError> {
+    let offsets: Vec<(i32, i64, String)> = partitions
+        .iter()
+        .map(|&p| {
+            let progress = ctx.progress_of(p);
+            let (offset, metadata) = lock(&progress).commit_point();
+            (p, offset, metadata)
+        })
+        .filter(|(_, offset, _)| *offset >= 0)
+        .collect();
+    member.commit(&ctx.cfg.kafka.request_topic, &offsets).await
+}

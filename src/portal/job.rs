@@ -1,0 +1,288 @@
+//! Running one job: wait for a call permit, call the API, and stream its
+//! response to the reply partition as a start record, chunks and an end
+//! record, held and flushed so a small answer leaves in one produce request
+//! and a slow one still reaches the client promptly.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use tokio::sync::watch;
+
+use crate::kafka::window::{ReplyWriter, Unsent};
+use crate::kafka::{KafkaError, Partition};
+use crate::portal::assembler::CompletedJob;
+use crate::portal::context::{queue_slot, settle, Ctx};
+use crate::portal::ledger::Progress;
+use crate::portal::replies::{reply_partition, report_error_reply, send_error, ReplyTo};
+use crate::protocol::chunker::Chunker;
+use crate::protocol::wire::{Body, Frame, ResponseStart};
+use crate::protocol::{ErrorCategory, Failure};
+
+/// How long a partial response chunk waits, from its first bytes, before it
+/// is sent anyway, so a slowly streaming API still reaches the client promptly.
+const FLUSH_AFTER: Duration = Duration::from_millis(200);
+
+/// How long a response's start record waits for the first body bytes, so
+/// that a small response leaves in one produce request.
+const START_HOLD: Duration = Duration::from_millis(20);
+
+/// Most bytes of response headers relayed.
+const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
+
+/// Response headers not relayed: they describe the hop, not the content.
+const HOP_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// Runs a completed job in a task of its own, once a slot in the job queue
+/// is free, and settles it in the ledger when the task ends.
+pub(crate) async fn spawn_job(
+    ctx: &Arc<Ctx>,
+    progress: &Arc<Mutex<Progress>>,
+    job: CompletedJob,
+    stop: &watch::Receiver<bool>,
+) {
+    // Backpressure: wait here, not in memory, when too many jobs queue.
+    let Some(queued) = queue_slot(ctx, progress, job.first_offset, stop).await else {
+        return;
+    };
+    log::info!(
+        "job {}: {} {} ({} bytes) assembled",
+        job.job,
+        job.start.method,
+        job.start.path,
+        job.body.len()
+    );
+    let ctx2 = Arc::clone(ctx);
+    let progress = Arc::clone(progress);
+    let guard = ctx.in_flight.enter();
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let first = job.first_offset;
+        let settled = run_job(&ctx2, job, stop).await;
+        settle(&progress, first, settled);
+        drop(queued);
+        drop(guard);
+    });
+}
+
+/// Runs one job; returns whether it is settled (see [`settle`]).
+async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) -> bool {
+    let pc = match reply_partition(
+        ctx,
+        job.job,
+        &job.start.reply_topic,
+        job.start.reply_partition,
+    )
+    .await
+    {
+        ReplyTo::Partition(pc) => pc,
+        ReplyTo::Nowhere => return true,
+        ReplyTo::Unavailable => return false,
+    };
+    // A job whose partition was revoked before it got a call slot is left
+    // to the partition's next reader instead of calling the API from here.
+    let permit = tokio::select! {
+        biased;
+        _ = stop.wait_for(|stopped| *stopped) => return false,
+        p = ctx.call_permits.acquire() => match p {
+            Ok(p) => p,
+            Err(_) => return false,
+        },
+    };
+    let started = Instant::now();
+    let id = job.job;
+    ctx.metrics.job_started(job.body.len());
+    let calling = ctx.metrics.in_flight();
+    let settled = match answer(ctx, &pc, &job).await {
+        Ok((status, bytes)) => {
+            log::info!(
+                "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s",
+                job.start.method,
+                job.start.path,
+                started.elapsed().as_secs_f64()
+            );
+            ctx.metrics.job_completed(bytes, started.elapsed());
+            true
+        }
+        Err(AnswerError::Failed { seq, error }) => {
+            log::warn!("job {id}: {} ({})", error.message, error.category);
+            ctx.metrics.job_took(started.elapsed());
+            let category = error.category;
+            let info = Failure {
+                category,
+                message: error.message,
+            };
+            let sent = send_error(&pc, id, seq, info).await;
+            report_error_reply(ctx, id, sent, category)
+        }
+        Err(AnswerError::Kafka { seq, error }) => {
+            log::error!("job {id}: could not send the response: {error}");
+            ctx.metrics.produce_error();
+            ctx.metrics.job_took(started.elapsed());
+            // An error record is small; it may get through where a chunk did not.
+            let category = ErrorCategory::Internal;
+            let info = Failure {
+                category,
+                message: format!("the portal could not send the response: {error}"),
+            };
+            let sent = send_error(&pc, id, seq, info).await;
+            report_error_reply(ctx, id, sent, category)
+        }
+    };
+    drop(calling);
+    drop(permit);
+    settled
+}
+
+/// Why a job's answer did not reach its end.
+enum AnswerError {
+    /// The job failed; `seq` is the next sequence number of the reply.
+    Failed { seq: u32, error: Failure },
+    /// The reply record numbered `seq` could not be produced.
+    Kafka { seq: u32, error: KafkaError },
+}
+
+impl From<Unsent> for AnswerError {
+    fn from(Unsent { seq, error }: Unsent) -> Self {
+        Self::Kafka { seq, error }
+    }
+}
+
+/// Calls the API and streams its response; returns status and body bytes.
+async fn answer(ctx: &Ctx, pc: &Partition, job: &CompletedJob) -> Result<(u16, u64), AnswerError> {
+    // One deadline for the whole call, headers and body alike.
+    let deadline = tokio::time::Instant::now() + ctx.dispatcher.timeout();
+    let resp = ctx
+        .dispatcher
+        .call(job)
+        .await
+        .map_err(|error| AnswerError::Failed { seq: 0, error })?;
+    let status = resp.status().as_u16();
+    // Response headers travel in one frame header; keep them well inside
+    // wire::MAX_HEADER_BYTES and say what was dropped.
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut header_bytes = 0usize;
+    for (n, v) in resp.headers() {
+        if HOP_HEADERS.contains(&n.as_str()) {
+            continue;
+        }
+        let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        header_bytes += n.as_str().len() + value.len();
+        if header_bytes > MAX_RESPONSE_HEADER_BYTES {
+            log::warn!(
+                "job {}: response headers exceed {MAX_RESPONSE_HEADER_BYTES} bytes; header {n} and later ones dropped",
+                job.job
+            );
+            break;
+        }
+        headers.push((n.as_str().to_string(), value));
+    }
+    let body_len = resp
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let start = Frame {
+        job: job.job,
+        seq: 0,
+        body: Body::ResponseStart(ResponseStart {
+            status,
+            headers,
+            body_len,
+        }),
+    };
+    let chunk_size = ctx.cfg.kafka.chunk_size;
+    let mut out = ReplyWriter::new(pc, chunk_size);
+    out.push(&start, &[]).await?;
+
+    let mut chunker = Chunker::new(job.job, 1);
+    let mut buf: Vec<u8> = Vec::with_capacity(chunk_size);
+    let mut body = resp.into_body();
+    // When what waits (held records, a partial chunk) must go out: set when
+    // something starts waiting, so a trickle of small body frames cannot
+    // postpone it.
+    let mut flush_at = Some(tokio::time::Instant::now() + START_HOLD);
+    loop {
+        if flush_at.is_none() && !buf.is_empty() {
+            flush_at = Some(tokio::time::Instant::now() + FLUSH_AFTER);
+        }
+        let wait = flush_at.map_or(deadline, |at| at.min(deadline));
+        let next = match tokio::time::timeout_at(wait, body.frame()).await {
+            Ok(n) => n,
+            Err(_) if flush_at.is_some() && tokio::time::Instant::now() < deadline => {
+                if !buf.is_empty() {
+                    let chunk = chunker.chunk(std::mem::take(&mut buf));
+                    out.push(&chunk.frame, &chunk.payload).await?;
+                }
+                out.flush().await?;
+                flush_at = None;
+                continue;
+            }
+            Err(_) => {
+                out.flush().await?;
+                return Err(AnswerError::Failed {
+                    seq: chunker.next_seq(),
+                    error: Failure {
+                        category: ErrorCategory::UpstreamTimeout,
+                        message: format!(
+                            "the API did not finish its response within {} s (PORTAL_REQUEST_TIMEOUT_SECS)",
+                            ctx.dispatcher.timeout().as_secs()
+                        ),
+                    },
+                });
+            }
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                out.flush().await?;
+                return Err(AnswerError::Failed {
+                    seq: chunker.next_seq(),
+                    error: Failure {
+                        category: ErrorCategory::UpstreamUnreachable,
+                        message: format!(
+                            "the API's response broke off after {} bytes: {}",
+                            chunker.bytes() + buf.len() as u64,
+                            crate::util::error_chain(&e)
+                        ),
+                    },
+                });
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                let mut data = &data[..];
+                while !data.is_empty() {
+                    let take = (chunk_size - buf.len()).min(data.len());
+                    buf.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if buf.len() == chunk_size {
+                        let chunk = chunker
+                            .chunk(std::mem::replace(&mut buf, Vec::with_capacity(chunk_size)));
+                        out.push(&chunk.frame, &chunk.payload).await?;
+                        out.flush().await?;
+                        flush_at = None;
+                    }
+                }
+            }
+        }
+    }
+    if !buf.is_empty() {
+        let chunk = chunker.chunk(buf);
+        out.push(&chunk.frame, &chunk.payload).await?;
+    }
+    let total = chunker.bytes();
+    let end = chunker.finish();
+    out.push(&end, &[]).await?;
+    out.flush().await?;
+    Ok((status, total))
+}

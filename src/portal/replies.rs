@@ -1,0 +1,133 @@
+//! Where a job's answer goes, and the error replies: a job that fails
+//! before it reaches the API, or whose call fails, ends with one `Error`
+//! record to the reply partition its start record names.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::kafka::{self, KafkaError, Partition};
+use crate::portal::assembler::FailedJob;
+use crate::portal::context::{queue_slot, settle, Ctx};
+use crate::portal::ledger::Progress;
+use crate::protocol::wire::{Body, Frame, JobId};
+use crate::protocol::{ErrorCategory, Failure};
+
+/// Tells the client of `failed` why, with one error record sent from a
+/// task of its own once a slot in the job queue is free. The job is settled
+/// when the record is acknowledged, or when its start record named no valid
+/// reply address; otherwise it is left to be read again.
+pub(crate) async fn spawn_error_reply(
+    ctx: &Arc<Ctx>,
+    progress: &Arc<Mutex<Progress>>,
+    failed: FailedJob,
+    stop: &watch::Receiver<bool>,
+) {
+    // Error replies queue like jobs, so a flood of bad requests cannot pile up tasks.
+    let Some(queued) = queue_slot(ctx, progress, failed.first_offset, stop).await else {
+        return;
+    };
+    let ctx = Arc::clone(ctx);
+    let progress = Arc::clone(progress);
+    let guard = ctx.in_flight.enter();
+    ctx.metrics.job_started(0);
+    tokio::spawn(async move {
+        let target = reply_partition(
+            &ctx,
+            failed.job,
+            &failed.reply_topic,
+            failed.reply_partition,
+        )
+        .await;
+        let settled = match target {
+            ReplyTo::Partition(pc) => {
+                let info = Failure {
+                    category: failed.category,
+                    message: failed.message,
+                };
+                report_error_reply(
+                    &ctx,
+                    failed.job,
+                    send_error(&pc, failed.job, 0, info).await,
+                    failed.category,
+                )
+            }
+            ReplyTo::Nowhere => true,
+            ReplyTo::Unavailable => false,
+        };
+        settle(&progress, failed.first_offset, settled);
+        drop(queued);
+        drop(guard);
+    });
+}
+
+/// Where a job's answer can go.
+pub(crate) enum ReplyTo {
+    /// The reply partition, open.
+    Partition(Partition),
+    /// The start record names no valid reply address: no answer is possible.
+    Nowhere,
+    /// The reply partition could not be opened now; try again later.
+    Unavailable,
+}
+
+/// The client for a job's reply partition, if the start record named a valid one.
+pub(crate) async fn reply_partition(ctx: &Ctx, job: JobId, topic: &str, partition: i32) -> ReplyTo {
+    if topic != ctx.replies.topic() {
+        log::error!(
+            "job {job}: the client listens on topic '{topic}' but this portal answers on '{}'; check KAFKA_RESPONSE_TOPIC on both sides",
+            ctx.replies.topic()
+        );
+        return ReplyTo::Nowhere;
+    }
+    if !(0..ctx.response_partitions).contains(&partition) {
+        log::error!(
+            "job {job}: reply partition {partition} does not exist ({} has {})",
+            topic,
+            ctx.response_partitions
+        );
+        return ReplyTo::Nowhere;
+    }
+    match ctx.replies.get(partition).await {
+        Ok(pc) => ReplyTo::Partition(pc),
+        Err(e) => {
+            log::error!("job {job}: cannot open reply partition {partition}: {e}");
+            ReplyTo::Unavailable
+        }
+    }
+}
+
+/// Produces one `Error` record numbered `seq` for `job`.
+pub(crate) async fn send_error(
+    pc: &Partition,
+    job: JobId,
+    seq: u32,
+    info: Failure,
+) -> Result<i64, KafkaError> {
+    let frame = Frame {
+        job,
+        seq,
+        body: Body::Error(info),
+    };
+    pc.produce(kafka::record(&frame, &[], &[])).await
+}
+
+/// Counts and logs how sending a job's error reply went; whether it is settled.
+pub(crate) fn report_error_reply(
+    ctx: &Ctx,
+    job: JobId,
+    sent: Result<i64, KafkaError>,
+    category: ErrorCategory,
+) -> bool {
+    match sent {
+        Ok(_) => {
+            ctx.metrics.job_failed(category);
+            true
+        }
+        Err(e) => {
+            ctx.metrics.produce_error();
+            log::error!("job {job}: could not send the error reply: {e}");
+            false
+        }
+    }
+}
