@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use kafkasend::cli::send::{request, resolve_send};
 use kafkasend::cli::args::{Cli, Command};
+use kafkasend::cli::send::{request, resolve_send};
 
 fn main() -> ExitCode {
     kafkasend::alloc::tune_allocator();
