@@ -6,15 +6,15 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::kafka::fetcher::Fetcher;
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::record_batch::Item;
 use crate::kafka::{self, KafkaError};
+use crate::protocol::body::{BodyCheck, BodyFault};
 use crate::protocol::chunker::hex;
-use crate::protocol::wire::{self, Body, Frame, JobId};
+use crate::protocol::wire::{self, Body, ChunkInfo, EndInfo, Frame, JobId};
 use crate::protocol::ErrorCategory;
 use crate::send::output::Sink;
 use crate::send::types::{Notice, Outcome, SendError, Settings, Show};
@@ -209,6 +209,34 @@ pub(super) fn error_from_portal(category: ErrorCategory, message: String) -> Sen
     }
 }
 
+/// The record whose check found a fault in the response body.
+enum Checked<'a> {
+    Chunk(&'a ChunkInfo),
+    End(&'a EndInfo),
+}
+
+/// Words what the body check found wrong, naming the record it checked.
+fn body_fault(fault: BodyFault, checked: Checked<'_>) -> SendError {
+    SendError::Integrity(match (fault, checked) {
+        (BodyFault::Crc, Checked::Chunk(info)) => format!(
+            "response chunk at byte {} failed its CRC32C check",
+            info.offset
+        ),
+        (BodyFault::Length { received, chunks }, Checked::End(end)) => format!(
+            "response is {received} bytes in {chunks} chunks, the portal sent {} bytes in {}",
+            end.total_len, end.chunks
+        ),
+        (BodyFault::Digest { computed }, Checked::End(end)) => format!(
+            "response SHA-256 {} does not match the portal's {}",
+            hex(&computed),
+            hex(&end.sha256)
+        ),
+        // A chunk fails only its CRC, an end record only the rest; should
+        // that change, the fault is still reported, if less precisely.
+        (fault, _) => format!("response failed its body check: {fault:?}"),
+    })
+}
+
 /// Receives the answer to `job` into `sink`; `show` decides whether the
 /// status line is announced and a progress bar drawn.
 pub(super) async fn receive(
@@ -228,9 +256,7 @@ pub(super) async fn receive(
     // many retries the reader reports meanwhile.
     let mut idle_deadline = tokio::time::Instant::now() + cfg.timeout;
     let mut status: Option<u16> = None;
-    let mut hasher = Sha256::new();
-    let mut received = 0u64;
-    let mut chunks = 0u32;
+    let mut check = BodyCheck::new();
     let started = Instant::now();
     loop {
         let item = match early.pop_front() {
@@ -281,7 +307,7 @@ pub(super) async fn receive(
         // A start record after body chunks is a second answer (a producer's
         // retry duplicates a record right after itself, never later): start
         // over where the output allows it, else keep to the first answer.
-        let second_answer = frame.seq == 0 && received > 0;
+        let second_answer = frame.seq == 0 && check.received() > 0;
         if let (true, Body::ResponseStart(rs)) = (second_answer, &frame.body) {
             if sink.restart().await? {
                 log::info!(
@@ -289,9 +315,7 @@ pub(super) async fn receive(
                 );
                 status = Some(rs.status);
                 report.status = status;
-                hasher = Sha256::new();
-                received = 0;
-                chunks = 0;
+                check = BodyCheck::new();
                 expected_seq = 1;
                 progress.reset();
                 continue;
@@ -320,39 +344,33 @@ pub(super) async fn receive(
                 progress = Progress::new("download", rs.body_len, show.progress && sink.is_file());
             }
             Body::Chunk(info) if status.is_some() => {
-                if wire::checksum(&payload) != info.crc32c {
+                let expected = check.received();
+                if let Err(fault) = check.chunk(&info, &payload) {
+                    return Err(body_fault(fault, Checked::Chunk(&info)));
+                }
+                // The output is written as chunks arrive, so they must come
+                // in order: no gap, no overlap.
+                if !check.in_order() {
                     return Err(SendError::Integrity(format!(
-                        "response chunk at byte {} failed its CRC32C check",
+                        "response chunk at byte {} arrived when {expected} bytes were expected",
                         info.offset
                     )));
                 }
-                if info.offset != received {
-                    return Err(SendError::Integrity(format!(
-                        "response chunk at byte {} arrived when {received} bytes were expected",
-                        info.offset
-                    )));
-                }
-                hasher.update(&payload);
-                received += payload.len() as u64;
-                chunks += 1;
                 progress.add(payload.len() as u64);
                 sink.write(&payload).await?;
             }
             Body::End(end) if status.is_some() => {
-                let digest: [u8; 32] = std::mem::take(&mut hasher).finalize().into();
-                if end.total_len != received || end.chunks != chunks {
-                    return Err(SendError::Integrity(format!(
-                        "response is {received} bytes in {chunks} chunks, the portal sent {} bytes in {}",
-                        end.total_len, end.chunks
-                    )));
+                // Every chunk came in order, or receiving stopped at the first
+                // that did not; so the digest was taken on the way.
+                let Some(digest) = check.digest() else {
+                    return Err(SendError::Integrity(
+                        "response chunks arrived out of order".into(),
+                    ));
+                };
+                if let Err(fault) = check.verify_end(&end, &digest) {
+                    return Err(body_fault(fault, Checked::End(&end)));
                 }
-                if digest != end.sha256 {
-                    return Err(SendError::Integrity(format!(
-                        "response SHA-256 {} does not match the portal's {}",
-                        hex(&digest),
-                        hex(&end.sha256)
-                    )));
-                }
+                let received = check.received();
                 sink.commit().await?;
                 progress.finish();
                 report.bytes_received = received;
@@ -485,5 +503,88 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.exit_code(), 5, "{err}");
         assert!(!dir.path().join("err.bin").exists());
+    }
+
+    /// Receives `abcdefgh` in chunks of 4 (records: start, two chunks, end),
+    /// after `damage`; what fails, and whether the output appeared.
+    async fn damaged(damage: impl FnOnce(&mut Vec<Reply>)) -> (SendError, bool) {
+        let mut items = frames_of(JobId::new(), 200, b"abcdefgh");
+        damage(&mut items);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.bin");
+        let err = receive_all(items, &out).await.unwrap_err();
+        (err, out.exists())
+    }
+
+    fn frame_at(items: &mut [Reply], i: usize) -> (&mut Frame, &mut Vec<u8>) {
+        match &mut items[i] {
+            Reply::Frame(f, p) => (f, p),
+            _ => unreachable!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_body_fails_with_what_is_wrong_and_leaves_no_output() {
+        let (err, written) = damaged(|items| frame_at(items, 2).1[0] ^= 1).await;
+        assert_eq!(
+            err.to_string(),
+            "integrity check failed: response chunk at byte 4 failed its CRC32C check"
+        );
+        assert_eq!((err.exit_code(), written), (4, false));
+
+        // In sequence by record number, but not where the body goes on.
+        for (offset, expected) in [(8, 4), (0, 4)] {
+            let (err, written) = damaged(|items| {
+                if let Body::Chunk(info) = &mut frame_at(items, 2).0.body {
+                    info.offset = offset;
+                }
+            })
+            .await;
+            assert_eq!(
+                err.to_string(),
+                format!("integrity check failed: response chunk at byte {offset} arrived when {expected} bytes were expected")
+            );
+            assert_eq!((err.exit_code(), written), (4, false));
+        }
+
+        let (err, written) = damaged(|items| {
+            if let Body::End(end) = &mut frame_at(items, 3).0.body {
+                end.total_len = 9;
+            }
+        })
+        .await;
+        assert_eq!(
+            err.to_string(),
+            "integrity check failed: response is 8 bytes in 2 chunks, the portal sent 9 bytes in 2"
+        );
+        assert_eq!((err.exit_code(), written), (4, false));
+
+        let (err, written) = damaged(|items| {
+            if let Body::End(end) = &mut frame_at(items, 3).0.body {
+                end.chunks = 3;
+            }
+        })
+        .await;
+        assert_eq!(
+            err.to_string(),
+            "integrity check failed: response is 8 bytes in 2 chunks, the portal sent 8 bytes in 3"
+        );
+        assert_eq!((err.exit_code(), written), (4, false));
+
+        let (err, written) = damaged(|items| {
+            if let Body::End(end) = &mut frame_at(items, 3).0.body {
+                end.sha256 = [7; 32];
+            }
+        })
+        .await;
+        let computed = hex(&<sha2::Sha256 as sha2::Digest>::digest(b"abcdefgh"));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "integrity check failed: response SHA-256 {computed} does not match the portal's {}",
+                "07".repeat(32)
+            )
+        );
+        assert_eq!((err.exit_code(), written), (4, false));
     }
 }
