@@ -20,6 +20,7 @@ const TRIM_THRESHOLD: libc::c_int = 32 * 1024 * 1024;
 /// starts. Other C libraries (musl in the static build) keep their own
 /// behaviour.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // The crate's one exception: glibc has no safe interface for this.
 pub fn tune_allocator() {
     // SAFETY: mallopt only sets allocator parameters, and runs before the
     // program starts other threads.

@@ -15,6 +15,10 @@
 //! - [`kafka`] is the only module that talks Kafka (rskafka, kafka-protocol).
 //! - [`protocol`] is what both sides agree on: frames, chunking, signing.
 //! - [`util`], [`logging`] and [`alloc`] serve every layer.
+// The rules every module keeps. No unsafe code, except the allocator
+// tuning in `alloc` (and a test helper), each allowed where it stands with
+// the reason; every public item says what it is.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod alloc;

@@ -45,3 +45,11 @@ pub fn rsa_key_pair(dir: &Path) -> (String, String) {
         String::from_utf8(public).unwrap(),
     )
 }
+
+/// Makes a FIFO at `path`, for tests of what refuses to open one.
+#[allow(unsafe_code)]
+pub fn mkfifo(path: &std::path::Path) {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+}

@@ -60,3 +60,9 @@ pub enum Command {
     )]
     Health(crate::cli::health::HealthArgs),
 }
+
+/// The command line as `kafkasend` parses it and `--help` and completions
+/// show it: the clap tree with each flag's default in its help.
+pub fn command() -> clap::Command {
+    crate::cli::defaults::annotate(<Cli as clap::CommandFactory>::command())
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Args;
 
+use crate::cli::defaults;
 use crate::cli::file::{pick, FileConfig};
 use crate::kafka;
 use crate::kafka::security::{KafkaSecurity, SaslCredentials, SaslMechanism, SecurityProtocol};
@@ -14,22 +15,22 @@ use crate::protocol::chunker::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
 /// Kafka settings shared by both sides.
 #[derive(Debug, Args, Clone, Default)]
 pub struct KafkaArgs {
-    /// Kafka brokers, `host:port[,host:port...]` [default: localhost:9092]
+    /// Kafka brokers, `host:port[,host:port...]`
     #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", value_name = "HOSTS")]
     pub bootstrap_servers: Option<String>,
-    /// Topic requests travel on [default: api-requests]
+    /// Topic requests travel on
     #[arg(long, env = "KAFKA_REQUEST_TOPIC", value_name = "TOPIC")]
     pub request_topic: Option<String>,
-    /// Topic responses travel on [default: api-responses]
+    /// Topic responses travel on
     #[arg(long, env = "KAFKA_RESPONSE_TOPIC", value_name = "TOPIC")]
     pub response_topic: Option<String>,
-    /// Seconds to wait for the broker to connect or acknowledge [default: 30]
+    /// Seconds to wait for the broker to connect or acknowledge
     #[arg(long, env = "KAFKA_TIMEOUT_SECS", value_name = "SECS")]
     pub kafka_timeout_secs: Option<u64>,
-    /// Chunk payload size in bytes; must fit the broker's message.max.bytes [default: 921600]
+    /// Chunk payload size in bytes; must fit the broker's message.max.bytes
     #[arg(long, env = "KAFKASEND_CHUNK_SIZE", value_name = "BYTES")]
     pub chunk_size: Option<usize>,
-    /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL [default: PLAINTEXT]
+    /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
     #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", value_name = "PROTOCOL")]
     pub security_protocol: Option<String>,
     /// PEM file of CA certificates trusted for the brokers, besides the bundled web PKI roots
@@ -56,8 +57,8 @@ pub struct KafkaArgs {
 
 /// Resolves the Kafka settings both sides share.
 pub(crate) fn resolve_kafka(a: &KafkaArgs, f: &FileConfig) -> anyhow::Result<kafka::Config> {
-    let servers =
-        pick(&a.bootstrap_servers, &f.bootstrap_servers).unwrap_or_else(|| "localhost:9092".into());
+    let servers = pick(&a.bootstrap_servers, &f.bootstrap_servers)
+        .unwrap_or_else(|| defaults::BOOTSTRAP_SERVERS.into());
     if servers.split(',').all(|s| s.trim().is_empty()) {
         bail!("KAFKA_BOOTSTRAP_SERVERS is empty; name at least one broker as host:port");
     }
@@ -70,9 +71,9 @@ pub(crate) fn resolve_kafka(a: &KafkaArgs, f: &FileConfig) -> anyhow::Result<kaf
         }
     }
     let request_topic =
-        pick(&a.request_topic, &f.request_topic).unwrap_or_else(|| "api-requests".into());
-    let response_topic =
-        pick(&a.response_topic, &f.response_topic).unwrap_or_else(|| "api-responses".into());
+        pick(&a.request_topic, &f.request_topic).unwrap_or_else(|| defaults::REQUEST_TOPIC.into());
+    let response_topic = pick(&a.response_topic, &f.response_topic)
+        .unwrap_or_else(|| defaults::RESPONSE_TOPIC.into());
     check_topic("KAFKA_REQUEST_TOPIC", &request_topic)?;
     check_topic("KAFKA_RESPONSE_TOPIC", &response_topic)?;
     if request_topic == response_topic {
@@ -80,7 +81,8 @@ pub(crate) fn resolve_kafka(a: &KafkaArgs, f: &FileConfig) -> anyhow::Result<kaf
             "KAFKA_REQUEST_TOPIC and KAFKA_RESPONSE_TOPIC must differ (both are '{request_topic}')"
         );
     }
-    let secs = pick(&a.kafka_timeout_secs, &f.kafka_timeout_secs).unwrap_or(30);
+    let secs =
+        pick(&a.kafka_timeout_secs, &f.kafka_timeout_secs).unwrap_or(defaults::KAFKA_TIMEOUT_SECS);
     if !(1..=3600).contains(&secs) {
         bail!("KAFKA_TIMEOUT_SECS must be between 1 and 3600, not {secs}");
     }
@@ -105,7 +107,7 @@ fn resolve_security(a: &KafkaArgs, f: &FileConfig) -> anyhow::Result<KafkaSecuri
         Some(p) => p
             .parse()
             .map_err(|e| anyhow::anyhow!("KAFKA_SECURITY_PROTOCOL: {e}"))?,
-        None => SecurityProtocol::Plaintext,
+        None => SecurityProtocol::default(),
     };
     let ca_file = pick(&a.ssl_ca_file, &f.ssl_ca_file);
     let mechanism = pick(&a.sasl_mechanism, &f.sasl_mechanism);

@@ -9,19 +9,18 @@
 //! naming the setting. Printing, signals and exit codes are decided here too.
 
 pub mod args;
-pub mod completions;
-pub mod file;
-pub mod health;
-pub mod kafka;
-pub mod portal;
+pub(crate) mod completions;
+pub(crate) mod defaults;
+pub(crate) mod file;
+pub(crate) mod health;
+pub(crate) mod kafka;
+pub(crate) mod portal;
 pub mod send;
-pub mod show;
+pub(crate) mod show;
 #[cfg(test)]
 mod tests;
 
 use std::process::ExitCode;
-
-use clap::Parser;
 
 use crate::cli::args::{Cli, Command};
 use crate::cli::show::ConfigCommand;
@@ -65,7 +64,10 @@ async fn shutdown_signal() {
 /// Parses the command line and runs the subcommand; every error becomes one
 /// line on stderr and one exit code, decided here.
 pub fn run() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match args::command()
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m))
+    {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
@@ -112,7 +114,7 @@ pub fn run() -> ExitCode {
         Command::Completions(args) => {
             completions::write(
                 args.shell,
-                &mut <Cli as clap::CommandFactory>::command(),
+                &mut args::command(),
                 &mut std::io::stdout().lock(),
             );
             ExitCode::SUCCESS

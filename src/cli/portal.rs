@@ -7,6 +7,7 @@ use anyhow::{bail, Context as _};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 
+use crate::cli::defaults;
 use crate::cli::file::{load_file, FileConfig};
 use crate::cli::file::{pick, MAX_SPOOL_THRESHOLD, MAX_WAIT_SECS};
 use crate::cli::kafka::{resolve_kafka, KafkaArgs};
@@ -24,91 +25,91 @@ pub struct PortalArgs {
     /// Base URL of the REST API the portal calls (required)
     #[arg(long, env = "PORTAL_TARGET_API_URL", value_name = "URL")]
     pub target_api_url: Option<String>,
-    /// Get an OAuth2 client-credentials token for the API [default: true]
+    /// Get an OAuth2 client-credentials token for the API
     #[arg(long, env = "PORTAL_USE_OAUTH", value_name = "BOOL", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub use_oauth: Option<bool>,
-    /// Log level: DEBUG, INFO, WARNING, ERROR [default: INFO]
+    /// Log level: DEBUG, INFO, WARNING, ERROR
     #[arg(long, env = "PORTAL_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
-    /// Log lines as text or json (one JSON object per line) [default: text]
+    /// Log lines as text or json (one JSON object per line)
     #[arg(long, env = "PORTAL_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
     /// Serve /healthz, /readyz and /metrics on this address, e.g. 0.0.0.0:9464 [default: off]
     #[arg(long, env = "PORTAL_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<String>,
-    /// REST calls running at once [default: 10]
+    /// REST calls running at once
     #[arg(long, env = "PORTAL_MAX_CONCURRENT_JOBS", value_name = "N")]
     pub max_concurrent_jobs: Option<usize>,
-    /// Seconds the API may take to answer one call [default: 1800]
+    /// Seconds the API may take to answer one call
     #[arg(long, env = "PORTAL_REQUEST_TIMEOUT_SECS", value_name = "SECS")]
     pub request_timeout_secs: Option<u64>,
-    /// Request headers forwarded to the API, comma-separated [default: Content-Type,Accept,X-Request-ID,X-Correlation-ID]
+    /// Request headers forwarded to the API, comma-separated
     #[arg(long, env = "PORTAL_ALLOWED_HEADERS", value_name = "NAMES")]
     pub allowed_headers: Option<String>,
     /// Endpoints the portal may call: comma-separated '[METHODS ]PATTERN', '*' within a segment, '**' across (e.g. 'POST /api/upload, GET,DELETE /api/items/*') [default: none]
     #[arg(long, env = "PORTAL_ALLOWED_ENDPOINTS", value_name = "PATTERNS")]
     pub allowed_endpoints: Option<String>,
-    /// Refuse requests outside PORTAL_ALLOWED_ENDPOINTS; false only logs them [default: true]
+    /// Refuse requests outside PORTAL_ALLOWED_ENDPOINTS; false only logs them
     #[arg(long, env = "PORTAL_STRICT_SECURITY", value_name = "BOOL", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub strict_security: Option<bool>,
-    /// Most headers one request may carry [default: 64]
+    /// Most headers one request may carry
     #[arg(long, env = "PORTAL_MAX_HEADER_COUNT", value_name = "N")]
     pub max_header_count: Option<usize>,
-    /// Most bytes of header names and values one request may carry [default: 16384]
+    /// Most bytes of header names and values one request may carry
     #[arg(long, env = "PORTAL_MAX_HEADER_BYTES", value_name = "BYTES")]
     pub max_header_bytes: Option<usize>,
-    /// Most chunks one request body may have [default: 100000]
+    /// Most chunks one request body may have
     #[arg(long, env = "PORTAL_MAX_CHUNKS", value_name = "N")]
     pub max_chunks: Option<usize>,
-    /// Most bytes of spool files on disk at once, all jobs together [default: 21474836480]
+    /// Most bytes of spool files on disk at once, all jobs together
     #[arg(long, env = "PORTAL_MAX_SPOOL_BYTES", value_name = "BYTES")]
     pub max_spool_bytes: Option<u64>,
-    /// Most bytes of memory held for requests at once, all jobs together; beyond it bodies spool to disk [default: 268435456]
+    /// Most bytes of memory held for requests at once, all jobs together; beyond it bodies spool to disk
     #[arg(long, env = "PORTAL_MAX_ASSEMBLY_MEMORY_BYTES", value_name = "BYTES")]
     pub max_assembly_memory_bytes: Option<u64>,
-    /// Refuse a request older than this, counted from its job id's time [default: 3600]
+    /// Refuse a request older than this, counted from its job id's time
     #[arg(long, env = "PORTAL_MAX_JOB_AGE_SECS", value_name = "SECS")]
     pub max_job_age_secs: Option<u64>,
-    /// Largest request body accepted, in bytes [default: 10737418240]
+    /// Largest request body accepted, in bytes
     #[arg(long, env = "PORTAL_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<u64>,
-    /// Bodies above this many bytes spool to disk [default: 1048576]
+    /// Bodies above this many bytes spool to disk
     #[arg(long, env = "PORTAL_SPOOL_THRESHOLD_BYTES", value_name = "BYTES")]
     pub spool_threshold_bytes: Option<usize>,
     /// Directory for spool files [default: the system temporary directory]
     #[arg(long, env = "PORTAL_SPOOL_DIR", value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
-    /// Jobs assembling at once per partition [default: 256]
+    /// Jobs assembling at once per partition
     #[arg(long, env = "PORTAL_MAX_ASSEMBLING_JOBS", value_name = "N")]
     pub max_assembling_jobs: Option<usize>,
-    /// Drop a job when nothing of it arrives for this long [default: 300]
+    /// Drop a job when nothing of it arrives for this long
     #[arg(long, env = "PORTAL_JOB_IDLE_TIMEOUT_SECS", value_name = "SECS")]
     pub job_idle_timeout_secs: Option<u64>,
-    /// Partitions of topics the portal creates [default: 3]
+    /// Partitions of topics the portal creates
     #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", value_name = "N")]
     pub topic_partitions: Option<i32>,
-    /// Replication factor of topics the portal creates [default: 1]
+    /// Replication factor of topics the portal creates
     #[arg(long, env = "KAFKA_REPLICATION_FACTOR", value_name = "N")]
     pub replication_factor: Option<i16>,
-    /// Where to start reading the request topic: latest or earliest [default: latest]
+    /// Where to start reading the request topic: latest or earliest
     #[arg(long, env = "PORTAL_START_FROM", value_name = "WHERE")]
     pub start_from: Option<String>,
-    /// Consumer group the portals share [default: kafkasend-portal]
+    /// Consumer group the portals share
     #[arg(long, env = "KAFKA_CONSUMER_GROUP", value_name = "GROUP")]
     pub consumer_group: Option<String>,
-    /// The group drops a portal not heard from for this long, 6 to 1800 [default: 30]
+    /// The group drops a portal not heard from for this long, 6 to 1800
     #[arg(long, env = "PORTAL_SESSION_TIMEOUT_SECS", value_name = "SECS")]
     pub session_timeout_secs: Option<u64>,
-    /// On shutdown or rebalance, how long jobs in flight may finish [default: 30]
+    /// On shutdown or rebalance, how long jobs in flight may finish
     #[arg(long, env = "PORTAL_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
     pub shutdown_grace_secs: Option<u64>,
-    /// Header carrying the job id on every API call; empty turns it off [default: Idempotency-Key]
+    /// Header carrying the job id on every API call; empty turns it off
     #[arg(long, env = "PORTAL_IDEMPOTENCY_HEADER", value_name = "NAME")]
     pub idempotency_header: Option<String>,
     /// Accept only requests signed by one of these PEM public keys (comma-separated files)
     #[arg(long, env = "PORTAL_TRUSTED_KEYS", value_name = "FILES")]
     pub trusted_keys: Option<String>,
-    /// Longest lifetime a request signature may have, in seconds [default: 3600]
+    /// Longest lifetime a request signature may have, in seconds
     #[arg(long, env = "PORTAL_SIGNATURE_MAX_TTL_SECS", value_name = "SECS")]
     pub signature_max_ttl_secs: Option<u64>,
     /// OAuth2 token endpoint URL
@@ -150,7 +151,7 @@ pub struct PortalArgs {
         value_name = "AUDIENCE"
     )]
     pub oauth2_client_assertion_audience: Option<String>,
-    /// API statuses that mean the token was refused: refresh it and retry once, comma-separated 4xx [default: 401]
+    /// API statuses that mean the token was refused: refresh it and retry once, comma-separated 4xx
     #[arg(long, env = "PORTAL_TOKEN_REFRESH_STATUSES", value_name = "CODES")]
     pub token_refresh_statuses: Option<String>,
     /// PEM file of CA certificates trusted for the API and token endpoint, besides the web PKI and system roots
@@ -182,9 +183,10 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
     if target_uri.query().is_some() || target.contains('#') {
         bail!("PORTAL_TARGET_API_URL: '{target}' must not have a query string or fragment");
     }
-    let use_oauth = pick(&a.use_oauth, &f.use_oauth).unwrap_or(true);
+    let use_oauth = pick(&a.use_oauth, &f.use_oauth).unwrap_or(defaults::USE_OAUTH);
     let refresh_statuses = parse_refresh_statuses(
-        &pick(&a.token_refresh_statuses, &f.token_refresh_statuses).unwrap_or_else(|| "401".into()),
+        &pick(&a.token_refresh_statuses, &f.token_refresh_statuses)
+            .unwrap_or_else(|| defaults::TOKEN_REFRESH_STATUSES.into()),
     )?;
     let oauth = if use_oauth {
         Some(resolve_oauth(a, &f, refresh_statuses)?)
@@ -196,29 +198,33 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         pick(&a.client_cert_file, &f.client_cert_file).as_deref(),
         pick(&a.client_key_file, &f.client_key_file).as_deref(),
     )?;
-    let level = pick(&a.log_level, &f.log_level).unwrap_or_else(|| "INFO".into());
+    let level = pick(&a.log_level, &f.log_level).unwrap_or_else(|| defaults::LOG_LEVEL.into());
     let log_filter = log_filter(&level)?;
-    let log_format =
-        parse_log_format(&pick(&a.log_format, &f.log_format).unwrap_or_else(|| "text".into()))?;
+    let log_format = parse_log_format(
+        &pick(&a.log_format, &f.log_format).unwrap_or_else(|| defaults::LOG_FORMAT.into()),
+    )?;
     let admin_listen = pick(&a.admin_listen, &f.admin_listen)
         .map(|s| parse_admin_listen(&s))
         .transpose()?;
-    let max_concurrent_jobs = pick(&a.max_concurrent_jobs, &f.max_concurrent_jobs).unwrap_or(10);
+    let max_concurrent_jobs = pick(&a.max_concurrent_jobs, &f.max_concurrent_jobs)
+        .unwrap_or(defaults::MAX_CONCURRENT_JOBS);
     if !(1..=10_000).contains(&max_concurrent_jobs) {
         bail!("PORTAL_MAX_CONCURRENT_JOBS must be between 1 and 10000, not {max_concurrent_jobs}");
     }
-    let timeout = pick(&a.request_timeout_secs, &f.request_timeout_secs).unwrap_or(1800);
+    let timeout = pick(&a.request_timeout_secs, &f.request_timeout_secs)
+        .unwrap_or(defaults::REQUEST_TIMEOUT_SECS);
     if !(1..=MAX_WAIT_SECS).contains(&timeout) {
         bail!("PORTAL_REQUEST_TIMEOUT_SECS must be between 1 and {MAX_WAIT_SECS}, not {timeout}");
     }
     let policy = resolve_policy(a, &f)?;
-    let defaults = crate::portal::assembler::Limits::default();
+    let limit_defaults = crate::portal::assembler::Limits::default();
     let max_jobs =
-        pick(&a.max_assembling_jobs, &f.max_assembling_jobs).unwrap_or(defaults.max_jobs);
+        pick(&a.max_assembling_jobs, &f.max_assembling_jobs).unwrap_or(limit_defaults.max_jobs);
     if max_jobs == 0 {
         bail!("PORTAL_MAX_ASSEMBLING_JOBS must be at least 1");
     }
-    let idle = pick(&a.job_idle_timeout_secs, &f.job_idle_timeout_secs).unwrap_or(300);
+    let idle = pick(&a.job_idle_timeout_secs, &f.job_idle_timeout_secs)
+        .unwrap_or(limit_defaults.idle_timeout.as_secs());
     if !(1..=MAX_WAIT_SECS).contains(&idle) {
         bail!("PORTAL_JOB_IDLE_TIMEOUT_SECS must be between 1 and {MAX_WAIT_SECS}, not {idle}");
     }
@@ -229,21 +235,21 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         }
     }
     let spool_threshold = pick(&a.spool_threshold_bytes, &f.spool_threshold_bytes)
-        .unwrap_or(defaults.spool_threshold);
+        .unwrap_or(limit_defaults.spool_threshold);
     if spool_threshold > MAX_SPOOL_THRESHOLD {
         bail!("PORTAL_SPOOL_THRESHOLD_BYTES must be at most {MAX_SPOOL_THRESHOLD}, not {spool_threshold}");
     }
-    let max_chunks = pick(&a.max_chunks, &f.max_chunks).unwrap_or(defaults.max_chunks);
+    let max_chunks = pick(&a.max_chunks, &f.max_chunks).unwrap_or(limit_defaults.max_chunks);
     if !(1..=10_000_000).contains(&max_chunks) {
         bail!("PORTAL_MAX_CHUNKS must be between 1 and 10000000, not {max_chunks}");
     }
     let max_spool_bytes =
-        pick(&a.max_spool_bytes, &f.max_spool_bytes).unwrap_or(defaults.max_spool_bytes);
+        pick(&a.max_spool_bytes, &f.max_spool_bytes).unwrap_or(limit_defaults.max_spool_bytes);
     if max_spool_bytes < 1024 * 1024 {
         bail!("PORTAL_MAX_SPOOL_BYTES must be at least 1048576 (1 MiB), not {max_spool_bytes}");
     }
     let max_memory_bytes = pick(&a.max_assembly_memory_bytes, &f.max_assembly_memory_bytes)
-        .unwrap_or(defaults.max_memory_bytes);
+        .unwrap_or(limit_defaults.max_memory_bytes);
     if max_memory_bytes < 1024 * 1024 {
         bail!("PORTAL_MAX_ASSEMBLY_MEMORY_BYTES must be at least 1048576 (1 MiB), not {max_memory_bytes}");
     }
@@ -269,14 +275,14 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
             policy.max_header_bytes
         );
     }
-    let max_age =
-        pick(&a.max_job_age_secs, &f.max_job_age_secs).unwrap_or(defaults.max_job_age.as_secs());
+    let max_age = pick(&a.max_job_age_secs, &f.max_job_age_secs)
+        .unwrap_or(limit_defaults.max_job_age.as_secs());
     if !(1..=MAX_WAIT_SECS).contains(&max_age) {
         bail!("PORTAL_MAX_JOB_AGE_SECS must be between 1 and {MAX_WAIT_SECS}, not {max_age}");
     }
     let limits = crate::portal::assembler::Limits {
         max_body_bytes: pick(&a.max_body_bytes, &f.max_body_bytes)
-            .unwrap_or(defaults.max_body_bytes),
+            .unwrap_or(limit_defaults.max_body_bytes),
         spool_threshold,
         spool_dir,
         max_jobs,
@@ -287,16 +293,18 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         memory_reserve,
         max_job_age: Duration::from_secs(max_age),
     };
-    let topic_partitions = pick(&a.topic_partitions, &f.topic_partitions).unwrap_or(3);
+    let topic_partitions =
+        pick(&a.topic_partitions, &f.topic_partitions).unwrap_or(defaults::TOPIC_PARTITIONS);
     if topic_partitions < 1 {
         bail!("KAFKA_TOPIC_PARTITIONS must be at least 1");
     }
-    let replication_factor = pick(&a.replication_factor, &f.replication_factor).unwrap_or(1);
+    let replication_factor =
+        pick(&a.replication_factor, &f.replication_factor).unwrap_or(defaults::REPLICATION_FACTOR);
     if replication_factor < 1 {
         bail!("KAFKA_REPLICATION_FACTOR must be at least 1");
     }
     let start_from = match pick(&a.start_from, &f.start_from)
-        .unwrap_or_else(|| "latest".into())
+        .unwrap_or_else(|| defaults::START_FROM.into())
         .to_ascii_lowercase()
         .as_str()
     {
@@ -304,21 +312,23 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         "earliest" => StartFrom::Earliest,
         other => bail!("PORTAL_START_FROM must be latest or earliest, not '{other}'"),
     };
-    let group_id =
-        pick(&a.consumer_group, &f.consumer_group).unwrap_or_else(|| "kafkasend-portal".into());
+    let group_id = pick(&a.consumer_group, &f.consumer_group)
+        .unwrap_or_else(|| defaults::CONSUMER_GROUP.into());
     if group_id.trim().is_empty() || group_id.len() > 249 {
         bail!("KAFKA_CONSUMER_GROUP must be a non-empty name of at most 249 characters");
     }
-    let session = pick(&a.session_timeout_secs, &f.session_timeout_secs).unwrap_or(30);
+    let session = pick(&a.session_timeout_secs, &f.session_timeout_secs)
+        .unwrap_or(defaults::SESSION_TIMEOUT_SECS);
     if !(6..=1800).contains(&session) {
         bail!("PORTAL_SESSION_TIMEOUT_SECS must be between 6 and 1800 (the broker's group.min/max.session.timeout.ms), not {session}");
     }
-    let grace = pick(&a.shutdown_grace_secs, &f.shutdown_grace_secs).unwrap_or(30);
+    let grace = pick(&a.shutdown_grace_secs, &f.shutdown_grace_secs)
+        .unwrap_or(defaults::SHUTDOWN_GRACE_SECS);
     if grace > 3600 {
         bail!("PORTAL_SHUTDOWN_GRACE_SECS must be at most 3600, not {grace}");
     }
     let idempotency_header = pick(&a.idempotency_header, &f.idempotency_header)
-        .unwrap_or_else(|| "Idempotency-Key".into());
+        .unwrap_or_else(|| defaults::IDEMPOTENCY_HEADER.into());
     let idempotency_header = match idempotency_header.trim() {
         "" => None,
         h if hyper::header::HeaderName::from_bytes(h.as_bytes()).is_ok() => Some(h.to_string()),
@@ -354,7 +364,7 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
 
 /// Resolves the request policy settings.
 fn resolve_policy(a: &PortalArgs, f: &FileConfig) -> anyhow::Result<crate::portal::policy::Policy> {
-    let defaults = crate::portal::policy::Policy::default();
+    let policy_defaults = crate::portal::policy::Policy::default();
     let allowed_headers = pick(&a.allowed_headers, &f.allowed_headers)
         .unwrap_or_else(|| crate::portal::policy::DEFAULT_ALLOWED_HEADERS.into())
         .split(',')
@@ -372,7 +382,7 @@ fn resolve_policy(a: &PortalArgs, f: &FileConfig) -> anyhow::Result<crate::porta
     )
     .map_err(|e| anyhow::anyhow!("PORTAL_ALLOWED_ENDPOINTS: {e}"))?;
     let max_header_count =
-        pick(&a.max_header_count, &f.max_header_count).unwrap_or(defaults.max_header_count);
+        pick(&a.max_header_count, &f.max_header_count).unwrap_or(policy_defaults.max_header_count);
     // Headers travel in one frame header, whose decoding the wire bounds: up
     // to these maxima every request decodes and meets the policy.
     let most = crate::protocol::wire::MAX_HEADERS;
@@ -380,14 +390,14 @@ fn resolve_policy(a: &PortalArgs, f: &FileConfig) -> anyhow::Result<crate::porta
         bail!("PORTAL_MAX_HEADER_COUNT must be between 1 and {most}, not {max_header_count}");
     }
     let max_header_bytes =
-        pick(&a.max_header_bytes, &f.max_header_bytes).unwrap_or(defaults.max_header_bytes);
+        pick(&a.max_header_bytes, &f.max_header_bytes).unwrap_or(policy_defaults.max_header_bytes);
     let ceiling = crate::protocol::wire::MAX_HEADER_TEXT;
     if !(256..=ceiling).contains(&max_header_bytes) {
         bail!("PORTAL_MAX_HEADER_BYTES must be between 256 and {ceiling}, not {max_header_bytes}");
     }
     Ok(crate::portal::policy::Policy {
         endpoints,
-        strict: pick(&a.strict_security, &f.strict_security).unwrap_or(true),
+        strict: pick(&a.strict_security, &f.strict_security).unwrap_or(defaults::STRICT_SECURITY),
         allowed_headers,
         max_header_count,
         max_header_bytes,
@@ -520,7 +530,8 @@ fn resolve_trusted_keys(
     a: &PortalArgs,
     f: &FileConfig,
 ) -> anyhow::Result<Option<crate::protocol::signing::TrustedKeys>> {
-    let max_ttl = pick(&a.signature_max_ttl_secs, &f.signature_max_ttl_secs).unwrap_or(3600);
+    let max_ttl = pick(&a.signature_max_ttl_secs, &f.signature_max_ttl_secs)
+        .unwrap_or(defaults::SIGNATURE_MAX_TTL_SECS);
     let cap = crate::protocol::signing::MAX_SIGNATURE_TTL_SECS;
     if !(1..=cap).contains(&max_ttl) {
         bail!("PORTAL_SIGNATURE_MAX_TTL_SECS must be between 1 and {cap}, not {max_ttl}");

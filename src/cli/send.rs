@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 
+use crate::cli::defaults;
 use crate::cli::file::{load_file, FileConfig};
 use crate::cli::file::{pick, MAX_WAIT_SECS};
 use crate::cli::kafka::{resolve_kafka, KafkaArgs};
@@ -60,13 +61,13 @@ pub struct SendArgs {
     /// Print a one-line JSON summary on stdout (job, status, bytes each way, duration, digest verified); needs --output or --no-wait
     #[arg(long)]
     pub json: bool,
-    /// Seconds to wait for the response, counted from the last record received [default: 300]
+    /// Seconds to wait for the response, counted from the last record received
     #[arg(long, env = "KAFKASEND_TIMEOUT_SECS", value_name = "SECS")]
     pub timeout: Option<u64>,
     /// Sign the request with this PEM private key (Ed25519 or EC P-256)
     #[arg(long, env = "KAFKASEND_SIGNING_KEY_FILE", value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
-    /// Seconds a request signature stays valid [default: 300]
+    /// Seconds a request signature stays valid
     #[arg(long, env = "KAFKASEND_SIGNATURE_TTL_SECS", value_name = "SECS")]
     pub signature_ttl_secs: Option<u64>,
     #[command(flatten)]
@@ -83,7 +84,7 @@ pub struct WaitArgs {
     /// Write the response body to this regular file (replaced once the body is verified); '-' is standard output
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Seconds to wait for the response, counted from the last record received [default: 300]
+    /// Seconds to wait for the response, counted from the last record received
     #[arg(long, env = "KAFKASEND_TIMEOUT_SECS", value_name = "SECS")]
     pub timeout: Option<u64>,
     /// No progress bar and no status line on stderr; errors still show
@@ -113,7 +114,8 @@ pub fn resolve_send(a: &SendArgs) -> anyhow::Result<Settings> {
     }
     let f = load_file(a.kafka.config.as_deref())?;
     let (kafka, timeout) = resolve_wait_parts(&a.kafka, &a.timeout, &f)?;
-    let ttl = pick(&a.signature_ttl_secs, &f.signature_ttl_secs).unwrap_or(300);
+    let ttl =
+        pick(&a.signature_ttl_secs, &f.signature_ttl_secs).unwrap_or(defaults::SIGNATURE_TTL_SECS);
     let cap = crate::protocol::signing::MAX_SIGNATURE_TTL_SECS;
     if !(1..=cap).contains(&ttl) {
         bail!("--signature-ttl-secs (KAFKASEND_SIGNATURE_TTL_SECS) must be between 1 and {cap}, not {ttl}");
@@ -154,7 +156,7 @@ fn resolve_wait_parts(
     f: &FileConfig,
 ) -> anyhow::Result<(kafka::Config, Duration)> {
     let kafka = resolve_kafka(kafka, f)?;
-    let timeout = pick(timeout, &f.timeout).unwrap_or(300);
+    let timeout = pick(timeout, &f.timeout).unwrap_or(defaults::TIMEOUT_SECS);
     if !(1..=MAX_WAIT_SECS).contains(&timeout) {
         bail!("--timeout (KAFKASEND_TIMEOUT_SECS) must be between 1 and {MAX_WAIT_SECS} seconds, not {timeout}");
     }

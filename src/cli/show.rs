@@ -89,7 +89,7 @@ impl Args for ShowArgs {
             .filter(|a| a.get_env().is_some() && !have.contains(a.get_id()))
             .cloned()
             .collect();
-        cmd.args(send_only)
+        crate::cli::defaults::annotate(cmd.args(send_only))
     }
 
     fn augment_args_for_update(cmd: Command) -> Command {

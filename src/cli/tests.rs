@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use clap::Parser as _;
+
 use super::*;
 use crate::cli::file::*;
 use crate::cli::portal::*;

@@ -324,9 +324,7 @@ mod tests {
         assert!(refusal(&dangling).contains("is a symbolic link"));
 
         let fifo = dir.path().join("fifo");
-        let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
-        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        crate::test_support::mkfifo(&fifo);
         assert!(refusal(&fifo).contains("is a FIFO"));
 
         let socket = dir.path().join("socket");

@@ -244,9 +244,7 @@ mod tests {
         assert_eq!(problem_of(&dir.path().join("absent")), "does not exist");
 
         let fifo = dir.path().join("fifo");
-        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
-        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        crate::test_support::mkfifo(&fifo);
         // Refused without opening it, which would wait for a writer.
         assert_eq!(
             problem_of(&fifo),

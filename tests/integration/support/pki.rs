@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 // The unit tests' key makers, compiled in here too, so both kinds of test
 // make keys the same way.
+// Not every helper there is one the integration tests need.
+#[allow(dead_code)]
 #[path = "../../../src/test_support.rs"]
 mod test_support;
 pub use test_support::{ec_key_pair, openssl, rsa_key_pair};
