@@ -29,7 +29,7 @@
 //! [`Show`], and an interrupt as a future that resolves with the signal's
 //! name; whatever is under way is dropped then (and with it a part file).
 
-pub mod output;
+pub(crate) mod output;
 mod reply;
 mod request;
 mod types;
@@ -38,9 +38,8 @@ mod upload;
 
 use std::future::Future;
 
-pub use crate::send::types::{
-    Notice, Outcome, Pickup, Request, SendError, Settings, Show, EXIT_HTTP_ERROR,
-};
+pub(crate) use crate::send::types::Pickup;
+pub use crate::send::types::{Notice, Outcome, Request, SendError, Settings, Show};
 pub use crate::send::upload::Link;
 
 use crate::protocol::wire::JobId;
@@ -54,7 +53,7 @@ use crate::send::upload::transmit;
 /// Runs one send; `report` collects what `--json` prints, also on failure.
 /// `interrupt` resolves, with the signal's name, when the user asks to stop;
 /// the work under way is dropped then (and with it a part file).
-pub async fn run(
+pub(crate) async fn run(
     request: &Request,
     cfg: &Settings,
     report: &mut Report,
@@ -79,7 +78,7 @@ pub async fn run_on(
 /// Picks up the answer to a job sent earlier with `--no-wait`. The job id
 /// says which reply partition holds it and, being a ULID, when it was made,
 /// so reading starts at the first record stamped shortly before that.
-pub async fn wait(
+pub(crate) async fn wait(
     pickup: &Pickup,
     cfg: &Settings,
     report: &mut Report,

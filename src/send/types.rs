@@ -11,7 +11,7 @@ use crate::protocol::ErrorCategory;
 use crate::send::output::OutputError;
 
 /// Exit status for a response with HTTP status 400 or above (as curl's `--fail-with-body`).
-pub const EXIT_HTTP_ERROR: u8 = 22;
+const EXIT_HTTP_ERROR: u8 = 22;
 
 /// What `send` and `wait` run with, resolved and checked.
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ pub struct Request {
 
 /// The answer to pick up for a job sent earlier without waiting.
 #[derive(Debug, Clone, Default)]
-pub struct Pickup {
+pub(crate) struct Pickup {
     /// The job id as given, checked before anything else.
     pub job: String,
     /// Where the response body goes, as in [`Request::output`].
@@ -170,7 +170,7 @@ pub enum SendError {
 
 impl SendError {
     /// The process exit code for this failure.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) => 2,
             Self::Io(_) => 1,

@@ -24,7 +24,7 @@ use bytes::Bytes;
 /// Largest records section of one batch once decompressed. Our own batches
 /// hold at most one chunk (under 8 MiB); a larger one is skipped as
 /// [`SkipReason::TooLarge`] rather than held in memory.
-pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// Record bytes decoded from one fetch response before the rest is left for
 /// the next fetch: with [`MAX_BATCH_BYTES`], bounds a reader's memory
@@ -56,7 +56,7 @@ const XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
 /// A transaction the broker says was aborted: `producer_id`'s records from
 /// `first_offset` on, until its abort marker, are not to be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AbortedTxn {
+pub(crate) struct AbortedTxn {
     /// Producer that wrote the transaction.
     pub producer_id: i64,
     /// Offset of the transaction's first record.
@@ -78,7 +78,7 @@ pub enum SkipReason {
 
 impl SkipReason {
     /// The metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Corrupt => "corrupt",
             Self::Codec => "codec",
@@ -110,7 +110,7 @@ pub struct Unreadable {
 
 impl Unreadable {
     /// How many offsets it covers.
-    pub fn records(&self) -> u64 {
+    pub(crate) fn records(&self) -> u64 {
         u64::try_from(
             self.last_offset
                 .saturating_sub(self.first_offset)
@@ -131,7 +131,7 @@ pub enum Item {
 
 /// What one fetch response held.
 #[derive(Debug, Default)]
-pub struct Decoded {
+pub(crate) struct Decoded {
     /// Records and unreadable batches, in offset order.
     pub items: Vec<Item>,
     /// Where the next fetch starts: past every batch read, dropped or skipped here.
@@ -146,7 +146,7 @@ pub struct Decoded {
 
 /// What `decode` is told beyond the response's record bytes.
 #[derive(Debug, Clone, Copy)]
-pub struct Reading {
+pub(crate) struct Reading {
     /// The partition's high watermark: no batch skipped reaches past it.
     pub high_watermark: i64,
     /// Whether a batch that fails its checksum is skipped. If not, decoding
@@ -194,7 +194,7 @@ impl Codec {
 /// are left out. The only error is a response that holds record bytes but
 /// not one whole batch, or a batch whose length is negative: then nothing
 /// can be read past `from`.
-pub fn decode(
+pub(crate) fn decode(
     data: Bytes,
     from: i64,
     aborted: &[AbortedTxn],

@@ -24,25 +24,24 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::protocol::chunker::hex;
-pub use crate::protocol::wire::SIGNATURE_HEADER;
 use crate::protocol::wire::{JobId, RequestStart};
 use crate::util::file_read::{self, Kind};
 
 /// Clock difference tolerated between sender and portal, in seconds.
-pub const LEEWAY_SECS: u64 = 30;
+pub(crate) const LEEWAY_SECS: u64 = 30;
 
 /// Most signed requests remembered at once for replay detection; when full,
 /// new signed requests are refused as busy instead of the memory growing.
-pub const REPLAY_CACHE_CAPACITY: usize = 100_000;
+pub(crate) const REPLAY_CACHE_CAPACITY: usize = 100_000;
 
 /// Largest signature lifetime either side may configure: a day.
-pub const MAX_SIGNATURE_TTL_SECS: u64 = 24 * 3600;
+pub(crate) const MAX_SIGNATURE_TTL_SECS: u64 = 24 * 3600;
 
 /// Longest signature header accepted; a real one is well under 1 KiB.
 const MAX_SIGNATURE_BYTES: usize = 8 * 1024;
 
 /// Seconds since the Unix epoch, now.
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -52,7 +51,7 @@ pub fn unix_now() -> u64 {
 /// A key file that cannot be used; the message names the setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct KeyError(String);
+pub(crate) struct KeyError(String);
 
 /// The two signature algorithms KafkaSend uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +123,7 @@ impl std::fmt::Debug for Signer {
 impl Signer {
     /// Loads the private key in `path` (setting `KAFKASEND_SIGNING_KEY_FILE`);
     /// signatures will be valid for `ttl`.
-    pub fn from_pem_file(path: &Path, ttl: Duration) -> Result<Self, KeyError> {
+    pub(crate) fn from_pem_file(path: &Path, ttl: Duration) -> Result<Self, KeyError> {
         let pem = file_read::read("KAFKASEND_SIGNING_KEY_FILE", path, Kind::Key)
             .map_err(|e| KeyError(e.to_string()))?;
         Self::from_pem(&pem, ttl).map_err(|why| {
@@ -158,15 +157,10 @@ impl Signer {
         Err(pem_hint(pem, true))
     }
 
-    /// How long signatures stay valid.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// Signs the start record of `job`, bound for `request_topic` partition
     /// `request_partition`; `body_sha256` is the digest of the whole body, or
     /// `None` when the request has none. `now` is Unix seconds.
-    pub fn sign(
+    pub(crate) fn sign(
         &self,
         job: JobId,
         request_topic: &str,
@@ -209,7 +203,7 @@ impl std::fmt::Debug for TrustedKeys {
 
 impl TrustedKeys {
     /// Loads the comma-separated PEM public key files of `PORTAL_TRUSTED_KEYS`.
-    pub fn load(list: &str, max_ttl: Duration) -> Result<Self, KeyError> {
+    pub(crate) fn load(list: &str, max_ttl: Duration) -> Result<Self, KeyError> {
         let mut keys = Vec::new();
         for file in list.split(',').map(str::trim).filter(|f| !f.is_empty()) {
             let pem = file_read::read("PORTAL_TRUSTED_KEYS", Path::new(file), Kind::Key)
@@ -234,7 +228,7 @@ impl TrustedKeys {
     }
 
     /// The file names of the trusted keys, for logs.
-    pub fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         self.keys
             .iter()
             .map(|k| format!("{} ({})", k.name, k.kind.name()))
@@ -328,7 +322,7 @@ fn reply_to(start: &RequestStart) -> String {
 /// header in order, the name's byte length as a big-endian u64, the name,
 /// the value's byte length as a big-endian u64, the value. Length prefixes
 /// make the encoding unambiguous whatever bytes names and values hold.
-pub fn headers_sha256(headers: &[(String, String)]) -> [u8; 32] {
+pub(crate) fn headers_sha256(headers: &[(String, String)]) -> [u8; 32] {
     let mut h = Sha256::new();
     for (name, value) in headers {
         h.update((name.len() as u64).to_be_bytes());
@@ -342,7 +336,7 @@ pub fn headers_sha256(headers: &[(String, String)]) -> [u8; 32] {
 /// Why the portal refuses a start record; each message is for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// No signature header.
     #[error("the request is not signed, and this portal accepts only signed requests (PORTAL_TRUSTED_KEYS); sign it with --signing-key (KAFKASEND_SIGNING_KEY_FILE)")]
     Unsigned,
@@ -384,7 +378,7 @@ pub enum Rejection {
 
 /// A start record whose signature checked out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verified {
+pub(crate) struct Verified {
     /// The signed SHA-256 of the body; `None` for a request without one.
     pub body_sha256: Option<[u8; 32]>,
     /// File name of the key that verified it.
@@ -393,7 +387,7 @@ pub struct Verified {
 
 /// Checks signatures of start records (the portal side); one per portal,
 /// shared by every partition reader.
-pub struct Verifier {
+pub(crate) struct Verifier {
     trusted: TrustedKeys,
     request_topic: String,
     /// Signed requests accepted and not yet expired, with where each was
@@ -415,7 +409,7 @@ impl std::fmt::Debug for Verifier {
 
 impl Verifier {
     /// A verifier for start records read from `request_topic`.
-    pub fn new(trusted: TrustedKeys, request_topic: &str) -> Self {
+    pub(crate) fn new(trusted: TrustedKeys, request_topic: &str) -> Self {
         Self::with_capacity(trusted, request_topic, REPLAY_CACHE_CAPACITY)
     }
 
@@ -429,7 +423,7 @@ impl Verifier {
 
     /// Whether a signed request of `job` was accepted and has not expired:
     /// any other start record claiming that job is a forgery or a copy.
-    pub fn has_seen(&self, job: JobId) -> bool {
+    pub(crate) fn has_seen(&self, job: JobId) -> bool {
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -439,7 +433,7 @@ impl Verifier {
 
     /// Checks the `signature` header of the start record of `job`, read at
     /// `partition`/`offset` of the request topic, at Unix time `now`.
-    pub fn verify(
+    pub(crate) fn verify(
         &self,
         job: JobId,
         start: &RequestStart,
