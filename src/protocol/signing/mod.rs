@@ -3,7 +3,7 @@
 //! signed by one of them, do not match their signature, have expired, or
 //! were seen before.
 //!
-//! The signature is a compact JWS (a JWT) in the [`SIGNATURE_HEADER`](crate::protocol::wire::SIGNATURE_HEADER) record
+//! The signature is a compact JWS (a JWT) in the [`SIGNATURE_HEADER`] record
 //! header of the start record, outside the versioned frame. Its claims cover
 //! every field of the start record, where the request goes, and the SHA-256
 //! of the whole body; the portal checks the body against that digest once
@@ -13,6 +13,8 @@
 //! Keys are PEM files: Ed25519 (EdDSA) or EC P-256 (ES256), PKCS#8 as
 //! `openssl genpkey` writes them. A private key's bytes never appear in
 //! `Debug` output, logs or errors.
+//!
+//! [`SIGNATURE_HEADER`]: crate::protocol::wire::SIGNATURE_HEADER
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
