@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use kafkasend::cli::args::{Cli, Command};
-use kafkasend::cli::send::{request, resolve_send};
+use kafkasend::cli::send::{request, resolve_send, Interrupts};
 
 fn main() -> ExitCode {
     kafkasend::alloc::tune_allocator();
@@ -65,13 +65,12 @@ fn main() -> ExitCode {
     for i in 0..=count {
         let t0 = Instant::now();
         let mut report = kafkasend::send::ui::Report::default();
-        match rt.block_on(kafkasend::send::run_on(
-            &link,
-            &request,
-            &cfg,
-            &mut report,
-            std::future::pending(),
-        )) {
+        // Ctrl-C stops the call under way cleanly, as it stops `send`.
+        let result = rt.block_on(async {
+            let interrupt = Interrupts::watch()?;
+            kafkasend::send::run_on(&link, &request, &cfg, &mut report, interrupt.first()).await
+        });
+        match result {
             Ok(outcome) if outcome.exit_code() == 0 => {}
             Ok(outcome) => {
                 eprintln!(

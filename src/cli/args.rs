@@ -62,7 +62,13 @@ pub enum Command {
 }
 
 /// The command line as `kafkasend` parses it and `--help` and completions
-/// show it: the clap tree with each flag's default in its help.
+/// show it: the clap tree with each setting's default in its flag's help
+/// (`config show` adds them to its own flags).
 pub fn command() -> clap::Command {
-    crate::cli::defaults::annotate(<Cli as clap::CommandFactory>::command())
+    let cmd = <Cli as clap::CommandFactory>::command();
+    ["portal", "send", "wait"]
+        .into_iter()
+        .fold(cmd, |cmd, name| {
+            cmd.mut_subcommand(name, crate::cli::defaults::annotate)
+        })
 }

@@ -82,36 +82,43 @@ fn shown() -> Vec<(&'static str, String)> {
     ]
 }
 
-/// `cmd` and its subcommands with each flag's help ending in its default
-/// value; help that already names a default (in words) is left as it is.
+/// `cmd`'s own flags (not its subcommands') with each help ending in the
+/// flag's default value; help that already names a default (in words), and
+/// flags clap itself fills in, are left as they are.
 pub(crate) fn annotate(cmd: Command) -> Command {
     let defaults = shown();
-    annotate_with(cmd, &defaults)
-}
-
-fn annotate_with(cmd: Command, defaults: &[(&'static str, String)]) -> Command {
     // In place, so the flags keep their order (config show lists them so).
-    let cmd = cmd.mut_args(|arg| {
+    cmd.mut_args(|arg| {
         let value = defaults.iter().find(|(id, _)| arg.get_id() == id);
-        match (value, arg.get_help().map(|h| h.to_string())) {
-            (Some((_, value)), Some(help)) if !help.contains("[default: ") => {
+        let help = arg.get_help().map(|h| h.to_string());
+        match (value, help) {
+            (Some((_, value)), Some(help))
+                if !help.contains("[default: ") && arg.get_default_values().is_empty() =>
+            {
                 arg.help(format!("{help} [default: {value}]"))
             }
             _ => arg,
         }
-    });
-    let names: Vec<String> = cmd
-        .get_subcommands()
-        .map(|s| s.get_name().to_string())
-        .collect();
-    names.into_iter().fold(cmd, |cmd, name| {
-        cmd.mut_subcommand(name, |sub| annotate_with(sub, defaults))
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_flag_names_one_default_at_most() {
+        let mut commands = vec![crate::cli::args::command()];
+        while let Some(cmd) = commands.pop() {
+            for arg in cmd.get_arguments() {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let defaults = help.matches("[default: ").count()
+                    + usize::from(!arg.get_default_values().is_empty());
+                assert!(defaults <= 1, "{} {}: {help}", cmd.get_name(), arg.get_id());
+            }
+            commands.extend(cmd.get_subcommands().cloned());
+        }
+    }
 
     #[test]
     fn every_default_names_a_flag_and_reaches_its_help() {

@@ -240,14 +240,15 @@ fn print_notice(n: Notice<'_>) {
 /// systemd, CI cancelling) and a closed terminal. Taken from the moment
 /// they are watched, so that stopping drops the work under way (and with it
 /// a part file) instead of ending the process on the spot.
-struct Interrupts {
+pub struct Interrupts {
     int: Signal,
     term: Signal,
     hup: Signal,
 }
 
 impl Interrupts {
-    fn watch() -> Result<Self, SendError> {
+    /// Starts taking the three signals; the runtime must be running.
+    pub fn watch() -> Result<Self, SendError> {
         let watch = |kind: SignalKind| {
             signal(kind).map_err(|e| SendError::Io(format!("cannot watch for signals: {e}")))
         };
@@ -259,7 +260,7 @@ impl Interrupts {
     }
 
     /// The first of the three signals to arrive, by name.
-    async fn first(mut self) -> &'static str {
+    pub async fn first(mut self) -> &'static str {
         tokio::select! {
             _ = self.int.recv() => "SIGINT",
             _ = self.term.recv() => "SIGTERM",
