@@ -13,7 +13,7 @@ use kafka_protocol::error::ResponseError;
 /// `NOT_COORDINATOR (Kafka error 16)`; a code this build does not know
 /// shows its number only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Named(pub ResponseError);
+pub(crate) struct Named(pub ResponseError);
 
 impl fmt::Display for Named {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

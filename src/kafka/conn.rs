@@ -78,7 +78,7 @@ pub enum ConnError {
 
 impl ConnError {
     /// Whether retrying cannot help: the settings are wrong.
-    pub fn is_config_problem(&self) -> bool {
+    pub(crate) fn is_config_problem(&self) -> bool {
         matches!(
             self,
             Self::Tls { .. }
@@ -98,7 +98,7 @@ trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// One framed, secured connection to a broker.
-pub struct BrokerConn {
+pub(crate) struct BrokerConn {
     addr: String,
     stream: Box<dyn Stream>,
     correlation: i32,
@@ -118,7 +118,7 @@ impl std::fmt::Debug for BrokerConn {
 impl BrokerConn {
     /// Connects to `addr` (`host:port`), shakes hands with TLS and
     /// authenticates with SASL as `security` says; each step within `limit`.
-    pub async fn open(
+    pub(crate) async fn open(
         addr: &str,
         client_id: &str,
         limit: Duration,
@@ -166,7 +166,7 @@ impl BrokerConn {
 
     /// ApiVersions v0: what the broker serves, and proof that it speaks
     /// Kafka on this connection.
-    pub async fn api_versions(
+    pub(crate) async fn api_versions(
         &mut self,
     ) -> Result<kafka_protocol::messages::ApiVersionsResponse, ConnError> {
         self.call(
@@ -180,7 +180,7 @@ impl BrokerConn {
 
     /// Sends one request and reads its response, within the connection's
     /// limit plus `extra_wait` (for requests the broker may hold, like JoinGroup).
-    pub async fn call<R: Request>(
+    pub(crate) async fn call<R: Request>(
         &mut self,
         api: &'static str,
         req: &R,

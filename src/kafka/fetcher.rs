@@ -114,11 +114,6 @@ impl Fetcher {
         }
     }
 
-    /// The partition read.
-    pub fn partition(&self) -> i32 {
-        self.partition
-    }
-
     /// Records from `offset` on, waiting up to `max_wait` on the broker for
     /// some to arrive and `limit` beyond that for the answer. Finding the
     /// leader first, when needed, has deadlines of its own ([`LOOKUP_LIMIT`]

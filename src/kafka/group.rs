@@ -46,7 +46,7 @@ const V_LEAVE: i16 = 5;
 /// Why a group operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum GroupError {
+pub(crate) enum GroupError {
     /// The connection to a broker failed.
     #[error("group coordinator connection: {0}")]
     Io(#[from] std::io::Error),
@@ -94,7 +94,7 @@ impl From<ConnError> for GroupError {
 
 impl GroupError {
     /// Whether the coordinator moved or is not ready: find it again.
-    pub fn coordinator_moved(&self) -> bool {
+    pub(crate) fn coordinator_moved(&self) -> bool {
         matches!(
             self,
             Self::Io(_)
@@ -109,13 +109,13 @@ impl GroupError {
     }
 
     /// Whether the portal should give up: a certificate or password problem.
-    pub fn is_fatal(&self) -> bool {
+    pub(crate) fn is_fatal(&self) -> bool {
         matches!(self, Self::Security(_))
     }
 
     /// Whether this member was dropped from the group or its generation is
     /// over, so it must join again.
-    pub fn needs_rejoin(&self) -> bool {
+    pub(crate) fn needs_rejoin(&self) -> bool {
         matches!(
             self,
             Self::Kafka {
@@ -177,7 +177,7 @@ async fn negotiate(conn: &mut BrokerConn) -> Result<(), GroupError> {
 
 /// How the portal takes part in its group.
 #[derive(Debug, Clone)]
-pub struct GroupSettings {
+pub(crate) struct GroupSettings {
     /// Bootstrap brokers, `host:port`.
     pub bootstrap: Vec<String>,
     /// Group id (`KAFKA_CONSUMER_GROUP`).
@@ -198,18 +198,16 @@ pub struct GroupSettings {
 
 /// What a completed join gave this member.
 #[derive(Debug, Clone)]
-pub struct Assignment {
+pub(crate) struct Assignment {
     /// Generation of the group.
     pub generation: i32,
-    /// This member's id.
-    pub member_id: String,
     /// Partitions of the topic assigned to this member.
     pub partitions: Vec<i32>,
 }
 
 /// A committed position and its metadata string.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Committed {
+pub(crate) struct Committed {
     /// Next offset to read; `None` when nothing was committed.
     pub offset: Option<i64>,
     /// Metadata stored with the offset.
@@ -218,7 +216,7 @@ pub struct Committed {
 
 /// Result of one heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Beat {
+pub(crate) enum Beat {
     /// All well.
     Ok,
     /// The group is rebalancing: revoke and rejoin.
@@ -226,7 +224,7 @@ pub enum Beat {
 }
 
 /// A member of one consumer group, talking to its coordinator.
-pub struct Member {
+pub(crate) struct Member {
     settings: GroupSettings,
     /// Connection to the coordinator; `None` until found, and after a failure.
     conn: Option<BrokerConn>,
@@ -246,7 +244,7 @@ impl std::fmt::Debug for Member {
 
 impl Member {
     /// A member that has not joined yet.
-    pub fn new(settings: GroupSettings) -> Self {
+    pub(crate) fn new(settings: GroupSettings) -> Self {
         Self {
             settings,
             conn: None,
@@ -256,17 +254,12 @@ impl Member {
     }
 
     /// The group id.
-    pub fn group_id(&self) -> &str {
+    pub(crate) fn group_id(&self) -> &str {
         &self.settings.group_id
     }
 
     fn group(&self) -> GroupId {
         GroupId(StrBytes::from_string(self.settings.group_id.clone()))
-    }
-
-    /// Forgets the coordinator connection, so the next call finds it again.
-    pub fn disconnect(&mut self) {
-        self.conn = None;
     }
 
     async fn coordinator(&mut self) -> Result<&mut BrokerConn, GroupError> {
@@ -315,7 +308,11 @@ impl Member {
 
     /// Joins (or rejoins) the group subscribed to `topic`, which has
     /// `partitions` partitions, and returns this member's assignment.
-    pub async fn join(&mut self, topic: &str, partitions: i32) -> Result<Assignment, GroupError> {
+    pub(crate) async fn join(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<Assignment, GroupError> {
         let subscription = encode_versioned(
             &ConsumerProtocolSubscription::default()
                 .with_topics(vec![StrBytes::from_string(topic.to_string())]),
@@ -417,7 +414,6 @@ impl Member {
         mine.sort_unstable();
         Ok(Assignment {
             generation: self.generation,
-            member_id: self.member_id.clone(),
             partitions: mine,
         })
     }
@@ -453,12 +449,12 @@ impl Member {
     }
 
     /// Time between heartbeats.
-    pub fn heartbeat_interval(&self) -> Duration {
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
         self.settings.heartbeat_interval
     }
 
     /// Tells the coordinator this member is alive.
-    pub async fn heartbeat(&mut self) -> Result<Beat, GroupError> {
+    pub(crate) async fn heartbeat(&mut self) -> Result<Beat, GroupError> {
         let req = HeartbeatRequest::default()
             .with_group_id(self.group())
             .with_generation_id(self.generation)
@@ -486,7 +482,7 @@ impl Member {
     }
 
     /// Committed positions of `partitions` of `topic`.
-    pub async fn fetch_offsets(
+    pub(crate) async fn fetch_offsets(
         &mut self,
         topic: &str,
         partitions: &[i32],
@@ -517,7 +513,7 @@ impl Member {
 
     /// Commits `offsets` (partition, next offset, metadata) of `topic` for
     /// the current generation.
-    pub async fn commit(
+    pub(crate) async fn commit(
         &mut self,
         topic: &str,
         offsets: &[(i32, i64, String)],
@@ -554,7 +550,7 @@ impl Member {
     }
 
     /// Leaves the group, so the others take over at once.
-    pub async fn leave(&mut self) -> Result<(), GroupError> {
+    pub(crate) async fn leave(&mut self) -> Result<(), GroupError> {
         if self.member_id.is_empty() {
             return Ok(());
         }
@@ -597,7 +593,7 @@ fn decode_versioned<M: Decodable>(mut bytes: Bytes) -> Result<M, GroupError> {
 
 /// The `range` assignment of one topic: members sorted by id, each taking a
 /// contiguous run, the first ones one partition more when it does not divide.
-pub fn range_assign(members: &[String], partitions: i32) -> BTreeMap<String, Vec<i32>> {
+pub(crate) fn range_assign(members: &[String], partitions: i32) -> BTreeMap<String, Vec<i32>> {
     let sorted: BTreeSet<&String> = members.iter().collect();
     let n = sorted.len() as i32;
     let mut out = BTreeMap::new();

@@ -10,11 +10,11 @@
 pub(crate) mod code;
 pub mod conn;
 pub mod fetcher;
-pub mod group;
+pub(crate) mod group;
 pub mod partitioner;
 pub mod record_batch;
 pub mod security;
-pub mod window;
+pub(crate) mod window;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -97,7 +97,7 @@ pub enum KafkaError {
 impl KafkaError {
     /// Whether the broker could not be reached or did not answer, as
     /// opposed to answering with something we cannot use.
-    pub fn is_connection_problem(&self) -> bool {
+    pub(crate) fn is_connection_problem(&self) -> bool {
         matches!(
             self,
             Self::Unreachable { .. } | Self::Timeout(_) | Self::Client { .. }
@@ -106,7 +106,7 @@ impl KafkaError {
 }
 
 /// Maps a library error, naming what we were doing.
-pub fn client_err(action: &'static str) -> impl FnOnce(RsError) -> KafkaError {
+pub(crate) fn client_err(action: &'static str) -> impl FnOnce(RsError) -> KafkaError {
     move |source| KafkaError::Client { action, source }
 }
 
@@ -129,7 +129,7 @@ pub struct Config {
 
 impl Config {
     /// Connection settings for the `kafka` module.
-    pub fn settings(&self, client_id: &str) -> KafkaSettings {
+    pub(crate) fn settings(&self, client_id: &str) -> KafkaSettings {
         KafkaSettings {
             bootstrap_servers: self.bootstrap_servers.clone(),
             op_timeout: self.timeout,
@@ -157,7 +157,7 @@ pub struct KafkaSettings {
 /// reader. Two default chunks: a reader keeps a fetch ahead of its writes
 /// without holding megabytes per job. The broker still returns a first
 /// record batch larger than this whole, so larger chunks work too.
-pub const FETCH_MAX_BYTES: i32 = 2 * 1024 * 1024;
+pub(crate) const FETCH_MAX_BYTES: i32 = 2 * 1024 * 1024;
 
 /// How long one bootstrap server may take (at most KAFKA_TIMEOUT_SECS) when
 /// another could answer instead: to pass [`connect`]'s check, or for a
@@ -167,7 +167,7 @@ pub const FETCH_MAX_BYTES: i32 = 2 * 1024 * 1024;
 /// silent for longer is as good as down, and a bound this short lets the
 /// next server be tried within `send`'s 4.5 s fetches, long before the
 /// portal reports a reader stuck.
-pub const LOOKUP_LIMIT: Duration = Duration::from_secs(5);
+pub(crate) const LOOKUP_LIMIT: Duration = Duration::from_secs(5);
 
 /// Largest response rskafka accepts: a fetch holding one record of the
 /// largest chunk size, with room to spare.
@@ -349,7 +349,7 @@ pub struct Record {
 
 impl Record {
     /// Bytes of the value, what a batch's size limit counts.
-    pub fn value_len(&self) -> usize {
+    pub(crate) fn value_len(&self) -> usize {
         self.value.as_ref().map_or(0, Vec::len)
     }
 
@@ -386,14 +386,17 @@ pub struct Cluster {
 
 impl Cluster {
     /// Number of partitions of `topic`, or `None` when it does not exist.
-    pub async fn partition_count(&self, topic: &str) -> Result<Option<i32>, KafkaError> {
+    pub(crate) async fn partition_count(&self, topic: &str) -> Result<Option<i32>, KafkaError> {
         let counts = self.partition_counts(&[topic]).await?;
         Ok(counts.first().copied().flatten())
     }
 
     /// The partition counts of `topics` (None for a missing one), from one
     /// metadata request.
-    pub async fn partition_counts(&self, topics: &[&str]) -> Result<Vec<Option<i32>>, KafkaError> {
+    pub(crate) async fn partition_counts(
+        &self,
+        topics: &[&str],
+    ) -> Result<Vec<Option<i32>>, KafkaError> {
         let known = bounded("metadata lookup", self.limit, async {
             self.client
                 .list_topics()
@@ -525,7 +528,7 @@ impl Partition {
     }
 
     /// The earliest offset still kept in the partition.
-    pub async fn start_offset(&self) -> Result<i64, KafkaError> {
+    pub(crate) async fn start_offset(&self) -> Result<i64, KafkaError> {
         self.offset_at(OffsetAt::Earliest).await
     }
 
@@ -534,7 +537,7 @@ impl Partition {
     ///
     /// The end offset is read first: read after a lookup that found nothing,
     /// it would skip a record produced between the two requests.
-    pub async fn offset_since(&self, ms: u64) -> Result<i64, KafkaError> {
+    pub(crate) async fn offset_since(&self, ms: u64) -> Result<i64, KafkaError> {
         let end = self.end_offset().await?;
         let ms = i64::try_from(ms).unwrap_or(i64::MAX);
         let at = rskafka::chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
@@ -585,14 +588,14 @@ async fn bounded<T>(
 }
 
 /// Whether a record is keyed by `job`.
-pub fn is_for_job(record: &Record, job: &JobId) -> bool {
+pub(crate) fn is_for_job(record: &Record, job: &JobId) -> bool {
     record.key.as_deref() == Some(job.key().as_slice())
 }
 
 /// Partitions of one topic, opened on first use and kept: opening one
 /// costs a metadata round trip, and a portal answers on few partitions.
 #[derive(Debug)]
-pub struct PartitionCache {
+pub(crate) struct PartitionCache {
     cluster: Cluster,
     topic: String,
     /// Guards the map only while a partition is looked up or inserted.
@@ -601,7 +604,7 @@ pub struct PartitionCache {
 
 impl PartitionCache {
     /// An empty cache for `topic`.
-    pub fn new(cluster: Cluster, topic: String) -> Self {
+    pub(crate) fn new(cluster: Cluster, topic: String) -> Self {
         Self {
             cluster,
             topic,
@@ -610,12 +613,12 @@ impl PartitionCache {
     }
 
     /// The topic served.
-    pub fn topic(&self) -> &str {
+    pub(crate) fn topic(&self) -> &str {
         &self.topic
     }
 
     /// Partition `p`, opened if needed.
-    pub async fn get(&self, p: i32) -> Result<Partition, KafkaError> {
+    pub(crate) async fn get(&self, p: i32) -> Result<Partition, KafkaError> {
         let mut map = self.partitions.lock().await;
         if let Some(found) = map.get(&p) {
             return Ok(found.clone());

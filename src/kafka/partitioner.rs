@@ -5,7 +5,7 @@
 //! and in order, and lets any other Kafka producer agree with us.
 
 /// Kafka's 32-bit murmur2 hash (seed `0x9747b28c`), as in the Java client.
-pub fn murmur2(data: &[u8]) -> i32 {
+pub(crate) fn murmur2(data: &[u8]) -> i32 {
     const SEED: u32 = 0x9747_b28c;
     const M: u32 = 0x5bd1_e995;
     const R: u32 = 24;

@@ -32,12 +32,12 @@ pub enum SecurityProtocol {
 
 impl SecurityProtocol {
     /// Whether connections are wrapped in TLS.
-    pub fn uses_tls(self) -> bool {
+    pub(crate) fn uses_tls(self) -> bool {
         matches!(self, Self::Ssl | Self::SaslSsl)
     }
 
     /// Whether connections authenticate with SASL.
-    pub fn uses_sasl(self) -> bool {
+    pub(crate) fn uses_sasl(self) -> bool {
         matches!(self, Self::SaslPlaintext | Self::SaslSsl)
     }
 }
@@ -82,7 +82,7 @@ pub enum SaslMechanism {
 
 impl SaslMechanism {
     /// The mechanism's registered name, as the broker lists it.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Plain => "PLAIN",
             Self::ScramSha256 => "SCRAM-SHA-256",
@@ -157,7 +157,7 @@ impl fmt::Debug for KafkaSecurity {
 
 impl KafkaSecurity {
     /// The SASL setup for rskafka, when SASL is on.
-    pub fn rskafka_sasl(&self) -> Option<rskafka::client::SaslConfig> {
+    pub(crate) fn rskafka_sasl(&self) -> Option<rskafka::client::SaslConfig> {
         use rskafka::client::{Credentials, SaslConfig};
         self.sasl.as_ref().map(|s| {
             let c = Credentials::new(s.username.clone(), s.password.clone());
@@ -173,7 +173,7 @@ impl KafkaSecurity {
 /// A TLS client setup that trusts the bundled web PKI roots plus, when given,
 /// every certificate in the PEM file `ca_file` (`KAFKA_SSL_CA_FILE`), each
 /// also as the broker's own certificate (see [`crate::util::server_trust`]).
-pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };

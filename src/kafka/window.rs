@@ -34,7 +34,7 @@ type Producing<'a> = Pin<Box<dyn Future<Output = Result<i64, KafkaError>> + Send
 /// chunks by offset and hashes the spool at the end). Each call's timeout
 /// runs from its first poll, so it covers the calls queued ahead of it.
 /// Dropping the window abandons the calls.
-pub struct ProduceWindow<'a> {
+pub(crate) struct ProduceWindow<'a> {
     partition: &'a Partition,
     capacity: usize,
     calls: VecDeque<Slot<'a>>,
@@ -47,7 +47,7 @@ enum Slot<'a> {
 
 impl<'a> ProduceWindow<'a> {
     /// An empty window onto `partition`; each call is bounded by its deadline.
-    pub fn new(partition: &'a Partition, capacity: usize) -> Self {
+    pub(crate) fn new(partition: &'a Partition, capacity: usize) -> Self {
         Self {
             partition,
             capacity: capacity.max(1),
@@ -56,13 +56,13 @@ impl<'a> ProduceWindow<'a> {
     }
 
     /// Whether another frame may be pushed without waiting.
-    pub fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         self.calls.len() < self.capacity
     }
 
     /// Starts producing `frame` with `payload` in a record of its own
     /// (after every frame pushed before it).
-    pub fn push(&mut self, frame: &Frame, payload: &[u8]) {
+    pub(crate) fn push(&mut self, frame: &Frame, payload: &[u8]) {
         let record = record(frame, payload, &[]);
         self.calls
             .push_back(Slot::Pending(Box::pin(self.partition.produce(record))));
@@ -92,7 +92,7 @@ impl<'a> ProduceWindow<'a> {
     }
 
     /// Waits for the oldest call; its offset, or None when nothing is in flight.
-    pub async fn next(&mut self) -> Option<Result<i64, KafkaError>> {
+    pub(crate) async fn next(&mut self) -> Option<Result<i64, KafkaError>> {
         if self.calls.is_empty() {
             return None;
         }
@@ -105,7 +105,7 @@ impl<'a> ProduceWindow<'a> {
 
     /// Runs `work` (reading the next chunk, say) while the calls in flight
     /// keep moving.
-    pub async fn alongside<T>(&mut self, work: impl Future<Output = T>) -> T {
+    pub(crate) async fn alongside<T>(&mut self, work: impl Future<Output = T>) -> T {
         let mut work = std::pin::pin!(work);
         std::future::poll_fn(|cx| {
             self.poll_pending(cx);
@@ -119,7 +119,7 @@ impl<'a> ProduceWindow<'a> {
 /// produce call failed (later frames went with it, or were never tried),
 /// so an error record can take its sequence number.
 #[derive(Debug)]
-pub struct Unsent {
+pub(crate) struct Unsent {
     /// Sequence number of the first frame not produced.
     pub seq: u32,
     /// Why the produce call failed.
@@ -133,7 +133,7 @@ pub struct Unsent {
 /// portal flushes on a timer too, so a slow API's bytes still reach the
 /// client). One produce call at a time: the calls of one answer reach the
 /// partition in order.
-pub struct ReplyWriter<'a> {
+pub(crate) struct ReplyWriter<'a> {
     partition: &'a Partition,
     /// Most bytes one batch may carry.
     batch_max: usize,
@@ -142,7 +142,7 @@ pub struct ReplyWriter<'a> {
 
 impl<'a> ReplyWriter<'a> {
     /// A writer onto `partition` that batches up to `batch_max` bytes.
-    pub fn new(partition: &'a Partition, batch_max: usize) -> Self {
+    pub(crate) fn new(partition: &'a Partition, batch_max: usize) -> Self {
         Self {
             partition,
             batch_max,
@@ -152,7 +152,7 @@ impl<'a> ReplyWriter<'a> {
 
     /// Holds a frame, producing what is held first if both would not fit
     /// one batch.
-    pub async fn push(&mut self, frame: &Frame, payload: &[u8]) -> Result<(), Unsent> {
+    pub(crate) async fn push(&mut self, frame: &Frame, payload: &[u8]) -> Result<(), Unsent> {
         let record = record(frame, payload, &[]);
         if self.held.would_overflow(record.value_len(), self.batch_max) {
             self.flush().await?;
@@ -162,7 +162,7 @@ impl<'a> ReplyWriter<'a> {
     }
 
     /// Produces what is held, in one request.
-    pub async fn flush(&mut self) -> Result<(), Unsent> {
+    pub(crate) async fn flush(&mut self) -> Result<(), Unsent> {
         let Some((seq, records)) = self.held.take() else {
             return Ok(());
         };

@@ -14,7 +14,7 @@ use crate::protocol::wire::{checksum, ChunkInfo, EndInfo};
 
 /// What the body check found wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BodyFault {
+pub(crate) enum BodyFault {
     /// The chunk's bytes do not match its CRC32C.
     Crc,
     /// The end record counts other bytes or chunks than arrived.
@@ -33,7 +33,7 @@ pub enum BodyFault {
 
 /// The running check of one body.
 #[derive(Debug, Clone, Default)]
-pub struct BodyCheck {
+pub(crate) struct BodyCheck {
     hasher: Sha256,
     /// Bytes hashed: the body's length so far while chunks come in order.
     hashed: u64,
@@ -44,13 +44,13 @@ pub struct BodyCheck {
 
 impl BodyCheck {
     /// A check of a body nothing of which has arrived.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Checks the CRC32C of a chunk at `info.offset`; a chunk that passes is
     /// counted, and hashed when it continues the body in order.
-    pub fn chunk(&mut self, info: &ChunkInfo, payload: &[u8]) -> Result<(), BodyFault> {
+    pub(crate) fn chunk(&mut self, info: &ChunkInfo, payload: &[u8]) -> Result<(), BodyFault> {
         if checksum(payload) != info.crc32c {
             return Err(BodyFault::Crc);
         }
@@ -66,18 +66,18 @@ impl BodyCheck {
     }
 
     /// Whether every chunk so far continued the body where the last ended.
-    pub fn in_order(&self) -> bool {
+    pub(crate) fn in_order(&self) -> bool {
         !self.out_of_order
     }
 
     /// Bytes of the chunks that passed.
-    pub fn received(&self) -> u64 {
+    pub(crate) fn received(&self) -> u64 {
         self.received
     }
 
     /// The digest of the body, when every chunk came in order; `None` when
     /// the receiver has to digest what it stored.
-    pub fn digest(&mut self) -> Option<[u8; 32]> {
+    pub(crate) fn digest(&mut self) -> Option<[u8; 32]> {
         self.in_order()
             .then(|| std::mem::take(&mut self.hasher).finalize().into())
     }
@@ -96,7 +96,7 @@ impl BodyCheck {
     }
 
     /// Checks the end record against what arrived and the body's `digest`.
-    pub fn verify_end(&self, end: &EndInfo, digest: &[u8; 32]) -> Result<(), BodyFault> {
+    pub(crate) fn verify_end(&self, end: &EndInfo, digest: &[u8; 32]) -> Result<(), BodyFault> {
         self.verify_length(end)?;
         if *digest != end.sha256 {
             return Err(BodyFault::Digest { computed: *digest });

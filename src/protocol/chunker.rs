@@ -9,12 +9,12 @@ use crate::protocol::wire::{Body, ChunkInfo, EndInfo, Frame, JobId};
 /// Default chunk payload size: 900 KiB leaves headroom under the broker's
 /// default `message.max.bytes` of 1 MiB for the frame header, record key,
 /// headers and batch overhead.
-pub const DEFAULT_CHUNK_SIZE: usize = 900 * 1024;
+pub(crate) const DEFAULT_CHUNK_SIZE: usize = 900 * 1024;
 
 /// Largest chunk size accepted from configuration; a fetch response holding
 /// one such record must fit rskafka's response limit (16 MiB, set in
 /// `kafka::connect`).
-pub const MAX_CHUNK_SIZE: usize = 8 * 1024 * 1024 - 64 * 1024;
+pub(crate) const MAX_CHUNK_SIZE: usize = 8 * 1024 * 1024 - 64 * 1024;
 
 /// Numbers the frames of one body and keeps its running digest.
 #[derive(Debug)]
@@ -68,12 +68,12 @@ impl Chunker {
     }
 
     /// Sequence number the next frame of this body will carry.
-    pub fn next_seq(&self) -> u32 {
+    pub(crate) fn next_seq(&self) -> u32 {
         self.next_seq
     }
 
     /// Bytes chunked so far.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.offset
     }
 
@@ -93,7 +93,7 @@ impl Chunker {
 
 /// Reads up to `size` bytes, stopping early only at end of input.
 /// Returns an empty vector at end of input.
-pub async fn read_chunk<R: AsyncRead + Unpin>(
+pub(crate) async fn read_chunk<R: AsyncRead + Unpin>(
     reader: &mut R,
     size: usize,
 ) -> std::io::Result<Vec<u8>> {
@@ -111,6 +111,6 @@ pub async fn read_chunk<R: AsyncRead + Unpin>(
 }
 
 /// Hex form of a digest, for messages and logs.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

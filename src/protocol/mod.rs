@@ -2,9 +2,9 @@
 //! chunks, and how a request is signed. Pure: no Kafka client, no HTTP, no
 //! command line.
 
-pub mod body;
+pub(crate) mod body;
 pub mod chunker;
-pub mod request;
+pub(crate) mod request;
 pub mod signing;
 pub mod wire;
 
@@ -58,7 +58,7 @@ impl std::fmt::Display for ErrorCategory {
 
 impl Failure {
     /// A failure of `category`.
-    pub fn new(category: ErrorCategory, message: impl Into<String>) -> Self {
+    pub(crate) fn new(category: ErrorCategory, message: impl Into<String>) -> Self {
         Self {
             category,
             message: message.into(),
@@ -66,12 +66,12 @@ impl Failure {
     }
 
     /// Refused by policy or limits.
-    pub fn rejected(message: impl Into<String>) -> Self {
+    pub(crate) fn rejected(message: impl Into<String>) -> Self {
         Self::new(ErrorCategory::Rejected, message)
     }
 
     /// The request itself is malformed.
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorCategory::BadRequest, message)
     }
 }

@@ -4,7 +4,7 @@
 
 /// Headers never forwarded, whatever the allow-list says: credentials,
 /// routing, hop-by-hop headers and the framing the portal computes itself.
-pub const ALWAYS_STRIPPED: &[&str] = &[
+pub(crate) const ALWAYS_STRIPPED: &[&str] = &[
     "authorization",
     "proxy-authorization",
     "cookie",
@@ -34,12 +34,12 @@ pub const ALWAYS_STRIPPED: &[&str] = &[
 ];
 
 /// Longest request path (with query) accepted.
-pub const MAX_PATH_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_PATH_BYTES: usize = 8 * 1024;
 
 /// Whether a header named `name` is never forwarded, whatever the
 /// allow-list: the always-stripped names and the `X-Forwarded-*` and
 /// `Proxy-*` families.
-pub fn never_forwarded(name: &str) -> bool {
+pub(crate) fn never_forwarded(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     ALWAYS_STRIPPED.contains(&lower.as_str())
         || lower.starts_with("x-forwarded-")

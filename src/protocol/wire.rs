@@ -16,10 +16,10 @@ use ulid::Ulid;
 use crate::protocol::Failure;
 
 /// First four bytes of every KafkaSend record value.
-pub const MAGIC: [u8; 4] = *b"KSND";
+pub(crate) const MAGIC: [u8; 4] = *b"KSND";
 
 /// The protocol version this build writes and reads.
-pub const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 1;
 
 /// Kafka record header on a start record naming where replies go, as
 /// `PARTITION/TOPIC`. It is kept outside the versioned frame so that a portal
@@ -32,11 +32,11 @@ pub const SIGNATURE_HEADER: &str = "kafkasend-signature";
 
 /// Most HTTP headers a request may carry and always decode: the largest
 /// `PORTAL_MAX_HEADER_COUNT`.
-pub const MAX_HEADERS: usize = 10_000;
+pub(crate) const MAX_HEADERS: usize = 10_000;
 
 /// Most bytes of header names and values a request may carry and always
 /// decode: the largest `PORTAL_MAX_HEADER_BYTES`.
-pub const MAX_HEADER_TEXT: usize = 128 * 1024;
+pub(crate) const MAX_HEADER_TEXT: usize = 128 * 1024;
 
 /// Decoding budget of one frame header, counted as bincode counts it: each
 /// string or list length as 8 bytes, each string's bytes, each number at
@@ -45,7 +45,7 @@ pub const MAX_HEADER_TEXT: usize = 128 * 1024;
 /// of [`MAX_HEADER_TEXT`] bytes with an 8 KiB path need about 300 KiB; the
 /// rest is headroom, so a request somewhat over the portal's header settings
 /// still decodes and gets the policy's refusal, which names the setting.
-pub const MAX_HEADER_BYTES: usize = 512 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 512 * 1024;
 
 const PREFIX_LEN: usize = MAGIC.len() + 1;
 
@@ -69,7 +69,7 @@ impl JobId {
     }
 
     /// Milliseconds since the Unix epoch at which the job was created.
-    pub fn timestamp_ms(&self) -> u64 {
+    pub(crate) fn timestamp_ms(&self) -> u64 {
         Ulid::from_bytes(self.0).timestamp_ms()
     }
 }
@@ -270,7 +270,7 @@ pub fn decode(value: &[u8]) -> Result<(Frame, &[u8]), WireError> {
 }
 
 /// Checks magic and returns the version byte, without decoding further.
-pub fn peek_version(value: &[u8]) -> Result<u8, WireError> {
+pub(crate) fn peek_version(value: &[u8]) -> Result<u8, WireError> {
     if value.len() < PREFIX_LEN {
         return Err(WireError::TooShort(value.len()));
     }
@@ -286,7 +286,7 @@ pub fn reply_to_header(topic: &str, partition: i32) -> Vec<u8> {
 }
 
 /// Parses the `kafkasend-reply-to` header value.
-pub fn parse_reply_to(value: &[u8]) -> Option<(String, i32)> {
+pub(crate) fn parse_reply_to(value: &[u8]) -> Option<(String, i32)> {
     let s = std::str::from_utf8(value).ok()?;
     let (p, t) = s.split_once('/')?;
     let p: i32 = p.parse().ok()?;

@@ -23,7 +23,7 @@ use crate::protocol::wire::JobId;
 
 /// Why the response body cannot go where the command line says.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OutputError {
+pub(crate) enum OutputError {
     /// The destination is not something `-o` writes to (a usage mistake).
     #[error("{0}")]
     Refused(String),
@@ -33,12 +33,12 @@ pub enum OutputError {
 }
 
 /// `true` when the body goes to standard output: no `-o`, or `-o -`.
-pub fn is_stdout(output: Option<&Path>) -> bool {
+pub(crate) fn is_stdout(output: Option<&Path>) -> bool {
     output.is_none_or(|p| p.as_os_str() == "-")
 }
 
 /// The open destination of one response body.
-pub struct Sink {
+pub(crate) struct Sink {
     out: Out,
     /// The part file and the destination it is renamed to, until committed.
     part: Option<(PathBuf, PathBuf)>,
@@ -64,7 +64,7 @@ impl Sink {
     /// Opens the destination `output` names (`None` or `-`: standard
     /// output): checks that a file destination is absent or a regular file,
     /// and creates its part file in the same directory.
-    pub fn open(output: Option<&Path>) -> Result<Self, OutputError> {
+    pub(crate) fn open(output: Option<&Path>) -> Result<Self, OutputError> {
         let path = match output {
             Some(p) if !is_stdout(output) => p,
             _ => {
@@ -94,12 +94,12 @@ impl Sink {
     }
 
     /// `true` when the body goes to a file rather than standard output.
-    pub fn is_file(&self) -> bool {
+    pub(crate) fn is_file(&self) -> bool {
         matches!(self.out, Out::File(_))
     }
 
     /// Appends body bytes.
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), OutputError> {
+    pub(crate) async fn write(&mut self, data: &[u8]) -> Result<(), OutputError> {
         self.written += data.len() as u64;
         self.out
             .writer()
@@ -110,7 +110,7 @@ impl Sink {
 
     /// Empties the output to take a response from the start again; `false`
     /// when that is impossible (body bytes already went to standard output).
-    pub async fn restart(&mut self) -> Result<bool, OutputError> {
+    pub(crate) async fn restart(&mut self) -> Result<bool, OutputError> {
         let Out::File(w) = &mut self.out else {
             return Ok(self.written == 0);
         };
@@ -127,7 +127,7 @@ impl Sink {
     }
 
     /// Flushes, and renames the part file over the destination.
-    pub async fn commit(mut self) -> Result<(), OutputError> {
+    pub(crate) async fn commit(mut self) -> Result<(), OutputError> {
         self.out
             .writer()
             .flush()

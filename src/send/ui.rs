@@ -12,12 +12,12 @@ use crate::protocol::wire::JobId;
 /// A progress bar on stderr, or nothing when stderr is not a terminal or
 /// the user asked for quiet or JSON output.
 #[derive(Debug)]
-pub struct Progress(Option<ProgressBar>);
+pub(crate) struct Progress(Option<ProgressBar>);
 
 impl Progress {
     /// A bar for `what` ("upload", "download") of `total` bytes, or a
     /// spinner with a byte count when the total is unknown.
-    pub fn new(what: &str, total: Option<u64>, shown: bool) -> Self {
+    pub(crate) fn new(what: &str, total: Option<u64>, shown: bool) -> Self {
         if !shown || !std::io::stderr().is_terminal() {
             return Self(None);
         }
@@ -40,21 +40,21 @@ impl Progress {
     }
 
     /// Counts `n` more bytes done.
-    pub fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         if let Some(b) = &self.0 {
             b.inc(n);
         }
     }
 
     /// Starts the count again (a second answer replaced the first).
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         if let Some(b) = &self.0 {
             b.reset();
         }
     }
 
     /// Removes the bar from the terminal.
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(b) = &self.0 {
             b.finish_and_clear();
         }
@@ -105,7 +105,7 @@ impl Default for Report {
 impl Report {
     /// The one-line JSON summary: the fields above, the duration, the exit
     /// code and, on failure, the error.
-    pub fn to_json(&self, exit_code: u8, error: Option<&str>) -> String {
+    pub(crate) fn to_json(&self, exit_code: u8, error: Option<&str>) -> String {
         serde_json::json!({
             "job": self.job.map(|j| j.to_string()),
             "status": self.status,
@@ -131,7 +131,7 @@ fn round_ms(d: Duration) -> f64 {
 /// Error messages come from Error records anyone who can write the response
 /// topic can forge; raw, an `ESC]0;…` would retitle the window, an `ESC[2J`
 /// clear it, and a newline fake a second line of output.
-pub fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(MAX_SHOWN_CHARS + 64));
     for (i, (at, c)) in text.char_indices().enumerate() {
         if i == MAX_SHOWN_CHARS {

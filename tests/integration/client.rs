@@ -1,9 +1,11 @@
 //! The `send` experience for scripts: `--json`, `-q`, `--no-wait` and `wait`.
 
-use kafkasend::protocol::wire::JobId;
+use kafkasend::kafka;
+use kafkasend::protocol::wire::{self, Body, EndInfo, Frame, JobId, ResponseStart};
+use sha2::{Digest, Sha256};
 
 use crate::support::api::{json, Servers};
-use crate::support::broker::Topics;
+use crate::support::broker::{chunk_record, kafka_settings, Topics};
 use crate::support::payload::pattern_file;
 use crate::support::run::{kafkasend_cmd, send, Portal};
 
@@ -134,4 +136,147 @@ async fn no_wait_then_wait_picks_up_the_answer() {
     let out = kafkasend_cmd(&topics, &["wait", &unknown, "--timeout", "2"]).await;
     assert_eq!(out.code, 28, "{}", out.stderr);
     assert!(out.stderr.contains(&unknown), "{}", out.stderr);
+}
+
+/// How a forged answer of `abcdefgh` in two chunks differs from an intact one.
+#[derive(Default)]
+struct Damage {
+    /// Bytes of the second chunk, in place of `efgh` (its CRC is of `efgh`).
+    second_bytes: Option<&'static [u8]>,
+    /// Where the second chunk says it starts, in place of 4.
+    second_offset: Option<u64>,
+    /// The length the end record claims, in place of 8.
+    total_len: Option<u64>,
+    /// The digest the end record claims.
+    sha256: Option<[u8; 32]>,
+}
+
+/// Writes an answer of `abcdefgh` for `job` to partition 0 of the response
+/// topic, as anyone allowed to write it could, damaged as `damage` says.
+async fn forge_answer(reply: &kafka::Partition, job: JobId, damage: &Damage) {
+    let start = Frame {
+        job,
+        seq: 0,
+        body: Body::ResponseStart(ResponseStart {
+            status: 200,
+            headers: vec![],
+            body_len: Some(8),
+        }),
+    };
+    let end = Frame {
+        job,
+        seq: 3,
+        body: Body::End(EndInfo {
+            total_len: damage.total_len.unwrap_or(8),
+            chunks: 2,
+            sha256: damage
+                .sha256
+                .unwrap_or_else(|| Sha256::digest(b"abcdefgh").into()),
+        }),
+    };
+    let records = vec![
+        kafka::record(&start, &[], &[]),
+        chunk_record(job, 1, 0, b"abcd", wire::checksum(b"abcd")),
+        chunk_record(
+            job,
+            2,
+            damage.second_offset.unwrap_or(4),
+            damage.second_bytes.unwrap_or(b"efgh"),
+            wire::checksum(b"efgh"),
+        ),
+        kafka::record(&end, &[], &[]),
+    ];
+    reply.produce_all(records).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_answer_is_refused_with_what_is_wrong_and_leaves_no_output() {
+    let topics = Topics::new("damaged-answer");
+    let client = kafka::connect(&kafka_settings(&topics, "it-forger"))
+        .await
+        .unwrap();
+    client.ensure_topic(&topics.response, 1, 1).await.unwrap();
+    let reply = client.partition(&topics.response, 0).await.unwrap();
+    let cases = [
+        (
+            Damage {
+                second_bytes: Some(b"efgH"),
+                ..Damage::default()
+            },
+            "response chunk at byte 4 failed its CRC32C check".to_string(),
+        ),
+        (
+            Damage {
+                second_offset: Some(5),
+                ..Damage::default()
+            },
+            "response chunk at byte 5 arrived when 4 bytes were expected".to_string(),
+        ),
+        (
+            Damage {
+                total_len: Some(9),
+                ..Damage::default()
+            },
+            "response is 8 bytes in 2 chunks, the portal sent 9 bytes in 2".to_string(),
+        ),
+        (
+            Damage {
+                sha256: Some([0xab; 32]),
+                ..Damage::default()
+            },
+            format!(
+                "response SHA-256 {} does not match the portal's {}",
+                crate::support::payload::hex(&Sha256::digest(b"abcdefgh")),
+                "ab".repeat(32)
+            ),
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("answer.bin");
+    for (damage, why) in &cases {
+        let job = JobId::new();
+        forge_answer(&reply, job, damage).await;
+        let out = kafkasend_cmd(
+            &topics,
+            &[
+                "wait",
+                &job.to_string(),
+                "--timeout",
+                "60",
+                "-o",
+                output.to_str().unwrap(),
+            ],
+        )
+        .await;
+        assert_eq!(out.code, 4, "{why}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains(&format!("integrity check failed: {why}")),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{why}: no output, not even a part file"
+        );
+    }
+
+    // The same answer undamaged is taken whole.
+    let job = JobId::new();
+    forge_answer(&reply, job, &Damage::default()).await;
+    let out = kafkasend_cmd(
+        &topics,
+        &[
+            "wait",
+            &job.to_string(),
+            "--timeout",
+            "60",
+            "-o",
+            output.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read(&output).unwrap(), b"abcdefgh");
 }
