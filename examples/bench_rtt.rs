@@ -40,13 +40,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cfg = match resolve_send(&args) {
+    let mut cfg = match resolve_send(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("bench_rtt: {e:#}");
             return ExitCode::from(2);
         }
     };
+    // The brokers' logs tell the benchmark from the command line.
+    cfg.kafka.client_id = "bench-rtt".into();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -55,7 +57,7 @@ fn main() -> ExitCode {
         }
     };
     let request = request(&args);
-    let link = match rt.block_on(kafkasend::send::Link::open(&cfg.kafka, "bench-rtt")) {
+    let link = match rt.block_on(kafkasend::send::Link::open(&cfg.kafka)) {
         Ok(link) => link,
         Err(e) => {
             eprintln!("bench_rtt: {e}");

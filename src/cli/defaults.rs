@@ -21,7 +21,6 @@ pub(crate) const LOG_LEVEL: &str = "INFO";
 pub(crate) const LOG_FORMAT: &str = "text";
 pub(crate) const MAX_CONCURRENT_JOBS: usize = 10;
 pub(crate) const REQUEST_TIMEOUT_SECS: u64 = 1800;
-pub(crate) const STRICT_SECURITY: bool = true;
 pub(crate) const TOPIC_PARTITIONS: i32 = 3;
 pub(crate) const REPLICATION_FACTOR: i16 = 1;
 pub(crate) const START_FROM: &str = "latest";
@@ -51,7 +50,7 @@ pub(crate) fn shown() -> Vec<(&'static str, String)> {
         ("max_concurrent_jobs", MAX_CONCURRENT_JOBS.to_string()),
         ("request_timeout_secs", REQUEST_TIMEOUT_SECS.to_string()),
         ("allowed_headers", DEFAULT_ALLOWED_HEADERS.into()),
-        ("strict_security", STRICT_SECURITY.to_string()),
+        ("strict_security", policy.strict.to_string()),
         ("max_header_count", policy.max_header_count.to_string()),
         ("max_header_bytes", policy.max_header_bytes.to_string()),
         ("max_chunks", limits.max_chunks.to_string()),

@@ -55,8 +55,13 @@ pub struct KafkaArgs {
     pub config: Option<PathBuf>,
 }
 
-/// Resolves the Kafka settings both sides share.
-pub(crate) fn resolve_kafka(a: &KafkaArgs, f: &FileConfig) -> anyhow::Result<kafka::Config> {
+/// Resolves the Kafka settings both sides share; `client_id` names the
+/// role to the brokers.
+pub(crate) fn resolve_kafka(
+    a: &KafkaArgs,
+    f: &FileConfig,
+    client_id: &str,
+) -> anyhow::Result<kafka::Config> {
     let servers = pick(&a.bootstrap_servers, &f.bootstrap_servers)
         .unwrap_or_else(|| defaults::BOOTSTRAP_SERVERS.into());
     if servers.split(',').all(|s| s.trim().is_empty()) {
@@ -97,6 +102,7 @@ pub(crate) fn resolve_kafka(a: &KafkaArgs, f: &FileConfig) -> anyhow::Result<kaf
         timeout: Duration::from_secs(secs),
         chunk_size,
         security: resolve_security(a, f)?,
+        client_id: client_id.into(),
     })
 }
 

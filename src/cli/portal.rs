@@ -11,10 +11,11 @@ use crate::cli::defaults;
 use crate::cli::file::{load_file, FileConfig};
 use crate::cli::file::{pick, MAX_SPOOL_THRESHOLD, MAX_WAIT_SECS};
 use crate::cli::kafka::{resolve_kafka, KafkaArgs};
+use crate::kafka::group::GroupConfig;
 use crate::logging::LogFormat;
 use crate::portal::http_dispatch::tls::ApiTls;
 use crate::portal::http_dispatch::token_cache::{AssertionSigner, AuthMethod, ClientCredentials};
-use crate::portal::{GroupConfig, Settings, StartFrom};
+use crate::portal::{Settings, StartFrom};
 
 /// Flags of `kafkasend portal`.
 #[derive(Debug, Args, Clone, Default)]
@@ -168,7 +169,7 @@ pub struct PortalArgs {
 /// Resolves the portal's flags, environment, file and defaults.
 pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
     let f = load_file(a.kafka.config.as_deref())?;
-    let kafka = resolve_kafka(&a.kafka, &f)?;
+    let kafka = resolve_kafka(&a.kafka, &f, "kafkasend-portal")?;
     let target = pick(&a.target_api_url, &f.target_api_url).context(
         "PORTAL_TARGET_API_URL is not set; set it to the base URL of the REST API (e.g. http://127.0.0.1:8080)",
     )?;
@@ -338,10 +339,10 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         group_id,
         session_timeout: Duration::from_secs(session),
         rebalance_timeout: Duration::from_secs(grace + 30),
-        shutdown_grace: Duration::from_secs(grace),
     };
     let trusted_keys = resolve_trusted_keys(a, &f)?;
     Ok(Settings {
+        shutdown_grace: Duration::from_secs(grace),
         trusted_keys,
         group,
         idempotency_header,
@@ -397,7 +398,7 @@ fn resolve_policy(a: &PortalArgs, f: &FileConfig) -> anyhow::Result<crate::porta
     }
     Ok(crate::portal::policy::Policy {
         endpoints,
-        strict: pick(&a.strict_security, &f.strict_security).unwrap_or(defaults::STRICT_SECURITY),
+        strict: pick(&a.strict_security, &f.strict_security).unwrap_or(policy_defaults.strict),
         allowed_headers,
         max_header_count,
         max_header_bytes,

@@ -113,7 +113,7 @@ pub fn resolve_send(a: &SendArgs) -> anyhow::Result<Settings> {
         bail!("--json needs --output FILE (or --no-wait), so the response body and the summary do not mix on stdout");
     }
     let f = load_file(a.kafka.config.as_deref())?;
-    let (kafka, timeout) = resolve_wait_parts(&a.kafka, &a.timeout, &f)?;
+    let (kafka, timeout) = resolve_wait_parts(&a.kafka, &a.timeout, &f, "kafkasend-send")?;
     let ttl =
         pick(&a.signature_ttl_secs, &f.signature_ttl_secs).unwrap_or(defaults::SIGNATURE_TTL_SECS);
     let cap = crate::protocol::signing::MAX_SIGNATURE_TTL_SECS;
@@ -142,7 +142,7 @@ pub fn resolve_wait(a: &WaitArgs) -> anyhow::Result<Settings> {
         );
     }
     let f = load_file(a.kafka.config.as_deref())?;
-    let (kafka, timeout) = resolve_wait_parts(&a.kafka, &a.timeout, &f)?;
+    let (kafka, timeout) = resolve_wait_parts(&a.kafka, &a.timeout, &f, "kafkasend-wait")?;
     Ok(Settings {
         kafka,
         timeout,
@@ -154,8 +154,9 @@ fn resolve_wait_parts(
     kafka: &KafkaArgs,
     timeout: &Option<u64>,
     f: &FileConfig,
+    client_id: &str,
 ) -> anyhow::Result<(kafka::Config, Duration)> {
-    let kafka = resolve_kafka(kafka, f)?;
+    let kafka = resolve_kafka(kafka, f, client_id)?;
     let timeout = pick(timeout, &f.timeout).unwrap_or(defaults::TIMEOUT_SECS);
     if !(1..=MAX_WAIT_SECS).contains(&timeout) {
         bail!("--timeout (KAFKASEND_TIMEOUT_SECS) must be between 1 and {MAX_WAIT_SECS} seconds, not {timeout}");

@@ -27,7 +27,7 @@ use kafka_protocol::protocol::{Request, StrBytes};
 
 use crate::kafka::conn::{BrokerConn, ConnError};
 use crate::kafka::record_batch::{self, AbortedTxn, Item, Reading};
-use crate::kafka::{KafkaError, KafkaSettings, FETCH_MAX_BYTES, LOOKUP_LIMIT};
+use crate::kafka::{Config, KafkaError, FETCH_MAX_BYTES, LOOKUP_LIMIT};
 
 /// Fetch v12 (Kafka 2.7 and later, still served by 4.x): isolation level,
 /// aborted transactions, topics by name.
@@ -61,7 +61,7 @@ pub struct Fetched {
 /// Reads one partition; opens its connection on first use and after any error.
 #[derive(Debug)]
 pub struct Fetcher {
-    settings: KafkaSettings,
+    settings: Config,
     topic: String,
     partition: i32,
     /// The connection to the partition's leader. Dropped after any error:
@@ -95,19 +95,14 @@ struct Leader {
 
 impl Fetcher {
     /// A fetcher for `partition` of `topic`; connects at the first fetch.
-    pub fn new(settings: &KafkaSettings, topic: &str, partition: i32) -> Self {
+    pub fn new(settings: &Config, topic: &str, partition: i32) -> Self {
         Self {
             settings: settings.clone(),
             topic: topic.to_string(),
             partition,
             leader: None,
             leader_addr: None,
-            servers: settings
-                .bootstrap_servers
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
+            servers: settings.servers(),
             next_server: 0,
             crc_failures: None,
             checked: false,
@@ -304,7 +299,7 @@ impl Fetcher {
     }
 
     fn lookup_limit(&self) -> Duration {
-        self.settings.op_timeout.min(LOOKUP_LIMIT)
+        self.settings.timeout.min(LOOKUP_LIMIT)
     }
 
     /// Asks the bootstrap servers in turn, from `next_server` on, where the
@@ -418,11 +413,11 @@ impl Fetcher {
 }
 
 /// A connection to `addr`, secured as `settings` say.
-async fn open(settings: &KafkaSettings, addr: &str) -> Result<BrokerConn, KafkaError> {
+async fn open(settings: &Config, addr: &str) -> Result<BrokerConn, KafkaError> {
     BrokerConn::open(
         addr,
         &settings.client_id,
-        settings.op_timeout,
+        settings.timeout,
         &settings.security,
     )
     .await

@@ -30,7 +30,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
 use crate::kafka::code::Named;
 use crate::kafka::conn::{BrokerConn, ConnError};
-use crate::kafka::security::KafkaSecurity;
+use crate::kafka::Config;
 
 /// Versions of each request this module sends; all of them are served by
 /// Kafka 3.0 and later (FindCoordinator v4 came with 3.0), including 4.x,
@@ -175,25 +175,15 @@ async fn negotiate(conn: &mut BrokerConn) -> Result<(), GroupError> {
     Ok(())
 }
 
-/// How the portal takes part in its group.
+/// The consumer group the portals share, as the settings give it.
 #[derive(Debug, Clone)]
-pub(crate) struct GroupSettings {
-    /// Bootstrap brokers, `host:port`.
-    pub bootstrap: Vec<String>,
+pub(crate) struct GroupConfig {
     /// Group id (`KAFKA_CONSUMER_GROUP`).
-    pub group_id: String,
-    /// Client id shown by the group tools.
-    pub client_id: String,
+    pub(crate) group_id: String,
     /// The coordinator drops a member it has not heard from for this long.
-    pub session_timeout: Duration,
+    pub(crate) session_timeout: Duration,
     /// How long members have to rejoin during a rebalance.
-    pub rebalance_timeout: Duration,
-    /// Time between heartbeats.
-    pub heartbeat_interval: Duration,
-    /// Deadline for one request.
-    pub op_timeout: Duration,
-    /// TLS and SASL, the same as the rest of the process uses.
-    pub security: KafkaSecurity,
+    pub(crate) rebalance_timeout: Duration,
 }
 
 /// What a completed join gave this member.
@@ -225,7 +215,9 @@ pub(crate) enum Beat {
 
 /// A member of one consumer group, talking to its coordinator.
 pub(crate) struct Member {
-    settings: GroupSettings,
+    group: GroupConfig,
+    /// Brokers, client id, deadline and security, as every Kafka user has them.
+    kafka: Config,
     /// Connection to the coordinator; `None` until found, and after a failure.
     conn: Option<BrokerConn>,
     member_id: String,
@@ -235,7 +227,7 @@ pub(crate) struct Member {
 impl std::fmt::Debug for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Member")
-            .field("group", &self.settings.group_id)
+            .field("group", &self.group.group_id)
             .field("member_id", &self.member_id)
             .field("generation", &self.generation)
             .finish_non_exhaustive()
@@ -244,9 +236,10 @@ impl std::fmt::Debug for Member {
 
 impl Member {
     /// A member that has not joined yet.
-    pub(crate) fn new(settings: GroupSettings) -> Self {
+    pub(crate) fn new(kafka: &Config, group: GroupConfig) -> Self {
         Self {
-            settings,
+            group,
+            kafka: kafka.clone(),
             conn: None,
             member_id: String::new(),
             generation: -1,
@@ -255,17 +248,17 @@ impl Member {
 
     /// The group id.
     pub(crate) fn group_id(&self) -> &str {
-        &self.settings.group_id
+        &self.group.group_id
     }
 
     fn group(&self) -> GroupId {
-        GroupId(StrBytes::from_string(self.settings.group_id.clone()))
+        GroupId(StrBytes::from_string(self.group.group_id.clone()))
     }
 
     async fn coordinator(&mut self) -> Result<&mut BrokerConn, GroupError> {
         if self.conn.is_none() {
             let mut last = None;
-            for addr in self.settings.bootstrap.clone() {
+            for addr in self.kafka.servers() {
                 match self.find_coordinator_via(&addr).await {
                     Ok(conn) => {
                         self.conn = Some(conn);
@@ -284,12 +277,12 @@ impl Member {
     }
 
     async fn find_coordinator_via(&self, addr: &str) -> Result<BrokerConn, GroupError> {
-        let s = &self.settings;
-        let mut conn = BrokerConn::open(addr, &s.client_id, s.op_timeout, &s.security).await?;
+        let k = &self.kafka;
+        let mut conn = BrokerConn::open(addr, &k.client_id, self.op_timeout(), &k.security).await?;
         negotiate(&mut conn).await?;
         let req = FindCoordinatorRequest::default()
             .with_key_type(0)
-            .with_coordinator_keys(vec![StrBytes::from_string(s.group_id.clone())]);
+            .with_coordinator_keys(vec![StrBytes::from_string(self.group.group_id.clone())]);
         let resp = conn
             .call("FindCoordinator", &req, V_FIND_COORDINATOR, Duration::ZERO)
             .await
@@ -300,8 +293,9 @@ impl Member {
             .ok_or_else(|| GroupError::Codec("FindCoordinator returned no coordinator".into()))?;
         check("FindCoordinator", c.error_code)?;
         let target = format!("{}:{}", c.host.as_str(), c.port);
-        log::debug!("group {}: coordinator is {target}", s.group_id);
-        let mut coord = BrokerConn::open(&target, &s.client_id, s.op_timeout, &s.security).await?;
+        log::debug!("group {}: coordinator is {target}", self.group.group_id);
+        let mut coord =
+            BrokerConn::open(&target, &k.client_id, self.op_timeout(), &k.security).await?;
         negotiate(&mut coord).await?;
         Ok(coord)
     }
@@ -319,9 +313,9 @@ impl Member {
             0,
         )?;
         let group = self.group();
-        let session_ms = millis(self.settings.session_timeout);
-        let rebalance_ms = millis(self.settings.rebalance_timeout);
-        let rebalance_wait = self.settings.rebalance_timeout;
+        let session_ms = millis(self.group.session_timeout);
+        let rebalance_ms = millis(self.group.rebalance_timeout);
+        let rebalance_wait = self.group.rebalance_timeout;
         let join = loop {
             let req = JoinGroupRequest::default()
                 .with_group_id(group.clone())
@@ -366,7 +360,7 @@ impl Member {
                     }
                     _ => log::warn!(
                         "group {}: member {} does not read {topic}; give each request topic its own KAFKA_CONSUMER_GROUP",
-                        self.settings.group_id,
+                        self.group.group_id,
                         m.member_id.as_str()
                     ),
                 }
@@ -450,7 +444,13 @@ impl Member {
 
     /// Time between heartbeats.
     pub(crate) fn heartbeat_interval(&self) -> Duration {
-        self.settings.heartbeat_interval
+        self.group.session_timeout / 5
+    }
+
+    /// Deadline of one group request: a hung request must not outlast the
+    /// session it protects.
+    fn op_timeout(&self) -> Duration {
+        self.kafka.timeout.min(self.group.session_timeout / 3)
     }
 
     /// Tells the coordinator this member is alive.

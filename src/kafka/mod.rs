@@ -119,38 +119,25 @@ pub struct Config {
     pub request_topic: String,
     /// Response topic.
     pub response_topic: String,
-    /// Broker deadline.
+    /// How long connecting may take, and each operation with its retries.
     pub timeout: Duration,
     /// Chunk payload size.
     pub chunk_size: usize,
     /// TLS and SASL.
     pub security: KafkaSecurity,
+    /// Client id the brokers log and the group tools show.
+    pub client_id: String,
 }
 
 impl Config {
-    /// Connection settings for the `kafka` module.
-    pub(crate) fn settings(&self, client_id: &str) -> KafkaSettings {
-        KafkaSettings {
-            bootstrap_servers: self.bootstrap_servers.clone(),
-            op_timeout: self.timeout,
-            client_id: client_id.to_string(),
-            security: self.security.clone(),
-        }
+    /// The bootstrap servers, one `host:port` each.
+    pub(crate) fn servers(&self) -> Vec<String> {
+        self.bootstrap_servers
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
     }
-}
-
-/// Connection settings shared by every Kafka user in the process.
-#[derive(Debug, Clone)]
-pub struct KafkaSettings {
-    /// Comma-separated `host:port` list.
-    pub bootstrap_servers: String,
-    /// How long connecting may take, and the retries of one operation; each
-    /// call is also bounded by a timeout of this length.
-    pub op_timeout: Duration,
-    /// Client id shown in broker logs.
-    pub client_id: String,
-    /// TLS and SASL.
-    pub security: KafkaSecurity,
 }
 
 /// Most record bytes one fetch asks for, per partition; bounds memory per
@@ -174,13 +161,8 @@ pub(crate) const LOOKUP_LIMIT: Duration = Duration::from_secs(5);
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Connects to the cluster, failing with a clear message when no broker answers in time.
-pub async fn connect(settings: &KafkaSettings) -> Result<Cluster, KafkaError> {
-    let servers: Vec<String> = settings
-        .bootstrap_servers
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
+pub async fn connect(settings: &Config) -> Result<Cluster, KafkaError> {
+    let servers = settings.servers();
     if servers.is_empty() {
         return Err(KafkaError::Unreachable {
             servers: settings.bootstrap_servers.clone(),
@@ -202,7 +184,7 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Cluster, KafkaError> {
         init_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(2),
         base: 2.0,
-        deadline: Some(settings.op_timeout),
+        deadline: Some(settings.timeout),
     };
     let unreachable = |detail: String| KafkaError::Unreachable {
         servers: settings.bootstrap_servers.clone(),
@@ -231,20 +213,17 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Cluster, KafkaError> {
     if let Some(sasl) = settings.security.rskafka_sasl() {
         builder = builder.sasl_config(sasl);
     }
-    let built = tokio::time::timeout(
-        settings.op_timeout + Duration::from_secs(1),
-        builder.build(),
-    )
-    .await;
+    let built =
+        tokio::time::timeout(settings.timeout + Duration::from_secs(1), builder.build()).await;
     match built {
         Ok(Ok(client)) => Ok(Cluster {
             client: Arc::new(client),
-            limit: settings.op_timeout,
+            limit: settings.timeout,
         }),
         Ok(Err(e)) => Err(unreachable(e.to_string())),
         Err(_) => Err(unreachable(format!(
             "no answer within {} s",
-            settings.op_timeout.as_secs()
+            settings.timeout.as_secs()
         ))),
     }
 }
@@ -261,13 +240,13 @@ pub async fn connect(settings: &KafkaSettings) -> Result<Cluster, KafkaError> {
 /// fails here.
 async fn check_security(
     servers: &[String],
-    settings: &KafkaSettings,
+    settings: &Config,
 ) -> Result<Option<String>, ConnError> {
     // A settings problem with one bootstrap server is reported only when no
     // other one answers: rskafka can start from any of them.
     let mut wrong = None;
     let mut last = None;
-    let limit = settings.op_timeout.min(LOOKUP_LIMIT);
+    let limit = settings.timeout.min(LOOKUP_LIMIT);
     for addr in servers {
         let attempt = async {
             match BrokerConn::open(addr, &settings.client_id, limit, &settings.security).await {
@@ -375,7 +354,7 @@ pub struct RecordAndOffset {
 
 /// The cluster, for topics, producing and offsets (through rskafka; reading
 /// is `fetcher`'s). Every call on it, and on the partitions it opens, is
-/// bounded by the `op_timeout` of the settings it was connected with:
+/// bounded by the `timeout` of the settings it was connected with:
 /// rskafka's own deadline bounds only its retry sleeps, and a request on a
 /// silently dead connection has none.
 #[derive(Debug, Clone)]

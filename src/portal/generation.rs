@@ -128,7 +128,7 @@ pub(crate) async fn serve_generation(
     // meanwhile, so the coordinator does not drop us), then commit.
     let _ = stop_tx.send(true);
     ctx.readiness.set_partitions(0);
-    let grace = ctx.cfg.group.shutdown_grace;
+    let grace = ctx.cfg.shutdown_grace;
     if end == GenerationEnd::Shutdown {
         log::info!(
             "shutting down: no new jobs; waiting up to {} s for jobs in flight",

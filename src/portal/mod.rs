@@ -62,7 +62,7 @@ mod replies;
 mod settings;
 mod spool;
 
-pub(crate) use settings::{GroupConfig, Settings, StartFrom};
+pub(crate) use settings::{Settings, StartFrom};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -71,7 +71,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::kafka::group::{GroupSettings, Member};
+use crate::kafka::group::Member;
 use crate::kafka::{self, PartitionCache};
 use crate::portal::admin::{Metrics, Readiness};
 use crate::portal::context::{Ctx, InFlight};
@@ -100,7 +100,7 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
         None => None,
     };
     let kcfg = &cfg.kafka;
-    let cluster = kafka::connect(&kcfg.settings("kafkasend-portal")).await?;
+    let cluster = kafka::connect(kcfg).await?;
     let request_partitions = cluster
         .ensure_topic(
             &kcfg.request_topic,
@@ -161,24 +161,7 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
         cfg,
     });
 
-    let mut member = Member::new(GroupSettings {
-        bootstrap: ctx
-            .cfg
-            .kafka
-            .bootstrap_servers
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect(),
-        group_id: ctx.cfg.group.group_id.clone(),
-        client_id: "kafkasend-portal".into(),
-        session_timeout: ctx.cfg.group.session_timeout,
-        rebalance_timeout: ctx.cfg.group.rebalance_timeout,
-        heartbeat_interval: ctx.cfg.group.session_timeout / 5,
-        // A hung group request must not outlast the session it protects.
-        op_timeout: ctx.cfg.kafka.timeout.min(ctx.cfg.group.session_timeout / 3),
-        security: ctx.cfg.kafka.security.clone(),
-    });
+    let mut member = Member::new(&ctx.cfg.kafka, ctx.cfg.group.clone());
     tokio::pin!(shutdown);
     let mut announced = false;
     let mut failures = 0u32;
@@ -194,7 +177,7 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
                 a
             }
             Err(e) if e.is_fatal() => {
-                ctx.in_flight.wait_idle(ctx.cfg.group.shutdown_grace).await;
+                ctx.in_flight.wait_idle(ctx.cfg.shutdown_grace).await;
                 return Err(e.into());
             }
             Err(e) => {
@@ -245,7 +228,7 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
     // Shut down while joining or between generations: nothing is assigned,
     // so nothing to commit; jobs still running get the grace period, and the
     // group hears at once that this member is gone.
-    let grace = ctx.cfg.group.shutdown_grace;
+    let grace = ctx.cfg.shutdown_grace;
     ctx.in_flight.wait_idle(grace).await;
     match tokio::time::timeout(ctx.cfg.group.session_timeout, member.leave()).await {
         Ok(Ok(())) => log::info!("left group {}; bye", member.group_id()),

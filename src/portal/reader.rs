@@ -73,11 +73,7 @@ pub(crate) async fn read_partition(
         partition,
         assembling: 0,
     };
-    let mut fetcher = Fetcher::new(
-        &ctx.cfg.kafka.settings("kafkasend-portal"),
-        &topic,
-        partition,
-    );
+    let mut fetcher = Fetcher::new(&ctx.cfg.kafka, &topic, partition);
     loop {
         let fetched = tokio::select! {
             _ = stop.changed() => break,

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::kafka;
+use crate::kafka::group::GroupConfig;
 use crate::logging::LogFormat;
 use crate::portal::http_dispatch::tls::ApiTls;
 use crate::portal::http_dispatch::token_cache::OAuthConfig;
@@ -16,24 +17,13 @@ pub(crate) enum StartFrom {
     Earliest,
 }
 
-/// Consumer-group settings of the portal, resolved.
-#[derive(Debug, Clone)]
-pub(crate) struct GroupConfig {
-    /// Group id.
-    pub(crate) group_id: String,
-    /// Session timeout.
-    pub(crate) session_timeout: Duration,
-    /// Time members have to rejoin in a rebalance.
-    pub(crate) rebalance_timeout: Duration,
-    /// Time jobs in flight get on shutdown or revocation.
-    pub(crate) shutdown_grace: Duration,
-}
-
 /// Everything the portal runs with, resolved and checked.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     /// Consumer group.
     pub(crate) group: GroupConfig,
+    /// Time jobs in flight get on shutdown or revocation.
+    pub(crate) shutdown_grace: Duration,
     /// Header carrying the job id, if any.
     pub(crate) idempotency_header: Option<String>,
     /// Kafka side.

@@ -9,7 +9,7 @@ use crate::protocol::wire::{Body, ChunkInfo, EndInfo, Frame, JobId};
 /// Default chunk payload size: 900 KiB leaves headroom under the broker's
 /// default `message.max.bytes` of 1 MiB for the frame header, record key,
 /// headers and batch overhead.
-pub(crate) const DEFAULT_CHUNK_SIZE: usize = 900 * 1024;
+pub const DEFAULT_CHUNK_SIZE: usize = 900 * 1024;
 
 /// Largest chunk size accepted from configuration; a fetch response holding
 /// one such record must fit rskafka's response limit (16 MiB, set in

@@ -126,7 +126,7 @@ async fn send_over(
             let link = match link {
                 Some(link) => link,
                 None => {
-                    opened = Link::open(&cfg.kafka, "kafkasend-send").await?;
+                    opened = Link::open(&cfg.kafka).await?;
                     &opened
                 }
             };

@@ -73,8 +73,7 @@ pub(super) async fn follow_job(
 ) -> Result<Outcome, SendError> {
     let kcfg = &cfg.kafka;
     let limit = kcfg.timeout;
-    let settings = kcfg.settings("kafkasend-wait");
-    let cluster = kafka::connect(&settings).await?;
+    let cluster = kafka::connect(kcfg).await?;
     let resp_parts = cluster
         .partition_count(&kcfg.response_topic)
         .await?
@@ -89,7 +88,7 @@ pub(super) async fn follow_job(
     let from = reply_pc.offset_since(since_ms).await?;
     log::debug!("job {job}: reading reply partition {reply_partition} from offset {from}");
     let (reply_tx, mut reply_rx) = mpsc::channel(8);
-    let fetcher = Fetcher::new(&settings, &kcfg.response_topic, reply_partition);
+    let fetcher = Fetcher::new(kcfg, &kcfg.response_topic, reply_partition);
     let reader = spawn_follower(fetcher, from, job, reply_tx, limit);
     let result = receive(sink, show, cfg, job, VecDeque::new(), &mut reply_rx, report).await;
     drop(reader);
@@ -429,6 +428,7 @@ mod tests {
                 timeout: Duration::from_secs(5),
                 chunk_size: 1024,
                 security: Default::default(),
+                client_id: "test".into(),
             },
             timeout: Duration::from_secs(5),
             signer: None,

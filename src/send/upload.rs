@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use crate::kafka::fetcher::Fetcher;
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::window::ProduceWindow;
-use crate::kafka::{self, KafkaError, KafkaSettings, PartitionCache};
+use crate::kafka::{self, KafkaError, PartitionCache};
 use crate::protocol::chunker::{read_chunk, Chunker};
 use crate::protocol::wire::{self, Body, Frame, JobId, RequestStart};
 use crate::send::output::Sink;
@@ -24,7 +24,7 @@ use crate::send::ui::{Progress, Report};
 /// connection of its own (a `Fetcher`). Meant for one request at a time.
 /// The partition counts are read once, when it opens.
 pub struct Link {
-    settings: KafkaSettings,
+    settings: kafka::Config,
     requests: PartitionCache,
     replies: PartitionCache,
     request_partitions: i32,
@@ -34,8 +34,8 @@ pub struct Link {
 impl Link {
     /// Connects and reads both topics' partition counts (one metadata
     /// request); a missing topic is an error.
-    pub async fn open(kcfg: &kafka::Config, client_id: &str) -> Result<Self, SendError> {
-        let settings = kcfg.settings(client_id);
+    pub async fn open(kcfg: &kafka::Config) -> Result<Self, SendError> {
+        let settings = kcfg.clone();
         let cluster = kafka::connect(&settings).await?;
         let counts = cluster
             .partition_counts(&[&kcfg.request_topic, &kcfg.response_topic])

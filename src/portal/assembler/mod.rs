@@ -62,16 +62,22 @@ pub(crate) struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        let max_chunks = 100_000;
+        let policy = crate::portal::policy::Policy::default();
         Self {
             max_body_bytes: 10 * 1024 * 1024 * 1024,
             spool_threshold: 1024 * 1024,
             spool_dir: None,
             max_jobs: 256,
             idle_timeout: Duration::from_secs(300),
-            max_chunks: 100_000,
+            max_chunks,
             max_spool_bytes: 20 * 1024 * 1024 * 1024,
             max_memory_bytes: 256 * 1024 * 1024,
-            memory_reserve: bookkeeping_bound(100_000, 64, 16 * 1024),
+            memory_reserve: bookkeeping_bound(
+                max_chunks,
+                policy.max_header_count,
+                policy.max_header_bytes,
+            ),
             max_job_age: Duration::from_secs(3600),
         }
     }

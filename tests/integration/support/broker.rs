@@ -160,12 +160,15 @@ pub fn group_tool(args: &[&str]) -> String {
 }
 
 /// Plain-text Kafka client settings for a test reading or writing `topics` directly.
-pub fn kafka_settings(topics: &Topics, client_id: &str) -> kafka::KafkaSettings {
-    kafka::KafkaSettings {
+pub fn kafka_settings(topics: &Topics, client_id: &str) -> kafka::Config {
+    kafka::Config {
         bootstrap_servers: topics.broker().to_string(),
-        op_timeout: Duration::from_secs(30),
-        client_id: client_id.into(),
+        request_topic: topics.request.clone(),
+        response_topic: topics.response.clone(),
+        timeout: Duration::from_secs(30),
+        chunk_size: kafkasend::protocol::chunker::DEFAULT_CHUNK_SIZE,
         security: Default::default(),
+        client_id: client_id.into(),
     }
 }
 
