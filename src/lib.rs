@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! Folders by role; dependencies run one way,
-//! `cli -> {send, portal} -> kafka -> protocol -> util`:
+//! `cli -> {send, portal} -> kafka -> logging -> protocol -> util`, and
+//! `send` and `portal` never use each other (`layering` checks it):
 //!
 //! - [`cli`] is the only module that knows the command line, the TOML file
 //!   and environment-variable names; it resolves them into each role's
@@ -26,10 +27,10 @@ pub mod cli;
 pub mod kafka;
 #[cfg(test)]
 mod layering;
-pub mod logging;
+pub(crate) mod logging;
 pub mod portal;
 pub mod protocol;
 pub mod send;
 #[cfg(test)]
 mod test_support;
-pub mod util;
+pub(crate) mod util;
