@@ -15,7 +15,8 @@
 //!   and checks each job, calls the API and streams the answer back.
 //! - [`kafka`] is the only module that talks Kafka (rskafka, kafka-protocol).
 //! - [`protocol`] is what both sides agree on: frames, chunking, signing.
-//! - [`util`], [`logging`] and [`alloc`] serve every layer.
+//! - [`util`] serves every layer, `logging` (the log format) the layers
+//!   above [`protocol`], and [`alloc`] is `main`'s allocator tuning.
 // The rules every module keeps. No unsafe code, except the allocator
 // tuning in `alloc` (and a test helper), each allowed where it stands with
 // the reason; every public item says what it is.

@@ -25,7 +25,8 @@
 //! [`wait`] skips the first two steps: the job id names the reply partition
 //! and, being a ULID, the time from which to read it.
 //!
-//! Nothing here prints or watches signals: what to show arrives as a
+//! Nothing here prints lines or watches signals (only the progress bars
+//! draw on stderr): what to show arrives as a
 //! [`Show`], and an interrupt as a future that resolves with the signal's
 //! name; whatever is under way is dropped then (and with it a part file).
 

@@ -1,5 +1,5 @@
-//! Helpers with no role: reading settings files, trusting servers, and
-//! error messages that name every cause.
+//! Helpers with no role: reading settings files, trusting servers, error
+//! messages that name every cause, and the one runtime a command runs on.
 
 pub mod file_read;
 pub mod server_trust;

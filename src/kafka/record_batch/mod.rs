@@ -8,8 +8,9 @@
 //! offset the broker lists for an aborted producer until that producer's
 //! abort marker.
 //!
-//! A batch that cannot be read (bad checksum, an unknown codec or format,
-//! data its codec rejects, too large once decompressed) does not stop the
+//! A batch that cannot be read (an unknown codec or format, data its codec
+//! rejects, too large once decompressed; a bad checksum once the caller
+//! chooses to skip it, `Reading::skip_crc_failure`) does not stop the
 //! reader. It comes out as an [`Unreadable`] item in its place, naming its
 //! offsets, why, and the keys of whatever records could still be made out,
 //! and reading goes on after it. No I/O here: `fetcher` hands in the bytes of
