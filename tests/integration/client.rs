@@ -233,21 +233,22 @@ async fn a_damaged_answer_is_refused_with_what_is_wrong_and_leaves_no_output() {
     ];
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("answer.bin");
+    let wait = async |job: JobId| {
+        let job = job.to_string();
+        let args = [
+            "wait",
+            &job,
+            "--timeout",
+            "60",
+            "-o",
+            output.to_str().unwrap(),
+        ];
+        kafkasend_cmd(&topics, &args).await
+    };
     for (damage, why) in &cases {
         let job = JobId::new();
         forge_answer(&reply, job, damage).await;
-        let out = kafkasend_cmd(
-            &topics,
-            &[
-                "wait",
-                &job.to_string(),
-                "--timeout",
-                "60",
-                "-o",
-                output.to_str().unwrap(),
-            ],
-        )
-        .await;
+        let out = wait(job).await;
         assert_eq!(out.code, 4, "{why}: {}", out.stderr);
         assert!(
             out.stderr
@@ -265,18 +266,7 @@ async fn a_damaged_answer_is_refused_with_what_is_wrong_and_leaves_no_output() {
     // The same answer undamaged is taken whole.
     let job = JobId::new();
     forge_answer(&reply, job, &Damage::default()).await;
-    let out = kafkasend_cmd(
-        &topics,
-        &[
-            "wait",
-            &job.to_string(),
-            "--timeout",
-            "60",
-            "-o",
-            output.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let out = wait(job).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(std::fs::read(&output).unwrap(), b"abcdefgh");
 }
