@@ -227,6 +227,12 @@ fn print_notice(n: Notice<'_>) {
             names.join(", "),
             if names.len() == 1 { "it" } else { "them" }
         ),
+        Notice::PortalDroppedHeaders(names) => eprintln!(
+            "{}",
+            one_line(&format!(
+                "kafkasend: warning: the portal did not forward {names} to the API (not in its PORTAL_ALLOWED_HEADERS, or never forwarded)"
+            ))
+        ),
         Notice::Status(status) => {
             let reason = hyper::StatusCode::from_u16(status)
                 .ok()

@@ -153,7 +153,17 @@ impl<'a> ReplyWriter<'a> {
     /// Holds a frame, producing what is held first if both would not fit
     /// one batch.
     pub(crate) async fn push(&mut self, frame: &Frame, payload: &[u8]) -> Result<(), Unsent> {
-        let record = record(frame, payload, &[]);
+        self.push_with_headers(frame, payload, &[]).await
+    }
+
+    /// Like [`ReplyWriter::push`], with Kafka record headers on the record.
+    pub(crate) async fn push_with_headers(
+        &mut self,
+        frame: &Frame,
+        payload: &[u8],
+        headers: &[(&str, Vec<u8>)],
+    ) -> Result<(), Unsent> {
+        let record = record(frame, payload, headers);
         if self.held.would_overflow(record.value_len(), self.batch_max) {
             self.flush().await?;
         }

@@ -16,7 +16,7 @@ use crate::portal::context::{queue_slot, settle, Ctx};
 use crate::portal::ledger::Progress;
 use crate::portal::replies::{reply_partition, report_error_reply, send_error, ReplyTo};
 use crate::protocol::chunker::Chunker;
-use crate::protocol::wire::{Body, Frame, ResponseStart};
+use crate::protocol::wire::{Body, Frame, ResponseStart, DROPPED_HEADERS_HEADER};
 use crate::protocol::{ErrorCategory, Failure};
 
 /// How long a partial response chunk waits, from its first bytes, before it
@@ -201,7 +201,13 @@ async fn answer(ctx: &Ctx, pc: &Partition, job: &CompletedJob) -> Result<(u16, u
     };
     let chunk_size = ctx.cfg.kafka.chunk_size;
     let mut out = ReplyWriter::new(pc, chunk_size);
-    out.push(&start, &[]).await?;
+    // Names only: values the caller sent may be credentials.
+    let dropped = ctx.dispatcher.header_plan(&job.start).dropped_line();
+    let record_headers: Vec<(&str, Vec<u8>)> = dropped
+        .map(|line| (DROPPED_HEADERS_HEADER, line.into_bytes()))
+        .into_iter()
+        .collect();
+    out.push_with_headers(&start, &[], &record_headers).await?;
 
     let mut chunker = Chunker::new(job.job, 1);
     let mut buf: Vec<u8> = Vec::with_capacity(chunk_size);

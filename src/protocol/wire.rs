@@ -30,6 +30,15 @@ pub const REPLY_TO_HEADER: &str = "kafkasend-reply-to";
 /// (see `signing`); like the reply-to header, it is outside the versioned frame.
 pub const SIGNATURE_HEADER: &str = "kafkasend-signature";
 
+/// Kafka record header on a `ResponseStart` record naming the request
+/// headers the portal did not forward, as `A, B`; like the reply-to header it
+/// is outside the versioned frame, so older clients ignore it.
+pub const DROPPED_HEADERS_HEADER: &str = "kafkasend-dropped-headers";
+
+/// Most bytes of a `kafkasend-dropped-headers` value a client shows; a
+/// portal writes less (`policy::MAX_DROPPED_NAMES_BYTES` and a count).
+pub(crate) const MAX_DROPPED_HEADERS_BYTES: usize = 2048;
+
 /// Most HTTP headers a request may carry and always decode: the largest
 /// `PORTAL_MAX_HEADER_COUNT`.
 pub(crate) const MAX_HEADERS: usize = 10_000;
@@ -293,6 +302,16 @@ pub(crate) fn parse_reply_to(value: &[u8]) -> Option<(String, i32)> {
     (p >= 0 && !t.is_empty()).then(|| (t.to_string(), p))
 }
 
+/// Reads a `kafkasend-dropped-headers` value as text, cut to
+/// [`MAX_DROPPED_HEADERS_BYTES`]; `None` when it says nothing. The text is
+/// still the network's: a caller shows it only through a one-line filter.
+pub(crate) fn parse_dropped_headers(value: &[u8]) -> Option<String> {
+    let cut = &value[..value.len().min(MAX_DROPPED_HEADERS_BYTES)];
+    let text = String::from_utf8_lossy(cut);
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
 /// CRC32C of a chunk payload.
 pub fn checksum(data: &[u8]) -> u32 {
     crc32c::crc32c(data)
@@ -301,6 +320,24 @@ pub fn checksum(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dropped_headers_value_is_cut_and_read_as_text() {
+        assert_eq!(parse_dropped_headers(b""), None);
+        assert_eq!(parse_dropped_headers(b"  "), None);
+        assert_eq!(
+            parse_dropped_headers(b"X-Foo, X-Bar").as_deref(),
+            Some("X-Foo, X-Bar")
+        );
+        // Not UTF-8, or far too long: still one bounded string, never a panic.
+        assert_eq!(
+            parse_dropped_headers(b"X-\xff\xfe").as_deref(),
+            Some("X-\u{fffd}\u{fffd}")
+        );
+        let huge = vec![b'A'; 1 << 20];
+        let shown = parse_dropped_headers(&huge).unwrap();
+        assert_eq!(shown.len(), MAX_DROPPED_HEADERS_BYTES);
+    }
     use crate::protocol::ErrorCategory;
     use proptest::prelude::*;
 

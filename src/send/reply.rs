@@ -44,6 +44,9 @@ impl Drop for AbortOnDrop {
 /// One item from the reply reader.
 pub(super) enum Reply {
     Frame(Frame, Vec<u8>),
+    /// The portal did not forward these request headers (the
+    /// `kafkasend-dropped-headers` value of the start record that follows).
+    Dropped(String),
     Broken(String),
     /// Reading the reply partition fails; the reader keeps retrying.
     Trouble(Trouble),
@@ -168,6 +171,17 @@ async fn follow_replies(
             let item = match rec.record.value.as_deref().map(wire::decode) {
                 Some(Ok((frame, payload))) if frame.job == job => {
                     last = matches!(frame.body, Body::End(_) | Body::Error(_));
+                    let dropped = rec
+                        .record
+                        .headers
+                        .get(wire::DROPPED_HEADERS_HEADER)
+                        .filter(|_| matches!(frame.body, Body::ResponseStart(_)))
+                        .and_then(|v| wire::parse_dropped_headers(v));
+                    if let Some(names) = dropped {
+                        if tx.send(Reply::Dropped(names)).await.is_err() {
+                            return;
+                        }
+                    }
                     Reply::Frame(frame, payload.to_vec())
                 }
                 Some(Ok(_)) => Reply::Broken("a reply record's key and job id disagree".into()),
@@ -257,6 +271,7 @@ pub(super) async fn receive(
     let mut status: Option<u16> = None;
     let mut check = BodyCheck::new();
     let started = Instant::now();
+    let mut warned_dropped = false;
     loop {
         let item = match early.pop_front() {
             Some(r) => r,
@@ -291,6 +306,14 @@ pub(super) async fn receive(
                 trouble = None;
                 idle_deadline = tokio::time::Instant::now() + cfg.timeout;
                 (f, p)
+            }
+            Reply::Dropped(names) => {
+                // Once, though a second answer may say it again.
+                if !warned_dropped {
+                    show.notice(Notice::PortalDroppedHeaders(&names));
+                    warned_dropped = true;
+                }
+                continue;
             }
             Reply::Broken(why) => return Err(SendError::Integrity(why)),
             Reply::Trouble(why) => {

@@ -85,6 +85,9 @@ pub enum Notice<'a> {
     /// These `-H` headers were left out: no portal forwards them. Names
     /// only, since their values may be credentials.
     DroppedHeaders(&'a [String]),
+    /// The portal did not forward these request headers to the API, as it
+    /// reported them (names only, from the network: show it as one safe line).
+    PortalDroppedHeaders(&'a str),
     /// The response arrived with this HTTP status; its body follows.
     Status(u16),
 }

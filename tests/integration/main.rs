@@ -5,6 +5,7 @@
 mod admin;
 mod cli;
 mod client;
+mod content_type;
 mod files;
 mod group;
 mod kafka_read;

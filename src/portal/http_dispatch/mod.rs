@@ -25,7 +25,9 @@ use std::future::Future as _;
 use crate::portal::assembler::CompletedJob;
 use crate::portal::http_dispatch::client::{full_body, with_tls_hint, DispatchBody, HttpClient};
 use crate::portal::http_dispatch::token_cache::TokenCache;
+use crate::portal::policy::{plan_headers, HeaderPlan};
 use crate::portal::spool::{SpoolFile, SpooledBody};
+use crate::protocol::wire::RequestStart;
 use crate::protocol::{ErrorCategory, Failure};
 use crate::util::error_chain;
 
@@ -218,16 +220,11 @@ impl Dispatcher {
         token: Option<&str>,
     ) -> Result<Request<DispatchBody>, Failure> {
         let mut builder = Request::builder().method(method.clone()).uri(url);
-        for (name, value) in &job.start.headers {
-            let lower = name.to_ascii_lowercase();
-            let is_idempotency = self
-                .idempotency_header
-                .as_ref()
-                .is_some_and(|h| h.as_str() == lower);
-            if is_idempotency || !crate::portal::policy::forwards(&lower, &self.allowed_headers) {
-                log::debug!("job {}: dropping header {name}", job.job);
-                continue;
-            }
+        let plan = self.header_plan(&job.start);
+        if let Some(line) = plan.dropped_line() {
+            log::debug!("job {}: not forwarding headers {line}", job.job);
+        }
+        for (name, value) in plan.forward {
             let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
@@ -261,6 +258,15 @@ impl Dispatcher {
         builder
             .body(body)
             .map_err(|e| Failure::new(ErrorCategory::BadRequest, format!("invalid request: {e}")))
+    }
+
+    /// Which of the request's headers the API receives, and which it does not.
+    pub(crate) fn header_plan<'a>(&self, start: &'a RequestStart) -> HeaderPlan<'a> {
+        plan_headers(
+            start,
+            &self.allowed_headers,
+            self.idempotency_header.as_ref().map(HeaderName::as_str),
+        )
     }
 
     /// Joins the target URL and a request path, refusing paths that could

@@ -41,6 +41,38 @@ impl EndpointRule {
     }
 }
 
+impl EndpointRule {
+    /// When this pattern means something else than the Python tool's
+    /// shell-style one (whose `*` also matched `/`): what it matches now
+    /// and how to write the old meaning.
+    pub(crate) fn python_difference(&self) -> Option<String> {
+        let p = self.pattern.as_bytes();
+        let single = (0..p.len())
+            .any(|i| p[i] == b'*' && (i == 0 || p[i - 1] != b'*') && p.get(i + 1) != Some(&b'*'));
+        if !single {
+            return None;
+        }
+        // Doubling each single `*` gives it back the power to cross `/`.
+        let mut old = String::with_capacity(self.pattern.len() + 4);
+        let mut rest = self.pattern.as_str();
+        while let Some(at) = rest.find('*') {
+            old.push_str(&rest[..at]);
+            let run = rest[at..].bytes().take_while(|&b| b == b'*').count();
+            old.push_str(if run == 1 { "**" } else { &rest[at..at + run] });
+            rest = &rest[at + run..];
+        }
+        old.push_str(rest);
+        let methods = if self.methods.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", self.methods.join(","))
+        };
+        Some(format!(
+            "PORTAL_ALLOWED_ENDPOINTS entry '{self}': '*' matches within one path segment here (so '/api/*' allows /api/a but not /api/a/b), while the Python tool's '*' also matched '/'; for that meaning write '{methods}{old}'"
+        ))
+    }
+}
+
 impl std::fmt::Display for EndpointRule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.methods.is_empty() {
@@ -63,6 +95,11 @@ pub(crate) fn parse_endpoints(spec: &str) -> Result<Vec<EndpointRule>, String> {
                 pattern.trim()
             }
             None if piece.starts_with('/') => piece,
+            None if piece != "*" && piece.contains(['/', '*']) => {
+                return Err(format!(
+                    "'{piece}' is not a path pattern; patterns start with '/' (write '/{piece}')"
+                ));
+            }
             None => {
                 methods.push(parse_method(piece)?);
                 continue;
@@ -73,11 +110,7 @@ pub(crate) fn parse_endpoints(spec: &str) -> Result<Vec<EndpointRule>, String> {
                 "'{pattern}' is not a path pattern; patterns start with '/' (e.g. 'POST /api/upload')"
             ));
         }
-        if pattern.contains('?') {
-            return Err(format!(
-                "'{pattern}': patterns match the path only; leave the query out"
-            ));
-        }
+        unsupported_glob(pattern)?;
         let named = std::mem::take(&mut methods);
         let methods = if named.iter().any(|m| m == "*") {
             Vec::new()
@@ -89,6 +122,13 @@ pub(crate) fn parse_endpoints(spec: &str) -> Result<Vec<EndpointRule>, String> {
             pattern: pattern.to_string(),
         });
     }
+    if methods.iter().any(|m| m == "*") {
+        // The Python tool's way of allowing everything.
+        return Err(
+            "'*' alone is not a path pattern; patterns start with '/': to allow every path write '/**'"
+                .into(),
+        );
+    }
     if !methods.is_empty() {
         return Err(format!(
             "methods {} are not followed by a path pattern",
@@ -96,6 +136,28 @@ pub(crate) fn parse_endpoints(spec: &str) -> Result<Vec<EndpointRule>, String> {
         ));
     }
     Ok(rules)
+}
+
+/// Refuses glob syntax the Python tool's shell-style patterns had and these
+/// do not, rather than matching it literally: a pattern copied over must
+/// not silently stop allowing what it allowed there.
+fn unsupported_glob(pattern: &str) -> Result<(), String> {
+    if pattern.contains('?') {
+        return Err(format!(
+            "'{pattern}': '?' is not supported: patterns match the path only (leave a query out), and there is no one-character wildcard; write '*' (any characters within one segment)"
+        ));
+    }
+    if pattern.contains(['[', ']']) {
+        return Err(format!(
+            "'{pattern}': character classes ('[...]') are not supported; write one entry per path, or '*' (any characters within one segment)"
+        ));
+    }
+    if pattern.contains(['{', '}']) {
+        return Err(format!(
+            "'{pattern}': alternatives ('{{a,b}}') are not supported; write one entry per alternative"
+        ));
+    }
+    Ok(())
 }
 
 fn parse_method(m: &str) -> Result<String, String> {
@@ -192,6 +254,7 @@ impl Policy {
         }
         validate_path(&start.path)?;
         self.check_headers(&start.headers)?;
+        self.check_content_type(start)?;
         let path = start.path.split('?').next().unwrap_or(&start.path);
         if !self.endpoints.iter().any(|r| r.allows(method, path)) {
             let why = if self.endpoints.is_empty() {
@@ -242,6 +305,38 @@ impl Policy {
         Ok(())
     }
 
+    /// Checks the Content-Type the API will receive: for a request with a
+    /// body it is the body's type and always forwarded, so it must be one
+    /// well-formed media type; without a body only when the allow-list
+    /// forwards it.
+    fn check_content_type(&self, start: &RequestStart) -> Result<(), Failure> {
+        if !(start.has_body || forwards(CONTENT_TYPE, &self.allowed_headers)) {
+            return Ok(());
+        }
+        let mut types = start
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(CONTENT_TYPE))
+            .map(|(_, v)| v.as_str());
+        let Some(first) = types.next() else {
+            return Ok(());
+        };
+        let more = types.count();
+        if more > 0 {
+            return Err(Failure::bad_request(format!(
+                "the request has {} Content-Type headers; a body has one type, so send one",
+                more + 1
+            )));
+        }
+        media_type(first).map_err(|why| {
+            let shown: String = first.chars().take(200).collect();
+            Failure::bad_request(format!(
+                "Content-Type '{}' is not a valid media type: {why}",
+                shown.escape_debug()
+            ))
+        })
+    }
+
     /// Says loudly at start what the policy allows.
     pub(crate) fn announce(&self) {
         if self.endpoints.is_empty() && self.strict {
@@ -257,6 +352,11 @@ impl Policy {
             let list: Vec<String> = self.endpoints.iter().map(ToString::to_string).collect();
             log::info!("allowed endpoints: {}", list.join(", "));
         }
+        for rule in &self.endpoints {
+            if let Some(note) = rule.python_difference() {
+                log::warn!("{note}");
+            }
+        }
         let useless: Vec<&str> = self
             .allowed_headers
             .iter()
@@ -270,6 +370,159 @@ impl Policy {
             );
         }
     }
+}
+
+/// The header that names a body's media type.
+const CONTENT_TYPE: &str = "content-type";
+
+/// Most bytes of header names reported back as not forwarded; the rest are
+/// counted, not named.
+pub(crate) const MAX_DROPPED_NAMES_BYTES: usize = 1024;
+
+/// A request's headers sorted into those the API receives and the names of
+/// those it does not.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct HeaderPlan<'a> {
+    /// Headers forwarded, in the order sent.
+    pub(crate) forward: Vec<(&'a str, &'a str)>,
+    /// Names of the headers left out, each once, as the sender spelled it.
+    pub(crate) dropped: Vec<&'a str>,
+}
+
+impl HeaderPlan<'_> {
+    /// The dropped names as one line, `A, B`, at most
+    /// [`MAX_DROPPED_NAMES_BYTES`] of names, then how many more; `None`
+    /// when nothing was dropped.
+    pub(crate) fn dropped_line(&self) -> Option<String> {
+        let (&first, rest) = self.dropped.split_first()?;
+        let mut line = first
+            .chars()
+            .take(MAX_DROPPED_NAMES_BYTES)
+            .collect::<String>();
+        let mut left = rest.len();
+        for name in rest {
+            if line.len() + 2 + name.len() > MAX_DROPPED_NAMES_BYTES {
+                break;
+            }
+            line.push_str(", ");
+            line.push_str(name);
+            left -= 1;
+        }
+        if left > 0 {
+            line.push_str(&format!(" and {left} more"));
+        }
+        Some(line)
+    }
+}
+
+/// Sorts a request's headers: the body's Content-Type always passes with a
+/// body (it is the body's, as the Python portal set it itself), the others
+/// as the allow-list `allowed` says; `replaced`, the header the portal
+/// fills itself (the idempotency key), never passes.
+pub(crate) fn plan_headers<'a>(
+    start: &'a RequestStart,
+    allowed: &[String],
+    replaced: Option<&str>,
+) -> HeaderPlan<'a> {
+    let mut plan = HeaderPlan::default();
+    for (name, value) in &start.headers {
+        let lower = name.to_ascii_lowercase();
+        let passes = replaced != Some(lower.as_str())
+            && ((start.has_body && lower == CONTENT_TYPE) || forwards(&lower, allowed));
+        if passes {
+            plan.forward.push((name, value));
+        } else if !plan.dropped.iter().any(|d| d.eq_ignore_ascii_case(name)) {
+            plan.dropped.push(name);
+        }
+    }
+    plan
+}
+
+/// Checks a media type as RFC 9110 writes it: `type/subtype`, then
+/// `; name=value` parameters whose value is a token or a quoted string,
+/// printable ASCII only; a multipart type must name its boundary.
+fn media_type(value: &str) -> Result<(), String> {
+    fn is_tchar(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    }
+    fn token(s: &[u8], at: &mut usize) -> usize {
+        let start = *at;
+        while s.get(*at).copied().is_some_and(is_tchar) {
+            *at += 1;
+        }
+        *at - start
+    }
+    fn skip_ows(s: &[u8], at: &mut usize) {
+        while matches!(s.get(*at), Some(b' ' | b'\t')) {
+            *at += 1;
+        }
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_graphic() || *c == ' ' || *c == '\t'))
+    {
+        return Err(format!(
+            "it contains {}; only printable ASCII is allowed",
+            if c.is_control() {
+                "a control character".to_string()
+            } else {
+                format!("'{c}'")
+            }
+        ));
+    }
+    let s = value.trim_matches([' ', '\t']).as_bytes();
+    let mut at = 0;
+    let kind_at = at;
+    if token(s, &mut at) == 0 || s.get(at) != Some(&b'/') {
+        return Err("it must start with type/subtype, e.g. 'text/plain'".into());
+    }
+    let kind = &s[kind_at..at];
+    at += 1;
+    if token(s, &mut at) == 0 {
+        return Err("it must start with type/subtype, e.g. 'text/plain'".into());
+    }
+    let mut boundary = false;
+    loop {
+        skip_ows(s, &mut at);
+        if at == s.len() {
+            break;
+        }
+        if s[at] != b';' {
+            return Err(format!(
+                "unexpected '{}' after the type; parameters follow ';' as name=value",
+                s[at] as char
+            ));
+        }
+        at += 1;
+        skip_ows(s, &mut at);
+        if at == s.len() || s[at] == b';' {
+            continue;
+        }
+        let name_at = at;
+        if token(s, &mut at) == 0 || s.get(at) != Some(&b'=') {
+            return Err("a parameter must be name=value".into());
+        }
+        boundary |= s[name_at..at].eq_ignore_ascii_case(b"boundary");
+        at += 1;
+        if s.get(at) == Some(&b'"') {
+            at += 1;
+            loop {
+                match s.get(at) {
+                    None => return Err("a quoted parameter value is not closed".into()),
+                    Some(b'"') => break,
+                    Some(b'\\') => at += 2,
+                    Some(_) => at += 1,
+                }
+            }
+            at += 1;
+        } else if token(s, &mut at) == 0 {
+            return Err("a parameter has no value".into());
+        }
+    }
+    if kind.eq_ignore_ascii_case(b"multipart") && !boundary {
+        return Err("a multipart type must name its boundary (boundary=...)".into());
+    }
+    Ok(())
 }
 
 /// Whether a header named `name` is forwarded under the allow-list

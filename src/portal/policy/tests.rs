@@ -381,3 +381,187 @@ fn stripped_headers_never_pass_whatever_the_list() {
     assert!(forwards("Content-Type", &all));
     assert!(!forwards("X-Other", &all));
 }
+
+#[test]
+fn unsupported_glob_syntax_is_refused_naming_the_entry_and_the_way_out() {
+    for (spec, entry, advice) in [
+        ("GET /api/item?", "/api/item?", "write '*'"),
+        ("/api/[ab]/x", "/api/[ab]/x", "one entry per path"),
+        ("/api/x]", "/api/x]", "character classes"),
+        ("POST /api/{a", "/api/{a", "one entry per alternative"),
+        ("/api/a}", "/api/a}", "alternatives"),
+    ] {
+        let e = parse_endpoints(spec).unwrap_err();
+        assert!(e.contains(entry), "{spec}: {e}");
+        assert!(e.contains(advice), "{spec}: {e}");
+    }
+    // The Python tool's catch-all and its slash-less patterns.
+    for (spec, advice) in [
+        ("*", "write '/**'"),
+        ("POST /x, *", "write '/**'"),
+        ("api/upload", "write '/api/upload'"),
+        ("api/*", "write '/api/*'"),
+    ] {
+        let e = parse_endpoints(spec).unwrap_err();
+        assert!(e.contains(advice), "{spec}: {e}");
+    }
+}
+
+#[test]
+fn patterns_whose_meaning_changed_say_how_to_keep_the_old_one() {
+    let difference = |spec: &str| parse_endpoints(spec).unwrap()[0].python_difference();
+    for (spec, old) in [
+        ("/api/*", "'/api/**'"),
+        ("GET,POST /api/*", "'GET,POST /api/**'"),
+        ("/*", "'/**'"),
+        ("/files/*.pdf", "'/files/**.pdf'"),
+        ("/a/*/b/**", "'/a/**/b/**'"),
+    ] {
+        let note = difference(spec).unwrap_or_else(|| panic!("{spec}: no warning"));
+        assert!(note.contains(&format!("entry '{spec}'")), "{note}");
+        assert!(note.contains("within one path segment"), "{note}");
+        assert!(note.ends_with(&format!("write {old}")), "{note}");
+        // The old meaning, written as advised, does match a nested path.
+        let advised = old.trim_matches('\'').rsplit(' ').next().unwrap();
+        let rule = &parse_endpoints(advised).unwrap()[0];
+        assert!(
+            rule.allows("GET", &advised.replace("**", "x/y")),
+            "{advised}"
+        );
+    }
+    for spec in ["/api/upload", "/api/**", "/**"] {
+        assert_eq!(difference(spec), None, "{spec}");
+    }
+}
+
+fn with_body(mut s: RequestStart) -> RequestStart {
+    s.has_body = true;
+    s
+}
+
+#[test]
+fn a_bodys_content_type_must_be_one_valid_media_type() {
+    let policy = Policy {
+        strict: false,
+        allowed_headers: vec!["x-request-id".into()],
+        ..Policy::default()
+    };
+    let job = JobId::new();
+    for good in [
+        "application/octet-stream",
+        "text/plain; charset=utf-8",
+        "multipart/form-data; boundary=kafkasend-01J",
+        "multipart/form-data; boundary=\"a b;c\\\"d\"",
+        "application/vnd.api+json;v=2",
+        "Text/Plain ; charset=\"x\" ;",
+    ] {
+        let s = with_body(start("POST", "/", &[("Content-Type", good)]));
+        assert!(policy.check(job, &s).is_ok(), "{good}");
+    }
+    for (bad, why) in [
+        ("text", "type/subtype"),
+        ("/plain", "type/subtype"),
+        ("text/", "type/subtype"),
+        ("text/plain extra", "unexpected 'e'"),
+        ("text/plain; charset", "name=value"),
+        ("text/plain; charset=", "no value"),
+        ("text/plain; a=\"open", "not closed"),
+        ("multipart/form-data", "boundary"),
+        ("multipart/mixed; charset=x", "boundary"),
+        ("text/pl\u{e4}in", "printable ASCII"),
+        ("text/plain;\u{7f}", "control character"),
+    ] {
+        let s = with_body(start("POST", "/", &[("Content-Type", bad)]));
+        let e = policy.check(job, &s).unwrap_err();
+        assert_eq!(e.category, ErrorCategory::BadRequest, "{bad}");
+        assert!(e.message.contains("Content-Type"), "{bad}: {e}");
+        assert!(e.message.contains(why), "{bad}: {e}");
+    }
+    // Header injection is refused before the type is even read.
+    let s = with_body(start(
+        "POST",
+        "/",
+        &[("Content-Type", "text/plain\r\nX-Evil: 1")],
+    ));
+    assert_eq!(
+        policy.check(job, &s).unwrap_err().category,
+        ErrorCategory::BadRequest
+    );
+    let two = with_body(start(
+        "POST",
+        "/",
+        &[
+            ("Content-Type", "text/plain"),
+            ("content-type", "text/html"),
+        ],
+    ));
+    let e = policy.check(job, &two).unwrap_err();
+    assert!(e.message.contains("2 Content-Type headers"), "{e}");
+    // Without a body and off the allow-list it is dropped, not judged.
+    assert!(policy
+        .check(job, &start("GET", "/", &[("Content-Type", "nonsense")]))
+        .is_ok());
+    let listing = Policy {
+        strict: false,
+        ..Policy::default()
+    };
+    assert!(listing
+        .check(job, &start("GET", "/", &[("Content-Type", "nonsense")]))
+        .is_err());
+}
+
+#[test]
+fn the_plan_forwards_a_bodys_type_and_names_what_it_drops() {
+    let allowed: Vec<String> = vec!["x-request-id".into(), "idempotency-key".into()];
+    let s = with_body(start(
+        "POST",
+        "/",
+        &[
+            ("Content-Type", "multipart/form-data; boundary=b"),
+            ("X-Request-ID", "r-1"),
+            ("X-Custom", "secret value"),
+            ("x-custom", "again"),
+            ("Idempotency-Key", "mine"),
+            ("Accept", "*/*"),
+        ],
+    ));
+    let plan = plan_headers(&s, &allowed, Some("idempotency-key"));
+    assert_eq!(
+        plan.forward,
+        vec![
+            ("Content-Type", "multipart/form-data; boundary=b"),
+            ("X-Request-ID", "r-1")
+        ]
+    );
+    assert_eq!(plan.dropped, vec!["X-Custom", "Idempotency-Key", "Accept"]);
+    let line = plan.dropped_line().unwrap();
+    assert_eq!(line, "X-Custom, Idempotency-Key, Accept");
+    assert!(!line.contains("secret"));
+    // Without a body, Content-Type follows the list like any header.
+    let get = start("GET", "/", &[("Content-Type", "text/plain")]);
+    let plan = plan_headers(&get, &allowed, None);
+    assert!(plan.forward.is_empty());
+    assert_eq!(plan.dropped_line().as_deref(), Some("Content-Type"));
+    let plan = plan_headers(&get, &["content-type".to_string()], None);
+    assert_eq!(plan.dropped_line(), None);
+}
+
+#[test]
+fn a_huge_dropped_list_is_cut_and_counted() {
+    let names: Vec<String> = (0..5000).map(|i| format!("X-Header-{i:05}")).collect();
+    let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    let s = start("GET", "/", &headers);
+    let plan = plan_headers(&s, &[], None);
+    assert_eq!(plan.dropped.len(), 5000);
+    let line = plan.dropped_line().unwrap();
+    let (named, more) = line.rsplit_once(" and ").unwrap();
+    assert!(named.len() <= MAX_DROPPED_NAMES_BYTES, "{}", named.len());
+    let shown = named.split(", ").count();
+    assert_eq!(more, format!("{} more", 5000 - shown));
+    assert!(named.starts_with("X-Header-00000, X-Header-00001"));
+    // One name longer than the cap is cut too.
+    let long = "X".repeat(5000);
+    let s = start("GET", "/", &[(long.as_str(), "v")]);
+    let line = plan_headers(&s, &[], None).dropped_line().unwrap();
+    assert_eq!(line.len(), MAX_DROPPED_NAMES_BYTES);
+}

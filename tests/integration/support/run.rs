@@ -178,7 +178,7 @@ pub async fn kafkasend_cmd(topics: &Topics, args: &[&str]) -> SendResult {
 
 /// Runs `kafkasend ARGS` with extra environment variables to completion,
 /// within [`WAIT`]; the process is killed if the test gives up first.
-async fn run_with_env(topics: &Topics, env: &[(&str, String)], args: &[&str]) -> SendResult {
+pub async fn run_with_env(topics: &Topics, env: &[(&str, String)], args: &[&str]) -> SendResult {
     let mut cmd = tokio::process::Command::from(kafkasend(topics));
     cmd.args(args).kill_on_drop(true);
     for (k, v) in env {
