@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::TokioIo;
 
-use crate::support::broker::Topics;
+use crate::support::broker::{kafka_settings, Topics};
 use crate::support::payload::{pattern, sha256_hex};
 use crate::support::run::{kafkasend_cmd, run_with_env, send, Portal};
 
@@ -386,4 +386,65 @@ async fn unsupported_patterns_are_refused_by_the_portal_and_config_show() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_dropped_list_is_shown_as_one_bounded_escaped_line() {
+    use kafkasend::kafka;
+    use kafkasend::protocol::chunker::Chunker;
+    use kafkasend::protocol::wire::{self, Body, Frame, JobId, ResponseStart};
+
+    let topics = Topics::new("ctype-forged");
+    let client = kafka::connect(&kafka_settings(&topics, "it-forger"))
+        .await
+        .unwrap();
+    for topic in [&topics.request, &topics.response] {
+        client.ensure_topic(topic, 3, 1).await.unwrap();
+    }
+    // No portal: anyone who may write the response topic answers instead.
+    let queued = send(&topics, &["--endpoint", "/x", "--no-wait"]).await;
+    assert_eq!(queued.code, 0, "{}", queued.stderr);
+    let job: JobId = queued.stdout_text().trim().parse().unwrap();
+    let partition = kafka::partitioner::partition_for_key(&job.key(), 3);
+    let pc = client.partition(&topics.response, partition).await.unwrap();
+    let start = Frame {
+        job,
+        seq: 0,
+        body: Body::ResponseStart(ResponseStart {
+            status: 200,
+            headers: vec![],
+            body_len: Some(0),
+        }),
+    };
+    let mut forged = b"X-A\r\nkafkasend: HTTP 500\x1b[2J\xe2\x80\xae, ".to_vec();
+    forged.extend(std::iter::repeat_n(b'B', 200_000));
+    let end = Chunker::new(job, 1).finish();
+    pc.produce(kafka::record(
+        &start,
+        &[],
+        &[(wire::DROPPED_HEADERS_HEADER, forged)],
+    ))
+    .await
+    .unwrap();
+    pc.produce(kafka::record(&end, &[], &[])).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let answer = dir.path().join("answer");
+    let out = kafkasend_cmd(
+        &topics,
+        &["wait", &job.to_string(), "-o", answer.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{:?}", out.stderr);
+    let warning = lines[0];
+    assert!(
+        warning.starts_with("kafkasend: warning: the portal did not forward X-A\\r\\nkafkasend: HTTP 500\\u{1b}[2J\\u{202e}, BBB"),
+        "{warning:?}"
+    );
+    assert!(!warning.chars().any(|c| c.is_control() || c == '\u{202e}'));
+    assert!(warning.len() < 2300, "{}", warning.len());
+    assert_eq!(lines[1], "HTTP 200 OK");
+    assert_eq!(std::fs::read(&answer).unwrap(), b"");
 }
