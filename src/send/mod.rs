@@ -17,7 +17,9 @@
 //!    record, the body's chunks (a few produce calls in flight, read from
 //!    disk as they go) and the end record are produced. A portal that
 //!    refuses the job says so during the upload, which then stops.
-//! 3. [`reply`] receives the answer in record order: the status, then each
+//! 3. [`reply`] receives the answer in record order: the status (with the
+//!    request headers the portal did not forward, named in a
+//!    [`Notice::PortalDroppedHeaders`]), then each
 //!    chunk checked and streamed to its destination, then the end record,
 //!    which must agree on length and SHA-256 before a file output is renamed
 //!    into place. The wait ends `--timeout` after the last record of the job.
