@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, USER_AGENT};
 use hyper::{Method, Request, Response};
 use std::future::Future as _;
 
@@ -28,6 +28,11 @@ use crate::portal::http_dispatch::token_cache::TokenCache;
 use crate::portal::spool::{SpoolFile, SpooledBody};
 use crate::protocol::{ErrorCategory, Failure};
 use crate::util::error_chain;
+
+/// The User-Agent of API calls whose sender's is not forwarded (not in
+/// `PORTAL_ALLOWED_HEADERS`, or none sent): some APIs refuse a request
+/// without one, and it tells the API's operators who calls.
+const PORTAL_USER_AGENT: &str = concat!("kafkasend-portal/", env!("CARGO_PKG_VERSION"));
 
 /// Streams `len` bytes of a spool file from its start. Reads are positional
 /// (`pread`), so each body keeps its own position: a retry after a 401 reads
@@ -218,6 +223,7 @@ impl Dispatcher {
         token: Option<&str>,
     ) -> Result<Request<DispatchBody>, Failure> {
         let mut builder = Request::builder().method(method.clone()).uri(url);
+        let mut agent_forwarded = false;
         for (name, value) in &job.start.headers {
             let lower = name.to_ascii_lowercase();
             let is_idempotency = self
@@ -237,7 +243,11 @@ impl Dispatcher {
                     format!("header '{name}' is not a valid HTTP header"),
                 ));
             };
+            agent_forwarded |= n == USER_AGENT;
             builder = builder.header(n, v);
+        }
+        if !agent_forwarded {
+            builder = builder.header(USER_AGENT, HeaderValue::from_static(PORTAL_USER_AGENT));
         }
         if let Some(name) = &self.idempotency_header {
             let id = HeaderValue::from_str(&job.job.to_string()).map_err(|_| {
