@@ -228,6 +228,33 @@ async fn a_form_of_fields_and_files_reads_back_with_a_real_parser() {
             None
         ]
     );
+
+    // A part from standard input: the form has no declared length, and
+    // still reads back whole.
+    let piped = pattern(23, 1_200_000);
+    let out = send_with_stdin(
+        &topics,
+        &[
+            "--endpoint",
+            "/api/piped",
+            "-F",
+            "kind=raw",
+            "-F",
+            "up=@-;filename=piped.bin",
+        ],
+        &piped,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = request_at(&servers, "/api/piped");
+    assert_eq!(r.parts.len(), 2, "{:?}", r.parts);
+    assert_eq!(r.parts[1].0, "up");
+    assert_eq!(r.parts[1].1.as_deref(), Some("piped.bin"));
+    assert_eq!(
+        (r.parts[1].2, &r.parts[1].3),
+        (1_200_000, &sha256_hex(&piped))
+    );
+    assert_eq!(r.part_types[1].as_deref(), Some("application/octet-stream"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
