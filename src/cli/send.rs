@@ -20,6 +20,13 @@ use crate::logging::{self, LogFormat};
 use crate::send::ui::{one_line, Report};
 use crate::send::{Notice, Outcome, Pickup, Request, SendError, Settings, Show};
 
+/// `-A`'s help, naming the default with this build's version.
+const USER_AGENT_HELP: &str = concat!(
+    "User-Agent header; '' sends none (the portal then sends its own) [default: kafkasend/",
+    env!("CARGO_PKG_VERSION"),
+    "]"
+);
+
 /// Flags of `kafkasend send`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct SendArgs {
@@ -49,6 +56,22 @@ pub struct SendArgs {
         requires = "multipart"
     )]
     pub field: String,
+    // curl's request-side flags (-d, --data-binary, -F, -A, -u).
+    /// Body text as curl's -d: '@FILE' reads a file ('@-' standard input) without its line breaks; several are joined with '&'; Content-Type application/x-www-form-urlencoded unless set
+    #[arg(short = 'd', long = "data", value_name = "DATA")]
+    pub data: Vec<String>,
+    /// Body bytes exactly as given: text, or '@FILE' ('@-' standard input), streamed; several are joined with '&'; not with -d
+    #[arg(long, value_name = "DATA")]
+    pub data_binary: Vec<String>,
+    /// A multipart/form-data part (repeatable): 'name=text', 'name=@FILE' (a file upload, streamed), 'name=<FILE' (a text field from a file), each with optional ';type=TYPE' and ';filename=NAME'
+    #[arg(short = 'F', long = "form", value_name = "NAME=CONTENT")]
+    pub form: Vec<String>,
+    /// User-Agent header; '' sends none (the portal then sends its own)
+    #[arg(short = 'A', long, value_name = "NAME", help = USER_AGENT_HELP)]
+    pub user_agent: Option<String>,
+    /// Refused: no portal forwards Authorization; the portal authenticates to the API itself
+    #[arg(short = 'u', long = "user", value_name = "USER:PASSWORD")]
+    pub user: Option<String>,
     /// Write the response body to this regular file (replaced once the body is verified); '-' is standard output
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -100,6 +123,10 @@ pub struct WaitArgs {
 
 /// Resolves the settings of `kafkasend send`.
 pub fn resolve_send(a: &SendArgs) -> anyhow::Result<Settings> {
+    if a.user.is_some() {
+        // The value is a password: it is named, never repeated.
+        bail!("-u/--user is refused: no portal forwards an Authorization header, since the portal authenticates to the API with its own credentials (PORTAL_USE_OAUTH), and a password given here would be written into the Kafka topic; ask the portal's operator for the API's credentials");
+    }
     if a.no_wait {
         if let Some(path) = &a.output {
             bail!(
@@ -205,6 +232,10 @@ pub fn request(a: &SendArgs) -> Request {
         content_type: a.content_type.clone(),
         multipart: a.multipart,
         field: a.field.clone(),
+        data: a.data.clone(),
+        data_binary: a.data_binary.clone(),
+        form: a.form.clone(),
+        user_agent: a.user_agent.clone(),
         output: a.output.clone(),
         no_wait: a.no_wait,
         show: show(a.quiet, a.json),

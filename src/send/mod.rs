@@ -3,10 +3,10 @@
 //!
 //! # How a send runs
 //!
-//! 1. [`request`] checks the [`Request`] and prepares it: method, headers
-//!    (those no portal forwards are left out, and named in a
-//!    [`Notice::DroppedHeaders`]), the body's source and, with `--multipart`,
-//!    the form around it. The output is opened next, so a bad request, an
+//! 1. [`request`] checks the [`Request`] and prepares it: endpoint, method,
+//!    headers (those no portal forwards are left out, and named in a
+//!    [`Notice::DroppedHeaders`]), the body's sources (a FILE, `-d` data,
+//!    or the files and fields of a `-F` or `--multipart` form). The output is opened next, so a bad request, an
 //!    unreadable body or an output that cannot be written fails before the
 //!    broker is asked anything. A signed request's body is read once here for
 //!    its SHA-256.
@@ -113,7 +113,7 @@ async fn send_over(
     report: &mut Report,
     interrupt: impl Future<Output = &'static str>,
 ) -> Result<Outcome, SendError> {
-    let prepared = prepare(request)?;
+    let prepared = prepare(request).await?;
     if !prepared.dropped.is_empty() {
         request
             .show

@@ -41,6 +41,17 @@ pub struct Request {
     pub multipart: bool,
     /// Form field name of that part.
     pub field: String,
+    /// `-d` values as curl takes them: text, or `@FILE` / `@-` read with
+    /// their line breaks dropped; several are joined with `&`.
+    pub data: Vec<String>,
+    /// `--data-binary` values: text, or `@FILE` / `@-` streamed as they are;
+    /// several are joined with `&`.
+    pub data_binary: Vec<String>,
+    /// `-F` parts of one multipart form: `name=text`, `name=@FILE`,
+    /// `name=<FILE`, each optionally with `;type=TYPE` and `;filename=NAME`.
+    pub form: Vec<String>,
+    /// The User-Agent: `None` sends `kafkasend/VERSION`, an empty one none.
+    pub user_agent: Option<String>,
     /// Where the response body goes: a regular file, or standard output for
     /// none or `-`.
     pub output: Option<PathBuf>,

@@ -343,7 +343,15 @@ async fn ten_thousand_headers_reach_the_policy() {
     let _portal = Portal::start(&topics, &env);
     let headers: Vec<String> = (0..10_000).map(|i| format!("X-H{i}: {i}")).collect();
     let with = |n: usize| {
-        let mut args = vec!["--endpoint", "/api/items", "-H", "X-Request-ID: many"];
+        // No User-Agent, so the request carries exactly these headers.
+        let mut args = vec![
+            "--endpoint",
+            "/api/items",
+            "-A",
+            "",
+            "-H",
+            "X-Request-ID: many",
+        ];
         for h in &headers[..n] {
             args.extend(["-H", h.as_str()]);
         }

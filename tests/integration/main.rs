@@ -6,6 +6,7 @@ mod admin;
 mod cli;
 mod client;
 mod content_type;
+mod curl_request;
 mod files;
 mod group;
 mod kafka_read;

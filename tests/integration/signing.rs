@@ -169,6 +169,32 @@ async fn signed_sends_pass_and_unsigned_or_foreign_ones_are_refused() {
     assert_eq!(reqs[1].parts.len(), 1, "{:?}", reqs[1].parts);
     assert_eq!(reqs[1].parts[0].3, form_digest);
     portal.wait_for_log("is not signed").await;
+
+    // A -F form of fields and files: the digest pass reads the whole form.
+    let (scan, scan_digest) = pattern_file(dir.path(), "scan.png", 13, 1_200_000);
+    let out = send(
+        &topics,
+        &[
+            "--endpoint",
+            "/api/signed-form",
+            "-F",
+            "title=signed",
+            "-F",
+            &format!("doc=@{}", form_file.display()),
+            "-F",
+            &format!("scan=@{}", scan.display()),
+            "--signing-key",
+            keys.ed.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    let reqs = servers.state.requests();
+    assert_eq!(reqs[3].path, "/api/signed-form");
+    let parts = &reqs[3].parts;
+    assert_eq!(parts.len(), 3, "{parts:?}");
+    assert_eq!((parts[1].2, &parts[1].3), (2_500_000, &form_digest));
+    assert_eq!((parts[2].2, &parts[2].3), (1_200_000, &scan_digest));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, USER_AGENT};
 use hyper::{Method, Request, Response};
 use std::future::Future as _;
 
@@ -30,6 +30,11 @@ use crate::portal::spool::{SpoolFile, SpooledBody};
 use crate::protocol::wire::RequestStart;
 use crate::protocol::{ErrorCategory, Failure};
 use crate::util::error_chain;
+
+/// The User-Agent of API calls whose sender's is not forwarded (not in
+/// `PORTAL_ALLOWED_HEADERS`, or none sent): some APIs refuse a request
+/// without one, and it tells the API's operators who calls.
+const PORTAL_USER_AGENT: &str = concat!("kafkasend-portal/", env!("CARGO_PKG_VERSION"));
 
 /// Streams `len` bytes of a spool file from its start. Reads are positional
 /// (`pread`), so each body keeps its own position: a retry after a 401 reads
@@ -220,6 +225,7 @@ impl Dispatcher {
         token: Option<&str>,
     ) -> Result<Request<DispatchBody>, Failure> {
         let mut builder = Request::builder().method(method.clone()).uri(url);
+        let mut agent_forwarded = false;
         let plan = self.header_plan(&job.start);
         if let Some(line) = plan.dropped_line() {
             log::debug!("job {}: not forwarding headers {line}", job.job);
@@ -234,7 +240,11 @@ impl Dispatcher {
                     format!("header '{name}' is not a valid HTTP header"),
                 ));
             };
+            agent_forwarded |= n == USER_AGENT;
             builder = builder.header(n, v);
+        }
+        if !agent_forwarded {
+            builder = builder.header(USER_AGENT, HeaderValue::from_static(PORTAL_USER_AGENT));
         }
         if let Some(name) = &self.idempotency_header {
             let id = HeaderValue::from_str(&job.job.to_string()).map_err(|_| {

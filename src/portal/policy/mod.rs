@@ -220,7 +220,7 @@ pub(crate) struct Policy {
 
 /// Request headers forwarded to the API unless `PORTAL_ALLOWED_HEADERS` says otherwise.
 pub(crate) const DEFAULT_ALLOWED_HEADERS: &str =
-    "Content-Type,Accept,X-Request-ID,X-Correlation-ID";
+    "Content-Type,Accept,User-Agent,X-Request-ID,X-Correlation-ID";
 
 impl Default for Policy {
     fn default() -> Self {
@@ -431,6 +431,10 @@ pub(crate) fn plan_headers<'a>(
             && ((start.has_body && lower == CONTENT_TYPE) || forwards(&lower, allowed));
         if passes {
             plan.forward.push((name, value));
+        } else if lower == "user-agent" {
+            // Not named back: the API gets the portal's own User-Agent
+            // instead, and `send` sends one by default, so naming it would
+            // warn on every request to a portal whose list leaves it out.
         } else if !plan.dropped.iter().any(|d| d.eq_ignore_ascii_case(name)) {
             plan.dropped.push(name);
         }

@@ -147,6 +147,8 @@ pub struct Recorded {
     pub body_sha256: String,
     /// For multipart requests: (field name, file name, file bytes length, file digest).
     pub parts: Vec<(String, Option<String>, u64, String)>,
+    /// For multipart requests: each part's Content-Type, in the same order.
+    pub part_types: Vec<Option<String>>,
     /// The status the API answered.
     pub status: u16,
 }
@@ -316,6 +318,7 @@ async fn api(
             body_len: 0,
             body_sha256: String::new(),
             parts: Vec::new(),
+            part_types: Vec::new(),
             status: status.as_u16(),
         });
         return Ok(text(status, "token refused"));
@@ -326,6 +329,7 @@ async fn api(
         .unwrap_or("")
         .to_string();
     let mut parts = Vec::new();
+    let mut part_types = Vec::new();
     let (body_len, body_sha256) =
         if content_type.starts_with("multipart/form-data") && status == StatusCode::OK {
             let boundary = multer::parse_boundary(&content_type).unwrap();
@@ -334,6 +338,7 @@ async fn api(
             while let Some(mut field) = mp.next_field().await.unwrap() {
                 let name = field.name().unwrap_or("").to_string();
                 let file_name = field.file_name().map(str::to_string);
+                part_types.push(field.content_type().map(|t| t.to_string()));
                 let mut h = Sha256::new();
                 let mut n = 0u64;
                 while let Some(chunk) = field.chunk().await.unwrap() {
@@ -390,6 +395,7 @@ async fn api(
         body_len,
         body_sha256: body_sha256.clone(),
         parts,
+        part_types,
         status: status.as_u16(),
     });
     if status == StatusCode::NOT_FOUND {
