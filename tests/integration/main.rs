@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod files;
 mod group;
+mod kafka_messages;
 mod kafka_read;
 mod kafka_security;
 mod leaks;
