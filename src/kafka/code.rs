@@ -44,7 +44,8 @@ impl Named {
         use rskafka::client::error::ProtocolError;
         // rskafka keeps its code table private but can go from a code to its
         // error; Kafka's codes are few, so looking the error up costs little,
-        // and only on the way to an error message.
+        // and only on the way to an error message. Every error rskafka knows
+        // is in the range (a test checks), so -1 is never reached.
         let code = match e {
             ProtocolError::Unknown(code) => code,
             e => (-1..=i16::from(u8::MAX))
@@ -122,6 +123,12 @@ mod tests {
             Named::of_rskafka(P::Unknown(4242)).to_string(),
             "unknown Kafka error 4242"
         );
+        // Every error rskafka knows keeps its own number.
+        for code in -1..=i16::from(u8::MAX) {
+            if let Some(e) = P::new(code) {
+                assert_eq!(Named::of_rskafka(e).0.code(), code, "{e:?}");
+            }
+        }
     }
 
     #[test]
