@@ -4,8 +4,14 @@
 //! which is which, but spells the names in Rust's CamelCase. Kafka's own
 //! documentation, broker logs and tools say `NOT_COORDINATOR`, so that is
 //! what an operator will search for.
+//!
+//! Some answers are normal for a few seconds while a broker starts, a topic
+//! is created or a group gets its coordinator: [`is_startup_state`] names
+//! them, and [`log_level`] keeps them at DEBUG until they have lasted
+//! [`SETTLE_TIME`].
 
 use std::fmt::{self, Write};
+use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
 
@@ -32,6 +38,55 @@ impl fmt::Display for Named {
     }
 }
 
+impl Named {
+    /// The same name for an error rskafka reports with its own type.
+    pub(crate) fn of_rskafka(e: rskafka::client::error::ProtocolError) -> Self {
+        use rskafka::client::error::ProtocolError;
+        // rskafka keeps its code table private but can go from a code to its
+        // error; Kafka's codes are few, so looking the error up costs little,
+        // and only on the way to an error message. Every error rskafka knows
+        // is in the range (a test checks), so -1 is never reached.
+        let code = match e {
+            ProtocolError::Unknown(code) => code,
+            e => (-1..=i16::from(u8::MAX))
+                .find(|&c| ProtocolError::new(c) == Some(e))
+                .unwrap_or(-1),
+        };
+        Self(ResponseError::try_from_code(code).unwrap_or(ResponseError::Unknown(code)))
+    }
+}
+
+/// How long a start-up state may last before it is worth a warning: a
+/// broker that has just started, or a group or topic just made, leaves them
+/// within a second or two (measured on a running broker: a new group's
+/// coordinator answered after about 1 s).
+pub(crate) const SETTLE_TIME: Duration = Duration::from_secs(5);
+
+/// Whether a broker answers `e` while it, a topic or a group's coordinator
+/// is still starting: the state passes on its own, and retrying is the cure.
+pub(crate) fn is_startup_state(e: ResponseError) -> bool {
+    matches!(
+        e,
+        ResponseError::CoordinatorLoadInProgress
+            | ResponseError::CoordinatorNotAvailable
+            | ResponseError::NotCoordinator
+            | ResponseError::LeaderNotAvailable
+            | ResponseError::NotLeaderOrFollower
+            | ResponseError::UnknownTopicOrPartition
+    )
+}
+
+/// The level to log a failure at that will be retried: DEBUG for a start-up
+/// state (`startup_state`) while the failures have lasted less than
+/// [`SETTLE_TIME`] (`failing_for`, since the first of the run), WARN otherwise.
+pub(crate) fn log_level(startup_state: bool, failing_for: Duration) -> log::Level {
+    if startup_state && failing_for < SETTLE_TIME {
+        log::Level::Debug
+    } else {
+        log::Level::Warn
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +106,50 @@ mod tests {
         assert_eq!(shown(3), "UNKNOWN_TOPIC_OR_PARTITION (Kafka error 3)");
         assert_eq!(shown(58), "SASL_AUTHENTICATION_FAILED (Kafka error 58)");
         assert_eq!(shown(79), "MEMBER_ID_REQUIRED (Kafka error 79)");
+    }
+
+    #[test]
+    fn rskafka_errors_get_the_same_names() {
+        use rskafka::client::error::ProtocolError as P;
+        assert_eq!(
+            Named::of_rskafka(P::LeaderNotAvailable).to_string(),
+            "LEADER_NOT_AVAILABLE (Kafka error 5)"
+        );
+        assert_eq!(
+            Named::of_rskafka(P::CoordinatorLoadInProgress).to_string(),
+            "COORDINATOR_LOAD_IN_PROGRESS (Kafka error 14)"
+        );
+        assert_eq!(
+            Named::of_rskafka(P::Unknown(4242)).to_string(),
+            "unknown Kafka error 4242"
+        );
+        // Every error rskafka knows keeps its own number.
+        for code in -1..=i16::from(u8::MAX) {
+            if let Some(e) = P::new(code) {
+                assert_eq!(Named::of_rskafka(e).0.code(), code, "{e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn startup_states_are_quiet_only_while_young() {
+        use log::Level::{Debug, Warn};
+        for code in [3, 5, 6, 14, 15, 16] {
+            let e = ResponseError::try_from_code(code).unwrap_or(ResponseError::Unknown(code));
+            assert!(is_startup_state(e), "{}", Named(e));
+        }
+        // Not start-up states: settings or data problems, rejoins, and
+        // what this build does not know.
+        for code in [1, 10, 22, 25, 27, 29, 30, 58, 4242] {
+            let e = ResponseError::try_from_code(code).unwrap_or(ResponseError::Unknown(code));
+            assert!(!is_startup_state(e), "{}", Named(e));
+        }
+        assert_eq!(log_level(true, Duration::ZERO), Debug);
+        assert_eq!(log_level(true, Duration::from_millis(4999)), Debug);
+        assert_eq!(log_level(true, SETTLE_TIME), Warn);
+        assert_eq!(log_level(true, Duration::from_secs(3600)), Warn);
+        assert_eq!(log_level(false, Duration::ZERO), Warn);
+        assert_eq!(log_level(false, Duration::from_secs(1)), Warn);
     }
 
     #[test]

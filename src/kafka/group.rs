@@ -108,6 +108,12 @@ impl GroupError {
         )
     }
 
+    /// Whether the broker answered with a state that is normal while it or
+    /// the group's coordinator starts (`code::is_startup_state`).
+    pub(crate) fn is_startup_state(&self) -> bool {
+        matches!(self, Self::Kafka { error, .. } if crate::kafka::code::is_startup_state(*error))
+    }
+
     /// Whether the portal should give up: a certificate or password problem.
     pub(crate) fn is_fatal(&self) -> bool {
         matches!(self, Self::Security(_))

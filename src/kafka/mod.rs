@@ -54,7 +54,7 @@ pub enum KafkaError {
         size: usize,
     },
     /// Anything else from the client library.
-    #[error("Kafka {action} failed: {source}")]
+    #[error("Kafka {action} failed: {}", described(source))]
     Client {
         /// What we were doing.
         action: &'static str,
@@ -102,6 +102,51 @@ impl KafkaError {
             self,
             Self::Unreachable { .. } | Self::Timeout(_) | Self::Client { .. }
         )
+    }
+}
+
+impl KafkaError {
+    /// Whether the broker answered with a state that is normal while it, a
+    /// topic or a group starts (`code::is_startup_state`).
+    pub(crate) fn is_startup_state(&self) -> bool {
+        match self {
+            Self::Broker { error, .. } => code::is_startup_state(*error),
+            Self::Client {
+                source: RsError::ServerError { protocol_error, .. },
+                ..
+            } => code::is_startup_state(Named::of_rskafka(*protocol_error).0),
+            _ => false,
+        }
+    }
+}
+
+/// rskafka's error in our words: a broker's error code by Kafka's name
+/// (rskafka shows its enum's Debug spelling and its request context), and
+/// retries that ran out with the error they ended on.
+fn described(e: &RsError) -> String {
+    match e {
+        RsError::ServerError {
+            protocol_error,
+            error_message,
+            ..
+        } => {
+            let name = Named::of_rskafka(*protocol_error);
+            match error_message.as_deref().filter(|m| !m.is_empty()) {
+                Some(m) => format!("{name}: {m}"),
+                None => name.to_string(),
+            }
+        }
+        RsError::RetryFailed(rskafka::BackoffError::DeadlineExceded { deadline, source }) => {
+            match source.downcast_ref::<RsError>() {
+                Some(last) => format!(
+                    "still failing after {} s of retries: {}",
+                    deadline.as_secs(),
+                    described(last)
+                ),
+                None => e.to_string(),
+            }
+        }
+        other => other.to_string(),
     }
 }
 
@@ -160,8 +205,41 @@ pub(crate) const LOOKUP_LIMIT: Duration = Duration::from_secs(5);
 /// largest chunk size, with room to spare.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Connects to the cluster, failing with a clear message when no broker answers in time.
+/// How long every bootstrap server may refuse connections before that is
+/// reported. A refusal comes at once and means nothing listens on the port:
+/// a broker restarting is back within this, a wrong address never is, and
+/// waiting the whole `KAFKA_TIMEOUT_SECS` for it (rskafka retries a refusal
+/// like a silent host) only delays the message.
+pub(crate) const REFUSED_FOR: Duration = Duration::from_secs(3);
+
+/// Longest pause between two rounds of connection attempts while every
+/// bootstrap server refuses (the first pause is 100 ms, doubling).
+const REFUSED_PAUSE: Duration = Duration::from_secs(1);
+
+/// What [`connect_with`] does while every bootstrap server refuses connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhenRefused {
+    /// Fail after [`REFUSED_FOR`]: someone is waiting on a command.
+    Fail,
+    /// Warn after [`REFUSED_FOR`] and keep trying until `KAFKA_TIMEOUT_SECS`:
+    /// a service may well start before its broker.
+    KeepTrying,
+}
+
+/// Connects to the cluster, failing with a clear message when no broker
+/// answers in time, or when every bootstrap server refuses connections for
+/// [`REFUSED_FOR`].
 pub async fn connect(settings: &Config) -> Result<Cluster, KafkaError> {
+    connect_with(settings, WhenRefused::Fail).await
+}
+
+/// Connects to the cluster, as [`connect`], with `when_refused` saying how
+/// long refused connections are retried.
+pub(crate) async fn connect_with(
+    settings: &Config,
+    when_refused: WhenRefused,
+) -> Result<Cluster, KafkaError> {
+    let started = tokio::time::Instant::now();
     let servers = settings.servers();
     if servers.is_empty() {
         return Err(KafkaError::Unreachable {
@@ -180,22 +258,62 @@ pub async fn connect(settings: &Config) -> Result<Cluster, KafkaError> {
             "KAFKA_SASL_MECHANISM=PLAIN without TLS sends the password in clear text; use KAFKA_SECURITY_PROTOCOL=SASL_SSL"
         );
     }
-    let backoff = BackoffConfig {
-        init_backoff: Duration::from_millis(100),
-        max_backoff: Duration::from_secs(2),
-        base: 2.0,
-        deadline: Some(settings.timeout),
-    };
     let unreachable = |detail: String| KafkaError::Unreachable {
         servers: settings.bootstrap_servers.clone(),
         detail,
     };
-    let answered = check_security(&servers, settings)
-        .await
-        .map_err(|e| match e {
-            e if e.is_config_problem() => KafkaError::Security(e),
-            e => unreachable(e.to_string()),
-        })?;
+    let give_up = match when_refused {
+        WhenRefused::Fail => REFUSED_FOR.min(settings.timeout),
+        WhenRefused::KeepTrying => settings.timeout,
+    };
+    let mut pause = Duration::from_millis(100);
+    let mut warned = false;
+    let answered = loop {
+        let checked = check_security(&servers, settings)
+            .await
+            .map_err(|e| match e {
+                e if e.is_config_problem() => KafkaError::Security(e),
+                e => unreachable(e.to_string()),
+            })?;
+        let waited = started.elapsed();
+        match checked {
+            Checked::Answered(addr) => break Some(addr),
+            Checked::Silent => break None,
+            Checked::Refused if waited >= give_up => {
+                return Err(unreachable(refused_for(servers.len(), waited)));
+            }
+            Checked::Refused => {
+                if when_refused == WhenRefused::KeepTrying && !warned && waited >= REFUSED_FOR {
+                    warned = true;
+                    log::warn!(
+                        "nothing answers at {}: {}; still trying for up to {:.0} s (KAFKA_TIMEOUT_SECS)",
+                        settings.bootstrap_servers,
+                        refused_for(servers.len(), waited),
+                        settings.timeout.saturating_sub(waited).as_secs_f64()
+                    );
+                }
+                // Wake for the warning on time, as for the failure.
+                let next = match when_refused {
+                    WhenRefused::KeepTrying if !warned => REFUSED_FOR.min(give_up),
+                    _ => give_up,
+                };
+                tokio::time::sleep(pause.min(next.saturating_sub(waited))).await;
+                pause = (pause * 2).min(REFUSED_PAUSE);
+            }
+        }
+    };
+    // What is left of the deadline after the refusals (at least a second,
+    // so a broker that has just begun to answer gets its Metadata round).
+    let remaining = settings
+        .timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_secs(1));
+    let backoff = BackoffConfig {
+        init_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(2),
+        base: 2.0,
+        deadline: Some(remaining),
+    };
     // rskafka asks its bootstrap servers in random order and waits on one
     // that accepts connections but never answers until its deadline: given
     // the one that answered, it reaches the rest through its Metadata.
@@ -213,8 +331,7 @@ pub async fn connect(settings: &Config) -> Result<Cluster, KafkaError> {
     if let Some(sasl) = settings.security.rskafka_sasl() {
         builder = builder.sasl_config(sasl);
     }
-    let built =
-        tokio::time::timeout(settings.timeout + Duration::from_secs(1), builder.build()).await;
+    let built = tokio::time::timeout(remaining + Duration::from_secs(1), builder.build()).await;
     match built {
         Ok(Ok(client)) => Ok(Cluster {
             client: Arc::new(client),
@@ -228,24 +345,46 @@ pub async fn connect(settings: &Config) -> Result<Cluster, KafkaError> {
     }
 }
 
+/// Why connecting failed when all `servers` (a count) refused for `waited`.
+fn refused_for(servers: usize, waited: Duration) -> String {
+    let (who, ports) = if servers == 1 {
+        ("", "that port")
+    } else {
+        ("by every server ", "those ports")
+    };
+    format!(
+        "connection refused {who}for {:.1} s (nothing listens on {ports})",
+        waited.as_secs_f64()
+    )
+}
+
+/// What one round of [`check_security`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Checked {
+    /// This server answered as a Kafka broker, with these settings.
+    Answered(String),
+    /// Every server refused the connection: nothing listens there (yet).
+    Refused,
+    /// No server answered, and some did not refuse either (slow, reset,
+    /// silent): rskafka retries them until the deadline.
+    Silent,
+}
+
 /// Opens one secured connection to the first bootstrap broker that answers
 /// within [`LOOKUP_LIMIT`], and names it: rskafka retries a failed TLS
 /// handshake or login until its deadline and then reports only that
 /// retries ran out, so settings are checked here first, with the same
 /// connection setup the group coordinator gets. Without TLS or SASL it asks
-/// ApiVersions, which tells a TLS listener by its alert. `None` when no
-/// server answered but none ruled itself out either (refused, reset or
-/// slow: the broker may still be starting, rskafka retries). Only a settings
-/// problem (when no bootstrap server passes) or a server that is not Kafka
-/// fails here.
-async fn check_security(
-    servers: &[String],
-    settings: &Config,
-) -> Result<Option<String>, ConnError> {
+/// ApiVersions, which tells a TLS listener by its alert. When no server
+/// answered, it tells servers that all refused the connection from others
+/// (the broker may be slow or still starting). Only a settings problem
+/// (when no bootstrap server passes) or a server that is not Kafka fails here.
+async fn check_security(servers: &[String], settings: &Config) -> Result<Checked, ConnError> {
     // A settings problem with one bootstrap server is reported only when no
     // other one answers: rskafka can start from any of them.
     let mut wrong = None;
     let mut last = None;
+    let mut all_refused = true;
     let limit = settings.timeout.min(LOOKUP_LIMIT);
     for addr in servers {
         let attempt = async {
@@ -265,9 +404,10 @@ async fn check_security(
             .await
             .unwrap_or(Err(ConnError::Timeout("connecting to the broker")));
         match checked {
-            Ok(()) => return Ok(Some(addr.clone())),
+            Ok(()) => return Ok(Checked::Answered(addr.clone())),
             Err(e) => {
                 log::debug!("Kafka connection check with {addr}: {e}");
+                all_refused &= matches!(&e, ConnError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
                 if e.is_config_problem() {
                     wrong.get_or_insert(e);
                 } else {
@@ -278,7 +418,8 @@ async fn check_security(
     }
     match (wrong, last) {
         (Some(e), _) => Err(e),
-        (None, Some(ConnError::Io(_) | ConnError::Timeout(_)) | None) => Ok(None),
+        _ if all_refused => Ok(Checked::Refused),
+        (None, Some(ConnError::Io(_) | ConnError::Timeout(_)) | None) => Ok(Checked::Silent),
         (None, Some(e)) => Err(e),
     }
 }
@@ -605,5 +746,128 @@ impl PartitionCache {
         let opened = self.cluster.partition(&self.topic, p).await?;
         map.insert(p, opened.clone());
         Ok(opened)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rskafka::client::error::RequestContext;
+
+    fn server_error(protocol_error: ProtocolError, message: Option<&str>) -> RsError {
+        RsError::ServerError {
+            protocol_error,
+            error_message: message.map(str::to_string),
+            request: RequestContext::Partition("t".into(), 0),
+            response: None,
+            is_virtual: false,
+        }
+    }
+
+    #[test]
+    fn library_errors_name_the_code_as_kafka_does() {
+        let e = client_err("opening a partition")(server_error(
+            ProtocolError::LeaderNotAvailable,
+            None,
+        ));
+        assert_eq!(
+            e.to_string(),
+            "Kafka opening a partition failed: LEADER_NOT_AVAILABLE (Kafka error 5)"
+        );
+        assert!(e.is_startup_state() && e.is_connection_problem());
+        let e = client_err("creating a topic")(server_error(
+            ProtocolError::PolicyViolation,
+            Some("replication factor 3 is larger than the 1 brokers"),
+        ));
+        assert_eq!(
+            e.to_string(),
+            "Kafka creating a topic failed: POLICY_VIOLATION (Kafka error 44): replication factor 3 is larger than the 1 brokers"
+        );
+        assert!(!e.is_startup_state());
+        let gave_up = RsError::RetryFailed(rskafka::BackoffError::DeadlineExceded {
+            deadline: Duration::from_secs(30),
+            source: Box::new(server_error(ProtocolError::NotLeaderOrFollower, None)),
+        });
+        assert_eq!(
+            client_err("producing a record")(gave_up).to_string(),
+            "Kafka producing a record failed: still failing after 30 s of retries: NOT_LEADER_OR_FOLLOWER (Kafka error 6)"
+        );
+        let broker = KafkaError::Broker {
+            action: "fetch",
+            error: ResponseError::NotLeaderOrFollower,
+        };
+        assert!(broker.is_startup_state() && !broker.is_connection_problem());
+        assert!(!KafkaError::Timeout("fetch").is_startup_state());
+    }
+
+    #[test]
+    fn a_refusal_says_how_long_and_for_how_many() {
+        assert_eq!(
+            refused_for(1, Duration::from_millis(3004)),
+            "connection refused for 3.0 s (nothing listens on that port)"
+        );
+        assert_eq!(
+            refused_for(2, Duration::from_millis(2550)),
+            "connection refused by every server for 2.5 s (nothing listens on those ports)"
+        );
+    }
+
+    fn settings(servers: &str, timeout: Duration) -> Config {
+        Config {
+            bootstrap_servers: servers.into(),
+            request_topic: "req".into(),
+            response_topic: "resp".into(),
+            timeout,
+            chunk_size: 1024,
+            security: KafkaSecurity::default(),
+            client_id: "test".into(),
+        }
+    }
+
+    /// A loopback port nothing listens on.
+    fn closed_port() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn refused_everywhere_is_told_from_silent_somewhere() {
+        let (a, b) = (closed_port(), closed_port());
+        let both = settings(&format!("{a},{b}"), Duration::from_secs(1));
+        assert_eq!(
+            check_security(&both.servers(), &both).await.unwrap(),
+            Checked::Refused
+        );
+        // A server that accepts and never answers is not a refusal: rskafka
+        // gets it, with the whole deadline.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let quiet = silent.local_addr().unwrap().to_string();
+        let mixed = settings(&format!("{a},{quiet}"), Duration::from_millis(300));
+        assert_eq!(
+            check_security(&mixed.servers(), &mixed).await.unwrap(),
+            Checked::Silent
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_bootstrap_fails_after_refused_for_not_the_deadline() {
+        let addr = closed_port();
+        let cfg = settings(&addr, Duration::from_secs(60));
+        let started = std::time::Instant::now();
+        let err = connect(&cfg).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(took >= REFUSED_FOR, "{took:?}");
+        assert!(took < REFUSED_FOR * 3, "{took:?}");
+        let text = err.to_string();
+        assert!(matches!(err, KafkaError::Unreachable { .. }), "{text}");
+        assert!(
+            text.contains(&addr) && text.contains("connection refused"),
+            "{text}"
+        );
+        // A deadline shorter than REFUSED_FOR is kept.
+        let short = settings(&addr, Duration::from_secs(1));
+        let started = std::time::Instant::now();
+        assert!(connect(&short).await.is_err());
+        assert!(started.elapsed() < REFUSED_FOR, "{:?}", started.elapsed());
     }
 }

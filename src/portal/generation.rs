@@ -4,10 +4,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::kafka::code;
 use crate::kafka::group::{Assignment, Beat, GroupError, Member};
 use crate::portal::context::{lock, Ctx};
 use crate::portal::ledger::decode_metadata;
@@ -61,6 +62,10 @@ pub(crate) async fn serve_generation(
     let mut all_ready = false;
     let mut heartbeat = tokio::time::interval(member.heartbeat_interval());
     let mut commit_tick = tokio::time::interval(COMMIT_EVERY);
+    // When heartbeats, and commits, began to fail: a coordinator that moves
+    // or restarts answers with start-up states for a moment (`code::log_level`).
+    let mut beats_failing: Option<Instant> = None;
+    let mut commits_failing: Option<Instant> = None;
     let end = loop {
         tokio::select! {
             _ = &mut *shutdown => break GenerationEnd::Shutdown,
@@ -70,8 +75,12 @@ pub(crate) async fn serve_generation(
                     ctx.readiness.set_partitions(ready_parts.len());
                     // Pin the start position at once: without a commit, a
                     // portal taking over after a crash would start at the end.
-                    if let Err(e) = commit(ctx, member, &[p]).await {
-                        log::warn!("committing the start of partition {p} failed: {e}");
+                    match commit(ctx, member, &[p]).await {
+                        Ok(()) => commits_failing = None,
+                        Err(e) => log::log!(
+                            failure_level(&mut commits_failing, &e),
+                            "committing the start of partition {p} failed: {e}"
+                        ),
                     }
                     if ready_parts.len() == assignment.partitions.len() && !*announced {
                         *announced = true;
@@ -95,22 +104,26 @@ pub(crate) async fn serve_generation(
                 }
             },
             _ = heartbeat.tick() => match member.heartbeat().await {
-                Ok(Beat::Ok) => {}
+                Ok(Beat::Ok) => beats_failing = None,
                 Ok(Beat::Rebalance) => break GenerationEnd::Rebalance,
                 Err(e) if e.needs_rejoin() => {
                     log::info!("group {}: {e}; rejoining", member.group_id());
                     break GenerationEnd::Rebalance;
                 }
-                Err(e) => log::warn!("heartbeat to group {} failed: {e}; retrying", member.group_id()),
+                Err(e) => log::log!(
+                    failure_level(&mut beats_failing, &e),
+                    "heartbeat to group {} failed: {e}; retrying",
+                    member.group_id()
+                ),
             },
-            _ = commit_tick.tick() => {
-                if let Err(e) = commit(ctx, member, &ready_parts).await {
-                    if e.needs_rejoin() {
-                        break GenerationEnd::Rebalance;
-                    }
-                    log::warn!("committing offsets failed: {e}");
-                }
-            }
+            _ = commit_tick.tick() => match commit(ctx, member, &ready_parts).await {
+                Ok(()) => commits_failing = None,
+                Err(e) if e.needs_rejoin() => break GenerationEnd::Rebalance,
+                Err(e) => log::log!(
+                    failure_level(&mut commits_failing, &e),
+                    "committing offsets failed: {e}"
+                ),
+            },
             Some(r) = readers.join_next() => match r {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -169,6 +182,13 @@ pub(crate) async fn serve_generation(
         );
     }
     Ok(end)
+}
+
+/// The level of one more group request failure in a run that began at
+/// `since` (set now if the run starts with it).
+fn failure_level(since: &mut Option<Instant>, e: &GroupError) -> log::Level {
+    let since = *since.get_or_insert_with(Instant::now);
+    code::log_level(e.is_startup_state(), since.elapsed())
 }
 
 /// How often committed offsets catch up with answered jobs.

@@ -67,12 +67,13 @@ pub(crate) use settings::{Settings, StartFrom};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::kafka::group::Member;
-use crate::kafka::{self, PartitionCache};
+use crate::kafka::code;
+use crate::kafka::group::{GroupError, Member};
+use crate::kafka::{self, PartitionCache, WhenRefused};
 use crate::portal::admin::{Metrics, Readiness};
 use crate::portal::context::{Ctx, InFlight};
 use crate::portal::generation::{serve_generation, GenerationEnd};
@@ -100,7 +101,7 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
         None => None,
     };
     let kcfg = &cfg.kafka;
-    let cluster = kafka::connect(kcfg).await?;
+    let cluster = kafka::connect_with(kcfg, WhenRefused::KeepTrying).await?;
     let request_partitions = cluster
         .ensure_topic(
             &kcfg.request_topic,
@@ -165,6 +166,9 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
     tokio::pin!(shutdown);
     let mut announced = false;
     let mut failures = 0u32;
+    // When joining (and fetching the committed offsets) began to fail: start-up
+    // states are logged quietly until they last (`code::log_level`).
+    let mut failing_since: Option<Instant> = None;
     loop {
         let topic = ctx.cfg.kafka.request_topic.clone();
         let joined = tokio::select! {
@@ -183,7 +187,9 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
             Err(e) => {
                 failures += 1;
                 let wait = Duration::from_millis(250 * u64::from(failures.min(20)));
-                log::warn!(
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                log::log!(
+                    code::log_level(e.is_startup_state(), since.elapsed()),
                     "joining group {} failed: {e}; retrying in {} ms",
                     member.group_id(),
                     wait.as_millis()
@@ -209,9 +215,20 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
         )
         .await
         {
-            Ok(stop) => stop,
+            Ok(stop) => {
+                failing_since = None;
+                stop
+            }
             Err(e) => {
-                log::warn!("generation {} ended: {e:#}", assignment.generation);
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                let startup = e
+                    .downcast_ref::<GroupError>()
+                    .is_some_and(GroupError::is_startup_state);
+                log::log!(
+                    code::log_level(startup, since.elapsed()),
+                    "generation {} ended: {e:#}",
+                    assignment.generation
+                );
                 // Do not make the whole group rebalance in a tight loop.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 GenerationEnd::Rebalance

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::kafka::code;
 use crate::kafka::fetcher::Fetcher;
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::record_batch::{Item, Unreadable};
@@ -123,7 +124,8 @@ pub(crate) async fn read_partition(
                     stalled = true;
                 }
                 let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
-                log::warn!(
+                log::log!(
+                    code::log_level(e.is_startup_state(), since.elapsed()),
                     "{topic}[{partition}]: {e}; retrying in {} ms",
                     wait.as_millis()
                 );

@@ -9,6 +9,7 @@ mod content_type;
 mod curl_request;
 mod files;
 mod group;
+mod kafka_messages;
 mod kafka_read;
 mod kafka_security;
 mod leaks;
