@@ -15,6 +15,7 @@ pub(crate) mod file;
 pub(crate) mod health;
 pub(crate) mod kafka;
 pub(crate) mod portal;
+pub(crate) mod python;
 pub mod send;
 pub(crate) mod show;
 #[cfg(test)]
@@ -72,8 +73,12 @@ pub fn run() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     match cli.command {
-        Command::Portal(args) => {
-            let cfg = match portal::resolve_portal(&args) {
+        Command::Portal(mut args) => {
+            let resolved = python::fill_portal(&mut args, &python::process_env).and_then(|f| {
+                let cfg = portal::resolve_portal(&args).map_err(|e| f.explain(e))?;
+                Ok((cfg, f.notes))
+            });
+            let (cfg, notes) = match resolved {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("kafkasend portal: {e:#}");
@@ -81,6 +86,13 @@ pub fn run() -> ExitCode {
                 }
             };
             logging::init(&cfg.log_filter, cfg.log_format);
+            for note in notes {
+                if note.warn {
+                    log::warn!("{}", note.text);
+                } else {
+                    log::info!("{}", note.text);
+                }
+            }
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
