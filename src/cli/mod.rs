@@ -65,8 +65,16 @@ async fn shutdown_signal() {
 /// Parses the command line and runs the subcommand; every error becomes one
 /// line on stderr and one exit code, decided here.
 pub fn run() -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(header) = python::header_after_help_flag(&argv) {
+        eprintln!(
+            "kafkasend send: -h asks for help here and sends nothing; send the header with -H (as curl does): -H {}",
+            one_line(&python::shell_quote(&header))
+        );
+        return ExitCode::from(2);
+    }
     let cli = match args::command()
-        .try_get_matches()
+        .try_get_matches_from(&argv)
         .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m))
     {
         Ok(cli) => cli,

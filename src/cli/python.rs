@@ -329,6 +329,46 @@ pub(crate) fn fill_portal(a: &mut PortalArgs, env: Env<'_>) -> anyhow::Result<Fi
     })
 }
 
+/// The header that follows a `-h` in `kafkasend send`'s arguments, if one
+/// does: the Python client's `-h 'Name: value'` habit, which clap would take
+/// as a request for help, exiting 0 without sending anything.
+pub(crate) fn header_after_help_flag(argv: &[std::ffi::OsString]) -> Option<String> {
+    if argv.get(1).is_none_or(|a| a != "send") {
+        return None;
+    }
+    let args = argv.get(2..)?;
+    let before_end = args.iter().take_while(|a| *a != "--");
+    let mut pairs = before_end.zip(args.iter().skip(1));
+    pairs.find_map(|(flag, next)| {
+        let next = next.to_str()?;
+        (flag == "-h" && looks_like_header(next)).then(|| next.to_string())
+    })
+}
+
+/// `Name: value`, `Name:value` or `Name:`, with a valid header name.
+fn looks_like_header(s: &str) -> bool {
+    s.split_once(':').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    })
+}
+
+/// `arg` as a POSIX shell reads it back: as it is when it holds only safe
+/// characters, else in single quotes.
+pub(crate) fn shell_quote(arg: &str) -> String {
+    let safe = !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./_-".contains(&b));
+    if safe {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,5 +482,45 @@ mod tests {
         );
         let other = filled.explain(anyhow::anyhow!("KAFKA_REQUEST_TOPIC is bad"));
         assert_eq!(format!("{other:#}"), "KAFKA_REQUEST_TOPIC is bad");
+    }
+
+    #[test]
+    fn h_before_a_header_in_send_is_caught() {
+        let argv = |a: &[&str]| -> Vec<std::ffi::OsString> {
+            std::iter::once("kafkasend")
+                .chain(a.iter().copied())
+                .map(Into::into)
+                .collect()
+        };
+        let caught = [
+            &["send", "-e", "/x", "-h", "X-Trace: 1"][..],
+            &["send", "f.txt", "-h", "Accept:text/plain", "-e", "/x"],
+            &["send", "-h", "X-Empty:"],
+        ];
+        for a in caught {
+            assert!(header_after_help_flag(&argv(a)).is_some(), "{a:?}");
+        }
+        let help = [
+            &["send", "-h"][..],
+            &["send", "-e", "/x", "-h"],
+            &["send", "-h", "--endpoint"],
+            &["send", "-h", "no colon here"],
+            &["send", "-h", "two words: x"],
+            &["send", "-e", "/x", "--", "-h", "X: 1"],
+            &["portal", "-h", "X: 1"],
+            &["send-file", "f", "-h", "X: 1"],
+        ];
+        for a in help {
+            assert_eq!(header_after_help_flag(&argv(a)), None, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn shell_quoting_round_trips() {
+        assert_eq!(shell_quote("/api/upload"), "/api/upload");
+        assert_eq!(shell_quote("X-Trace: 1"), "'X-Trace: 1'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a$b"), "'a$b'");
     }
 }
