@@ -16,11 +16,13 @@ pub(crate) mod health;
 pub(crate) mod kafka;
 pub(crate) mod portal;
 pub(crate) mod python;
+pub mod python_cmd;
 pub mod send;
 pub(crate) mod show;
 #[cfg(test)]
 mod tests;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use crate::cli::args::{Cli, Command};
@@ -65,7 +67,7 @@ async fn shutdown_signal() {
 /// Parses the command line and runs the subcommand; every error becomes one
 /// line on stderr and one exit code, decided here.
 pub fn run() -> ExitCode {
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv: Vec<OsString> = std::env::args_os().collect();
     if let Some(header) = python::header_after_help_flag(&argv) {
         eprintln!(
             "kafkasend send: -h asks for help here and sends nothing; send the header with -H (as curl does): -H {}",
@@ -73,6 +75,20 @@ pub fn run() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let argv = match python_cmd::program(argv.first()) {
+        python_cmd::Program::Kafkasend => argv,
+        python_cmd::Program::Client => {
+            return python_cmd::run_client(&argv).unwrap_or_else(usage_error);
+        }
+        python_cmd::Program::Portal => {
+            let rest = argv.iter().skip(1).cloned();
+            ["kafkasend", "portal"]
+                .map(OsString::from)
+                .into_iter()
+                .chain(rest)
+                .collect()
+        }
+    };
     let cli = match args::command()
         .try_get_matches_from(&argv)
         .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m))
@@ -121,6 +137,8 @@ pub fn run() -> ExitCode {
         }
         Command::Send(args) => crate::cli::send::run_send(&args),
         Command::Wait(args) => crate::cli::send::run_wait(&args),
+        Command::SendFile(args) => python_cmd::run_send_file(&args),
+        Command::SendRequest(args) => python_cmd::run_send_request(&args),
         Command::Config(ConfigCommand::Show(args)) => match show::rows(&args) {
             Ok(sections) => {
                 print!("{}", show::render(&sections));
@@ -191,7 +209,9 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .take(1)
         .collect();
     let help = match command.first() {
-        Some(sub) if ["send", "portal", "wait"].contains(&sub.as_str()) => {
+        Some(sub)
+            if ["send", "portal", "wait", "send-file", "send-request"].contains(&sub.as_str()) =>
+        {
             format!("kafkasend {sub} --help")
         }
         _ => "kafkasend --help".into(),

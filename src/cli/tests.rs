@@ -886,3 +886,46 @@ fn every_default_names_a_flag_and_reaches_its_help() {
         }
     }
 }
+
+/// The Python client's command lines parse as it took them: `-h` is a
+/// header, `-m` any case, the last of `--wait`/`--no-wait` wins, and
+/// `--help` is still help.
+#[test]
+fn python_command_lines_parse() {
+    let parse = |argv: &[&str]| Cli::try_parse_from(argv).map(|c| c.command);
+    let Ok(Command::SendFile(a)) = parse(&[
+        "kafkasend",
+        "send-file",
+        "/testdata/hello.txt",
+        "--endpoint",
+        "api/upload",
+        "-m",
+        "patch",
+        "-h",
+        "X-Request-ID: 1",
+        "-h",
+        "x-request-id: 2",
+        "-t",
+        "text/plain",
+        "--no-wait",
+        "--wait",
+    ]) else {
+        panic!("send-file did not parse");
+    };
+    let (s, dropped) = a.to_send();
+    assert!(dropped.is_empty());
+    assert_eq!(s.headers, ["X-Request-ID: 2"]);
+    assert_eq!(s.method.as_deref(), Some("PATCH"));
+    assert!(!s.no_wait && s.multipart);
+    assert_eq!(s.content_type.as_deref(), Some("text/plain"));
+    let Ok(Command::SendRequest(a)) = parse(&["kafkasend", "send-request", "-e", "/x"]) else {
+        panic!("send-request did not parse");
+    };
+    let (s, _) = a.to_send();
+    assert_eq!(s.method.as_deref(), Some("GET"));
+    assert!(s.file.is_none() && !s.multipart);
+    let wrong = parse(&["kafkasend", "send-file", "f", "-e", "/x", "-m", "GET"]);
+    assert!(wrong.is_err());
+    let help = parse(&["kafkasend", "send-request", "--help"]).unwrap_err();
+    assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+}
