@@ -2,7 +2,8 @@
 //! names of environment variables.
 //!
 //! Precedence is flag > environment > file > default. clap merges the first
-//! two (each flag names its variable); [`file`] reads the TOML file, and
+//! two (each flag names its variable), and [`python`] fills what the
+//! Python tool's variables set where neither did; [`file`] reads the TOML file, and
 //! [`portal::resolve_portal`], [`send::resolve_send`] and
 //! [`send::resolve_wait`] fill in the rest and check it, producing the plain
 //! settings each role runs with. Invalid values fail at start with a message
