@@ -25,8 +25,10 @@ COPY examples examples
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --target x86_64-unknown-linux-musl --bin kafkasend \
-    && mkdir -p /out \
-    && cp target/x86_64-unknown-linux-musl/release/kafkasend /out/
+    && mkdir -p /out/bin \
+    && cp target/x86_64-unknown-linux-musl/release/kafkasend /out/bin/ \
+    && ln -s kafkasend /out/bin/kafkasend-client \
+    && ln -s kafkasend /out/bin/kafkasend-portal
 
 # ---- build-demo: the demo target API (only for the demo stage) -----------
 FROM build AS build-demo
@@ -37,7 +39,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---- base: what every image shares --------------------------------------
 FROM gcr.io/distroless/static-debian12:nonroot AS base
-COPY --from=build /out/kafkasend /usr/local/bin/kafkasend
+# The Python tool's program names are links to the binary, which acts as
+# the program it is started as; copying the folder keeps them links.
+COPY --from=build /out/bin/ /usr/local/bin/
 # distroless' "nonroot" user; numeric so that Kubernetes' runAsNonRoot can check it.
 USER 65532:65532
 WORKDIR /home/nonroot

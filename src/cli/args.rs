@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::cli::portal::PortalArgs;
+use crate::cli::python_cmd::{SendFileArgs, SendRequestArgs};
 use crate::cli::send::{SendArgs, WaitArgs};
 
 const AFTER_HELP: &str = "\
@@ -54,6 +55,18 @@ pub enum Command {
         after_help = "Examples:\n  kafkasend completions bash > /etc/bash_completion.d/kafkasend\n  kafkasend completions zsh > \"${fpath[1]}/_kafkasend\"\n  kafkasend completions fish > ~/.config/fish/completions/kafkasend.fish"
     )]
     Completions(crate::cli::completions::CompletionsArgs),
+    /// The Python client's file upload, as a multipart form (deprecated: kafkasend send FILE --multipart)
+    #[command(
+        disable_help_flag = true,
+        after_help = "Example:\n  kafkasend send-file hello.txt --endpoint /api/upload -h 'X-Request-ID: 42' -t text/plain"
+    )]
+    SendFile(Box<SendFileArgs>),
+    /// The Python client's request without a body (deprecated: kafkasend send)
+    #[command(
+        disable_help_flag = true,
+        after_help = "Example:\n  kafkasend send-request --endpoint /api/items -m GET --no-wait"
+    )]
+    SendRequest(Box<SendRequestArgs>),
     /// GET a health URL and exit 0 on a 2xx answer, 1 otherwise (for container health checks).
     #[command(
         after_help = "Examples:\n  kafkasend health\n  kafkasend health --url http://127.0.0.1:9464/readyz --timeout 3"
@@ -66,7 +79,7 @@ pub enum Command {
 /// (`config show` adds them to its own flags).
 pub fn command() -> clap::Command {
     let cmd = <Cli as clap::CommandFactory>::command();
-    ["portal", "send", "wait"]
+    ["portal", "send", "wait", "send-file", "send-request"]
         .into_iter()
         .fold(cmd, |cmd, name| {
             cmd.mut_subcommand(name, crate::cli::defaults::annotate)

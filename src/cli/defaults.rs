@@ -32,6 +32,8 @@ pub(crate) const SIGNATURE_MAX_TTL_SECS: u64 = 3600;
 pub(crate) const SIGNATURE_TTL_SECS: u64 = 300;
 /// `send` and `wait`: how long to wait for the answer after the last record.
 pub(crate) const TIMEOUT_SECS: u64 = 300;
+/// `send` and `wait`: their log level.
+pub(crate) const CLIENT_LOG_LEVEL: &str = "WARNING";
 
 /// Each flag with a default value, by arg id, as its help shows it.
 pub(crate) fn shown() -> Vec<(&'static str, String)> {
@@ -78,6 +80,7 @@ pub(crate) fn shown() -> Vec<(&'static str, String)> {
         ("token_refresh_statuses", TOKEN_REFRESH_STATUSES.into()),
         ("timeout", TIMEOUT_SECS.to_string()),
         ("signature_ttl_secs", SIGNATURE_TTL_SECS.to_string()),
+        ("client_log_level", CLIENT_LOG_LEVEL.into()),
     ]
 }
 

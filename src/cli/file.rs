@@ -68,6 +68,7 @@ pub struct FileConfig {
     pub signature_max_ttl_secs: Option<u64>,
     pub signing_key: Option<PathBuf>,
     pub signature_ttl_secs: Option<u64>,
+    pub client_log_level: Option<String>,
 }
 
 impl std::fmt::Debug for FileConfig {

@@ -2,7 +2,8 @@
 //! names of environment variables.
 //!
 //! Precedence is flag > environment > file > default. clap merges the first
-//! two (each flag names its variable); [`file`] reads the TOML file, and
+//! two (each flag names its variable), and [`python`] fills what the
+//! Python tool's variables set where neither did; [`file`] reads the TOML file, and
 //! [`portal::resolve_portal`], [`send::resolve_send`] and
 //! [`send::resolve_wait`] fill in the rest and check it, producing the plain
 //! settings each role runs with. Invalid values fail at start with a message
@@ -15,11 +16,14 @@ pub(crate) mod file;
 pub(crate) mod health;
 pub(crate) mod kafka;
 pub(crate) mod portal;
+pub(crate) mod python;
+pub mod python_cmd;
 pub mod send;
 pub(crate) mod show;
 #[cfg(test)]
 mod tests;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use crate::cli::args::{Cli, Command};
@@ -64,16 +68,42 @@ async fn shutdown_signal() {
 /// Parses the command line and runs the subcommand; every error becomes one
 /// line on stderr and one exit code, decided here.
 pub fn run() -> ExitCode {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if let Some(header) = python::header_after_help_flag(&argv) {
+        eprintln!(
+            "kafkasend send: -h asks for help here and sends nothing; send the header with -H (as curl does): -H {}",
+            one_line(&python::shell_quote(&header))
+        );
+        return ExitCode::from(2);
+    }
+    let argv = match python_cmd::program(argv.first()) {
+        python_cmd::Program::Kafkasend => argv,
+        python_cmd::Program::Client => {
+            return python_cmd::run_client(&argv).unwrap_or_else(usage_error);
+        }
+        python_cmd::Program::Portal => {
+            let rest = argv.iter().skip(1).cloned();
+            ["kafkasend", "portal"]
+                .map(OsString::from)
+                .into_iter()
+                .chain(rest)
+                .collect()
+        }
+    };
     let cli = match args::command()
-        .try_get_matches()
+        .try_get_matches_from(&argv)
         .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m))
     {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
     match cli.command {
-        Command::Portal(args) => {
-            let cfg = match portal::resolve_portal(&args) {
+        Command::Portal(mut args) => {
+            let resolved = python::fill_portal(&mut args, &python::process_env).and_then(|f| {
+                let cfg = portal::resolve_portal(&args).map_err(|e| f.explain(e))?;
+                Ok((cfg, f.notes))
+            });
+            let (cfg, notes) = match resolved {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("kafkasend portal: {e:#}");
@@ -81,6 +111,13 @@ pub fn run() -> ExitCode {
                 }
             };
             logging::init(&cfg.log_filter, cfg.log_format);
+            for note in notes {
+                if note.warn {
+                    log::warn!("{}", note.text);
+                } else {
+                    log::info!("{}", note.text);
+                }
+            }
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -101,6 +138,8 @@ pub fn run() -> ExitCode {
         }
         Command::Send(args) => crate::cli::send::run_send(&args),
         Command::Wait(args) => crate::cli::send::run_wait(&args),
+        Command::SendFile(args) => python_cmd::run_send_file(&args),
+        Command::SendRequest(args) => python_cmd::run_send_request(&args),
         Command::Config(ConfigCommand::Show(args)) => match show::rows(&args) {
             Ok(sections) => {
                 print!("{}", show::render(&sections));
@@ -171,7 +210,9 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .take(1)
         .collect();
     let help = match command.first() {
-        Some(sub) if ["send", "portal", "wait"].contains(&sub.as_str()) => {
+        Some(sub)
+            if ["send", "portal", "wait", "send-file", "send-request"].contains(&sub.as_str()) =>
+        {
             format!("kafkasend {sub} --help")
         }
         _ => "kafkasend --help".into(),

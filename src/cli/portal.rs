@@ -200,7 +200,7 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         pick(&a.client_key_file, &f.client_key_file).as_deref(),
     )?;
     let level = pick(&a.log_level, &f.log_level).unwrap_or_else(|| defaults::LOG_LEVEL.into());
-    let log_filter = log_filter(&level)?;
+    let log_filter = log_filter("PORTAL_LOG_LEVEL", &level)?;
     let log_format = parse_log_format(
         &pick(&a.log_format, &f.log_format).unwrap_or_else(|| defaults::LOG_FORMAT.into()),
     )?;
@@ -564,8 +564,9 @@ pub fn parse_admin_listen(s: &str) -> anyhow::Result<std::net::SocketAddr> {
     })
 }
 
-/// Maps the Python tool's level names to an env_logger filter.
-pub fn log_filter(level: &str) -> anyhow::Result<String> {
+/// Maps the Python tool's level names to an env_logger filter; errors name
+/// `setting`.
+pub fn log_filter(setting: &str, level: &str) -> anyhow::Result<String> {
     let l = match level.trim().to_ascii_uppercase().as_str() {
         "TRACE" => "trace",
         "DEBUG" => "debug",
@@ -573,7 +574,7 @@ pub fn log_filter(level: &str) -> anyhow::Result<String> {
         "WARN" | "WARNING" => "warn",
         "ERROR" | "CRITICAL" => "error",
         "OFF" => "off",
-        _ => bail!("PORTAL_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not '{level}'"),
+        _ => bail!("{setting} must be DEBUG, INFO, WARNING or ERROR, not '{level}'"),
     };
     // Our own messages at the chosen level; the Kafka client's only when they matter.
     Ok(format!("warn,kafkasend={l}"))

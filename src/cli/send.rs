@@ -11,6 +11,8 @@ use crate::cli::defaults;
 use crate::cli::file::{load_file, FileConfig};
 use crate::cli::file::{pick, MAX_WAIT_SECS};
 use crate::cli::kafka::{resolve_kafka, KafkaArgs};
+use crate::cli::portal::log_filter;
+use crate::cli::python::{fill, process_env, Env, Filled, Role, Slot};
 use crate::kafka;
 use std::process::ExitCode;
 
@@ -93,6 +95,9 @@ pub struct SendArgs {
     /// Seconds a request signature stays valid
     #[arg(long, env = "KAFKASEND_SIGNATURE_TTL_SECS", value_name = "SECS")]
     pub signature_ttl_secs: Option<u64>,
+    /// Log level: DEBUG, INFO, WARNING, ERROR; RUST_LOG overrides it
+    #[arg(long = "log-level", env = "KAFKASEND_LOG_LEVEL", value_name = "LEVEL")]
+    pub client_log_level: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,
@@ -116,6 +121,9 @@ pub struct WaitArgs {
     /// Print a one-line JSON summary on stdout; needs --output
     #[arg(long)]
     pub json: bool,
+    /// Log level: DEBUG, INFO, WARNING, ERROR; RUST_LOG overrides it
+    #[arg(long = "log-level", env = "KAFKASEND_LOG_LEVEL", value_name = "LEVEL")]
+    pub client_log_level: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,
@@ -140,6 +148,7 @@ pub fn resolve_send(a: &SendArgs) -> anyhow::Result<Settings> {
         bail!("--json needs --output FILE (or --no-wait), so the response body and the summary do not mix on stdout");
     }
     let f = load_file(a.kafka.config.as_deref())?;
+    client_log_filter(&a.client_log_level, &f)?;
     let (kafka, timeout) = resolve_wait_parts(&a.kafka, &a.timeout, &f, "kafkasend-send")?;
     let ttl =
         pick(&a.signature_ttl_secs, &f.signature_ttl_secs).unwrap_or(defaults::SIGNATURE_TTL_SECS);
@@ -169,6 +178,7 @@ pub fn resolve_wait(a: &WaitArgs) -> anyhow::Result<Settings> {
         );
     }
     let f = load_file(a.kafka.config.as_deref())?;
+    client_log_filter(&a.client_log_level, &f)?;
     let (kafka, timeout) = resolve_wait_parts(&a.kafka, &a.timeout, &f, "kafkasend-wait")?;
     Ok(Settings {
         kafka,
@@ -191,11 +201,73 @@ fn resolve_wait_parts(
     Ok((kafka, Duration::from_secs(timeout)))
 }
 
+/// The log filter of `send` and `wait`: `--log-level`, else the file's
+/// `client_log_level`, else WARNING.
+fn client_log_filter(level: &Option<String>, f: &FileConfig) -> anyhow::Result<String> {
+    let level =
+        pick(level, &f.client_log_level).unwrap_or_else(|| defaults::CLIENT_LOG_LEVEL.into());
+    log_filter("KAFKASEND_LOG_LEVEL", &level)
+}
+
+/// Applies the Python tool's variables to `args`, starts the log at the
+/// level that results (warnings when it cannot be known), shows what the
+/// Python variables did, and resolves the settings with `resolve`.
+fn start_client<A: Clone>(
+    args: &A,
+    fill: fn(&mut A, Env<'_>) -> anyhow::Result<Filled>,
+    resolve: fn(&A) -> anyhow::Result<Settings>,
+    level: fn(&A) -> (Option<String>, Option<PathBuf>),
+) -> (A, anyhow::Result<Settings>) {
+    let mut args = args.clone();
+    let filled = fill(&mut args, &process_env);
+    let (given, config) = level(&args);
+    let filter = load_file(config.as_deref())
+        .ok()
+        .and_then(|f| client_log_filter(&given, &f).ok())
+        .unwrap_or_else(|| "warn".into());
+    logging::init(&filter, LogFormat::Text);
+    let cfg = filled.and_then(|filled| {
+        for note in &filled.notes {
+            if note.warn {
+                log::warn!("{}", note.text);
+            } else {
+                log::info!("{}", note.text);
+            }
+        }
+        resolve(&args).map_err(|e| filled.explain(e))
+    });
+    (args, cfg)
+}
+
+/// Fills `kafkasend send`'s settings from the Python tool's variables.
+pub(crate) fn fill_send(a: &mut SendArgs, env: Env<'_>) -> anyhow::Result<Filled> {
+    fill(a, Role::Client, env, |a, rust| {
+        Some(match rust {
+            "KAFKASEND_LOG_LEVEL" => Slot::Text(&mut a.client_log_level),
+            "KAFKA_TIMEOUT_SECS" => Slot::Secs(&mut a.kafka.kafka_timeout_secs),
+            _ => return None,
+        })
+    })
+}
+
+/// Fills `kafkasend wait`'s settings from the Python tool's variables.
+pub(crate) fn fill_wait(a: &mut WaitArgs, env: Env<'_>) -> anyhow::Result<Filled> {
+    fill(a, Role::Client, env, |a, rust| {
+        Some(match rust {
+            "KAFKASEND_LOG_LEVEL" => Slot::Text(&mut a.client_log_level),
+            "KAFKA_TIMEOUT_SECS" => Slot::Secs(&mut a.kafka.kafka_timeout_secs),
+            _ => return None,
+        })
+    })
+}
+
 /// `kafkasend send`: runs the request, prints the job id when it does not
 /// wait, and exits with the outcome's code.
 pub(crate) fn run_send(args: &SendArgs) -> ExitCode {
-    logging::init("warn", LogFormat::Text);
-    let cfg = resolve_send(args);
+    let (args, cfg) = start_client(args, fill_send, resolve_send, |a| {
+        (a.client_log_level.clone(), a.kafka.config.clone())
+    });
+    let args = &args;
     let request = request(args);
     run_client("send", args.json, cfg, async |cfg, report| {
         let interrupt = Interrupts::watch()?;
@@ -209,8 +281,10 @@ pub(crate) fn run_send(args: &SendArgs) -> ExitCode {
 
 /// `kafkasend wait`: picks up an answer sent for earlier.
 pub(crate) fn run_wait(args: &WaitArgs) -> ExitCode {
-    logging::init("warn", LogFormat::Text);
-    let cfg = resolve_wait(args);
+    let (args, cfg) = start_client(args, fill_wait, resolve_wait, |a| {
+        (a.client_log_level.clone(), a.kafka.config.clone())
+    });
+    let args = &args;
     let pickup = Pickup {
         job: args.job.clone(),
         output: args.output.clone(),

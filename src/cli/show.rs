@@ -22,6 +22,7 @@ use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, Subcommand, ValueEnum
 use crate::cli::file::load_file;
 use crate::cli::kafka::KafkaArgs;
 use crate::cli::portal::{resolve_portal, PortalArgs};
+use crate::cli::python::{self, process_env, Env, Role};
 use crate::cli::send::{resolve_send, SendArgs};
 
 /// Id of the positional that picks a side.
@@ -87,7 +88,12 @@ impl Args for ShowArgs {
         let send_only: Vec<Arg> = send_command()
             .get_arguments()
             .filter(|a| a.get_env().is_some() && !have.contains(a.get_id()))
-            .cloned()
+            .map(|a| match a.get_id().as_str() {
+                // send's --log-level is also the portal's flag; here it
+                // goes by its file key.
+                "client_log_level" => a.clone().long("client-log-level"),
+                _ => a.clone(),
+            })
             .collect();
         crate::cli::defaults::annotate(cmd.args(send_only))
     }
@@ -111,8 +117,8 @@ pub(crate) fn ids(cmd: &Command) -> Vec<clap::Id> {
 pub struct Row {
     /// Environment variable (or flag, for the few without one).
     pub name: String,
-    /// flag, env, file or default.
-    pub source: &'static str,
+    /// flag, env, file or default; `env NAME` for a Python tool's variable.
+    pub source: String,
     /// The value, `(redacted)` for secrets, `(not set)` when absent.
     pub value: String,
 }
@@ -120,6 +126,14 @@ pub struct Row {
 /// Resolves what to show: sections of rows, in flag order. With a side, the
 /// settings are first checked as that command checks them at start.
 pub fn rows(args: &ShowArgs) -> anyhow::Result<Vec<(&'static str, Vec<Row>)>> {
+    rows_with(args, &process_env)
+}
+
+/// [`rows`], with the Python tool's variables looked up in `env`.
+pub(crate) fn rows_with(
+    args: &ShowArgs,
+    env: Env<'_>,
+) -> anyhow::Result<Vec<(&'static str, Vec<Row>)>> {
     let m = &args.matches;
     let side = m.get_one::<Side>(SIDE).copied();
     let kafka_args = KafkaArgs::from_arg_matches(m)?;
@@ -127,20 +141,30 @@ pub fn rows(args: &ShowArgs) -> anyhow::Result<Vec<(&'static str, Vec<Row>)>> {
     let file = serde_json::to_value(&file)?;
     match side {
         Some(Side::Portal) => {
-            resolve_portal(&PortalArgs::from_arg_matches(m)?)?;
+            let mut portal = PortalArgs::from_arg_matches(m)?;
+            let filled = python::fill_portal(&mut portal, env)?;
+            resolve_portal(&portal).map_err(|e| filled.explain(e))?;
         }
         Some(Side::Send) => {
-            let send = SendArgs {
+            let mut send = SendArgs {
                 kafka: kafka_args,
                 timeout: m.get_one::<u64>("timeout").copied(),
                 signing_key: m.get_one::<PathBuf>("signing_key").cloned(),
                 signature_ttl_secs: m.get_one::<u64>("signature_ttl_secs").copied(),
+                client_log_level: m.get_one::<String>("client_log_level").cloned(),
                 ..SendArgs::default()
             };
-            resolve_send(&send)?;
+            let filled = crate::cli::send::fill_send(&mut send, env)?;
+            resolve_send(&send).map_err(|e| filled.explain(e))?;
         }
         None => {}
     }
+    let role = match side {
+        Some(Side::Portal) => Role::Portal,
+        Some(Side::Send) => Role::Client,
+        None => Role::Both,
+    };
+    let python_values = python::applied_values(role, env)?;
 
     let all = ShowArgs::augment_args(Command::new("show"));
     let kafka_ids = ids(&KafkaArgs::augment_args(Command::new("kafka")));
@@ -166,11 +190,48 @@ pub fn rows(args: &ShowArgs) -> anyhow::Result<Vec<(&'static str, Vec<Row>)>> {
                     Some(Side::Send) => !kafka_ids.contains(id) && send_ids.contains(id),
                 }
             })
-            .map(|a| row(a, m, &file))
+            .map(|a| row(a, m, &file, &python_values))
             .collect();
         sections.push((title, rows));
     }
+    let ignored = ignored_rows(role, env, &python_values, &sections);
+    if !ignored.is_empty() {
+        sections.push(("ignored (Python KafkaSend variables)", ignored));
+    }
     Ok(sections)
+}
+
+/// The Python variables set that give no value: those with no meaning
+/// here, and those whose Rust name a flag or variable set too.
+fn ignored_rows(
+    role: Role,
+    env: Env<'_>,
+    python_values: &[(&'static str, &'static str, python::Value)],
+    sections: &[(&'static str, Vec<Row>)],
+) -> Vec<Row> {
+    let shown = |name: &str| {
+        sections
+            .iter()
+            .flat_map(|(_, rows)| rows)
+            .find(|r| r.name == name)
+    };
+    let mut rows: Vec<Row> = python_values
+        .iter()
+        .filter_map(|(rust, python, _)| {
+            let winner = shown(rust).filter(|r| r.source == "flag" || r.source == "env")?;
+            Some(Row {
+                name: python.to_string(),
+                source: "env".into(),
+                value: format!("ignored: {} is set ({}) and wins", rust, winner.source),
+            })
+        })
+        .collect();
+    rows.extend(python::unused_set(role, env).into_iter().map(|u| Row {
+        name: u.python.into(),
+        source: "env".into(),
+        value: format!("ignored: {}", u.instead),
+    }));
+    rows
 }
 
 /// A setting's value as `config show` prints it: secrets redacted, and
@@ -183,9 +244,15 @@ fn shown(secret: bool, value: String) -> String {
     }
 }
 
-/// The row of one setting: flag or env as clap saw it, else the file's key
-/// of the same name, else the default from the help text.
-fn row(arg: &Arg, m: &ArgMatches, file: &serde_json::Value) -> Row {
+/// The row of one setting: flag or env as clap saw it, else a Python
+/// variable that sets it, else the file's key of the same name, else the
+/// default from the help text.
+fn row(
+    arg: &Arg,
+    m: &ArgMatches,
+    file: &serde_json::Value,
+    python_values: &[(&'static str, &'static str, python::Value)],
+) -> Row {
     let id = arg.get_id().as_str();
     let name = match (arg.get_env(), arg.get_long()) {
         (Some(env), _) => env.to_string_lossy().into_owned(),
@@ -209,8 +276,15 @@ fn row(arg: &Arg, m: &ArgMatches, file: &serde_json::Value) -> Row {
             .unwrap_or_default();
         return Row {
             name,
-            source,
+            source: source.into(),
             value: shown(secret, value),
+        };
+    }
+    if let Some((_, python, value)) = python_values.iter().find(|(rust, _, _)| *rust == name) {
+        return Row {
+            name,
+            source: format!("env {python}"),
+            value: shown(secret, value.to_string()),
         };
     }
     let from_file = file.get(id).filter(|v| !v.is_null());
@@ -221,13 +295,13 @@ fn row(arg: &Arg, m: &ArgMatches, file: &serde_json::Value) -> Row {
         };
         return Row {
             name,
-            source: "file",
+            source: "file".into(),
             value: shown(secret, value),
         };
     }
     Row {
         name,
-        source: "default",
+        source: "default".into(),
         value: default_from_help(arg).unwrap_or_else(|| "(not set)".into()),
     }
 }
@@ -247,6 +321,12 @@ pub fn render(sections: &[(&'static str, Vec<Row>)]) -> String {
         .flat_map(|(_, rows)| rows.iter().map(|r| r.name.len()))
         .max()
         .unwrap_or(0);
+    let source_width = sections
+        .iter()
+        .flat_map(|(_, rows)| rows.iter().map(|r| r.source.len()))
+        .max()
+        .unwrap_or(0)
+        .max(7);
     let mut out = String::from(
         "# Effective settings; precedence: flag > env > file > default.\n\
          # Secrets are redacted; key files are shown by path, never read into this output.\n",
@@ -255,7 +335,7 @@ pub fn render(sections: &[(&'static str, Vec<Row>)]) -> String {
         out.push_str(&format!("\n[{title}]\n"));
         for r in rows {
             out.push_str(&format!(
-                "{:<width$}  {:<7}  {}\n",
+                "{:<width$}  {:<source_width$}  {}\n",
                 r.name, r.source, r.value
             ));
         }
@@ -311,17 +391,20 @@ mod tests {
             find(&s, "KAFKA_BOOTSTRAP_SERVERS"),
             &Row {
                 name: "KAFKA_BOOTSTRAP_SERVERS".into(),
-                source: "flag",
+                source: "flag".into(),
                 value: "b:1".into()
             }
         );
         let secret = find(&s, "OAUTH2_CLIENT_SECRET");
         assert_eq!(
-            (secret.source, secret.value.as_str()),
+            (secret.source.as_str(), secret.value.as_str()),
             ("flag", "(redacted)")
         );
         let timeout = find(&s, "KAFKA_TIMEOUT_SECS");
-        assert_eq!((timeout.source, timeout.value.as_str()), ("default", "30"));
+        assert_eq!(
+            (timeout.source.as_str(), timeout.value.as_str()),
+            ("default", "30")
+        );
         let url = find(&s, "OAUTH2_TOKEN_URL");
         assert_eq!(url.value, "(not set)");
         assert!(!render(&s).contains("hunter2"));
@@ -341,6 +424,79 @@ mod tests {
         assert!(
             format!("{err:#}").contains("PORTAL_TARGET_API_URL"),
             "{err:#}"
+        );
+    }
+
+    #[test]
+    fn python_variables_show_under_their_own_name() {
+        let env = |k: &str| {
+            [
+                ("PORTAL_JOB_TIMEOUT_SECONDS", "5"),
+                ("KAFKA_REQUEST_TIMEOUT_MS", "2500"),
+                ("KAFKA_MAX_POLL_RECORDS", "10"),
+                ("PORTAL_JOB_MAX_AGE_SECONDS", "900"),
+                ("CLIENT_LOG_LEVEL", "info"),
+            ]
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+        };
+        let args = show(&[
+            "portal",
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--use-oauth",
+            "false",
+            "--max-job-age-secs",
+            "60",
+        ]);
+        let s = rows_with(&args, &env).unwrap();
+        let timeout = find(&s, "PORTAL_REQUEST_TIMEOUT_SECS");
+        assert_eq!(
+            (timeout.source.as_str(), timeout.value.as_str()),
+            ("env PORTAL_JOB_TIMEOUT_SECONDS", "5")
+        );
+        let kafka = find(&s, "KAFKA_TIMEOUT_SECS");
+        assert_eq!(
+            (kafka.source.as_str(), kafka.value.as_str()),
+            ("env KAFKA_REQUEST_TIMEOUT_MS", "3")
+        );
+        let age = find(&s, "PORTAL_MAX_JOB_AGE_SECS");
+        assert_eq!((age.source.as_str(), age.value.as_str()), ("flag", "60"));
+        let lost = find(&s, "PORTAL_JOB_MAX_AGE_SECONDS");
+        assert!(
+            lost.value.contains("PORTAL_MAX_JOB_AGE_SECS is set"),
+            "{lost:?}"
+        );
+        let unused = find(&s, "KAFKA_MAX_POLL_RECORDS");
+        assert!(unused.value.starts_with("ignored: "), "{unused:?}");
+        assert!(unused.value.contains("PORTAL_MAX_CONCURRENT_JOBS"));
+        // The client's variable is not the portal's business.
+        assert!(!render(&s).contains("CLIENT_LOG_LEVEL"), "{}", render(&s));
+
+        let s = rows_with(&show(&["send"]), &env).unwrap();
+        let level = find(&s, "KAFKASEND_LOG_LEVEL");
+        assert_eq!(
+            (level.source.as_str(), level.value.as_str()),
+            ("env CLIENT_LOG_LEVEL", "INFO")
+        );
+        assert!(!render(&s).contains("KAFKA_MAX_POLL_RECORDS"));
+    }
+
+    #[test]
+    fn a_bad_python_value_fails_the_side_check_by_its_name() {
+        let env = |k: &str| (k == "KAFKA_SESSION_TIMEOUT_MS").then(|| "2000".to_string());
+        let args = show(&[
+            "portal",
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--use-oauth",
+            "false",
+        ]);
+        let err = format!("{:#}", rows_with(&args, &env).unwrap_err());
+        assert!(
+            err.starts_with("KAFKA_SESSION_TIMEOUT_MS=2000 is read as PORTAL_SESSION_TIMEOUT_SECS: PORTAL_SESSION_TIMEOUT_SECS must be between 6 and 1800"),
+            "{err}"
         );
     }
 }

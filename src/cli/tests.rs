@@ -139,10 +139,13 @@ fn readme_configuration_tables_match_the_flags() {
                 .find(|r| r.starts_with(&format!("| `{env}` |")))
                 .unwrap_or_else(|| panic!("docs/configuration.md has no row for {env}"));
             assert!(
-                row.contains(&format!("| `--{long}")),
+                row.contains(&format!("`--{long}")),
                 "docs/configuration.md row of {env} does not name --{long}: {row}"
             );
-            let key = long.replace('-', "_");
+            // The file key is the arg's id: the long name with `_` for `-`,
+            // except `client_log_level`, which `--log-level` of send and
+            // wait keeps apart from the portal's `log_level`.
+            let key = arg.get_id().as_str();
             assert!(
                 env == "KAFKASEND_CONFIG" || row.contains(&format!("| `{key}` |")),
                 "docs/configuration.md row of {env} does not name the file key {key}: {row}"
@@ -158,6 +161,103 @@ fn readme_configuration_tables_match_the_flags() {
             "docs/configuration.md documents {env}, which no flag reads: {row}"
         );
     }
+}
+
+/// docs/configuration.md's table of the Python tool's variables is the
+/// table in `cli::python`: each mapped name with the setting it fills, each
+/// unused one with a dash, and nothing else.
+#[test]
+fn python_variable_table_matches_the_code() {
+    use crate::cli::python::{ALIASES, UNUSED};
+    let doc = include_str!("../../docs/configuration.md");
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with("The Python tool's variables"))
+        .expect("docs/configuration.md has a section \"The Python tool's variables\"");
+    let rows: Vec<(&str, &str)> = section
+        .lines()
+        .filter_map(|l| {
+            let mut cells = l.strip_prefix("| `")?.split(" | ");
+            let python = cells.next()?.strip_suffix('`')?;
+            Some((python, cells.next()?))
+        })
+        .collect();
+    for a in ALIASES {
+        assert!(
+            rows.contains(&(a.python, &format!("`{}`", a.rust))),
+            "docs/configuration.md: no row `{}` | `{}`",
+            a.python,
+            a.rust
+        );
+    }
+    for u in UNUSED {
+        assert!(
+            rows.contains(&(u.python, "—")),
+            "docs/configuration.md: no row `{}` | —",
+            u.python
+        );
+    }
+    assert_eq!(rows.len(), ALIASES.len() + UNUSED.len(), "{rows:?}");
+}
+
+/// The Python variables `send` and `wait` read: each fills its field, a
+/// bad one is named, the portal's are none of their business.
+#[test]
+fn python_variables_of_the_client() {
+    use crate::cli::python::{Role, ALIASES};
+    let env = |k: &str| {
+        [
+            ("CLIENT_LOG_LEVEL", "debug"),
+            ("KAFKA_REQUEST_TIMEOUT_MS", "1500"),
+            ("KAFKA_MAX_POLL_RECORDS", "10"),
+            ("PORTAL_JOB_TIMEOUT_SECONDS", "5"),
+        ]
+        .iter()
+        .find(|(n, _)| *n == k)
+        .map(|(_, v)| v.to_string())
+    };
+    let mut s = SendArgs::default();
+    let filled = fill_send(&mut s, &env).unwrap();
+    assert_eq!(s.client_log_level.as_deref(), Some("DEBUG"));
+    assert_eq!(s.kafka.kafka_timeout_secs, Some(2));
+    assert!(filled.notes.is_empty(), "{:?}", filled.notes);
+    let mut w = WaitArgs::default();
+    fill_wait(&mut w, &env).unwrap();
+    assert_eq!(w.client_log_level.as_deref(), Some("DEBUG"));
+    let client = ALIASES
+        .iter()
+        .filter(|a| a.role.concerns(Role::Client))
+        .count();
+    assert_eq!(filled.applied.len(), client);
+
+    let bad = |k: &str| (k == "CLIENT_LOG_LEVEL").then(|| "LOUD".to_string());
+    let err = format!(
+        "{:#}",
+        fill_send(&mut SendArgs::default(), &bad).unwrap_err()
+    );
+    assert!(
+        err.starts_with(
+            "CLIENT_LOG_LEVEL is read as KAFKASEND_LOG_LEVEL: CLIENT_LOG_LEVEL must be"
+        ),
+        "{err}"
+    );
+    // The flag wins over the Python name.
+    let mut s = SendArgs {
+        client_log_level: Some("ERROR".into()),
+        ..SendArgs::default()
+    };
+    let filled = fill_send(&mut s, &env).unwrap();
+    assert_eq!(s.client_log_level.as_deref(), Some("ERROR"));
+    assert_eq!(filled.notes.len(), 1);
+    let err = resolve_send(&SendArgs {
+        client_log_level: Some("chatty".into()),
+        ..SendArgs::default()
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with("KAFKASEND_LOG_LEVEL must be"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -785,4 +885,47 @@ fn every_default_names_a_flag_and_reaches_its_help() {
             );
         }
     }
+}
+
+/// The Python client's command lines parse as it took them: `-h` is a
+/// header, `-m` any case, the last of `--wait`/`--no-wait` wins, and
+/// `--help` is still help.
+#[test]
+fn python_command_lines_parse() {
+    let parse = |argv: &[&str]| Cli::try_parse_from(argv).map(|c| c.command);
+    let Ok(Command::SendFile(a)) = parse(&[
+        "kafkasend",
+        "send-file",
+        "/testdata/hello.txt",
+        "--endpoint",
+        "api/upload",
+        "-m",
+        "patch",
+        "-h",
+        "X-Request-ID: 1",
+        "-h",
+        "x-request-id: 2",
+        "-t",
+        "text/plain",
+        "--no-wait",
+        "--wait",
+    ]) else {
+        panic!("send-file did not parse");
+    };
+    let (s, dropped) = a.to_send();
+    assert!(dropped.is_empty());
+    assert_eq!(s.headers, ["X-Request-ID: 2"]);
+    assert_eq!(s.method.as_deref(), Some("PATCH"));
+    assert!(!s.no_wait && s.multipart);
+    assert_eq!(s.content_type.as_deref(), Some("text/plain"));
+    let Ok(Command::SendRequest(a)) = parse(&["kafkasend", "send-request", "-e", "/x"]) else {
+        panic!("send-request did not parse");
+    };
+    let (s, _) = a.to_send();
+    assert_eq!(s.method.as_deref(), Some("GET"));
+    assert!(s.file.is_none() && !s.multipart);
+    let wrong = parse(&["kafkasend", "send-file", "f", "-e", "/x", "-m", "GET"]);
+    assert!(wrong.is_err());
+    let help = parse(&["kafkasend", "send-request", "--help"]).unwrap_err();
+    assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
 }

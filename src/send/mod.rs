@@ -41,8 +41,8 @@ mod upload;
 
 use std::future::Future;
 
-pub(crate) use crate::send::types::Pickup;
 pub use crate::send::types::{Notice, Outcome, Request, SendError, Settings, Show};
+pub(crate) use crate::send::types::{Pickup, EXIT_HTTP_ERROR};
 pub use crate::send::upload::Link;
 
 use crate::protocol::wire::JobId;

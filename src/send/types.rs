@@ -11,7 +11,7 @@ use crate::protocol::ErrorCategory;
 use crate::send::output::OutputError;
 
 /// Exit status for a response with HTTP status 400 or above (as curl's `--fail-with-body`).
-const EXIT_HTTP_ERROR: u8 = 22;
+pub(crate) const EXIT_HTTP_ERROR: u8 = 22;
 
 /// What `send` and `wait` run with, resolved and checked.
 #[derive(Debug, Clone)]

@@ -16,6 +16,7 @@ mod leaks;
 mod limits;
 mod oauth;
 mod policy;
+mod python;
 mod relay;
 mod secrets;
 mod ship;

@@ -33,8 +33,13 @@ pub struct Portal {
 impl Portal {
     /// Starts a portal with `env` and waits until it says it is ready.
     pub fn start(topics: &Topics, env: &[(&str, String)]) -> Self {
-        let mut cmd = kafkasend(topics);
-        cmd.arg("portal")
+        Self::start_as(kafkasend(topics), &["portal"], env)
+    }
+
+    /// Starts `cmd ARGS` (the binary, or a link to it under another name)
+    /// as a portal with `env` and waits until it says it is ready.
+    pub fn start_as(mut cmd: Command, args: &[&str], env: &[(&str, String)]) -> Self {
+        cmd.args(args)
             .env("PORTAL_LOG_LEVEL", "DEBUG")
             .env("KAFKA_TOPIC_PARTITIONS", "3")
             // Tests that exercise the policy set their own list.
