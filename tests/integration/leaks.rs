@@ -334,7 +334,14 @@ async fn headers_no_portal_forwards_never_reach_kafka() {
             }
         }
     }
-    assert_eq!(starts, [vec![("X-Foo".to_string(), "1".to_string())]]);
+    let agent = format!("kafkasend/{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        starts,
+        [vec![
+            ("X-Foo".to_string(), "1".to_string()),
+            ("User-Agent".to_string(), agent)
+        ]]
+    );
     let reqs = servers.state.requests();
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].headers["x-foo"], "1");
