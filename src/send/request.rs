@@ -111,6 +111,7 @@ pub(super) fn prepare(request: &Request) -> Result<Prepared, SendError> {
     let (mut headers, stripped): (Vec<_>, Vec<_>) = given
         .into_iter()
         .partition(|(name, _)| !crate::protocol::request::never_forwarded(name));
+    accept_encoding(request, &mut headers);
     let mut dropped: Vec<String> = Vec::new();
     for (name, _) in stripped {
         if !dropped.iter().any(|d| d.eq_ignore_ascii_case(&name)) {
@@ -182,6 +183,20 @@ pub(super) fn prepare(request: &Request) -> Result<Prepared, SendError> {
         body_len,
         envelope,
     })
+}
+
+/// `--compressed` asks for what it can decode, unless a `-H
+/// Accept-Encoding` already says what to ask for.
+fn accept_encoding(request: &Request, headers: &mut Vec<(String, String)>) {
+    let given = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("accept-encoding"));
+    if request.response.compressed && !given {
+        headers.push((
+            "Accept-Encoding".into(),
+            crate::send::decode::ACCEPT_ENCODING.into(),
+        ));
+    }
 }
 
 pub(super) async fn open_body(
@@ -297,6 +312,28 @@ mod tests {
         assert_eq!(p.dropped, ["Authorization", "cookie", "X-Forwarded-For"]);
         let plain = prepare(&with_headers(&["X-A: 1"])).unwrap();
         assert!(plain.dropped.is_empty());
+    }
+
+    #[test]
+    fn compressed_asks_for_what_it_decodes_unless_told_otherwise() {
+        let mut request = with_headers(&["Accept: text/plain"]);
+        request.response.compressed = true;
+        let p = prepare(&request).unwrap();
+        assert_eq!(
+            p.headers[1],
+            (
+                "Accept-Encoding".to_string(),
+                "gzip, deflate, br".to_string()
+            )
+        );
+        let mut request = with_headers(&["accept-encoding: gzip"]);
+        request.response.compressed = true;
+        assert_eq!(
+            prepare(&request).unwrap().headers,
+            [("accept-encoding".to_string(), "gzip".to_string())]
+        );
+        let plain = prepare(&with_headers(&[])).unwrap();
+        assert!(plain.headers.is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod admin;
 mod cli;
 mod client;
+mod curl_response;
 mod files;
 mod group;
 mod kafka_read;
