@@ -20,7 +20,9 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::logging::{self, LogFormat};
 use crate::send::ui::{one_line, Report};
-use crate::send::{Notice, Outcome, Pickup, Request, SendError, Settings, Show};
+use crate::send::{
+    Notice, Outcome, Pickup, Request, ResponseOptions, SendError, Settings, Show, Verbose,
+};
 
 /// `-A`'s help, naming the default with this build's version.
 const USER_AGENT_HELP: &str = concat!(
@@ -35,7 +37,7 @@ pub struct SendArgs {
     /// File to send as the body; '-' reads standard input; none sends no body
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,
-    /// Path and query on the target API, e.g. /api/upload
+    /// Path and query on the target API, e.g. /api/upload (curl's -e is --referer; here it is the endpoint)
     #[arg(short = 'e', long, value_name = "PATH")]
     pub endpoint: String,
     /// HTTP method [default: POST with a file, GET without]
@@ -80,12 +82,24 @@ pub struct SendArgs {
     /// Print the job id and exit once the broker has every record; `kafkasend wait JOB_ID` picks the response up later
     #[arg(long)]
     pub no_wait: bool,
-    /// No progress bars and no status line on stderr; errors still show
+    /// No progress bars and no status line on stderr; errors still show (curl's -s; curl's -q skips .curlrc)
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Print a one-line JSON summary on stdout (job, status, bytes each way, duration, digest verified); needs --output or --no-wait
+    /// Print a one-line JSON summary on stdout (job, status, response headers, bytes each way, duration, digest verified); needs --output or --no-wait. Not curl's --json, which sends a JSON body
     #[arg(long)]
     pub json: bool,
+    /// Write the status line and response headers, then a blank line, before the body (into the -o file too). The line always says HTTP/1.1 and the standard reason phrase: the portal relays only the status code and the headers
+    #[arg(short = 'i', long)]
+    pub include: bool,
+    /// Write the status line and response headers to FILE ('-' is standard output); like -o, FILE appears once the response is verified
+    #[arg(short = 'D', long, value_name = "FILE")]
+    pub dump_header: Option<PathBuf>,
+    /// Show the request's and the response's heads ('>' and '<' lines) and the job's steps ('*' lines) on stderr
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// Ask for a compressed response (Accept-Encoding: gzip, deflate, br) and decode it by its Content-Encoding. The portal passes Accept-Encoding on only if its PORTAL_ALLOWED_HEADERS lists it (the default list does not); otherwise the body arrives uncompressed
+    #[arg(long)]
+    pub compressed: bool,
     /// Seconds to wait for the response, counted from the last record received
     #[arg(long, env = "KAFKASEND_TIMEOUT_SECS", value_name = "SECS")]
     pub timeout: Option<u64>,
@@ -118,12 +132,24 @@ pub struct WaitArgs {
     /// No progress bar and no status line on stderr; errors still show
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Print a one-line JSON summary on stdout; needs --output
+    /// Print a one-line JSON summary on stdout (as send's); needs --output. Not curl's --json
     #[arg(long)]
     pub json: bool,
     /// Log level: DEBUG, INFO, WARNING, ERROR; RUST_LOG overrides it
     #[arg(long = "log-level", env = "KAFKASEND_LOG_LEVEL", value_name = "LEVEL")]
     pub client_log_level: Option<String>,
+    /// Write the status line and response headers, then a blank line, before the body (into the -o file too); always HTTP/1.1 and the standard reason phrase
+    #[arg(short = 'i', long)]
+    pub include: bool,
+    /// Write the status line and response headers to FILE ('-' is standard output)
+    #[arg(short = 'D', long, value_name = "FILE")]
+    pub dump_header: Option<PathBuf>,
+    /// Show the response's head ('<' lines) and the job's steps ('*' lines) on stderr
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// Decode a body compressed with gzip, deflate or br by its Content-Encoding (ask for one with send --compressed --no-wait)
+    #[arg(long)]
+    pub compressed: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,
@@ -147,6 +173,13 @@ pub fn resolve_send(a: &SendArgs) -> anyhow::Result<Settings> {
     if a.json && crate::send::output::is_stdout(a.output.as_deref()) && !a.no_wait {
         bail!("--json needs --output FILE (or --no-wait), so the response body and the summary do not mix on stdout");
     }
+    check_head_flags(
+        a.no_wait,
+        a.json,
+        a.include,
+        a.dump_header.as_deref(),
+        a.output.as_deref(),
+    )?;
     let f = load_file(a.kafka.config.as_deref())?;
     client_log_filter(&a.client_log_level, &f)?;
     let (kafka, timeout) = resolve_wait_parts(&a.kafka, &a.timeout, &f, "kafkasend-send")?;
@@ -177,6 +210,13 @@ pub fn resolve_wait(a: &WaitArgs) -> anyhow::Result<Settings> {
             "--json needs --output FILE, so the response body and the summary do not mix on stdout"
         );
     }
+    check_head_flags(
+        false,
+        a.json,
+        a.include,
+        a.dump_header.as_deref(),
+        a.output.as_deref(),
+    )?;
     let f = load_file(a.kafka.config.as_deref())?;
     client_log_filter(&a.client_log_level, &f)?;
     let (kafka, timeout) = resolve_wait_parts(&a.kafka, &a.timeout, &f, "kafkasend-wait")?;
@@ -185,6 +225,42 @@ pub fn resolve_wait(a: &WaitArgs) -> anyhow::Result<Settings> {
         timeout,
         signer: None,
     })
+}
+
+/// Refuses `-i` and `-D` where they cannot work: without a response to
+/// show (`--no-wait`), with `-D` and `-o` naming one file, or `-D -` mixing
+/// the head into the `--json` summary.
+fn check_head_flags(
+    no_wait: bool,
+    json: bool,
+    include: bool,
+    dump_header: Option<&std::path::Path>,
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use crate::send::output::is_stdout;
+    if no_wait && include {
+        bail!("--include has no effect with --no-wait, which takes no response; show the headers later with: kafkasend wait JOB_ID -i");
+    }
+    let Some(dump) = dump_header else {
+        return Ok(());
+    };
+    if no_wait {
+        bail!(
+            "--dump-header {} has no effect with --no-wait, which takes no response; write the headers later with: kafkasend wait JOB_ID -D {}",
+            dump.display(),
+            dump.display()
+        );
+    }
+    if is_stdout(Some(dump)) && json {
+        bail!("--json prints its summary on stdout, where -D - would write the headers too; give -D a file, or read the headers from the summary");
+    }
+    if !is_stdout(Some(dump)) && output.is_some_and(|o| o == dump) {
+        bail!(
+            "-D and -o both name {}; to write the headers into the output file, use -i",
+            dump.display()
+        );
+    }
+    Ok(())
 }
 
 fn resolve_wait_parts(
@@ -288,7 +364,12 @@ pub(crate) fn run_wait(args: &WaitArgs) -> ExitCode {
     let pickup = Pickup {
         job: args.job.clone(),
         output: args.output.clone(),
-        show: show(args.quiet, args.json),
+        show: show(args.quiet, args.json, args.verbose),
+        response: ResponseOptions {
+            include: args.include,
+            dump_header: args.dump_header.clone(),
+            compressed: args.compressed,
+        },
     };
     run_client("wait", args.json, cfg, async |cfg, report| {
         let interrupt = Interrupts::watch()?;
@@ -312,15 +393,22 @@ pub fn request(a: &SendArgs) -> Request {
         user_agent: a.user_agent.clone(),
         output: a.output.clone(),
         no_wait: a.no_wait,
-        show: show(a.quiet, a.json),
+        show: show(a.quiet, a.json, a.verbose),
+        response: ResponseOptions {
+            include: a.include,
+            dump_header: a.dump_header.clone(),
+            compressed: a.compressed,
+        },
     }
 }
 
-/// Progress and the status line unless `--quiet` or `--json`; warnings always.
-fn show(quiet: bool, json: bool) -> Show {
+/// Progress and the status line unless `--quiet` or `--json`; warnings
+/// always; `-v`'s lines when asked for, whatever else is.
+fn show(quiet: bool, json: bool, verbose: bool) -> Show {
     Show {
         progress: !quiet && !json,
         notices: Some(print_notice),
+        verbose,
     }
 }
 
@@ -344,6 +432,43 @@ fn print_notice(n: Notice<'_>) {
                 .and_then(|s| s.canonical_reason())
                 .unwrap_or("");
             eprintln!("{}", one_line(&format!("HTTP {status} {reason}")));
+        }
+        Notice::Verbose(lines) => print_verbose(lines),
+    }
+}
+
+/// curl's `-v` lines: `* ` for steps, `> ` for the request's head as it goes
+/// to Kafka, `< ` for the response's as the portal relayed it. Each is
+/// made one safe line: the response's come from the network.
+fn print_verbose(lines: Verbose<'_>) {
+    let header = |(name, value): &(String, String)| {
+        // Never sent (send leaves them out), but never shown either.
+        let value = match name.to_ascii_lowercase().as_str() {
+            "authorization" | "proxy-authorization" | "cookie" => "(hidden)",
+            _ => value.as_str(),
+        };
+        one_line(&format!("{name}: {value}"))
+    };
+    match lines {
+        Verbose::Info(text) => eprintln!("* {}", one_line(text)),
+        Verbose::Request {
+            method,
+            path,
+            headers,
+        } => {
+            eprintln!("> {}", one_line(&format!("{method} {path} HTTP/1.1")));
+            for h in headers {
+                eprintln!("> {}", header(h));
+            }
+            eprintln!(">");
+            eprintln!("* the portal forwards only the headers its PORTAL_ALLOWED_HEADERS lists, and sets Host, Content-Length and an idempotency key itself");
+        }
+        Verbose::Response { status, headers } => {
+            eprintln!("< {}", crate::send::status_line(status).trim_end());
+            for h in headers {
+                eprintln!("< {}", header(h));
+            }
+            eprintln!("<");
         }
     }
 }

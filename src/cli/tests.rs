@@ -929,3 +929,47 @@ fn python_command_lines_parse() {
     let help = parse(&["kafkasend", "send-request", "--help"]).unwrap_err();
     assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
 }
+
+#[test]
+fn response_head_flags_are_refused_where_they_cannot_work() {
+    let resolve = |sub: &str, extra: &[&str]| {
+        let mut argv = vec!["kafkasend", sub];
+        if sub == "send" {
+            argv.extend(["--endpoint", "/x"]);
+        } else {
+            argv.push("01JABCDEFGHJKMNPQRSTVWXYZ0");
+        }
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Send(a) => resolve_send(&a).map(|_| ()),
+            Command::Wait(a) => resolve_wait(&a).map(|_| ()),
+            _ => unreachable!(),
+        }
+    };
+    let refused = [
+        (&["--no-wait", "-i"][..], "kafkasend wait JOB_ID -i"),
+        (
+            &["--no-wait", "-D", "h.txt"],
+            "kafkasend wait JOB_ID -D h.txt",
+        ),
+        (&["-o", "out.txt", "-D", "out.txt"], "use -i"),
+        (&["-o", "out.txt", "--json", "-D", "-"], "give -D a file"),
+    ];
+    for (extra, hint) in refused {
+        let err = resolve("send", extra).unwrap_err().to_string();
+        assert!(err.contains(hint), "{extra:?}: {err}");
+    }
+    for (extra, hint) in &refused[2..] {
+        let err = resolve("wait", extra).unwrap_err().to_string();
+        assert!(err.contains(hint), "wait {extra:?}: {err}");
+    }
+    for ok in [
+        &["-i", "-D", "-", "-v", "--compressed"][..],
+        &["-o", "out.txt", "-i", "-D", "h.txt", "--json"],
+        &["-o", "-", "-D", "-"],
+    ] {
+        resolve("send", ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        resolve("wait", ok).unwrap_or_else(|e| panic!("wait {ok:?}: {e}"));
+    }
+    resolve("send", &["--no-wait", "--compressed", "-v"]).unwrap();
+}

@@ -32,6 +32,9 @@
 //! [`Show`], and an interrupt as a future that resolves with the signal's
 //! name; whatever is under way is dropped then (and with it a part file).
 
+mod decode;
+mod destination;
+mod head;
 pub(crate) mod output;
 mod reply;
 mod request;
@@ -41,12 +44,15 @@ mod upload;
 
 use std::future::Future;
 
-pub use crate::send::types::{Notice, Outcome, Request, SendError, Settings, Show};
+pub(crate) use crate::send::head::status_line;
+pub use crate::send::types::{
+    Notice, Outcome, Request, ResponseOptions, SendError, Settings, Show, Verbose,
+};
 pub(crate) use crate::send::types::{Pickup, EXIT_HTTP_ERROR};
 pub use crate::send::upload::Link;
 
 use crate::protocol::wire::JobId;
-use crate::send::output::Sink;
+use crate::send::destination::Destination;
 use crate::send::reply::follow_job;
 use crate::send::request::{body_digest, prepare, Prepared};
 use crate::send::types::usage;
@@ -94,7 +100,7 @@ pub(crate) async fn wait(
         ))
     })?;
     report.job = Some(job);
-    let sink = Sink::open(pickup.output.as_deref())?;
+    let sink = Destination::open(pickup.output.as_deref(), &pickup.response)?;
     tokio::select! {
         biased;
         signal = interrupt => Err(SendError::Interrupted { job: Some(job), signal }),
@@ -141,11 +147,14 @@ async fn send_over(
 
 /// Where the response goes, opened before the request is sent; none
 /// without waiting, which takes no response.
-fn open_sink(request: &Request) -> Result<Option<Sink>, SendError> {
+fn open_sink(request: &Request) -> Result<Option<Destination>, SendError> {
     if request.no_wait {
         return Ok(None);
     }
-    Ok(Some(Sink::open(request.output.as_deref())?))
+    Ok(Some(Destination::open(
+        request.output.as_deref(),
+        &request.response,
+    )?))
 }
 
 /// Names the job in an interruption once its request was wholly sent: only

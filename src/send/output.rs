@@ -44,10 +44,14 @@ pub(crate) struct Sink {
     part: Option<(PathBuf, PathBuf)>,
     /// Bytes written to `out` so far.
     written: u64,
+    /// The option that named the destination, for messages.
+    flag: &'static str,
 }
 
 enum Out {
-    Stdout(BufWriter<tokio::io::Stdout>),
+    /// Unbuffered: each piece is flushed as it is written, so a body that
+    /// trickles in shows as it arrives.
+    Stdout(tokio::io::Stdout),
     File(BufWriter<tokio::fs::File>),
 }
 
@@ -65,17 +69,24 @@ impl Sink {
     /// output): checks that a file destination is absent or a regular file,
     /// and creates its part file in the same directory.
     pub(crate) fn open(output: Option<&Path>) -> Result<Self, OutputError> {
+        Self::open_for("-o", output)
+    }
+
+    /// Like [`Sink::open`], for the option `flag` (`-o`, `-D`), which
+    /// messages name.
+    pub(crate) fn open_for(flag: &'static str, output: Option<&Path>) -> Result<Self, OutputError> {
         let path = match output {
             Some(p) if !is_stdout(output) => p,
             _ => {
                 return Ok(Self {
-                    out: Out::Stdout(BufWriter::new(tokio::io::stdout())),
+                    out: Out::Stdout(tokio::io::stdout()),
                     part: None,
                     written: 0,
+                    flag,
                 })
             }
         };
-        check_destination(path)?;
+        check_destination(flag, path)?;
         // A fresh name nobody else uses, created exclusively: never
         // truncates an existing file or follows a planted symlink.
         let mut part = OsString::from(path.as_os_str());
@@ -85,11 +96,12 @@ impl Sink {
             .write(true)
             .create_new(true)
             .open(&part)
-            .map_err(|e| cannot_create(path, &part, e))?;
+            .map_err(|e| cannot_create(flag, path, &part, e))?;
         Ok(Self {
             out: Out::File(BufWriter::new(tokio::fs::File::from_std(file))),
             part: Some((part, path.to_path_buf())),
             written: 0,
+            flag,
         })
     }
 
@@ -98,14 +110,22 @@ impl Sink {
         matches!(self.out, Out::File(_))
     }
 
-    /// Appends body bytes.
+    /// Appends body bytes; on standard output they are flushed at once.
     pub(crate) async fn write(&mut self, data: &[u8]) -> Result<(), OutputError> {
         self.written += data.len() as u64;
-        self.out
-            .writer()
-            .write_all(data)
-            .await
-            .map_err(|e| OutputError::Io(format!("writing the response failed: {e}")))
+        let failed =
+            |e: std::io::Error| OutputError::Io(format!("writing the response failed: {e}"));
+        self.out.writer().write_all(data).await.map_err(failed)?;
+        if let Out::Stdout(out) = &mut self.out {
+            out.flush().await.map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// Whether [`Sink::restart`] would succeed: a file can always be
+    /// emptied, standard output only before anything went to it.
+    pub(crate) fn can_restart(&self) -> bool {
+        self.is_file() || self.written == 0
     }
 
     /// Empties the output to take a response from the start again; `false`
@@ -138,7 +158,7 @@ impl Sink {
         };
         // Checked again: something else may have taken the name while the
         // response arrived. The verified body then stays in the part file.
-        if let Err(e) = check_destination(&dest) {
+        if let Err(e) = check_destination(self.flag, &dest) {
             return Err(OutputError::Io(format!(
                 "{e}; the verified response body is kept in {}",
                 part.display()
@@ -164,35 +184,41 @@ impl Drop for Sink {
     }
 }
 
-/// Refuses a destination that is there and is not a regular file; a
-/// symbolic link is refused, not followed.
-fn check_destination(path: &Path) -> Result<(), OutputError> {
+/// Refuses a destination of the option `flag` that is there and is not a
+/// regular file; a symbolic link is refused, not followed.
+fn check_destination(flag: &str, path: &Path) -> Result<(), OutputError> {
     let shown = path.display();
     if path.as_os_str().is_empty() {
-        return Err(OutputError::Refused(
-            "-o needs a file name, or - for standard output".into(),
-        ));
+        return Err(OutputError::Refused(format!(
+            "{flag} needs a file name, or - for standard output"
+        )));
     }
     if path.as_os_str().as_bytes().ends_with(b"/") || path.file_name().is_none() {
         return Err(OutputError::Refused(format!(
-            "-o {shown} names a directory; give the name of a file to write"
+            "{flag} {shown} names a directory; give the name of a file to write"
         )));
     }
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(OutputError::Io(format!("cannot look at -o {shown}: {e}"))),
+        Err(e) => {
+            return Err(OutputError::Io(format!(
+                "cannot look at {flag} {shown}: {e}"
+            )))
+        }
     };
     let t = meta.file_type();
-    let redirect = format!("to write the body there, use `-o - >{shown}`");
+    let redirect = format!("to write there, use `{flag} - >{shown}`");
     let what = if t.is_file() {
         return Ok(());
     } else if t.is_symlink() {
-        "is a symbolic link; -o does not write through links: name the file itself, or remove the link".to_string()
+        format!("is a symbolic link; {flag} does not write through links: name the file itself, or remove the link")
     } else if t.is_dir() {
         "is a directory; give the name of a file to write".to_string()
     } else if t.is_char_device() && is_dev_null(&meta) {
-        "is a character device, not a regular file; to discard the response body, use `-o - >/dev/null`".to_string()
+        format!(
+            "is a character device, not a regular file; to discard it, use `{flag} - >/dev/null`"
+        )
     } else if t.is_char_device() {
         format!("is a character device, not a regular file; {redirect}")
     } else if t.is_block_device() {
@@ -204,7 +230,7 @@ fn check_destination(path: &Path) -> Result<(), OutputError> {
     } else {
         "is not a regular file".to_string()
     };
-    Err(OutputError::Refused(format!("-o {shown} {what}")))
+    Err(OutputError::Refused(format!("{flag} {shown} {what}")))
 }
 
 /// `/dev/null` under any name (a copy made with mknod, a bind mount).
@@ -214,7 +240,7 @@ fn is_dev_null(meta: &Metadata) -> bool {
 }
 
 /// Why the part file next to `dest` could not be created.
-fn cannot_create(dest: &Path, part: &Path, e: std::io::Error) -> OutputError {
+fn cannot_create(flag: &str, dest: &Path, part: &Path, e: std::io::Error) -> OutputError {
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.display().to_string(),
         _ => ".".to_string(),
@@ -222,12 +248,12 @@ fn cannot_create(dest: &Path, part: &Path, e: std::io::Error) -> OutputError {
     OutputError::Io(match e.kind() {
         ErrorKind::NotFound => {
             format!(
-                "cannot write -o {}: the directory {dir} does not exist",
+                "cannot write {flag} {}: the directory {dir} does not exist",
                 dest.display()
             )
         }
         ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => format!(
-            "cannot write -o {}: the directory {dir} is not writable ({e})",
+            "cannot write {flag} {}: the directory {dir} is not writable ({e})",
             dest.display()
         ),
         _ => format!("cannot create {}: {e}", part.display()),

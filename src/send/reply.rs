@@ -16,8 +16,8 @@ use crate::protocol::body::{BodyCheck, BodyFault};
 use crate::protocol::chunker::hex;
 use crate::protocol::wire::{self, Body, ChunkInfo, EndInfo, Frame, JobId};
 use crate::protocol::ErrorCategory;
-use crate::send::output::Sink;
-use crate::send::types::{Notice, Outcome, SendError, Settings, Show};
+use crate::send::destination::Destination;
+use crate::send::types::{Notice, Outcome, SendError, Settings, Show, Verbose};
 use crate::send::ui::{Progress, Report};
 
 /// Aborts a task when dropped.
@@ -69,7 +69,7 @@ const WAIT_CLOCK_SLACK: Duration = Duration::from_secs(300);
 /// receives its answer into `sink`.
 pub(super) async fn follow_job(
     job: JobId,
-    sink: Sink,
+    sink: Destination,
     show: Show,
     cfg: &Settings,
     report: &mut Report,
@@ -90,6 +90,12 @@ pub(super) async fn follow_job(
         .saturating_sub(WAIT_CLOCK_SLACK.as_millis() as u64);
     let from = reply_pc.offset_since(since_ms).await?;
     log::debug!("job {job}: reading reply partition {reply_partition} from offset {from}");
+    show.info(|| {
+        format!(
+            "job {job}: reading reply partition {reply_partition} of topic {} from offset {from}",
+            kcfg.response_topic
+        )
+    });
     let (reply_tx, mut reply_rx) = mpsc::channel(8);
     let fetcher = Fetcher::new(kcfg, &kcfg.response_topic, reply_partition);
     let reader = spawn_follower(fetcher, from, job, reply_tx, limit);
@@ -250,10 +256,26 @@ fn body_fault(fault: BodyFault, checked: Checked<'_>) -> SendError {
     })
 }
 
+/// A response's head arrived (the first, or a second answer's): kept for
+/// `--json`, written where `-i` and `-D` ask, its decoding chosen.
+async fn head_arrived(
+    sink: &mut Destination,
+    show: Show,
+    report: &mut Report,
+    status: u16,
+    headers: &[(String, String)],
+) -> Result<(), SendError> {
+    report.headers = Some(headers.to_vec());
+    if let Some(coding) = sink.start(status, headers).await? {
+        show.info(|| format!("decoding the {coding} body (--compressed)"));
+    }
+    Ok(())
+}
+
 /// Receives the answer to `job` into `sink`; `show` decides whether the
 /// status line is announced and a progress bar drawn.
 pub(super) async fn receive(
-    mut sink: Sink,
+    mut sink: Destination,
     show: Show,
     cfg: &Settings,
     job: JobId,
@@ -340,6 +362,7 @@ pub(super) async fn receive(
                 check = BodyCheck::new();
                 expected_seq = 1;
                 progress.reset();
+                head_arrived(&mut sink, show, report, rs.status, &rs.headers).await?;
                 continue;
             }
         }
@@ -356,11 +379,17 @@ pub(super) async fn receive(
         expected_seq += 1;
         match frame.body {
             Body::ResponseStart(rs) if status.is_none() => {
-                if show.progress {
+                if show.verbose {
+                    show.notice(Notice::Verbose(Verbose::Response {
+                        status: rs.status,
+                        headers: &rs.headers,
+                    }));
+                } else if show.progress {
                     show.notice(Notice::Status(rs.status));
                 }
                 status = Some(rs.status);
                 report.status = status;
+                head_arrived(&mut sink, show, report, rs.status, &rs.headers).await?;
                 // A bar on stderr while the body goes to a file; not over a
                 // body streaming to the same terminal.
                 progress = Progress::new("download", rs.body_len, show.progress && sink.is_file());
@@ -379,7 +408,7 @@ pub(super) async fn receive(
                     )));
                 }
                 progress.add(payload.len() as u64);
-                sink.write(&payload).await?;
+                sink.body(&payload).await?;
             }
             Body::End(end) if status.is_some() => {
                 // Every chunk came in order, or receiving stopped at the first
@@ -393,10 +422,20 @@ pub(super) async fn receive(
                     return Err(body_fault(fault, Checked::End(&end)));
                 }
                 let received = check.received();
-                sink.commit().await?;
+                let written = sink.commit().await?;
                 progress.finish();
                 report.bytes_received = received;
                 report.digest_verified = true;
+                show.info(|| {
+                    let decoded = match written == received {
+                        true => String::new(),
+                        false => format!(", {written} bytes once decoded"),
+                    };
+                    format!(
+                        "{received} bytes received, SHA-256 {} verified{decoded}",
+                        hex(&digest)
+                    )
+                });
                 log::info!(
                     "job {job}: {received} bytes received in {:.2} s, SHA-256 {} verified",
                     started.elapsed().as_secs_f64(),
@@ -418,16 +457,26 @@ pub(super) async fn receive(
 mod tests {
     use super::*;
     use crate::protocol::chunker::Chunker;
+    use crate::send::types::ResponseOptions;
     use std::path::Path;
 
     fn frames_of(job: JobId, status: u16, body: &[u8]) -> Vec<Reply> {
+        frames_with(job, status, vec![], body)
+    }
+
+    fn frames_with(
+        job: JobId,
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: &[u8],
+    ) -> Vec<Reply> {
         let mut out = vec![Reply::Frame(
             Frame {
                 job,
                 seq: 0,
                 body: Body::ResponseStart(crate::protocol::wire::ResponseStart {
                     status,
-                    headers: vec![],
+                    headers,
                     body_len: Some(body.len() as u64),
                 }),
             },
@@ -459,6 +508,21 @@ mod tests {
     }
 
     async fn receive_all(items: Vec<Reply>, output: &Path) -> Result<Outcome, SendError> {
+        receive_with(
+            items,
+            output,
+            &ResponseOptions::default(),
+            &mut Report::default(),
+        )
+        .await
+    }
+
+    async fn receive_with(
+        items: Vec<Reply>,
+        output: &Path,
+        options: &ResponseOptions,
+        report: &mut Report,
+    ) -> Result<Outcome, SendError> {
         let job = match &items[0] {
             Reply::Frame(f, _) => f.job,
             _ => unreachable!(),
@@ -467,8 +531,7 @@ mod tests {
         for i in items {
             tx.send(i).await.unwrap();
         }
-        let sink = Sink::open(Some(output))?;
-        let mut report = Report::default();
+        let sink = Destination::open(Some(output), options)?;
         receive(
             sink,
             Show::default(),
@@ -476,9 +539,106 @@ mod tests {
             job,
             VecDeque::new(),
             &mut rx,
-            &mut report,
+            report,
         )
         .await
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_head_goes_before_the_body_and_to_its_own_file_and_a_second_answer_replaces_both() {
+        let job = JobId::new();
+        let dir = tempfile::tempdir().unwrap();
+        let (out, head) = (dir.path().join("out.txt"), dir.path().join("head.txt"));
+        let options = ResponseOptions {
+            include: true,
+            dump_header: Some(head.clone()),
+            compressed: false,
+        };
+        let first = pairs(&[("x-try", "1"), ("set-cookie", "a=1"), ("set-cookie", "b=2")]);
+        let mut items = frames_with(job, 500, first, b"first answer, cut short");
+        items.truncate(3);
+        items.extend(frames_with(job, 201, pairs(&[("x-try", "2")]), b"created"));
+        let mut report = Report::default();
+        let outcome = receive_with(items, &out, &options, &mut report)
+            .await
+            .unwrap();
+        assert_eq!(outcome.status, Some(201));
+        let head_text = "HTTP/1.1 201 Created\r\nx-try: 2\r\n\r\n";
+        assert_eq!(std::fs::read_to_string(&head).unwrap(), head_text);
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            format!("{head_text}created")
+        );
+        // What was received and verified is the body, not the head.
+        assert_eq!(report.bytes_received, 7);
+        assert_eq!(report.headers, Some(pairs(&[("x-try", "2")])));
+
+        // A failed answer leaves neither file.
+        let (out, head) = (dir.path().join("bad.txt"), dir.path().join("bad-head.txt"));
+        let options = ResponseOptions {
+            dump_header: Some(head.clone()),
+            ..options
+        };
+        let mut items = frames_of(job, 200, b"abcdefgh");
+        if let Reply::Frame(_, payload) = &mut items[1] {
+            payload[0] ^= 1;
+        }
+        let err = receive_with(items, &out, &options, &mut Report::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 4, "{err}");
+        assert!(!out.exists() && !head.exists());
+    }
+
+    #[tokio::test]
+    async fn a_compressed_body_is_checked_as_sent_and_written_decoded() {
+        use std::io::Write as _;
+        let text = b"a body that compresses well, well, well, well, well".repeat(50);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&text).unwrap();
+        let gz = gz.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.txt");
+        let options = ResponseOptions {
+            compressed: true,
+            ..ResponseOptions::default()
+        };
+        let headers = pairs(&[("Content-Encoding", "gzip")]);
+        let items = frames_with(JobId::new(), 200, headers.clone(), &gz);
+        let mut report = Report::default();
+        receive_with(items, &out, &options, &mut report)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), text);
+        assert_eq!(report.bytes_received, gz.len() as u64);
+        assert!(report.digest_verified);
+
+        // Cut short, with a matching digest: verified, yet not decodable.
+        let cut = &gz[..gz.len() - 10];
+        let items = frames_with(JobId::new(), 200, headers.clone(), cut);
+        let err = receive_with(items, &out, &options, &mut Report::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 61, "{err}");
+        assert_eq!(std::fs::read(&out).unwrap(), text, "the old file stays");
+
+        // Without --compressed, the bytes as sent.
+        let items = frames_with(JobId::new(), 200, headers, &gz);
+        receive_with(
+            items,
+            &out,
+            &ResponseOptions::default(),
+            &mut Report::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), gz);
     }
 
     #[tokio::test]

@@ -550,6 +550,7 @@ pub(super) async fn prepare(request: &Request) -> Result<Prepared, SendError> {
     let (mut headers, stripped): (Vec<_>, Vec<_>) = given
         .into_iter()
         .partition(|(name, _)| !crate::protocol::request::never_forwarded(name));
+    accept_encoding(request, &mut headers);
     let mut dropped: Vec<String> = Vec::new();
     for (name, _) in stripped {
         if !dropped.iter().any(|d| d.eq_ignore_ascii_case(&name)) {
@@ -637,6 +638,20 @@ pub(super) async fn prepare(request: &Request) -> Result<Prepared, SendError> {
         body_len: pieces.as_ref().and_then(Pieces::len),
         body: pieces.map(|p| p.0),
     })
+}
+
+/// `--compressed` asks for what it can decode, unless a `-H
+/// Accept-Encoding` already says what to ask for.
+fn accept_encoding(request: &Request, headers: &mut Vec<(String, String)>) {
+    let given = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("accept-encoding"));
+    if request.response.compressed && !given {
+        headers.push((
+            "Accept-Encoding".into(),
+            crate::send::decode::ACCEPT_ENCODING.into(),
+        ));
+    }
 }
 
 /// Reads a list of readers one after the other.
@@ -803,6 +818,35 @@ mod tests {
         assert_eq!(p.dropped, ["Authorization", "cookie", "X-Forwarded-For"]);
         let plain = prepare(&with_headers(&["X-A: 1"])).await.unwrap();
         assert!(plain.dropped.is_empty());
+    }
+
+    #[tokio::test]
+    async fn compressed_asks_for_what_it_decodes_unless_told_otherwise() {
+        let encodings = |p: &Prepared| -> Vec<(String, String)> {
+            p.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("accept-encoding"))
+                .cloned()
+                .collect()
+        };
+        let mut request = with_headers(&["Accept: text/plain"]);
+        request.response.compressed = true;
+        let p = prepare(&request).await.unwrap();
+        assert_eq!(
+            encodings(&p),
+            [(
+                "Accept-Encoding".to_string(),
+                "gzip, deflate, br".to_string()
+            )]
+        );
+        let mut request = with_headers(&["accept-encoding: gzip"]);
+        request.response.compressed = true;
+        assert_eq!(
+            encodings(&prepare(&request).await.unwrap()),
+            [("accept-encoding".to_string(), "gzip".to_string())]
+        );
+        let plain = prepare(&with_headers(&[])).await.unwrap();
+        assert!(encodings(&plain).is_empty());
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct Request {
     pub no_wait: bool,
     /// What to show while it runs.
     pub show: Show,
+    /// What is done with the response's head and encoding (`-i`, `-D`,
+    /// `--compressed`).
+    pub response: ResponseOptions,
 }
 
 /// The answer to pick up for a job sent earlier without waiting.
@@ -70,6 +73,24 @@ pub(crate) struct Pickup {
     pub output: Option<PathBuf>,
     /// What to show while it runs.
     pub show: Show,
+    /// What is done with the response's head and encoding, as in
+    /// [`Request::response`].
+    pub response: ResponseOptions,
+}
+
+/// curl's response-side options: where the status line and headers go, and
+/// whether a compressed body is asked for and decoded.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseOptions {
+    /// Write the status line and headers before the body, on its
+    /// destination (curl's `-i`).
+    pub include: bool,
+    /// Also write them to this file, or to standard output for `-` (curl's
+    /// `-D`).
+    pub dump_header: Option<PathBuf>,
+    /// Ask for `gzip, deflate, br` and decode the body by its
+    /// `Content-Encoding` (curl's `--compressed`).
+    pub compressed: bool,
 }
 
 /// What `send` and `wait` show their user while they run.
@@ -80,12 +101,22 @@ pub struct Show {
     pub progress: bool,
     /// Receives the notices; `None` drops them.
     pub notices: Option<fn(Notice<'_>)>,
+    /// The request's and the response's heads, and what happens between,
+    /// as [`Notice::Verbose`] (curl's `-v`).
+    pub verbose: bool,
 }
 
 impl Show {
     pub(super) fn notice(&self, n: Notice<'_>) {
         if let Some(f) = self.notices {
             f(n);
+        }
+    }
+
+    /// With `-v`, a line about what happens; `text` is made only then.
+    pub(super) fn info(&self, text: impl FnOnce() -> String) {
+        if self.verbose {
+            self.notice(Notice::Verbose(Verbose::Info(&text())));
         }
     }
 }
@@ -101,6 +132,31 @@ pub enum Notice<'a> {
     PortalDroppedHeaders(&'a str),
     /// The response arrived with this HTTP status; its body follows.
     Status(u16),
+    /// With [`Show::verbose`]: what curl's `-v` shows.
+    Verbose(Verbose<'a>),
+}
+
+/// The lines of curl's `-v`, before they are given their `* `, `> ` or `< `.
+#[derive(Debug, Clone, Copy)]
+pub enum Verbose<'a> {
+    /// What happens: the job id, the partitions, the checks.
+    Info(&'a str),
+    /// The request as it goes to Kafka: method, path and headers.
+    Request {
+        /// HTTP method.
+        method: &'a str,
+        /// Path and query.
+        path: &'a str,
+        /// Headers, as written to the start record.
+        headers: &'a [(String, String)],
+    },
+    /// The response's status and headers, as the portal relayed them.
+    Response {
+        /// HTTP status.
+        status: u16,
+        /// Headers, in the order the API sent them.
+        headers: &'a [(String, String)],
+    },
 }
 
 /// Why a send failed; each maps to one exit code.
@@ -180,6 +236,10 @@ pub enum SendError {
     /// Data was corrupted on the way.
     #[error("integrity check failed: {0}")]
     Integrity(String),
+    /// `--compressed` could not decode the body as its `Content-Encoding`
+    /// says (curl's exit code 61).
+    #[error("{0}")]
+    Decoding(String),
 }
 
 impl SendError {
@@ -193,6 +253,7 @@ impl SendError {
             Self::Upstream { .. } => 5,
             Self::Kafka(_) | Self::BrokerLost { .. } | Self::ReplyUnreadable { .. } => 7,
             Self::Timeout { .. } => 28,
+            Self::Decoding(_) => 61,
             Self::Interrupted { signal, .. } => 128 + signal_number(signal),
         }
     }

@@ -74,6 +74,9 @@ pub struct Report {
     pub job: Option<JobId>,
     /// HTTP status of the response, when one arrived.
     pub status: Option<u16>,
+    /// The response's headers, in the order the API sent them, repeats
+    /// included, when one arrived.
+    pub headers: Option<Vec<(String, String)>>,
     /// Request body bytes produced.
     pub bytes_sent: u64,
     /// Response body bytes received and verified.
@@ -93,6 +96,7 @@ impl Default for Report {
         Self {
             job: None,
             status: None,
+            headers: None,
             bytes_sent: 0,
             bytes_received: 0,
             request_sent: false,
@@ -104,11 +108,14 @@ impl Default for Report {
 
 impl Report {
     /// The one-line JSON summary: the fields above, the duration, the exit
-    /// code and, on failure, the error.
+    /// code and, on failure, the error. Headers are an array of `[name,
+    /// value]` pairs, not an object: a name may repeat (`Set-Cookie`,
+    /// `Link`), and the order can matter.
     pub(crate) fn to_json(&self, exit_code: u8, error: Option<&str>) -> String {
         serde_json::json!({
             "job": self.job.map(|j| j.to_string()),
             "status": self.status,
+            "headers": self.headers,
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
             "digest_verified": self.digest_verified,
@@ -207,6 +214,24 @@ mod tests {
         assert_eq!(v["exit_code"], 0);
         assert!(v["error"].is_null());
         assert!(v["duration_secs"].as_f64().unwrap() >= 0.0);
+        assert!(v["headers"].is_null());
+        let with_headers = Report {
+            headers: Some(vec![
+                ("set-cookie".into(), "a=1".into()),
+                ("content-type".into(), "text/plain".into()),
+                ("set-cookie".into(), "b=2".into()),
+            ]),
+            ..Report::default()
+        };
+        let v: serde_json::Value = serde_json::from_str(&with_headers.to_json(0, None)).unwrap();
+        assert_eq!(
+            v["headers"],
+            serde_json::json!([
+                ["set-cookie", "a=1"],
+                ["content-type", "text/plain"],
+                ["set-cookie", "b=2"]
+            ])
+        );
         let failed: serde_json::Value =
             serde_json::from_str(&Report::default().to_json(7, Some("broker gone"))).unwrap();
         assert!(failed["job"].is_null());

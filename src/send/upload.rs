@@ -13,10 +13,10 @@ use crate::kafka::window::ProduceWindow;
 use crate::kafka::{self, KafkaError, PartitionCache};
 use crate::protocol::chunker::{read_chunk, Chunker};
 use crate::protocol::wire::{self, Body, Frame, JobId, RequestStart};
-use crate::send::output::Sink;
+use crate::send::destination::Destination;
 use crate::send::reply::{error_from_portal, receive, spawn_follower, Reply};
 use crate::send::request::{open_body, Prepared};
-use crate::send::types::{usage, Outcome, Request, SendError, Settings};
+use crate::send::types::{usage, Notice, Outcome, Request, SendError, Settings, Verbose};
 use crate::send::ui::{Progress, Report};
 
 /// A client connected to the request and response topics, with the
@@ -57,7 +57,7 @@ pub(super) async fn transmit(
     link: &Link,
     prepared: Prepared,
     body_sha256: Option<[u8; 32]>,
-    sink: Option<Sink>,
+    sink: Option<Destination>,
     request: &Request,
     cfg: &Settings,
     report: &mut Report,
@@ -93,6 +93,19 @@ pub(super) async fn transmit(
         }
     };
     let request_pc = link.requests.get(request_partition).await?;
+    show.info(|| {
+        format!(
+            "job {job}: request partition {request_partition} of topic {}, reply partition {reply_partition} of topic {}",
+            kcfg.request_topic, kcfg.response_topic
+        )
+    });
+    if show.verbose {
+        show.notice(Notice::Verbose(Verbose::Request {
+            method: &prepared.method,
+            path: &prepared.path,
+            headers: &prepared.headers,
+        }));
+    }
 
     let start = Frame {
         job,
@@ -204,6 +217,7 @@ pub(super) async fn transmit(
     }
 
     report.request_sent = true;
+    show.info(|| format!("request sent: {} body bytes", report.bytes_sent));
 
     let Some((sink, reader)) = waiting else {
         return Ok(Outcome { job, status: None });

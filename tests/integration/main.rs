@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod content_type;
 mod curl_request;
+mod curl_response;
 mod files;
 mod group;
 mod kafka_messages;

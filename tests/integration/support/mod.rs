@@ -4,12 +4,15 @@
 //!   may stop), topic names, and the records tests read or write themselves;
 //! - [`run`]: the real `kafkasend` binary, as `send` runs and as portal
 //!   processes, and the portal's admin listener;
+//! - [`answers`]: a second target API, whose answers exercise how `send`
+//!   shows a response (heads, compressed bodies, a body that drips);
 //! - [`api`]: the in-process target API on loopback that records what it
 //!   receives, started together with the token endpoint as [`api::Servers`];
 //! - [`oauth`]: that OAuth2 token endpoint;
 //! - [`pki`]: throwaway certificates and keys;
 //! - [`payload`]: deterministic bodies and their digests.
 
+pub mod answers;
 pub mod api;
 pub mod broker;
 pub mod oauth;
