@@ -97,7 +97,7 @@ pub struct SendArgs {
     /// Show the request's and the response's heads ('>' and '<' lines) and the job's steps ('*' lines) on stderr
     #[arg(short = 'v', long)]
     pub verbose: bool,
-    /// Ask for a compressed response (Accept-Encoding: gzip, deflate, br) and decode it by its Content-Encoding. The portal passes Accept-Encoding on only if its PORTAL_ALLOWED_HEADERS lists it (the default list does not); otherwise the body arrives uncompressed
+    /// Ask for a compressed response (Accept-Encoding: gzip, deflate, br) and decode it by its Content-Encoding. The portal passes Accept-Encoding on when its PORTAL_ALLOWED_HEADERS lists it (the default list does); otherwise the body arrives uncompressed
     #[arg(long)]
     pub compressed: bool,
     /// Seconds to wait for the response, counted from the last record received

@@ -220,7 +220,7 @@ pub(crate) struct Policy {
 
 /// Request headers forwarded to the API unless `PORTAL_ALLOWED_HEADERS` says otherwise.
 pub(crate) const DEFAULT_ALLOWED_HEADERS: &str =
-    "Content-Type,Accept,User-Agent,X-Request-ID,X-Correlation-ID";
+    "Content-Type,Accept,Accept-Encoding,User-Agent,X-Request-ID,X-Correlation-ID";
 
 impl Default for Policy {
     fn default() -> Self {
