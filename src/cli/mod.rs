@@ -72,7 +72,7 @@ pub fn run() -> ExitCode {
     if let Some(header) = python::header_after_help_flag(&argv) {
         eprintln!(
             "kafkasend send: -h asks for help here and sends nothing; send the header with -H (as curl does): -H {}",
-            one_line(&python::shell_quote(&header))
+            one_line(&python::shell_quote(&python::shown_header(&header)))
         );
         return ExitCode::from(2);
     }

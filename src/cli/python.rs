@@ -262,6 +262,9 @@ pub(crate) fn fill<A>(
                 alias.rust
             );
         };
+        // A bad value is an error even when the Rust name wins, as `config
+        // show` finds it: a mistake in the environment is worth a word.
+        let value = alias.value(&raw)?;
         if field.is_set() {
             filled.notes.push(Note {
                 warn: false,
@@ -272,7 +275,7 @@ pub(crate) fn fill<A>(
             });
             continue;
         }
-        field.set(alias.value(&raw)?);
+        field.set(value);
         filled.applied.push((alias.python, raw, alias.rust));
     }
     filled.notes.extend(unused_notes(role, env));
@@ -341,8 +344,29 @@ pub(crate) fn header_after_help_flag(argv: &[std::ffi::OsString]) -> Option<Stri
     let mut pairs = before_end.zip(args.iter().skip(1));
     pairs.find_map(|(flag, next)| {
         let next = next.to_str()?;
-        (flag == "-h" && looks_like_header(next)).then(|| next.to_string())
+        (asks_for_help(flag.to_str()?) && looks_like_header(next)).then(|| next.to_string())
     })
+}
+
+/// `-h`, or a cluster of send's flags without values that ends in it
+/// (`-vh`, `-iqh`), which clap also reads as a request for help.
+fn asks_for_help(flag: &str) -> bool {
+    flag.strip_prefix('-')
+        .and_then(|f| f.strip_suffix('h'))
+        .is_some_and(|before| {
+            !before.starts_with('-') && before.bytes().all(|b| b"viqs".contains(&b))
+        })
+}
+
+/// A header as shown back to the user: the value of one no portal forwards
+/// (a credential, most likely) replaced, so a hint never copies it into a log.
+pub(crate) fn shown_header(header: &str) -> String {
+    match header.split_once(':') {
+        Some((name, _)) if crate::protocol::request::never_forwarded(name.trim()) => {
+            format!("{}: (hidden)", name.trim())
+        }
+        _ => header.to_string(),
+    }
 }
 
 /// `Name: value`, `Name:value` or `Name:`, with a valid header name.
@@ -430,6 +454,14 @@ mod tests {
         assert!(!filled.notes[0].warn);
         assert!(filled.notes[0].text.contains("PORTAL_JOB_TIMEOUT_SECONDS"));
         assert!(filled.notes[0].text.contains("PORTAL_REQUEST_TIMEOUT_SECS"));
+        // A bad Python value is an error even then, as `config show` says.
+        let bad = env_of(&[("PORTAL_JOB_TIMEOUT_SECONDS", "abc")]);
+        let mut a = PortalArgs {
+            request_timeout_secs: Some(60),
+            ..PortalArgs::default()
+        };
+        let e = fill_portal(&mut a, &bad).unwrap_err().to_string();
+        assert!(e.contains("PORTAL_JOB_TIMEOUT_SECONDS"), "{e}");
     }
 
     #[test]
@@ -496,6 +528,8 @@ mod tests {
             &["send", "-e", "/x", "-h", "X-Trace: 1"][..],
             &["send", "f.txt", "-h", "Accept:text/plain", "-e", "/x"],
             &["send", "-h", "X-Empty:"],
+            &["send", "-e", "/x", "-vh", "X-A: 1"],
+            &["send", "-iqh", "X-A: 1"],
         ];
         for a in caught {
             assert!(header_after_help_flag(&argv(a)).is_some(), "{a:?}");
@@ -509,10 +543,22 @@ mod tests {
             &["send", "-e", "/x", "--", "-h", "X: 1"],
             &["portal", "-h", "X: 1"],
             &["send-file", "f", "-h", "X: 1"],
+            &["send", "-Xh", "X: 1"],
+            &["send", "--h", "X: 1"],
         ];
         for a in help {
             assert_eq!(header_after_help_flag(&argv(a)), None, "{a:?}");
         }
+    }
+
+    #[test]
+    fn hints_never_repeat_a_credential() {
+        assert_eq!(
+            shown_header("Authorization: Bearer SECRET"),
+            "Authorization: (hidden)"
+        );
+        assert_eq!(shown_header("cookie:a=b"), "cookie: (hidden)");
+        assert_eq!(shown_header("X-Trace: 1"), "X-Trace: 1");
     }
 
     #[test]

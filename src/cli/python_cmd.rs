@@ -245,7 +245,7 @@ pub(crate) fn equivalent(args: &SendArgs) -> String {
         words.extend(["--content-type".into(), t.clone()]);
     }
     for h in &args.headers {
-        words.extend(["-H".into(), h.clone()]);
+        words.extend(["-H".into(), crate::cli::python::shown_header(h)]);
     }
     if args.no_wait {
         words.push("--no-wait".into());

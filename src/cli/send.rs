@@ -82,8 +82,8 @@ pub struct SendArgs {
     /// Print the job id and exit once the broker has every record; `kafkasend wait JOB_ID` picks the response up later
     #[arg(long)]
     pub no_wait: bool,
-    /// No progress bars and no status line on stderr; errors still show (curl's -s; curl's -q skips .curlrc)
-    #[arg(short = 'q', long)]
+    /// No progress bars and no status line on stderr; errors still show (also -s, as curl's; curl's -q skips .curlrc)
+    #[arg(short = 'q', long, short_alias = 's')]
     pub quiet: bool,
     /// Print a one-line JSON summary on stdout (job, status, response headers, bytes each way, duration, digest verified); needs --output or --no-wait. Not curl's --json, which sends a JSON body
     #[arg(long)]
@@ -254,13 +254,32 @@ fn check_head_flags(
     if is_stdout(Some(dump)) && json {
         bail!("--json prints its summary on stdout, where -D - would write the headers too; give -D a file, or read the headers from the summary");
     }
-    if !is_stdout(Some(dump)) && output.is_some_and(|o| o == dump) {
+    if !is_stdout(Some(dump)) && output.is_some_and(|o| same_file(o, dump)) {
         bail!(
             "-D and -o both name {}; to write the headers into the output file, use -i",
             dump.display()
         );
     }
     Ok(())
+}
+
+/// Whether two paths name one file, however they are spelt (`h`, `./h`,
+/// `dir/../h`): their parent folders resolved, then the names compared.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let place = |p: &std::path::Path| {
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        (
+            std::fs::canonicalize(&parent).ok(),
+            p.file_name().map(|n| n.to_owned()),
+        )
+    };
+    a == b || {
+        let (pa, na) = place(a);
+        pa.is_some() && na.is_some() && (pa, na) == place(b)
+    }
 }
 
 fn resolve_wait_parts(

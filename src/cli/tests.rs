@@ -953,6 +953,8 @@ fn response_head_flags_are_refused_where_they_cannot_work() {
             "kafkasend wait JOB_ID -D h.txt",
         ),
         (&["-o", "out.txt", "-D", "out.txt"], "use -i"),
+        (&["-o", "out.txt", "-D", "./out.txt"], "use -i"),
+        (&["-o", "src/../out.txt", "-D", "out.txt"], "use -i"),
         (&["-o", "out.txt", "--json", "-D", "-"], "give -D a file"),
     ];
     for (extra, hint) in refused {
@@ -972,4 +974,49 @@ fn response_head_flags_are_refused_where_they_cannot_work() {
         resolve("wait", ok).unwrap_or_else(|e| panic!("wait {ok:?}: {e}"));
     }
     resolve("send", &["--no-wait", "--compressed", "-v"]).unwrap();
+}
+
+/// curl's habits of repeating a flag: a repeated single-value flag is the
+/// last one given (`-A a -A b`, `-vv`, `-i -i`), the list flags still
+/// collect each one, and `-s` is `-q`.
+#[test]
+fn repeated_flags_behave_as_in_curl() {
+    let argv = [
+        "kafkasend",
+        "send",
+        "-e",
+        "/x",
+        "-vv",
+        "-i",
+        "-i",
+        "-s",
+        "-A",
+        "a",
+        "-A",
+        "b",
+        "-H",
+        "X: 1",
+        "-H",
+        "Y: 2",
+        "-F",
+        "a=1",
+        "-F",
+        "b=2",
+    ];
+    let Command::Send(a) = Cli::try_parse_from(argv).unwrap().command else {
+        panic!("not send");
+    };
+    assert!(a.verbose && a.include && a.quiet);
+    assert_eq!(a.user_agent.as_deref(), Some("b"));
+    assert_eq!(a.headers, ["X: 1", "Y: 2"]);
+    assert_eq!(a.form, ["a=1", "b=2"]);
+    let argv = [
+        "kafkasend",
+        "wait",
+        "01JABCDEFGHJKMNPQRSTVWXYZ0",
+        "-vv",
+        "-q",
+        "-q",
+    ];
+    assert!(Cli::try_parse_from(argv).is_ok());
 }

@@ -518,6 +518,31 @@ fn user_agent(request: &Request, headers: &mut Vec<(String, String)>) -> Result<
     Ok(())
 }
 
+/// Refuses here, before anything is sent, the Content-Type a portal would
+/// refuse: with a body it is the body's one media type.
+fn check_content_type(headers: &[(String, String)], has_body: bool) -> Result<(), SendError> {
+    let types: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if types.len() > 1 {
+        return Err(usage(format!(
+            "{} Content-Type headers given; a body has one type, so give one",
+            types.len()
+        )));
+    }
+    match types.first() {
+        Some(t) if has_body => crate::protocol::request::media_type(t).map_err(|why| {
+            usage(format!(
+                "Content-Type '{}' is not a valid media type: {why}",
+                crate::send::ui::one_line(t)
+            ))
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Checks the request and gathers its body, reading only what `-d @FILE`
 /// (or `-d @-`) names; files to stream are only looked at.
 pub(super) async fn prepare(request: &Request) -> Result<Prepared, SendError> {
@@ -559,6 +584,7 @@ pub(super) async fn prepare(request: &Request) -> Result<Prepared, SendError> {
     }
     user_agent(request, &mut headers)?;
     let is_type = |n: &str| n.eq_ignore_ascii_case("content-type");
+    // `-H 'Content-Type:'` asks for none, as in curl (so no guessed one).
     let declared_type = headers
         .iter()
         .find(|(n, _)| is_type(n))
@@ -580,6 +606,7 @@ pub(super) async fn prepare(request: &Request) -> Result<Prepared, SendError> {
         } else {
             match &declared_type {
                 // As curl: a multipart type of one's own gets the boundary.
+                Some(t) if t.is_empty() => {}
                 Some(t) if t.to_ascii_lowercase().starts_with("multipart/") => {
                     headers.retain(|(n, _)| !is_type(n));
                     content_type = Some(format!("{t}; boundary={boundary}"));
@@ -630,6 +657,9 @@ pub(super) async fn prepare(request: &Request) -> Result<Prepared, SendError> {
     if let Some(t) = content_type {
         headers.push(("Content-Type".into(), t));
     }
+    // `-H 'Name:'` sends no such header, as in curl.
+    headers.retain(|(_, v)| !v.is_empty());
+    check_content_type(&headers, pieces.is_some())?;
     Ok(Prepared {
         method,
         path,

@@ -62,13 +62,19 @@ impl EndpointRule {
             rest = &rest[at + run..];
         }
         old.push_str(rest);
+        // A pattern ending in `/**` also matches the path above it, which
+        // the Python `/api/*` never did: `/api/*/**` is its exact meaning.
+        if self.pattern.ends_with("/*") && !self.pattern.ends_with("/**") {
+            old.truncate(old.len() - "/**".len());
+            old.push_str("/*/**");
+        }
         let methods = if self.methods.is_empty() {
             String::new()
         } else {
             format!("{} ", self.methods.join(","))
         };
         Some(format!(
-            "PORTAL_ALLOWED_ENDPOINTS entry '{self}': '*' matches within one path segment here (so '/api/*' allows /api/a but not /api/a/b), while the Python tool's '*' also matched '/'; for that meaning write '{methods}{old}'"
+            "PORTAL_ALLOWED_ENDPOINTS entry '{self}': its '*' matches within one path segment here, so it allows no deeper path (e.g. '/api/*' allows /api/a but not /api/a/b), while the Python tool's '*' also matched '/'; for that meaning write '{methods}{old}'"
         ))
     }
 }
@@ -97,7 +103,8 @@ pub(crate) fn parse_endpoints(spec: &str) -> Result<Vec<EndpointRule>, String> {
             None if piece.starts_with('/') => piece,
             None if piece != "*" && piece.contains(['/', '*']) => {
                 return Err(format!(
-                    "'{piece}' is not a path pattern; patterns start with '/' (write '/{piece}')"
+                    "'{piece}' is not a path pattern; patterns start with '/' (write {})",
+                    slash_advice(piece)
                 ));
             }
             None => {
@@ -106,8 +113,13 @@ pub(crate) fn parse_endpoints(spec: &str) -> Result<Vec<EndpointRule>, String> {
             }
         };
         if !pattern.starts_with('/') || pattern.contains(char::is_whitespace) {
+            let advice = if pattern.contains(char::is_whitespace) {
+                "e.g. 'POST /api/upload'".to_string()
+            } else {
+                format!("write {}", slash_advice(pattern))
+            };
             return Err(format!(
-                "'{pattern}' is not a path pattern; patterns start with '/' (e.g. 'POST /api/upload')"
+                "'{pattern}' is not a path pattern; patterns start with '/' ({advice})"
             ));
         }
         unsupported_glob(pattern)?;
@@ -136,6 +148,31 @@ pub(crate) fn parse_endpoints(spec: &str) -> Result<Vec<EndpointRule>, String> {
         ));
     }
     Ok(rules)
+}
+
+/// What to write for a pattern the Python tool took without its leading
+/// `/`: its `*` also matched `/`, so `*.json` meant any path ending in
+/// `.json`, here `/**.json`, and `*` alone every path, `/**`.
+fn slash_advice(piece: &str) -> String {
+    if piece == "*" {
+        return "'/**'".into();
+    }
+    let mut fixed = String::from("/");
+    let mut rest = piece;
+    while let Some(at) = rest.find('*') {
+        fixed.push_str(&rest[..at]);
+        let run = rest[at..].bytes().take_while(|&b| b == b'*').count();
+        fixed.push_str("**");
+        rest = &rest[at + run..];
+    }
+    fixed.push_str(rest);
+    // As in `EndpointRule::python_difference`: `/**` would also match the
+    // path above it.
+    if piece.ends_with("/*") && !piece.ends_with("/**") {
+        fixed.truncate(fixed.len() - "/**".len());
+        fixed.push_str("/*/**");
+    }
+    format!("'{fixed}'")
 }
 
 /// Refuses glob syntax the Python tool's shell-style patterns had and these
@@ -328,7 +365,7 @@ impl Policy {
                 more + 1
             )));
         }
-        media_type(first).map_err(|why| {
+        crate::protocol::request::media_type(first).map_err(|why| {
             let shown: String = first.chars().take(200).collect();
             Failure::bad_request(format!(
                 "Content-Type '{}' is not a valid media type: {why}",
@@ -431,102 +468,15 @@ pub(crate) fn plan_headers<'a>(
             && ((start.has_body && lower == CONTENT_TYPE) || forwards(&lower, allowed));
         if passes {
             plan.forward.push((name, value));
-        } else if lower == "user-agent" {
-            // Not named back: the API gets the portal's own User-Agent
-            // instead, and `send` sends one by default, so naming it would
-            // warn on every request to a portal whose list leaves it out.
+        } else if lower == "user-agent" && value.starts_with("kafkasend/") {
+            // `send`'s own default, not the caller's choice: naming it would
+            // warn on every request to a portal whose list leaves it out,
+            // and the API gets the portal's User-Agent instead.
         } else if !plan.dropped.iter().any(|d| d.eq_ignore_ascii_case(name)) {
             plan.dropped.push(name);
         }
     }
     plan
-}
-
-/// Checks a media type as RFC 9110 writes it: `type/subtype`, then
-/// `; name=value` parameters whose value is a token or a quoted string,
-/// printable ASCII only; a multipart type must name its boundary.
-fn media_type(value: &str) -> Result<(), String> {
-    fn is_tchar(b: u8) -> bool {
-        b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-    }
-    fn token(s: &[u8], at: &mut usize) -> usize {
-        let start = *at;
-        while s.get(*at).copied().is_some_and(is_tchar) {
-            *at += 1;
-        }
-        *at - start
-    }
-    fn skip_ows(s: &[u8], at: &mut usize) {
-        while matches!(s.get(*at), Some(b' ' | b'\t')) {
-            *at += 1;
-        }
-    }
-    if let Some(c) = value
-        .chars()
-        .find(|c| !(c.is_ascii_graphic() || *c == ' ' || *c == '\t'))
-    {
-        return Err(format!(
-            "it contains {}; only printable ASCII is allowed",
-            if c.is_control() {
-                "a control character".to_string()
-            } else {
-                format!("'{c}'")
-            }
-        ));
-    }
-    let s = value.trim_matches([' ', '\t']).as_bytes();
-    let mut at = 0;
-    let kind_at = at;
-    if token(s, &mut at) == 0 || s.get(at) != Some(&b'/') {
-        return Err("it must start with type/subtype, e.g. 'text/plain'".into());
-    }
-    let kind = &s[kind_at..at];
-    at += 1;
-    if token(s, &mut at) == 0 {
-        return Err("it must start with type/subtype, e.g. 'text/plain'".into());
-    }
-    let mut boundary = false;
-    loop {
-        skip_ows(s, &mut at);
-        if at == s.len() {
-            break;
-        }
-        if s[at] != b';' {
-            return Err(format!(
-                "unexpected '{}' after the type; parameters follow ';' as name=value",
-                s[at] as char
-            ));
-        }
-        at += 1;
-        skip_ows(s, &mut at);
-        if at == s.len() || s[at] == b';' {
-            continue;
-        }
-        let name_at = at;
-        if token(s, &mut at) == 0 || s.get(at) != Some(&b'=') {
-            return Err("a parameter must be name=value".into());
-        }
-        boundary |= s[name_at..at].eq_ignore_ascii_case(b"boundary");
-        at += 1;
-        if s.get(at) == Some(&b'"') {
-            at += 1;
-            loop {
-                match s.get(at) {
-                    None => return Err("a quoted parameter value is not closed".into()),
-                    Some(b'"') => break,
-                    Some(b'\\') => at += 2,
-                    Some(_) => at += 1,
-                }
-            }
-            at += 1;
-        } else if token(s, &mut at) == 0 {
-            return Err("a parameter has no value".into());
-        }
-    }
-    if kind.eq_ignore_ascii_case(b"multipart") && !boundary {
-        return Err("a multipart type must name its boundary (boundary=...)".into());
-    }
-    Ok(())
 }
 
 /// Whether a header named `name` is forwarded under the allow-list

@@ -400,7 +400,10 @@ fn unsupported_glob_syntax_is_refused_naming_the_entry_and_the_way_out() {
         ("*", "write '/**'"),
         ("POST /x, *", "write '/**'"),
         ("api/upload", "write '/api/upload'"),
-        ("api/*", "write '/api/*'"),
+        ("api/*", "write '/api/*/**'"),
+        ("*.json", "write '/**.json'"),
+        ("POST *", "write '/**'"),
+        ("POST *.json", "write '/**.json'"),
     ] {
         let e = parse_endpoints(spec).unwrap_err();
         assert!(e.contains(advice), "{spec}: {e}");
@@ -411,9 +414,9 @@ fn unsupported_glob_syntax_is_refused_naming_the_entry_and_the_way_out() {
 fn patterns_whose_meaning_changed_say_how_to_keep_the_old_one() {
     let difference = |spec: &str| parse_endpoints(spec).unwrap()[0].python_difference();
     for (spec, old) in [
-        ("/api/*", "'/api/**'"),
-        ("GET,POST /api/*", "'GET,POST /api/**'"),
-        ("/*", "'/**'"),
+        ("/api/*", "'/api/*/**'"),
+        ("GET,POST /api/*", "'GET,POST /api/*/**'"),
+        ("/*", "'/*/**'"),
         ("/files/*.pdf", "'/files/**.pdf'"),
         ("/a/*/b/**", "'/a/**/b/**'"),
     ] {
@@ -428,6 +431,31 @@ fn patterns_whose_meaning_changed_say_how_to_keep_the_old_one() {
             rule.allows("GET", &advised.replace("**", "x/y")),
             "{advised}"
         );
+        // Where the entry does not end in `/**` itself, the advice means
+        // exactly what the Python tool's fnmatch did (whose `*` is our
+        // `**` without the rule that `/**` also matches the path above).
+        if !spec.ends_with("/**") {
+            let python = spec.rsplit(' ').next().unwrap().replace('*', "**");
+            for path in [
+                "/",
+                "/api",
+                "/api/",
+                "/api/a",
+                "/api/a/b",
+                "/apix",
+                "/files/x.pdf",
+                "/files/a/b.pdf",
+                "/files",
+                "/files/x.pdfx",
+                "/x",
+            ] {
+                assert_eq!(
+                    rule.allows("GET", path),
+                    glob_match(python.as_bytes(), path.as_bytes()),
+                    "{spec} advised as {advised}, on {path}"
+                );
+            }
+        }
     }
     for spec in ["/api/upload", "/api/**", "/**"] {
         assert_eq!(difference(spec), None, "{spec}");
@@ -543,6 +571,14 @@ fn the_plan_forwards_a_bodys_type_and_names_what_it_drops() {
     assert!(plan.forward.is_empty());
     assert_eq!(plan.dropped_line().as_deref(), Some("Content-Type"));
     let plan = plan_headers(&get, &["content-type".to_string()], None);
+    assert_eq!(plan.dropped_line(), None);
+    // A User-Agent the caller chose is named; send's default is not.
+    let chosen = start("GET", "/", &[("User-Agent", "my-agent/1")]);
+    let plan = plan_headers(&chosen, &[], None);
+    assert_eq!(plan.dropped_line().as_deref(), Some("User-Agent"));
+    let default = start("GET", "/", &[("User-Agent", "kafkasend/0.1.0")]);
+    let plan = plan_headers(&default, &[], None);
+    assert!(plan.forward.is_empty());
     assert_eq!(plan.dropped_line(), None);
 }
 
