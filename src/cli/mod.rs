@@ -83,10 +83,13 @@ pub fn run() -> ExitCode {
         }
         python_cmd::Program::Portal => {
             let rest = argv.iter().skip(1).cloned();
-            ["kafkasend", "portal"]
+            // `kafkasend-portal --version` asks what the program is.
+            let version = argv.len() == 2 && (argv[1] == "--version" || argv[1] == "-V");
+            let sub = if version { "--version" } else { "portal" };
+            ["kafkasend", sub]
                 .map(OsString::from)
                 .into_iter()
-                .chain(rest)
+                .chain(rest.filter(|_| !version))
                 .collect()
         }
     };

@@ -136,6 +136,8 @@ pub(crate) fn rows_with(
 ) -> anyhow::Result<Vec<(&'static str, Vec<Row>)>> {
     let m = &args.matches;
     let side = m.get_one::<Side>(SIDE).copied();
+    // The start-up warnings of the portal's endpoint patterns, when checked.
+    let mut pattern_notes: Vec<Row> = Vec::new();
     let kafka_args = KafkaArgs::from_arg_matches(m)?;
     let file = load_file(kafka_args.config.as_deref())?;
     let file = serde_json::to_value(&file)?;
@@ -143,7 +145,18 @@ pub(crate) fn rows_with(
         Some(Side::Portal) => {
             let mut portal = PortalArgs::from_arg_matches(m)?;
             let filled = python::fill_portal(&mut portal, env)?;
-            resolve_portal(&portal).map_err(|e| filled.explain(e))?;
+            let settings = resolve_portal(&portal).map_err(|e| filled.explain(e))?;
+            pattern_notes = settings
+                .policy
+                .endpoints
+                .iter()
+                .filter_map(|rule| rule.python_difference())
+                .map(|note| Row {
+                    name: "PORTAL_ALLOWED_ENDPOINTS".into(),
+                    source: "note".into(),
+                    value: note,
+                })
+                .collect();
         }
         Some(Side::Send) => {
             let mut send = SendArgs {
@@ -193,6 +206,12 @@ pub(crate) fn rows_with(
             .map(|a| row(a, m, &file, &python_values))
             .collect();
         sections.push((title, rows));
+    }
+    if !pattern_notes.is_empty() {
+        sections.push((
+            "notes (read differently than in the Python tool)",
+            pattern_notes,
+        ));
     }
     let ignored = ignored_rows(role, env, &python_values, &sections);
     if !ignored.is_empty() {
@@ -424,6 +443,30 @@ mod tests {
         assert!(
             format!("{err:#}").contains("PORTAL_TARGET_API_URL"),
             "{err:#}"
+        );
+    }
+
+    #[test]
+    fn portal_patterns_read_differently_are_noted() {
+        let s = rows(&show(&[
+            "portal",
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--use-oauth",
+            "false",
+            "--allowed-endpoints",
+            "GET /api/*, POST /up",
+        ]))
+        .unwrap();
+        let (_, notes) = s
+            .iter()
+            .find(|(t, _)| t.starts_with("notes"))
+            .expect("a notes section");
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].value.contains("write 'GET /api/*/**'"),
+            "{:?}",
+            notes[0]
         );
     }
 

@@ -279,16 +279,16 @@ pub(crate) async fn connect_with(
         match checked {
             Checked::Answered(addr) => break Some(addr),
             Checked::Silent => break None,
-            Checked::Refused if waited >= give_up => {
-                return Err(unreachable(refused_for(servers.len(), waited)));
+            Checked::Refused(unresolved) if waited >= give_up => {
+                return Err(unreachable(refused_for(servers.len(), waited, &unresolved)));
             }
-            Checked::Refused => {
+            Checked::Refused(unresolved) => {
                 if when_refused == WhenRefused::KeepTrying && !warned && waited >= REFUSED_FOR {
                     warned = true;
                     log::warn!(
                         "nothing answers at {}: {}; still trying for up to {:.0} s (KAFKA_TIMEOUT_SECS)",
                         settings.bootstrap_servers,
-                        refused_for(servers.len(), waited),
+                        refused_for(servers.len(), waited, &unresolved),
                         settings.timeout.saturating_sub(waited).as_secs_f64()
                     );
                 }
@@ -346,7 +346,19 @@ pub(crate) async fn connect_with(
 }
 
 /// Why connecting failed when all `servers` (a count) refused for `waited`.
-fn refused_for(servers: usize, waited: Duration) -> String {
+fn refused_for(servers: usize, waited: Duration, unresolved: &[String]) -> String {
+    if !unresolved.is_empty() {
+        let others = if unresolved.len() < servers {
+            ", and the others refused the connection,"
+        } else {
+            ""
+        };
+        return format!(
+            "{} did not resolve{others} for {:.1} s (check the host name's spelling and DNS)",
+            unresolved.join(", "),
+            waited.as_secs_f64()
+        );
+    }
     let (who, ports) = if servers == 1 {
         ("", "that port")
     } else {
@@ -363,8 +375,9 @@ fn refused_for(servers: usize, waited: Duration) -> String {
 enum Checked {
     /// This server answered as a Kafka broker, with these settings.
     Answered(String),
-    /// Every server refused the connection: nothing listens there (yet).
-    Refused,
+    /// Every server refused the connection (nothing listens there, yet) or
+    /// has a name that does not resolve: these.
+    Refused(Vec<String>),
     /// No server answered, and some did not refuse either (slow, reset,
     /// silent): rskafka retries them until the deadline.
     Silent,
@@ -385,8 +398,17 @@ async fn check_security(servers: &[String], settings: &Config) -> Result<Checked
     let mut wrong = None;
     let mut last = None;
     let mut all_refused = true;
+    let mut unresolved = Vec::new();
     let limit = settings.timeout.min(LOOKUP_LIMIT);
     for addr in servers {
+        // A host name that does not resolve is as final as a refusal (a
+        // typo, most often); a slow resolver is left to the deadline.
+        let lookup = tokio::time::timeout(limit, tokio::net::lookup_host(addr.as_str())).await;
+        if let Ok(Err(e)) = lookup {
+            log::debug!("Kafka bootstrap server {addr} does not resolve: {e}");
+            unresolved.push(addr.clone());
+            continue;
+        }
         let attempt = async {
             match BrokerConn::open(addr, &settings.client_id, limit, &settings.security).await {
                 // Without TLS or SASL nothing was said yet: one request shows
@@ -418,7 +440,7 @@ async fn check_security(servers: &[String], settings: &Config) -> Result<Checked
     }
     match (wrong, last) {
         (Some(e), _) => Err(e),
-        _ if all_refused => Ok(Checked::Refused),
+        _ if all_refused => Ok(Checked::Refused(unresolved)),
         (None, Some(ConnError::Io(_) | ConnError::Timeout(_)) | None) => Ok(Checked::Silent),
         (None, Some(e)) => Err(e),
     }
@@ -803,11 +825,11 @@ mod tests {
     #[test]
     fn a_refusal_says_how_long_and_for_how_many() {
         assert_eq!(
-            refused_for(1, Duration::from_millis(3004)),
+            refused_for(1, Duration::from_millis(3004), &[]),
             "connection refused for 3.0 s (nothing listens on that port)"
         );
         assert_eq!(
-            refused_for(2, Duration::from_millis(2550)),
+            refused_for(2, Duration::from_millis(2550), &[]),
             "connection refused by every server for 2.5 s (nothing listens on those ports)"
         );
     }
@@ -836,7 +858,18 @@ mod tests {
         let both = settings(&format!("{a},{b}"), Duration::from_secs(1));
         assert_eq!(
             check_security(&both.servers(), &both).await.unwrap(),
-            Checked::Refused
+            Checked::Refused(Vec::new())
+        );
+        // A name that does not resolve counts with the refusals, by name.
+        let typo = format!("no-such-broker.invalid:9092,{a}");
+        let typo = settings(&typo, Duration::from_secs(1));
+        assert_eq!(
+            check_security(&typo.servers(), &typo).await.unwrap(),
+            Checked::Refused(vec!["no-such-broker.invalid:9092".into()])
+        );
+        assert_eq!(
+            refused_for(2, Duration::from_secs(3), &["x.invalid:9092".into()]),
+            "x.invalid:9092 did not resolve, and the others refused the connection, for 3.0 s (check the host name's spelling and DNS)"
         );
         // A server that accepts and never answers is not a refusal: rskafka
         // gets it, with the whole deadline.

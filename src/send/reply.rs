@@ -334,6 +334,7 @@ pub(super) async fn receive(
                 if !warned_dropped {
                     show.notice(Notice::PortalDroppedHeaders(&names));
                     warned_dropped = true;
+                    report.dropped_headers = Some(names);
                 }
                 continue;
             }

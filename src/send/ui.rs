@@ -77,6 +77,9 @@ pub struct Report {
     /// The response's headers, in the order the API sent them, repeats
     /// included, when one arrived.
     pub headers: Option<Vec<(String, String)>>,
+    /// Names of request headers the portal said it did not forward, as it
+    /// sent them (`A, B`, capped by the portal).
+    pub dropped_headers: Option<String>,
     /// Request body bytes produced.
     pub bytes_sent: u64,
     /// Response body bytes received and verified.
@@ -97,6 +100,7 @@ impl Default for Report {
             job: None,
             status: None,
             headers: None,
+            dropped_headers: None,
             bytes_sent: 0,
             bytes_received: 0,
             request_sent: false,
@@ -116,6 +120,7 @@ impl Report {
             "job": self.job.map(|j| j.to_string()),
             "status": self.status,
             "headers": self.headers,
+            "dropped_headers": self.dropped_headers,
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
             "digest_verified": self.digest_verified,

@@ -349,6 +349,15 @@ async fn headers_the_portal_drops_are_named_to_send_and_wait() {
         waited.stderr
     );
     assert_eq!(std::fs::read(&answer).unwrap(), sha256_hex(b"").as_bytes());
+    // A script reads the same from the --json summary.
+    let waited = kafkasend_cmd(
+        &topics,
+        &["wait", &job, "-o", answer.to_str().unwrap(), "--json"],
+    )
+    .await;
+    assert_eq!(waited.code, 0, "stderr: {}", waited.stderr);
+    let summary: serde_json::Value = serde_json::from_str(waited.stdout_text().trim()).unwrap();
+    assert_eq!(summary["dropped_headers"], "X-Other", "{summary}");
 
     // Hundreds of dropped names: one warning line, cut, with a count.
     let many: Vec<String> = (0..300).map(|i| format!("X-Extra-{i:03}: v")).collect();

@@ -237,6 +237,15 @@ async fn python_env_files_and_command_lines_work_unchanged() {
     assert_eq!(row("PORTAL_MAX_CONCURRENT_JOBS")[1..], ["env", "10"]);
     assert!(row("KAFKA_MAX_POLL_RECORDS")[2].contains("PORTAL_MAX_CONCURRENT_JOBS"));
 
+    // The link says what it is, as the Python program did.
+    let version = run(&programs.portal, &["--version"], &[]).await;
+    assert_eq!(version.code, 0, "{}", version.stderr);
+    assert!(
+        version.stdout_text().starts_with("kafkasend "),
+        "{}",
+        version.stdout_text()
+    );
+
     // Started as `kafkasend-portal`, with the file as it is.
     let env: Vec<(&str, String)> = portal_env
         .iter()
