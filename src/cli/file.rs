@@ -46,6 +46,7 @@ pub struct FileConfig {
     pub replication_factor: Option<i16>,
     pub start_from: Option<String>,
     pub consumer_group: Option<String>,
+    pub group_instance_id: Option<String>,
     pub session_timeout_secs: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
     pub idempotency_header: Option<String>,

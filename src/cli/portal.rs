@@ -98,6 +98,9 @@ pub struct PortalArgs {
     /// Consumer group the portals share
     #[arg(long, env = "KAFKA_CONSUMER_GROUP", value_name = "GROUP")]
     pub consumer_group: Option<String>,
+    /// Static group membership: this portal's own id in the group, or 'auto' for the host name; empty is dynamic membership [default: off]
+    #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID", value_name = "ID")]
+    pub group_instance_id: Option<String>,
     /// The group drops a portal not heard from for this long, 6 to 1800
     #[arg(long, env = "PORTAL_SESSION_TIMEOUT_SECS", value_name = "SECS")]
     pub session_timeout_secs: Option<u64>,
@@ -335,8 +338,13 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         h if hyper::header::HeaderName::from_bytes(h.as_bytes()).is_ok() => Some(h.to_string()),
         h => bail!("PORTAL_IDEMPOTENCY_HEADER: '{h}' is not a valid header name"),
     };
+    let instance_id = resolve_instance_id(
+        pick(&a.group_instance_id, &f.group_instance_id).as_deref(),
+        host_name,
+    )?;
     let group = GroupConfig {
         group_id,
+        instance_id,
         session_timeout: Duration::from_secs(session),
         rebalance_timeout: Duration::from_secs(grace + 30),
     };
@@ -361,6 +369,42 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         replication_factor,
         start_from,
     })
+}
+
+/// `KAFKA_GROUP_INSTANCE_ID`: unset or blank is dynamic membership; `auto`
+/// (any case) is the host name `host` finds; anything else is the id itself.
+/// Each is checked with Kafka's rule for instance ids.
+pub(crate) fn resolve_instance_id(
+    value: Option<&str>,
+    host: impl FnOnce() -> Option<String>,
+) -> anyhow::Result<Option<String>> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if value.eq_ignore_ascii_case("auto") {
+        let Some(name) = host() else {
+            bail!("KAFKA_GROUP_INSTANCE_ID=auto: the host name is unknown (/proc/sys/kernel/hostname cannot be read and HOSTNAME is not set); set the id itself");
+        };
+        if let Err(why) = crate::kafka::group::check_instance_id(&name) {
+            bail!("KAFKA_GROUP_INSTANCE_ID=auto: the host name {name:?} is not a valid group instance id: {why}; set the id itself");
+        }
+        return Ok(Some(name));
+    }
+    if let Err(why) = crate::kafka::group::check_instance_id(value) {
+        bail!("KAFKA_GROUP_INSTANCE_ID: {value:?} is not a valid group instance id: {why}");
+    }
+    Ok(Some(value.to_string()))
+}
+
+/// The host name as `hostname` prints it: the kernel's (per UTS namespace,
+/// so a container's own), else the `HOSTNAME` variable where there is no
+/// `/proc`. Reading the kernel's needs no `unsafe` `gethostname` call.
+fn host_name() -> Option<String> {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    kernel
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
 }
 
 /// Resolves the request policy settings.

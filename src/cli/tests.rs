@@ -1020,3 +1020,92 @@ fn repeated_flags_behave_as_in_curl() {
     ];
     assert!(Cli::try_parse_from(argv).is_ok());
 }
+
+#[test]
+fn group_instance_id_is_off_auto_or_checked() {
+    let base = [
+        "--target-api-url",
+        "http://127.0.0.1:1",
+        "--use-oauth",
+        "false",
+    ];
+    let resolve = |extra: &[&str]| {
+        let mut argv = base.to_vec();
+        argv.extend_from_slice(extra);
+        resolve_portal(&portal_args(&argv)).map(|c| c.group.instance_id)
+    };
+    assert_eq!(resolve(&[]).unwrap(), None);
+    assert_eq!(resolve(&["--group-instance-id", " "]).unwrap(), None);
+    assert_eq!(
+        resolve(&["--group-instance-id", "portal-1.eu_west"]).unwrap(),
+        Some("portal-1.eu_west".into())
+    );
+    for (bad, why) in [
+        ("two words", "it contains ' '"),
+        ("..", "'.' and '..' are not allowed"),
+        ("x\u{1b}[31m", "it contains '\\u{1b}'"),
+    ] {
+        let err = resolve(&["--group-instance-id", bad])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("KAFKA_GROUP_INSTANCE_ID: "), "{err}");
+        assert!(err.contains(why), "{bad:?}: {err}");
+        // The id is quoted escaped: no terminal control reaches the log.
+        assert!(!err.contains('\u{1b}'), "{err}");
+    }
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "group_instance_id = \"from-file\"").unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    assert_eq!(
+        resolve(&["--config", &path]).unwrap(),
+        Some("from-file".into())
+    );
+}
+
+#[test]
+fn group_instance_id_auto_is_the_host_name() {
+    let host = |name: Option<&str>| {
+        let name = name.map(str::to_string);
+        move || name
+    };
+    assert_eq!(
+        resolve_instance_id(Some("auto"), host(Some("web-3.example"))).unwrap(),
+        Some("web-3.example".into())
+    );
+    assert_eq!(
+        resolve_instance_id(Some("AUTO"), host(Some("web-3"))).unwrap(),
+        Some("web-3".into())
+    );
+    let err = resolve_instance_id(Some("auto"), host(None))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("host name is unknown"), "{err}");
+    let err = resolve_instance_id(Some("auto"), host(Some("my host")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("KAFKA_GROUP_INSTANCE_ID=auto: the host name \"my host\""),
+        "{err}"
+    );
+    // The host is not asked for when the id is given or off.
+    let never = || -> Option<String> { panic!("host name read") };
+    assert_eq!(resolve_instance_id(None, never).unwrap(), None);
+    assert_eq!(
+        resolve_instance_id(Some("p1"), never).unwrap(),
+        Some("p1".into())
+    );
+    // On this machine: the same name `hostname` prints.
+    let real = resolve_portal(&portal_args(&[
+        "--target-api-url",
+        "http://127.0.0.1:1",
+        "--use-oauth",
+        "false",
+        "--group-instance-id",
+        "auto",
+    ]))
+    .unwrap()
+    .group
+    .instance_id;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(real.as_deref(), Some(kernel.trim()));
+}

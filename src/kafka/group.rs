@@ -8,6 +8,12 @@
 //! protocol type `consumer` with the standard subscription and assignment
 //! payloads and the `range` assignor, so Kafka's own tools show the portals
 //! as members, with their partitions, committed offsets and lag.
+//!
+//! With a group instance id the member is static (KIP-345): every request
+//! that can carry the id does, a restart within the session timeout takes
+//! the member's place back without a rebalance, and the member never sends
+//! LeaveGroup on shutdown (`Member::instance_id`), since a leave would hand its
+//! partitions away at once and make the restart move them back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -79,6 +85,24 @@ pub(crate) enum GroupError {
     /// TLS or SASL failed: the settings are wrong, retrying cannot help.
     #[error(transparent)]
     Security(ConnError),
+    /// Another member joined with this member's group instance id and took
+    /// its place; rejoining would only take the place back and fence the
+    /// other in turn.
+    #[error("group {group}: another portal joined with the same group instance id '{instance_id}' (KAFKA_GROUP_INSTANCE_ID) and took over this portal's partitions ({api} answered FENCED_INSTANCE_ID); give every portal of a group its own id")]
+    Fenced {
+        /// Group id.
+        group: String,
+        /// The instance id both members use.
+        instance_id: String,
+        /// The request that was refused.
+        api: &'static str,
+    },
+    /// The group has as many members as the broker allows.
+    #[error("group {group} is full: the broker's group.max.size allows no more members (JoinGroup answered GROUP_MAX_SIZE_REACHED); stop a portal of this group or raise group.max.size")]
+    Full {
+        /// Group id.
+        group: String,
+    },
 }
 
 impl From<ConnError> for GroupError {
@@ -114,9 +138,13 @@ impl GroupError {
         matches!(self, Self::Kafka { error, .. } if crate::kafka::code::is_startup_state(*error))
     }
 
-    /// Whether the portal should give up: a certificate or password problem.
+    /// Whether the portal should give up: a certificate or password
+    /// problem, another portal with this one's instance id, a full group.
     pub(crate) fn is_fatal(&self) -> bool {
-        matches!(self, Self::Security(_))
+        matches!(
+            self,
+            Self::Security(_) | Self::Fenced { .. } | Self::Full { .. }
+        )
     }
 
     /// Whether this member was dropped from the group or its generation is
@@ -181,11 +209,44 @@ async fn negotiate(conn: &mut BrokerConn) -> Result<(), GroupError> {
     Ok(())
 }
 
+/// Longest group instance id Kafka accepts.
+pub(crate) const MAX_INSTANCE_ID_LEN: usize = 249;
+
+/// Checks a group instance id against Kafka's own rule (the one for topic
+/// names, which Kafka's clients apply before they send it); says what is
+/// wrong otherwise.
+pub(crate) fn check_instance_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("it is empty".into());
+    }
+    if id == "." || id == ".." {
+        return Err("'.' and '..' are not allowed".into());
+    }
+    if id.len() > MAX_INSTANCE_ID_LEN {
+        return Err(format!(
+            "it has {} bytes; at most {MAX_INSTANCE_ID_LEN} are allowed",
+            id.len()
+        ));
+    }
+    match id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        Some(c) => Err(format!(
+            "it contains {c:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The consumer group the portals share, as the settings give it.
 #[derive(Debug, Clone)]
 pub(crate) struct GroupConfig {
     /// Group id (`KAFKA_CONSUMER_GROUP`).
     pub(crate) group_id: String,
+    /// Static membership's instance id (`KAFKA_GROUP_INSTANCE_ID`), checked
+    /// with `check_instance_id`; `None` for a dynamic member.
+    pub(crate) instance_id: Option<String>,
     /// The coordinator drops a member it has not heard from for this long.
     pub(crate) session_timeout: Duration,
     /// How long members have to rejoin during a rebalance.
@@ -257,8 +318,38 @@ impl Member {
         &self.group.group_id
     }
 
+    /// The group instance id of a static member: one that keeps its place
+    /// in the group when it stops, so it does not leave on shutdown.
+    pub(crate) fn instance_id(&self) -> Option<&str> {
+        self.group.instance_id.as_deref()
+    }
+
     fn group(&self) -> GroupId {
         GroupId(StrBytes::from_string(self.group.group_id.clone()))
+    }
+
+    fn instance(&self) -> Option<StrBytes> {
+        self.group.instance_id.clone().map(StrBytes::from_string)
+    }
+
+    /// The error for `error` answered to `api`: the fatal ones worded for
+    /// whoever runs the portal; forgets the coordinator when it moved.
+    fn failure(&mut self, api: &'static str, error: ResponseError) -> GroupError {
+        let e = match error {
+            ResponseError::FencedInstanceId => GroupError::Fenced {
+                group: self.group.group_id.clone(),
+                instance_id: self.group.instance_id.clone().unwrap_or_default(),
+                api,
+            },
+            ResponseError::GroupMaxSizeReached => GroupError::Full {
+                group: self.group.group_id.clone(),
+            },
+            error => GroupError::Kafka { api, error },
+        };
+        if e.coordinator_moved() {
+            self.conn = None;
+        }
+        e
     }
 
     async fn coordinator(&mut self) -> Result<&mut BrokerConn, GroupError> {
@@ -322,12 +413,17 @@ impl Member {
         let session_ms = millis(self.group.session_timeout);
         let rebalance_ms = millis(self.group.rebalance_timeout);
         let rebalance_wait = self.group.rebalance_timeout;
+        // A member id the coordinator asks for, or forgot, costs one more
+        // round each; more rounds than that mean a coordinator in a loop.
+        let mut rounds = 0;
         let join = loop {
+            rounds += 1;
             let req = JoinGroupRequest::default()
                 .with_group_id(group.clone())
                 .with_session_timeout_ms(session_ms)
                 .with_rebalance_timeout_ms(rebalance_ms)
                 .with_member_id(StrBytes::from_string(self.member_id.clone()))
+                .with_group_instance_id(self.instance())
                 .with_protocol_type(StrBytes::from_static_str("consumer"))
                 .with_protocols(vec![JoinGroupRequestProtocol::default()
                     .with_name(StrBytes::from_static_str("range"))
@@ -335,24 +431,18 @@ impl Member {
             let resp = self.call("JoinGroup", &req, V_JOIN, rebalance_wait).await?;
             match resp.error_code.err() {
                 None => break resp,
-                Some(ResponseError::MemberIdRequired) => {
+                Some(ResponseError::MemberIdRequired) if rounds < 3 => {
                     self.member_id = resp.member_id.to_string();
                 }
-                Some(ResponseError::UnknownMemberId) => self.member_id.clear(),
-                Some(error) => {
-                    let e = GroupError::Kafka {
-                        api: "JoinGroup",
-                        error,
-                    };
-                    if e.coordinator_moved() {
-                        self.conn = None;
-                    }
-                    return Err(e);
-                }
+                Some(ResponseError::UnknownMemberId) if rounds < 3 => self.member_id.clear(),
+                Some(error) => return Err(self.failure("JoinGroup", error)),
             }
         };
         self.member_id = join.member_id.to_string();
         self.generation = join.generation_id;
+        // A static leader that rejoins a stable group is told it leads but
+        // gets no member list: the coordinator keeps the assignment it has
+        // and hands it back at SyncGroup, whatever this member sends.
         let assignments = if join.leader.as_str() == self.member_id {
             // Members reading another topic (a group id shared across
             // request topics) get nothing of ours; say how to fix it.
@@ -362,7 +452,10 @@ impl Member {
                     decode_versioned(m.metadata.clone());
                 match sub {
                     Ok(sub) if sub.topics.iter().any(|t| t.as_str() == topic) => {
-                        members.push(m.member_id.to_string());
+                        members.push(RangeMember {
+                            member_id: m.member_id.to_string(),
+                            instance_id: m.group_instance_id.as_ref().map(|i| i.to_string()),
+                        });
                     }
                     _ => log::warn!(
                         "group {}: member {} does not read {topic}; give each request topic its own KAFKA_CONSUMER_GROUP",
@@ -397,6 +490,7 @@ impl Member {
             .with_group_id(group)
             .with_generation_id(self.generation)
             .with_member_id(StrBytes::from_string(self.member_id.clone()))
+            .with_group_instance_id(self.instance())
             .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
             .with_protocol_name(Some(StrBytes::from_static_str("range")))
             .with_assignments(assignments);
@@ -438,14 +532,12 @@ impl Member {
         result
     }
 
-    /// Turns an error code into an error, forgetting the coordinator when
-    /// the code says it moved.
+    /// Turns an error code into an error (`failure`).
     fn checked(&mut self, api: &'static str, code: i16) -> Result<(), GroupError> {
-        let r = check(api, code);
-        if r.as_ref().is_err_and(GroupError::coordinator_moved) {
-            self.conn = None;
+        match code.err() {
+            None => Ok(()),
+            Some(error) => Err(self.failure(api, error)),
         }
-        r
     }
 
     /// Time between heartbeats.
@@ -464,7 +556,8 @@ impl Member {
         let req = HeartbeatRequest::default()
             .with_group_id(self.group())
             .with_generation_id(self.generation)
-            .with_member_id(StrBytes::from_string(self.member_id.clone()));
+            .with_member_id(StrBytes::from_string(self.member_id.clone()))
+            .with_group_instance_id(self.instance());
         let resp = self
             .call("Heartbeat", &req, V_HEARTBEAT, Duration::ZERO)
             .await?;
@@ -472,17 +565,10 @@ impl Member {
             None => Ok(Beat::Ok),
             Some(ResponseError::RebalanceInProgress) => Ok(Beat::Rebalance),
             Some(error) => {
-                let e = GroupError::Kafka {
-                    api: "Heartbeat",
-                    error,
-                };
-                if e.coordinator_moved() {
-                    self.conn = None;
-                }
                 if error == ResponseError::UnknownMemberId {
                     self.member_id.clear();
                 }
-                Err(e)
+                Err(self.failure("Heartbeat", error))
             }
         }
     }
@@ -541,6 +627,7 @@ impl Member {
             .with_group_id(self.group())
             .with_generation_id_or_member_epoch(self.generation)
             .with_member_id(StrBytes::from_string(self.member_id.clone()))
+            .with_group_instance_id(self.instance())
             .with_topics(vec![OffsetCommitRequestTopic::default()
                 .with_name(TopicName(StrBytes::from_string(topic.to_string())))
                 .with_partitions(partitions)]);
@@ -555,7 +642,9 @@ impl Member {
         Ok(())
     }
 
-    /// Leaves the group, so the others take over at once.
+    /// Leaves the group, so the others take over at once. With an instance
+    /// id the coordinator removes the static member too (the portal does
+    /// not call this for one, see `instance_id`).
     pub(crate) async fn leave(&mut self) -> Result<(), GroupError> {
         if self.member_id.is_empty() {
             return Ok(());
@@ -564,6 +653,7 @@ impl Member {
             .with_group_id(self.group())
             .with_members(vec![MemberIdentity::default()
                 .with_member_id(StrBytes::from_string(self.member_id.clone()))
+                .with_group_instance_id(self.instance())
                 .with_reason(Some(StrBytes::from_static_str("portal shutting down")))]);
         let resp = self
             .call("LeaveGroup", &req, V_LEAVE, Duration::ZERO)
@@ -597,10 +687,28 @@ fn decode_versioned<M: Decodable>(mut bytes: Bytes) -> Result<M, GroupError> {
     M::decode(&mut bytes, version).map_err(codec)
 }
 
-/// The `range` assignment of one topic: members sorted by id, each taking a
-/// contiguous run, the first ones one partition more when it does not divide.
-pub(crate) fn range_assign(members: &[String], partitions: i32) -> BTreeMap<String, Vec<i32>> {
-    let sorted: BTreeSet<&String> = members.iter().collect();
+/// A member as the `range` assignor orders it.
+#[derive(Debug, Clone)]
+pub(crate) struct RangeMember {
+    /// The id the coordinator gave it.
+    pub(crate) member_id: String,
+    /// Its group instance id, when static.
+    pub(crate) instance_id: Option<String>,
+}
+
+/// The `range` assignment of one topic: static members sorted by instance
+/// id, then dynamic ones by member id (as Kafka's own `range` assignor
+/// does, so a static member keeps its partitions across rebalances), each
+/// taking a contiguous run, the first ones one partition more when it does
+/// not divide. Keys are member ids.
+pub(crate) fn range_assign(members: &[RangeMember], partitions: i32) -> BTreeMap<String, Vec<i32>> {
+    let sorted: BTreeSet<(bool, &str, &str)> = members
+        .iter()
+        .map(|m| match &m.instance_id {
+            Some(i) => (false, i.as_str(), m.member_id.as_str()),
+            None => (true, m.member_id.as_str(), m.member_id.as_str()),
+        })
+        .collect();
     let n = sorted.len() as i32;
     let mut out = BTreeMap::new();
     if n == 0 {
@@ -609,9 +717,9 @@ pub(crate) fn range_assign(members: &[String], partitions: i32) -> BTreeMap<Stri
     let per = partitions / n;
     let extra = partitions % n;
     let mut next = 0;
-    for (i, m) in sorted.into_iter().enumerate() {
+    for (i, (_, _, id)) in sorted.into_iter().enumerate() {
         let count = per + i32::from((i as i32) < extra);
-        out.insert(m.clone(), (next..next + count).collect());
+        out.insert(id.to_string(), (next..next + count).collect());
         next += count;
     }
     out
@@ -621,9 +729,18 @@ pub(crate) fn range_assign(members: &[String], partitions: i32) -> BTreeMap<Stri
 mod tests {
     use super::*;
 
+    fn dynamic(ids: &[&str]) -> Vec<RangeMember> {
+        ids.iter()
+            .map(|s| RangeMember {
+                member_id: s.to_string(),
+                instance_id: None,
+            })
+            .collect()
+    }
+
     #[test]
     fn range_assignment_covers_every_partition_once() {
-        let members: Vec<String> = ["b", "a", "c"].iter().map(|s| s.to_string()).collect();
+        let members = dynamic(&["b", "a", "c"]);
         let a = range_assign(&members, 7);
         assert_eq!(a["a"], vec![0, 1, 2]);
         assert_eq!(a["b"], vec![3, 4]);
@@ -633,6 +750,98 @@ mod tests {
         let many = range_assign(&members, 2);
         assert_eq!(many["c"], Vec::<i32>::new());
         assert!(range_assign(&[], 3).is_empty());
+    }
+
+    #[test]
+    fn static_members_keep_their_place_in_the_range_order() {
+        // Member ids are new on every join; instance ids stay, so static
+        // members are ordered by them, ahead of dynamic ones.
+        let members = vec![
+            RangeMember {
+                member_id: "a-dynamic".into(),
+                instance_id: None,
+            },
+            RangeMember {
+                member_id: "zzz-1".into(),
+                instance_id: Some("portal-1".into()),
+            },
+            RangeMember {
+                member_id: "aaa-2".into(),
+                instance_id: Some("portal-2".into()),
+            },
+        ];
+        let a = range_assign(&members, 5);
+        assert_eq!(a["zzz-1"], vec![0, 1]);
+        assert_eq!(a["aaa-2"], vec![2, 3]);
+        assert_eq!(a["a-dynamic"], vec![4]);
+    }
+
+    #[test]
+    fn instance_ids_follow_kafkas_rule() {
+        for good in ["portal-1", "host.example.com", "A_b-9", &"x".repeat(249)] {
+            assert_eq!(check_instance_id(good), Ok(()), "{good}");
+        }
+        let cases = [
+            ("", "it is empty"),
+            (".", "'.' and '..' are not allowed"),
+            ("..", "'.' and '..' are not allowed"),
+            ("two words", "it contains ' '"),
+            ("tab\there", "it contains '\\t'"),
+            ("caf\u{e9}", "it contains '\u{e9}'"),
+            ("a/b", "it contains '/'"),
+        ];
+        for (id, want) in cases {
+            let e = check_instance_id(id).unwrap_err();
+            assert!(e.starts_with(want), "{id:?}: {e}");
+        }
+        let long = check_instance_id(&"x".repeat(250)).unwrap_err();
+        assert_eq!(long, "it has 250 bytes; at most 249 are allowed");
+    }
+
+    fn member(instance: Option<&str>) -> Member {
+        let kafka = Config {
+            bootstrap_servers: "127.0.0.1:1".into(),
+            request_topic: "req".into(),
+            response_topic: "resp".into(),
+            timeout: Duration::from_secs(1),
+            chunk_size: 1024,
+            security: Default::default(),
+            client_id: "test".into(),
+        };
+        Member::new(
+            &kafka,
+            GroupConfig {
+                group_id: "g1".into(),
+                instance_id: instance.map(str::to_string),
+                session_timeout: Duration::from_secs(30),
+                rebalance_timeout: Duration::from_secs(60),
+            },
+        )
+    }
+
+    #[test]
+    fn fencing_and_a_full_group_are_fatal_and_say_what_to_change() {
+        let mut m = member(Some("portal-7"));
+        let fenced = m.failure("Heartbeat", ResponseError::FencedInstanceId);
+        assert!(fenced.is_fatal() && !fenced.needs_rejoin() && !fenced.coordinator_moved());
+        let text = fenced.to_string();
+        for part in [
+            "group g1",
+            "'portal-7'",
+            "KAFKA_GROUP_INSTANCE_ID",
+            "Heartbeat",
+        ] {
+            assert!(text.contains(part), "{text}");
+        }
+        let full = m.failure("JoinGroup", ResponseError::GroupMaxSizeReached);
+        assert!(full.is_fatal());
+        assert!(full.to_string().contains("group.max.size"), "{full}");
+        // Dropped from the group (the session ran out): join again, as a
+        // static member too.
+        let dropped = m.failure("Heartbeat", ResponseError::UnknownMemberId);
+        assert!(dropped.needs_rejoin() && !dropped.is_fatal());
+        assert_eq!(member(None).instance_id(), None);
+        assert_eq!(m.instance_id(), Some("portal-7"));
     }
 
     fn kafka(api: &'static str, code: i16) -> GroupError {

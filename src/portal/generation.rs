@@ -25,7 +25,8 @@ pub(crate) enum GenerationEnd {
 
 /// Reads the assigned partitions, heartbeats and commits until a rebalance or
 /// shutdown; then stops reading, lets jobs in flight finish within the grace
-/// period, and commits.
+/// period, and commits. A fatal group error (`GroupError::is_fatal`) is
+/// returned after the same wait, with no commit.
 pub(crate) async fn serve_generation(
     ctx: &Arc<Ctx>,
     member: &mut Member,
@@ -66,6 +67,10 @@ pub(crate) async fn serve_generation(
     // or restarts answers with start-up states for a moment (`code::log_level`).
     let mut beats_failing: Option<Instant> = None;
     let mut commits_failing: Option<Instant> = None;
+    // A fatal group error (another portal took this one's place) still
+    // revokes like a rebalance, so jobs in flight can answer; then it is
+    // returned instead of a way to go on.
+    let mut fatal: Option<GroupError> = None;
     let end = loop {
         tokio::select! {
             _ = &mut *shutdown => break GenerationEnd::Shutdown,
@@ -77,6 +82,10 @@ pub(crate) async fn serve_generation(
                     // portal taking over after a crash would start at the end.
                     match commit(ctx, member, &[p]).await {
                         Ok(()) => commits_failing = None,
+                        Err(e) if e.is_fatal() => {
+                            fatal = Some(e);
+                            break GenerationEnd::Rebalance;
+                        }
                         Err(e) => log::log!(
                             failure_level(&mut commits_failing, &e),
                             "committing the start of partition {p} failed: {e}"
@@ -106,6 +115,10 @@ pub(crate) async fn serve_generation(
             _ = heartbeat.tick() => match member.heartbeat().await {
                 Ok(Beat::Ok) => beats_failing = None,
                 Ok(Beat::Rebalance) => break GenerationEnd::Rebalance,
+                Err(e) if e.is_fatal() => {
+                    fatal = Some(e);
+                    break GenerationEnd::Rebalance;
+                }
                 Err(e) if e.needs_rejoin() => {
                     log::info!("group {}: {e}; rejoining", member.group_id());
                     break GenerationEnd::Rebalance;
@@ -118,6 +131,10 @@ pub(crate) async fn serve_generation(
             },
             _ = commit_tick.tick() => match commit(ctx, member, &ready_parts).await {
                 Ok(()) => commits_failing = None,
+                Err(e) if e.is_fatal() => {
+                    fatal = Some(e);
+                    break GenerationEnd::Rebalance;
+                }
                 Err(e) if e.needs_rejoin() => break GenerationEnd::Rebalance,
                 Err(e) => log::log!(
                     failure_level(&mut commits_failing, &e),
@@ -148,6 +165,14 @@ pub(crate) async fn serve_generation(
             grace.as_secs()
         );
     }
+    if fatal.is_some() {
+        // The error itself is logged once, by whoever ends the process.
+        log::warn!(
+            "no longer a member of group {}: no new jobs; waiting up to {} s for jobs in flight, then exiting",
+            member.group_id(),
+            grace.as_secs()
+        );
+    }
     let drained = async {
         while readers.join_next().await.is_some() {}
         ctx.in_flight.wait_idle(grace).await
@@ -171,6 +196,11 @@ pub(crate) async fn serve_generation(
             ctx.in_flight.count(),
             grace.as_secs()
         );
+    }
+    if let Some(e) = fatal {
+        // The group no longer takes this member's commits; the partitions'
+        // new owner reads the unfinished jobs again from the last commit.
+        return Err(e.into());
     }
     while let Ok(p) = ready_rx.try_recv() {
         ready_parts.push(p);

@@ -201,10 +201,14 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
             }
         };
         log::info!(
-            "group {} generation {}: this portal reads partitions {:?} of {topic}",
+            "group {} generation {}: this portal reads partitions {:?} of {topic}{}",
             member.group_id(),
             assignment.generation,
-            assignment.partitions
+            assignment.partitions,
+            member
+                .instance_id()
+                .map(|i| format!(" (static member '{i}')"))
+                .unwrap_or_default()
         );
         let stop = match serve_generation(
             &ctx,
@@ -218,6 +222,12 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
             Ok(stop) => {
                 failing_since = None;
                 stop
+            }
+            Err(e)
+                if e.downcast_ref::<GroupError>()
+                    .is_some_and(GroupError::is_fatal) =>
+            {
+                return Err(e);
             }
             Err(e) => {
                 let since = *failing_since.get_or_insert_with(Instant::now);
@@ -235,6 +245,9 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
             }
         };
         if stop == GenerationEnd::Shutdown {
+            if stay_static(&member, ctx.cfg.group.session_timeout) {
+                return Ok(());
+            }
             if let Err(e) = member.leave().await {
                 log::warn!("leaving group {} failed: {e}", member.group_id());
             }
@@ -247,10 +260,28 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
     // group hears at once that this member is gone.
     let grace = ctx.cfg.shutdown_grace;
     ctx.in_flight.wait_idle(grace).await;
+    if stay_static(&member, ctx.cfg.group.session_timeout) {
+        return Ok(());
+    }
     match tokio::time::timeout(ctx.cfg.group.session_timeout, member.leave()).await {
         Ok(Ok(())) => log::info!("left group {}; bye", member.group_id()),
         Ok(Err(e)) => log::warn!("leaving group {} failed: {e}", member.group_id()),
         Err(_) => log::warn!("leaving group {} timed out", member.group_id()),
     }
     Ok(())
+}
+
+/// For a static member, says on shutdown why it does not leave the group and
+/// returns true: a LeaveGroup would move its partitions to the others at
+/// once, and a restart would move them back, two rebalances instead of none.
+fn stay_static(member: &Member, session_timeout: Duration) -> bool {
+    let Some(id) = member.instance_id() else {
+        return false;
+    };
+    log::info!(
+        "group {}: static member '{id}' stays in the group: a portal started with this id within {} s (PORTAL_SESSION_TIMEOUT_SECS) takes its partitions back without a rebalance; after that they move to the other portals; bye",
+        member.group_id(),
+        session_timeout.as_secs()
+    );
+    true
 }
