@@ -22,5 +22,6 @@ mod relay;
 mod secrets;
 mod ship;
 mod signing;
+mod static_member;
 mod support;
 mod tls;
