@@ -629,7 +629,9 @@ impl Receiving<'_> {
             Reason::Failed => "the answer followed failed",
             Reason::Stalled => "the answer followed stalled",
         };
-        log::warn!(
+        // Not a warning: two portals answering one job is expected around
+        // a rebalance, and the answer taken is checked like any other.
+        log::info!(
             "job {}: {why}; taking the answer of attempt {attempt} instead, read again from offset {from}",
             self.job
         );
