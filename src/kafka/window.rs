@@ -137,15 +137,23 @@ pub(crate) struct ReplyWriter<'a> {
     partition: &'a Partition,
     /// Most bytes one batch may carry.
     batch_max: usize,
+    /// Record headers every record of the answer carries (its attempt).
+    every: Vec<(&'a str, Vec<u8>)>,
     held: Held,
 }
 
 impl<'a> ReplyWriter<'a> {
-    /// A writer onto `partition` that batches up to `batch_max` bytes.
-    pub(crate) fn new(partition: &'a Partition, batch_max: usize) -> Self {
+    /// A writer onto `partition` that batches up to `batch_max` bytes and
+    /// puts the record headers `every` on each record.
+    pub(crate) fn new(
+        partition: &'a Partition,
+        batch_max: usize,
+        every: Vec<(&'a str, Vec<u8>)>,
+    ) -> Self {
         Self {
             partition,
             batch_max,
+            every,
             held: Held::default(),
         }
     }
@@ -156,14 +164,18 @@ impl<'a> ReplyWriter<'a> {
         self.push_with_headers(frame, payload, &[]).await
     }
 
-    /// Like [`ReplyWriter::push`], with Kafka record headers on the record.
+    /// Like [`ReplyWriter::push`], with more Kafka record headers on the
+    /// record besides those every record carries.
     pub(crate) async fn push_with_headers(
         &mut self,
         frame: &Frame,
         payload: &[u8],
         headers: &[(&str, Vec<u8>)],
     ) -> Result<(), Unsent> {
-        let record = record(frame, payload, headers);
+        let record = match headers.is_empty() {
+            true => record(frame, payload, &self.every),
+            false => record(frame, payload, &[&self.every[..], headers].concat()),
+        };
         if self.held.would_overflow(record.value_len(), self.batch_max) {
             self.flush().await?;
         }

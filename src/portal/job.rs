@@ -16,7 +16,9 @@ use crate::portal::context::{queue_slot, settle, Ctx};
 use crate::portal::ledger::Progress;
 use crate::portal::replies::{reply_partition, report_error_reply, send_error, ReplyTo};
 use crate::protocol::chunker::Chunker;
-use crate::protocol::wire::{Body, Frame, ResponseStart, DROPPED_HEADERS_HEADER};
+use crate::protocol::wire::{
+    new_attempt, Body, Frame, ResponseStart, ATTEMPT_HEADER, DROPPED_HEADERS_HEADER,
+};
 use crate::protocol::{ErrorCategory, Failure};
 
 /// How long a partial response chunk waits, from its first bytes, before it
@@ -99,9 +101,17 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) 
     };
     let started = Instant::now();
     let id = job.job;
+    // Drawn as the run begins: another portal (or this one, later) running
+    // the job again tags its answer differently, so the client can keep
+    // the two apart.
+    let attempt = new_attempt();
+    log::debug!(
+        "job {id}: answering as attempt {}",
+        String::from_utf8_lossy(&attempt)
+    );
     ctx.metrics.job_started(job.body.len());
     let calling = ctx.metrics.in_flight();
-    let settled = match answer(ctx, &pc, &job).await {
+    let settled = match answer(ctx, &pc, &job, &attempt).await {
         Ok((status, bytes)) => {
             log::info!(
                 "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s",
@@ -120,7 +130,7 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) 
                 category,
                 message: error.message,
             };
-            let sent = send_error(&pc, id, seq, info).await;
+            let sent = send_error(&pc, id, seq, info, &attempt).await;
             report_error_reply(ctx, id, sent, category)
         }
         Err(AnswerError::Kafka { seq, error }) => {
@@ -133,7 +143,7 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) 
                 category,
                 message: format!("the portal could not send the response: {error}"),
             };
-            let sent = send_error(&pc, id, seq, info).await;
+            let sent = send_error(&pc, id, seq, info, &attempt).await;
             report_error_reply(ctx, id, sent, category)
         }
     };
@@ -156,8 +166,14 @@ impl From<Unsent> for AnswerError {
     }
 }
 
-/// Calls the API and streams its response; returns status and body bytes.
-async fn answer(ctx: &Ctx, pc: &Partition, job: &CompletedJob) -> Result<(u16, u64), AnswerError> {
+/// Calls the API and streams its response, every record tagged with
+/// `attempt`; returns status and body bytes.
+async fn answer(
+    ctx: &Ctx,
+    pc: &Partition,
+    job: &CompletedJob,
+    attempt: &[u8],
+) -> Result<(u16, u64), AnswerError> {
     // One deadline for the whole call, headers and body alike.
     let deadline = tokio::time::Instant::now() + ctx.dispatcher.timeout();
     let resp = ctx
@@ -200,7 +216,7 @@ async fn answer(ctx: &Ctx, pc: &Partition, job: &CompletedJob) -> Result<(u16, u
         }),
     };
     let chunk_size = ctx.cfg.kafka.chunk_size;
-    let mut out = ReplyWriter::new(pc, chunk_size);
+    let mut out = ReplyWriter::new(pc, chunk_size, vec![(ATTEMPT_HEADER, attempt.to_vec())]);
     // Names only: values the caller sent may be credentials.
     let dropped = ctx.dispatcher.header_plan(&job.start).dropped_line();
     let record_headers: Vec<(&str, Vec<u8>)> = dropped

@@ -10,7 +10,7 @@ use crate::kafka::{self, KafkaError, Partition};
 use crate::portal::assembler::FailedJob;
 use crate::portal::context::{queue_slot, settle, Ctx};
 use crate::portal::ledger::Progress;
-use crate::protocol::wire::{Body, Frame, JobId};
+use crate::protocol::wire::{new_attempt, Body, Frame, JobId, ATTEMPT_HEADER};
 use crate::protocol::{ErrorCategory, Failure};
 
 /// Tells the client of `failed` why, with one error record sent from a
@@ -48,7 +48,7 @@ pub(crate) async fn spawn_error_reply(
                 report_error_reply(
                     &ctx,
                     failed.job,
-                    send_error(&pc, failed.job, 0, info).await,
+                    send_error(&pc, failed.job, 0, info, &new_attempt()).await,
                     failed.category,
                 )
             }
@@ -97,19 +97,22 @@ pub(crate) async fn reply_partition(ctx: &Ctx, job: JobId, topic: &str, partitio
     }
 }
 
-/// Produces one `Error` record numbered `seq` for `job`.
+/// Produces one `Error` record numbered `seq` for `job`, tagged with the
+/// `attempt` whose answer it ends (or is).
 pub(crate) async fn send_error(
     pc: &Partition,
     job: JobId,
     seq: u32,
     info: Failure,
+    attempt: &[u8],
 ) -> Result<i64, KafkaError> {
     let frame = Frame {
         job,
         seq,
         body: Body::Error(info),
     };
-    pc.produce(kafka::record(&frame, &[], &[])).await
+    let headers = [(ATTEMPT_HEADER, attempt.to_vec())];
+    pc.produce(kafka::record(&frame, &[], &headers)).await
 }
 
 /// Counts and logs how sending a job's error reply went; whether it is settled.

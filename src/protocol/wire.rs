@@ -35,6 +35,20 @@ pub const SIGNATURE_HEADER: &str = "kafkasend-signature";
 /// is outside the versioned frame, so older clients ignore it.
 pub const DROPPED_HEADERS_HEADER: &str = "kafkasend-dropped-headers";
 
+/// Kafka record header on every response record naming the attempt that
+/// wrote it: one value per run of a job, so a client can tell two portals'
+/// answers to one job apart. Outside the versioned frame, like the others.
+pub const ATTEMPT_HEADER: &str = "kafkasend-attempt";
+
+/// A fresh `kafkasend-attempt` value: 16 lower-case hex digits, random, so
+/// two runs of a job (on two portals, or one portal twice) never share one.
+pub fn new_attempt() -> Vec<u8> {
+    // The 80 random bits of a fresh ULID; 64 of them are plenty to tell a
+    // job's few runs apart, and no second source of randomness is needed.
+    let bits = Ulid::new().random() as u64;
+    format!("{bits:016x}").into_bytes()
+}
+
 /// Most bytes of a `kafkasend-dropped-headers` value a client shows; a
 /// portal writes less (`policy::MAX_DROPPED_NAMES_BYTES` and a count).
 pub(crate) const MAX_DROPPED_HEADERS_BYTES: usize = 2048;
@@ -320,6 +334,17 @@ pub fn checksum(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempts_are_16_hex_digits_and_differ() {
+        let a = new_attempt();
+        assert_eq!(a.len(), 16);
+        assert!(a
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        let many: std::collections::HashSet<Vec<u8>> = (0..1000).map(|_| new_attempt()).collect();
+        assert_eq!(many.len(), 1000);
+    }
 
     #[test]
     fn a_dropped_headers_value_is_cut_and_read_as_text() {

@@ -97,11 +97,17 @@ impl Destination {
         }
     }
 
+    /// Whether [`Destination::restart`] would succeed: nothing went to
+    /// standard output yet, or every destination is a file.
+    pub(crate) fn can_restart(&self) -> bool {
+        self.body.can_restart() && self.head.as_ref().is_none_or(Sink::can_restart)
+    }
+
     /// Empties every destination to take a response from the start again;
     /// `false`, with nothing changed, when one cannot be (part of it already
     /// went to standard output).
     pub(crate) async fn restart(&mut self) -> Result<bool, OutputError> {
-        if !self.body.can_restart() || self.head.as_ref().is_some_and(|h| !h.can_restart()) {
+        if !self.can_restart() {
             return Ok(false);
         }
         self.body.restart().await?;

@@ -22,7 +22,10 @@
 //!    [`Notice::PortalDroppedHeaders`]), then each
 //!    chunk checked and streamed to its destination, then the end record,
 //!    which must agree on length and SHA-256 before a file output is renamed
-//!    into place. The wait ends `--timeout` after the last record of the job.
+//!    into place. Two portals may answer one job at once: [`attempts`]
+//!    picks one answer and [`reply`] reads another again from its start if
+//!    that one fails or stalls. The wait ends `--timeout` after the last
+//!    record of the job.
 //!
 //! [`wait`] skips the first two steps: the job id names the reply partition
 //! and, being a ULID, the time from which to read it.
@@ -32,6 +35,7 @@
 //! [`Show`], and an interrupt as a future that resolves with the signal's
 //! name; whatever is under way is dropped then (and with it a part file).
 
+mod attempts;
 mod decode;
 mod destination;
 mod head;

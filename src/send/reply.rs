@@ -1,7 +1,11 @@
 //! Following the reply partition and receiving the answer: a reader task
-//! passes this job's records on ([`follow_replies`]), and [`receive`] takes
-//! them in order, checks the body as it streams to the output, and turns a
-//! portal's error or a silent partition into a [`SendError`].
+//! passes this job's records on ([`follow_replies`], owned by a
+//! [`Follower`]), and [`receive`] takes them in order, checks the body as it
+//! streams to the output, and turns a portal's error or a silent partition
+//! into a [`SendError`]. A job answered more than once at the same time
+//! (two portals ran it) has its answers told apart by attempt
+//! ([`crate::send::attempts`]): one is followed, and another taken instead,
+//! read again from its start, when the followed one fails or stalls.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -16,24 +20,13 @@ use crate::protocol::body::{BodyCheck, BodyFault};
 use crate::protocol::chunker::hex;
 use crate::protocol::wire::{self, Body, ChunkInfo, EndInfo, Frame, JobId};
 use crate::protocol::ErrorCategory;
+use crate::send::attempts::{Attempt, Attempts, Kind, Reason, Whose};
 use crate::send::destination::Destination;
 use crate::send::types::{Notice, Outcome, SendError, Settings, Show, Verbose};
 use crate::send::ui::{Progress, Report};
 
 /// Aborts a task when dropped.
-pub(super) struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-/// Starts [`follow_replies`] on a task of its own, which runs until the
-/// returned guard is dropped.
-pub(super) fn spawn_follower(
-    fetcher: Fetcher,
-    from: i64,
-    job: JobId,
-    tx: mpsc::Sender<Reply>,
-    limit: Duration,
-) -> AbortOnDrop {
-    AbortOnDrop(tokio::spawn(follow_replies(fetcher, from, job, tx, limit)))
-}
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -41,19 +34,149 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Most reply records held while the upload runs (see [`Follower::hold`]).
+pub(super) const MAX_EARLY: usize = 64;
+
+/// Where [`receive`] takes a job's reply items from: in partition order,
+/// and again from an earlier offset when asked.
+pub(super) trait Replies {
+    /// The next item; `None` once the reader has stopped.
+    async fn next(&mut self) -> Option<Reply>;
+    /// Reads the reply partition again from `offset`; items not yet taken
+    /// are dropped.
+    fn reread_from(&mut self, offset: i64);
+}
+
+/// The reader of one job's reply partition: a task running
+/// [`follow_replies`] until this is dropped, the channel it passes items
+/// through, and the items taken early (during the upload) to be received
+/// first.
+pub(super) struct Follower {
+    settings: kafka::Config,
+    topic: String,
+    partition: i32,
+    job: JobId,
+    /// Bound on each fetch, as the settings give it.
+    limit: Duration,
+    rx: mpsc::Receiver<Reply>,
+    /// Stops the task however the follower is dropped: left running, it
+    /// would long-poll the broker for nothing.
+    _task: AbortOnDrop,
+    /// At most [`MAX_EARLY`].
+    early: VecDeque<Reply>,
+}
+
+impl Follower {
+    /// Starts following `partition` of `topic` from `from` for `job`.
+    pub(super) fn spawn(
+        settings: &kafka::Config,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        job: JobId,
+    ) -> Self {
+        let limit = settings.timeout;
+        let (rx, task) = start_reader(settings, topic, partition, from, job, limit);
+        Self {
+            settings: settings.clone(),
+            topic: topic.to_string(),
+            partition,
+            job,
+            limit,
+            rx,
+            _task: task,
+            early: VecDeque::new(),
+        }
+    }
+
+    /// An item that arrived already, if any (used while uploading).
+    pub(super) fn try_next(&mut self) -> Option<Reply> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Keeps `item` to be received first; `false`, with nothing kept, when
+    /// [`MAX_EARLY`] are held already.
+    pub(super) fn hold(&mut self, item: Reply) -> bool {
+        if self.early.len() >= MAX_EARLY {
+            return false;
+        }
+        self.early.push_back(item);
+        true
+    }
+}
+
+/// Spawns [`follow_replies`] with a fresh connection and channel.
+fn start_reader(
+    settings: &kafka::Config,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    job: JobId,
+    limit: Duration,
+) -> (mpsc::Receiver<Reply>, AbortOnDrop) {
+    let (tx, rx) = mpsc::channel(8);
+    let fetcher = Fetcher::new(settings, topic, partition);
+    let task = tokio::spawn(follow_replies(fetcher, from, job, tx, limit));
+    (rx, AbortOnDrop(task))
+}
+
+impl Replies for Follower {
+    async fn next(&mut self) -> Option<Reply> {
+        match self.early.pop_front() {
+            Some(item) => Some(item),
+            None => self.rx.recv().await,
+        }
+    }
+
+    fn reread_from(&mut self, offset: i64) {
+        // A new reader, not a message to the old one: nothing it had
+        // fetched already can slip in after the rewind.
+        let (rx, task) = start_reader(
+            &self.settings,
+            &self.topic,
+            self.partition,
+            offset,
+            self.job,
+            self.limit,
+        );
+        self.rx = rx;
+        self._task = task;
+        self.early.clear();
+    }
+}
+
 /// One item from the reply reader.
+#[derive(Debug, Clone)]
 pub(super) enum Reply {
-    Frame(Frame, Vec<u8>),
-    /// The portal did not forward these request headers (the
-    /// `kafkasend-dropped-headers` value of the start record that follows).
-    Dropped(String),
-    Broken(String),
+    /// A record of this job.
+    Record(Box<Arrived>),
+    /// A record of this job that cannot be read: with its attempt and
+    /// offset when the record itself was read (its value is what is
+    /// wrong), without when its whole batch was unreadable.
+    Broken {
+        why: String,
+        at: Option<(Attempt, i64)>,
+    },
     /// Reading the reply partition fails; the reader keeps retrying.
     Trouble(Trouble),
 }
 
+/// A reply record of this job, decoded.
+#[derive(Debug, Clone)]
+pub(super) struct Arrived {
+    pub frame: Frame,
+    pub payload: Vec<u8>,
+    /// The attempt that wrote it (its `kafkasend-attempt` header).
+    pub attempt: Attempt,
+    /// Its offset in the reply partition.
+    pub offset: i64,
+    /// The request headers the portal did not forward: the
+    /// `kafkasend-dropped-headers` value of a start record.
+    pub dropped: Option<String>,
+}
+
 /// Why reading the reply partition failed last.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Trouble {
     detail: String,
     /// The broker could not be reached, rather than answering with
@@ -75,7 +198,6 @@ pub(super) async fn follow_job(
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
     let kcfg = &cfg.kafka;
-    let limit = kcfg.timeout;
     let cluster = kafka::connect(kcfg).await?;
     let resp_parts = cluster
         .partition_count(&kcfg.response_topic)
@@ -96,12 +218,8 @@ pub(super) async fn follow_job(
             kcfg.response_topic
         )
     });
-    let (reply_tx, mut reply_rx) = mpsc::channel(8);
-    let fetcher = Fetcher::new(kcfg, &kcfg.response_topic, reply_partition);
-    let reader = spawn_follower(fetcher, from, job, reply_tx, limit);
-    let result = receive(sink, show, cfg, job, VecDeque::new(), &mut reply_rx, report).await;
-    drop(reader);
-    result
+    let mut follower = Follower::spawn(kcfg, &kcfg.response_topic, reply_partition, from, job);
+    receive(sink, show, cfg, job, &mut follower, report).await
 }
 
 /// Follows the reply partition from `from`, passing on this job's frames.
@@ -142,14 +260,17 @@ async fn follow_replies(
                 continue;
             }
         };
+        // Whether the last record passed on ended an answer.
+        let mut last_final = false;
         for item in fetched.items {
             let rec = match item {
                 Item::Record(rec) => rec,
                 Item::Unreadable(batch) if batch.keys.contains(&key) => {
                     let why = format!("a reply record is unreadable: {}", batch.detail);
-                    if tx.send(Reply::Broken(why)).await.is_err() {
+                    if tx.send(Reply::Broken { why, at: None }).await.is_err() {
                         return;
                     }
+                    last_final = false;
                     continue;
                 }
                 Item::Unreadable(batch) => {
@@ -173,38 +294,44 @@ async fn follow_replies(
             if !kafka::is_for_job(&rec.record, &job) {
                 continue;
             }
-            let mut last = false;
+            let headers = &rec.record.headers;
+            let attempt =
+                Attempt::from_header(headers.get(wire::ATTEMPT_HEADER).map(Vec::as_slice));
+            let broken = |why: String| Reply::Broken {
+                why,
+                at: Some((attempt.clone(), rec.offset)),
+            };
             let item = match rec.record.value.as_deref().map(wire::decode) {
                 Some(Ok((frame, payload))) if frame.job == job => {
-                    last = matches!(frame.body, Body::End(_) | Body::Error(_));
-                    let dropped = rec
-                        .record
-                        .headers
+                    last_final = matches!(frame.body, Body::End(_) | Body::Error(_));
+                    let dropped = headers
                         .get(wire::DROPPED_HEADERS_HEADER)
                         .filter(|_| matches!(frame.body, Body::ResponseStart(_)))
                         .and_then(|v| wire::parse_dropped_headers(v));
-                    if let Some(names) = dropped {
-                        if tx.send(Reply::Dropped(names)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Reply::Frame(frame, payload.to_vec())
+                    Reply::Record(Box::new(Arrived {
+                        frame,
+                        payload: payload.to_vec(),
+                        attempt: attempt.clone(),
+                        offset: rec.offset,
+                        dropped,
+                    }))
                 }
-                Some(Ok(_)) => Reply::Broken("a reply record's key and job id disagree".into()),
-                Some(Err(e)) => Reply::Broken(format!("a reply record is unreadable: {e}")),
-                None => Reply::Broken("a reply record has no value".into()),
+                Some(Ok(_)) => broken("a reply record's key and job id disagree".into()),
+                Some(Err(e)) => broken(format!("a reply record is unreadable: {e}")),
+                None => broken("a reply record has no value".into()),
             };
             if tx.send(item).await.is_err() {
                 return;
             }
-            // A final record normally ends the answer. Fetch no further
-            // while the waiting side finishes, so no long poll is left
-            // waiting on the broker for nothing; go on only if it still waits.
-            if last {
-                tokio::select! {
-                    _ = tx.closed() => return,
-                    _ = tokio::time::sleep(AFTER_FINAL_RECORD) => {}
-                }
+        }
+        // A final record normally ends the answer. Fetch no further while
+        // the waiting side finishes, so no long poll is left waiting on the
+        // broker for nothing; go on only if it still waits. (Once per fetch,
+        // so the final records of answers it passes over cost no more.)
+        if last_final {
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(AFTER_FINAL_RECORD) => {}
             }
         }
         from = fetched.next_offset;
@@ -214,6 +341,10 @@ async fn follow_replies(
 /// How long the reply reader pauses after a final record before it reads
 /// on, for the rare answer that needs more (a second answer, say).
 const AFTER_FINAL_RECORD: Duration = Duration::from_secs(1);
+
+/// How long the followed answer may be silent, once another answer to the
+/// job has come to its end, before the client takes that one instead.
+const STALLED_AFTER: Duration = Duration::from_secs(3);
 
 pub(super) fn error_from_portal(category: ErrorCategory, message: String) -> SendError {
     match category {
@@ -256,199 +387,464 @@ fn body_fault(fault: BodyFault, checked: Checked<'_>) -> SendError {
     })
 }
 
-/// A response's head arrived (the first, or a second answer's): kept for
-/// `--json`, written where `-i` and `-D` ask, its decoding chosen.
-async fn head_arrived(
-    sink: &mut Destination,
-    show: Show,
-    report: &mut Report,
-    status: u16,
-    headers: &[(String, String)],
-) -> Result<(), SendError> {
-    report.headers = Some(headers.to_vec());
-    if let Some(coding) = sink.start(status, headers).await? {
-        show.info(|| format!("decoding the {coding} body (--compressed)"));
-    }
-    Ok(())
+/// Whether a failure belongs to the answer followed, so that another
+/// attempt's answer may still do: a portal's error, or a broken record or
+/// body. Local failures (the output, decoding) end the wait.
+fn attempt_failure(e: &SendError) -> bool {
+    matches!(
+        e,
+        SendError::Integrity(_) | SendError::Refused { .. } | SendError::Upstream { .. }
+    )
 }
 
-/// Receives the answer to `job` into `sink`; `show` decides whether the
-/// status line is announced and a progress bar drawn.
-pub(super) async fn receive(
-    mut sink: Destination,
+/// What ends the wait when no attempt gives a whole answer, in order of
+/// preference: an answer the portal gave (an `Error`) before a fault.
+#[derive(Default)]
+struct Fallback {
+    /// The `Error` of the attempt followed last that ended with one.
+    followed_error: Option<SendError>,
+    /// The first `Error` of another attempt.
+    other_error: Option<SendError>,
+    /// The first broken record or body, or unreadable batch.
+    fault: Option<SendError>,
+}
+
+impl Fallback {
+    /// Keeps `e`, the followed answer's failure (`is_error`: its `Error`).
+    fn keep(&mut self, e: SendError, is_error: bool) {
+        match is_error {
+            true => self.followed_error = Some(e),
+            false => {
+                self.fault.get_or_insert(e);
+            }
+        }
+    }
+
+    /// What to report when nothing else is left to wait for.
+    fn take(self) -> Option<SendError> {
+        self.followed_error.or(self.other_error).or(self.fault)
+    }
+
+    /// What to report when the followed answer failed with `e` and there
+    /// is no other to take.
+    fn settle(self, e: SendError, is_error: bool) -> SendError {
+        match is_error {
+            true => e,
+            false => self
+                .followed_error
+                .or(self.other_error)
+                .or(self.fault)
+                .unwrap_or(e),
+        }
+    }
+}
+
+/// How far the answer followed has got.
+struct Answer {
+    /// The `seq` the next record should have.
+    expected_seq: u32,
+    /// Set by its start record.
+    status: Option<u16>,
+    check: BodyCheck,
+    progress: Progress,
+}
+
+impl Answer {
+    fn new() -> Self {
+        Self {
+            expected_seq: 0,
+            status: None,
+            check: BodyCheck::new(),
+            progress: Progress::new("download", None, false),
+        }
+    }
+}
+
+/// What a record of the followed answer led to.
+enum Step {
+    /// Wait for the next.
+    More,
+    /// The answer is whole: `received` bytes with SHA-256 `digest`, checked.
+    Whole { received: u64, digest: [u8; 32] },
+}
+
+/// One answer being received, and where it goes.
+struct Receiving<'a> {
+    sink: Destination,
     show: Show,
-    cfg: &Settings,
+    report: &'a mut Report,
     job: JobId,
-    mut early: VecDeque<Reply>,
-    rx: &mut mpsc::Receiver<Reply>,
-    report: &mut Report,
-) -> Result<Outcome, SendError> {
-    let mut progress = Progress::new("download", None, false);
-    let mut expected_seq = 0u32;
-    // The last error reading the reply partition, until a record arrives.
-    let mut trouble: Option<Trouble> = None;
-    // Waiting ends `--timeout` after the last record of this job, however
-    // many retries the reader reports meanwhile.
-    let mut idle_deadline = tokio::time::Instant::now() + cfg.timeout;
-    let mut status: Option<u16> = None;
-    let mut check = BodyCheck::new();
-    let started = Instant::now();
-    let mut warned_dropped = false;
-    loop {
-        let item = match early.pop_front() {
-            Some(r) => r,
-            None => match tokio::time::timeout_at(idle_deadline, rx.recv()).await {
-                Ok(Some(r)) => r,
-                Ok(None) => return Err(SendError::Io("the reply reader stopped".into())),
-                Err(_) => {
-                    return Err(match trouble {
-                        Some(Trouble {
-                            detail,
-                            unreachable: true,
-                        }) => SendError::BrokerLost {
-                            job,
-                            secs: cfg.timeout.as_secs(),
-                            detail,
-                        },
-                        Some(Trouble { detail, .. }) => SendError::ReplyUnreadable {
-                            job,
-                            secs: cfg.timeout.as_secs(),
-                            detail,
-                        },
-                        None => SendError::Timeout {
-                            job,
-                            secs: cfg.timeout.as_secs(),
-                        },
-                    })
-                }
-            },
-        };
-        let (frame, payload) = match item {
-            Reply::Frame(f, p) => {
-                trouble = None;
-                idle_deadline = tokio::time::Instant::now() + cfg.timeout;
-                (f, p)
+    answer: Answer,
+    warned_dropped: bool,
+}
+
+impl Receiving<'_> {
+    /// A response's head arrived (the first, or a second answer's): kept
+    /// for `--json`, written where `-i` and `-D` ask, its decoding chosen.
+    async fn head_arrived(
+        &mut self,
+        status: u16,
+        headers: &[(String, String)],
+    ) -> Result<(), SendError> {
+        self.report.headers = Some(headers.to_vec());
+        if let Some(coding) = self.sink.start(status, headers).await? {
+            self.show
+                .info(|| format!("decoding the {coding} body (--compressed)"));
+        }
+        Ok(())
+    }
+
+    /// Takes one record of the followed answer.
+    async fn take(&mut self, rec: Arrived) -> Result<Step, SendError> {
+        let Arrived {
+            frame,
+            payload,
+            dropped,
+            ..
+        } = rec;
+        let job = self.job;
+        if let Some(names) = dropped {
+            // Once, though a second answer may say it again.
+            if !self.warned_dropped {
+                self.show.notice(Notice::PortalDroppedHeaders(&names));
+                self.warned_dropped = true;
+                self.report.dropped_headers = Some(names);
             }
-            Reply::Dropped(names) => {
-                // Once, though a second answer may say it again.
-                if !warned_dropped {
-                    show.notice(Notice::PortalDroppedHeaders(&names));
-                    warned_dropped = true;
-                    report.dropped_headers = Some(names);
-                }
-                continue;
-            }
-            Reply::Broken(why) => return Err(SendError::Integrity(why)),
-            Reply::Trouble(why) => {
-                trouble = Some(why);
-                continue;
-            }
-        };
-        // An error is final whatever its number: a portal that took the job
-        // over after another failed part-way numbers its answer from 0 again.
+        }
+        // An error ends this answer whatever its number: a portal that took
+        // the job over after another failed part-way numbers its answer
+        // from 0 again.
         if let Body::Error(e) = frame.body {
             return Err(error_from_portal(e.category, e.message));
         }
-        // A start record after body chunks is a second answer (a producer's
-        // retry duplicates a record right after itself, never later): start
-        // over where the output allows it, else keep to the first answer.
-        let second_answer = frame.seq == 0 && check.received() > 0;
+        // A start record after body chunks is a second answer of the same
+        // attempt (untagged answers of older portals, or a producer's retry
+        // of a whole batch): start over where the output allows it, else
+        // keep to the first answer.
+        let second_answer = frame.seq == 0 && self.answer.check.received() > 0;
         if let (true, Body::ResponseStart(rs)) = (second_answer, &frame.body) {
-            if sink.restart().await? {
+            if self.sink.restart().await? {
                 log::info!(
                     "job {job}: a second answer arrived (the job was taken over); starting over"
                 );
-                status = Some(rs.status);
-                report.status = status;
-                check = BodyCheck::new();
-                expected_seq = 1;
-                progress.reset();
-                head_arrived(&mut sink, show, report, rs.status, &rs.headers).await?;
-                continue;
+                let answer = &mut self.answer;
+                answer.status = Some(rs.status);
+                answer.check = BodyCheck::new();
+                answer.expected_seq = 1;
+                answer.progress.reset();
+                self.report.status = Some(rs.status);
+                self.head_arrived(rs.status, &rs.headers).await?;
+                return Ok(Step::More);
             }
         }
-        if frame.seq < expected_seq {
+        let answer = &mut self.answer;
+        if frame.seq < answer.expected_seq {
             log::debug!("job {job}: duplicate reply record {} ignored", frame.seq);
-            continue;
+            return Ok(Step::More);
         }
-        if frame.seq > expected_seq {
+        if frame.seq > answer.expected_seq {
             return Err(SendError::Integrity(format!(
-                "reply record {expected_seq} is missing (got {})",
-                frame.seq
+                "reply record {} is missing (got {})",
+                answer.expected_seq, frame.seq
             )));
         }
-        expected_seq += 1;
+        answer.expected_seq += 1;
         match frame.body {
-            Body::ResponseStart(rs) if status.is_none() => {
-                if show.verbose {
-                    show.notice(Notice::Verbose(Verbose::Response {
+            Body::ResponseStart(rs) if answer.status.is_none() => {
+                if self.show.verbose {
+                    self.show.notice(Notice::Verbose(Verbose::Response {
                         status: rs.status,
                         headers: &rs.headers,
                     }));
-                } else if show.progress {
-                    show.notice(Notice::Status(rs.status));
+                } else if self.show.progress {
+                    self.show.notice(Notice::Status(rs.status));
                 }
-                status = Some(rs.status);
-                report.status = status;
-                head_arrived(&mut sink, show, report, rs.status, &rs.headers).await?;
+                answer.status = Some(rs.status);
+                self.report.status = Some(rs.status);
+                self.head_arrived(rs.status, &rs.headers).await?;
                 // A bar on stderr while the body goes to a file; not over a
                 // body streaming to the same terminal.
-                progress = Progress::new("download", rs.body_len, show.progress && sink.is_file());
+                let shown = self.show.progress && self.sink.is_file();
+                self.answer.progress = Progress::new("download", rs.body_len, shown);
+                Ok(Step::More)
             }
-            Body::Chunk(info) if status.is_some() => {
-                let expected = check.received();
-                if let Err(fault) = check.chunk(&info, &payload) {
+            Body::Chunk(info) if answer.status.is_some() => {
+                let expected = answer.check.received();
+                if let Err(fault) = answer.check.chunk(&info, &payload) {
                     return Err(body_fault(fault, Checked::Chunk(&info)));
                 }
                 // The output is written as chunks arrive, so they must come
                 // in order: no gap, no overlap.
-                if !check.in_order() {
+                if !answer.check.in_order() {
                     return Err(SendError::Integrity(format!(
                         "response chunk at byte {} arrived when {expected} bytes were expected",
                         info.offset
                     )));
                 }
-                progress.add(payload.len() as u64);
-                sink.body(&payload).await?;
+                answer.progress.add(payload.len() as u64);
+                self.sink.body(&payload).await?;
+                Ok(Step::More)
             }
-            Body::End(end) if status.is_some() => {
+            Body::End(end) if answer.status.is_some() => {
                 // Every chunk came in order, or receiving stopped at the first
                 // that did not; so the digest was taken on the way.
-                let Some(digest) = check.digest() else {
+                let Some(digest) = answer.check.digest() else {
                     return Err(SendError::Integrity(
                         "response chunks arrived out of order".into(),
                     ));
                 };
-                if let Err(fault) = check.verify_end(&end, &digest) {
+                if let Err(fault) = answer.check.verify_end(&end, &digest) {
                     return Err(body_fault(fault, Checked::End(&end)));
                 }
-                let received = check.received();
-                let written = sink.commit().await?;
-                progress.finish();
-                report.bytes_received = received;
-                report.digest_verified = true;
-                show.info(|| {
-                    let decoded = match written == received {
-                        true => String::new(),
-                        false => format!(", {written} bytes once decoded"),
-                    };
-                    format!(
-                        "{received} bytes received, SHA-256 {} verified{decoded}",
-                        hex(&digest)
-                    )
-                });
-                log::info!(
-                    "job {job}: {received} bytes received in {:.2} s, SHA-256 {} verified",
-                    started.elapsed().as_secs_f64(),
-                    hex(&digest)
-                );
-                return Ok(Outcome { job, status });
+                Ok(Step::Whole {
+                    received: answer.check.received(),
+                    digest,
+                })
             }
-            other => {
-                return Err(SendError::Integrity(format!(
-                    "unexpected reply record {}: {other:?}",
-                    frame.seq
-                )))
+            other => Err(SendError::Integrity(format!(
+                "unexpected reply record {}: {other:?}",
+                frame.seq
+            ))),
+        }
+    }
+
+    /// Gives up the followed answer, for `reason`, for another attempt's,
+    /// read again from its start into emptied outputs; `false`, with
+    /// nothing changed, when there is none to take or the output cannot
+    /// start over (body bytes already went to standard output).
+    async fn switch(
+        &mut self,
+        attempts: &mut Attempts,
+        reason: Reason,
+        replies: &mut impl Replies,
+    ) -> Result<bool, SendError> {
+        if !self.sink.can_restart() {
+            return Ok(false);
+        }
+        let Some((attempt, from)) = attempts.switch(reason) else {
+            return Ok(false);
+        };
+        self.sink.restart().await?;
+        let why = match reason {
+            Reason::Failed => "the answer followed failed",
+            Reason::Stalled => "the answer followed stalled",
+        };
+        // Not a warning: two portals answering one job is expected around
+        // a rebalance, and the answer taken is checked like any other.
+        log::info!(
+            "job {}: {why}; taking the answer of attempt {attempt} instead, read again from offset {from}",
+            self.job
+        );
+        self.show.info(|| {
+            format!("{why}; taking another portal's answer to the job (attempt {attempt})")
+        });
+        self.answer = Answer::new();
+        self.report.status = None;
+        self.report.headers = None;
+        replies.reread_from(from);
+        Ok(true)
+    }
+}
+
+/// The failure when no record of the job came for `--timeout`: the last
+/// trouble reading the partition, if any, says why.
+fn no_answer(trouble: Option<Trouble>, job: JobId, secs: u64) -> SendError {
+    match trouble {
+        Some(Trouble {
+            detail,
+            unreachable: true,
+        }) => SendError::BrokerLost { job, secs, detail },
+        Some(Trouble { detail, .. }) => SendError::ReplyUnreadable { job, secs, detail },
+        None => SendError::Timeout { job, secs },
+    }
+}
+
+/// Receives the answer to `job` into `sink`; `show` decides whether the
+/// status line is announced and a progress bar drawn.
+///
+/// The first attempt seen is followed; the others are noted
+/// ([`Attempts`]). When the followed answer fails (an `Error`, a broken
+/// record or body), another that has not failed is taken instead, finished
+/// ones first; when it is silent for [`STALLED_AFTER`] while another has
+/// come to its `End`, that one is. The wait ends `--timeout` after the last
+/// record of any attempt of the job; with no whole answer, the followed
+/// answer's `Error`, else another's, else the first fault, else the timeout
+/// is reported.
+pub(super) async fn receive(
+    sink: Destination,
+    show: Show,
+    cfg: &Settings,
+    job: JobId,
+    replies: &mut impl Replies,
+    report: &mut Report,
+) -> Result<Outcome, SendError> {
+    let started = Instant::now();
+    let mut r = Receiving {
+        sink,
+        show,
+        report,
+        job,
+        answer: Answer::new(),
+        warned_dropped: false,
+    };
+    let mut attempts = Attempts::default();
+    let mut fallback = Fallback::default();
+    // The last error reading the reply partition, until a record arrives.
+    let mut trouble: Option<Trouble> = None;
+    let now = tokio::time::Instant::now;
+    // Waiting ends `--timeout` after the last record of the job, of any
+    // attempt, however many retries the reader reports meanwhile.
+    let mut idle_deadline = now() + cfg.timeout;
+    // When the followed answer was last heard from.
+    let mut followed_heard = now();
+    let stalled_after = STALLED_AFTER.min(cfg.timeout);
+    // Set once a stall cannot be helped (the output cannot start over).
+    let mut stuck = false;
+    let (received, digest) = loop {
+        let stall_at =
+            (!stuck && attempts.another_answered()).then(|| followed_heard + stalled_after);
+        let wake = stall_at.map_or(idle_deadline, |at| at.min(idle_deadline));
+        let item = match tokio::time::timeout_at(wake, replies.next()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => return Err(SendError::Io("the reply reader stopped".into())),
+            Err(_) => {
+                if r.switch(&mut attempts, Reason::Stalled, replies).await? {
+                    idle_deadline = now() + cfg.timeout;
+                    followed_heard = now();
+                    continue;
+                }
+                if now() < idle_deadline {
+                    stuck = true;
+                    continue;
+                }
+                let secs = cfg.timeout.as_secs();
+                return Err(fallback
+                    .take()
+                    .unwrap_or_else(|| no_answer(trouble, job, secs)));
+            }
+        };
+        let (attempt, offset, kind, rec) = match item {
+            Reply::Trouble(why) => {
+                trouble = Some(why);
+                continue;
+            }
+            Reply::Broken { why, at: None } => {
+                // A batch that cannot be read does not say whose records it
+                // held. With an answer followed, its own checks (numbering,
+                // length, digest) show whether it lost any; until then this
+                // is only what to report if nothing better comes.
+                if !attempts.following() {
+                    return Err(SendError::Integrity(why));
+                }
+                log::warn!("job {job}: {why}");
+                fallback.fault.get_or_insert(SendError::Integrity(why));
+                continue;
+            }
+            Reply::Broken {
+                why,
+                at: Some((attempt, offset)),
+            } => (attempt, offset, Kind::Broken, Err(why)),
+            Reply::Record(rec) => {
+                let kind = match rec.frame.body {
+                    Body::End(_) => Kind::End,
+                    Body::Error(_) => Kind::Error,
+                    _ => Kind::Other,
+                };
+                (rec.attempt.clone(), rec.offset, kind, Ok(rec))
+            }
+        };
+        trouble = None;
+        idle_deadline = now() + cfg.timeout;
+        let step = match attempts.note(&attempt, offset, kind) {
+            Whose::Ignored => continue,
+            Whose::Other => {
+                note_other(job, &attempt, rec, &mut fallback);
+                continue;
+            }
+            Whose::Followed => {
+                followed_heard = now();
+                match rec {
+                    Err(why) => Err(SendError::Integrity(why)),
+                    Ok(rec) => r.take(*rec).await,
+                }
+            }
+        };
+        match step {
+            Ok(Step::More) => {}
+            Ok(Step::Whole { received, digest }) => break (received, digest),
+            Err(e) if attempt_failure(&e) => {
+                log::debug!("job {job}: attempt {attempt} failed: {e}");
+                let is_error = kind == Kind::Error;
+                if r.switch(&mut attempts, Reason::Failed, replies).await? {
+                    fallback.keep(e, is_error);
+                    idle_deadline = now() + cfg.timeout;
+                    followed_heard = now();
+                    continue;
+                }
+                return Err(fallback.settle(e, is_error));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let Receiving {
+        sink,
+        show,
+        report,
+        answer,
+        ..
+    } = r;
+    let written = sink.commit().await?;
+    answer.progress.finish();
+    report.bytes_received = received;
+    report.digest_verified = true;
+    show.info(|| {
+        let decoded = match written == received {
+            true => String::new(),
+            false => format!(", {written} bytes once decoded"),
+        };
+        format!(
+            "{received} bytes received, SHA-256 {} verified{decoded}",
+            hex(&digest)
+        )
+    });
+    log::info!(
+        "job {job}: {received} bytes received in {:.2} s, SHA-256 {} verified",
+        started.elapsed().as_secs_f64(),
+        hex(&digest)
+    );
+    Ok(Outcome {
+        job,
+        status: answer.status,
+    })
+}
+
+/// Notes a record of an attempt not followed: only how it ended matters.
+fn note_other(
+    job: JobId,
+    attempt: &Attempt,
+    rec: Result<Box<Arrived>, String>,
+    fallback: &mut Fallback,
+) {
+    match rec {
+        Err(why) => {
+            log::warn!("job {job}: another answer (attempt {attempt}) is broken: {why}");
+            fallback.fault.get_or_insert(SendError::Integrity(why));
+        }
+        Ok(rec) => {
+            match rec.frame.body {
+                Body::Error(e) => {
+                    log::info!("job {job}: another answer (attempt {attempt}) is an error; kept in reserve");
+                    fallback
+                        .other_error
+                        .get_or_insert_with(|| error_from_portal(e.category, e.message));
+                }
+                Body::End(_) => {
+                    log::info!("job {job}: another answer (attempt {attempt}) has come to its end");
+                }
+                _ => log::debug!(
+                    "job {job}: record {} of another answer (attempt {attempt})",
+                    rec.frame.seq
+                ),
             }
         }
     }
@@ -465,13 +861,25 @@ mod tests {
         frames_with(job, status, vec![], body)
     }
 
+    /// A reply record as the reader passes it on: untagged, its offset set
+    /// by [`Script`].
+    fn record(frame: Frame, payload: Vec<u8>) -> Reply {
+        Reply::Record(Box::new(Arrived {
+            frame,
+            payload,
+            attempt: Attempt::Untagged,
+            offset: 0,
+            dropped: None,
+        }))
+    }
+
     fn frames_with(
         job: JobId,
         status: u16,
         headers: Vec<(String, String)>,
         body: &[u8],
     ) -> Vec<Reply> {
-        let mut out = vec![Reply::Frame(
+        let mut out = vec![record(
             Frame {
                 job,
                 seq: 0,
@@ -486,13 +894,113 @@ mod tests {
         let mut c = Chunker::new(job, 1);
         for piece in body.chunks(4) {
             let ch = c.chunk(piece.to_vec());
-            out.push(Reply::Frame(ch.frame, ch.payload));
+            out.push(record(ch.frame, ch.payload));
         }
-        out.push(Reply::Frame(c.finish(), vec![]));
+        out.push(record(c.finish(), vec![]));
         out
     }
 
+    /// An `Error` record numbered `seq`.
+    fn error_record(job: JobId, seq: u32, category: ErrorCategory, message: &str) -> Reply {
+        record(
+            Frame {
+                job,
+                seq,
+                body: Body::Error(crate::protocol::Failure {
+                    category,
+                    message: message.into(),
+                }),
+            },
+            vec![],
+        )
+    }
+
+    /// `items`, each tagged as written by attempt `tag`.
+    fn tagged(tag: &str, mut items: Vec<Reply>) -> Vec<Reply> {
+        for item in &mut items {
+            if let Reply::Record(rec) = item {
+                rec.attempt = Attempt::from_header(Some(tag.as_bytes()));
+            }
+        }
+        items
+    }
+
+    /// The records of several answers merged in the order `pattern` gives:
+    /// each letter takes the next record of that answer (`a` the first).
+    fn merge(answers: Vec<Vec<Reply>>, pattern: &str) -> Vec<Reply> {
+        let mut answers: Vec<VecDeque<Reply>> = answers.into_iter().map(Into::into).collect();
+        let mut out = Vec::new();
+        for c in pattern.bytes() {
+            let i = usize::from(c - b'a');
+            out.extend(answers[i].pop_front());
+        }
+        out
+    }
+
+    /// A reply partition in memory: the items in order (each record's
+    /// offset its place), read again from an offset when asked. At its end
+    /// it waits forever, as a quiet partition does, until the receiver's
+    /// timers fire.
+    struct Script {
+        items: Vec<Reply>,
+        at: usize,
+        /// The offsets read again from, in order.
+        rereads: Vec<i64>,
+    }
+
+    impl Script {
+        fn new(mut items: Vec<Reply>) -> Self {
+            for (i, item) in items.iter_mut().enumerate() {
+                match item {
+                    Reply::Record(rec) => rec.offset = i as i64,
+                    Reply::Broken { at: Some(at), .. } => at.1 = i as i64,
+                    _ => {}
+                }
+            }
+            Self {
+                items,
+                at: 0,
+                rereads: vec![],
+            }
+        }
+    }
+
+    fn offset_of(item: &Reply) -> Option<i64> {
+        match item {
+            Reply::Record(rec) => Some(rec.offset),
+            Reply::Broken { at: Some(at), .. } => Some(at.1),
+            _ => None,
+        }
+    }
+
+    impl Replies for Script {
+        async fn next(&mut self) -> Option<Reply> {
+            match self.items.get(self.at) {
+                Some(item) => {
+                    self.at += 1;
+                    Some(item.clone())
+                }
+                None => std::future::pending().await,
+            }
+        }
+
+        fn reread_from(&mut self, offset: i64) {
+            self.rereads.push(offset);
+            self.at = self
+                .items
+                .iter()
+                .position(|i| offset_of(i).is_some_and(|o| o >= offset))
+                .unwrap_or(self.items.len());
+        }
+    }
+
     fn config() -> Settings {
+        config_with(Duration::from_secs(5))
+    }
+
+    /// Settings with `--timeout` of `timeout`; the stall switch then comes
+    /// after at most as long.
+    fn config_with(timeout: Duration) -> Settings {
         Settings {
             kafka: crate::kafka::Config {
                 bootstrap_servers: "127.0.0.1:9".into(),
@@ -503,7 +1011,7 @@ mod tests {
                 security: Default::default(),
                 client_id: "test".into(),
             },
-            timeout: Duration::from_secs(5),
+            timeout,
             signer: None,
         }
     }
@@ -524,25 +1032,27 @@ mod tests {
         options: &ResponseOptions,
         report: &mut Report,
     ) -> Result<Outcome, SendError> {
-        let job = match &items[0] {
-            Reply::Frame(f, _) => f.job,
-            _ => unreachable!(),
-        };
-        let (tx, mut rx) = mpsc::channel(items.len() + 1);
-        for i in items {
-            tx.send(i).await.unwrap();
-        }
+        let cfg = config();
+        receive_script(&mut Script::new(items), output, options, &cfg, report).await
+    }
+
+    async fn receive_script(
+        script: &mut Script,
+        output: &Path,
+        options: &ResponseOptions,
+        cfg: &Settings,
+        report: &mut Report,
+    ) -> Result<Outcome, SendError> {
+        let job = script
+            .items
+            .iter()
+            .find_map(|i| match i {
+                Reply::Record(rec) => Some(rec.frame.job),
+                _ => None,
+            })
+            .unwrap_or_default();
         let sink = Destination::open(Some(output), options)?;
-        receive(
-            sink,
-            Show::default(),
-            &config(),
-            job,
-            VecDeque::new(),
-            &mut rx,
-            report,
-        )
-        .await
+        receive(sink, Show::default(), cfg, job, script, report).await
     }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -587,9 +1097,7 @@ mod tests {
             ..options
         };
         let mut items = frames_of(job, 200, b"abcdefgh");
-        if let Reply::Frame(_, payload) = &mut items[1] {
-            payload[0] ^= 1;
-        }
+        frame_at(&mut items, 1).1[0] ^= 1;
         let err = receive_with(items, &out, &options, &mut Report::default())
             .await
             .unwrap_err();
@@ -661,26 +1169,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.bin");
         let mut items = frames_of(job, 200, b"abcdefgh");
-        let dup = match &items[1] {
-            Reply::Frame(f, p) => Reply::Frame(f.clone(), p.clone()),
-            _ => unreachable!(),
-        };
+        let dup = items[1].clone();
         items.insert(2, dup);
         receive_all(items, &out).await.unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"abcdefgh");
 
         let mut items = frames_of(job, 200, b"abcdefgh");
         items.truncate(2);
-        items.push(Reply::Frame(
-            Frame {
-                job,
-                seq: 0,
-                body: Body::Error(crate::protocol::Failure {
-                    category: ErrorCategory::UpstreamTimeout,
-                    message: "took too long".into(),
-                }),
-            },
-            vec![],
+        items.push(error_record(
+            job,
+            0,
+            ErrorCategory::UpstreamTimeout,
+            "took too long",
         ));
         let err = receive_all(items, &dir.path().join("err.bin"))
             .await
@@ -702,7 +1202,7 @@ mod tests {
 
     fn frame_at(items: &mut [Reply], i: usize) -> (&mut Frame, &mut Vec<u8>) {
         match &mut items[i] {
-            Reply::Frame(f, p) => (f, p),
+            Reply::Record(rec) => (&mut rec.frame, &mut rec.payload),
             _ => unreachable!(),
         }
     }
@@ -770,5 +1270,378 @@ mod tests {
             )
         );
         assert_eq!((err.exit_code(), written), (4, false));
+    }
+
+    /// What [`run`] gives back: the outcome, the offsets read again from,
+    /// and the output file's bytes if it was written.
+    struct Ran {
+        result: Result<Outcome, SendError>,
+        rereads: Vec<i64>,
+        output: Option<Vec<u8>>,
+        /// Files left in the output's directory (no part file may stay).
+        files: usize,
+    }
+
+    /// Receives `items` into a fresh file with `--timeout` `timeout`.
+    async fn run(items: Vec<Reply>, timeout: Duration) -> Ran {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.bin");
+        let mut script = Script::new(items);
+        let result = receive_script(
+            &mut script,
+            &out,
+            &ResponseOptions::default(),
+            &config_with(timeout),
+            &mut Report::default(),
+        )
+        .await;
+        Ran {
+            result,
+            rereads: script.rereads,
+            output: std::fs::read(&out).ok(),
+            files: std::fs::read_dir(dir.path()).unwrap().count(),
+        }
+    }
+
+    /// Each interleaving of `a` and `b` records that keeps each in order:
+    /// every way to place `b` of `a + b` records.
+    fn interleavings(a: usize, b: usize) -> Vec<String> {
+        let n = a + b;
+        (0u32..1 << n)
+            .filter(|m| m.count_ones() as usize == b)
+            .map(|m| {
+                (0..n)
+                    .map(|i| if m & (1 << i) != 0 { 'b' } else { 'a' })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn two_whole_answers_in_any_interleaving_give_the_first_seen_one_intact() {
+        let job = JobId::new();
+        let a = tagged(
+            "aaaa000000000001",
+            frames_of(job, 200, b"the first attempt's body"),
+        );
+        let b = tagged("bbbb000000000002", frames_of(job, 201, b"second's body"));
+        let patterns = interleavings(a.len(), b.len());
+        assert_eq!(patterns.len(), 3003); // 14 choose 6: every order there is
+                                          // A start, B start, A chunk, B chunk, ..., B end, A end; A nearly
+                                          // done when B comes and ends; B entirely first; a spread of the rest.
+        let named = [
+            "ab".repeat(6) + "aa",
+            "a".repeat(7) + &"b".repeat(6) + "a",
+            "b".repeat(6) + &"a".repeat(8),
+        ];
+        for pattern in named.iter().chain(patterns.iter().step_by(13)) {
+            let items = merge(vec![a.clone(), b.clone()], pattern);
+            let ran = run(items, Duration::from_secs(30)).await;
+            let outcome = ran.result.unwrap_or_else(|e| panic!("{pattern}: {e}"));
+            let (status, body) = match pattern.starts_with('a') {
+                true => (200, &b"the first attempt's body"[..]),
+                false => (201, &b"second's body"[..]),
+            };
+            assert_eq!(outcome.status, Some(status), "{pattern}");
+            assert_eq!(ran.output.as_deref(), Some(body), "{pattern}");
+            assert!(ran.rereads.is_empty(), "{pattern}: no reason to switch");
+            assert_eq!(ran.files, 1, "{pattern}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_short_gives_way_to_one_that_ended() {
+        let job = JobId::new();
+        let mut a = tagged("a", frames_of(job, 200, b"first answer, cut short"));
+        a.truncate(3); // its portal stopped after two chunks
+        let b = tagged("b", frames_of(job, 201, b"the whole second answer"));
+        for pattern in ["aaabbbbbbbb", "abababbbbbb", "bbbaaabbbbb"] {
+            let items = merge(vec![a.clone(), b.clone()], pattern);
+            let b_start = pattern.find('b').unwrap() as i64;
+            let first = &pattern[..1];
+            let ran = run(items, Duration::from_secs(1)).await;
+            if first == "b" {
+                // B was first seen and whole: A is never needed.
+                assert!(ran.rereads.is_empty(), "{pattern}");
+            } else {
+                assert_eq!(ran.rereads, vec![b_start], "{pattern}");
+            }
+            let outcome = ran.result.unwrap_or_else(|e| panic!("{pattern}: {e}"));
+            assert_eq!(outcome.status, Some(201), "{pattern}");
+            assert_eq!(
+                ran.output.as_deref(),
+                Some(&b"the whole second answer"[..]),
+                "{pattern}"
+            );
+            assert_eq!(ran.files, 1, "{pattern}: no part file left");
+        }
+
+        // Only the answer cut short: the wait times out, and no file appears.
+        let ran = run(a, Duration::from_secs(1)).await;
+        let err = ran.result.unwrap_err();
+        assert_eq!(err.exit_code(), 28, "{err}");
+        assert_eq!((ran.output, ran.files), (None, 0));
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_wins_over_an_error_from_another_attempt() {
+        let job = JobId::new();
+        let whole = frames_of(job, 200, b"the answer itself");
+        let mut cut = frames_of(job, 200, b"the answer, broken off");
+        cut.truncate(3);
+        cut.push(error_record(
+            job,
+            3,
+            ErrorCategory::UpstreamUnreachable,
+            "broke off",
+        ));
+        let refused = vec![error_record(
+            job,
+            0,
+            ErrorCategory::UpstreamTimeout,
+            "too slow",
+        )];
+        let cases = [
+            // The followed answer ends in an Error after another ended whole.
+            (cut.clone(), whole.clone(), "aabbbbbbbaa"),
+            // ... while the other is still running: that one is followed on.
+            (cut.clone(), whole.clone(), "aabbaabbbbb"),
+            // The other attempt's Error comes while the first runs whole.
+            (whole.clone(), refused.clone(), "aabaaaaa"),
+        ];
+        for (a, b, pattern) in cases {
+            let items = merge(vec![tagged("a", a), tagged("b", b)], pattern);
+            let ran = run(items, Duration::from_secs(30)).await;
+            let outcome = ran.result.unwrap_or_else(|e| panic!("{pattern}: {e}"));
+            assert_eq!(outcome.status, Some(200), "{pattern}");
+            assert_eq!(
+                ran.output.as_deref(),
+                Some(&b"the answer itself"[..]),
+                "{pattern}"
+            );
+            assert_eq!(ran.files, 1);
+        }
+
+        // The answer switched to never comes to its end: after --timeout
+        // from the last record, the Error stands (exit 5, not a timeout).
+        let mut stalled = whole.clone();
+        stalled.truncate(3);
+        let mut failing = frames_of(job, 200, b"")[..1].to_vec();
+        failing.push(error_record(
+            job,
+            1,
+            ErrorCategory::UpstreamTimeout,
+            "too slow",
+        ));
+        let items = merge(vec![tagged("a", failing), tagged("b", stalled)], "ababb");
+        let ran = run(items, Duration::from_secs(1)).await;
+        assert_eq!(ran.rereads, vec![1]);
+        let err = ran.result.unwrap_err();
+        assert_eq!(err.exit_code(), 5, "{err}");
+        assert!(err.to_string().contains("too slow"), "{err}");
+        assert_eq!((ran.output, ran.files), (None, 0));
+
+        // Two Errors: the followed one's is reported, at once.
+        let other = vec![error_record(job, 0, ErrorCategory::Rejected, "no")];
+        let items = merge(vec![tagged("a", refused), tagged("b", other)], "ba");
+        let ran = run(items, Duration::from_secs(30)).await;
+        let err = ran.result.unwrap_err();
+        assert_eq!(err.exit_code(), 3, "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_broken_answer_gives_way_to_the_next_and_the_next() {
+        let job = JobId::new();
+        let mut bad_crc = frames_of(job, 200, b"abcdefgh");
+        frame_at(&mut bad_crc, 1).1[0] ^= 1;
+        let mut bad_digest = frames_of(job, 202, b"abcdefgh");
+        if let Body::End(end) = &mut frame_at(&mut bad_digest, 3).0.body {
+            end.sha256 = [1; 32];
+        }
+        let good = frames_of(job, 203, b"abcdefgh");
+        // A fails its CRC; B (ended first) fails its digest; C is whole.
+        let items = merge(
+            vec![
+                tagged("a", bad_crc.clone()),
+                tagged("b", bad_digest),
+                tagged("c", good),
+            ],
+            "abbbbcccca",
+        );
+        let ran = run(items, Duration::from_secs(30)).await;
+        assert_eq!(ran.rereads, vec![1, 5]);
+        assert_eq!(ran.result.unwrap().status, Some(203));
+        assert_eq!(ran.output.as_deref(), Some(&b"abcdefgh"[..]));
+
+        // Nothing to switch to: the fault is reported as before.
+        let ran = run(tagged("a", bad_crc.clone()), Duration::from_secs(30)).await;
+        let err = ran.result.unwrap_err();
+        assert!(err.to_string().contains("CRC32C"), "{err}");
+        assert_eq!((ran.output, ran.files), (None, 0));
+
+        // A broken answer and another's Error: the Error is the answer.
+        let items = merge(
+            vec![
+                tagged("a", bad_crc),
+                vec![error_record(job, 0, ErrorCategory::Auth, "no token")],
+            ],
+            "aba",
+        );
+        let err = run(items, Duration::from_secs(30))
+            .await
+            .result
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 5, "{err}");
+        assert!(err.to_string().contains("no token"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn untagged_records_are_one_attempt_beside_tagged_ones() {
+        let job = JobId::new();
+        // An older portal's answer cut short, then its second answer, both
+        // untagged: one attempt, started over as before.
+        let mut first = frames_of(job, 200, b"old portal, cut");
+        first.truncate(2);
+        let mut items = first.clone();
+        items.extend(frames_of(job, 201, b"old portal, whole"));
+        let ran = run(items, Duration::from_secs(30)).await;
+        assert_eq!(ran.result.unwrap().status, Some(201));
+        assert_eq!(ran.output.as_deref(), Some(&b"old portal, whole"[..]));
+        assert!(ran.rereads.is_empty());
+
+        // An older portal's answer stalls; a newer portal's tagged one,
+        // interleaved with it, is taken.
+        let tagged_whole = tagged("new", frames_of(job, 202, b"new portal"));
+        let items = merge(vec![first, tagged_whole], "abbabbb");
+        let ran = run(items, Duration::from_secs(1)).await;
+        assert_eq!(ran.rereads, vec![1]);
+        assert_eq!(ran.result.unwrap().status, Some(202));
+        assert_eq!(ran.output.as_deref(), Some(&b"new portal"[..]));
+    }
+
+    #[tokio::test]
+    async fn hostile_attempt_tags_cannot_break_or_bloat_the_answer() {
+        let job = JobId::new();
+        let huge = "x".repeat(1 << 20);
+        let strange = "é\u{202e}\n\x1b[2J\0";
+        let with_tag = |tag: &[u8], items: Vec<Reply>| -> Vec<Reply> {
+            items
+                .into_iter()
+                .map(|mut item| {
+                    if let Reply::Record(rec) = &mut item {
+                        rec.attempt = Attempt::from_header(Some(tag));
+                    }
+                    item
+                })
+                .collect()
+        };
+        // The real answer under a huge tag, another under a strange one
+        // cut short, interleaved.
+        let real = with_tag(huge.as_bytes(), frames_of(job, 200, b"real body"));
+        let mut junk = with_tag(strange.as_bytes(), frames_of(job, 500, b"junk body"));
+        junk.truncate(2);
+        let items = merge(vec![real.clone(), junk.clone()], "ababaaa");
+        let ran = run(items, Duration::from_secs(30)).await;
+        assert_eq!(ran.result.unwrap().status, Some(200));
+        assert_eq!(ran.output.as_deref(), Some(&b"real body"[..]));
+        let items = merge(vec![real.clone(), junk], "bbaaaaa");
+        let ran = run(items, Duration::from_secs(1)).await;
+        assert_eq!(ran.result.unwrap().status, Some(200));
+        assert_eq!(ran.output.as_deref(), Some(&b"real body"[..]));
+
+        // 10000 distinct attempts, each a start record or an Error, around
+        // the real answer: followed first, it is received intact.
+        let noise = |n: usize| -> Vec<Reply> {
+            (0..n)
+                .flat_map(|i| {
+                    let tag = format!("junk-{i}");
+                    let item = match i % 2 {
+                        0 => frames_of(job, 500, b"")[..1].to_vec(),
+                        _ => vec![error_record(job, 0, ErrorCategory::Internal, "junk")],
+                    };
+                    with_tag(tag.as_bytes(), item)
+                })
+                .collect()
+        };
+        let mut items = real[..2].to_vec();
+        items.extend(noise(10_000));
+        items.extend(real[2..].to_vec());
+        let ran = run(items, Duration::from_secs(30)).await;
+        assert_eq!(ran.result.unwrap().status, Some(200));
+        assert_eq!(ran.output.as_deref(), Some(&b"real body"[..]));
+
+        // The noise first (one of it is followed and goes nowhere), the
+        // real answer after it: still found and taken, read again from its
+        // start.
+        let mut items = noise(10_000);
+        let real_start = items.len() as i64;
+        items.extend(real);
+        let ran = run(items, Duration::from_secs(1)).await;
+        assert_eq!(ran.rereads, vec![real_start]);
+        assert_eq!(ran.result.unwrap().status, Some(200));
+        assert_eq!(ran.output.as_deref(), Some(&b"real body"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_broken_record_of_another_attempt_or_an_unreadable_batch_is_survived() {
+        let job = JobId::new();
+        let a = tagged("a", frames_of(job, 200, b"abcdefgh"));
+        let broken = Reply::Broken {
+            why: "a reply record is unreadable: bad magic".into(),
+            at: Some((Attempt::from_header(Some(b"b")), 0)),
+        };
+        let batch = Reply::Broken {
+            why: "a reply record is unreadable: CRC32C mismatch".into(),
+            at: None,
+        };
+        let mut items = a.clone();
+        items.insert(1, broken);
+        items.insert(3, batch.clone());
+        let ran = run(items, Duration::from_secs(30)).await;
+        assert_eq!(ran.result.unwrap().status, Some(200));
+        assert_eq!(ran.output.as_deref(), Some(&b"abcdefgh"[..]));
+
+        // An unreadable batch before any answer: it may have held the
+        // start, so it fails the job at once, as it always did.
+        let mut items = vec![batch];
+        items.extend(a);
+        let err = run(items, Duration::from_secs(30))
+            .await
+            .result
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 4, "{err}");
+        assert!(err.to_string().contains("CRC32C mismatch"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_switch_empties_the_head_file_and_the_head_before_the_body() {
+        let job = JobId::new();
+        let dir = tempfile::tempdir().unwrap();
+        let (out, head) = (dir.path().join("out.txt"), dir.path().join("head.txt"));
+        let options = ResponseOptions {
+            include: true,
+            dump_header: Some(head.clone()),
+            compressed: false,
+        };
+        let mut a = frames_with(job, 500, pairs(&[("x-try", "1")]), b"first, cut short");
+        a.truncate(3);
+        let b = frames_with(job, 201, pairs(&[("x-try", "2")]), b"created");
+        let items = merge(vec![tagged("a", a), tagged("b", b)], "aababbb");
+        let mut report = Report::default();
+        let cfg = config_with(Duration::from_secs(1));
+        let mut script = Script::new(items);
+        let outcome = receive_script(&mut script, &out, &options, &cfg, &mut report)
+            .await
+            .unwrap();
+        assert_eq!(outcome.status, Some(201));
+        let head_text = "HTTP/1.1 201 Created\r\nx-try: 2\r\n\r\n";
+        assert_eq!(std::fs::read_to_string(&head).unwrap(), head_text);
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            format!("{head_text}created")
+        );
+        assert_eq!(report.status, Some(201));
+        assert_eq!(report.headers, Some(pairs(&[("x-try", "2")])));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }

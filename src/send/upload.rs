@@ -5,16 +5,13 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-
-use crate::kafka::fetcher::Fetcher;
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::window::ProduceWindow;
 use crate::kafka::{self, KafkaError, PartitionCache};
 use crate::protocol::chunker::{read_chunk, Chunker};
 use crate::protocol::wire::{self, Body, Frame, JobId, RequestStart};
 use crate::send::destination::Destination;
-use crate::send::reply::{error_from_portal, receive, spawn_follower, Reply};
+use crate::send::reply::{error_from_portal, receive, Follower, Reply, MAX_EARLY};
 use crate::send::request::{open_body, Prepared};
 use crate::send::types::{usage, Notice, Outcome, Request, SendError, Settings, Verbose};
 use crate::send::ui::{Progress, Report};
@@ -64,7 +61,6 @@ pub(super) async fn transmit(
 ) -> Result<Outcome, SendError> {
     let mut body = open_body(&prepared).await?;
     let kcfg = &cfg.kafka;
-    let limit = kcfg.timeout;
     let (req_parts, resp_parts) = (link.request_partitions, link.reply_partitions);
 
     let job = JobId::new();
@@ -79,17 +75,19 @@ pub(super) async fn transmit(
 
     // Note where the reply partition ends before producing anything, so a
     // reply however quick lands after this offset.
-    let (reply_tx, mut reply_rx) = mpsc::channel(8);
-    let waiting = match sink {
+    let mut waiting = match sink {
         None => None,
         Some(sink) => {
             let reply_pc = link.replies.get(reply_partition).await?;
             let from = reply_pc.end_offset().await?;
-            let fetcher = Fetcher::new(&link.settings, &kcfg.response_topic, reply_partition);
-            // Stopped however this function returns: left running, it would
-            // long-poll the broker for nothing.
-            let reader = spawn_follower(fetcher, from, job, reply_tx, limit);
-            Some((sink, reader))
+            let follower = Follower::spawn(
+                &link.settings,
+                &kcfg.response_topic,
+                reply_partition,
+                from,
+                job,
+            );
+            Some((sink, follower))
         }
     };
     let request_pc = link.requests.get(request_partition).await?;
@@ -141,7 +139,6 @@ pub(super) async fn transmit(
         .produce(kafka::record(&start, &[], &headers))
         .await?;
 
-    let mut early: VecDeque<Reply> = VecDeque::new();
     let upload_started = Instant::now();
     if let Some(reader) = body.as_mut() {
         let progress = Progress::new("upload", prepared.body_len, show.progress);
@@ -175,26 +172,23 @@ pub(super) async fn transmit(
             progress.add(len);
             report.bytes_sent += len;
             // A portal that refuses the job says so at once; stop uploading then.
-            while let Ok(r) = reply_rx.try_recv() {
+            let Some((_, follower)) = waiting.as_mut() else {
+                continue;
+            };
+            while let Some(r) = follower.try_next() {
                 if matches!(r, Reply::Trouble(_)) {
                     continue;
                 }
-                if let Reply::Frame(
-                    Frame {
-                        body: Body::Error(e),
-                        ..
-                    },
-                    _,
-                ) = &r
-                {
-                    return Err(error_from_portal(e.category, e.message.clone()));
+                if let Reply::Record(rec) = &r {
+                    if let Body::Error(e) = &rec.frame.body {
+                        return Err(error_from_portal(e.category, e.message.clone()));
+                    }
                 }
-                if early.len() >= 64 {
+                if !follower.hold(r) {
                     return Err(SendError::Integrity(format!(
-                        "job {job}: the portal answered before the upload finished with more than 64 records"
+                        "job {job}: the portal answered before the upload finished with more than {MAX_EARLY} records"
                     )));
                 }
-                early.push_back(r);
             }
         }
         if let Some(declared) = prepared.body_len {
@@ -219,12 +213,10 @@ pub(super) async fn transmit(
     report.request_sent = true;
     show.info(|| format!("request sent: {} body bytes", report.bytes_sent));
 
-    let Some((sink, reader)) = waiting else {
+    let Some((sink, mut follower)) = waiting else {
         return Ok(Outcome { job, status: None });
     };
-    let result = receive(sink, show, cfg, job, early, &mut reply_rx, report).await;
-    drop(reader);
-    result
+    receive(sink, show, cfg, job, &mut follower, report).await
 }
 
 /// Most chunk records in flight at once: enough to keep the broker busy
