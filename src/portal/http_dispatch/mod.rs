@@ -299,7 +299,8 @@ impl Dispatcher {
             )
         })?;
         let mut retried = false;
-        let first_call = Instant::now();
+        // When the first call went out: a 409's window counts from there.
+        let mut first_call: Option<Instant> = None;
         // Calls answered with a pushback so far.
         let mut pushed = 0u32;
         // The last pushed-back answer, relayed if no slot comes free in time.
@@ -330,6 +331,7 @@ impl Dispatcher {
                 None => None,
             };
             let req = self.build(&method, &url, job, token.as_deref()).await?;
+            let first_call = *first_call.get_or_insert_with(Instant::now);
             let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
                 Err(_) => {
                     return Err(Failure::new(

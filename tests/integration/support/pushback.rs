@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -48,8 +47,6 @@ pub struct PushbackState {
     rounds: Mutex<Vec<u16>>,
     /// `/crowd`: calls that arrived in each round.
     arrived: Mutex<Vec<u64>>,
-    /// `/crowd`: calls waiting for their round to end.
-    waiting: AtomicU64,
     round_over: Notify,
 }
 
@@ -67,14 +64,14 @@ impl PushbackState {
             .collect()
     }
 
-    /// `/crowd` calls waiting now.
-    pub fn waiting(&self) -> u64 {
-        self.waiting.load(Ordering::SeqCst)
-    }
-
-    /// Waits (bounded) until `n` `/crowd` calls wait.
+    /// Waits (bounded) until `n` `/crowd` calls wait in the round still
+    /// open (calls of an ended round may not have left yet).
     pub async fn wait_crowd(&self, n: u64) {
-        wait_until("calls did not reach /crowd", || self.waiting() >= n).await;
+        wait_until("calls did not reach /crowd", || {
+            let open = self.rounds.lock().unwrap().len();
+            self.arrived_in(open) >= n
+        })
+        .await;
     }
 
     /// How many `/crowd` calls arrived in round `r`.
@@ -197,7 +194,6 @@ async fn answer(
             arrived[r] += 1;
             r
         };
-        state.waiting.fetch_add(1, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + WAIT;
         let status = loop {
             let over = state.round_over.notified();
@@ -210,7 +206,6 @@ async fn answer(
                 break 500;
             }
         };
-        state.waiting.fetch_sub(1, Ordering::SeqCst);
         (status, format!("crowd round {round}: {status}\n"))
     } else if let Some(script) = path.strip_prefix("/script/") {
         let statuses: Vec<u16> = script.split(',').map(|s| s.parse().unwrap()).collect();
