@@ -8,6 +8,7 @@ use clap::Command;
 
 use crate::kafka::security::SecurityProtocol;
 use crate::portal::assembler::Limits;
+use crate::portal::http_dispatch::backpressure::RetryPolicy;
 use crate::portal::policy::{Policy, DEFAULT_ALLOWED_HEADERS};
 use crate::protocol::chunker::DEFAULT_CHUNK_SIZE;
 
@@ -39,6 +40,7 @@ pub(crate) const CLIENT_LOG_LEVEL: &str = "WARNING";
 pub(crate) fn shown() -> Vec<(&'static str, String)> {
     let limits = Limits::default();
     let policy = Policy::default();
+    let retry = RetryPolicy::default();
     vec![
         ("bootstrap_servers", BOOTSTRAP_SERVERS.into()),
         ("request_topic", REQUEST_TOPIC.into()),
@@ -76,6 +78,15 @@ pub(crate) fn shown() -> Vec<(&'static str, String)> {
         ("session_timeout_secs", SESSION_TIMEOUT_SECS.to_string()),
         ("shutdown_grace_secs", SHUTDOWN_GRACE_SECS.to_string()),
         ("idempotency_header", IDEMPOTENCY_HEADER.into()),
+        ("retry_max_attempts", retry.max_attempts.to_string()),
+        (
+            "retry_max_delay_secs",
+            retry.max_delay.as_secs().to_string(),
+        ),
+        (
+            "retry_conflict_secs",
+            retry.conflict_window.as_secs().to_string(),
+        ),
         ("signature_max_ttl_secs", SIGNATURE_MAX_TTL_SECS.to_string()),
         ("token_refresh_statuses", TOKEN_REFRESH_STATUSES.into()),
         ("timeout", TIMEOUT_SECS.to_string()),

@@ -13,6 +13,7 @@ use crate::cli::file::{pick, MAX_SPOOL_THRESHOLD, MAX_WAIT_SECS};
 use crate::cli::kafka::{resolve_kafka, KafkaArgs};
 use crate::kafka::group::GroupConfig;
 use crate::logging::LogFormat;
+use crate::portal::http_dispatch::backpressure::RetryPolicy;
 use crate::portal::http_dispatch::tls::ApiTls;
 use crate::portal::http_dispatch::token_cache::{AssertionSigner, AuthMethod, ClientCredentials};
 use crate::portal::{Settings, StartFrom};
@@ -110,6 +111,15 @@ pub struct PortalArgs {
     /// Header carrying the job id on every API call; empty turns it off
     #[arg(long, env = "PORTAL_IDEMPOTENCY_HEADER", value_name = "NAME")]
     pub idempotency_header: Option<String>,
+    /// API calls one job may make while the API answers 429, 503 or 409, the first included; 1 turns retrying off
+    #[arg(long, env = "PORTAL_RETRY_MAX_ATTEMPTS", value_name = "N")]
+    pub retry_max_attempts: Option<u32>,
+    /// Longest wait before calling again, in seconds; a longer Retry-After is cut to it
+    #[arg(long, env = "PORTAL_RETRY_MAX_DELAY_SECS", value_name = "SECS")]
+    pub retry_max_delay_secs: Option<u64>,
+    /// How long after a job's first call a 409 is still called again (with the idempotency header on); 0 never
+    #[arg(long, env = "PORTAL_RETRY_CONFLICT_SECS", value_name = "SECS")]
+    pub retry_conflict_secs: Option<u64>,
     /// Accept only requests signed by one of these PEM public keys (comma-separated files)
     #[arg(long, env = "PORTAL_TRUSTED_KEYS", value_name = "FILES")]
     pub trusted_keys: Option<String>,
@@ -342,6 +352,7 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         pick(&a.group_instance_id, &f.group_instance_id).as_deref(),
         host_name,
     )?;
+    let retry = resolve_retry(a, &f)?;
     let group = GroupConfig {
         group_id,
         instance_id,
@@ -354,6 +365,7 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         trusted_keys,
         group,
         idempotency_header,
+        retry,
         kafka,
         target_api_url: target,
         oauth,
@@ -405,6 +417,32 @@ fn host_name() -> Option<String> {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
+}
+
+/// Resolves which calls the API pushes back are made again, and when.
+fn resolve_retry(a: &PortalArgs, f: &FileConfig) -> anyhow::Result<RetryPolicy> {
+    let d = RetryPolicy::default();
+    let max_attempts = pick(&a.retry_max_attempts, &f.retry_max_attempts).unwrap_or(d.max_attempts);
+    if !(1..=100).contains(&max_attempts) {
+        bail!(
+            "PORTAL_RETRY_MAX_ATTEMPTS must be between 1 (no retries) and 100, not {max_attempts}"
+        );
+    }
+    let max_delay =
+        pick(&a.retry_max_delay_secs, &f.retry_max_delay_secs).unwrap_or(d.max_delay.as_secs());
+    if !(1..=3600).contains(&max_delay) {
+        bail!("PORTAL_RETRY_MAX_DELAY_SECS must be between 1 and 3600, not {max_delay}");
+    }
+    let conflict =
+        pick(&a.retry_conflict_secs, &f.retry_conflict_secs).unwrap_or(d.conflict_window.as_secs());
+    if conflict > MAX_WAIT_SECS {
+        bail!("PORTAL_RETRY_CONFLICT_SECS must be at most {MAX_WAIT_SECS}, not {conflict}");
+    }
+    Ok(RetryPolicy {
+        max_attempts,
+        max_delay: Duration::from_secs(max_delay),
+        conflict_window: Duration::from_secs(conflict),
+    })
 }
 
 /// Resolves the request policy settings.

@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::portal::budget::Budgets;
+use crate::portal::http_dispatch::backpressure::{Backpressure, Pushback};
 use crate::portal::http_dispatch::token_cache::TokenCache;
 use crate::protocol::ErrorCategory;
 
@@ -98,6 +99,14 @@ struct Sampled {
     budgets: Budgets,
     /// Set once the portal has made its token cache (OAuth on).
     tokens: OnceLock<Arc<TokenCache>>,
+    /// Set once the portal has made its dispatcher.
+    backpressure: OnceLock<Arc<Backpressure>>,
+}
+
+/// Label of an API call made again: the status that pushed it back.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    reason: &'static str,
 }
 
 impl Collector for Sampled {
@@ -137,7 +146,30 @@ impl Collector for Sampled {
             None,
             failures.metric_type(),
         )?;
-        failures.encode(m)
+        failures.encode(m)?;
+        let Some(bp) = self.backpressure.get() else {
+            return Ok(());
+        };
+        let mut m = encoder.encode_descriptor(
+            "api_retries",
+            "API calls made again after a pushback, by the status that pushed back",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for kind in Pushback::ALL {
+            let label = StatusLabel {
+                reason: kind.label(),
+            };
+            ConstCounter::new(bp.retries(kind)).encode(m.encode_family(&label)?)?;
+        }
+        let limit = ConstGauge::new(i64::try_from(bp.limiter.limit()).unwrap_or(i64::MAX));
+        let m = encoder.encode_descriptor(
+            "api_concurrency_limit",
+            "API calls allowed at once now: PORTAL_MAX_CONCURRENT_JOBS, less while the API pushes back",
+            None,
+            limit.metric_type(),
+        )?;
+        limit.encode(m)
     }
 }
 
@@ -218,6 +250,7 @@ impl Metrics {
         let sampled = Arc::new(Sampled {
             budgets,
             tokens: OnceLock::new(),
+            backpressure: OnceLock::new(),
         });
         registry.register_collector(Box::new(Arc::clone(&sampled)));
         Self {
@@ -240,6 +273,11 @@ impl Metrics {
     /// Reports the token cache's fetches and failures from now on.
     pub(crate) fn watch_tokens(&self, tokens: Arc<TokenCache>) {
         let _ = self.sampled.tokens.set(tokens);
+    }
+
+    /// Reports the API retries and concurrency limit from now on.
+    pub(crate) fn watch_backpressure(&self, backpressure: Arc<Backpressure>) {
+        let _ = self.sampled.backpressure.set(backpressure);
     }
 
     /// A job was taken up; `request_bytes` is its body's size.

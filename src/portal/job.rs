@@ -13,6 +13,7 @@ use crate::kafka::window::{ReplyWriter, Unsent};
 use crate::kafka::{KafkaError, Partition};
 use crate::portal::assembler::CompletedJob;
 use crate::portal::context::{queue_slot, settle, Ctx};
+use crate::portal::http_dispatch::Called;
 use crate::portal::ledger::Progress;
 use crate::portal::replies::{reply_partition, report_error_reply, send_error, ReplyTo};
 use crate::protocol::chunker::Chunker;
@@ -176,9 +177,14 @@ async fn answer(
 ) -> Result<(u16, u64), AnswerError> {
     // One deadline for the whole call, headers and body alike.
     let deadline = tokio::time::Instant::now() + ctx.dispatcher.timeout();
-    let resp = ctx
+    // The slot stays taken until the answer is relayed: a call streaming
+    // its answer still counts toward the API's concurrency.
+    let Called {
+        response: resp,
+        slot: _slot,
+    } = ctx
         .dispatcher
-        .call(job)
+        .call(job, deadline)
         .await
         .map_err(|error| AnswerError::Failed { seq: 0, error })?;
     let status = resp.status().as_u16();

@@ -136,7 +136,10 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
         cfg.request_timeout,
         &cfg.policy.allowed_headers,
         cfg.idempotency_header.as_deref(),
+        cfg.retry,
+        cfg.max_concurrent_jobs,
     );
+    metrics.watch_backpressure(Arc::clone(dispatcher.backpressure()));
     cfg.policy.announce();
     let verifier = cfg.trusted_keys.clone().map(|trusted| {
         log::info!(

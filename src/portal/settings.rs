@@ -26,6 +26,8 @@ pub(crate) struct Settings {
     pub(crate) shutdown_grace: Duration,
     /// Header carrying the job id, if any.
     pub(crate) idempotency_header: Option<String>,
+    /// Which calls the API pushes back are made again, and when.
+    pub(crate) retry: crate::portal::http_dispatch::backpressure::RetryPolicy,
     /// Kafka side.
     pub(crate) kafka: kafka::Config,
     /// API base URL.

@@ -18,6 +18,7 @@ mod leaks;
 mod limits;
 mod oauth;
 mod policy;
+mod pushback;
 mod python;
 mod relay;
 mod secrets;

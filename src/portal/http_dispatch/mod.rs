@@ -4,7 +4,10 @@
 //! The URL is always `PORTAL_TARGET_API_URL` joined with the request's path;
 //! the request can name a path and query only. Redirects are not followed.
 //! Bodies stream from the spool, so a retry after a refused token re-reads it.
+//! An answer that pushes back (429, 503, or 409 to a repeated idempotency
+//! key) is called again where that is safe, as `backpressure` decides.
 
+pub(crate) mod backpressure;
 pub(crate) mod client;
 pub(crate) mod tls;
 // Public for `examples/demo_api.rs`, which uses `form_encode`.
@@ -13,16 +16,22 @@ pub mod token_cache;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, USER_AGENT};
+use hyper::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER, USER_AGENT,
+};
 use hyper::{Method, Request, Response};
 use std::future::Future as _;
+use tokio::time::Instant;
 
 use crate::portal::assembler::CompletedJob;
+use crate::portal::http_dispatch::backpressure::{
+    retry_after, Backpressure, Pushback, RetryPolicy, Slot,
+};
 use crate::portal::http_dispatch::client::{full_body, with_tls_hint, DispatchBody, HttpClient};
 use crate::portal::http_dispatch::token_cache::TokenCache;
 use crate::portal::policy::{plan_headers, HeaderPlan};
@@ -114,6 +123,101 @@ fn body_of(spool: &SpooledBody) -> DispatchBody {
     }
 }
 
+/// Most bytes of a pushed-back answer's body held while the call waits to
+/// be made again; a larger one is relayed instead, as it is.
+const MAX_HELD_BODY: usize = 64 * 1024;
+
+/// How long a pushed-back answer's body may take to arrive before it is
+/// relayed instead of held.
+const HOLD_READ: Duration = Duration::from_secs(5);
+
+/// An API response's body: the bytes already read (a pushed-back answer
+/// held while the portal waited to call again), then the rest, if any.
+#[derive(Debug)]
+pub(crate) struct ApiBody {
+    held: Option<Bytes>,
+    /// The error that ended reading while the answer was held.
+    failed: Option<hyper::Error>,
+    rest: Option<Incoming>,
+}
+
+impl ApiBody {
+    fn streaming(body: Incoming) -> Self {
+        Self {
+            held: None,
+            failed: None,
+            rest: Some(body),
+        }
+    }
+}
+
+impl hyper::body::Body for ApiBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(held) = this.held.take() {
+            return Poll::Ready(Some(Ok(Frame::data(held))));
+        }
+        if let Some(e) = this.failed.take() {
+            this.rest = None;
+            return Poll::Ready(Some(Err(e)));
+        }
+        match &mut this.rest {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+/// What a call gives the job: the API's answer and the call's place under
+/// the concurrency limit, held until the answer has been relayed.
+#[derive(Debug)]
+pub(crate) struct Called {
+    /// The answer to relay.
+    pub(crate) response: Response<ApiBody>,
+    /// `None` when the answer was held while no slot came free.
+    pub(crate) slot: Option<Slot>,
+}
+
+/// Reads a pushed-back answer's body into memory, up to [`MAX_HELD_BODY`]
+/// bytes and [`HOLD_READ`] (at most until `deadline`); whether all of it
+/// came. An incomplete one keeps what is still to come, to be relayed.
+async fn hold(resp: Response<Incoming>, deadline: Instant) -> (Response<ApiBody>, bool) {
+    let (parts, mut body) = resp.into_parts();
+    let until = deadline.min(Instant::now() + HOLD_READ);
+    let mut buf = Vec::new();
+    let mut failed = None;
+    let complete = loop {
+        match tokio::time::timeout_at(until, body.frame()).await {
+            Ok(None) => break true,
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > MAX_HELD_BODY {
+                        break false;
+                    }
+                }
+            }
+            Ok(Some(Err(e))) => {
+                failed = Some(e);
+                break false;
+            }
+            Err(_) => break false,
+        }
+    };
+    let body = ApiBody {
+        held: (!buf.is_empty()).then(|| Bytes::from(buf)),
+        rest: (!complete && failed.is_none()).then_some(body),
+        failed,
+    };
+    (Response::from_parts(parts, body), complete)
+}
+
 /// Calls the target API.
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
@@ -128,10 +232,16 @@ pub(crate) struct Dispatcher {
     /// Header that carries the job id, so an API honouring idempotency keys
     /// turns a repeated call into a no-op.
     idempotency_header: Option<HeaderName>,
+    /// Which pushed-back calls are made again, and when.
+    retry: RetryPolicy,
+    /// The concurrency limit toward the API and the retry counters.
+    backpressure: Arc<Backpressure>,
 }
 
 impl Dispatcher {
-    /// A dispatcher for `base_url`; `tokens` when OAuth is on.
+    /// A dispatcher for `base_url`; `tokens` when OAuth is on; at most
+    /// `max_calls` calls at once, fewer while the API pushes back.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         client: HttpClient,
         base_url: &str,
@@ -139,8 +249,12 @@ impl Dispatcher {
         timeout: Duration,
         allowed_headers: &[String],
         idempotency_header: Option<&str>,
+        retry: RetryPolicy,
+        max_calls: usize,
     ) -> Self {
         Self {
+            retry,
+            backpressure: Arc::new(Backpressure::new(max_calls)),
             client,
             base: base_url.trim_end_matches('/').to_string(),
             tokens,
@@ -160,10 +274,23 @@ impl Dispatcher {
         self.timeout
     }
 
-    /// Sends the job's request; when the API refuses the token (a status in
-    /// `PORTAL_TOKEN_REFRESH_STATUSES`, 401 by default), refreshes it and
-    /// retries once.
-    pub(crate) async fn call(&self, job: &CompletedJob) -> Result<Response<Incoming>, Failure> {
+    /// The concurrency limit and retry counters, for the metrics.
+    pub(crate) fn backpressure(&self) -> &Arc<Backpressure> {
+        &self.backpressure
+    }
+
+    /// Sends the job's request, all by `deadline`. When the API refuses the
+    /// token (a status in `PORTAL_TOKEN_REFRESH_STATUSES`, 401 by default),
+    /// refreshes it and retries once. When it pushes back (429, 503, 409),
+    /// calls again with the same idempotency key where [`RetryPolicy`]
+    /// allows and the wait ends before `deadline`; otherwise the answer is
+    /// relayed as it is. Each call first waits for a slot under the
+    /// concurrency limit.
+    pub(crate) async fn call(
+        &self,
+        job: &CompletedJob,
+        deadline: Instant,
+    ) -> Result<Called, Failure> {
         let url = self.url_for(&job.start.path)?;
         let method = Method::from_bytes(job.start.method.as_bytes()).map_err(|_| {
             Failure::new(
@@ -172,7 +299,30 @@ impl Dispatcher {
             )
         })?;
         let mut retried = false;
+        // When the first call went out: a 409's window counts from there.
+        let mut first_call: Option<Instant> = None;
+        // Calls answered with a pushback so far.
+        let mut pushed = 0u32;
+        // The last pushed-back answer, relayed if no slot comes free in time.
+        let mut held: Option<Response<ApiBody>> = None;
+        let limiter = Arc::clone(&self.backpressure.limiter);
         loop {
+            let Some(slot) = limiter.acquire_until(deadline).await else {
+                return match held {
+                    Some(response) => Ok(Called {
+                        response,
+                        slot: None,
+                    }),
+                    None => Err(Failure::new(
+                        ErrorCategory::UpstreamTimeout,
+                        format!(
+                            "{method} {url}: no call slot came free within {} s (PORTAL_REQUEST_TIMEOUT_SECS) while the API pushed back",
+                            self.timeout.as_secs()
+                        ),
+                    )),
+                };
+            };
+            held = None;
             let token = match &self.tokens {
                 Some(t) => Some(t.token().await.map_err(|e| {
                     log::warn!("job {}: cannot get an OAuth2 token: {e}", job.job);
@@ -181,7 +331,8 @@ impl Dispatcher {
                 None => None,
             };
             let req = self.build(&method, &url, job, token.as_deref()).await?;
-            let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            let first_call = *first_call.get_or_insert_with(Instant::now);
+            let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
                 Err(_) => {
                     return Err(Failure::new(
                         ErrorCategory::UpstreamTimeout,
@@ -213,7 +364,71 @@ impl Dispatcher {
                     continue;
                 }
             }
-            return Ok(resp);
+            let Some(kind) = Pushback::of(resp.status()) else {
+                slot.answered();
+                return Ok(Called {
+                    response: resp.map(ApiBody::streaming),
+                    slot: Some(slot),
+                });
+            };
+            if kind.is_overload() {
+                slot.overloaded();
+            }
+            pushed += 1;
+            let keyed = self.idempotency_header.is_some();
+            let relay = |resp: Response<ApiBody>, slot| {
+                Ok(Called {
+                    response: resp,
+                    slot,
+                })
+            };
+            if !self
+                .retry
+                .may_retry(kind, &method, keyed, pushed, first_call.elapsed())
+            {
+                return relay(resp.map(ApiBody::streaming), Some(slot));
+            }
+            let asked = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| retry_after(v.as_bytes(), SystemTime::now()));
+            let delay = self.retry.delay(pushed, asked, fastrand::f64());
+            if Instant::now() + delay >= deadline {
+                log::info!(
+                    "job {}: API answered {}; not calling again, the wait of {:.1} s would pass the job's deadline (PORTAL_REQUEST_TIMEOUT_SECS)",
+                    job.job,
+                    resp.status().as_u16(),
+                    delay.as_secs_f64()
+                );
+                return relay(resp.map(ApiBody::streaming), Some(slot));
+            }
+            let (resp, complete) = hold(resp, deadline).await;
+            if !complete {
+                log::info!(
+                    "job {}: API answered {} with a body over {MAX_HELD_BODY} bytes or slower than {} s; relaying it instead of calling again",
+                    job.job,
+                    resp.status().as_u16(),
+                    HOLD_READ.as_secs()
+                );
+                return relay(resp, Some(slot));
+            }
+            // Others may call while this job waits.
+            drop(slot);
+            self.backpressure.retried(kind);
+            log::info!(
+                "job {}: API answered {} (call {pushed} of at most {}); calling again in {:.2} s{}",
+                job.job,
+                resp.status().as_u16(),
+                self.retry.max_attempts,
+                delay.as_secs_f64(),
+                if keyed {
+                    " with the same idempotency key"
+                } else {
+                    ""
+                }
+            );
+            tokio::time::sleep(delay).await;
+            held = Some(resp);
         }
     }
 

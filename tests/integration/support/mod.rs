@@ -9,6 +9,8 @@
 //! - [`api`]: the in-process target API on loopback that records what it
 //!   receives, started together with the token endpoint as [`api::Servers`];
 //! - [`oauth`]: that OAuth2 token endpoint;
+//! - [`pushback`]: a target API answering 429, 503 and 409 from a script,
+//!   and counting calls that arrive at once;
 //! - [`pki`]: throwaway certificates and keys;
 //! - [`payload`]: deterministic bodies and their digests.
 
@@ -18,6 +20,7 @@ pub mod broker;
 pub mod oauth;
 pub mod payload;
 pub mod pki;
+pub mod pushback;
 pub mod run;
 
 use std::time::Duration;
