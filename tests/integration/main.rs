@@ -3,6 +3,7 @@
 //! the tests share are in [`support`], one module per concern.
 
 mod admin;
+mod broker_restarts;
 mod cli;
 mod client;
 mod content_type;
