@@ -30,7 +30,7 @@ use tokio::sync::Mutex;
 
 use crate::kafka::code::Named;
 use crate::kafka::conn::{BrokerConn, ConnError};
-use crate::kafka::retry::{Retry, ROUND};
+use crate::kafka::retry::{Failed, Retry, ROUND};
 use crate::kafka::security::KafkaSecurity;
 use crate::protocol::wire::{Frame, JobId};
 
@@ -56,7 +56,7 @@ pub enum KafkaError {
         size: usize,
     },
     /// Anything else from the client library.
-    #[error("Kafka {action} failed: {}", described(source))]
+    #[error("Kafka {action} failed: {}", code::described(source))]
     Client {
         /// What we were doing.
         action: &'static str,
@@ -131,33 +131,12 @@ impl KafkaError {
     }
 }
 
-/// rskafka's error in our words: a broker's error code by Kafka's name
-/// (rskafka shows its enum's Debug spelling and its request context), and
-/// retries that ran out with the error they ended on.
-pub(crate) fn described(e: &RsError) -> String {
-    match e {
-        RsError::ServerError {
-            protocol_error,
-            error_message,
-            ..
-        } => {
-            let name = Named::of_rskafka(*protocol_error);
-            match error_message.as_deref().filter(|m| !m.is_empty()) {
-                Some(m) => format!("{name}: {m}"),
-                None => name.to_string(),
-            }
-        }
-        RsError::RetryFailed(rskafka::BackoffError::DeadlineExceded { deadline, source }) => {
-            match source.downcast_ref::<RsError>() {
-                Some(last) => format!(
-                    "still failing after {} s of retries: {}",
-                    deadline.as_secs(),
-                    described(last)
-                ),
-                None => e.to_string(),
-            }
-        }
-        other => other.to_string(),
+/// What [`Retry::run`] gave up on, as our error: the failure naming what we
+/// were doing (`action`), or a timeout naming what we waited for (`waiting`).
+fn gave_up(action: &'static str, waiting: &'static str) -> impl FnOnce(Failed) -> KafkaError {
+    move |failed| match failed {
+        Failed::Error(source) => KafkaError::Client { action, source },
+        Failed::TimedOut => KafkaError::Timeout(waiting),
     }
 }
 
@@ -353,7 +332,6 @@ pub(crate) async fn connect_with(
     let built = retry
         .run(
             "connecting",
-            "connecting",
             remaining + Duration::from_secs(1),
             builder,
             nothing,
@@ -365,8 +343,8 @@ pub(crate) async fn connect_with(
             limit: settings.timeout,
             retry,
         }),
-        Err(KafkaError::Client { source, .. }) => Err(unreachable(described(&source))),
-        Err(_) => Err(unreachable(format!(
+        Err(Failed::Error(source)) => Err(unreachable(code::described(&source))),
+        Err(Failed::TimedOut) => Err(unreachable(format!(
             "no answer within {} s",
             settings.timeout.as_secs()
         ))),
@@ -574,12 +552,12 @@ impl Cluster {
             .retry
             .run(
                 "listing topics",
-                "metadata lookup",
                 self.limit,
                 || self.client.list_topics(),
                 || async { Ok::<(), RsError>(()) },
             )
-            .await?;
+            .await
+            .map_err(gave_up("listing topics", "metadata lookup"))?;
         Ok(topics
             .iter()
             .map(|name| {
@@ -610,7 +588,6 @@ impl Cluster {
             .retry
             .run(
                 "creating a topic",
-                "topic creation",
                 self.limit,
                 || async {
                     match controller
@@ -635,7 +612,7 @@ impl Cluster {
                 || self.refresh(),
             )
             .await;
-        created?;
+        created.map_err(gave_up("creating a topic", "topic creation"))?;
         // Metadata can lag creation by a moment; wait until the topic is visible.
         for _ in 0..50 {
             if let Some(n) = self.partition_count(topic).await? {
@@ -654,7 +631,6 @@ impl Cluster {
             .retry
             .run(
                 "opening a partition",
-                "partition lookup",
                 self.limit,
                 || {
                     self.client.partition_client(
@@ -665,7 +641,8 @@ impl Cluster {
                 },
                 || self.refresh(),
             )
-            .await?;
+            .await
+            .map_err(gave_up("opening a partition", "partition lookup"))?;
         Ok(Partition {
             client: Arc::new(client),
             cluster: self.clone(),
@@ -721,12 +698,12 @@ impl Partition {
             .retry
             .run(
                 "producing a record",
-                "produce",
                 self.cluster.limit,
                 || self.client.produce(records.clone(), compression.rskafka()),
                 || self.cluster.refresh(),
             )
-            .await;
+            .await
+            .map_err(gave_up("producing a record", "produce"));
         match produced {
             Ok(offsets) => Ok(offsets.first().copied().unwrap_or(-1)),
             Err(KafkaError::Client {
@@ -770,12 +747,12 @@ impl Partition {
             .retry
             .run(
                 "reading a partition offset",
-                "offset lookup",
                 self.cluster.limit,
                 || self.client.get_offset(at),
                 || self.cluster.refresh(),
             )
             .await
+            .map_err(gave_up("reading a partition offset", "offset lookup"))
     }
 }
 
@@ -889,6 +866,23 @@ mod tests {
         };
         assert!(broker.is_startup_state() && !broker.is_connection_problem());
         assert!(!KafkaError::Timeout("fetch").is_startup_state());
+    }
+
+    #[test]
+    fn retries_that_ran_out_name_the_state_they_ended_in() {
+        let last = RsError::RetryFailed(rskafka::BackoffError::DeadlineExceded {
+            deadline: Duration::from_secs(29),
+            source: Box::new(server_error(ProtocolError::LeaderNotAvailable, None)),
+        });
+        let e = gave_up("opening a partition", "partition lookup")(Failed::Error(last));
+        assert_eq!(
+            e.to_string(),
+            "Kafka opening a partition failed: still failing after 29 s of retries: LEADER_NOT_AVAILABLE (Kafka error 5)"
+        );
+        assert!(e.is_startup_state() && e.is_connection_problem());
+        let e = gave_up("opening a partition", "partition lookup")(Failed::TimedOut);
+        assert_eq!(e.to_string(), "Kafka partition lookup timed out");
+        assert!(!e.is_startup_state() && e.is_connection_problem());
     }
 
     #[test]
