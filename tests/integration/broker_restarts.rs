@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::api::{json, Servers};
-use crate::support::broker::{PrivateBroker, Topics};
+use crate::support::broker::{kafka_settings, PrivateBroker, Topics};
 use crate::support::payload::pattern_file;
 use crate::support::run::{spawn_send, Portal, SendResult};
 use crate::support::WAIT;
@@ -76,6 +76,34 @@ impl PortWatch {
     /// How many times the port was seen to close.
     fn closures(&self) -> usize {
         self.changes.lock().unwrap().iter().filter(|c| !c.1).count()
+    }
+}
+
+/// Waits (bounded) until the broker answers and every partition of both
+/// topics has a leader again: the restart script returns as soon as the
+/// broker listens, and restarting it again before it serves would keep
+/// the cluster away for longer than any deadline.
+async fn wait_for_leaders(topics: &Topics) {
+    let settings = kafka_settings(topics, "it-restart-probe");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ready = async {
+            let cluster = kafkasend::kafka::connect(&settings).await?;
+            for topic in [&topics.request, &topics.response] {
+                for p in 0..3 {
+                    cluster.partition(topic, p).await?.end_offset().await?;
+                }
+            }
+            Ok::<_, kafkasend::kafka::KafkaError>(())
+        };
+        let Err(e) = ready.await else {
+            return;
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broker did not serve again: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -156,6 +184,7 @@ async fn sends_and_portal_partitions_ride_out_repeated_broker_restarts() {
                 .expect("the broker restart did not finish in time")
                 .unwrap();
         assert!(joined.is_ok(), "scripts/kafka restart failed");
+        wait_for_leaders(&topics).await;
     }
     assert_eq!(
         watch.closures(),
