@@ -14,6 +14,7 @@ use std::fmt::{self, Write};
 use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
+use rskafka::client::error::Error as RsError;
 
 /// A broker's error as Kafka names it, with its number:
 /// `NOT_COORDINATOR (Kafka error 16)`; a code this build does not know
@@ -53,6 +54,36 @@ impl Named {
                 .unwrap_or(-1),
         };
         Self(ResponseError::try_from_code(code).unwrap_or(ResponseError::Unknown(code)))
+    }
+}
+
+/// rskafka's error in our words: a broker's error code by Kafka's name
+/// (rskafka shows its enum's Debug spelling and its request context), and
+/// retries that ran out with the error they ended on.
+pub(crate) fn described(e: &RsError) -> String {
+    match e {
+        RsError::ServerError {
+            protocol_error,
+            error_message,
+            ..
+        } => {
+            let name = Named::of_rskafka(*protocol_error);
+            match error_message.as_deref().filter(|m| !m.is_empty()) {
+                Some(m) => format!("{name}: {m}"),
+                None => name.to_string(),
+            }
+        }
+        RsError::RetryFailed(rskafka::BackoffError::DeadlineExceded { deadline, source }) => {
+            match source.downcast_ref::<RsError>() {
+                Some(last) => format!(
+                    "still failing after {} s of retries: {}",
+                    deadline.as_secs(),
+                    described(last)
+                ),
+                None => e.to_string(),
+            }
+        }
+        other => other.to_string(),
     }
 }
 

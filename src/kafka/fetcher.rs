@@ -329,7 +329,8 @@ impl Fetcher {
                     self.next_server = index;
                     return Ok(leader);
                 }
-                Err(e) if e.is_connection_problem() => {
+                // Another server may know the new leader already.
+                Err(e) if e.is_connection_problem() || e.is_startup_state() => {
                     log::debug!("{}[{}]: {e}", self.topic, self.partition);
                     self.next_server = (index + 1) % count;
                     last = Some(e);

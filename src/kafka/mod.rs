@@ -13,6 +13,7 @@ pub mod fetcher;
 pub(crate) mod group;
 pub mod partitioner;
 pub mod record_batch;
+pub(crate) mod retry;
 pub mod security;
 pub(crate) mod window;
 
@@ -29,6 +30,7 @@ use tokio::sync::Mutex;
 
 use crate::kafka::code::Named;
 use crate::kafka::conn::{BrokerConn, ConnError};
+use crate::kafka::retry::{Failed, Retry, ROUND};
 use crate::kafka::security::KafkaSecurity;
 use crate::protocol::wire::{Frame, JobId};
 
@@ -54,7 +56,7 @@ pub enum KafkaError {
         size: usize,
     },
     /// Anything else from the client library.
-    #[error("Kafka {action} failed: {}", described(source))]
+    #[error("Kafka {action} failed: {}", code::described(source))]
     Client {
         /// What we were doing.
         action: &'static str,
@@ -111,42 +113,30 @@ impl KafkaError {
     pub(crate) fn is_startup_state(&self) -> bool {
         match self {
             Self::Broker { error, .. } => code::is_startup_state(*error),
-            Self::Client {
-                source: RsError::ServerError { protocol_error, .. },
-                ..
-            } => code::is_startup_state(Named::of_rskafka(*protocol_error).0),
+            Self::Client { source, .. } => match source {
+                RsError::ServerError { protocol_error, .. } => {
+                    code::is_startup_state(Named::of_rskafka(*protocol_error).0)
+                }
+                // What our retries ended on (`retry::Retry::run`).
+                RsError::RetryFailed(rskafka::BackoffError::DeadlineExceded { source, .. }) => {
+                    source.downcast_ref::<RsError>().is_some_and(|e| {
+                        matches!(e, RsError::ServerError { protocol_error, .. }
+                            if code::is_startup_state(Named::of_rskafka(*protocol_error).0))
+                    })
+                }
+                _ => false,
+            },
             _ => false,
         }
     }
 }
 
-/// rskafka's error in our words: a broker's error code by Kafka's name
-/// (rskafka shows its enum's Debug spelling and its request context), and
-/// retries that ran out with the error they ended on.
-fn described(e: &RsError) -> String {
-    match e {
-        RsError::ServerError {
-            protocol_error,
-            error_message,
-            ..
-        } => {
-            let name = Named::of_rskafka(*protocol_error);
-            match error_message.as_deref().filter(|m| !m.is_empty()) {
-                Some(m) => format!("{name}: {m}"),
-                None => name.to_string(),
-            }
-        }
-        RsError::RetryFailed(rskafka::BackoffError::DeadlineExceded { deadline, source }) => {
-            match source.downcast_ref::<RsError>() {
-                Some(last) => format!(
-                    "still failing after {} s of retries: {}",
-                    deadline.as_secs(),
-                    described(last)
-                ),
-                None => e.to_string(),
-            }
-        }
-        other => other.to_string(),
+/// What [`Retry::run`] gave up on, as our error: the failure naming what we
+/// were doing (`action`), or a timeout naming what we waited for (`waiting`).
+fn gave_up(action: &'static str, waiting: &'static str) -> impl FnOnce(Failed) -> KafkaError {
+    move |failed| match failed {
+        Failed::Error(source) => KafkaError::Client { action, source },
+        Failed::TimedOut => KafkaError::Timeout(waiting),
     }
 }
 
@@ -308,11 +298,13 @@ pub(crate) async fn connect_with(
         .timeout
         .saturating_sub(started.elapsed())
         .max(Duration::from_secs(1));
+    // rskafka's own retries are kept short: `Retry::run` retries each
+    // call over the operation's deadline, refreshing metadata in between.
     let backoff = BackoffConfig {
         init_backoff: Duration::from_millis(100),
-        max_backoff: Duration::from_secs(2),
+        max_backoff: Duration::from_millis(500),
         base: 2.0,
-        deadline: Some(remaining),
+        deadline: Some(ROUND),
     };
     // rskafka asks its bootstrap servers in random order and waits on one
     // that accepts connections but never answers until its deadline: given
@@ -321,24 +313,38 @@ pub(crate) async fn connect_with(
         Some(addr) => vec![addr],
         None => servers.clone(),
     };
-    let mut builder = ClientBuilder::new(bootstrap)
-        .client_id(settings.client_id.clone())
-        .backoff_config(backoff)
-        .max_message_size(MAX_RESPONSE_BYTES);
-    if let Some(tls) = &settings.security.tls {
-        builder = builder.tls_config(Arc::clone(tls));
-    }
-    if let Some(sasl) = settings.security.rskafka_sasl() {
-        builder = builder.sasl_config(sasl);
-    }
-    let built = tokio::time::timeout(remaining + Duration::from_secs(1), builder.build()).await;
+    let builder = || {
+        let mut builder = ClientBuilder::new(bootstrap.clone())
+            .client_id(settings.client_id.clone())
+            .backoff_config(backoff.clone())
+            .max_message_size(MAX_RESPONSE_BYTES);
+        if let Some(tls) = &settings.security.tls {
+            builder = builder.tls_config(Arc::clone(tls));
+        }
+        if let Some(sasl) = settings.security.rskafka_sasl() {
+            builder = builder.sasl_config(sasl);
+        }
+        builder.build()
+    };
+    let retry = Retry::default();
+    // Building asks for the metadata; nothing to refresh before it.
+    let nothing = || async { Ok::<(), RsError>(()) };
+    let built = retry
+        .run(
+            "connecting",
+            remaining + Duration::from_secs(1),
+            builder,
+            nothing,
+        )
+        .await;
     match built {
-        Ok(Ok(client)) => Ok(Cluster {
+        Ok(client) => Ok(Cluster {
             client: Arc::new(client),
             limit: settings.timeout,
+            retry,
         }),
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable(format!(
+        Err(Failed::Error(source)) => Err(unreachable(code::described(&source))),
+        Err(Failed::TimedOut) => Err(unreachable(format!(
             "no answer within {} s",
             settings.timeout.as_secs()
         ))),
@@ -519,11 +525,14 @@ pub struct RecordAndOffset {
 /// is `fetcher`'s). Every call on it, and on the partitions it opens, is
 /// bounded by the `timeout` of the settings it was connected with:
 /// rskafka's own deadline bounds only its retry sleeps, and a request on a
-/// silently dead connection has none.
+/// silently dead connection has none. Within that bound a call is tried
+/// again, with fresh metadata, while the broker has no leader for the
+/// partition yet or the connection to it is refused or lost (`retry`).
 #[derive(Debug, Clone)]
 pub struct Cluster {
     client: Arc<Client>,
     limit: Duration,
+    retry: Retry,
 }
 
 impl Cluster {
@@ -539,13 +548,16 @@ impl Cluster {
         &self,
         topics: &[&str],
     ) -> Result<Vec<Option<i32>>, KafkaError> {
-        let known = bounded("metadata lookup", self.limit, async {
-            self.client
-                .list_topics()
-                .await
-                .map_err(client_err("listing topics"))
-        })
-        .await?;
+        let known = self
+            .retry
+            .run(
+                "listing topics",
+                self.limit,
+                || self.client.list_topics(),
+                || async { Ok::<(), RsError>(()) },
+            )
+            .await
+            .map_err(gave_up("listing topics", "metadata lookup"))?;
         Ok(topics
             .iter()
             .map(|name| {
@@ -572,25 +584,35 @@ impl Cluster {
             .controller_client()
             .map_err(client_err("reaching the controller"))?;
         let timeout_ms = i32::try_from(self.limit.as_millis()).unwrap_or(i32::MAX);
-        let created = bounded("topic creation", self.limit, async {
-            match controller
-                .create_topic(topic, partitions, replication, timeout_ms)
-                .await
-            {
-                Ok(()) => {
-                    log::info!(
-                        "created topic {topic} with {partitions} partitions, replication {replication}"
-                    );
-                    Ok(())
-                }
-                Err(RsError::ServerError {
-                    protocol_error: ProtocolError::TopicAlreadyExists,
-                    ..
-                }) => Ok(()),
-                Err(e) => Err(client_err("creating a topic")(e)),
-            }
-        });
-        created.await?;
+        let created = self
+            .retry
+            .run(
+                "creating a topic",
+                self.limit,
+                || async {
+                    match controller
+                        .create_topic(topic, partitions, replication, timeout_ms)
+                        .await
+                    {
+                        Ok(()) => {
+                            log::info!(
+                                "created topic {topic} with {partitions} partitions, replication {replication}"
+                            );
+                            Ok(())
+                        }
+                        // Made by another portal, or by our own try that
+                        // lost its answer.
+                        Err(RsError::ServerError {
+                            protocol_error: ProtocolError::TopicAlreadyExists,
+                            ..
+                        }) => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                },
+                || self.refresh(),
+            )
+            .await;
+        created.map_err(gave_up("creating a topic", "topic creation"))?;
         // Metadata can lag creation by a moment; wait until the topic is visible.
         for _ in 0..50 {
             if let Some(n) = self.partition_count(topic).await? {
@@ -605,27 +627,47 @@ impl Cluster {
 
     /// A handle on one partition, with this cluster's deadline.
     pub async fn partition(&self, topic: &str, partition: i32) -> Result<Partition, KafkaError> {
-        let client = bounded("partition lookup", self.limit, async {
-            self.client
-                .partition_client(topic.to_string(), partition, UnknownTopicHandling::Retry)
-                .await
-                .map_err(client_err("opening a partition"))
-        })
-        .await?;
+        let client = self
+            .retry
+            .run(
+                "opening a partition",
+                self.limit,
+                || {
+                    self.client.partition_client(
+                        topic.to_string(),
+                        partition,
+                        UnknownTopicHandling::Retry,
+                    )
+                },
+                || self.refresh(),
+            )
+            .await
+            .map_err(gave_up("opening a partition", "partition lookup"))?;
         Ok(Partition {
             client: Arc::new(client),
-            limit: self.limit,
+            cluster: self.clone(),
         })
+    }
+
+    /// Asks a broker for every topic's metadata: rskafka keeps that answer
+    /// as the one its partition clients find their leaders in, and nothing
+    /// else replaces it.
+    async fn refresh(&self) -> Result<(), RsError> {
+        self.client.list_topics().await.map(drop)
     }
 }
 
 /// One partition to produce to and find offsets in. Each call waits at most
-/// the deadline the handle carries (`KAFKA_TIMEOUT_SECS`) for its answer.
-/// Cloning is cheap: clones share the partition's connection.
+/// the deadline the handle carries (`KAFKA_TIMEOUT_SECS`) for its answer,
+/// tried again within it as the [`Cluster`]'s calls are. Cloning is cheap:
+/// clones share the partition's connection.
 #[derive(Debug, Clone)]
 pub struct Partition {
+    /// Finds its leader again by itself after a refused or lost connection
+    /// or a `NOT_LEADER_OR_FOLLOWER`, from the cluster's metadata, which
+    /// [`Cluster::refresh`] renews between tries.
     client: Arc<PartitionClient>,
-    limit: Duration,
+    cluster: Cluster,
 }
 
 impl Partition {
@@ -649,19 +691,32 @@ impl Partition {
         compression: Compression,
     ) -> Result<i64, KafkaError> {
         let size = records.iter().map(Record::value_len).sum();
-        let records = records.into_iter().map(Record::into_rskafka).collect();
-        bounded("produce", self.limit, async {
-            match self.client.produce(records, compression.rskafka()).await {
-                Ok(offsets) => Ok(offsets.first().copied().unwrap_or(-1)),
-                Err(RsError::ServerError {
-                    protocol_error:
-                        ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
-                    ..
-                }) => Err(KafkaError::RecordTooLarge { size }),
-                Err(e) => Err(client_err("producing a record")(e)),
-            }
-        })
-        .await
+        // Kept for a second try: rskafka takes the records it sends.
+        let records: Vec<_> = records.into_iter().map(Record::into_rskafka).collect();
+        let produced = self
+            .cluster
+            .retry
+            .run(
+                "producing a record",
+                self.cluster.limit,
+                || self.client.produce(records.clone(), compression.rskafka()),
+                || self.cluster.refresh(),
+            )
+            .await
+            .map_err(gave_up("producing a record", "produce"));
+        match produced {
+            Ok(offsets) => Ok(offsets.first().copied().unwrap_or(-1)),
+            Err(KafkaError::Client {
+                source:
+                    RsError::ServerError {
+                        protocol_error:
+                            ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
+                        ..
+                    },
+                ..
+            }) => Err(KafkaError::RecordTooLarge { size }),
+            Err(e) => Err(e),
+        }
     }
 
     /// The offset the next record produced to the partition will get.
@@ -688,13 +743,16 @@ impl Partition {
     }
 
     async fn offset_at(&self, at: OffsetAt) -> Result<i64, KafkaError> {
-        bounded("offset lookup", self.limit, async {
-            self.client
-                .get_offset(at)
-                .await
-                .map_err(client_err("reading a partition offset"))
-        })
-        .await
+        self.cluster
+            .retry
+            .run(
+                "reading a partition offset",
+                self.cluster.limit,
+                || self.client.get_offset(at),
+                || self.cluster.refresh(),
+            )
+            .await
+            .map_err(gave_up("reading a partition offset", "offset lookup"))
     }
 }
 
@@ -715,18 +773,6 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Bounds one Kafka call: rskafka retries with backoff but a request on a
-/// silently dead connection has no deadline of its own.
-async fn bounded<T>(
-    action: &'static str,
-    limit: Duration,
-    fut: impl std::future::Future<Output = Result<T, KafkaError>>,
-) -> Result<T, KafkaError> {
-    tokio::time::timeout(limit, fut)
-        .await
-        .unwrap_or(Err(KafkaError::Timeout(action)))
 }
 
 /// Whether a record is keyed by `job`.
@@ -820,6 +866,23 @@ mod tests {
         };
         assert!(broker.is_startup_state() && !broker.is_connection_problem());
         assert!(!KafkaError::Timeout("fetch").is_startup_state());
+    }
+
+    #[test]
+    fn retries_that_ran_out_name_the_state_they_ended_in() {
+        let last = RsError::RetryFailed(rskafka::BackoffError::DeadlineExceded {
+            deadline: Duration::from_secs(29),
+            source: Box::new(server_error(ProtocolError::LeaderNotAvailable, None)),
+        });
+        let e = gave_up("opening a partition", "partition lookup")(Failed::Error(last));
+        assert_eq!(
+            e.to_string(),
+            "Kafka opening a partition failed: still failing after 29 s of retries: LEADER_NOT_AVAILABLE (Kafka error 5)"
+        );
+        assert!(e.is_startup_state() && e.is_connection_problem());
+        let e = gave_up("opening a partition", "partition lookup")(Failed::TimedOut);
+        assert_eq!(e.to_string(), "Kafka partition lookup timed out");
+        assert!(!e.is_startup_state() && e.is_connection_problem());
     }
 
     #[test]

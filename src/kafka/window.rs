@@ -28,10 +28,11 @@ type Producing<'a> = Pin<Box<dyn Future<Output = Result<i64, KafkaError>> + Send
 /// pushed, so each reaches rskafka's (first come, first served) connection
 /// lock, and the broker, in that order. Normally the records land in the
 /// partition in the order they were produced, which keeps the portal's
-/// digest running without a second pass. When the connection breaks,
-/// rskafka retries each call on its own after a random backoff, so records
-/// can then land out of order or twice; the portal accepts both (it places
-/// chunks by offset and hashes the spool at the end). Each call's timeout
+/// digest running without a second pass. When the connection breaks or
+/// the leader moves, each call is tried again on its own (rskafka's
+/// retries, then `retry::Retry`'s, after a fresh look at the metadata), so
+/// records can then land out of order or twice; the portal accepts both
+/// (it places chunks by offset and hashes the spool at the end). Each call's timeout
 /// runs from its first poll, so it covers the calls queued ahead of it.
 /// Dropping the window abandons the calls.
 pub(crate) struct ProduceWindow<'a> {

@@ -224,7 +224,8 @@ pub(super) async fn transmit(
 const PRODUCE_WINDOW: usize = 4;
 
 /// Most chunk bytes in flight at once. Each call in flight holds its chunk
-/// about twice over, and its timeout also covers the calls queued ahead of
+/// about three times over (the record, a copy kept for a second try, the
+/// request's bytes), and its timeout also covers the calls queued ahead of
 /// it, so large chunks get fewer calls in flight (one from 4 MiB up).
 const PRODUCE_WINDOW_BYTES: usize = 4 * 1024 * 1024;
 

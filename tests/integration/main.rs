@@ -4,6 +4,7 @@
 
 mod admin;
 mod attempts;
+mod broker_restarts;
 mod cli;
 mod client;
 mod content_type;

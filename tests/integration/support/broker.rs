@@ -95,10 +95,15 @@ fn free_port() -> u16 {
 
 impl PrivateBroker {
     fn script(&self, cmd: &str) -> std::process::Output {
+        self.script_with(cmd, &[])
+    }
+
+    fn script_with(&self, cmd: &str, extra: &[(&str, &str)]) -> std::process::Output {
         let out = Command::new(kafka_script())
             .arg(cmd)
             .env_remove("KAFKA_BOOTSTRAP_SERVERS")
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(extra.iter().copied())
             .stderr(Stdio::inherit())
             .output()
             .expect("run scripts/kafka");
@@ -135,6 +140,13 @@ impl PrivateBroker {
     /// Stops the broker and starts it again with its data.
     pub fn restart(&self) {
         tokio::task::block_in_place(|| self.script("restart"));
+    }
+
+    /// Stops the broker and starts it again with its data, blocking the
+    /// calling thread (for a thread of its own, while the test goes on)
+    /// only until it accepts connections, not until it answers.
+    pub fn restart_blocking(&self) {
+        self.script_with("restart", &[("KAFKA_START_PROBE", "port")]);
     }
 }
 
