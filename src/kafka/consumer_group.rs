@@ -135,7 +135,7 @@ impl State {
     /// Whether a heartbeat can be sent: not while a fenced member still
     /// serves partitions, which would join again while holding them.
     pub(crate) fn can_beat(&self) -> bool {
-        !(self.rejoin && !self.owned.is_empty())
+        !self.rejoin || self.owned.is_empty()
     }
 
     /// The full heartbeat: every field, so a lost request or a coordinator
@@ -395,8 +395,9 @@ fn one_line(s: &str) -> String {
 /// settings ask for it. `Classic` is taken as it is.
 pub async fn resolve_protocol(
     kafka: &Config,
-    wanted: GroupProtocol,
+    group: &GroupConfig,
 ) -> Result<GroupProtocol, GroupError> {
+    let wanted = group.protocol;
     if wanted == GroupProtocol::Classic {
         return Ok(wanted);
     }
@@ -413,7 +414,16 @@ pub async fn resolve_protocol(
                 return match (missing(&served, NEEDS), wanted) {
                     (None, _) => Ok(GroupProtocol::Consumer),
                     (Some(_), GroupProtocol::Auto) => Ok(GroupProtocol::Classic),
-                    (Some(e), _) => Err(e),
+                    (Some(e), _) => Err(GroupError::ConsumerRefused {
+                        group: group.group_id.clone(),
+                        error: ResponseError::UnsupportedVersion,
+                        message: Some(match e {
+                            GroupError::Unsupported { api, version, .. } => format!(
+                                "it does not serve {api} version {version}, which needs Kafka 4.0 or later"
+                            ),
+                            other => other.to_string(),
+                        }),
+                    }),
                 }
             }
             Err(e) => last = Some(e),
