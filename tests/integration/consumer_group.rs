@@ -47,13 +47,13 @@ struct Driven {
 
 impl Driven {
     fn new(topics: &Topics, instance: Option<&str>) -> Self {
+        Self::with(group(topics, instance, GroupProtocol::Consumer), topics)
+    }
+
+    fn with(group: GroupConfig, topics: &Topics) -> Self {
         let kafka = kafka_settings(topics, "it-kip848");
         Self {
-            member: ConsumerMember::new(
-                &kafka,
-                group(topics, instance, GroupProtocol::Consumer),
-                &topics.request,
-            ),
+            member: ConsumerMember::new(&kafka, group, &topics.request),
             serving: BTreeSet::new(),
             started: Vec::new(),
             stopped: Vec::new(),
@@ -276,4 +276,70 @@ async fn a_static_member_takes_its_partitions_back_and_its_id_is_not_shared() {
     assert_eq!(other.stopped.len(), other_stops, "the other member moved");
     restarted.member.leave().await.unwrap();
     other.member.leave().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_that_does_not_give_partitions_up_in_time_is_fenced_and_joins_again() {
+    if !broker_is_kafka_4() {
+        return;
+    }
+    let topics = Topics::new("kip848fence");
+    topic_of_four(&topics).await;
+    // The broker fences a member that keeps partitions it was told to give
+    // up for longer than its rebalance timeout.
+    let mut slow = group(&topics, None, GroupProtocol::Consumer);
+    slow.rebalance_timeout = Duration::from_secs(3);
+    let mut a = Driven::with(slow, &topics);
+    drive(
+        &mut [&mut a],
+        "one member never got all four partitions",
+        |m| m[0].serving == all(),
+    )
+    .await;
+    let mut b = Driven::new(&topics, None);
+    // The first member heartbeats on but never finishes its stops (a job
+    // that does not end), until the broker fences it.
+    let mut held_back: Vec<i32> = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let lost = loop {
+        assert!(tokio::time::Instant::now() < deadline, "never fenced");
+        match a.member.heartbeat().await {
+            Ok(c) if c.lost => break c,
+            Ok(c) => {
+                assert!(c.start.is_empty(), "{c:?}");
+                held_back.extend(c.stop);
+            }
+            Err(e) => assert!(!e.is_fatal(), "{e}"),
+        }
+        b.step().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(held_back.len(), 2, "{held_back:?}");
+    // Fenced: the rest is given up too, each partition once.
+    let mut given_up: BTreeSet<i32> = lost.stop.iter().copied().collect();
+    given_up.extend(&held_back);
+    assert_eq!(given_up, all());
+    assert_eq!(lost.stop.len(), 2, "{lost:?}");
+    // Its epoch is gone: a commit is refused, not taken.
+    let e = a.member.commit(&[(0, 0, "late".into())]).await.unwrap_err();
+    assert!(!e.is_fatal(), "{e}");
+    // It sends nothing until every partition is stopped, then joins again
+    // at epoch 0 and gets a share.
+    assert!(!a.member.wants_heartbeat());
+    assert!(a.member.heartbeat().await.unwrap().is_empty());
+    let serving: Vec<i32> = a.serving.iter().copied().collect();
+    for p in serving {
+        assert!(a.serving.remove(&p));
+        a.member.stopped(&[p]);
+    }
+    assert_eq!(a.member.epoch(), 0);
+    assert!(a.member.wants_heartbeat());
+    drive(
+        &mut [&mut a, &mut b],
+        "the fenced member never joined again",
+        |m| m[0].serving.len() == 2 && m[1].serving.len() == 2,
+    )
+    .await;
+    a.member.leave().await.unwrap();
+    b.member.leave().await.unwrap();
 }
