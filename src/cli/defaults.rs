@@ -27,6 +27,7 @@ pub(crate) const REPLICATION_FACTOR: i16 = 1;
 pub(crate) const START_FROM: &str = "latest";
 pub(crate) const CONSUMER_GROUP: &str = "kafkasend-portal";
 pub(crate) const SESSION_TIMEOUT_SECS: u64 = 30;
+pub(crate) const GROUP_PROTOCOL: &str = "auto";
 pub(crate) const SHUTDOWN_GRACE_SECS: u64 = 30;
 pub(crate) const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 pub(crate) const SIGNATURE_MAX_TTL_SECS: u64 = 3600;
@@ -77,6 +78,7 @@ pub(crate) fn shown() -> Vec<(&'static str, String)> {
         ("consumer_group", CONSUMER_GROUP.into()),
         ("session_timeout_secs", SESSION_TIMEOUT_SECS.to_string()),
         ("shutdown_grace_secs", SHUTDOWN_GRACE_SECS.to_string()),
+        ("group_protocol", GROUP_PROTOCOL.into()),
         ("idempotency_header", IDEMPOTENCY_HEADER.into()),
         ("retry_max_attempts", retry.max_attempts.to_string()),
         (

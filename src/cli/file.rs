@@ -47,6 +47,7 @@ pub struct FileConfig {
     pub start_from: Option<String>,
     pub consumer_group: Option<String>,
     pub group_instance_id: Option<String>,
+    pub group_protocol: Option<String>,
     pub session_timeout_secs: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
     pub idempotency_header: Option<String>,

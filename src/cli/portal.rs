@@ -11,7 +11,7 @@ use crate::cli::defaults;
 use crate::cli::file::{load_file, FileConfig};
 use crate::cli::file::{pick, MAX_SPOOL_THRESHOLD, MAX_WAIT_SECS};
 use crate::cli::kafka::{resolve_kafka, KafkaArgs};
-use crate::kafka::group::GroupConfig;
+use crate::kafka::group::{GroupConfig, GroupProtocol};
 use crate::logging::LogFormat;
 use crate::portal::http_dispatch::backpressure::RetryPolicy;
 use crate::portal::http_dispatch::tls::ApiTls;
@@ -102,6 +102,9 @@ pub struct PortalArgs {
     /// Static group membership: this portal's own id in the group, or 'auto' for the host name; empty is dynamic membership [default: off]
     #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID", value_name = "ID")]
     pub group_instance_id: Option<String>,
+    /// Group protocol: consumer (KIP-848, Kafka 4.0 and later), classic, or auto (consumer when the broker serves it)
+    #[arg(long, env = "KAFKA_GROUP_PROTOCOL", value_name = "PROTOCOL")]
+    pub group_protocol: Option<String>,
     /// The group drops a portal not heard from for this long, 6 to 1800
     #[arg(long, env = "PORTAL_SESSION_TIMEOUT_SECS", value_name = "SECS")]
     pub session_timeout_secs: Option<u64>,
@@ -352,12 +355,14 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         pick(&a.group_instance_id, &f.group_instance_id).as_deref(),
         host_name,
     )?;
+    let protocol = resolve_group_protocol(pick(&a.group_protocol, &f.group_protocol).as_deref())?;
     let retry = resolve_retry(a, &f)?;
     let group = GroupConfig {
         group_id,
         instance_id,
         session_timeout: Duration::from_secs(session),
         rebalance_timeout: Duration::from_secs(grace + 30),
+        protocol,
     };
     let trusted_keys = resolve_trusted_keys(a, &f)?;
     Ok(Settings {
@@ -381,6 +386,22 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         replication_factor,
         start_from,
     })
+}
+
+/// `KAFKA_GROUP_PROTOCOL`: `consumer`, `classic` or `auto` (the default,
+/// settled against the broker at start-up), in any case.
+pub(crate) fn resolve_group_protocol(value: Option<&str>) -> anyhow::Result<GroupProtocol> {
+    let value = value.map(str::trim).filter(|v| !v.is_empty());
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        None => resolve_group_protocol(Some(defaults::GROUP_PROTOCOL)),
+        Some("auto") => Ok(GroupProtocol::Auto),
+        Some("consumer") => Ok(GroupProtocol::Consumer),
+        Some("classic") => Ok(GroupProtocol::Classic),
+        Some(_) => bail!(
+            "KAFKA_GROUP_PROTOCOL: {:?} is not a group protocol; use consumer, classic or auto",
+            value.unwrap_or_default()
+        ),
+    }
 }
 
 /// `KAFKA_GROUP_INSTANCE_ID`: unset or blank is dynamic membership; `auto`

@@ -1022,6 +1022,47 @@ fn repeated_flags_behave_as_in_curl() {
 }
 
 #[test]
+fn group_protocol_is_auto_consumer_or_classic() {
+    use crate::kafka::group::GroupProtocol;
+    let resolve = |extra: &[&str]| {
+        let mut argv = vec![
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--use-oauth",
+            "false",
+        ];
+        argv.extend_from_slice(extra);
+        resolve_portal(&portal_args(&argv)).map(|c| c.group.protocol)
+    };
+    assert_eq!(resolve(&[]).unwrap(), GroupProtocol::Auto);
+    assert_eq!(
+        resolve(&["--group-protocol", " "]).unwrap(),
+        GroupProtocol::Auto
+    );
+    for (value, want) in [
+        ("consumer", GroupProtocol::Consumer),
+        ("CLASSIC", GroupProtocol::Classic),
+        (" auto ", GroupProtocol::Auto),
+    ] {
+        assert_eq!(resolve(&["--group-protocol", value]).unwrap(), want);
+    }
+    let err = resolve(&["--group-protocol", "eager\u{1b}"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("KAFKA_GROUP_PROTOCOL: \"eager\\u{1b}\" is not a group protocol"),
+        "{err}"
+    );
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "group_protocol = \"classic\"").unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    assert_eq!(
+        resolve(&["--config", &path]).unwrap(),
+        GroupProtocol::Classic
+    );
+}
+
+#[test]
 fn group_instance_id_is_off_auto_or_checked() {
     let base = [
         "--target-api-url",

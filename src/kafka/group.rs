@@ -52,7 +52,7 @@ const V_LEAVE: i16 = 5;
 /// Why a group operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub(crate) enum GroupError {
+pub enum GroupError {
     /// The connection to a broker failed.
     #[error("group coordinator connection: {0}")]
     Io(#[from] std::io::Error),
@@ -97,8 +97,29 @@ pub(crate) enum GroupError {
         /// The request that was refused.
         api: &'static str,
     },
+    /// Another member still holds this member's group instance id, for
+    /// longer than a session of a member that stopped without leaving.
+    #[error("group {group}: another member still holds the group instance id '{instance_id}' (KAFKA_GROUP_INSTANCE_ID; ConsumerGroupHeartbeat answered UNRELEASED_INSTANCE_ID for {waited_secs} s); give every portal of a group its own id")]
+    Unreleased {
+        /// Group id.
+        group: String,
+        /// The instance id.
+        instance_id: String,
+        /// How long this member tried.
+        waited_secs: u64,
+    },
+    /// The broker refuses the consumer protocol for this group.
+    #[error("group {group}: the broker refused the consumer group protocol ({}{}); set KAFKA_GROUP_PROTOCOL=classic, or enable the protocol on the broker (group.coordinator.rebalance.protocols)", Named(*error), message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    ConsumerRefused {
+        /// Group id.
+        group: String,
+        /// The broker's error code.
+        error: ResponseError,
+        /// The broker's message, one line.
+        message: Option<String>,
+    },
     /// The group has as many members as the broker allows.
-    #[error("group {group} is full: the broker's group.max.size allows no more members (JoinGroup answered GROUP_MAX_SIZE_REACHED); stop a portal of this group or raise group.max.size")]
+    #[error("group {group} is full: the broker allows no more members (GROUP_MAX_SIZE_REACHED); stop a portal of this group or raise the broker's group.max.size (classic protocol) or group.consumer.max.size (consumer protocol)")]
     Full {
         /// Group id.
         group: String,
@@ -118,7 +139,7 @@ impl From<ConnError> for GroupError {
 
 impl GroupError {
     /// Whether the coordinator moved or is not ready: find it again.
-    pub(crate) fn coordinator_moved(&self) -> bool {
+    pub fn coordinator_moved(&self) -> bool {
         matches!(
             self,
             Self::Io(_)
@@ -134,22 +155,26 @@ impl GroupError {
 
     /// Whether the broker answered with a state that is normal while it or
     /// the group's coordinator starts (`code::is_startup_state`).
-    pub(crate) fn is_startup_state(&self) -> bool {
+    pub fn is_startup_state(&self) -> bool {
         matches!(self, Self::Kafka { error, .. } if crate::kafka::code::is_startup_state(*error))
     }
 
     /// Whether the portal should give up: a certificate or password
     /// problem, another portal with this one's instance id, a full group.
-    pub(crate) fn is_fatal(&self) -> bool {
+    pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Self::Security(_) | Self::Fenced { .. } | Self::Full { .. }
+            Self::Security(_)
+                | Self::Fenced { .. }
+                | Self::Full { .. }
+                | Self::Unreleased { .. }
+                | Self::ConsumerRefused { .. }
         )
     }
 
     /// Whether this member was dropped from the group or its generation is
     /// over, so it must join again.
-    pub(crate) fn needs_rejoin(&self) -> bool {
+    pub fn needs_rejoin(&self) -> bool {
         matches!(
             self,
             Self::Kafka {
@@ -173,40 +198,58 @@ fn check(api: &'static str, code: i16) -> Result<(), GroupError> {
     }
 }
 
-/// Checks that the broker serves every request version we send.
-async fn negotiate(conn: &mut BrokerConn) -> Result<(), GroupError> {
+/// The requests the classic member sends: (name, key, version).
+const CLASSIC_NEEDS: &[(&str, i16, i16)] = &[
+    (
+        "FindCoordinator",
+        FindCoordinatorRequest::KEY,
+        V_FIND_COORDINATOR,
+    ),
+    ("JoinGroup", JoinGroupRequest::KEY, V_JOIN),
+    ("SyncGroup", SyncGroupRequest::KEY, V_SYNC),
+    ("Heartbeat", HeartbeatRequest::KEY, V_HEARTBEAT),
+    ("OffsetFetch", OffsetFetchRequest::KEY, V_OFFSET_FETCH),
+    ("OffsetCommit", OffsetCommitRequest::KEY, V_OFFSET_COMMIT),
+    ("LeaveGroup", LeaveGroupRequest::KEY, V_LEAVE),
+];
+
+/// What the broker serves: API key to (lowest, highest) version.
+pub(crate) type Served = BTreeMap<i16, (i16, i16)>;
+
+/// Asks the broker which request versions it serves.
+pub(crate) async fn served(conn: &mut BrokerConn) -> Result<Served, GroupError> {
     let resp = conn.api_versions().await?;
     check("ApiVersions", resp.error_code)?;
-    let served: BTreeMap<i16, (i16, i16)> = resp
+    Ok(resp
         .api_keys
         .iter()
         .map(|k| (k.api_key, (k.min_version, k.max_version)))
-        .collect();
-    let needed: [(&'static str, i16, i16); 7] = [
-        (
-            "FindCoordinator",
-            FindCoordinatorRequest::KEY,
-            V_FIND_COORDINATOR,
-        ),
-        ("JoinGroup", JoinGroupRequest::KEY, V_JOIN),
-        ("SyncGroup", SyncGroupRequest::KEY, V_SYNC),
-        ("Heartbeat", HeartbeatRequest::KEY, V_HEARTBEAT),
-        ("OffsetFetch", OffsetFetchRequest::KEY, V_OFFSET_FETCH),
-        ("OffsetCommit", OffsetCommitRequest::KEY, V_OFFSET_COMMIT),
-        ("LeaveGroup", LeaveGroupRequest::KEY, V_LEAVE),
-    ];
-    for (api, key, version) in needed {
+        .collect())
+}
+
+/// The first of `needs` the broker does not serve, as an error.
+pub(crate) fn missing(served: &Served, needs: &[(&'static str, i16, i16)]) -> Option<GroupError> {
+    needs.iter().find_map(|&(api, key, version)| {
         let (min, max) = served.get(&key).copied().unwrap_or((-1, -1));
-        if version < min || version > max {
-            return Err(GroupError::Unsupported {
-                api,
-                version,
-                min,
-                max,
-            });
-        }
+        (version < min || version > max).then_some(GroupError::Unsupported {
+            api,
+            version,
+            min,
+            max,
+        })
+    })
+}
+
+/// Checks that the broker serves every request version in `needs`.
+async fn negotiate(
+    conn: &mut BrokerConn,
+    needs: &[(&'static str, i16, i16)],
+) -> Result<(), GroupError> {
+    let served = served(conn).await?;
+    match missing(&served, needs) {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Longest group instance id Kafka accepts.
@@ -241,16 +284,41 @@ pub(crate) fn check_instance_id(id: &str) -> Result<(), String> {
 
 /// The consumer group the portals share, as the settings give it.
 #[derive(Debug, Clone)]
-pub(crate) struct GroupConfig {
+pub struct GroupConfig {
     /// Group id (`KAFKA_CONSUMER_GROUP`).
-    pub(crate) group_id: String,
+    pub group_id: String,
     /// Static membership's instance id (`KAFKA_GROUP_INSTANCE_ID`), checked
     /// with `check_instance_id`; `None` for a dynamic member.
-    pub(crate) instance_id: Option<String>,
+    pub instance_id: Option<String>,
     /// The coordinator drops a member it has not heard from for this long.
-    pub(crate) session_timeout: Duration,
+    pub session_timeout: Duration,
     /// How long members have to rejoin during a rebalance.
-    pub(crate) rebalance_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    /// The group protocol (`KAFKA_GROUP_PROTOCOL`); `Auto` until
+    /// `consumer_group::resolve_protocol` asked the broker.
+    pub protocol: GroupProtocol,
+}
+
+/// Which group protocol a member speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupProtocol {
+    /// `consumer` when the broker serves it, else `classic`.
+    Auto,
+    /// KIP-848's ConsumerGroupHeartbeat (Kafka 4.0 and later).
+    Consumer,
+    /// JoinGroup, SyncGroup and Heartbeat.
+    Classic,
+}
+
+impl GroupProtocol {
+    /// The name the settings use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Consumer => "consumer",
+            Self::Classic => "classic",
+        }
+    }
 }
 
 /// What a completed join gave this member.
@@ -264,7 +332,7 @@ pub(crate) struct Assignment {
 
 /// A committed position and its metadata string.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Committed {
+pub struct Committed {
     /// Next offset to read; `None` when nothing was committed.
     pub offset: Option<i64>,
     /// Metadata stored with the offset.
@@ -280,61 +348,52 @@ pub(crate) enum Beat {
     Rebalance,
 }
 
-/// A member of one consumer group, talking to its coordinator.
-pub(crate) struct Member {
+/// The link to a group's coordinator that both protocols' members share:
+/// finding it, one connection to it (checked to serve the request versions
+/// the member sends), and the requests that do not depend on the protocol.
+pub(crate) struct Coordinator {
     group: GroupConfig,
     /// Brokers, client id, deadline and security, as every Kafka user has them.
     kafka: Config,
     /// Connection to the coordinator; `None` until found, and after a failure.
     conn: Option<BrokerConn>,
-    member_id: String,
-    generation: i32,
+    /// The requests (name, key, version) the member sends.
+    needs: &'static [(&'static str, i16, i16)],
 }
 
-impl std::fmt::Debug for Member {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Member")
-            .field("group", &self.group.group_id)
-            .field("member_id", &self.member_id)
-            .field("generation", &self.generation)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Member {
-    /// A member that has not joined yet.
-    pub(crate) fn new(kafka: &Config, group: GroupConfig) -> Self {
+impl Coordinator {
+    /// A link not connected yet; `needs` are the requests the member sends.
+    pub(crate) fn new(
+        kafka: &Config,
+        group: GroupConfig,
+        needs: &'static [(&'static str, i16, i16)],
+    ) -> Self {
         Self {
             group,
             kafka: kafka.clone(),
             conn: None,
-            member_id: String::new(),
-            generation: -1,
+            needs,
         }
     }
 
-    /// The group id.
-    pub(crate) fn group_id(&self) -> &str {
-        &self.group.group_id
+    /// The group's settings.
+    pub(crate) fn config(&self) -> &GroupConfig {
+        &self.group
     }
 
-    /// The group instance id of a static member: one that keeps its place
-    /// in the group when it stops, so it does not leave on shutdown.
-    pub(crate) fn instance_id(&self) -> Option<&str> {
-        self.group.instance_id.as_deref()
-    }
-
-    fn group(&self) -> GroupId {
+    /// The group id as requests carry it.
+    pub(crate) fn group(&self) -> GroupId {
         GroupId(StrBytes::from_string(self.group.group_id.clone()))
     }
 
-    fn instance(&self) -> Option<StrBytes> {
+    /// The group instance id as requests carry it.
+    pub(crate) fn instance(&self) -> Option<StrBytes> {
         self.group.instance_id.clone().map(StrBytes::from_string)
     }
 
     /// The error for `error` answered to `api`: the fatal ones worded for
     /// whoever runs the portal; forgets the coordinator when it moved.
-    fn failure(&mut self, api: &'static str, error: ResponseError) -> GroupError {
+    pub(crate) fn failure(&mut self, api: &'static str, error: ResponseError) -> GroupError {
         let e = match error {
             ResponseError::FencedInstanceId => GroupError::Fenced {
                 group: self.group.group_id.clone(),
@@ -350,6 +409,14 @@ impl Member {
             self.conn = None;
         }
         e
+    }
+
+    /// Turns an error code into an error (`failure`).
+    pub(crate) fn checked(&mut self, api: &'static str, code: i16) -> Result<(), GroupError> {
+        match code.err() {
+            None => Ok(()),
+            Some(error) => Err(self.failure(api, error)),
+        }
     }
 
     async fn coordinator(&mut self) -> Result<&mut BrokerConn, GroupError> {
@@ -376,7 +443,7 @@ impl Member {
     async fn find_coordinator_via(&self, addr: &str) -> Result<BrokerConn, GroupError> {
         let k = &self.kafka;
         let mut conn = BrokerConn::open(addr, &k.client_id, self.op_timeout(), &k.security).await?;
-        negotiate(&mut conn).await?;
+        negotiate(&mut conn, self.needs).await?;
         let req = FindCoordinatorRequest::default()
             .with_key_type(0)
             .with_coordinator_keys(vec![StrBytes::from_string(self.group.group_id.clone())]);
@@ -393,128 +460,13 @@ impl Member {
         log::debug!("group {}: coordinator is {target}", self.group.group_id);
         let mut coord =
             BrokerConn::open(&target, &k.client_id, self.op_timeout(), &k.security).await?;
-        negotiate(&mut coord).await?;
+        negotiate(&mut coord, self.needs).await?;
         Ok(coord)
-    }
-
-    /// Joins (or rejoins) the group subscribed to `topic`, which has
-    /// `partitions` partitions, and returns this member's assignment.
-    pub(crate) async fn join(
-        &mut self,
-        topic: &str,
-        partitions: i32,
-    ) -> Result<Assignment, GroupError> {
-        let subscription = encode_versioned(
-            &ConsumerProtocolSubscription::default()
-                .with_topics(vec![StrBytes::from_string(topic.to_string())]),
-            0,
-        )?;
-        let group = self.group();
-        let session_ms = millis(self.group.session_timeout);
-        let rebalance_ms = millis(self.group.rebalance_timeout);
-        let rebalance_wait = self.group.rebalance_timeout;
-        // A member id the coordinator asks for, or forgot, costs one more
-        // round each; more rounds than that mean a coordinator in a loop.
-        let mut rounds = 0;
-        let join = loop {
-            rounds += 1;
-            let req = JoinGroupRequest::default()
-                .with_group_id(group.clone())
-                .with_session_timeout_ms(session_ms)
-                .with_rebalance_timeout_ms(rebalance_ms)
-                .with_member_id(StrBytes::from_string(self.member_id.clone()))
-                .with_group_instance_id(self.instance())
-                .with_protocol_type(StrBytes::from_static_str("consumer"))
-                .with_protocols(vec![JoinGroupRequestProtocol::default()
-                    .with_name(StrBytes::from_static_str("range"))
-                    .with_metadata(subscription.clone())]);
-            let resp = self.call("JoinGroup", &req, V_JOIN, rebalance_wait).await?;
-            match resp.error_code.err() {
-                None => break resp,
-                Some(ResponseError::MemberIdRequired) if rounds < 3 => {
-                    self.member_id = resp.member_id.to_string();
-                }
-                Some(ResponseError::UnknownMemberId) if rounds < 3 => self.member_id.clear(),
-                Some(error) => return Err(self.failure("JoinGroup", error)),
-            }
-        };
-        self.member_id = join.member_id.to_string();
-        self.generation = join.generation_id;
-        // A static leader that rejoins a stable group is told it leads but
-        // gets no member list: the coordinator keeps the assignment it has
-        // and hands it back at SyncGroup, whatever this member sends.
-        let assignments = if join.leader.as_str() == self.member_id {
-            // Members reading another topic (a group id shared across
-            // request topics) get nothing of ours; say how to fix it.
-            let mut members = Vec::new();
-            for m in &join.members {
-                let sub: Result<ConsumerProtocolSubscription, _> =
-                    decode_versioned(m.metadata.clone());
-                match sub {
-                    Ok(sub) if sub.topics.iter().any(|t| t.as_str() == topic) => {
-                        members.push(RangeMember {
-                            member_id: m.member_id.to_string(),
-                            instance_id: m.group_instance_id.as_ref().map(|i| i.to_string()),
-                        });
-                    }
-                    _ => log::warn!(
-                        "group {}: member {} does not read {topic}; give each request topic its own KAFKA_CONSUMER_GROUP",
-                        self.group.group_id,
-                        m.member_id.as_str()
-                    ),
-                }
-            }
-            let mut plan = range_assign(&members, partitions);
-            for m in &join.members {
-                plan.entry(m.member_id.to_string()).or_default();
-            }
-            plan.into_iter()
-                .map(|(member, parts)| {
-                    let bytes = encode_versioned(
-                        &ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
-                            TopicPartition::default()
-                                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-                                .with_partitions(parts),
-                        ]),
-                        0,
-                    )?;
-                    Ok(SyncGroupRequestAssignment::default()
-                        .with_member_id(StrBytes::from_string(member))
-                        .with_assignment(bytes))
-                })
-                .collect::<Result<Vec<_>, GroupError>>()?
-        } else {
-            Vec::new()
-        };
-        let req = SyncGroupRequest::default()
-            .with_group_id(group)
-            .with_generation_id(self.generation)
-            .with_member_id(StrBytes::from_string(self.member_id.clone()))
-            .with_group_instance_id(self.instance())
-            .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
-            .with_protocol_name(Some(StrBytes::from_static_str("range")))
-            .with_assignments(assignments);
-        let resp = self.call("SyncGroup", &req, V_SYNC, rebalance_wait).await?;
-        self.checked("SyncGroup", resp.error_code)?;
-        let mut mine = Vec::new();
-        if !resp.assignment.is_empty() {
-            let a: ConsumerProtocolAssignment = decode_versioned(resp.assignment)?;
-            for tp in a.assigned_partitions {
-                if tp.topic.0.as_str() == topic {
-                    mine.extend(tp.partitions);
-                }
-            }
-        }
-        mine.sort_unstable();
-        Ok(Assignment {
-            generation: self.generation,
-            partitions: mine,
-        })
     }
 
     /// Sends one request to the coordinator; any failure of the exchange
     /// forgets the connection, so the next call finds the coordinator anew.
-    async fn call<R: Request>(
+    pub(crate) async fn call<R: Request>(
         &mut self,
         api: &'static str,
         req: &R,
@@ -532,45 +484,10 @@ impl Member {
         result
     }
 
-    /// Turns an error code into an error (`failure`).
-    fn checked(&mut self, api: &'static str, code: i16) -> Result<(), GroupError> {
-        match code.err() {
-            None => Ok(()),
-            Some(error) => Err(self.failure(api, error)),
-        }
-    }
-
-    /// Time between heartbeats.
-    pub(crate) fn heartbeat_interval(&self) -> Duration {
-        self.group.session_timeout / 5
-    }
-
     /// Deadline of one group request: a hung request must not outlast the
     /// session it protects.
-    fn op_timeout(&self) -> Duration {
+    pub(crate) fn op_timeout(&self) -> Duration {
         self.kafka.timeout.min(self.group.session_timeout / 3)
-    }
-
-    /// Tells the coordinator this member is alive.
-    pub(crate) async fn heartbeat(&mut self) -> Result<Beat, GroupError> {
-        let req = HeartbeatRequest::default()
-            .with_group_id(self.group())
-            .with_generation_id(self.generation)
-            .with_member_id(StrBytes::from_string(self.member_id.clone()))
-            .with_group_instance_id(self.instance());
-        let resp = self
-            .call("Heartbeat", &req, V_HEARTBEAT, Duration::ZERO)
-            .await?;
-        match resp.error_code.err() {
-            None => Ok(Beat::Ok),
-            Some(ResponseError::RebalanceInProgress) => Ok(Beat::Rebalance),
-            Some(error) => {
-                if error == ResponseError::UnknownMemberId {
-                    self.member_id.clear();
-                }
-                Err(self.failure("Heartbeat", error))
-            }
-        }
     }
 
     /// Committed positions of `partitions` of `topic`.
@@ -603,12 +520,16 @@ impl Member {
         Ok(out)
     }
 
-    /// Commits `offsets` (partition, next offset, metadata) of `topic` for
-    /// the current generation.
+    /// Commits `offsets` (partition, next offset, metadata) of `topic` as
+    /// `member_id` in `generation` (the member epoch under the consumer
+    /// protocol, which OffsetCommit carries from version 9 on).
     pub(crate) async fn commit(
         &mut self,
         topic: &str,
         offsets: &[(i32, i64, String)],
+        member_id: &str,
+        generation: i32,
+        version: i16,
     ) -> Result<(), GroupError> {
         if offsets.is_empty() {
             return Ok(());
@@ -625,14 +546,14 @@ impl Member {
             .collect();
         let req = OffsetCommitRequest::default()
             .with_group_id(self.group())
-            .with_generation_id_or_member_epoch(self.generation)
-            .with_member_id(StrBytes::from_string(self.member_id.clone()))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(StrBytes::from_string(member_id.to_string()))
             .with_group_instance_id(self.instance())
             .with_topics(vec![OffsetCommitRequestTopic::default()
                 .with_name(TopicName(StrBytes::from_string(topic.to_string())))
                 .with_partitions(partitions)]);
         let resp = self
-            .call("OffsetCommit", &req, V_OFFSET_COMMIT, Duration::ZERO)
+            .call("OffsetCommit", &req, version, Duration::ZERO)
             .await?;
         for t in resp.topics {
             for p in t.partitions {
@@ -640,6 +561,216 @@ impl Member {
             }
         }
         Ok(())
+    }
+}
+
+/// A member of one consumer group under the classic protocol.
+pub(crate) struct Member {
+    coord: Coordinator,
+    member_id: String,
+    generation: i32,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("group", &self.coord.group.group_id)
+            .field("member_id", &self.member_id)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Member {
+    /// A member that has not joined yet.
+    pub(crate) fn new(kafka: &Config, group: GroupConfig) -> Self {
+        Self {
+            coord: Coordinator::new(kafka, group, CLASSIC_NEEDS),
+            member_id: String::new(),
+            generation: -1,
+        }
+    }
+
+    /// The group id.
+    pub(crate) fn group_id(&self) -> &str {
+        &self.coord.group.group_id
+    }
+
+    /// The group instance id of a static member: one that keeps its place
+    /// in the group when it stops, so it does not leave on shutdown.
+    pub(crate) fn instance_id(&self) -> Option<&str> {
+        self.coord.group.instance_id.as_deref()
+    }
+
+    /// Joins (or rejoins) the group subscribed to `topic`, which has
+    /// `partitions` partitions, and returns this member's assignment.
+    pub(crate) async fn join(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<Assignment, GroupError> {
+        let subscription = encode_versioned(
+            &ConsumerProtocolSubscription::default()
+                .with_topics(vec![StrBytes::from_string(topic.to_string())]),
+            0,
+        )?;
+        let group = self.coord.group();
+        let session_ms = millis(self.coord.group.session_timeout);
+        let rebalance_ms = millis(self.coord.group.rebalance_timeout);
+        let rebalance_wait = self.coord.group.rebalance_timeout;
+        // A member id the coordinator asks for, or forgot, costs one more
+        // round each; more rounds than that mean a coordinator in a loop.
+        let mut rounds = 0;
+        let join = loop {
+            rounds += 1;
+            let req = JoinGroupRequest::default()
+                .with_group_id(group.clone())
+                .with_session_timeout_ms(session_ms)
+                .with_rebalance_timeout_ms(rebalance_ms)
+                .with_member_id(StrBytes::from_string(self.member_id.clone()))
+                .with_group_instance_id(self.coord.instance())
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(subscription.clone())]);
+            let resp = self
+                .coord
+                .call("JoinGroup", &req, V_JOIN, rebalance_wait)
+                .await?;
+            match resp.error_code.err() {
+                None => break resp,
+                Some(ResponseError::MemberIdRequired) if rounds < 3 => {
+                    self.member_id = resp.member_id.to_string();
+                }
+                Some(ResponseError::UnknownMemberId) if rounds < 3 => self.member_id.clear(),
+                Some(error) => return Err(self.coord.failure("JoinGroup", error)),
+            }
+        };
+        self.member_id = join.member_id.to_string();
+        self.generation = join.generation_id;
+        // A static leader that rejoins a stable group is told it leads but
+        // gets no member list: the coordinator keeps the assignment it has
+        // and hands it back at SyncGroup, whatever this member sends.
+        let assignments = if join.leader.as_str() == self.member_id {
+            // Members reading another topic (a group id shared across
+            // request topics) get nothing of ours; say how to fix it.
+            let mut members = Vec::new();
+            for m in &join.members {
+                let sub: Result<ConsumerProtocolSubscription, _> =
+                    decode_versioned(m.metadata.clone());
+                match sub {
+                    Ok(sub) if sub.topics.iter().any(|t| t.as_str() == topic) => {
+                        members.push(RangeMember {
+                            member_id: m.member_id.to_string(),
+                            instance_id: m.group_instance_id.as_ref().map(|i| i.to_string()),
+                        });
+                    }
+                    _ => log::warn!(
+                        "group {}: member {} does not read {topic}; give each request topic its own KAFKA_CONSUMER_GROUP",
+                        self.coord.group.group_id,
+                        m.member_id.as_str()
+                    ),
+                }
+            }
+            let mut plan = range_assign(&members, partitions);
+            for m in &join.members {
+                plan.entry(m.member_id.to_string()).or_default();
+            }
+            plan.into_iter()
+                .map(|(member, parts)| {
+                    let bytes = encode_versioned(
+                        &ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
+                            TopicPartition::default()
+                                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                                .with_partitions(parts),
+                        ]),
+                        0,
+                    )?;
+                    Ok(SyncGroupRequestAssignment::default()
+                        .with_member_id(StrBytes::from_string(member))
+                        .with_assignment(bytes))
+                })
+                .collect::<Result<Vec<_>, GroupError>>()?
+        } else {
+            Vec::new()
+        };
+        let req = SyncGroupRequest::default()
+            .with_group_id(group)
+            .with_generation_id(self.generation)
+            .with_member_id(StrBytes::from_string(self.member_id.clone()))
+            .with_group_instance_id(self.coord.instance())
+            .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
+            .with_protocol_name(Some(StrBytes::from_static_str("range")))
+            .with_assignments(assignments);
+        let resp = self
+            .coord
+            .call("SyncGroup", &req, V_SYNC, rebalance_wait)
+            .await?;
+        self.coord.checked("SyncGroup", resp.error_code)?;
+        let mut mine = Vec::new();
+        if !resp.assignment.is_empty() {
+            let a: ConsumerProtocolAssignment = decode_versioned(resp.assignment)?;
+            for tp in a.assigned_partitions {
+                if tp.topic.0.as_str() == topic {
+                    mine.extend(tp.partitions);
+                }
+            }
+        }
+        mine.sort_unstable();
+        Ok(Assignment {
+            generation: self.generation,
+            partitions: mine,
+        })
+    }
+
+    /// Time between heartbeats.
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
+        self.coord.group.session_timeout / 5
+    }
+
+    /// Tells the coordinator this member is alive.
+    pub(crate) async fn heartbeat(&mut self) -> Result<Beat, GroupError> {
+        let req = HeartbeatRequest::default()
+            .with_group_id(self.coord.group())
+            .with_generation_id(self.generation)
+            .with_member_id(StrBytes::from_string(self.member_id.clone()))
+            .with_group_instance_id(self.coord.instance());
+        let resp = self
+            .coord
+            .call("Heartbeat", &req, V_HEARTBEAT, Duration::ZERO)
+            .await?;
+        match resp.error_code.err() {
+            None => Ok(Beat::Ok),
+            Some(ResponseError::RebalanceInProgress) => Ok(Beat::Rebalance),
+            Some(error) => {
+                if error == ResponseError::UnknownMemberId {
+                    self.member_id.clear();
+                }
+                Err(self.coord.failure("Heartbeat", error))
+            }
+        }
+    }
+
+    /// Committed positions of `partitions` of `topic`.
+    pub(crate) async fn fetch_offsets(
+        &mut self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<BTreeMap<i32, Committed>, GroupError> {
+        self.coord.fetch_offsets(topic, partitions).await
+    }
+
+    /// Commits `offsets` (partition, next offset, metadata) of `topic` for
+    /// the current generation.
+    pub(crate) async fn commit(
+        &mut self,
+        topic: &str,
+        offsets: &[(i32, i64, String)],
+    ) -> Result<(), GroupError> {
+        let (member, generation) = (self.member_id.clone(), self.generation);
+        self.coord
+            .commit(topic, offsets, &member, generation, V_OFFSET_COMMIT)
+            .await
     }
 
     /// Leaves the group, so the others take over at once. With an instance
@@ -650,15 +781,16 @@ impl Member {
             return Ok(());
         }
         let req = LeaveGroupRequest::default()
-            .with_group_id(self.group())
+            .with_group_id(self.coord.group())
             .with_members(vec![MemberIdentity::default()
                 .with_member_id(StrBytes::from_string(self.member_id.clone()))
-                .with_group_instance_id(self.instance())
+                .with_group_instance_id(self.coord.instance())
                 .with_reason(Some(StrBytes::from_static_str("portal shutting down")))]);
         let resp = self
+            .coord
             .call("LeaveGroup", &req, V_LEAVE, Duration::ZERO)
             .await?;
-        self.checked("LeaveGroup", resp.error_code)?;
+        self.coord.checked("LeaveGroup", resp.error_code)?;
         self.member_id.clear();
         Ok(())
     }
@@ -815,6 +947,7 @@ mod tests {
                 instance_id: instance.map(str::to_string),
                 session_timeout: Duration::from_secs(30),
                 rebalance_timeout: Duration::from_secs(60),
+                protocol: GroupProtocol::Classic,
             },
         )
     }
@@ -822,7 +955,9 @@ mod tests {
     #[test]
     fn fencing_and_a_full_group_are_fatal_and_say_what_to_change() {
         let mut m = member(Some("portal-7"));
-        let fenced = m.failure("Heartbeat", ResponseError::FencedInstanceId);
+        let fenced = m
+            .coord
+            .failure("Heartbeat", ResponseError::FencedInstanceId);
         assert!(fenced.is_fatal() && !fenced.needs_rejoin() && !fenced.coordinator_moved());
         let text = fenced.to_string();
         for part in [
@@ -833,12 +968,14 @@ mod tests {
         ] {
             assert!(text.contains(part), "{text}");
         }
-        let full = m.failure("JoinGroup", ResponseError::GroupMaxSizeReached);
+        let full = m
+            .coord
+            .failure("JoinGroup", ResponseError::GroupMaxSizeReached);
         assert!(full.is_fatal());
         assert!(full.to_string().contains("group.max.size"), "{full}");
         // Dropped from the group (the session ran out): join again, as a
         // static member too.
-        let dropped = m.failure("Heartbeat", ResponseError::UnknownMemberId);
+        let dropped = m.coord.failure("Heartbeat", ResponseError::UnknownMemberId);
         assert!(dropped.needs_rejoin() && !dropped.is_fatal());
         assert_eq!(member(None).instance_id(), None);
         assert_eq!(m.instance_id(), Some("portal-7"));

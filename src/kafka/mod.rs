@@ -9,8 +9,9 @@
 
 pub(crate) mod code;
 pub mod conn;
+pub mod consumer_group;
 pub mod fetcher;
-pub(crate) mod group;
+pub mod group;
 pub mod partitioner;
 pub mod record_batch;
 pub(crate) mod retry;

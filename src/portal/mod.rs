@@ -72,7 +72,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::kafka::code;
-use crate::kafka::group::{GroupError, Member};
+use crate::kafka::consumer_group::resolve_protocol;
+use crate::kafka::group::{GroupError, GroupProtocol, Member};
 use crate::kafka::{self, PartitionCache, WhenRefused};
 use crate::portal::admin::{Metrics, Readiness};
 use crate::portal::context::{Ctx, InFlight};
@@ -80,6 +81,34 @@ use crate::portal::generation::{serve_generation, GenerationEnd};
 use crate::portal::http_dispatch::token_cache::TokenCache;
 use crate::portal::http_dispatch::Dispatcher;
 use crate::protocol::signing::Verifier;
+
+/// Settles `KAFKA_GROUP_PROTOCOL` against the broker. `consumer` on a
+/// broker without it is fatal; `auto` falls back to `classic` when the
+/// broker cannot be asked, since classic is what every broker serves.
+async fn group_protocol(cfg: &Settings) -> anyhow::Result<GroupProtocol> {
+    let wanted = cfg.group.protocol;
+    let resolved = match resolve_protocol(&cfg.kafka, &cfg.group).await {
+        Ok(p) => p,
+        Err(e) if wanted == GroupProtocol::Auto && !e.is_fatal() => {
+            log::warn!("KAFKA_GROUP_PROTOCOL=auto: cannot ask the broker which group protocols it serves ({e}); using classic");
+            GroupProtocol::Classic
+        }
+        Err(e) => anyhow::bail!("KAFKA_GROUP_PROTOCOL={}: {e}", wanted.name()),
+    };
+    // The consumer member (kafka::consumer_group) is not driven by the
+    // portal yet: say so rather than let the setting look honoured.
+    match (wanted, resolved) {
+        (GroupProtocol::Consumer, _) => log::warn!(
+            "KAFKA_GROUP_PROTOCOL=consumer: the broker serves the consumer group protocol, but this portal still joins with the classic protocol"
+        ),
+        (_, resolved) => log::info!(
+            "group protocol: {} (KAFKA_GROUP_PROTOCOL={}); this portal joins with the classic protocol",
+            resolved.name(),
+            wanted.name()
+        ),
+    }
+    Ok(resolved)
+}
 
 /// Runs a portal until `shutdown` completes, then lets in-flight jobs finish.
 pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -148,10 +177,13 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
         );
         Verifier::new(trusted, &kcfg.request_topic)
     });
+    let protocol = group_protocol(&cfg).await?;
+    let mut cfg = cfg;
+    cfg.group.protocol = protocol;
     let ctx = Arc::new(Ctx {
         verifier,
         request_partitions,
-        replies: PartitionCache::new(cluster.clone(), kcfg.response_topic.clone()),
+        replies: PartitionCache::new(cluster.clone(), cfg.kafka.response_topic.clone()),
         call_permits: Arc::new(Semaphore::new(cfg.max_concurrent_jobs)),
         queue_permits: Arc::new(Semaphore::new(cfg.max_concurrent_jobs + 256)),
         in_flight: Arc::new(InFlight::default()),
