@@ -313,6 +313,30 @@ impl Member {
         }
     }
 
+    /// The same member, for a heartbeat task: its own connection to the
+    /// coordinator, so a heartbeat never queues behind this member's
+    /// commits or its search for the coordinator.
+    pub(crate) fn heartbeater(&self) -> Self {
+        Self {
+            group: self.group.clone(),
+            kafka: self.kafka.clone(),
+            conn: None,
+            member_id: self.member_id.clone(),
+            generation: self.generation,
+        }
+    }
+
+    /// Forgets the coordinator connection: the next request finds it anew.
+    pub(crate) fn forget_coordinator(&mut self) {
+        self.conn = None;
+    }
+
+    /// Deadline of one group request (`op_timeout`), for those that run
+    /// group requests in tasks of their own.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.op_timeout()
+    }
+
     /// The group id.
     pub(crate) fn group_id(&self) -> &str {
         &self.group.group_id

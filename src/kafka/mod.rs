@@ -11,6 +11,7 @@ pub(crate) mod code;
 pub mod conn;
 pub mod fetcher;
 pub(crate) mod group;
+pub(crate) mod heartbeat;
 pub mod partitioner;
 pub mod record_batch;
 pub(crate) mod retry;
