@@ -94,8 +94,8 @@ fn codec(e: impl std::fmt::Display) -> ConnError {
 }
 
 /// A byte stream to a broker, plain or TLS.
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 
 /// One framed, secured connection to a broker.
 pub(crate) struct BrokerConn {

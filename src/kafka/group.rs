@@ -582,6 +582,33 @@ impl std::fmt::Debug for Member {
 }
 
 impl Member {
+    /// The same member, for a heartbeat task: its own connection to the
+    /// coordinator, so a heartbeat never queues behind this member's
+    /// commits or its search for the coordinator.
+    pub(crate) fn heartbeater(&self) -> Self {
+        Self {
+            coord: Coordinator {
+                group: self.coord.group.clone(),
+                kafka: self.coord.kafka.clone(),
+                conn: None,
+                needs: self.coord.needs,
+            },
+            member_id: self.member_id.clone(),
+            generation: self.generation,
+        }
+    }
+
+    /// Forgets the coordinator connection: the next request finds it anew.
+    pub(crate) fn forget_coordinator(&mut self) {
+        self.coord.conn = None;
+    }
+
+    /// Deadline of one group request, for those that run group requests in
+    /// tasks of their own.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.coord.op_timeout()
+    }
+
     /// A member that has not joined yet.
     pub(crate) fn new(kafka: &Config, group: GroupConfig) -> Self {
         Self {

@@ -12,6 +12,7 @@ pub mod conn;
 pub mod consumer_group;
 pub mod fetcher;
 pub mod group;
+pub(crate) mod heartbeat;
 pub mod partitioner;
 pub mod record_batch;
 pub(crate) mod retry;

@@ -90,6 +90,7 @@ pub(crate) struct Metrics {
     kafka_errors: Family<OpLabel, Counter>,
     partition_lag: Family<PartitionLabel, Gauge>,
     records_skipped: Family<ReasonLabel, Counter>,
+    jobs_cancelled: Counter,
     sampled: Arc<Sampled>,
 }
 
@@ -189,6 +190,7 @@ impl Metrics {
         let kafka_errors = Family::<OpLabel, Counter>::default();
         let partition_lag = Family::<PartitionLabel, Gauge>::default();
         let records_skipped = Family::<ReasonLabel, Counter>::default();
+        let jobs_cancelled = Counter::default();
         registry.register(
             "jobs_started",
             "Jobs taken up: assembled, or refused before assembly",
@@ -247,6 +249,11 @@ impl Metrics {
             "Request records skipped unread, by reason",
             records_skipped.clone(),
         );
+        registry.register(
+            "jobs_cancelled",
+            "Jobs whose API call was cancelled because the grace for releasing their partition ran out",
+            jobs_cancelled.clone(),
+        );
         let sampled = Arc::new(Sampled {
             budgets,
             tokens: OnceLock::new(),
@@ -266,6 +273,7 @@ impl Metrics {
             kafka_errors,
             partition_lag,
             records_skipped,
+            jobs_cancelled,
             sampled,
         }
     }
@@ -284,6 +292,11 @@ impl Metrics {
     pub(crate) fn job_started(&self, request_bytes: u64) {
         self.jobs_started.inc();
         self.request_bytes.inc_by(request_bytes);
+    }
+
+    /// A job's API call was cancelled so its partition could be released.
+    pub(crate) fn job_cancelled(&self) {
+        self.jobs_cancelled.inc();
     }
 
     /// A job's response was relayed in full.
@@ -584,6 +597,7 @@ mod tests {
         m.partition_position(2, 10, 15);
         m.records_skipped("too_large", 3);
         m.records_skipped("too_large", 1);
+        m.job_cancelled();
         let text = m.render();
         for line in [
             "kafkasend_jobs_started_total 2",
@@ -599,6 +613,7 @@ mod tests {
             "kafkasend_assembly_memory_bytes 0",
             "kafkasend_token_fetches_total 0",
             "kafkasend_jobs_in_flight 0",
+            "kafkasend_jobs_cancelled_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no '{line}' in:\n{text}");
         }

@@ -1,6 +1,7 @@
 //! One generation of the group: a reader per assigned partition, heartbeats
-//! and commits on ticks of their own, then the revocation: readers stopped,
-//! jobs in flight given the grace period, a final commit.
+//! in a task of their own, commits on ticks, then the revocation: readers
+//! stopped, jobs in flight given the grace period, those still running
+//! cancelled, a final commit.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,7 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::kafka::code;
-use crate::kafka::group::{Assignment, Beat, GroupError, Member};
+use crate::kafka::group::{Assignment, GroupError, Member};
+use crate::kafka::heartbeat::{GroupSignal, Heartbeats};
 use crate::portal::context::{lock, Ctx};
 use crate::portal::ledger::decode_metadata;
 use crate::portal::reader::read_partition;
@@ -35,6 +37,12 @@ pub(crate) async fn serve_generation(
     announced: &mut bool,
 ) -> anyhow::Result<GenerationEnd> {
     let topic = ctx.cfg.kafka.request_topic.clone();
+    // Started first: the session must last however long the offsets take.
+    let mut beats = Heartbeats::start(
+        member.heartbeater(),
+        member.heartbeat_interval(),
+        member.request_timeout(),
+    );
     let committed = member.fetch_offsets(&topic, &assignment.partitions).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) =
@@ -61,11 +69,9 @@ pub(crate) async fn serve_generation(
     // before that their progress holds no position of this generation.
     let mut ready_parts: Vec<i32> = Vec::new();
     let mut all_ready = false;
-    let mut heartbeat = tokio::time::interval(member.heartbeat_interval());
     let mut commit_tick = tokio::time::interval(COMMIT_EVERY);
-    // When heartbeats, and commits, began to fail: a coordinator that moves
-    // or restarts answers with start-up states for a moment (`code::log_level`).
-    let mut beats_failing: Option<Instant> = None;
+    // When commits began to fail: a coordinator that moves or restarts
+    // answers with start-up states for a moment (`code::log_level`).
     let mut commits_failing: Option<Instant> = None;
     // A fatal group error (another portal took this one's place) still
     // revokes like a rebalance, so jobs in flight can answer; then it is
@@ -112,22 +118,16 @@ pub(crate) async fn serve_generation(
                     }
                 }
             },
-            _ = heartbeat.tick() => match member.heartbeat().await {
-                Ok(Beat::Ok) => beats_failing = None,
-                Ok(Beat::Rebalance) => break GenerationEnd::Rebalance,
-                Err(e) if e.is_fatal() => {
+            signal = beats.signal() => match signal {
+                GroupSignal::Rebalance => break GenerationEnd::Rebalance,
+                GroupSignal::Fatal(e) => {
                     fatal = Some(e);
                     break GenerationEnd::Rebalance;
                 }
-                Err(e) if e.needs_rejoin() => {
+                GroupSignal::Rejoin(e) => {
                     log::info!("group {}: {e}; rejoining", member.group_id());
                     break GenerationEnd::Rebalance;
                 }
-                Err(e) => log::log!(
-                    failure_level(&mut beats_failing, &e),
-                    "heartbeat to group {} failed: {e}; retrying",
-                    member.group_id()
-                ),
             },
             _ = commit_tick.tick() => match commit(ctx, member, &ready_parts).await {
                 Ok(()) => commits_failing = None,
@@ -154,8 +154,9 @@ pub(crate) async fn serve_generation(
             },
         }
     };
-    // Revoke: stop starting jobs, let those in flight finish (heartbeating
-    // meanwhile, so the coordinator does not drop us), then commit.
+    // Revoke: stop starting jobs, let those in flight finish (the heartbeat
+    // task keeps the session meanwhile), cancel those the grace did not
+    // see finish, then commit.
     let _ = stop_tx.send(true);
     ctx.readiness.set_partitions(0);
     let grace = ctx.cfg.shutdown_grace;
@@ -177,26 +178,13 @@ pub(crate) async fn serve_generation(
         while readers.join_next().await.is_some() {}
         ctx.in_flight.wait_idle(grace).await
     };
-    tokio::pin!(drained);
-    let deadline = tokio::time::sleep(grace);
-    tokio::pin!(deadline);
-    let all_done = loop {
-        tokio::select! {
-            done = &mut drained => break done,
-            _ = &mut deadline => break false,
-            _ = heartbeat.tick() => {
-                // Only keeps the session alive; a rebalance is handled after.
-                let _ = member.heartbeat().await;
-            }
-        }
-    };
+    let all_done = tokio::time::timeout(grace, drained).await.unwrap_or(false);
     if !all_done {
-        log::warn!(
-            "{} jobs still in flight after {} s; the next owner of their partitions will run them again",
-            ctx.in_flight.count(),
-            grace.as_secs()
-        );
+        // A reader stuck in a fetch must not hand out a job after the cancel.
+        let _ = tokio::time::timeout(READERS_STOP, readers.shutdown()).await;
+        cancel_in_flight(ctx, grace).await;
     }
+    drop(beats);
     if let Some(e) = fatal {
         // The group no longer takes this member's commits; the partitions'
         // new owner reads the unfinished jobs again from the last commit.
@@ -214,12 +202,28 @@ pub(crate) async fn serve_generation(
     Ok(end)
 }
 
+/// Cancels the jobs still running when the grace ran out, before their
+/// partitions go to another portal: that one runs them again, and two calls
+/// for one job must not overlap.
+pub(crate) async fn cancel_in_flight(ctx: &Ctx, grace: Duration) {
+    for job in ctx.in_flight.cancel(None).await {
+        ctx.metrics.job_cancelled();
+        log::warn!(
+            "job {job}: still running after the {} s grace (PORTAL_SHUTDOWN_GRACE_SECS); its API call was cancelled and the connection dropped, so the next owner of its partition runs it again",
+            grace.as_secs()
+        );
+    }
+}
+
 /// The level of one more group request failure in a run that began at
 /// `since` (set now if the run starts with it).
 fn failure_level(since: &mut Option<Instant>, e: &GroupError) -> log::Level {
     let since = *since.get_or_insert_with(Instant::now);
     code::log_level(e.is_startup_state(), since.elapsed())
 }
+
+/// How long aborted readers get to end.
+const READERS_STOP: Duration = Duration::from_secs(5);
 
 /// How often committed offsets catch up with answered jobs.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);

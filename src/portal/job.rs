@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::kafka::window::{ReplyWriter, Unsent};
 use crate::kafka::{KafkaError, Partition};
 use crate::portal::assembler::CompletedJob;
-use crate::portal::context::{queue_slot, settle, Ctx};
+use crate::portal::context::{queue_slot, spawn_tracked, Ctx};
 use crate::portal::http_dispatch::Called;
 use crate::portal::ledger::Progress;
 use crate::portal::replies::{reply_partition, report_error_reply, send_error, ReplyTo};
@@ -45,7 +45,7 @@ const HOP_HEADERS: &[&str] = &[
 ];
 
 /// Runs a completed job in a task of its own, once a slot in the job queue
-/// is free, and settles it in the ledger when the task ends.
+/// is free, and settles it in the ledger when the task ends or is cancelled.
 pub(crate) async fn spawn_job(
     ctx: &Arc<Ctx>,
     progress: &Arc<Mutex<Progress>>,
@@ -64,19 +64,14 @@ pub(crate) async fn spawn_job(
         job.body.len()
     );
     let ctx2 = Arc::clone(ctx);
-    let progress = Arc::clone(progress);
-    let guard = ctx.in_flight.enter();
     let stop = stop.clone();
-    tokio::spawn(async move {
-        let first = job.first_offset;
-        let settled = run_job(&ctx2, job, stop).await;
-        settle(&progress, first, settled);
-        drop(queued);
-        drop(guard);
+    let (id, first) = (job.job, job.first_offset);
+    spawn_tracked(ctx, progress, id, first, queued, async move {
+        run_job(&ctx2, job, stop).await
     });
 }
 
-/// Runs one job; returns whether it is settled (see [`settle`]).
+/// Runs one job; returns whether it is settled (see `context::settle`).
 async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) -> bool {
     let pc = match reply_partition(
         ctx,

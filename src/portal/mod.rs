@@ -11,11 +11,14 @@
 //! again after a rebalance, or leave on shutdown. The shutdown future is an
 //! input; it is polled while joining and while serving.
 //!
-//! A generation (`generation`) fetches the committed offsets, spawns one
-//! reader per assigned partition, and heartbeats and commits on ticks of its
-//! own, so neither a slow API nor a busy reader delays them. When it ends,
-//! the readers stop at their next fetch, jobs in flight get
-//! `PORTAL_SHUTDOWN_GRACE_SECS`, and a final commit follows.
+//! A generation (`generation`) starts the heartbeat task
+//! (`kafka::heartbeat`, with its own coordinator connection, so nothing
+//! else delays it), fetches the committed offsets, spawns one reader per
+//! assigned partition, and commits on ticks of its own. When it ends, the
+//! readers stop at their next fetch, jobs in flight get
+//! `PORTAL_SHUTDOWN_GRACE_SECS`, those still running are cancelled (their
+//! API calls dropped) so they cannot overlap the next owner's run, and a
+//! final commit follows.
 //!
 //! A reader (`reader`) fetches its partition and decodes each record, skips
 //! what its partition's ledger already knows, checks signatures and the
@@ -77,7 +80,7 @@ use crate::kafka::group::{GroupError, GroupProtocol, Member};
 use crate::kafka::{self, PartitionCache, WhenRefused};
 use crate::portal::admin::{Metrics, Readiness};
 use crate::portal::context::{Ctx, InFlight};
-use crate::portal::generation::{serve_generation, GenerationEnd};
+use crate::portal::generation::{cancel_in_flight, serve_generation, GenerationEnd};
 use crate::portal::http_dispatch::token_cache::TokenCache;
 use crate::portal::http_dispatch::Dispatcher;
 use crate::protocol::signing::Verifier;
@@ -216,7 +219,9 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
                 a
             }
             Err(e) if e.is_fatal() => {
-                ctx.in_flight.wait_idle(ctx.cfg.shutdown_grace).await;
+                if !ctx.in_flight.wait_idle(ctx.cfg.shutdown_grace).await {
+                    cancel_in_flight(&ctx, ctx.cfg.shutdown_grace).await;
+                }
                 return Err(e.into());
             }
             Err(e) => {
@@ -294,7 +299,9 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
     // so nothing to commit; jobs still running get the grace period, and the
     // group hears at once that this member is gone.
     let grace = ctx.cfg.shutdown_grace;
-    ctx.in_flight.wait_idle(grace).await;
+    if !ctx.in_flight.wait_idle(grace).await {
+        cancel_in_flight(&ctx, grace).await;
+    }
     if stay_static(&member, ctx.cfg.group.session_timeout) {
         return Ok(());
     }

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::kafka::{self, KafkaError, Partition};
 use crate::portal::assembler::FailedJob;
-use crate::portal::context::{queue_slot, settle, Ctx};
+use crate::portal::context::{queue_slot, spawn_tracked, Ctx};
 use crate::portal::ledger::Progress;
 use crate::protocol::wire::{new_attempt, Body, Frame, JobId, ATTEMPT_HEADER};
 use crate::protocol::{ErrorCategory, Failure};
@@ -27,26 +27,25 @@ pub(crate) async fn spawn_error_reply(
     let Some(queued) = queue_slot(ctx, progress, failed.first_offset, stop).await else {
         return;
     };
-    let ctx = Arc::clone(ctx);
-    let progress = Arc::clone(progress);
-    let guard = ctx.in_flight.enter();
     ctx.metrics.job_started(0);
-    tokio::spawn(async move {
+    let ctx2 = Arc::clone(ctx);
+    let (id, first) = (failed.job, failed.first_offset);
+    spawn_tracked(ctx, progress, id, first, queued, async move {
         let target = reply_partition(
-            &ctx,
+            &ctx2,
             failed.job,
             &failed.reply_topic,
             failed.reply_partition,
         )
         .await;
-        let settled = match target {
+        match target {
             ReplyTo::Partition(pc) => {
                 let info = Failure {
                     category: failed.category,
                     message: failed.message,
                 };
                 report_error_reply(
-                    &ctx,
+                    &ctx2,
                     failed.job,
                     send_error(&pc, failed.job, 0, info, &new_attempt()).await,
                     failed.category,
@@ -54,10 +53,7 @@ pub(crate) async fn spawn_error_reply(
             }
             ReplyTo::Nowhere => true,
             ReplyTo::Unavailable => false,
-        };
-        settle(&progress, failed.first_offset, settled);
-        drop(queued);
-        drop(guard);
+        }
     });
 }
 

@@ -19,6 +19,7 @@ mod kafka_security;
 mod leaks;
 mod limits;
 mod oauth;
+mod overlap;
 mod policy;
 mod pushback;
 mod python;

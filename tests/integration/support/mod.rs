@@ -11,6 +11,8 @@
 //! - [`oauth`]: that OAuth2 token endpoint;
 //! - [`pushback`]: a target API answering 429, 503 and 409 from a script,
 //!   and counting calls that arrive at once;
+//! - [`overlap`]: a target API whose first call for a key never ends,
+//!   noting when each call began and when its connection was dropped;
 //! - [`pki`]: throwaway certificates and keys;
 //! - [`payload`]: deterministic bodies and their digests.
 
@@ -18,6 +20,7 @@ pub mod answers;
 pub mod api;
 pub mod broker;
 pub mod oauth;
+pub mod overlap;
 pub mod payload;
 pub mod pki;
 pub mod pushback;
