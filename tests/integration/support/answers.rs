@@ -11,10 +11,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, Notify};
 
 use super::WAIT;
@@ -59,43 +56,12 @@ impl AnswersState {
 }
 
 /// The API, running for the rest of the test's runtime.
-pub struct AnswersApi {
-    /// Base URL.
-    pub url: String,
-    /// What it saw.
-    pub state: Arc<AnswersState>,
-}
+pub type AnswersApi = super::LoopbackApi<AnswersState>;
 
 impl AnswersApi {
     /// Starts it on a fresh loopback port.
     pub async fn start() -> Self {
-        let state = Arc::new(AnswersState::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shared = Arc::clone(&state);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(Arc::clone(&state), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Self {
-            url: format!("http://{addr}"),
-            state,
-        }
-    }
-
-    /// Portal environment for this API.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("PORTAL_TARGET_API_URL", self.url.clone()),
-            ("PORTAL_USE_OAUTH", "false".into()),
-        ]
+        super::LoopbackApi::serve(answer).await
     }
 }
 

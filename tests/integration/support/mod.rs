@@ -40,3 +40,59 @@ pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A target API on a fresh loopback port, answering with `handler` over
+/// the state it shares with the test, for the rest of the test's runtime.
+pub struct LoopbackApi<S> {
+    /// Base URL.
+    pub url: String,
+    /// What it saw.
+    pub state: std::sync::Arc<S>,
+}
+
+impl<S: Default + Send + Sync + 'static> LoopbackApi<S> {
+    /// Starts it; each connection is served by hyper's HTTP/1 server.
+    pub async fn serve<F, Fut, B>(handler: F) -> Self
+    where
+        F: Fn(std::sync::Arc<S>, hyper::Request<hyper::body::Incoming>) -> Fut
+            + Copy
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = Result<hyper::Response<B>, std::convert::Infallible>>
+            + Send
+            + 'static,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let state = std::sync::Arc::new(S::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = std::sync::Arc::clone(&state);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = std::sync::Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        handler(std::sync::Arc::clone(&state), req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            url: format!("http://{addr}"),
+            state,
+        }
+    }
+
+    /// Portal environment for this API.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("PORTAL_TARGET_API_URL", self.url.clone()),
+            ("PORTAL_USE_OAUTH", "false".into()),
+        ]
+    }
+}

@@ -12,10 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 
 /// The body later calls for a key are answered with.
 pub const ANSWER: &[u8] = b"the one complete answer\n";
@@ -60,43 +57,12 @@ impl OverlapState {
 }
 
 /// The API, running for the rest of the test's runtime.
-pub struct OverlapApi {
-    /// Base URL.
-    pub url: String,
-    /// What it saw.
-    pub state: Arc<OverlapState>,
-}
+pub type OverlapApi = super::LoopbackApi<OverlapState>;
 
 impl OverlapApi {
     /// Starts it on a fresh loopback port.
     pub async fn start() -> Self {
-        let state = Arc::new(OverlapState::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shared = Arc::clone(&state);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(Arc::clone(&state), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Self {
-            url: format!("http://{addr}"),
-            state,
-        }
-    }
-
-    /// Portal environment for this API.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("PORTAL_TARGET_API_URL", self.url.clone()),
-            ("PORTAL_USE_OAUTH", "false".into()),
-        ]
+        super::LoopbackApi::serve(answer).await
     }
 }
 

@@ -9,10 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
@@ -89,43 +86,12 @@ impl PushbackState {
 }
 
 /// The API, running for the rest of the test's runtime.
-pub struct PushbackApi {
-    /// Base URL.
-    pub url: String,
-    /// What it saw.
-    pub state: Arc<PushbackState>,
-}
+pub type PushbackApi = super::LoopbackApi<PushbackState>;
 
 impl PushbackApi {
     /// Starts it on a fresh loopback port.
     pub async fn start() -> Self {
-        let state = Arc::new(PushbackState::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shared = Arc::clone(&state);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(Arc::clone(&state), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Self {
-            url: format!("http://{addr}"),
-            state,
-        }
-    }
-
-    /// Portal environment for this API.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("PORTAL_TARGET_API_URL", self.url.clone()),
-            ("PORTAL_USE_OAUTH", "false".into()),
-        ]
+        super::LoopbackApi::serve(answer).await
     }
 }
 
