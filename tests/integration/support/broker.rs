@@ -85,12 +85,22 @@ pub struct PrivateBroker {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Four free ports below Linux's ephemeral range (32768-60999) and apart
+/// from the CI brokers' (9092-9095, 29092-29095): a broker restarted on a
+/// port of that range can find it taken by some client connection's local
+/// end. Each is held until all are found, so they differ.
+fn free_ports() -> (u16, u16, u16, u16) {
+    let mut held = Vec::new();
+    for _ in 0..10_000 {
+        let port = fastrand::u16(20_000..29_000);
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push((port, l));
+            if held.len() == 4 {
+                return (held[0].0, held[1].0, held[2].0, held[3].0);
+            }
+        }
+    }
+    panic!("no four free ports found in 20000-28999");
 }
 
 impl PrivateBroker {
@@ -114,7 +124,7 @@ impl PrivateBroker {
     /// Starts a broker on free ports with its state in a temp directory.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (port, controller, sasl, ssl) = (free_port(), free_port(), free_port(), free_port());
+        let (port, controller, sasl, ssl) = free_ports();
         let env = vec![
             ("KAFKA_PORT", port.to_string()),
             ("KAFKA_CONTROLLER_PORT", controller.to_string()),
