@@ -409,14 +409,6 @@ async fn check_security(servers: &[String], settings: &Config) -> Result<Checked
     let mut unresolved = Vec::new();
     let limit = settings.timeout.min(LOOKUP_LIMIT);
     for addr in servers {
-        // A host name that does not resolve is as final as a refusal (a
-        // typo, most often); a slow resolver is left to the deadline.
-        let lookup = tokio::time::timeout(limit, tokio::net::lookup_host(addr.as_str())).await;
-        if let Ok(Err(e)) = lookup {
-            log::debug!("Kafka bootstrap server {addr} does not resolve: {e}");
-            unresolved.push(addr.clone());
-            continue;
-        }
         let attempt = async {
             match BrokerConn::open(addr, &settings.client_id, limit, &settings.security).await {
                 // Without TLS or SASL nothing was said yet: one request shows
@@ -437,7 +429,20 @@ async fn check_security(servers: &[String], settings: &Config) -> Result<Checked
             Ok(()) => return Ok(Checked::Answered(addr.clone())),
             Err(e) => {
                 log::debug!("Kafka connection check with {addr}: {e}");
-                all_refused &= matches!(&e, ConnError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
+                let refused = matches!(&e, ConnError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
+                // A host name that does not resolve is as final as a refusal
+                // (a typo, most often); asked only once connecting failed,
+                // and a slow resolver is left to the deadline.
+                if !refused && matches!(&e, ConnError::Io(_)) {
+                    let lookup =
+                        tokio::time::timeout(limit, tokio::net::lookup_host(addr.as_str())).await;
+                    if let Ok(Err(why)) = lookup {
+                        log::debug!("Kafka bootstrap server {addr} does not resolve: {why}");
+                        unresolved.push(addr.clone());
+                        continue;
+                    }
+                }
+                all_refused &= refused;
                 if e.is_config_problem() {
                     wrong.get_or_insert(e);
                 } else {

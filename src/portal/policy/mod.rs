@@ -52,22 +52,7 @@ impl EndpointRule {
         if !single {
             return None;
         }
-        // Doubling each single `*` gives it back the power to cross `/`.
-        let mut old = String::with_capacity(self.pattern.len() + 4);
-        let mut rest = self.pattern.as_str();
-        while let Some(at) = rest.find('*') {
-            old.push_str(&rest[..at]);
-            let run = rest[at..].bytes().take_while(|&b| b == b'*').count();
-            old.push_str(if run == 1 { "**" } else { &rest[at..at + run] });
-            rest = &rest[at + run..];
-        }
-        old.push_str(rest);
-        // A pattern ending in `/**` also matches the path above it, which
-        // the Python `/api/*` never did: `/api/*/**` is its exact meaning.
-        if self.pattern.ends_with("/*") && !self.pattern.ends_with("/**") {
-            old.truncate(old.len() - "/**".len());
-            old.push_str("/*/**");
-        }
+        let old = python_meaning(&self.pattern);
         let methods = if self.methods.is_empty() {
             String::new()
         } else {
@@ -157,22 +142,28 @@ fn slash_advice(piece: &str) -> String {
     if piece == "*" {
         return "'/**'".into();
     }
-    let mut fixed = String::from("/");
-    let mut rest = piece;
+    format!("'{}'", python_meaning(&format!("/{piece}")))
+}
+
+/// The pattern here that matches what the Python tool's fnmatch matched for
+/// `pattern`: each single `*` doubled (so it crosses `/` again), and a
+/// trailing `/*` written `/*/**`, because a pattern ending in `/**` also
+/// matches the path above it, which the Python `/api/*` never did.
+fn python_meaning(pattern: &str) -> String {
+    let mut old = String::with_capacity(pattern.len() + 4);
+    let mut rest = pattern;
     while let Some(at) = rest.find('*') {
-        fixed.push_str(&rest[..at]);
+        old.push_str(&rest[..at]);
         let run = rest[at..].bytes().take_while(|&b| b == b'*').count();
-        fixed.push_str("**");
+        old.push_str(if run == 1 { "**" } else { &rest[at..at + run] });
         rest = &rest[at + run..];
     }
-    fixed.push_str(rest);
-    // As in `EndpointRule::python_difference`: `/**` would also match the
-    // path above it.
-    if piece.ends_with("/*") && !piece.ends_with("/**") {
-        fixed.truncate(fixed.len() - "/**".len());
-        fixed.push_str("/*/**");
+    old.push_str(rest);
+    if pattern.ends_with("/*") && !pattern.ends_with("/**") {
+        old.truncate(old.len() - "/**".len());
+        old.push_str("/*/**");
     }
-    format!("'{fixed}'")
+    old
 }
 
 /// Refuses glob syntax the Python tool's shell-style patterns had and these
