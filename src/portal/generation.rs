@@ -159,6 +159,13 @@ pub(crate) async fn serve_generation(
     // see finish, then commit.
     let _ = stop_tx.send(true);
     ctx.readiness.set_partitions(0);
+    let why = match end {
+        GenerationEnd::Shutdown => "shutdown",
+        GenerationEnd::Rebalance => "rebalance",
+    };
+    for p in &assignment.partitions {
+        log::info!("partition {p} of {topic}: stopped reading ({why})");
+    }
     let grace = ctx.cfg.shutdown_grace;
     if end == GenerationEnd::Shutdown {
         log::info!(

@@ -54,7 +54,8 @@ pub(crate) async fn read_partition(
         (None, StartFrom::Latest) => pc.end_offset().await?,
         (None, StartFrom::Earliest) => pc.start_offset().await?,
     };
-    log::debug!("reading {topic}[{partition}] from offset {offset}");
+    // bench/soak reads this line (and "stopped reading") for its pauses.
+    log::info!("partition {partition} of {topic}: reading from offset {offset}");
     lock(&progress).set_start(offset);
     let _ = ready.send(partition).await;
     drop(ready);
