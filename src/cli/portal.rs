@@ -334,6 +334,7 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
     if group_id.trim().is_empty() || group_id.len() > 249 {
         bail!("KAFKA_CONSUMER_GROUP must be a non-empty name of at most 249 characters");
     }
+    let session_timeout_set = pick(&a.session_timeout_secs, &f.session_timeout_secs).is_some();
     let session = pick(&a.session_timeout_secs, &f.session_timeout_secs)
         .unwrap_or(defaults::SESSION_TIMEOUT_SECS);
     if !(6..=1800).contains(&session) {
@@ -367,6 +368,7 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
     let trusted_keys = resolve_trusted_keys(a, &f)?;
     Ok(Settings {
         shutdown_grace: Duration::from_secs(grace),
+        session_timeout_set,
         trusted_keys,
         group,
         idempotency_header,

@@ -111,6 +111,12 @@ pub(crate) async fn serve(
             .map(|i| format!(" as static member '{i}'"))
             .unwrap_or_default()
     );
+    if ctx.cfg.session_timeout_set {
+        log::warn!(
+            "PORTAL_SESSION_TIMEOUT_SECS={} does not apply under the consumer group protocol: the broker's group.consumer.session.timeout.ms decides how soon a crashed portal's partitions move; set KAFKA_GROUP_PROTOCOL=classic to keep the portal's own session timeout",
+            ctx.cfg.group.session_timeout.as_secs()
+        );
+    }
     let committer = member.committer();
     let mut membership = Membership::start(member);
     let slots = usize::try_from(ctx.request_partitions).unwrap_or(0) * 2 + 16;

@@ -24,6 +24,9 @@ pub(crate) struct Settings {
     pub(crate) group: GroupConfig,
     /// Time jobs in flight get on shutdown or revocation.
     pub(crate) shutdown_grace: Duration,
+    /// `PORTAL_SESSION_TIMEOUT_SECS` (or its Python name) was set, not
+    /// defaulted: the consumer protocol, where the broker decides, says so.
+    pub(crate) session_timeout_set: bool,
     /// Header carrying the job id, if any.
     pub(crate) idempotency_header: Option<String>,
     /// Which calls the API pushes back are made again, and when.
