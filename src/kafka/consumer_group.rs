@@ -227,6 +227,13 @@ impl State {
                     group: group.group_id.clone(),
                 });
             }
+            Some(ResponseError::FencedInstanceId) => {
+                return Err(GroupError::Fenced {
+                    group: group.group_id.clone(),
+                    instance_id: group.instance_id.clone().unwrap_or_default(),
+                    api: "ConsumerGroupHeartbeat",
+                });
+            }
             Some(error) => {
                 return Err(GroupError::Kafka {
                     api: "ConsumerGroupHeartbeat",
@@ -298,12 +305,9 @@ impl State {
     fn fence(&mut self) -> Change {
         self.rejoin = true;
         self.target = None;
-        let stop: Vec<i32> = self
-            .owned
-            .iter()
-            .filter(|p| !self.stopping.contains(p))
-            .copied()
-            .collect();
+        // Those already stopping too: they are someone else's now, so their
+        // jobs must be cut at once, not given the rest of their grace.
+        let stop: Vec<i32> = self.owned.iter().copied().collect();
         self.stopping.extend(stop.iter().copied());
         self.finish_rejoin();
         Change {

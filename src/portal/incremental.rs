@@ -51,6 +51,8 @@ struct Served {
     /// Drained because its reader failed: start again, without telling the
     /// broker.
     restart: bool,
+    /// Cuts its drain short (the partition was lost while draining).
+    cut: Option<watch::Sender<bool>>,
 }
 
 /// Why a partition stops, as its log line says it.
@@ -81,6 +83,8 @@ struct Loop<'a> {
     topic: String,
     group: String,
     committer: Committer,
+    /// The member id and epoch of the latest heartbeat, for commits.
+    who: watch::Receiver<Identity>,
     parts: BTreeMap<i32, Served>,
     /// Assigned, not started yet (the committed offsets could not be
     /// fetched, or a reader is being restarted).
@@ -127,6 +131,7 @@ pub(crate) async fn serve(
         topic,
         group,
         committer,
+        who: membership.identity_watch(),
         parts: BTreeMap::new(),
         pending: BTreeSet::new(),
         next_run: 0,
@@ -142,6 +147,9 @@ pub(crate) async fn serve(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let fatal: Option<anyhow::Error> = loop {
         tokio::select! {
+            // The membership first: a partition lost must be cut before
+            // anything else is waited for.
+            biased;
             () = &mut shutdown => break None,
             ev = membership.next() => match ev {
                 Some(Event::Change(change)) => {
@@ -163,7 +171,7 @@ pub(crate) async fn serve(
                 Some(Event::Fatal(e)) => break Some(e.into()),
                 None => break Some(anyhow::anyhow!("the group membership task ended")),
             },
-            Some((p, run)) = ready_rx.recv() => l.on_ready(p, run, &membership.identity()).await,
+            Some((p, run)) = ready_rx.recv() => l.on_ready(p, run).await,
             Some((p, run, failure)) = ended_rx.recv() => l.on_reader_end(p, run, failure),
             Some(drained) = l.drains.join_next() => {
                 let p = match drained {
@@ -174,12 +182,12 @@ pub(crate) async fn serve(
                         break Some(anyhow::anyhow!("draining a partition failed: {e}"));
                     }
                 };
-                if let Some(done) = l.on_drained(p, &membership.identity()).await {
+                if let Some(done) = l.on_drained(p, true).await {
                     membership.stopped(vec![done]).await;
                 }
             }
             _ = tick.tick() => {
-                match l.commit_all(&membership.identity()).await {
+                match l.commit_all().await {
                     Err(e) if e.is_fatal() => break Some(e.into()),
                     _ => {}
                 }
@@ -217,10 +225,31 @@ pub(crate) async fn serve(
             }
         }
     }
-    while let Some(drained) = l.drains.join_next().await {
-        if let Ok(p) = drained {
-            l.on_drained(p, &membership.identity()).await;
+    // Readers still say "positioned" or "ended" while they stop: taken and
+    // dropped, so none waits on a full channel. The partitions are
+    // committed together once all drained.
+    let mut drained = Vec::new();
+    loop {
+        tokio::select! {
+            d = l.drains.join_next() => match d {
+                Some(Ok(p)) => drained.push(p),
+                Some(Err(_)) => {}
+                None => break,
+            },
+            Some(_) = ready_rx.recv() => {}
+            Some(_) = ended_rx.recv() => {}
         }
+    }
+    let commit: Vec<i32> = drained
+        .iter()
+        .copied()
+        .filter(|p| l.parts.get(p).is_some_and(|s| s.ready && !s.lost))
+        .collect();
+    if !commit.is_empty() {
+        l.final_commit(&commit).await;
+    }
+    for p in drained {
+        l.on_drained(p, false).await;
     }
     ctx.readiness.set_partitions(0);
     if let Some(e) = fatal {
@@ -300,12 +329,14 @@ impl Loop<'_> {
                 tokio::select! {
                     r = &mut read => break r,
                     Some(_) = positioned.recv() => {
-                        let _ = ready_tx.try_send((p, run));
+                        let _ = ready_tx.send((p, run)).await;
                     }
                 }
             };
             // A reader told to stop ends with Ok; anything else is news.
-            let _ = ended_tx.try_send((p, run, result.err().map(|e| e.to_string())));
+            let _ = ended_tx
+                .send((p, run, result.err().map(|e| e.to_string())))
+                .await;
         });
         self.parts.insert(
             p,
@@ -317,11 +348,12 @@ impl Loop<'_> {
                 stopping: false,
                 lost: false,
                 restart: false,
+                cut: None,
             },
         );
     }
 
-    async fn on_ready(&mut self, p: i32, run: u64, who: &Identity) {
+    async fn on_ready(&mut self, p: i32, run: u64) {
         let Some(s) = self.parts.get_mut(&p) else {
             return;
         };
@@ -332,7 +364,7 @@ impl Loop<'_> {
         self.set_readiness();
         // Pin the start position at once: without a commit, a portal taking
         // over after a crash would start at the end.
-        if let Err(e) = self.commit(&[p], who).await {
+        if let Err(e) = self.commit(&[p]).await {
             log::log!(
                 failure_level(&mut self.commits_failing, &e),
                 "committing the start of partition {p} failed: {e}"
@@ -400,8 +432,15 @@ impl Loop<'_> {
         let Some(s) = self.parts.get_mut(&p) else {
             return;
         };
+        if matches!(why, Why::Moved | Why::Lost) {
+            // The broker's stop wins over a restart of a failed reader.
+            s.restart = false;
+        }
         if matches!(why, Why::Lost) {
             s.lost = true;
+            if let Some(cut) = &s.cut {
+                let _ = cut.send(true);
+            }
         }
         if s.stopping {
             return;
@@ -414,6 +453,8 @@ impl Loop<'_> {
             why.name()
         );
         let reader = s.reader.take();
+        let (cut, cut_rx) = watch::channel(false);
+        s.cut = Some(cut);
         let ctx = Arc::clone(self.ctx);
         let progress = ctx.progress_of(p);
         // A lost partition is someone else's already: its jobs are
@@ -423,20 +464,22 @@ impl Loop<'_> {
             _ => ctx.cfg.shutdown_grace,
         };
         self.drains.spawn(async move {
-            drain(&ctx, reader, &progress, grace).await;
+            drain(&ctx, reader, &progress, grace, cut_rx).await;
             p
         });
         self.set_readiness();
     }
 
-    /// A drain ended: commits the partition (unless lost) and forgets it.
-    /// Returns the partition to report stopped, or `None` when it starts
-    /// again on its own.
-    async fn on_drained(&mut self, p: i32, who: &Identity) -> Option<i32> {
-        let s = self.parts.remove(&p)?;
-        if !s.lost && s.ready {
-            self.final_commit(p, who).await;
+    /// A drain ended: commits the partition (unless lost, or `commit` is
+    /// false: the caller commits it with others) and forgets it. Returns
+    /// the partition to report stopped, or `None` when it starts again on
+    /// its own.
+    async fn on_drained(&mut self, p: i32, commit: bool) -> Option<i32> {
+        let s = self.parts.get(&p)?;
+        if commit && !s.lost && s.ready {
+            self.final_commit(&[p]).await;
         }
+        let s = self.parts.remove(&p)?;
         if s.restart {
             self.pending.insert(p);
             return None;
@@ -446,37 +489,42 @@ impl Loop<'_> {
 
     /// The last commit of a partition about to go: tried a few times, since
     /// what it misses is run again by the next owner.
-    async fn final_commit(&mut self, p: i32, who: &Identity) {
+    async fn final_commit(&mut self, partitions: &[i32]) {
         let mut last = None;
         for attempt in 0..FINAL_COMMIT_TRIES {
             if attempt > 0 {
                 tokio::time::sleep(FINAL_COMMIT_PAUSE).await;
             }
-            match self.commit(&[p], who).await {
-                Ok(()) => return,
-                Err(e) if e.is_fatal() => {
+            // Bounded tighter than other commits: the serving loop waits.
+            match tokio::time::timeout(FINAL_COMMIT_LIMIT, self.commit(partitions)).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) if e.is_fatal() => {
                     last = Some(e);
                     break;
                 }
-                Err(e) => last = Some(e),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    self.committer.forget_coordinator();
+                    last = Some(GroupError::Timeout("OffsetCommit"));
+                }
             }
         }
         if let Some(e) = last {
             log::warn!(
-                "final commit of partition {p} failed: {e}; its next owner runs again the jobs answered since the last commit"
+                "final commit of partitions {partitions:?} failed: {e}; their next owner runs again the jobs answered since the last commit"
             );
         }
     }
 
     /// Commits every positioned partition that is not lost.
-    async fn commit_all(&mut self, who: &Identity) -> Result<(), GroupError> {
+    async fn commit_all(&mut self) -> Result<(), GroupError> {
         let parts: Vec<i32> = self
             .parts
             .iter()
             .filter(|(_, s)| s.ready && !s.lost)
             .map(|(p, _)| *p)
             .collect();
-        match self.commit(&parts, who).await {
+        match self.commit(&parts).await {
             Ok(()) => {
                 self.commits_failing = None;
                 Ok(())
@@ -493,7 +541,7 @@ impl Loop<'_> {
         }
     }
 
-    async fn commit(&mut self, partitions: &[i32], who: &Identity) -> Result<(), GroupError> {
+    async fn commit(&mut self, partitions: &[i32]) -> Result<(), GroupError> {
         let offsets: Vec<(i32, i64, String)> = partitions
             .iter()
             .map(|&p| {
@@ -506,8 +554,11 @@ impl Loop<'_> {
         if offsets.is_empty() {
             return Ok(());
         }
+        // Read at each try: a retry after STALE_MEMBER_EPOCH takes the epoch
+        // of the latest heartbeat.
+        let who = self.who.borrow().clone();
         let limit = self.committer.request_timeout();
-        match tokio::time::timeout(limit, self.committer.commit(&offsets, who)).await {
+        match tokio::time::timeout(limit, self.committer.commit(&offsets, &who)).await {
             Ok(r) => r,
             Err(_) => {
                 self.committer.forget_coordinator();
@@ -519,8 +570,9 @@ impl Loop<'_> {
 
 /// How often the last commit of a partition is tried, and the pause
 /// between tries (a new epoch reaches the committer with the next beat).
-const FINAL_COMMIT_TRIES: u32 = 3;
+const FINAL_COMMIT_TRIES: u32 = 2;
 const FINAL_COMMIT_PAUSE: Duration = Duration::from_millis(500);
+const FINAL_COMMIT_LIMIT: Duration = Duration::from_secs(5);
 
 /// Waits for a stopped reader and the jobs of its partition, within the
 /// grace period; cancels what is still running after it.
@@ -529,21 +581,32 @@ async fn drain(
     reader: Option<JoinHandle<()>>,
     progress: &Arc<Mutex<Progress>>,
     grace: Duration,
+    mut cut: watch::Receiver<bool>,
 ) {
     let deadline = tokio::time::Instant::now() + grace;
-    if let Some(mut reader) = reader {
-        if tokio::time::timeout_at(deadline, &mut reader)
-            .await
-            .is_err()
-        {
+    let mut reader = reader;
+    let waited = async {
+        if let Some(r) = reader.as_mut() {
+            if tokio::time::timeout_at(deadline, r).await.is_err() {
+                return false;
+            }
+            // Ended: its handle must not be polled again below.
+            reader = None;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        ctx.in_flight.wait_idle_of(progress, left).await
+    };
+    let done = tokio::select! {
+        done = waited => done,
+        _ = cut.wait_for(|c| *c) => false,
+    };
+    if !done {
+        if let Some(r) = reader {
             // A reader stuck in a fetch must not hand out a job after the
             // cancel.
-            reader.abort();
-            let _ = tokio::time::timeout(READERS_STOP, reader).await;
+            r.abort();
+            let _ = tokio::time::timeout(READERS_STOP, r).await;
         }
-    }
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    if !ctx.in_flight.wait_idle_of(progress, left).await {
         cancel_in_flight(ctx, grace, Some(std::slice::from_ref(progress))).await;
     }
 }

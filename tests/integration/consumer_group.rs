@@ -315,11 +315,12 @@ async fn a_member_that_does_not_give_partitions_up_in_time_is_fenced_and_joins_a
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(held_back.len(), 2, "{held_back:?}");
-    // Fenced: the rest is given up too, each partition once.
-    let mut given_up: BTreeSet<i32> = lost.stop.iter().copied().collect();
-    given_up.extend(&held_back);
+    // Fenced: everything is given up, those still stopping named again so
+    // their jobs are cut at once.
+    let given_up: BTreeSet<i32> = lost.stop.iter().copied().collect();
     assert_eq!(given_up, all());
-    assert_eq!(lost.stop.len(), 2, "{lost:?}");
+    assert_eq!(lost.stop.len(), 4, "{lost:?}");
+    assert!(held_back.iter().all(|p| given_up.contains(p)));
     // Its epoch is gone: a commit is refused, not taken.
     let e = a.member.commit(&[(0, 0, "late".into())]).await.unwrap_err();
     assert!(!e.is_fatal(), "{e}");

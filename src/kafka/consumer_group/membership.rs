@@ -83,9 +83,9 @@ impl Membership {
         let _ = self.ctl.send(Ctl::Stopped(partitions)).await;
     }
 
-    /// Who commits now.
-    pub(crate) fn identity(&self) -> Identity {
-        self.identity.borrow().clone()
+    /// Who commits, as it changes.
+    pub(crate) fn identity_watch(&self) -> watch::Receiver<Identity> {
+        self.identity.clone()
     }
 
     /// Leaves the group (call once every partition stopped), waiting up to

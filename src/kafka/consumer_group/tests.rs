@@ -139,8 +139,8 @@ fn fencing_gives_up_everything_then_joins_again_at_epoch_zero() {
         apply(&mut s, answer(4, Some(&[1, 2]))).unwrap();
         assert_eq!(apply(&mut s, answer(5, Some(&[1]))).unwrap().stop, vec![2]);
         let lost = apply(&mut s, error(code)).unwrap();
-        // 2 was already stopping: only 1 is new to stop.
-        assert_eq!(lost.stop, vec![1]);
+        // 2 was already stopping: named again, to be cut at once.
+        assert_eq!(lost.stop, vec![1, 2]);
         assert!(lost.lost && lost.start.is_empty());
         // Joining while a partition is still served would let the broker
         // hand it back before it stopped.
@@ -195,6 +195,9 @@ fn refusals_are_fatal_and_say_what_to_change() {
             "the broker's message, on one line: {text}"
         );
     }
+    // Another process took this static member's id while it was cut off.
+    let fenced = apply(&mut State::new("m".into()), error(82)).unwrap_err();
+    assert!(fenced.is_fatal() && fenced.to_string().contains("KAFKA_GROUP_INSTANCE_ID"));
     let full = apply(&mut State::new("m".into()), error(81)).unwrap_err();
     assert!(full.is_fatal() && full.to_string().contains("group.consumer.max.size"));
 }
