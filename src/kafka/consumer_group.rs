@@ -560,6 +560,43 @@ impl ConsumerMember {
             .await
     }
 
+    /// Who this member is now, as commits name it.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            member_id: self.state.member_id.clone(),
+            epoch: self.state.epoch,
+        }
+    }
+
+    /// A link of its own to the coordinator for offsets, so commits and
+    /// heartbeats never wait for each other.
+    pub fn committer(&self) -> Committer {
+        Committer {
+            coord: self.coord.fresh(),
+            topic: self.topic.clone(),
+        }
+    }
+
+    /// The group id.
+    pub fn group_id(&self) -> &str {
+        &self.coord.config().group_id
+    }
+
+    /// The group instance id of a static member.
+    pub fn instance_id(&self) -> Option<&str> {
+        self.coord.config().instance_id.as_deref()
+    }
+
+    /// Deadline of one group request.
+    pub fn request_timeout(&self) -> Duration {
+        self.coord.op_timeout()
+    }
+
+    /// Drops the coordinator connection after a request was cut off.
+    pub fn forget_coordinator(&mut self) {
+        self.coord.forget();
+    }
+
     /// Leaves the group: call once every partition stopped. A static member
     /// leaves with epoch -2, so the broker keeps its partitions for it until
     /// its session runs out; a dynamic one hands them over at once.
@@ -579,6 +616,73 @@ impl ConsumerMember {
             .checked("ConsumerGroupHeartbeat", resp.error_code)
     }
 }
+
+/// Who commits offsets: the member id and epoch of the latest heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The member id.
+    pub member_id: String,
+    /// The member epoch; 0 while not a member.
+    pub epoch: i32,
+}
+
+/// Fetches and commits the offsets of a consumer-protocol member over a
+/// connection of its own (`ConsumerMember::committer`).
+pub struct Committer {
+    coord: Coordinator,
+    topic: String,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer")
+            .field("group", &self.coord.config().group_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Committer {
+    /// Committed positions of `partitions`.
+    pub async fn fetch_offsets(
+        &mut self,
+        partitions: &[i32],
+    ) -> Result<std::collections::BTreeMap<i32, Committed>, GroupError> {
+        let topic = self.topic.clone();
+        self.coord.fetch_offsets(&topic, partitions).await
+    }
+
+    /// Commits `offsets` (partition, next offset, metadata) as `who`. The
+    /// broker answers STALE_MEMBER_EPOCH when `who` is behind the latest
+    /// heartbeat: try again at the next commit.
+    pub async fn commit(
+        &mut self,
+        offsets: &[(i32, i64, String)],
+        who: &Identity,
+    ) -> Result<(), GroupError> {
+        if who.epoch <= 0 {
+            return Err(GroupError::Kafka {
+                api: "OffsetCommit",
+                error: ResponseError::UnknownMemberId,
+            });
+        }
+        let topic = self.topic.clone();
+        self.coord
+            .commit(&topic, offsets, &who.member_id, who.epoch, V_OFFSET_COMMIT)
+            .await
+    }
+
+    /// Deadline of one request.
+    pub fn request_timeout(&self) -> Duration {
+        self.coord.op_timeout()
+    }
+
+    /// Drops the connection after a request was cut off.
+    pub fn forget_coordinator(&mut self) {
+        self.coord.forget();
+    }
+}
+
+pub(crate) mod membership;
 
 #[cfg(test)]
 mod tests;

@@ -359,6 +359,9 @@ pub(crate) struct Coordinator {
     conn: Option<BrokerConn>,
     /// The requests (name, key, version) the member sends.
     needs: &'static [(&'static str, i16, i16)],
+    /// The bootstrap server asked first: the last that answered, or the
+    /// one after the last tried.
+    first_server: usize,
 }
 
 impl Coordinator {
@@ -373,6 +376,7 @@ impl Coordinator {
             kafka: kafka.clone(),
             conn: None,
             needs,
+            first_server: 0,
         }
     }
 
@@ -422,9 +426,16 @@ impl Coordinator {
     async fn coordinator(&mut self) -> Result<&mut BrokerConn, GroupError> {
         if self.conn.is_none() {
             let mut last = None;
-            for addr in self.kafka.servers() {
-                match self.find_coordinator_via(&addr).await {
+            let servers = self.kafka.servers();
+            let n = servers.len();
+            for k in 0..n {
+                let i = (self.first_server + k) % n;
+                // Moved on before the attempt: a caller that gives up on a
+                // silent server midway starts at the next one next time.
+                self.first_server = (i + 1) % n;
+                match self.find_coordinator_via(&servers[i]).await {
                     Ok(conn) => {
+                        self.first_server = i;
                         self.conn = Some(conn);
                         break;
                     }
@@ -462,6 +473,24 @@ impl Coordinator {
             BrokerConn::open(&target, &k.client_id, self.op_timeout(), &k.security).await?;
         negotiate(&mut coord, self.needs).await?;
         Ok(coord)
+    }
+
+    /// Forgets the connection: the next request finds the coordinator anew
+    /// (after a request was cut off midway, whose answer must not be read
+    /// as the next one's).
+    pub(crate) fn forget(&mut self) {
+        self.conn = None;
+    }
+
+    /// The same link with no connection yet, for a task of its own.
+    pub(crate) fn fresh(&self) -> Self {
+        Self {
+            group: self.group.clone(),
+            kafka: self.kafka.clone(),
+            conn: None,
+            needs: self.needs,
+            first_server: self.first_server,
+        }
     }
 
     /// Sends one request to the coordinator; any failure of the exchange
@@ -587,12 +616,7 @@ impl Member {
     /// commits or its search for the coordinator.
     pub(crate) fn heartbeater(&self) -> Self {
         Self {
-            coord: Coordinator {
-                group: self.coord.group.clone(),
-                kafka: self.coord.kafka.clone(),
-                conn: None,
-                needs: self.coord.needs,
-            },
+            coord: self.coord.fresh(),
             member_id: self.member_id.clone(),
             generation: self.generation,
         }
@@ -600,7 +624,7 @@ impl Member {
 
     /// Forgets the coordinator connection: the next request finds it anew.
     pub(crate) fn forget_coordinator(&mut self) {
-        self.coord.conn = None;
+        self.coord.forget();
     }
 
     /// Deadline of one group request, for those that run group requests in

@@ -103,6 +103,22 @@ impl InFlight {
         }
     }
 
+    /// Waits up to `grace` for every task of the partition whose ledger is
+    /// `of` to end; whether they all did.
+    pub(crate) async fn wait_idle_of(&self, of: &Arc<Mutex<Progress>>, grace: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let notified = self.ended.notified();
+            let busy = self.tasks().values().any(|r| Arc::ptr_eq(&r.progress, of));
+            if !busy {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return !self.tasks().values().any(|r| Arc::ptr_eq(&r.progress, of));
+            }
+        }
+    }
+
     /// Cancels the tasks of the partitions whose ledgers are `of` (every
     /// task with `None`) and waits, up to `CANCEL_WAIT`, until they have
     /// ended: their API calls dropped, connection and all, and no record of

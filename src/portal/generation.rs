@@ -4,7 +4,7 @@
 //! cancelled, a final commit.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -13,7 +13,7 @@ use crate::kafka::code;
 use crate::kafka::group::{Assignment, GroupError, Member};
 use crate::kafka::heartbeat::{GroupSignal, Heartbeats};
 use crate::portal::context::{lock, Ctx};
-use crate::portal::ledger::decode_metadata;
+use crate::portal::ledger::{decode_metadata, Progress};
 use crate::portal::reader::read_partition;
 
 /// Why a generation ended.
@@ -189,7 +189,7 @@ pub(crate) async fn serve_generation(
     if !all_done {
         // A reader stuck in a fetch must not hand out a job after the cancel.
         let _ = tokio::time::timeout(READERS_STOP, readers.shutdown()).await;
-        cancel_in_flight(ctx, grace).await;
+        cancel_in_flight(ctx, grace, None).await;
     }
     drop(beats);
     if let Some(e) = fatal {
@@ -212,8 +212,12 @@ pub(crate) async fn serve_generation(
 /// Cancels the jobs still running when the grace ran out, before their
 /// partitions go to another portal: that one runs them again, and two calls
 /// for one job must not overlap.
-pub(crate) async fn cancel_in_flight(ctx: &Ctx, grace: Duration) {
-    for job in ctx.in_flight.cancel(None).await {
+pub(crate) async fn cancel_in_flight(
+    ctx: &Ctx,
+    grace: Duration,
+    of: Option<&[Arc<Mutex<Progress>>]>,
+) {
+    for job in ctx.in_flight.cancel(of).await {
         ctx.metrics.job_cancelled();
         log::warn!(
             "job {job}: still running after the {} s grace (PORTAL_SHUTDOWN_GRACE_SECS); its API call was cancelled and the connection dropped, so the next owner of its partition runs it again",
@@ -224,16 +228,16 @@ pub(crate) async fn cancel_in_flight(ctx: &Ctx, grace: Duration) {
 
 /// The level of one more group request failure in a run that began at
 /// `since` (set now if the run starts with it).
-fn failure_level(since: &mut Option<Instant>, e: &GroupError) -> log::Level {
+pub(crate) fn failure_level(since: &mut Option<Instant>, e: &GroupError) -> log::Level {
     let since = *since.get_or_insert_with(Instant::now);
     code::log_level(e.is_startup_state(), since.elapsed())
 }
 
 /// How long aborted readers get to end.
-const READERS_STOP: Duration = Duration::from_secs(5);
+pub(crate) const READERS_STOP: Duration = Duration::from_secs(5);
 
 /// How often committed offsets catch up with answered jobs.
-const COMMIT_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 /// Commits each of `partitions` that has a position: the offset below which
 /// all its jobs are answered, with answered offsets above it in the metadata.

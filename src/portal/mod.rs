@@ -55,6 +55,7 @@ pub(crate) mod assembler;
 mod budget;
 mod context;
 mod generation;
+mod incremental;
 // Public for `examples/demo_api.rs`, which uses `token_cache::form_encode`.
 pub mod http_dispatch;
 mod job;
@@ -98,18 +99,11 @@ async fn group_protocol(cfg: &Settings) -> anyhow::Result<GroupProtocol> {
         }
         Err(e) => anyhow::bail!("KAFKA_GROUP_PROTOCOL={}: {e}", wanted.name()),
     };
-    // The consumer member (kafka::consumer_group) is not driven by the
-    // portal yet: say so rather than let the setting look honoured.
-    match (wanted, resolved) {
-        (GroupProtocol::Consumer, _) => log::warn!(
-            "KAFKA_GROUP_PROTOCOL=consumer: the broker serves the consumer group protocol, but this portal still joins with the classic protocol"
-        ),
-        (_, resolved) => log::info!(
-            "group protocol: {} (KAFKA_GROUP_PROTOCOL={}); this portal joins with the classic protocol",
-            resolved.name(),
-            wanted.name()
-        ),
-    }
+    log::info!(
+        "group protocol: {} (KAFKA_GROUP_PROTOCOL={})",
+        resolved.name(),
+        wanted.name()
+    );
     Ok(resolved)
 }
 
@@ -200,6 +194,15 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
         cfg,
     });
 
+    if ctx.cfg.group.protocol == GroupProtocol::Consumer {
+        return incremental::serve(&ctx, shutdown).await;
+    }
+    serve_classic(&ctx, shutdown).await
+}
+
+/// Serves the request topic under the classic group protocol: join, serve
+/// a generation, join again after a rebalance, until `shutdown`.
+async fn serve_classic(ctx: &Arc<Ctx>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let mut member = Member::new(&ctx.cfg.kafka, ctx.cfg.group.clone());
     tokio::pin!(shutdown);
     let mut announced = false;
@@ -211,7 +214,7 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
         let topic = ctx.cfg.kafka.request_topic.clone();
         let joined = tokio::select! {
             _ = &mut shutdown => break,
-            r = member.join(&topic, request_partitions) => r,
+            r = member.join(&topic, ctx.request_partitions) => r,
         };
         let assignment = match joined {
             Ok(a) => {
@@ -220,7 +223,7 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
             }
             Err(e) if e.is_fatal() => {
                 if !ctx.in_flight.wait_idle(ctx.cfg.shutdown_grace).await {
-                    cancel_in_flight(&ctx, ctx.cfg.shutdown_grace).await;
+                    cancel_in_flight(ctx, ctx.cfg.shutdown_grace, None).await;
                 }
                 return Err(e.into());
             }
@@ -250,40 +253,35 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
                 .map(|i| format!(" (static member '{i}')"))
                 .unwrap_or_default()
         );
-        let stop = match serve_generation(
-            &ctx,
-            &mut member,
-            &assignment,
-            &mut shutdown,
-            &mut announced,
-        )
-        .await
-        {
-            Ok(stop) => {
-                failing_since = None;
-                stop
-            }
-            Err(e)
-                if e.downcast_ref::<GroupError>()
-                    .is_some_and(GroupError::is_fatal) =>
+        let stop =
+            match serve_generation(ctx, &mut member, &assignment, &mut shutdown, &mut announced)
+                .await
             {
-                return Err(e);
-            }
-            Err(e) => {
-                let since = *failing_since.get_or_insert_with(Instant::now);
-                let startup = e
-                    .downcast_ref::<GroupError>()
-                    .is_some_and(GroupError::is_startup_state);
-                log::log!(
-                    code::log_level(startup, since.elapsed()),
-                    "generation {} ended: {e:#}",
-                    assignment.generation
-                );
-                // Do not make the whole group rebalance in a tight loop.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                GenerationEnd::Rebalance
-            }
-        };
+                Ok(stop) => {
+                    failing_since = None;
+                    stop
+                }
+                Err(e)
+                    if e.downcast_ref::<GroupError>()
+                        .is_some_and(GroupError::is_fatal) =>
+                {
+                    return Err(e);
+                }
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    let startup = e
+                        .downcast_ref::<GroupError>()
+                        .is_some_and(GroupError::is_startup_state);
+                    log::log!(
+                        code::log_level(startup, since.elapsed()),
+                        "generation {} ended: {e:#}",
+                        assignment.generation
+                    );
+                    // Do not make the whole group rebalance in a tight loop.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    GenerationEnd::Rebalance
+                }
+            };
         if stop == GenerationEnd::Shutdown {
             if stay_static(&member, ctx.cfg.group.session_timeout) {
                 return Ok(());
@@ -300,7 +298,7 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
     // group hears at once that this member is gone.
     let grace = ctx.cfg.shutdown_grace;
     if !ctx.in_flight.wait_idle(grace).await {
-        cancel_in_flight(&ctx, grace).await;
+        cancel_in_flight(ctx, grace, None).await;
     }
     if stay_static(&member, ctx.cfg.group.session_timeout) {
         return Ok(());

@@ -34,9 +34,12 @@ async fn wait_for_two_members(topics: &Topics) -> Vec<u32> {
     }
 }
 
-/// Settings that make failover quick enough for a test.
+/// Settings that make failover quick enough for a test: the classic
+/// protocol, whose session timeout the portal sets (under the consumer
+/// protocol the broker's, at least 45 s by default, decides).
 fn fast_group(servers: &Servers) -> Vec<(&'static str, String)> {
     let mut env = servers.plain_env();
+    env.push(("KAFKA_GROUP_PROTOCOL", "classic".into()));
     env.push(("PORTAL_SESSION_TIMEOUT_SECS", "6".into()));
     env.push(("PORTAL_SHUTDOWN_GRACE_SECS", "20".into()));
     env

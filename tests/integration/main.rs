@@ -13,6 +13,7 @@ mod curl_request;
 mod curl_response;
 mod files;
 mod group;
+mod incremental;
 mod kafka_messages;
 mod kafka_read;
 mod kafka_security;

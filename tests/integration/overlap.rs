@@ -83,7 +83,9 @@ fn check_cancel_logged(portal: &Portal, job: &str) {
 async fn a_call_outliving_the_grace_at_a_rebalance_is_cancelled_before_the_job_runs_again() {
     let api = OverlapApi::start().await;
     let topics = Topics::new("overlapjoin");
-    let env = env(&api);
+    let mut env = env(&api);
+    // A join that revokes every partition: the classic protocol's.
+    env.push(("KAFKA_GROUP_PROTOCOL", "classic".into()));
     let a = Portal::start(&topics, &env);
     // To a file: a client switching to another attempt's answer starts the
     // file over, which it cannot do with bytes already on stdout.

@@ -68,8 +68,14 @@ fn keys() -> Keys {
 }
 
 fn signed_portal(topics: &Topics, servers: &Servers, keys: &Keys) -> Portal {
+    signed_portal_with(topics, servers, keys, "auto")
+}
+
+/// A portal trusting `keys` under the group `protocol`.
+fn signed_portal_with(topics: &Topics, servers: &Servers, keys: &Keys, protocol: &str) -> Portal {
     let mut env = servers.plain_env();
     env.push(("PORTAL_TRUSTED_KEYS", keys.trusted.clone()));
+    env.push(("KAFKA_GROUP_PROTOCOL", protocol.into()));
     Portal::start(topics, &env)
 }
 
@@ -262,7 +268,8 @@ async fn a_replayed_signed_request_never_reaches_the_api_twice() {
     let keys = keys();
     let servers = Servers::start().await;
     let topics = Topics::new("replay");
-    let portal = signed_portal(&topics, &servers, &keys);
+    // The rebalance below must move every partition: the classic protocol.
+    let portal = signed_portal_with(&topics, &servers, &keys, "classic");
     let dir = tempfile::tempdir().unwrap();
     let (file, _) = pattern_file(dir.path(), "once.bin", 13, 2_000_000);
     let out = send(
@@ -330,7 +337,7 @@ async fn a_replayed_signed_request_never_reaches_the_api_twice() {
             .count()
     };
     let before = generations(&portal.log());
-    let mut second = signed_portal(&topics, &servers, &keys);
+    let mut second = signed_portal_with(&topics, &servers, &keys, "classic");
     second.signal("TERM");
     assert_eq!(second.wait_exit().await, Some(0), "{}", second.log());
     wait_until("the first portal took every partition back", || {

@@ -15,6 +15,9 @@ fn static_env(servers: &Servers, id: &str, session: u64) -> Vec<(&'static str, S
     let mut env = servers.plain_env();
     env.push(("KAFKA_TOPIC_PARTITIONS", "4".into()));
     env.push(("PORTAL_SESSION_TIMEOUT_SECS", session.to_string()));
+    // The classic protocol's static membership; `incremental` has the
+    // consumer protocol's.
+    env.push(("KAFKA_GROUP_PROTOCOL", "classic".into()));
     env.push(("PORTAL_SHUTDOWN_GRACE_SECS", "10".into()));
     env.push(("KAFKA_GROUP_INSTANCE_ID", id.into()));
     env
