@@ -438,15 +438,15 @@ pub async fn resolve_protocol(
 
 /// A member of one consumer group under the consumer protocol.
 pub struct ConsumerMember {
-    coord: Coordinator,
-    topic: String,
+    /// The coordinator link its heartbeats go over, and its topic.
+    link: Committer,
     state: State,
 }
 
 impl std::fmt::Debug for ConsumerMember {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConsumerMember")
-            .field("group", &self.coord.config().group_id)
+            .field("group", &self.link.coord.config().group_id)
             .field("member_id", &self.state.member_id)
             .field("epoch", &self.state.epoch)
             .finish_non_exhaustive()
@@ -458,8 +458,10 @@ impl ConsumerMember {
     pub fn new(kafka: &Config, group: GroupConfig, topic: &str) -> Self {
         let id = Uuid::from_u128(fastrand::u128(..)).to_string();
         Self {
-            coord: Coordinator::new(kafka, group, NEEDS),
-            topic: topic.to_string(),
+            link: Committer {
+                coord: Coordinator::new(kafka, group, NEEDS),
+                topic: topic.to_string(),
+            },
             state: State::new(id),
         }
     }
@@ -497,8 +499,11 @@ impl ConsumerMember {
         if !self.state.can_beat() {
             return Ok(Change::default());
         }
-        let req = self.state.request(self.coord.config(), &self.topic);
+        let req = self
+            .state
+            .request(self.link.coord.config(), &self.link.topic);
         let resp = self
+            .link
             .coord
             .call("ConsumerGroupHeartbeat", &req, V_HEARTBEAT, Duration::ZERO)
             .await?;
@@ -514,13 +519,13 @@ impl ConsumerMember {
                 .error_code
                 .err()
                 .unwrap_or(ResponseError::NotCoordinator);
-            return Err(self.coord.failure("ConsumerGroupHeartbeat", code));
+            return Err(self.link.coord.failure("ConsumerGroupHeartbeat", code));
         }
         let before = self.state.epoch;
         let change = self
             .state
-            .on_response(self.coord.config(), &resp, Instant::now())?;
-        let group = &self.coord.config().group_id;
+            .on_response(self.link.coord.config(), &resp, Instant::now())?;
+        let group = &self.link.coord.config().group_id;
         if change.lost {
             log::warn!(
                 "group {group}: the coordinator fenced this member (epoch {before}); giving up partitions {:?} and joining again",
@@ -548,20 +553,15 @@ impl ConsumerMember {
         &mut self,
         partitions: &[i32],
     ) -> Result<std::collections::BTreeMap<i32, Committed>, GroupError> {
-        let topic = self.topic.clone();
-        self.coord.fetch_offsets(&topic, partitions).await
+        self.link.fetch_offsets(partitions).await
     }
 
     /// Commits `offsets` (partition, next offset, metadata) with the
     /// current member epoch; STALE_MEMBER_EPOCH means try again after the
     /// next heartbeat.
     pub async fn commit(&mut self, offsets: &[(i32, i64, String)]) -> Result<(), GroupError> {
-        let topic = self.topic.clone();
-        let member = self.state.member_id.clone();
-        let epoch = self.state.epoch;
-        self.coord
-            .commit(&topic, offsets, &member, epoch, V_OFFSET_COMMIT)
-            .await
+        let who = self.identity();
+        self.link.commit(offsets, &who).await
     }
 
     /// Who this member is now, as commits name it.
@@ -576,29 +576,29 @@ impl ConsumerMember {
     /// heartbeats never wait for each other.
     pub fn committer(&self) -> Committer {
         Committer {
-            coord: self.coord.fresh(),
-            topic: self.topic.clone(),
+            coord: self.link.coord.fresh(),
+            topic: self.link.topic.clone(),
         }
     }
 
     /// The group id.
     pub fn group_id(&self) -> &str {
-        &self.coord.config().group_id
+        &self.link.coord.config().group_id
     }
 
     /// The group instance id of a static member.
     pub fn instance_id(&self) -> Option<&str> {
-        self.coord.config().instance_id.as_deref()
+        self.link.coord.config().instance_id.as_deref()
     }
 
     /// Deadline of one group request.
     pub fn request_timeout(&self) -> Duration {
-        self.coord.op_timeout()
+        self.link.coord.op_timeout()
     }
 
     /// Drops the coordinator connection after a request was cut off.
     pub fn forget_coordinator(&mut self) {
-        self.coord.forget();
+        self.link.coord.forget();
     }
 
     /// Leaves the group: call once every partition stopped. A static member
@@ -609,14 +609,16 @@ impl ConsumerMember {
             self.state.left();
             return Ok(());
         }
-        let req = self.state.leave_request(self.coord.config());
+        let req = self.state.leave_request(self.link.coord.config());
         let resp = self
+            .link
             .coord
             .call("ConsumerGroupHeartbeat", &req, V_HEARTBEAT, Duration::ZERO)
             .await;
         self.state.left();
         let resp = resp?;
-        self.coord
+        self.link
+            .coord
             .checked("ConsumerGroupHeartbeat", resp.error_code)
     }
 }
