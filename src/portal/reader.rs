@@ -54,6 +54,11 @@ pub(crate) async fn read_partition(
         (None, StartFrom::Latest) => pc.end_offset().await?,
         (None, StartFrom::Earliest) => pc.start_offset().await?,
     };
+    if *stop.borrow() {
+        // Told to stop while finding its place (the partition moved on at
+        // once): it never served, so it must not say it does.
+        return Ok(());
+    }
     // bench/soak reads this line (and "stopped reading") for its pauses.
     log::info!("partition {partition} of {topic}: reading from offset {offset}");
     lock(&progress).set_start(offset);
