@@ -11,12 +11,13 @@
 
 use std::time::{Duration, Instant};
 
+use kafka_protocol::error::ResponseError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
 
 use crate::kafka::code;
-use crate::kafka::consumer_group::{Change, ConsumerMember, Identity};
+use crate::kafka::consumer_group::{Change, ConsumerMember, Identity, UNRELEASED_PATIENCE};
 use crate::kafka::group::GroupError;
 
 /// What the member tells its user.
@@ -112,6 +113,7 @@ async fn beat_loop(
     // restarts answers with start-up states for a moment (`code::log_level`).
     let mut failures = 0u32;
     let mut failing: Option<Instant> = None;
+    let mut unreleased_told = false;
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next) => {
@@ -149,11 +151,25 @@ async fn beat_loop(
                     Err(e) => {
                         failures += 1;
                         let since = *failing.get_or_insert_with(Instant::now);
-                        log::log!(
-                            code::log_level(e.is_startup_state(), since.elapsed()),
-                            "heartbeat to group {} failed: {e}; retrying",
-                            member.group_id()
-                        );
+                        if is_unreleased(&e) {
+                            // A static portal restarted after a crash: the
+                            // broker keeps its id for the dead one's session.
+                            // Said once; the wait ends by itself or fatally.
+                            let level = if unreleased_told { log::Level::Debug } else { log::Level::Info };
+                            unreleased_told = true;
+                            log::log!(
+                                level,
+                                "group {}: the broker still holds this portal's group instance id for an earlier member (UNRELEASED_INSTANCE_ID), until that member's session runs out (group.consumer.session.timeout.ms); waiting up to {} s",
+                                member.group_id(),
+                                UNRELEASED_PATIENCE.as_secs()
+                            );
+                        } else {
+                            log::log!(
+                                code::log_level(e.is_startup_state(), since.elapsed()),
+                                "heartbeat to group {} failed: {e}; retrying",
+                                member.group_id()
+                            );
+                        }
                         next = TokioInstant::now() + pace(&member, failures);
                     }
                 }
@@ -179,6 +195,17 @@ async fn beat_loop(
             },
         }
     }
+}
+
+/// Whether the broker still holds this member's instance id for another.
+fn is_unreleased(e: &GroupError) -> bool {
+    matches!(
+        e,
+        GroupError::Kafka {
+            error: ResponseError::UnreleasedInstanceId,
+            ..
+        }
+    )
 }
 
 /// Time until the next heartbeat: at once when the broker must hear of a
