@@ -242,7 +242,15 @@ pub(crate) const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// Commits each of `partitions` that has a position: the offset below which
 /// all its jobs are answered, with answered offsets above it in the metadata.
 async fn commit(ctx: &Ctx, member: &mut Member, partitions: &[i32]) -> Result<(), GroupError> {
-    let offsets: Vec<(i32, i64, String)> = partitions
+    let offsets = commit_points(ctx, partitions);
+    member.commit(&ctx.cfg.kafka.request_topic, &offsets).await
+}
+
+/// What to commit for each of `partitions` that has a position: the
+/// offset below which all its jobs are answered, with answered offsets
+/// above it in the metadata.
+pub(crate) fn commit_points(ctx: &Ctx, partitions: &[i32]) -> Vec<(i32, i64, String)> {
+    partitions
         .iter()
         .map(|&p| {
             let progress = ctx.progress_of(p);
@@ -250,6 +258,5 @@ async fn commit(ctx: &Ctx, member: &mut Member, partitions: &[i32]) -> Result<()
             (p, offset, metadata)
         })
         .filter(|(_, offset, _)| *offset >= 0)
-        .collect();
-    member.commit(&ctx.cfg.kafka.request_topic, &offsets).await
+        .collect()
 }

@@ -30,7 +30,9 @@ use crate::kafka::consumer_group::membership::{Event, Membership};
 use crate::kafka::consumer_group::{Committer, ConsumerMember, Identity};
 use crate::kafka::group::GroupError;
 use crate::portal::context::{lock, Ctx};
-use crate::portal::generation::{cancel_in_flight, failure_level, COMMIT_EVERY, READERS_STOP};
+use crate::portal::generation::{
+    cancel_in_flight, commit_points, failure_level, COMMIT_EVERY, READERS_STOP,
+};
 use crate::portal::ledger::{decode_metadata, Progress};
 use crate::portal::reader::read_partition;
 
@@ -542,15 +544,7 @@ impl Loop<'_> {
     }
 
     async fn commit(&mut self, partitions: &[i32]) -> Result<(), GroupError> {
-        let offsets: Vec<(i32, i64, String)> = partitions
-            .iter()
-            .map(|&p| {
-                let progress = self.ctx.progress_of(p);
-                let (offset, metadata) = lock(&progress).commit_point();
-                (p, offset, metadata)
-            })
-            .filter(|(_, offset, _)| *offset >= 0)
-            .collect();
+        let offsets = commit_points(self.ctx, partitions);
         if offsets.is_empty() {
             return Ok(());
         }

@@ -79,6 +79,30 @@ fn check_cancel_logged(portal: &Portal, job: &str) {
     );
 }
 
+/// Sends a job to `/endless` and waits until its first call began; the
+/// answer goes to a file: a client switching to another attempt's answer
+/// starts the file over, which it cannot do with bytes already on stdout.
+async fn send_endless(
+    api: &OverlapApi,
+    topics: &Topics,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    tokio::task::JoinHandle<crate::support::run::SendResult>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("answer");
+    let client = spawn_send(
+        topics,
+        &["--endpoint", "/endless", "-o", file.to_str().unwrap()],
+    );
+    wait_until("the first call never came", || {
+        !api.state.calls().is_empty()
+    })
+    .await;
+    (dir, file, client)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_outliving_the_grace_at_a_rebalance_is_cancelled_before_the_job_runs_again() {
     let api = OverlapApi::start().await;
@@ -87,18 +111,7 @@ async fn a_call_outliving_the_grace_at_a_rebalance_is_cancelled_before_the_job_r
     // A join that revokes every partition: the classic protocol's.
     env.push(("KAFKA_GROUP_PROTOCOL", "classic".into()));
     let a = Portal::start(&topics, &env);
-    // To a file: a client switching to another attempt's answer starts the
-    // file over, which it cannot do with bytes already on stdout.
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("answer");
-    let client = spawn_send(
-        &topics,
-        &["--endpoint", "/endless", "-o", file.to_str().unwrap()],
-    );
-    wait_until("the first call never came", || {
-        !api.state.calls().is_empty()
-    })
-    .await;
+    let (_dir, file, client) = send_endless(&api, &topics).await;
     // The join revokes every partition of portal a; its call cannot finish.
     let b = Portal::start(&topics, &env);
     let out = client.await.unwrap();
@@ -119,18 +132,7 @@ async fn a_call_outliving_the_grace_at_shutdown_is_cancelled_before_the_portal_e
     let topics = Topics::new("overlapterm");
     let env = env(&api);
     let mut a = Portal::start(&topics, &env);
-    // To a file: a client switching to another attempt's answer starts the
-    // file over, which it cannot do with bytes already on stdout.
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("answer");
-    let client = spawn_send(
-        &topics,
-        &["--endpoint", "/endless", "-o", file.to_str().unwrap()],
-    );
-    wait_until("the first call never came", || {
-        !api.state.calls().is_empty()
-    })
-    .await;
+    let (_dir, file, client) = send_endless(&api, &topics).await;
     a.signal("TERM");
     assert_eq!(a.wait_exit().await, Some(0), "{}", a.log());
     let calls = api.state.calls();
