@@ -85,6 +85,9 @@ pub(super) async fn transmit(
     let shown = body_name(request);
 
     let mut landed = Landed::default();
+    // What a resume found, told once the portal is known not to have
+    // answered the job already.
+    let mut found_note = None;
     if resume.is_some() {
         report.resumed += 1;
         let to = request_pc.end_offset().await?;
@@ -124,7 +127,7 @@ pub(super) async fn transmit(
                     ),
                     (None, None) => "its start record is in the request topic; sending the rest".to_string(),
                 };
-                show.notice(Notice::Resumed { job, what: &what });
+                found_note = Some(what);
             }
             None if !landed.chunks.is_empty() || landed.end.is_some() => {
                 let kept = request_pc.start_offset().await?;
@@ -160,6 +163,9 @@ pub(super) async fn transmit(
         answered = landed::answered(&link.settings, reply_partition, job, from, to).await?;
         if let Some(failure) = answered.error.take() {
             return Err(answered_already(job, failure.category, failure.message));
+        }
+        if let Some(what) = &found_note {
+            show.notice(Notice::Resumed { job, what });
         }
         Some(from)
     } else if sink.is_some() {
@@ -245,11 +251,17 @@ pub(super) async fn transmit(
     let complete = landed.end.is_some() || answered.response;
     if let Some(mut reader) = body.take().filter(|_| !complete) {
         let replay = replayable(&prepared);
-        show.notice(Notice::Uploading {
-            job,
-            bytes: prepared.body_len,
-            resumable: replay,
-        });
+        // A body of one chunk is produced in one call: nothing to resume.
+        if prepared
+            .body_len
+            .is_some_and(|n| n > kcfg.chunk_size as u64)
+        {
+            show.notice(Notice::Uploading {
+                job,
+                bytes: prepared.body_len,
+                resumable: replay,
+            });
+        }
         let upload_started = Instant::now();
         let progress = Progress::new("upload", prepared.body_len, show.progress);
         let mut partition = request_pc;
