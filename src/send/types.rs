@@ -144,7 +144,8 @@ pub enum Notice<'a> {
     Status(u16),
     /// With [`Show::verbose`]: what curl's `-v` shows.
     Verbose(Verbose<'a>),
-    /// With [`Show::job_lines`]: the body's upload starts under this job id.
+    /// With [`Show::job_lines`]: the upload of a body of more than one
+    /// chunk starts under this job id.
     Uploading {
         /// The job.
         job: JobId,
