@@ -102,6 +102,8 @@ pub(super) async fn transmit(
             &shown,
         )
         .await?;
+        // Chunks out of place are refused before anything is said or sent.
+        chunk_size(job, &landed, &prepared, kcfg.chunk_size)?;
         match &landed.start {
             Some((start, _)) => {
                 same_request(job, start, &prepared, body.is_some())?;

@@ -208,6 +208,36 @@ async fn a_body_that_differs_from_the_chunks_sent_is_refused_and_nothing_produce
         assert!(out.stderr.contains(want), "no {want:?} in {}", out.stderr);
     }
     assert_eq!(pc.end_offset().await.unwrap(), before, "nothing produced");
+
+    // Chunks that match the file but sit where no one chunk size puts
+    // them were not cut by send: refused, naming the one out of place.
+    let job = JobId::new();
+    let body = std::fs::read(&file).unwrap();
+    let pc = partial_job(&topics, job, "/api/upload", &body, chunk, &[1]).await;
+    let at = 2 * chunk + 100;
+    let data = &body[at..at + chunk];
+    pc.produce(chunk_record(job, 3, at as u64, data, wire::checksum(data)))
+        .await
+        .unwrap();
+    let before = pc.end_offset().await.unwrap();
+    let args = [
+        file.to_str().unwrap(),
+        "--endpoint",
+        "/api/upload",
+        "--resume",
+        &job.to_string(),
+    ];
+    let out = send(&topics, &args).await;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "chunk 3 in the request topic holds bytes 8292..12388, where chunks of 4096 bytes would hold 8192..12288"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(pc.end_offset().await.unwrap(), before, "nothing produced");
 }
 
 #[tokio::test(flavor = "multi_thread")]
