@@ -290,21 +290,35 @@ pub(super) async fn transmit(
             resumes += 1;
             report.resumed += 1;
             let why = failed.to_string();
-            log::warn!(
+            log::info!(
                 "job {job}: {why}; resuming the upload ({resumes} of at most {MAX_AUTO_RESUMES})"
             );
-            partition = reopen(link, request_partition, since + AUTO_RESUME_WITHIN).await?;
-            let to = partition.end_offset().await?;
-            landed = landed::find(
-                &link.settings,
-                request_partition,
-                job,
-                start_at,
-                to,
-                &prepared,
-                &shown,
-            )
-            .await?;
+            let deadline = since + AUTO_RESUME_WITHIN;
+            (partition, landed) = loop {
+                let found = async {
+                    let partition = reopen(link, request_partition, deadline).await?;
+                    let to = partition.end_offset().await?;
+                    let found = landed::find(
+                        &link.settings,
+                        request_partition,
+                        job,
+                        start_at,
+                        to,
+                        &prepared,
+                        &shown,
+                    )
+                    .await?;
+                    Ok::<_, SendError>((partition, found))
+                };
+                match found.await {
+                    Ok(found) => break found,
+                    Err(SendError::Kafka(e)) if e.passes() && Instant::now() < deadline => {
+                        log::info!("job {job}: finding what landed: {e}; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             let what = format!(
                 "the upload broke ({why}); resumed ({resumes} of at most {MAX_AUTO_RESUMES}) with {} body bytes in the request topic",
                 landed.bytes()
