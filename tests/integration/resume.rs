@@ -5,6 +5,7 @@
 //! goes away mid-upload.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::support::broker::{
     chunk_record, error_replies, kafka_settings, post_start, PrivateBroker, Topics,
 };
 use crate::support::payload::pattern_file;
+use crate::support::pki::sender_key_files;
 use crate::support::run::{kafkasend, send, Portal};
 use crate::support::{wait_until, WAIT};
 
@@ -77,18 +79,22 @@ async fn partial_job(
     pc
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_killed_upload_resumes_with_only_the_missing_chunks() {
-    let servers = Servers::start().await;
-    let topics = Topics::new("resume-kill");
-    let _portal = Portal::start(&topics, &servers.plain_env());
-    let dir = tempfile::tempdir().unwrap();
-    let size = 30_000_000u64;
-    let (file, digest) = pattern_file(dir.path(), "big.bin", 41, size as usize);
-    let chunk = 16 * 1024;
-    let mut child = kafkasend(&topics)
+/// Starts `send FILE --endpoint /api/upload --chunk-size CHUNK EXTRA`,
+/// takes the job id from the line it prints as the upload starts, and kills
+/// it (SIGKILL) once the job's request partition holds `records`; checks
+/// the upload had not finished. Returns the job.
+async fn killed_upload(
+    topics: &Topics,
+    file: &Path,
+    size: u64,
+    chunk: usize,
+    extra: &[&str],
+    records: i64,
+) -> JobId {
+    let mut child = kafkasend(topics)
         .args(["send", file.to_str().unwrap(), "--endpoint", "/api/upload"])
         .args(["--chunk-size", &chunk.to_string()])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -116,12 +122,9 @@ async fn a_killed_upload_resumes_with_only_the_missing_chunks() {
         line,
         format!("kafkasend: job {job}: uploading {size} bytes (resume with --resume {job})")
     );
-
-    // Killed once a few hundred of its 1,832 chunks are in.
-    let pc = request_partition(&topics, job).await;
-    let begun = pc.end_offset().await.unwrap();
+    let pc = request_partition(topics, job).await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while pc.end_offset().await.unwrap() < 300 {
+    while pc.end_offset().await.unwrap() < records {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the upload did not go on"
@@ -133,9 +136,23 @@ async fn a_killed_upload_resumes_with_only_the_missing_chunks() {
     let left = pc.end_offset().await.unwrap();
     let chunks = size.div_ceil(chunk as u64) as i64;
     assert!(
-        left < begun + chunks,
+        left < 1 + chunks,
         "the upload finished before it was killed ({left} records)"
     );
+    job
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_upload_resumes_with_only_the_missing_chunks() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("resume-kill");
+    let _portal = Portal::start(&topics, &servers.plain_env());
+    let dir = tempfile::tempdir().unwrap();
+    let size = 30_000_000u64;
+    let (file, digest) = pattern_file(dir.path(), "big.bin", 41, size as usize);
+    let chunk = 16 * 1024;
+    // Killed once a few hundred of its 1,832 chunks are in.
+    let job = killed_upload(&topics, &file, size, chunk, &[], 300).await;
     assert!(
         servers.state.requests().is_empty(),
         "nothing reached the API"
@@ -170,6 +187,39 @@ async fn a_killed_upload_resumes_with_only_the_missing_chunks() {
         "{}",
         out.stderr
     );
+    let answer = json(&std::fs::read(&reply).unwrap());
+    assert_eq!(answer["body_sha256"], digest.as_str());
+    assert_eq!(servers.state.idempotency_keys(), vec![job.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_upload_resumes_without_signing_its_start_again() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("resume-signed");
+    let dir = tempfile::tempdir().unwrap();
+    let (_, key, public) = sender_key_files(dir.path());
+    let mut env = servers.plain_env();
+    env.push(("PORTAL_TRUSTED_KEYS", public.to_str().unwrap().to_string()));
+    let _portal = Portal::start(&topics, &env);
+    let size = 10_000_000u64;
+    let (file, digest) = pattern_file(dir.path(), "big.bin", 49, size as usize);
+    let signing = ["--signing-key", key.to_str().unwrap()];
+    let job = killed_upload(&topics, &file, size, 16 * 1024, &signing, 100).await;
+    // The portal checks the start record's signature, which covers the
+    // body's digest, against the end record the resume computes; no key is
+    // needed for that.
+    let reply = dir.path().join("reply.json");
+    let args = [
+        file.to_str().unwrap(),
+        "--endpoint",
+        "/api/upload",
+        "--resume",
+        &job.to_string(),
+        "-o",
+        reply.to_str().unwrap(),
+    ];
+    let out = send(&topics, &args).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
     let answer = json(&std::fs::read(&reply).unwrap());
     assert_eq!(answer["body_sha256"], digest.as_str());
     assert_eq!(servers.state.idempotency_keys(), vec![job.to_string()]);
