@@ -122,7 +122,7 @@ pub(super) async fn transmit(
                 reply_partition = start.reply_partition;
                 report.bytes_found = landed.bytes();
                 let what = match (&landed.end, prepared.body_len) {
-                    (Some(_), _) => "its request is wholly in the request topic already; waiting for the answer".to_string(),
+                    (Some(_), _) => "its request is wholly in the request topic already: nothing is sent again".to_string(),
                     (None, Some(total)) => format!(
                         "{} of {total} body bytes are in the request topic already, checked against {shown}; sending the rest",
                         report.bytes_found
