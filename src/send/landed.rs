@@ -149,7 +149,9 @@ async fn scan(
 
 /// Finds what of `job` the request partition holds between `from` and
 /// `to`, checking each chunk's bytes against the body as it is read. A
-/// chunk that differs from the body is an error naming it.
+/// chunk that differs from the body is an error naming it. The start
+/// record goes through `same` as soon as it is read (normally before any
+/// chunk), so another request is named as such, not as a chunk that differs.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn find(
     settings: &kafka::Config,
@@ -159,6 +161,7 @@ pub(super) async fn find(
     to: i64,
     prepared: &Prepared,
     shown: &str,
+    same: impl Fn(&RequestStart) -> Result<(), SendError>,
 ) -> Result<Landed, SendError> {
     let mut landed = Landed::default();
     let body_len = prepared.body_len.unwrap_or(0);
@@ -182,6 +185,7 @@ pub(super) async fn find(
             }
             match frame.body {
                 Body::RequestStart(start) if landed.start.is_none() => {
+                    same(&start)?;
                     landed.start = Some((start, rec.offset));
                 }
                 Body::Chunk(info) => {

@@ -92,6 +92,7 @@ pub(super) async fn transmit(
         report.resumed += 1;
         let to = request_pc.end_offset().await?;
         let from = request_pc.offset_since(clock_slack_before(job)).await?;
+        let has_body = body.is_some();
         landed = landed::find(
             &link.settings,
             request_partition,
@@ -100,13 +101,13 @@ pub(super) async fn transmit(
             to,
             &prepared,
             &shown,
+            |start| same_request(job, start, &prepared, has_body),
         )
         .await?;
         // Chunks out of place are refused before anything is said or sent.
         chunk_size(job, &landed, &prepared, kcfg.chunk_size)?;
         match &landed.start {
             Some((start, _)) => {
-                same_request(job, start, &prepared, body.is_some())?;
                 if start.reply_topic != kcfg.response_topic {
                     return Err(usage(format!(
                         "job {job} is answered on topic '{}', not '{}': resume it with --response-topic {} (KAFKA_RESPONSE_TOPIC)",
@@ -306,6 +307,7 @@ pub(super) async fn transmit(
                         to,
                         &prepared,
                         &shown,
+                        |_| Ok(()),
                     )
                     .await?;
                     Ok::<_, SendError>((partition, found))
