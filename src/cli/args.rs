@@ -37,7 +37,7 @@ pub enum Command {
     /// Send one HTTP request (and a file) through Kafka and print the response.
     #[command(
         args_override_self = true,
-        after_help = "Examples:\n  kafkasend send report.pdf --endpoint /api/upload\n  kafkasend send --endpoint '/api/items?limit=5' -H 'Accept: application/json'\n  kafkasend send big.iso --endpoint /api/upload --multipart --field file -o reply.json\n  kafkasend send --endpoint /api/login -d user=ann -d lang=en\n  kafkasend send --endpoint /api/docs -F title=Report -F file=@report.pdf -F 'scan=@page1.png;type=image/png'\n\nUnlike curl: -e is --endpoint (not --referer), -q is --quiet (not 'skip .curlrc'), --json prints a summary (it does not send JSON), -u is refused (the portal authenticates to the API itself)."
+        after_help = "Examples:\n  kafkasend send report.pdf --endpoint /api/upload\n  kafkasend send --endpoint '/api/items?limit=5' -H 'Accept: application/json'\n  kafkasend send big.iso --endpoint /api/upload --multipart --field file -o reply.json\n  kafkasend send --endpoint /api/login -d user=ann -d lang=en\n  kafkasend send --endpoint /api/docs -F title=Report -F file=@report.pdf -F 'scan=@page1.png;type=image/png'\n  kafkasend send big.iso --endpoint /api/upload --resume JOB_ID   # finish a killed upload\n\nUnlike curl: -e is --endpoint (not --referer), -q is --quiet (not 'skip .curlrc'), --json prints a summary (it does not send JSON), -u is refused (the portal authenticates to the API itself)."
     )]
     Send(Box<SendArgs>),
     /// Wait for the response to a job sent earlier with `send --no-wait`.

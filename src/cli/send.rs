@@ -82,7 +82,10 @@ pub struct SendArgs {
     /// Print the job id and exit once the broker has every record; `kafkasend wait JOB_ID` picks the response up later
     #[arg(long)]
     pub no_wait: bool,
-    /// No progress bars and no status line on stderr; errors still show (also -s, as curl's; curl's -q skips .curlrc)
+    /// Finish the upload of an earlier send of this job id (killed, or its connection lost): the chunks already in Kafka are checked against FILE and only the missing ones are sent; give the same request flags and FILE
+    #[arg(long, value_name = "JOB_ID")]
+    pub resume: Option<String>,
+    /// No progress bars, no status line and no job id line on stderr; errors still show (also -s, as curl's; curl's -q skips .curlrc)
     #[arg(short = 'q', long, short_alias = 's')]
     pub quiet: bool,
     /// Print a one-line JSON summary on stdout (job, status, response headers, bytes each way, duration, digest verified); needs --output or --no-wait. Not curl's --json, which sends a JSON body
@@ -412,7 +415,11 @@ pub fn request(a: &SendArgs) -> Request {
         user_agent: a.user_agent.clone(),
         output: a.output.clone(),
         no_wait: a.no_wait,
-        show: show(a.quiet, a.json, a.verbose),
+        resume: a.resume.clone(),
+        show: Show {
+            job_lines: !a.quiet,
+            ..show(a.quiet, a.json, a.verbose)
+        },
         response: ResponseOptions {
             include: a.include,
             dump_header: a.dump_header.clone(),
@@ -428,6 +435,7 @@ fn show(quiet: bool, json: bool, verbose: bool) -> Show {
         progress: !quiet && !json,
         notices: Some(print_notice),
         verbose,
+        job_lines: false,
     }
 }
 
@@ -453,6 +461,20 @@ fn print_notice(n: Notice<'_>) {
             eprintln!("{}", one_line(&format!("HTTP {status} {reason}")));
         }
         Notice::Verbose(lines) => print_verbose(lines),
+        Notice::Uploading {
+            job,
+            bytes,
+            resumable,
+        } => {
+            let size = bytes.map_or("a body of unknown length".into(), |n| format!("{n} bytes"));
+            let hint = if resumable {
+                format!(" (resume with --resume {job})")
+            } else {
+                String::new()
+            };
+            eprintln!("kafkasend: job {job}: uploading {size}{hint}");
+        }
+        Notice::Resumed { job, what } => eprintln!("{}", one_line(&format!("kafkasend: job {job}: {what}"))),
     }
 }
 

@@ -110,6 +110,19 @@ impl KafkaError {
 }
 
 impl KafkaError {
+    /// Whether the failure may pass if the work is taken up again on a new
+    /// connection: the broker unreachable or silent, a connection lost or
+    /// refused, or a leader not yet there, even after the call's own
+    /// retries ran out (`send` then resumes its upload).
+    pub(crate) fn passes(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } | Self::Timeout(_) => true,
+            Self::Client { source, .. } => crate::kafka::retry::passes(source),
+            Self::Broker { error, .. } => code::is_startup_state(*error),
+            _ => false,
+        }
+    }
+
     /// Whether the broker answered with a state that is normal while it, a
     /// topic or a group starts (`code::is_startup_state`).
     pub(crate) fn is_startup_state(&self) -> bool {

@@ -39,6 +39,7 @@ mod attempts;
 mod decode;
 mod destination;
 mod head;
+mod landed;
 pub(crate) mod output;
 mod reply;
 mod request;
@@ -58,7 +59,7 @@ pub use crate::send::upload::Link;
 use crate::protocol::wire::JobId;
 use crate::send::destination::Destination;
 use crate::send::reply::follow_job;
-use crate::send::request::{body_digest, prepare, Prepared};
+use crate::send::request::{body_digest, prepare, replayable, Prepared};
 use crate::send::types::usage;
 use crate::send::ui::Report;
 use crate::send::upload::transmit;
@@ -129,6 +130,7 @@ async fn send_over(
             .show
             .notice(Notice::DroppedHeaders(&prepared.dropped));
     }
+    let resume = resumed_job(request, &prepared)?;
     let sink = open_sink(request)?;
     let result = tokio::select! {
         biased;
@@ -143,10 +145,36 @@ async fn send_over(
                     &opened
                 }
             };
-            transmit(link, prepared, body_sha256, sink, request, cfg, report).await
+            transmit(link, prepared, body_sha256, sink, request, cfg, report, resume).await
         } => r,
     };
     with_job(result, report)
+}
+
+/// The job `--resume` names, checked, with a body that can be resumed: one
+/// read again as it was (a multipart form gets a new boundary each time,
+/// standard input cannot be read twice).
+fn resumed_job(request: &Request, prepared: &Prepared) -> Result<Option<JobId>, SendError> {
+    let Some(given) = &request.resume else {
+        return Ok(None);
+    };
+    let job: JobId = given.trim().parse().map_err(|why| {
+        usage(format!(
+            "--resume '{}' is not a job id: {why}; use the id send printed (kafkasend: job ID: uploading ...)",
+            given.escape_debug()
+        ))
+    })?;
+    if request.multipart || !request.form.is_empty() {
+        return Err(usage(
+            "--resume cannot finish a multipart form (-F, --multipart): each send frames it with a new boundary, so its bytes differ from the first upload's; send it again without --resume",
+        ));
+    }
+    if !replayable(prepared) {
+        return Err(usage(
+            "--resume needs a body that can be read again (FILE, --data-binary @FILE, -d): standard input and pipes cannot be checked against what the first upload sent",
+        ));
+    }
+    Ok(Some(job))
 }
 
 /// Where the response goes, opened before the request is sent; none

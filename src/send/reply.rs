@@ -186,7 +186,7 @@ pub(super) struct Trouble {
 
 /// How far before a job's creation `wait` starts looking for its answer:
 /// the portal's clock, which stamps the answer, may run behind the sender's.
-const WAIT_CLOCK_SLACK: Duration = Duration::from_secs(300);
+pub(super) const WAIT_CLOCK_SLACK: Duration = Duration::from_secs(300);
 
 /// Reads the reply partition of `job` from shortly before its time, and
 /// receives its answer into `sink`.

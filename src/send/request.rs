@@ -728,6 +728,81 @@ pub(super) async fn open_body(
     Ok(Some(Box::new(Concat(readers))))
 }
 
+/// Whether the body can be read again, from the start or at any byte: no
+/// standard input, every file a regular one of known length. Only such a
+/// body can be checked against what an earlier upload left in Kafka and
+/// resumed.
+pub(super) fn replayable(p: &Prepared) -> bool {
+    p.body.as_ref().is_none_or(|pieces| {
+        pieces
+            .iter()
+            .all(|piece| !matches!(piece, Piece::Stdin | Piece::File(_, None)))
+    })
+}
+
+/// `len` bytes of a [`replayable`] body from byte `at`; fewer only at its
+/// end. Each file is opened for the read, so one that changed shows.
+pub(super) async fn read_at(p: &Prepared, at: u64, len: usize) -> Result<Vec<u8>, SendError> {
+    use tokio::io::AsyncSeekExt as _;
+    let mut out = Vec::with_capacity(len);
+    let mut start = 0u64;
+    for piece in p.body.iter().flatten() {
+        let want = len - out.len();
+        if want == 0 {
+            break;
+        }
+        let piece_len = match piece {
+            Piece::Bytes(b) => b.len() as u64,
+            Piece::File(_, Some(n)) => *n,
+            Piece::Stdin | Piece::File(_, None) => {
+                return Err(usage(
+                    "a body read from standard input or a stream cannot be read again",
+                ))
+            }
+        };
+        let end = start.saturating_add(piece_len);
+        let from = at + out.len() as u64;
+        if from < end {
+            let skip = from - start;
+            let take = (end - from).min(want as u64) as usize;
+            match piece {
+                Piece::Bytes(b) => {
+                    let skip = skip as usize;
+                    out.extend_from_slice(&b[skip..skip + take]);
+                }
+                Piece::File(path, _) => {
+                    let failed = |e: std::io::Error| {
+                        SendError::Io(format!("cannot read {}: {e}", path.display()))
+                    };
+                    let mut f = tokio::fs::File::open(path).await.map_err(failed)?;
+                    f.seek(std::io::SeekFrom::Start(skip))
+                        .await
+                        .map_err(failed)?;
+                    let mut buf = vec![0u8; take];
+                    let mut filled = 0;
+                    while filled < take {
+                        let n = f.read(&mut buf[filled..]).await.map_err(failed)?;
+                        if n == 0 {
+                            break;
+                        }
+                        filled += n;
+                    }
+                    buf.truncate(filled);
+                    let short = filled < take;
+                    out.extend_from_slice(&buf);
+                    if short {
+                        // The file shrank: what follows is not where it was.
+                        break;
+                    }
+                }
+                Piece::Stdin => {}
+            }
+        }
+        start = end;
+    }
+    Ok(out)
+}
+
 /// The SHA-256 of exactly the body bytes that will be sent (multipart
 /// framing included), read in a first pass so the signature can cover it
 /// before the start record goes out. Only regular files can be read twice.

@@ -57,6 +57,10 @@ pub struct Request {
     pub output: Option<PathBuf>,
     /// Return once the request is wholly sent, without waiting for the answer.
     pub no_wait: bool,
+    /// The id of a job whose upload to finish (`--resume`): the chunks
+    /// already in the request topic are checked against the body and only
+    /// the missing ones produced.
+    pub resume: Option<String>,
     /// What to show while it runs.
     pub show: Show,
     /// What is done with the response's head and encoding (`-i`, `-D`,
@@ -104,10 +108,16 @@ pub struct Show {
     /// The request's and the response's heads, and what happens between,
     /// as [`Notice::Verbose`] (curl's `-v`).
     pub verbose: bool,
+    /// The job id as an upload starts, and each resume, as
+    /// [`Notice::Uploading`] and [`Notice::Resumed`].
+    pub job_lines: bool,
 }
 
 impl Show {
     pub(super) fn notice(&self, n: Notice<'_>) {
+        if !self.job_lines && matches!(n, Notice::Uploading { .. } | Notice::Resumed { .. }) {
+            return;
+        }
         if let Some(f) = self.notices {
             f(n);
         }
@@ -134,6 +144,24 @@ pub enum Notice<'a> {
     Status(u16),
     /// With [`Show::verbose`]: what curl's `-v` shows.
     Verbose(Verbose<'a>),
+    /// With [`Show::job_lines`]: the upload of a body of more than one
+    /// chunk starts under this job id.
+    Uploading {
+        /// The job.
+        job: JobId,
+        /// Body bytes to upload, when known.
+        bytes: Option<u64>,
+        /// Whether `--resume` could finish it if this run stops.
+        resumable: bool,
+    },
+    /// With [`Show::job_lines`]: an upload taken up again, and what of it
+    /// was found in the request topic.
+    Resumed {
+        /// The job.
+        job: JobId,
+        /// What was found and what happens next.
+        what: &'a str,
+    },
 }
 
 /// The lines of curl's `-v`, before they are given their `* `, `> ` or `< `.

@@ -80,8 +80,14 @@ pub struct Report {
     /// Names of request headers the portal said it did not forward, as it
     /// sent them (`A, B`, capped by the portal).
     pub dropped_headers: Option<String>,
-    /// Request body bytes produced.
+    /// Request body bytes produced by this run.
     pub bytes_sent: u64,
+    /// Request body bytes found already in the request topic (a resumed
+    /// upload), checked against the body and not produced again.
+    pub bytes_found: u64,
+    /// Times this run resumed the upload: `--resume`, and each automatic
+    /// resume after a lost connection.
+    pub resumed: u32,
     /// Response body bytes received and verified.
     pub bytes_received: u64,
     /// Whether the request was wholly produced and acknowledged (its start
@@ -102,6 +108,8 @@ impl Default for Report {
             headers: None,
             dropped_headers: None,
             bytes_sent: 0,
+            bytes_found: 0,
+            resumed: 0,
             bytes_received: 0,
             request_sent: false,
             digest_verified: false,
@@ -122,6 +130,8 @@ impl Report {
             "headers": self.headers,
             "dropped_headers": self.dropped_headers,
             "bytes_sent": self.bytes_sent,
+            "bytes_found": self.bytes_found,
+            "resumed": self.resumed,
             "bytes_received": self.bytes_received,
             "digest_verified": self.digest_verified,
             "duration_secs": round_ms(self.started.elapsed()),

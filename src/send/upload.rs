@@ -3,16 +3,20 @@
 //! record, the body's chunks through a produce window, and the end record.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::window::ProduceWindow;
 use crate::kafka::{self, KafkaError, PartitionCache};
-use crate::protocol::chunker::{read_chunk, Chunker};
+use crate::protocol::chunker::{read_chunk, Chunker, MAX_CHUNK_SIZE};
 use crate::protocol::wire::{self, Body, Frame, JobId, RequestStart};
+use crate::protocol::ErrorCategory;
 use crate::send::destination::Destination;
-use crate::send::reply::{error_from_portal, receive, Follower, Reply, MAX_EARLY};
-use crate::send::request::{open_body, Prepared};
+use crate::send::landed::{self, Answered, Landed};
+use crate::send::reply::{
+    error_from_portal, receive, Follower, Reply, MAX_EARLY, WAIT_CLOCK_SLACK,
+};
+use crate::send::request::{open_body, replayable, Prepared};
 use crate::send::types::{usage, Notice, Outcome, Request, SendError, Settings, Verbose};
 use crate::send::ui::{Progress, Report};
 
@@ -50,6 +54,12 @@ impl Link {
     }
 }
 
+/// Uploads the request and, unless it is not to be waited for, receives
+/// the answer. With `resume`, the job's records already in the request
+/// topic are found first ([`landed::find`]) and only what is missing is
+/// produced; an upload broken by a lost connection is resumed that way
+/// too, at most [`MAX_AUTO_RESUMES`] times.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn transmit(
     link: &Link,
     prepared: Prepared,
@@ -58,28 +68,122 @@ pub(super) async fn transmit(
     request: &Request,
     cfg: &Settings,
     report: &mut Report,
+    resume: Option<JobId>,
 ) -> Result<Outcome, SendError> {
     let mut body = open_body(&prepared).await?;
     let kcfg = &cfg.kafka;
     let (req_parts, resp_parts) = (link.request_partitions, link.reply_partitions);
 
-    let job = JobId::new();
+    // A new job's id is a fresh ULID (`JobId::default`).
+    let job = resume.unwrap_or_default();
     report.job = Some(job);
     let show = request.show;
     let key = job.key();
-    let reply_partition = partition_for_key(&key, resp_parts);
+    let mut reply_partition = partition_for_key(&key, resp_parts);
     let request_partition = partition_for_key(&key, req_parts);
+    let request_pc = link.requests.get(request_partition).await?;
+    let shown = body_name(request);
+
+    let mut landed = Landed::default();
+    // What a resume found, told once the portal is known not to have
+    // answered the job already.
+    let mut found_note = None;
+    if resume.is_some() {
+        report.resumed += 1;
+        let to = request_pc.end_offset().await?;
+        let from = request_pc.offset_since(clock_slack_before(job)).await?;
+        let has_body = body.is_some();
+        landed = landed::find(
+            &link.settings,
+            request_partition,
+            job,
+            from,
+            to,
+            &prepared,
+            &shown,
+            |start| same_request(job, start, &prepared, has_body),
+        )
+        .await?;
+        // Chunks out of place are refused before anything is said or sent.
+        chunk_size(job, &landed, &prepared, kcfg.chunk_size)?;
+        match &landed.start {
+            Some((start, _)) => {
+                if start.reply_topic != kcfg.response_topic {
+                    return Err(usage(format!(
+                        "job {job} is answered on topic '{}', not '{}': resume it with --response-topic {} (KAFKA_RESPONSE_TOPIC)",
+                        start.reply_topic, kcfg.response_topic, start.reply_topic
+                    )));
+                }
+                if !(0..resp_parts).contains(&start.reply_partition) {
+                    return Err(usage(format!(
+                        "job {job} is answered on partition {} of topic '{}', which has {resp_parts}",
+                        start.reply_partition, start.reply_topic
+                    )));
+                }
+                reply_partition = start.reply_partition;
+                report.bytes_found = landed.bytes();
+                let what = match (&landed.end, prepared.body_len) {
+                    (Some(_), _) => "its request is wholly in the request topic already: nothing is sent again".to_string(),
+                    (None, Some(total)) => format!(
+                        "{} of {total} body bytes are in the request topic already, checked against {shown}; sending the rest",
+                        report.bytes_found
+                    ),
+                    (None, None) => "its start record is in the request topic; sending the rest".to_string(),
+                };
+                found_note = Some(what);
+            }
+            None if !landed.chunks.is_empty() || landed.end.is_some() => {
+                let kept = request_pc.start_offset().await?;
+                return Err(usage(format!(
+                    "job {job}: some of its chunks are in partition {request_partition} of the request topic but its start record is not{}; it cannot be resumed: send the request again without --resume",
+                    if kept > 0 && kept >= from {
+                        format!(" (records below offset {kept} were deleted by the topic's retention)")
+                    } else {
+                        String::new()
+                    }
+                )));
+            }
+            None => show.notice(Notice::Resumed {
+                job,
+                what: "nothing of this job is in the request topic; uploading it from the start under this id",
+            }),
+        }
+    }
     log::debug!(
         "job {job}: request partition {request_partition}, reply partition {reply_partition}"
     );
 
-    // Note where the reply partition ends before producing anything, so a
-    // reply however quick lands after this offset.
-    let mut waiting = match sink {
-        None => None,
-        Some(sink) => {
-            let reply_pc = link.replies.get(reply_partition).await?;
-            let from = reply_pc.end_offset().await?;
+    // Where to follow the answer from. A new job's answer lands after the
+    // end noted now, before anything is produced, however quick it is; a
+    // resumed one's may be there already (an Error, when the portal
+    // dropped the partial job), so its reply partition is read from the
+    // job's time, as `wait` reads it.
+    let mut answered = Answered::default();
+    let reply_from = if landed.start.is_some() {
+        let reply_pc = link.replies.get(reply_partition).await?;
+        let to = reply_pc.end_offset().await?;
+        let from = reply_pc.offset_since(clock_slack_before(job)).await?;
+        answered = landed::answered(&link.settings, reply_partition, job, from, to).await?;
+        if let Some(failure) = answered.error.take() {
+            return Err(answered_already(job, failure.category, failure.message));
+        }
+        if let Some(what) = &found_note {
+            show.notice(Notice::Resumed { job, what });
+        }
+        Some(from)
+    } else if sink.is_some() {
+        Some(
+            link.replies
+                .get(reply_partition)
+                .await?
+                .end_offset()
+                .await?,
+        )
+    } else {
+        None
+    };
+    let mut waiting = match (sink, reply_from) {
+        (Some(sink), Some(from)) => {
             let follower = Follower::spawn(
                 &link.settings,
                 &kcfg.response_topic,
@@ -89,8 +193,8 @@ pub(super) async fn transmit(
             );
             Some((sink, follower))
         }
+        _ => None,
     };
-    let request_pc = link.requests.get(request_partition).await?;
     show.info(|| {
         format!(
             "job {job}: request partition {request_partition} of topic {}, reply partition {reply_partition} of topic {}",
@@ -105,46 +209,178 @@ pub(super) async fn transmit(
         }));
     }
 
-    let start = Frame {
-        job,
-        seq: 0,
-        body: Body::RequestStart(RequestStart {
-            method: prepared.method.clone(),
-            path: prepared.path.clone(),
-            headers: prepared.headers.clone(),
-            body_len: prepared.body_len,
-            has_body: body.is_some(),
-            reply_topic: kcfg.response_topic.clone(),
-            reply_partition,
-        }),
-    };
-    let mut headers = vec![(
-        wire::REPLY_TO_HEADER,
-        wire::reply_to_header(&kcfg.response_topic, reply_partition),
-    )];
-    if let (Some(signer), Body::RequestStart(rs)) = (&cfg.signer, &start.body) {
-        let signature = signer
-            .sign(
+    let start_at = match &landed.start {
+        // Found: not produced, nor signed, again. Its signature covers
+        // the body's digest, which the chunks checked against the body,
+        // and the end record computed from it, keep.
+        Some((_, offset)) => *offset,
+        None => {
+            let start = Frame {
                 job,
-                &kcfg.request_topic,
-                request_partition,
-                rs,
-                body_sha256,
-                crate::protocol::signing::unix_now(),
-            )
-            .map_err(|e| usage(e.to_string()))?;
-        headers.push((wire::SIGNATURE_HEADER, signature.into_bytes()));
-    }
-    request_pc
-        .produce(kafka::record(&start, &[], &headers))
-        .await?;
+                seq: 0,
+                body: Body::RequestStart(RequestStart {
+                    method: prepared.method.clone(),
+                    path: prepared.path.clone(),
+                    headers: prepared.headers.clone(),
+                    body_len: prepared.body_len,
+                    has_body: body.is_some(),
+                    reply_topic: kcfg.response_topic.clone(),
+                    reply_partition,
+                }),
+            };
+            let mut headers = vec![(
+                wire::REPLY_TO_HEADER,
+                wire::reply_to_header(&kcfg.response_topic, reply_partition),
+            )];
+            if let (Some(signer), Body::RequestStart(rs)) = (&cfg.signer, &start.body) {
+                let signature = signer
+                    .sign(
+                        job,
+                        &kcfg.request_topic,
+                        request_partition,
+                        rs,
+                        body_sha256,
+                        crate::protocol::signing::unix_now(),
+                    )
+                    .map_err(|e| usage(e.to_string()))?;
+                headers.push((wire::SIGNATURE_HEADER, signature.into_bytes()));
+            }
+            request_pc
+                .produce(kafka::record(&start, &[], &headers))
+                .await?
+        }
+    };
 
-    let upload_started = Instant::now();
-    if let Some(reader) = body.as_mut() {
+    let complete = landed.end.is_some() || answered.response;
+    if let Some(mut reader) = body.take().filter(|_| !complete) {
+        let replay = replayable(&prepared);
+        // A body of one chunk is produced in one call: nothing to resume.
+        if prepared
+            .body_len
+            .is_some_and(|n| n > kcfg.chunk_size as u64)
+        {
+            show.notice(Notice::Uploading {
+                job,
+                bytes: prepared.body_len,
+                resumable: replay,
+            });
+        }
+        let upload_started = Instant::now();
         let progress = Progress::new("upload", prepared.body_len, show.progress);
+        let mut partition = request_pc;
+        let mut first_failure: Option<Instant> = None;
+        let mut resumes = 0;
+        loop {
+            let mut place = Place {
+                job,
+                partition: &partition,
+                landed: &landed,
+                chunk_size: chunk_size(job, &landed, &prepared, kcfg.chunk_size)?,
+                waiting: &mut waiting,
+                progress: &progress,
+            };
+            let failed = match place.body(&mut reader, &prepared, report).await {
+                Ok(()) => break,
+                Err(SendError::Kafka(e)) if e.passes() && replay => e,
+                Err(e) => return Err(e),
+            };
+            let since = *first_failure.get_or_insert_with(Instant::now);
+            if resumes >= MAX_AUTO_RESUMES || since.elapsed() >= AUTO_RESUME_WITHIN {
+                return Err(failed.into());
+            }
+            resumes += 1;
+            report.resumed += 1;
+            let why = failed.to_string();
+            log::info!(
+                "job {job}: {why}; resuming the upload ({resumes} of at most {MAX_AUTO_RESUMES})"
+            );
+            let deadline = since + AUTO_RESUME_WITHIN;
+            (partition, landed) = loop {
+                let found = async {
+                    let partition = reopen(link, request_partition, deadline).await?;
+                    let to = partition.end_offset().await?;
+                    let found = landed::find(
+                        &link.settings,
+                        request_partition,
+                        job,
+                        start_at,
+                        to,
+                        &prepared,
+                        &shown,
+                        |_| Ok(()),
+                    )
+                    .await?;
+                    Ok::<_, SendError>((partition, found))
+                };
+                match found.await {
+                    Ok(found) => break found,
+                    Err(SendError::Kafka(e)) if e.passes() && Instant::now() < deadline => {
+                        log::info!("job {job}: finding what landed: {e}; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            let what = format!(
+                "the upload broke ({why}); resumed ({resumes} of at most {MAX_AUTO_RESUMES}) with {} body bytes in the request topic",
+                landed.bytes()
+            );
+            show.notice(Notice::Resumed { job, what: &what });
+            progress.reset();
+            reader = open_body(&prepared)
+                .await?
+                .ok_or_else(|| SendError::Io("the body went away".into()))?;
+        }
+        progress.finish();
+        let secs = upload_started.elapsed().as_secs_f64();
+        log::info!(
+            "job {job}: sent {} bytes in {secs:.2} s ({:.1} MB/s)",
+            report.bytes_sent,
+            report.bytes_sent as f64 / 1e6 / secs.max(1e-9)
+        );
+    }
+
+    report.request_sent = true;
+    show.info(|| format!("request sent: {} body bytes", report.bytes_sent));
+
+    let Some((sink, mut follower)) = waiting else {
+        return Ok(Outcome { job, status: None });
+    };
+    receive(sink, show, cfg, job, &mut follower, report).await
+}
+
+/// Most times one run resumes an upload broken by a lost connection.
+const MAX_AUTO_RESUMES: u32 = 3;
+
+/// Automatic resumes end this long after the first failure of the upload.
+const AUTO_RESUME_WITHIN: Duration = Duration::from_secs(120);
+
+/// Where one pass over the body goes, and what it may skip.
+struct Place<'a> {
+    job: JobId,
+    partition: &'a kafka::Partition,
+    /// The chunks already in the request topic: read and hashed, not produced.
+    landed: &'a Landed,
+    chunk_size: usize,
+    /// The answer's destination and follower, watched for an early refusal.
+    waiting: &'a mut Option<(Destination, Follower)>,
+    progress: &'a Progress,
+}
+
+impl Place<'_> {
+    /// One pass over the body from its start: every chunk read and hashed,
+    /// those not yet in the request topic produced (a few in flight), then
+    /// the end record. Stops early when the portal refuses the job.
+    async fn body(
+        &mut self,
+        reader: &mut Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        prepared: &Prepared,
+        report: &mut Report,
+    ) -> Result<(), SendError> {
+        let job = self.job;
         let mut chunker = Chunker::new(job, 1);
-        let capacity = produce_window(kcfg.chunk_size);
-        let mut window = ProduceWindow::new(&request_pc, capacity);
+        let capacity = produce_window(self.chunk_size);
+        let mut window = ProduceWindow::new(self.partition, capacity);
         // Lengths of the chunks in flight, oldest first.
         let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(capacity);
         let mut read_all = false;
@@ -152,7 +388,7 @@ pub(super) async fn transmit(
             if !read_all && window.has_room() {
                 // Read the next chunk while the ones before it are in flight.
                 let data = window
-                    .alongside(read_chunk(reader, kcfg.chunk_size))
+                    .alongside(read_chunk(reader, self.chunk_size))
                     .await
                     .map_err(|e| SendError::Io(format!("reading the body failed: {e}")))?;
                 if data.is_empty() {
@@ -160,7 +396,22 @@ pub(super) async fn transmit(
                     continue;
                 }
                 let out = chunker.chunk(data);
-                in_flight.push_back(out.payload.len() as u64);
+                let len = out.payload.len() as u64;
+                if let Some(found) = self.landed.chunks.get(&out.frame.seq) {
+                    let crc = match &out.frame.body {
+                        Body::Chunk(info) => info.crc32c,
+                        _ => 0,
+                    };
+                    if found.len != len || found.crc32c != crc {
+                        return Err(SendError::Io(format!(
+                            "job {job}: the body changed while it was resumed (chunk {} differs from the one checked moments ago)",
+                            out.frame.seq
+                        )));
+                    }
+                    self.progress.add(len);
+                    continue;
+                }
+                in_flight.push_back(len);
                 window.push(&out.frame, &out.payload);
                 continue;
             }
@@ -169,10 +420,10 @@ pub(super) async fn transmit(
             };
             acked?;
             let len = in_flight.pop_front().unwrap_or(0);
-            progress.add(len);
+            self.progress.add(len);
             report.bytes_sent += len;
             // A portal that refuses the job says so at once; stop uploading then.
-            let Some((_, follower)) = waiting.as_mut() else {
+            let Some((_, follower)) = self.waiting.as_mut() else {
                 continue;
             };
             while let Some(r) = follower.try_next() {
@@ -199,24 +450,137 @@ pub(super) async fn transmit(
                 )));
             }
         }
-        let sent = chunker.bytes();
-        progress.finish();
         let end = chunker.finish();
-        request_pc.produce(kafka::record(&end, &[], &[])).await?;
-        let secs = upload_started.elapsed().as_secs_f64();
-        log::info!(
-            "job {job}: sent {sent} bytes in {secs:.2} s ({:.1} MB/s)",
-            sent as f64 / 1e6 / secs.max(1e-9)
-        );
+        self.partition
+            .produce(kafka::record(&end, &[], &[]))
+            .await?;
+        Ok(())
     }
+}
 
-    report.request_sent = true;
-    show.info(|| format!("request sent: {} body bytes", report.bytes_sent));
-
-    let Some((sink, mut follower)) = waiting else {
-        return Ok(Outcome { job, status: None });
+/// The chunk size of an upload: that of the chunks already in the request
+/// topic, which the rest must match, else the configured one.
+fn chunk_size(
+    job: JobId,
+    landed: &Landed,
+    prepared: &Prepared,
+    configured: usize,
+) -> Result<usize, SendError> {
+    let Some(found) = landed.chunk_size(job, prepared.body_len.unwrap_or(0))? else {
+        return Ok(configured);
     };
-    receive(sink, show, cfg, job, &mut follower, report).await
+    match usize::try_from(found) {
+        Ok(n) if n <= MAX_CHUNK_SIZE => {
+            if n != configured {
+                log::info!("job {job}: continuing with the chunks' size in the request topic, {n} bytes");
+            }
+            Ok(n)
+        }
+        _ => Err(SendError::Integrity(format!(
+            "job {job}: its chunks in the request topic are {found} bytes long, more than any chunk size send uses"
+        ))),
+    }
+}
+
+/// A new connection to the request partition after the old one failed,
+/// tried again until `deadline` while the failure is one that passes.
+async fn reopen(
+    link: &Link,
+    partition: i32,
+    deadline: Instant,
+) -> Result<kafka::Partition, SendError> {
+    loop {
+        let opened = match kafka::connect(&link.settings).await {
+            Ok(cluster) => {
+                cluster
+                    .partition(&link.settings.request_topic, partition)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(p) => return Ok(p),
+            Err(e) if e.passes() && Instant::now() < deadline => {
+                log::info!("reconnecting to Kafka: {e}; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The Unix time in milliseconds from which a job's records are looked
+/// for: its id's time, less the clocks' possible disagreement.
+fn clock_slack_before(job: JobId) -> u64 {
+    job.timestamp_ms()
+        .saturating_sub(WAIT_CLOCK_SLACK.as_millis() as u64)
+}
+
+/// How the body is named in messages: its file, or what made it.
+fn body_name(request: &Request) -> String {
+    match (
+        &request.file,
+        request.data_binary.first(),
+        request.data.first(),
+    ) {
+        (Some(file), _, _) => file.display().to_string(),
+        (None, Some(d), _) | (None, None, Some(d)) if d.starts_with('@') => d[1..].to_string(),
+        _ => "the body given".to_string(),
+    }
+}
+
+/// Refuses to resume a job whose start record is another request's: the
+/// portal would call the API with the start record found, so the flags
+/// given must describe the same request.
+fn same_request(
+    job: JobId,
+    found: &RequestStart,
+    prepared: &Prepared,
+    has_body: bool,
+) -> Result<(), SendError> {
+    let mut differs = Vec::new();
+    if found.method != prepared.method {
+        differs.push(format!(
+            "method {} (here {})",
+            found.method, prepared.method
+        ));
+    }
+    if found.path != prepared.path {
+        differs.push(format!("endpoint {} (here {})", found.path, prepared.path));
+    }
+    if found.has_body != has_body || found.body_len != prepared.body_len {
+        let len = |l: Option<u64>, b: bool| match (l, b) {
+            (_, false) => "none".to_string(),
+            (Some(n), true) => format!("{n} bytes"),
+            (None, true) => "of unknown length".to_string(),
+        };
+        differs.push(format!(
+            "body {} (here {})",
+            len(found.body_len, found.has_body),
+            len(prepared.body_len, has_body)
+        ));
+    }
+    if differs.is_empty() {
+        return Ok(());
+    }
+    Err(usage(format!(
+        "job {job} in the request topic is a different request: {}; resume it with the flags and body it was started with",
+        differs.join(", ")
+    )))
+}
+
+/// The error for a resumed job the portal has answered with an Error
+/// already: nothing more is produced for it.
+fn answered_already(job: JobId, category: ErrorCategory, message: String) -> SendError {
+    let hint = if message.contains("PORTAL_JOB_IDLE_TIMEOUT_SECS") {
+        "; a portal keeps a partial upload only while its records keep coming within PORTAL_JOB_IDLE_TIMEOUT_SECS (300 s by default): send the request again without --resume"
+    } else {
+        ""
+    };
+    error_from_portal(
+        category,
+        format!("job {job} cannot be resumed, the portal answered it already: {message}{hint}"),
+    )
 }
 
 /// Most chunk records in flight at once: enough to keep the broker busy

@@ -25,6 +25,7 @@ mod policy;
 mod pushback;
 mod python;
 mod relay;
+mod resume;
 mod secrets;
 mod ship;
 mod signing;
