@@ -30,6 +30,15 @@ pub fn tune_allocator() {
     }
 }
 
+/// The static build's allocator. musl's own serves each megabyte buffer
+/// with a fresh `mmap` and gives it back at once, and has no setting to
+/// change that: a static `send` spent 6.4 s of system time per GiB in page
+/// faults and page clearing (1.5 s of user time). mimalloc keeps freed
+/// segments for reuse, as the glibc settings above do.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Does nothing outside glibc.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn tune_allocator() {}
