@@ -778,9 +778,14 @@ impl Partition {
 
 /// The record for one frame: keyed by the job id, headers as given.
 pub fn record(frame: &Frame, payload: &[u8], headers: &[(&str, Vec<u8>)]) -> Record {
+    record_of_value(frame.job, crate::protocol::wire::encode(frame, payload), headers)
+}
+
+/// The record of a value `wire` laid out already, keyed by its job id.
+pub(crate) fn record_of_value(job: JobId, value: Vec<u8>, headers: &[(&str, Vec<u8>)]) -> Record {
     Record {
-        key: Some(frame.job.key()),
-        value: Some(crate::protocol::wire::encode(frame, payload)),
+        key: Some(job.key()),
+        value: Some(value),
         headers: headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))

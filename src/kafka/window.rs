@@ -15,8 +15,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::kafka::{record, KafkaError, Partition, Record};
-use crate::protocol::wire::Frame;
+use crate::kafka::{record, record_of_value, KafkaError, Partition, Record};
+use crate::protocol::wire::{Frame, JobId};
 
 /// A produce call in flight: boxed so a window can hold several.
 type Producing<'a> = Pin<Box<dyn Future<Output = Result<i64, KafkaError>> + Send + 'a>>;
@@ -61,10 +61,10 @@ impl<'a> ProduceWindow<'a> {
         self.calls.len() < self.capacity
     }
 
-    /// Starts producing `frame` with `payload` in a record of its own
-    /// (after every frame pushed before it).
-    pub(crate) fn push(&mut self, frame: &Frame, payload: &[u8]) {
-        let record = record(frame, payload, &[]);
+    /// Starts producing a record of `job` whose value is laid out already
+    /// (`wire::ChunkValue`), after every one pushed before it.
+    pub(crate) fn push_value(&mut self, job: JobId, value: Vec<u8>) {
+        let record = record_of_value(job, value, &[]);
         self.calls
             .push_back(Slot::Pending(Box::pin(self.partition.produce(record))));
     }

@@ -2,9 +2,8 @@
 //! the whole body; used for requests by `send` and for responses by the portal.
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::protocol::wire::{Body, ChunkInfo, EndInfo, Frame, JobId};
+use crate::protocol::wire::{Body, ChunkInfo, ChunkValue, EndInfo, Frame, JobId};
 
 /// Default chunk payload size: 900 KiB leaves headroom under the broker's
 /// default `message.max.bytes` of 1 MiB for the frame header, record key,
@@ -67,6 +66,25 @@ impl Chunker {
         }
     }
 
+    /// An empty record value for the next chunk, with room for `capacity`
+    /// payload bytes, to read the payload into ([`Chunker::seal`]).
+    pub(crate) fn next_value(&self, capacity: usize) -> ChunkValue {
+        ChunkValue::new(self.job, self.next_seq, self.offset, capacity)
+    }
+
+    /// Takes `value`'s payload (non-empty) as the next chunk: its frame and
+    /// its record value, the payload never copied.
+    pub(crate) fn seal(&mut self, value: ChunkValue) -> (Frame, Vec<u8>) {
+        let payload = value.payload();
+        self.hasher.update(payload);
+        let crc = crate::protocol::wire::checksum(payload);
+        let len = payload.len() as u64;
+        self.next_seq += 1;
+        self.chunks += 1;
+        self.offset += len;
+        value.finish(crc)
+    }
+
     /// Sequence number the next frame of this body will carry.
     pub(crate) fn next_seq(&self) -> u32 {
         self.next_seq
@@ -89,25 +107,6 @@ impl Chunker {
             }),
         }
     }
-}
-
-/// Reads up to `size` bytes, stopping early only at end of input.
-/// Returns an empty vector at end of input.
-pub(crate) async fn read_chunk<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    size: usize,
-) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; size];
-    let mut filled = 0;
-    while filled < size {
-        let n = reader.read(&mut buf[filled..]).await?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    buf.truncate(filled);
-    Ok(buf)
 }
 
 /// Hex form of a digest, for messages and logs.

@@ -706,18 +706,78 @@ impl AsyncRead for Concat {
     }
 }
 
-/// Opens the body for one pass over it, every file opened now.
-pub(super) async fn open_body(
-    p: &Prepared,
-) -> Result<Option<Box<dyn AsyncRead + Unpin + Send>>, SendError> {
+/// A body being read for upload, one chunk at a time.
+pub(super) enum BodyReader {
+    /// One regular file (the common `send FILE`): read on a blocking
+    /// thread straight into the chunk's record value, past the copy
+    /// through tokio's file buffer. `None` only while a read is under way.
+    File(Option<std::fs::File>),
+    /// Anything else: the pieces one after the other.
+    Stream(Box<dyn AsyncRead + Unpin + Send>),
+}
+
+impl BodyReader {
+    /// Appends up to `size` bytes to `buf`; fewer only at the end of the
+    /// body. `buf`'s spare capacity is read into as it is, not zeroed first.
+    pub(super) async fn read_chunk(&mut self, buf: &mut Vec<u8>, size: usize) -> std::io::Result<()> {
+        use std::io::Read as _;
+        use tokio::io::AsyncReadExt as _;
+        let limit = size as u64;
+        match self {
+            Self::Stream(reader) => {
+                reader.take(limit).read_to_end(buf).await?;
+                Ok(())
+            }
+            Self::File(slot) => {
+                let file = slot
+                    .take()
+                    .ok_or_else(|| std::io::Error::other("an earlier read of the body failed"))?;
+                let mut taken = std::mem::take(buf);
+                let (file, read, taken) = tokio::task::spawn_blocking(move || {
+                    let read = (&file).take(limit).read_to_end(&mut taken);
+                    (file, read, taken)
+                })
+                .await
+                .map_err(|e| std::io::Error::other(format!("the read task failed: {e}")))?;
+                *buf = taken;
+                *slot = Some(file);
+                read.map(drop)
+            }
+        }
+    }
+
+    /// Reads the rest of the body to `out` (tests and the digest pass).
+    #[cfg(test)]
+    pub(super) async fn read_to_end(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        loop {
+            let before = out.len();
+            self.read_chunk(out, 64 * 1024).await?;
+            if out.len() == before {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Opens the body for one pass over it, every file opened now; `None` when
+/// there is none.
+pub(super) async fn open_body(p: &Prepared) -> Result<Option<BodyReader>, SendError> {
     let Some(pieces) = &p.body else {
         return Ok(None);
     };
+    let open = |path: &Path| {
+        std::fs::File::open(path)
+            .map_err(|e| SendError::Io(format!("cannot open {}: {e}", path.display())))
+    };
+    if let [Piece::File(path, Some(_))] = pieces.as_slice() {
+        return Ok(Some(BodyReader::File(Some(open(path)?))));
+    }
     let mut readers: VecDeque<Box<dyn AsyncRead + Unpin + Send>> = VecDeque::new();
     for piece in pieces {
         readers.push_back(match piece {
             Piece::Bytes(b) => Box::new(std::io::Cursor::new(b.clone())),
             Piece::Stdin => Box::new(tokio::io::stdin()),
+            // Opened off the runtime's threads: opening a FIFO waits for its writer.
             Piece::File(path, _) => Box::new(
                 tokio::fs::File::open(path)
                     .await
@@ -725,7 +785,7 @@ pub(super) async fn open_body(
             ),
         });
     }
-    Ok(Some(Box::new(Concat(readers))))
+    Ok(Some(BodyReader::Stream(Box::new(Concat(readers)))))
 }
 
 /// Whether the body can be read again, from the start or at any byte: no
@@ -830,18 +890,19 @@ pub(super) async fn body_digest(p: &Prepared) -> Result<Option<[u8; 32]>, SendEr
         return Ok(None);
     };
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = Vec::with_capacity(1024 * 1024 + 64);
     let mut total = 0u64;
     loop {
-        let n = reader
-            .read(&mut buf)
+        buf.clear();
+        reader
+            .read_chunk(&mut buf, 1024 * 1024)
             .await
             .map_err(|e| SendError::Io(format!("reading the body failed: {e}")))?;
-        if n == 0 {
+        if buf.is_empty() {
             break;
         }
-        hasher.update(&buf[..n]);
-        total += n as u64;
+        hasher.update(&buf);
+        total += buf.len() as u64;
     }
     if p.body_len != Some(total) {
         return Err(SendError::Io(format!(

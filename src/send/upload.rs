@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::window::ProduceWindow;
 use crate::kafka::{self, KafkaError, PartitionCache};
-use crate::protocol::chunker::{read_chunk, Chunker, MAX_CHUNK_SIZE};
+use crate::protocol::chunker::{Chunker, MAX_CHUNK_SIZE};
 use crate::protocol::wire::{self, Body, Frame, JobId, RequestStart};
 use crate::protocol::ErrorCategory;
 use crate::send::destination::Destination;
@@ -16,7 +16,7 @@ use crate::send::landed::{self, Answered, Landed};
 use crate::send::reply::{
     error_from_portal, receive, Follower, Reply, MAX_EARLY, WAIT_CLOCK_SLACK,
 };
-use crate::send::request::{open_body, replayable, Prepared};
+use crate::send::request::{open_body, replayable, BodyReader, Prepared};
 use crate::send::types::{usage, Notice, Outcome, Request, SendError, Settings, Verbose};
 use crate::send::ui::{Progress, Report};
 
@@ -373,7 +373,7 @@ impl Place<'_> {
     /// the end record. Stops early when the portal refuses the job.
     async fn body(
         &mut self,
-        reader: &mut Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        reader: &mut BodyReader,
         prepared: &Prepared,
         report: &mut Report,
     ) -> Result<(), SendError> {
@@ -386,33 +386,35 @@ impl Place<'_> {
         let mut read_all = false;
         loop {
             if !read_all && window.has_room() {
-                // Read the next chunk while the ones before it are in flight.
-                let data = window
-                    .alongside(read_chunk(reader, self.chunk_size))
+                // Read the next chunk, straight into its record, while the
+                // ones before it are in flight.
+                let mut value = chunker.next_value(self.chunk_size);
+                window
+                    .alongside(reader.read_chunk(value.buf_mut(), self.chunk_size))
                     .await
                     .map_err(|e| SendError::Io(format!("reading the body failed: {e}")))?;
-                if data.is_empty() {
+                let len = value.payload().len() as u64;
+                if len == 0 {
                     read_all = true;
                     continue;
                 }
-                let out = chunker.chunk(data);
-                let len = out.payload.len() as u64;
-                if let Some(found) = self.landed.chunks.get(&out.frame.seq) {
-                    let crc = match &out.frame.body {
+                let (frame, value) = chunker.seal(value);
+                if let Some(found) = self.landed.chunks.get(&frame.seq) {
+                    let crc = match &frame.body {
                         Body::Chunk(info) => info.crc32c,
                         _ => 0,
                     };
                     if found.len != len || found.crc32c != crc {
                         return Err(SendError::Io(format!(
                             "job {job}: the body changed while it was resumed (chunk {} differs from the one checked moments ago)",
-                            out.frame.seq
+                            frame.seq
                         )));
                     }
                     self.progress.add(len);
                     continue;
                 }
                 in_flight.push_back(len);
-                window.push(&out.frame, &out.payload);
+                window.push_value(frame.job, value);
                 continue;
             }
             let Some(acked) = window.next().await else {
