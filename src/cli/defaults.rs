@@ -17,6 +17,8 @@ pub(crate) const REQUEST_TOPIC: &str = "api-requests";
 pub(crate) const RESPONSE_TOPIC: &str = "api-responses";
 pub(crate) const KAFKA_TIMEOUT_SECS: u64 = 30;
 pub(crate) const USE_OAUTH: bool = true;
+/// `PORTAL_PIPELINE`: large bodies are streamed to the API as they arrive.
+pub(crate) const PIPELINE: bool = true;
 pub(crate) const TOKEN_REFRESH_STATUSES: &str = "401";
 pub(crate) const LOG_LEVEL: &str = "INFO";
 pub(crate) const LOG_FORMAT: &str = "text";
@@ -67,6 +69,7 @@ pub(crate) fn shown() -> Vec<(&'static str, String)> {
         ("max_job_age_secs", limits.max_job_age.as_secs().to_string()),
         ("max_body_bytes", limits.max_body_bytes.to_string()),
         ("spool_threshold_bytes", limits.spool_threshold.to_string()),
+        ("pipeline", PIPELINE.to_string()),
         ("max_assembling_jobs", limits.max_jobs.to_string()),
         (
             "job_idle_timeout_secs",

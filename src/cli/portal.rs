@@ -81,6 +81,9 @@ pub struct PortalArgs {
     /// Directory for spool files [default: the system temporary directory]
     #[arg(long, env = "PORTAL_SPOOL_DIR", value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
+    /// Call the API while a body above the spool threshold still arrives; false waits for the whole body
+    #[arg(long, env = "PORTAL_PIPELINE", value_name = "BOOL", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub pipeline: Option<bool>,
     /// Jobs assembling at once per partition
     #[arg(long, env = "PORTAL_MAX_ASSEMBLING_JOBS", value_name = "N")]
     pub max_assembling_jobs: Option<usize>,
@@ -367,6 +370,7 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
     };
     let trusted_keys = resolve_trusted_keys(a, &f)?;
     Ok(Settings {
+        pipeline: pick(&a.pipeline, &f.pipeline).unwrap_or(defaults::PIPELINE),
         shutdown_grace: Duration::from_secs(grace),
         session_timeout_set,
         trusted_keys,

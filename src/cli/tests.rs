@@ -1150,3 +1150,26 @@ fn group_instance_id_auto_is_the_host_name() {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(real.as_deref(), Some(kernel.trim()));
 }
+
+#[test]
+fn pipelining_is_on_unless_a_flag_or_the_file_turns_it_off() {
+    let base = [
+        "--target-api-url",
+        "http://api.example",
+        "--use-oauth",
+        "false",
+    ];
+    assert!(resolve_portal(&portal_args(&base)).unwrap().pipeline);
+    let mut off = base.to_vec();
+    off.extend(["--pipeline", "false"]);
+    assert!(!resolve_portal(&portal_args(&off)).unwrap().pipeline);
+
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "pipeline = false").unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    let mut from_file = base.to_vec();
+    from_file.extend(["--config", &path]);
+    assert!(!resolve_portal(&portal_args(&from_file)).unwrap().pipeline);
+    from_file.extend(["--pipeline", "true"]);
+    assert!(resolve_portal(&portal_args(&from_file)).unwrap().pipeline);
+}

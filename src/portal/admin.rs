@@ -91,6 +91,7 @@ pub(crate) struct Metrics {
     partition_lag: Family<PartitionLabel, Gauge>,
     records_skipped: Family<ReasonLabel, Counter>,
     jobs_cancelled: Counter,
+    jobs_pipelined: Counter,
     sampled: Arc<Sampled>,
 }
 
@@ -191,6 +192,7 @@ impl Metrics {
         let partition_lag = Family::<PartitionLabel, Gauge>::default();
         let records_skipped = Family::<ReasonLabel, Counter>::default();
         let jobs_cancelled = Counter::default();
+        let jobs_pipelined = Counter::default();
         registry.register(
             "jobs_started",
             "Jobs taken up: assembled, or refused before assembly",
@@ -250,6 +252,11 @@ impl Metrics {
             records_skipped.clone(),
         );
         registry.register(
+            "jobs_pipelined",
+            "Jobs whose API call started while their request body was still arriving (PORTAL_PIPELINE)",
+            jobs_pipelined.clone(),
+        );
+        registry.register(
             "jobs_cancelled",
             "Jobs whose API call was cancelled because the grace for releasing their partition ran out",
             jobs_cancelled.clone(),
@@ -274,6 +281,7 @@ impl Metrics {
             partition_lag,
             records_skipped,
             jobs_cancelled,
+            jobs_pipelined,
             sampled,
         }
     }
@@ -292,6 +300,11 @@ impl Metrics {
     pub(crate) fn job_started(&self, request_bytes: u64) {
         self.jobs_started.inc();
         self.request_bytes.inc_by(request_bytes);
+    }
+
+    /// A job's API call started while its body was still arriving.
+    pub(crate) fn job_pipelined(&self) {
+        self.jobs_pipelined.inc();
     }
 
     /// A job's API call was cancelled so its partition could be released.

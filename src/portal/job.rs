@@ -2,6 +2,12 @@
 //! response to the reply partition as a start record, chunks and an end
 //! record, held and flushed so a small answer leaves in one produce request
 //! and a slow one still reaches the client promptly.
+//!
+//! A pipelined job's task starts at its start record and calls the API
+//! while the body arrives. Its answer is relayed only once the body is
+//! verified; if the body fails first, the task answers with the failure
+//! instead, and if the reader lets the job go, it answers nothing and
+//! leaves the job to be read again.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +21,9 @@ use crate::portal::assembler::CompletedJob;
 use crate::portal::context::{queue_slot, spawn_tracked, Ctx};
 use crate::portal::http_dispatch::Called;
 use crate::portal::ledger::Progress;
+use crate::portal::pipe::{Deadline, Pipe, PipeState};
 use crate::portal::replies::{reply_partition, report_error_reply, send_error, ReplyTo};
+use crate::portal::spool::SpooledBody;
 use crate::protocol::chunker::Chunker;
 use crate::protocol::wire::{
     new_attempt, Body, Frame, ResponseStart, ATTEMPT_HEADER, DROPPED_HEADERS_HEADER,
@@ -71,8 +79,43 @@ pub(crate) async fn spawn_job(
     });
 }
 
+/// Runs a pipelined job (its body still arriving) in a task of its own,
+/// holding the job queue slot `queued` the reader took without waiting,
+/// and settles it in the ledger when the task ends or is cancelled.
+pub(crate) fn spawn_pipelined(
+    ctx: &Arc<Ctx>,
+    progress: &Arc<Mutex<Progress>>,
+    job: CompletedJob,
+    queued: tokio::sync::OwnedSemaphorePermit,
+    stop: &watch::Receiver<bool>,
+) {
+    log::info!(
+        "job {}: {} {} ({} bytes) pipelined: calling the API while the body arrives",
+        job.job,
+        job.start.method,
+        job.start.path,
+        job.body.len()
+    );
+    ctx.metrics.job_pipelined();
+    let ctx2 = Arc::clone(ctx);
+    let stop = stop.clone();
+    let (id, first) = (job.job, job.first_offset);
+    spawn_tracked(ctx, progress, id, first, queued, async move {
+        run_job(&ctx2, job, stop).await
+    });
+}
+
+/// The pipe of a job whose body is still arriving.
+fn pipe_of(job: &CompletedJob) -> Option<Arc<Pipe>> {
+    match &job.body {
+        SpooledBody::Piped(pipe) => Some(Arc::clone(pipe)),
+        _ => None,
+    }
+}
+
 /// Runs one job; returns whether it is settled (see `context::settle`).
-async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) -> bool {
+/// A pipelined one ends as soon as its body fails or is let go.
+async fn run_job(ctx: &Ctx, job: CompletedJob, stop: watch::Receiver<bool>) -> bool {
     let pc = match reply_partition(
         ctx,
         job.job,
@@ -85,6 +128,46 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) 
         ReplyTo::Nowhere => return true,
         ReplyTo::Unavailable => return false,
     };
+    // Drawn as the run begins: another portal (or this one, later) running
+    // the job again tags its answer differently, so the client can keep
+    // the two apart.
+    let attempt = new_attempt();
+    let Some(pipe) = pipe_of(&job) else {
+        return call_and_answer(ctx, &pc, &job, &attempt, stop).await;
+    };
+    // Nothing of the answer goes out before the body is verified, and a
+    // body verified never breaks: ending the call here leaves no reply half sent.
+    tokio::select! {
+        biased;
+        broken = pipe.broken() => match broken {
+            Some(failure) => {
+                let id = job.job;
+                log::warn!("job {id}: the pipelined call is aborted: {} ({})", failure.message, failure.category);
+                let category = failure.category;
+                let sent = send_error(&pc, id, 0, failure, &attempt).await;
+                report_error_reply(ctx, id, sent, category)
+            }
+            None => {
+                log::info!(
+                    "job {}: let go while its body arrived; the pipelined call is aborted and the job left to be read again",
+                    job.job
+                );
+                false
+            }
+        },
+        settled = call_and_answer(ctx, &pc, &job, &attempt, stop) => settled,
+    }
+}
+
+/// Calls the API for `job` once a call permit is free and relays its
+/// answer to `pc`, or an error; returns whether the job is settled.
+async fn call_and_answer(
+    ctx: &Ctx,
+    pc: &Partition,
+    job: &CompletedJob,
+    attempt: &[u8],
+    mut stop: watch::Receiver<bool>,
+) -> bool {
     // A job whose partition was revoked before it got a call slot is left
     // to the partition's next reader instead of calling the API from here.
     let permit = tokio::select! {
@@ -97,20 +180,21 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) 
     };
     let started = Instant::now();
     let id = job.job;
-    // Drawn as the run begins: another portal (or this one, later) running
-    // the job again tags its answer differently, so the client can keep
-    // the two apart.
-    let attempt = new_attempt();
+    let how = if pipe_of(job).is_some() {
+        " (pipelined)"
+    } else {
+        ""
+    };
     log::debug!(
         "job {id}: answering as attempt {}",
-        String::from_utf8_lossy(&attempt)
+        String::from_utf8_lossy(attempt)
     );
     ctx.metrics.job_started(job.body.len());
     let calling = ctx.metrics.in_flight();
-    let settled = match answer(ctx, &pc, &job, &attempt).await {
+    let settled = match answer(ctx, pc, job, attempt).await {
         Ok((status, bytes)) => {
             log::info!(
-                "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s",
+                "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s{how}",
                 job.start.method,
                 job.start.path,
                 started.elapsed().as_secs_f64()
@@ -126,7 +210,7 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) 
                 category,
                 message: error.message,
             };
-            let sent = send_error(&pc, id, seq, info, &attempt).await;
+            let sent = send_error(pc, id, seq, info, attempt).await;
             report_error_reply(ctx, id, sent, category)
         }
         Err(AnswerError::Kafka { seq, error }) => {
@@ -139,7 +223,7 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, mut stop: watch::Receiver<bool>) 
                 category,
                 message: format!("the portal could not send the response: {error}"),
             };
-            let sent = send_error(&pc, id, seq, info, &attempt).await;
+            let sent = send_error(pc, id, seq, info, attempt).await;
             report_error_reply(ctx, id, sent, category)
         }
     };
@@ -170,18 +254,33 @@ async fn answer(
     job: &CompletedJob,
     attempt: &[u8],
 ) -> Result<(u16, u64), AnswerError> {
-    // One deadline for the whole call, headers and body alike.
-    let deadline = tokio::time::Instant::now() + ctx.dispatcher.timeout();
+    // One deadline for the whole call, headers and body alike; for a
+    // pipelined body it counts from the body's verification, so a long
+    // upload through Kafka does not eat into the API's time.
+    let pipe = pipe_of(job);
+    let deadline = Deadline::new(ctx.dispatcher.timeout(), pipe.clone());
     // The slot stays taken until the answer is relayed: a call streaming
     // its answer still counts toward the API's concurrency.
     let Called {
         response: resp,
         slot: _slot,
-    } = ctx
-        .dispatcher
-        .call(job, deadline)
-        .await
-        .map_err(|error| AnswerError::Failed { seq: 0, error })?;
+    } = match ctx.dispatcher.call(job, &deadline).await {
+        Ok(called) => called,
+        // The call broke because its body did: that failure is the answer
+        // (`run_job`), not the broken connection it caused.
+        Err(_) if pipe.as_ref().is_some_and(|p| p.is_broken()) => std::future::pending().await,
+        Err(error) => return Err(AnswerError::Failed { seq: 0, error }),
+    };
+    // An API may answer before it has the whole body (refusing it early,
+    // say). That answer is relayed only once the body is verified: had the
+    // body failed, the client gets the failure instead (`run_job`), never
+    // an answer to a request it did not send.
+    if let Some(pipe) = &pipe {
+        if pipe.ended().await != PipeState::Verified {
+            std::future::pending::<()>().await;
+        }
+    }
+    let deadline = deadline.bound();
     let status = resp.status().as_u16();
     // Response headers travel in one frame header; keep them well inside
     // wire::MAX_HEADER_BYTES and say what was dropped.

@@ -28,7 +28,10 @@
 //! response as frames to the reply partition the start record names. A
 //! failed job gets an error record instead (`replies`). Both kinds of task
 //! first take a slot in the job queue; a reader that finds it full stops
-//! fetching, so a backlog waits in Kafka, not in memory.
+//! fetching, so a backlog waits in Kafka, not in memory. With
+//! `PORTAL_PIPELINE` on, a job whose body will be spooled to a file starts
+//! its task at its start record instead, when a queue slot is free at once:
+//! the call streams the body while it arrives (`pipe`).
 //!
 //! The ledger counts a job as in flight from its start record until its
 //! final record is acknowledged; only then may the commit pass it. A job
@@ -45,7 +48,8 @@
 //! - `replies.rs`: where a job's answer goes, and error replies.
 //! - `assembler/`: putting request bodies together from their frames and
 //!   checking them; `spool.rs`: where a body is kept, in memory or in a
-//!   file; `budget.rs`: the memory and disk all jobs share.
+//!   file; `budget.rs`: the memory and disk all jobs share; `pipe.rs`:
+//!   what a pipelined job's call and its assembler share.
 //! - `ledger.rs`: what is answered and what to commit; `policy/`: what may
 //!   reach the API; `admin.rs`: the admin listener; `settings.rs`: the
 //!   settings `cli` resolves; `http_dispatch/`: the calls to the API.
@@ -60,6 +64,7 @@ mod incremental;
 pub mod http_dispatch;
 mod job;
 mod ledger;
+mod pipe;
 pub(crate) mod policy;
 mod reader;
 mod replies;

@@ -18,7 +18,7 @@ use crate::kafka::{KafkaError, Partition, RecordAndOffset};
 use crate::portal::admin::{Metrics, Readiness};
 use crate::portal::assembler::{Assembler, FailedJob, Outcome};
 use crate::portal::context::{lock, Ctx};
-use crate::portal::job::spawn_job;
+use crate::portal::job::{spawn_job, spawn_pipelined};
 use crate::portal::ledger::Progress;
 use crate::portal::replies::spawn_error_reply;
 use crate::portal::settings::StartFrom;
@@ -288,6 +288,7 @@ async fn skip_unreadable(
                 first_offset: batch.first_offset,
                 category: ErrorCategory::Integrity,
                 message,
+                pipelined: false,
             };
             spawn_error_reply(ctx, progress, failed, stop).await;
         }
@@ -368,6 +369,7 @@ async fn handle_record(
                         first_offset: offset,
                         category: refusal.category,
                         message: refusal.message,
+                        pipelined: false,
                     })
                 }
             }
@@ -380,7 +382,7 @@ async fn handle_record(
         Outcome::Pending => true,
         Outcome::Complete(c) => c.first_offset == offset,
         Outcome::Failed(f) => f.first_offset == offset,
-        Outcome::Ignored(_) | Outcome::Stray(_) => false,
+        Outcome::Streamed(_) | Outcome::Ignored(_) | Outcome::Stray(_) => false,
     };
     if let (Some(digest), Outcome::Pending) = (signed_digest, &outcome) {
         asm.expect_digest(job, digest);
@@ -391,8 +393,14 @@ async fn handle_record(
     match outcome {
         Outcome::Pending if is_start => {
             log::debug!("job {job}: receiving a request (partition {partition} offset {offset})");
+            if ctx.cfg.pipeline {
+                pipeline(ctx, asm, progress, job, stop);
+            }
         }
         Outcome::Pending => {}
+        Outcome::Streamed(job) => {
+            log::debug!("job {job}: request body complete and verified; its pipelined call goes on");
+        }
         Outcome::Ignored(why) => log::debug!("partition {partition} offset {offset}: {why}"),
         Outcome::Stray(what) => log::warn!(
             "partition {partition} offset {offset}: ignoring job {job}: {what} (not a request, or one answered before this portal took the partition over); its later records are ignored quietly"
@@ -402,6 +410,26 @@ async fn handle_record(
             spawn_error_reply(ctx, progress, failed, stop).await;
         }
         Outcome::Complete(job) => spawn_job(ctx, progress, job, stop).await,
+    }
+}
+
+/// Starts the call of a job just accepted while its body still arrives,
+/// when it qualifies (see [`Assembler::pipeline`]) and a job queue slot is
+/// free now: the reader never waits for one here. Otherwise the job is
+/// called once complete, as any other.
+fn pipeline(
+    ctx: &Arc<Ctx>,
+    asm: &mut Assembler,
+    progress: &Arc<Mutex<Progress>>,
+    job: JobId,
+    stop: &watch::Receiver<bool>,
+) {
+    let Ok(queued) = Arc::clone(&ctx.queue_permits).try_acquire_owned() else {
+        log::debug!("job {job}: no job queue slot free; it is called once its body is complete");
+        return;
+    };
+    if let Some(piped) = asm.pipeline(job) {
+        spawn_pipelined(ctx, progress, piped, queued, stop);
     }
 }
 
@@ -466,6 +494,7 @@ async fn check_signature(
                 first_offset: rec.offset,
                 category: ErrorCategory::Rejected,
                 message: why.to_string(),
+                pipelined: false,
             };
             spawn_error_reply(ctx, progress, failed, stop).await;
             None
@@ -508,6 +537,7 @@ async fn answer_undecodable(
             first_offset: rec.offset,
             category: ErrorCategory::BadRequest,
             message: format!("the portal cannot read this request: {e}"),
+            pipelined: false,
         },
         stop,
     )

@@ -23,6 +23,10 @@ pub(crate) async fn spawn_error_reply(
     failed: FailedJob,
     stop: &watch::Receiver<bool>,
 ) {
+    if failed.pipelined {
+        // The job's own task, calling the API, answers it.
+        return;
+    }
     // Error replies queue like jobs, so a flood of bad requests cannot pile up tasks.
     let Some(queued) = queue_slot(ctx, progress, failed.first_offset, stop).await else {
         return;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::portal::budget::{Budget, Lease};
+use crate::portal::pipe::Pipe;
 
 /// A spool file with its share of the budget: both go when the last reader
 /// (a job, or an HTTP body still draining after a timeout) lets go.
@@ -38,6 +39,9 @@ pub(crate) enum SpooledBody {
         /// Body length.
         len: u64,
     },
+    /// A body still arriving, which the API call streams as it comes
+    /// (the pipelined relay).
+    Piped(Arc<Pipe>),
 }
 
 impl SpooledBody {
@@ -47,6 +51,7 @@ impl SpooledBody {
             Self::Empty => 0,
             Self::Memory(b) => b.len() as u64,
             Self::File { len, .. } => *len,
+            Self::Piped(pipe) => pipe.len(),
         }
     }
 }
@@ -176,6 +181,15 @@ impl Spool {
             *self = Self::File(file);
         }
         Ok(())
+    }
+
+    /// Another descriptor of the spool file, for a call to read the body
+    /// while it is still being written; an error for a body in memory.
+    pub(crate) fn share(&self) -> std::io::Result<File> {
+        match self {
+            Self::File(file) => file.try_clone(),
+            Self::Memory { .. } => Err(std::io::Error::other("the body is not in a spool file")),
+        }
     }
 
     /// The SHA-256 of the body's first `len` bytes, read back from where

@@ -21,6 +21,7 @@ mod leaks;
 mod limits;
 mod oauth;
 mod overlap;
+mod pipeline;
 mod policy;
 mod pushback;
 mod python;

@@ -8,8 +8,10 @@
 //! an unlinked temporary file, which disappears with the job whatever
 //! happens. A job
 //! completes only when every chunk has arrived and the body's SHA-256 matches
-//! the `End` frame, so the target API never receives a body whose digest does
-//! not match. The checks of each chunk and of the end record are
+//! the `End` frame, so the target API never receives a complete body whose
+//! digest does not match. A pipelined job (see `portal::pipe`) is called
+//! before that: its body goes to its spool file from the first byte, and
+//! the assembler tells its call how far the body has come and the verdict. The checks of each chunk and of the end record are
 //! [`BodyCheck`]'s, shared with `send`; the assembler adds what only a
 //! receiver of reordered chunks needs (the chunk table, the extent, the
 //! spool read back for the digest).
@@ -21,10 +23,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::portal::budget::{Budget, Budgets, Lease};
+use crate::portal::pipe::{Pipe, PipeFeed};
 use crate::portal::spool::{blocks, make_room, Spill, Spool, SpooledBody};
 use crate::protocol::body::{BodyCheck, BodyFault};
 use crate::protocol::wire::{Body, ChunkInfo, EndInfo, Frame, JobId, RequestStart};
-use crate::protocol::ErrorCategory;
+use crate::protocol::{ErrorCategory, Failure};
 
 #[cfg(test)]
 mod tests;
@@ -136,9 +139,10 @@ pub(crate) struct CompletedJob {
     pub(crate) job: JobId,
     /// Its start frame.
     pub(crate) start: RequestStart,
-    /// The verified body.
+    /// The verified body, or for a pipelined job the body still arriving.
     pub(crate) body: SpooledBody,
-    /// SHA-256 of the body. The portal does not need it again once the
+    /// SHA-256 of the body (zeros for a pipelined job, whose body is
+    /// checked later). The portal does not need it again once the
     /// body is checked; the tests read it to see what the body was checked
     /// against.
     #[cfg_attr(not(test), allow(dead_code))]
@@ -162,6 +166,9 @@ pub(crate) struct FailedJob {
     pub(crate) category: ErrorCategory,
     /// Readable explanation.
     pub(crate) message: String,
+    /// The job's call is under way (pipelined): its own task answers, told
+    /// through its pipe, so no error reply is to be sent for it.
+    pub(crate) pipelined: bool,
 }
 
 /// What accepting one record led to.
@@ -171,6 +178,9 @@ pub(crate) enum Outcome {
     Pending,
     /// The job is complete.
     Complete(CompletedJob),
+    /// A pipelined job's body is complete and verified; its call, under
+    /// way since the start record, can now finish.
+    Streamed(JobId),
     /// The job failed.
     Failed(FailedJob),
     /// The record was not used: a copy of one already taken (Kafka can
@@ -221,6 +231,9 @@ struct Assembly {
     end: Option<EndInfo>,
     /// The body digest the sender signed, when the request was signed.
     signed_sha256: Option<[u8; 32]>,
+    /// For a pipelined job: where the job's call learns how far the body
+    /// has come, and the verdict.
+    pipe: Option<PipeFeed>,
 }
 
 /// Remembers recently finished jobs so a duplicated start record does not
@@ -365,6 +378,7 @@ impl Assembler {
                 first_offset: offset,
                 category,
                 message,
+                pipelined: false,
             })
         };
         if let Some(msg) = too_old(job, self.limits.max_job_age) {
@@ -423,9 +437,45 @@ impl Assembler {
                 check: BodyCheck::new(),
                 end: None,
                 signed_sha256: None,
+                pipe: None,
             },
         );
         Outcome::Pending
+    }
+
+    /// Readies the assembling `job` to be called while its body arrives:
+    /// its body goes to a spool file from the first byte, and the job
+    /// returned reads it through a [`Pipe`]. `None` when the job is not
+    /// worth it (no declared length, or one small enough for memory),
+    /// has chunks already, or its spool file cannot be made; it is then
+    /// called once complete, as any other.
+    pub(crate) fn pipeline(&mut self, job: JobId) -> Option<CompletedJob> {
+        let threshold = self.limits.spool_threshold as u64;
+        let a = self.jobs.get_mut(&job)?;
+        let len = a.start.body_len.filter(|n| *n > threshold)?;
+        if a.pipe.is_some() || !a.seen.is_empty() {
+            return None;
+        }
+        let file = a
+            .spool
+            .move_to_disk(&self.limits.spool_dir)
+            .and_then(|()| a.spool.share());
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("job {job}: cannot open a spool file to pipeline the call ({e}); calling once the body is complete");
+                return None;
+            }
+        };
+        let (pipe, feed) = Pipe::new(file, len);
+        a.pipe = Some(feed);
+        Some(CompletedJob {
+            job,
+            start: a.start.clone(),
+            body: SpooledBody::Piped(pipe),
+            sha256: [0; 32],
+            first_offset: a.first_offset,
+        })
     }
 
     fn chunk(
@@ -478,6 +528,15 @@ impl Assembler {
                 "chunk offset overflows".into(),
             );
         };
+        // The API may have received the bytes published so far: they must
+        // not change under it.
+        if let Some(Err(o)) = a.pipe.as_ref().map(|f| f.check(info.offset, end_at)) {
+            let msg = format!(
+                "chunk {seq} at byte {} overlaps bytes already taken (up to byte {} in order)",
+                o.offset, o.published
+            );
+            return self.fail(job, ErrorCategory::Integrity, msg);
+        }
         let limit = a
             .start
             .body_len
@@ -559,6 +618,9 @@ impl Assembler {
         }
         a.seen.insert(seq, info.crc32c);
         a.extent = a.extent.max(end_at);
+        if let Some(feed) = &mut a.pipe {
+            feed.took(info.offset, end_at);
+        }
         if in_order && !a.check.in_order() {
             log::debug!(
                 "job {job}: chunk {seq} arrived out of order; the digest will be computed from the spool"
@@ -645,7 +707,7 @@ impl Assembler {
             Err(e) => {
                 return Outcome::Failed(failed(
                     job,
-                    &a,
+                    a,
                     ErrorCategory::Internal,
                     format!("cannot read back the spooled body: {e}"),
                 ))
@@ -666,12 +728,12 @@ impl Assembler {
                 ),
                 BodyFault::Crc => "a chunk of the request body failed its CRC32C check".into(),
             };
-            return Outcome::Failed(failed(job, &a, ErrorCategory::Integrity, msg));
+            return Outcome::Failed(failed(job, a, ErrorCategory::Integrity, msg));
         }
         if let Some(signed) = a.signed_sha256.filter(|s| *s != digest) {
             return Outcome::Failed(failed(
                 job,
-                &a,
+                a,
                 ErrorCategory::Integrity,
                 format!(
                     "request body SHA-256 {} does not match the signed digest {}",
@@ -679,6 +741,10 @@ impl Assembler {
                     crate::protocol::chunker::hex(&signed)
                 ),
             ));
+        }
+        if let Some(feed) = a.pipe.take() {
+            feed.verified(a.disk);
+            return Outcome::Streamed(job);
         }
         let body = a.spool.into_body(a.disk, end.total_len);
         Outcome::Complete(CompletedJob {
@@ -714,7 +780,7 @@ impl Assembler {
     fn fail(&mut self, job: JobId, category: ErrorCategory, message: String) -> Outcome {
         self.finished.insert(job);
         match self.jobs.remove(&job) {
-            Some(a) => Outcome::Failed(failed(job, &a, category, message)),
+            Some(a) => Outcome::Failed(failed(job, a, category, message)),
             None => Outcome::Ignored("unknown job"),
         }
     }
@@ -827,13 +893,23 @@ fn too_old(job: JobId, max_age: Duration) -> Option<String> {
     }
 }
 
-fn failed(job: JobId, a: &Assembly, category: ErrorCategory, message: String) -> FailedJob {
+/// The failure of job `a`, which ends here; a pipelined job's call hears
+/// of it through its pipe.
+fn failed(job: JobId, mut a: Assembly, category: ErrorCategory, message: String) -> FailedJob {
+    let pipelined = match a.pipe.take() {
+        Some(feed) => {
+            feed.failed(Failure::new(category, message.clone()));
+            true
+        }
+        None => false,
+    };
     FailedJob {
         job,
-        reply_topic: a.start.reply_topic.clone(),
+        reply_topic: std::mem::take(&mut a.start.reply_topic),
         reply_partition: a.start.reply_partition,
         first_offset: a.first_offset,
         category,
         message,
+        pipelined,
     }
 }

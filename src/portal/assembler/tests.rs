@@ -1,4 +1,5 @@
 use super::*;
+use crate::portal::pipe::PipeState;
 use crate::protocol::chunker::Chunker;
 use crate::protocol::wire::{decode, encode};
 use proptest::prelude::*;
@@ -42,7 +43,16 @@ fn body_bytes(b: &mut SpooledBody) -> Vec<u8> {
             file.file.read_exact_at(&mut v, 0).unwrap();
             v
         }
+        SpooledBody::Piped(pipe) => spooled(pipe),
     }
+}
+
+/// What a pipelined body's spool file holds so far.
+fn spooled(pipe: &Pipe) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut v = vec![0u8; pipe.file().metadata().unwrap().len() as usize];
+    pipe.file().read_exact_at(&mut v, 0).unwrap();
+    v
 }
 
 fn limits(threshold: usize) -> Limits {
@@ -97,6 +107,7 @@ proptest! {
                 }
                 Outcome::Failed(f) => prop_assert!(false, "job failed: {}", f.message),
                 Outcome::Stray(what) => prop_assert!(false, "stray record: {}", what),
+                Outcome::Streamed(job) => prop_assert!(false, "job {} was not pipelined", job),
                 Outcome::Pending | Outcome::Ignored(_) => {}
             }
         }
@@ -1315,4 +1326,168 @@ fn a_body_read_back_from_the_spool_must_match_the_senders_digest() {
         }
         assert!(asm.is_empty());
     }
+}
+
+/// Starts `job` with a declared body of `len` bytes and pipelines it; the
+/// pipe its call would read.
+fn pipelined(asm: &mut Assembler, job: JobId, len: u64) -> Arc<Pipe> {
+    assert!(matches!(
+        asm.accept(start(job, Some(len)), &[], 7, Instant::now()),
+        Outcome::Pending
+    ));
+    let Some(CompletedJob {
+        body: SpooledBody::Piped(pipe),
+        first_offset: 7,
+        ..
+    }) = asm.pipeline(job)
+    else {
+        panic!("job {job} was not pipelined");
+    };
+    pipe
+}
+
+#[test]
+fn a_pipelined_body_publishes_its_prefix_and_then_its_verdict() {
+    let mut asm = Assembler::new(limits(100));
+    let job = JobId::new();
+    let body = pattern_body(1000);
+    let pipe = pipelined(&mut asm, job, 1000);
+    assert_eq!(pipe.state(), PipeState::Receiving(0));
+    assert!(asm.pipeline(job).is_none(), "a job is pipelined once");
+    let pieces: Vec<&[u8]> = body.chunks(300).collect();
+    let mut offset = 0u64;
+    for (i, piece) in pieces.iter().enumerate() {
+        let (f, p) = chunk_at(job, i as u32 + 1, offset, piece);
+        assert!(matches!(
+            asm.accept(f, &p, 8 + i as i64, Instant::now()),
+            Outcome::Pending
+        ));
+        offset += piece.len() as u64;
+        assert_eq!(pipe.state(), PipeState::Receiving(offset));
+        assert_eq!(&spooled(&pipe)[..offset as usize], &body[..offset as usize]);
+    }
+    let (end, _) = end_claiming(job, 1000, pieces.len() as u32, &body);
+    match asm.accept(end, &[], 20, Instant::now()) {
+        Outcome::Streamed(j) => assert_eq!(j, job),
+        other => panic!("expected Streamed, got {other:?}"),
+    }
+    assert_eq!(pipe.state(), PipeState::Verified);
+    assert_eq!(spooled(&pipe), body);
+    assert!(asm.is_empty());
+}
+
+#[test]
+fn a_pipelined_body_with_a_wrong_digest_fails_through_its_pipe() {
+    let mut asm = Assembler::new(limits(100));
+    let job = JobId::new();
+    let body = pattern_body(500);
+    let pipe = pipelined(&mut asm, job, 500);
+    let (f, p) = chunk_at(job, 1, 0, &body);
+    asm.accept(f, &p, 8, Instant::now());
+    let (end, _) = end_claiming(job, 500, 1, b"another body");
+    let failed = failure(asm.accept(end, &[], 9, Instant::now()));
+    assert_eq!(failed.category, ErrorCategory::Integrity);
+    assert!(
+        failed.pipelined,
+        "the call's task answers, not an error reply"
+    );
+    match pipe.state() {
+        PipeState::Failed(f) => {
+            assert_eq!(f.category, ErrorCategory::Integrity);
+            assert!(f.message.contains("SHA-256"), "{}", f.message);
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_pipelined_body_refuses_chunks_over_bytes_already_published() {
+    let mut asm = Assembler::new(limits(100));
+    let job = JobId::new();
+    let body = pattern_body(600);
+    let pipe = pipelined(&mut asm, job, 600);
+    let (f, p) = chunk_at(job, 1, 0, &body[..300]);
+    asm.accept(f, &p, 8, Instant::now());
+    // Another chunk number over the same bytes, with other contents.
+    let (f, p) = chunk_at(job, 2, 200, &pattern_body(300));
+    let failed = failure(asm.accept(f, &p, 9, Instant::now()));
+    assert_eq!(failed.category, ErrorCategory::Integrity);
+    assert!(failed.message.contains("overlaps"), "{}", failed.message);
+    assert!(matches!(pipe.state(), PipeState::Failed(_)));
+    assert_eq!(
+        &spooled(&pipe)[..300],
+        &body[..300],
+        "published bytes unchanged"
+    );
+}
+
+#[test]
+fn chunks_out_of_order_are_published_once_the_gap_fills() {
+    let mut asm = Assembler::new(limits(100));
+    let job = JobId::new();
+    let body = pattern_body(900);
+    let pipe = pipelined(&mut asm, job, 900);
+    // Chunk 3 waits for chunk 2; then both are published.
+    for (seq, at, published) in [(1u32, 0usize, 300u64), (3, 600, 300), (2, 300, 900)] {
+        let (f, p) = chunk_at(job, seq, at as u64, &body[at..at + 300]);
+        asm.accept(f, &p, 8 + i64::from(seq), Instant::now());
+        assert_eq!(
+            pipe.state(),
+            PipeState::Receiving(published),
+            "after chunk {seq}"
+        );
+    }
+    // A duplicate is still only a duplicate.
+    let (f, p) = chunk_at(job, 2, 300, &body[300..600]);
+    assert!(matches!(
+        asm.accept(f, &p, 12, Instant::now()),
+        Outcome::Ignored(_)
+    ));
+    let (end, _) = end_claiming(job, 900, 3, &body);
+    assert!(matches!(
+        asm.accept(end, &[], 13, Instant::now()),
+        Outcome::Streamed(_)
+    ));
+    assert_eq!(spooled(&pipe), body);
+}
+
+#[test]
+fn a_pipelined_job_dropped_or_expired_says_so_through_its_pipe() {
+    let mut asm = Assembler::new(Limits {
+        idle_timeout: Duration::from_secs(5),
+        ..limits(100)
+    });
+    let t0 = Instant::now();
+    let (a, b) = (JobId::new(), JobId::new());
+    let pipe_a = pipelined(&mut asm, a, 1000);
+    let pipe_b = pipelined(&mut asm, b, 1000);
+    let (f, p) = chunk_at(b, 1, 0, &pattern_body(10));
+    asm.accept(f, &p, 8, t0 + Duration::from_secs(4));
+    let expired = asm.expire(t0 + Duration::from_secs(6));
+    assert_eq!(expired.len(), 1);
+    assert!(expired[0].pipelined);
+    assert!(
+        matches!(pipe_a.state(), PipeState::Failed(f) if f.message.contains("PORTAL_JOB_IDLE_TIMEOUT_SECS"))
+    );
+    assert_eq!(pipe_b.state(), PipeState::Receiving(10));
+    // The reader lets its jobs go (a rebalance): the call must stop, unanswered.
+    drop(asm);
+    assert_eq!(pipe_b.state(), PipeState::Gone);
+}
+
+#[test]
+fn only_jobs_bound_for_a_spool_file_are_pipelined() {
+    let mut asm = Assembler::new(limits(1000));
+    for declared in [None, Some(0), Some(1000)] {
+        let job = JobId::new();
+        asm.accept(start(job, declared), &[], 1, Instant::now());
+        assert!(asm.pipeline(job).is_none(), "declared {declared:?}");
+    }
+    // Nor one whose chunks came before the call could start.
+    let job = JobId::new();
+    asm.accept(start(job, Some(5000)), &[], 2, Instant::now());
+    let (f, p) = chunk_at(job, 1, 0, &pattern_body(10));
+    asm.accept(f, &p, 3, Instant::now());
+    assert!(asm.pipeline(job).is_none());
+    assert!(asm.pipeline(JobId::new()).is_none(), "an unknown job");
 }

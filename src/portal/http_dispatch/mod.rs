@@ -3,7 +3,8 @@
 //!
 //! The URL is always `PORTAL_TARGET_API_URL` joined with the request's path;
 //! the request can name a path and query only. Redirects are not followed.
-//! Bodies stream from the spool, so a retry after a refused token re-reads it.
+//! Bodies stream from the spool, so a retry after a refused token re-reads it;
+//! a pipelined body streams while it still arrives (`PipeBody`).
 //! An answer that pushes back (429, 503, or 409 to a repeated idempotency
 //! key) is called again where that is safe, as `backpressure` decides.
 
@@ -34,6 +35,7 @@ use crate::portal::http_dispatch::backpressure::{
 };
 use crate::portal::http_dispatch::client::{full_body, with_tls_hint, DispatchBody, HttpClient};
 use crate::portal::http_dispatch::token_cache::TokenCache;
+use crate::portal::pipe::{Deadline, Pipe, PipeState};
 use crate::portal::policy::{plan_headers, HeaderPlan};
 use crate::portal::spool::{SpoolFile, SpooledBody};
 use crate::protocol::wire::RequestStart;
@@ -109,6 +111,101 @@ impl hyper::body::Body for FileBody {
     }
 }
 
+/// Streams a pipelined body from byte 0 while it still arrives: from its
+/// spool file, as far as its [`Pipe`] says may be sent, waiting for more.
+/// When the body fails, or its job is let go, a frame is an error: hyper
+/// then aborts the request, and the API, counting toward `Content-Length`,
+/// never has it complete. Each attempt at the call reads with a body of its own.
+struct PipeBody {
+    pipe: Arc<Pipe>,
+    pos: u64,
+    pending: Option<tokio::task::JoinHandle<std::io::Result<Vec<u8>>>>,
+}
+
+impl PipeBody {
+    /// Waits until bytes past `pos` may be sent, then reads up to
+    /// [`FILE_READ`] of them.
+    async fn next(pipe: Arc<Pipe>, pos: u64) -> std::io::Result<Vec<u8>> {
+        let upto = pipe
+            .sendable_beyond(pos)
+            .await
+            .map_err(|state| match state {
+                PipeState::Failed(f) => {
+                    std::io::Error::other(format!("the request body failed: {}", f.message))
+                }
+                _ => {
+                    std::io::Error::other("the portal let the job go before its body was complete")
+                }
+            })?;
+        let len = (upto - pos).min(FILE_READ) as usize;
+        let read = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; len];
+            pipe.file().read_exact_at(&mut buf, pos)?;
+            Ok(buf)
+        });
+        read.await.unwrap_or_else(|e| {
+            Err(std::io::Error::other(format!(
+                "spool read task failed: {e}"
+            )))
+        })
+    }
+}
+
+impl hyper::body::Body for PipeBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if this.pos >= this.pipe.len() {
+            return Poll::Ready(None);
+        }
+        let handle = this
+            .pending
+            .get_or_insert_with(|| tokio::spawn(Self::next(Arc::clone(&this.pipe), this.pos)));
+        match Pin::new(handle).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(joined) => {
+                this.pending = None;
+                let read = joined.unwrap_or_else(|e| {
+                    Err(std::io::Error::other(format!(
+                        "spool read task failed: {e}"
+                    )))
+                });
+                match read {
+                    Ok(buf) => {
+                        this.pos += buf.len() as u64;
+                        Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))))
+                    }
+                    Err(e) => Poll::Ready(Some(Err(e))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pos >= self.pipe.len()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.pipe.len().saturating_sub(self.pos))
+    }
+}
+
+impl Drop for PipeBody {
+    fn drop(&mut self) {
+        // A request dropped (hyper gave up, or the call was cancelled)
+        // leaves no task waiting on the pipe.
+        if let Some(pending) = self.pending.take() {
+            pending.abort();
+        }
+    }
+}
+
 fn body_of(spool: &SpooledBody) -> DispatchBody {
     match spool {
         SpooledBody::Empty => full_body(Bytes::new()),
@@ -117,6 +214,12 @@ fn body_of(spool: &SpooledBody) -> DispatchBody {
             file: Arc::clone(file),
             pos: 0,
             end: *len,
+            pending: None,
+        }
+        .boxed(),
+        SpooledBody::Piped(pipe) => PipeBody {
+            pipe: Arc::clone(pipe),
+            pos: 0,
             pending: None,
         }
         .boxed(),
@@ -289,7 +392,7 @@ impl Dispatcher {
     pub(crate) async fn call(
         &self,
         job: &CompletedJob,
-        deadline: Instant,
+        deadline: &Deadline,
     ) -> Result<Called, Failure> {
         let url = self.url_for(&job.start.path)?;
         let method = Method::from_bytes(job.start.method.as_bytes()).map_err(|_| {
@@ -307,7 +410,8 @@ impl Dispatcher {
         let mut held: Option<Response<ApiBody>> = None;
         let limiter = Arc::clone(&self.backpressure.limiter);
         loop {
-            let Some(slot) = limiter.acquire_until(deadline).await else {
+            let waited = deadline.run(limiter.acquire_until(deadline.bound()));
+            let Some(slot) = waited.await.flatten() else {
                 return match held {
                     Some(response) => Ok(Called {
                         response,
@@ -332,8 +436,8 @@ impl Dispatcher {
             };
             let req = self.build(&method, &url, job, token.as_deref()).await?;
             let first_call = *first_call.get_or_insert_with(Instant::now);
-            let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
-                Err(_) => {
+            let resp = match deadline.run(self.client.request(req)).await {
+                None => {
                     return Err(Failure::new(
                         ErrorCategory::UpstreamTimeout,
                         format!(
@@ -342,7 +446,7 @@ impl Dispatcher {
                         ),
                     ))
                 }
-                Ok(Err(e)) => {
+                Some(Err(e)) => {
                     // Connection refused, reset or TLS failure: the API is not there for us.
                     let category = ErrorCategory::UpstreamUnreachable;
                     return Err(Failure::new(
@@ -350,7 +454,7 @@ impl Dispatcher {
                         format!("{method} {url} failed: {}", with_tls_hint(error_chain(&e))),
                     ));
                 }
-                Ok(Ok(resp)) => resp,
+                Some(Ok(resp)) => resp,
             };
             if let (false, Some(tokens), Some(token)) = (retried, &self.tokens, token) {
                 if tokens.refreshes_on(resp.status()) {
@@ -393,7 +497,7 @@ impl Dispatcher {
                 .get(RETRY_AFTER)
                 .and_then(|v| retry_after(v.as_bytes(), SystemTime::now()));
             let delay = self.retry.delay(pushed, asked, fastrand::f64());
-            if Instant::now() + delay >= deadline {
+            if deadline.would_pass(delay) {
                 log::info!(
                     "job {}: API answered {}; not calling again, the wait of {:.1} s would pass the job's deadline (PORTAL_REQUEST_TIMEOUT_SECS)",
                     job.job,
@@ -402,7 +506,7 @@ impl Dispatcher {
                 );
                 return relay(resp.map(ApiBody::streaming), Some(slot));
             }
-            let (resp, complete) = hold(resp, deadline).await;
+            let (resp, complete) = hold(resp, deadline.bound()).await;
             if !complete {
                 log::info!(
                     "job {}: API answered {} with a body over {MAX_HELD_BODY} bytes or slower than {} s; relaying it instead of calling again",
@@ -535,6 +639,75 @@ fn method_expects_body(m: &Method) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::body::Body as _;
+    use std::os::unix::fs::FileExt;
+
+    /// Whether `body` has a frame ready after its waiting tasks had their turn.
+    async fn frame_ready(body: &mut DispatchBody) -> bool {
+        for _ in 0..20 {
+            let polled =
+                std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
+            match polled {
+                Poll::Pending => tokio::task::yield_now().await,
+                Poll::Ready(Some(Ok(frame))) => panic!("a frame came: {frame:?}"),
+                Poll::Ready(other) => panic!("the body ended: {other:?}"),
+            }
+        }
+        false
+    }
+
+    async fn next_data(body: &mut DispatchBody) -> Bytes {
+        match body.frame().await {
+            Some(Ok(frame)) => frame.into_data().unwrap_or_else(|_| panic!("not data")),
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pipe_body_streams_what_arrived_and_holds_the_last_byte_for_the_verdict() {
+        let (pipe, mut feed) = Pipe::new(tempfile::tempfile().unwrap(), 10);
+        let mut body = body_of(&SpooledBody::Piped(Arc::clone(&pipe)));
+        assert_eq!(body.size_hint().exact(), Some(10));
+        assert!(!frame_ready(&mut body).await, "nothing arrived yet");
+        pipe.file().write_all_at(b"hello", 0).unwrap();
+        feed.took(0, 5);
+        assert_eq!(next_data(&mut body).await, "hello");
+        pipe.file().write_all_at(b"world", 5).unwrap();
+        feed.took(5, 10);
+        assert_eq!(next_data(&mut body).await, "worl");
+        assert!(
+            !frame_ready(&mut body).await,
+            "the last byte waits for the verdict"
+        );
+        // A retry reads from the start, up to the same point.
+        let mut again = body_of(&SpooledBody::Piped(Arc::clone(&pipe)));
+        assert_eq!(next_data(&mut again).await, "helloworl");
+        let budget = crate::portal::budget::Budget::new(1 << 20);
+        feed.verified(crate::portal::budget::Lease::new(&budget));
+        assert_eq!(next_data(&mut body).await, "d");
+        assert!(body.frame().await.is_none());
+        assert!(body.is_end_stream());
+        assert_eq!(next_data(&mut again).await, "d");
+    }
+
+    #[tokio::test]
+    async fn a_pipe_body_breaks_off_when_its_body_fails_or_is_let_go() {
+        let (pipe, mut feed) = Pipe::new(tempfile::tempfile().unwrap(), 10);
+        let mut body = body_of(&SpooledBody::Piped(Arc::clone(&pipe)));
+        pipe.file().write_all_at(b"hello", 0).unwrap();
+        feed.took(0, 5);
+        assert_eq!(next_data(&mut body).await, "hello");
+        feed.failed(Failure::new(ErrorCategory::Integrity, "SHA-256 mismatch"));
+        match body.frame().await {
+            Some(Err(e)) => assert!(e.to_string().contains("SHA-256 mismatch"), "{e}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+
+        let (pipe, feed) = Pipe::new(tempfile::tempfile().unwrap(), 10);
+        let mut body = body_of(&SpooledBody::Piped(Arc::clone(&pipe)));
+        drop(feed);
+        assert!(matches!(body.frame().await, Some(Err(_))));
+    }
 
     #[test]
     fn urls_join_under_the_base_path() {

@@ -13,6 +13,8 @@
 //!   and counting calls that arrive at once;
 //! - [`overlap`]: a target API whose first call for a key never ends,
 //!   noting when each call began and when its connection was dropped;
+//! - [`stream`]: a target API showing how far each request body has come
+//!   while it arrives, and whether it arrived complete;
 //! - [`pki`]: throwaway certificates and keys;
 //! - [`payload`]: deterministic bodies and their digests.
 
@@ -25,6 +27,7 @@ pub mod payload;
 pub mod pki;
 pub mod pushback;
 pub mod run;
+pub mod stream;
 
 use std::time::Duration;
 
