@@ -8,6 +8,7 @@
 //! Kafka's error codes.
 
 pub(crate) mod code;
+pub mod compression;
 pub mod conn;
 pub mod consumer_group;
 pub mod fetcher;

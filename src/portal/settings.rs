@@ -61,4 +61,6 @@ pub(crate) struct Settings {
     pub(crate) start_from: StartFrom,
     /// Keys whose signatures the portal requires, when set.
     pub(crate) trusted_keys: Option<crate::protocol::signing::TrustedKeys>,
+    /// How the answers' records are compressed.
+    pub(crate) compression: crate::kafka::compression::Codec,
 }

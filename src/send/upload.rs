@@ -144,7 +144,7 @@ pub(super) async fn transmit(
         let progress = Progress::new("upload", prepared.body_len, show.progress);
         let mut chunker = Chunker::new(job, 1);
         let capacity = produce_window(kcfg.chunk_size);
-        let mut window = ProduceWindow::new(&request_pc, capacity);
+        let mut window = ProduceWindow::new(&request_pc, capacity).compressing(cfg.compression);
         // Lengths of the chunks in flight, oldest first.
         let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(capacity);
         let mut read_all = false;
@@ -205,8 +205,9 @@ pub(super) async fn transmit(
         request_pc.produce(kafka::record(&end, &[], &[])).await?;
         let secs = upload_started.elapsed().as_secs_f64();
         log::info!(
-            "job {job}: sent {sent} bytes in {secs:.2} s ({:.1} MB/s)",
-            sent as f64 / 1e6 / secs.max(1e-9)
+            "job {job}: sent {sent} bytes in {secs:.2} s ({:.1} MB/s), {}",
+            sent as f64 / 1e6 / secs.max(1e-9),
+            window.compression()
         );
     }
 
