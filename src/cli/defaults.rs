@@ -38,6 +38,8 @@ pub(crate) const SIGNATURE_TTL_SECS: u64 = 300;
 pub(crate) const TIMEOUT_SECS: u64 = 300;
 /// `send` and `wait`: their log level.
 pub(crate) const CLIENT_LOG_LEVEL: &str = "WARNING";
+/// Both sides' `--compression`.
+pub(crate) const COMPRESSION: &str = "auto";
 
 /// Each flag with a default value, by arg id, as its help shows it.
 pub(crate) fn shown() -> Vec<(&'static str, String)> {
@@ -97,6 +99,8 @@ pub(crate) fn shown() -> Vec<(&'static str, String)> {
         ("timeout", TIMEOUT_SECS.to_string()),
         ("signature_ttl_secs", SIGNATURE_TTL_SECS.to_string()),
         ("client_log_level", CLIENT_LOG_LEVEL.into()),
+        ("compression", COMPRESSION.into()),
+        ("client_compression", COMPRESSION.into()),
     ]
 }
 

@@ -75,6 +75,8 @@ pub struct FileConfig {
     pub signing_key: Option<PathBuf>,
     pub signature_ttl_secs: Option<u64>,
     pub client_log_level: Option<String>,
+    pub compression: Option<String>,
+    pub client_compression: Option<String>,
 }
 
 impl std::fmt::Debug for FileConfig {

@@ -132,6 +132,9 @@ pub struct PortalArgs {
     /// Longest lifetime a request signature may have, in seconds
     #[arg(long, env = "PORTAL_SIGNATURE_MAX_TTL_SECS", value_name = "SECS")]
     pub signature_max_ttl_secs: Option<u64>,
+    /// Codec of the answers' records: zstd, lz4, none, or auto (lz4); batches a quick probe finds incompressible go uncompressed
+    #[arg(long, env = "PORTAL_COMPRESSION", value_name = "CODEC")]
+    pub compression: Option<String>,
     /// OAuth2 token endpoint URL
     #[arg(long, env = "OAUTH2_TOKEN_URL", value_name = "URL")]
     pub oauth2_token_url: Option<String>,
@@ -369,8 +372,13 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         protocol,
     };
     let trusted_keys = resolve_trusted_keys(a, &f)?;
+    let compression = resolve_compression(
+        "PORTAL_COMPRESSION",
+        pick(&a.compression, &f.compression).as_deref(),
+    )?;
     Ok(Settings {
         pipeline: pick(&a.pipeline, &f.pipeline).unwrap_or(defaults::PIPELINE),
+        compression,
         shutdown_grace: Duration::from_secs(grace),
         session_timeout_set,
         trusted_keys,
@@ -407,6 +415,18 @@ pub(crate) fn resolve_group_protocol(value: Option<&str>) -> anyhow::Result<Grou
             "KAFKA_GROUP_PROTOCOL: {:?} is not a group protocol; use consumer, classic or auto",
             value.unwrap_or_default()
         ),
+    }
+}
+
+/// A `--compression` value of either side, `setting` naming it in an
+/// error; unset or blank is the default, `auto`.
+pub(crate) fn resolve_compression(
+    setting: &str,
+    value: Option<&str>,
+) -> anyhow::Result<crate::kafka::compression::Codec> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(defaults::COMPRESSION.parse().map_err(anyhow::Error::msg)?),
+        Some(v) => v.parse().map_err(|e| anyhow::anyhow!("{setting}: {e}")),
     }
 }
 

@@ -14,6 +14,7 @@ use crate::cli::kafka::{resolve_kafka, KafkaArgs};
 use crate::cli::portal::log_filter;
 use crate::cli::python::{fill, process_env, Env, Filled, Role, Slot};
 use crate::kafka;
+use crate::kafka::compression::Codec;
 use std::process::ExitCode;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -115,6 +116,13 @@ pub struct SendArgs {
     /// Log level: DEBUG, INFO, WARNING, ERROR; RUST_LOG overrides it
     #[arg(long = "log-level", env = "KAFKASEND_LOG_LEVEL", value_name = "LEVEL")]
     pub client_log_level: Option<String>,
+    /// Codec of the request's chunk records: zstd, lz4, none, or auto (lz4); chunks a quick probe finds incompressible go uncompressed
+    #[arg(
+        long = "compression",
+        env = "KAFKASEND_COMPRESSION",
+        value_name = "CODEC"
+    )]
+    pub client_compression: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,
@@ -199,10 +207,15 @@ pub fn resolve_send(a: &SendArgs) -> anyhow::Result<Settings> {
         )?),
         None => None,
     };
+    let compression = crate::cli::portal::resolve_compression(
+        "--compression (KAFKASEND_COMPRESSION)",
+        pick(&a.client_compression, &f.client_compression).as_deref(),
+    )?;
     Ok(Settings {
         kafka,
         timeout,
         signer,
+        compression,
     })
 }
 
@@ -227,6 +240,7 @@ pub fn resolve_wait(a: &WaitArgs) -> anyhow::Result<Settings> {
         kafka,
         timeout,
         signer: None,
+        compression: Codec::None,
     })
 }
 

@@ -92,6 +92,7 @@ impl Args for ShowArgs {
                 // send's --log-level is also the portal's flag; here it
                 // goes by its file key.
                 "client_log_level" => a.clone().long("client-log-level"),
+                "client_compression" => a.clone().long("client-compression"),
                 _ => a.clone(),
             })
             .collect();
@@ -165,6 +166,7 @@ pub(crate) fn rows_with(
                 signing_key: m.get_one::<PathBuf>("signing_key").cloned(),
                 signature_ttl_secs: m.get_one::<u64>("signature_ttl_secs").copied(),
                 client_log_level: m.get_one::<String>("client_log_level").cloned(),
+                client_compression: m.get_one::<String>("client_compression").cloned(),
                 ..SendArgs::default()
             };
             let filled = crate::cli::send::fill_send(&mut send, env)?;

@@ -1173,3 +1173,55 @@ fn pipelining_is_on_unless_a_flag_or_the_file_turns_it_off() {
     from_file.extend(["--pipeline", "true"]);
     assert!(resolve_portal(&portal_args(&from_file)).unwrap().pipeline);
 }
+
+#[test]
+fn compression_of_each_side_by_flag_file_key_or_default() {
+    use crate::kafka::compression::Codec;
+    let send = |extra: &[&str]| {
+        let mut argv = vec!["kafkasend", "send", "--endpoint", "/x"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Send(a) => resolve_send(&a).map(|s| s.compression),
+            _ => unreachable!(),
+        }
+    };
+    let portal = |extra: &[&str]| {
+        let mut argv = vec![
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--use-oauth",
+            "false",
+        ];
+        argv.extend_from_slice(extra);
+        resolve_portal(&portal_args(&argv)).map(|c| c.compression)
+    };
+    assert_eq!(send(&[]).unwrap(), Codec::Auto);
+    assert_eq!(portal(&[]).unwrap(), Codec::Auto);
+    assert_eq!(send(&["--compression", " "]).unwrap(), Codec::Auto);
+    assert_eq!(send(&["--compression", "LZ4"]).unwrap(), Codec::Lz4);
+    assert_eq!(portal(&["--compression", "none"]).unwrap(), Codec::None);
+
+    // One file, two keys: each side reads its own.
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "compression = \"lz4\"\nclient_compression = \"none\"").unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    assert_eq!(send(&["--config", &path]).unwrap(), Codec::None);
+    assert_eq!(portal(&["--config", &path]).unwrap(), Codec::Lz4);
+    assert_eq!(
+        send(&["--config", &path, "--compression", "zstd"]).unwrap(),
+        Codec::Zstd
+    );
+
+    let err = send(&["--compression", "gzip"]).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "--compression (KAFKASEND_COMPRESSION): \"gzip\" is not a codec; use auto, zstd, lz4 or none"
+    );
+    let err = portal(&["--compression", "zstd-19"])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "PORTAL_COMPRESSION: \"zstd-19\" is not a codec; use auto, zstd, lz4 or none"
+    );
+}

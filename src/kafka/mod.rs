@@ -8,6 +8,7 @@
 //! Kafka's error codes.
 
 pub(crate) mod code;
+pub mod compression;
 pub mod conn;
 pub mod consumer_group;
 pub mod fetcher;
@@ -778,7 +779,11 @@ impl Partition {
 
 /// The record for one frame: keyed by the job id, headers as given.
 pub fn record(frame: &Frame, payload: &[u8], headers: &[(&str, Vec<u8>)]) -> Record {
-    record_of_value(frame.job, crate::protocol::wire::encode(frame, payload), headers)
+    record_of_value(
+        frame.job,
+        crate::protocol::wire::encode(frame, payload),
+        headers,
+    )
 }
 
 /// The record of a value `wire` laid out already, keyed by its job id.

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::kafka::compression::{Chooser, Codec};
 use crate::kafka::{record, record_of_value, KafkaError, Partition, Record};
 use crate::protocol::wire::{Frame, JobId};
 
@@ -39,6 +40,8 @@ pub(crate) struct ProduceWindow<'a> {
     partition: &'a Partition,
     capacity: usize,
     calls: VecDeque<Slot<'a>>,
+    /// Each record's codec, decided from its payload.
+    chooser: Chooser,
 }
 
 enum Slot<'a> {
@@ -53,7 +56,19 @@ impl<'a> ProduceWindow<'a> {
             partition,
             capacity: capacity.max(1),
             calls: VecDeque::with_capacity(capacity.max(1)),
+            chooser: Chooser::new(Codec::None),
         }
+    }
+
+    /// The window with each record compressed as `codec` says.
+    pub(crate) fn compressing(mut self, codec: Codec) -> Self {
+        self.chooser = Chooser::new(codec);
+        self
+    }
+
+    /// Which codec the records pushed so far went with, for a log line.
+    pub(crate) fn compression(&self) -> String {
+        self.chooser.summary()
     }
 
     /// Whether another frame may be pushed without waiting.
@@ -62,11 +77,14 @@ impl<'a> ProduceWindow<'a> {
     }
 
     /// Starts producing a record of `job` whose value is laid out already
-    /// (`wire::ChunkValue`), after every one pushed before it.
+    /// (`wire::ChunkValue`), after every one pushed before it; compressed
+    /// as the window's codec and the value's bytes decide.
     pub(crate) fn push_value(&mut self, job: JobId, value: Vec<u8>) {
+        let compression = self.chooser.pick([value.as_slice()]);
         let record = record_of_value(job, value, &[]);
-        self.calls
-            .push_back(Slot::Pending(Box::pin(self.partition.produce(record))));
+        self.calls.push_back(Slot::Pending(Box::pin(
+            self.partition.produce_with(vec![record], compression),
+        )));
     }
 
     /// Polls every unfinished call, in push order.
@@ -141,6 +159,8 @@ pub(crate) struct ReplyWriter<'a> {
     /// Record headers every record of the answer carries (its attempt).
     every: Vec<(&'a str, Vec<u8>)>,
     held: Held,
+    /// Each batch's codec, decided from its records' values.
+    chooser: Chooser,
 }
 
 impl<'a> ReplyWriter<'a> {
@@ -156,7 +176,19 @@ impl<'a> ReplyWriter<'a> {
             batch_max,
             every,
             held: Held::default(),
+            chooser: Chooser::new(Codec::None),
         }
+    }
+
+    /// The writer with each batch compressed as `codec` says.
+    pub(crate) fn compressing(mut self, codec: Codec) -> Self {
+        self.chooser = Chooser::new(codec);
+        self
+    }
+
+    /// Which codec the batches produced so far went with, for a log line.
+    pub(crate) fn compression(&self) -> String {
+        self.chooser.summary()
     }
 
     /// Holds a frame, producing what is held first if both would not fit
@@ -189,8 +221,11 @@ impl<'a> ReplyWriter<'a> {
         let Some((seq, records)) = self.held.take() else {
             return Ok(());
         };
+        let compression = self
+            .chooser
+            .pick(records.iter().filter_map(|r| r.value.as_deref()));
         self.partition
-            .produce_all(records)
+            .produce_with(records, compression)
             .await
             .map(drop)
             .map_err(|error| Unsent { seq, error })

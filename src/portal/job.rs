@@ -316,7 +316,8 @@ async fn answer(
         }),
     };
     let chunk_size = ctx.cfg.kafka.chunk_size;
-    let mut out = ReplyWriter::new(pc, chunk_size, vec![(ATTEMPT_HEADER, attempt.to_vec())]);
+    let mut out = ReplyWriter::new(pc, chunk_size, vec![(ATTEMPT_HEADER, attempt.to_vec())])
+        .compressing(ctx.cfg.compression);
     // Names only: values the caller sent may be credentials.
     let dropped = ctx.dispatcher.header_plan(&job.start).dropped_line();
     let record_headers: Vec<(&str, Vec<u8>)> = dropped
@@ -406,5 +407,6 @@ async fn answer(
     let end = chunker.finish();
     out.push(&end, &[]).await?;
     out.flush().await?;
+    log::debug!("job {}: answer sent, {}", job.job, out.compression());
     Ok((status, total))
 }

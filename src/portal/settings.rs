@@ -63,4 +63,6 @@ pub(crate) struct Settings {
     pub(crate) trusted_keys: Option<crate::protocol::signing::TrustedKeys>,
     /// Call the API while a spooled body still arrives (`PORTAL_PIPELINE`).
     pub(crate) pipeline: bool,
+    /// How the answers' records are compressed.
+    pub(crate) compression: crate::kafka::compression::Codec,
 }

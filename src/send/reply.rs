@@ -1013,6 +1013,7 @@ mod tests {
             },
             timeout,
             signer: None,
+            compression: Default::default(),
         }
     }
 

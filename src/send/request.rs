@@ -719,7 +719,11 @@ pub(super) enum BodyReader {
 impl BodyReader {
     /// Appends up to `size` bytes to `buf`; fewer only at the end of the
     /// body. `buf`'s spare capacity is read into as it is, not zeroed first.
-    pub(super) async fn read_chunk(&mut self, buf: &mut Vec<u8>, size: usize) -> std::io::Result<()> {
+    pub(super) async fn read_chunk(
+        &mut self,
+        buf: &mut Vec<u8>,
+        size: usize,
+    ) -> std::io::Result<()> {
         use std::io::Read as _;
         use tokio::io::AsyncReadExt as _;
         let limit = size as u64;

@@ -22,6 +22,8 @@ pub struct Settings {
     pub timeout: Duration,
     /// Signs each request, when a signing key is set.
     pub signer: Option<crate::protocol::signing::Signer>,
+    /// How the request's chunk records are compressed.
+    pub compression: crate::kafka::compression::Codec,
 }
 
 /// One request as `send` takes it: plain values, whoever gathered them.

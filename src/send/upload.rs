@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::kafka::compression::Codec;
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::window::ProduceWindow;
 use crate::kafka::{self, KafkaError, PartitionCache};
@@ -270,6 +271,7 @@ pub(super) async fn transmit(
         let mut partition = request_pc;
         let mut first_failure: Option<Instant> = None;
         let mut resumes = 0;
+        let compressed: String;
         loop {
             let mut place = Place {
                 job,
@@ -278,9 +280,13 @@ pub(super) async fn transmit(
                 chunk_size: chunk_size(job, &landed, &prepared, kcfg.chunk_size)?,
                 waiting: &mut waiting,
                 progress: &progress,
+                compression: cfg.compression,
             };
             let failed = match place.body(&mut reader, &prepared, report).await {
-                Ok(()) => break,
+                Ok(how) => {
+                    compressed = how;
+                    break;
+                }
                 Err(SendError::Kafka(e)) if e.passes() && replay => e,
                 Err(e) => return Err(e),
             };
@@ -334,7 +340,7 @@ pub(super) async fn transmit(
         progress.finish();
         let secs = upload_started.elapsed().as_secs_f64();
         log::info!(
-            "job {job}: sent {} bytes in {secs:.2} s ({:.1} MB/s)",
+            "job {job}: sent {} bytes in {secs:.2} s ({:.1} MB/s), {compressed}",
             report.bytes_sent,
             report.bytes_sent as f64 / 1e6 / secs.max(1e-9)
         );
@@ -365,22 +371,25 @@ struct Place<'a> {
     /// The answer's destination and follower, watched for an early refusal.
     waiting: &'a mut Option<(Destination, Follower)>,
     progress: &'a Progress,
+    /// How the chunk records may be compressed.
+    compression: Codec,
 }
 
 impl Place<'_> {
     /// One pass over the body from its start: every chunk read and hashed,
     /// those not yet in the request topic produced (a few in flight), then
-    /// the end record. Stops early when the portal refuses the job.
+    /// the end record; says how its chunks were compressed. Stops early
+    /// when the portal refuses the job.
     async fn body(
         &mut self,
         reader: &mut BodyReader,
         prepared: &Prepared,
         report: &mut Report,
-    ) -> Result<(), SendError> {
+    ) -> Result<String, SendError> {
         let job = self.job;
         let mut chunker = Chunker::new(job, 1);
         let capacity = produce_window(self.chunk_size);
-        let mut window = ProduceWindow::new(self.partition, capacity);
+        let mut window = ProduceWindow::new(self.partition, capacity).compressing(self.compression);
         // Lengths of the chunks in flight, oldest first.
         let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(capacity);
         let mut read_all = false;
@@ -456,7 +465,7 @@ impl Place<'_> {
         self.partition
             .produce(kafka::record(&end, &[], &[]))
             .await?;
-        Ok(())
+        Ok(window.compression())
     }
 }
 

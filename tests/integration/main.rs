@@ -7,6 +7,7 @@ mod attempts;
 mod broker_restarts;
 mod cli;
 mod client;
+mod compression;
 mod consumer_group;
 mod content_type;
 mod curl_request;
