@@ -159,6 +159,40 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, stop: watch::Receiver<bool>) -> b
     }
 }
 
+/// How often a pipelined job whose body still arrives looks for a spare
+/// call permit (a semaphore tells no one when one is given back).
+const SPARE_POLL: Duration = Duration::from_millis(20);
+
+/// A call permit; `None` if the portal is closing them. A job whose
+/// pipelined body still arrives takes one only while another stays free:
+/// the reader that brings the rest of its body may be waiting for a queue
+/// slot that only jobs needing a permit can give back, so pipelined calls
+/// taking the last one could stop the partition for good. Once its body is
+/// verified it waits like any other job.
+async fn call_permit<'a>(
+    ctx: &'a Ctx,
+    pipe: Option<&Pipe>,
+) -> Option<tokio::sync::SemaphorePermit<'a>> {
+    let permits = &ctx.call_permits;
+    let Some(pipe) = pipe else {
+        return permits.acquire().await.ok();
+    };
+    loop {
+        if pipe.verified_at().is_some() {
+            return permits.acquire().await.ok();
+        }
+        if let Ok(permit) = permits.try_acquire() {
+            if permits.available_permits() > 0 {
+                return Some(permit);
+            }
+        }
+        tokio::select! {
+            () = pipe.verified() => {}
+            () = tokio::time::sleep(SPARE_POLL) => {}
+        }
+    }
+}
+
 /// Calls the API for `job` once a call permit is free and relays its
 /// answer to `pc`, or an error; returns whether the job is settled.
 async fn call_and_answer(
@@ -170,12 +204,13 @@ async fn call_and_answer(
 ) -> bool {
     // A job whose partition was revoked before it got a call slot is left
     // to the partition's next reader instead of calling the API from here.
+    let pipe = pipe_of(job);
     let permit = tokio::select! {
         biased;
         _ = stop.wait_for(|stopped| *stopped) => return false,
-        p = ctx.call_permits.acquire() => match p {
-            Ok(p) => p,
-            Err(_) => return false,
+        p = call_permit(ctx, pipe.as_deref()) => match p {
+            Some(p) => p,
+            None => return false,
         },
     };
     let started = Instant::now();
@@ -255,8 +290,9 @@ async fn answer(
     attempt: &[u8],
 ) -> Result<(u16, u64), AnswerError> {
     // One deadline for the whole call, headers and body alike; for a
-    // pipelined body it counts from the body's verification, so a long
-    // upload through Kafka does not eat into the API's time.
+    // pipelined body it counts from the later of now and the body's
+    // verification, so a long upload through Kafka does not eat into the
+    // API's time.
     let pipe = pipe_of(job);
     let deadline = Deadline::new(ctx.dispatcher.timeout(), pipe.clone());
     // The slot stays taken until the answer is relayed: a call streaming

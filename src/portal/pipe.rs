@@ -132,6 +132,14 @@ impl Pipe {
             .unwrap_or(PipeState::Gone)
     }
 
+    /// Resolves once the body is verified; never if it fails or is let go
+    /// (the job ends on that instead).
+    pub(crate) async fn verified(&self) {
+        if self.ended().await != PipeState::Verified {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Resolves when the body failed (with the failure) or was let go
     /// (`None`); never once it is verified.
     pub(crate) async fn broken(&self) -> Option<Failure> {
@@ -244,11 +252,14 @@ impl Drop for PipeFeed {
 const UNKNOWN_BOUND_SECS: u64 = 86_400;
 
 /// When an API call must be over: a fixed time after it started, or, for a
-/// pipelined body, that long after the body was verified; until then the
-/// assembler's idle timeout guards against a body that stops arriving.
+/// pipelined body, that long after the later of the call's start and the
+/// body's verification; until then the assembler's idle timeout guards
+/// against a body that stops arriving.
 #[derive(Debug, Clone)]
 pub(crate) struct Deadline {
     timeout: Duration,
+    /// When the call started (its permit was taken).
+    created: Instant,
     /// Set for a fixed deadline.
     at: Option<Instant>,
     pipe: Option<Arc<Pipe>>,
@@ -257,19 +268,27 @@ pub(crate) struct Deadline {
 impl Deadline {
     /// `timeout` from now, or from the verification of `pipe`'s body.
     pub(crate) fn new(timeout: Duration, pipe: Option<Arc<Pipe>>) -> Self {
+        let created = Instant::now();
         Self {
             timeout,
-            at: pipe.is_none().then(|| Instant::now() + timeout),
+            created,
+            at: pipe.is_none().then(|| created + timeout),
             pipe,
         }
     }
 
-    /// The instant, once it is known.
+    /// The instant, once it is known. A body verified while its job waited
+    /// for a call permit still leaves the call its whole timeout.
     pub(crate) fn at(&self) -> Option<Instant> {
         self.at.or_else(|| {
             let verified = self.pipe.as_ref()?.verified_at()?;
-            Some(verified + self.timeout)
+            Some(verified.max(self.created) + self.timeout)
         })
+    }
+
+    /// The pipelined body the call waits on, while it still arrives.
+    pub(crate) fn arriving(&self) -> Option<&Pipe> {
+        self.pipe.as_deref().filter(|p| p.verified_at().is_none())
     }
 
     /// The instant if known, else one far enough off that only
@@ -414,5 +433,19 @@ mod tests {
         let fixed = Deadline::new(Duration::from_secs(5), None);
         assert!(fixed.would_pass(Duration::from_secs(5)));
         assert_eq!(fixed.run(async { 7 }).await, Some(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_started_after_the_verdict_still_gets_its_whole_timeout() {
+        let (pipe, feed) = new_pipe(10);
+        let budget = crate::portal::budget::Budget::new(1 << 20);
+        feed.verified(Lease::new(&budget));
+        // The job waited 60 s for a call permit after its body was verified.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let deadline = Deadline::new(Duration::from_secs(5), Some(Arc::clone(&pipe)));
+        assert!(deadline.arriving().is_none());
+        let started = Instant::now();
+        assert_eq!(deadline.run(std::future::pending::<()>()).await, None);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 }

@@ -395,11 +395,36 @@ impl Place<'_> {
         let mut read_all = false;
         loop {
             if !read_all && window.has_room() {
+                // Never past the declared length: a file that grows while it
+                // is sent is refused when its declared bytes are read, not
+                // sent on for as long as it grows.
+                let size = match prepared.body_len {
+                    Some(declared) => {
+                        let left = declared.saturating_sub(chunker.bytes());
+                        left.min(self.chunk_size as u64) as usize
+                    }
+                    None => self.chunk_size,
+                };
+                if size == 0 {
+                    let mut probe = Vec::with_capacity(1);
+                    reader
+                        .read_chunk(&mut probe, 1)
+                        .await
+                        .map_err(|e| SendError::Io(format!("reading the body failed: {e}")))?;
+                    if !probe.is_empty() {
+                        return Err(SendError::Io(format!(
+                            "the file changed while it was sent (it grew past the {} bytes it had when the upload began)",
+                            chunker.bytes()
+                        )));
+                    }
+                    read_all = true;
+                    continue;
+                }
                 // Read the next chunk, straight into its record, while the
                 // ones before it are in flight.
-                let mut value = chunker.next_value(self.chunk_size);
+                let mut value = chunker.next_value(size);
                 window
-                    .alongside(reader.read_chunk(value.buf_mut(), self.chunk_size))
+                    .alongside(reader.read_chunk(value.buf_mut(), size))
                     .await
                     .map_err(|e| SendError::Io(format!("reading the body failed: {e}")))?;
                 let len = value.payload().len() as u64;

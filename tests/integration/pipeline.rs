@@ -518,3 +518,53 @@ async fn an_early_answer_is_relayed_only_once_the_body_is_verified() {
     assert_eq!((status, body.as_slice()), (413, &b"refused"[..]));
     assert!(!error_replies(&topics).await.contains_key(&good.job));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_calls_leave_the_last_call_slot_to_other_jobs() {
+    // Two call slots: one large upload may stream, a second would take the
+    // last slot and must wait for its body; a small job still gets called
+    // while both large bodies are incomplete. (Pipelined calls holding every
+    // slot could leave the reader, which brings their bodies, waiting.)
+    let api = LoopbackApi::<StreamState>::serve(handler).await;
+    let topics = Topics::new("pipe-spare");
+    let mut env = api.env();
+    env.push(("PORTAL_MAX_CONCURRENT_JOBS", "2".into()));
+    let portal = Portal::start(&topics, &env);
+    let a = HandJob::new(&topics, "/up/a", pattern(21, 8 * CHUNK)).await;
+    let b = HandJob::new(&topics, "/up/b", pattern(22, 8 * CHUNK)).await;
+    a.produce(vec![a.start(&topics), a.chunk(0)]).await;
+    let call_a = the_call(&api, "/up/a").await;
+    wait_received(&call_a, CHUNK as u64).await;
+    b.produce(vec![b.start(&topics), b.chunk(0)]).await;
+
+    let small = HandJob::new(&topics, "/small", pattern(23, 1000)).await;
+    small
+        .produce(vec![small.start(&topics), small.chunk(0), small.end()])
+        .await;
+    let (status, _) = wait_answer(&topics, small.job, &portal).await;
+    assert_eq!(status, 200);
+    assert!(
+        api.state.calls_to("/up/b").is_empty(),
+        "the second large upload took the last call slot while its body arrived"
+    );
+    assert_eq!(call_a.ended(), None, "the first is still streaming");
+
+    // Both bodies complete: both calls complete, exactly.
+    for hand in [&a, &b] {
+        let mut rest: Vec<_> = (1..hand.chunks()).map(|i| hand.chunk(i)).collect();
+        rest.push(hand.end());
+        hand.produce(rest).await;
+    }
+    assert_eq!(
+        wait_ended(&call_a).await,
+        Ended::Complete(sha256_hex(&a.body))
+    );
+    let call_b = the_call(&api, "/up/b").await;
+    assert_eq!(
+        wait_ended(&call_b).await,
+        Ended::Complete(sha256_hex(&b.body))
+    );
+    for hand in [&a, &b] {
+        assert_eq!(wait_answer(&topics, hand.job, &portal).await.0, 200);
+    }
+}

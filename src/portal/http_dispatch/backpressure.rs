@@ -6,6 +6,7 @@
 //! The counters and the current limit live here, in [`Backpressure`], and the
 //! admin listener reads them at scrape time.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -261,6 +262,48 @@ impl Limiter {
         })
     }
 
+    /// A slot that leaves at least one other free, if there is one now.
+    fn try_acquire_spare(self: &Arc<Self>) -> Option<Slot> {
+        let mut st = self.lock();
+        if st.in_use + 1 >= st.limit {
+            return None;
+        }
+        st.in_use += 1;
+        Some(Slot {
+            limiter: Arc::clone(self),
+            epoch: st.epoch,
+        })
+    }
+
+    /// Like [`Limiter::acquire_until`] for a call whose body still arrives:
+    /// until `verified` resolves it takes only a slot that leaves another
+    /// free. Its body comes from a partition's reader, which may be waiting
+    /// for jobs that need a slot; taking the last one could stop them all.
+    pub(crate) async fn acquire_spare_until(
+        self: &Arc<Self>,
+        deadline: Instant,
+        verified: impl Future<Output = ()>,
+    ) -> Option<Slot> {
+        tokio::pin!(verified);
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(slot) = self.try_acquire_spare() {
+                return Some(slot);
+            }
+            tokio::select! {
+                biased;
+                () = &mut verified => return self.acquire_until(deadline).await,
+                woken = tokio::time::timeout_at(deadline, freed) => {
+                    if woken.is_err() {
+                        return self.try_acquire_spare();
+                    }
+                }
+            }
+        }
+    }
+
     /// Waits for a slot until `deadline`; `None` when none came free by then.
     pub(crate) async fn acquire_until(self: &Arc<Self>, deadline: Instant) -> Option<Slot> {
         loop {
@@ -494,6 +537,42 @@ mod tests {
         assert!(l.try_acquire().is_none());
         drop(slots.next());
         assert!(l.try_acquire().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_whose_body_still_arrives_leaves_the_last_slot_free() {
+        let limiter = Arc::new(Limiter::new(2));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let first = limiter
+            .acquire_spare_until(deadline, std::future::pending())
+            .await;
+        assert!(first.is_some(), "one of two slots leaves one free");
+        // The second would be the last: not taken until the deadline...
+        let none = limiter
+            .acquire_spare_until(deadline, std::future::pending())
+            .await;
+        assert!(none.is_none());
+        // ...but at once when the body is verified.
+        let verified = limiter
+            .acquire_spare_until(deadline + Duration::from_secs(10), async {})
+            .await;
+        assert!(verified.is_some());
+        drop(first);
+        // And any time a slot besides the last comes free.
+        let waiting = tokio::spawn({
+            let limiter = Arc::clone(&limiter);
+            async move {
+                limiter
+                    .acquire_spare_until(
+                        Instant::now() + Duration::from_secs(60),
+                        std::future::pending(),
+                    )
+                    .await
+                    .is_some()
+            }
+        });
+        drop(verified);
+        assert!(waiting.await.unwrap());
     }
 
     #[tokio::test]

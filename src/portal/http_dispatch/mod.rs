@@ -410,8 +410,14 @@ impl Dispatcher {
         let mut held: Option<Response<ApiBody>> = None;
         let limiter = Arc::clone(&self.backpressure.limiter);
         loop {
-            let waited = deadline.run(limiter.acquire_until(deadline.bound()));
-            let Some(slot) = waited.await.flatten() else {
+            let waited = match deadline.arriving() {
+                Some(pipe) => {
+                    let spare = limiter.acquire_spare_until(deadline.bound(), pipe.verified());
+                    deadline.run(spare).await
+                }
+                None => deadline.run(limiter.acquire_until(deadline.bound())).await,
+            };
+            let Some(slot) = waited.flatten() else {
                 return match held {
                     Some(response) => Ok(Called {
                         response,
