@@ -16,6 +16,13 @@ const MMAP_THRESHOLD: libc::c_int = 16 * 1024 * 1024;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_THRESHOLD: libc::c_int = 32 * 1024 * 1024;
 
+/// At most this many heaps ("arenas"). glibc gives threads arenas of their
+/// own, up to eight per core, and each keeps what is freed into it: a
+/// portal decoding fetches and reading spool files on many blocking threads
+/// at once peaked at 81 MiB with 8 uploads of 100 MiB, 30 MiB with two.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const ARENA_MAX: libc::c_int = 2;
+
 /// Applies the settings; call first thing in `main`, before any thread
 /// starts. Other C libraries (musl in the static build) keep their own
 /// behaviour.
@@ -27,6 +34,7 @@ pub fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX);
     }
 }
 
