@@ -142,6 +142,19 @@ async fn killed_upload(
     job
 }
 
+/// `send FILE --endpoint ENDPOINT --resume JOB`, then `more` arguments.
+async fn resume(
+    topics: &Topics,
+    file: &str,
+    endpoint: &str,
+    job: &str,
+    more: &[&str],
+) -> crate::support::run::SendResult {
+    let mut args = vec![file, "--endpoint", endpoint, "--resume", job];
+    args.extend_from_slice(more);
+    send(topics, &args).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_upload_resumes_with_only_the_missing_chunks() {
     let servers = Servers::start().await;
@@ -160,17 +173,14 @@ async fn a_killed_upload_resumes_with_only_the_missing_chunks() {
 
     // Resumed with the default chunk size: the chunks found decide.
     let reply = dir.path().join("reply.json");
-    let args = [
+    let out = resume(
+        &topics,
         file.to_str().unwrap(),
-        "--endpoint",
         "/api/upload",
-        "--resume",
         &job.to_string(),
-        "-o",
-        reply.to_str().unwrap(),
-        "--json",
-    ];
-    let out = send(&topics, &args).await;
+        &["-o", reply.to_str().unwrap(), "--json"],
+    )
+    .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let summary = json(&out.stdout);
     assert_eq!(summary["job"], job.to_string());
@@ -209,16 +219,14 @@ async fn a_signed_upload_resumes_without_signing_its_start_again() {
     // body's digest, against the end record the resume computes; no key is
     // needed for that.
     let reply = dir.path().join("reply.json");
-    let args = [
+    let out = resume(
+        &topics,
         file.to_str().unwrap(),
-        "--endpoint",
         "/api/upload",
-        "--resume",
         &job.to_string(),
-        "-o",
-        reply.to_str().unwrap(),
-    ];
-    let out = send(&topics, &args).await;
+        &["-o", reply.to_str().unwrap()],
+    )
+    .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let answer = json(&std::fs::read(&reply).unwrap());
     assert_eq!(answer["body_sha256"], digest.as_str());
@@ -239,14 +247,14 @@ async fn a_body_that_differs_from_the_chunks_sent_is_refused_and_nothing_produce
     body[chunk + 100] ^= 0x55;
     let changed = dir.path().join("b.bin");
     std::fs::write(&changed, &body).unwrap();
-    let args = [
+    let out = resume(
+        &topics,
         changed.to_str().unwrap(),
-        "--endpoint",
         "/api/upload",
-        "--resume",
         &job.to_string(),
-    ];
-    let out = send(&topics, &args).await;
+        &[],
+    )
+    .await;
     assert_eq!(out.code, 4, "{}", out.stderr);
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
     for want in [
@@ -270,14 +278,14 @@ async fn a_body_that_differs_from_the_chunks_sent_is_refused_and_nothing_produce
         .await
         .unwrap();
     let before = pc.end_offset().await.unwrap();
-    let args = [
+    let out = resume(
+        &topics,
         file.to_str().unwrap(),
-        "--endpoint",
         "/api/upload",
-        "--resume",
         &job.to_string(),
-    ];
-    let out = send(&topics, &args).await;
+        &[],
+    )
+    .await;
     assert_eq!(out.code, 4, "{}", out.stderr);
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
     assert!(
@@ -300,16 +308,14 @@ async fn a_job_of_another_request_is_refused_naming_what_differs() {
     let job = JobId::new();
     let pc = partial_job(&topics, job, "/api/other", &body, chunk, &[1]).await;
     let before = pc.end_offset().await.unwrap();
-    let args = [
+    let out = resume(
+        &topics,
         file.to_str().unwrap(),
-        "-X",
-        "PUT",
-        "--endpoint",
         "/api/upload",
-        "--resume",
         &job.to_string(),
-    ];
-    let out = send(&topics, &args).await;
+        &["-X", "PUT"],
+    )
+    .await;
     assert_eq!(out.code, 2, "{}", out.stderr);
     for want in [
         "is a different request",
@@ -321,14 +327,14 @@ async fn a_job_of_another_request_is_refused_naming_what_differs() {
     // A body of another length is named too, before its bytes differ.
     let shorter = dir.path().join("short.bin");
     std::fs::write(&shorter, vec![7u8; chunk]).unwrap();
-    let args = [
+    let out = resume(
+        &topics,
         shorter.to_str().unwrap(),
-        "--endpoint",
         "/api/other",
-        "--resume",
         &job.to_string(),
-    ];
-    let out = send(&topics, &args).await;
+        &[],
+    )
+    .await;
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(
         out.stderr
@@ -385,17 +391,14 @@ async fn an_unknown_job_is_uploaded_from_the_start_under_its_id() {
     let (file, digest) = pattern_file(dir.path(), "a.bin", 45, 2_000_000);
     let reply = dir.path().join("reply.json");
     let job = JobId::new().to_string();
-    let args = [
+    let out = resume(
+        &topics,
         file.to_str().unwrap(),
-        "--endpoint",
         "/api/upload",
-        "--resume",
         &job,
-        "-o",
-        reply.to_str().unwrap(),
-        "--json",
-    ];
-    let out = send(&topics, &args).await;
+        &["-o", reply.to_str().unwrap(), "--json"],
+    )
+    .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
         out.stderr.contains(&format!(
@@ -429,17 +432,14 @@ async fn a_complete_job_is_not_sent_again_and_its_answer_is_shown() {
     let pc = request_partition(&topics, job).await;
     let before = pc.end_offset().await.unwrap();
     let reply = dir.path().join("reply.json");
-    let args = [
+    let out = resume(
+        &topics,
         file,
-        "--endpoint",
         "/api/upload",
-        "--resume",
         &job.to_string(),
-        "-o",
-        reply.to_str().unwrap(),
-        "--json",
-    ];
-    let out = send(&topics, &args).await;
+        &["-o", reply.to_str().unwrap(), "--json"],
+    )
+    .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
         out.stderr
@@ -481,14 +481,14 @@ async fn a_job_the_portal_dropped_as_idle_cannot_be_resumed() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let before = pc.end_offset().await.unwrap();
-    let args = [
+    let out = resume(
+        &topics,
         file.to_str().unwrap(),
-        "--endpoint",
         "/api/upload",
-        "--resume",
         &job.to_string(),
-    ];
-    let out = send(&topics, &args).await;
+        &[],
+    )
+    .await;
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
     for want in [

@@ -59,6 +59,31 @@ struct FileBody {
 
 const FILE_READ: u64 = 256 * 1024;
 
+/// A body's read under way, spawned by `start` when there is none: its
+/// bytes become the next frame (and `pos` moves past them), or its error
+/// the frame that aborts the request.
+fn poll_read(
+    pending: &mut Option<tokio::task::JoinHandle<std::io::Result<Vec<u8>>>>,
+    pos: &mut u64,
+    cx: &mut Context<'_>,
+    start: impl FnOnce() -> tokio::task::JoinHandle<std::io::Result<Vec<u8>>>,
+) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    let handle = pending.get_or_insert_with(start);
+    let Poll::Ready(joined) = Pin::new(handle).poll(cx) else {
+        return Poll::Pending;
+    };
+    *pending = None;
+    let read = joined.unwrap_or_else(|e| {
+        Err(std::io::Error::other(format!(
+            "spool read task failed: {e}"
+        )))
+    });
+    Poll::Ready(Some(read.map(|buf| {
+        *pos += buf.len() as u64;
+        Frame::data(Bytes::from(buf))
+    })))
+}
+
 impl hyper::body::Body for FileBody {
     type Data = Bytes;
     type Error = std::io::Error;
@@ -71,35 +96,16 @@ impl hyper::body::Body for FileBody {
         if this.pos >= this.end {
             return Poll::Ready(None);
         }
-        let handle = this.pending.get_or_insert_with(|| {
-            let file = Arc::clone(&this.file);
-            let pos = this.pos;
-            let len = (this.end - pos).min(FILE_READ) as usize;
+        let (file, pos) = (Arc::clone(&this.file), this.pos);
+        let len = (this.end - pos).min(FILE_READ) as usize;
+        poll_read(&mut this.pending, &mut this.pos, cx, || {
             tokio::task::spawn_blocking(move || {
                 use std::os::unix::fs::FileExt;
                 let mut buf = vec![0u8; len];
                 file.file.read_exact_at(&mut buf, pos)?;
                 Ok(buf)
             })
-        });
-        match Pin::new(handle).poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(joined) => {
-                this.pending = None;
-                let read = joined.unwrap_or_else(|e| {
-                    Err(std::io::Error::other(format!(
-                        "spool read task failed: {e}"
-                    )))
-                });
-                match read {
-                    Ok(buf) => {
-                        this.pos += buf.len() as u64;
-                        Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))))
-                    }
-                    Err(e) => Poll::Ready(Some(Err(e))),
-                }
-            }
-        }
+        })
     }
 
     fn is_end_stream(&self) -> bool {
@@ -164,27 +170,10 @@ impl hyper::body::Body for PipeBody {
         if this.pos >= this.pipe.len() {
             return Poll::Ready(None);
         }
-        let handle = this
-            .pending
-            .get_or_insert_with(|| tokio::spawn(Self::next(Arc::clone(&this.pipe), this.pos)));
-        match Pin::new(handle).poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(joined) => {
-                this.pending = None;
-                let read = joined.unwrap_or_else(|e| {
-                    Err(std::io::Error::other(format!(
-                        "spool read task failed: {e}"
-                    )))
-                });
-                match read {
-                    Ok(buf) => {
-                        this.pos += buf.len() as u64;
-                        Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))))
-                    }
-                    Err(e) => Poll::Ready(Some(Err(e))),
-                }
-            }
-        }
+        let (pipe, pos) = (Arc::clone(&this.pipe), this.pos);
+        poll_read(&mut this.pending, &mut this.pos, cx, || {
+            tokio::spawn(Self::next(pipe, pos))
+        })
     }
 
     fn is_end_stream(&self) -> bool {
