@@ -142,6 +142,15 @@ async fn killed_upload(
     job
 }
 
+/// `out` failed with exit `code` and one line of stderr saying each of `wants`.
+fn assert_refused(out: &crate::support::run::SendResult, code: i32, wants: &[&str]) {
+    assert_eq!(out.code, code, "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    for want in wants {
+        assert!(out.stderr.contains(want), "no {want:?} in {}", out.stderr);
+    }
+}
+
 /// `send FILE --endpoint ENDPOINT --resume JOB`, then `more` arguments.
 async fn resume(
     topics: &Topics,
@@ -255,16 +264,16 @@ async fn a_body_that_differs_from_the_chunks_sent_is_refused_and_nothing_produce
         &[],
     )
     .await;
-    assert_eq!(out.code, 4, "{}", out.stderr);
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
-    for want in [
-        "chunk 2 (body bytes 4096..8192)",
-        "differs from",
-        "b.bin",
-        "without --resume",
-    ] {
-        assert!(out.stderr.contains(want), "no {want:?} in {}", out.stderr);
-    }
+    assert_refused(
+        &out,
+        4,
+        &[
+            "chunk 2 (body bytes 4096..8192)",
+            "differs from",
+            "b.bin",
+            "without --resume",
+        ],
+    );
     assert_eq!(pc.end_offset().await.unwrap(), before, "nothing produced");
 
     // Chunks that match the file but sit where no one chunk size puts
@@ -489,15 +498,15 @@ async fn a_job_the_portal_dropped_as_idle_cannot_be_resumed() {
         &[],
     )
     .await;
-    assert_eq!(out.code, 3, "{}", out.stderr);
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
-    for want in [
-        "cannot be resumed, the portal answered it already",
-        "PORTAL_JOB_IDLE_TIMEOUT_SECS",
-        "without --resume",
-    ] {
-        assert!(out.stderr.contains(want), "no {want:?} in {}", out.stderr);
-    }
+    assert_refused(
+        &out,
+        3,
+        &[
+            "cannot be resumed, the portal answered it already",
+            "PORTAL_JOB_IDLE_TIMEOUT_SECS",
+            "without --resume",
+        ],
+    );
     assert_eq!(pc.end_offset().await.unwrap(), before, "nothing produced");
     assert!(servers.state.requests().is_empty());
 }
