@@ -13,6 +13,18 @@ use crate::logging::LogFormat;
 use crate::portal::http_dispatch::token_cache::ClientCredentials;
 use std::io::Write;
 
+/// A portal's settings for a local API without OAuth, plus `extra` flags.
+fn local_portal(extra: &[&str]) -> anyhow::Result<crate::portal::Settings> {
+    let mut argv = vec![
+        "--target-api-url",
+        "http://127.0.0.1:1",
+        "--use-oauth",
+        "false",
+    ];
+    argv.extend_from_slice(extra);
+    resolve_portal(&portal_args(&argv))
+}
+
 fn portal_args(extra: &[&str]) -> PortalArgs {
     let mut argv = vec!["kafkasend", "portal"];
     argv.extend_from_slice(extra);
@@ -580,16 +592,7 @@ fn bad_values_name_the_setting() {
 
 #[test]
 fn a_memory_budget_that_cannot_hold_one_job_is_a_start_error() {
-    let resolve = |extra: &[&str]| {
-        let mut argv = vec![
-            "--target-api-url",
-            "http://127.0.0.1:1",
-            "--use-oauth",
-            "false",
-        ];
-        argv.extend_from_slice(extra);
-        resolve_portal(&portal_args(&argv))
-    };
+    let resolve = local_portal;
     // 1 MiB cannot hold the default 100000 chunks at 24 bytes each.
     let err = resolve(&["--max-assembly-memory-bytes", "1048576"])
         .unwrap_err()
@@ -1185,16 +1188,7 @@ fn compression_of_each_side_by_flag_file_key_or_default() {
             _ => unreachable!(),
         }
     };
-    let portal = |extra: &[&str]| {
-        let mut argv = vec![
-            "--target-api-url",
-            "http://127.0.0.1:1",
-            "--use-oauth",
-            "false",
-        ];
-        argv.extend_from_slice(extra);
-        resolve_portal(&portal_args(&argv)).map(|c| c.compression)
-    };
+    let portal = |extra: &[&str]| local_portal(extra).map(|c| c.compression);
     assert_eq!(send(&[]).unwrap(), Codec::Auto);
     assert_eq!(portal(&[]).unwrap(), Codec::Auto);
     assert_eq!(send(&["--compression", " "]).unwrap(), Codec::Auto);
