@@ -221,9 +221,16 @@ impl BrokerConn {
                         "a {api} response of {size} bytes is more than the {MAX_RESPONSE} bytes accepted"
                     ))
                 })?;
-            let mut body = vec![0u8; size];
-            self.stream.read_exact(&mut body).await?;
-            Ok::<_, ConnError>(Bytes::from(body))
+            // Read into spare capacity: a fetch response of many MiB is
+            // not worth zeroing first.
+            let mut body = BytesMut::with_capacity(size);
+            while body.len() < size {
+                let want = (size - body.len()) as u64;
+                if (&mut self.stream).take(want).read_buf(&mut body).await? == 0 {
+                    return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+            }
+            Ok::<_, ConnError>(body.freeze())
         };
         let mut bytes = tokio::time::timeout(self.limit + extra_wait, exchange)
             .await
