@@ -136,7 +136,7 @@ async fn send_over(
         biased;
         signal = interrupt => Err(SendError::Interrupted { job: None, signal }),
         r = async {
-            let body_sha256 = signed_digest(&prepared, cfg).await?;
+            let body_digest = signed_digest(&prepared, cfg).await?;
             let opened;
             let link = match link {
                 Some(link) => link,
@@ -145,7 +145,7 @@ async fn send_over(
                     &opened
                 }
             };
-            transmit(link, prepared, body_sha256, sink, request, cfg, report, resume).await
+            transmit(link, prepared, body_digest, sink, request, cfg, report, resume).await
         } => r,
     };
     with_job(result, report)
@@ -204,9 +204,12 @@ fn with_job(result: Result<Outcome, SendError>, report: &Report) -> Result<Outco
 }
 
 /// The body's digest when the request is to be signed.
-async fn signed_digest(prepared: &Prepared, cfg: &Settings) -> Result<Option<[u8; 32]>, SendError> {
+async fn signed_digest(
+    prepared: &Prepared,
+    cfg: &Settings,
+) -> Result<Option<crate::protocol::digest::Digest>, SendError> {
     match &cfg.signer {
-        Some(_) => body_digest(prepared).await,
+        Some(_) => body_digest(prepared, cfg.digest).await,
         None => Ok(None),
     }
 }
