@@ -235,7 +235,7 @@ async fn a_damaged_answer_is_refused_with_what_is_wrong_and_leaves_no_output() {
                 ..Damage::default()
             },
             format!(
-                "response SHA-256 {} does not match the portal's {}",
+                "response SHA-256 {} does not match the portal's SHA-256 {}",
                 crate::support::payload::hex(&Sha256::digest(b"abcdefgh")),
                 "ab".repeat(32)
             ),
