@@ -1064,6 +1064,97 @@ mod tests {
         receive(sink, Show::default(), cfg, job, None, script, report).await
     }
 
+    /// An answer of `body` whose bodies are digested with `kind`, as a
+    /// portal writes it for a request of that digest.
+    fn frames_digested(kind: DigestKind, job: JobId, body: &[u8]) -> Vec<Reply> {
+        let mut items = frames_with(job, 200, vec![], &[]);
+        items.truncate(1);
+        if let Reply::Record(rec) = &mut items[0] {
+            if let Body::ResponseStart(rs) = &mut rec.frame.body {
+                rs.digest = kind;
+                rs.body_len = Some(body.len() as u64);
+            }
+        }
+        let mut c = Chunker::new(job, 1, kind);
+        for piece in body.chunks(4) {
+            let ch = c.chunk(piece.to_vec());
+            items.push(record(ch.frame, ch.payload));
+        }
+        items.push(record(c.finish(), vec![]));
+        items
+    }
+
+    /// Receives `items` as `send` of a request digested with `expect`
+    /// does, or as `wait` does when `None`.
+    async fn receive_expecting(
+        expect: Option<DigestKind>,
+        items: Vec<Reply>,
+        output: &Path,
+        report: &mut Report,
+    ) -> Result<Outcome, SendError> {
+        let sink = Destination::open(Some(output), &ResponseOptions::default())?;
+        let mut script = Script::new(items);
+        let job = script
+            .items
+            .iter()
+            .find_map(|i| match i {
+                Reply::Record(rec) => Some(rec.frame.job),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let cfg = config();
+        receive(
+            sink,
+            Show::default(),
+            &cfg,
+            job,
+            expect,
+            &mut script,
+            report,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_checked_with_its_request_digest_or_for_wait_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.bin");
+        let body = b"an answer digested either way".repeat(9);
+        for kind in [DigestKind::Sha256, DigestKind::Blake3] {
+            for expect in [None, Some(kind)] {
+                let mut report = Report::default();
+                let items = frames_digested(kind, JobId::new(), &body);
+                receive_expecting(expect, items, &out, &mut report)
+                    .await
+                    .unwrap();
+                assert_eq!(std::fs::read(&out).unwrap(), body);
+                assert_eq!(report.digest, Some(kind), "{expect:?}");
+                assert!(report.digest_verified);
+            }
+        }
+        std::fs::remove_file(&out).unwrap();
+        // An answer in another digest than the request's fails at its end
+        // record, naming both, and leaves no output.
+        for (asked, answered) in [
+            (DigestKind::Sha256, DigestKind::Blake3),
+            (DigestKind::Blake3, DigestKind::Sha256),
+        ] {
+            let mut report = Report::default();
+            let items = frames_digested(answered, JobId::new(), &body);
+            let err = receive_expecting(Some(asked), items, &out, &mut report)
+                .await
+                .unwrap_err();
+            let (computed, claimed) = (asked.of(&body), answered.of(&body));
+            assert_eq!(
+                err.to_string(),
+                format!("integrity check failed: response {computed} does not match the portal's {claimed}")
+            );
+            assert_eq!(err.exit_code(), 4);
+            assert!(!report.digest_verified);
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
+    }
+
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         list.iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))

@@ -17,7 +17,7 @@ use kafkasend::protocol::ErrorCategory;
 use crate::support::api::{bytes_route_body, json, Servers};
 use crate::support::broker::{error_replies, kafka_settings, post_start, records_in, Topics};
 use crate::support::payload::{pattern, pattern_file, sha256_hex};
-use crate::support::run::{send, send_with_env, Portal, SendResult};
+use crate::support::run::{kafkasend_cmd, send, send_with_env, Portal, SendResult};
 use crate::support::WAIT;
 
 /// Partitions of the topics the tests' portals create.
@@ -141,6 +141,29 @@ async fn both_digests_carry_bodies_each_way_and_each_job_is_in_its_version() {
         let asked = job_records(&topics, &topics.request, job).await;
         assert_eq!(asked.len(), 1);
         assert_eq!(asked[0].value.as_deref().unwrap()[4], version, "{case}");
+    }
+
+    // `wait` knows nothing of the request: it checks the answer with the
+    // digest the answer's version names.
+    for (flag, kind) in [
+        ("blake3", DigestKind::Blake3),
+        ("sha256", DigestKind::Sha256),
+    ] {
+        let args = [
+            "--endpoint",
+            "/bytes/2000000",
+            "--no-wait",
+            "--digest",
+            flag,
+        ];
+        let sent = send(&topics, &args).await;
+        assert_eq!(sent.code, 0, "{flag}: {}", sent.stderr);
+        let job = sent.stdout_text().trim().to_string();
+        let args = ["wait", &job, "-o", down.to_str().unwrap(), "--json"];
+        let waited = kafkasend_cmd(&topics, &args).await;
+        assert_eq!(waited.code, 0, "{flag}: {}", waited.stderr);
+        assert_eq!(json(&waited.stdout)["digest"], kind.name(), "{flag}");
+        assert!(std::fs::read(&down).unwrap() == download, "{flag}");
     }
 
     for bad in ["md5", "", "SHA-512"] {
