@@ -40,6 +40,8 @@ pub(crate) const TIMEOUT_SECS: u64 = 300;
 pub(crate) const CLIENT_LOG_LEVEL: &str = "WARNING";
 /// Both sides' `--compression`.
 pub(crate) const COMPRESSION: &str = "auto";
+/// `send --digest`.
+pub(crate) const DIGEST: &str = "blake3";
 
 /// Each flag with a default value, by arg id, as its help shows it.
 pub(crate) fn shown() -> Vec<(&'static str, String)> {
@@ -101,6 +103,7 @@ pub(crate) fn shown() -> Vec<(&'static str, String)> {
         ("client_log_level", CLIENT_LOG_LEVEL.into()),
         ("compression", COMPRESSION.into()),
         ("client_compression", COMPRESSION.into()),
+        ("client_digest", DIGEST.into()),
     ]
 }
 

@@ -77,6 +77,7 @@ pub struct FileConfig {
     pub client_log_level: Option<String>,
     pub compression: Option<String>,
     pub client_compression: Option<String>,
+    pub client_digest: Option<String>,
 }
 
 impl std::fmt::Debug for FileConfig {

@@ -15,6 +15,7 @@ use crate::cli::portal::log_filter;
 use crate::cli::python::{fill, process_env, Env, Filled, Role, Slot};
 use crate::kafka;
 use crate::kafka::compression::Codec;
+use crate::protocol::digest::DigestKind;
 use std::process::ExitCode;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -123,6 +124,9 @@ pub struct SendArgs {
         value_name = "CODEC"
     )]
     pub client_compression: Option<String>,
+    /// Digest of the request and response bodies: blake3 (protocol version 2, faster) or sha256 (version 1, for portals that speak only version 1)
+    #[arg(long = "digest", env = "KAFKASEND_DIGEST", value_name = "ALGORITHM")]
+    pub client_digest: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,
@@ -211,11 +215,17 @@ pub fn resolve_send(a: &SendArgs) -> anyhow::Result<Settings> {
         "--compression (KAFKASEND_COMPRESSION)",
         pick(&a.client_compression, &f.client_compression).as_deref(),
     )?;
+    let digest = pick(&a.client_digest, &f.client_digest)
+        .as_deref()
+        .unwrap_or(defaults::DIGEST)
+        .parse::<DigestKind>()
+        .map_err(|why| anyhow::anyhow!("--digest (KAFKASEND_DIGEST): {why}"))?;
     Ok(Settings {
         kafka,
         timeout,
         signer,
         compression,
+        digest,
     })
 }
 
@@ -241,6 +251,8 @@ pub fn resolve_wait(a: &WaitArgs) -> anyhow::Result<Settings> {
         timeout,
         signer: None,
         compression: Codec::None,
+        // Nothing is sent; the answer is checked with the digest it names.
+        digest: DigestKind::default(),
     })
 }
 

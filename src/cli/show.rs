@@ -167,6 +167,7 @@ pub(crate) fn rows_with(
                 signature_ttl_secs: m.get_one::<u64>("signature_ttl_secs").copied(),
                 client_log_level: m.get_one::<String>("client_log_level").cloned(),
                 client_compression: m.get_one::<String>("client_compression").cloned(),
+                client_digest: m.get_one::<String>("client_digest").cloned(),
                 ..SendArgs::default()
             };
             let filled = crate::cli::send::fill_send(&mut send, env)?;

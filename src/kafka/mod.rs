@@ -35,6 +35,7 @@ use crate::kafka::code::Named;
 use crate::kafka::conn::{BrokerConn, ConnError};
 use crate::kafka::retry::{Failed, Retry, ROUND};
 use crate::kafka::security::KafkaSecurity;
+use crate::protocol::digest::DigestKind;
 use crate::protocol::wire::{Frame, JobId};
 
 /// Errors talking to Kafka, phrased for the person who has to fix them.
@@ -777,11 +778,23 @@ impl Partition {
     }
 }
 
-/// The record for one frame: keyed by the job id, headers as given.
+/// The record for one frame: keyed by the job id, headers as given, in the
+/// oldest frame version that holds it.
 pub fn record(frame: &Frame, payload: &[u8], headers: &[(&str, Vec<u8>)]) -> Record {
+    record_in(DigestKind::Sha256, frame, payload, headers)
+}
+
+/// The record for one frame of a job whose bodies have `digest`, in that
+/// digest's frame version.
+pub fn record_in(
+    digest: DigestKind,
+    frame: &Frame,
+    payload: &[u8],
+    headers: &[(&str, Vec<u8>)],
+) -> Record {
     record_of_value(
         frame.job,
-        crate::protocol::wire::encode(frame, payload),
+        crate::protocol::wire::encode_in(digest, frame, payload),
         headers,
     )
 }

@@ -16,7 +16,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::kafka::compression::{Chooser, Codec};
-use crate::kafka::{record, record_of_value, KafkaError, Partition, Record};
+use crate::kafka::{record_in, record_of_value, KafkaError, Partition, Record};
+use crate::protocol::digest::DigestKind;
 use crate::protocol::wire::{Frame, JobId};
 
 /// A produce call in flight: boxed so a window can hold several.
@@ -161,6 +162,8 @@ pub(crate) struct ReplyWriter<'a> {
     held: Held,
     /// Each batch's codec, decided from its records' values.
     chooser: Chooser,
+    /// The digest of the job's bodies, whose frame version the answer is in.
+    digest: DigestKind,
 }
 
 impl<'a> ReplyWriter<'a> {
@@ -177,7 +180,14 @@ impl<'a> ReplyWriter<'a> {
             every,
             held: Held::default(),
             chooser: Chooser::new(Codec::None),
+            digest: DigestKind::Sha256,
         }
+    }
+
+    /// The writer writing frames in the version of `digest`: the request's.
+    pub(crate) fn digesting(mut self, digest: DigestKind) -> Self {
+        self.digest = digest;
+        self
     }
 
     /// The writer with each batch compressed as `codec` says.
@@ -206,8 +216,13 @@ impl<'a> ReplyWriter<'a> {
         headers: &[(&str, Vec<u8>)],
     ) -> Result<(), Unsent> {
         let record = match headers.is_empty() {
-            true => record(frame, payload, &self.every),
-            false => record(frame, payload, &[&self.every[..], headers].concat()),
+            true => record_in(self.digest, frame, payload, &self.every),
+            false => record_in(
+                self.digest,
+                frame,
+                payload,
+                &[&self.every[..], headers].concat(),
+            ),
         };
         if self.held.would_overflow(record.value_len(), self.batch_max) {
             self.flush().await?;
@@ -271,6 +286,7 @@ impl Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka::record;
     use crate::protocol::wire::{Body, ChunkInfo, JobId};
 
     fn chunk(job: JobId, seq: u32, len: usize) -> (u32, Record) {

@@ -349,11 +349,13 @@ async fn answer(
             status,
             headers,
             body_len,
+            digest: job.start.digest,
         }),
     };
     let chunk_size = ctx.cfg.kafka.chunk_size;
     let mut out = ReplyWriter::new(pc, chunk_size, vec![(ATTEMPT_HEADER, attempt.to_vec())])
-        .compressing(ctx.cfg.compression);
+        .compressing(ctx.cfg.compression)
+        .digesting(job.start.digest);
     // Names only: values the caller sent may be credentials.
     let dropped = ctx.dispatcher.header_plan(&job.start).dropped_line();
     let record_headers: Vec<(&str, Vec<u8>)> = dropped
@@ -362,7 +364,7 @@ async fn answer(
         .collect();
     out.push_with_headers(&start, &[], &record_headers).await?;
 
-    let mut chunker = Chunker::new(job.job, 1);
+    let mut chunker = Chunker::new(job.job, 1, job.start.digest);
     let mut buf: Vec<u8> = Vec::with_capacity(chunk_size);
     let mut body = resp.into_body();
     // When what waits (held records, a partial chunk) must go out: set when

@@ -445,7 +445,7 @@ async fn check_signature(
     rec: &RecordAndOffset,
     frame: &Frame,
     stop: &watch::Receiver<bool>,
-) -> Option<Option<[u8; 32]>> {
+) -> Option<Option<crate::protocol::digest::Digest>> {
     let (Some(verifier), Body::RequestStart(start)) = (&ctx.verifier, &frame.body) else {
         return Some(None);
     };
@@ -461,7 +461,7 @@ async fn check_signature(
     ) {
         Ok(v) => {
             log::debug!("job {}: signature by {} verified", frame.job, v.key);
-            Some(v.body_sha256)
+            Some(v.body_digest)
         }
         // Answer only a start that could be its sender's own. One for a job
         // this portal holds or accepted signed, or one off the partition its

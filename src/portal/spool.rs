@@ -9,10 +9,9 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 use crate::portal::budget::{Budget, Lease};
 use crate::portal::pipe::Pipe;
+use crate::protocol::digest::{Digest, DigestKind};
 
 /// A spool file with its share of the budget: both go when the last reader
 /// (a job, or an HTTP body still draining after a timeout) lets go.
@@ -192,10 +191,10 @@ impl Spool {
         }
     }
 
-    /// The SHA-256 of the body's first `len` bytes, read back from where
-    /// they are kept, for a body whose chunks did not all arrive in order.
-    pub(crate) fn digest(&mut self, len: u64) -> std::io::Result<[u8; 32]> {
-        let mut hasher = Sha256::new();
+    /// The `kind` digest of the body's first `len` bytes, read back from
+    /// where they are kept, for a body whose chunks did not all arrive in order.
+    pub(crate) fn digest(&mut self, kind: DigestKind, len: u64) -> std::io::Result<Digest> {
+        let mut hasher = kind.hasher();
         match self {
             Self::Memory { buf, .. } => hasher.update(&buf[..len as usize]),
             Self::File(file) => {
@@ -211,7 +210,7 @@ impl Spool {
                 }
             }
         }
-        Ok(hasher.finalize().into())
+        Ok(hasher.finalize())
     }
 
     /// The finished body of `len` bytes; `disk` is its file's share of the

@@ -1,15 +1,14 @@
 //! One body check for both receivers: the portal assembling a request body
 //! and `send` receiving a response body.
 //!
-//! Every chunk's CRC32C is checked as it arrives. The SHA-256 of the body is
+//! Every chunk's CRC32C is checked as it arrives. The digest of the body is
 //! computed on the way while chunks arrive in order; a receiver that takes
 //! chunks out of order (the portal, from a spool) digests the body itself at
 //! the end and hands the digest to [`BodyCheck::verify_end`]. The end record
 //! then has to agree on the length, the number of chunks and the digest.
 //! The check says what is wrong; each receiver words it for its reader.
 
-use sha2::{Digest, Sha256};
-
+use crate::protocol::digest::{Digest, DigestKind, Hasher};
 use crate::protocol::wire::{checksum, ChunkInfo, EndInfo};
 
 /// What the body check found wrong.
@@ -24,17 +23,18 @@ pub(crate) enum BodyFault {
         /// Chunks that arrived.
         chunks: u32,
     },
-    /// The body's SHA-256 is not the one the end record carries.
+    /// The body's digest is not the one the end record carries (or the end
+    /// record carries another algorithm's than the job's).
     Digest {
         /// The digest of the bytes that arrived.
-        computed: [u8; 32],
+        computed: Digest,
     },
 }
 
 /// The running check of one body.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct BodyCheck {
-    hasher: Sha256,
+    hasher: Hasher,
     /// Bytes hashed: the body's length so far while chunks come in order.
     hashed: u64,
     out_of_order: bool,
@@ -43,9 +43,20 @@ pub(crate) struct BodyCheck {
 }
 
 impl BodyCheck {
-    /// A check of a body nothing of which has arrived.
-    pub(crate) fn new() -> Self {
-        Self::default()
+    /// A check of a body nothing of which has arrived, digested with `digest`.
+    pub(crate) fn new(digest: DigestKind) -> Self {
+        Self {
+            hasher: digest.hasher(),
+            hashed: 0,
+            out_of_order: false,
+            received: 0,
+            chunks: 0,
+        }
+    }
+
+    /// The algorithm the body is digested with.
+    pub(crate) fn kind(&self) -> DigestKind {
+        self.hasher.kind()
     }
 
     /// Checks the CRC32C of a chunk at `info.offset`; a chunk that passes is
@@ -77,9 +88,10 @@ impl BodyCheck {
 
     /// The digest of the body, when every chunk came in order; `None` when
     /// the receiver has to digest what it stored.
-    pub(crate) fn digest(&mut self) -> Option<[u8; 32]> {
+    pub(crate) fn digest(&mut self) -> Option<Digest> {
+        let fresh = self.hasher.kind().hasher();
         self.in_order()
-            .then(|| std::mem::take(&mut self.hasher).finalize().into())
+            .then(|| std::mem::replace(&mut self.hasher, fresh).finalize())
     }
 
     /// Checks the end record's length and chunk count against what arrived:
@@ -96,9 +108,9 @@ impl BodyCheck {
     }
 
     /// Checks the end record against what arrived and the body's `digest`.
-    pub(crate) fn verify_end(&self, end: &EndInfo, digest: &[u8; 32]) -> Result<(), BodyFault> {
+    pub(crate) fn verify_end(&self, end: &EndInfo, digest: &Digest) -> Result<(), BodyFault> {
         self.verify_length(end)?;
-        if *digest != end.sha256 {
+        if *digest != end.digest {
             return Err(BodyFault::Digest { computed: *digest });
         }
         Ok(())
@@ -120,13 +132,13 @@ mod tests {
         EndInfo {
             total_len: body.len() as u64,
             chunks,
-            sha256: Sha256::digest(body).into(),
+            digest: DigestKind::Sha256.of(body),
         }
     }
 
     #[test]
     fn a_body_in_order_is_digested_on_the_way() {
-        let mut check = BodyCheck::new();
+        let mut check = BodyCheck::new(DigestKind::Sha256);
         check.chunk(&chunk(0, b"hello "), b"hello ").unwrap();
         check.chunk(&chunk(6, b"world"), b"world").unwrap();
         assert!(check.in_order());
@@ -138,7 +150,7 @@ mod tests {
 
     #[test]
     fn a_chunk_whose_bytes_changed_fails_its_crc() {
-        let mut check = BodyCheck::new();
+        let mut check = BodyCheck::new(DigestKind::Sha256);
         let info = chunk(0, b"hello");
         assert_eq!(check.chunk(&info, b"hellO"), Err(BodyFault::Crc));
         assert_eq!(check.received(), 0);
@@ -146,12 +158,12 @@ mod tests {
 
     #[test]
     fn out_of_order_chunks_leave_the_digest_to_the_receiver() {
-        let mut check = BodyCheck::new();
+        let mut check = BodyCheck::new(DigestKind::Sha256);
         check.chunk(&chunk(6, b"world"), b"world").unwrap();
         check.chunk(&chunk(0, b"hello "), b"hello ").unwrap();
         assert!(!check.in_order());
         assert_eq!(check.digest(), None);
-        let stored: [u8; 32] = Sha256::digest(b"hello world").into();
+        let stored = DigestKind::Sha256.of(b"hello world");
         check
             .verify_end(&end_of(b"hello world", 2), &stored)
             .unwrap();
@@ -159,7 +171,7 @@ mod tests {
 
     #[test]
     fn the_length_is_checked_without_a_digest() {
-        let mut check = BodyCheck::new();
+        let mut check = BodyCheck::new(DigestKind::Sha256);
         check.chunk(&chunk(6, b"world"), b"world").unwrap();
         check.chunk(&chunk(0, b"hello "), b"hello ").unwrap();
         assert_eq!(check.verify_length(&end_of(b"hello world", 2)), Ok(()));
@@ -175,7 +187,7 @@ mod tests {
 
     #[test]
     fn the_end_record_must_agree_on_length_count_and_digest() {
-        let mut check = BodyCheck::new();
+        let mut check = BodyCheck::new(DigestKind::Sha256);
         check.chunk(&chunk(0, b"abc"), b"abc").unwrap();
         let digest = check.digest().unwrap();
         let longer = end_of(b"abcd", 1);
@@ -191,11 +203,30 @@ mod tests {
             Err(BodyFault::Length { .. })
         ));
         let other = EndInfo {
-            sha256: Sha256::digest(b"abd").into(),
+            digest: DigestKind::Sha256.of(b"abd"),
             ..end_of(b"abc", 1)
         };
         assert_eq!(
             check.verify_end(&other, &digest),
+            Err(BodyFault::Digest { computed: digest })
+        );
+    }
+
+    #[test]
+    fn a_blake3_body_is_checked_with_blake3_only() {
+        let body = b"hello blake3";
+        let mut check = BodyCheck::new(DigestKind::Blake3);
+        check.chunk(&chunk(0, body), body).unwrap();
+        assert_eq!(check.kind(), DigestKind::Blake3);
+        let digest = check.digest().unwrap();
+        let end = EndInfo {
+            digest: DigestKind::Blake3.of(body),
+            ..end_of(body, 1)
+        };
+        check.verify_end(&end, &digest).unwrap();
+        // The right body's SHA-256 is still the wrong digest for this job.
+        assert_eq!(
+            check.verify_end(&end_of(body, 1), &digest),
             Err(BodyFault::Digest { computed: digest })
         );
     }

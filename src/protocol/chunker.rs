@@ -1,8 +1,7 @@
-//! Cuts a body into chunk frames, with a CRC32C per chunk and a SHA-256 over
+//! Cuts a body into chunk frames, with a CRC32C per chunk and a digest over
 //! the whole body; used for requests by `send` and for responses by the portal.
 
-use sha2::{Digest, Sha256};
-
+use crate::protocol::digest::{DigestKind, Hasher};
 use crate::protocol::wire::{Body, ChunkInfo, ChunkValue, EndInfo, Frame, JobId};
 
 /// Default chunk payload size: 900 KiB leaves headroom under the broker's
@@ -22,7 +21,7 @@ pub struct Chunker {
     next_seq: u32,
     offset: u64,
     chunks: u32,
-    hasher: Sha256,
+    hasher: Hasher,
 }
 
 /// One chunk ready to produce: its frame and payload.
@@ -35,14 +34,15 @@ pub struct OutChunk {
 }
 
 impl Chunker {
-    /// Starts numbering at `first_seq` (the record after the start frame).
-    pub fn new(job: JobId, first_seq: u32) -> Self {
+    /// Starts numbering at `first_seq` (the record after the start frame),
+    /// digesting the body with `digest`.
+    pub fn new(job: JobId, first_seq: u32, digest: DigestKind) -> Self {
         Self {
             job,
             next_seq: first_seq,
             offset: 0,
             chunks: 0,
-            hasher: Sha256::new(),
+            hasher: digest.hasher(),
         }
     }
 
@@ -69,7 +69,13 @@ impl Chunker {
     /// An empty record value for the next chunk, with room for `capacity`
     /// payload bytes, to read the payload into ([`Chunker::seal`]).
     pub(crate) fn next_value(&self, capacity: usize) -> ChunkValue {
-        ChunkValue::new(self.job, self.next_seq, self.offset, capacity)
+        ChunkValue::new(
+            self.job,
+            self.next_seq,
+            self.offset,
+            capacity,
+            self.hasher.kind(),
+        )
     }
 
     /// Takes `value`'s payload (non-empty) as the next chunk: its frame and
@@ -103,7 +109,7 @@ impl Chunker {
             body: Body::End(EndInfo {
                 chunks: self.chunks,
                 total_len: self.offset,
-                sha256: self.hasher.finalize().into(),
+                digest: self.hasher.finalize(),
             }),
         }
     }

@@ -4,6 +4,7 @@
 
 pub(crate) mod body;
 pub mod chunker;
+pub mod digest;
 pub(crate) mod request;
 pub mod signing;
 pub mod wire;

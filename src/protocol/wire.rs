@@ -13,13 +13,21 @@
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
+use crate::protocol::digest::{Digest, DigestKind};
 use crate::protocol::Failure;
 
 /// First four bytes of every KafkaSend record value.
 pub(crate) const MAGIC: [u8; 4] = *b"KSND";
 
-/// The protocol version this build writes and reads.
+/// The oldest protocol version this build writes and reads: a job whose
+/// bodies are digested with SHA-256.
 pub(crate) const VERSION: u8 = 1;
+
+/// The newest protocol version this build writes and reads: version 1 plus
+/// the BLAKE3 end record. A job is written wholly in the version of its
+/// digest ([`DigestKind::version`]), so a portal that speaks only version 1
+/// refuses it at its first record rather than at its last.
+pub(crate) const MAX_VERSION: u8 = 2;
 
 /// Kafka record header on a start record naming where replies go, as
 /// `PARTITION/TOPIC`. It is kept outside the versioned frame so that a portal
@@ -163,7 +171,11 @@ pub struct Frame {
 
 /// The kinds of frame. Requests are `RequestStart`, `Chunk`..., `End`;
 /// responses are `ResponseStart`, `Chunk`..., `End`, or a single `Error`.
+///
+/// On the wire an `End` is variant 2 (SHA-256) or variant 5 (BLAKE3,
+/// version 2 only); [`WireBody`] lays them out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "WireBody", into = "WireBody")]
 pub enum Body {
     /// First record of a request.
     RequestStart(RequestStart),
@@ -194,6 +206,10 @@ pub struct RequestStart {
     pub reply_topic: String,
     /// Partition of `reply_topic` where the response goes.
     pub reply_partition: i32,
+    /// The digest of the job's bodies, both ways. Not a field on the wire:
+    /// it is the frame's version (SHA-256 in 1, BLAKE3 in 2).
+    #[serde(skip)]
+    pub digest: DigestKind,
 }
 
 /// Metadata of one body chunk; the data is the frame's payload.
@@ -206,14 +222,88 @@ pub struct ChunkInfo {
 }
 
 /// Closes a body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EndInfo {
     /// Number of chunks that make up the body.
     pub chunks: u32,
     /// Total body length in bytes.
     pub total_len: u64,
-    /// SHA-256 of the whole body.
-    pub sha256: [u8; 32],
+    /// Digest of the whole body, with its algorithm.
+    pub digest: Digest,
+}
+
+/// [`Body`] as laid out on the wire: the variant index says the digest of
+/// an end record, so each variant holds plain bytes.
+#[derive(Serialize, Deserialize)]
+enum WireBody {
+    RequestStart(RequestStart),
+    Chunk(ChunkInfo),
+    End(WireEnd),
+    ResponseStart(ResponseStart),
+    Error(Failure),
+    EndBlake3(WireEnd),
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireEnd {
+    chunks: u32,
+    total_len: u64,
+    digest: [u8; 32],
+}
+
+impl From<Body> for WireBody {
+    fn from(body: Body) -> Self {
+        match body {
+            Body::RequestStart(s) => Self::RequestStart(s),
+            Body::Chunk(c) => Self::Chunk(c),
+            Body::End(e) => {
+                let end = WireEnd {
+                    chunks: e.chunks,
+                    total_len: e.total_len,
+                    digest: e.digest.bytes,
+                };
+                match e.digest.kind {
+                    DigestKind::Sha256 => Self::End(end),
+                    DigestKind::Blake3 => Self::EndBlake3(end),
+                }
+            }
+            Body::ResponseStart(r) => Self::ResponseStart(r),
+            Body::Error(f) => Self::Error(f),
+        }
+    }
+}
+
+impl From<WireBody> for Body {
+    fn from(body: WireBody) -> Self {
+        let end = |e: WireEnd, kind| {
+            Self::End(EndInfo {
+                chunks: e.chunks,
+                total_len: e.total_len,
+                digest: Digest {
+                    kind,
+                    bytes: e.digest,
+                },
+            })
+        };
+        match body {
+            WireBody::RequestStart(s) => Self::RequestStart(s),
+            WireBody::Chunk(c) => Self::Chunk(c),
+            WireBody::End(e) => end(e, DigestKind::Sha256),
+            WireBody::ResponseStart(r) => Self::ResponseStart(r),
+            WireBody::Error(f) => Self::Error(f),
+            WireBody::EndBlake3(e) => end(e, DigestKind::Blake3),
+        }
+    }
+}
+
+/// The version `frame` needs at least: 2 for a BLAKE3 start or end record.
+fn needed_version(frame: &Frame) -> u8 {
+    match &frame.body {
+        Body::RequestStart(s) => s.digest.version(),
+        Body::ResponseStart(s) => s.digest.version(),
+        Body::End(e) => e.digest.kind.version(),
+        _ => VERSION,
+    }
 }
 
 /// The API's answer, before its body.
@@ -225,6 +315,10 @@ pub struct ResponseStart {
     pub headers: Vec<(String, String)>,
     /// Body length when the API declared one.
     pub body_len: Option<u64>,
+    /// The digest of the response body: the request's. Not a field on the
+    /// wire: it is the frame's version, as for [`RequestStart::digest`].
+    #[serde(skip)]
+    pub digest: DigestKind,
 }
 
 /// Why a record value could not be decoded.
@@ -238,7 +332,7 @@ pub enum WireError {
     #[error("record is not a KafkaSend frame (bad magic)")]
     BadMagic,
     /// Written by a KafkaSend speaking another protocol version.
-    #[error("protocol version {found} is not supported (this build speaks version {VERSION}); upgrade the older side")]
+    #[error("protocol version {found} is not supported (this build speaks versions {VERSION} to {MAX_VERSION}); upgrade the older side")]
     UnsupportedVersion {
         /// Version byte found in the record.
         found: u8,
@@ -254,11 +348,18 @@ pub enum WireError {
     TrailingBytes(usize),
 }
 
-/// Encodes a frame and its payload (empty unless it is a chunk) into one record value.
+/// Encodes a frame and its payload (empty unless it is a chunk) into one
+/// record value, in the oldest version that can hold it.
 pub fn encode(frame: &Frame, payload: &[u8]) -> Vec<u8> {
+    encode_in(DigestKind::Sha256, frame, payload)
+}
+
+/// Encodes a frame of a job whose bodies have `digest`, in that digest's
+/// version (or a newer one when the frame needs it).
+pub fn encode_in(digest: DigestKind, frame: &Frame, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(PREFIX_LEN + 64 + payload.len());
     out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
+    out.push(digest.version().max(needed_version(frame)));
     // Encoding into a Vec cannot fail for these plain types; the size limit
     // only binds on headers far beyond anything we build.
     if let Err(e) = bincode::serde::encode_into_std_write(frame, &mut out, bincode_config()) {
@@ -269,8 +370,8 @@ pub fn encode(frame: &Frame, payload: &[u8]) -> Vec<u8> {
 }
 
 /// The magic, version and frame header of a record value.
-fn header(frame: &Frame) -> Vec<u8> {
-    encode(frame, &[])
+fn header(digest: DigestKind, frame: &Frame) -> Vec<u8> {
+    encode_in(digest, frame, &[])
 }
 
 /// A chunk record's value built where it is sent from: room for the frame
@@ -284,6 +385,7 @@ pub(crate) struct ChunkValue {
     job: JobId,
     seq: u32,
     offset: u64,
+    digest: DigestKind,
 }
 
 /// Spare capacity past a chunk's payload, so that a reader's last probe
@@ -292,11 +394,17 @@ const PROBE_ROOM: usize = 64;
 
 impl ChunkValue {
     /// An empty chunk `seq` of `job` starting at body byte `offset`, with
-    /// room for `capacity` payload bytes.
-    pub(crate) fn new(job: JobId, seq: u32, offset: u64, capacity: usize) -> Self {
+    /// room for `capacity` payload bytes, in the version of `digest`.
+    pub(crate) fn new(
+        job: JobId,
+        seq: u32,
+        offset: u64,
+        capacity: usize,
+        digest: DigestKind,
+    ) -> Self {
         // The largest checksum takes the most room (bincode's varints);
         // a smaller one is rare (below 2^16: one chunk in 65536).
-        let room = header(&chunk_frame(job, seq, offset, u32::MAX)).len();
+        let room = header(digest, &chunk_frame(job, seq, offset, u32::MAX)).len();
         let mut buf = Vec::with_capacity(room + capacity + PROBE_ROOM);
         buf.resize(room, 0);
         Self {
@@ -305,6 +413,7 @@ impl ChunkValue {
             job,
             seq,
             offset,
+            digest,
         }
     }
 
@@ -322,12 +431,12 @@ impl ChunkValue {
     /// the record value, laid out as [`encode`] lays it out.
     pub(crate) fn finish(mut self, crc32c: u32) -> (Frame, Vec<u8>) {
         let frame = chunk_frame(self.job, self.seq, self.offset, crc32c);
-        let head = header(&frame);
+        let head = header(self.digest, &frame);
         if head.len() == self.room {
             self.buf[..self.room].copy_from_slice(&head);
             return (frame, self.buf);
         }
-        let value = encode(&frame, self.payload());
+        let value = encode_in(self.digest, &frame, self.payload());
         (frame, value)
     }
 }
@@ -345,18 +454,29 @@ fn unreachable_encode(e: bincode::error::EncodeError) -> ! {
     panic!("encoding a frame header into memory failed: {e}")
 }
 
-/// Decodes a record value into its frame and payload.
+/// Decodes a record value into its frame and payload. A start record's
+/// (request or response) `digest` is its version's.
 pub fn decode(value: &[u8]) -> Result<(Frame, &[u8]), WireError> {
     let version = peek_version(value)?;
-    if version != VERSION {
+    let Some(digest) = DigestKind::of_version(version) else {
         return Err(WireError::UnsupportedVersion { found: version });
-    }
+    };
     let rest = &value[PREFIX_LEN..];
-    let (frame, used): (Frame, usize) = bincode::serde::decode_from_slice(rest, bincode_config())
-        .map_err(|e| match e {
-        bincode::error::DecodeError::LimitExceeded => WireError::TooLarge,
-        e => WireError::Malformed(e.to_string()),
-    })?;
+    let (mut frame, used): (Frame, usize) =
+        bincode::serde::decode_from_slice(rest, bincode_config()).map_err(|e| match e {
+            bincode::error::DecodeError::LimitExceeded => WireError::TooLarge,
+            e => WireError::Malformed(e.to_string()),
+        })?;
+    if needed_version(&frame) > version {
+        return Err(WireError::Malformed(format!(
+            "a BLAKE3 end record (variant 5) in a version {version} frame"
+        )));
+    }
+    match &mut frame.body {
+        Body::RequestStart(start) => start.digest = digest,
+        Body::ResponseStart(start) => start.digest = digest,
+        _ => {}
+    }
     let payload = &rest[used..];
     if !matches!(frame.body, Body::Chunk(_)) && !payload.is_empty() {
         return Err(WireError::TrailingBytes(payload.len()));
@@ -409,7 +529,7 @@ mod tests {
 
     fn built(crc: u32, payload: &[u8]) -> (Frame, Vec<u8>) {
         let job = JobId::new();
-        let mut v = ChunkValue::new(job, 7, 1 << 40, payload.len());
+        let mut v = ChunkValue::new(job, 7, 1 << 40, payload.len(), DigestKind::Sha256);
         v.buf_mut().extend_from_slice(payload);
         assert_eq!(v.payload(), payload);
         v.finish(crc)
@@ -479,6 +599,10 @@ mod tests {
         ]
     }
 
+    fn arb_kind() -> impl Strategy<Value = DigestKind> {
+        prop_oneof![Just(DigestKind::Sha256), Just(DigestKind::Blake3)]
+    }
+
     fn arb_headers() -> impl Strategy<Value = Vec<(String, String)>> {
         prop::collection::vec((".{0,20}", ".{0,40}"), 0..6)
     }
@@ -492,35 +616,46 @@ mod tests {
                 any::<Option<u64>>(),
                 any::<bool>(),
                 ".{1,30}",
-                any::<i32>()
+                any::<i32>(),
+                arb_kind(),
             )
-                .prop_map(|(method, path, headers, body_len, has_body, t, p)| {
-                    Body::RequestStart(RequestStart {
-                        method,
-                        path,
-                        headers,
-                        body_len,
-                        has_body,
-                        reply_topic: t,
-                        reply_partition: p,
-                    })
-                }),
+                .prop_map(
+                    |(method, path, headers, body_len, has_body, t, p, digest)| {
+                        Body::RequestStart(RequestStart {
+                            method,
+                            path,
+                            headers,
+                            body_len,
+                            has_body,
+                            reply_topic: t,
+                            reply_partition: p,
+                            digest,
+                        })
+                    }
+                ),
             (any::<u64>(), any::<u32>())
                 .prop_map(|(offset, crc32c)| Body::Chunk(ChunkInfo { offset, crc32c })),
-            (any::<u32>(), any::<u64>(), any::<[u8; 32]>()).prop_map(
-                |(chunks, total_len, sha256)| Body::End(EndInfo {
+            (any::<u32>(), any::<u64>(), any::<[u8; 32]>(), arb_kind()).prop_map(
+                |(chunks, total_len, bytes, kind)| Body::End(EndInfo {
                     chunks,
                     total_len,
-                    sha256
+                    digest: Digest { kind, bytes },
                 })
             ),
-            (any::<u16>(), arb_headers(), any::<Option<u64>>()).prop_map(
-                |(status, headers, body_len)| Body::ResponseStart(ResponseStart {
-                    status,
-                    headers,
-                    body_len
-                })
-            ),
+            (
+                any::<u16>(),
+                arb_headers(),
+                any::<Option<u64>>(),
+                arb_kind()
+            )
+                .prop_map(|(status, headers, body_len, digest)| Body::ResponseStart(
+                    ResponseStart {
+                        status,
+                        headers,
+                        body_len,
+                        digest,
+                    }
+                )),
             (arb_category(), ".{0,100}")
                 .prop_map(|(category, message)| Body::Error(Failure { category, message })),
         ]
@@ -544,9 +679,35 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_headers_after_valid_prefix_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        fn frames_of_a_job_are_in_its_digest_version(body in arb_body(), kind in arb_kind()) {
+            let frame = Frame { job: JobId::new(), seq: 1, body };
+            let payload: &[u8] = if matches!(frame.body, Body::Chunk(_)) { b"x" } else { &[] };
+            let bytes = encode_in(kind, &frame, payload);
+            prop_assert_eq!(bytes[4], kind.version().max(needed_version(&frame)));
+            // A start read back says the digest of the version it came in.
+            let mut want = frame;
+            let written = DigestKind::of_version(bytes[4]).unwrap();
+            match &mut want.body {
+                Body::RequestStart(s) => s.digest = written,
+                Body::ResponseStart(s) => s.digest = written,
+                _ => {}
+            }
+            prop_assert_eq!(decode(&bytes).unwrap().0, want);
+        }
+
+        #[test]
+        fn truncated_v2_frames_are_errors(cut in 0usize..60) {
+            let frame = Frame { job: JobId::new(), seq: 3, body: Body::End(EndInfo {
+                chunks: 2, total_len: 1 << 33, digest: DigestKind::Blake3.of(b"x") }) };
+            let bytes = encode(&frame, &[]);
+            let cut = cut.min(bytes.len() - 1);
+            prop_assert!(decode(&bytes[..cut]).is_err());
+        }
+
+        #[test]
+        fn arbitrary_headers_after_valid_prefix_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), version in VERSION..=MAX_VERSION) {
             let mut value = MAGIC.to_vec();
-            value.push(VERSION);
+            value.push(version);
             value.extend_from_slice(&bytes);
             let _ = decode(&value);
         }
@@ -554,7 +715,8 @@ mod tests {
         #[test]
         fn truncated_frames_are_errors(cut in 0usize..40) {
             let frame = Frame { job: JobId::new(), seq: 0, body: Body::ResponseStart(ResponseStart {
-                status: 200, headers: vec![("content-type".into(), "text/plain".into())], body_len: Some(5) }) };
+                status: 200, headers: vec![("content-type".into(), "text/plain".into())], body_len: Some(5),
+                digest: DigestKind::Sha256 }) };
             let bytes = encode(&frame, &[]);
             let cut = cut.min(bytes.len() - 1);
             prop_assert!(decode(&bytes[..cut]).is_err());
@@ -587,6 +749,7 @@ mod tests {
                 has_body: true,
                 reply_topic: "t".repeat(249),
                 reply_partition: i32::MAX,
+                digest: DigestKind::Sha256,
             }),
         }
     }
@@ -625,6 +788,7 @@ mod tests {
                 has_body: false,
                 reply_topic: "t".into(),
                 reply_partition: 0,
+                digest: DigestKind::Sha256,
             }),
         };
         let bytes = encode(&empty, &[]);
@@ -632,27 +796,115 @@ mod tests {
         assert_eq!(decode(&bytes).unwrap_err(), WireError::TooLarge);
     }
 
+    fn end(kind: DigestKind) -> Frame {
+        Frame {
+            job: JobId([1; 16]),
+            seq: 2,
+            body: Body::End(EndInfo {
+                chunks: 1,
+                total_len: 3,
+                digest: kind.of(b"abc"),
+            }),
+        }
+    }
+
     #[test]
     fn future_version_is_recognised() {
-        let frame = Frame {
-            job: JobId::new(),
-            seq: 0,
+        let mut bytes = encode(&end(DigestKind::Sha256), &[]);
+        for version in [0, 3, 255] {
+            bytes[4] = version;
+            let err = decode(&bytes).unwrap_err();
+            assert_eq!(err, WireError::UnsupportedVersion { found: version });
+            assert!(err.to_string().contains(&format!("version {version} ")));
+            assert!(err.to_string().contains("versions 1 to 2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_blake3_end_is_variant_5_of_version_2() {
+        let sha = encode(&end(DigestKind::Sha256), &[]);
+        let b3 = encode(&end(DigestKind::Blake3), &[]);
+        assert_eq!((sha[4], b3[4]), (1, 2));
+        // Magic, version, 16 job bytes, seq: then the variant index.
+        assert_eq!((sha[22], b3[22]), (2, 5));
+        // The same layout after the index: chunks, length, 32 digest bytes.
+        assert_eq!(sha.len(), b3.len());
+        assert_eq!(&b3[25..], DigestKind::Blake3.of(b"abc").bytes);
+        assert_eq!(decode(&b3).unwrap().0, end(DigestKind::Blake3));
+        // A SHA-256 end may travel in version 2 (written so, it reads back the same).
+        let sha_v2 = encode_in(DigestKind::Blake3, &end(DigestKind::Sha256), &[]);
+        assert_eq!(sha_v2[4], 2);
+        assert_eq!(decode(&sha_v2).unwrap().0, end(DigestKind::Sha256));
+    }
+
+    #[test]
+    fn the_worked_example_of_protocol_md_encodes_as_shown() {
+        let job: JobId = "01JDXK5Q7V8Y0C4J6N2W3R9T1M".parse().unwrap();
+        let end = |kind: DigestKind| Frame {
+            job,
+            seq: 2,
             body: Body::End(EndInfo {
-                chunks: 0,
-                total_len: 0,
-                sha256: [0; 32],
+                chunks: 1,
+                total_len: 5,
+                digest: kind.of(b"hello"),
             }),
         };
-        let mut bytes = encode(&frame, &[]);
-        bytes[4] = 2;
+        let hex = |v: Vec<u8>| v.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let prefix = "4b534e44";
+        let job = "01937b32dcfb4780c248d5170784e834";
         assert_eq!(
-            decode(&bytes).unwrap_err(),
-            WireError::UnsupportedVersion { found: 2 }
+            hex(encode(&end(DigestKind::Sha256), &[])),
+            format!(
+                "{prefix}01{job}02020105{}",
+                DigestKind::Sha256.of(b"hello").hex()
+            )
         );
-        assert!(decode(&bytes)
-            .unwrap_err()
-            .to_string()
-            .contains("version 2"));
+        assert_eq!(
+            hex(encode(&end(DigestKind::Blake3), &[])),
+            format!("{prefix}02{job}02050105ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f")
+        );
+    }
+
+    #[test]
+    fn version_1_has_no_blake3_end() {
+        let mut bytes = encode(&end(DigestKind::Blake3), &[]);
+        bytes[4] = 1;
+        let err = decode(&bytes).unwrap_err();
+        assert!(matches!(err, WireError::Malformed(_)), "{err}");
+        assert!(err.to_string().contains("variant 5"), "{err}");
+        // Past variant 5 there is none, in either version.
+        for version in [1, 2] {
+            let mut bytes = encode(&end(DigestKind::Sha256), &[]);
+            bytes[4] = version;
+            bytes[22] = 6;
+            assert!(matches!(decode(&bytes), Err(WireError::Malformed(_))));
+        }
+    }
+
+    #[test]
+    fn a_start_takes_its_digest_from_its_version() {
+        let mut frame = start_with_headers(1, 10);
+        let Body::RequestStart(s) = &mut frame.body else {
+            unreachable!()
+        };
+        s.digest = DigestKind::Blake3;
+        let v2 = encode(&frame, &[]);
+        assert_eq!(v2[4], 2);
+        assert_eq!(decode(&v2).unwrap().0, frame);
+        // The same bytes as version 1 are a SHA-256 job's start.
+        let mut v1 = v2.clone();
+        v1[4] = 1;
+        let Body::RequestStart(back) = decode(&v1).unwrap().0.body else {
+            unreachable!()
+        };
+        assert_eq!(back.digest, DigestKind::Sha256);
+        // A chunk of a BLAKE3 job is version 2, its bytes otherwise the same.
+        let (_, c1) = built(5, b"abc");
+        let mut c2 = ChunkValue::new(JobId::new(), 7, 1 << 40, 3, DigestKind::Blake3);
+        c2.buf_mut().extend_from_slice(b"abc");
+        let (_, c2) = c2.finish(5);
+        assert_eq!((c1[4], c2[4]), (1, 2));
+        assert_eq!(c1[21..], c2[21..]);
     }
 
     #[test]

@@ -136,7 +136,7 @@ async fn send_over(
         biased;
         signal = interrupt => Err(SendError::Interrupted { job: None, signal }),
         r = async {
-            let body_sha256 = signed_digest(&prepared, cfg).await?;
+            let body_digest = signed_digest(&prepared, cfg).await?;
             let opened;
             let link = match link {
                 Some(link) => link,
@@ -145,10 +145,30 @@ async fn send_over(
                     &opened
                 }
             };
-            transmit(link, prepared, body_sha256, sink, request, cfg, report, resume).await
+            transmit(link, prepared, body_digest, sink, request, cfg, report, resume)
+                .await
+                .map_err(older_portal_hint)
         } => r,
     };
     with_job(result, report)
+}
+
+/// A portal that speaks only frame version 1 refuses a BLAKE3 request
+/// naming the versions; the user also learns the flag that works with it.
+fn older_portal_hint(e: SendError) -> SendError {
+    match e {
+        SendError::Refused { category, message }
+            if message.contains("protocol version 2 is not supported") =>
+        {
+            SendError::Refused {
+                category,
+                message: format!(
+                    "{message}, or send with --digest sha256 (KAFKASEND_DIGEST=sha256), which that portal reads"
+                ),
+            }
+        }
+        e => e,
+    }
 }
 
 /// The job `--resume` names, checked, with a body that can be resumed: one
@@ -204,9 +224,44 @@ fn with_job(result: Result<Outcome, SendError>, report: &Report) -> Result<Outco
 }
 
 /// The body's digest when the request is to be signed.
-async fn signed_digest(prepared: &Prepared, cfg: &Settings) -> Result<Option<[u8; 32]>, SendError> {
+async fn signed_digest(
+    prepared: &Prepared,
+    cfg: &Settings,
+) -> Result<Option<crate::protocol::digest::Digest>, SendError> {
     match &cfg.signer {
-        Some(_) => body_digest(prepared).await,
+        Some(_) => body_digest(prepared, cfg.digest).await,
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorCategory;
+
+    #[test]
+    fn a_portal_too_old_for_blake3_is_met_with_the_flag_it_reads() {
+        let refused = |message: &str| SendError::Refused {
+            category: ErrorCategory::BadRequest,
+            message: message.into(),
+        };
+        let old = "the portal cannot read this request: protocol version 2 is not supported (this build speaks version 1); upgrade the older side";
+        match older_portal_hint(refused(old)) {
+            SendError::Refused { message, .. } => {
+                assert!(message.starts_with(old), "{message}");
+                assert!(
+                    message.ends_with(
+                        "--digest sha256 (KAFKASEND_DIGEST=sha256), which that portal reads"
+                    ),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Any other refusal is left as it is.
+        match older_portal_hint(refused("path not allowed")) {
+            SendError::Refused { message, .. } => assert_eq!(message, "path not allowed"),
+            other => panic!("{other:?}"),
+        }
     }
 }

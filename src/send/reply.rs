@@ -17,7 +17,7 @@ use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::record_batch::Item;
 use crate::kafka::{self, KafkaError};
 use crate::protocol::body::{BodyCheck, BodyFault};
-use crate::protocol::chunker::hex;
+use crate::protocol::digest::{Digest, DigestKind};
 use crate::protocol::wire::{self, Body, ChunkInfo, EndInfo, Frame, JobId};
 use crate::protocol::ErrorCategory;
 use crate::send::attempts::{Attempt, Attempts, Kind, Reason, Whose};
@@ -219,7 +219,7 @@ pub(super) async fn follow_job(
         )
     });
     let mut follower = Follower::spawn(kcfg, &kcfg.response_topic, reply_partition, from, job);
-    receive(sink, show, cfg, job, &mut follower, report).await
+    receive(sink, show, cfg, job, None, &mut follower, report).await
 }
 
 /// Follows the reply partition from `from`, passing on this job's frames.
@@ -377,9 +377,8 @@ fn body_fault(fault: BodyFault, checked: Checked<'_>) -> SendError {
             end.total_len, end.chunks
         ),
         (BodyFault::Digest { computed }, Checked::End(end)) => format!(
-            "response SHA-256 {} does not match the portal's {}",
-            hex(&computed),
-            hex(&end.sha256)
+            "response {computed} does not match the portal's {}",
+            end.digest
         ),
         // A chunk fails only its CRC, an end record only the rest; should
         // that change, the fault is still reported, if less precisely.
@@ -454,7 +453,8 @@ impl Answer {
         Self {
             expected_seq: 0,
             status: None,
-            check: BodyCheck::new(),
+            // Replaced by the start record, which says the digest.
+            check: BodyCheck::new(DigestKind::Sha256),
             progress: Progress::new("download", None, false),
         }
     }
@@ -464,8 +464,8 @@ impl Answer {
 enum Step {
     /// Wait for the next.
     More,
-    /// The answer is whole: `received` bytes with SHA-256 `digest`, checked.
-    Whole { received: u64, digest: [u8; 32] },
+    /// The answer is whole: `received` bytes with `digest`, checked.
+    Whole { received: u64, digest: Digest },
 }
 
 /// One answer being received, and where it goes.
@@ -476,6 +476,9 @@ struct Receiving<'a> {
     job: JobId,
     answer: Answer,
     warned_dropped: bool,
+    /// The digest of the request sent, which the answer must use; `None`
+    /// for `wait`, which takes the one the answer's start record says.
+    expect: Option<DigestKind>,
 }
 
 impl Receiving<'_> {
@@ -529,7 +532,7 @@ impl Receiving<'_> {
                 );
                 let answer = &mut self.answer;
                 answer.status = Some(rs.status);
-                answer.check = BodyCheck::new();
+                answer.check = BodyCheck::new(self.expect.unwrap_or(rs.digest));
                 answer.expected_seq = 1;
                 answer.progress.reset();
                 self.report.status = Some(rs.status);
@@ -551,6 +554,9 @@ impl Receiving<'_> {
         answer.expected_seq += 1;
         match frame.body {
             Body::ResponseStart(rs) if answer.status.is_none() => {
+                // The body is checked with the request's digest: an answer in
+                // another then fails at its end record, naming both.
+                answer.check = BodyCheck::new(self.expect.unwrap_or(rs.digest));
                 if self.show.verbose {
                     self.show.notice(Notice::Verbose(Verbose::Response {
                         status: rs.status,
@@ -670,11 +676,13 @@ fn no_answer(trouble: Option<Trouble>, job: JobId, secs: u64) -> SendError {
 /// record of any attempt of the job; with no whole answer, the followed
 /// answer's `Error`, else another's, else the first fault, else the timeout
 /// is reported.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn receive(
     sink: Destination,
     show: Show,
     cfg: &Settings,
     job: JobId,
+    expect: Option<DigestKind>,
     replies: &mut impl Replies,
     report: &mut Report,
 ) -> Result<Outcome, SendError> {
@@ -686,6 +694,7 @@ pub(super) async fn receive(
         job,
         answer: Answer::new(),
         warned_dropped: false,
+        expect,
     };
     let mut attempts = Attempts::default();
     let mut fallback = Fallback::default();
@@ -797,20 +806,17 @@ pub(super) async fn receive(
     answer.progress.finish();
     report.bytes_received = received;
     report.digest_verified = true;
+    report.digest = Some(digest.kind);
     show.info(|| {
         let decoded = match written == received {
             true => String::new(),
             false => format!(", {written} bytes once decoded"),
         };
-        format!(
-            "{received} bytes received, SHA-256 {} verified{decoded}",
-            hex(&digest)
-        )
+        format!("{received} bytes received, {digest} verified{decoded}")
     });
     log::info!(
-        "job {job}: {received} bytes received in {:.2} s, SHA-256 {} verified",
+        "job {job}: {received} bytes received in {:.2} s, {digest} verified",
         started.elapsed().as_secs_f64(),
-        hex(&digest)
     );
     Ok(Outcome {
         job,
@@ -887,11 +893,12 @@ mod tests {
                     status,
                     headers,
                     body_len: Some(body.len() as u64),
+                    digest: DigestKind::Sha256,
                 }),
             },
             vec![],
         )];
-        let mut c = Chunker::new(job, 1);
+        let mut c = Chunker::new(job, 1, DigestKind::Sha256);
         for piece in body.chunks(4) {
             let ch = c.chunk(piece.to_vec());
             out.push(record(ch.frame, ch.payload));
@@ -1014,6 +1021,7 @@ mod tests {
             timeout,
             signer: None,
             compression: Default::default(),
+            digest: DigestKind::Sha256,
         }
     }
 
@@ -1053,7 +1061,98 @@ mod tests {
             })
             .unwrap_or_default();
         let sink = Destination::open(Some(output), options)?;
-        receive(sink, Show::default(), cfg, job, script, report).await
+        receive(sink, Show::default(), cfg, job, None, script, report).await
+    }
+
+    /// An answer of `body` whose bodies are digested with `kind`, as a
+    /// portal writes it for a request of that digest.
+    fn frames_digested(kind: DigestKind, job: JobId, body: &[u8]) -> Vec<Reply> {
+        let mut items = frames_with(job, 200, vec![], &[]);
+        items.truncate(1);
+        if let Reply::Record(rec) = &mut items[0] {
+            if let Body::ResponseStart(rs) = &mut rec.frame.body {
+                rs.digest = kind;
+                rs.body_len = Some(body.len() as u64);
+            }
+        }
+        let mut c = Chunker::new(job, 1, kind);
+        for piece in body.chunks(4) {
+            let ch = c.chunk(piece.to_vec());
+            items.push(record(ch.frame, ch.payload));
+        }
+        items.push(record(c.finish(), vec![]));
+        items
+    }
+
+    /// Receives `items` as `send` of a request digested with `expect`
+    /// does, or as `wait` does when `None`.
+    async fn receive_expecting(
+        expect: Option<DigestKind>,
+        items: Vec<Reply>,
+        output: &Path,
+        report: &mut Report,
+    ) -> Result<Outcome, SendError> {
+        let sink = Destination::open(Some(output), &ResponseOptions::default())?;
+        let mut script = Script::new(items);
+        let job = script
+            .items
+            .iter()
+            .find_map(|i| match i {
+                Reply::Record(rec) => Some(rec.frame.job),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let cfg = config();
+        receive(
+            sink,
+            Show::default(),
+            &cfg,
+            job,
+            expect,
+            &mut script,
+            report,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_checked_with_its_request_digest_or_for_wait_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.bin");
+        let body = b"an answer digested either way".repeat(9);
+        for kind in [DigestKind::Sha256, DigestKind::Blake3] {
+            for expect in [None, Some(kind)] {
+                let mut report = Report::default();
+                let items = frames_digested(kind, JobId::new(), &body);
+                receive_expecting(expect, items, &out, &mut report)
+                    .await
+                    .unwrap();
+                assert_eq!(std::fs::read(&out).unwrap(), body);
+                assert_eq!(report.digest, Some(kind), "{expect:?}");
+                assert!(report.digest_verified);
+            }
+        }
+        std::fs::remove_file(&out).unwrap();
+        // An answer in another digest than the request's fails at its end
+        // record, naming both, and leaves no output.
+        for (asked, answered) in [
+            (DigestKind::Sha256, DigestKind::Blake3),
+            (DigestKind::Blake3, DigestKind::Sha256),
+        ] {
+            let mut report = Report::default();
+            let items = frames_digested(answered, JobId::new(), &body);
+            let err = receive_expecting(Some(asked), items, &out, &mut report)
+                .await
+                .unwrap_err();
+            let (computed, claimed) = (asked.of(&body), answered.of(&body));
+            assert_eq!(
+                err.to_string(),
+                format!("integrity check failed: response {computed} does not match the portal's {claimed}")
+            );
+            assert_eq!(err.exit_code(), 4);
+            assert!(!report.digest_verified);
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
     }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -1258,15 +1357,15 @@ mod tests {
 
         let (err, written) = damaged(|items| {
             if let Body::End(end) = &mut frame_at(items, 3).0.body {
-                end.sha256 = [7; 32];
+                end.digest.bytes = [7; 32];
             }
         })
         .await;
-        let computed = hex(&<sha2::Sha256 as sha2::Digest>::digest(b"abcdefgh"));
+        let computed = DigestKind::Sha256.of(b"abcdefgh").hex();
         assert_eq!(
             err.to_string(),
             format!(
-                "integrity check failed: response SHA-256 {computed} does not match the portal's {}",
+                "integrity check failed: response SHA-256 {computed} does not match the portal's SHA-256 {}",
                 "07".repeat(32)
             )
         );
@@ -1457,7 +1556,7 @@ mod tests {
         frame_at(&mut bad_crc, 1).1[0] ^= 1;
         let mut bad_digest = frames_of(job, 202, b"abcdefgh");
         if let Body::End(end) = &mut frame_at(&mut bad_digest, 3).0.body {
-            end.sha256 = [1; 32];
+            end.digest.bytes = [1; 32];
         }
         let good = frames_of(job, 203, b"abcdefgh");
         // A fails its CRC; B (ended first) fails its digest; C is whole.

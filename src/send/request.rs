@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use sha2::{Digest, Sha256};
+use crate::protocol::digest::{Digest, DigestKind};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::protocol::request::MAX_PATH_BYTES;
@@ -867,10 +867,13 @@ pub(super) async fn read_at(p: &Prepared, at: u64, len: usize) -> Result<Vec<u8>
     Ok(out)
 }
 
-/// The SHA-256 of exactly the body bytes that will be sent (multipart
+/// The `kind` digest of exactly the body bytes that will be sent (multipart
 /// framing included), read in a first pass so the signature can cover it
 /// before the start record goes out. Only regular files can be read twice.
-pub(super) async fn body_digest(p: &Prepared) -> Result<Option<[u8; 32]>, SendError> {
+pub(super) async fn body_digest(
+    p: &Prepared,
+    kind: DigestKind,
+) -> Result<Option<Digest>, SendError> {
     let Some(pieces) = &p.body else {
         return Ok(None);
     };
@@ -893,7 +896,7 @@ pub(super) async fn body_digest(p: &Prepared) -> Result<Option<[u8; 32]>, SendEr
     let Some(mut reader) = open_body(p).await? else {
         return Ok(None);
     };
-    let mut hasher = Sha256::new();
+    let mut hasher = kind.hasher();
     let mut buf = Vec::with_capacity(1024 * 1024 + 64);
     let mut total = 0u64;
     loop {
@@ -914,7 +917,7 @@ pub(super) async fn body_digest(p: &Prepared) -> Result<Option<[u8; 32]>, SendEr
             p.body_len.unwrap_or(0)
         )));
     }
-    Ok(Some(hasher.finalize().into()))
+    Ok(Some(hasher.finalize()))
 }
 
 #[cfg(test)]
@@ -1208,10 +1211,9 @@ mod tests {
             .unwrap()
             .iter()
             .any(|x| matches!(x, Piece::File(..))));
-        assert_eq!(
-            body_digest(&p).await.unwrap().unwrap(),
-            <[u8; 32]>::from(Sha256::digest(&want))
-        );
+        for kind in [DigestKind::Sha256, DigestKind::Blake3] {
+            assert_eq!(body_digest(&p, kind).await.unwrap(), Some(kind.of(&want)));
+        }
     }
 
     #[tokio::test]
@@ -1380,7 +1382,7 @@ mod tests {
         r.form = vec!["a=1".into(), format!("f=@{}", fifo.display())];
         let p = prepare(&r).await.unwrap();
         assert_eq!(p.body_len, None);
-        let m = match body_digest(&p).await {
+        let m = match body_digest(&p, DigestKind::Blake3).await {
             Err(SendError::Usage(m)) => m,
             other => panic!("{other:?}"),
         };

@@ -24,6 +24,8 @@ pub struct Settings {
     pub signer: Option<crate::protocol::signing::Signer>,
     /// How the request's chunk records are compressed.
     pub compression: crate::kafka::compression::Codec,
+    /// The digest of a new job's bodies (and so its frame version).
+    pub digest: crate::protocol::digest::DigestKind,
 }
 
 /// One request as `send` takes it: plain values, whoever gathered them.

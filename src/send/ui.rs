@@ -94,8 +94,10 @@ pub struct Report {
     /// record, and its end record when it has a body): only then can the
     /// portal answer it.
     pub request_sent: bool,
-    /// Whether the response's SHA-256 was checked and matched.
+    /// Whether the response's digest was checked and matched.
     pub digest_verified: bool,
+    /// The algorithm of that digest, once verified.
+    pub digest: Option<crate::protocol::digest::DigestKind>,
     /// When the command started.
     pub started: Instant,
 }
@@ -113,6 +115,7 @@ impl Default for Report {
             bytes_received: 0,
             request_sent: false,
             digest_verified: false,
+            digest: None,
             started: Instant::now(),
         }
     }
@@ -134,6 +137,7 @@ impl Report {
             "resumed": self.resumed,
             "bytes_received": self.bytes_received,
             "digest_verified": self.digest_verified,
+            "digest": self.digest.map(|d| d.name()),
             "duration_secs": round_ms(self.started.elapsed()),
             "exit_code": exit_code,
             "error": error,
@@ -218,6 +222,7 @@ mod tests {
             bytes_sent: 10,
             bytes_received: 20,
             digest_verified: true,
+            digest: Some(crate::protocol::digest::DigestKind::Blake3),
             ..Report::default()
         };
         let v: serde_json::Value = serde_json::from_str(&r.to_json(0, None)).unwrap();
@@ -226,6 +231,7 @@ mod tests {
         assert_eq!(v["bytes_sent"], 10);
         assert_eq!(v["bytes_received"], 20);
         assert_eq!(v["digest_verified"], true);
+        assert_eq!(v["digest"], "blake3");
         assert_eq!(v["exit_code"], 0);
         assert!(v["error"].is_null());
         assert!(v["duration_secs"].as_f64().unwrap() >= 0.0);

@@ -10,6 +10,7 @@ use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::window::ProduceWindow;
 use crate::kafka::{self, KafkaError, PartitionCache};
 use crate::protocol::chunker::{Chunker, MAX_CHUNK_SIZE};
+use crate::protocol::digest::{Digest, DigestKind};
 use crate::protocol::wire::{self, Body, Frame, JobId, RequestStart};
 use crate::protocol::ErrorCategory;
 use crate::send::destination::Destination;
@@ -64,7 +65,7 @@ impl Link {
 pub(super) async fn transmit(
     link: &Link,
     prepared: Prepared,
-    body_sha256: Option<[u8; 32]>,
+    body_digest: Option<Digest>,
     sink: Option<Destination>,
     request: &Request,
     cfg: &Settings,
@@ -150,8 +151,14 @@ pub(super) async fn transmit(
             }),
         }
     }
+    // A resumed job keeps the digest it was started with, whatever --digest says now.
+    let digest = landed
+        .start
+        .as_ref()
+        .map_or(cfg.digest, |(start, _)| start.digest);
     log::debug!(
-        "job {job}: request partition {request_partition}, reply partition {reply_partition}"
+        "job {job}: request partition {request_partition}, reply partition {reply_partition}, {} digest",
+        digest.label()
     );
 
     // Where to follow the answer from. A new job's answer lands after the
@@ -227,6 +234,7 @@ pub(super) async fn transmit(
                     has_body: body.is_some(),
                     reply_topic: kcfg.response_topic.clone(),
                     reply_partition,
+                    digest,
                 }),
             };
             let mut headers = vec![(
@@ -240,14 +248,14 @@ pub(super) async fn transmit(
                         &kcfg.request_topic,
                         request_partition,
                         rs,
-                        body_sha256,
+                        body_digest,
                         crate::protocol::signing::unix_now(),
                     )
                     .map_err(|e| usage(e.to_string()))?;
                 headers.push((wire::SIGNATURE_HEADER, signature.into_bytes()));
             }
             request_pc
-                .produce(kafka::record(&start, &[], &headers))
+                .produce(kafka::record_in(digest, &start, &[], &headers))
                 .await?
         }
     };
@@ -281,6 +289,7 @@ pub(super) async fn transmit(
                 waiting: &mut waiting,
                 progress: &progress,
                 compression: cfg.compression,
+                digest,
             };
             let failed = match place.body(&mut reader, &prepared, report).await {
                 Ok(how) => {
@@ -352,7 +361,7 @@ pub(super) async fn transmit(
     let Some((sink, mut follower)) = waiting else {
         return Ok(Outcome { job, status: None });
     };
-    receive(sink, show, cfg, job, &mut follower, report).await
+    receive(sink, show, cfg, job, Some(digest), &mut follower, report).await
 }
 
 /// Most times one run resumes an upload broken by a lost connection.
@@ -373,6 +382,8 @@ struct Place<'a> {
     progress: &'a Progress,
     /// How the chunk records may be compressed.
     compression: Codec,
+    /// The job's body digest, and so its frames' version.
+    digest: DigestKind,
 }
 
 impl Place<'_> {
@@ -387,7 +398,7 @@ impl Place<'_> {
         report: &mut Report,
     ) -> Result<String, SendError> {
         let job = self.job;
-        let mut chunker = Chunker::new(job, 1);
+        let mut chunker = Chunker::new(job, 1, self.digest);
         let capacity = produce_window(self.chunk_size);
         let mut window = ProduceWindow::new(self.partition, capacity).compressing(self.compression);
         // Lengths of the chunks in flight, oldest first.
@@ -488,7 +499,7 @@ impl Place<'_> {
         }
         let end = chunker.finish();
         self.partition
-            .produce(kafka::record(&end, &[], &[]))
+            .produce(kafka::record_in(self.digest, &end, &[], &[]))
             .await?;
         Ok(window.compression())
     }

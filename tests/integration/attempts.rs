@@ -27,10 +27,11 @@ fn answer(job: JobId, attempt: Option<&str>, status: u16, body: &[u8]) -> Vec<Re
             status,
             headers: vec![("x-attempt".into(), attempt.unwrap_or("none").into())],
             body_len: Some(body.len() as u64),
+            digest: kafkasend::protocol::digest::DigestKind::Sha256,
         }),
     };
     let mut out = vec![kafka::record(&start, &[], &headers)];
-    let mut chunker = Chunker::new(job, 1);
+    let mut chunker = Chunker::new(job, 1, kafkasend::protocol::digest::DigestKind::Sha256);
     for piece in body.chunks(10_000) {
         let chunk = chunker.chunk(piece.to_vec());
         out.push(kafka::record(&chunk.frame, &chunk.payload, &headers));

@@ -1,6 +1,7 @@
 //! The `send` experience for scripts: `--json`, `-q`, `--no-wait` and `wait`.
 
 use kafkasend::kafka;
+use kafkasend::protocol::digest::DigestKind;
 use kafkasend::protocol::wire::{self, Body, EndInfo, Frame, JobId, ResponseStart};
 use sha2::{Digest, Sha256};
 
@@ -166,6 +167,7 @@ async fn forge_answer(reply: &kafka::Partition, job: JobId, damage: &Damage) {
             status: 200,
             headers: vec![],
             body_len: Some(8),
+            digest: DigestKind::Sha256,
         }),
     };
     let end = Frame {
@@ -174,9 +176,12 @@ async fn forge_answer(reply: &kafka::Partition, job: JobId, damage: &Damage) {
         body: Body::End(EndInfo {
             total_len: damage.total_len.unwrap_or(8),
             chunks: 2,
-            sha256: damage
-                .sha256
-                .unwrap_or_else(|| Sha256::digest(b"abcdefgh").into()),
+            digest: kafkasend::protocol::digest::Digest {
+                kind: DigestKind::Sha256,
+                bytes: damage
+                    .sha256
+                    .unwrap_or_else(|| Sha256::digest(b"abcdefgh").into()),
+            },
         }),
     };
     let records = vec![
@@ -230,7 +235,7 @@ async fn a_damaged_answer_is_refused_with_what_is_wrong_and_leaves_no_output() {
                 ..Damage::default()
             },
             format!(
-                "response SHA-256 {} does not match the portal's {}",
+                "response SHA-256 {} does not match the portal's SHA-256 {}",
                 crate::support::payload::hex(&Sha256::digest(b"abcdefgh")),
                 "ab".repeat(32)
             ),

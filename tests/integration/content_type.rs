@@ -440,11 +440,12 @@ async fn a_forged_dropped_list_is_shown_as_one_bounded_escaped_line() {
             status: 200,
             headers: vec![],
             body_len: Some(0),
+            digest: kafkasend::protocol::digest::DigestKind::Sha256,
         }),
     };
     let mut forged = b"X-A\r\nkafkasend: HTTP 500\x1b[2J\xe2\x80\xae, ".to_vec();
     forged.extend(std::iter::repeat_n(b'B', 200_000));
-    let end = Chunker::new(job, 1).finish();
+    let end = Chunker::new(job, 1, kafkasend::protocol::digest::DigestKind::Sha256).finish();
     pc.produce(kafka::record(
         &start,
         &[],

@@ -195,7 +195,7 @@ async fn verbose_and_json_show_both_heads_without_credentials() {
     assert!(at("< set-cookie: b=2") > at("< set-cookie: a=1; Path=/"));
     assert!(
         lines.iter().any(|l| l
-            .starts_with(&format!("* {} bytes received, SHA-256 ", HEAD_BODY.len()))
+            .starts_with(&format!("* {} bytes received, BLAKE3 ", HEAD_BODY.len()))
             && l.ends_with(" verified")),
         "{err}"
     );

@@ -234,7 +234,7 @@ fn job_frames(
     );
     let reply_to = wire::reply_to_header(&topics.response, 0);
     let mut out = vec![(start, Vec::new(), vec![(wire::REPLY_TO_HEADER, reply_to)])];
-    let mut chunker = Chunker::new(job, 1);
+    let mut chunker = Chunker::new(job, 1, kafkasend::protocol::digest::DigestKind::Sha256);
     for piece in body.chunks(40_000) {
         let c = chunker.chunk(piece.to_vec());
         out.push((c.frame, c.payload, Vec::new()));

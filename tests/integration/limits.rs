@@ -5,7 +5,6 @@ use std::time::Duration;
 use kafkasend::kafka;
 use kafkasend::protocol::wire::{self, Body, EndInfo, Frame, JobId};
 use kafkasend::protocol::ErrorCategory;
-use sha2::{Digest, Sha256};
 
 use crate::support::api::Servers;
 use crate::support::broker::{
@@ -252,7 +251,7 @@ async fn a_full_memory_budget_sends_bodies_to_disk_then_refuses_them() {
             body: Body::End(EndInfo {
                 chunks: 1,
                 total_len: BODY as u64,
-                sha256: Sha256::digest(body).into(),
+                digest: kafkasend::protocol::digest::DigestKind::Sha256.of(body),
             }),
         };
         pc.produce(kafka::record(&end, &[], &[])).await.unwrap();

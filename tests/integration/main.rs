@@ -12,6 +12,7 @@ mod consumer_group;
 mod content_type;
 mod curl_request;
 mod curl_response;
+mod digest;
 mod files;
 mod group;
 mod incremental;

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use kafkasend::kafka::{self, Partition, Record};
 use kafkasend::protocol::wire::{self, Body, EndInfo, Frame, JobId};
 use kafkasend::protocol::ErrorCategory;
-use sha2::{Digest, Sha256};
 
 use crate::support::api::Servers;
 use crate::support::broker::{
@@ -78,7 +77,7 @@ impl HandJob {
             body: Body::End(EndInfo {
                 chunks: self.chunks() as u32,
                 total_len: self.body.len() as u64,
-                sha256: Sha256::digest(of).into(),
+                digest: kafkasend::protocol::digest::DigestKind::Sha256.of(of),
             }),
         };
         kafka::record(&frame, &[], &[])

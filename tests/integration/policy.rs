@@ -232,7 +232,10 @@ fn end_record(job: JobId, seq: u32, chunks: u32) -> Record {
         body: Body::End(EndInfo {
             chunks,
             total_len: 4,
-            sha256: [7; 32],
+            digest: kafkasend::protocol::digest::Digest {
+                kind: kafkasend::protocol::digest::DigestKind::Sha256,
+                bytes: [7; 32],
+            },
         }),
     };
     kafka::record(&frame, &[], &[])
@@ -308,6 +311,7 @@ fn garbage(response_topic: &str) -> Vec<(Record, Option<(JobId, &'static str)>)>
             status: 200,
             headers: vec![],
             body_len: None,
+            digest: kafkasend::protocol::digest::DigestKind::Sha256,
         }),
     };
     out.push((kafka::record(&resp, &[], &[]), None));

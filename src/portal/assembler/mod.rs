@@ -20,12 +20,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
-
 use crate::portal::budget::{Budget, Budgets, Lease};
 use crate::portal::pipe::{Pipe, PipeFeed};
 use crate::portal::spool::{blocks, make_room, Spill, Spool, SpooledBody};
 use crate::protocol::body::{BodyCheck, BodyFault};
+use crate::protocol::digest::Digest;
 use crate::protocol::wire::{Body, ChunkInfo, EndInfo, Frame, JobId, RequestStart};
 use crate::protocol::{ErrorCategory, Failure};
 
@@ -141,12 +140,12 @@ pub(crate) struct CompletedJob {
     pub(crate) start: RequestStart,
     /// The verified body, or for a pipelined job the body still arriving.
     pub(crate) body: SpooledBody,
-    /// SHA-256 of the body (zeros for a pipelined job, whose body is
+    /// Digest of the body (zeros for a pipelined job, whose body is
     /// checked later). The portal does not need it again once the
     /// body is checked; the tests read it to see what the body was checked
     /// against.
     #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) sha256: [u8; 32],
+    pub(crate) digest: Digest,
     /// Offset of the job's start record in the request partition.
     pub(crate) first_offset: i64,
 }
@@ -230,7 +229,7 @@ struct Assembly {
     check: BodyCheck,
     end: Option<EndInfo>,
     /// The body digest the sender signed, when the request was signed.
-    signed_sha256: Option<[u8; 32]>,
+    signed_digest: Option<Digest>,
     /// For a pipelined job: where the job's call learns how far the body
     /// has come, and the verdict.
     pipe: Option<PipeFeed>,
@@ -407,13 +406,14 @@ impl Assembler {
                 ),
             );
         }
+        let digest = start.digest;
         if !start.has_body {
             self.finished.insert(job);
             return Outcome::Complete(CompletedJob {
                 job,
                 start,
                 body: SpooledBody::Empty,
-                sha256: Sha256::digest([]).into(),
+                digest: digest.of(&[]),
                 first_offset: offset,
             });
         }
@@ -434,9 +434,9 @@ impl Assembler {
                 disk: Lease::new(&self.budgets.spool),
                 books,
                 extent: 0,
-                check: BodyCheck::new(),
+                check: BodyCheck::new(digest),
                 end: None,
-                signed_sha256: None,
+                signed_digest: None,
                 pipe: None,
             },
         );
@@ -473,7 +473,10 @@ impl Assembler {
             job,
             start: a.start.clone(),
             body: SpooledBody::Piped(pipe),
-            sha256: [0; 32],
+            digest: Digest {
+                kind: a.start.digest,
+                bytes: [0; 32],
+            },
             first_offset: a.first_offset,
         })
     }
@@ -700,7 +703,7 @@ impl Assembler {
         self.finished.insert(job);
         let digest = match a.check.digest() {
             Some(d) => Ok(d),
-            None => a.spool.digest(end.total_len),
+            None => a.spool.digest(a.check.kind(), end.total_len),
         };
         let digest = match digest {
             Ok(d) => d,
@@ -716,9 +719,8 @@ impl Assembler {
         if let Err(fault) = a.check.verify_end(&end, &digest) {
             let msg = match fault {
                 BodyFault::Digest { computed } => format!(
-                    "request body SHA-256 {} does not match the sender's {}",
-                    crate::protocol::chunker::hex(&computed),
-                    crate::protocol::chunker::hex(&end.sha256)
+                    "request body {computed} does not match the sender's {}",
+                    end.digest
                 ),
                 // Checked above already, before the body was read back;
                 // and a chunk's CRC32C when it was taken.
@@ -730,16 +732,12 @@ impl Assembler {
             };
             return Outcome::Failed(failed(job, a, ErrorCategory::Integrity, msg));
         }
-        if let Some(signed) = a.signed_sha256.filter(|s| *s != digest) {
+        if let Some(signed) = a.signed_digest.filter(|s| *s != digest) {
             return Outcome::Failed(failed(
                 job,
                 a,
                 ErrorCategory::Integrity,
-                format!(
-                    "request body SHA-256 {} does not match the signed digest {}",
-                    crate::protocol::chunker::hex(&digest),
-                    crate::protocol::chunker::hex(&signed)
-                ),
+                format!("request body {digest} does not match the signed digest {signed}"),
             ));
         }
         if let Some(feed) = a.pipe.take() {
@@ -751,7 +749,7 @@ impl Assembler {
             job,
             start: a.start,
             body,
-            sha256: digest,
+            digest,
             first_offset: a.first_offset,
         })
     }
@@ -785,13 +783,13 @@ impl Assembler {
         }
     }
 
-    /// Requires the body of the assembling `job` to have SHA-256 `digest`
-    /// (the digest its sender signed), or the job fails with `Integrity`;
+    /// Requires the body of the assembling `job` to have `digest` (the
+    /// digest its sender signed), or the job fails with `Integrity`;
     /// `false` when no such job is assembling.
-    pub(crate) fn expect_digest(&mut self, job: JobId, digest: [u8; 32]) -> bool {
+    pub(crate) fn expect_digest(&mut self, job: JobId, digest: Digest) -> bool {
         match self.jobs.get_mut(&job) {
             Some(a) => {
-                a.signed_sha256 = Some(digest);
+                a.signed_digest = Some(digest);
                 true
             }
             None => false,

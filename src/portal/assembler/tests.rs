@@ -1,7 +1,8 @@
 use super::*;
 use crate::portal::pipe::PipeState;
 use crate::protocol::chunker::Chunker;
-use crate::protocol::wire::{decode, encode};
+use crate::protocol::digest::DigestKind;
+use crate::protocol::wire::{decode, encode, encode_in};
 use proptest::prelude::*;
 use std::sync::Arc;
 
@@ -17,20 +18,72 @@ fn start(job: JobId, body_len: Option<u64>) -> Frame {
             has_body: true,
             reply_topic: "r".into(),
             reply_partition: 0,
+            digest: DigestKind::Sha256,
         }),
     }
 }
 
 /// Every record of one job, encoded as it would travel.
 fn records(job: JobId, body: &[u8], chunk: usize) -> Vec<Vec<u8>> {
-    let mut out = vec![encode(&start(job, Some(body.len() as u64)), &[])];
-    let mut c = Chunker::new(job, 1);
+    records_in(DigestKind::Sha256, job, body, chunk)
+}
+
+/// Every record of one job whose bodies have `digest`.
+fn records_in(digest: DigestKind, job: JobId, body: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    let mut first = start(job, Some(body.len() as u64));
+    if let Body::RequestStart(s) = &mut first.body {
+        s.digest = digest;
+    }
+    let mut out = vec![encode_in(digest, &first, &[])];
+    let mut c = Chunker::new(job, 1, digest);
     for piece in body.chunks(chunk.max(1)) {
         let ch = c.chunk(piece.to_vec());
-        out.push(encode(&ch.frame, &ch.payload));
+        out.push(encode_in(digest, &ch.frame, &ch.payload));
     }
-    out.push(encode(&c.finish(), &[]));
+    out.push(encode_in(digest, &c.finish(), &[]));
     out
+}
+
+#[test]
+fn a_blake3_job_is_checked_with_blake3_in_memory_and_from_the_spool() {
+    let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    for threshold in [0, 1024 * 1024] {
+        // In order, and with the last two chunks swapped (digested from the spool).
+        for swap in [false, true] {
+            let job = JobId::new();
+            let mut recs = records_in(DigestKind::Blake3, job, &body, 1000);
+            assert!(recs.iter().all(|r| r[4] == 2), "every record in version 2");
+            if swap {
+                recs.swap(4, 5);
+            }
+            let mut asm = Assembler::new(limits(threshold));
+            let last = feed(&mut asm, &recs);
+            let Outcome::Complete(mut c) = last else {
+                panic!("threshold {threshold} swap {swap}: {last:?}");
+            };
+            assert_eq!(c.start.digest, DigestKind::Blake3);
+            assert_eq!(c.digest, DigestKind::Blake3.of(&body));
+            assert_eq!(body_bytes(&mut c.body), body);
+        }
+    }
+    // The same job closed by the body's SHA-256, right as it is, fails:
+    // a job has one digest, its start record's.
+    let job = JobId::new();
+    let mut recs = records_in(DigestKind::Blake3, job, &body, 1000);
+    let last = recs.len() - 1;
+    let (mut end, _) = decode(&recs[last]).unwrap();
+    if let Body::End(e) = &mut end.body {
+        e.digest = DigestKind::Sha256.of(&body);
+    }
+    recs[last] = encode_in(DigestKind::Blake3, &end, &[]);
+    let f = failure(feed(&mut Assembler::new(limits(0)), &recs));
+    assert_eq!(f.category, ErrorCategory::Integrity);
+    assert!(
+        f.message.starts_with("request body BLAKE3 ")
+            && f.message.contains("does not match the sender's SHA-256 "),
+        "{}",
+        f.message
+    );
 }
 
 fn body_bytes(b: &mut SpooledBody) -> Vec<u8> {
@@ -137,6 +190,7 @@ fn arb_hostile_frame(jobs: Vec<JobId>) -> impl Strategy<Value = (Frame, Vec<u8>)
                 has_body,
                 reply_topic: "r".into(),
                 reply_partition: 0,
+                digest: DigestKind::Sha256,
             })
         });
     let payload = prop::collection::vec(any::<u8>(), 0..600);
@@ -154,11 +208,14 @@ fn arb_hostile_frame(jobs: Vec<JobId>) -> impl Strategy<Value = (Frame, Vec<u8>)
             data,
         )
     });
-    let end = (0u32..20, 0u64..6000, any::<[u8; 32]>()).prop_map(|(chunks, total_len, sha256)| {
+    let end = (0u32..20, 0u64..6000, any::<[u8; 32]>()).prop_map(|(chunks, total_len, bytes)| {
         Body::End(EndInfo {
             chunks,
             total_len,
-            sha256,
+            digest: Digest {
+                kind: DigestKind::Sha256,
+                bytes,
+            },
         })
     });
     let body = prop_oneof![
@@ -204,8 +261,7 @@ proptest! {
             if let Outcome::Complete(mut c) = asm.accept(frame, payload, offset as i64, Instant::now()) {
                 let body = body_bytes(&mut c.body);
                 prop_assert_eq!(c.body.len(), body.len() as u64);
-                let digest: [u8; 32] = Sha256::digest(&body).into();
-                prop_assert_eq!(digest, c.sha256);
+                prop_assert_eq!(DigestKind::Sha256.of(&body), c.digest);
             }
             prop_assert!(asm.len() <= 3);
             prop_assert!(budgets.spool.used() <= 12288);
@@ -718,7 +774,7 @@ fn budgets_are_given_back_however_a_job_ends() {
 
     // Failed: a chunk with a bad checksum, then aborted from outside.
     let (mem, disk) = pending(&mut asm);
-    let mut bad = Chunker::new(mem, 4);
+    let mut bad = Chunker::new(mem, 4, DigestKind::Sha256);
     let mut c = bad.chunk(vec![1; 10]);
     if let Body::Chunk(info) = &mut c.frame.body {
         info.crc32c ^= 1;
@@ -916,7 +972,7 @@ fn chunk_count_and_size_limits_name_their_settings() {
             EndInfo {
                 chunks: 21,
                 total_len: 100,
-                sha256: [0; 32],
+                digest: DigestKind::Sha256.of(b""),
             },
             "PORTAL_MAX_CHUNKS",
         ),
@@ -924,7 +980,7 @@ fn chunk_count_and_size_limits_name_their_settings() {
             EndInfo {
                 chunks: 10,
                 total_len: 1001,
-                sha256: [0; 32],
+                digest: DigestKind::Sha256.of(b""),
             },
             "PORTAL_MAX_BODY_BYTES",
         ),
@@ -1004,6 +1060,7 @@ fn records_of_jobs_not_started_here_are_reported_once_per_job() {
             status: 200,
             headers: vec![],
             body_len: None,
+            digest: DigestKind::Sha256,
         }),
     };
     assert!(matches!(
@@ -1047,7 +1104,7 @@ fn wrong_digest_never_completes() {
     let last = recs.len() - 1;
     let (mut end, _) = decode(&recs[last]).unwrap();
     if let Body::End(e) = &mut end.body {
-        e.sha256[0] ^= 0xff;
+        e.digest.bytes[0] ^= 0xff;
     }
     recs[last] = encode(&end, &[]);
     let mut asm = Assembler::new(limits(100));
@@ -1092,7 +1149,7 @@ fn undeclared_stream_over_the_limit_is_rejected_while_assembling() {
         asm.accept(start(job, None), &[], 0, Instant::now()),
         Outcome::Pending
     ));
-    let mut c = Chunker::new(job, 1);
+    let mut c = Chunker::new(job, 1, DigestKind::Sha256);
     let a = c.chunk(vec![0; 1000]);
     assert!(matches!(
         asm.accept(a.frame, &a.payload, 1, Instant::now()),
@@ -1127,7 +1184,11 @@ fn idle_jobs_expire_and_report_their_first_offset() {
 #[test]
 fn a_body_other_than_the_signed_one_fails_with_integrity() {
     let body = b"signed body".to_vec();
-    for (signed, ok) in [(Sha256::digest(&body).into(), true), ([9u8; 32], false)] {
+    let wrong = Digest {
+        kind: DigestKind::Sha256,
+        bytes: [9; 32],
+    };
+    for (signed, ok) in [(DigestKind::Sha256.of(&body), true), (wrong, false)] {
         let job = JobId::new();
         let mut asm = Assembler::new(Limits::default());
         assert!(!asm.knows(&job));
@@ -1141,7 +1202,7 @@ fn a_body_other_than_the_signed_one_fails_with_integrity() {
             }
         }
         match (ok, last) {
-            (true, Outcome::Complete(c)) => assert_eq!(c.sha256, signed),
+            (true, Outcome::Complete(c)) => assert_eq!(c.digest, signed),
             (false, Outcome::Failed(f)) => {
                 assert_eq!(f.category, ErrorCategory::Integrity);
                 assert!(f.message.contains("signed digest"), "{}", f.message);
@@ -1188,7 +1249,7 @@ fn end_claiming(job: JobId, total_len: u64, chunks: u32, body: &[u8]) -> (Frame,
     let end = EndInfo {
         total_len,
         chunks,
-        sha256: Sha256::digest(body).into(),
+        digest: DigestKind::Sha256.of(body),
     };
     let frame = Frame {
         job,
@@ -1297,7 +1358,7 @@ fn a_body_read_back_from_the_spool_must_match_the_senders_digest() {
             b"0123456789",
         ),
     ];
-    let hex = |b: &[u8]| crate::protocol::chunker::hex(&Sha256::digest(b));
+    let hex = |b: &[u8]| DigestKind::Sha256.of(b).hex();
     for threshold in [0, 1024 * 1024] {
         let mut asm = Assembler::new(limits(threshold));
         for (frames, held, claimed) in cases {
@@ -1307,7 +1368,7 @@ fn a_body_read_back_from_the_spool_must_match_the_senders_digest() {
             assert_eq!(
                 f.message,
                 format!(
-                    "request body SHA-256 {} does not match the sender's {}",
+                    "request body SHA-256 {} does not match the sender's SHA-256 {}",
                     hex(held),
                     hex(claimed)
                 )

@@ -263,6 +263,7 @@ fn start(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestStart {
         has_body: false,
         reply_topic: "r".into(),
         reply_partition: 0,
+        digest: crate::protocol::digest::DigestKind::Sha256,
     }
 }
 

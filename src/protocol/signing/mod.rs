@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::protocol::chunker::hex;
+use crate::protocol::digest::{self, DigestKind};
 use crate::protocol::wire::{JobId, RequestStart};
 use crate::util::file_read::{self, Kind};
 
@@ -160,18 +161,25 @@ impl Signer {
     }
 
     /// Signs the start record of `job`, bound for `request_topic` partition
-    /// `request_partition`; `body_sha256` is the digest of the whole body, or
-    /// `None` when the request has none. `now` is Unix seconds.
+    /// `request_partition`; `body_digest` is the digest of the whole body (of
+    /// the start's digest kind), or `None` when the request has none. `now`
+    /// is Unix seconds.
     pub(crate) fn sign(
         &self,
         job: JobId,
         request_topic: &str,
         request_partition: i32,
         start: &RequestStart,
-        body_sha256: Option<[u8; 32]>,
+        body_digest: Option<digest::Digest>,
         now: u64,
     ) -> Result<String, KeyError> {
-        let claims = Claims::of(job, request_topic, request_partition, start, body_sha256)
+        if let Some(d) = body_digest.filter(|d| d.kind != start.digest) {
+            return Err(KeyError(format!(
+                "the body digest is {} but the request uses {}",
+                d.kind, start.digest
+            )));
+        }
+        let claims = Claims::of(job, request_topic, request_partition, start, body_digest)
             .timed(now, self.ttl.as_secs());
         jsonwebtoken::encode(&Header::new(self.kind.algorithm()), &claims, &self.key)
             .map_err(|e| KeyError(format!("signing the request failed: {e}")))
@@ -274,8 +282,12 @@ struct Claims {
     h: String,
     /// Declared body length.
     n: Option<u64>,
-    /// Hex SHA-256 of the body; `None` when there is no body.
+    /// Hex digest of the body; `None` when there is no body.
     b: Option<String>,
+    /// The job's digest algorithm, `blake3`; absent for SHA-256, so a
+    /// version 1 signature is what it always was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    d: Option<String>,
     /// Reply address, as in the `kafkasend-reply-to` header.
     r: String,
     /// Issued at, Unix seconds.
@@ -290,7 +302,7 @@ impl Claims {
         request_topic: &str,
         request_partition: i32,
         start: &RequestStart,
-        body_sha256: Option<[u8; 32]>,
+        body_digest: Option<digest::Digest>,
     ) -> Self {
         Self {
             jti: job.to_string(),
@@ -300,7 +312,8 @@ impl Claims {
             p: start.path.clone(),
             h: hex(&headers_sha256(&start.headers)),
             n: start.body_len,
-            b: body_sha256.map(|d| hex(&d)),
+            b: body_digest.map(|d| d.hex()),
+            d: (start.digest != DigestKind::Sha256).then(|| start.digest.name().to_string()),
             r: reply_to(start),
             iat: 0,
             exp: 0,
@@ -381,8 +394,8 @@ pub(crate) enum Rejection {
 /// A start record whose signature checked out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Verified {
-    /// The signed SHA-256 of the body; `None` for a request without one.
-    pub body_sha256: Option<[u8; 32]>,
+    /// The signed digest of the body; `None` for a request without one.
+    pub body_digest: Option<digest::Digest>,
     /// File name of the key that verified it.
     pub key: String,
 }
@@ -470,18 +483,21 @@ impl Verifier {
             (claims.h != expected.h, "header list"),
             (claims.n != expected.n, "declared body length"),
             (claims.b.is_some() != start.has_body, "body presence"),
+            (claims.d != expected.d, "body digest algorithm"),
             (claims.r != expected.r, "reply address"),
         ];
         if let Some((_, field)) = mismatch.iter().find(|(differs, _)| *differs) {
             return Err(Rejection::Mismatch(field));
         }
-        let body_sha256 =
-            match &claims.b {
-                None => None,
-                Some(b) => Some(parse_digest(b).ok_or_else(|| {
+        let body_digest = match &claims.b {
+            None => None,
+            Some(b) => Some(digest::Digest {
+                kind: start.digest,
+                bytes: parse_digest(b).ok_or_else(|| {
                     Rejection::Malformed("body digest is not 64 hex digits".into())
-                })?),
-            };
+                })?,
+            }),
+        };
         if claims.exp < claims.iat {
             return Err(Rejection::Malformed(
                 "it expires before it was issued".into(),
@@ -507,7 +523,7 @@ impl Verifier {
             claims.exp.saturating_add(LEEWAY_SECS),
             now,
         )?;
-        Ok(Verified { body_sha256, key })
+        Ok(Verified { body_digest, key })
     }
 
     /// The claims of a token verified by one of the trusted keys, and that key's name.

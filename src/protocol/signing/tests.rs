@@ -45,6 +45,7 @@ fn start(has_body: bool) -> RequestStart {
         has_body,
         reply_topic: "api-responses".into(),
         reply_partition: 2,
+        digest: DigestKind::Sha256,
     }
 }
 
@@ -74,9 +75,7 @@ fn fixture(kind: KeyType) -> Fixture {
 }
 
 fn sign(s: &Signer, job: JobId, st: &RequestStart, now: u64) -> Vec<u8> {
-    let digest = st
-        .has_body
-        .then(|| <[u8; 32]>::from(Sha256::digest(b"hello")));
+    let digest = st.has_body.then(|| st.digest.of(b"hello"));
     s.sign(job, TOPIC, 1, st, digest, now).unwrap().into_bytes()
 }
 
@@ -93,10 +92,88 @@ fn round_trips_with_both_key_types() {
                 .verify(job, &st, Some(&sig), 1, 10, NOW + 5)
                 .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
             assert_eq!(v.key, "sender.pub.pem");
-            let want = has_body.then(|| <[u8; 32]>::from(Sha256::digest(b"hello")));
-            assert_eq!(v.body_sha256, want);
+            let want = has_body.then(|| DigestKind::Sha256.of(b"hello"));
+            assert_eq!(v.body_digest, want);
         }
     }
+}
+
+/// The claims of a token, read without checking its signature.
+fn claims_of(sig: &[u8]) -> serde_json::Value {
+    let text = std::str::from_utf8(sig).unwrap();
+    let payload = text.split('.').nth(1).unwrap();
+    let json =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap();
+    serde_json::from_slice(&json).unwrap()
+}
+
+#[test]
+fn a_blake3_request_signs_its_algorithm_and_a_sha256_one_as_before() {
+    let f = fixture(KeyType::Ed25519);
+    let job = JobId::new();
+    let sha = start(true);
+    let claims = claims_of(&sign(&f.signer, job, &sha, NOW));
+    // Version 1 claims are unchanged: no `d`, `b` the SHA-256.
+    assert!(claims.get("d").is_none(), "{claims}");
+    assert_eq!(claims["b"], DigestKind::Sha256.of(b"hello").hex());
+    let b3 = RequestStart {
+        digest: DigestKind::Blake3,
+        ..start(true)
+    };
+    let sig = sign(&f.signer, job, &b3, NOW);
+    let claims = claims_of(&sig);
+    assert_eq!(claims["d"], "blake3");
+    assert_eq!(claims["b"], DigestKind::Blake3.of(b"hello").hex());
+    let v = f.verifier.verify(job, &b3, Some(&sig), 1, 10, NOW).unwrap();
+    assert_eq!(v.body_digest, Some(DigestKind::Blake3.of(b"hello")));
+    // Even with no body the algorithm is signed: it digests the response too.
+    let bare = RequestStart {
+        digest: DigestKind::Blake3,
+        ..start(false)
+    };
+    assert_eq!(claims_of(&sign(&f.signer, job, &bare, NOW))["d"], "blake3");
+}
+
+#[test]
+fn a_signature_of_one_digest_algorithm_does_not_verify_for_the_other() {
+    let f = fixture(KeyType::P256);
+    let b3 = RequestStart {
+        digest: DigestKind::Blake3,
+        ..start(true)
+    };
+    for (signed, presented) in [(&b3, start(true)), (&start(true), b3.clone())] {
+        for has_body in [true, false] {
+            let job = JobId::new();
+            let signed = RequestStart {
+                has_body,
+                body_len: has_body.then_some(5),
+                ..signed.clone()
+            };
+            let presented = RequestStart {
+                has_body,
+                body_len: has_body.then_some(5),
+                ..presented.clone()
+            };
+            let sig = sign(&f.signer, job, &signed, NOW);
+            let err = f
+                .verifier
+                .verify(job, &presented, Some(&sig), 1, 10, NOW)
+                .unwrap_err();
+            assert_eq!(err, Rejection::Mismatch("body digest algorithm"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn a_body_digest_of_another_algorithm_than_the_start_is_not_signed() {
+    let f = fixture(KeyType::Ed25519);
+    let b3 = RequestStart {
+        digest: DigestKind::Blake3,
+        ..start(true)
+    };
+    let wrong = Some(DigestKind::Sha256.of(b"hello"));
+    let err = f.signer.sign(JobId::new(), TOPIC, 1, &b3, wrong, NOW);
+    assert!(err.unwrap_err().to_string().contains("sha256"));
 }
 
 #[test]

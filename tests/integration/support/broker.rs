@@ -369,6 +369,7 @@ pub fn post_start(
             has_body: true,
             reply_topic: reply_topic.into(),
             reply_partition: 0,
+            digest: kafkasend::protocol::digest::DigestKind::Sha256,
         }),
     }
 }
