@@ -47,8 +47,9 @@ pub fn tune_allocator() {
 /// It is built without transparent huge pages (the `no_thp` feature in
 /// Cargo.toml): mimalloc would ask for them on its arenas, and a 2 MiB
 /// page stays resident while any of its 64 KiB slices is in use, so freed
-/// buffers were not given back. A static portal peaked at 89 MiB with one
-/// 1 GiB upload and 172 MiB with eight; without huge pages, 28 and 93 MiB.
+/// buffers were not given back. A static portal peaked at about 85 MiB
+/// with one 1 GiB upload and 170 MiB with eight; without huge pages, about
+/// 34 MiB and 75 to 110 MiB.
 #[cfg(target_env = "musl")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
