@@ -1,7 +1,7 @@
 //! `--compressed`: the response body decoded by its `Content-Encoding` while
 //! it streams.
 //!
-//! Decoding comes after the checks: the CRC32C, length and SHA-256 cover
+//! Decoding comes after the checks: the CRC32C, length and digest cover
 //! the bytes the API sent (and the portal relayed), so a body is verified
 //! whether or not it can be decoded, and `bytes_received` counts those bytes.
 //! Each [`Decoder::step`] gives at most about [`PIECE`] bytes, so a small body

@@ -9,7 +9,7 @@
 //!    or the files and fields of a `-F` or `--multipart` form). The output is opened next, so a bad request, an
 //!    unreadable body or an output that cannot be written fails before the
 //!    broker is asked anything. A signed request's body is read once here for
-//!    its SHA-256.
+//!    its digest (`--digest`).
 //! 2. [`upload`] connects ([`Link`]), picks the request and reply partitions
 //!    from the job id, and notes where the reply partition ends *before*
 //!    producing anything, so even an instant answer lands after that offset.
@@ -21,7 +21,7 @@
 //!    request headers the portal did not forward, named in a
 //!    [`Notice::PortalDroppedHeaders`]), then each
 //!    chunk checked and streamed to its destination, then the end record,
-//!    which must agree on length and SHA-256 before a file output is renamed
+//!    which must agree on length and digest before a file output is renamed
 //!    into place. Two portals may answer one job at once: [`attempts`]
 //!    picks one answer and [`reply`] reads another again from its start if
 //!    that one fails or stalls. The wait ends `--timeout` after the last

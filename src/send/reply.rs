@@ -1052,16 +1052,20 @@ mod tests {
         cfg: &Settings,
         report: &mut Report,
     ) -> Result<Outcome, SendError> {
-        let job = script
-            .items
+        let job = job_of(&script.items);
+        let sink = Destination::open(Some(output), options)?;
+        receive(sink, Show::default(), cfg, job, None, script, report).await
+    }
+
+    /// The job of the first record in `items`.
+    fn job_of(items: &[Reply]) -> JobId {
+        items
             .iter()
             .find_map(|i| match i {
                 Reply::Record(rec) => Some(rec.frame.job),
                 _ => None,
             })
-            .unwrap_or_default();
-        let sink = Destination::open(Some(output), options)?;
-        receive(sink, Show::default(), cfg, job, None, script, report).await
+            .unwrap_or_default()
     }
 
     /// An answer of `body` whose bodies are digested with `kind`, as a
@@ -1094,14 +1098,7 @@ mod tests {
     ) -> Result<Outcome, SendError> {
         let sink = Destination::open(Some(output), &ResponseOptions::default())?;
         let mut script = Script::new(items);
-        let job = script
-            .items
-            .iter()
-            .find_map(|i| match i {
-                Reply::Record(rec) => Some(rec.frame.job),
-                _ => None,
-            })
-            .unwrap_or_default();
+        let job = job_of(&script.items);
         let cfg = config();
         receive(
             sink,

@@ -15,7 +15,7 @@ use kafkasend::protocol::wire::{self, Body, EndInfo, Frame, JobId};
 use kafkasend::protocol::ErrorCategory;
 
 use crate::support::api::{bytes_route_body, json, Servers};
-use crate::support::broker::{error_replies, kafka_settings, post_start, records_in, Topics};
+use crate::support::broker::{kafka_settings, post_start, records_in, wait_error, Topics};
 use crate::support::payload::{pattern, pattern_file, sha256_hex};
 use crate::support::run::{kafkasend_cmd, send, send_with_env, Portal, SendResult};
 use crate::support::WAIT;
@@ -245,22 +245,6 @@ async fn hand_job(
     }
     for r in records {
         pc.produce(r).await.unwrap();
-    }
-}
-
-/// The error reply of `job`, once there.
-async fn wait_error(topics: &Topics, job: JobId, portal: &Portal) -> (ErrorCategory, String) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(e) = error_replies(topics).await.remove(&job) {
-            return e;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no error reply for job {job}; portal log:\n{}",
-            portal.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

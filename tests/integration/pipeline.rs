@@ -12,7 +12,7 @@ use kafkasend::protocol::ErrorCategory;
 
 use crate::support::api::Servers;
 use crate::support::broker::{
-    chunk_record, error_replies, kafka_settings, post_start, records_in, Topics,
+    chunk_record, error_replies, kafka_settings, post_start, records_in, wait_error, Topics,
 };
 use crate::support::payload::{pattern, pattern_file, sha256_hex};
 use crate::support::run::{send, Portal};
@@ -155,22 +155,6 @@ async fn wait_answer(topics: &Topics, job: JobId, portal: &Portal) -> (u16, Vec<
         assert!(
             tokio::time::Instant::now() < deadline,
             "no answer for job {job}; portal log:\n{}",
-            portal.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits (bounded) for the error reply to `job`.
-async fn wait_error(topics: &Topics, job: JobId, portal: &Portal) -> (ErrorCategory, String) {
-    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
-    loop {
-        if let Some(e) = error_replies(topics).await.remove(&job) {
-            return e;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no error reply for job {job}; portal log:\n{}",
             portal.log()
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

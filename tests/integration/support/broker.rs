@@ -12,6 +12,7 @@ use kafkasend::kafka::{self, Record};
 use kafkasend::protocol::wire::{Body, ChunkInfo, Frame, JobId, RequestStart};
 use kafkasend::protocol::ErrorCategory;
 
+use super::run::Portal;
 use super::WAIT;
 
 /// `scripts/kafka`, which starts brokers and runs Kafka's own tools.
@@ -394,4 +395,20 @@ pub async fn error_replies(topics: &Topics) -> BTreeMap<JobId, (ErrorCategory, S
             _ => None,
         })
         .collect()
+}
+
+/// Waits (bounded by [`WAIT`]) for the error reply to `job`.
+pub async fn wait_error(topics: &Topics, job: JobId, portal: &Portal) -> (ErrorCategory, String) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(e) = error_replies(topics).await.remove(&job) {
+            return e;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no error reply for job {job}; portal log:\n{}",
+            portal.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
