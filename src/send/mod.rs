@@ -109,7 +109,9 @@ pub(crate) async fn wait(
     tokio::select! {
         biased;
         signal = interrupt => Err(SendError::Interrupted { job: Some(job), signal }),
-        r = follow_job(job, sink, pickup.show, cfg, report) => r,
+        // The hint holds here too: after `--no-wait` the whole body went
+        // out before the older portal's refusal could be read.
+        r = follow_job(job, sink, pickup.show, cfg, report) => r.map_err(older_portal_hint),
     }
 }
 
