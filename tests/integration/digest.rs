@@ -200,7 +200,19 @@ async fn hand_job(
     upto: Option<usize>,
     end: Option<Digest>,
 ) {
-    let v2 = DigestKind::Blake3;
+    hand_job_in(DigestKind::Blake3, topics, job, body, chunk, upto, end).await;
+}
+
+/// [`hand_job`] for a job digested with `v2` (SHA-256: written in version 1).
+async fn hand_job_in(
+    v2: DigestKind,
+    topics: &Topics,
+    job: JobId,
+    body: &[u8],
+    chunk: usize,
+    upto: Option<usize>,
+    end: Option<Digest>,
+) {
     let pc = request_partition(topics, job).await;
     let mut start = post_start(
         job,
@@ -339,10 +351,16 @@ async fn a_blake3_job_resumes_with_its_own_digest() {
     let (file, sha) = pattern_file(dir.path(), "big.bin", 62, 40 * chunk + 123);
     let body = std::fs::read(&file).unwrap();
     // Started with BLAKE3, resumed once with the default and once asking
-    // for SHA-256: the job's start record decides.
-    for more in [&[][..], &["--digest", "sha256"][..]] {
+    // for SHA-256; started with SHA-256 (an older build), resumed with the
+    // default: the job's start record decides.
+    let cases = [
+        (DigestKind::Blake3, &[][..], "blake3"),
+        (DigestKind::Blake3, &["--digest", "sha256"][..], "blake3"),
+        (DigestKind::Sha256, &[][..], "sha256"),
+    ];
+    for (kind, more, name) in cases {
         let job = JobId::new();
-        hand_job(&topics, job, &body, chunk, Some(15), None).await;
+        hand_job_in(kind, &topics, job, &body, chunk, Some(15), None).await;
         let reply = dir.path().join("reply.json");
         let mut args = vec![file.to_str().unwrap(), "--endpoint", "/api/upload"];
         let id = job.to_string();
@@ -352,19 +370,20 @@ async fn a_blake3_job_resumes_with_its_own_digest() {
         assert_eq!(out.code, 0, "{more:?}: {}", out.stderr);
         let summary = json(&out.stdout);
         assert_eq!(summary["bytes_found"], 15 * chunk as u64, "{summary}");
-        assert_eq!(summary["digest"], "blake3", "{more:?}: {summary}");
+        assert_eq!(summary["digest"], name, "{more:?}: {summary}");
         assert_eq!(
             json(&std::fs::read(&reply).unwrap())["body_sha256"],
             sha.as_str()
         );
+        let version = if kind == DigestKind::Blake3 { 2 } else { 1 };
         let sent = end_of(
             &job_records(&topics, &topics.request, job).await,
-            2,
+            version,
             "resumed",
         );
-        assert_eq!(sent.digest, DigestKind::Blake3.of(&body), "{more:?}");
+        assert_eq!(sent.digest, kind.of(&body), "{more:?}");
     }
-    assert_eq!(servers.state.requests().len(), 2, "one call per job");
+    assert_eq!(servers.state.requests().len(), 3, "one call per job");
     check_no_part_files(dir.path());
 }
 
