@@ -180,8 +180,9 @@ fn arb_hostile_frame(jobs: Vec<JobId>) -> impl Strategy<Value = (Frame, Vec<u8>)
         any::<Option<u64>>(),
         any::<bool>(),
         prop::sample::select(vec!["/a", "/b"]),
+        arb_digest_kind(),
     )
-        .prop_map(|(body_len, has_body, path)| {
+        .prop_map(|(body_len, has_body, path, digest)| {
             Body::RequestStart(RequestStart {
                 method: "POST".into(),
                 path: path.into(),
@@ -190,7 +191,7 @@ fn arb_hostile_frame(jobs: Vec<JobId>) -> impl Strategy<Value = (Frame, Vec<u8>)
                 has_body,
                 reply_topic: "r".into(),
                 reply_partition: 0,
-                digest: DigestKind::Sha256,
+                digest,
             })
         });
     let payload = prop::collection::vec(any::<u8>(), 0..600);
@@ -208,16 +209,15 @@ fn arb_hostile_frame(jobs: Vec<JobId>) -> impl Strategy<Value = (Frame, Vec<u8>)
             data,
         )
     });
-    let end = (0u32..20, 0u64..6000, any::<[u8; 32]>()).prop_map(|(chunks, total_len, bytes)| {
-        Body::End(EndInfo {
-            chunks,
-            total_len,
-            digest: Digest {
-                kind: DigestKind::Sha256,
-                bytes,
-            },
-        })
-    });
+    let end = (0u32..20, 0u64..6000, any::<[u8; 32]>(), arb_digest_kind()).prop_map(
+        |(chunks, total_len, bytes, kind)| {
+            Body::End(EndInfo {
+                chunks,
+                total_len,
+                digest: Digest { kind, bytes },
+            })
+        },
+    );
     let body = prop_oneof![
         start.prop_map(|b| (b, vec![])),
         chunk,
@@ -225,6 +225,11 @@ fn arb_hostile_frame(jobs: Vec<JobId>) -> impl Strategy<Value = (Frame, Vec<u8>)
     ];
     (job, 0u32..30, body)
         .prop_map(|(job, seq, (body, payload))| (Frame { job, seq, body }, payload))
+}
+
+/// Either digest: a hostile sender mixes start and end records of both.
+fn arb_digest_kind() -> impl Strategy<Value = DigestKind> {
+    prop::sample::select(vec![DigestKind::Sha256, DigestKind::Blake3])
 }
 
 proptest! {
@@ -261,7 +266,9 @@ proptest! {
             if let Outcome::Complete(mut c) = asm.accept(frame, payload, offset as i64, Instant::now()) {
                 let body = body_bytes(&mut c.body);
                 prop_assert_eq!(c.body.len(), body.len() as u64);
-                prop_assert_eq!(DigestKind::Sha256.of(&body), c.digest);
+                // Digested as its start record's version says, whatever
+                // the end record claimed.
+                prop_assert_eq!(c.start.digest.of(&body), c.digest);
             }
             prop_assert!(asm.len() <= 3);
             prop_assert!(budgets.spool.used() <= 12288);
