@@ -1027,16 +1027,7 @@ fn repeated_flags_behave_as_in_curl() {
 #[test]
 fn group_protocol_is_auto_consumer_or_classic() {
     use crate::kafka::group::GroupProtocol;
-    let resolve = |extra: &[&str]| {
-        let mut argv = vec![
-            "--target-api-url",
-            "http://127.0.0.1:1",
-            "--use-oauth",
-            "false",
-        ];
-        argv.extend_from_slice(extra);
-        resolve_portal(&portal_args(&argv)).map(|c| c.group.protocol)
-    };
+    let resolve = |extra: &[&str]| local_portal(extra).map(|c| c.group.protocol);
     assert_eq!(resolve(&[]).unwrap(), GroupProtocol::Auto);
     assert_eq!(
         resolve(&["--group-protocol", " "]).unwrap(),

@@ -114,8 +114,3 @@ impl Chunker {
         }
     }
 }
-
-/// Hex form of a digest, for messages and logs.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}

@@ -97,7 +97,7 @@ pub struct Digest {
 impl Digest {
     /// Lower-case hex of the bytes, without the algorithm.
     pub fn hex(&self) -> String {
-        self.bytes.iter().map(|b| format!("{b:02x}")).collect()
+        hex(&self.bytes)
     }
 }
 
@@ -105,6 +105,11 @@ impl std::fmt::Display for Digest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.kind.label(), self.hex())
     }
+}
+
+/// Lower-case hex of a digest's bytes, for messages, logs and claims.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A running digest of either kind.

@@ -203,9 +203,9 @@ async fn hand_job(
     hand_job_in(DigestKind::Blake3, topics, job, body, chunk, upto, end).await;
 }
 
-/// [`hand_job`] for a job digested with `v2` (SHA-256: written in version 1).
+/// [`hand_job`] for a job digested with `kind` (SHA-256: written in version 1).
 async fn hand_job_in(
-    v2: DigestKind,
+    kind: DigestKind,
     topics: &Topics,
     job: JobId,
     body: &[u8],
@@ -222,11 +222,11 @@ async fn hand_job_in(
         &topics.response,
     );
     if let Body::RequestStart(s) = &mut start.body {
-        s.digest = v2;
+        s.digest = kind;
     }
     let reply_to = wire::reply_to_header(&topics.response, 0);
     let mut records = vec![kafka::record_in(
-        v2,
+        kind,
         &start,
         &[],
         &[(wire::REPLY_TO_HEADER, reply_to)],
@@ -241,7 +241,7 @@ async fn hand_job_in(
                 crc32c: wire::checksum(data),
             }),
         };
-        records.push(kafka::record_in(v2, &frame, data, &[]));
+        records.push(kafka::record_in(kind, &frame, data, &[]));
     }
     if let Some(digest) = end {
         let frame = Frame {
@@ -253,7 +253,7 @@ async fn hand_job_in(
                 digest,
             }),
         };
-        records.push(kafka::record_in(v2, &frame, &[], &[]));
+        records.push(kafka::record_in(kind, &frame, &[], &[]));
     }
     for r in records {
         pc.produce(r).await.unwrap();

@@ -25,7 +25,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::protocol::chunker::hex;
+use crate::protocol::digest::hex;
 use crate::protocol::digest::{self, DigestKind};
 use crate::protocol::wire::{JobId, RequestStart};
 use crate::util::file_read::{self, Kind};
