@@ -73,7 +73,6 @@ pub(crate) fn shown() -> Vec<(&'static str, String)> {
         ("max_job_age_secs", limits.max_job_age.as_secs().to_string()),
         ("max_body_bytes", limits.max_body_bytes.to_string()),
         ("spool_threshold_bytes", limits.spool_threshold.to_string()),
-        ("spool_direct_io", limits.spool_direct_io.to_string()),
         ("pipeline", PIPELINE.to_string()),
         ("max_assembling_jobs", limits.max_jobs.to_string()),
         (

@@ -40,7 +40,6 @@ pub struct FileConfig {
     pub max_body_bytes: Option<u64>,
     pub spool_threshold_bytes: Option<usize>,
     pub spool_dir: Option<PathBuf>,
-    pub spool_direct_io: Option<bool>,
     pub pipeline: Option<bool>,
     pub max_assembling_jobs: Option<usize>,
     pub job_idle_timeout_secs: Option<u64>,

@@ -81,9 +81,6 @@ pub struct PortalArgs {
     /// Directory for spool files [default: the system temporary directory]
     #[arg(long, env = "PORTAL_SPOOL_DIR", value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
-    /// Write and read spool files around the page cache (O_DIRECT) where the file system allows; false uses the page cache
-    #[arg(long, env = "PORTAL_SPOOL_DIRECT_IO", value_name = "BOOL", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
-    pub spool_direct_io: Option<bool>,
     /// Call the API while a body above the spool threshold still arrives; false waits for the whole body
     #[arg(long, env = "PORTAL_PIPELINE", value_name = "BOOL", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub pipeline: Option<bool>,
@@ -311,8 +308,6 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
             .unwrap_or(limit_defaults.max_body_bytes),
         spool_threshold,
         spool_dir,
-        spool_direct_io: pick(&a.spool_direct_io, &f.spool_direct_io)
-            .unwrap_or(limit_defaults.spool_direct_io),
         max_jobs,
         idle_timeout: Duration::from_secs(idle),
         max_chunks,

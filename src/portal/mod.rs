@@ -58,7 +58,6 @@ mod admin;
 pub(crate) mod assembler;
 mod budget;
 mod context;
-mod disk;
 mod generation;
 mod incremental;
 // Public for `examples/demo_api.rs`, which uses `token_cache::form_encode`.

@@ -7,6 +7,7 @@
 //! never has a complete request whose digest did not match.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -14,7 +15,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::portal::budget::Lease;
-use crate::portal::disk::DiskFile;
 use crate::protocol::Failure;
 
 /// Most chunks past a gap a feed remembers to move its prefix on once the
@@ -42,7 +42,7 @@ pub(crate) enum PipeState {
 #[derive(Debug)]
 pub(crate) struct Pipe {
     /// The job's spool file (a descriptor of its own; reads are positional).
-    file: DiskFile,
+    file: File,
     /// The length the start record declared.
     len: u64,
     state: watch::Sender<PipeState>,
@@ -56,7 +56,7 @@ pub(crate) struct Pipe {
 impl Pipe {
     /// A pipe over the spool `file` of a body of `len` bytes, and the
     /// assembler's end of it.
-    pub(crate) fn new(file: DiskFile, len: u64) -> (Arc<Self>, PipeFeed) {
+    pub(crate) fn new(file: File, len: u64) -> (Arc<Self>, PipeFeed) {
         let pipe = Arc::new(Self {
             file,
             len,
@@ -79,7 +79,7 @@ impl Pipe {
     }
 
     /// The spool file.
-    pub(crate) fn file(&self) -> &DiskFile {
+    pub(crate) fn file(&self) -> &File {
         &self.file
     }
 
@@ -333,7 +333,7 @@ mod tests {
     use super::*;
 
     fn new_pipe(len: u64) -> (Arc<Pipe>, PipeFeed) {
-        let file = DiskFile::create(None, true).unwrap_or_else(|e| panic!("temp file: {e}"));
+        let file = tempfile::tempfile().unwrap_or_else(|e| panic!("temp file: {e}"));
         Pipe::new(file, len)
     }
 

@@ -3,11 +3,13 @@
 //! unlinked temporary file otherwise. Either way its share of the portal's
 //! budget goes when the last reader of the body lets go.
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::portal::budget::{Budget, Lease};
-use crate::portal::disk::DiskFile;
 use crate::portal::pipe::Pipe;
 use crate::protocol::digest::{Digest, DigestKind};
 
@@ -16,7 +18,7 @@ use crate::protocol::digest::{Digest, DigestKind};
 #[derive(Debug)]
 pub(crate) struct SpoolFile {
     /// The unlinked file.
-    pub(crate) file: DiskFile,
+    pub(crate) file: File,
     _lease: Lease,
 }
 
@@ -53,9 +55,6 @@ impl SpooledBody {
     }
 }
 
-/// Bytes of a spool file read at once to digest it.
-const DIGEST_READ: u64 = 256 * 1024;
-
 /// Where a body is kept while it arrives.
 pub(crate) enum Spool {
     /// The body from byte 0 on, with no gap; `lease` covers the buffer's
@@ -68,7 +67,7 @@ pub(crate) enum Spool {
         lease: Lease,
     },
     /// An unlinked temporary file, charged to its job's disk lease.
-    File(DiskFile),
+    File(File),
 }
 
 /// Why a body moves from memory to its spool file.
@@ -165,20 +164,19 @@ impl Spool {
                 buf.extend_from_slice(&data[overlap..]);
                 Ok(())
             }
-            Self::File(file) => file.write_at(data, offset),
+            Self::File(file) => file.write_all_at(data, offset),
         }
     }
 
-    /// Moves an in-memory body to a new unlinked file in `dir` (with direct
-    /// I/O when `direct`, see [`DiskFile`]), giving its memory back.
-    pub(crate) fn move_to_disk(
-        &mut self,
-        dir: &Option<PathBuf>,
-        direct: bool,
-    ) -> std::io::Result<()> {
+    /// Moves an in-memory body to a new unlinked file in `dir`, giving its
+    /// memory back.
+    pub(crate) fn move_to_disk(&mut self, dir: &Option<PathBuf>) -> std::io::Result<()> {
         if let Self::Memory { buf, .. } = self {
-            let file = DiskFile::create(dir.as_deref(), direct)?;
-            file.write_at(buf, 0)?;
+            let mut file = match dir {
+                Some(d) => tempfile::tempfile_in(d)?,
+                None => tempfile::tempfile()?,
+            };
+            file.write_all(buf)?;
             *self = Self::File(file);
         }
         Ok(())
@@ -186,7 +184,7 @@ impl Spool {
 
     /// Another descriptor of the spool file, for a call to read the body
     /// while it is still being written; an error for a body in memory.
-    pub(crate) fn share(&self) -> std::io::Result<DiskFile> {
+    pub(crate) fn share(&self) -> std::io::Result<File> {
         match self {
             Self::File(file) => file.try_clone(),
             Self::Memory { .. } => Err(std::io::Error::other("the body is not in a spool file")),
@@ -200,11 +198,15 @@ impl Spool {
         match self {
             Self::Memory { buf, .. } => hasher.update(&buf[..len as usize]),
             Self::File(file) => {
-                let mut pos = 0;
-                while pos < len {
-                    let n = (len - pos).min(DIGEST_READ);
-                    hasher.update(&file.read_at(pos, n as usize)?);
-                    pos += n;
+                file.seek(SeekFrom::Start(0))?;
+                let mut reader = file.take(len);
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = reader.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
                 }
             }
         }

@@ -40,9 +40,6 @@ pub(crate) struct Limits {
     pub(crate) spool_threshold: usize,
     /// Directory for spool files; the system temporary directory when `None`.
     pub(crate) spool_dir: Option<PathBuf>,
-    /// Spool files bypass the page cache where their file system allows
-    /// (see [`crate::portal::disk`]).
-    pub(crate) spool_direct_io: bool,
     /// Jobs assembling at once on one partition.
     pub(crate) max_jobs: usize,
     /// A job that receives nothing for this long is dropped.
@@ -73,7 +70,6 @@ impl Default for Limits {
             max_body_bytes: 10 * 1024 * 1024 * 1024,
             spool_threshold: 1024 * 1024,
             spool_dir: None,
-            spool_direct_io: true,
             max_jobs: 256,
             idle_timeout: Duration::from_secs(300),
             max_chunks,
@@ -462,7 +458,7 @@ impl Assembler {
         }
         let file = a
             .spool
-            .move_to_disk(&self.limits.spool_dir, self.limits.spool_direct_io)
+            .move_to_disk(&self.limits.spool_dir)
             .and_then(|()| a.spool.share());
         let file = match file {
             Ok(f) => f,
@@ -609,10 +605,7 @@ impl Assembler {
             return self.fail(job, ErrorCategory::Rejected, msg);
         }
         if spill.is_some() {
-            if let Err(e) = a
-                .spool
-                .move_to_disk(&self.limits.spool_dir, self.limits.spool_direct_io)
-            {
+            if let Err(e) = a.spool.move_to_disk(&self.limits.spool_dir) {
                 let msg = format!("cannot spool the request body: {e}");
                 return self.fail(job, ErrorCategory::Internal, msg);
             }

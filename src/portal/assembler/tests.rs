@@ -91,17 +91,21 @@ fn body_bytes(b: &mut SpooledBody) -> Vec<u8> {
         SpooledBody::Empty => vec![],
         SpooledBody::Memory(m) => m.to_vec(),
         SpooledBody::File { file, len, .. } => {
-            file.file.read_at(0, *len as usize).unwrap().to_vec()
+            use std::os::unix::fs::FileExt;
+            let mut v = vec![0u8; *len as usize];
+            file.file.read_exact_at(&mut v, 0).unwrap();
+            v
         }
         SpooledBody::Piped(pipe) => spooled(pipe),
     }
 }
 
 /// What a pipelined body's spool file holds so far.
-/// What a pipe's spool file holds of its body so far.
 fn spooled(pipe: &Pipe) -> Vec<u8> {
-    let len = pipe.file().file_len().unwrap().min(pipe.len());
-    pipe.file().read_at(0, len as usize).unwrap().to_vec()
+    use std::os::unix::fs::FileExt;
+    let mut v = vec![0u8; pipe.file().metadata().unwrap().len() as usize];
+    pipe.file().read_exact_at(&mut v, 0).unwrap();
+    v
 }
 
 fn limits(threshold: usize) -> Limits {

@@ -54,7 +54,7 @@ struct FileBody {
     file: Arc<SpoolFile>,
     pos: u64,
     end: u64,
-    pending: Option<tokio::task::JoinHandle<std::io::Result<Bytes>>>,
+    pending: Option<tokio::task::JoinHandle<std::io::Result<Vec<u8>>>>,
 }
 
 const FILE_READ: u64 = 256 * 1024;
@@ -63,10 +63,10 @@ const FILE_READ: u64 = 256 * 1024;
 /// bytes become the next frame (and `pos` moves past them), or its error
 /// the frame that aborts the request.
 fn poll_read(
-    pending: &mut Option<tokio::task::JoinHandle<std::io::Result<Bytes>>>,
+    pending: &mut Option<tokio::task::JoinHandle<std::io::Result<Vec<u8>>>>,
     pos: &mut u64,
     cx: &mut Context<'_>,
-    start: impl FnOnce() -> tokio::task::JoinHandle<std::io::Result<Bytes>>,
+    start: impl FnOnce() -> tokio::task::JoinHandle<std::io::Result<Vec<u8>>>,
 ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
     let handle = pending.get_or_insert_with(start);
     let Poll::Ready(joined) = Pin::new(handle).poll(cx) else {
@@ -80,7 +80,7 @@ fn poll_read(
     });
     Poll::Ready(Some(read.map(|buf| {
         *pos += buf.len() as u64;
-        Frame::data(buf)
+        Frame::data(Bytes::from(buf))
     })))
 }
 
@@ -99,7 +99,12 @@ impl hyper::body::Body for FileBody {
         let (file, pos) = (Arc::clone(&this.file), this.pos);
         let len = (this.end - pos).min(FILE_READ) as usize;
         poll_read(&mut this.pending, &mut this.pos, cx, || {
-            tokio::task::spawn_blocking(move || file.file.read_at(pos, len))
+            tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; len];
+                file.file.read_exact_at(&mut buf, pos)?;
+                Ok(buf)
+            })
         })
     }
 
@@ -120,13 +125,13 @@ impl hyper::body::Body for FileBody {
 struct PipeBody {
     pipe: Arc<Pipe>,
     pos: u64,
-    pending: Option<tokio::task::JoinHandle<std::io::Result<Bytes>>>,
+    pending: Option<tokio::task::JoinHandle<std::io::Result<Vec<u8>>>>,
 }
 
 impl PipeBody {
     /// Waits until bytes past `pos` may be sent, then reads up to
     /// [`FILE_READ`] of them.
-    async fn next(pipe: Arc<Pipe>, pos: u64) -> std::io::Result<Bytes> {
+    async fn next(pipe: Arc<Pipe>, pos: u64) -> std::io::Result<Vec<u8>> {
         let upto = pipe
             .sendable_beyond(pos)
             .await
@@ -139,7 +144,12 @@ impl PipeBody {
                 }
             })?;
         let len = (upto - pos).min(FILE_READ) as usize;
-        let read = tokio::task::spawn_blocking(move || pipe.file().read_at(pos, len));
+        let read = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; len];
+            pipe.file().read_exact_at(&mut buf, pos)?;
+            Ok(buf)
+        });
         read.await.unwrap_or_else(|e| {
             Err(std::io::Error::other(format!(
                 "spool read task failed: {e}"
@@ -624,8 +634,8 @@ fn method_expects_body(m: &Method) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::portal::disk::DiskFile;
     use hyper::body::Body as _;
+    use std::os::unix::fs::FileExt;
 
     /// Whether `body` has a frame ready after its waiting tasks had their turn.
     async fn frame_ready(body: &mut DispatchBody) -> bool {
@@ -650,14 +660,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_pipe_body_streams_what_arrived_and_holds_the_last_byte_for_the_verdict() {
-        let (pipe, mut feed) = Pipe::new(DiskFile::create(None, true).unwrap(), 10);
+        let (pipe, mut feed) = Pipe::new(tempfile::tempfile().unwrap(), 10);
         let mut body = body_of(&SpooledBody::Piped(Arc::clone(&pipe)));
         assert_eq!(body.size_hint().exact(), Some(10));
         assert!(!frame_ready(&mut body).await, "nothing arrived yet");
-        pipe.file().write_at(b"hello", 0).unwrap();
+        pipe.file().write_all_at(b"hello", 0).unwrap();
         feed.took(0, 5);
         assert_eq!(next_data(&mut body).await, "hello");
-        pipe.file().write_at(b"world", 5).unwrap();
+        pipe.file().write_all_at(b"world", 5).unwrap();
         feed.took(5, 10);
         assert_eq!(next_data(&mut body).await, "worl");
         assert!(
@@ -677,9 +687,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_pipe_body_breaks_off_when_its_body_fails_or_is_let_go() {
-        let (pipe, mut feed) = Pipe::new(DiskFile::create(None, true).unwrap(), 10);
+        let (pipe, mut feed) = Pipe::new(tempfile::tempfile().unwrap(), 10);
         let mut body = body_of(&SpooledBody::Piped(Arc::clone(&pipe)));
-        pipe.file().write_at(b"hello", 0).unwrap();
+        pipe.file().write_all_at(b"hello", 0).unwrap();
         feed.took(0, 5);
         assert_eq!(next_data(&mut body).await, "hello");
         feed.failed(Failure::new(ErrorCategory::Integrity, "SHA-256 mismatch"));
@@ -688,7 +698,7 @@ mod tests {
             other => panic!("expected an error, got {other:?}"),
         }
 
-        let (pipe, feed) = Pipe::new(DiskFile::create(None, true).unwrap(), 10);
+        let (pipe, feed) = Pipe::new(tempfile::tempfile().unwrap(), 10);
         let mut body = body_of(&SpooledBody::Piped(Arc::clone(&pipe)));
         drop(feed);
         assert!(matches!(body.frame().await, Some(Err(_))));
