@@ -78,6 +78,8 @@ pub struct FileConfig {
     pub compression: Option<String>,
     pub client_compression: Option<String>,
     pub client_digest: Option<String>,
+    /// The `[[routes]]` tables (docs/configuration.md, "Routes").
+    pub routes: Option<Vec<crate::cli::routes::RouteFile>>,
 }
 
 impl std::fmt::Debug for FileConfig {
@@ -112,13 +114,17 @@ pub fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
             e.utf8_error().valid_up_to()
         )
     })?;
-    toml::from_str(&text).map_err(|e| {
+    let mut config: FileConfig = toml::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
             "{}: {}",
             path.display(),
             describe_toml_error(&text, e.message(), e.span())
         )
-    })
+    })?;
+    if let Some(routes) = &mut config.routes {
+        crate::cli::routes::number_lines(routes, &text);
+    }
+    Ok(config)
 }
 
 /// One line for a TOML/serde error in the config file: the line, the key
@@ -144,6 +150,12 @@ fn describe_toml_error(text: &str, message: &str, span: Option<std::ops::Range<u
                 .to_string(),
         };
         return format!("{at}unknown key `{unknown}`; {hint}");
+    }
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next())
+    {
+        return format!("{at}key `{field}` is missing");
     }
     let key = line_no
         .and_then(|n| text.lines().nth(n - 1))

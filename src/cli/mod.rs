@@ -17,6 +17,7 @@ pub(crate) mod health;
 pub(crate) mod kafka;
 pub(crate) mod portal;
 pub(crate) mod python;
+pub(crate) mod routes;
 pub mod python_cmd;
 pub mod send;
 pub(crate) mod show;

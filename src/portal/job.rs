@@ -226,19 +226,29 @@ async fn call_and_answer(
     );
     ctx.metrics.job_started(job.body.len());
     let calling = ctx.metrics.in_flight();
+    let route = ctx
+        .routes
+        .pick(&job.start)
+        .map_or("none", |(_, d)| d.route());
     let settled = match answer(ctx, pc, job, attempt).await {
         Ok((status, bytes)) => {
             log::info!(
-                "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s{how}",
+                "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s{how} (route {route})",
                 job.start.method,
                 job.start.path,
                 started.elapsed().as_secs_f64()
             );
             ctx.metrics.job_completed(bytes, started.elapsed());
+            ctx.metrics.route_job(route, "completed");
             true
         }
         Err(AnswerError::Failed { seq, error }) => {
-            log::warn!("job {id}: {} ({})", error.message, error.category);
+            log::warn!(
+                "job {id}: {} ({}) (route {route})",
+                error.message,
+                error.category
+            );
+            ctx.metrics.route_job(route, "failed");
             ctx.metrics.job_took(started.elapsed());
             let category = error.category;
             let info = Failure {
@@ -294,13 +304,17 @@ async fn answer(
     // verification, so a long upload through Kafka does not eat into the
     // API's time.
     let pipe = pipe_of(job);
-    let deadline = Deadline::new(ctx.dispatcher.timeout(), pipe.clone());
+    let (_, dispatcher) = ctx
+        .routes
+        .pick(&job.start)
+        .map_err(|error| AnswerError::Failed { seq: 0, error })?;
+    let deadline = Deadline::new(dispatcher.timeout(), pipe.clone());
     // The slot stays taken until the answer is relayed: a call streaming
     // its answer still counts toward the API's concurrency.
     let Called {
         response: resp,
         slot: _slot,
-    } = match ctx.dispatcher.call(job, &deadline).await {
+    } = match dispatcher.call(job, &deadline).await {
         Ok(called) => called,
         // The call broke because its body did: that failure is the answer
         // (`run_job`), not the broken connection it caused.
@@ -357,7 +371,7 @@ async fn answer(
         .compressing(ctx.cfg.compression)
         .digesting(job.start.digest);
     // Names only: values the caller sent may be credentials.
-    let dropped = ctx.dispatcher.header_plan(&job.start).dropped_line();
+    let dropped = dispatcher.header_plan(&job.start).dropped_line();
     let record_headers: Vec<(&str, Vec<u8>)> = dropped
         .map(|line| (DROPPED_HEADERS_HEADER, line.into_bytes()))
         .into_iter()
@@ -395,7 +409,7 @@ async fn answer(
                         category: ErrorCategory::UpstreamTimeout,
                         message: format!(
                             "the API did not finish its response within {} s (PORTAL_REQUEST_TIMEOUT_SECS)",
-                            ctx.dispatcher.timeout().as_secs()
+                            dispatcher.timeout().as_secs()
                         ),
                     },
                 });

@@ -68,6 +68,7 @@ mod pipe;
 pub(crate) mod policy;
 mod reader;
 mod replies;
+pub(crate) mod routes;
 mod settings;
 mod spool;
 
@@ -87,8 +88,6 @@ use crate::kafka::{self, PartitionCache, WhenRefused};
 use crate::portal::admin::{Metrics, Readiness};
 use crate::portal::context::{Ctx, InFlight};
 use crate::portal::generation::{cancel_in_flight, serve_generation, GenerationEnd};
-use crate::portal::http_dispatch::token_cache::TokenCache;
-use crate::portal::http_dispatch::Dispatcher;
 use crate::protocol::signing::Verifier;
 
 /// Settles `KAFKA_GROUP_PROTOCOL` against the broker. `consumer` on a
@@ -149,28 +148,7 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
         .await?;
     readiness.set_connected();
 
-    let http = crate::portal::http_dispatch::client::build_client(&cfg.api_tls);
-    let tokens = cfg
-        .oauth
-        .clone()
-        .map(|o| Arc::new(TokenCache::new(o, http.clone())));
-    if let Some(t) = &tokens {
-        metrics.watch_tokens(Arc::clone(t));
-    }
-    if tokens.is_none() {
-        log::warn!("OAuth2 is off (PORTAL_USE_OAUTH=false): calling the API without a token");
-    }
-    let dispatcher = Dispatcher::new(
-        http,
-        &cfg.target_api_url,
-        tokens,
-        cfg.request_timeout,
-        &cfg.policy.allowed_headers,
-        cfg.idempotency_header.as_deref(),
-        cfg.retry,
-        cfg.max_concurrent_jobs,
-    );
-    metrics.watch_backpressure(Arc::clone(dispatcher.backpressure()));
+    let routes = routes::start(&cfg, &metrics).await?;
     cfg.policy.announce();
     let verifier = cfg.trusted_keys.clone().map(|trusted| {
         log::info!(
@@ -194,7 +172,7 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
         metrics,
         readiness,
         response_partitions,
-        dispatcher,
+        routes,
         cluster,
         cfg,
     });

@@ -328,6 +328,15 @@ pub(crate) struct Dispatcher {
     retry: RetryPolicy,
     /// The concurrency limit toward the API and the retry counters.
     backpressure: Arc<Backpressure>,
+    /// The route this dispatcher serves, for messages and logs.
+    route: String,
+    /// Removed from the front of a request's path before it is joined.
+    strip_prefix: Option<String>,
+    /// A static credential header sent on every call (`[routes.header]`).
+    static_header: Option<(HeaderName, HeaderValue)>,
+    /// Largest body this route takes, checked again before the call for a
+    /// body whose length its start record did not declare.
+    max_body_bytes: Option<u64>,
 }
 
 impl Dispatcher {
@@ -358,7 +367,40 @@ impl Dispatcher {
                 .collect(),
             idempotency_header: idempotency_header
                 .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            route: crate::portal::routes::DEFAULT_ROUTE.to_string(),
+            strip_prefix: None,
+            static_header: None,
+            max_body_bytes: None,
         }
+    }
+
+    /// This dispatcher for route `name`: `strip_prefix` taken off each path,
+    /// `header` (name, value) sent on each call, bodies over
+    /// `max_body_bytes` refused. Errors say which piece is unusable.
+    pub(crate) fn routed(
+        mut self,
+        name: &str,
+        strip_prefix: Option<&str>,
+        header: Option<(&str, &str)>,
+        max_body_bytes: u64,
+    ) -> Result<Self, String> {
+        self.route = name.to_string();
+        self.strip_prefix = strip_prefix.map(str::to_string);
+        self.max_body_bytes = Some(max_body_bytes);
+        if let Some((n, v)) = header {
+            let n = HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| format!("'{}' is not a header name", n.escape_debug()))?;
+            let mut v = HeaderValue::from_str(v)
+                .map_err(|_| "the value is not a valid header value (one line of visible ASCII)".to_string())?;
+            v.set_sensitive(true);
+            self.static_header = Some((n, v));
+        }
+        Ok(self)
+    }
+
+    /// The name of the route this dispatcher serves.
+    pub(crate) fn route(&self) -> &str {
+        &self.route
     }
 
     /// The deadline for response headers.
@@ -384,6 +426,18 @@ impl Dispatcher {
         deadline: &Deadline,
     ) -> Result<Called, Failure> {
         let url = self.url_for(&job.start.path)?;
+        if let Some(max) = self.max_body_bytes {
+            let len = job.body.len();
+            if len > max {
+                return Err(Failure::new(
+                    ErrorCategory::Rejected,
+                    format!(
+                        "request body of {len} bytes exceeds the limit of {max} bytes of route '{}' (max_body_bytes)",
+                        self.route
+                    ),
+                ));
+            }
+        }
         let method = Method::from_bytes(job.start.method.as_bytes()).map_err(|_| {
             Failure::new(
                 ErrorCategory::BadRequest,
@@ -575,6 +629,11 @@ impl Dispatcher {
             })?;
             builder = builder.header(AUTHORIZATION, v);
         }
+        if let (Some((name, value)), Some(headers)) = (&self.static_header, builder.headers_mut()) {
+            // Replaces any forwarded header of the same name: the sender
+            // must not choose the route's credential.
+            headers.insert(name.clone(), value.clone());
+        }
         if job.start.has_body || method_expects_body(method) {
             builder = builder.header(CONTENT_LENGTH, job.body.len());
         }
@@ -596,7 +655,8 @@ impl Dispatcher {
     /// Joins the target URL and a request path, refusing paths that could
     /// leave the target's origin or base path.
     pub(crate) fn url_for(&self, path: &str) -> Result<String, Failure> {
-        join_url(&self.base, path)
+        let path = crate::portal::routes::strip(self.strip_prefix.as_deref(), path);
+        join_url(&self.base, &path)
     }
 }
 
