@@ -79,7 +79,69 @@ pub struct FileConfig {
     pub client_compression: Option<String>,
     pub client_digest: Option<String>,
     /// The `[[routes]]` tables (docs/configuration.md, "Routes").
-    pub routes: Option<Vec<crate::cli::routes::RouteFile>>,
+    pub routes: Option<Vec<RouteFile>>,
+}
+
+/// One `[[routes]]` table of the config file.
+#[derive(Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RouteFile {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub path_match: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub target: String,
+    pub strip_prefix: Option<String>,
+    pub allowed_headers: Option<String>,
+    pub timeout_secs: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub max_concurrent_jobs: Option<usize>,
+    pub oauth2: Option<RouteOAuth2>,
+    pub tls: Option<RouteTls>,
+    pub header: Option<RouteHeader>,
+    /// Line of the table's `[[routes]]` header, filled in after parsing.
+    #[serde(skip)]
+    pub line: Option<usize>,
+}
+
+/// `[routes.oauth2]`: the `OAUTH2_*` settings, lower-cased without the prefix.
+#[derive(Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RouteOAuth2 {
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    pub auth_method: Option<String>,
+    pub client_assertion_key_file: Option<PathBuf>,
+    pub client_assertion_alg: Option<String>,
+    pub client_assertion_kid: Option<String>,
+    pub client_assertion_audience: Option<String>,
+}
+
+/// `[routes.tls]`: `PORTAL_CA_FILE`, `PORTAL_CLIENT_CERT_FILE` and
+/// `PORTAL_CLIENT_KEY_FILE` for this route alone.
+#[derive(Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RouteTls {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// `[routes.header]`: a static header whose value is read from a file.
+#[derive(Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RouteHeader {
+    pub name: String,
+    pub value_file: PathBuf,
 }
 
 impl std::fmt::Debug for FileConfig {
@@ -122,9 +184,23 @@ pub fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
         )
     })?;
     if let Some(routes) = &mut config.routes {
-        crate::cli::routes::number_lines(routes, &text);
+        number_lines(routes, &text);
     }
     Ok(config)
+}
+
+/// Fills in each route's line: the n-th `[[routes]]` header of `text`
+/// belongs to the n-th route (routes written inline get none).
+fn number_lines(routes: &mut [RouteFile], text: &str) {
+    let headers = text.lines().enumerate().filter(|(_, l)| {
+        let l = l.trim_start();
+        l.strip_prefix("[[")
+            .and_then(|r| r.split_once("]]"))
+            .is_some_and(|(name, _)| name.trim() == "routes")
+    });
+    for (route, (i, _)) in routes.iter_mut().zip(headers) {
+        route.line = Some(i + 1);
+    }
 }
 
 /// One line for a TOML/serde error in the config file: the line, the key

@@ -17,8 +17,10 @@ pub(crate) mod health;
 pub(crate) mod kafka;
 pub(crate) mod portal;
 pub(crate) mod python;
-pub(crate) mod routes;
 pub mod python_cmd;
+pub(crate) mod routes;
+#[cfg(test)]
+mod routes_tests;
 pub mod send;
 pub(crate) mod show;
 #[cfg(test)]

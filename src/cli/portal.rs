@@ -449,10 +449,8 @@ fn resolve_route_table(
         ca_file,
         refresh_statuses,
     };
-    let mut routes = crate::cli::routes::resolve_routes(
-        f.routes.as_deref().unwrap_or_default(),
-        &inherited,
-    )?;
+    let mut routes =
+        crate::cli::routes::resolve_routes(f.routes.as_deref().unwrap_or_default(), &inherited)?;
     if let Some(target) = target {
         routes.push(Route {
             name: DEFAULT_ROUTE.to_string(),

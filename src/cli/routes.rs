@@ -1,97 +1,19 @@
-//! The `[[routes]]` tables of the `--config` file: their keys, and their
-//! resolution into checked [`Route`]s. Every error names the route and the
-//! line of its table.
+//! The `[[routes]]` tables of the `--config` file (their keys are in
+//! `cli::file`) resolved into checked [`Route`]s. Every error names the
+//! route and the line of its table.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::bail;
-use serde::{Deserialize, Serialize};
 
-use crate::cli::file::MAX_WAIT_SECS;
-use crate::cli::portal::parse_url;
+use crate::cli::file::{RouteFile, RouteHeader, RouteOAuth2, MAX_WAIT_SECS};
 use crate::portal::http_dispatch::tls::ApiTls;
 use crate::portal::http_dispatch::token_cache::{
     parse_assertion_alg, AssertionSigner, AuthMethod, ClientCredentials, OAuthConfig,
 };
 use crate::portal::routes::{shadowed, Route, RouteAuth, DEFAULT_ROUTE};
 use crate::util::file_read::{self, Kind};
-
-/// One `[[routes]]` table of the config file.
-#[derive(Default, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct RouteFile {
-    pub name: String,
-    #[serde(rename = "match")]
-    pub path_match: String,
-    #[serde(default)]
-    pub methods: Vec<String>,
-    pub target: String,
-    pub strip_prefix: Option<String>,
-    pub allowed_headers: Option<String>,
-    pub timeout_secs: Option<u64>,
-    pub max_body_bytes: Option<u64>,
-    pub max_concurrent_jobs: Option<usize>,
-    pub oauth2: Option<RouteOAuth2>,
-    pub tls: Option<RouteTls>,
-    pub header: Option<RouteHeader>,
-    /// Line of the table's `[[routes]]` header, filled in after parsing.
-    #[serde(skip)]
-    pub line: Option<usize>,
-}
-
-/// `[routes.oauth2]`: the `OAUTH2_*` settings, lower-cased without the prefix.
-#[derive(Default, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct RouteOAuth2 {
-    pub token_url: Option<String>,
-    pub client_id: Option<String>,
-    pub client_secret: Option<String>,
-    pub client_secret_file: Option<PathBuf>,
-    pub scope: Option<String>,
-    pub audience: Option<String>,
-    pub auth_method: Option<String>,
-    pub client_assertion_key_file: Option<PathBuf>,
-    pub client_assertion_alg: Option<String>,
-    pub client_assertion_kid: Option<String>,
-    pub client_assertion_audience: Option<String>,
-}
-
-/// `[routes.tls]`: `PORTAL_CA_FILE`, `PORTAL_CLIENT_CERT_FILE` and
-/// `PORTAL_CLIENT_KEY_FILE` for this route alone.
-#[derive(Default, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct RouteTls {
-    pub ca_file: Option<PathBuf>,
-    pub client_cert_file: Option<PathBuf>,
-    pub client_key_file: Option<PathBuf>,
-}
-
-/// `[routes.header]`: a static header whose value is read from a file.
-#[derive(Default, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct RouteHeader {
-    pub name: String,
-    pub value_file: PathBuf,
-}
-
-/// Fills in each route's line: the n-th `[[routes]]` header of `text`
-/// belongs to the n-th route (routes written inline get none).
-pub(crate) fn number_lines(routes: &mut [RouteFile], text: &str) {
-    let headers = text.lines().enumerate().filter(|(_, l)| {
-        let l = l.trim_start();
-        l.strip_prefix("[[")
-            .and_then(|r| r.split_once("]]"))
-            .is_some_and(|(name, _)| name.trim() == "routes")
-    });
-    for (route, (i, _)) in routes.iter_mut().zip(headers) {
-        route.line = Some(i + 1);
-    }
-}
 
 /// What a route takes from the portal-wide settings when it does not say.
 pub(crate) struct Inherited<'a> {
@@ -112,7 +34,10 @@ pub(crate) struct Inherited<'a> {
 /// Resolves and checks the listed routes, in order; a route that can never
 /// be chosen (an earlier one has its pattern and one of its methods) is an
 /// error naming both.
-pub(crate) fn resolve_routes(files: &[RouteFile], inh: &Inherited<'_>) -> anyhow::Result<Vec<Route>> {
+pub(crate) fn resolve_routes(
+    files: &[RouteFile],
+    inh: &Inherited<'_>,
+) -> anyhow::Result<Vec<Route>> {
     let mut routes: Vec<Route> = Vec::with_capacity(files.len());
     // Made once: loading the system roots for every route costs time.
     let mut shared_tls: Option<ApiTls> = None;
@@ -215,7 +140,13 @@ fn resolve_route(
             t.client_cert_file.as_deref(),
             t.client_key_file.as_deref(),
         )
-        .map_err(|e| anyhow::anyhow!("[routes.tls] ({} in the portal's words): {}", e.setting, e.detail))?,
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "[routes.tls] ({} in the portal's words): {}",
+                e.setting,
+                e.detail
+            )
+        })?,
         None => match shared_tls {
             Some(t) => t.clone(),
             None => {
@@ -244,7 +175,10 @@ fn resolve_route(
 
 /// `match` and `methods` as one endpoint rule, with the syntax and checks
 /// of `PORTAL_ALLOWED_ENDPOINTS`.
-fn match_rule(methods: &[String], pattern: &str) -> anyhow::Result<crate::portal::policy::EndpointRule> {
+fn match_rule(
+    methods: &[String],
+    pattern: &str,
+) -> anyhow::Result<crate::portal::policy::EndpointRule> {
     let pattern = pattern.trim();
     if !pattern.starts_with('/') || pattern.contains([',', ' ', '\t']) {
         bail!("match: '{}' is not a path pattern; write one pattern starting with '/', e.g. '/api/orders/**'", pattern.escape_debug());
@@ -264,7 +198,10 @@ fn match_rule(methods: &[String], pattern: &str) -> anyhow::Result<crate::portal
         .map_err(|e| anyhow::anyhow!("match/methods: {e}"))?;
     match (rules.pop(), rules.is_empty()) {
         (Some(rule), true) => Ok(rule),
-        _ => bail!("match: '{}' is not one path pattern", pattern.escape_debug()),
+        _ => bail!(
+            "match: '{}' is not one path pattern",
+            pattern.escape_debug()
+        ),
     }
 }
 
@@ -332,7 +269,9 @@ fn resolve_oauth2(
         missing.push("client_id");
     }
     match method {
-        AuthMethod::PrivateKeyJwt if key_file.is_none() => missing.push("client_assertion_key_file"),
+        AuthMethod::PrivateKeyJwt if key_file.is_none() => {
+            missing.push("client_assertion_key_file")
+        }
         AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost if secret.is_none() => {
             missing.push("client_secret (or client_secret_file)")
         }
@@ -345,7 +284,9 @@ fn resolve_oauth2(
         bail!("[routes.oauth2] client_assertion_key_file is set but auth_method is not private_key_jwt");
     }
     if secret.is_some() && method == AuthMethod::PrivateKeyJwt {
-        bail!("[routes.oauth2] a client secret is set but auth_method is private_key_jwt; remove one");
+        bail!(
+            "[routes.oauth2] a client secret is set but auth_method is private_key_jwt; remove one"
+        );
     }
     let url = url.unwrap_or_default();
     let uri = parse_url(
@@ -362,7 +303,11 @@ fn resolve_oauth2(
                 .map(|a| parse_assertion_alg(&a))
                 .transpose()?;
             let audience = given(&o.client_assertion_audience).unwrap_or_else(|| url.clone());
-            let pem = file_read::read("[routes.oauth2] client_assertion_key_file", &path, Kind::Key)?;
+            let pem = file_read::read(
+                "[routes.oauth2] client_assertion_key_file",
+                &path,
+                Kind::Key,
+            )?;
             ClientCredentials::PrivateKeyJwt(AssertionSigner::from_pem(
                 &pem,
                 alg,
@@ -370,7 +315,9 @@ fn resolve_oauth2(
                 audience,
             )?)
         }
-        (AuthMethod::ClientSecretPost, _) => ClientCredentials::SecretPost(secret.unwrap_or_default()),
+        (AuthMethod::ClientSecretPost, _) => {
+            ClientCredentials::SecretPost(secret.unwrap_or_default())
+        }
         _ => ClientCredentials::SecretBasic(secret.unwrap_or_default()),
     };
     Ok(OAuthConfig {
@@ -386,7 +333,10 @@ fn resolve_oauth2(
 
 fn resolve_header(h: &RouteHeader) -> anyhow::Result<RouteAuth> {
     if hyper::header::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
-        bail!("[routes.header] name: '{}' is not a header name", h.name.escape_debug());
+        bail!(
+            "[routes.header] name: '{}' is not a header name",
+            h.name.escape_debug()
+        );
     }
     let value = read_secret("[routes.header] value_file", &h.value_file)?;
     if hyper::header::HeaderValue::from_str(&value).is_err() {
@@ -411,4 +361,21 @@ fn read_secret(setting: &'static str, path: &Path) -> anyhow::Result<String> {
         bail!("{setting}: {} is empty", path.display());
     }
     Ok(value)
+}
+
+/// `url` of route key `key`, refused when it holds credentials (before any
+/// message could quote them) or does not parse.
+fn parse_url(key: &str, url: &str, instead: &str) -> anyhow::Result<hyper::Uri> {
+    let uri: hyper::Uri = url.parse().map_err(|e| {
+        let shown = if url.contains('@') {
+            "(hidden: it holds '@')"
+        } else {
+            url
+        };
+        anyhow::anyhow!("{key}: '{shown}' is not a URL: {e}")
+    })?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        bail!("{key} must not hold credentials (user@host); {instead}");
+    }
+    Ok(uri)
 }

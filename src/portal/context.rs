@@ -213,7 +213,7 @@ pub(crate) struct Ctx {
     pub(crate) cfg: Settings,
     pub(crate) cluster: Cluster,
     /// The route table, each route with its dispatcher.
-    pub(crate) routes: crate::portal::routes::Routes,
+    pub(crate) routes: crate::portal::router::Routes,
     pub(crate) replies: PartitionCache,
     pub(crate) response_partitions: i32,
     /// REST calls at once.

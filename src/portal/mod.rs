@@ -68,6 +68,7 @@ mod pipe;
 pub(crate) mod policy;
 mod reader;
 mod replies;
+mod router;
 pub(crate) mod routes;
 mod settings;
 mod spool;
@@ -148,7 +149,7 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
         .await?;
     readiness.set_connected();
 
-    let routes = routes::start(&cfg, &metrics).await?;
+    let routes = router::start(&cfg, &metrics).await?;
     cfg.policy.announce();
     let verifier = cfg.trusted_keys.clone().map(|trusted| {
         log::info!(

@@ -66,9 +66,7 @@ pub(crate) struct Settings {
 #[cfg(test)]
 impl Settings {
     /// The default route's OAuth2 settings, when it has them.
-    pub(crate) fn oauth(
-        &self,
-    ) -> Option<&crate::portal::http_dispatch::token_cache::OAuthConfig> {
+    pub(crate) fn oauth(&self) -> Option<&crate::portal::http_dispatch::token_cache::OAuthConfig> {
         use crate::portal::routes::{RouteAuth, DEFAULT_ROUTE};
         self.routes
             .iter()

@@ -367,7 +367,7 @@ impl Dispatcher {
                 .collect(),
             idempotency_header: idempotency_header
                 .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
-            route: crate::portal::routes::DEFAULT_ROUTE.to_string(),
+            route: DEFAULT_ROUTE.to_string(),
             strip_prefix: None,
             static_header: None,
             max_body_bytes: None,
@@ -390,8 +390,9 @@ impl Dispatcher {
         if let Some((n, v)) = header {
             let n = HeaderName::from_bytes(n.as_bytes())
                 .map_err(|_| format!("'{}' is not a header name", n.escape_debug()))?;
-            let mut v = HeaderValue::from_str(v)
-                .map_err(|_| "the value is not a valid header value (one line of visible ASCII)".to_string())?;
+            let mut v = HeaderValue::from_str(v).map_err(|_| {
+                "the value is not a valid header value (one line of visible ASCII)".to_string()
+            })?;
             v.set_sensitive(true);
             self.static_header = Some((n, v));
         }
@@ -655,8 +656,25 @@ impl Dispatcher {
     /// Joins the target URL and a request path, refusing paths that could
     /// leave the target's origin or base path.
     pub(crate) fn url_for(&self, path: &str) -> Result<String, Failure> {
-        let path = crate::portal::routes::strip(self.strip_prefix.as_deref(), path);
+        let path = strip(self.strip_prefix.as_deref(), path);
         join_url(&self.base, &path)
+    }
+}
+
+/// The name of the route the single-target settings define.
+pub(crate) const DEFAULT_ROUTE: &str = "default";
+
+/// `path` (with its query) less `prefix`, when it starts with it at a
+/// segment boundary; "/" when nothing is left of the path.
+pub(crate) fn strip(prefix: Option<&str>, path: &str) -> String {
+    let Some(prefix) = prefix else {
+        return path.to_string();
+    };
+    match path.strip_prefix(prefix) {
+        Some("") => "/".to_string(),
+        Some(rest) if rest.starts_with('?') => format!("/{rest}"),
+        Some(rest) if rest.starts_with('/') => rest.to_string(),
+        _ => path.to_string(),
     }
 }
 

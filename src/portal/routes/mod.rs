@@ -6,31 +6,23 @@
 //! it; the default route (`PORTAL_TARGET_API_URL` and the settings around
 //! it), when set, comes last and takes every request. A request no route
 //! takes is refused before its body is assembled. Each route has its own
-//! [`Dispatcher`]: its own HTTP client (so its own TLS identity), token
+//! `Dispatcher` (`portal::router`): its own HTTP client (so its own TLS identity), token
 //! cache, header allow-list, deadline and concurrency limit. The URL a
 //! route calls is its base URL joined with the request's path (less
-//! `strip_prefix`) by [`join_url`], which refuses any result whose scheme,
+//! `strip_prefix`) by `http_dispatch::join_url`, which refuses any result whose scheme,
 //! host, port or base path differ from the route's.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::portal::admin::Metrics;
-use crate::portal::http_dispatch::client::build_client;
-use crate::portal::http_dispatch::token_cache::TokenCache;
-use crate::portal::settings::Settings;
 use crate::portal::http_dispatch::tls::ApiTls;
 use crate::portal::http_dispatch::token_cache::OAuthConfig;
-use crate::portal::http_dispatch::Dispatcher;
 use crate::portal::policy::EndpointRule;
-use crate::protocol::wire::RequestStart;
 use crate::protocol::{ErrorCategory, Failure};
 
 #[cfg(test)]
 mod tests;
 
-/// The name of the route the single-target settings define.
-pub(crate) const DEFAULT_ROUTE: &str = "default";
+pub(crate) use crate::portal::http_dispatch::DEFAULT_ROUTE;
 
 /// How a route proves who the portal is to its API.
 #[derive(Debug, Clone)]
@@ -104,9 +96,7 @@ impl Route {
                 o.client_id,
                 o.token_url
             )),
-            RouteAuth::Header { name, .. } => {
-                s.push_str(&format!(", header {name}: (redacted)"))
-            }
+            RouteAuth::Header { name, .. } => s.push_str(&format!(", header {name}: (redacted)")),
         }
         s.push_str(&format!(
             ", TLS: {}; timeout {} s, body limit {} bytes, {} calls at once",
@@ -116,20 +106,6 @@ impl Route {
             self.max_concurrent_jobs
         ));
         s
-    }
-}
-
-/// `path` (with its query) less `prefix`, when it starts with it at a
-/// segment boundary; "/" when nothing is left of the path.
-pub(crate) fn strip(prefix: Option<&str>, path: &str) -> String {
-    let Some(prefix) = prefix else {
-        return path.to_string();
-    };
-    match path.strip_prefix(prefix) {
-        Some(rest) if rest.is_empty() => "/".to_string(),
-        Some(rest) if rest.starts_with('?') => format!("/{rest}"),
-        Some(rest) if rest.starts_with('/') => rest.to_string(),
-        _ => path.to_string(),
     }
 }
 
@@ -167,40 +143,6 @@ pub(crate) fn shadowed(routes: &[Route]) -> Option<(&Route, &Route)> {
     None
 }
 
-/// Every route with its dispatcher, in the order they are tried.
-#[derive(Debug)]
-pub(crate) struct Routes {
-    /// Routes and their dispatchers, same order; never empty.
-    table: Vec<(Route, Dispatcher)>,
-    /// The routes alone, for [`select`].
-    routes: Vec<Route>,
-}
-
-impl Routes {
-    /// Routes with the dispatchers made for them.
-    pub(crate) fn new(table: Vec<(Route, Dispatcher)>) -> Self {
-        let routes = table.iter().map(|(r, _)| r.clone()).collect();
-        Self { table, routes }
-    }
-
-    /// The route and dispatcher that take this request, or why none does.
-    pub(crate) fn pick(&self, start: &RequestStart) -> Result<(&Route, &Dispatcher), Failure> {
-        let i = select(&self.routes, &start.method, &start.path)?;
-        let (route, dispatcher) = &self.table[i];
-        Ok((route, dispatcher))
-    }
-
-    /// Refuses at the start record what its route will not take: no route,
-    /// or a declared body over the route's limit.
-    pub(crate) fn admit(&self, start: &RequestStart) -> Result<(), Failure> {
-        let (route, _) = self.pick(start)?;
-        match start.body_len {
-            Some(len) if len > route.max_body_bytes => Err(too_large(route, len)),
-            _ => Ok(()),
-        }
-    }
-}
-
 /// The refusal of a body over a route's limit.
 pub(crate) fn too_large(route: &Route, len: u64) -> Failure {
     Failure::new(
@@ -211,74 +153,4 @@ pub(crate) fn too_large(route: &Route, len: u64) -> Failure {
             route.label()
         ),
     )
-}
-
-/// How long the start-up check of a listed route's token endpoint waits.
-const TOKEN_CHECK: Duration = Duration::from_secs(5);
-
-/// Builds every route's dispatcher (its client, token cache and limits),
-/// logs the table, and tries each listed OAuth2 route's token endpoint
-/// once. A failed try is a warning, not an error: a token endpoint
-/// briefly down must not keep the portal (and every other route) from
-/// serving; its jobs fail with an auth error until it answers.
-pub(crate) async fn start(cfg: &Settings, metrics: &Metrics) -> anyhow::Result<Routes> {
-    let mut table = Vec::with_capacity(cfg.routes.len());
-    let mut checks = tokio::task::JoinSet::new();
-    for route in &cfg.routes {
-        let http = build_client(&route.tls);
-        let tokens = match &route.auth {
-            RouteAuth::OAuth2(o) => Some(Arc::new(TokenCache::new(o.clone(), http.clone()))),
-            _ => None,
-        };
-        let header = match &route.auth {
-            RouteAuth::Header { name, value } => Some((name.as_str(), value.as_str())),
-            _ => None,
-        };
-        let dispatcher = Dispatcher::new(
-            http,
-            &route.target,
-            tokens.clone(),
-            route.timeout,
-            &route.allowed_headers,
-            cfg.idempotency_header.as_deref(),
-            cfg.retry,
-            route.max_concurrent_jobs,
-        )
-        .routed(
-            &route.name,
-            route.strip_prefix.as_deref(),
-            header,
-            route.max_body_bytes,
-        )
-        .map_err(|e| anyhow::anyhow!("{}: [routes.header] {e}", route.label()))?;
-        if route.name == DEFAULT_ROUTE {
-            // The portal-wide token and pushback metrics stay the default
-            // route's, as they were before routes.
-            if let Some(t) = &tokens {
-                metrics.watch_tokens(Arc::clone(t));
-            } else {
-                log::warn!("OAuth2 is off (PORTAL_USE_OAUTH=false): calling the API without a token");
-            }
-            metrics.watch_backpressure(Arc::clone(dispatcher.backpressure()));
-        } else {
-            log::info!("{}: {}", route.label(), route.summary());
-            if let Some(t) = tokens {
-                let label = route.label();
-                checks.spawn(async move {
-                    match tokio::time::timeout(TOKEN_CHECK, t.token()).await {
-                        Ok(Ok(_)) => log::info!("{label}: its token endpoint gave a token"),
-                        Ok(Err(e)) => log::warn!("{label}: no token from its token endpoint at start: {e}; its jobs fail until it gives one"),
-                        Err(_) => log::warn!("{label}: its token endpoint did not answer within {} s at start; its jobs fail until it gives a token", TOKEN_CHECK.as_secs()),
-                    }
-                });
-            }
-        }
-        table.push((route.clone(), dispatcher));
-    }
-    if table.is_empty() {
-        anyhow::bail!("no route: set PORTAL_TARGET_API_URL or list [[routes]] in the config file");
-    }
-    // Each check ends within TOKEN_CHECK.
-    while checks.join_next().await.is_some() {}
-    Ok(Routes::new(table))
 }
