@@ -1,0 +1,333 @@
+//! The route table: one portal serving two APIs on two routes, each with its
+//! own credentials, target and limits; requests no route takes refused with
+//! nothing called; the single-target settings serving as before.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use jsonwebtoken::Algorithm;
+
+use crate::support::api::Servers;
+use crate::support::broker::Topics;
+use crate::support::payload::pattern_file;
+use crate::support::pki::ec_key_pair;
+use crate::support::run::{kafkasend_cmd, send, Portal};
+
+/// Two loopback APIs, each with its own token endpoint: `alpha` takes a
+/// client secret (HTTP Basic), `beta` a `private_key_jwt` assertion; each
+/// API accepts only the tokens its own endpoint issued.
+struct TwoApis {
+    alpha: Servers,
+    beta: Servers,
+    dir: tempfile::TempDir,
+    key_file: PathBuf,
+}
+
+impl TwoApis {
+    async fn start() -> Self {
+        let alpha = Servers::start().await;
+        let beta = Servers::start().await;
+        *alpha.state.token_prefix.lock().unwrap() = Some("alpha-".into());
+        *beta.state.token_prefix.lock().unwrap() = Some("beta-".into());
+        // Only for their side effects: each API now demands its own token,
+        // and beta's token endpoint knows the assertion key.
+        let _ = alpha.oauth_env();
+        let dir = tempfile::tempdir().unwrap();
+        let (private, public) = ec_key_pair();
+        let key_file = dir.path().join("assertion.pem");
+        std::fs::write(&key_file, private).unwrap();
+        let _ = beta.jwt_env(&key_file, &public, Algorithm::ES256);
+        Self {
+            alpha,
+            beta,
+            dir,
+            key_file,
+        }
+    }
+
+    /// The two routes as config file tables.
+    fn routes_toml(&self) -> String {
+        format!(
+            r#"
+[[routes]]
+name = "alpha"
+match = "/alpha/**"
+target = "{alpha}"
+strip_prefix = "/alpha"
+[routes.oauth2]
+token_url = "{alpha_token}"
+client_id = "test-client"
+client_secret = "s3cret/x"
+
+[[routes]]
+name = "beta"
+match = "/beta/**"
+methods = ["GET", "POST"]
+target = "{beta}/v2"
+max_body_bytes = 1000
+[routes.oauth2]
+token_url = "{beta_token}"
+client_id = "test-client"
+auth_method = "private_key_jwt"
+client_assertion_key_file = "{key}"
+"#,
+            alpha = self.alpha.api_url,
+            alpha_token = self.alpha.token_url,
+            beta = self.beta.api_url,
+            beta_token = self.beta.token_url,
+            key = self.key_file.display(),
+        )
+    }
+
+    /// Writes `text` as the portal's config file.
+    fn config(&self, text: &str) -> PathBuf {
+        let path = self
+            .dir
+            .path()
+            .join(format!("portal-{}.toml", ulid::Ulid::new()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+fn config_env(config: &Path, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("KAFKASEND_CONFIG", config.to_str().unwrap().to_string()),
+        ("PORTAL_USE_OAUTH", "false".to_string()),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_portal_serves_two_apis_each_with_its_own_credentials() {
+    let apis = TwoApis::start().await;
+    let config = apis.config(&apis.routes_toml());
+    let topics = Topics::new("routes-two");
+    let portal = Portal::start(&topics, &config_env(&config, &[]));
+
+    let out = send(&topics, &["--endpoint", "/alpha/items/7?x=1"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = send(
+        &topics,
+        &["-X", "POST", "-d", "hello", "--endpoint", "/beta/things"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = send(&topics, &["--endpoint", "/alpha"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    let alpha = apis.alpha.state.requests();
+    let beta = apis.beta.state.requests();
+    let seen = |reqs: &[crate::support::api::Recorded]| {
+        reqs.iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect::<Vec<_>>()
+    };
+    // alpha's prefix is stripped; beta's path goes under its base path.
+    assert_eq!(seen(&alpha), ["GET /items/7", "GET /"], "alpha");
+    assert_eq!(alpha[0].query.as_deref(), Some("x=1"));
+    assert_eq!(seen(&beta), ["POST /v2/beta/things"], "beta");
+    for r in &alpha {
+        assert_eq!(r.status, 200);
+        assert!(
+            r.headers["authorization"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer alpha-"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(beta[0].status, 200);
+    assert!(beta[0].headers["authorization"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer beta-"));
+    // One token each, fetched with each route's own client authentication.
+    assert_eq!(apis.alpha.state.token_fetches.load(Ordering::SeqCst), 1);
+    assert!(apis.alpha.state.assertions.lock().unwrap().is_empty());
+    assert_eq!(apis.beta.state.assertions.lock().unwrap().len(), 1);
+    assert!(apis.beta.state.token_refusals.lock().unwrap().is_empty());
+
+    let log = portal.log();
+    assert!(
+        log.contains("GET /alpha/items/7?x=1 -> 200") && log.contains("(route alpha)"),
+        "{log}"
+    );
+    assert!(log.contains("(route beta)"), "{log}");
+    assert!(!log.contains("s3cret"), "the client secret is never logged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_no_route_takes_or_that_would_leave_a_route_are_refused_with_nothing_called() {
+    let apis = TwoApis::start().await;
+    let config = apis.config(&apis.routes_toml());
+    let topics = Topics::new("routes-none");
+    let _portal = Portal::start(&topics, &config_env(&config, &[]));
+    let dir = tempfile::tempdir().unwrap();
+    let (big, _) = pattern_file(dir.path(), "big.bin", 1, 1001);
+    let (small, _) = pattern_file(dir.path(), "small.bin", 2, 1000);
+    let refused: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--endpoint", "/gamma/x"],
+            "GET /gamma/x is refused: no route matches it",
+        ),
+        // beta takes GET and POST only.
+        (
+            vec!["-X", "DELETE", "--endpoint", "/beta/x"],
+            "DELETE /beta/x is refused: no route matches it",
+        ),
+        // Outside the pattern by one character.
+        (vec!["--endpoint", "/alphabet"], "no route matches"),
+        // With its prefix stripped this would name another host; the
+        // policy refuses it before any route is chosen.
+        (
+            vec!["--endpoint", "/alpha//evil.example/x"],
+            "empty segment",
+        ),
+        (vec!["--endpoint", "/alpha/%2e%2e/x"], "dot segments"),
+        // Over beta's body limit, though far under the portal's.
+        (
+            vec![big.to_str().unwrap(), "--endpoint", "/beta/upload"],
+            "exceeds the limit of 1000 bytes of route 'beta'",
+        ),
+    ];
+    for (args, why) in &refused {
+        let out = send(&topics, args).await;
+        assert_eq!(out.code, 3, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(why), "{args:?}: {}", out.stderr);
+    }
+    assert!(apis.alpha.state.requests().is_empty(), "alpha was called");
+    assert!(apis.beta.state.requests().is_empty(), "beta was called");
+
+    // At the limit it goes through.
+    let out = send(
+        &topics,
+        &[small.to_str().unwrap(), "--endpoint", "/beta/upload"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let beta = apis.beta.state.requests();
+    assert_eq!(beta.len(), 1);
+    assert_eq!(beta[0].body_len, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_single_target_settings_are_the_default_route_tried_last() {
+    // No config file: the environment alone, as before routes.
+    let servers = Servers::start().await;
+    let topics = Topics::new("routes-env");
+    let portal = Portal::start(&topics, &servers.oauth_env());
+    let out = send(&topics, &["--endpoint", "/api/plain"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let reqs = servers.state.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].path, "/api/plain");
+    assert_eq!(reqs[0].headers["authorization"], "Bearer token-1");
+    portal.wait_for_log("(route default)").await;
+    drop(portal);
+
+    // Listed routes come first; the default route takes the rest.
+    let apis = TwoApis::start().await;
+    let config = apis.config(&apis.routes_toml());
+    let fallback = Servers::start().await;
+    let topics = Topics::new("routes-default");
+    let _portal = Portal::start(
+        &topics,
+        &config_env(
+            &config,
+            &[("PORTAL_TARGET_API_URL", fallback.api_url.clone())],
+        ),
+    );
+    for endpoint in ["/alpha/a", "/elsewhere", "/beta/b"] {
+        let out = send(&topics, &["--endpoint", endpoint]).await;
+        assert_eq!(out.code, 0, "{endpoint}: {}", out.stderr);
+    }
+    let paths = |s: &Servers| {
+        s.state
+            .requests()
+            .into_iter()
+            .map(|r| r.path)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(paths(&apis.alpha), ["/a"]);
+    assert_eq!(paths(&apis.beta), ["/v2/beta/b"]);
+    assert_eq!(paths(&fallback), ["/elsewhere"]);
+    // The default route has no token: the portal's OAuth is off.
+    assert!(fallback.state.requests()[0]
+        .headers
+        .get("authorization")
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_show_lists_the_routes_without_their_secrets_and_mistakes_name_the_route() {
+    let apis = TwoApis::start().await;
+    let topics = Topics::new("routes-show");
+    let config = apis.config(&apis.routes_toml());
+    let path = config.to_str().unwrap();
+    let out = kafkasend_cmd(
+        &topics,
+        &[
+            "config",
+            "show",
+            "portal",
+            "--config",
+            path,
+            "--use-oauth",
+            "false",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = out.stdout_text();
+    let alpha = text
+        .lines()
+        .find(|l| l.starts_with("route alpha"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(alpha.contains("line 2"), "{alpha}");
+    assert!(
+        alpha.contains(&format!(
+            "/alpha/** -> {} (strip /alpha)",
+            apis.alpha.api_url
+        )),
+        "{alpha}"
+    );
+    assert!(
+        alpha.contains("OAuth2 client_secret_basic as test-client"),
+        "{alpha}"
+    );
+    let beta = text
+        .lines()
+        .find(|l| l.starts_with("route beta"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(beta.contains("GET,POST /beta/**"), "{beta}");
+    assert!(beta.contains("private_key_jwt"), "{beta}");
+    assert!(!text.contains("s3cret"), "{text}");
+
+    // A route that can never be chosen stops the portal from starting.
+    let shadowing = format!(
+        "{}\n[[routes]]\nname = \"again\"\nmatch = \"/beta/**\"\nmethods = [\"POST\"]\ntarget = \"http://127.0.0.1:1\"\n",
+        apis.routes_toml()
+    );
+    let bad = apis.config(&shadowing);
+    let out = kafkasend_cmd(
+        &topics,
+        &[
+            "portal",
+            "--config",
+            bad.to_str().unwrap(),
+            "--use-oauth",
+            "false",
+        ],
+    )
+    .await;
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains(
+            "route 'again' (line 24): it can never be chosen: route 'beta' (line 12) comes first"
+        ),
+        "{}",
+        out.stderr
+    );
+}
