@@ -261,6 +261,7 @@ async fn call_and_answer(
         Err(AnswerError::Kafka { seq, error }) => {
             log::error!("job {id}: could not send the response: {error}");
             ctx.metrics.produce_error();
+            ctx.metrics.route_job(route, "failed");
             ctx.metrics.job_took(started.elapsed());
             // An error record is small; it may get through where a chunk did not.
             let category = ErrorCategory::Internal;

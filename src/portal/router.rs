@@ -21,13 +21,20 @@ pub(crate) struct Routes {
     table: Vec<(Route, Dispatcher)>,
     /// The routes alone, for [`select`].
     routes: Vec<Route>,
+    /// `PORTAL_MAX_BODY_BYTES`: a body over it is the assembler's to refuse,
+    /// with its own message.
+    portal_max_body: u64,
 }
 
 impl Routes {
     /// Routes with the dispatchers made for them.
-    pub(crate) fn new(table: Vec<(Route, Dispatcher)>) -> Self {
+    pub(crate) fn new(table: Vec<(Route, Dispatcher)>, portal_max_body: u64) -> Self {
         let routes = table.iter().map(|(r, _)| r.clone()).collect();
-        Self { table, routes }
+        Self {
+            table,
+            routes,
+            portal_max_body,
+        }
     }
 
     /// The route and dispatcher that take this request, or why none does.
@@ -42,7 +49,9 @@ impl Routes {
     pub(crate) fn admit(&self, start: &RequestStart) -> Result<(), Failure> {
         let (route, _) = self.pick(start)?;
         match start.body_len {
-            Some(len) if len > route.max_body_bytes => Err(too_large(route, len)),
+            Some(len) if len > route.max_body_bytes && len <= self.portal_max_body => {
+                Err(too_large(route, len))
+            }
             _ => Ok(()),
         }
     }
@@ -117,7 +126,7 @@ pub(crate) async fn start(cfg: &Settings, metrics: &Metrics) -> anyhow::Result<R
     }
     // Each check ends within TOKEN_CHECK.
     while checks.join_next().await.is_some() {}
-    Ok(Routes::new(table))
+    Ok(Routes::new(table, cfg.limits.max_body_bytes))
 }
 
 #[cfg(test)]
@@ -176,6 +185,7 @@ mod tests {
                     (r, d)
                 })
                 .collect(),
+            1000,
         )
     }
 
@@ -188,6 +198,8 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.category, ErrorCategory::Rejected);
         assert!(e.message.contains("route 'small'"), "{e}");
+        // Over the portal's own limit: the assembler refuses it, naming that.
+        assert!(table.admit(&start("POST", "/small/x", Some(1001))).is_ok());
         let (r, d) = table.pick(&start("PUT", "/small/x", None)).unwrap();
         assert_eq!((r.name.as_str(), d.route()), ("rest", "rest"));
 
