@@ -220,8 +220,13 @@ fn describe_toml_error(text: &str, message: &str, span: Option<std::ops::Range<u
     if message.starts_with("unknown field `") {
         let mut quoted = message.split('`').skip(1).step_by(2);
         let unknown = quoted.next().unwrap_or_default();
+        // Only the top level has a `routes` key; the tables of a route do not.
+        let in_a_route = !message.contains("`routes`");
         let hint = match closest_key(unknown, quoted) {
             Some(k) => format!("did you mean `{k}`?"),
+            None if in_a_route => {
+                "see the keys of a route in docs/configuration.md, \"Routes\"".to_string()
+            }
             None => "the keys are the flag names with `_` for `-` (see docs/configuration.md)"
                 .to_string(),
         };

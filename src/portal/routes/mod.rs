@@ -24,8 +24,9 @@ mod tests;
 
 pub(crate) use crate::portal::http_dispatch::DEFAULT_ROUTE;
 
-/// How a route proves who the portal is to its API.
-#[derive(Debug, Clone)]
+/// How a route proves who the portal is to its API. Its `Debug` leaves
+/// the header value out.
+#[derive(Clone)]
 pub(crate) enum RouteAuth {
     /// No credentials beyond the TLS client certificate, if any.
     None,
@@ -38,6 +39,19 @@ pub(crate) enum RouteAuth {
         /// Header value (a secret).
         value: String,
     },
+}
+
+impl std::fmt::Debug for RouteAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::OAuth2(o) => f.debug_tuple("OAuth2").field(o).finish(),
+            Self::Header { name, .. } => f
+                .debug_struct("Header")
+                .field("name", name)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// One route, resolved and checked.
