@@ -409,8 +409,9 @@ async fn answer(
                     error: Failure {
                         category: ErrorCategory::UpstreamTimeout,
                         message: format!(
-                            "the API did not finish its response within {} s (PORTAL_REQUEST_TIMEOUT_SECS)",
-                            dispatcher.timeout().as_secs()
+                            "the API did not finish its response within {} s ({})",
+                            dispatcher.timeout().as_secs(),
+                            dispatcher.timeout_setting()
                         ),
                     },
                 });

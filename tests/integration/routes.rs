@@ -10,7 +10,7 @@ use jsonwebtoken::Algorithm;
 use crate::support::api::Servers;
 use crate::support::broker::Topics;
 use crate::support::payload::pattern_file;
-use crate::support::pki::ec_key_pair;
+use crate::support::pki::{ec_key_pair, TestPki};
 use crate::support::run::{kafkasend_cmd, send, Portal};
 
 /// Two loopback APIs, each with its own token endpoint: `alpha` takes a
@@ -329,5 +329,107 @@ async fn config_show_lists_the_routes_without_their_secrets_and_mistakes_name_th
         ),
         "{}",
         out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mtls_route_with_a_static_header_its_own_timeout_and_no_borrowed_certificate() {
+    let pki = TestPki::new();
+    let api = Servers::start_tls(&pki, true).await;
+    let key_file = pki.dir.path().join("api-key");
+    std::fs::write(&key_file, "key-from-file\n").unwrap();
+    let config = pki.dir.path().join("portal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[routes]]
+name = "ledger"
+match = "/ledger/**"
+target = "{api}"
+strip_prefix = "/ledger"
+allowed_headers = "X-Api-Key, X-Request-ID"
+timeout_secs = 1
+[routes.tls]
+ca_file = "{ca}"
+client_cert_file = "{cert}"
+client_key_file = "{key}"
+[routes.header]
+name = "X-Api-Key"
+value_file = "{value}"
+
+[[routes]]
+name = "bare"
+match = "/bare/**"
+target = "{api}"
+"#,
+            api = api.api_url,
+            ca = pki.ca_file.display(),
+            cert = pki.client_cert_file.display(),
+            key = pki.client_key_file.display(),
+            value = key_file.display(),
+        ),
+    )
+    .unwrap();
+    let topics = Topics::new("routes-mtls");
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    // The default route is the same API with the portal-wide certificate.
+    let portal = Portal::start(
+        &topics,
+        &config_env(
+            &config,
+            &[
+                ("PORTAL_TARGET_API_URL", api.api_url.clone()),
+                ("PORTAL_CA_FILE", path(&pki.ca_file)),
+                ("PORTAL_CLIENT_CERT_FILE", path(&pki.client_cert_file)),
+                ("PORTAL_CLIENT_KEY_FILE", path(&pki.client_key_file)),
+            ],
+        ),
+    );
+
+    // The sender's own X-Api-Key is replaced by the route's.
+    let out = send(
+        &topics,
+        &[
+            "--endpoint",
+            "/ledger/entries",
+            "-H",
+            "X-Api-Key: forged",
+            "-H",
+            "X-Request-ID: r-9",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let reqs = api.state.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].path, "/entries");
+    let keys: Vec<_> = reqs[0].headers.get_all("x-api-key").iter().collect();
+    assert_eq!(keys, ["key-from-file"]);
+    assert_eq!(reqs[0].headers["x-request-id"], "r-9");
+
+    // A route without [routes.tls] does not borrow the default route's
+    // certificate: the mTLS API refuses the handshake.
+    let out = send(&topics, &["--endpoint", "/bare/x"]).await;
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(out.stderr.contains("CertificateRequired"), "{}", out.stderr);
+    // The default route presents it.
+    let out = send(&topics, &["--endpoint", "/elsewhere"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(api.state.requests().len(), 2);
+
+    // The route's 1-second deadline, not the portal's 300 seconds.
+    let out = send(&topics, &["--endpoint", "/ledger/slow"]).await;
+    api.state.release_slow();
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr
+            .contains("within 1 s (timeout_secs of route 'ledger')"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !portal.log().contains("key-from-file"),
+        "the header value is never logged"
     );
 }

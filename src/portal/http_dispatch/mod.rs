@@ -400,6 +400,15 @@ impl Dispatcher {
         Ok(self)
     }
 
+    /// The setting that gave this dispatcher's deadline, for messages.
+    pub(crate) fn timeout_setting(&self) -> String {
+        if self.route == DEFAULT_ROUTE {
+            "PORTAL_REQUEST_TIMEOUT_SECS".to_string()
+        } else {
+            format!("timeout_secs of route '{}'", self.route)
+        }
+    }
+
     /// The name of the route this dispatcher serves.
     pub(crate) fn route(&self) -> &str {
         &self.route
@@ -471,8 +480,9 @@ impl Dispatcher {
                     None => Err(Failure::new(
                         ErrorCategory::UpstreamTimeout,
                         format!(
-                            "{method} {url}: no call slot came free within {} s (PORTAL_REQUEST_TIMEOUT_SECS) while the API pushed back",
-                            self.timeout.as_secs()
+                            "{method} {url}: no call slot came free within {} s ({}) while the API pushed back",
+                            self.timeout.as_secs(),
+                            self.timeout_setting()
                         ),
                     )),
                 };
@@ -492,8 +502,9 @@ impl Dispatcher {
                     return Err(Failure::new(
                         ErrorCategory::UpstreamTimeout,
                         format!(
-                            "{method} {url}: no response within {} s (PORTAL_REQUEST_TIMEOUT_SECS)",
-                            self.timeout.as_secs()
+                            "{method} {url}: no response within {} s ({})",
+                            self.timeout.as_secs(),
+                            self.timeout_setting()
                         ),
                     ))
                 }
