@@ -192,3 +192,29 @@ fn a_private_key_jwt_route_reads_its_key_at_start() {
         "the key file is never quoted: {e}"
     );
 }
+
+#[test]
+fn the_routes_section_of_the_docs_names_every_route_key() {
+    use crate::cli::file::{RouteFile, RouteHeader, RouteOAuth2, RouteTls};
+    let doc = include_str!("../../docs/configuration.md");
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with("Routes"))
+        .expect("docs/configuration.md has a section \"Routes\"");
+    let keys =
+        |v: serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let mut all = keys(serde_json::to_value(RouteFile::default()).unwrap());
+    all.extend(keys(serde_json::to_value(RouteOAuth2::default()).unwrap()));
+    all.extend(keys(serde_json::to_value(RouteTls::default()).unwrap()));
+    all.extend(keys(serde_json::to_value(RouteHeader::default()).unwrap()));
+    for key in all {
+        let named = match key.as_str() {
+            "oauth2" | "tls" | "header" => format!("`[routes.{key}]`"),
+            _ => format!("`{key}`"),
+        };
+        assert!(
+            section.contains(&named),
+            "the Routes section does not name {named}"
+        );
+    }
+}

@@ -433,3 +433,39 @@ target = "{api}"
         "the header value is never logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_endpoint_down_at_start_is_a_warning_and_fails_only_its_route() {
+    let apis = TwoApis::start().await;
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}/token", closed.local_addr().unwrap());
+    drop(closed);
+    let config = apis.config(&format!(
+        "[[routes]]\nname = \"down\"\nmatch = \"/down/**\"\ntarget = \"{}\"\n[routes.oauth2]\ntoken_url = \"{down}\"\nclient_id = \"c\"\nclient_secret = \"s\"\n{}",
+        apis.alpha.api_url,
+        apis.routes_toml()
+    ));
+    let topics = Topics::new("routes-token-down");
+    let portal = Portal::start(&topics, &config_env(&config, &[]));
+    assert!(
+        portal
+            .log()
+            .contains("route 'down' (line 1): no token from its token endpoint at start"),
+        "{}",
+        portal.log()
+    );
+    let out = send(&topics, &["--endpoint", "/down/x"]).await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("(auth)"), "{}", out.stderr);
+    let out = send(&topics, &["--endpoint", "/alpha/x"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let paths: Vec<_> = apis
+        .alpha
+        .state
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(paths, ["/x"], "the route whose token failed called nothing");
+}
