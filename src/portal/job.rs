@@ -170,10 +170,9 @@ const SPARE_POLL: Duration = Duration::from_millis(20);
 /// taking the last one could stop the partition for good. Once its body is
 /// verified it waits like any other job.
 async fn call_permit<'a>(
-    ctx: &'a Ctx,
+    permits: &'a tokio::sync::Semaphore,
     pipe: Option<&Pipe>,
 ) -> Option<tokio::sync::SemaphorePermit<'a>> {
-    let permits = &ctx.call_permits;
     let Some(pipe) = pipe else {
         return permits.acquire().await.ok();
     };
@@ -193,6 +192,27 @@ async fn call_permit<'a>(
     }
 }
 
+/// The job's route's call permit, then the portal's: a job waiting for its
+/// route's slot holds none of the portal's, so a route at its limit with a
+/// backlog does not starve the others. Every job holding a portal permit
+/// holds its route's, so it is calling (or its body arriving) and will
+/// give both back. `None` if the portal is closing them.
+async fn call_permits<'a>(
+    ctx: &'a Ctx,
+    job: &CompletedJob,
+    pipe: Option<&Pipe>,
+) -> Option<(
+    Option<tokio::sync::SemaphorePermit<'a>>,
+    tokio::sync::SemaphorePermit<'a>,
+)> {
+    let route = match ctx.routes.slots(&job.start) {
+        Some(slots) => Some(call_permit(slots, pipe).await?),
+        None => None,
+    };
+    let portal = call_permit(&ctx.call_permits, pipe).await?;
+    Some((route, portal))
+}
+
 /// Calls the API for `job` once a call permit is free and relays its
 /// answer to `pc`, or an error; returns whether the job is settled.
 async fn call_and_answer(
@@ -208,7 +228,7 @@ async fn call_and_answer(
     let permit = tokio::select! {
         biased;
         _ = stop.wait_for(|stopped| *stopped) => return false,
-        p = call_permit(ctx, pipe.as_deref()) => match p {
+        p = call_permits(ctx, job, pipe.as_deref()) => match p {
             Some(p) => p,
             None => return false,
         },

@@ -19,6 +19,9 @@ use crate::protocol::Failure;
 pub(crate) struct Routes {
     /// Routes and their dispatchers, same order; never empty.
     table: Vec<(Route, Dispatcher)>,
+    /// Each route's call slots (its `max_concurrent_jobs`), same order: a
+    /// job takes one before one of the portal's `call_permits`.
+    slots: Vec<tokio::sync::Semaphore>,
     /// The routes alone, for [`select`].
     routes: Vec<Route>,
     /// `PORTAL_MAX_BODY_BYTES`: a body over it is the assembler's to refuse,
@@ -30,8 +33,13 @@ impl Routes {
     /// Routes with the dispatchers made for them.
     pub(crate) fn new(table: Vec<(Route, Dispatcher)>, portal_max_body: u64) -> Self {
         let routes = table.iter().map(|(r, _)| r.clone()).collect();
+        let slots = table
+            .iter()
+            .map(|(r, _)| tokio::sync::Semaphore::new(r.max_concurrent_jobs))
+            .collect();
         Self {
             table,
+            slots,
             routes,
             portal_max_body,
         }
@@ -42,6 +50,12 @@ impl Routes {
         let i = select(&self.routes, &start.method, &start.path)?;
         let (route, dispatcher) = &self.table[i];
         Ok((route, dispatcher))
+    }
+
+    /// The call slots of the route that takes this request, if any.
+    pub(crate) fn slots(&self, start: &RequestStart) -> Option<&tokio::sync::Semaphore> {
+        let i = select(&self.routes, &start.method, &start.path).ok()?;
+        self.slots.get(i)
     }
 
     /// Refuses at the start record what its route will not take: no route,

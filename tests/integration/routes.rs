@@ -11,7 +11,8 @@ use crate::support::api::Servers;
 use crate::support::broker::Topics;
 use crate::support::payload::pattern_file;
 use crate::support::pki::{ec_key_pair, TestPki};
-use crate::support::run::{kafkasend_cmd, send, Portal};
+use crate::support::run::{kafkasend_cmd, send, spawn_send, Portal};
+use crate::support::wait_until;
 
 /// Two loopback APIs, each with its own token endpoint: `alpha` takes a
 /// client secret (HTTP Basic), `beta` a `private_key_jwt` assertion; each
@@ -468,4 +469,39 @@ async fn a_token_endpoint_down_at_start_is_a_warning_and_fails_only_its_route() 
         .map(|r| r.path)
         .collect();
     assert_eq!(paths, ["/x"], "the route whose token failed called nothing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_at_its_limit_with_a_backlog_does_not_starve_another_route() {
+    let apis = TwoApis::start().await;
+    let config = apis.config(&apis.routes_toml().replacen(
+        "strip_prefix = \"/alpha\"",
+        "strip_prefix = \"/alpha\"\nmax_concurrent_jobs = 1",
+        1,
+    ));
+    let topics = Topics::new("routes-starve");
+    let _portal = Portal::start(
+        &topics,
+        &config_env(&config, &[("PORTAL_MAX_CONCURRENT_JOBS", "2".into())]),
+    );
+    let held: Vec<_> = (0..3)
+        .map(|_| spawn_send(&topics, &["--endpoint", "/alpha/slow"]))
+        .collect();
+    wait_until("alpha's first call arrives", || {
+        apis.alpha.state.slow_arrived.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Room for the other two to reach the portal and wait for a slot (had
+    // they not, beta's call below would go through all the same).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // Two alpha jobs wait for alpha's one slot; beta still gets a call.
+    let out = send(&topics, &["--endpoint", "/beta/x"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(apis.alpha.state.slow_arrived.load(Ordering::SeqCst), 1);
+    apis.alpha.state.release_slow();
+    for h in held {
+        let out = h.await.unwrap();
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    assert_eq!(apis.alpha.state.slow_arrived.load(Ordering::SeqCst), 3);
 }
