@@ -5,7 +5,8 @@
 //!
 //! `run` starts the admin listener, connects to Kafka, makes sure both
 //! topics exist, and builds what every task shares (`context::Ctx`: the
-//! settings, the API `Dispatcher`, the signature verifier, the job queue,
+//! settings, the route table with each route's `Dispatcher`
+//! (`router::Routes`), the signature verifier, the job queue,
 //! the memory and spool budgets, a `ledger::Progress` per partition). Then
 //! it loops over generations of the consumer group: join, serve, and join
 //! again after a rebalance, or leave on shutdown. The shutdown future is an
@@ -21,10 +22,11 @@
 //! final commit follows.
 //!
 //! A reader (`reader`) fetches its partition and decodes each record, skips
-//! what its partition's ledger already knows, checks signatures and the
-//! policy on start records, and hands the rest to its own `Assembler`. A
-//! completed job goes to a task of its own (`job`): it waits for one of
-//! `PORTAL_MAX_CONCURRENT_JOBS` call permits, calls the API and streams the
+//! what its partition's ledger already knows, checks signatures, the
+//! policy and that a route takes each start record, and hands the rest to
+//! its own `Assembler`. A completed job goes to a task of its own (`job`):
+//! it waits for a call slot of its route and one of
+//! `PORTAL_MAX_CONCURRENT_JOBS` call permits, calls its route's API and streams the
 //! response as frames to the reply partition the start record names. A
 //! failed job gets an error record instead (`replies`). Both kinds of task
 //! first take a slot in the job queue; a reader that finds it full stops
