@@ -143,6 +143,30 @@ pub(crate) fn rows_with(
     let mut route_rows: Vec<Row> = Vec::new();
     let kafka_args = KafkaArgs::from_arg_matches(m)?;
     let file = load_file(kafka_args.config.as_deref())?;
+    // Without the portal's side the routes are listed as written, unchecked.
+    if side.is_none() {
+        route_rows = file
+            .routes
+            .iter()
+            .flatten()
+            .map(|r| Row {
+                name: format!("route {}", r.name),
+                source: r
+                    .line
+                    .map_or_else(|| "file".into(), |n| format!("line {n}")),
+                value: format!(
+                    "{}{} -> {} (unchecked: add `portal` to check)",
+                    if r.methods.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{} ", r.methods.join(","))
+                    },
+                    r.path_match,
+                    crate::cli::portal::without_userinfo(&r.target)
+                ),
+            })
+            .collect();
+    }
     let file = serde_json::to_value(&file)?;
     match side {
         Some(Side::Portal) => {

@@ -306,6 +306,18 @@ async fn config_show_lists_the_routes_without_their_secrets_and_mistakes_name_th
     assert!(beta.contains("private_key_jwt"), "{beta}");
     assert!(!text.contains("s3cret"), "{text}");
 
+    // Without a side the routes are listed as written, unchecked.
+    let out = kafkasend_cmd(&topics, &["config", "show", "--config", path]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = out.stdout_text();
+    assert!(
+        text.lines().any(|l| l.starts_with("route beta")
+            && l.contains("GET,POST /beta/**")
+            && l.contains("unchecked")),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+
     // A route that can never be chosen stops the portal from starting.
     let shadowing = format!(
         "{}\n[[routes]]\nname = \"again\"\nmatch = \"/beta/**\"\nmethods = [\"POST\"]\ntarget = \"http://127.0.0.1:1\"\n",
