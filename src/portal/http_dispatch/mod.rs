@@ -3,7 +3,8 @@
 //!
 //! One `Dispatcher` serves one route: the URL is always the route's target
 //! (`PORTAL_TARGET_API_URL` for the default route) joined with the request's
-//! path less the route's prefix; the request can name a path and query only. Redirects are not followed.
+//! path less the route's prefix; the request can name a path and query
+//! only. Redirects are not followed.
 //! Bodies stream from the spool, so a retry after a refused token re-reads it;
 //! a pipelined body streams while it still arrives (`PipeBody`).
 //! An answer that pushes back (429, 503, or 409 to a repeated idempotency
