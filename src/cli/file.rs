@@ -78,6 +78,70 @@ pub struct FileConfig {
     pub compression: Option<String>,
     pub client_compression: Option<String>,
     pub client_digest: Option<String>,
+    /// The `[[routes]]` tables (docs/configuration.md, "Routes").
+    pub routes: Option<Vec<RouteFile>>,
+}
+
+/// One `[[routes]]` table of the config file.
+#[derive(Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RouteFile {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub path_match: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub target: String,
+    pub strip_prefix: Option<String>,
+    pub allowed_headers: Option<String>,
+    pub timeout_secs: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub max_concurrent_jobs: Option<usize>,
+    pub oauth2: Option<RouteOAuth2>,
+    pub tls: Option<RouteTls>,
+    pub header: Option<RouteHeader>,
+    /// Line of the table's `[[routes]]` header, filled in after parsing.
+    #[serde(skip)]
+    pub line: Option<usize>,
+}
+
+/// `[routes.oauth2]`: the `OAUTH2_*` settings, lower-cased without the prefix.
+#[derive(Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RouteOAuth2 {
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    pub auth_method: Option<String>,
+    pub client_assertion_key_file: Option<PathBuf>,
+    pub client_assertion_alg: Option<String>,
+    pub client_assertion_kid: Option<String>,
+    pub client_assertion_audience: Option<String>,
+}
+
+/// `[routes.tls]`: `PORTAL_CA_FILE`, `PORTAL_CLIENT_CERT_FILE` and
+/// `PORTAL_CLIENT_KEY_FILE` for this route alone.
+#[derive(Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RouteTls {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// `[routes.header]`: a static header whose value is read from a file.
+#[derive(Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RouteHeader {
+    pub name: String,
+    pub value_file: PathBuf,
 }
 
 impl std::fmt::Debug for FileConfig {
@@ -112,13 +176,31 @@ pub fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
             e.utf8_error().valid_up_to()
         )
     })?;
-    toml::from_str(&text).map_err(|e| {
+    let mut config: FileConfig = toml::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
             "{}: {}",
             path.display(),
             describe_toml_error(&text, e.message(), e.span())
         )
-    })
+    })?;
+    if let Some(routes) = &mut config.routes {
+        number_lines(routes, &text);
+    }
+    Ok(config)
+}
+
+/// Fills in each route's line: the n-th `[[routes]]` header of `text`
+/// belongs to the n-th route (routes written inline get none).
+fn number_lines(routes: &mut [RouteFile], text: &str) {
+    let headers = text.lines().enumerate().filter(|(_, l)| {
+        let l = l.trim_start();
+        l.strip_prefix("[[")
+            .and_then(|r| r.split_once("]]"))
+            .is_some_and(|(name, _)| name.trim() == "routes")
+    });
+    for (route, (i, _)) in routes.iter_mut().zip(headers) {
+        route.line = Some(i + 1);
+    }
 }
 
 /// One line for a TOML/serde error in the config file: the line, the key
@@ -138,12 +220,23 @@ fn describe_toml_error(text: &str, message: &str, span: Option<std::ops::Range<u
     if message.starts_with("unknown field `") {
         let mut quoted = message.split('`').skip(1).step_by(2);
         let unknown = quoted.next().unwrap_or_default();
+        // Only the top level has a `routes` key; the tables of a route do not.
+        let in_a_route = !message.contains("`routes`");
         let hint = match closest_key(unknown, quoted) {
             Some(k) => format!("did you mean `{k}`?"),
+            None if in_a_route => {
+                "see the keys of a route in docs/configuration.md, \"Routes\"".to_string()
+            }
             None => "the keys are the flag names with `_` for `-` (see docs/configuration.md)"
                 .to_string(),
         };
         return format!("{at}unknown key `{unknown}`; {hint}");
+    }
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next())
+    {
+        return format!("{at}key `{field}` is missing");
     }
     let key = line_no
         .and_then(|n| text.lines().nth(n - 1))

@@ -18,6 +18,9 @@ pub(crate) mod kafka;
 pub(crate) mod portal;
 pub(crate) mod python;
 pub mod python_cmd;
+pub(crate) mod routes;
+#[cfg(test)]
+mod routes_tests;
 pub mod send;
 pub(crate) mod show;
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 
@@ -192,19 +192,11 @@ pub struct PortalArgs {
 pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
     let f = load_file(a.kafka.config.as_deref())?;
     let kafka = resolve_kafka(&a.kafka, &f, "kafkasend-portal")?;
-    let target = pick(&a.target_api_url, &f.target_api_url).context(
-        "PORTAL_TARGET_API_URL is not set; set it to the base URL of the REST API (e.g. http://127.0.0.1:8080)",
-    )?;
-    let target_uri = parse_url(
-        "PORTAL_TARGET_API_URL",
-        &target,
-        "the portal authenticates with OAuth2",
-    )?;
-    if !matches!(target_uri.scheme_str(), Some("http" | "https")) || target_uri.host().is_none() {
-        bail!("PORTAL_TARGET_API_URL: '{target}' must be an http:// or https:// URL with a host");
-    }
-    if target_uri.query().is_some() || target.contains('#') {
-        bail!("PORTAL_TARGET_API_URL: '{target}' must not have a query string or fragment");
+    let target = pick(&a.target_api_url, &f.target_api_url);
+    match &target {
+        Some(target) => check_default_target(target)?,
+        None if f.routes.as_ref().is_some_and(|r| !r.is_empty()) => {}
+        None => bail!("PORTAL_TARGET_API_URL is not set; set it to the base URL of the REST API (e.g. http://127.0.0.1:8080), or list [[routes]] in the config file"),
     }
     let use_oauth = pick(&a.use_oauth, &f.use_oauth).unwrap_or(defaults::USE_OAUTH);
     let refresh_statuses = parse_refresh_statuses(
@@ -212,12 +204,13 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
             .unwrap_or_else(|| defaults::TOKEN_REFRESH_STATUSES.into()),
     )?;
     let oauth = if use_oauth {
-        Some(resolve_oauth(a, &f, refresh_statuses)?)
+        Some(resolve_oauth(a, &f, refresh_statuses.clone())?)
     } else {
         None
     };
+    let ca_file = pick(&a.ca_file, &f.ca_file);
     let api_tls = ApiTls::load(
-        pick(&a.ca_file, &f.ca_file).as_deref(),
+        ca_file.as_deref(),
         pick(&a.client_cert_file, &f.client_cert_file).as_deref(),
         pick(&a.client_key_file, &f.client_key_file).as_deref(),
     )?;
@@ -376,7 +369,24 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         "PORTAL_COMPRESSION",
         pick(&a.compression, &f.compression).as_deref(),
     )?;
+    let routes = resolve_route_table(
+        &f,
+        target.as_deref(),
+        &policy,
+        Duration::from_secs(timeout),
+        limits.max_body_bytes,
+        max_concurrent_jobs,
+        ca_file.as_deref(),
+        &refresh_statuses,
+        oauth.as_ref(),
+        &api_tls,
+    )?;
+    let target = target.unwrap_or_else(|| {
+        let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+        format!("routes {}", names.join(", "))
+    });
     Ok(Settings {
+        routes,
         pipeline: pick(&a.pipeline, &f.pipeline).unwrap_or(defaults::PIPELINE),
         compression,
         shutdown_grace: Duration::from_secs(grace),
@@ -387,19 +397,79 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         retry,
         kafka,
         target_api_url: target,
-        oauth,
-        api_tls,
         log_filter,
         log_format,
         admin_listen,
         max_concurrent_jobs,
-        request_timeout: Duration::from_secs(timeout),
         policy,
         limits,
         topic_partitions,
         replication_factor,
         start_from,
     })
+}
+
+/// Checks `PORTAL_TARGET_API_URL`.
+fn check_default_target(target: &str) -> anyhow::Result<()> {
+    let target_uri = parse_url(
+        "PORTAL_TARGET_API_URL",
+        target,
+        "the portal authenticates with OAuth2",
+    )?;
+    if !matches!(target_uri.scheme_str(), Some("http" | "https")) || target_uri.host().is_none() {
+        bail!("PORTAL_TARGET_API_URL: '{target}' must be an http:// or https:// URL with a host");
+    }
+    if target_uri.query().is_some() || target.contains('#') {
+        bail!("PORTAL_TARGET_API_URL: '{target}' must not have a query string or fragment");
+    }
+    Ok(())
+}
+
+/// The route table: the listed routes, then the default route when
+/// `PORTAL_TARGET_API_URL` is set (it takes every path and method).
+#[allow(clippy::too_many_arguments)]
+fn resolve_route_table(
+    f: &FileConfig,
+    target: Option<&str>,
+    policy: &crate::portal::policy::Policy,
+    timeout: Duration,
+    max_body_bytes: u64,
+    max_concurrent_jobs: usize,
+    ca_file: Option<&Path>,
+    refresh_statuses: &[hyper::StatusCode],
+    oauth: Option<&crate::portal::http_dispatch::token_cache::OAuthConfig>,
+    api_tls: &ApiTls,
+) -> anyhow::Result<Vec<crate::portal::routes::Route>> {
+    use crate::portal::routes::{Route, RouteAuth, DEFAULT_ROUTE};
+    let inherited = crate::cli::routes::Inherited {
+        allowed_headers: &policy.allowed_headers,
+        timeout,
+        max_body_bytes,
+        max_concurrent_jobs,
+        ca_file,
+        refresh_statuses,
+    };
+    let mut routes =
+        crate::cli::routes::resolve_routes(f.routes.as_deref().unwrap_or_default(), &inherited)?;
+    if let Some(target) = target {
+        routes.push(Route {
+            name: DEFAULT_ROUTE.to_string(),
+            line: None,
+            rule: crate::portal::policy::EndpointRule {
+                methods: Vec::new(),
+                pattern: "/**".to_string(),
+            },
+            target: target.trim_end_matches('/').to_string(),
+            strip_prefix: None,
+            allowed_headers: policy.allowed_headers.clone(),
+            timeout,
+            max_body_bytes,
+            max_concurrent_jobs,
+            auth: oauth.map_or(RouteAuth::None, |o| RouteAuth::OAuth2(o.clone())),
+            tls: api_tls.clone(),
+        });
+    }
+    Ok(routes)
 }
 
 /// `KAFKA_GROUP_PROTOCOL`: `consumer`, `classic` or `auto` (the default,

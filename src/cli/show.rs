@@ -139,14 +139,52 @@ pub(crate) fn rows_with(
     let side = m.get_one::<Side>(SIDE).copied();
     // The start-up warnings of the portal's endpoint patterns, when checked.
     let mut pattern_notes: Vec<Row> = Vec::new();
+    // The route table, in the order routes are tried, when checked.
+    let mut route_rows: Vec<Row> = Vec::new();
     let kafka_args = KafkaArgs::from_arg_matches(m)?;
     let file = load_file(kafka_args.config.as_deref())?;
+    // Without the portal's side the routes are listed as written, unchecked.
+    if side.is_none() {
+        route_rows = file
+            .routes
+            .iter()
+            .flatten()
+            .map(|r| Row {
+                name: format!("route {}", r.name),
+                source: r
+                    .line
+                    .map_or_else(|| "file".into(), |n| format!("line {n}")),
+                value: format!(
+                    "{}{} -> {} (unchecked: add `portal` to check)",
+                    if r.methods.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{} ", r.methods.join(","))
+                    },
+                    r.path_match,
+                    crate::cli::portal::without_userinfo(&r.target)
+                ),
+            })
+            .collect();
+    }
     let file = serde_json::to_value(&file)?;
     match side {
         Some(Side::Portal) => {
             let mut portal = PortalArgs::from_arg_matches(m)?;
             let filled = python::fill_portal(&mut portal, env)?;
             let settings = resolve_portal(&portal).map_err(|e| filled.explain(e))?;
+            route_rows = settings
+                .routes
+                .iter()
+                .map(|r| Row {
+                    name: format!("route {}", r.name),
+                    // The default route is PORTAL_TARGET_API_URL's, shown above.
+                    source: r
+                        .line
+                        .map_or_else(|| "portal".into(), |n| format!("line {n}")),
+                    value: r.summary(),
+                })
+                .collect();
             pattern_notes = settings
                 .policy
                 .endpoints
@@ -209,6 +247,9 @@ pub(crate) fn rows_with(
             .map(|a| row(a, m, &file, &python_values))
             .collect();
         sections.push((title, rows));
+    }
+    if !route_rows.is_empty() {
+        sections.push(("routes (tried in this order)", route_rows));
     }
     if !pattern_notes.is_empty() {
         sections.push((

@@ -49,7 +49,7 @@ fn flag_beats_file_beats_default() {
     assert_eq!(c.target_api_url, "http://file.example");
     assert_eq!(c.kafka.request_topic, "from-file");
     assert_eq!(c.kafka.response_topic, "api-responses");
-    assert!(c.oauth.is_none());
+    assert!(c.oauth().is_none());
 }
 
 #[test]
@@ -422,7 +422,7 @@ fn private_key_jwt_settings() {
         "https://api.example",
     ]))
     .unwrap();
-    let oauth = c.oauth.unwrap();
+    let oauth = c.oauth().unwrap().clone();
     let ClientCredentials::PrivateKeyJwt(signer) = &oauth.credentials else {
         panic!("{:?}", oauth.credentials);
     };
@@ -438,7 +438,7 @@ fn private_key_jwt_settings() {
         "https://idp.example/",
     ]))
     .unwrap();
-    let ClientCredentials::PrivateKeyJwt(signer) = &c.oauth.unwrap().credentials else {
+    let ClientCredentials::PrivateKeyJwt(signer) = &c.oauth().unwrap().credentials else {
         panic!("not private_key_jwt");
     };
     assert_eq!(signer.audience(), "https://idp.example/");

@@ -57,6 +57,14 @@ struct CategoryLabel {
     category: String,
 }
 
+/// Labels of a job called through a route: the route's name (from the
+/// start-up settings, so a closed set) and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+    outcome: &'static str,
+}
+
 /// Label of a Kafka error: `produce` or `fetch`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
@@ -82,6 +90,8 @@ pub(crate) struct Metrics {
     jobs_started: Counter,
     jobs_completed: Counter,
     jobs_failed: Family<CategoryLabel, Counter>,
+    /// Jobs called through each route, by outcome.
+    route_jobs: Family<RouteLabel, Counter>,
     request_bytes: Counter,
     response_bytes: Counter,
     job_duration: Histogram,
@@ -183,6 +193,7 @@ impl Metrics {
         let jobs_started = Counter::default();
         let jobs_completed = Counter::default();
         let jobs_failed = Family::<CategoryLabel, Counter>::default();
+        let route_jobs = Family::<RouteLabel, Counter>::default();
         let request_bytes = Counter::default();
         let response_bytes = Counter::default();
         let job_duration = Histogram::new(DURATION_BUCKETS);
@@ -207,6 +218,11 @@ impl Metrics {
             "jobs_failed",
             "Jobs answered with an error record, by error category",
             jobs_failed.clone(),
+        );
+        registry.register(
+            "route_jobs",
+            "Jobs that reached their route's call, by route and outcome (completed: the API's answer relayed; failed: an error record)",
+            route_jobs.clone(),
         );
         registry.register_with_unit(
             "request_body",
@@ -272,6 +288,7 @@ impl Metrics {
             jobs_started,
             jobs_completed,
             jobs_failed,
+            route_jobs,
             request_bytes,
             response_bytes,
             job_duration,
@@ -324,6 +341,16 @@ impl Metrics {
         self.jobs_failed
             .get_or_create(&CategoryLabel {
                 category: category_label(category),
+            })
+            .inc();
+    }
+
+    /// A job called through `route` ended: `completed` or `failed`.
+    pub(crate) fn route_job(&self, route: &str, outcome: &'static str) {
+        self.route_jobs
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+                outcome,
             })
             .inc();
     }

@@ -14,7 +14,6 @@ use tokio::task::AbortHandle;
 use crate::kafka::{Cluster, PartitionCache};
 use crate::portal::admin::{Metrics, Readiness};
 use crate::portal::budget::Budgets;
-use crate::portal::http_dispatch::Dispatcher;
 use crate::portal::ledger::Progress;
 use crate::portal::settings::Settings;
 use crate::protocol::signing::Verifier;
@@ -213,7 +212,8 @@ pub(crate) fn spawn_tracked<F>(
 pub(crate) struct Ctx {
     pub(crate) cfg: Settings,
     pub(crate) cluster: Cluster,
-    pub(crate) dispatcher: Dispatcher,
+    /// The route table, each route with its dispatcher.
+    pub(crate) routes: crate::portal::router::Routes,
     pub(crate) replies: PartitionCache,
     pub(crate) response_partitions: i32,
     /// REST calls at once.

@@ -170,10 +170,9 @@ const SPARE_POLL: Duration = Duration::from_millis(20);
 /// taking the last one could stop the partition for good. Once its body is
 /// verified it waits like any other job.
 async fn call_permit<'a>(
-    ctx: &'a Ctx,
+    permits: &'a tokio::sync::Semaphore,
     pipe: Option<&Pipe>,
 ) -> Option<tokio::sync::SemaphorePermit<'a>> {
-    let permits = &ctx.call_permits;
     let Some(pipe) = pipe else {
         return permits.acquire().await.ok();
     };
@@ -193,6 +192,27 @@ async fn call_permit<'a>(
     }
 }
 
+/// The job's route's call permit, then the portal's: a job waiting for its
+/// route's slot holds none of the portal's, so a route at its limit with a
+/// backlog does not starve the others. Every job holding a portal permit
+/// holds its route's, so it is calling (or its body arriving) and will
+/// give both back. `None` if the portal is closing them.
+async fn call_permits<'a>(
+    ctx: &'a Ctx,
+    job: &CompletedJob,
+    pipe: Option<&Pipe>,
+) -> Option<(
+    Option<tokio::sync::SemaphorePermit<'a>>,
+    tokio::sync::SemaphorePermit<'a>,
+)> {
+    let route = match ctx.routes.slots(&job.start) {
+        Some(slots) => Some(call_permit(slots, pipe).await?),
+        None => None,
+    };
+    let portal = call_permit(&ctx.call_permits, pipe).await?;
+    Some((route, portal))
+}
+
 /// Calls the API for `job` once a call permit is free and relays its
 /// answer to `pc`, or an error; returns whether the job is settled.
 async fn call_and_answer(
@@ -208,7 +228,7 @@ async fn call_and_answer(
     let permit = tokio::select! {
         biased;
         _ = stop.wait_for(|stopped| *stopped) => return false,
-        p = call_permit(ctx, pipe.as_deref()) => match p {
+        p = call_permits(ctx, job, pipe.as_deref()) => match p {
             Some(p) => p,
             None => return false,
         },
@@ -226,19 +246,29 @@ async fn call_and_answer(
     );
     ctx.metrics.job_started(job.body.len());
     let calling = ctx.metrics.in_flight();
+    let route = ctx
+        .routes
+        .pick(&job.start)
+        .map_or("none", |(_, d)| d.route());
     let settled = match answer(ctx, pc, job, attempt).await {
         Ok((status, bytes)) => {
             log::info!(
-                "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s{how}",
+                "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s{how} (route {route})",
                 job.start.method,
                 job.start.path,
                 started.elapsed().as_secs_f64()
             );
             ctx.metrics.job_completed(bytes, started.elapsed());
+            ctx.metrics.route_job(route, "completed");
             true
         }
         Err(AnswerError::Failed { seq, error }) => {
-            log::warn!("job {id}: {} ({})", error.message, error.category);
+            log::warn!(
+                "job {id}: {} ({}) (route {route})",
+                error.message,
+                error.category
+            );
+            ctx.metrics.route_job(route, "failed");
             ctx.metrics.job_took(started.elapsed());
             let category = error.category;
             let info = Failure {
@@ -251,6 +281,7 @@ async fn call_and_answer(
         Err(AnswerError::Kafka { seq, error }) => {
             log::error!("job {id}: could not send the response: {error}");
             ctx.metrics.produce_error();
+            ctx.metrics.route_job(route, "failed");
             ctx.metrics.job_took(started.elapsed());
             // An error record is small; it may get through where a chunk did not.
             let category = ErrorCategory::Internal;
@@ -294,13 +325,17 @@ async fn answer(
     // verification, so a long upload through Kafka does not eat into the
     // API's time.
     let pipe = pipe_of(job);
-    let deadline = Deadline::new(ctx.dispatcher.timeout(), pipe.clone());
+    let (_, dispatcher) = ctx
+        .routes
+        .pick(&job.start)
+        .map_err(|error| AnswerError::Failed { seq: 0, error })?;
+    let deadline = Deadline::new(dispatcher.timeout(), pipe.clone());
     // The slot stays taken until the answer is relayed: a call streaming
     // its answer still counts toward the API's concurrency.
     let Called {
         response: resp,
         slot: _slot,
-    } = match ctx.dispatcher.call(job, &deadline).await {
+    } = match dispatcher.call(job, &deadline).await {
         Ok(called) => called,
         // The call broke because its body did: that failure is the answer
         // (`run_job`), not the broken connection it caused.
@@ -357,7 +392,7 @@ async fn answer(
         .compressing(ctx.cfg.compression)
         .digesting(job.start.digest);
     // Names only: values the caller sent may be credentials.
-    let dropped = ctx.dispatcher.header_plan(&job.start).dropped_line();
+    let dropped = dispatcher.header_plan(&job.start).dropped_line();
     let record_headers: Vec<(&str, Vec<u8>)> = dropped
         .map(|line| (DROPPED_HEADERS_HEADER, line.into_bytes()))
         .into_iter()
@@ -394,8 +429,9 @@ async fn answer(
                     error: Failure {
                         category: ErrorCategory::UpstreamTimeout,
                         message: format!(
-                            "the API did not finish its response within {} s (PORTAL_REQUEST_TIMEOUT_SECS)",
-                            ctx.dispatcher.timeout().as_secs()
+                            "the API did not finish its response within {} s ({})",
+                            dispatcher.timeout().as_secs(),
+                            dispatcher.timeout_setting()
                         ),
                     },
                 });

@@ -5,7 +5,8 @@
 //!
 //! `run` starts the admin listener, connects to Kafka, makes sure both
 //! topics exist, and builds what every task shares (`context::Ctx`: the
-//! settings, the API `Dispatcher`, the signature verifier, the job queue,
+//! settings, the route table with each route's `Dispatcher`
+//! (`router::Routes`), the signature verifier, the job queue,
 //! the memory and spool budgets, a `ledger::Progress` per partition). Then
 //! it loops over generations of the consumer group: join, serve, and join
 //! again after a rebalance, or leave on shutdown. The shutdown future is an
@@ -21,10 +22,11 @@
 //! final commit follows.
 //!
 //! A reader (`reader`) fetches its partition and decodes each record, skips
-//! what its partition's ledger already knows, checks signatures and the
-//! policy on start records, and hands the rest to its own `Assembler`. A
-//! completed job goes to a task of its own (`job`): it waits for one of
-//! `PORTAL_MAX_CONCURRENT_JOBS` call permits, calls the API and streams the
+//! what its partition's ledger already knows, checks signatures, the
+//! policy and that a route takes each start record, and hands the rest to
+//! its own `Assembler`. A completed job goes to a task of its own (`job`):
+//! it waits for a call slot of its route and one of
+//! `PORTAL_MAX_CONCURRENT_JOBS` call permits, calls its route's API and streams the
 //! response as frames to the reply partition the start record names. A
 //! failed job gets an error record instead (`replies`). Both kinds of task
 //! first take a slot in the job queue; a reader that finds it full stops
@@ -68,6 +70,8 @@ mod pipe;
 pub(crate) mod policy;
 mod reader;
 mod replies;
+mod router;
+pub(crate) mod routes;
 mod settings;
 mod spool;
 
@@ -87,8 +91,6 @@ use crate::kafka::{self, PartitionCache, WhenRefused};
 use crate::portal::admin::{Metrics, Readiness};
 use crate::portal::context::{Ctx, InFlight};
 use crate::portal::generation::{cancel_in_flight, serve_generation, GenerationEnd};
-use crate::portal::http_dispatch::token_cache::TokenCache;
-use crate::portal::http_dispatch::Dispatcher;
 use crate::protocol::signing::Verifier;
 
 /// Settles `KAFKA_GROUP_PROTOCOL` against the broker. `consumer` on a
@@ -149,28 +151,7 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
         .await?;
     readiness.set_connected();
 
-    let http = crate::portal::http_dispatch::client::build_client(&cfg.api_tls);
-    let tokens = cfg
-        .oauth
-        .clone()
-        .map(|o| Arc::new(TokenCache::new(o, http.clone())));
-    if let Some(t) = &tokens {
-        metrics.watch_tokens(Arc::clone(t));
-    }
-    if tokens.is_none() {
-        log::warn!("OAuth2 is off (PORTAL_USE_OAUTH=false): calling the API without a token");
-    }
-    let dispatcher = Dispatcher::new(
-        http,
-        &cfg.target_api_url,
-        tokens,
-        cfg.request_timeout,
-        &cfg.policy.allowed_headers,
-        cfg.idempotency_header.as_deref(),
-        cfg.retry,
-        cfg.max_concurrent_jobs,
-    );
-    metrics.watch_backpressure(Arc::clone(dispatcher.backpressure()));
+    let routes = router::start(&cfg, &metrics).await?;
     cfg.policy.announce();
     let verifier = cfg.trusted_keys.clone().map(|trusted| {
         log::info!(
@@ -194,7 +175,7 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
         metrics,
         readiness,
         response_partitions,
-        dispatcher,
+        routes,
         cluster,
         cfg,
     });

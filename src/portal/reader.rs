@@ -358,7 +358,12 @@ async fn handle_record(
         // to judge (a duplicate, or a conflicting repeat); only a new job
         // meets the policy, so a refusal never touches another job's records.
         Body::RequestStart(start) if !asm.knows(&frame.job) => {
-            match ctx.cfg.policy.check(frame.job, start) {
+            match ctx
+                .cfg
+                .policy
+                .check(frame.job, start)
+                .and_then(|()| ctx.routes.admit(start))
+            {
                 Ok(()) => asm.accept(frame, payload, offset, Instant::now()),
                 Err(refusal) => {
                     asm.skip(frame.job);

@@ -5,8 +5,6 @@ use std::time::Duration;
 use crate::kafka;
 use crate::kafka::group::GroupConfig;
 use crate::logging::LogFormat;
-use crate::portal::http_dispatch::tls::ApiTls;
-use crate::portal::http_dispatch::token_cache::OAuthConfig;
 
 /// Where a new portal starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,12 +31,9 @@ pub(crate) struct Settings {
     pub(crate) retry: crate::portal::http_dispatch::backpressure::RetryPolicy,
     /// Kafka side.
     pub(crate) kafka: kafka::Config,
-    /// API base URL.
+    /// API base URL of the default route; with only listed routes, their
+    /// names (it is shown in the "portal ready" line).
     pub(crate) target_api_url: String,
-    /// OAuth settings, when on.
-    pub(crate) oauth: Option<OAuthConfig>,
-    /// TLS of the calls to the API and the token endpoint.
-    pub(crate) api_tls: ApiTls,
     /// env_logger filter.
     pub(crate) log_filter: String,
     /// How log lines look.
@@ -47,8 +42,6 @@ pub(crate) struct Settings {
     pub(crate) admin_listen: Option<std::net::SocketAddr>,
     /// REST calls at once.
     pub(crate) max_concurrent_jobs: usize,
-    /// API deadline.
-    pub(crate) request_timeout: Duration,
     /// What may reach the API.
     pub(crate) policy: crate::portal::policy::Policy,
     /// Assembly limits.
@@ -65,4 +58,22 @@ pub(crate) struct Settings {
     pub(crate) pipeline: bool,
     /// How the answers' records are compressed.
     pub(crate) compression: crate::kafka::compression::Codec,
+    /// Every route in the order they are tried: the `[[routes]]` of the
+    /// config file, then the default route when `PORTAL_TARGET_API_URL` is set.
+    pub(crate) routes: Vec<crate::portal::routes::Route>,
+}
+
+#[cfg(test)]
+impl Settings {
+    /// The default route's OAuth2 settings, when it has them.
+    pub(crate) fn oauth(&self) -> Option<&crate::portal::http_dispatch::token_cache::OAuthConfig> {
+        use crate::portal::routes::{RouteAuth, DEFAULT_ROUTE};
+        self.routes
+            .iter()
+            .filter(|r| r.name == DEFAULT_ROUTE)
+            .find_map(|r| match &r.auth {
+                RouteAuth::OAuth2(o) => Some(o),
+                _ => None,
+            })
+    }
 }

@@ -29,6 +29,7 @@ mod pushback;
 mod python;
 mod relay;
 mod resume;
+mod routes;
 mod secrets;
 mod ship;
 mod signing;

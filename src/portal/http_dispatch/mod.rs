@@ -1,8 +1,10 @@
 //! Calls the target REST API for a completed job, with a token from
 //! `token_cache` over the client `client` builds with the `tls` settings.
 //!
-//! The URL is always `PORTAL_TARGET_API_URL` joined with the request's path;
-//! the request can name a path and query only. Redirects are not followed.
+//! One `Dispatcher` serves one route: the URL is always the route's target
+//! (`PORTAL_TARGET_API_URL` for the default route) joined with the request's
+//! path less the route's prefix; the request can name a path and query
+//! only. Redirects are not followed.
 //! Bodies stream from the spool, so a retry after a refused token re-reads it;
 //! a pipelined body streams while it still arrives (`PipeBody`).
 //! An answer that pushes back (429, 503, or 409 to a repeated idempotency
@@ -328,6 +330,15 @@ pub(crate) struct Dispatcher {
     retry: RetryPolicy,
     /// The concurrency limit toward the API and the retry counters.
     backpressure: Arc<Backpressure>,
+    /// The route this dispatcher serves, for messages and logs.
+    route: String,
+    /// Removed from the front of a request's path before it is joined.
+    strip_prefix: Option<String>,
+    /// A static credential header sent on every call (`[routes.header]`).
+    static_header: Option<(HeaderName, HeaderValue)>,
+    /// Largest body this route takes, checked again before the call for a
+    /// body whose length its start record did not declare.
+    max_body_bytes: Option<u64>,
 }
 
 impl Dispatcher {
@@ -358,7 +369,50 @@ impl Dispatcher {
                 .collect(),
             idempotency_header: idempotency_header
                 .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            route: DEFAULT_ROUTE.to_string(),
+            strip_prefix: None,
+            static_header: None,
+            max_body_bytes: None,
         }
+    }
+
+    /// This dispatcher for route `name`: `strip_prefix` taken off each path,
+    /// `header` (name, value) sent on each call, bodies over
+    /// `max_body_bytes` refused. Errors say which piece is unusable.
+    pub(crate) fn routed(
+        mut self,
+        name: &str,
+        strip_prefix: Option<&str>,
+        header: Option<(&str, &str)>,
+        max_body_bytes: u64,
+    ) -> Result<Self, String> {
+        self.route = name.to_string();
+        self.strip_prefix = strip_prefix.map(str::to_string);
+        self.max_body_bytes = Some(max_body_bytes);
+        if let Some((n, v)) = header {
+            let n = HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| format!("'{}' is not a header name", n.escape_debug()))?;
+            let mut v = HeaderValue::from_str(v).map_err(|_| {
+                "the value is not a valid header value (one line of visible ASCII)".to_string()
+            })?;
+            v.set_sensitive(true);
+            self.static_header = Some((n, v));
+        }
+        Ok(self)
+    }
+
+    /// The setting that gave this dispatcher's deadline, for messages.
+    pub(crate) fn timeout_setting(&self) -> String {
+        if self.route == DEFAULT_ROUTE {
+            "PORTAL_REQUEST_TIMEOUT_SECS".to_string()
+        } else {
+            format!("timeout_secs of route '{}'", self.route)
+        }
+    }
+
+    /// The name of the route this dispatcher serves.
+    pub(crate) fn route(&self) -> &str {
+        &self.route
     }
 
     /// The deadline for response headers.
@@ -384,6 +438,18 @@ impl Dispatcher {
         deadline: &Deadline,
     ) -> Result<Called, Failure> {
         let url = self.url_for(&job.start.path)?;
+        if let Some(max) = self.max_body_bytes {
+            let len = job.body.len();
+            if len > max {
+                return Err(Failure::new(
+                    ErrorCategory::Rejected,
+                    format!(
+                        "request body of {len} bytes exceeds the limit of {max} bytes of route '{}' (max_body_bytes)",
+                        self.route
+                    ),
+                ));
+            }
+        }
         let method = Method::from_bytes(job.start.method.as_bytes()).map_err(|_| {
             Failure::new(
                 ErrorCategory::BadRequest,
@@ -415,8 +481,9 @@ impl Dispatcher {
                     None => Err(Failure::new(
                         ErrorCategory::UpstreamTimeout,
                         format!(
-                            "{method} {url}: no call slot came free within {} s (PORTAL_REQUEST_TIMEOUT_SECS) while the API pushed back",
-                            self.timeout.as_secs()
+                            "{method} {url}: no call slot came free within {} s ({}) while the API pushed back",
+                            self.timeout.as_secs(),
+                            self.timeout_setting()
                         ),
                     )),
                 };
@@ -436,8 +503,9 @@ impl Dispatcher {
                     return Err(Failure::new(
                         ErrorCategory::UpstreamTimeout,
                         format!(
-                            "{method} {url}: no response within {} s (PORTAL_REQUEST_TIMEOUT_SECS)",
-                            self.timeout.as_secs()
+                            "{method} {url}: no response within {} s ({})",
+                            self.timeout.as_secs(),
+                            self.timeout_setting()
                         ),
                     ))
                 }
@@ -575,6 +643,11 @@ impl Dispatcher {
             })?;
             builder = builder.header(AUTHORIZATION, v);
         }
+        if let (Some((name, value)), Some(headers)) = (&self.static_header, builder.headers_mut()) {
+            // Replaces any forwarded header of the same name: the sender
+            // must not choose the route's credential.
+            headers.insert(name.clone(), value.clone());
+        }
         if job.start.has_body || method_expects_body(method) {
             builder = builder.header(CONTENT_LENGTH, job.body.len());
         }
@@ -596,7 +669,25 @@ impl Dispatcher {
     /// Joins the target URL and a request path, refusing paths that could
     /// leave the target's origin or base path.
     pub(crate) fn url_for(&self, path: &str) -> Result<String, Failure> {
-        join_url(&self.base, path)
+        let path = strip(self.strip_prefix.as_deref(), path);
+        join_url(&self.base, &path)
+    }
+}
+
+/// The name of the route the single-target settings define.
+pub(crate) const DEFAULT_ROUTE: &str = "default";
+
+/// `path` (with its query) less `prefix`, when it starts with it at a
+/// segment boundary; "/" when nothing is left of the path.
+pub(crate) fn strip(prefix: Option<&str>, path: &str) -> String {
+    let Some(prefix) = prefix else {
+        return path.to_string();
+    };
+    match path.strip_prefix(prefix) {
+        Some("") => "/".to_string(),
+        Some(rest) if rest.starts_with('?') => format!("/{rest}"),
+        Some(rest) if rest.starts_with('/') => rest.to_string(),
+        _ => path.to_string(),
     }
 }
 

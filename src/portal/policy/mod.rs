@@ -33,7 +33,8 @@ pub(crate) struct EndpointRule {
 }
 
 impl EndpointRule {
-    fn allows(&self, method: &str, path: &str) -> bool {
+    /// Whether the rule takes `method` on `path` (without its query).
+    pub(crate) fn allows(&self, method: &str, path: &str) -> bool {
         let base = self.pattern.strip_suffix("/**");
         (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
             && (glob_match(self.pattern.as_bytes(), path.as_bytes())

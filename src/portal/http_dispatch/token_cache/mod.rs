@@ -73,6 +73,17 @@ impl std::fmt::Debug for ClientCredentials {
     }
 }
 
+impl ClientCredentials {
+    /// The method's name as `OAUTH2_AUTH_METHOD` spells it.
+    pub(crate) fn method_name(&self) -> &'static str {
+        match self {
+            Self::SecretBasic(_) => "client_secret_basic",
+            Self::SecretPost(_) => "client_secret_post",
+            Self::PrivateKeyJwt(_) => "private_key_jwt",
+        }
+    }
+}
+
 /// Where and how to get tokens.
 #[derive(Clone)]
 pub(crate) struct OAuthConfig {
