@@ -451,6 +451,30 @@ pub fn request(a: &SendArgs) -> Request {
             dump_header: a.dump_header.clone(),
             compressed: a.compressed,
         },
+        trace: trace_from_env(),
+    }
+}
+
+/// The trace to continue from `TRACEPARENT` and `TRACESTATE`, OpenTelemetry's
+/// environment carriers. An invalid one is ignored with a warning, not
+/// refused: it was set by whatever started this process, not typed here, and
+/// a broken trace must not stop a request (an invalid `-H traceparent` is
+/// refused instead).
+fn trace_from_env() -> Option<crate::protocol::trace::TraceContext> {
+    use std::os::unix::ffi::OsStrExt;
+    let tp = std::env::var_os("TRACEPARENT")?;
+    let ts = std::env::var_os("TRACESTATE");
+    match crate::protocol::trace::TraceContext::from_values(
+        Some(tp.as_bytes()),
+        ts.as_ref().map(|v| v.as_bytes()),
+    ) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            eprintln!(
+                "kafkasend send: warning: TRACEPARENT/TRACESTATE ignored, a new trace starts: {e}"
+            );
+            None
+        }
     }
 }
 

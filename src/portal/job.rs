@@ -25,6 +25,7 @@ use crate::portal::pipe::{Deadline, Pipe, PipeState};
 use crate::portal::replies::{reply_partition, report_error_reply, send_error, ReplyTo};
 use crate::portal::spool::SpooledBody;
 use crate::protocol::chunker::Chunker;
+use crate::protocol::trace::{SpanId, TraceContext, TraceParent};
 use crate::protocol::wire::{
     new_attempt, Body, Frame, ResponseStart, ATTEMPT_HEADER, DROPPED_HEADERS_HEADER,
 };
@@ -37,6 +38,59 @@ const FLUSH_AFTER: Duration = Duration::from_millis(200);
 /// How long a response's start record waits for the first body bytes, so
 /// that a small response leaves in one produce request.
 const START_HOLD: Duration = Duration::from_millis(20);
+
+/// The portal's place in a job's trace, drawn afresh for each run: the
+/// trace the request carried (or a new one for a request that carried
+/// none), the job span under the sender's span, and the call span under it,
+/// the parent the API sees.
+#[derive(Debug, Clone)]
+struct JobTrace {
+    /// The trace, the job span's id, the flags.
+    job: TraceParent,
+    /// The sender's span, when the request carried one.
+    parent: Option<SpanId>,
+    /// The `tracestate`, carried on unchanged.
+    state: Option<String>,
+    /// The span of the API call.
+    call: SpanId,
+}
+
+impl JobTrace {
+    fn new(given: Option<&TraceContext>) -> Self {
+        let span = SpanId::random();
+        let (job, parent, state) = match given {
+            Some(t) => (
+                t.parent.child(span),
+                Some(t.parent.parent_id),
+                t.state.clone(),
+            ),
+            None => (TraceParent::start(span), None, None),
+        };
+        Self {
+            job,
+            parent,
+            state,
+            call: SpanId::random(),
+        }
+    }
+
+    /// What the API request carries: its parent is the call span.
+    fn call_context(&self) -> TraceContext {
+        TraceContext {
+            parent: self.job.child(self.call),
+            state: self.state.clone(),
+        }
+    }
+
+    /// What the response's start record carries: its parent is the job
+    /// span, and it tells `send` the trace id even when it started none.
+    fn job_context(&self) -> TraceContext {
+        TraceContext {
+            parent: self.job,
+            state: self.state.clone(),
+        }
+    }
+}
 
 /// Most bytes of response headers relayed.
 const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
@@ -115,7 +169,9 @@ fn pipe_of(job: &CompletedJob) -> Option<Arc<Pipe>> {
 
 /// Runs one job; returns whether it is settled (see `context::settle`).
 /// A pipelined one ends as soon as its body fails or is let go.
-async fn run_job(ctx: &Ctx, job: CompletedJob, stop: watch::Receiver<bool>) -> bool {
+async fn run_job(ctx: &Ctx, mut job: CompletedJob, stop: watch::Receiver<bool>) -> bool {
+    let trace = JobTrace::new(job.trace.as_deref());
+    job.call_trace = Some(Box::new(trace.call_context()));
     let pc = match reply_partition(
         ctx,
         job.job,
@@ -133,7 +189,7 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, stop: watch::Receiver<bool>) -> b
     // the two apart.
     let attempt = new_attempt();
     let Some(pipe) = pipe_of(&job) else {
-        return call_and_answer(ctx, &pc, &job, &attempt, stop).await;
+        return call_and_answer(ctx, &pc, &job, &trace, &attempt, stop).await;
     };
     // Nothing of the answer goes out before the body is verified, and a
     // body verified never breaks: ending the call here leaves no reply half sent.
@@ -155,7 +211,7 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, stop: watch::Receiver<bool>) -> b
                 false
             }
         },
-        settled = call_and_answer(ctx, &pc, &job, &attempt, stop) => settled,
+        settled = call_and_answer(ctx, &pc, &job, &trace, &attempt, stop) => settled,
     }
 }
 
@@ -199,6 +255,7 @@ async fn call_and_answer(
     ctx: &Ctx,
     pc: &Partition,
     job: &CompletedJob,
+    trace: &JobTrace,
     attempt: &[u8],
     mut stop: watch::Receiver<bool>,
 ) -> bool {
@@ -220,16 +277,20 @@ async fn call_and_answer(
     } else {
         ""
     };
+    let trace_id = trace.job.trace_id;
     log::debug!(
-        "job {id}: answering as attempt {}",
-        String::from_utf8_lossy(attempt)
+        "job {id}: answering as attempt {} (trace_id={trace_id} job span {}, call span {}, parent {})",
+        String::from_utf8_lossy(attempt),
+        trace.job.parent_id,
+        trace.call,
+        trace.parent.map_or_else(|| "none".into(), |p| p.to_string()),
     );
     ctx.metrics.job_started(job.body.len());
     let calling = ctx.metrics.in_flight();
-    let settled = match answer(ctx, pc, job, attempt).await {
+    let settled = match answer(ctx, pc, job, trace, attempt).await {
         Ok((status, bytes)) => {
             log::info!(
-                "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s{how}",
+                "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s{how} trace_id={trace_id}",
                 job.start.method,
                 job.start.path,
                 started.elapsed().as_secs_f64()
@@ -238,7 +299,11 @@ async fn call_and_answer(
             true
         }
         Err(AnswerError::Failed { seq, error }) => {
-            log::warn!("job {id}: {} ({})", error.message, error.category);
+            log::warn!(
+                "job {id}: {} ({}) trace_id={trace_id}",
+                error.message,
+                error.category
+            );
             ctx.metrics.job_took(started.elapsed());
             let category = error.category;
             let info = Failure {
@@ -287,6 +352,7 @@ async fn answer(
     ctx: &Ctx,
     pc: &Partition,
     job: &CompletedJob,
+    trace: &JobTrace,
     attempt: &[u8],
 ) -> Result<(u16, u64), AnswerError> {
     // One deadline for the whole call, headers and body alike; for a
@@ -358,10 +424,11 @@ async fn answer(
         .digesting(job.start.digest);
     // Names only: values the caller sent may be credentials.
     let dropped = ctx.dispatcher.header_plan(&job.start).dropped_line();
-    let record_headers: Vec<(&str, Vec<u8>)> = dropped
+    let mut record_headers: Vec<(&str, Vec<u8>)> = dropped
         .map(|line| (DROPPED_HEADERS_HEADER, line.into_bytes()))
         .into_iter()
         .collect();
+    record_headers.extend(trace.job_context().headers());
     out.push_with_headers(&start, &[], &record_headers).await?;
 
     let mut chunker = Chunker::new(job.job, 1, job.start.digest);

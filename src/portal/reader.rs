@@ -22,6 +22,7 @@ use crate::portal::job::{spawn_job, spawn_pipelined};
 use crate::portal::ledger::Progress;
 use crate::portal::replies::spawn_error_reply;
 use crate::portal::settings::StartFrom;
+use crate::protocol::trace::{self, TraceContext, TraceParent};
 use crate::protocol::wire::{self, Body, Frame, JobId};
 use crate::protocol::ErrorCategory;
 
@@ -390,6 +391,18 @@ async fn handle_record(
     if is_start && starts_job {
         lock(progress).add(offset);
     }
+    let mut outcome = outcome;
+    if is_start && starts_job {
+        if let Some(trace) = trace_of(&rec, job) {
+            match &mut outcome {
+                Outcome::Pending => {
+                    asm.set_trace(job, trace);
+                }
+                Outcome::Complete(c) => c.trace = Some(Box::new(trace)),
+                _ => {}
+            }
+        }
+    }
     match outcome {
         Outcome::Pending if is_start => {
             log::debug!("job {job}: receiving a request (partition {partition} offset {offset})");
@@ -500,6 +513,34 @@ async fn check_signature(
             None
         }
     }
+}
+
+/// The trace context a start record's headers carry. A hostile or broken
+/// one is left out with a debug line, never fatal: the job then gets a
+/// trace of its own from the portal.
+fn trace_of(rec: &RecordAndOffset, job: JobId) -> Option<TraceContext> {
+    let headers = &rec.record.headers;
+    let parent = match TraceParent::parse(headers.get(trace::TRACEPARENT)?) {
+        Ok(p) => p,
+        Err(e) => {
+            log::debug!("job {job}: traceparent on its start record ignored: {e}");
+            return None;
+        }
+    };
+    // As the specification allows, a bad tracestate alone is dropped and the
+    // trace kept.
+    let state = match headers
+        .get(trace::TRACESTATE)
+        .map(|v| trace::parse_tracestate(v))
+    {
+        Some(Ok(state)) => state,
+        Some(Err(e)) => {
+            log::debug!("job {job}: tracestate on its start record ignored: {e}");
+            None
+        }
+        None => None,
+    };
+    Some(TraceContext { parent, state })
 }
 
 /// The job a record's key names, if it names one.

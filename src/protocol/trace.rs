@@ -267,6 +267,11 @@ impl TraceContext {
     }
 }
 
+/// Whether an HTTP header name is one of the trace context's.
+pub fn is_trace_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case(TRACEPARENT) || name.eq_ignore_ascii_case(TRACESTATE)
+}
+
 fn trim(mut v: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = v {
         v = rest;

@@ -100,6 +100,9 @@ pub struct Report {
     pub digest: Option<crate::protocol::digest::DigestKind>,
     /// When the command started.
     pub started: Instant,
+    /// The trace id: the one `send` started or continued, or the one the
+    /// portal's answer names.
+    pub trace_id: Option<String>,
 }
 
 impl Default for Report {
@@ -117,6 +120,7 @@ impl Default for Report {
             digest_verified: false,
             digest: None,
             started: Instant::now(),
+            trace_id: None,
         }
     }
 }
@@ -139,6 +143,7 @@ impl Report {
             "digest_verified": self.digest_verified,
             "digest": self.digest.map(|d| d.name()),
             "duration_secs": round_ms(self.started.elapsed()),
+            "trace_id": self.trace_id,
             "exit_code": exit_code,
             "error": error,
         })

@@ -35,3 +35,4 @@ mod signing;
 mod static_member;
 mod support;
 mod tls;
+mod trace;

@@ -25,6 +25,7 @@ use crate::portal::pipe::{Pipe, PipeFeed};
 use crate::portal::spool::{blocks, make_room, Spill, Spool, SpooledBody};
 use crate::protocol::body::{BodyCheck, BodyFault};
 use crate::protocol::digest::Digest;
+use crate::protocol::trace::TraceContext;
 use crate::protocol::wire::{Body, ChunkInfo, EndInfo, Frame, JobId, RequestStart};
 use crate::protocol::{ErrorCategory, Failure};
 
@@ -148,6 +149,12 @@ pub(crate) struct CompletedJob {
     pub(crate) digest: Digest,
     /// Offset of the job's start record in the request partition.
     pub(crate) first_offset: i64,
+    /// The trace its start record carried, if a valid one (see
+    /// [`Assembler::set_trace`]).
+    pub(crate) trace: Option<Box<TraceContext>>,
+    /// The context the API call carries (its parent the portal's call
+    /// span), set by the job's run before it calls.
+    pub(crate) call_trace: Option<Box<TraceContext>>,
 }
 
 /// A job that cannot go on; the client should be told.
@@ -233,6 +240,9 @@ struct Assembly {
     /// For a pipelined job: where the job's call learns how far the body
     /// has come, and the verdict.
     pipe: Option<PipeFeed>,
+    /// The trace its start record carried (at most a few KiB, bounded by
+    /// `protocol::trace::MAX_TRACESTATE_BYTES`).
+    trace: Option<Box<TraceContext>>,
 }
 
 /// Remembers recently finished jobs so a duplicated start record does not
@@ -415,6 +425,8 @@ impl Assembler {
                 body: SpooledBody::Empty,
                 digest: digest.of(&[]),
                 first_offset: offset,
+                trace: None,
+                call_trace: None,
             });
         }
         let mut books = Lease::new(&self.budgets.memory);
@@ -438,6 +450,7 @@ impl Assembler {
                 end: None,
                 signed_digest: None,
                 pipe: None,
+                trace: None,
             },
         );
         Outcome::Pending
@@ -478,6 +491,8 @@ impl Assembler {
                 bytes: [0; 32],
             },
             first_offset: a.first_offset,
+            trace: a.trace.clone(),
+            call_trace: None,
         })
     }
 
@@ -751,6 +766,8 @@ impl Assembler {
             body,
             digest,
             first_offset: a.first_offset,
+            trace: a.trace,
+            call_trace: None,
         })
     }
 
@@ -780,6 +797,20 @@ impl Assembler {
         match self.jobs.remove(&job) {
             Some(a) => Outcome::Failed(failed(job, a, category, message)),
             None => Outcome::Ignored("unknown job"),
+        }
+    }
+
+    /// Keeps the trace a job's start record carried, for the job it
+    /// completes as; false when the job is not assembling (a job with no
+    /// body completes at its start record, and its reader sets the trace on
+    /// the [`CompletedJob`] itself).
+    pub(crate) fn set_trace(&mut self, job: JobId, trace: TraceContext) -> bool {
+        match self.jobs.get_mut(&job) {
+            Some(a) => {
+                a.trace = Some(Box::new(trace));
+                true
+            }
+            None => false,
         }
     }
 

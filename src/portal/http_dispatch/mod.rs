@@ -38,6 +38,7 @@ use crate::portal::http_dispatch::token_cache::TokenCache;
 use crate::portal::pipe::{Deadline, Pipe, PipeState};
 use crate::portal::policy::{plan_headers, HeaderPlan};
 use crate::portal::spool::{SpoolFile, SpooledBody};
+use crate::protocol::trace;
 use crate::protocol::wire::RequestStart;
 use crate::protocol::{ErrorCategory, Failure};
 use crate::util::error_chain;
@@ -545,6 +546,10 @@ impl Dispatcher {
             log::debug!("job {}: not forwarding headers {line}", job.job);
         }
         for (name, value) in plan.forward {
+            // The portal's own context replaces a forwarded one.
+            if job.call_trace.is_some() && trace::is_trace_header(name) {
+                continue;
+            }
             let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
@@ -559,6 +564,9 @@ impl Dispatcher {
         }
         if !agent_forwarded {
             builder = builder.header(USER_AGENT, HeaderValue::from_static(PORTAL_USER_AGENT));
+        }
+        for (name, value) in job.call_trace.iter().flat_map(|t| t.headers()) {
+            builder = builder.header(name, value);
         }
         if let Some(name) = &self.idempotency_header {
             let id = HeaderValue::from_str(&job.job.to_string()).map_err(|_| {
