@@ -624,7 +624,12 @@ fn run_client(
             return ExitCode::FAILURE;
         }
     };
+    let exporter = rt.block_on(async { crate::cli::otlp::from_env("kafkasend-send") });
     let result = rt.block_on(run(&cfg, &mut report));
+    // Bounded: a dead collector must not hold the command's exit.
+    if let Some(exporter) = exporter {
+        rt.block_on(exporter.shutdown(crate::cli::otlp::EXIT_LIMIT));
+    }
     // Background retries of the Kafka client must not hold the exit.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     let (code, error) = match result {

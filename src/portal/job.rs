@@ -10,7 +10,7 @@
 //! leaves the job to be read again.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http_body_util::BodyExt;
 use tokio::sync::watch;
@@ -23,9 +23,9 @@ use crate::portal::http_dispatch::Called;
 use crate::portal::ledger::Progress;
 use crate::portal::pipe::{Deadline, Pipe, PipeState};
 use crate::portal::replies::{reply_partition, report_error_reply, send_error, ReplyTo};
+use crate::portal::spans::{record_run, JobTrace, RunMarks};
 use crate::portal::spool::SpooledBody;
 use crate::protocol::chunker::Chunker;
-use crate::protocol::trace::{SpanId, TraceContext, TraceParent};
 use crate::protocol::wire::{
     new_attempt, Body, Frame, ResponseStart, ATTEMPT_HEADER, DROPPED_HEADERS_HEADER,
 };
@@ -38,59 +38,6 @@ const FLUSH_AFTER: Duration = Duration::from_millis(200);
 /// How long a response's start record waits for the first body bytes, so
 /// that a small response leaves in one produce request.
 const START_HOLD: Duration = Duration::from_millis(20);
-
-/// The portal's place in a job's trace, drawn afresh for each run: the
-/// trace the request carried (or a new one for a request that carried
-/// none), the job span under the sender's span, and the call span under it,
-/// the parent the API sees.
-#[derive(Debug, Clone)]
-struct JobTrace {
-    /// The trace, the job span's id, the flags.
-    job: TraceParent,
-    /// The sender's span, when the request carried one.
-    parent: Option<SpanId>,
-    /// The `tracestate`, carried on unchanged.
-    state: Option<String>,
-    /// The span of the API call.
-    call: SpanId,
-}
-
-impl JobTrace {
-    fn new(given: Option<&TraceContext>) -> Self {
-        let span = SpanId::random();
-        let (job, parent, state) = match given {
-            Some(t) => (
-                t.parent.child(span),
-                Some(t.parent.parent_id),
-                t.state.clone(),
-            ),
-            None => (TraceParent::start(span), None, None),
-        };
-        Self {
-            job,
-            parent,
-            state,
-            call: SpanId::random(),
-        }
-    }
-
-    /// What the API request carries: its parent is the call span.
-    fn call_context(&self) -> TraceContext {
-        TraceContext {
-            parent: self.job.child(self.call),
-            state: self.state.clone(),
-        }
-    }
-
-    /// What the response's start record carries: its parent is the job
-    /// span, and it tells `send` the trace id even when it started none.
-    fn job_context(&self) -> TraceContext {
-        TraceContext {
-            parent: self.job,
-            state: self.state.clone(),
-        }
-    }
-}
 
 /// Most bytes of response headers relayed.
 const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
@@ -170,8 +117,14 @@ fn pipe_of(job: &CompletedJob) -> Option<Arc<Pipe>> {
 /// Runs one job; returns whether it is settled (see `context::settle`).
 /// A pipelined one ends as soon as its body fails or is let go.
 async fn run_job(ctx: &Ctx, mut job: CompletedJob, stop: watch::Receiver<bool>) -> bool {
-    let trace = JobTrace::new(job.trace.as_deref());
-    job.call_trace = Some(Box::new(trace.call_context()));
+    let run_at = SystemTime::now();
+    // Every job read from a start record has its trace; one made another
+    // way starts a trace here.
+    let trace = *job
+        .trace
+        .take()
+        .unwrap_or_else(|| Box::new(JobTrace::new(None, run_at)));
+    job.trace = Some(Box::new(trace.clone()));
     let pc = match reply_partition(
         ctx,
         job.job,
@@ -271,6 +224,12 @@ async fn call_and_answer(
         },
     };
     let started = Instant::now();
+    let now = SystemTime::now();
+    let mut marks = RunMarks {
+        run: Some(now),
+        call: Some(now),
+        ..RunMarks::default()
+    };
     let id = job.job;
     let how = if pipe_of(job).is_some() {
         " (pipelined)"
@@ -287,7 +246,14 @@ async fn call_and_answer(
     );
     ctx.metrics.job_started(job.body.len());
     let calling = ctx.metrics.in_flight();
-    let settled = match answer(ctx, pc, job, trace, attempt).await {
+    let result = answer(ctx, pc, job, trace, attempt, &mut marks).await;
+    let error = match &result {
+        Ok(_) => None,
+        Err(AnswerError::Failed { error, .. }) => Some(error.message.clone()),
+        Err(AnswerError::Kafka { error, .. }) => Some(error.to_string()),
+    };
+    record_run(trace, id, &job.start.method, job.body.len(), &marks, error);
+    let settled = match result {
         Ok((status, bytes)) => {
             log::info!(
                 "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s{how} trace_id={trace_id}",
@@ -354,6 +320,7 @@ async fn answer(
     job: &CompletedJob,
     trace: &JobTrace,
     attempt: &[u8],
+    marks: &mut RunMarks,
 ) -> Result<(u16, u64), AnswerError> {
     // One deadline for the whole call, headers and body alike; for a
     // pipelined body it counts from the later of now and the body's
@@ -384,6 +351,8 @@ async fn answer(
     }
     let deadline = deadline.bound();
     let status = resp.status().as_u16();
+    marks.head = Some(SystemTime::now());
+    marks.status = Some(status);
     // Response headers travel in one frame header; keep them well inside
     // wire::MAX_HEADER_BYTES and say what was dropped.
     let mut headers: Vec<(String, String)> = Vec::new();
@@ -513,5 +482,6 @@ async fn answer(
     out.push(&end, &[]).await?;
     out.flush().await?;
     log::debug!("job {}: answer sent, {}", job.job, out.compression());
+    marks.bytes_back = total;
     Ok((status, total))
 }

@@ -69,6 +69,7 @@ pub(crate) mod policy;
 mod reader;
 mod replies;
 mod settings;
+mod spans;
 mod spool;
 
 pub(crate) use settings::{Settings, StartFrom};

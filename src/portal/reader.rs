@@ -6,7 +6,7 @@
 //! going quiet.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
@@ -22,6 +22,7 @@ use crate::portal::job::{spawn_job, spawn_pipelined};
 use crate::portal::ledger::Progress;
 use crate::portal::replies::spawn_error_reply;
 use crate::portal::settings::StartFrom;
+use crate::portal::spans::JobTrace;
 use crate::protocol::trace::{self, TraceContext, TraceParent};
 use crate::protocol::wire::{self, Body, Frame, JobId};
 use crate::protocol::ErrorCategory;
@@ -354,12 +355,16 @@ async fn handle_record(
         return;
     };
     let job = frame.job;
+    let received = SystemTime::now();
+    let mut policy_span = None;
     let outcome = match &frame.body {
         // A start of a job already assembling or finished is the assembler's
         // to judge (a duplicate, or a conflicting repeat); only a new job
         // meets the policy, so a refusal never touches another job's records.
         Body::RequestStart(start) if !asm.knows(&frame.job) => {
-            match ctx.cfg.policy.check(frame.job, start) {
+            let checked = ctx.cfg.policy.check(frame.job, start);
+            policy_span = Some((received, SystemTime::now()));
+            match checked {
                 Ok(()) => asm.accept(frame, payload, offset, Instant::now()),
                 Err(refusal) => {
                     asm.skip(frame.job);
@@ -393,14 +398,14 @@ async fn handle_record(
     }
     let mut outcome = outcome;
     if is_start && starts_job {
-        if let Some(trace) = trace_of(&rec, job) {
-            match &mut outcome {
-                Outcome::Pending => {
-                    asm.set_trace(job, trace);
-                }
-                Outcome::Complete(c) => c.trace = Some(Box::new(trace)),
-                _ => {}
+        let mut trace = JobTrace::new(trace_of(&rec, job), received);
+        trace.policy = policy_span;
+        match &mut outcome {
+            Outcome::Pending => {
+                asm.set_trace(job, trace);
             }
+            Outcome::Complete(c) => c.trace = Some(Box::new(trace)),
+            _ => {}
         }
     }
     match outcome {

@@ -557,6 +557,7 @@ impl Receiving<'_> {
                 answer.expected_seq = 1;
                 answer.progress.reset();
                 self.report.status = Some(rs.status);
+                self.report.marks.answered = Some(std::time::SystemTime::now());
                 self.head_arrived(rs.status, &rs.headers).await?;
                 return Ok(Step::More);
             }
@@ -588,6 +589,7 @@ impl Receiving<'_> {
                 }
                 answer.status = Some(rs.status);
                 self.report.status = Some(rs.status);
+                self.report.marks.answered = Some(std::time::SystemTime::now());
                 self.head_arrived(rs.status, &rs.headers).await?;
                 // A bar on stderr while the body goes to a file; not over a
                 // body streaming to the same terminal.

@@ -3,7 +3,7 @@
 //! every text from the network goes through before it is shown.
 
 use std::io::IsTerminal as _;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -103,6 +103,8 @@ pub struct Report {
     /// The trace id: the one `send` started or continued, or the one the
     /// portal's answer names.
     pub trace_id: Option<String>,
+    /// When each step began, for the exported spans.
+    pub(crate) marks: Marks,
 }
 
 impl Default for Report {
@@ -121,8 +123,20 @@ impl Default for Report {
             digest: None,
             started: Instant::now(),
             trace_id: None,
+            marks: Marks::default(),
         }
     }
+}
+
+/// When the steps of one send began (wall clock, as spans carry it).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Marks {
+    /// The upload began (the start record about to be produced).
+    pub(crate) upload: Option<SystemTime>,
+    /// The whole request was acknowledged.
+    pub(crate) sent: Option<SystemTime>,
+    /// The answer's start record arrived.
+    pub(crate) answered: Option<SystemTime>,
 }
 
 impl Report {

@@ -3,7 +3,7 @@
 //! record, the body's chunks through a produce window, and the end record.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::kafka::compression::Codec;
 use crate::kafka::partitioner::partition_for_key;
@@ -79,6 +79,7 @@ pub(super) async fn transmit(
     // A new job's id is a fresh ULID (`JobId::default`).
     let job = resume.unwrap_or_default();
     report.job = Some(job);
+    report.marks.upload = Some(SystemTime::now());
     let trace_id = prepared.trace.context.parent.trace_id.to_string();
     report.trace_id = Some(trace_id.clone());
     let show = request.show;
@@ -371,6 +372,7 @@ pub(super) async fn transmit(
     }
 
     report.request_sent = true;
+    report.marks.sent = Some(SystemTime::now());
     show.info(|| format!("request sent: {} body bytes", report.bytes_sent));
 
     let Some((sink, mut follower)) = waiting else {

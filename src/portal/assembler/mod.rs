@@ -22,10 +22,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::portal::budget::{Budget, Budgets, Lease};
 use crate::portal::pipe::{Pipe, PipeFeed};
+use crate::portal::spans::JobTrace;
 use crate::portal::spool::{blocks, make_room, Spill, Spool, SpooledBody};
 use crate::protocol::body::{BodyCheck, BodyFault};
 use crate::protocol::digest::Digest;
-use crate::protocol::trace::TraceContext;
 use crate::protocol::wire::{Body, ChunkInfo, EndInfo, Frame, JobId, RequestStart};
 use crate::protocol::{ErrorCategory, Failure};
 
@@ -149,12 +149,9 @@ pub(crate) struct CompletedJob {
     pub(crate) digest: Digest,
     /// Offset of the job's start record in the request partition.
     pub(crate) first_offset: i64,
-    /// The trace its start record carried, if a valid one (see
-    /// [`Assembler::set_trace`]).
-    pub(crate) trace: Option<Box<TraceContext>>,
-    /// The context the API call carries (its parent the portal's call
-    /// span), set by the job's run before it calls.
-    pub(crate) call_trace: Option<Box<TraceContext>>,
+    /// Its place in a trace, drawn when its start record was read (see
+    /// [`Assembler::set_trace`]); boxed, as most jobs' fields are small.
+    pub(crate) trace: Option<Box<JobTrace>>,
 }
 
 /// A job that cannot go on; the client should be told.
@@ -240,9 +237,9 @@ struct Assembly {
     /// For a pipelined job: where the job's call learns how far the body
     /// has come, and the verdict.
     pipe: Option<PipeFeed>,
-    /// The trace its start record carried (at most a few KiB, bounded by
+    /// Its place in a trace (its `tracestate` at most a few KiB, bounded by
     /// `protocol::trace::MAX_TRACESTATE_BYTES`).
-    trace: Option<Box<TraceContext>>,
+    trace: Option<Box<JobTrace>>,
 }
 
 /// Remembers recently finished jobs so a duplicated start record does not
@@ -426,7 +423,6 @@ impl Assembler {
                 digest: digest.of(&[]),
                 first_offset: offset,
                 trace: None,
-                call_trace: None,
             });
         }
         let mut books = Lease::new(&self.budgets.memory);
@@ -492,7 +488,6 @@ impl Assembler {
             },
             first_offset: a.first_offset,
             trace: a.trace.clone(),
-            call_trace: None,
         })
     }
 
@@ -767,7 +762,6 @@ impl Assembler {
             digest,
             first_offset: a.first_offset,
             trace: a.trace,
-            call_trace: None,
         })
     }
 
@@ -800,11 +794,11 @@ impl Assembler {
         }
     }
 
-    /// Keeps the trace a job's start record carried, for the job it
-    /// completes as; false when the job is not assembling (a job with no
-    /// body completes at its start record, and its reader sets the trace on
-    /// the [`CompletedJob`] itself).
-    pub(crate) fn set_trace(&mut self, job: JobId, trace: TraceContext) -> bool {
+    /// Keeps a job's place in its trace, for the job it completes as;
+    /// false when the job is not assembling (a job with no body completes
+    /// at its start record, and its reader sets the trace on the
+    /// [`CompletedJob`] itself).
+    pub(crate) fn set_trace(&mut self, job: JobId, trace: JobTrace) -> bool {
         match self.jobs.get_mut(&job) {
             Some(a) => {
                 a.trace = Some(Box::new(trace));

@@ -423,6 +423,7 @@ impl Dispatcher {
                 };
             };
             held = None;
+            let token_from = std::time::SystemTime::now();
             let token = match &self.tokens {
                 Some(t) => Some(t.token().await.map_err(|e| {
                     log::warn!("job {}: cannot get an OAuth2 token: {e}", job.job);
@@ -430,6 +431,9 @@ impl Dispatcher {
                 })?),
                 None => None,
             };
+            if let (Some(t), Some(_)) = (&job.trace, &self.tokens) {
+                t.token(token_from);
+            }
             let req = self.build(&method, &url, job, token.as_deref()).await?;
             let first_call = *first_call.get_or_insert_with(Instant::now);
             let resp = match deadline.run(self.client.request(req)).await {
@@ -547,7 +551,7 @@ impl Dispatcher {
         }
         for (name, value) in plan.forward {
             // The portal's own context replaces a forwarded one.
-            if job.call_trace.is_some() && trace::is_trace_header(name) {
+            if job.trace.is_some() && trace::is_trace_header(name) {
                 continue;
             }
             let (Ok(n), Ok(v)) = (
@@ -565,7 +569,7 @@ impl Dispatcher {
         if !agent_forwarded {
             builder = builder.header(USER_AGENT, HeaderValue::from_static(PORTAL_USER_AGENT));
         }
-        for (name, value) in job.call_trace.iter().flat_map(|t| t.headers()) {
+        for (name, value) in job.trace.iter().flat_map(|t| t.call_context().headers()) {
             builder = builder.header(name, value);
         }
         if let Some(name) = &self.idempotency_header {
