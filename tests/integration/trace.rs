@@ -2,6 +2,9 @@
 //! start record carries it, the portal calls the API under a span of its
 //! own and tells `send` the trace id on the response's start record.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use kafkasend::kafka;
 use kafkasend::kafka::partitioner::partition_for_key;
 use kafkasend::protocol::trace::TraceParent;
@@ -9,6 +12,7 @@ use kafkasend::protocol::wire::{self, Body, Frame, JobId, RequestStart};
 
 use crate::support::api::{Recorded, Servers};
 use crate::support::broker::{kafka_settings, records_in, Topics};
+use crate::support::otlp::Receiver;
 use crate::support::run::{send_with_env, Portal};
 use crate::support::wait_until;
 
@@ -298,4 +302,230 @@ async fn hostile_trace_headers_on_a_start_record_are_ignored_and_the_portal_star
         }
     }
     assert_eq!(seen, 3);
+}
+
+/// The one span named `name`.
+fn one<'a>(spans: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    let found: Vec<_> = spans.iter().filter(|s| s["name"] == name).collect();
+    assert_eq!(found.len(), 1, "{name}: {spans:#?}");
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_trace_links_send_the_portal_and_the_api_in_a_real_otlp_receiver() {
+    let receiver = Receiver::start();
+    let servers = Servers::start().await;
+    let topics = Topics::new("trace-otlp");
+    let mut env = servers.oauth_env();
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()));
+    let _portal = Portal::start(&topics, &env);
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.json");
+    let send_env = [
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!("{}/v1/traces", receiver.endpoint()),
+        ),
+        ("OTEL_SERVICE_NAME", "billing-batch".to_string()),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-tenant=team%20a".to_string(),
+        ),
+    ];
+    let out = send_with_env(
+        &topics,
+        &send_env,
+        &[
+            "--endpoint",
+            "/api/upload",
+            "--data-binary",
+            "hello, trace",
+            "-o",
+            out_file.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = crate::support::api::json(&out.stdout);
+    let trace_id = summary["trace_id"].as_str().unwrap().to_string();
+    let job = summary["job"].as_str().unwrap();
+    let spans = receiver
+        .wait_for(
+            &trace_id,
+            &[
+                "send", "prepare", "upload", "wait", "download", "job", "assemble", "policy",
+                "token", "call", "respond",
+            ],
+        )
+        .await;
+
+    let send = one(&spans, "send");
+    assert_eq!(send["service"], "billing-batch");
+    assert_eq!(send["parent_span_id"], "", "send starts the trace");
+    assert_eq!(send["attributes"]["kafkasend.job_id"], job);
+    assert_eq!(send["attributes"]["http.response.status_code"], 200);
+    assert_eq!(send["attributes"]["kafkasend.request.body_bytes"], 12);
+    assert_eq!(send["headers"]["x-tenant"], "team a");
+    for step in ["prepare", "upload", "wait", "download"] {
+        let s = one(&spans, step);
+        assert_eq!(s["parent_span_id"], send["span_id"], "{step}");
+        assert_eq!(s["service"], "billing-batch");
+        assert!(s["start"].as_u64() >= send["start"].as_u64(), "{step}");
+        assert!(s["end"].as_u64() <= send["end"].as_u64(), "{step}");
+    }
+
+    let job_span = one(&spans, "job");
+    assert_eq!(job_span["service"], "kafkasend-portal");
+    assert_eq!(
+        job_span["parent_span_id"], send["span_id"],
+        "the portal's job hangs under send"
+    );
+    assert_eq!(job_span["attributes"]["kafkasend.job_id"], job);
+    assert_eq!(job_span["attributes"]["kafkasend.route"], "default");
+    assert_eq!(job_span["attributes"]["http.response.status_code"], 200);
+    assert_eq!(job_span["attributes"]["kafkasend.request.body_bytes"], 12);
+    for step in ["assemble", "policy", "token", "call", "respond"] {
+        assert_eq!(
+            one(&spans, step)["parent_span_id"],
+            job_span["span_id"],
+            "{step}"
+        );
+    }
+    // The API's traceparent names the portal's call span as its parent.
+    let reqs = servers.state.requests();
+    let api = api_traceparent(&reqs[0]);
+    assert_eq!(api.trace_id.to_string(), trace_id);
+    assert_eq!(
+        one(&spans, "call")["span_id"],
+        api.parent_id.to_string().as_str()
+    );
+    // Only this trace's spans, each once.
+    let mut ids: Vec<_> = spans.iter().map(|s| s["span_id"].to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), spans.len(), "{spans:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_continued_trace_keeps_its_trace_id_and_parent_in_the_exported_spans() {
+    let receiver = Receiver::start();
+    let servers = Servers::start().await;
+    let topics = Topics::new("trace-otlp-given");
+    let mut env = servers.plain_env();
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()));
+    let _portal = Portal::start(&topics, &env);
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.json");
+    let send_env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("TRACEPARENT", GIVEN.to_string()),
+        ("TRACESTATE", "vendor=1".to_string()),
+    ];
+    let out = send_with_env(
+        &topics,
+        &send_env,
+        &["--endpoint", "/e", "-o", out_file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let spans = receiver
+        .wait_for("0af7651916cd43dd8448eb211c80319c", &["send", "job", "call"])
+        .await;
+    let send = one(&spans, "send");
+    assert_eq!(send["parent_span_id"], "b7ad6b7169203331");
+    assert_eq!(send["trace_state"], "vendor=1");
+    assert_eq!(send["service"], "kafkasend-send");
+    assert_eq!(one(&spans, "job")["parent_span_id"], send["span_id"]);
+}
+
+/// A loopback listener that counts the connections made to it and never
+/// answers (a collector that hangs).
+async fn silent_listener() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn export_turned_off_makes_no_connection() {
+    let (endpoint, connections) = silent_listener().await;
+    let servers = Servers::start().await;
+    let topics = Topics::new("trace-off");
+    let mut env = servers.plain_env();
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()));
+    env.push(("OTEL_SDK_DISABLED", "true".into()));
+    let portal = Portal::start(&topics, &env);
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.json");
+    let o = out_file.to_str().unwrap();
+    for off in [
+        ("OTEL_SDK_DISABLED", "true"),
+        ("OTEL_TRACES_EXPORTER", "none"),
+    ] {
+        let send_env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            (off.0, off.1.to_string()),
+        ];
+        let out = send_with_env(&topics, &send_env, &["--endpoint", "/e", "-o", o]).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    let out = send_with_env(&topics, &[], &["--endpoint", "/e", "-o", o]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(servers.state.requests().len(), 3);
+    // The portal's batches would have gone out within a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(connections.load(Ordering::SeqCst), 0);
+    assert!(!portal.log().contains("OpenTelemetry"), "{}", portal.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_or_hanging_collector_neither_fails_nor_holds_send() {
+    let (hanging, connections) = silent_listener().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let servers = Servers::start().await;
+    let topics = Topics::new("trace-dead");
+    let mut env = servers.plain_env();
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", closed.clone()));
+    let portal = Portal::start(&topics, &env);
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.json");
+    let o = out_file.to_str().unwrap();
+    for endpoint in [closed, hanging] {
+        let began = std::time::Instant::now();
+        let out = send_with_env(
+            &topics,
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone())],
+            &["--endpoint", "/e", "-o", o, "--json"],
+        )
+        .await;
+        assert_eq!(out.code, 0, "{endpoint}: {}", out.stderr);
+        // A collector that never answers costs at most the 2 s exit limit,
+        // not the 10 s an export may take; the rest is the request itself.
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(8),
+            "{endpoint}: send took {:?}",
+            began.elapsed()
+        );
+        let summary = crate::support::api::json(&out.stdout);
+        assert_eq!(summary["status"], 200);
+    }
+    assert!(
+        connections.load(Ordering::SeqCst) >= 1,
+        "send tried the hanging collector"
+    );
+    portal.wait_for_log("OpenTelemetry export to").await;
+    assert_eq!(servers.state.requests().len(), 2);
 }
