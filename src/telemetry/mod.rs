@@ -167,3 +167,41 @@ pub fn dropped() -> u64 {
 pub fn count_dropped(n: u64) {
     DROPPED.fetch_add(n, Ordering::Relaxed);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let span = |n: u64| {
+            let t = SystemTime::now();
+            Span::new(TraceId::random(), SpanId::random(), None, "x", t, t).attr("n", n)
+        };
+        // Off: recording is a no-op.
+        if !enabled() {
+            record(span(0));
+            assert_eq!(dropped(), 0);
+        }
+        // Once per process; other tests of this binary never install it.
+        let mut rx = install().expect("recording was not on yet");
+        assert!(enabled());
+        assert!(install().is_none(), "a second install is refused");
+        let before = dropped();
+        for n in 0..(QUEUE_SPANS as u64 + 10) {
+            record(span(n));
+        }
+        assert!(dropped() >= before + 10);
+        // The queued ones are the first, in order, and no more than the bound.
+        let mut got = 0;
+        while let Ok(s) = rx.try_recv() {
+            // Other tests' spans, should any record, are not this test's.
+            if s.name == "x" {
+                assert_eq!(s.attributes[0].1, Value::Int(got));
+                got += 1;
+            }
+        }
+        assert!(got as usize <= QUEUE_SPANS);
+        assert!(got > 0);
+    }
+}
