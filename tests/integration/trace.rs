@@ -529,3 +529,37 @@ async fn a_dead_or_hanging_collector_neither_fails_nor_holds_send() {
     portal.wait_for_log("OpenTelemetry export to").await;
     assert_eq!(servers.state.requests().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipelined_call_carries_the_trace_too() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("trace-piped");
+    let portal = Portal::start(&topics, &servers.plain_env());
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = crate::support::payload::pattern_file(dir.path(), "big.bin", 7, 3_000_000);
+    let out_file = dir.path().join("out.json");
+    let out = send_with_env(
+        &topics,
+        &[("TRACEPARENT", GIVEN.to_string())],
+        &[
+            file.to_str().unwrap(),
+            "--endpoint",
+            "/api/upload",
+            "-o",
+            out_file.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = crate::support::api::json(&out.stdout);
+    let job = summary["job"].as_str().unwrap();
+    assert!(
+        portal.log().contains(&format!("job {job}")) && portal.log().contains("pipelined"),
+        "{}",
+        portal.log()
+    );
+    let api = api_traceparent(&servers.state.requests()[0]);
+    assert_eq!(api.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(summary["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+}
