@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["util", "alloc"],
     &["protocol"],
-    &["logging"],
+    &["logging", "telemetry"],
     &["kafka"],
     &["send", "portal"],
     &["cli"],

@@ -17,6 +17,8 @@
 //! - [`protocol`] is what both sides agree on: frames, chunking, signing.
 //! - [`util`] serves every layer, `logging` (the log format) the layers
 //!   above [`protocol`], and [`alloc`] is `main`'s allocator tuning.
+//! - `telemetry` (beside `logging`) holds the spans both roles record for
+//!   OpenTelemetry export and their OTLP encoding.
 // The rules every module keeps. No unsafe code, except the allocator
 // tuning in `alloc` (and a test helper), each allowed where it stands with
 // the reason; every public item says what it is.
@@ -32,6 +34,7 @@ pub(crate) mod logging;
 pub mod portal;
 pub mod protocol;
 pub mod send;
+pub(crate) mod telemetry;
 #[cfg(test)]
 mod test_support;
 pub(crate) mod util;

@@ -52,7 +52,20 @@ pub fn json_line(ts: &str, level: log::Level, target: &str, msg: &str) -> String
     if let Some(job) = job_of(msg) {
         obj.insert("job".into(), job.to_string().into());
     }
+    if let Some(trace) = trace_of(msg) {
+        obj.insert("trace_id".into(), trace.into());
+    }
     serde_json::Value::Object(obj).to_string()
+}
+
+/// The trace a message names: the 32 hex digits after its last
+/// `trace_id=`, so a log search can join the tracing tool's view.
+pub fn trace_of(msg: &str) -> Option<&str> {
+    let (_, rest) = msg.rsplit_once("trace_id=")?;
+    let id = rest.get(..32)?;
+    id.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        .then_some(id)
 }
 
 /// The job a message is about: the id in its `job <ULID>: ` prefix.
@@ -79,6 +92,17 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["job"], id.to_string());
         assert_eq!(v["msg"], msg);
+        assert!(v.get("trace_id").is_none());
+        let traced = format!("{msg} trace_id=0af7651916cd43dd8448eb211c80319c");
+        let traced_line = json_line("t", log::Level::Info, "k", &traced);
+        let t: serde_json::Value = serde_json::from_str(&traced_line).unwrap();
+        assert_eq!(t["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+        for bad in [
+            "trace_id=0af76519",
+            "trace_id=0AF7651916CD43DD8448EB211C80319C",
+        ] {
+            assert_eq!(trace_of(bad), None, "{bad}");
+        }
         assert_eq!(v["level"], "INFO");
         assert_eq!(v["target"], "kafkasend::portal");
         assert_eq!(v["ts"], "2026-01-01T00:00:00.000Z");

@@ -15,6 +15,7 @@ pub(crate) mod defaults;
 pub(crate) mod file;
 pub(crate) mod health;
 pub(crate) mod kafka;
+pub(crate) mod otlp;
 pub(crate) mod portal;
 pub(crate) mod python;
 pub mod python_cmd;
@@ -131,7 +132,11 @@ pub fn run() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let exporter = rt.block_on(async { otlp::from_env("kafkasend-portal") });
             let result = rt.block_on(crate::portal::run(cfg, shutdown_then_force()));
+            if let Some(exporter) = exporter {
+                rt.block_on(exporter.shutdown(otlp::EXIT_LIMIT));
+            }
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
             match result {
                 Ok(()) => ExitCode::SUCCESS,

@@ -451,6 +451,30 @@ pub fn request(a: &SendArgs) -> Request {
             dump_header: a.dump_header.clone(),
             compressed: a.compressed,
         },
+        trace: trace_from_env(),
+    }
+}
+
+/// The trace to continue from `TRACEPARENT` and `TRACESTATE`, OpenTelemetry's
+/// environment carriers. An invalid one is ignored with a warning, not
+/// refused: it was set by whatever started this process, not typed here, and
+/// a broken trace must not stop a request (an invalid `-H traceparent` is
+/// refused instead).
+fn trace_from_env() -> Option<crate::protocol::trace::TraceContext> {
+    use std::os::unix::ffi::OsStrExt;
+    let tp = std::env::var_os("TRACEPARENT")?;
+    let ts = std::env::var_os("TRACESTATE");
+    match crate::protocol::trace::TraceContext::from_values(
+        Some(tp.as_bytes()),
+        ts.as_ref().map(|v| v.as_bytes()),
+    ) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            eprintln!(
+                "kafkasend send: warning: TRACEPARENT/TRACESTATE ignored, a new trace starts: {e}"
+            );
+            None
+        }
     }
 }
 
@@ -600,7 +624,12 @@ fn run_client(
             return ExitCode::FAILURE;
         }
     };
+    let exporter = rt.block_on(async { crate::cli::otlp::from_env("kafkasend-send") });
     let result = rt.block_on(run(&cfg, &mut report));
+    // Bounded: a dead collector must not hold the command's exit.
+    if let Some(exporter) = exporter {
+        rt.block_on(exporter.shutdown(crate::cli::otlp::EXIT_LIMIT));
+    }
     // Background retries of the Kafka client must not hold the exit.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     let (code, error) = match result {

@@ -10,7 +10,7 @@
 //! leaves the job to be read again.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http_body_util::BodyExt;
 use tokio::sync::watch;
@@ -23,6 +23,7 @@ use crate::portal::http_dispatch::Called;
 use crate::portal::ledger::Progress;
 use crate::portal::pipe::{Deadline, Pipe, PipeState};
 use crate::portal::replies::{reply_partition, report_error_reply, send_error, ReplyTo};
+use crate::portal::spans::{record_run, JobTrace, RunMarks};
 use crate::portal::spool::SpooledBody;
 use crate::protocol::chunker::Chunker;
 use crate::protocol::wire::{
@@ -115,7 +116,15 @@ fn pipe_of(job: &CompletedJob) -> Option<Arc<Pipe>> {
 
 /// Runs one job; returns whether it is settled (see `context::settle`).
 /// A pipelined one ends as soon as its body fails or is let go.
-async fn run_job(ctx: &Ctx, job: CompletedJob, stop: watch::Receiver<bool>) -> bool {
+async fn run_job(ctx: &Ctx, mut job: CompletedJob, stop: watch::Receiver<bool>) -> bool {
+    let run_at = SystemTime::now();
+    // Every job read from a start record has its trace; one made another
+    // way starts a trace here.
+    let trace = *job
+        .trace
+        .take()
+        .unwrap_or_else(|| Box::new(JobTrace::new(None, run_at)));
+    job.trace = Some(Box::new(trace.clone()));
     let pc = match reply_partition(
         ctx,
         job.job,
@@ -133,7 +142,7 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, stop: watch::Receiver<bool>) -> b
     // the two apart.
     let attempt = new_attempt();
     let Some(pipe) = pipe_of(&job) else {
-        return call_and_answer(ctx, &pc, &job, &attempt, stop).await;
+        return call_and_answer(ctx, &pc, &job, &trace, &attempt, stop).await;
     };
     // Nothing of the answer goes out before the body is verified, and a
     // body verified never breaks: ending the call here leaves no reply half sent.
@@ -155,7 +164,7 @@ async fn run_job(ctx: &Ctx, job: CompletedJob, stop: watch::Receiver<bool>) -> b
                 false
             }
         },
-        settled = call_and_answer(ctx, &pc, &job, &attempt, stop) => settled,
+        settled = call_and_answer(ctx, &pc, &job, &trace, &attempt, stop) => settled,
     }
 }
 
@@ -219,6 +228,7 @@ async fn call_and_answer(
     ctx: &Ctx,
     pc: &Partition,
     job: &CompletedJob,
+    trace: &JobTrace,
     attempt: &[u8],
     mut stop: watch::Receiver<bool>,
 ) -> bool {
@@ -234,15 +244,25 @@ async fn call_and_answer(
         },
     };
     let started = Instant::now();
+    let now = SystemTime::now();
+    let mut marks = RunMarks {
+        run: Some(now),
+        call: Some(now),
+        ..RunMarks::default()
+    };
     let id = job.job;
     let how = if pipe_of(job).is_some() {
         " (pipelined)"
     } else {
         ""
     };
+    let trace_id = trace.job.trace_id;
     log::debug!(
-        "job {id}: answering as attempt {}",
-        String::from_utf8_lossy(attempt)
+        "job {id}: answering as attempt {} (trace_id={trace_id} job span {}, call span {}, parent {})",
+        String::from_utf8_lossy(attempt),
+        trace.job.parent_id,
+        trace.call,
+        trace.parent.map_or_else(|| "none".into(), |p| p.to_string()),
     );
     ctx.metrics.job_started(job.body.len());
     let calling = ctx.metrics.in_flight();
@@ -250,10 +270,25 @@ async fn call_and_answer(
         .routes
         .pick(&job.start)
         .map_or("none", |(_, d)| d.route());
-    let settled = match answer(ctx, pc, job, attempt).await {
+    let result = answer(ctx, pc, job, trace, attempt, &mut marks).await;
+    let error = match &result {
+        Ok(_) => None,
+        Err(AnswerError::Failed { error, .. }) => Some(error.message.clone()),
+        Err(AnswerError::Kafka { error, .. }) => Some(error.to_string()),
+    };
+    record_run(
+        trace,
+        id,
+        route,
+        &job.start.method,
+        job.body.len(),
+        &marks,
+        error,
+    );
+    let settled = match result {
         Ok((status, bytes)) => {
             log::info!(
-                "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s{how} (route {route})",
+                "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s{how} (route {route}) trace_id={trace_id}",
                 job.start.method,
                 job.start.path,
                 started.elapsed().as_secs_f64()
@@ -264,7 +299,7 @@ async fn call_and_answer(
         }
         Err(AnswerError::Failed { seq, error }) => {
             log::warn!(
-                "job {id}: {} ({}) (route {route})",
+                "job {id}: {} ({}) (route {route}) trace_id={trace_id}",
                 error.message,
                 error.category
             );
@@ -318,7 +353,9 @@ async fn answer(
     ctx: &Ctx,
     pc: &Partition,
     job: &CompletedJob,
+    trace: &JobTrace,
     attempt: &[u8],
+    marks: &mut RunMarks,
 ) -> Result<(u16, u64), AnswerError> {
     // One deadline for the whole call, headers and body alike; for a
     // pipelined body it counts from the later of now and the body's
@@ -353,6 +390,8 @@ async fn answer(
     }
     let deadline = deadline.bound();
     let status = resp.status().as_u16();
+    marks.head = Some(SystemTime::now());
+    marks.status = Some(status);
     // Response headers travel in one frame header; keep them well inside
     // wire::MAX_HEADER_BYTES and say what was dropped.
     let mut headers: Vec<(String, String)> = Vec::new();
@@ -393,10 +432,11 @@ async fn answer(
         .digesting(job.start.digest);
     // Names only: values the caller sent may be credentials.
     let dropped = dispatcher.header_plan(&job.start).dropped_line();
-    let record_headers: Vec<(&str, Vec<u8>)> = dropped
+    let mut record_headers: Vec<(&str, Vec<u8>)> = dropped
         .map(|line| (DROPPED_HEADERS_HEADER, line.into_bytes()))
         .into_iter()
         .collect();
+    record_headers.extend(trace.job_context().headers());
     out.push_with_headers(&start, &[], &record_headers).await?;
 
     let mut chunker = Chunker::new(job.job, 1, job.start.digest);
@@ -482,5 +522,6 @@ async fn answer(
     out.push(&end, &[]).await?;
     out.flush().await?;
     log::debug!("job {}: answer sent, {}", job.job, out.compression());
+    marks.bytes_back = total;
     Ok((status, total))
 }

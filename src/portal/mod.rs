@@ -73,6 +73,7 @@ mod replies;
 mod router;
 pub(crate) mod routes;
 mod settings;
+mod spans;
 mod spool;
 
 pub(crate) use settings::{Settings, StartFrom};

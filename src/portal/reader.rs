@@ -6,7 +6,7 @@
 //! going quiet.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
@@ -22,6 +22,8 @@ use crate::portal::job::{spawn_job, spawn_pipelined};
 use crate::portal::ledger::Progress;
 use crate::portal::replies::spawn_error_reply;
 use crate::portal::settings::StartFrom;
+use crate::portal::spans::JobTrace;
+use crate::protocol::trace::{self, TraceContext, TraceParent};
 use crate::protocol::wire::{self, Body, Frame, JobId};
 use crate::protocol::ErrorCategory;
 
@@ -353,17 +355,20 @@ async fn handle_record(
         return;
     };
     let job = frame.job;
+    let received = SystemTime::now();
+    let mut policy_span = None;
     let outcome = match &frame.body {
         // A start of a job already assembling or finished is the assembler's
         // to judge (a duplicate, or a conflicting repeat); only a new job
         // meets the policy, so a refusal never touches another job's records.
         Body::RequestStart(start) if !asm.knows(&frame.job) => {
-            match ctx
+            let checked = ctx
                 .cfg
                 .policy
                 .check(frame.job, start)
-                .and_then(|()| ctx.routes.admit(start))
-            {
+                .and_then(|()| ctx.routes.admit(start));
+            policy_span = Some((received, SystemTime::now()));
+            match checked {
                 Ok(()) => asm.accept(frame, payload, offset, Instant::now()),
                 Err(refusal) => {
                     asm.skip(frame.job);
@@ -394,6 +399,18 @@ async fn handle_record(
     }
     if is_start && starts_job {
         lock(progress).add(offset);
+    }
+    let mut outcome = outcome;
+    if is_start && starts_job {
+        let mut trace = JobTrace::new(trace_of(&rec, job), received);
+        trace.policy = policy_span;
+        match &mut outcome {
+            Outcome::Pending => {
+                asm.set_trace(job, trace);
+            }
+            Outcome::Complete(c) => c.trace = Some(Box::new(trace)),
+            _ => {}
+        }
     }
     match outcome {
         Outcome::Pending if is_start => {
@@ -505,6 +522,34 @@ async fn check_signature(
             None
         }
     }
+}
+
+/// The trace context a start record's headers carry. A hostile or broken
+/// one is left out with a debug line, never fatal: the job then gets a
+/// trace of its own from the portal.
+fn trace_of(rec: &RecordAndOffset, job: JobId) -> Option<TraceContext> {
+    let headers = &rec.record.headers;
+    let parent = match TraceParent::parse(headers.get(trace::TRACEPARENT)?) {
+        Ok(p) => p,
+        Err(e) => {
+            log::debug!("job {job}: traceparent on its start record ignored: {e}");
+            return None;
+        }
+    };
+    // As the specification allows, a bad tracestate alone is dropped and the
+    // trace kept.
+    let state = match headers
+        .get(trace::TRACESTATE)
+        .map(|v| trace::parse_tracestate(v))
+    {
+        Some(Ok(state)) => state,
+        Some(Err(e)) => {
+            log::debug!("job {job}: tracestate on its start record ignored: {e}");
+            None
+        }
+        None => None,
+    };
+    Some(TraceContext { parent, state })
 }
 
 /// The job a record's key names, if it names one.

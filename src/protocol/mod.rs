@@ -7,6 +7,7 @@ pub mod chunker;
 pub mod digest;
 pub(crate) mod request;
 pub mod signing;
+pub mod trace;
 pub mod wire;
 
 use serde::{Deserialize, Serialize};

@@ -48,6 +48,7 @@ pub mod ui;
 mod upload;
 
 use std::future::Future;
+use std::time::SystemTime;
 
 pub(crate) use crate::send::head::status_line;
 pub use crate::send::types::{
@@ -56,13 +57,15 @@ pub use crate::send::types::{
 pub(crate) use crate::send::types::{Pickup, EXIT_HTTP_ERROR};
 pub use crate::send::upload::Link;
 
+use crate::protocol::trace::SpanId;
 use crate::protocol::wire::JobId;
 use crate::send::destination::Destination;
 use crate::send::reply::follow_job;
-use crate::send::request::{body_digest, prepare, replayable, Prepared};
+use crate::send::request::{body_digest, prepare, replayable, Prepared, SendTrace};
 use crate::send::types::usage;
 use crate::send::ui::Report;
 use crate::send::upload::transmit;
+use crate::telemetry::{self, Kind, Span};
 
 /// Runs one send; `report` collects what `--json` prints, also on failure.
 /// `interrupt` resolves, with the signal's name, when the user asks to stop;
@@ -126,7 +129,10 @@ async fn send_over(
     report: &mut Report,
     interrupt: impl Future<Output = &'static str>,
 ) -> Result<Outcome, SendError> {
+    let began = SystemTime::now();
     let prepared = prepare(request).await?;
+    let prepared_at = SystemTime::now();
+    let trace = prepared.trace.clone();
     if !prepared.dropped.is_empty() {
         request
             .show
@@ -152,7 +158,61 @@ async fn send_over(
                 .map_err(older_portal_hint)
         } => r,
     };
+    if telemetry::enabled() {
+        record_spans(&trace, report, &result, [began, prepared_at]);
+    }
     with_job(result, report)
+}
+
+/// Records this send's spans for export: `send`, whose id the start record
+/// names as the portal's parent, and its steps.
+fn record_spans(
+    trace: &SendTrace,
+    report: &Report,
+    result: &Result<Outcome, SendError>,
+    [began, prepared_at]: [SystemTime; 2],
+) {
+    let end = SystemTime::now();
+    let tp = trace.context.parent;
+    let step = |name, from: Option<SystemTime>, to: Option<SystemTime>| {
+        let from = from?;
+        Some(Span::new(
+            tp.trace_id,
+            SpanId::random(),
+            Some(tp.parent_id),
+            name,
+            from,
+            to.unwrap_or(end),
+        ))
+    };
+    let marks = report.marks;
+    let steps = [
+        step("prepare", Some(began), Some(prepared_at)),
+        step("upload", marks.upload, marks.sent),
+        step("wait", marks.sent, marks.answered),
+        step("download", marks.answered, None),
+    ];
+    let mut root = Span::new(tp.trace_id, tp.parent_id, trace.parent, "send", began, end)
+        .kind(Kind::Producer)
+        .attr(
+            "kafkasend.request.body_bytes",
+            report.bytes_sent + report.bytes_found,
+        )
+        .attr("kafkasend.response.body_bytes", report.bytes_received);
+    root.trace_state = trace.context.state.clone();
+    if let Some(job) = report.job {
+        root = root.attr("kafkasend.job_id", job.to_string());
+    }
+    if let Some(status) = report.status {
+        root = root.attr("http.response.status_code", status);
+    }
+    if let Err(e) = result {
+        root.error = Some(e.to_string());
+    }
+    telemetry::record(root);
+    for span in steps.into_iter().flatten() {
+        telemetry::record(span);
+    }
 }
 
 /// A portal that speaks only frame version 1 refuses a BLAKE3 request

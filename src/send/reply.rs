@@ -18,6 +18,7 @@ use crate::kafka::record_batch::Item;
 use crate::kafka::{self, KafkaError};
 use crate::protocol::body::{BodyCheck, BodyFault};
 use crate::protocol::digest::{Digest, DigestKind};
+use crate::protocol::trace;
 use crate::protocol::wire::{self, Body, ChunkInfo, EndInfo, Frame, JobId};
 use crate::protocol::ErrorCategory;
 use crate::send::attempts::{Attempt, Attempts, Kind, Reason, Whose};
@@ -173,6 +174,9 @@ pub(super) struct Arrived {
     /// The request headers the portal did not forward: the
     /// `kafkasend-dropped-headers` value of a start record.
     pub dropped: Option<String>,
+    /// The trace id of a start record's `traceparent`, when it holds a
+    /// valid one.
+    pub trace_id: Option<String>,
 }
 
 /// Why reading the reply partition failed last.
@@ -308,12 +312,20 @@ async fn follow_replies(
                         .get(wire::DROPPED_HEADERS_HEADER)
                         .filter(|_| matches!(frame.body, Body::ResponseStart(_)))
                         .and_then(|v| wire::parse_dropped_headers(v));
+                    // A hostile or broken value names no trace; the answer
+                    // itself is still good.
+                    let trace_id = headers
+                        .get(trace::TRACEPARENT)
+                        .filter(|_| matches!(frame.body, Body::ResponseStart(_)))
+                        .and_then(|v| trace::TraceParent::parse(v).ok())
+                        .map(|tp| tp.trace_id.to_string());
                     Reply::Record(Box::new(Arrived {
                         frame,
                         payload: payload.to_vec(),
                         attempt: attempt.clone(),
                         offset: rec.offset,
                         dropped,
+                        trace_id,
                     }))
                 }
                 Some(Ok(_)) => broken("a reply record's key and job id disagree".into()),
@@ -503,9 +515,18 @@ impl Receiving<'_> {
             frame,
             payload,
             dropped,
+            trace_id,
             ..
         } = rec;
         let job = self.job;
+        if let Some(id) = trace_id {
+            if self.report.trace_id.as_ref() != Some(&id) {
+                log::debug!("job {job}: trace_id={id} (the portal's)");
+                self.show
+                    .info(|| format!("job {job}: trace_id={id} (the portal's)"));
+            }
+            self.report.trace_id = Some(id);
+        }
         if let Some(names) = dropped {
             // Once, though a second answer may say it again.
             if !self.warned_dropped {
@@ -536,6 +557,7 @@ impl Receiving<'_> {
                 answer.expected_seq = 1;
                 answer.progress.reset();
                 self.report.status = Some(rs.status);
+                self.report.marks.answered = Some(std::time::SystemTime::now());
                 self.head_arrived(rs.status, &rs.headers).await?;
                 return Ok(Step::More);
             }
@@ -567,6 +589,7 @@ impl Receiving<'_> {
                 }
                 answer.status = Some(rs.status);
                 self.report.status = Some(rs.status);
+                self.report.marks.answered = Some(std::time::SystemTime::now());
                 self.head_arrived(rs.status, &rs.headers).await?;
                 // A bar on stderr while the body goes to a file; not over a
                 // body streaming to the same terminal.
@@ -876,6 +899,7 @@ mod tests {
             attempt: Attempt::Untagged,
             offset: 0,
             dropped: None,
+            trace_id: None,
         }))
     }
 

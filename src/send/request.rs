@@ -14,6 +14,7 @@ use crate::protocol::digest::{Digest, DigestKind};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::protocol::request::MAX_PATH_BYTES;
+use crate::protocol::trace::{self, SpanId, TraceContext, TraceParent};
 use crate::protocol::wire::JobId;
 use crate::send::types::{usage, Request, SendError};
 
@@ -419,6 +420,8 @@ pub(super) struct Prepared {
     pub(super) headers: Vec<(String, String)>,
     /// Names of the `-H` headers left out because no portal forwards them.
     pub(super) dropped: Vec<String>,
+    /// This run's trace: the context its start record carries.
+    pub(super) trace: SendTrace,
     /// The body's pieces in order; `None` for a request without a body.
     body: Option<Vec<Piece>>,
     pub(super) body_len: Option<u64>,
@@ -570,6 +573,7 @@ pub(super) async fn prepare(request: &Request) -> Result<Prepared, SendError> {
         .iter()
         .map(|h| parse_header(h))
         .collect::<Result<Vec<_>, _>>()?;
+    let (trace, given) = take_trace(given, request.trace.as_ref())?;
     // No portal forwards these, so writing them to Kafka would only leave
     // the caller's credentials in the topic for anyone who can read it.
     let (mut headers, stripped): (Vec<_>, Vec<_>) = given
@@ -665,9 +669,69 @@ pub(super) async fn prepare(request: &Request) -> Result<Prepared, SendError> {
         path,
         headers,
         dropped,
+        trace,
         body_len: pieces.as_ref().and_then(Pieces::len),
         body: pieces.map(|p| p.0),
     })
+}
+
+/// The trace a run of `send` is part of.
+#[derive(Debug, Clone)]
+pub(super) struct SendTrace {
+    /// What the start record carries: the trace, `send`'s own span as the
+    /// parent, the flags and the caller's `tracestate`.
+    pub(super) context: TraceContext,
+    /// The span `send` continues, when it was given one.
+    pub(super) parent: Option<SpanId>,
+}
+
+/// Takes `-H traceparent` and `-H tracestate` out of the headers: they go
+/// on the start record as the trace context, not to the API as they are
+/// (the portal sends its own). A `-H traceparent` wins over the one from the
+/// environment (`env`); an invalid one is refused, since the caller typed it.
+fn take_trace(
+    given: Vec<(String, String)>,
+    env: Option<&TraceContext>,
+) -> Result<(SendTrace, Vec<(String, String)>), SendError> {
+    let (trace_headers, rest): (Vec<_>, Vec<_>) = given.into_iter().partition(|(n, _)| {
+        n.eq_ignore_ascii_case(trace::TRACEPARENT) || n.eq_ignore_ascii_case(trace::TRACESTATE)
+    });
+    let pick = |name: &str| {
+        trace_headers
+            .iter()
+            .rev()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_bytes())
+    };
+    let (tp, ts) = (pick(trace::TRACEPARENT), pick(trace::TRACESTATE));
+    if tp.is_none() && ts.is_some() {
+        return Err(usage(
+            "-H tracestate needs a -H traceparent: a trace's state belongs to its trace",
+        ));
+    }
+    let given = match TraceContext::from_values(tp, ts) {
+        Ok(Some(ctx)) => Some(ctx),
+        Ok(None) => env.cloned(),
+        Err(e) => return Err(usage(format!("-H {e}"))),
+    };
+    let span = SpanId::random();
+    let trace = match given {
+        Some(ctx) => SendTrace {
+            parent: Some(ctx.parent.parent_id),
+            context: TraceContext {
+                parent: ctx.parent.child(span),
+                state: ctx.state,
+            },
+        },
+        None => SendTrace {
+            parent: None,
+            context: TraceContext {
+                parent: TraceParent::start(span),
+                state: None,
+            },
+        },
+    };
+    Ok((trace, rest))
 }
 
 /// `--compressed` asks for what it can decode, unless a `-H

@@ -70,6 +70,9 @@ pub struct Request {
     /// What is done with the response's head and encoding (`-i`, `-D`,
     /// `--compressed`).
     pub response: ResponseOptions,
+    /// The trace to continue, from the environment (`TRACEPARENT`,
+    /// `TRACESTATE`); a `-H traceparent` wins over it.
+    pub trace: Option<crate::protocol::trace::TraceContext>,
 }
 
 /// The answer to pick up for a job sent earlier without waiting.

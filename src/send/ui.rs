@@ -3,7 +3,7 @@
 //! every text from the network goes through before it is shown.
 
 use std::io::IsTerminal as _;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -100,6 +100,11 @@ pub struct Report {
     pub digest: Option<crate::protocol::digest::DigestKind>,
     /// When the command started.
     pub started: Instant,
+    /// The trace id: the one `send` started or continued, or the one the
+    /// portal's answer names.
+    pub trace_id: Option<String>,
+    /// When each step began, for the exported spans.
+    pub(crate) marks: Marks,
 }
 
 impl Default for Report {
@@ -117,8 +122,21 @@ impl Default for Report {
             digest_verified: false,
             digest: None,
             started: Instant::now(),
+            trace_id: None,
+            marks: Marks::default(),
         }
     }
+}
+
+/// When the steps of one send began (wall clock, as spans carry it).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Marks {
+    /// The upload began (the start record about to be produced).
+    pub(crate) upload: Option<SystemTime>,
+    /// The whole request was acknowledged.
+    pub(crate) sent: Option<SystemTime>,
+    /// The answer's start record arrived.
+    pub(crate) answered: Option<SystemTime>,
 }
 
 impl Report {
@@ -139,6 +157,7 @@ impl Report {
             "digest_verified": self.digest_verified,
             "digest": self.digest.map(|d| d.name()),
             "duration_secs": round_ms(self.started.elapsed()),
+            "trace_id": self.trace_id,
             "exit_code": exit_code,
             "error": error,
         })

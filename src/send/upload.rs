@@ -3,7 +3,7 @@
 //! record, the body's chunks through a produce window, and the end record.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::kafka::compression::Codec;
 use crate::kafka::partitioner::partition_for_key;
@@ -79,6 +79,9 @@ pub(super) async fn transmit(
     // A new job's id is a fresh ULID (`JobId::default`).
     let job = resume.unwrap_or_default();
     report.job = Some(job);
+    report.marks.upload = Some(SystemTime::now());
+    let trace_id = prepared.trace.context.parent.trace_id.to_string();
+    report.trace_id = Some(trace_id.clone());
     let show = request.show;
     let key = job.key();
     let mut reply_partition = partition_for_key(&key, resp_parts);
@@ -203,6 +206,15 @@ pub(super) async fn transmit(
         }
         _ => None,
     };
+    log::debug!(
+        "job {job}: trace_id={trace_id} span_id={} parent={}",
+        prepared.trace.context.parent.parent_id,
+        prepared
+            .trace
+            .parent
+            .map_or_else(|| "none".into(), |p| p.to_string())
+    );
+    show.info(|| format!("job {job}: trace_id={trace_id}"));
     show.info(|| {
         format!(
             "job {job}: request partition {request_partition} of topic {}, reply partition {reply_partition} of topic {}",
@@ -241,6 +253,10 @@ pub(super) async fn transmit(
                 wire::REPLY_TO_HEADER,
                 wire::reply_to_header(&kcfg.response_topic, reply_partition),
             )];
+            // Outside the frame and the signature, as OpenTelemetry's Kafka
+            // instrumentation carries it: a portal that knows nothing of
+            // traces ignores it (PROTOCOL.md "Trace context").
+            headers.extend(prepared.trace.context.headers());
             if let (Some(signer), Body::RequestStart(rs)) = (&cfg.signer, &start.body) {
                 let signature = signer
                     .sign(
@@ -356,6 +372,7 @@ pub(super) async fn transmit(
     }
 
     report.request_sent = true;
+    report.marks.sent = Some(SystemTime::now());
     show.info(|| format!("request sent: {} body bytes", report.bytes_sent));
 
     let Some((sink, mut follower)) = waiting else {

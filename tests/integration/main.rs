@@ -36,3 +36,4 @@ mod signing;
 mod static_member;
 mod support;
 mod tls;
+mod trace;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::portal::budget::{Budget, Budgets, Lease};
 use crate::portal::pipe::{Pipe, PipeFeed};
+use crate::portal::spans::JobTrace;
 use crate::portal::spool::{blocks, make_room, Spill, Spool, SpooledBody};
 use crate::protocol::body::{BodyCheck, BodyFault};
 use crate::protocol::digest::Digest;
@@ -148,6 +149,9 @@ pub(crate) struct CompletedJob {
     pub(crate) digest: Digest,
     /// Offset of the job's start record in the request partition.
     pub(crate) first_offset: i64,
+    /// Its place in a trace, drawn when its start record was read (see
+    /// [`Assembler::set_trace`]); boxed, as most jobs' fields are small.
+    pub(crate) trace: Option<Box<JobTrace>>,
 }
 
 /// A job that cannot go on; the client should be told.
@@ -233,6 +237,9 @@ struct Assembly {
     /// For a pipelined job: where the job's call learns how far the body
     /// has come, and the verdict.
     pipe: Option<PipeFeed>,
+    /// Its place in a trace (its `tracestate` at most a few KiB, bounded by
+    /// `protocol::trace::MAX_TRACESTATE_BYTES`).
+    trace: Option<Box<JobTrace>>,
 }
 
 /// Remembers recently finished jobs so a duplicated start record does not
@@ -415,6 +422,7 @@ impl Assembler {
                 body: SpooledBody::Empty,
                 digest: digest.of(&[]),
                 first_offset: offset,
+                trace: None,
             });
         }
         let mut books = Lease::new(&self.budgets.memory);
@@ -438,6 +446,7 @@ impl Assembler {
                 end: None,
                 signed_digest: None,
                 pipe: None,
+                trace: None,
             },
         );
         Outcome::Pending
@@ -478,6 +487,7 @@ impl Assembler {
                 bytes: [0; 32],
             },
             first_offset: a.first_offset,
+            trace: a.trace.clone(),
         })
     }
 
@@ -751,6 +761,7 @@ impl Assembler {
             body,
             digest,
             first_offset: a.first_offset,
+            trace: a.trace,
         })
     }
 
@@ -780,6 +791,20 @@ impl Assembler {
         match self.jobs.remove(&job) {
             Some(a) => Outcome::Failed(failed(job, a, category, message)),
             None => Outcome::Ignored("unknown job"),
+        }
+    }
+
+    /// Keeps a job's place in its trace, for the job it completes as;
+    /// false when the job is not assembling (a job with no body completes
+    /// at its start record, and its reader sets the trace on the
+    /// [`CompletedJob`] itself).
+    pub(crate) fn set_trace(&mut self, job: JobId, trace: JobTrace) -> bool {
+        match self.jobs.get_mut(&job) {
+            Some(a) => {
+                a.trace = Some(Box::new(trace));
+                true
+            }
+            None => false,
         }
     }
 

@@ -40,6 +40,7 @@ use crate::portal::http_dispatch::token_cache::TokenCache;
 use crate::portal::pipe::{Deadline, Pipe, PipeState};
 use crate::portal::policy::{plan_headers, HeaderPlan};
 use crate::portal::spool::{SpoolFile, SpooledBody};
+use crate::protocol::trace;
 use crate::protocol::wire::RequestStart;
 use crate::protocol::{ErrorCategory, Failure};
 use crate::util::error_chain;
@@ -489,6 +490,7 @@ impl Dispatcher {
                 };
             };
             held = None;
+            let token_from = std::time::SystemTime::now();
             let token = match &self.tokens {
                 Some(t) => Some(t.token().await.map_err(|e| {
                     log::warn!("job {}: cannot get an OAuth2 token: {e}", job.job);
@@ -496,6 +498,9 @@ impl Dispatcher {
                 })?),
                 None => None,
             };
+            if let (Some(t), Some(_)) = (&job.trace, &self.tokens) {
+                t.token(token_from);
+            }
             let req = self.build(&method, &url, job, token.as_deref()).await?;
             let first_call = *first_call.get_or_insert_with(Instant::now);
             let resp = match deadline.run(self.client.request(req)).await {
@@ -613,6 +618,10 @@ impl Dispatcher {
             log::debug!("job {}: not forwarding headers {line}", job.job);
         }
         for (name, value) in plan.forward {
+            // The portal's own context replaces a forwarded one.
+            if job.trace.is_some() && trace::is_trace_header(name) {
+                continue;
+            }
             let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
@@ -627,6 +636,9 @@ impl Dispatcher {
         }
         if !agent_forwarded {
             builder = builder.header(USER_AGENT, HeaderValue::from_static(PORTAL_USER_AGENT));
+        }
+        for (name, value) in job.trace.iter().flat_map(|t| t.call_context().headers()) {
+            builder = builder.header(name, value);
         }
         if let Some(name) = &self.idempotency_header {
             let id = HeaderValue::from_str(&job.job.to_string()).map_err(|_| {

@@ -9,6 +9,8 @@
 //! - [`api`]: the in-process target API on loopback that records what it
 //!   receives, started together with the token endpoint as [`api::Servers`];
 //! - [`oauth`]: that OAuth2 token endpoint;
+//! - [`otlp`]: a real OTLP/HTTP receiver (Python, opentelemetry-proto) that
+//!   writes down the spans it receives;
 //! - [`pushback`]: a target API answering 429, 503 and 409 from a script,
 //!   and counting calls that arrive at once;
 //! - [`overlap`]: a target API whose first call for a key never ends,
@@ -22,6 +24,7 @@ pub mod answers;
 pub mod api;
 pub mod broker;
 pub mod oauth;
+pub mod otlp;
 pub mod overlap;
 pub mod payload;
 pub mod pki;
