@@ -203,7 +203,9 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         &pick(&a.token_refresh_statuses, &f.token_refresh_statuses)
             .unwrap_or_else(|| defaults::TOKEN_REFRESH_STATUSES.into()),
     )?;
-    let oauth = if use_oauth {
+    // OAuth2 settings belong to the default route; without
+    // PORTAL_TARGET_API_URL there is none, and each listed route has its own.
+    let oauth = if use_oauth && target.is_some() {
         Some(resolve_oauth(a, &f, refresh_statuses.clone())?)
     } else {
         None

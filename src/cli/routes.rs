@@ -55,9 +55,10 @@ pub(crate) fn resolve_routes(
     }
     if let Some((earlier, later)) = shadowed(&routes) {
         bail!(
-            "{}: it can never be chosen: {} comes first with the same pattern '{}' and methods that overlap (the first route that matches takes a request)",
+            "{}: it can never be chosen: {} comes first and takes every request it could (pattern '{}' covers '{}', and every method of it); the first route that matches takes a request, so list the narrower route first",
             later.label(),
             earlier.label(),
+            earlier.rule.pattern,
             later.rule.pattern
         );
     }

@@ -80,6 +80,16 @@ const TOKEN_CHECK: Duration = Duration::from_secs(5);
 /// briefly down must not keep the portal (and every other route) from
 /// serving; its jobs fail with an auth error until it answers.
 pub(crate) async fn start(cfg: &Settings, metrics: &Metrics) -> anyhow::Result<Routes> {
+    if let Some((wide, default)) = crate::portal::routes::shadowed(&cfg.routes) {
+        // Listed routes were checked at start; only the default route,
+        // added last, can be left nothing.
+        log::warn!(
+            "{} takes every request {} could, so {} is never chosen",
+            wide.label(),
+            default.label(),
+            default.label()
+        );
+    }
     let mut table = Vec::with_capacity(cfg.routes.len());
     let mut checks = tokio::task::JoinSet::new();
     for route in &cfg.routes {

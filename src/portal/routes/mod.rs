@@ -137,24 +137,41 @@ pub(crate) fn select(routes: &[Route], method: &str, path: &str) -> Result<usize
         })
 }
 
-/// Two routes that could take the same request, where the later can
-/// never be chosen: the same pattern and methods that overlap.
+/// A route that can never be chosen, and the earlier one that takes
+/// every request it could take (see [`covers`]).
 pub(crate) fn shadowed(routes: &[Route]) -> Option<(&Route, &Route)> {
     for (i, later) in routes.iter().enumerate() {
-        for earlier in &routes[..i] {
-            let methods_meet = earlier.rule.methods.is_empty()
-                || later.rule.methods.is_empty()
-                || later
-                    .rule
-                    .methods
-                    .iter()
-                    .any(|m| earlier.rule.methods.contains(m));
-            if earlier.rule.pattern == later.rule.pattern && methods_meet {
-                return Some((earlier, later));
-            }
+        if let Some(earlier) = routes[..i].iter().find(|e| covers(&e.rule, &later.rule)) {
+            return Some((earlier, later));
         }
     }
     None
+}
+
+/// Whether `earlier` takes every request `later` could: each of its
+/// methods (no methods = every method) and each path its pattern matches.
+/// True only where that is certain from the patterns' text: the same
+/// pattern, or `earlier` is `BASE/**` and `later` is `BASE` or lies under
+/// `BASE/`; other overlaps are first-match-wins and allowed.
+pub(crate) fn covers(earlier: &EndpointRule, later: &EndpointRule) -> bool {
+    let methods = earlier.methods.is_empty()
+        || (!later.methods.is_empty() && later.methods.iter().all(|m| earlier.methods.contains(m)));
+    if !methods {
+        return false;
+    }
+    if earlier.pattern == later.pattern {
+        return true;
+    }
+    match earlier.pattern.strip_suffix("/**") {
+        Some(base) => {
+            later.pattern == base
+                || later
+                    .pattern
+                    .strip_prefix(base)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        }
+        None => false,
+    }
 }
 
 /// The refusal of a body over a route's limit.

@@ -81,12 +81,34 @@ fn only_a_route_that_can_never_be_chosen_is_a_conflict() {
         route("b", "DELETE /x/**", "http://b.example", None),
     ];
     assert!(shadowed(&any_method).is_some());
-    // Overlapping patterns and disjoint methods are first-match-wins.
+    // A wider pattern first takes every path of a narrower one.
+    for (wide, narrow) in [
+        ("/**", "/x/*"),
+        ("/x/**", "/x/y/**"),
+        ("/x/**", "/x"),
+        ("/a/*/**", "/a/*/b"),
+    ] {
+        let list = vec![
+            route("wide", wide, "http://a.example", None),
+            route("narrow", narrow, "http://b.example", None),
+        ];
+        assert!(shadowed(&list).is_some(), "{wide} before {narrow}");
+    }
+    // Overlaps that leave the later route some requests are
+    // first-match-wins: disjoint methods, methods the earlier route does
+    // not all take, narrow before wide, and prefixes that are not whole
+    // segments.
     let fine = vec![
         route("a", "GET /x/**", "http://a.example", None),
         route("b", "POST /x/**", "http://b.example", None),
-        route("c", "/x/*", "http://c.example", None),
-        route("d", "/**", "http://d.example", None),
+        route("c", "GET,POST /y/**", "http://c.example", None),
+        route("d", "POST,PUT /y/**", "http://d.example", None),
+        route("e", "GET /z/**", "http://e.example", None),
+        route("f", "/z/**", "http://f.example", None),
+        route("g", "/x/*", "http://g.example", None),
+        route("h", "/ab/**", "http://h.example", None),
+        route("i", "/abc/**", "http://i.example", None),
+        route("j", "/**", "http://j.example", None),
     ];
     assert!(shadowed(&fine).is_none());
 }
