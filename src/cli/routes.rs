@@ -89,6 +89,29 @@ fn resolve_route(
         .as_deref()
         .map(check_strip_prefix)
         .transpose()?;
+    if let Some(prefix) = &strip_prefix {
+        // A prefix no path of the pattern can start with is never
+        // stripped: a mistake, not a choice. The pattern's whole segments
+        // before its first wildcard and the prefix must be one within the other.
+        let literal = rule.pattern.split('*').next().unwrap_or_default();
+        let whole = &literal[..literal.rfind('/').unwrap_or(0)];
+        let within = |a: &str, b: &str| {
+            b.strip_prefix(a)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        let whole = if rule.pattern.contains('*') {
+            whole
+        } else {
+            rule.pattern.as_str()
+        };
+        if !within(prefix, whole) && !within(whole, prefix) {
+            bail!(
+                "strip_prefix: '{}' is not where the paths of match '{}' start; a request's path loses the prefix only when it starts with it",
+                prefix.escape_debug(),
+                rule.pattern.escape_debug()
+            );
+        }
+    }
     let allowed_headers = match &f.allowed_headers {
         None => inh.allowed_headers.to_vec(),
         Some(list) => {
@@ -142,11 +165,18 @@ fn resolve_route(
             t.client_key_file.as_deref(),
         )
         .map_err(|e| {
-            anyhow::anyhow!(
-                "[routes.tls] ({} in the portal's words): {}",
-                e.setting,
-                e.detail
-            )
+            let key = match e.setting {
+                "PORTAL_CLIENT_CERT_FILE" => "client_cert_file",
+                "PORTAL_CLIENT_KEY_FILE" => "client_key_file",
+                _ => "ca_file",
+            };
+            // The detail may name the portal-wide settings the checks share.
+            let detail = e
+                .detail
+                .replace("PORTAL_CLIENT_CERT_FILE", "client_cert_file")
+                .replace("PORTAL_CLIENT_KEY_FILE", "client_key_file")
+                .replace("PORTAL_CA_FILE", "ca_file");
+            anyhow::anyhow!("[routes.tls] {key}: {detail}")
         })?,
         None => match shared_tls {
             Some(t) => t.clone(),
@@ -332,11 +362,29 @@ fn resolve_oauth2(
     })
 }
 
+/// Headers the portal writes itself, which a route's static header may
+/// not replace: they frame the request or name its host.
+const FRAMING_HEADERS: [&str; 7] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
 fn resolve_header(h: &RouteHeader) -> anyhow::Result<RouteAuth> {
     if hyper::header::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
         bail!(
             "[routes.header] name: '{}' is not a header name",
             h.name.escape_debug()
+        );
+    }
+    if FRAMING_HEADERS.contains(&h.name.to_ascii_lowercase().as_str()) {
+        bail!(
+            "[routes.header] name: '{}' frames the request and is the portal's to write; use a header such as Authorization or X-Api-Key",
+            h.name
         );
     }
     let value = read_secret("[routes.header] value_file", &h.value_file)?;

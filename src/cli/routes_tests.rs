@@ -143,7 +143,11 @@ fn each_mistake_names_the_route_and_its_line() {
         ("match = \"/a\"\ntarget = \"http://a\"\n[routes.oauth2]\ntoken_url = \"not a url\"\nclient_id = \"c\"\nclient_secret = \"s\"\n", "token_url"),
         ("match = \"/a\"\ntarget = \"http://a\"\n[routes.header]\nname = \"X-Key\"\nvalue_file = \"/nonexistent/v\"\n", "[routes.header] value_file"),
         ("match = \"/a\"\ntarget = \"http://a\"\n[routes.header]\nname = \"X Key\"\nvalue_file = \"/dev/null\"\n", "is not a header name"),
-        ("match = \"/a\"\ntarget = \"http://a\"\n[routes.tls]\nclient_cert_file = \"/nonexistent/c.pem\"\n", "[routes.tls]"),
+        ("match = \"/a\"\ntarget = \"http://a\"\n[routes.tls]\nclient_cert_file = \"/nonexistent/c.pem\"\n", "[routes.tls] client_key_file: not set, but client_cert_file is"),
+        ("match = \"/a\"\ntarget = \"http://a\"\n[routes.tls]\nclient_cert_file = \"/nonexistent/c.pem\"\nclient_key_file = \"/nonexistent/k.pem\"\n", "[routes.tls] client_cert_file: "),
+        ("match = \"/a\"\ntarget = \"http://a\"\n[routes.header]\nname = \"Host\"\nvalue_file = \"/dev/null\"\n", "frames the request"),
+        ("match = \"/orders/**\"\ntarget = \"http://a\"\nstrip_prefix = \"/ord\"\n", "is not where the paths of match '/orders/**' start"),
+        ("match = \"/orders\"\ntarget = \"http://a\"\nstrip_prefix = \"/api\"\n", "is not where the paths"),
         ("name2 = 1\n", "line 5: unknown key `name2`"),
     ] {
         let e = err(&format!("{head}{rest}"));
