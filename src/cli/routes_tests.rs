@@ -222,3 +222,21 @@ fn the_routes_section_of_the_docs_names_every_route_key() {
         );
     }
 }
+
+#[test]
+fn listed_routes_alone_start_with_the_default_oauth_setting() {
+    // PORTAL_USE_OAUTH defaults to true: its OAUTH2_* settings belong to the
+    // default route, which does not exist without PORTAL_TARGET_API_URL.
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(b"[[routes]]\nname = \"a\"\nmatch = \"/a/**\"\ntarget = \"http://a.example\"\n")
+        .unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    let argv = ["kafkasend", "portal", "--config", &path];
+    let Command::Portal(args) = Cli::try_parse_from(argv).unwrap().command else {
+        unreachable!()
+    };
+    let s = crate::cli::portal::resolve_portal(&args).unwrap();
+    let names: Vec<_> = s.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["a"]);
+    assert!(matches!(s.routes[0].auth, RouteAuth::None));
+}

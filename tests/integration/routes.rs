@@ -193,6 +193,14 @@ async fn requests_no_route_takes_or_that_would_leave_a_route_are_refused_with_no
             "exceeds the limit of 1000 bytes of route 'beta'",
         ),
     ];
+    // The token each OAuth2 route fetched at start; a refusal asks for none.
+    let tokens = || {
+        (
+            apis.alpha.state.token_fetches.load(Ordering::SeqCst),
+            apis.beta.state.assertions.lock().unwrap().len(),
+        )
+    };
+    let before = tokens();
     for (args, why) in &refused {
         let out = send(&topics, args).await;
         assert_eq!(out.code, 3, "{args:?}: {}", out.stderr);
@@ -200,6 +208,11 @@ async fn requests_no_route_takes_or_that_would_leave_a_route_are_refused_with_no
     }
     assert!(apis.alpha.state.requests().is_empty(), "alpha was called");
     assert!(apis.beta.state.requests().is_empty(), "beta was called");
+    assert_eq!(
+        tokens(),
+        before,
+        "a token endpoint was called for a refused request"
+    );
 
     // At the limit it goes through.
     let out = send(
@@ -492,7 +505,7 @@ async fn a_route_at_its_limit_with_a_backlog_does_not_starve_another_route() {
         1,
     ));
     let topics = Topics::new("routes-starve");
-    let _portal = Portal::start(
+    let portal = Portal::start(
         &topics,
         &config_env(&config, &[("PORTAL_MAX_CONCURRENT_JOBS", "2".into())]),
     );
@@ -503,9 +516,16 @@ async fn a_route_at_its_limit_with_a_backlog_does_not_starve_another_route() {
         apis.alpha.state.slow_arrived.load(Ordering::SeqCst) == 1
     })
     .await;
-    // Room for the other two to reach the portal and wait for a slot (had
-    // they not, beta's call below would go through all the same).
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // The other two reached the portal and wait for a slot (had they not,
+    // beta's call below would go through all the same).
+    wait_until("all three alpha jobs are assembled", || {
+        portal
+            .log()
+            .matches("GET /alpha/slow (0 bytes) assembled")
+            .count()
+            == 3
+    })
+    .await;
     // Two alpha jobs wait for alpha's one slot; beta still gets a call.
     let out = send(&topics, &["--endpoint", "/beta/x"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
