@@ -567,10 +567,11 @@ impl Dispatcher {
             let delay = self.retry.delay(pushed, asked, fastrand::f64());
             if deadline.would_pass(delay) {
                 log::info!(
-                    "job {}: API answered {}; not calling again, the wait of {:.1} s would pass the job's deadline (PORTAL_REQUEST_TIMEOUT_SECS)",
+                    "job {}: API answered {}; not calling again, the wait of {:.1} s would pass the job's deadline ({})",
                     job.job,
                     resp.status().as_u16(),
-                    delay.as_secs_f64()
+                    delay.as_secs_f64(),
+                    self.timeout_setting()
                 );
                 return relay(resp.map(ApiBody::streaming), Some(slot));
             }
