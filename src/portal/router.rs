@@ -156,25 +156,11 @@ pub(crate) async fn start(cfg: &Settings, metrics: &Metrics) -> anyhow::Result<R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::portal::http_dispatch::backpressure::RetryPolicy;
-    use crate::portal::http_dispatch::tls::ApiTls;
-    use crate::portal::policy::parse_endpoints;
+    use crate::portal::routes::tests::dispatcher;
     use crate::protocol::ErrorCategory;
 
     fn route(name: &str, spec: &str) -> Route {
-        Route {
-            name: name.into(),
-            line: Some(1),
-            rule: parse_endpoints(spec).unwrap().remove(0),
-            target: "http://api.example".into(),
-            strip_prefix: None,
-            allowed_headers: Vec::new(),
-            timeout: Duration::from_secs(5),
-            max_body_bytes: 100,
-            max_concurrent_jobs: 2,
-            auth: RouteAuth::None,
-            tls: ApiTls::load(None, None, None).unwrap(),
-        }
+        crate::portal::routes::tests::route(name, spec, "http://api.example", None)
     }
 
     fn start(method: &str, path: &str, body_len: Option<u64>) -> RequestStart {
@@ -194,18 +180,7 @@ mod tests {
         Routes::new(
             list.into_iter()
                 .map(|r| {
-                    let d = Dispatcher::new(
-                        build_client(&r.tls),
-                        &r.target,
-                        None,
-                        r.timeout,
-                        &r.allowed_headers,
-                        None,
-                        RetryPolicy::default(),
-                        r.max_concurrent_jobs,
-                    )
-                    .routed(&r.name, None, None, r.max_body_bytes)
-                    .unwrap();
+                    let d = dispatcher(&r);
                     (r, d)
                 })
                 .collect(),

@@ -20,7 +20,7 @@ use crate::portal::policy::EndpointRule;
 use crate::protocol::{ErrorCategory, Failure};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub(crate) use crate::portal::http_dispatch::DEFAULT_ROUTE;
 

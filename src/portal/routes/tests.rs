@@ -3,7 +3,8 @@ use crate::portal::http_dispatch::backpressure::RetryPolicy;
 use crate::portal::http_dispatch::{strip, Dispatcher};
 use crate::portal::policy::parse_endpoints;
 
-fn route(name: &str, spec: &str, target: &str, strip_prefix: Option<&str>) -> Route {
+/// A route for tests: `spec` is a PORTAL_ALLOWED_ENDPOINTS entry.
+pub(crate) fn route(name: &str, spec: &str, target: &str, strip_prefix: Option<&str>) -> Route {
     let mut rules = parse_endpoints(spec).unwrap();
     assert_eq!(rules.len(), 1, "{spec}");
     Route {
@@ -21,7 +22,8 @@ fn route(name: &str, spec: &str, target: &str, strip_prefix: Option<&str>) -> Ro
     }
 }
 
-fn dispatcher(r: &Route) -> Dispatcher {
+/// The dispatcher the portal would make for `r`, without auth.
+pub(crate) fn dispatcher(r: &Route) -> Dispatcher {
     Dispatcher::new(
         crate::portal::http_dispatch::client::build_client(&r.tls),
         &r.target,
