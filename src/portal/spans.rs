@@ -66,6 +66,13 @@ impl JobTrace {
         }
     }
 
+    /// Whether this job's spans are recorded: export is on and the trace
+    /// is sampled (parent-based, as OpenTelemetry's default sampler). An
+    /// unsampled trace is still carried on, its flags unchanged.
+    pub(crate) fn recorded(&self) -> bool {
+        telemetry::enabled() && self.job.sampled()
+    }
+
     /// A span under the job span.
     pub(crate) fn child(
         &self,
@@ -87,7 +94,7 @@ impl JobTrace {
     /// Records the `token` span of a call that waited for an OAuth2 token
     /// from `from` until now.
     pub(crate) fn token(&self, from: SystemTime) {
-        if telemetry::enabled() {
+        if self.recorded() {
             telemetry::record(self.child(SpanId::random(), "token", from, SystemTime::now()));
         }
     }
@@ -119,7 +126,7 @@ pub(crate) fn record_run(
     marks: &RunMarks,
     error: Option<String>,
 ) {
-    if !telemetry::enabled() {
+    if !trace.recorded() {
         return;
     }
     let end = SystemTime::now();

@@ -563,3 +563,167 @@ async fn a_pipelined_call_carries_the_trace_too() {
     assert_eq!(api.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(summary["trace_id"], "0af7651916cd43dd8448eb211c80319c");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_or_hostile_tracestate_is_cut_or_dropped_and_the_trace_kept() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("trace-state");
+    let _portal = Portal::start(&topics, &servers.plain_env());
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.json");
+    let o = out_file.to_str().unwrap();
+
+    // Over 8 KiB: four small members first, then 28 of 256 bytes, with
+    // spaces and tabs around the commas. The large ones go first, and what
+    // is left fits in 512 bytes, so the small ones reach the API unchanged.
+    let small: Vec<String> = (0..4)
+        .map(|n| format!("s{n}={}", "x".repeat(117)))
+        .collect();
+    let large: Vec<String> = (0..28)
+        .map(|n| format!("l{n:02}={}", "y".repeat(252)))
+        .collect();
+    let long = [small.clone(), large]
+        .concat()
+        .join(" \t       ,\t        ");
+    assert!(long.len() > 8192, "{}", long.len());
+    let out = send_with_env(
+        &topics,
+        &[],
+        &[
+            "--endpoint",
+            "/long",
+            "-o",
+            o,
+            "--json",
+            "-H",
+            &format!("traceparent: {GIVEN}"),
+            "-H",
+            &format!("tracestate: {long}"),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let reqs = servers.state.requests();
+    let api = api_traceparent(&reqs[0]);
+    assert_eq!(api.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
+    let state = reqs[0].headers["tracestate"].to_str().unwrap();
+    assert_eq!(state, small.join(","));
+    assert!(state.len() <= 512);
+    let job: JobId = crate::support::api::json(&out.stdout)["job"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (_, on_record) = start_record_traceparent(&topics, job).await;
+    assert_eq!(on_record.as_deref(), Some(small.join(",").as_bytes()));
+
+    // Hostile or invalid lists are dropped whole, with a warning; the
+    // trace goes on. From -H and from the environment alike.
+    let hostile = [
+        "a=1,a=2",
+        "Upper=1",
+        "a=1,x=y\u{1}",
+        "a=1,no-equals",
+        "a=1,b=2,c=three=3",
+    ];
+    for (i, bad) in hostile.iter().enumerate() {
+        let path = format!("/hostile-h/{i}");
+        let out = send_with_env(
+            &topics,
+            &[],
+            &[
+                "--endpoint",
+                &path,
+                "-o",
+                o,
+                "-H",
+                &format!("traceparent: {GIVEN}"),
+                "-H",
+                &format!("tracestate: {bad}"),
+            ],
+        )
+        .await;
+        assert_eq!(out.code, 0, "{bad:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("tracestate dropped"),
+            "{bad:?}: {}",
+            out.stderr
+        );
+        let path_env = format!("/hostile-env/{i}");
+        let env = [
+            ("TRACEPARENT", GIVEN.to_string()),
+            ("TRACESTATE", bad.to_string()),
+        ];
+        let out = send_with_env(&topics, &env, &["--endpoint", &path_env, "-o", o]).await;
+        assert_eq!(out.code, 0, "{bad:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("TRACESTATE ignored"),
+            "{bad:?}: {}",
+            out.stderr
+        );
+    }
+    let reqs = servers.state.requests();
+    assert_eq!(reqs.len(), 1 + 2 * hostile.len());
+    for req in &reqs[1..] {
+        let api = api_traceparent(req);
+        assert_eq!(
+            api.trace_id.to_string(),
+            "0af7651916cd43dd8448eb211c80319c",
+            "{}",
+            req.path
+        );
+        assert!(req.headers.get("tracestate").is_none(), "{}", req.path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsampled_trace_is_carried_on_but_not_exported() {
+    let receiver = Receiver::start();
+    let servers = Servers::start().await;
+    let topics = Topics::new("trace-unsampled");
+    let mut env = servers.plain_env();
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()));
+    let _portal = Portal::start(&topics, &env);
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.json");
+    let o = out_file.to_str().unwrap();
+    let unsampled = "00-3333333333333333333333333333aaaa-4444444444444444-00";
+    let out = send_with_env(
+        &topics,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+            ("TRACEPARENT", unsampled.to_string()),
+        ],
+        &["--endpoint", "/quiet", "-o", o, "--json"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = crate::support::api::json(&out.stdout);
+    assert_eq!(summary["trace_id"], "3333333333333333333333333333aaaa");
+    let api = api_traceparent(&servers.state.requests()[0]);
+    assert_eq!(api.trace_id.to_string(), "3333333333333333333333333333aaaa");
+    assert!(!api.sampled(), "flags 00 are carried on");
+    assert!(api.to_string().ends_with("-00"));
+
+    // A sampled send after it: once its spans are in, the unsampled ones
+    // would have been too (send exports at exit, the portal in order).
+    let out = send_with_env(
+        &topics,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+            ("TRACEPARENT", GIVEN.to_string()),
+        ],
+        &["--endpoint", "/loud", "-o", o],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    receiver
+        .wait_for("0af7651916cd43dd8448eb211c80319c", &["send", "job", "call"])
+        .await;
+    let leaked: Vec<_> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s["trace_id"] == "3333333333333333333333333333aaaa")
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:#?}");
+}
