@@ -400,11 +400,116 @@ async fn one_trace_links_send_the_portal_and_the_api_in_a_real_otlp_receiver() {
         one(&spans, "call")["span_id"],
         api.parent_id.to_string().as_str()
     );
+    // Kinds as OTLP numbers them (client 3, producer 4, consumer 5, internal
+    // 1); no span failed, so none has an error status (2).
+    assert_eq!(send["kind"], 4);
+    assert_eq!(job_span["kind"], 5);
+    assert_eq!(one(&spans, "call")["kind"], 3);
+    assert_eq!(one(&spans, "token")["kind"], 1);
+    assert!(spans.iter().all(|s| s["status"] != 2), "{spans:#?}");
     // Only this trace's spans, each once.
     let mut ids: Vec<_> = spans.iter().map(|s| s["span_id"].to_string()).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), spans.len(), "{spans:#?}");
+
+    // The token is cached now: a second job has no `token` span. Then the
+    // API refuses it: the call refreshes it (a `token` span) and is sent
+    // again, each request with a `call` span of its own, which its
+    // `traceparent` names.
+    let second = |topics: &Topics| {
+        let o = out_file.to_str().unwrap().to_string();
+        let topics = topics.clone();
+        let env = send_env.clone();
+        async move {
+            let out = send_with_env(
+                &topics,
+                &env,
+                &["--endpoint", "/api/again", "-o", &o, "--json"],
+            )
+            .await;
+            assert_eq!(out.code, 0, "{}", out.stderr);
+            crate::support::api::json(&out.stdout)["trace_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let cached = second(&topics).await;
+    let spans = receiver.wait_for(&cached, &["send", "job", "call"]).await;
+    assert!(spans.iter().all(|s| s["name"] != "token"), "{spans:#?}");
+    servers.state.valid_tokens.lock().unwrap().clear();
+    let refreshed = second(&topics).await;
+    let spans = receiver
+        .wait_for(&refreshed, &["send", "job", "call", "token"])
+        .await;
+    let calls: Vec<_> = spans.iter().filter(|s| s["name"] == "call").collect();
+    assert_eq!(calls.len(), 2, "{spans:#?}");
+    let reqs = servers.state.requests();
+    let tried: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.path == "/api/again")
+        .map(api_traceparent)
+        .filter(|tp| tp.trace_id.to_string() == refreshed)
+        .collect();
+    assert_eq!(tried.len(), 2);
+    assert_ne!(tried[0].parent_id, tried[1].parent_id);
+    for (n, tp) in tried.iter().enumerate() {
+        let call = calls
+            .iter()
+            .find(|c| c["span_id"] == tp.parent_id.to_string().as_str())
+            .unwrap_or_else(|| panic!("no call span for request {n}: {calls:#?}"));
+        assert_eq!(call["kind"], 3);
+        if n == 0 {
+            assert_eq!(call["attributes"]["http.response.status_code"], 401);
+            assert!(call["attributes"]
+                .get("http.request.resend_count")
+                .is_none());
+        } else {
+            assert_eq!(call["attributes"]["http.response.status_code"], 200);
+            assert_eq!(call["attributes"]["http.request.resend_count"], 1);
+        }
+    }
+    let token = one(&spans, "token");
+    assert!(token["start"].as_u64() >= calls.iter().map(|c| c["end"].as_u64()).min().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_that_fails_exports_error_spans() {
+    let receiver = Receiver::start();
+    let servers = Servers::start().await;
+    let topics = Topics::new("trace-otlp-error");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let mut env: Vec<_> = servers
+        .plain_env()
+        .into_iter()
+        .filter(|(k, _)| *k != "PORTAL_TARGET_API_URL")
+        .collect();
+    env.push(("PORTAL_TARGET_API_URL", closed));
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()));
+    let _portal = Portal::start(&topics, &env);
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.json");
+    let out = send_with_env(
+        &topics,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+            ("TRACEPARENT", GIVEN.to_string()),
+        ],
+        &["--endpoint", "/nowhere", "-o", out_file.to_str().unwrap()],
+    )
+    .await;
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    let spans = receiver
+        .wait_for("0af7651916cd43dd8448eb211c80319c", &["send", "job", "call"])
+        .await;
+    for name in ["send", "job", "call"] {
+        assert_eq!(one(&spans, name)["status"], 2, "{name}: {spans:#?}");
+    }
+    assert!(spans.iter().all(|s| s["name"] != "respond"), "{spans:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
