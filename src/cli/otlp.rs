@@ -3,10 +3,14 @@
 //! spans `telemetry` queues, batches them and posts them to the collector.
 //!
 //! Our own small exporter over the portal's hyper client rather than the
-//! `opentelemetry-otlp` crates: those bring a second HTTP stack (reqwest)
-//! or tonic and prost with a code generator, for the one message this
-//! sends (`telemetry::otlp`), and their batch processor's shutdown is not
-//! bounded the way `send` needs (at most [`EXIT_LIMIT`] at exit).
+//! `opentelemetry` SDK and `opentelemetry-otlp` (which can run over hyper
+//! through `opentelemetry-http` and ships its protobuf types pre-generated,
+//! and whose SDK has `shutdown_with_timeout`): chosen for dependency weight
+//! (the SDK, its batch processor and prost for the one message this sends,
+//! `telemetry::otlp`) and for control of exactly what runs at exit (one
+//! post, at most [`EXIT_LIMIT`]). What that costs is listed in
+//! docs/operations.md: no retry, no gzip, no `OTEL_EXPORTER_OTLP_TIMEOUT`,
+//! `_CERTIFICATE` or `_COMPRESSION`, `partial_success` not read.
 
 use std::time::Duration;
 
@@ -32,8 +36,10 @@ const BATCH_DELAY: Duration = Duration::from_secs(1);
 /// Longest one export request may take (OTLP's default timeout).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where and how spans are exported, from the environment.
-#[derive(Debug, Clone)]
+/// Where and how spans are exported, from the environment. Its `Debug`
+/// shows the endpoint's origin and the header names only: header values
+/// are often credentials, and a URL may hold some too.
+#[derive(Clone)]
 pub(crate) struct OtlpConfig {
     /// The traces endpoint, `.../v1/traces`.
     pub(crate) url: Uri,
@@ -41,6 +47,34 @@ pub(crate) struct OtlpConfig {
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     /// `service.name` of the spans' resource.
     pub(crate) service: String,
+}
+
+impl OtlpConfig {
+    /// The endpoint as logs show it: `scheme://host:port`, never userinfo,
+    /// path or query.
+    pub(crate) fn origin(&self) -> String {
+        let scheme = self.url.scheme_str().unwrap_or("http");
+        let host = self.url.host().unwrap_or("");
+        match self.url.port_u16() {
+            Some(port) => format!("{scheme}://{host}:{port}"),
+            None => format!("{scheme}://{host}"),
+        }
+    }
+}
+
+impl std::fmt::Debug for OtlpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<String> = self
+            .headers
+            .iter()
+            .map(|(name, _)| format!("{name}: <redacted>"))
+            .collect();
+        f.debug_struct("OtlpConfig")
+            .field("endpoint", &self.origin())
+            .field("headers", &headers)
+            .field("service", &self.service)
+            .finish()
+    }
 }
 
 /// Reads the `OTEL_*` variables through `get`: `None` when export is off
@@ -203,7 +237,7 @@ pub(crate) fn start(cfg: OtlpConfig) -> Option<Exporter> {
     log::info!(
         "OpenTelemetry: exporting spans of service {} to {}",
         cfg.service,
-        cfg.url
+        cfg.origin()
     );
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(run(cfg, client, rx, stopped));
@@ -287,18 +321,18 @@ async fn export(cfg: &OtlpConfig, client: &HttpClient, spans: &[Span], failing: 
     match outcome {
         Ok(()) => {
             if *failing {
-                log::info!("OpenTelemetry export to {} works again", cfg.url);
+                log::info!("OpenTelemetry export to {} works again", cfg.origin());
             }
             *failing = false;
         }
         Err(why) => {
             telemetry::count_dropped(spans.len() as u64);
             if *failing {
-                log::debug!("OpenTelemetry export to {} failed: {why}", cfg.url);
+                log::debug!("OpenTelemetry export to {} failed: {why}", cfg.origin());
             } else {
                 log::warn!(
                     "OpenTelemetry export to {} failed: {why}; {} spans dropped",
-                    cfg.url,
+                    cfg.origin(),
                     spans.len()
                 );
             }
@@ -393,6 +427,27 @@ mod tests {
             assert!(cfg.is_none(), "{bad}");
             assert_eq!(warnings.len(), 1);
         }
+        // Logs and Debug show no secret: no userinfo, path, query or
+        // header value.
+        let (cfg, _) = resolve(
+            env(&[
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "https://user:pw-secret@c.example:4318/base?key=q-secret",
+                ),
+                (
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "authorization=Bearer%20h-secret",
+                ),
+            ]),
+            "s",
+        );
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.origin(), "https://c.example:4318");
+        let shown = format!("{cfg:?}");
+        assert!(shown.contains("https://c.example:4318"), "{shown}");
+        assert!(shown.contains("authorization: <redacted>"), "{shown}");
+        assert!(!shown.contains("secret"), "{shown}");
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
     }

@@ -468,7 +468,15 @@ fn trace_from_env() -> Option<crate::protocol::trace::TraceContext> {
         Some(tp.as_bytes()),
         ts.as_ref().map(|v| v.as_bytes()),
     ) {
-        Ok(ctx) => ctx,
+        Ok(Some((ctx, dropped))) => {
+            if let Some(e) = dropped {
+                eprintln!(
+                    "kafkasend send: warning: TRACESTATE ignored, the trace goes on without it: {e}"
+                );
+            }
+            Some(ctx)
+        }
+        Ok(None) => None,
         Err(e) => {
             eprintln!(
                 "kafkasend send: warning: TRACEPARENT/TRACESTATE ignored, a new trace starts: {e}"
@@ -510,6 +518,9 @@ fn print_notice(n: Notice<'_>) {
                 .unwrap_or("");
             eprintln!("{}", one_line(&format!("HTTP {status} {reason}")));
         }
+        Notice::TraceStateDropped(why) => eprintln!(
+            "kafkasend send: warning: tracestate dropped, the trace goes on without it: {why}"
+        ),
         Notice::Verbose(lines) => print_verbose(lines),
         Notice::Uploading {
             job,

@@ -152,6 +152,7 @@ async fn run_job(ctx: &Ctx, mut job: CompletedJob, stop: watch::Receiver<bool>) 
             Some(failure) => {
                 let id = job.job;
                 log::warn!("job {id}: the pipelined call is aborted: {} ({})", failure.message, failure.category);
+                record_aborted(ctx, &job, &trace, run_at, failure.message.clone());
                 let category = failure.category;
                 let sent = send_error(&pc, id, 0, failure, &attempt).await;
                 report_error_reply(ctx, id, sent, category)
@@ -161,11 +162,41 @@ async fn run_job(ctx: &Ctx, mut job: CompletedJob, stop: watch::Receiver<bool>) 
                     "job {}: let go while its body arrived; the pipelined call is aborted and the job left to be read again",
                     job.job
                 );
+                record_aborted(ctx, &job, &trace, run_at, "let go while its body arrived".into());
                 false
             }
         },
         settled = call_and_answer(ctx, &pc, &job, &trace, &attempt, stop) => settled,
     }
+}
+
+/// Records the spans of a pipelined run aborted because its body failed or
+/// was let go, with `why` as the job's error (the call's own span, if a
+/// request was out, records itself as abandoned when it is dropped).
+fn record_aborted(
+    ctx: &Ctx,
+    job: &CompletedJob,
+    trace: &JobTrace,
+    run_at: SystemTime,
+    why: String,
+) {
+    let route = ctx
+        .routes
+        .pick(&job.start)
+        .map_or("none", |(_, d)| d.route());
+    let marks = RunMarks {
+        run: Some(run_at),
+        ..RunMarks::default()
+    };
+    record_run(
+        trace,
+        job.job,
+        route,
+        &job.start.method,
+        job.body.len(),
+        &marks,
+        Some(why),
+    );
 }
 
 /// How often a pipelined job whose body still arrives looks for a spare
@@ -247,7 +278,6 @@ async fn call_and_answer(
     let now = SystemTime::now();
     let mut marks = RunMarks {
         run: Some(now),
-        call: Some(now),
         ..RunMarks::default()
     };
     let id = job.job;

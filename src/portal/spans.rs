@@ -1,6 +1,7 @@
 //! The portal's place in a job's trace and the spans it exports: `job`
 //! (from the start record to the last answer record, under the sender's
-//! span) with `assemble`, `policy`, `token`, `call` (the API's parent) and
+//! span) with `assemble`, `policy`, `token` (each token fetch), `call` (one
+//! per request sent to the API, each the parent the API is given) and
 //! `respond` under it.
 
 use std::time::SystemTime;
@@ -22,7 +23,8 @@ pub(crate) struct JobTrace {
     pub(crate) parent: Option<SpanId>,
     /// The `tracestate`, carried on unchanged.
     pub(crate) state: Option<String>,
-    /// The span of the API call.
+    /// The span of the first API request; a request sent again (a token
+    /// refreshed, a pushback) has a span of its own.
     pub(crate) call: SpanId,
     /// When the start record was read.
     pub(crate) received: SystemTime,
@@ -49,10 +51,11 @@ impl JobTrace {
         }
     }
 
-    /// What the API request carries: its parent is the call span.
-    pub(crate) fn call_context(&self) -> TraceContext {
+    /// What the API request carries: its parent is that request's `call`
+    /// span, `span`.
+    pub(crate) fn call_context(&self, span: SpanId) -> TraceContext {
         TraceContext {
-            parent: self.job.child(self.call),
+            parent: self.job.child(span),
             state: self.state.clone(),
         }
     }
@@ -64,6 +67,13 @@ impl JobTrace {
             parent: self.job,
             state: self.state.clone(),
         }
+    }
+
+    /// Whether this job's spans are recorded: export is on and the trace
+    /// is sampled (parent-based, as OpenTelemetry's default sampler). An
+    /// unsampled trace is still carried on, its flags unchanged.
+    pub(crate) fn recorded(&self) -> bool {
+        telemetry::enabled() && self.job.sampled()
     }
 
     /// A span under the job span.
@@ -84,12 +94,82 @@ impl JobTrace {
         )
     }
 
-    /// Records the `token` span of a call that waited for an OAuth2 token
-    /// from `from` until now.
-    pub(crate) fn token(&self, from: SystemTime) {
-        if telemetry::enabled() {
-            telemetry::record(self.child(SpanId::random(), "token", from, SystemTime::now()));
+    /// Records the `token` span of an OAuth2 token fetch from `from` until
+    /// now; `error` when it failed.
+    pub(crate) fn token(&self, from: SystemTime, error: Option<String>) {
+        if self.recorded() {
+            let mut span = self.child(SpanId::random(), "token", from, SystemTime::now());
+            span.error = error;
+            telemetry::record(span);
         }
+    }
+}
+
+/// One request to the API, from when it is sent to its answer's head: its
+/// `call` span is recorded when it is [`finish`](CallSpan::finish)ed, or,
+/// with an error, when it is dropped unfinished (the call abandoned: its
+/// job's body failed, its partition was revoked, the deadline passed).
+pub(crate) struct CallSpan<'a> {
+    trace: Option<&'a JobTrace>,
+    id: SpanId,
+    route: &'a str,
+    from: SystemTime,
+    resend: u32,
+    outcome: Option<Result<u16, String>>,
+}
+
+impl<'a> CallSpan<'a> {
+    /// The span of request number `resend` (0 for the first) of a job on
+    /// `route`, starting now; the first has the id the job's log line names.
+    pub(crate) fn start(trace: Option<&'a JobTrace>, route: &'a str, resend: u32) -> Self {
+        let id = match trace {
+            Some(t) if resend == 0 => t.call,
+            _ => SpanId::random(),
+        };
+        Self {
+            trace,
+            id,
+            route,
+            from: SystemTime::now(),
+            resend,
+            outcome: None,
+        }
+    }
+
+    /// The span's id, which the request's `traceparent` names.
+    pub(crate) fn id(&self) -> SpanId {
+        self.id
+    }
+
+    /// Drops the span unrecorded: no request went out.
+    pub(crate) fn unsent(mut self) {
+        self.trace = None;
+    }
+
+    /// Ends the span: the API's status, or why the request failed.
+    pub(crate) fn finish(mut self, outcome: Result<u16, String>) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for CallSpan<'_> {
+    fn drop(&mut self) {
+        let Some(trace) = self.trace.filter(|t| t.recorded()) else {
+            return;
+        };
+        let mut span = trace
+            .child(self.id, "call", self.from, SystemTime::now())
+            .kind(Kind::Client)
+            .attr("kafkasend.route", self.route);
+        if self.resend > 0 {
+            span = span.attr("http.request.resend_count", u64::from(self.resend));
+        }
+        match self.outcome.take() {
+            Some(Ok(status)) => span = span.attr("http.response.status_code", status),
+            Some(Err(why)) => span.error = Some(why),
+            None => span.error = Some("the call was abandoned before the API answered".into()),
+        }
+        telemetry::record(span);
     }
 }
 
@@ -98,8 +178,6 @@ impl JobTrace {
 pub(crate) struct RunMarks {
     /// When the job started running (its body assembled, a slot taken).
     pub(crate) run: Option<SystemTime>,
-    /// When the API call began.
-    pub(crate) call: Option<SystemTime>,
     /// When the API's answer head arrived.
     pub(crate) head: Option<SystemTime>,
     /// The API's status.
@@ -119,7 +197,7 @@ pub(crate) fn record_run(
     marks: &RunMarks,
     error: Option<String>,
 ) {
-    if !telemetry::enabled() {
+    if !trace.recorded() {
         return;
     }
     let end = SystemTime::now();
@@ -147,16 +225,6 @@ pub(crate) fn record_run(
     telemetry::record(trace.child(SpanId::random(), "assemble", trace.received, run));
     if let Some((from, to)) = trace.policy {
         telemetry::record(trace.child(SpanId::random(), "policy", from, to));
-    }
-    if let Some(call) = marks.call {
-        let mut span = trace
-            .child(trace.call, "call", call, marks.head.unwrap_or(end))
-            .kind(Kind::Client)
-            .attr("kafkasend.route", route);
-        if let Some(status) = marks.status {
-            span = span.attr("http.response.status_code", status);
-        }
-        telemetry::record(span);
     }
     if let Some(head) = marks.head {
         telemetry::record(

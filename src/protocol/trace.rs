@@ -17,10 +17,16 @@ pub const TRACEPARENT: &str = "traceparent";
 /// Kafka record header, and HTTP header, of the vendors' trace state.
 pub const TRACESTATE: &str = "tracestate";
 
-/// Most bytes of a `tracestate` carried on: the specification's 32 members
-/// of at most 256 bytes each, with their commas. A longer one is dropped
-/// whole, since cutting it would change what a vendor reads.
-pub const MAX_TRACESTATE_BYTES: usize = 32 * 257;
+/// Most bytes of a `tracestate` carried on: the 512 the specification asks
+/// every carrier to pass on. A longer list loses whole members, as its
+/// truncation rule says (those over 128 bytes first, then from the end).
+pub const MAX_TRACESTATE_BYTES: usize = 512;
+
+/// Most list members of a `tracestate`; a list with more is dropped.
+pub const MAX_TRACESTATE_MEMBERS: usize = 32;
+
+/// Members longer than this go first when a list is cut to size.
+const LARGE_MEMBER: usize = 128;
 
 /// The `sampled` bit of the trace flags.
 const SAMPLED: u8 = 0x01;
@@ -48,10 +54,9 @@ pub enum TraceError {
     /// The parent id is all zeros.
     #[error("traceparent parent id is all zeros")]
     ZeroParentId,
-    /// The tracestate is longer than [`MAX_TRACESTATE_BYTES`] or holds
-    /// characters outside printable ASCII.
-    #[error("tracestate is longer than {MAX_TRACESTATE_BYTES} bytes or not printable ASCII")]
-    BadState,
+    /// The tracestate is not a W3C list of `key=value` members.
+    #[error("tracestate is not a valid list of key=value members: {0}")]
+    BadState(&'static str),
 }
 
 impl TraceId {
@@ -212,21 +217,108 @@ impl fmt::Display for TraceParent {
     }
 }
 
-/// Checks a `tracestate` value for carrying on unchanged: printable ASCII
-/// (its members are not otherwise parsed), at most [`MAX_TRACESTATE_BYTES`];
-/// `None` for an empty one, which is not sent.
+/// Checks a `tracestate` value against the W3C list grammar (at most
+/// [`MAX_TRACESTATE_MEMBERS`] `key=value` members, each key once, spaces and
+/// tabs allowed around commas, empty members skipped) and gives it back
+/// without that whitespace, cut to [`MAX_TRACESTATE_BYTES`] by dropping
+/// whole members; `None` when no member is left. Members are never changed,
+/// only kept or dropped, so each vendor reads what it wrote.
 pub fn parse_tracestate(value: &[u8]) -> Result<Option<String>, TraceError> {
-    let value = trim(value);
-    if value.len() > MAX_TRACESTATE_BYTES || !value.iter().all(|b| (0x20..0x7f).contains(b)) {
-        return Err(TraceError::BadState);
+    let mut members: Vec<&[u8]> = Vec::new();
+    for raw in value.split(|&b| b == b',') {
+        let member = trim(raw);
+        if member.is_empty() {
+            continue;
+        }
+        if members.len() == MAX_TRACESTATE_MEMBERS {
+            return Err(TraceError::BadState("more than 32 members"));
+        }
+        let Some(eq) = member.iter().position(|&b| b == b'=') else {
+            return Err(TraceError::BadState("a member has no '='"));
+        };
+        let (key, val) = (&member[..eq], &member[eq + 1..]);
+        if !state_key(key) {
+            return Err(TraceError::BadState(
+                "a key is not lcalpha/digit/_-*/ (tenant@system), at most 256 bytes",
+            ));
+        }
+        if !state_value(val) {
+            return Err(TraceError::BadState(
+                "a value is empty, over 256 bytes, or holds ',', '=' or a non-printable byte",
+            ));
+        }
+        if members
+            .iter()
+            .any(|m| m.starts_with(key) && m.get(key.len()) == Some(&b'='))
+        {
+            return Err(TraceError::BadState("a key appears twice"));
+        }
+        members.push(member);
     }
-    if value.is_empty() {
+    let size = |ms: &[&[u8]]| {
+        ms.iter()
+            .map(|m| m.len() + 1)
+            .sum::<usize>()
+            .saturating_sub(1)
+    };
+    if size(&members) > MAX_TRACESTATE_BYTES {
+        members.retain(|m| m.len() <= LARGE_MEMBER);
+    }
+    while size(&members) > MAX_TRACESTATE_BYTES {
+        members.pop();
+    }
+    if members.is_empty() {
         return Ok(None);
     }
-    // Printable ASCII is UTF-8.
-    String::from_utf8(value.to_vec())
+    // Every byte was checked to be printable ASCII, which is UTF-8.
+    String::from_utf8(members.join(&b','))
         .map(Some)
-        .map_err(|_| TraceError::BadState)
+        .map_err(|_| TraceError::BadState("not ASCII"))
+}
+
+/// A `tracestate` key: `simple-key` (lcalpha, then up to 255 of lcalpha,
+/// digits, `_-*/`) or `tenant@system` (at most 241 and 14 bytes, the system
+/// starting with lcalpha).
+fn state_key(key: &[u8]) -> bool {
+    let rest_ok = |r: &[u8]| {
+        r.iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-*/".contains(&b))
+    };
+    match key.iter().position(|&b| b == b'@') {
+        None => match key {
+            [first, rest @ ..] => first.is_ascii_lowercase() && rest.len() <= 255 && rest_ok(rest),
+            [] => false,
+        },
+        Some(at) => {
+            let (tenant, system) = (&key[..at], &key[at + 1..]);
+            let tenant_ok = match tenant {
+                [first, rest @ ..] => {
+                    (first.is_ascii_lowercase() || first.is_ascii_digit())
+                        && rest.len() <= 240
+                        && rest_ok(rest)
+                }
+                [] => false,
+            };
+            let system_ok = match system {
+                [first, rest @ ..] => {
+                    first.is_ascii_lowercase() && rest.len() <= 13 && rest_ok(rest)
+                }
+                [] => false,
+            };
+            tenant_ok && system_ok
+        }
+    }
+}
+
+/// A `tracestate` value: 1 to 256 printable ASCII bytes but ',' and '=',
+/// spaces allowed except last.
+fn state_value(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.len() <= 256
+        && value.last() != Some(&b' ')
+        && value
+            .iter()
+            .all(|&b| (0x20..0x7f).contains(&b) && b != b',' && b != b'=')
 }
 
 /// A trace as it is carried: the parent and the vendors' state.
@@ -240,21 +332,24 @@ pub struct TraceContext {
 
 impl TraceContext {
     /// Reads a context from header values: `None` when there is no
-    /// `traceparent`, an error when it, or the `tracestate`, is invalid. A
-    /// `tracestate` without a valid `traceparent` is meaningless and not read.
+    /// `traceparent`, an error when it is invalid. An invalid `tracestate`
+    /// is dropped and the trace kept, as the specification allows; its error
+    /// comes back beside the context so the caller can warn. A `tracestate`
+    /// without a valid `traceparent` is meaningless and not read.
     pub fn from_values(
         traceparent: Option<&[u8]>,
         tracestate: Option<&[u8]>,
-    ) -> Result<Option<Self>, TraceError> {
+    ) -> Result<Option<(Self, Option<TraceError>)>, TraceError> {
         let Some(tp) = traceparent else {
             return Ok(None);
         };
         let parent = TraceParent::parse(tp)?;
-        let state = match tracestate {
-            Some(v) => parse_tracestate(v)?,
-            None => None,
+        let (state, dropped) = match tracestate.map(parse_tracestate) {
+            Some(Ok(state)) => (state, None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
         };
-        Ok(Some(Self { parent, state }))
+        Ok(Some((Self { parent, state }, dropped)))
     }
 
     /// The record (or HTTP) headers carrying this context.
@@ -392,29 +487,113 @@ mod tests {
     }
 
     #[test]
-    fn tracestate_is_carried_unchanged_within_bounds() {
+    fn tracestate_members_are_carried_unchanged_without_list_whitespace() {
         assert_eq!(
             parse_tracestate(b"rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
             Ok(Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE".into()))
         );
+        assert_eq!(
+            parse_tracestate(b" a=1 ,\t, t3n@sys-1=x y\t,"),
+            Ok(Some("a=1,t3n@sys-1=x y".into()))
+        );
         assert_eq!(parse_tracestate(b"  "), Ok(None));
-        assert_eq!(parse_tracestate(b"a=1\r\nx: y"), Err(TraceError::BadState));
-        assert_eq!(parse_tracestate(&[0xff, b'a']), Err(TraceError::BadState));
-        let long = vec![b'a'; MAX_TRACESTATE_BYTES + 1];
-        assert_eq!(parse_tracestate(&long), Err(TraceError::BadState));
-        let most = vec![b'a'; MAX_TRACESTATE_BYTES];
-        assert!(parse_tracestate(&most).unwrap().is_some());
+        assert_eq!(parse_tracestate(b" , ,"), Ok(None));
     }
 
     #[test]
-    fn a_context_needs_a_parent_and_keeps_its_state() {
-        assert_eq!(TraceContext::from_values(None, Some(b"a=1")), Ok(None));
-        let ctx = TraceContext::from_values(Some(EXAMPLE.as_bytes()), Some(b"a=1"))
+    fn hostile_tracestate_members_drop_the_whole_list() {
+        let hostile: &[&[u8]] = &[
+            b"a=1\r\nx: y",
+            b"a=1,x-injected: y",
+            &[b'a', b'=', 0xff],
+            b"A=1",
+            b"1a=1",
+            b"a=",
+            b"=1",
+            b"a=1=2",
+            b"a=1,a=2",
+            b"a=b ,c=d\x00",
+            b"t@=1",
+            b"@s=1",
+            b"t@1s=1",
+            b"t@abcdefghijklmno=1",
+            b"a=\x7f",
+        ];
+        for value in hostile {
+            assert!(
+                matches!(parse_tracestate(value), Err(TraceError::BadState(_))),
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        let many: Vec<String> = (0..33).map(|n| format!("k{n}=v")).collect();
+        assert!(parse_tracestate(many.join(",").as_bytes()).is_err());
+        let long_key = format!("{}=v", "k".repeat(257));
+        assert!(parse_tracestate(long_key.as_bytes()).is_err());
+        let long_value = format!("k={}", "v".repeat(257));
+        assert!(parse_tracestate(long_value.as_bytes()).is_err());
+        // An 8 KiB single value is no member at all.
+        let huge = format!("k={}", "v".repeat(8192));
+        assert!(parse_tracestate(huge.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_long_tracestate_loses_whole_members_large_first_then_from_the_end() {
+        // 32 members of 256 bytes: 8 KiB, valid, cut to the first one.
+        let big: Vec<String> = (0..32)
+            .map(|n| format!("k{n:02}={}", "v".repeat(252)))
+            .collect();
+        let value = big.join(",");
+        assert!(value.len() > 8000);
+        // Every member is over 128 bytes, so all go.
+        assert_eq!(parse_tracestate(value.as_bytes()), Ok(None));
+        // Small members are kept from the front, large ones dropped first.
+        let mut mixed: Vec<String> = (0..20)
+            .map(|n| format!("s{n:02}={}", "x".repeat(40)))
+            .collect();
+        mixed.insert(1, format!("big={}", "y".repeat(200)));
+        let kept = parse_tracestate(mixed.join(",").as_bytes())
             .unwrap()
             .unwrap();
+        assert!(kept.len() <= MAX_TRACESTATE_BYTES);
+        assert!(!kept.contains("big="));
+        let members: Vec<&str> = kept.split(',').collect();
+        assert_eq!(members.len(), 11, "11 members of 44 bytes fit in 512");
+        assert!(members
+            .iter()
+            .enumerate()
+            .all(|(n, m)| m.starts_with(&format!("s{n:02}="))));
+        // At the limit exactly, nothing goes; one more member, and it goes.
+        let member = |k: char, len: usize| format!("{k}={}", "v".repeat(len - 2));
+        let exact = [
+            member('a', 128),
+            member('b', 128),
+            member('c', 128),
+            member('d', 125),
+        ]
+        .join(",");
+        assert_eq!(exact.len(), MAX_TRACESTATE_BYTES);
+        assert_eq!(parse_tracestate(exact.as_bytes()), Ok(Some(exact.clone())));
+        let over = format!("{exact},z=1");
+        assert_eq!(parse_tracestate(over.as_bytes()), Ok(Some(exact)));
+    }
+
+    #[test]
+    fn a_context_needs_a_parent_and_a_bad_state_costs_only_the_state() {
+        assert_eq!(TraceContext::from_values(None, Some(b"a=1")), Ok(None));
+        let (ctx, dropped) = TraceContext::from_values(Some(EXAMPLE.as_bytes()), Some(b"a=1"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(dropped, None);
         let headers = ctx.headers();
         assert_eq!(headers[0], (TRACEPARENT, EXAMPLE.as_bytes().to_vec()));
         assert_eq!(headers[1], (TRACESTATE, b"a=1".to_vec()));
+        let (ctx, dropped) = TraceContext::from_values(Some(EXAMPLE.as_bytes()), Some(b"a=1,a=2"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ctx.parent.to_string(), EXAMPLE);
+        assert_eq!(ctx.state, None);
+        assert!(matches!(dropped, Some(TraceError::BadState(_))));
         assert!(TraceContext::from_values(Some(b"junk"), None).is_err());
     }
 

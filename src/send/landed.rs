@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::kafka::fetcher::Fetcher;
 use crate::kafka::record_batch::Item;
 use crate::kafka::{self, KafkaError, RecordAndOffset};
+use crate::protocol::trace::{self, TraceContext};
 use crate::protocol::wire::{self, Body, EndInfo, JobId, RequestStart};
 use crate::protocol::Failure;
 use crate::send::request::{read_at, Prepared};
@@ -43,6 +44,9 @@ pub(super) struct Fact {
 pub(super) struct Landed {
     /// The start record and its offset, when found.
     pub start: Option<(RequestStart, i64)>,
+    /// The trace the start record carries (a bad `tracestate` left out),
+    /// which a resumed run continues so its spans join the portal's.
+    pub trace: Option<TraceContext>,
     /// The chunks found, by sequence number.
     pub chunks: BTreeMap<u32, Fact>,
     /// The end record, when found.
@@ -187,6 +191,12 @@ pub(super) async fn find(
                 Body::RequestStart(start) if landed.start.is_none() => {
                     same(&start)?;
                     landed.start = Some((start, rec.offset));
+                    let header = |name| rec.record.headers.get(name).map(|v| v.as_slice());
+                    landed.trace =
+                        TraceContext::from_values(header(trace::TRACEPARENT), header(trace::TRACESTATE))
+                            .ok()
+                            .flatten()
+                            .map(|(ctx, _)| ctx);
                 }
                 Body::Chunk(info) => {
                     let seq = frame.seq;

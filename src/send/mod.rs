@@ -61,8 +61,9 @@ use crate::protocol::trace::SpanId;
 use crate::protocol::wire::JobId;
 use crate::send::destination::Destination;
 use crate::send::reply::follow_job;
-use crate::send::request::{body_digest, prepare, replayable, Prepared, SendTrace};
+use crate::send::request::{body_digest, prepare, replayable, Prepared};
 use crate::send::types::usage;
+use crate::send::types::SendTrace;
 use crate::send::ui::Report;
 use crate::send::upload::transmit;
 use crate::telemetry::{self, Kind, Span};
@@ -138,6 +139,9 @@ async fn send_over(
             .show
             .notice(Notice::DroppedHeaders(&prepared.dropped));
     }
+    if let Some(why) = &prepared.trace.state_dropped {
+        request.show.notice(Notice::TraceStateDropped(why));
+    }
     let resume = resumed_job(request, &prepared)?;
     let sink = open_sink(request)?;
     let result = tokio::select! {
@@ -158,7 +162,11 @@ async fn send_over(
                 .map_err(older_portal_hint)
         } => r,
     };
-    if telemetry::enabled() {
+    // A resumed job continues the trace its start record, found in Kafka,
+    // carries.
+    let trace = report.continued.take().unwrap_or(trace);
+    // Parent-based sampling: an unsampled trace is carried on, not recorded.
+    if telemetry::enabled() && trace.context.parent.sampled() {
         record_spans(&trace, report, &result, [began, prepared_at]);
     }
     with_job(result, report)

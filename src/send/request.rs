@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use crate::protocol::request::MAX_PATH_BYTES;
 use crate::protocol::trace::{self, SpanId, TraceContext, TraceParent};
 use crate::protocol::wire::JobId;
-use crate::send::types::{usage, Request, SendError};
+use crate::send::types::{usage, Request, SendError, SendTrace};
 
 /// The User-Agent sent when `-A` is not given: some APIs refuse requests
 /// without one.
@@ -675,20 +675,12 @@ pub(super) async fn prepare(request: &Request) -> Result<Prepared, SendError> {
     })
 }
 
-/// The trace a run of `send` is part of.
-#[derive(Debug, Clone)]
-pub(super) struct SendTrace {
-    /// What the start record carries: the trace, `send`'s own span as the
-    /// parent, the flags and the caller's `tracestate`.
-    pub(super) context: TraceContext,
-    /// The span `send` continues, when it was given one.
-    pub(super) parent: Option<SpanId>,
-}
-
 /// Takes `-H traceparent` and `-H tracestate` out of the headers: they go
 /// on the start record as the trace context, not to the API as they are
 /// (the portal sends its own). A `-H traceparent` wins over the one from the
 /// environment (`env`); an invalid one is refused, since the caller typed it.
+/// An invalid `-H tracestate` is dropped with a warning and the trace kept,
+/// as everywhere else a trace is read: the state is optional vendor data.
 fn take_trace(
     given: Vec<(String, String)>,
     env: Option<&TraceContext>,
@@ -709,28 +701,23 @@ fn take_trace(
             "-H tracestate needs a -H traceparent: a trace's state belongs to its trace",
         ));
     }
-    let given = match TraceContext::from_values(tp, ts) {
-        Ok(Some(ctx)) => Some(ctx),
-        Ok(None) => env.cloned(),
+    let (given, state_dropped) = match TraceContext::from_values(tp, ts) {
+        Ok(Some((ctx, dropped))) => (Some(ctx), dropped.map(|e| format!("-H {e}"))),
+        Ok(None) => (env.cloned(), None),
         Err(e) => return Err(usage(format!("-H {e}"))),
     };
-    let span = SpanId::random();
-    let trace = match given {
-        Some(ctx) => SendTrace {
-            parent: Some(ctx.parent.parent_id),
-            context: TraceContext {
-                parent: ctx.parent.child(span),
-                state: ctx.state,
-            },
-        },
+    let mut trace = match given {
+        Some(ctx) => SendTrace::under(ctx),
         None => SendTrace {
             parent: None,
             context: TraceContext {
-                parent: TraceParent::start(span),
+                parent: TraceParent::start(SpanId::random()),
                 state: None,
             },
+            state_dropped: None,
         },
     };
+    trace.state_dropped = state_dropped;
     Ok((trace, rest))
 }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::kafka::{self, KafkaError};
+use crate::protocol::trace::{SpanId, TraceContext};
 use crate::protocol::wire::JobId;
 use crate::protocol::ErrorCategory;
 use crate::send::output::OutputError;
@@ -149,6 +150,8 @@ pub enum Notice<'a> {
     PortalDroppedHeaders(&'a str),
     /// The response arrived with this HTTP status; its body follows.
     Status(u16),
+    /// An invalid `tracestate` was dropped; the trace goes on without it.
+    TraceStateDropped(&'a str),
     /// With [`Show::verbose`]: what curl's `-v` shows.
     Verbose(Verbose<'a>),
     /// With [`Show::job_lines`]: the upload of a body of more than one
@@ -334,5 +337,31 @@ fn signal_number(name: &str) -> u8 {
         "SIGHUP" => 1,
         "SIGTERM" => 15,
         _ => 2,
+    }
+}
+
+/// The trace a run of `send` is part of.
+#[derive(Debug, Clone)]
+pub(crate) struct SendTrace {
+    /// What the start record carries: the trace, `send`'s own span as the
+    /// parent, the flags and the caller's `tracestate`.
+    pub(crate) context: TraceContext,
+    /// The span `send` continues, when it was given one.
+    pub(crate) parent: Option<SpanId>,
+    /// Why a `-H tracestate` was dropped (the trace kept), for a warning.
+    pub(crate) state_dropped: Option<String>,
+}
+
+impl SendTrace {
+    /// `send`'s own span under `given`: same trace, flags and state.
+    pub(crate) fn under(given: TraceContext) -> Self {
+        Self {
+            parent: Some(given.parent.parent_id),
+            context: TraceContext {
+                parent: given.parent.child(SpanId::random()),
+                state: given.state,
+            },
+            state_dropped: None,
+        }
     }
 }

@@ -105,6 +105,9 @@ pub struct Report {
     pub trace_id: Option<String>,
     /// When each step began, for the exported spans.
     pub(crate) marks: Marks,
+    /// The trace of a resumed job's start record, found in Kafka, which
+    /// this run continues instead of its own.
+    pub(crate) continued: Option<crate::send::types::SendTrace>,
 }
 
 impl Default for Report {
@@ -124,6 +127,7 @@ impl Default for Report {
             started: Instant::now(),
             trace_id: None,
             marks: Marks::default(),
+            continued: None,
         }
     }
 }

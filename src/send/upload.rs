@@ -19,6 +19,7 @@ use crate::send::reply::{
     error_from_portal, receive, Follower, Reply, MAX_EARLY, WAIT_CLOCK_SLACK,
 };
 use crate::send::request::{open_body, replayable, BodyReader, Prepared};
+use crate::send::types::SendTrace;
 use crate::send::types::{usage, Notice, Outcome, Request, SendError, Settings, Verbose};
 use crate::send::ui::{Progress, Report};
 
@@ -64,7 +65,7 @@ impl Link {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn transmit(
     link: &Link,
-    prepared: Prepared,
+    mut prepared: Prepared,
     body_digest: Option<Digest>,
     sink: Option<Destination>,
     request: &Request,
@@ -80,8 +81,7 @@ pub(super) async fn transmit(
     let job = resume.unwrap_or_default();
     report.job = Some(job);
     report.marks.upload = Some(SystemTime::now());
-    let trace_id = prepared.trace.context.parent.trace_id.to_string();
-    report.trace_id = Some(trace_id.clone());
+    report.trace_id = Some(prepared.trace.context.parent.trace_id.to_string());
     let show = request.show;
     let key = job.key();
     let mut reply_partition = partition_for_key(&key, resp_parts);
@@ -127,6 +127,13 @@ pub(super) async fn transmit(
                 }
                 reply_partition = start.reply_partition;
                 report.bytes_found = landed.bytes();
+                // The start record is not produced again, so the portal
+                // continues the trace it carries: this run does too.
+                if let Some(found) = landed.trace.take() {
+                    prepared.trace = SendTrace::under(found);
+                    report.trace_id = Some(prepared.trace.context.parent.trace_id.to_string());
+                    report.continued = Some(prepared.trace.clone());
+                }
                 let what = match (&landed.end, prepared.body_len) {
                     (Some(_), _) => "its request is wholly in the request topic already: nothing is sent again".to_string(),
                     (None, Some(total)) => format!(
@@ -206,6 +213,7 @@ pub(super) async fn transmit(
         }
         _ => None,
     };
+    let trace_id = prepared.trace.context.parent.trace_id;
     log::debug!(
         "job {job}: trace_id={trace_id} span_id={} parent={}",
         prepared.trace.context.parent.parent_id,

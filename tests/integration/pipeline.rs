@@ -551,3 +551,42 @@ async fn pipelined_calls_leave_the_last_call_slot_to_other_jobs() {
         assert_eq!(wait_answer(&topics, hand.job, &portal).await.0, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aborted_pipelined_call_still_exports_its_spans_with_an_error() {
+    let receiver = crate::support::otlp::Receiver::start();
+    let api = LoopbackApi::<StreamState>::serve(handler).await;
+    let topics = Topics::new("pipe-spans");
+    let mut env = api.env();
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()));
+    let portal = Portal::start(&topics, &env);
+    let hand = HandJob::new(&topics, "/up/forged", pattern(3, 6 * CHUNK)).await;
+    let mut records = vec![hand.start(&topics)];
+    records.extend((0..hand.chunks()).map(|i| hand.chunk(i)));
+    hand.produce(records).await;
+    let call = the_call(&api, "/up/forged").await;
+    wait_received(&call, hand.len() - 1).await;
+    hand.produce(vec![hand.end_claiming(b"some other body")])
+        .await;
+    let (category, _) = wait_error(&topics, hand.job, &portal).await;
+    assert_eq!(category, ErrorCategory::Integrity);
+
+    // The job span (found by its job id) and its call span, both failed.
+    let job = hand.job.to_string();
+    let mut job_span = None;
+    wait_until("the aborted job's span is exported", || {
+        job_span = receiver
+            .spans()
+            .into_iter()
+            .find(|s| s["name"] == "job" && s["attributes"]["kafkasend.job_id"] == job.as_str());
+        job_span.is_some()
+    })
+    .await;
+    let job_span = job_span.unwrap();
+    assert_eq!(job_span["status"], 2, "{job_span:#}");
+    let trace_id = job_span["trace_id"].as_str().unwrap().to_string();
+    let spans = receiver.wait_for(&trace_id, &["job", "call"]).await;
+    let call_span = spans.iter().find(|s| s["name"] == "call").unwrap();
+    assert_eq!(call_span["status"], 2, "{spans:#?}");
+    assert_eq!(call_span["parent_span_id"], job_span["span_id"]);
+}

@@ -610,3 +610,79 @@ async fn an_upload_resumes_by_itself_when_its_broker_comes_back() {
     );
     assert_eq!(servers.state.idempotency_keys(), vec![job]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_job_continues_the_trace_its_start_record_carries() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("resume-trace");
+    let _portal = Portal::start(&topics, &servers.plain_env());
+    let dir = tempfile::tempdir().unwrap();
+    let chunk = 4096;
+    let (file, _) = pattern_file(dir.path(), "a.bin", 44, 3 * chunk);
+    let body = std::fs::read(&file).unwrap();
+    let job = JobId::new();
+    // As a first send killed after its first chunk left them, with the
+    // trace it started on the start record.
+    let first = "00-5555555555555555555555555555bbbb-6666666666666666-01";
+    let pc = request_partition(&topics, job).await;
+    let start = post_start(
+        job,
+        "/api/upload",
+        Some(body.len() as u64),
+        vec![],
+        &topics.response,
+    );
+    let headers = [
+        (
+            wire::REPLY_TO_HEADER,
+            wire::reply_to_header(&topics.response, 0),
+        ),
+        ("traceparent", first.as_bytes().to_vec()),
+        ("tracestate", b"first=1".to_vec()),
+    ];
+    pc.produce(kafka::record(&start, &[], &headers))
+        .await
+        .unwrap();
+    let data = &body[..chunk];
+    pc.produce(chunk_record(job, 1, 0, data, wire::checksum(data)))
+        .await
+        .unwrap();
+
+    let reply = dir.path().join("reply.json");
+    let out = resume(
+        &topics,
+        file.to_str().unwrap(),
+        "/api/upload",
+        &job.to_string(),
+        &[
+            "--chunk-size",
+            &chunk.to_string(),
+            "-o",
+            reply.to_str().unwrap(),
+            "--json",
+            "-v",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = json(&out.stdout);
+    let reqs = servers.state.requests();
+    assert_eq!(reqs.len(), 1);
+    let api = reqs[0].headers["traceparent"].to_str().unwrap().to_string();
+    assert!(
+        api.starts_with("00-5555555555555555555555555555bbbb-"),
+        "{api}"
+    );
+    assert_eq!(reqs[0].headers["tracestate"], "first=1");
+    assert_eq!(summary["trace_id"], "5555555555555555555555555555bbbb");
+    // send's own trace was that one from the start, not one the portal's
+    // answer had to correct.
+    assert!(
+        out.stderr.contains(&format!(
+            "job {job}: trace_id=5555555555555555555555555555bbbb"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("(the portal's)"), "{}", out.stderr);
+}

@@ -400,11 +400,116 @@ async fn one_trace_links_send_the_portal_and_the_api_in_a_real_otlp_receiver() {
         one(&spans, "call")["span_id"],
         api.parent_id.to_string().as_str()
     );
+    // Kinds as OTLP numbers them (client 3, producer 4, consumer 5, internal
+    // 1); no span failed, so none has an error status (2).
+    assert_eq!(send["kind"], 4);
+    assert_eq!(job_span["kind"], 5);
+    assert_eq!(one(&spans, "call")["kind"], 3);
+    assert_eq!(one(&spans, "token")["kind"], 1);
+    assert!(spans.iter().all(|s| s["status"] != 2), "{spans:#?}");
     // Only this trace's spans, each once.
     let mut ids: Vec<_> = spans.iter().map(|s| s["span_id"].to_string()).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), spans.len(), "{spans:#?}");
+
+    // The token is cached now: a second job has no `token` span. Then the
+    // API refuses it: the call refreshes it (a `token` span) and is sent
+    // again, each request with a `call` span of its own, which its
+    // `traceparent` names.
+    let second = |topics: &Topics| {
+        let o = out_file.to_str().unwrap().to_string();
+        let topics = topics.clone();
+        let env = send_env.clone();
+        async move {
+            let out = send_with_env(
+                &topics,
+                &env,
+                &["--endpoint", "/api/again", "-o", &o, "--json"],
+            )
+            .await;
+            assert_eq!(out.code, 0, "{}", out.stderr);
+            crate::support::api::json(&out.stdout)["trace_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let cached = second(&topics).await;
+    let spans = receiver.wait_for(&cached, &["send", "job", "call"]).await;
+    assert!(spans.iter().all(|s| s["name"] != "token"), "{spans:#?}");
+    servers.state.valid_tokens.lock().unwrap().clear();
+    let refreshed = second(&topics).await;
+    let spans = receiver
+        .wait_for(&refreshed, &["send", "job", "call", "token"])
+        .await;
+    let calls: Vec<_> = spans.iter().filter(|s| s["name"] == "call").collect();
+    assert_eq!(calls.len(), 2, "{spans:#?}");
+    let reqs = servers.state.requests();
+    let tried: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.path == "/api/again")
+        .map(api_traceparent)
+        .filter(|tp| tp.trace_id.to_string() == refreshed)
+        .collect();
+    assert_eq!(tried.len(), 2);
+    assert_ne!(tried[0].parent_id, tried[1].parent_id);
+    for (n, tp) in tried.iter().enumerate() {
+        let call = calls
+            .iter()
+            .find(|c| c["span_id"] == tp.parent_id.to_string().as_str())
+            .unwrap_or_else(|| panic!("no call span for request {n}: {calls:#?}"));
+        assert_eq!(call["kind"], 3);
+        if n == 0 {
+            assert_eq!(call["attributes"]["http.response.status_code"], 401);
+            assert!(call["attributes"]
+                .get("http.request.resend_count")
+                .is_none());
+        } else {
+            assert_eq!(call["attributes"]["http.response.status_code"], 200);
+            assert_eq!(call["attributes"]["http.request.resend_count"], 1);
+        }
+    }
+    let token = one(&spans, "token");
+    assert!(token["start"].as_u64() >= calls.iter().map(|c| c["end"].as_u64()).min().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_that_fails_exports_error_spans() {
+    let receiver = Receiver::start();
+    let servers = Servers::start().await;
+    let topics = Topics::new("trace-otlp-error");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let mut env: Vec<_> = servers
+        .plain_env()
+        .into_iter()
+        .filter(|(k, _)| *k != "PORTAL_TARGET_API_URL")
+        .collect();
+    env.push(("PORTAL_TARGET_API_URL", closed));
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()));
+    let _portal = Portal::start(&topics, &env);
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.json");
+    let out = send_with_env(
+        &topics,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+            ("TRACEPARENT", GIVEN.to_string()),
+        ],
+        &["--endpoint", "/nowhere", "-o", out_file.to_str().unwrap()],
+    )
+    .await;
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    let spans = receiver
+        .wait_for("0af7651916cd43dd8448eb211c80319c", &["send", "job", "call"])
+        .await;
+    for name in ["send", "job", "call"] {
+        assert_eq!(one(&spans, name)["status"], 2, "{name}: {spans:#?}");
+    }
+    assert!(spans.iter().all(|s| s["name"] != "respond"), "{spans:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -503,21 +608,31 @@ async fn a_dead_or_hanging_collector_neither_fails_nor_holds_send() {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("out.json");
     let o = out_file.to_str().unwrap();
-    for endpoint in [closed, hanging] {
-        let began = std::time::Instant::now();
-        let out = send_with_env(
-            &topics,
-            &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone())],
-            &["--endpoint", "/e", "-o", o, "--json"],
-        )
+    for (n, endpoint) in [closed, hanging].into_iter().enumerate() {
+        let run = {
+            let (topics, endpoint, o) = (topics.clone(), endpoint.clone(), o.to_string());
+            tokio::spawn(async move {
+                send_with_env(
+                    &topics,
+                    &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)],
+                    &["--endpoint", "/e", "-o", &o, "--json"],
+                )
+                .await
+            })
+        };
+        wait_until("the API gets the request", || {
+            servers.state.requests().len() > n
+        })
         .await;
+        let done = std::time::Instant::now();
+        let out = run.await.unwrap();
         assert_eq!(out.code, 0, "{endpoint}: {}", out.stderr);
-        // A collector that never answers costs at most the 2 s exit limit,
-        // not the 10 s an export may take; the rest is the request itself.
+        // From the API's answer to exit: the answer's way back and at most
+        // the 2 s exit limit, not the 10 s an export may take.
         assert!(
-            began.elapsed() < std::time::Duration::from_secs(8),
-            "{endpoint}: send took {:?}",
-            began.elapsed()
+            done.elapsed() <= std::time::Duration::from_secs(5),
+            "{endpoint}: send exited {:?} after the API had the request",
+            done.elapsed()
         );
         let summary = crate::support::api::json(&out.stdout);
         assert_eq!(summary["status"], 200);
@@ -562,4 +677,168 @@ async fn a_pipelined_call_carries_the_trace_too() {
     let api = api_traceparent(&servers.state.requests()[0]);
     assert_eq!(api.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(summary["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_or_hostile_tracestate_is_cut_or_dropped_and_the_trace_kept() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("trace-state");
+    let _portal = Portal::start(&topics, &servers.plain_env());
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.json");
+    let o = out_file.to_str().unwrap();
+
+    // Over 8 KiB: four small members first, then 28 of 256 bytes, with
+    // spaces and tabs around the commas. The large ones go first, and what
+    // is left fits in 512 bytes, so the small ones reach the API unchanged.
+    let small: Vec<String> = (0..4)
+        .map(|n| format!("s{n}={}", "x".repeat(117)))
+        .collect();
+    let large: Vec<String> = (0..28)
+        .map(|n| format!("l{n:02}={}", "y".repeat(252)))
+        .collect();
+    let long = [small.clone(), large]
+        .concat()
+        .join(" \t       ,\t        ");
+    assert!(long.len() > 8192, "{}", long.len());
+    let out = send_with_env(
+        &topics,
+        &[],
+        &[
+            "--endpoint",
+            "/long",
+            "-o",
+            o,
+            "--json",
+            "-H",
+            &format!("traceparent: {GIVEN}"),
+            "-H",
+            &format!("tracestate: {long}"),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let reqs = servers.state.requests();
+    let api = api_traceparent(&reqs[0]);
+    assert_eq!(api.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
+    let state = reqs[0].headers["tracestate"].to_str().unwrap();
+    assert_eq!(state, small.join(","));
+    assert!(state.len() <= 512);
+    let job: JobId = crate::support::api::json(&out.stdout)["job"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (_, on_record) = start_record_traceparent(&topics, job).await;
+    assert_eq!(on_record.as_deref(), Some(small.join(",").as_bytes()));
+
+    // Hostile or invalid lists are dropped whole, with a warning; the
+    // trace goes on. From -H and from the environment alike.
+    let hostile = [
+        "a=1,a=2",
+        "Upper=1",
+        "a=1,x=y\u{1}",
+        "a=1,no-equals",
+        "a=1,b=2,c=three=3",
+    ];
+    for (i, bad) in hostile.iter().enumerate() {
+        let path = format!("/hostile-h/{i}");
+        let out = send_with_env(
+            &topics,
+            &[],
+            &[
+                "--endpoint",
+                &path,
+                "-o",
+                o,
+                "-H",
+                &format!("traceparent: {GIVEN}"),
+                "-H",
+                &format!("tracestate: {bad}"),
+            ],
+        )
+        .await;
+        assert_eq!(out.code, 0, "{bad:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("tracestate dropped"),
+            "{bad:?}: {}",
+            out.stderr
+        );
+        let path_env = format!("/hostile-env/{i}");
+        let env = [
+            ("TRACEPARENT", GIVEN.to_string()),
+            ("TRACESTATE", bad.to_string()),
+        ];
+        let out = send_with_env(&topics, &env, &["--endpoint", &path_env, "-o", o]).await;
+        assert_eq!(out.code, 0, "{bad:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("TRACESTATE ignored"),
+            "{bad:?}: {}",
+            out.stderr
+        );
+    }
+    let reqs = servers.state.requests();
+    assert_eq!(reqs.len(), 1 + 2 * hostile.len());
+    for req in &reqs[1..] {
+        let api = api_traceparent(req);
+        assert_eq!(
+            api.trace_id.to_string(),
+            "0af7651916cd43dd8448eb211c80319c",
+            "{}",
+            req.path
+        );
+        assert!(req.headers.get("tracestate").is_none(), "{}", req.path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsampled_trace_is_carried_on_but_not_exported() {
+    let receiver = Receiver::start();
+    let servers = Servers::start().await;
+    let topics = Topics::new("trace-unsampled");
+    let mut env = servers.plain_env();
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()));
+    let _portal = Portal::start(&topics, &env);
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.json");
+    let o = out_file.to_str().unwrap();
+    let unsampled = "00-3333333333333333333333333333aaaa-4444444444444444-00";
+    let out = send_with_env(
+        &topics,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+            ("TRACEPARENT", unsampled.to_string()),
+        ],
+        &["--endpoint", "/quiet", "-o", o, "--json"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = crate::support::api::json(&out.stdout);
+    assert_eq!(summary["trace_id"], "3333333333333333333333333333aaaa");
+    let api = api_traceparent(&servers.state.requests()[0]);
+    assert_eq!(api.trace_id.to_string(), "3333333333333333333333333333aaaa");
+    assert!(!api.sampled(), "flags 00 are carried on");
+    assert!(api.to_string().ends_with("-00"));
+
+    // A sampled send after it: once its spans are in, the unsampled ones
+    // would have been too (send exports at exit, the portal in order).
+    let out = send_with_env(
+        &topics,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+            ("TRACEPARENT", GIVEN.to_string()),
+        ],
+        &["--endpoint", "/loud", "-o", o],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    receiver
+        .wait_for("0af7651916cd43dd8448eb211c80319c", &["send", "job", "call"])
+        .await;
+    let leaked: Vec<_> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s["trace_id"] == "3333333333333333333333333333aaaa")
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:#?}");
 }

@@ -237,7 +237,7 @@ struct Assembly {
     /// For a pipelined job: where the job's call learns how far the body
     /// has come, and the verdict.
     pipe: Option<PipeFeed>,
-    /// Its place in a trace (its `tracestate` at most a few KiB, bounded by
+    /// Its place in a trace (its `tracestate` at most 512 bytes, bounded by
     /// `protocol::trace::MAX_TRACESTATE_BYTES`).
     trace: Option<Box<JobTrace>>,
 }

@@ -39,8 +39,9 @@ use crate::portal::http_dispatch::client::{full_body, with_tls_hint, DispatchBod
 use crate::portal::http_dispatch::token_cache::TokenCache;
 use crate::portal::pipe::{Deadline, Pipe, PipeState};
 use crate::portal::policy::{plan_headers, HeaderPlan};
+use crate::portal::spans::CallSpan;
 use crate::portal::spool::{SpoolFile, SpooledBody};
-use crate::protocol::trace;
+use crate::protocol::trace::{self, SpanId};
 use crate::protocol::wire::RequestStart;
 use crate::protocol::{ErrorCategory, Failure};
 use crate::util::error_chain;
@@ -458,6 +459,8 @@ impl Dispatcher {
             )
         })?;
         let mut retried = false;
+        // Requests sent so far: the next one's `http.request.resend_count`.
+        let mut sent = 0u32;
         // When the first call went out: a 409's window counts from there.
         let mut first_call: Option<Instant> = None;
         // Calls answered with a pushback so far.
@@ -490,40 +493,61 @@ impl Dispatcher {
                 };
             };
             held = None;
-            let token_from = std::time::SystemTime::now();
             let token = match &self.tokens {
-                Some(t) => Some(t.token().await.map_err(|e| {
-                    log::warn!("job {}: cannot get an OAuth2 token: {e}", job.job);
-                    Failure::new(ErrorCategory::Auth, e.for_sender())
-                })?),
+                Some(t) => {
+                    let (from, mut fetched) = (std::time::SystemTime::now(), false);
+                    let got = t.token_noting(&mut fetched).await;
+                    if let (Some(trace), true) = (&job.trace, fetched || got.is_err()) {
+                        trace.token(from, got.as_ref().err().map(|e| e.to_string()));
+                    }
+                    Some(got.map_err(|e| {
+                        log::warn!("job {}: cannot get an OAuth2 token: {e}", job.job);
+                        Failure::new(ErrorCategory::Auth, e.for_sender())
+                    })?)
+                }
                 None => None,
             };
-            if let (Some(t), Some(_)) = (&job.trace, &self.tokens) {
-                t.token(token_from);
-            }
-            let req = self.build(&method, &url, job, token.as_deref()).await?;
+            // Each request sent has a `call` span of its own, its parent in
+            // the API's trace.
+            let span = CallSpan::start(job.trace.as_deref(), &self.route, sent);
+            let req = match self
+                .build(&method, &url, job, token.as_deref(), span.id())
+                .await
+            {
+                Ok(req) => req,
+                Err(failure) => {
+                    span.unsent();
+                    return Err(failure);
+                }
+            };
+            sent += 1;
             let first_call = *first_call.get_or_insert_with(Instant::now);
             let resp = match deadline.run(self.client.request(req)).await {
                 None => {
-                    return Err(Failure::new(
+                    let failure = Failure::new(
                         ErrorCategory::UpstreamTimeout,
                         format!(
                             "{method} {url}: no response within {} s ({})",
                             self.timeout.as_secs(),
                             self.timeout_setting()
                         ),
-                    ))
+                    );
+                    span.finish(Err(failure.message.clone()));
+                    return Err(failure);
                 }
                 Some(Err(e)) => {
                     // Connection refused, reset or TLS failure: the API is not there for us.
                     let category = ErrorCategory::UpstreamUnreachable;
-                    return Err(Failure::new(
+                    let failure = Failure::new(
                         category,
                         format!("{method} {url} failed: {}", with_tls_hint(error_chain(&e))),
-                    ));
+                    );
+                    span.finish(Err(failure.message.clone()));
+                    return Err(failure);
                 }
                 Some(Ok(resp)) => resp,
             };
+            span.finish(Ok(resp.status().as_u16()));
             if let (false, Some(tokens), Some(token)) = (retried, &self.tokens, token) {
                 if tokens.refreshes_on(resp.status()) {
                     log::info!(
@@ -611,6 +635,7 @@ impl Dispatcher {
         url: &str,
         job: &CompletedJob,
         token: Option<&str>,
+        span: SpanId,
     ) -> Result<Request<DispatchBody>, Failure> {
         let mut builder = Request::builder().method(method.clone()).uri(url);
         let mut agent_forwarded = false;
@@ -638,7 +663,11 @@ impl Dispatcher {
         if !agent_forwarded {
             builder = builder.header(USER_AGENT, HeaderValue::from_static(PORTAL_USER_AGENT));
         }
-        for (name, value) in job.trace.iter().flat_map(|t| t.call_context().headers()) {
+        for (name, value) in job
+            .trace
+            .iter()
+            .flat_map(|t| t.call_context(span).headers())
+        {
             builder = builder.header(name, value);
         }
         if let Some(name) = &self.idempotency_header {

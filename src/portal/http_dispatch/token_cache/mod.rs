@@ -482,6 +482,12 @@ impl TokenCache {
 
     /// A valid token, fetched if none is cached.
     pub(crate) async fn token(&self) -> Result<Arc<str>, TokenError> {
+        self.token_noting(&mut false).await
+    }
+
+    /// [`token`](Self::token), setting `fetched` when this call asked the
+    /// token endpoint (for the `token` span: a cached token is no work).
+    pub(crate) async fn token_noting(&self, fetched: &mut bool) -> Result<Arc<str>, TokenError> {
         if let Some(t) = self.valid() {
             return Ok(t);
         }
@@ -497,6 +503,7 @@ impl TokenCache {
                 }
             }
         }
+        *fetched = true;
         let (token, lifetime) = match self.fetch().await {
             Ok(t) => t,
             Err(e) => {
