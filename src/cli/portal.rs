@@ -1,5 +1,6 @@
 //! `kafkasend portal`'s flags, resolved into [`crate::portal::Settings`].
 
+use crate::cli::routes::parse_url;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -779,31 +780,4 @@ pub fn log_filter(setting: &str, level: &str) -> anyhow::Result<String> {
     };
     // Our own messages at the chosen level; the Kafka client's only when they matter.
     Ok(format!("warn,kafkasend={l}"))
-}
-
-/// The URL of `setting`, refused when it holds credentials (`user@host`,
-/// `instead` says what to do) before any message could quote them.
-pub(crate) fn parse_url(setting: &str, url: &str, instead: &str) -> anyhow::Result<hyper::Uri> {
-    let uri: hyper::Uri = url.parse().map_err(|e| {
-        let shown = without_userinfo(url);
-        anyhow::anyhow!("{setting}: '{shown}' is not a URL: {e}")
-    })?;
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        bail!("{setting} must not hold credentials (user@host); {instead}");
-    }
-    Ok(uri)
-}
-
-/// `url` with any `user:password@` before its host replaced by `***@`, for
-/// messages and `config show`; text without `://` is returned as is.
-pub fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.into();
-    };
-    let rest = &url[start..];
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_len].rfind('@') {
-        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]).into(),
-        None => url.into(),
-    }
 }

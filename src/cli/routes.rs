@@ -412,19 +412,29 @@ fn read_secret(setting: &'static str, path: &Path) -> anyhow::Result<String> {
     Ok(value)
 }
 
-/// `url` of route key `key`, refused when it holds credentials (before any
-/// message could quote them) or does not parse.
-fn parse_url(key: &str, url: &str, instead: &str) -> anyhow::Result<hyper::Uri> {
+/// The URL of `setting`, refused when it holds credentials (`user@host`,
+/// `instead` says what to do) before any message could quote them.
+pub(crate) fn parse_url(setting: &str, url: &str, instead: &str) -> anyhow::Result<hyper::Uri> {
     let uri: hyper::Uri = url.parse().map_err(|e| {
-        let shown = if url.contains('@') {
-            "(hidden: it holds '@')"
-        } else {
-            url
-        };
-        anyhow::anyhow!("{key}: '{shown}' is not a URL: {e}")
+        let shown = without_userinfo(url);
+        anyhow::anyhow!("{setting}: '{shown}' is not a URL: {e}")
     })?;
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        bail!("{key} must not hold credentials (user@host); {instead}");
+        bail!("{setting} must not hold credentials (user@host); {instead}");
     }
     Ok(uri)
+}
+
+/// `url` with any `user:password@` before its host replaced by `***@`, for
+/// messages and `config show`; text without `://` is returned as is.
+pub fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let rest = &url[start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_len].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
+    }
 }

@@ -162,7 +162,7 @@ pub(crate) fn rows_with(
                         format!("{} ", r.methods.join(","))
                     },
                     r.path_match,
-                    crate::cli::portal::without_userinfo(&r.target)
+                    crate::cli::routes::without_userinfo(&r.target)
                 ),
             })
             .collect();
@@ -303,7 +303,7 @@ fn shown(secret: bool, value: String) -> String {
     if secret {
         "(redacted)".into()
     } else {
-        crate::cli::portal::without_userinfo(&value).into_owned()
+        crate::cli::routes::without_userinfo(&value).into_owned()
     }
 }
 

@@ -347,11 +347,17 @@ fn urls_with_credentials_are_refused_without_showing_them() {
         }
     }
     assert_eq!(
-        without_userinfo("https://u:p@h:1/a@b?x=@"),
+        crate::cli::routes::without_userinfo("https://u:p@h:1/a@b?x=@"),
         "https://***@h:1/a@b?x=@"
     );
-    assert_eq!(without_userinfo("http://h/a@b"), "http://h/a@b");
-    assert_eq!(without_userinfo("alice@corp.example"), "alice@corp.example");
+    assert_eq!(
+        crate::cli::routes::without_userinfo("http://h/a@b"),
+        "http://h/a@b"
+    );
+    assert_eq!(
+        crate::cli::routes::without_userinfo("alice@corp.example"),
+        "alice@corp.example"
+    );
     for (a, setting) in cases
         .iter()
         .zip(["PORTAL_TARGET_API_URL", "OAUTH2_TOKEN_URL"])
