@@ -26,6 +26,7 @@ const ONLY_IN: &[(&str, &[&str])] = &[
     ("rskafka::", &["kafka/"]),
     ("kafka_protocol::", &["kafka/"]),
     ("bincode", &["protocol/wire.rs"]),
+    ("hpke::", &["protocol/seal/"]),
     ("clap::", &["cli/"]),
     ("crate::cli", &["cli/"]),
     ("\\bhyper", &["cli/", "portal/"]),

@@ -46,7 +46,7 @@ impl DigestKind {
     pub(crate) fn of_version(version: u8) -> Option<Self> {
         match version {
             1 => Some(Self::Sha256),
-            2 => Some(Self::Blake3),
+            2 | 3 => Some(Self::Blake3),
             _ => None,
         }
     }
@@ -205,7 +205,9 @@ mod tests {
         }
         assert_eq!(" BLAKE3 ".parse::<DigestKind>(), Ok(DigestKind::Blake3));
         assert!("md5".parse::<DigestKind>().unwrap_err().contains("blake3"));
-        assert_eq!(DigestKind::of_version(3), None);
+        // Version 3 (sealed frames) digests with BLAKE3.
+        assert_eq!(DigestKind::of_version(3), Some(DigestKind::Blake3));
+        assert_eq!(DigestKind::of_version(4), None);
         assert_eq!(DigestKind::of_version(0), None);
     }
 }

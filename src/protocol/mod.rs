@@ -6,6 +6,7 @@ pub(crate) mod body;
 pub mod chunker;
 pub mod digest;
 pub(crate) mod request;
+pub mod seal;
 pub mod signing;
 pub mod trace;
 pub mod wire;

@@ -24,10 +24,14 @@ pub(crate) const MAGIC: [u8; 4] = *b"KSND";
 pub(crate) const VERSION: u8 = 1;
 
 /// The newest protocol version this build writes and reads: version 1 plus
-/// the BLAKE3 end record. A job is written wholly in the version of its
+/// the BLAKE3 end record (version 2), plus the sealed frames (version 3). A job is written wholly in the version of its
 /// digest ([`DigestKind::version`]), so a portal that speaks only version 1
 /// refuses it at its first record rather than at its last.
-pub(crate) const MAX_VERSION: u8 = 2;
+pub(crate) const MAX_VERSION: u8 = 3;
+
+/// The version of every sealed frame: version 2 with the sealed variants.
+/// A sealed job's bodies are digested with BLAKE3.
+pub(crate) const SEALED_VERSION: u8 = 3;
 
 /// Kafka record header on a start record naming where replies go, as
 /// `PARTITION/TOPIC`. It is kept outside the versioned frame so that a portal
@@ -187,6 +191,73 @@ pub enum Body {
     ResponseStart(ResponseStart),
     /// The request failed; no other response record follows.
     Error(Failure),
+    /// First record of a sealed request (version 3): what routing needs in
+    /// clear, the method, path and headers sealed in the payload.
+    SealedStart(SealedStart),
+    /// A slice of a sealed body; the payload is the sealed bytes.
+    SealedChunk(SealedChunk),
+    /// Last record of a sealed body; the payload seals its digest.
+    SealedEnd(SealedEnd),
+    /// First record of a sealed response; the payload seals the status and
+    /// headers.
+    SealedResponseStart(SealedResponseStart),
+    /// A sealed job failed; the payload seals the category and message.
+    SealedError,
+}
+
+/// The clear part of a sealed request's first record. The payload seals
+/// the rest (`protocol::seal`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedStart {
+    /// Which of the portal's keys the job is sealed to.
+    pub key_id: [u8; 8],
+    /// The HPKE encapsulated key (32 bytes for X25519).
+    pub enc: Vec<u8>,
+    /// Body length when known in advance; as in [`RequestStart`].
+    pub body_len: Option<u64>,
+    /// Whether a body follows.
+    pub has_body: bool,
+    /// Topic where the response goes.
+    pub reply_topic: String,
+    /// Partition of `reply_topic` where the response goes.
+    pub reply_partition: i32,
+}
+
+/// The clear part of a sealed chunk: where its bytes go in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedChunk {
+    /// Byte offset of this chunk within the body.
+    pub offset: u64,
+}
+
+/// The clear part of a sealed end record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedEnd {
+    /// Number of chunks that make up the body.
+    pub chunks: u32,
+    /// Total body length in bytes.
+    pub total_len: u64,
+}
+
+/// The clear part of a sealed response's first record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedResponseStart {
+    /// Body length when the API declared one.
+    pub body_len: Option<u64>,
+}
+
+impl Body {
+    /// Whether this is one of the sealed frames of version 3.
+    pub fn is_sealed(&self) -> bool {
+        matches!(
+            self,
+            Self::SealedStart(_)
+                | Self::SealedChunk(_)
+                | Self::SealedEnd(_)
+                | Self::SealedResponseStart(_)
+                | Self::SealedError
+        )
+    }
 }
 
 /// What a portal needs to know before the body arrives.
@@ -242,6 +313,11 @@ enum WireBody {
     ResponseStart(ResponseStart),
     Error(Failure),
     EndBlake3(WireEnd),
+    SealedStart(SealedStart),
+    SealedChunk(SealedChunk),
+    SealedEnd(SealedEnd),
+    SealedResponseStart(SealedResponseStart),
+    SealedError,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -269,6 +345,11 @@ impl From<Body> for WireBody {
             }
             Body::ResponseStart(r) => Self::ResponseStart(r),
             Body::Error(f) => Self::Error(f),
+            Body::SealedStart(s) => Self::SealedStart(s),
+            Body::SealedChunk(c) => Self::SealedChunk(c),
+            Body::SealedEnd(e) => Self::SealedEnd(e),
+            Body::SealedResponseStart(r) => Self::SealedResponseStart(r),
+            Body::SealedError => Self::SealedError,
         }
     }
 }
@@ -292,13 +373,20 @@ impl From<WireBody> for Body {
             WireBody::ResponseStart(r) => Self::ResponseStart(r),
             WireBody::Error(f) => Self::Error(f),
             WireBody::EndBlake3(e) => end(e, DigestKind::Blake3),
+            WireBody::SealedStart(s) => Self::SealedStart(s),
+            WireBody::SealedChunk(c) => Self::SealedChunk(c),
+            WireBody::SealedEnd(e) => Self::SealedEnd(e),
+            WireBody::SealedResponseStart(r) => Self::SealedResponseStart(r),
+            WireBody::SealedError => Self::SealedError,
         }
     }
 }
 
-/// The version `frame` needs at least: 2 for a BLAKE3 start or end record.
+/// The version `frame` needs at least: 2 for a BLAKE3 start or end record,
+/// 3 for a sealed frame.
 fn needed_version(frame: &Frame) -> u8 {
     match &frame.body {
+        b if b.is_sealed() => SEALED_VERSION,
         Body::RequestStart(s) => s.digest.version(),
         Body::ResponseStart(s) => s.digest.version(),
         Body::End(e) => e.digest.kind.version(),
@@ -468,8 +556,13 @@ pub fn decode(value: &[u8]) -> Result<(Frame, &[u8]), WireError> {
             e => WireError::Malformed(e.to_string()),
         })?;
     if needed_version(&frame) > version {
+        let what = if frame.body.is_sealed() {
+            "a sealed frame"
+        } else {
+            "a BLAKE3 end record (variant 5)"
+        };
         return Err(WireError::Malformed(format!(
-            "a BLAKE3 end record (variant 5) in a version {version} frame"
+            "{what} in a version {version} frame"
         )));
     }
     match &mut frame.body {
@@ -478,10 +571,28 @@ pub fn decode(value: &[u8]) -> Result<(Frame, &[u8]), WireError> {
         _ => {}
     }
     let payload = &rest[used..];
-    if !matches!(frame.body, Body::Chunk(_)) && !payload.is_empty() {
+    let carries = matches!(frame.body, Body::Chunk(_)) || frame.body.is_sealed();
+    if !carries && !payload.is_empty() {
         return Err(WireError::TrailingBytes(payload.len()));
     }
     Ok((frame, payload))
+}
+
+/// A value sealed inside a record (`protocol::seal`), laid out as frame
+/// headers are: bincode 2, standard configuration.
+pub(crate) fn encode_plain<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode_config()).unwrap_or_else(|e| unreachable_encode(e))
+}
+
+/// Reads back [`encode_plain`]'s bytes, all of them, within the frame
+/// header's decode limit; the error says what is wrong.
+pub(crate) fn decode_plain<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(|e| e.to_string())?;
+    if used != bytes.len() {
+        return Err(format!("{} trailing bytes", bytes.len() - used));
+    }
+    Ok(value)
 }
 
 /// Checks magic and returns the version byte, without decoding further.
@@ -811,12 +922,51 @@ mod tests {
     #[test]
     fn future_version_is_recognised() {
         let mut bytes = encode(&end(DigestKind::Sha256), &[]);
-        for version in [0, 3, 255] {
+        for version in [0, 4, 255] {
             bytes[4] = version;
             let err = decode(&bytes).unwrap_err();
             assert_eq!(err, WireError::UnsupportedVersion { found: version });
             assert!(err.to_string().contains(&format!("version {version} ")));
-            assert!(err.to_string().contains("versions 1 to 2"), "{err}");
+            assert!(err.to_string().contains("versions 1 to 3"), "{err}");
+        }
+    }
+
+    #[test]
+    fn sealed_frames_are_variants_6_to_10_of_version_3_and_carry_payload() {
+        let job = JobId::new();
+        let bodies = [
+            Body::SealedStart(SealedStart {
+                key_id: [1; 8],
+                enc: vec![2; 32],
+                body_len: Some(9),
+                has_body: true,
+                reply_topic: "r".into(),
+                reply_partition: 4,
+            }),
+            Body::SealedChunk(SealedChunk { offset: 7 }),
+            Body::SealedEnd(SealedEnd {
+                chunks: 1,
+                total_len: 9,
+            }),
+            Body::SealedResponseStart(SealedResponseStart { body_len: None }),
+            Body::SealedError,
+        ];
+        for (index, body) in (6u8..).zip(bodies) {
+            let frame = Frame { job, seq: 1, body };
+            let bytes = encode(&frame, b"sealed bytes");
+            assert_eq!(bytes[4], 3);
+            // Magic, version, 16 job bytes, seq: then the variant index.
+            assert_eq!(bytes[22], index);
+            let (back, payload) = decode(&bytes).unwrap();
+            assert_eq!((back, payload), (frame, &b"sealed bytes"[..]));
+            // The same bytes in version 2 are malformed.
+            let mut old = bytes.clone();
+            old[4] = 2;
+            let err = decode(&old).unwrap_err();
+            assert!(
+                err.to_string().contains("a sealed frame in a version 2"),
+                "{err}"
+            );
         }
     }
 

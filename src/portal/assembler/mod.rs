@@ -355,6 +355,11 @@ impl Assembler {
             Body::ResponseStart(_) | Body::Error(_) => {
                 self.stray(job, "a response frame on the request topic")
             }
+            Body::SealedStart(_)
+            | Body::SealedChunk(_)
+            | Body::SealedEnd(_)
+            | Body::SealedResponseStart(_)
+            | Body::SealedError => self.stray(job, "a sealed frame not opened"),
         }
     }
 
