@@ -50,6 +50,10 @@ mod tests;
 /// Bytes a sealed payload adds to what it seals: the nonce and the tag.
 pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
+/// Bytes of the nonce in front of a sealed payload: the room
+/// [`RecordKey::seal_in_place`] fills in.
+pub const NONCE_BYTES: usize = NONCE_LEN;
+
 const TAG_LEN: usize = 16;
 
 /// Length of an X25519 key and of the encapsulated key.
