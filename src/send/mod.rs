@@ -187,7 +187,7 @@ async fn send_over(
     if let Some(why) = &prepared.trace.state_dropped {
         request.show.notice(Notice::TraceStateDropped(why));
     }
-    let resume = resumed_job(request, &prepared, cfg.seal_to.is_some())?;
+    let resume = resumed_job(request, &prepared)?;
     let sink = open_sink(request)?;
     let result = tokio::select! {
         biased;
@@ -294,19 +294,11 @@ fn older_portal_hint(e: SendError) -> SendError {
 /// The job `--resume` names, checked, with a body that can be resumed: one
 /// read again as it was (a multipart form gets a new boundary each time,
 /// standard input cannot be read twice).
-fn resumed_job(
-    request: &Request,
-    prepared: &Prepared,
-    sealed: bool,
-) -> Result<Option<JobId>, SendError> {
+fn resumed_job(request: &Request, prepared: &Prepared) -> Result<Option<JobId>, SendError> {
     let Some(given) = &request.resume else {
         return Ok(None);
     };
-    if sealed {
-        return Err(usage(
-            "--resume cannot finish a sealed job (--seal-to, KAFKASEND_SEAL_TO) yet: send the request again without --resume",
-        ));
-    }
+
     let job: JobId = given.trim().parse().map_err(|why| {
         usage(format!(
             "--resume '{}' is not a job id: {why}; use the id send printed (kafkasend: job ID: uploading ...)",

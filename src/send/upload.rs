@@ -12,7 +12,7 @@ use crate::kafka::window::ProduceWindow;
 use crate::kafka::{self, KafkaError, PartitionCache};
 use crate::protocol::chunker::{Chunker, MAX_CHUNK_SIZE};
 use crate::protocol::digest::{Digest, DigestKind};
-use crate::protocol::seal::{seal_start, RecordKey, NONCE_BYTES, OVERHEAD};
+use crate::protocol::seal::{seal_start, JobKeys, RecordKey, NONCE_BYTES, OVERHEAD};
 use crate::protocol::wire::{self, Body, Frame, JobId, RequestStart};
 use crate::protocol::ErrorCategory;
 use crate::send::destination::Destination;
@@ -97,8 +97,15 @@ pub(super) async fn transmit(
     // What a resume found, told once the portal is known not to have
     // answered the job already.
     let mut found_note = None;
+    // A sealed job's keys, from the secret the send that started it kept:
+    // they open what it left in the request topic.
+    let mut resumed_keys: Option<Arc<JobKeys>> = None;
     if resume.is_some() {
         report.resumed += 1;
+        if cfg.seal_to.is_some() {
+            let secret = job_key::read(key_dir(cfg)?, job)?;
+            resumed_keys = secret.map(|s| Arc::new(s.keys(job)));
+        }
         let to = request_pc.end_offset().await?;
         let from = request_pc.offset_since(clock_slack_before(job)).await?;
         let has_body = body.is_some();
@@ -110,9 +117,11 @@ pub(super) async fn transmit(
             to,
             &prepared,
             &shown,
+            resumed_keys.as_ref().map(|k| &k.request),
             |start| same_request(job, start, &prepared, has_body),
         )
         .await?;
+        sealed_as_resumed(job, cfg, &landed, resumed_keys.is_some())?;
         // Chunks out of place are refused before anything is said or sent.
         chunk_size(job, &landed, &prepared, kcfg.chunk_size)?;
         match &landed.start {
@@ -186,7 +195,14 @@ pub(super) async fn transmit(
         // Found: not produced, nor signed, again. Its signature covers
         // the body's digest, which the chunks checked against the body,
         // and the end record computed from it, keep.
-        Some(_) => None,
+        Some(_) => {
+            if let (true, Some(keys), Some(to)) = (landed.sealed, &resumed_keys, &cfg.seal_to) {
+                report.sealed = Some(to.id().to_string());
+                reading = Reading::Sealed(keys.clone());
+                sealing = Some(keys.clone());
+            }
+            None
+        }
         None => {
             let start = RequestStart {
                 method: prepared.method.clone(),
@@ -246,13 +262,9 @@ pub(super) async fn transmit(
                         request_partition,
                     )
                     .map_err(|e| usage(format!("--seal-to (KAFKASEND_SEAL_TO): {e}")))?;
-                    let dir = cfg.job_key_dir.as_deref().ok_or_else(|| {
-                        usage(format!(
-                            "a sealed job keeps its secret in {}, and neither it nor HOME is set: set it to a private folder",
-                            job_key::DIR_SETTING
-                        ))
-                    })?;
-                    let file = job_key::write(dir, job, &secret, false)?;
+                    // A resumed job of which nothing landed gets a new
+                    // secret: the one kept, if any, opens nothing.
+                    let file = job_key::write(key_dir(cfg)?, job, &secret, resume.is_some())?;
                     let id = to.id();
                     show.info(|| {
                         format!(
@@ -280,7 +292,8 @@ pub(super) async fn transmit(
         let reply_pc = link.replies.get(reply_partition).await?;
         let to = reply_pc.end_offset().await?;
         let from = reply_pc.offset_since(clock_slack_before(job)).await?;
-        answered = landed::answered(&link.settings, reply_partition, job, from, to).await?;
+        answered =
+            landed::answered(&link.settings, reply_partition, job, from, to, &reading).await?;
         if let Some(failure) = answered.error.take() {
             return Err(answered_already(job, failure.category, failure.message));
         }
@@ -405,6 +418,7 @@ pub(super) async fn transmit(
                         to,
                         &prepared,
                         &shown,
+                        sealing.as_ref().map(|k| &k.request),
                         |_| Ok(()),
                     )
                     .await?;
@@ -618,6 +632,56 @@ impl Place<'_> {
         self.partition.produce(record).await?;
         Ok(window.compression())
     }
+}
+
+/// The folder of job key files, which a sealed job needs.
+fn key_dir(cfg: &Settings) -> Result<&std::path::Path, SendError> {
+    cfg.job_key_dir.as_deref().ok_or_else(|| {
+        usage(format!(
+            "a sealed job keeps its secret in {}, and neither it nor HOME is set: set it to a private folder",
+            job_key::DIR_SETTING
+        ))
+    })
+}
+
+/// Refuses to resume a job sealed otherwise than this run would: sealed
+/// records that did not open (no `--seal-to`, no job key file, or another
+/// secret), or a clear start when `--seal-to` is given.
+fn sealed_as_resumed(
+    job: JobId,
+    cfg: &Settings,
+    landed: &Landed,
+    have_secret: bool,
+) -> Result<(), SendError> {
+    let again = "it cannot be resumed: send the request again without --resume";
+    if landed.unopened > 0 {
+        let file = || {
+            cfg.job_key_dir
+                .as_deref()
+                .map(|d| job_key::path(d, job).display().to_string())
+                .unwrap_or_default()
+        };
+        return Err(usage(match (&cfg.seal_to, have_secret) {
+            (None, _) => format!(
+                "job {job} is sealed: resume it with --seal-to (KAFKASEND_SEAL_TO), the job key file of the send that started it in place"
+            ),
+            (Some(_), false) => format!(
+                "job {job} is sealed and its secret is not in {}; {again}",
+                file()
+            ),
+            (Some(_), true) => format!(
+                "job {job}: {} of its sealed records in the request topic do not open with the secret in {}; {again}",
+                landed.unopened,
+                file()
+            ),
+        }));
+    }
+    if landed.start.is_some() && cfg.seal_to.is_some() && !landed.sealed {
+        return Err(usage(format!(
+            "job {job} was sent in clear: resume it without --seal-to (KAFKASEND_SEAL_TO)"
+        )));
+    }
+    Ok(())
 }
 
 /// An empty sealed chunk record for the chunker's next chunk: the header,

@@ -537,3 +537,84 @@ async fn a_clear_error_to_a_sealed_job_is_shown_and_ends_it() {
     // A portal's Error is final: the secret is no longer needed.
     assert!(!sent.keys.join(format!("{job}.secret")).exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sealed_job_resumes_only_with_its_secret_and_its_body() {
+    let topics = Topics::new("sealresume");
+    let dir = tempfile::tempdir().unwrap();
+    let body = pattern(29, 4000);
+    let sent = send_sealed(&topics, dir.path(), &body).await;
+    let job = sent.job.to_string();
+    let file = dir.path().join("body.bin");
+    let resume = |env: Vec<(&'static str, String)>, seal: bool| {
+        let topics = topics.clone();
+        let job = job.clone();
+        let file = file.clone();
+        let public = dir.path().join("portal.pub");
+        async move {
+            let mut args = vec![
+                "send".to_string(),
+                file.display().to_string(),
+                "--endpoint".into(),
+                PATH.into(),
+                "-H".into(),
+                format!("X-Private: {HEADER_VALUE}"),
+                "--resume".into(),
+                job,
+                "--no-wait".into(),
+            ];
+            if seal {
+                args.extend(["--seal-to".into(), public.display().to_string()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_with_env(&topics, &env, &args).await
+        }
+    };
+    let keys = ("KAFKASEND_JOB_KEY_DIR", sent.keys.display().to_string());
+    let elsewhere = (
+        "KAFKASEND_JOB_KEY_DIR",
+        dir.path().join("elsewhere").display().to_string(),
+    );
+
+    // Without --seal-to: the job is sealed, and nothing is sent.
+    let out = resume(vec![keys.clone()], false).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is sealed: resume it with --seal-to"),
+        "{}",
+        out.stderr
+    );
+    // Without the secret: it cannot be resumed.
+    let out = resume(vec![elsewhere], true).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("its secret is not in"),
+        "{}",
+        out.stderr
+    );
+
+    // With both: the records found open and match the body, so nothing is
+    // sent again.
+    let out = resume(vec![keys.clone()], true).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("wholly in the request topic already"),
+        "{}",
+        out.stderr
+    );
+    // A body that differs is found to differ, chunk by chunk, opened.
+    let mut other = body.clone();
+    other[3000] ^= 1;
+    std::fs::write(&file, &other).unwrap();
+    let out = resume(vec![keys], true).await;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("differs from"), "{}", out.stderr);
+
+    let (_, records) = job_records(&topics, &topics.request, sent.job).await;
+    assert_eq!(
+        records.len(),
+        sent.records.len(),
+        "no record was produced again"
+    );
+    assert!(sent.keys.join(format!("{job}.secret")).exists());
+}
