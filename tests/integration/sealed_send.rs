@@ -618,3 +618,136 @@ async fn a_sealed_job_resumes_only_with_its_secret_and_its_body() {
     );
     assert!(sent.keys.join(format!("{job}.secret")).exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_sealed_upload_is_finished_by_resume_with_its_secret() {
+    use kafkasend::kafka::partitioner::partition_for_key;
+    use kafkasend::protocol::digest::DigestKind;
+    use kafkasend::protocol::seal::seal_start;
+    use kafkasend::protocol::wire::{RequestStart, SealedChunk};
+
+    let topics = Topics::new("sealpartial");
+    make_topics(&topics).await;
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(keygen(&topics, &dir.path().join("portal")).await.code, 0);
+    let public =
+        PublicKey::from_pem(&std::fs::read(dir.path().join("portal.pub")).unwrap()).unwrap();
+    let body = pattern(41, 4000);
+    let file = dir.path().join("body.bin");
+    std::fs::write(&file, &body).unwrap();
+
+    // What a send killed after its first chunk left: the start record, one
+    // chunk of 1024 bytes, and the job key file.
+    let job = JobId::new();
+    let partition = partition_for_key(&job.key(), 3);
+    let start = RequestStart {
+        method: "POST".into(),
+        path: "/api/upload".into(),
+        headers: vec![("content-type".into(), "application/octet-stream".into())],
+        body_len: Some(body.len() as u64),
+        has_body: true,
+        reply_topic: topics.response.clone(),
+        reply_partition: partition,
+        digest: DigestKind::Blake3,
+    };
+    let (value, secret, keys) =
+        seal_start(&public, job, &start, Vec::new(), &topics.request, partition).unwrap();
+    let chunk = keys.request.seal_frame(
+        &Frame {
+            job,
+            seq: 1,
+            body: Body::SealedChunk(SealedChunk { offset: 0 }),
+        },
+        &body[..1024],
+        b"",
+    );
+    let keys_dir = dir.path().join("keys");
+    std::fs::create_dir(&keys_dir).unwrap();
+    std::fs::write(
+        keys_dir.join(format!("{job}.secret")),
+        format!(
+            "# kafkasend job secret for job {job}\n{}\n",
+            &*secret.to_text()
+        ),
+    )
+    .unwrap();
+    let cluster = kafka::connect(&kafka_settings(&topics, "it-killed"))
+        .await
+        .unwrap();
+    let pc = cluster.partition(&topics.request, partition).await.unwrap();
+    let record = |value: Vec<u8>, headers: &[(&str, Vec<u8>)]| Record {
+        key: Some(job.key()),
+        value: Some(value),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        timestamp_ms: chrono_now_ms(),
+    };
+    pc.produce_all(vec![
+        record(
+            value,
+            &[(
+                wire::REPLY_TO_HEADER,
+                wire::reply_to_header(&topics.response, partition),
+            )],
+        ),
+        record(chunk, &[]),
+    ])
+    .await
+    .unwrap();
+
+    let out = run_with_env(
+        &topics,
+        &[("KAFKASEND_JOB_KEY_DIR", keys_dir.display().to_string())],
+        &[
+            "send",
+            file.to_str().unwrap(),
+            "--endpoint",
+            "/api/upload",
+            "--resume",
+            &job.to_string(),
+            "--seal-to",
+            dir.path().join("portal.pub").to_str().unwrap(),
+            "--no-wait",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = json(&out.stdout);
+    assert_eq!(summary["bytes_found"], 1024);
+    assert_eq!(summary["bytes_sent"], 4000 - 1024);
+    assert_eq!(summary["sealed"], public.id().to_string().as_str());
+
+    // Start (not sent again), 4 chunks, end: all sealed, and they open
+    // with the job's one secret into the body.
+    let (_, records) = job_records(&topics, &topics.request, job).await;
+    assert_eq!(records.len(), 6);
+    let mut got = Vec::new();
+    for record in &records[1..] {
+        let value = record.value.as_deref().unwrap();
+        let (frame, payload) = wire::decode(value).unwrap();
+        assert!(frame.body.is_sealed());
+        match keys
+            .request
+            .open_frame(value, frame, payload, b"")
+            .unwrap()
+            .frame
+            .body
+        {
+            Body::Chunk(_) => {
+                let (frame, payload) = wire::decode(value).unwrap();
+                got.extend(
+                    keys.request
+                        .open_frame(value, frame, payload, b"")
+                        .unwrap()
+                        .payload,
+                )
+            }
+            Body::End(end) => assert_eq!(end.digest.bytes, *blake3::hash(&body).as_bytes()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, body);
+}
