@@ -200,12 +200,24 @@ async fn send_sealed(topics: &Topics, dir: &Path, body: &[u8]) -> Sent {
             dir.join("portal.pub").to_str().unwrap(),
             "--no-wait",
             "--json",
+            "-v",
         ],
     )
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let summary = json(&out.stdout);
     let job: JobId = summary["job"].as_str().unwrap().parse().unwrap();
+    // -v names the key sealed to and where the secret is, never the secret.
+    let id = portal.public().id().to_string();
+    assert!(
+        out.stderr.contains(&format!("sealed to portal key {id}")),
+        "{}",
+        out.stderr
+    );
+    let secret_file = keys.join(format!("{job}.secret"));
+    let secret_line = std::fs::read_to_string(&secret_file).unwrap();
+    let secret_line = secret_line.lines().nth(1).unwrap();
+    assert!(!out.stderr.contains(secret_line) && !out.stdout_text().contains(secret_line));
     let (partition, records) = job_records(topics, &topics.request, job).await;
     Sent {
         job,
@@ -373,9 +385,22 @@ async fn answer_sealed(topics: &Topics, job: JobId, secret: &JobSecret, body: &[
     let records: Vec<Record> = frames
         .iter()
         .map(|(frame, payload)| {
-            let value = keys
-                .response
-                .seal_clear(frame, payload, Vec::new(), &attempt);
+            // The head carries, sealed, what a clear one carries in the
+            // record's headers.
+            let sealed = match frame.seq {
+                0 => vec![
+                    (
+                        wire::DROPPED_HEADERS_HEADER.to_string(),
+                        b"X-Private".to_vec(),
+                    ),
+                    (
+                        "traceparent".to_string(),
+                        b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_vec(),
+                    ),
+                ],
+                _ => Vec::new(),
+            };
+            let value = keys.response.seal_clear(frame, payload, sealed, &attempt);
             let mut headers = std::collections::BTreeMap::new();
             headers.insert(wire::ATTEMPT_HEADER.to_string(), attempt.clone());
             Record {
@@ -436,6 +461,7 @@ async fn wait_opens_a_sealed_answer_with_the_job_key_file_then_removes_it() {
                     out_file.to_str().unwrap(),
                     "--timeout",
                     "5",
+                    "--json",
                 ],
             )
             .await
@@ -461,6 +487,11 @@ async fn wait_opens_a_sealed_answer_with_the_job_key_file_then_removes_it() {
     let out = wait(env.to_vec()).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(std::fs::read(&out_file).unwrap(), answer);
+    // The headers sealed in the answer's head are read as a clear one's.
+    let summary = json(&out.stdout);
+    assert_eq!(summary["status"], 201);
+    assert_eq!(summary["dropped_headers"], "X-Private");
+    assert_eq!(summary["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert!(
         !file.exists(),
         "the job key file is removed once the answer is read"
