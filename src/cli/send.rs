@@ -700,3 +700,33 @@ fn run_client(
     }
     ExitCode::from(code)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_job_key_folder_is_the_setting_else_xdg_state_else_home() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let given = Some(PathBuf::from("/keys"));
+        let all = env(&[("XDG_STATE_HOME", "/state"), ("HOME", "/home/u")]);
+        assert_eq!(job_key_dir(given, &all), Some(PathBuf::from("/keys")));
+        assert_eq!(
+            job_key_dir(None, &all),
+            Some(PathBuf::from("/state/kafkasend/job-keys"))
+        );
+        // A relative XDG_STATE_HOME is invalid, and passed over.
+        let relative = env(&[("XDG_STATE_HOME", "state"), ("HOME", "/home/u")]);
+        assert_eq!(
+            job_key_dir(Some(PathBuf::new()), &relative),
+            Some(PathBuf::from("/home/u/.local/state/kafkasend/job-keys"))
+        );
+        assert_eq!(job_key_dir(None, &env(&[])), None);
+    }
+}
