@@ -74,6 +74,11 @@ pub enum Command {
         after_help = "Examples:\n  kafkasend health\n  kafkasend health --url http://127.0.0.1:9464/readyz --timeout 3"
     )]
     Health(crate::cli::health::HealthArgs),
+    /// Make a portal's sealing key pair: PREFIX.key for PORTAL_SEALING_KEY_FILE, PREFIX.pub for send --seal-to.
+    #[command(
+        after_help = "Example:\n  kafkasend keygen --out /etc/kafkasend/portal-2026\n  kafkasend send report.pdf --endpoint /api/upload --seal-to portal-2026.pub"
+    )]
+    Keygen(crate::cli::keygen::KeygenArgs),
 }
 
 /// The command line as `kafkasend` parses it and `--help` and completions

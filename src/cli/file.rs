@@ -78,6 +78,8 @@ pub struct FileConfig {
     pub compression: Option<String>,
     pub client_compression: Option<String>,
     pub client_digest: Option<String>,
+    pub seal_to: Option<PathBuf>,
+    pub job_key_dir: Option<PathBuf>,
     /// The `[[routes]]` tables (docs/configuration.md, "Routes").
     pub routes: Option<Vec<RouteFile>>,
 }

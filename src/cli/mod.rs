@@ -15,6 +15,7 @@ pub(crate) mod defaults;
 pub(crate) mod file;
 pub(crate) mod health;
 pub(crate) mod kafka;
+pub mod keygen;
 pub(crate) mod otlp;
 pub(crate) mod portal;
 pub(crate) mod python;
@@ -169,6 +170,7 @@ pub fn run() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Keygen(args) => keygen::run(&args),
         Command::Health(args) => {
             let result = match runtime() {
                 Ok(rt) => rt.block_on(health::probe(&args)),

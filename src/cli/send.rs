@@ -127,6 +127,12 @@ pub struct SendArgs {
     /// Digest of the request and response bodies: blake3 (protocol version 2, faster) or sha256 (version 1, for portals that speak only version 1)
     #[arg(long = "digest", env = "KAFKASEND_DIGEST", value_name = "ALGORITHM")]
     pub client_digest: Option<String>,
+    /// Seal the request for the portal whose public key (its PEM .pub file, from `kafkasend keygen`) this is: only that portal can read it, and only this sender the answer
+    #[arg(long, env = "KAFKASEND_SEAL_TO", value_name = "FILE")]
+    pub seal_to: Option<PathBuf>,
+    /// Private folder where a sealed job's secret is kept until its answer is read [default: $XDG_STATE_HOME/kafkasend/job-keys, else ~/.local/state/kafkasend/job-keys]
+    #[arg(long, env = "KAFKASEND_JOB_KEY_DIR", value_name = "DIR")]
+    pub job_key_dir: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,
@@ -165,6 +171,9 @@ pub struct WaitArgs {
     /// Decode a body compressed with gzip, deflate or br by its Content-Encoding (ask for one with send --compressed --no-wait)
     #[arg(long)]
     pub compressed: bool,
+    /// Folder where send kept the job's secret, for a sealed answer [default: $XDG_STATE_HOME/kafkasend/job-keys, else ~/.local/state/kafkasend/job-keys]
+    #[arg(long, env = "KAFKASEND_JOB_KEY_DIR", value_name = "DIR")]
+    pub job_key_dir: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,
@@ -220,12 +229,21 @@ pub fn resolve_send(a: &SendArgs) -> anyhow::Result<Settings> {
         .unwrap_or(defaults::DIGEST)
         .parse::<DigestKind>()
         .map_err(|why| anyhow::anyhow!("--digest (KAFKASEND_DIGEST): {why}"))?;
+    let seal_to = match pick(&a.seal_to, &f.seal_to).filter(|p| !p.as_os_str().is_empty()) {
+        Some(path) => Some(read_seal_to(&path)?),
+        None => None,
+    };
+    if seal_to.is_some() && digest != DigestKind::Blake3 {
+        bail!("--seal-to (KAFKASEND_SEAL_TO) cannot be used with --digest {} (KAFKASEND_DIGEST): sealed jobs use BLAKE3 (protocol version 3); drop --digest", digest.name());
+    }
     Ok(Settings {
         kafka,
         timeout,
         signer,
         compression,
         digest,
+        seal_to,
+        job_key_dir: job_key_dir(pick(&a.job_key_dir, &f.job_key_dir), &process_env),
     })
 }
 
@@ -253,7 +271,32 @@ pub fn resolve_wait(a: &WaitArgs) -> anyhow::Result<Settings> {
         compression: Codec::None,
         // Nothing is sent; the answer is checked with the digest it names.
         digest: DigestKind::default(),
+        seal_to: None,
+        job_key_dir: job_key_dir(pick(&a.job_key_dir, &f.job_key_dir), &process_env),
     })
+}
+
+/// The portal public key `--seal-to` names; the error says what is wrong
+/// with the file.
+fn read_seal_to(path: &std::path::Path) -> anyhow::Result<crate::protocol::seal::PublicKey> {
+    use crate::util::file_read::{read, Kind};
+    let pem = read("KAFKASEND_SEAL_TO", path, Kind::Key)?;
+    crate::protocol::seal::PublicKey::from_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("--seal-to (KAFKASEND_SEAL_TO): {} {e}", path.display()))
+}
+
+/// Where job key files go: the setting, else the XDG state folder, else
+/// `~/.local/state`; `None` when no home is known either.
+fn job_key_dir(given: Option<PathBuf>, env: Env<'_>) -> Option<PathBuf> {
+    let set = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = given.filter(|p| !p.as_os_str().is_empty()) {
+        return Some(dir);
+    }
+    // XDG: a relative value is invalid and ignored.
+    let state = set("XDG_STATE_HOME")
+        .filter(|p| p.is_absolute())
+        .or_else(|| set("HOME").map(|home| home.join(".local/state")))?;
+    Some(state.join("kafkasend/job-keys"))
 }
 
 /// Refuses `-i` and `-D` where they cannot work: without a response to
@@ -656,4 +699,34 @@ fn run_client(
         println!("{}", report.to_json(code, error.as_deref()));
     }
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_job_key_folder_is_the_setting_else_xdg_state_else_home() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let given = Some(PathBuf::from("/keys"));
+        let all = env(&[("XDG_STATE_HOME", "/state"), ("HOME", "/home/u")]);
+        assert_eq!(job_key_dir(given, &all), Some(PathBuf::from("/keys")));
+        assert_eq!(
+            job_key_dir(None, &all),
+            Some(PathBuf::from("/state/kafkasend/job-keys"))
+        );
+        // A relative XDG_STATE_HOME is invalid, and passed over.
+        let relative = env(&[("XDG_STATE_HOME", "state"), ("HOME", "/home/u")]);
+        assert_eq!(
+            job_key_dir(Some(PathBuf::new()), &relative),
+            Some(PathBuf::from("/home/u/.local/state/kafkasend/job-keys"))
+        );
+        assert_eq!(job_key_dir(None, &env(&[])), None);
+    }
 }

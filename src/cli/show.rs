@@ -206,6 +206,8 @@ pub(crate) fn rows_with(
                 client_log_level: m.get_one::<String>("client_log_level").cloned(),
                 client_compression: m.get_one::<String>("client_compression").cloned(),
                 client_digest: m.get_one::<String>("client_digest").cloned(),
+                seal_to: m.get_one::<PathBuf>("seal_to").cloned(),
+                job_key_dir: m.get_one::<PathBuf>("job_key_dir").cloned(),
                 ..SendArgs::default()
             };
             let filled = crate::cli::send::fill_send(&mut send, env)?;

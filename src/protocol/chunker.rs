@@ -91,6 +91,24 @@ impl Chunker {
         value.finish(crc)
     }
 
+    /// Takes `payload` (non-empty), read into a record built elsewhere (a
+    /// sealed chunk's), as the next chunk: its clear frame.
+    pub(crate) fn take(&mut self, payload: &[u8]) -> Frame {
+        self.hasher.update(payload);
+        let frame = Frame {
+            job: self.job,
+            seq: self.next_seq,
+            body: Body::Chunk(ChunkInfo {
+                offset: self.offset,
+                crc32c: crate::protocol::wire::checksum(payload),
+            }),
+        };
+        self.next_seq += 1;
+        self.chunks += 1;
+        self.offset += payload.len() as u64;
+        frame
+    }
+
     /// Sequence number the next frame of this body will carry.
     pub(crate) fn next_seq(&self) -> u32 {
         self.next_seq

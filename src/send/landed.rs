@@ -6,16 +6,19 @@
 //! Both partitions are read from a given offset up to the end noted when
 //! the reading began, so the scan ends however busy the partition is.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::kafka::fetcher::Fetcher;
 use crate::kafka::record_batch::Item;
 use crate::kafka::{self, KafkaError, RecordAndOffset};
+use crate::protocol::seal::{RecordHeaders, RecordKey};
 use crate::protocol::trace::{self, TraceContext};
-use crate::protocol::wire::{self, Body, EndInfo, JobId, RequestStart};
+use crate::protocol::wire::{self, Body, EndInfo, Frame, JobId, RequestStart};
 use crate::protocol::Failure;
 use crate::send::request::{read_at, Prepared};
+use crate::send::sealed::Reading;
 use crate::send::types::SendError;
 
 /// Most chunks of one job kept track of: with 16 bytes a chunk in a
@@ -51,6 +54,10 @@ pub(super) struct Landed {
     pub chunks: BTreeMap<u32, Fact>,
     /// The end record, when found.
     pub end: Option<EndInfo>,
+    /// Whether the start found was sealed (and opened with the job's key).
+    pub sealed: bool,
+    /// Sealed records of the job that no key given opened.
+    pub unopened: u32,
 }
 
 impl Landed {
@@ -165,6 +172,7 @@ pub(super) async fn find(
     to: i64,
     prepared: &Prepared,
     shown: &str,
+    key: Option<&RecordKey>,
     same: impl Fn(&RequestStart) -> Result<(), SendError>,
 ) -> Result<Landed, SendError> {
     let mut landed = Landed::default();
@@ -177,7 +185,8 @@ pub(super) async fn find(
         from,
         to,
         async |rec: RecordAndOffset| {
-            let Some(Ok((frame, payload))) = rec.record.value.as_deref().map(wire::decode) else {
+            let value = rec.record.value.as_deref().unwrap_or_default();
+            let Ok((frame, payload)) = wire::decode(value) else {
                 log::warn!(
                     "job {job}: request record at offset {} cannot be decoded; passed over",
                     rec.offset
@@ -187,11 +196,23 @@ pub(super) async fn find(
             if frame.job != job {
                 return Ok(());
             }
+            let Some((frame, payload, sealed_headers)) = open(key, value, frame, payload) else {
+                landed.unopened += 1;
+                return Ok(());
+            };
+            let payload = &payload[..];
             match frame.body {
                 Body::RequestStart(start) if landed.start.is_none() => {
                     same(&start)?;
                     landed.start = Some((start, rec.offset));
-                    let header = |name| rec.record.headers.get(name).map(|v| v.as_slice());
+                    landed.sealed = sealed_headers.is_some();
+                    let header = |name: &str| match &sealed_headers {
+                        Some(sealed) => sealed
+                            .iter()
+                            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                            .map(|(_, v)| v.as_slice()),
+                        None => rec.record.headers.get(name).map(|v| v.as_slice()),
+                    };
                     landed.trace =
                         TraceContext::from_values(header(trace::TRACEPARENT), header(trace::TRACESTATE))
                             .ok()
@@ -254,6 +275,45 @@ pub(super) async fn find(
     Ok(landed)
 }
 
+/// A request record of the job as its clear counterpart: sealed ones
+/// opened with `key` (and the start's sealed record headers); `None` for
+/// a sealed record without a key that opens it.
+fn open<'a>(
+    key: Option<&RecordKey>,
+    value: &[u8],
+    frame: Frame,
+    payload: &'a [u8],
+) -> Option<(Frame, Cow<'a, [u8]>, Option<RecordHeaders>)> {
+    if !frame.body.is_sealed() {
+        return Some((frame, Cow::Borrowed(payload), None));
+    }
+    let key = key?;
+    let seq = frame.seq;
+    let opened = match &frame.body {
+        Body::SealedStart(_) => {
+            key.open_own_start(value, &frame, payload)
+                .map(|(start, headers)| {
+                    let frame = Frame {
+                        job: frame.job,
+                        seq,
+                        body: Body::RequestStart(start),
+                    };
+                    (frame, Cow::Borrowed(&[][..]), Some(headers))
+                })
+        }
+        _ => key
+            .open_frame(value, frame, payload, &[])
+            .map(|o| (o.frame, Cow::Owned(o.payload), None)),
+    };
+    match opened {
+        Ok(opened) => Some(opened),
+        Err(e) => {
+            log::warn!("job {}: sealed request record {seq}: {e}", key.job());
+            None
+        }
+    }
+}
+
 /// What the portal already answered to `job`, read from `from` up to `to`
 /// of its reply partition: the Error record it sent, if any, and whether an
 /// answer (its start) is there.
@@ -263,6 +323,7 @@ pub(super) async fn answered(
     job: JobId,
     from: i64,
     to: i64,
+    reading: &Reading,
 ) -> Result<Answered, SendError> {
     let mut found = Answered::default();
     scan(
@@ -273,8 +334,10 @@ pub(super) async fn answered(
         from,
         to,
         async |rec: RecordAndOffset| {
-            match rec.record.value.as_deref().map(wire::decode) {
-                Some(Ok((frame, _))) if frame.job == job => match frame.body {
+            let attempt = rec.record.headers.get(wire::ATTEMPT_HEADER);
+            let value = rec.record.value.as_deref().unwrap_or_default();
+            match reading.read(value, attempt.map(Vec::as_slice)) {
+                Ok(read) if read.frame.job == job => match read.frame.body {
                     Body::Error(e) if found.error.is_none() => found.error = Some(e),
                     Body::ResponseStart(_) => found.response = true,
                     _ => {}

@@ -39,15 +39,18 @@ mod attempts;
 mod decode;
 mod destination;
 mod head;
+mod job_key;
 mod landed;
 pub(crate) mod output;
 mod reply;
 mod request;
+mod sealed;
 mod types;
 pub mod ui;
 mod upload;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 pub(crate) use crate::send::head::status_line;
@@ -62,6 +65,7 @@ use crate::protocol::wire::JobId;
 use crate::send::destination::Destination;
 use crate::send::reply::follow_job;
 use crate::send::request::{body_digest, prepare, replayable, Prepared};
+use crate::send::sealed::Reading;
 use crate::send::types::usage;
 use crate::send::types::SendTrace;
 use crate::send::ui::Report;
@@ -110,12 +114,53 @@ pub(crate) async fn wait(
     })?;
     report.job = Some(job);
     let sink = Destination::open(pickup.output.as_deref(), &pickup.response)?;
-    tokio::select! {
+    let reading = wait_reading(job, cfg)?;
+    if let Reading::Sealed(_) = reading {
+        pickup.show.info(|| {
+            format!("job {job}: its secret is in its job key file; the answer is opened with it")
+        });
+    }
+    let result = tokio::select! {
         biased;
         signal = interrupt => Err(SendError::Interrupted { job: Some(job), signal }),
         // The hint holds here too: after `--no-wait` the whole body went
         // out before the older portal's refusal could be read.
-        r = follow_job(job, sink, pickup.show, cfg, report) => r.map_err(older_portal_hint),
+        r = follow_job(job, sink, pickup.show, cfg, report, reading.clone()) => r.map_err(older_portal_hint),
+    };
+    if let (Reading::Sealed(_), Some(dir)) = (&reading, &cfg.job_key_dir) {
+        if answer_final(&result) {
+            job_key::remove(dir, job);
+        }
+    }
+    result
+}
+
+/// How `wait` reads `job`'s answer: opened with the secret in its job key
+/// file when there is one (the job was sealed); as it is otherwise, a
+/// sealed record then failing with a message that says where the secret
+/// should have been.
+fn wait_reading(job: JobId, cfg: &Settings) -> Result<Reading, SendError> {
+    let Some(dir) = &cfg.job_key_dir else {
+        return Ok(Reading::NoSecret(format!(
+            "the answer is sealed and its secret cannot be looked for: neither {} nor HOME is set (set it to the folder send kept the job's secret in)",
+            job_key::DIR_SETTING
+        )));
+    };
+    Ok(match job_key::read(dir, job)? {
+        Some(secret) => Reading::Sealed(Arc::new(secret.keys(job))),
+        None => Reading::NoSecret(format!(
+            "the answer is sealed and its secret is not in {} (send keeps it there until the answer is read)",
+            job_key::path(dir, job).display()
+        )),
+    })
+}
+
+/// Whether a job's answer has been read for good: whole, or an `Error`
+/// of the portal. Only then is a sealed job's secret no longer needed.
+fn answer_final(result: &Result<Outcome, SendError>) -> bool {
+    match result {
+        Ok(outcome) => outcome.status.is_some(),
+        Err(e) => matches!(e, SendError::Refused { .. } | SendError::Upstream { .. }),
     }
 }
 
@@ -162,6 +207,11 @@ async fn send_over(
                 .map_err(older_portal_hint)
         } => r,
     };
+    if let (Some(_), Some(job), Some(dir)) = (&report.sealed, report.job, &cfg.job_key_dir) {
+        if answer_final(&result) {
+            job_key::remove(dir, job);
+        }
+    }
     // A resumed job continues the trace its start record, found in Kafka,
     // carries.
     let trace = report.continued.take().unwrap_or(trace);
@@ -248,6 +298,7 @@ fn resumed_job(request: &Request, prepared: &Prepared) -> Result<Option<JobId>, 
     let Some(given) = &request.resume else {
         return Ok(None);
     };
+
     let job: JobId = given.trim().parse().map_err(|why| {
         usage(format!(
             "--resume '{}' is not a job id: {why}; use the id send printed (kafkasend: job ID: uploading ...)",

@@ -23,6 +23,7 @@ use crate::protocol::wire::{self, Body, ChunkInfo, EndInfo, Frame, JobId};
 use crate::protocol::ErrorCategory;
 use crate::send::attempts::{Attempt, Attempts, Kind, Reason, Whose};
 use crate::send::destination::Destination;
+use crate::send::sealed::Reading;
 use crate::send::types::{Notice, Outcome, SendError, Settings, Show, Verbose};
 use crate::send::ui::{Progress, Report};
 
@@ -59,6 +60,8 @@ pub(super) struct Follower {
     job: JobId,
     /// Bound on each fetch, as the settings give it.
     limit: Duration,
+    /// How the job's records are read (opened, for a sealed job).
+    reading: Reading,
     rx: mpsc::Receiver<Reply>,
     /// Stops the task however the follower is dropped: left running, it
     /// would long-poll the broker for nothing.
@@ -75,15 +78,17 @@ impl Follower {
         partition: i32,
         from: i64,
         job: JobId,
+        reading: Reading,
     ) -> Self {
         let limit = settings.timeout;
-        let (rx, task) = start_reader(settings, topic, partition, from, job, limit);
+        let (rx, task) = start_reader(settings, topic, partition, from, job, limit, &reading);
         Self {
             settings: settings.clone(),
             topic: topic.to_string(),
             partition,
             job,
             limit,
+            reading,
             rx,
             _task: task,
             early: VecDeque::new(),
@@ -114,10 +119,18 @@ fn start_reader(
     from: i64,
     job: JobId,
     limit: Duration,
+    reading: &Reading,
 ) -> (mpsc::Receiver<Reply>, AbortOnDrop) {
     let (tx, rx) = mpsc::channel(8);
     let fetcher = Fetcher::new(settings, topic, partition);
-    let task = tokio::spawn(follow_replies(fetcher, from, job, tx, limit));
+    let task = tokio::spawn(follow_replies(
+        fetcher,
+        from,
+        job,
+        tx,
+        limit,
+        reading.clone(),
+    ));
     (rx, AbortOnDrop(task))
 }
 
@@ -139,6 +152,7 @@ impl Replies for Follower {
             offset,
             self.job,
             self.limit,
+            &self.reading,
         );
         self.rx = rx;
         self._task = task;
@@ -200,6 +214,7 @@ pub(super) async fn follow_job(
     show: Show,
     cfg: &Settings,
     report: &mut Report,
+    reading: Reading,
 ) -> Result<Outcome, SendError> {
     let kcfg = &cfg.kafka;
     let cluster = kafka::connect(kcfg).await?;
@@ -222,7 +237,14 @@ pub(super) async fn follow_job(
             kcfg.response_topic
         )
     });
-    let mut follower = Follower::spawn(kcfg, &kcfg.response_topic, reply_partition, from, job);
+    let mut follower = Follower::spawn(
+        kcfg,
+        &kcfg.response_topic,
+        reply_partition,
+        from,
+        job,
+        reading,
+    );
     receive(sink, show, cfg, job, None, &mut follower, report).await
 }
 
@@ -235,6 +257,7 @@ async fn follow_replies(
     job: JobId,
     tx: mpsc::Sender<Reply>,
     limit: Duration,
+    reading: Reading,
 ) {
     let mut failures = 0u32;
     let key = job.key();
@@ -305,23 +328,40 @@ async fn follow_replies(
                 why,
                 at: Some((attempt.clone(), rec.offset)),
             };
-            let item = match rec.record.value.as_deref().map(wire::decode) {
-                Some(Ok((frame, payload))) if frame.job == job => {
+            let attempt_value = headers.get(wire::ATTEMPT_HEADER).map(Vec::as_slice);
+            let item = match rec
+                .record
+                .value
+                .as_deref()
+                .map(|v| reading.read(v, attempt_value))
+            {
+                Some(Ok(read)) if read.frame.job == job => {
+                    let frame = read.frame;
                     last_final = matches!(frame.body, Body::End(_) | Body::Error(_));
-                    let dropped = headers
-                        .get(wire::DROPPED_HEADERS_HEADER)
-                        .filter(|_| matches!(frame.body, Body::ResponseStart(_)))
-                        .and_then(|v| wire::parse_dropped_headers(v));
+                    let is_start = matches!(frame.body, Body::ResponseStart(_));
+                    // A sealed start carries these headers sealed inside it.
+                    let header = |name: &str| -> Option<&[u8]> {
+                        if !is_start {
+                            return None;
+                        }
+                        match &read.sealed_headers {
+                            Some(sealed) => sealed
+                                .iter()
+                                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                                .map(|(_, v)| v.as_slice()),
+                            None => headers.get(name).map(Vec::as_slice),
+                        }
+                    };
+                    let dropped =
+                        header(wire::DROPPED_HEADERS_HEADER).and_then(wire::parse_dropped_headers);
                     // A hostile or broken value names no trace; the answer
                     // itself is still good.
-                    let trace_id = headers
-                        .get(trace::TRACEPARENT)
-                        .filter(|_| matches!(frame.body, Body::ResponseStart(_)))
+                    let trace_id = header(trace::TRACEPARENT)
                         .and_then(|v| trace::TraceParent::parse(v).ok())
                         .map(|tp| tp.trace_id.to_string());
                     Reply::Record(Box::new(Arrived {
                         frame,
-                        payload: payload.to_vec(),
+                        payload: read.payload,
                         attempt: attempt.clone(),
                         offset: rec.offset,
                         dropped,
@@ -329,7 +369,7 @@ async fn follow_replies(
                     }))
                 }
                 Some(Ok(_)) => broken("a reply record's key and job id disagree".into()),
-                Some(Err(e)) => broken(format!("a reply record is unreadable: {e}")),
+                Some(Err(why)) => broken(why),
                 None => broken("a reply record has no value".into()),
             };
             if tx.send(item).await.is_err() {
@@ -1046,6 +1086,8 @@ mod tests {
             signer: None,
             compression: Default::default(),
             digest: DigestKind::Sha256,
+            seal_to: None,
+            job_key_dir: None,
         }
     }
 

@@ -27,6 +27,13 @@ pub struct Settings {
     pub compression: crate::kafka::compression::Codec,
     /// The digest of a new job's bodies (and so its frame version).
     pub digest: crate::protocol::digest::DigestKind,
+    /// The portal key new jobs are sealed to (`--seal-to`); clear jobs
+    /// when `None`.
+    pub seal_to: Option<crate::protocol::seal::PublicKey>,
+    /// Where sealed jobs' secrets are kept until their answers are read
+    /// (`KAFKASEND_JOB_KEY_DIR`); `None` when neither it nor a home folder
+    /// is set, which only a sealed job minds.
+    pub job_key_dir: Option<PathBuf>,
 }
 
 /// One request as `send` takes it: plain values, whoever gathered them.

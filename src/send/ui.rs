@@ -103,6 +103,8 @@ pub struct Report {
     /// The trace id: the one `send` started or continued, or the one the
     /// portal's answer names.
     pub trace_id: Option<String>,
+    /// The id of the portal key the job is sealed to; `None` for a clear job.
+    pub sealed: Option<String>,
     /// When each step began, for the exported spans.
     pub(crate) marks: Marks,
     /// The trace of a resumed job's start record, found in Kafka, which
@@ -126,6 +128,7 @@ impl Default for Report {
             digest: None,
             started: Instant::now(),
             trace_id: None,
+            sealed: None,
             marks: Marks::default(),
             continued: None,
         }
@@ -162,6 +165,7 @@ impl Report {
             "digest": self.digest.map(|d| d.name()),
             "duration_secs": round_ms(self.started.elapsed()),
             "trace_id": self.trace_id,
+            "sealed": self.sealed,
             "exit_code": exit_code,
             "error": error,
         })

@@ -3,6 +3,7 @@
 //! record, the body's chunks through a produce window, and the end record.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::kafka::compression::Codec;
@@ -11,14 +12,17 @@ use crate::kafka::window::ProduceWindow;
 use crate::kafka::{self, KafkaError, PartitionCache};
 use crate::protocol::chunker::{Chunker, MAX_CHUNK_SIZE};
 use crate::protocol::digest::{Digest, DigestKind};
+use crate::protocol::seal::{seal_start, JobKeys, RecordKey, NONCE_BYTES, OVERHEAD};
 use crate::protocol::wire::{self, Body, Frame, JobId, RequestStart};
 use crate::protocol::ErrorCategory;
 use crate::send::destination::Destination;
+use crate::send::job_key;
 use crate::send::landed::{self, Answered, Landed};
 use crate::send::reply::{
     error_from_portal, receive, Follower, Reply, MAX_EARLY, WAIT_CLOCK_SLACK,
 };
 use crate::send::request::{open_body, replayable, BodyReader, Prepared};
+use crate::send::sealed::Reading;
 use crate::send::types::SendTrace;
 use crate::send::types::{usage, Notice, Outcome, Request, SendError, Settings, Verbose};
 use crate::send::ui::{Progress, Report};
@@ -93,8 +97,15 @@ pub(super) async fn transmit(
     // What a resume found, told once the portal is known not to have
     // answered the job already.
     let mut found_note = None;
+    // A sealed job's keys, from the secret the send that started it kept:
+    // they open what it left in the request topic.
+    let mut resumed_keys: Option<Arc<JobKeys>> = None;
     if resume.is_some() {
         report.resumed += 1;
+        if cfg.seal_to.is_some() {
+            let secret = job_key::read(key_dir(cfg)?, job)?;
+            resumed_keys = secret.map(|s| Arc::new(s.keys(job)));
+        }
         let to = request_pc.end_offset().await?;
         let from = request_pc.offset_since(clock_slack_before(job)).await?;
         let has_body = body.is_some();
@@ -106,9 +117,11 @@ pub(super) async fn transmit(
             to,
             &prepared,
             &shown,
+            resumed_keys.as_ref().map(|k| &k.request),
             |start| same_request(job, start, &prepared, has_body),
         )
         .await?;
+        sealed_as_resumed(job, cfg, &landed, resumed_keys.is_some())?;
         // Chunks out of place are refused before anything is said or sent.
         chunk_size(job, &landed, &prepared, kcfg.chunk_size)?;
         match &landed.start {
@@ -161,15 +174,113 @@ pub(super) async fn transmit(
             }),
         }
     }
-    // A resumed job keeps the digest it was started with, whatever --digest says now.
-    let digest = landed
-        .start
-        .as_ref()
-        .map_or(cfg.digest, |(start, _)| start.digest);
+    // A resumed job keeps the digest it was started with, whatever --digest
+    // says now; a sealed job's is always BLAKE3.
+    let digest = match (&landed.start, &cfg.seal_to) {
+        (Some((start, _)), _) => start.digest,
+        (None, Some(_)) => DigestKind::Blake3,
+        (None, None) => cfg.digest,
+    };
     log::debug!(
         "job {job}: request partition {request_partition}, reply partition {reply_partition}, {} digest",
         digest.label()
     );
+
+    // The start record is made (and a sealed job's secret kept on disk)
+    // before anything is produced or followed: the reader of the answer
+    // opens what it reads with the job's keys.
+    let mut reading = Reading::Clear;
+    let mut sealing = None;
+    let start_record = match &landed.start {
+        // Found: not produced, nor signed, again. Its signature covers
+        // the body's digest, which the chunks checked against the body,
+        // and the end record computed from it, keep.
+        Some(_) => {
+            if let (true, Some(keys), Some(to)) = (landed.sealed, &resumed_keys, &cfg.seal_to) {
+                report.sealed = Some(to.id().to_string());
+                reading = Reading::Sealed(keys.clone());
+                sealing = Some(keys.clone());
+            }
+            None
+        }
+        None => {
+            let start = RequestStart {
+                method: prepared.method.clone(),
+                path: prepared.path.clone(),
+                headers: prepared.headers.clone(),
+                body_len: prepared.body_len,
+                has_body: body.is_some(),
+                reply_topic: kcfg.response_topic.clone(),
+                reply_partition,
+                digest,
+            };
+            let reply_to = (
+                wire::REPLY_TO_HEADER,
+                wire::reply_to_header(&kcfg.response_topic, reply_partition),
+            );
+            // Outside the frame and the signature, as OpenTelemetry's Kafka
+            // instrumentation carries it: a portal that knows nothing of
+            // traces ignores it (PROTOCOL.md "Trace context").
+            let mut headers = prepared.trace.context.headers();
+            if let Some(signer) = &cfg.signer {
+                let signature = signer
+                    .sign(
+                        job,
+                        &kcfg.request_topic,
+                        request_partition,
+                        &start,
+                        body_digest,
+                        crate::protocol::signing::unix_now(),
+                    )
+                    .map_err(|e| usage(e.to_string()))?;
+                headers.push((wire::SIGNATURE_HEADER, signature.into_bytes()));
+            }
+            match &cfg.seal_to {
+                None => {
+                    let mut all = vec![reply_to];
+                    all.extend(headers);
+                    let frame = Frame {
+                        job,
+                        seq: 0,
+                        body: Body::RequestStart(start),
+                    };
+                    Some(kafka::record_in(digest, &frame, &[], &all))
+                }
+                Some(to) => {
+                    // Signed first, over the clear start, then sealed with
+                    // it (PROTOCOL.md section 11.5).
+                    let sealed_headers = headers
+                        .into_iter()
+                        .map(|(name, value)| (name.to_string(), value))
+                        .collect();
+                    let (value, secret, keys) = seal_start(
+                        to,
+                        job,
+                        &start,
+                        sealed_headers,
+                        &kcfg.request_topic,
+                        request_partition,
+                    )
+                    .map_err(|e| usage(format!("--seal-to (KAFKASEND_SEAL_TO): {e}")))?;
+                    // A resumed job of which nothing landed gets a new
+                    // secret: the one kept, if any, opens nothing.
+                    let file = job_key::write(key_dir(cfg)?, job, &secret, resume.is_some())?;
+                    let id = to.id();
+                    show.info(|| {
+                        format!(
+                            "job {job}: sealed to portal key {id}; its secret is kept in {} until the answer is read",
+                            file.display()
+                        )
+                    });
+                    report.sealed = Some(id.to_string());
+                    let keys = Arc::new(keys);
+                    reading = Reading::Sealed(keys.clone());
+                    sealing = Some(keys);
+                    Some(kafka::record_of_value(job, value, &[reply_to]))
+                }
+            }
+        }
+    };
 
     // Where to follow the answer from. A new job's answer lands after the
     // end noted now, before anything is produced, however quick it is; a
@@ -181,7 +292,8 @@ pub(super) async fn transmit(
         let reply_pc = link.replies.get(reply_partition).await?;
         let to = reply_pc.end_offset().await?;
         let from = reply_pc.offset_since(clock_slack_before(job)).await?;
-        answered = landed::answered(&link.settings, reply_partition, job, from, to).await?;
+        answered =
+            landed::answered(&link.settings, reply_partition, job, from, to, &reading).await?;
         if let Some(failure) = answered.error.take() {
             return Err(answered_already(job, failure.category, failure.message));
         }
@@ -208,6 +320,7 @@ pub(super) async fn transmit(
                 reply_partition,
                 from,
                 job,
+                reading,
             );
             Some((sink, follower))
         }
@@ -237,51 +350,9 @@ pub(super) async fn transmit(
         }));
     }
 
-    let start_at = match &landed.start {
-        // Found: not produced, nor signed, again. Its signature covers
-        // the body's digest, which the chunks checked against the body,
-        // and the end record computed from it, keep.
-        Some((_, offset)) => *offset,
-        None => {
-            let start = Frame {
-                job,
-                seq: 0,
-                body: Body::RequestStart(RequestStart {
-                    method: prepared.method.clone(),
-                    path: prepared.path.clone(),
-                    headers: prepared.headers.clone(),
-                    body_len: prepared.body_len,
-                    has_body: body.is_some(),
-                    reply_topic: kcfg.response_topic.clone(),
-                    reply_partition,
-                    digest,
-                }),
-            };
-            let mut headers = vec![(
-                wire::REPLY_TO_HEADER,
-                wire::reply_to_header(&kcfg.response_topic, reply_partition),
-            )];
-            // Outside the frame and the signature, as OpenTelemetry's Kafka
-            // instrumentation carries it: a portal that knows nothing of
-            // traces ignores it (PROTOCOL.md "Trace context").
-            headers.extend(prepared.trace.context.headers());
-            if let (Some(signer), Body::RequestStart(rs)) = (&cfg.signer, &start.body) {
-                let signature = signer
-                    .sign(
-                        job,
-                        &kcfg.request_topic,
-                        request_partition,
-                        rs,
-                        body_digest,
-                        crate::protocol::signing::unix_now(),
-                    )
-                    .map_err(|e| usage(e.to_string()))?;
-                headers.push((wire::SIGNATURE_HEADER, signature.into_bytes()));
-            }
-            request_pc
-                .produce(kafka::record_in(digest, &start, &[], &headers))
-                .await?
-        }
+    let start_at = match start_record {
+        Some(record) => request_pc.produce(record).await?,
+        None => landed.start.as_ref().map_or(0, |(_, offset)| *offset),
     };
 
     let complete = landed.end.is_some() || answered.response;
@@ -314,6 +385,7 @@ pub(super) async fn transmit(
                 progress: &progress,
                 compression: cfg.compression,
                 digest,
+                seal: sealing.as_ref().map(|keys| &keys.request),
             };
             let failed = match place.body(&mut reader, &prepared, report).await {
                 Ok(how) => {
@@ -346,6 +418,7 @@ pub(super) async fn transmit(
                         to,
                         &prepared,
                         &shown,
+                        sealing.as_ref().map(|k| &k.request),
                         |_| Ok(()),
                     )
                     .await?;
@@ -409,6 +482,8 @@ struct Place<'a> {
     compression: Codec,
     /// The job's body digest, and so its frames' version.
     digest: DigestKind,
+    /// A sealed job's request key: chunks and end record are sealed with it.
+    seal: Option<&'a RecordKey>,
 }
 
 impl Place<'_> {
@@ -458,17 +533,42 @@ impl Place<'_> {
                 }
                 // Read the next chunk, straight into its record, while the
                 // ones before it are in flight.
-                let mut value = chunker.next_value(size);
-                window
-                    .alongside(reader.read_chunk(value.buf_mut(), size))
-                    .await
-                    .map_err(|e| SendError::Io(format!("reading the body failed: {e}")))?;
-                let len = value.payload().len() as u64;
-                if len == 0 {
+                let read = match self.seal {
+                    None => {
+                        let mut value = chunker.next_value(size);
+                        window
+                            .alongside(reader.read_chunk(value.buf_mut(), size))
+                            .await
+                            .map_err(|e| SendError::Io(format!("reading the body failed: {e}")))?;
+                        let len = value.payload().len() as u64;
+                        match len {
+                            0 => None,
+                            _ => Some((chunker.seal(value), len)),
+                        }
+                    }
+                    Some(key) => {
+                        let mut value = sealed_chunk_value(job, &chunker, size);
+                        let at = value.len();
+                        window
+                            .alongside(reader.read_chunk(&mut value, size))
+                            .await
+                            .map_err(|e| SendError::Io(format!("reading the body failed: {e}")))?;
+                        let plain = &value[at..];
+                        let len = plain.len() as u64;
+                        match len {
+                            0 => None,
+                            _ => {
+                                let frame = chunker.take(plain);
+                                key.seal_in_place(&mut value, at - NONCE_BYTES, &[]);
+                                Some(((frame, value), len))
+                            }
+                        }
+                    }
+                };
+                let Some(((frame, value), len)) = read else {
                     read_all = true;
                     continue;
-                }
-                let (frame, value) = chunker.seal(value);
+                };
                 if let Some(found) = self.landed.chunks.get(&frame.seq) {
                     let crc = match &frame.body {
                         Body::Chunk(info) => info.crc32c,
@@ -523,11 +623,84 @@ impl Place<'_> {
             }
         }
         let end = chunker.finish();
-        self.partition
-            .produce(kafka::record_in(self.digest, &end, &[], &[]))
-            .await?;
+        let record = match self.seal {
+            None => kafka::record_in(self.digest, &end, &[], &[]),
+            Some(key) => {
+                kafka::record_of_value(job, key.seal_clear(&end, &[], Vec::new(), &[]), &[])
+            }
+        };
+        self.partition.produce(record).await?;
         Ok(window.compression())
     }
+}
+
+/// The folder of job key files, which a sealed job needs.
+fn key_dir(cfg: &Settings) -> Result<&std::path::Path, SendError> {
+    cfg.job_key_dir.as_deref().ok_or_else(|| {
+        usage(format!(
+            "a sealed job keeps its secret in {}, and neither it nor HOME is set: set it to a private folder",
+            job_key::DIR_SETTING
+        ))
+    })
+}
+
+/// Refuses to resume a job sealed otherwise than this run would: sealed
+/// records that did not open (no `--seal-to`, no job key file, or another
+/// secret), or a clear start when `--seal-to` is given.
+fn sealed_as_resumed(
+    job: JobId,
+    cfg: &Settings,
+    landed: &Landed,
+    have_secret: bool,
+) -> Result<(), SendError> {
+    let again = "it cannot be resumed: send the request again without --resume";
+    if landed.unopened > 0 {
+        let file = || {
+            cfg.job_key_dir
+                .as_deref()
+                .map(|d| job_key::path(d, job).display().to_string())
+                .unwrap_or_default()
+        };
+        return Err(usage(match (&cfg.seal_to, have_secret) {
+            (None, _) => format!(
+                "job {job} is sealed: resume it with --seal-to (KAFKASEND_SEAL_TO), the job key file of the send that started it in place"
+            ),
+            (Some(_), false) => format!(
+                "job {job} is sealed and its secret is not in {}; {again}",
+                file()
+            ),
+            (Some(_), true) => format!(
+                "job {job}: {} of its sealed records in the request topic do not open with the secret in {}; {again}",
+                landed.unopened,
+                file()
+            ),
+        }));
+    }
+    if landed.start.is_some() && cfg.seal_to.is_some() && !landed.sealed {
+        return Err(usage(format!(
+            "job {job} was sent in clear: resume it without --seal-to (KAFKASEND_SEAL_TO)"
+        )));
+    }
+    Ok(())
+}
+
+/// An empty sealed chunk record for the chunker's next chunk: the header,
+/// then room for the nonce; up to `size` bytes are read in after it, and
+/// sealed where they lie (no copy), the tag appended.
+fn sealed_chunk_value(job: JobId, chunker: &Chunker, size: usize) -> Vec<u8> {
+    let frame = Frame {
+        job,
+        seq: chunker.next_seq(),
+        body: Body::SealedChunk(wire::SealedChunk {
+            offset: chunker.bytes(),
+        }),
+    };
+    let mut value = wire::encode_in(DigestKind::Blake3, &frame, &[]);
+    // Room for the tag, and for a reader's last probe for more, so the
+    // buffer never grows (and so never copies) once read into.
+    value.reserve(NONCE_BYTES + size + OVERHEAD + 64);
+    value.resize(value.len() + NONCE_BYTES, 0);
+    value
 }
 
 /// The chunk size of an upload: that of the chunks already in the request

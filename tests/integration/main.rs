@@ -31,6 +31,7 @@ mod relay;
 mod resume;
 mod routes;
 mod sealed;
+mod sealed_send;
 mod secrets;
 mod ship;
 mod signing;

@@ -50,6 +50,13 @@ mod tests;
 /// Bytes a sealed payload adds to what it seals: the nonce and the tag.
 pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
+/// Record headers sealed inside a start record, by name.
+pub type RecordHeaders = Vec<(String, Vec<u8>)>;
+
+/// Bytes of the nonce in front of a sealed payload: the room
+/// [`RecordKey::seal_in_place`] fills in.
+pub const NONCE_BYTES: usize = NONCE_LEN;
+
 const TAG_LEN: usize = 16;
 
 /// Length of an X25519 key and of the encapsulated key.
@@ -752,6 +759,41 @@ impl RecordKey {
             _ => unreachable!("only sealed frames of this direction get here"),
         };
         Ok(opened)
+    }
+
+    /// Opens with this request key a sealed start record of its job: the
+    /// sender reading back what it wrote (a resumed upload). Returns the
+    /// request it seals and the record headers sealed with it.
+    pub fn open_own_start(
+        &self,
+        value: &[u8],
+        frame: &Frame,
+        payload: &[u8],
+    ) -> Result<(RequestStart, RecordHeaders), SealError> {
+        let what = "start record";
+        let Body::SealedStart(start) = &frame.body else {
+            return Err(SealError::Clear(what));
+        };
+        if self.direction != Direction::Request || frame.job != self.job {
+            return Err(SealError::Malformed {
+                what,
+                why: "not a record of this job's direction".into(),
+            });
+        }
+        let plain = self.open(aad_of(value, payload), &[], payload, what)?;
+        let head: RequestHead = decode_inner(&plain, what)?;
+        let record_headers = checked_record_headers(head.record_headers, what)?;
+        let start = RequestStart {
+            method: head.method,
+            path: head.path,
+            headers: head.headers,
+            body_len: start.body_len,
+            has_body: start.has_body,
+            reply_topic: start.reply_topic.clone(),
+            reply_partition: start.reply_partition,
+            digest: DigestKind::Blake3,
+        };
+        Ok((start, record_headers))
     }
 
     /// The sealed record value of a clear response or body frame of this

@@ -438,3 +438,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_sender_reads_its_own_start_back_with_the_request_key_only() {
+    let key = SecretKey::generate();
+    let (job, value, keys) = sealed_job(&key, 1);
+    let (frame, payload) = decode(&value).unwrap();
+    let (got, headers) = keys
+        .request
+        .open_own_start(&value, &frame, payload)
+        .unwrap();
+    assert_eq!(got, start());
+    assert_eq!(headers, trace());
+    // The response key, another job's key, or a changed clear field: no.
+    assert!(keys
+        .response
+        .open_own_start(&value, &frame, payload)
+        .is_err());
+    let (_, _, other) = sealed_job(&key, 1);
+    assert!(other
+        .request
+        .open_own_start(&value, &frame, payload)
+        .is_err());
+    let (mut f, p) = decode(&value).unwrap();
+    if let Body::SealedStart(s) = &mut f.body {
+        s.reply_partition += 1;
+    }
+    let moved = [wire::encode_in(DigestKind::Blake3, &f, &[]), p.to_vec()].concat();
+    let (f2, p2) = decode(&moved).unwrap();
+    assert!(keys.request.open_own_start(&moved, &f2, p2).is_err());
+    assert_eq!(f2.job, job);
+}

@@ -1,0 +1,232 @@
+//! The job key file: where a sealed job's secret waits, on the sender's
+//! disk, until its answer has been read (`KAFKASEND_JOB_KEY_DIR/<JOB_ID>.secret`).
+//! Without it nobody, the sender included, can open the answer; with it
+//! anyone can, so it is written for the user alone and removed once used.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use crate::protocol::seal::JobSecret;
+use crate::protocol::wire::JobId;
+use crate::send::types::SendError;
+use crate::util::file_read::{self, Kind};
+
+/// The setting naming the folder of job key files.
+pub(crate) const DIR_SETTING: &str = "KAFKASEND_JOB_KEY_DIR";
+
+/// The job key file of `job` in `dir`.
+pub(crate) fn path(dir: &Path, job: JobId) -> PathBuf {
+    dir.join(format!("{job}.secret"))
+}
+
+/// Writes `secret` as `job`'s key file in `dir` (created 0700 if missing),
+/// mode 0600, synced to disk before anything is produced. A file there
+/// already is an error unless `replace` (a resumed job whose start record
+/// never landed gets a new secret).
+pub(crate) fn write(
+    dir: &Path,
+    job: JobId,
+    secret: &JobSecret,
+    replace: bool,
+) -> Result<PathBuf, SendError> {
+    let dir_meta = private_dir(dir)?;
+    let file = path(dir, job);
+    let failed = |e: std::io::Error| {
+        SendError::Io(format!(
+            "cannot write the job key file {}: {e}",
+            file.display()
+        ))
+    };
+    if replace {
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(failed(e)),
+            _ => {}
+        }
+    }
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => SendError::Usage(format!(
+                "the job key file {} exists already; a job id is used once: send the request again without --resume, or remove the file if its job is done",
+                file.display()
+            )),
+            _ => failed(e),
+        })?;
+    // Files this process creates are its own: one owned by anybody else
+    // means the folder is not the user's, who would then share the secret.
+    let owner = out.metadata().map_err(failed)?.uid();
+    if owner != dir_meta.uid() {
+        drop(out);
+        let _ = std::fs::remove_file(&file);
+        return Err(SendError::Usage(format!(
+            "{DIR_SETTING} {} belongs to another user; give a folder of your own",
+            dir.display()
+        )));
+    }
+    let text = secret.to_text();
+    let comment =
+        format!("# kafkasend job secret for job {job}: opens its sealed answer; keep private\n");
+    let written = out
+        .write_all(comment.as_bytes())
+        .and_then(|()| out.write_all(text.as_bytes()))
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.sync_all());
+    if let Err(e) = written {
+        drop(out);
+        let _ = std::fs::remove_file(&file);
+        return Err(failed(e));
+    }
+    // The new name must survive a crash too, or the answer cannot be opened.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(file)
+}
+
+/// Reads `job`'s secret from its key file in `dir`; `None` when there is
+/// no such file.
+pub(crate) fn read(dir: &Path, job: JobId) -> Result<Option<JobSecret>, SendError> {
+    let file = path(dir, job);
+    let text = match file_read::read(DIR_SETTING, &file, Kind::Key) {
+        Ok(bytes) => zeroize::Zeroizing::new(bytes),
+        Err(e) if matches!(e.problem, file_read::Problem::Missing) => return Ok(None),
+        Err(e) => return Err(SendError::Io(format!("the job key file {}", e.detail()))),
+    };
+    let bad = |why: &str| {
+        SendError::Integrity(format!(
+            "the job key file {} {why}; it cannot open job {job}'s answer",
+            file.display()
+        ))
+    };
+    let text = std::str::from_utf8(&text).map_err(|_| bad("is not text"))?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .ok_or_else(|| bad("holds no secret"))?;
+    JobSecret::from_text(line)
+        .map(Some)
+        .map_err(|e| bad(&e.to_string()))
+}
+
+/// Removes `job`'s key file from `dir` once its answer has been read; a
+/// failure is only logged, since the answer is in already.
+pub(crate) fn remove(dir: &Path, job: JobId) {
+    let file = path(dir, job);
+    match std::fs::remove_file(&file) {
+        Ok(()) => log::debug!("job {job}: removed its job key file"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!(
+            "job {job}: cannot remove its job key file {}: {e}; remove it by hand",
+            file.display()
+        ),
+    }
+}
+
+/// Makes `dir` if missing (0700, with its missing parents), and checks
+/// nobody else may look into it.
+fn private_dir(dir: &Path) -> Result<std::fs::Metadata, SendError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            SendError::Io(format!(
+                "cannot create {DIR_SETTING} {}: {e}",
+                dir.display()
+            ))
+        })?;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| SendError::Io(format!("{DIR_SETTING} {}: {e}", dir.display())))?;
+    if !meta.is_dir() {
+        return Err(SendError::Usage(format!(
+            "{DIR_SETTING} {} is not a folder",
+            dir.display()
+        )));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(SendError::Usage(format!(
+            "{DIR_SETTING} {} may be read by other users (mode {mode:03o}); job secrets are kept only in a private folder: chmod 700 {}",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    Ok(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> JobSecret {
+        JobSecret::from_text("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap()
+    }
+
+    #[test]
+    fn a_key_file_is_private_exclusive_read_back_and_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state/job-keys");
+        let job = JobId::new();
+        let file = write(&dir, job, &secret(), false).unwrap();
+        assert_eq!(file, dir.join(format!("{job}.secret")));
+        assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.starts_with(&format!("# kafkasend job secret for job {job}:")));
+        let back = read(&dir, job).unwrap().unwrap();
+        assert_eq!(*back.to_text(), *secret().to_text());
+
+        // Written once: a second write for the job is refused, naming the file.
+        let again = write(&dir, job, &secret(), false).unwrap_err();
+        assert!(
+            matches!(&again, SendError::Usage(m) if m.contains(&file.display().to_string())),
+            "{again}"
+        );
+        // Unless it replaces it (resume without a start record).
+        write(&dir, job, &secret(), true).unwrap();
+
+        remove(&dir, job);
+        assert!(!file.exists());
+        assert!(read(&dir, job).unwrap().is_none());
+        // Removing what is gone is quiet.
+        remove(&dir, job);
+    }
+
+    #[test]
+    fn a_folder_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("keys");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = write(&dir, JobId::new(), &secret(), false).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("mode 755") && msg.contains("chmod 700"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_damaged_key_file_says_so_without_its_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        let job = JobId::new();
+        std::fs::write(path(tmp.path(), job), "# comment\nnot-base64-secret!\n").unwrap();
+        let e = read(tmp.path(), job).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("cannot open job"), "{msg}");
+        assert!(!msg.contains("not-base64-secret"), "{msg}");
+        std::fs::write(path(tmp.path(), job), "# only a comment\n").unwrap();
+        assert!(read(tmp.path(), job)
+            .unwrap_err()
+            .to_string()
+            .contains("holds no secret"));
+    }
+}
