@@ -195,58 +195,6 @@ async fn sealed_and_clear_jobs_round_trip_and_the_topics_show_nothing_of_a_seale
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites() {
-    let dir = tempfile::tempdir().unwrap();
-    let topics = Topics::new("sealed-keygen");
-    let (key, public) = keygen(&topics, dir.path(), "k").await;
-    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&key), 0o600);
-    let pem = std::fs::read(&public).unwrap();
-    let loaded = PublicKey::from_pem(&pem).unwrap();
-    let keys = seal::SecretKey::all_from_pem(&std::fs::read(&key).unwrap()).unwrap();
-    assert_eq!(keys[0].public().id(), loaded.id());
-    // The key id is printed, so an operator can match it with the portal's log.
-    let again = kafkasend_cmd(
-        &topics,
-        &["keygen", "--out", dir.path().join("k").to_str().unwrap()],
-    )
-    .await;
-    assert_ne!(again.code, 0, "keygen overwrote a key");
-    assert!(again.stderr.contains("k.key"), "{}", again.stderr);
-    assert_eq!(
-        std::fs::read(&public).unwrap(),
-        pem,
-        "the public key changed"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_seal_to_files_fail_before_anything_is_sent() {
-    let dir = tempfile::tempdir().unwrap();
-    let topics = Topics::new("sealed-badkey");
-    let (key, _) = keygen(&topics, dir.path(), "portal").await;
-    let job_keys = dir.path().join("job-keys");
-    let missing = dir.path().join("missing.pub");
-    for (file, want) in [
-        (missing.to_str().unwrap(), "missing.pub"),
-        // A private key where the public one belongs.
-        (key.to_str().unwrap(), "public key"),
-    ] {
-        let out = send_sealed(&topics, &job_keys, &["--endpoint", "/x", "--seal-to", file]).await;
-        assert_eq!(out.code, 2, "{file}: {}", out.stderr);
-        assert!(out.stderr.contains(want), "{file}: {}", out.stderr);
-        let key_text = std::fs::read_to_string(&key).unwrap();
-        let key_line = key_text.lines().nth(1).unwrap();
-        assert!(
-            !out.stderr.contains(key_line),
-            "key text in the error: {}",
-            out.stderr
-        );
-    }
-    // No portal, no topics: the error came before any Kafka request.
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn wait_opens_a_sealed_answer_with_the_secret_send_left_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let topics = Topics::new("sealed-wait");
