@@ -141,6 +141,8 @@ pub(crate) fn rows_with(
     let mut pattern_notes: Vec<Row> = Vec::new();
     // The route table, in the order routes are tried, when checked.
     let mut route_rows: Vec<Row> = Vec::new();
+    // The portal's sealing key ids and their files, when checked.
+    let mut sealing_rows: Vec<Row> = Vec::new();
     let kafka_args = KafkaArgs::from_arg_matches(m)?;
     let file = load_file(kafka_args.config.as_deref())?;
     // Without the portal's side the routes are listed as written, unchecked.
@@ -183,6 +185,15 @@ pub(crate) fn rows_with(
                         .line
                         .map_or_else(|| "portal".into(), |n| format!("line {n}")),
                     value: r.summary(),
+                })
+                .collect();
+            sealing_rows = settings
+                .sealing
+                .iter()
+                .map(|s| Row {
+                    name: "PORTAL_SEALING_KEY_FILE".into(),
+                    source: "portal".into(),
+                    value: s.describe(),
                 })
                 .collect();
             pattern_notes = settings
@@ -250,6 +261,9 @@ pub(crate) fn rows_with(
     }
     if !route_rows.is_empty() {
         sections.push(("routes (tried in this order)", route_rows));
+    }
+    if !sealing_rows.is_empty() {
+        sections.push(("sealing keys (ids only)", sealing_rows));
     }
     if !pattern_notes.is_empty() {
         sections.push((

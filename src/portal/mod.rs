@@ -76,7 +76,7 @@ mod settings;
 mod spans;
 mod spool;
 
-pub(crate) use settings::{Settings, StartFrom};
+pub(crate) use settings::{SealingKeys, Settings, StartFrom};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -123,11 +123,19 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
     // Up before Kafka, so /healthz answers and /readyz says what is missing.
     let _admin = match cfg.admin_listen {
         Some(addr) => {
-            let server =
-                crate::portal::admin::start(addr, Arc::clone(&metrics), Arc::clone(&readiness))
-                    .await?;
+            let sealing_key = cfg
+                .sealing
+                .as_ref()
+                .map(|s| Arc::<str>::from(s.keyring.advertised().to_pem()));
+            let server = crate::portal::admin::start(
+                addr,
+                Arc::clone(&metrics),
+                Arc::clone(&readiness),
+                sealing_key,
+            )
+            .await?;
             log::info!(
-                "admin listener on http://{} (/healthz, /readyz, /metrics)",
+                "admin listener on http://{} (/healthz, /readyz, /metrics, /sealing-key)",
                 server.local_addr()
             );
             Some(server)
@@ -161,6 +169,18 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
         );
         Verifier::new(trusted, &kcfg.request_topic)
     });
+    match &cfg.sealing {
+        Some(sealing) => log::info!(
+            "opening sealed requests (PORTAL_SEALING_KEY_FILE): {}{}",
+            sealing.describe(),
+            if cfg.require_sealed {
+                "; clear requests are refused (PORTAL_REQUIRE_SEALED)"
+            } else {
+                ""
+            }
+        ),
+        None => log::debug!("no sealing key: sealed requests are refused"),
+    }
     let protocol = group_protocol(&cfg).await?;
     let mut cfg = cfg;
     cfg.group.protocol = protocol;
