@@ -164,6 +164,9 @@ pub(crate) struct ReplyWriter<'a> {
     chooser: Chooser,
     /// The digest of the job's bodies, whose frame version the answer is in.
     digest: DigestKind,
+    /// For a sealed job: its keys, and the attempt value each record's
+    /// seal binds (section 11.4 of PROTOCOL.md).
+    sealing: Option<(std::sync::Arc<crate::protocol::seal::JobKeys>, Vec<u8>)>,
 }
 
 impl<'a> ReplyWriter<'a> {
@@ -181,7 +184,21 @@ impl<'a> ReplyWriter<'a> {
             held: Held::default(),
             chooser: Chooser::new(Codec::None),
             digest: DigestKind::Sha256,
+            sealing: None,
         }
+    }
+
+    /// The writer sealing every record with `keys`' response key, binding
+    /// `attempt` (the value of the attempt header the records carry); the
+    /// record headers given to [`ReplyWriter::push_with_headers`] then go
+    /// sealed inside the record instead of on it.
+    pub(crate) fn sealing(
+        mut self,
+        keys: Option<std::sync::Arc<crate::protocol::seal::JobKeys>>,
+        attempt: &[u8],
+    ) -> Self {
+        self.sealing = keys.map(|k| (k, attempt.to_vec()));
+        self
     }
 
     /// The writer writing frames in the version of `digest`: the request's.
@@ -215,9 +232,19 @@ impl<'a> ReplyWriter<'a> {
         payload: &[u8],
         headers: &[(&str, Vec<u8>)],
     ) -> Result<(), Unsent> {
-        let record = match headers.is_empty() {
-            true => record_in(self.digest, frame, payload, &self.every),
-            false => record_in(
+        let record = match (&self.sealing, headers.is_empty()) {
+            (Some((keys, attempt)), _) => {
+                let sealed_headers = headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.clone()))
+                    .collect();
+                let value = keys
+                    .response
+                    .seal_clear(frame, payload, sealed_headers, attempt);
+                crate::kafka::record_of_value(frame.job, value, &self.every)
+            }
+            (None, true) => record_in(self.digest, frame, payload, &self.every),
+            (None, false) => record_in(
                 self.digest,
                 frame,
                 payload,

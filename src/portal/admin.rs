@@ -65,6 +65,12 @@ struct RouteLabel {
     outcome: &'static str,
 }
 
+/// Label of a sealed start record: `opened` or `unopened`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SealedLabel {
+    outcome: &'static str,
+}
+
 /// Label of a Kafka error: `produce` or `fetch`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
@@ -102,6 +108,7 @@ pub(crate) struct Metrics {
     records_skipped: Family<ReasonLabel, Counter>,
     jobs_cancelled: Counter,
     jobs_pipelined: Counter,
+    sealed_jobs: Family<SealedLabel, Counter>,
     sampled: Arc<Sampled>,
 }
 
@@ -204,6 +211,12 @@ impl Metrics {
         let records_skipped = Family::<ReasonLabel, Counter>::default();
         let jobs_cancelled = Counter::default();
         let jobs_pipelined = Counter::default();
+        let sealed_jobs = Family::<SealedLabel, Counter>::default();
+        registry.register(
+            "sealed_jobs",
+            "Sealed start records read, by outcome (opened, or unopened: refused or ignored)",
+            sealed_jobs.clone(),
+        );
         registry.register(
             "jobs_started",
             "Jobs taken up: assembled, or refused before assembly",
@@ -299,6 +312,7 @@ impl Metrics {
             records_skipped,
             jobs_cancelled,
             jobs_pipelined,
+            sealed_jobs,
             sampled,
         }
     }
@@ -322,6 +336,13 @@ impl Metrics {
     /// A job's API call started while its body was still arriving.
     pub(crate) fn job_pipelined(&self) {
         self.jobs_pipelined.inc();
+    }
+
+    /// A sealed start record was read: `opened` or `unopened`.
+    pub(crate) fn sealed_job(&self, outcome: &'static str) {
+        self.sealed_jobs
+            .get_or_create(&SealedLabel { outcome })
+            .inc();
     }
 
     /// A job's API call was cancelled so its partition could be released.

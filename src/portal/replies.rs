@@ -10,6 +10,7 @@ use crate::kafka::{self, KafkaError, Partition};
 use crate::portal::assembler::FailedJob;
 use crate::portal::context::{queue_slot, spawn_tracked, Ctx};
 use crate::portal::ledger::Progress;
+use crate::protocol::seal::JobKeys;
 use crate::protocol::wire::{new_attempt, Body, Frame, JobId, ATTEMPT_HEADER};
 use crate::protocol::{ErrorCategory, Failure};
 
@@ -51,7 +52,15 @@ pub(crate) async fn spawn_error_reply(
                 report_error_reply(
                     &ctx2,
                     failed.job,
-                    send_error(&pc, failed.job, 0, info, &new_attempt()).await,
+                    send_error(
+                        &pc,
+                        failed.job,
+                        0,
+                        info,
+                        &new_attempt(),
+                        failed.sealed.as_deref(),
+                    )
+                    .await,
                     failed.category,
                 )
             }
@@ -98,21 +107,41 @@ pub(crate) async fn reply_partition(ctx: &Ctx, job: JobId, topic: &str, partitio
 }
 
 /// Produces one `Error` record numbered `seq` for `job`, tagged with the
-/// `attempt` whose answer it ends (or is).
+/// `attempt` whose answer it ends (or is); sealed with the response key of
+/// a sealed job (`sealed`), so its category and message stay the sender's.
 pub(crate) async fn send_error(
     pc: &Partition,
     job: JobId,
     seq: u32,
     info: Failure,
     attempt: &[u8],
+    sealed: Option<&JobKeys>,
 ) -> Result<i64, KafkaError> {
+    pc.produce(error_record(job, seq, info, attempt, sealed))
+        .await
+}
+
+/// The `Error` record [`send_error`] produces.
+pub(crate) fn error_record(
+    job: JobId,
+    seq: u32,
+    info: Failure,
+    attempt: &[u8],
+    sealed: Option<&JobKeys>,
+) -> kafka::Record {
     let frame = Frame {
         job,
         seq,
         body: Body::Error(info),
     };
     let headers = [(ATTEMPT_HEADER, attempt.to_vec())];
-    pc.produce(kafka::record(&frame, &[], &headers)).await
+    match sealed {
+        Some(keys) => {
+            let value = keys.response.seal_clear(&frame, &[], Vec::new(), attempt);
+            kafka::record_of_value(job, value, &headers)
+        }
+        None => kafka::record(&frame, &[], &headers),
+    }
 }
 
 /// Counts and logs how sending a job's error reply went; whether it is settled.
