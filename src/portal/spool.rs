@@ -2,12 +2,21 @@
 //! is done: a buffer in memory while it arrives without gaps and fits, an
 //! unlinked temporary file otherwise. Either way its share of the portal's
 //! budget goes when the last reader of the body lets go.
+//!
+//! A sealed job's body never reaches the disk in clear: its spool file is
+//! AES-256-CTR encrypted under a key the portal process draws once and
+//! keeps only in memory, with a random IV per file ([`BodyFile`]). Every
+//! read and write of a spool file goes through [`BodyFile`]; a clear job's
+//! file is read and written as it is, at no cost.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use aes::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use rand_core::{OsRng, TryRngCore as _};
+use zeroize::Zeroizing;
 
 use crate::portal::budget::{Budget, Lease};
 use crate::portal::pipe::Pipe;
@@ -18,8 +27,117 @@ use crate::protocol::digest::{Digest, DigestKind};
 #[derive(Debug)]
 pub(crate) struct SpoolFile {
     /// The unlinked file.
-    pub(crate) file: File,
+    pub(crate) file: BodyFile,
     _lease: Lease,
+}
+
+/// Bytes encrypted or decrypted at a time: bounds the copy a write makes.
+const CIPHER_STEP: usize = 256 * 1024;
+
+type Aes256Ctr = ctr::Ctr64BE<aes::Aes256>;
+
+/// The key of every encrypted spool file of this process: drawn at the
+/// first sealed body to spool, never written anywhere, gone with the
+/// process (so are the files, unlinked).
+static PROCESS_KEY: OnceLock<Zeroizing<[u8; 32]>> = OnceLock::new();
+
+fn process_key() -> std::io::Result<&'static [u8; 32]> {
+    if let Some(k) = PROCESS_KEY.get() {
+        return Ok(k);
+    }
+    let mut key = Zeroizing::new([0u8; 32]);
+    OsRng
+        .try_fill_bytes(&mut key[..])
+        .map_err(|e| std::io::Error::other(format!("no random key for the spool: {e}")))?;
+    Ok(PROCESS_KEY.get_or_init(|| key))
+}
+
+/// A body's spool file, its bytes at their body offsets: in clear, or for a
+/// sealed job AES-256-CTR encrypted under the process key, with an IV of a
+/// random 64-bit prefix and a 64-bit block counter from 0, so any offset
+/// can be read or written on its own.
+#[derive(Debug)]
+pub(crate) struct BodyFile {
+    file: File,
+    /// The IV's random prefix, for an encrypted file.
+    iv_prefix: Option<[u8; 8]>,
+}
+
+impl From<File> for BodyFile {
+    fn from(file: File) -> Self {
+        Self {
+            file,
+            iv_prefix: None,
+        }
+    }
+}
+
+impl BodyFile {
+    /// `file`, encrypted under the process key with a fresh IV.
+    pub(crate) fn encrypted(file: File) -> std::io::Result<Self> {
+        process_key()?;
+        let mut prefix = [0u8; 8];
+        OsRng
+            .try_fill_bytes(&mut prefix)
+            .map_err(|e| std::io::Error::other(format!("no random IV for the spool: {e}")))?;
+        Ok(Self {
+            file,
+            iv_prefix: Some(prefix),
+        })
+    }
+
+    /// The keystream positioned at byte `offset`, for an encrypted file.
+    fn keystream(&self, offset: u64) -> std::io::Result<Option<Aes256Ctr>> {
+        let Some(prefix) = self.iv_prefix else {
+            return Ok(None);
+        };
+        let mut iv = [0u8; 16];
+        iv[..8].copy_from_slice(&prefix);
+        let mut ctr = Aes256Ctr::new(process_key()?.into(), &iv.into());
+        ctr.try_seek(offset)
+            .map_err(|_| std::io::Error::other("spool offset past the cipher's range"))?;
+        Ok(Some(ctr))
+    }
+
+    /// Writes `data` at body offset `offset`.
+    pub(crate) fn write_all_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        let Some(mut ctr) = self.keystream(offset)? else {
+            return self.file.write_all_at(data, offset);
+        };
+        let mut buf = Vec::with_capacity(data.len().min(CIPHER_STEP));
+        let mut at = offset;
+        for piece in data.chunks(CIPHER_STEP) {
+            buf.clear();
+            buf.extend_from_slice(piece);
+            ctr.apply_keystream(&mut buf);
+            self.file.write_all_at(&buf, at)?;
+            at += piece.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads exactly `buf.len()` bytes from body offset `offset`.
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, offset)?;
+        if let Some(mut ctr) = self.keystream(offset)? {
+            ctr.apply_keystream(buf);
+        }
+        Ok(())
+    }
+
+    /// Another descriptor of the same file, with the same key and IV.
+    pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            file: self.file.try_clone()?,
+            iv_prefix: self.iv_prefix,
+        })
+    }
+
+    /// The file's metadata (its length is the body's extent so far).
+    #[cfg(test)]
+    pub(crate) fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
+        self.file.metadata()
+    }
 }
 
 /// A request body, complete and verified.
@@ -67,7 +185,7 @@ pub(crate) enum Spool {
         lease: Lease,
     },
     /// An unlinked temporary file, charged to its job's disk lease.
-    File(File),
+    File(BodyFile),
 }
 
 /// Why a body moves from memory to its spool file.
@@ -169,14 +287,22 @@ impl Spool {
     }
 
     /// Moves an in-memory body to a new unlinked file in `dir`, giving its
-    /// memory back.
-    pub(crate) fn move_to_disk(&mut self, dir: &Option<PathBuf>) -> std::io::Result<()> {
+    /// memory back; the file is encrypted when `encrypt` (a sealed job's).
+    pub(crate) fn move_to_disk(
+        &mut self,
+        dir: &Option<PathBuf>,
+        encrypt: bool,
+    ) -> std::io::Result<()> {
         if let Self::Memory { buf, .. } = self {
-            let mut file = match dir {
+            let file = match dir {
                 Some(d) => tempfile::tempfile_in(d)?,
                 None => tempfile::tempfile()?,
             };
-            file.write_all(buf)?;
+            let file = match encrypt {
+                true => BodyFile::encrypted(file)?,
+                false => BodyFile::from(file),
+            };
+            file.write_all_at(buf, 0)?;
             *self = Self::File(file);
         }
         Ok(())
@@ -184,7 +310,7 @@ impl Spool {
 
     /// Another descriptor of the spool file, for a call to read the body
     /// while it is still being written; an error for a body in memory.
-    pub(crate) fn share(&self) -> std::io::Result<File> {
+    pub(crate) fn share(&self) -> std::io::Result<BodyFile> {
         match self {
             Self::File(file) => file.try_clone(),
             Self::Memory { .. } => Err(std::io::Error::other("the body is not in a spool file")),
@@ -198,15 +324,13 @@ impl Spool {
         match self {
             Self::Memory { buf, .. } => hasher.update(&buf[..len as usize]),
             Self::File(file) => {
-                file.seek(SeekFrom::Start(0))?;
-                let mut reader = file.take(len);
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    let n = reader.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
+                let mut buf = vec![0u8; CIPHER_STEP];
+                let mut at = 0u64;
+                while at < len {
+                    let n = (len - at).min(CIPHER_STEP as u64) as usize;
+                    file.read_exact_at(&mut buf[..n], at)?;
                     hasher.update(&buf[..n]);
+                    at += n as u64;
                 }
             }
         }
@@ -225,5 +349,92 @@ impl Spool {
                 len,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    /// The file's bytes as they lie on disk.
+    fn raw(file: &BodyFile) -> Vec<u8> {
+        let mut v = vec![0u8; file.metadata().unwrap().len() as usize];
+        file.file.read_exact_at(&mut v, 0).unwrap();
+        v
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn a_sealed_body_is_ciphertext_on_disk_and_reads_back_at_any_offset() {
+        let plain = body(700_000);
+        let mut spool = Spool::Memory {
+            buf: plain[..100_000].to_vec(),
+            lease: Lease::new(&Budget::new(u64::MAX)),
+        };
+        spool.move_to_disk(&None, true).unwrap();
+        // Written out of order, across cipher steps, at odd offsets.
+        spool.write(300_001, &plain[300_001..700_000]).unwrap();
+        spool.write(100_000, &plain[100_000..300_001]).unwrap();
+        let Spool::File(file) = &spool else {
+            panic!("not on disk")
+        };
+        let on_disk = raw(file);
+        assert_eq!(on_disk.len(), plain.len());
+        assert_ne!(on_disk, plain);
+        for at in [0, 12_345, 299_999, 650_000] {
+            assert!(
+                !contains(&on_disk, &plain[at..at + 64]),
+                "plaintext at {at} on disk"
+            );
+        }
+        for (at, len) in [
+            (0, 1),
+            (1, 15),
+            (17, 40_000),
+            (262_143, 3),
+            (699_999, 1),
+            (5, 699_995),
+        ] {
+            let mut got = vec![0u8; len];
+            file.read_exact_at(&mut got, at as u64).unwrap();
+            assert_eq!(got, plain[at..at + len], "read at {at} of {len}");
+        }
+        // A second descriptor reads the same; the digest reads it back.
+        let shared = spool.share().unwrap();
+        let mut got = vec![0u8; 10];
+        shared.read_exact_at(&mut got, 333_333).unwrap();
+        assert_eq!(got, plain[333_333..333_343]);
+        let digest = spool
+            .digest(DigestKind::Blake3, plain.len() as u64)
+            .unwrap();
+        assert_eq!(digest, DigestKind::Blake3.of(&plain));
+    }
+
+    #[test]
+    fn two_sealed_files_of_one_body_differ_and_a_clear_one_is_as_it_is() {
+        let plain = body(5000);
+        let files: Vec<Vec<u8>> = [true, true, false]
+            .into_iter()
+            .map(|encrypt| {
+                let mut spool = Spool::Memory {
+                    buf: plain.clone(),
+                    lease: Lease::new(&Budget::new(u64::MAX)),
+                };
+                spool.move_to_disk(&None, encrypt).unwrap();
+                match &spool {
+                    Spool::File(f) => raw(f),
+                    Spool::Memory { .. } => panic!("not on disk"),
+                }
+            })
+            .collect();
+        assert_ne!(files[0], files[1], "a fresh IV per file");
+        assert_eq!(files[2], plain);
     }
 }

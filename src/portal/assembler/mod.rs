@@ -551,7 +551,7 @@ impl Assembler {
         }
         let file = a
             .spool
-            .move_to_disk(&self.limits.spool_dir)
+            .move_to_disk(&self.limits.spool_dir, a.sealed.is_some())
             .and_then(|()| a.spool.share());
         let file = match file {
             Ok(f) => f,
@@ -700,7 +700,10 @@ impl Assembler {
             return self.fail(job, ErrorCategory::Rejected, msg);
         }
         if spill.is_some() {
-            if let Err(e) = a.spool.move_to_disk(&self.limits.spool_dir) {
+            if let Err(e) = a
+                .spool
+                .move_to_disk(&self.limits.spool_dir, a.sealed.is_some())
+            {
                 let msg = format!("cannot spool the request body: {e}");
                 return self.fail(job, ErrorCategory::Internal, msg);
             }

@@ -91,7 +91,6 @@ fn body_bytes(b: &mut SpooledBody) -> Vec<u8> {
         SpooledBody::Empty => vec![],
         SpooledBody::Memory(m) => m.to_vec(),
         SpooledBody::File { file, len, .. } => {
-            use std::os::unix::fs::FileExt;
             let mut v = vec![0u8; *len as usize];
             file.file.read_exact_at(&mut v, 0).unwrap();
             v
@@ -102,7 +101,6 @@ fn body_bytes(b: &mut SpooledBody) -> Vec<u8> {
 
 /// What a pipelined body's spool file holds so far.
 fn spooled(pipe: &Pipe) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
     let mut v = vec![0u8; pipe.file().metadata().unwrap().len() as usize];
     pipe.file().read_exact_at(&mut v, 0).unwrap();
     v
