@@ -50,7 +50,7 @@
 //! - `replies.rs`: where a job's answer goes, and error replies.
 //! - `assembler/`: putting request bodies together from their frames and
 //!   checking them; `spool.rs`: where a body is kept, in memory or in a
-//!   file; `budget.rs`: the memory and disk all jobs share; `pipe.rs`:
+//!   file (`body_file.rs`: the file, encrypted for a sealed job); `budget.rs`: the memory and disk all jobs share; `pipe.rs`:
 //!   what a pipelined job's call and its assembler share.
 //! - `ledger.rs`: what is answered and what to commit; `policy/`: what may
 //!   reach the API; `admin.rs`: the admin listener; `settings.rs`: the
@@ -58,6 +58,7 @@
 
 mod admin;
 pub(crate) mod assembler;
+mod body_file;
 mod budget;
 mod context;
 mod generation;

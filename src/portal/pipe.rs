@@ -6,7 +6,7 @@
 //! last byte back until the verdict is [`PipeState::Verified`], so the API
 //! never has a complete request whose digest did not match.
 
-use crate::portal::spool::BodyFile;
+use crate::portal::body_file::BodyFile;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
