@@ -163,3 +163,62 @@ pub(crate) fn report_error_reply(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::seal::{seal_start, SecretKey};
+    use crate::protocol::digest::DigestKind;
+    use crate::protocol::wire::{self, RequestStart};
+
+    #[test]
+    fn a_sealed_jobs_error_opens_only_with_its_response_key_and_attempt() {
+        let job = JobId::new();
+        let portal = SecretKey::generate();
+        let start = RequestStart {
+            method: "GET".into(),
+            path: "/x".into(),
+            headers: vec![],
+            body_len: Some(0),
+            has_body: false,
+            reply_topic: "r".into(),
+            reply_partition: 0,
+            digest: DigestKind::Blake3,
+        };
+        let (_, _, keys) = seal_start(portal.public(), job, &start, vec![], "q", 0).unwrap();
+        let message = "the route refused /x/secret-path";
+        let info = Failure::new(ErrorCategory::Rejected, message.to_string());
+        let attempt = new_attempt();
+        let rec = error_record(job, 2, info.clone(), &attempt, Some(&keys));
+        let value = rec.value.unwrap_or_default();
+        assert!(!value.windows(11).any(|w| w == b"secret-path"));
+        assert_eq!(
+            rec.headers.keys().collect::<Vec<_>>(),
+            vec![ATTEMPT_HEADER],
+            "the record carries only its attempt"
+        );
+        let (frame, payload) = wire::decode(&value).unwrap();
+        assert!(matches!(frame.body, Body::SealedError));
+        assert_eq!(frame.seq, 2);
+        let opened = keys
+            .response
+            .open_frame(&value, frame.clone(), payload, &attempt)
+            .unwrap();
+        assert_eq!(opened.frame.body, Body::Error(info.clone()));
+        // Bound to the attempt and the direction.
+        assert!(keys
+            .response
+            .open_frame(&value, frame.clone(), payload, b"other")
+            .is_err());
+        assert!(keys
+            .request
+            .open_frame(&value, frame, payload, &attempt)
+            .is_err());
+        // A clear job's error is a clear version 1 Error.
+        let rec = error_record(job, 0, info.clone(), &attempt, None);
+        let value = rec.value.unwrap_or_default();
+        assert_eq!(value[4], 1);
+        let (frame, _) = wire::decode(&value).unwrap();
+        assert_eq!(frame.body, Body::Error(info));
+    }
+}
