@@ -167,8 +167,8 @@ pub(crate) fn report_error_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::seal::{seal_start, SecretKey};
     use crate::protocol::digest::DigestKind;
+    use crate::protocol::seal::{seal_start, SecretKey};
     use crate::protocol::wire::{self, RequestStart};
 
     #[test]

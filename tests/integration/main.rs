@@ -30,6 +30,7 @@ mod python;
 mod relay;
 mod resume;
 mod routes;
+mod sealed_portal;
 mod secrets;
 mod ship;
 mod signing;
