@@ -445,7 +445,12 @@ async fn a_portal_that_requires_sealing_refuses_clear_requests_and_one_without_a
     );
 
     let topics = Topics::new("sealnokey");
-    let portal = Portal::start(&topics, &servers.plain_env());
+    let mut env = servers.plain_env();
+    env.push(("PORTAL_ADMIN_LISTEN", "127.0.0.1:0".into()));
+    let portal = Portal::start(&topics, &env);
+    let (status, text) = get(&admin_addr(&portal.log()), "/sealing-key").await;
+    assert_eq!(status, 404);
+    assert!(text.contains("no sealing key"), "{text}");
     let job = JobId::new();
     let (recs, _) = sealed_post(
         &topics,
