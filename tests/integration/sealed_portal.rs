@@ -466,3 +466,94 @@ async fn a_portal_that_requires_sealing_refuses_clear_requests_and_one_without_a
     assert!(message.contains("no sealing key"), "{message}");
     assert!(servers.state.requests().is_empty());
 }
+
+/// The bytes of every file under `dir` that process `pid` holds open
+/// (spool files are unlinked, so they are read through `/proc`).
+fn open_file_bytes(pid: u32, dir: &Path) -> Vec<Vec<u8>> {
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    entries
+        .filter_map(|e| {
+            let fd = e.ok()?.path();
+            let target = std::fs::read_link(&fd).ok()?;
+            target.starts_with(dir).then(|| std::fs::read(&fd).ok())?
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sealed_body_is_spooled_encrypted_and_a_clear_one_as_it_is() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("sealspool");
+    let dir = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let portal_key = SecretKey::generate();
+    let files = key_file(dir.path(), "portal.key", &[&portal_key]);
+    let mut env = sealing_env(&servers, &files);
+    env.push(("PORTAL_SPOOL_DIR", spool.path().to_string_lossy().into()));
+    // Whole bodies first, so both are spooled in full when the API holds them.
+    env.push(("PORTAL_PIPELINE", "false".into()));
+    let portal = Portal::start(&topics, &env);
+    servers
+        .state
+        .hold
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let sealed_body = pattern(31, 3_000_000);
+    let sealed = JobId::new();
+    let (recs, keys) = sealed_post(
+        &topics,
+        portal_key.public(),
+        sealed,
+        "/held/sealed",
+        &sealed_body,
+        900 * 1024,
+    );
+    produce(&topics, sealed, recs).await;
+
+    // A clear job beside it: its spool file shows what plaintext on disk
+    // looks like to this test.
+    let clear_body = pattern(32, 3_000_000);
+    let clear = JobId::new();
+    let start = post_start(
+        clear,
+        "/held/clear",
+        Some(clear_body.len() as u64),
+        vec![],
+        &topics.response,
+    );
+    let reply_to = wire::reply_to_header(&topics.response, 0);
+    let mut recs = vec![kafka::record(
+        &start,
+        &[],
+        &[(wire::REPLY_TO_HEADER, reply_to)],
+    )];
+    let mut chunker = Chunker::new(clear, 1, DigestKind::Sha256);
+    for piece in clear_body.chunks(900 * 1024) {
+        let c = chunker.chunk(piece.to_vec());
+        recs.push(kafka::record(&c.frame, &c.payload, &[]));
+    }
+    recs.push(kafka::record(&chunker.finish(), &[], &[]));
+    produce(&topics, clear, recs).await;
+
+    servers.state.wait_held(2).await;
+    let spooled = open_file_bytes(portal.pid(), spool.path());
+    assert_eq!(spooled.len(), 2, "two spool files; log:\n{}", portal.log());
+    assert!(spooled.iter().all(|f| f.len() == 3_000_000));
+    let windows = [0, 777_777, 2_999_900];
+    let shows = |body: &[u8]| {
+        windows
+            .iter()
+            .any(|&at| holds(&spooled, &body[at..at + 64]))
+    };
+    assert!(shows(&clear_body), "the clear job's file is in clear");
+    assert!(
+        !shows(&sealed_body),
+        "the sealed job's body is on disk in clear"
+    );
+
+    servers.state.release_hold();
+    let a = answer(&topics, sealed, &keys, &portal).await;
+    assert_eq!(a.error, None);
+    let reply = crate::support::api::json(&a.body);
+    assert_eq!(reply["body_sha256"], sha256_hex(&sealed_body));
+}
