@@ -1,9 +1,9 @@
 //! A reader per assigned request partition: it fetches records, decodes
 //! them, skips what the ledger already knows, opens sealed start records,
-//! checks signatures and the policy on start records, feeds its own assembler, and starts a task for
-//! each completed or failed job. A reader that cannot read a batch, or
-//! cannot fetch at all, says so (an error reply, `/readyz`) instead of
-//! going quiet.
+//! checks signatures and the policy on start records, feeds its own
+//! assembler, and starts a task for each completed or failed job. A
+//! reader that cannot read a batch, or cannot fetch at all, says so (an
+//! error reply, `/readyz`) instead of going quiet.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
