@@ -529,6 +529,37 @@ mod tests {
     }
 
     #[test]
+    fn portal_sealing_keys_show_by_file_and_id_never_by_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::protocol::seal::SecretKey::generate();
+        let pem = key.to_pem().to_string();
+        let path = dir.path().join("portal.key");
+        std::fs::write(&path, &pem).unwrap();
+        let file = path.to_string_lossy().into_owned();
+        let s = rows(&show(&[
+            "portal",
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--use-oauth",
+            "false",
+            "--sealing-key-file",
+            &file,
+        ]))
+        .unwrap();
+        let (_, keys) = s
+            .iter()
+            .find(|(t, _)| t.starts_with("sealing keys"))
+            .expect("a sealing keys section");
+        let id = key.public().id().to_string();
+        assert!(keys[0].value.contains(&id), "{:?}", keys[0]);
+        assert!(keys[0].value.contains("portal.key"), "{:?}", keys[0]);
+        let text = render(&s);
+        for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!text.contains(line), "{text}");
+        }
+    }
+
+    #[test]
     fn python_variables_show_under_their_own_name() {
         let env = |k: &str| {
             [
