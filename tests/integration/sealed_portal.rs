@@ -393,8 +393,11 @@ async fn keys_are_rotated_and_a_start_that_cannot_open_is_refused_in_clear() {
     let (category, message) = a.error.expect("an error");
     assert_eq!(category, ErrorCategory::BadRequest, "{message}");
 
+    // Its start and a chunk delivered twice (a producer retry): one call.
     let next = JobId::new();
-    let (recs, keys) = sealed_post(&topics, current.public(), next, "/upload/next", &body, 400);
+    let (mut recs, keys) = sealed_post(&topics, current.public(), next, "/upload/next", &body, 400);
+    recs.insert(1, recs[0].clone());
+    recs.insert(3, recs[2].clone());
     produce(&topics, next, recs).await;
     let a = answer(&topics, next, &keys, &portal).await;
     assert_eq!((a.status, a.error), (Some(200), None));
@@ -408,8 +411,11 @@ async fn keys_are_rotated_and_a_start_that_cannot_open_is_refused_in_clear() {
                 m
             });
     assert_eq!(
-        paths.keys().collect::<Vec<_>>(),
-        vec!["/upload/next", "/upload/old-key"]
+        paths.into_iter().collect::<Vec<_>>(),
+        vec![
+            ("/upload/next".to_string(), 1),
+            ("/upload/old-key".to_string(), 1)
+        ]
     );
 }
 
