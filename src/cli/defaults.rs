@@ -19,6 +19,8 @@ pub(crate) const KAFKA_TIMEOUT_SECS: u64 = 30;
 pub(crate) const USE_OAUTH: bool = true;
 /// `PORTAL_PIPELINE`: large bodies are streamed to the API as they arrive.
 pub(crate) const PIPELINE: bool = true;
+/// `PORTAL_REQUIRE_SEALED`: clear requests are accepted.
+pub(crate) const REQUIRE_SEALED: bool = false;
 pub(crate) const TOKEN_REFRESH_STATUSES: &str = "401";
 pub(crate) const LOG_LEVEL: &str = "INFO";
 pub(crate) const LOG_FORMAT: &str = "text";
@@ -97,6 +99,7 @@ pub(crate) fn shown() -> Vec<(&'static str, String)> {
             retry.conflict_window.as_secs().to_string(),
         ),
         ("signature_max_ttl_secs", SIGNATURE_MAX_TTL_SECS.to_string()),
+        ("require_sealed", REQUIRE_SEALED.to_string()),
         ("token_refresh_statuses", TOKEN_REFRESH_STATUSES.into()),
         ("timeout", TIMEOUT_SECS.to_string()),
         ("signature_ttl_secs", SIGNATURE_TTL_SECS.to_string()),

@@ -72,6 +72,8 @@ pub struct FileConfig {
     pub timeout: Option<u64>,
     pub trusted_keys: Option<String>,
     pub signature_max_ttl_secs: Option<u64>,
+    pub sealing_key_file: Option<String>,
+    pub require_sealed: Option<bool>,
     pub signing_key: Option<PathBuf>,
     pub signature_ttl_secs: Option<u64>,
     pub client_log_level: Option<String>,

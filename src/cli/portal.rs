@@ -130,6 +130,12 @@ pub struct PortalArgs {
     /// Accept only requests signed by one of these PEM public keys (comma-separated files)
     #[arg(long, env = "PORTAL_TRUSTED_KEYS", value_name = "FILES")]
     pub trusted_keys: Option<String>,
+    /// PEM files of the X25519 private keys sealed requests are opened with (comma-separated); the first key is advertised, all are accepted
+    #[arg(long, env = "PORTAL_SEALING_KEY_FILE", value_name = "FILES")]
+    pub sealing_key_file: Option<String>,
+    /// Refuse requests that are not sealed (needs PORTAL_SEALING_KEY_FILE)
+    #[arg(long, env = "PORTAL_REQUIRE_SEALED", value_name = "BOOL", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub require_sealed: Option<bool>,
     /// Longest lifetime a request signature may have, in seconds
     #[arg(long, env = "PORTAL_SIGNATURE_MAX_TTL_SECS", value_name = "SECS")]
     pub signature_max_ttl_secs: Option<u64>,
@@ -368,6 +374,7 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         protocol,
     };
     let trusted_keys = resolve_trusted_keys(a, &f)?;
+    let (sealing, require_sealed) = resolve_sealing(a, &f)?;
     let compression = resolve_compression(
         "PORTAL_COMPRESSION",
         pick(&a.compression, &f.compression).as_deref(),
@@ -395,6 +402,8 @@ pub fn resolve_portal(a: &PortalArgs) -> anyhow::Result<Settings> {
         shutdown_grace: Duration::from_secs(grace),
         session_timeout_set,
         trusted_keys,
+        sealing,
+        require_sealed,
         group,
         idempotency_header,
         retry,
@@ -746,6 +755,57 @@ fn resolve_trusted_keys(
         &list,
         Duration::from_secs(max_ttl),
     )?))
+}
+
+/// `PORTAL_SEALING_KEY_FILE` and `PORTAL_REQUIRE_SEALED`: every key file
+/// read and checked now, so a portal never starts unable to open what it
+/// advertises. Errors name the setting and the file, never key bytes.
+fn resolve_sealing(
+    a: &PortalArgs,
+    f: &FileConfig,
+) -> anyhow::Result<(Option<crate::portal::SealingKeys>, bool)> {
+    use crate::protocol::seal::{Keyring, SecretKey};
+    const SETTING: &str = "PORTAL_SEALING_KEY_FILE";
+    let require = pick(&a.require_sealed, &f.require_sealed).unwrap_or(defaults::REQUIRE_SEALED);
+    let list = pick(&a.sealing_key_file, &f.sealing_key_file).unwrap_or_default();
+    let mut keys: Vec<SecretKey> = Vec::new();
+    let mut files = Vec::new();
+    for file in list.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        let pem = zeroize::Zeroizing::new(
+            crate::util::file_read::read(
+                SETTING,
+                std::path::Path::new(file),
+                crate::util::file_read::Kind::Key,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        let held =
+            SecretKey::all_from_pem(&pem).map_err(|e| anyhow::anyhow!("{SETTING}: {file} {e}"))?;
+        let mut ids = Vec::new();
+        for key in held {
+            let id = key.public().id();
+            if keys.iter().any(|k| k.public().id() == id) {
+                bail!("{SETTING}: {file} holds key {id} a second time; list each key once");
+            }
+            ids.push(id);
+            keys.push(key);
+        }
+        files.push((file.to_string(), ids));
+    }
+    let Some(keyring) = Keyring::new(keys) else {
+        if require {
+            bail!("PORTAL_REQUIRE_SEALED=true needs PORTAL_SEALING_KEY_FILE: without a sealing key the portal can open no request");
+        }
+        if !list.trim().is_empty() {
+            bail!("{SETTING} names no key file; list PEM private key files, comma-separated, or leave it unset");
+        }
+        return Ok((None, false));
+    };
+    let sealing = crate::portal::SealingKeys {
+        keyring: std::sync::Arc::new(keyring),
+        files,
+    };
+    Ok((Some(sealing), require))
 }
 
 /// Parses `PORTAL_LOG_FORMAT`.

@@ -141,6 +141,8 @@ pub(crate) fn rows_with(
     let mut pattern_notes: Vec<Row> = Vec::new();
     // The route table, in the order routes are tried, when checked.
     let mut route_rows: Vec<Row> = Vec::new();
+    // The portal's sealing key ids and their files, when checked.
+    let mut sealing_rows: Vec<Row> = Vec::new();
     let kafka_args = KafkaArgs::from_arg_matches(m)?;
     let file = load_file(kafka_args.config.as_deref())?;
     // Without the portal's side the routes are listed as written, unchecked.
@@ -183,6 +185,15 @@ pub(crate) fn rows_with(
                         .line
                         .map_or_else(|| "portal".into(), |n| format!("line {n}")),
                     value: r.summary(),
+                })
+                .collect();
+            sealing_rows = settings
+                .sealing
+                .iter()
+                .map(|s| Row {
+                    name: "PORTAL_SEALING_KEY_FILE".into(),
+                    source: "portal".into(),
+                    value: s.describe(),
                 })
                 .collect();
             pattern_notes = settings
@@ -252,6 +263,9 @@ pub(crate) fn rows_with(
     }
     if !route_rows.is_empty() {
         sections.push(("routes (tried in this order)", route_rows));
+    }
+    if !sealing_rows.is_empty() {
+        sections.push(("sealing keys (ids only)", sealing_rows));
     }
     if !pattern_notes.is_empty() {
         sections.push((
@@ -514,6 +528,37 @@ mod tests {
             "{:?}",
             notes[0]
         );
+    }
+
+    #[test]
+    fn portal_sealing_keys_show_by_file_and_id_never_by_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::protocol::seal::SecretKey::generate();
+        let pem = key.to_pem().to_string();
+        let path = dir.path().join("portal.key");
+        std::fs::write(&path, &pem).unwrap();
+        let file = path.to_string_lossy().into_owned();
+        let s = rows(&show(&[
+            "portal",
+            "--target-api-url",
+            "http://127.0.0.1:1",
+            "--use-oauth",
+            "false",
+            "--sealing-key-file",
+            &file,
+        ]))
+        .unwrap();
+        let (_, keys) = s
+            .iter()
+            .find(|(t, _)| t.starts_with("sealing keys"))
+            .expect("a sealing keys section");
+        let id = key.public().id().to_string();
+        assert!(keys[0].value.contains(&id), "{:?}", keys[0]);
+        assert!(keys[0].value.contains("portal.key"), "{:?}", keys[0]);
+        let text = render(&s);
+        for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!text.contains(line), "{text}");
+        }
     }
 
     #[test]

@@ -1216,3 +1216,99 @@ fn compression_of_each_side_by_flag_file_key_or_default() {
         "PORTAL_COMPRESSION: \"zstd-19\" is not a codec; use auto, zstd, lz4 or none"
     );
 }
+
+#[test]
+fn sealing_keys_are_read_at_start_and_named_by_id_only() {
+    use crate::protocol::seal::SecretKey;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, keys: &[&SecretKey]| {
+        let path = dir.path().join(name);
+        let pem: String = keys.iter().map(|k| k.to_pem().to_string()).collect();
+        std::fs::write(&path, pem).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let (new, old, older) = (
+        SecretKey::generate(),
+        SecretKey::generate(),
+        SecretKey::generate(),
+    );
+    let current = write("current.key", &[&new]);
+    let retired = write("retired.key", &[&old, &older]);
+    let base = [
+        "--target-api-url",
+        "http://127.0.0.1:1",
+        "--use-oauth",
+        "false",
+    ];
+    let resolve = |extra: &[&str]| {
+        let mut argv = base.to_vec();
+        argv.extend_from_slice(extra);
+        resolve_portal(&portal_args(&argv))
+    };
+    let both = format!("{current}, {retired}");
+    let cfg = resolve(&["--sealing-key-file", &both, "--require-sealed", "true"]).unwrap();
+    assert!(cfg.require_sealed);
+    let sealing = cfg.sealing.unwrap();
+    assert_eq!(sealing.keyring.advertised().id(), new.public().id());
+    assert_eq!(
+        sealing.keyring.ids(),
+        vec![new.public().id(), old.public().id(), older.public().id()]
+    );
+    let line = sealing.describe();
+    for id in sealing.keyring.ids() {
+        assert!(line.contains(&id.to_string()), "{line}");
+    }
+    assert!(line.contains("retired.key"), "{line}");
+    assert!(!line.contains("PRIVATE"), "{line}");
+    // Unset: no key, clear requests accepted.
+    let cfg = resolve(&[]).unwrap();
+    assert!(cfg.sealing.is_none() && !cfg.require_sealed);
+
+    let public = dir.path().join("portal.pub");
+    std::fs::write(&public, new.public().to_pem()).unwrap();
+    let public = public.to_string_lossy().into_owned();
+    let twice = format!("{current},{current}");
+    let missing = dir
+        .path()
+        .join("missing.key")
+        .to_string_lossy()
+        .into_owned();
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec!["--sealing-key-file", &missing],
+            vec!["PORTAL_SEALING_KEY_FILE", "missing.key"],
+        ),
+        (
+            vec!["--sealing-key-file", &public],
+            vec![
+                "PORTAL_SEALING_KEY_FILE",
+                "portal.pub",
+                "no PEM private key",
+            ],
+        ),
+        (
+            vec!["--sealing-key-file", &twice],
+            vec!["PORTAL_SEALING_KEY_FILE", "a second time"],
+        ),
+        (
+            vec!["--require-sealed", "true"],
+            vec!["PORTAL_REQUIRE_SEALED", "PORTAL_SEALING_KEY_FILE"],
+        ),
+        (
+            vec!["--sealing-key-file", " , "],
+            vec!["PORTAL_SEALING_KEY_FILE", "names no key file"],
+        ),
+    ];
+    for (extra, words) in cases {
+        let err = format!("{:#}", resolve(&extra).unwrap_err());
+        for w in words {
+            assert!(err.contains(w), "{extra:?}: {err}");
+        }
+        // Never a byte of a key: no line of either file's base64.
+        for pem in [new.to_pem().to_string(), new.public().to_pem()] {
+            for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+                assert!(!err.contains(line), "{err}");
+            }
+        }
+    }
+}

@@ -164,6 +164,9 @@ pub(crate) struct ReplyWriter<'a> {
     chooser: Chooser,
     /// The digest of the job's bodies, whose frame version the answer is in.
     digest: DigestKind,
+    /// For a sealed job: its keys, and the attempt value each record's
+    /// seal binds (section 11.4 of PROTOCOL.md).
+    sealing: Option<(std::sync::Arc<crate::protocol::seal::JobKeys>, Vec<u8>)>,
 }
 
 impl<'a> ReplyWriter<'a> {
@@ -181,7 +184,21 @@ impl<'a> ReplyWriter<'a> {
             held: Held::default(),
             chooser: Chooser::new(Codec::None),
             digest: DigestKind::Sha256,
+            sealing: None,
         }
+    }
+
+    /// The writer sealing every record with `keys`' response key, binding
+    /// `attempt` (the value of the attempt header the records carry); the
+    /// record headers given to [`ReplyWriter::push_with_headers`] then go
+    /// sealed inside the record instead of on it.
+    pub(crate) fn sealing(
+        mut self,
+        keys: Option<std::sync::Arc<crate::protocol::seal::JobKeys>>,
+        attempt: &[u8],
+    ) -> Self {
+        self.sealing = keys.map(|k| (k, attempt.to_vec()));
+        self
     }
 
     /// The writer writing frames in the version of `digest`: the request's.
@@ -215,15 +232,14 @@ impl<'a> ReplyWriter<'a> {
         payload: &[u8],
         headers: &[(&str, Vec<u8>)],
     ) -> Result<(), Unsent> {
-        let record = match headers.is_empty() {
-            true => record_in(self.digest, frame, payload, &self.every),
-            false => record_in(
-                self.digest,
-                frame,
-                payload,
-                &[&self.every[..], headers].concat(),
-            ),
-        };
+        let record = answer_record(
+            self.digest,
+            self.sealing.as_ref(),
+            &self.every,
+            frame,
+            payload,
+            headers,
+        );
         if self.held.would_overflow(record.value_len(), self.batch_max) {
             self.flush().await?;
         }
@@ -244,6 +260,34 @@ impl<'a> ReplyWriter<'a> {
             .await
             .map(drop)
             .map_err(|error| Unsent { seq, error })
+    }
+}
+
+/// The record of one answer frame: in the frame version of `digest`, with
+/// the record headers `every` and `headers`; or, for a sealed job, sealed
+/// with its response key binding the attempt, `headers` sealed inside and
+/// only `every` (the attempt) on the record.
+fn answer_record(
+    digest: DigestKind,
+    sealing: Option<&(std::sync::Arc<crate::protocol::seal::JobKeys>, Vec<u8>)>,
+    every: &[(&str, Vec<u8>)],
+    frame: &Frame,
+    payload: &[u8],
+    headers: &[(&str, Vec<u8>)],
+) -> Record {
+    match (sealing, headers.is_empty()) {
+        (Some((keys, attempt)), _) => {
+            let sealed_headers = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect();
+            let value = keys
+                .response
+                .seal_clear(frame, payload, sealed_headers, attempt);
+            crate::kafka::record_of_value(frame.job, value, every)
+        }
+        (None, true) => record_in(digest, frame, payload, every),
+        (None, false) => record_in(digest, frame, payload, &[every, headers].concat()),
     }
 }
 
@@ -336,5 +380,90 @@ mod tests {
         held.add(seq, r);
         assert_eq!(held.bytes, usize::MAX);
         assert!(held.would_overflow(usize::MAX, usize::MAX - 1));
+    }
+
+    #[test]
+    fn a_sealed_answer_carries_only_its_attempt_and_seals_the_rest() {
+        use crate::protocol::seal::{seal_start, SecretKey};
+        use crate::protocol::wire::{decode, RequestStart, ResponseStart, ATTEMPT_HEADER};
+        let job = JobId::new();
+        let start = RequestStart {
+            method: "GET".into(),
+            path: "/".into(),
+            headers: vec![],
+            body_len: Some(0),
+            has_body: false,
+            reply_topic: "r".into(),
+            reply_partition: 0,
+            digest: DigestKind::Blake3,
+        };
+        let portal = SecretKey::generate();
+        let (_, _, keys) = seal_start(portal.public(), job, &start, vec![], "q", 0).unwrap();
+        let keys = std::sync::Arc::new(keys);
+        let attempt = b"01J0ATTEMPT".to_vec();
+        let sealing = (std::sync::Arc::clone(&keys), attempt.clone());
+        let every = [(ATTEMPT_HEADER, attempt.clone())];
+        let head = Frame {
+            job,
+            seq: 0,
+            body: Body::ResponseStart(ResponseStart {
+                status: 201,
+                headers: vec![("x-answer".into(), "quiet-b41d".into())],
+                body_len: Some(5),
+                digest: DigestKind::Blake3,
+            }),
+        };
+        let traceparent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec();
+        let extra = [("traceparent", traceparent.clone())];
+        let rec = answer_record(
+            DigestKind::Blake3,
+            Some(&sealing),
+            &every,
+            &head,
+            &[],
+            &extra,
+        );
+        assert_eq!(rec.headers.keys().collect::<Vec<_>>(), vec![ATTEMPT_HEADER]);
+        let value = rec.value.unwrap_or_default();
+        assert!(!value.windows(10).any(|w| w == b"quiet-b41d"));
+        let (frame, payload) = decode(&value).unwrap();
+        assert!(matches!(frame.body, Body::SealedResponseStart(_)));
+        let opened = keys
+            .response
+            .open_frame(&value, frame, payload, &attempt)
+            .unwrap();
+        assert_eq!(opened.frame.body, head.body);
+        assert_eq!(
+            opened.record_headers,
+            vec![("traceparent".to_string(), traceparent)]
+        );
+        // A chunk: its bytes sealed, its place in clear.
+        let chunk = Frame {
+            job,
+            seq: 1,
+            body: Body::Chunk(ChunkInfo {
+                offset: 0,
+                crc32c: crate::protocol::wire::checksum(b"hello"),
+            }),
+        };
+        let rec = answer_record(
+            DigestKind::Blake3,
+            Some(&sealing),
+            &every,
+            &chunk,
+            b"hello",
+            &[],
+        );
+        let value = rec.value.unwrap_or_default();
+        assert!(!value.windows(5).any(|w| w == b"hello"));
+        let (frame, payload) = decode(&value).unwrap();
+        let opened = keys
+            .response
+            .open_frame(&value, frame, payload, &attempt)
+            .unwrap();
+        assert_eq!(opened.payload, b"hello");
+        // Not sealed: the headers ride on the record, as before.
+        let rec = answer_record(DigestKind::Blake3, None, &every, &head, &[], &extra);
+        assert_eq!(rec.headers.len(), 2);
     }
 }

@@ -65,6 +65,12 @@ struct RouteLabel {
     outcome: &'static str,
 }
 
+/// Label of a sealed start record: `opened` or `unopened`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SealedLabel {
+    outcome: &'static str,
+}
+
 /// Label of a Kafka error: `produce` or `fetch`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
@@ -102,6 +108,7 @@ pub(crate) struct Metrics {
     records_skipped: Family<ReasonLabel, Counter>,
     jobs_cancelled: Counter,
     jobs_pipelined: Counter,
+    sealed_jobs: Family<SealedLabel, Counter>,
     sampled: Arc<Sampled>,
 }
 
@@ -204,6 +211,12 @@ impl Metrics {
         let records_skipped = Family::<ReasonLabel, Counter>::default();
         let jobs_cancelled = Counter::default();
         let jobs_pipelined = Counter::default();
+        let sealed_jobs = Family::<SealedLabel, Counter>::default();
+        registry.register(
+            "sealed_jobs",
+            "Sealed start records read, by outcome (opened, or unopened: refused or ignored)",
+            sealed_jobs.clone(),
+        );
         registry.register(
             "jobs_started",
             "Jobs taken up: assembled, or refused before assembly",
@@ -299,6 +312,7 @@ impl Metrics {
             records_skipped,
             jobs_cancelled,
             jobs_pipelined,
+            sealed_jobs,
             sampled,
         }
     }
@@ -322,6 +336,13 @@ impl Metrics {
     /// A job's API call started while its body was still arriving.
     pub(crate) fn job_pipelined(&self) {
         self.jobs_pipelined.inc();
+    }
+
+    /// A sealed start record was read: `opened` or `unopened`.
+    pub(crate) fn sealed_job(&self, outcome: &'static str) {
+        self.sealed_jobs
+            .get_or_create(&SealedLabel { outcome })
+            .inc();
     }
 
     /// A job's API call was cancelled so its partition could be released.
@@ -517,16 +538,22 @@ pub(crate) async fn start(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
+    sealing_key: Option<Arc<str>>,
 ) -> anyhow::Result<AdminServer> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("PORTAL_ADMIN_LISTEN: cannot listen on {addr}: {e}"))?;
     let addr = listener.local_addr()?;
-    let task = tokio::spawn(accept_loop(listener, metrics, readiness));
+    let task = tokio::spawn(accept_loop(listener, metrics, readiness, sealing_key));
     Ok(AdminServer { addr, task })
 }
 
-async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, readiness: Arc<Readiness>) {
+async fn accept_loop(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    sealing_key: Option<Arc<str>>,
+) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -546,9 +573,10 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, readiness: Ar
         };
         let metrics = Arc::clone(&metrics);
         let readiness = Arc::clone(&readiness);
+        let sealing_key = sealing_key.clone();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let answer = respond(&req, &metrics, &readiness);
+                let answer = respond(&req, &metrics, &readiness, sealing_key.as_deref());
                 async move { Ok::<_, Infallible>(answer) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -572,6 +600,7 @@ fn respond(
     req: &Request<Incoming>,
     metrics: &Metrics,
     readiness: &Readiness,
+    sealing_key: Option<&str>,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
@@ -604,9 +633,24 @@ fn respond(
             );
             resp
         }
+        // The public half only: what senders seal to (`send --seal-to`).
+        "/sealing-key" => match sealing_key {
+            Some(pem) => {
+                let mut resp = text(StatusCode::OK, pem);
+                resp.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/x-pem-file"),
+                );
+                resp
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "this portal has no sealing key (PORTAL_SEALING_KEY_FILE); it opens no sealed request\n",
+            ),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz or /metrics\n",
+            "not found; try /healthz, /readyz, /metrics or /sealing-key\n",
         ),
     }
 }

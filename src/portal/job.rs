@@ -65,12 +65,16 @@ pub(crate) async fn spawn_job(
     let Some(queued) = queue_slot(ctx, progress, job.first_offset, stop).await else {
         return;
     };
+    // Method and path are logged for a sealed job too: the portal's
+    // operator runs the API side and sees them there; header values and
+    // bodies never are.
     log::info!(
-        "job {}: {} {} ({} bytes) assembled",
+        "job {}: {} {} ({} bytes) assembled{}",
         job.job,
         job.start.method,
         job.start.path,
-        job.body.len()
+        job.body.len(),
+        sealed_note(&job)
     );
     let ctx2 = Arc::clone(ctx);
     let stop = stop.clone();
@@ -91,11 +95,12 @@ pub(crate) fn spawn_pipelined(
     stop: &watch::Receiver<bool>,
 ) {
     log::info!(
-        "job {}: {} {} ({} bytes) pipelined: calling the API while the body arrives",
+        "job {}: {} {} ({} bytes){} pipelined: calling the API while the body arrives",
         job.job,
         job.start.method,
         job.start.path,
-        job.body.len()
+        job.body.len(),
+        sealed_note(&job)
     );
     ctx.metrics.job_pipelined();
     let ctx2 = Arc::clone(ctx);
@@ -104,6 +109,15 @@ pub(crate) fn spawn_pipelined(
     spawn_tracked(ctx, progress, id, first, queued, async move {
         run_job(&ctx2, job, stop).await
     });
+}
+
+/// What a job's log lines add when it is sealed.
+fn sealed_note(job: &CompletedJob) -> &'static str {
+    if job.sealed.is_some() {
+        " (sealed)"
+    } else {
+        ""
+    }
 }
 
 /// The pipe of a job whose body is still arriving.
@@ -154,7 +168,7 @@ async fn run_job(ctx: &Ctx, mut job: CompletedJob, stop: watch::Receiver<bool>) 
                 log::warn!("job {id}: the pipelined call is aborted: {} ({})", failure.message, failure.category);
                 record_aborted(ctx, &job, &trace, run_at, failure.message.clone());
                 let category = failure.category;
-                let sent = send_error(&pc, id, 0, failure, &attempt).await;
+                let sent = send_error(&pc, id, 0, failure, &attempt, job.sealed.as_deref()).await;
                 report_error_reply(ctx, id, sent, category)
             }
             None => {
@@ -281,10 +295,11 @@ async fn call_and_answer(
         ..RunMarks::default()
     };
     let id = job.job;
-    let how = if pipe_of(job).is_some() {
-        " (pipelined)"
-    } else {
-        ""
+    let how = match (pipe_of(job).is_some(), job.sealed.is_some()) {
+        (true, true) => " (pipelined, sealed)",
+        (true, false) => " (pipelined)",
+        (false, true) => " (sealed)",
+        (false, false) => "",
     };
     let trace_id = trace.job.trace_id;
     log::debug!(
@@ -340,7 +355,7 @@ async fn call_and_answer(
                 category,
                 message: error.message,
             };
-            let sent = send_error(pc, id, seq, info, attempt).await;
+            let sent = send_error(pc, id, seq, info, attempt, job.sealed.as_deref()).await;
             report_error_reply(ctx, id, sent, category)
         }
         Err(AnswerError::Kafka { seq, error }) => {
@@ -354,7 +369,7 @@ async fn call_and_answer(
                 category,
                 message: format!("the portal could not send the response: {error}"),
             };
-            let sent = send_error(pc, id, seq, info, attempt).await;
+            let sent = send_error(pc, id, seq, info, attempt, job.sealed.as_deref()).await;
             report_error_reply(ctx, id, sent, category)
         }
     };
@@ -459,7 +474,8 @@ async fn answer(
     let chunk_size = ctx.cfg.kafka.chunk_size;
     let mut out = ReplyWriter::new(pc, chunk_size, vec![(ATTEMPT_HEADER, attempt.to_vec())])
         .compressing(ctx.cfg.compression)
-        .digesting(job.start.digest);
+        .digesting(job.start.digest)
+        .sealing(job.sealed.clone(), attempt);
     // Names only: values the caller sent may be credentials.
     let dropped = dispatcher.header_plan(&job.start).dropped_line();
     let mut record_headers: Vec<(&str, Vec<u8>)> = dropped

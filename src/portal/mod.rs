@@ -50,7 +50,7 @@
 //! - `replies.rs`: where a job's answer goes, and error replies.
 //! - `assembler/`: putting request bodies together from their frames and
 //!   checking them; `spool.rs`: where a body is kept, in memory or in a
-//!   file; `budget.rs`: the memory and disk all jobs share; `pipe.rs`:
+//!   file (`body_file.rs`: the file, encrypted for a sealed job); `budget.rs`: the memory and disk all jobs share; `pipe.rs`:
 //!   what a pipelined job's call and its assembler share.
 //! - `ledger.rs`: what is answered and what to commit; `policy/`: what may
 //!   reach the API; `admin.rs`: the admin listener; `settings.rs`: the
@@ -58,6 +58,7 @@
 
 mod admin;
 pub(crate) mod assembler;
+mod body_file;
 mod budget;
 mod context;
 mod generation;
@@ -76,7 +77,7 @@ mod settings;
 mod spans;
 mod spool;
 
-pub(crate) use settings::{Settings, StartFrom};
+pub(crate) use settings::{SealingKeys, Settings, StartFrom};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -123,11 +124,19 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
     // Up before Kafka, so /healthz answers and /readyz says what is missing.
     let _admin = match cfg.admin_listen {
         Some(addr) => {
-            let server =
-                crate::portal::admin::start(addr, Arc::clone(&metrics), Arc::clone(&readiness))
-                    .await?;
+            let sealing_key = cfg
+                .sealing
+                .as_ref()
+                .map(|s| Arc::<str>::from(s.keyring.advertised().to_pem()));
+            let server = crate::portal::admin::start(
+                addr,
+                Arc::clone(&metrics),
+                Arc::clone(&readiness),
+                sealing_key,
+            )
+            .await?;
             log::info!(
-                "admin listener on http://{} (/healthz, /readyz, /metrics)",
+                "admin listener on http://{} (/healthz, /readyz, /metrics, /sealing-key)",
                 server.local_addr()
             );
             Some(server)
@@ -161,6 +170,18 @@ pub(crate) async fn run(cfg: Settings, shutdown: impl Future<Output = ()>) -> an
         );
         Verifier::new(trusted, &kcfg.request_topic)
     });
+    match &cfg.sealing {
+        Some(sealing) => log::info!(
+            "opening sealed requests (PORTAL_SEALING_KEY_FILE): {}{}",
+            sealing.describe(),
+            if cfg.require_sealed {
+                "; clear requests are refused (PORTAL_REQUIRE_SEALED)"
+            } else {
+                ""
+            }
+        ),
+        None => log::debug!("no sealing key: sealed requests are refused"),
+    }
     let protocol = group_protocol(&cfg).await?;
     let mut cfg = cfg;
     cfg.group.protocol = protocol;

@@ -6,8 +6,8 @@
 //! last byte back until the verdict is [`PipeState::Verified`], so the API
 //! never has a complete request whose digest did not match.
 
+use crate::portal::body_file::BodyFile;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ pub(crate) enum PipeState {
 #[derive(Debug)]
 pub(crate) struct Pipe {
     /// The job's spool file (a descriptor of its own; reads are positional).
-    file: File,
+    file: BodyFile,
     /// The length the start record declared.
     len: u64,
     state: watch::Sender<PipeState>,
@@ -56,7 +56,7 @@ pub(crate) struct Pipe {
 impl Pipe {
     /// A pipe over the spool `file` of a body of `len` bytes, and the
     /// assembler's end of it.
-    pub(crate) fn new(file: File, len: u64) -> (Arc<Self>, PipeFeed) {
+    pub(crate) fn new(file: BodyFile, len: u64) -> (Arc<Self>, PipeFeed) {
         let pipe = Arc::new(Self {
             file,
             len,
@@ -79,7 +79,7 @@ impl Pipe {
     }
 
     /// The spool file.
-    pub(crate) fn file(&self) -> &File {
+    pub(crate) fn file(&self) -> &BodyFile {
         &self.file
     }
 
@@ -333,7 +333,9 @@ mod tests {
     use super::*;
 
     fn new_pipe(len: u64) -> (Arc<Pipe>, PipeFeed) {
-        let file = tempfile::tempfile().unwrap_or_else(|e| panic!("temp file: {e}"));
+        let file = tempfile::tempfile()
+            .unwrap_or_else(|e| panic!("temp file: {e}"))
+            .into();
         Pipe::new(file, len)
     }
 

@@ -1,9 +1,9 @@
 //! A reader per assigned request partition: it fetches records, decodes
-//! them, skips what the ledger already knows, checks signatures and the
-//! policy on start records, feeds its own assembler, and starts a task for
-//! each completed or failed job. A reader that cannot read a batch, or
-//! cannot fetch at all, says so (an error reply, `/readyz`) instead of
-//! going quiet.
+//! them, skips what the ledger already knows, opens sealed start records,
+//! checks signatures and the policy on start records, feeds its own
+//! assembler, and starts a task for each completed or failed job. A
+//! reader that cannot read a batch, or cannot fetch at all, says so (an
+//! error reply, `/readyz`) instead of going quiet.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,6 +23,7 @@ use crate::portal::ledger::Progress;
 use crate::portal::replies::spawn_error_reply;
 use crate::portal::settings::StartFrom;
 use crate::portal::spans::JobTrace;
+use crate::protocol::seal::{JobKeys, OpenedStart};
 use crate::protocol::trace::{self, TraceContext, TraceParent};
 use crate::protocol::wire::{self, Body, Frame, JobId};
 use crate::protocol::ErrorCategory;
@@ -291,6 +292,7 @@ async fn skip_unreadable(
                 category: ErrorCategory::Integrity,
                 message,
                 pipelined: false,
+                sealed: None,
             };
             spawn_error_reply(ctx, progress, failed, stop).await;
         }
@@ -304,7 +306,7 @@ async fn handle_record(
     asm: &mut Assembler,
     progress: &Arc<Mutex<Progress>>,
     partition: i32,
-    rec: RecordAndOffset,
+    mut rec: RecordAndOffset,
     stop: &watch::Receiver<bool>,
 ) {
     let offset = rec.offset;
@@ -341,7 +343,7 @@ async fn handle_record(
         );
         return;
     }
-    let is_start = matches!(frame.body, Body::RequestStart(_));
+    let is_start = matches!(frame.body, Body::RequestStart(_) | Body::SealedStart(_));
     if is_start && lock(progress).known(offset) {
         // Running since an earlier generation, or answered by an earlier
         // owner of this partition: never call the API for it again.
@@ -349,8 +351,72 @@ async fn handle_record(
         asm.skip(frame.job);
         return;
     }
-    let Some(signed_digest) =
-        check_signature(ctx, asm, progress, partition, &rec, &frame, stop).await
+    // A sealed start is opened before anything else reads it: from here on
+    // it is the clear start it seals, with the record headers it sealed
+    // (signature, trace context) in place of its own, so the signature
+    // check and the trace read it as they read a clear one.
+    let mut sealed: Option<Arc<JobKeys>> = None;
+    let frame = match &frame.body {
+        Body::SealedStart(_) => {
+            let topic = &ctx.cfg.kafka.request_topic;
+            let Some(opened) = open_start(
+                ctx, asm, progress, partition, &rec, value, &frame, payload, stop,
+            )
+            .await
+            else {
+                return;
+            };
+            let mut headers: std::collections::BTreeMap<String, Vec<u8>> =
+                opened.record_headers.into_iter().collect();
+            if let Some(to) = rec.record.headers.get(wire::REPLY_TO_HEADER) {
+                headers.insert(wire::REPLY_TO_HEADER.to_string(), to.clone());
+            }
+            rec.record.headers = headers;
+            log::debug!(
+                "job {}: sealed request opened with key {} ({topic}[{partition}] offset {offset})",
+                frame.job,
+                opened.key
+            );
+            sealed = Some(Arc::new(opened.keys));
+            Frame {
+                job: frame.job,
+                seq: frame.seq,
+                body: Body::RequestStart(opened.start),
+            }
+        }
+        Body::RequestStart(start) if ctx.cfg.require_sealed && !asm.knows(&frame.job) => {
+            log::warn!(
+                "job {}: refused a clear request (partition {partition} offset {offset}): PORTAL_REQUIRE_SEALED is on",
+                frame.job
+            );
+            asm.skip(frame.job);
+            lock(progress).add(offset);
+            let failed = FailedJob {
+                job: frame.job,
+                reply_topic: start.reply_topic.clone(),
+                reply_partition: start.reply_partition,
+                first_offset: offset,
+                category: ErrorCategory::Rejected,
+                message: "this portal accepts only sealed requests; seal them with `kafkasend send --seal-to PORTAL_PUBLIC_KEY_FILE`".into(),
+                pipelined: false,
+                sealed: None,
+            };
+            spawn_error_reply(ctx, progress, failed, stop).await;
+            return;
+        }
+        _ => frame,
+    };
+    let Some(signed_digest) = check_signature(
+        ctx,
+        asm,
+        progress,
+        partition,
+        &rec,
+        &frame,
+        sealed.as_ref(),
+        stop,
+    )
+    .await
     else {
         return;
     };
@@ -369,7 +435,7 @@ async fn handle_record(
                 .and_then(|()| ctx.routes.admit(start));
             policy_span = Some((received, SystemTime::now()));
             match checked {
-                Ok(()) => asm.accept(frame, payload, offset, Instant::now()),
+                Ok(()) => asm.accept_with(frame, payload, offset, Instant::now(), sealed.clone()),
                 Err(refusal) => {
                     asm.skip(frame.job);
                     Outcome::Failed(FailedJob {
@@ -380,11 +446,15 @@ async fn handle_record(
                         category: refusal.category,
                         message: refusal.message,
                         pipelined: false,
+                        sealed: sealed.clone(),
                     })
                 }
             }
         }
-        _ => asm.accept(frame, payload, offset, Instant::now()),
+        Body::RequestStart(_) => {
+            asm.accept_with(frame, payload, offset, Instant::now(), sealed.clone())
+        }
+        _ => asm.accept_record(value, frame, payload, offset, Instant::now()),
     };
     // Track this offset only when it starts the job the outcome is about:
     // a repeated start fails the job that began at an earlier offset.
@@ -414,7 +484,10 @@ async fn handle_record(
     }
     match outcome {
         Outcome::Pending if is_start => {
-            log::debug!("job {job}: receiving a request (partition {partition} offset {offset})");
+            let how = if sealed.is_some() { " (sealed)" } else { "" };
+            log::debug!(
+                "job {job}: receiving a request{how} (partition {partition} offset {offset})"
+            );
             if ctx.cfg.pipeline {
                 pipeline(ctx, asm, progress, job, stop);
             }
@@ -455,10 +528,82 @@ fn pipeline(
     }
 }
 
+/// Opens a sealed start record with the portal's keys. `None` when it does
+/// not open: its sender is told why, in a clear `Error` (nothing can be
+/// sealed to it without the job's secret), and the job's records are
+/// ignored from now on; or, as for a failed signature, the failure is only
+/// logged when it could be a forgery aimed at someone else's job.
+#[allow(clippy::too_many_arguments)]
+async fn open_start(
+    ctx: &Arc<Ctx>,
+    asm: &mut Assembler,
+    progress: &Arc<Mutex<Progress>>,
+    partition: i32,
+    rec: &RecordAndOffset,
+    value: &[u8],
+    frame: &Frame,
+    payload: &[u8],
+    stop: &watch::Receiver<bool>,
+) -> Option<OpenedStart> {
+    let Body::SealedStart(start) = &frame.body else {
+        return None;
+    };
+    let topic = &ctx.cfg.kafka.request_topic;
+    let opened = match &ctx.cfg.sealing {
+        Some(keys) => keys
+            .keyring
+            .open_start(value, frame, payload, topic, partition)
+            .map_err(|e| (e.category(), e.to_string())),
+        None => Err((
+            ErrorCategory::Rejected,
+            "this portal has no sealing key (PORTAL_SEALING_KEY_FILE); it cannot open sealed requests".to_string(),
+        )),
+    };
+    let (category, why) = match opened {
+        Ok(opened) => {
+            ctx.metrics.sealed_job("opened");
+            return Some(opened);
+        }
+        Err(e) => e,
+    };
+    ctx.metrics.sealed_job("unopened");
+    if asm.knows(&frame.job)
+        || partition != partition_for_key(&frame.job.key(), ctx.request_partitions)
+    {
+        log::warn!(
+            "job {}: ignored a sealed start record at partition {partition} offset {} that does not open: {why}",
+            frame.job,
+            rec.offset
+        );
+        return None;
+    }
+    log::warn!(
+        "job {}: refused (partition {partition} offset {}): {why}",
+        frame.job,
+        rec.offset
+    );
+    asm.skip(frame.job);
+    lock(progress).add(rec.offset);
+    let failed = FailedJob {
+        job: frame.job,
+        reply_topic: start.reply_topic.clone(),
+        reply_partition: start.reply_partition,
+        first_offset: rec.offset,
+        category,
+        message: why,
+        pipelined: false,
+        sealed: None,
+    };
+    spawn_error_reply(ctx, progress, failed, stop).await;
+    None
+}
+
 /// With `PORTAL_TRUSTED_KEYS` set, checks a start record's signature before
 /// the assembler sees it. `None` when the request is refused: the client is
 /// told and the job's records are ignored from now on. Otherwise the body
 /// digest the sender signed, if any, which the body must then match.
+/// `sealed`: the job's keys, when its start opened from a sealed one.
+#[allow(clippy::too_many_arguments)]
 async fn check_signature(
     ctx: &Arc<Ctx>,
     asm: &mut Assembler,
@@ -466,6 +611,7 @@ async fn check_signature(
     partition: i32,
     rec: &RecordAndOffset,
     frame: &Frame,
+    sealed: Option<&Arc<JobKeys>>,
     stop: &watch::Receiver<bool>,
 ) -> Option<Option<crate::protocol::digest::Digest>> {
     let (Some(verifier), Body::RequestStart(start)) = (&ctx.verifier, &frame.body) else {
@@ -517,6 +663,7 @@ async fn check_signature(
                 category: ErrorCategory::Rejected,
                 message: why.to_string(),
                 pipelined: false,
+                sealed: sealed.cloned(),
             };
             spawn_error_reply(ctx, progress, failed, stop).await;
             None
@@ -588,6 +735,7 @@ async fn answer_undecodable(
             category: ErrorCategory::BadRequest,
             message: format!("the portal cannot read this request: {e}"),
             pipelined: false,
+            sealed: None,
         },
         stop,
     )

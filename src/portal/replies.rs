@@ -10,6 +10,7 @@ use crate::kafka::{self, KafkaError, Partition};
 use crate::portal::assembler::FailedJob;
 use crate::portal::context::{queue_slot, spawn_tracked, Ctx};
 use crate::portal::ledger::Progress;
+use crate::protocol::seal::JobKeys;
 use crate::protocol::wire::{new_attempt, Body, Frame, JobId, ATTEMPT_HEADER};
 use crate::protocol::{ErrorCategory, Failure};
 
@@ -51,7 +52,15 @@ pub(crate) async fn spawn_error_reply(
                 report_error_reply(
                     &ctx2,
                     failed.job,
-                    send_error(&pc, failed.job, 0, info, &new_attempt()).await,
+                    send_error(
+                        &pc,
+                        failed.job,
+                        0,
+                        info,
+                        &new_attempt(),
+                        failed.sealed.as_deref(),
+                    )
+                    .await,
                     failed.category,
                 )
             }
@@ -98,21 +107,41 @@ pub(crate) async fn reply_partition(ctx: &Ctx, job: JobId, topic: &str, partitio
 }
 
 /// Produces one `Error` record numbered `seq` for `job`, tagged with the
-/// `attempt` whose answer it ends (or is).
+/// `attempt` whose answer it ends (or is); sealed with the response key of
+/// a sealed job (`sealed`), so its category and message stay the sender's.
 pub(crate) async fn send_error(
     pc: &Partition,
     job: JobId,
     seq: u32,
     info: Failure,
     attempt: &[u8],
+    sealed: Option<&JobKeys>,
 ) -> Result<i64, KafkaError> {
+    pc.produce(error_record(job, seq, info, attempt, sealed))
+        .await
+}
+
+/// The `Error` record [`send_error`] produces.
+pub(crate) fn error_record(
+    job: JobId,
+    seq: u32,
+    info: Failure,
+    attempt: &[u8],
+    sealed: Option<&JobKeys>,
+) -> kafka::Record {
     let frame = Frame {
         job,
         seq,
         body: Body::Error(info),
     };
     let headers = [(ATTEMPT_HEADER, attempt.to_vec())];
-    pc.produce(kafka::record(&frame, &[], &headers)).await
+    match sealed {
+        Some(keys) => {
+            let value = keys.response.seal_clear(&frame, &[], Vec::new(), attempt);
+            kafka::record_of_value(job, value, &headers)
+        }
+        None => kafka::record(&frame, &[], &headers),
+    }
 }
 
 /// Counts and logs how sending a job's error reply went; whether it is settled.
@@ -132,5 +161,64 @@ pub(crate) fn report_error_reply(
             log::error!("job {job}: could not send the error reply: {e}");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::digest::DigestKind;
+    use crate::protocol::seal::{seal_start, SecretKey};
+    use crate::protocol::wire::{self, RequestStart};
+
+    #[test]
+    fn a_sealed_jobs_error_opens_only_with_its_response_key_and_attempt() {
+        let job = JobId::new();
+        let portal = SecretKey::generate();
+        let start = RequestStart {
+            method: "GET".into(),
+            path: "/x".into(),
+            headers: vec![],
+            body_len: Some(0),
+            has_body: false,
+            reply_topic: "r".into(),
+            reply_partition: 0,
+            digest: DigestKind::Blake3,
+        };
+        let (_, _, keys) = seal_start(portal.public(), job, &start, vec![], "q", 0).unwrap();
+        let message = "the route refused /x/secret-path";
+        let info = Failure::new(ErrorCategory::Rejected, message.to_string());
+        let attempt = new_attempt();
+        let rec = error_record(job, 2, info.clone(), &attempt, Some(&keys));
+        let value = rec.value.unwrap_or_default();
+        assert!(!value.windows(11).any(|w| w == b"secret-path"));
+        assert_eq!(
+            rec.headers.keys().collect::<Vec<_>>(),
+            vec![ATTEMPT_HEADER],
+            "the record carries only its attempt"
+        );
+        let (frame, payload) = wire::decode(&value).unwrap();
+        assert!(matches!(frame.body, Body::SealedError));
+        assert_eq!(frame.seq, 2);
+        let opened = keys
+            .response
+            .open_frame(&value, frame.clone(), payload, &attempt)
+            .unwrap();
+        assert_eq!(opened.frame.body, Body::Error(info.clone()));
+        // Bound to the attempt and the direction.
+        assert!(keys
+            .response
+            .open_frame(&value, frame.clone(), payload, b"other")
+            .is_err());
+        assert!(keys
+            .request
+            .open_frame(&value, frame, payload, &attempt)
+            .is_err());
+        // A clear job's error is a clear version 1 Error.
+        let rec = error_record(job, 0, info.clone(), &attempt, None);
+        let value = rec.value.unwrap_or_default();
+        assert_eq!(value[4], 1);
+        let (frame, _) = wire::decode(&value).unwrap();
+        assert_eq!(frame.body, Body::Error(info));
     }
 }

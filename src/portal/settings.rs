@@ -61,6 +61,46 @@ pub(crate) struct Settings {
     /// Every route in the order they are tried: the `[[routes]]` of the
     /// config file, then the default route when `PORTAL_TARGET_API_URL` is set.
     pub(crate) routes: Vec<crate::portal::routes::Route>,
+    /// The keys sealed requests are opened with (`PORTAL_SEALING_KEY_FILE`).
+    pub(crate) sealing: Option<SealingKeys>,
+    /// Refuse clear requests (`PORTAL_REQUIRE_SEALED`).
+    pub(crate) require_sealed: bool,
+}
+
+/// The portal's sealing keys and the files they came from, for its logs and
+/// `config show`: ids only, never key bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct SealingKeys {
+    /// Every key, the advertised one first.
+    pub(crate) keyring: std::sync::Arc<crate::protocol::seal::Keyring>,
+    /// Each file's name and the ids of the keys it holds, in setting order.
+    pub(crate) files: Vec<(String, Vec<crate::protocol::seal::KeyId>)>,
+}
+
+impl SealingKeys {
+    /// One line: the advertised key id, the other accepted ids, the files.
+    pub(crate) fn describe(&self) -> String {
+        let ids = self.keyring.ids();
+        let others: Vec<String> = ids.iter().skip(1).map(ToString::to_string).collect();
+        let files: Vec<String> = self
+            .files
+            .iter()
+            .map(|(name, ids)| {
+                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                format!("{name} ({})", ids.join(", "))
+            })
+            .collect();
+        format!(
+            "advertised key {}; also accepted: {}; files: {}",
+            self.keyring.advertised().id(),
+            if others.is_empty() {
+                "none".into()
+            } else {
+                others.join(", ")
+            },
+            files.join(", ")
+        )
+    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
 //! Where a request body is kept while it arrives and until the API call
 //! is done: a buffer in memory while it arrives without gaps and fits, an
 //! unlinked temporary file otherwise. Either way its share of the portal's
-//! budget goes when the last reader of the body lets go.
+//! budget goes when the last reader of the body lets go. A spool file is
+//! read and written through [`BodyFile`], which encrypts a sealed job's.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use crate::portal::body_file::{BodyFile, CIPHER_STEP};
 
 use crate::portal::budget::{Budget, Lease};
 use crate::portal::pipe::Pipe;
@@ -18,7 +18,7 @@ use crate::protocol::digest::{Digest, DigestKind};
 #[derive(Debug)]
 pub(crate) struct SpoolFile {
     /// The unlinked file.
-    pub(crate) file: File,
+    pub(crate) file: BodyFile,
     _lease: Lease,
 }
 
@@ -67,7 +67,7 @@ pub(crate) enum Spool {
         lease: Lease,
     },
     /// An unlinked temporary file, charged to its job's disk lease.
-    File(File),
+    File(BodyFile),
 }
 
 /// Why a body moves from memory to its spool file.
@@ -169,14 +169,22 @@ impl Spool {
     }
 
     /// Moves an in-memory body to a new unlinked file in `dir`, giving its
-    /// memory back.
-    pub(crate) fn move_to_disk(&mut self, dir: &Option<PathBuf>) -> std::io::Result<()> {
+    /// memory back; the file is encrypted when `encrypt` (a sealed job's).
+    pub(crate) fn move_to_disk(
+        &mut self,
+        dir: &Option<PathBuf>,
+        encrypt: bool,
+    ) -> std::io::Result<()> {
         if let Self::Memory { buf, .. } = self {
-            let mut file = match dir {
+            let file = match dir {
                 Some(d) => tempfile::tempfile_in(d)?,
                 None => tempfile::tempfile()?,
             };
-            file.write_all(buf)?;
+            let file = match encrypt {
+                true => BodyFile::encrypted(file)?,
+                false => BodyFile::from(file),
+            };
+            file.write_all_at(buf, 0)?;
             *self = Self::File(file);
         }
         Ok(())
@@ -184,7 +192,7 @@ impl Spool {
 
     /// Another descriptor of the spool file, for a call to read the body
     /// while it is still being written; an error for a body in memory.
-    pub(crate) fn share(&self) -> std::io::Result<File> {
+    pub(crate) fn share(&self) -> std::io::Result<BodyFile> {
         match self {
             Self::File(file) => file.try_clone(),
             Self::Memory { .. } => Err(std::io::Error::other("the body is not in a spool file")),
@@ -198,15 +206,13 @@ impl Spool {
         match self {
             Self::Memory { buf, .. } => hasher.update(&buf[..len as usize]),
             Self::File(file) => {
-                file.seek(SeekFrom::Start(0))?;
-                let mut reader = file.take(len);
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    let n = reader.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
+                let mut buf = vec![0u8; CIPHER_STEP];
+                let mut at = 0u64;
+                while at < len {
+                    let n = (len - at).min(CIPHER_STEP as u64) as usize;
+                    file.read_exact_at(&mut buf[..n], at)?;
                     hasher.update(&buf[..n]);
+                    at += n as u64;
                 }
             }
         }
@@ -225,5 +231,89 @@ impl Spool {
                 len,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    fn raw(file: &BodyFile) -> Vec<u8> {
+        file.raw()
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn a_sealed_body_is_ciphertext_on_disk_and_reads_back_at_any_offset() {
+        let plain = body(700_000);
+        let mut spool = Spool::Memory {
+            buf: plain[..100_000].to_vec(),
+            lease: Lease::new(&Budget::new(u64::MAX)),
+        };
+        spool.move_to_disk(&None, true).unwrap();
+        // Written out of order, across cipher steps, at odd offsets.
+        spool.write(300_001, &plain[300_001..700_000]).unwrap();
+        spool.write(100_000, &plain[100_000..300_001]).unwrap();
+        let Spool::File(file) = &spool else {
+            panic!("not on disk")
+        };
+        let on_disk = raw(file);
+        assert_eq!(on_disk.len(), plain.len());
+        assert_ne!(on_disk, plain);
+        for at in [0, 12_345, 299_999, 650_000] {
+            assert!(
+                !contains(&on_disk, &plain[at..at + 64]),
+                "plaintext at {at} on disk"
+            );
+        }
+        for (at, len) in [
+            (0, 1),
+            (1, 15),
+            (17, 40_000),
+            (262_143, 3),
+            (699_999, 1),
+            (5, 699_995),
+        ] {
+            let mut got = vec![0u8; len];
+            file.read_exact_at(&mut got, at as u64).unwrap();
+            assert_eq!(got, plain[at..at + len], "read at {at} of {len}");
+        }
+        // A second descriptor reads the same; the digest reads it back.
+        let shared = spool.share().unwrap();
+        let mut got = vec![0u8; 10];
+        shared.read_exact_at(&mut got, 333_333).unwrap();
+        assert_eq!(got, plain[333_333..333_343]);
+        let digest = spool
+            .digest(DigestKind::Blake3, plain.len() as u64)
+            .unwrap();
+        assert_eq!(digest, DigestKind::Blake3.of(&plain));
+    }
+
+    #[test]
+    fn two_sealed_files_of_one_body_differ_and_a_clear_one_is_as_it_is() {
+        let plain = body(5000);
+        let files: Vec<Vec<u8>> = [true, true, false]
+            .into_iter()
+            .map(|encrypt| {
+                let mut spool = Spool::Memory {
+                    buf: plain.clone(),
+                    lease: Lease::new(&Budget::new(u64::MAX)),
+                };
+                spool.move_to_disk(&None, encrypt).unwrap();
+                match &spool {
+                    Spool::File(f) => raw(f),
+                    Spool::Memory { .. } => panic!("not on disk"),
+                }
+            })
+            .collect();
+        assert_ne!(files[0], files[1], "a fresh IV per file");
+        assert_eq!(files[2], plain);
     }
 }

@@ -32,6 +32,7 @@ mod resume;
 mod routes;
 mod sealed;
 mod sealed_send;
+mod sealed_portal;
 mod secrets;
 mod ship;
 mod signing;

@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::portal::budget::{Budget, Budgets, Lease};
@@ -26,6 +27,7 @@ use crate::portal::spans::JobTrace;
 use crate::portal::spool::{blocks, make_room, Spill, Spool, SpooledBody};
 use crate::protocol::body::{BodyCheck, BodyFault};
 use crate::protocol::digest::Digest;
+use crate::protocol::seal::JobKeys;
 use crate::protocol::wire::{Body, ChunkInfo, EndInfo, Frame, JobId, RequestStart};
 use crate::protocol::{ErrorCategory, Failure};
 
@@ -152,6 +154,8 @@ pub(crate) struct CompletedJob {
     /// Its place in a trace, drawn when its start record was read (see
     /// [`Assembler::set_trace`]); boxed, as most jobs' fields are small.
     pub(crate) trace: Option<Box<JobTrace>>,
+    /// A sealed job's record keys: its answer is sealed with them.
+    pub(crate) sealed: Option<Arc<JobKeys>>,
 }
 
 /// A job that cannot go on; the client should be told.
@@ -172,6 +176,10 @@ pub(crate) struct FailedJob {
     /// The job's call is under way (pipelined): its own task answers, told
     /// through its pipe, so no error reply is to be sent for it.
     pub(crate) pipelined: bool,
+    /// A sealed job's record keys, once its start record opened: the error
+    /// is sealed with them. `None` for a clear job, and for one whose start
+    /// did not open (then nothing can be sealed to its sender).
+    pub(crate) sealed: Option<Arc<JobKeys>>,
 }
 
 /// What accepting one record led to.
@@ -240,6 +248,10 @@ struct Assembly {
     /// Its place in a trace (its `tracestate` at most 512 bytes, bounded by
     /// `protocol::trace::MAX_TRACESTATE_BYTES`).
     trace: Option<Box<JobTrace>>,
+    /// A sealed job's record keys: its later records must open with the
+    /// request key (`Assembler::unseal`), its answer is sealed with the
+    /// response key.
+    sealed: Option<Arc<JobKeys>>,
 }
 
 /// Remembers recently finished jobs so a duplicated start record does not
@@ -341,12 +353,25 @@ impl Assembler {
         offset: i64,
         now: Instant,
     ) -> Outcome {
+        self.accept_with(frame, payload, offset, now, None)
+    }
+
+    /// [`Assembler::accept`], for a start record opened from a sealed one
+    /// with the job's record keys in `sealed`.
+    pub(crate) fn accept_with(
+        &mut self,
+        frame: Frame,
+        payload: &[u8],
+        offset: i64,
+        now: Instant,
+        sealed: Option<Arc<JobKeys>>,
+    ) -> Outcome {
         let job = frame.job;
         if self.finished.contains(&job) {
             return Outcome::Ignored("record of a finished job");
         }
         match frame.body {
-            Body::RequestStart(start) => self.start(job, start, offset, now),
+            Body::RequestStart(start) => self.start(job, start, offset, now, sealed),
             Body::Chunk(info) => self.chunk(job, frame.seq, info, payload, now),
             Body::End(end) => self.end(job, end, now),
             Body::ResponseStart(_) | Body::Error(_) if self.jobs.contains_key(&job) => {
@@ -359,7 +384,51 @@ impl Assembler {
             | Body::SealedChunk(_)
             | Body::SealedEnd(_)
             | Body::SealedResponseStart(_)
-            | Body::SealedError => self.stray(job, "a sealed frame not opened"),
+            | Body::SealedError => self.stray(
+                job,
+                "a sealed record of a job whose start record was not read here",
+            ),
+        }
+    }
+
+    /// Takes one decoded record whose value is `value`: a sealed chunk or
+    /// end record of a sealed job is opened with its request key first and
+    /// then taken as its clear counterpart. A sealed record that does not
+    /// open fails its job (`Integrity`, or `BadRequest` when it opens to
+    /// something malformed), so do a clear chunk or end record in a sealed
+    /// job and a sealed one in a clear job (`BadRequest`); a sealed record
+    /// of a job not assembling here is a stray. Each chunk is opened on its
+    /// own, so memory stays what a clear chunk takes.
+    pub(crate) fn accept_record(
+        &mut self,
+        value: &[u8],
+        frame: Frame,
+        payload: &[u8],
+        offset: i64,
+        now: Instant,
+    ) -> Outcome {
+        let job = frame.job;
+        let sealed_body = matches!(frame.body, Body::SealedChunk(_) | Body::SealedEnd(_));
+        let clear_body = matches!(frame.body, Body::Chunk(_) | Body::End(_));
+        let keys = self.jobs.get(&job).map(|a| a.sealed.clone());
+        match keys {
+            Some(Some(keys)) if sealed_body => {
+                match keys.request.open_frame(value, frame, payload, &[]) {
+                    Ok(opened) => self.accept(opened.frame, &opened.payload, offset, now),
+                    Err(e) => self.fail(job, e.category(), e.to_string()),
+                }
+            }
+            Some(Some(_)) if clear_body => self.fail(
+                job,
+                ErrorCategory::BadRequest,
+                "a clear chunk or end record in a sealed request; every record of a sealed request must be sealed".into(),
+            ),
+            Some(None) if sealed_body => self.fail(
+                job,
+                ErrorCategory::BadRequest,
+                "a sealed chunk or end record in a request that is not sealed".into(),
+            ),
+            _ => self.accept(frame, payload, offset, now),
         }
     }
 
@@ -373,7 +442,14 @@ impl Assembler {
         Outcome::Stray(what)
     }
 
-    fn start(&mut self, job: JobId, start: RequestStart, offset: i64, now: Instant) -> Outcome {
+    fn start(
+        &mut self,
+        job: JobId,
+        start: RequestStart,
+        offset: i64,
+        now: Instant,
+        sealed: Option<Arc<JobKeys>>,
+    ) -> Outcome {
         if let Some(a) = self.jobs.get(&job) {
             if a.start == start {
                 return Outcome::Ignored("duplicate start record");
@@ -390,6 +466,7 @@ impl Assembler {
                 category,
                 message,
                 pipelined: false,
+                sealed: sealed.clone(),
             })
         };
         if let Some(msg) = too_old(job, self.limits.max_job_age) {
@@ -428,6 +505,7 @@ impl Assembler {
                 digest: digest.of(&[]),
                 first_offset: offset,
                 trace: None,
+                sealed,
             });
         }
         let mut books = Lease::new(&self.budgets.memory);
@@ -452,6 +530,7 @@ impl Assembler {
                 signed_digest: None,
                 pipe: None,
                 trace: None,
+                sealed,
             },
         );
         Outcome::Pending
@@ -472,7 +551,7 @@ impl Assembler {
         }
         let file = a
             .spool
-            .move_to_disk(&self.limits.spool_dir)
+            .move_to_disk(&self.limits.spool_dir, a.sealed.is_some())
             .and_then(|()| a.spool.share());
         let file = match file {
             Ok(f) => f,
@@ -493,6 +572,7 @@ impl Assembler {
             },
             first_offset: a.first_offset,
             trace: a.trace.clone(),
+            sealed: a.sealed.clone(),
         })
     }
 
@@ -620,7 +700,10 @@ impl Assembler {
             return self.fail(job, ErrorCategory::Rejected, msg);
         }
         if spill.is_some() {
-            if let Err(e) = a.spool.move_to_disk(&self.limits.spool_dir) {
+            if let Err(e) = a
+                .spool
+                .move_to_disk(&self.limits.spool_dir, a.sealed.is_some())
+            {
                 let msg = format!("cannot spool the request body: {e}");
                 return self.fail(job, ErrorCategory::Internal, msg);
             }
@@ -767,6 +850,7 @@ impl Assembler {
             digest,
             first_offset: a.first_offset,
             trace: a.trace,
+            sealed: a.sealed,
         })
     }
 
@@ -939,5 +1023,6 @@ fn failed(job: JobId, mut a: Assembly, category: ErrorCategory, message: String)
         category,
         message,
         pipelined,
+        sealed: a.sealed,
     }
 }

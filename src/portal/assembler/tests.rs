@@ -91,7 +91,6 @@ fn body_bytes(b: &mut SpooledBody) -> Vec<u8> {
         SpooledBody::Empty => vec![],
         SpooledBody::Memory(m) => m.to_vec(),
         SpooledBody::File { file, len, .. } => {
-            use std::os::unix::fs::FileExt;
             let mut v = vec![0u8; *len as usize];
             file.file.read_exact_at(&mut v, 0).unwrap();
             v
@@ -102,7 +101,6 @@ fn body_bytes(b: &mut SpooledBody) -> Vec<u8> {
 
 /// What a pipelined body's spool file holds so far.
 fn spooled(pipe: &Pipe) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
     let mut v = vec![0u8; pipe.file().metadata().unwrap().len() as usize];
     pipe.file().read_exact_at(&mut v, 0).unwrap();
     v
@@ -1558,4 +1556,257 @@ fn only_jobs_bound_for_a_spool_file_are_pipelined() {
     asm.accept(f, &p, 3, Instant::now());
     assert!(asm.pipeline(job).is_none());
     assert!(asm.pipeline(JobId::new()).is_none(), "an unknown job");
+}
+
+/// A sealed job as its sender writes it and this portal opens it: the
+/// opened start frame, the job's keys (the portal's copy), and the sealed
+/// chunk and end record values.
+struct SealedJob {
+    start: Frame,
+    keys: Arc<JobKeys>,
+    sender: JobKeys,
+    recs: Vec<Vec<u8>>,
+}
+
+fn sealed_job(job: JobId, body: &[u8], chunk: usize) -> SealedJob {
+    use crate::protocol::seal::{seal_start, Keyring, SecretKey};
+    let portal = SecretKey::generate();
+    let Body::RequestStart(mut clear) = start(job, Some(body.len() as u64)).body else {
+        unreachable!()
+    };
+    clear.digest = DigestKind::Blake3;
+    let (value, _secret, sender) =
+        seal_start(portal.public(), job, &clear, vec![], "requests", 3).unwrap();
+    let keyring = Keyring::new(vec![portal]).unwrap();
+    let (frame, payload) = decode(&value).unwrap();
+    let opened = keyring
+        .open_start(&value, &frame, payload, "requests", 3)
+        .unwrap();
+    assert_eq!(opened.start, clear);
+    let mut c = Chunker::new(job, 1, DigestKind::Blake3);
+    let mut recs = Vec::new();
+    for piece in body.chunks(chunk) {
+        let ch = c.chunk(piece.to_vec());
+        recs.push(
+            sender
+                .request
+                .seal_clear(&ch.frame, &ch.payload, vec![], &[]),
+        );
+    }
+    recs.push(sender.request.seal_clear(&c.finish(), &[], vec![], &[]));
+    SealedJob {
+        start: Frame {
+            job,
+            seq: 0,
+            body: Body::RequestStart(opened.start),
+        },
+        keys: Arc::new(opened.keys),
+        sender,
+        recs,
+    }
+}
+
+/// Feeds a sealed job's opened start, then `recs` as records read whole.
+fn feed_sealed(asm: &mut Assembler, s: &SealedJob, recs: &[Vec<u8>]) -> Outcome {
+    let mut outcome = asm.accept_with(
+        s.start.clone(),
+        &[],
+        0,
+        Instant::now(),
+        Some(Arc::clone(&s.keys)),
+    );
+    for (i, r) in recs.iter().enumerate() {
+        let (f, p) = decode(r).unwrap();
+        outcome = asm.accept_record(r, f, p, i as i64 + 1, Instant::now());
+        if !matches!(outcome, Outcome::Pending | Outcome::Ignored(_)) {
+            break;
+        }
+    }
+    outcome
+}
+
+#[test]
+fn a_sealed_job_opens_chunk_by_chunk_in_memory_and_from_the_spool() {
+    let body = pattern_body(5000);
+    for threshold in [0, 1024 * 1024] {
+        for swap in [false, true] {
+            let job = JobId::new();
+            let s = sealed_job(job, &body, 1000);
+            let mut recs = s.recs.clone();
+            assert!(recs.iter().all(|r| r[4] == 3), "every record in version 3");
+            if swap {
+                recs.swap(2, 3);
+            }
+            let mut asm = Assembler::new(limits(threshold));
+            let last = feed_sealed(&mut asm, &s, &recs);
+            let Outcome::Complete(mut c) = last else {
+                panic!("threshold {threshold} swap {swap}: {last:?}");
+            };
+            assert!(c.sealed.is_some(), "the answer is to be sealed");
+            assert_eq!(c.digest, DigestKind::Blake3.of(&body));
+            assert_eq!(body_bytes(&mut c.body), body);
+        }
+    }
+}
+
+#[test]
+fn a_sealed_chunk_produced_again_is_a_duplicate() {
+    let body = pattern_body(300);
+    let job = JobId::new();
+    let s = sealed_job(job, &body, 100);
+    let mut asm = Assembler::new(Limits::default());
+    assert!(matches!(
+        feed_sealed(&mut asm, &s, &s.recs[..1]),
+        Outcome::Pending
+    ));
+    // The same chunk sealed again (a retry, `send --resume`): another nonce,
+    // the same bytes.
+    let again = s.sender.request.seal_clear(
+        &Frame {
+            job,
+            seq: 1,
+            body: Body::Chunk(ChunkInfo {
+                offset: 0,
+                crc32c: crate::protocol::wire::checksum(&body[..100]),
+            }),
+        },
+        &body[..100],
+        vec![],
+        &[],
+    );
+    assert_ne!(again, s.recs[0]);
+    let (f, p) = decode(&again).unwrap();
+    let o = asm.accept_record(&again, f, p, 5, Instant::now());
+    assert!(matches!(o, Outcome::Ignored("duplicate chunk")), "{o:?}");
+    let (f, p) = decode(&s.recs[0]).unwrap();
+    let o = asm.accept_record(&s.recs[0], f, p, 6, Instant::now());
+    assert!(matches!(o, Outcome::Ignored("duplicate chunk")), "{o:?}");
+}
+
+#[test]
+fn a_sealed_chunk_moved_from_another_job_or_altered_fails_with_integrity() {
+    let body = pattern_body(300);
+    let a = sealed_job(JobId::new(), &body, 100);
+    let b = sealed_job(JobId::new(), &body, 100);
+    // B's first chunk relabelled as A's: the same bytes, the same place.
+    let (mut f, p) = decode(&b.recs[0]).unwrap();
+    f.job = a.start.job;
+    let moved = encode_in(DigestKind::Blake3, &f, p);
+    let f = failure(feed_sealed(
+        &mut Assembler::new(Limits::default()),
+        &a,
+        &[moved],
+    ));
+    assert_eq!(f.category, ErrorCategory::Integrity);
+    assert!(f.message.contains("did not open"), "{}", f.message);
+    assert!(f.sealed.is_some(), "the error is sealed to the sender");
+    // One bit of a chunk's ciphertext flipped.
+    let mut altered = a.recs[1].clone();
+    let at = altered.len() - 20;
+    altered[at] ^= 1;
+    let f = failure(feed_sealed(
+        &mut Assembler::new(Limits::default()),
+        &a,
+        &[a.recs[0].clone(), altered],
+    ));
+    assert_eq!(f.category, ErrorCategory::Integrity);
+    // Chunk 2 presented as chunk 3 (a reordering the seal binds).
+    let (mut f2, p2) = decode(&a.recs[1]).unwrap();
+    f2.seq = 3;
+    let renumbered = encode_in(DigestKind::Blake3, &f2, p2);
+    let f = failure(feed_sealed(
+        &mut Assembler::new(Limits::default()),
+        &a,
+        &[renumbered],
+    ));
+    assert_eq!(f.category, ErrorCategory::Integrity);
+}
+
+#[test]
+fn a_truncated_sealed_job_never_completes() {
+    let body = pattern_body(300);
+    let s = sealed_job(JobId::new(), &body, 100);
+    // Chunk 3 left out: the end record (sealed, so its counts cannot be
+    // lowered) waits for it, and the job expires rather than completing.
+    let recs = [s.recs[0].clone(), s.recs[1].clone(), s.recs[3].clone()];
+    let mut asm = Assembler::new(Limits::default());
+    assert!(matches!(feed_sealed(&mut asm, &s, &recs), Outcome::Pending));
+    let (mut f, p) = decode(&s.recs[3]).unwrap();
+    if let Body::SealedEnd(e) = &mut f.body {
+        e.chunks = 2;
+        e.total_len = 200;
+    }
+    let shortened = encode_in(DigestKind::Blake3, &f, p);
+    let fresh = &mut Assembler::new(Limits::default());
+    let failed = failure(feed_sealed(
+        fresh,
+        &s,
+        &[s.recs[0].clone(), s.recs[1].clone(), shortened],
+    ));
+    assert_eq!(failed.category, ErrorCategory::Integrity);
+}
+
+#[test]
+fn clear_and_sealed_records_do_not_mix_in_one_job() {
+    let body = pattern_body(300);
+    let job = JobId::new();
+    let s = sealed_job(job, &body, 100);
+    // A clear chunk in a sealed job.
+    let clear = records_in(DigestKind::Blake3, job, &body, 100);
+    let mut asm = Assembler::new(Limits::default());
+    assert!(matches!(feed_sealed(&mut asm, &s, &[]), Outcome::Pending));
+    let (f, p) = decode(&clear[1]).unwrap();
+    let failed = failure(asm.accept_record(&clear[1], f, p, 1, Instant::now()));
+    assert_eq!(failed.category, ErrorCategory::BadRequest);
+    assert!(failed.message.contains("clear chunk"), "{}", failed.message);
+    // A sealed chunk in a clear job.
+    let mut asm = Assembler::new(Limits::default());
+    let (f, p) = decode(&clear[0]).unwrap();
+    assert!(matches!(
+        asm.accept_record(&clear[0], f, p, 0, Instant::now()),
+        Outcome::Pending
+    ));
+    let (f, p) = decode(&s.recs[0]).unwrap();
+    let failed = failure(asm.accept_record(&s.recs[0], f, p, 1, Instant::now()));
+    assert_eq!(failed.category, ErrorCategory::BadRequest);
+    assert!(failed.sealed.is_none());
+    // A sealed chunk of a job not started here: a stray, then ignored.
+    let mut asm = Assembler::new(Limits::default());
+    let (f, p) = decode(&s.recs[0]).unwrap();
+    assert!(matches!(
+        asm.accept_record(&s.recs[0], f, p, 0, Instant::now()),
+        Outcome::Stray(_)
+    ));
+    let (f, p) = decode(&s.recs[1]).unwrap();
+    assert!(matches!(
+        asm.accept_record(&s.recs[1], f, p, 1, Instant::now()),
+        Outcome::Ignored(_)
+    ));
+}
+
+#[test]
+fn a_repeated_sealed_start_is_a_duplicate_and_a_refused_start_keeps_the_keys() {
+    let body = pattern_body(300);
+    let s = sealed_job(JobId::new(), &body, 100);
+    let mut asm = Assembler::new(Limits::default());
+    assert!(matches!(feed_sealed(&mut asm, &s, &[]), Outcome::Pending));
+    let o = asm.accept_with(
+        s.start.clone(),
+        &[],
+        9,
+        Instant::now(),
+        Some(Arc::clone(&s.keys)),
+    );
+    assert!(
+        matches!(o, Outcome::Ignored("duplicate start record")),
+        "{o:?}"
+    );
+    // Refused at its start (over the body limit): the refusal is sealed.
+    let mut asm = Assembler::new(Limits {
+        max_body_bytes: 10,
+        ..Limits::default()
+    });
+    let f = failure(feed_sealed(&mut asm, &s, &[]));
+    assert_eq!(f.category, ErrorCategory::Rejected);
+    assert!(f.sealed.is_some());
 }

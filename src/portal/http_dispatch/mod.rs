@@ -104,7 +104,6 @@ impl hyper::body::Body for FileBody {
         let len = (this.end - pos).min(FILE_READ) as usize;
         poll_read(&mut this.pending, &mut this.pos, cx, || {
             tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
                 let mut buf = vec![0u8; len];
                 file.file.read_exact_at(&mut buf, pos)?;
                 Ok(buf)
@@ -149,7 +148,6 @@ impl PipeBody {
             })?;
         let len = (upto - pos).min(FILE_READ) as usize;
         let read = tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
             let mut buf = vec![0u8; len];
             pipe.file().read_exact_at(&mut buf, pos)?;
             Ok(buf)
@@ -768,7 +766,6 @@ fn method_expects_body(m: &Method) -> bool {
 mod tests {
     use super::*;
     use hyper::body::Body as _;
-    use std::os::unix::fs::FileExt;
 
     /// Whether `body` has a frame ready after its waiting tasks had their turn.
     async fn frame_ready(body: &mut DispatchBody) -> bool {
@@ -793,7 +790,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pipe_body_streams_what_arrived_and_holds_the_last_byte_for_the_verdict() {
-        let (pipe, mut feed) = Pipe::new(tempfile::tempfile().unwrap(), 10);
+        let (pipe, mut feed) = Pipe::new(tempfile::tempfile().unwrap().into(), 10);
         let mut body = body_of(&SpooledBody::Piped(Arc::clone(&pipe)));
         assert_eq!(body.size_hint().exact(), Some(10));
         assert!(!frame_ready(&mut body).await, "nothing arrived yet");
@@ -820,7 +817,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pipe_body_breaks_off_when_its_body_fails_or_is_let_go() {
-        let (pipe, mut feed) = Pipe::new(tempfile::tempfile().unwrap(), 10);
+        let (pipe, mut feed) = Pipe::new(tempfile::tempfile().unwrap().into(), 10);
         let mut body = body_of(&SpooledBody::Piped(Arc::clone(&pipe)));
         pipe.file().write_all_at(b"hello", 0).unwrap();
         feed.took(0, 5);
@@ -831,7 +828,7 @@ mod tests {
             other => panic!("expected an error, got {other:?}"),
         }
 
-        let (pipe, feed) = Pipe::new(tempfile::tempfile().unwrap(), 10);
+        let (pipe, feed) = Pipe::new(tempfile::tempfile().unwrap().into(), 10);
         let mut body = body_of(&SpooledBody::Piped(Arc::clone(&pipe)));
         drop(feed);
         assert!(matches!(body.frame().await, Some(Err(_))));
