@@ -4,14 +4,14 @@
 //! anyone can, so it is written for the user alone and removed once used.
 
 use std::fs::{DirBuilder, OpenOptions};
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use crate::protocol::seal::JobSecret;
 use crate::protocol::wire::JobId;
 use crate::send::types::SendError;
-use crate::util::file_read::{self, Kind};
+use crate::util::file_read::Kind;
 
 /// The setting naming the folder of job key files.
 pub(crate) const DIR_SETTING: &str = "KAFKASEND_JOB_KEY_DIR";
@@ -89,14 +89,35 @@ pub(crate) fn write(
 }
 
 /// Reads `job`'s secret from its key file in `dir`; `None` when there is
-/// no such file.
+/// no such file. The folder and the file must be the user's alone, the
+/// file a regular one (not a link): a secret others could read or swap
+/// is refused, naming the fix.
 pub(crate) fn read(dir: &Path, job: JobId) -> Result<Option<JobSecret>, SendError> {
     let file = path(dir, job);
-    let text = match file_read::read(DIR_SETTING, &file, Kind::Key) {
-        Ok(bytes) => zeroize::Zeroizing::new(bytes),
-        Err(e) if matches!(e.problem, file_read::Problem::Missing) => return Ok(None),
-        Err(e) => return Err(SendError::Io(format!("the job key file {}", e.detail()))),
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(SendError::Io(format!(
+                "{DIR_SETTING} {}: {e}",
+                dir.display()
+            )))
+        }
+        Ok(meta) => check_dir(dir, &meta)?,
+    }
+    let meta = match std::fs::symlink_metadata(&file) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(SendError::Io(format!(
+                "the job key file {}: {e}",
+                file.display()
+            )))
+        }
+        Ok(meta) => meta,
     };
+    check_file(&file, &meta)?;
+    // Opened without following a link, so a file swapped for one since it
+    // was looked at is not read either.
+    let text = read_private(&file)?;
     let bad = |why: &str| {
         SendError::Integrity(format!(
             "the job key file {} {why}; it cannot open job {job}'s answer",
@@ -112,6 +133,82 @@ pub(crate) fn read(dir: &Path, job: JobId) -> Result<Option<JobSecret>, SendErro
     JobSecret::from_text(line)
         .map(Some)
         .map_err(|e| bad(&e.to_string()))
+}
+
+/// The key file's bytes, opened with `O_NOFOLLOW`, checked again through
+/// the open file, and capped as any key file is.
+fn read_private(file: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, SendError> {
+    let failed =
+        |e: std::io::Error| SendError::Io(format!("the job key file {}: {e}", file.display()));
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(file)
+        .map_err(failed)?;
+    check_file(file, &f.metadata().map_err(failed)?)?;
+    let limit = Kind::Key.limit();
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    (&mut f)
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(failed)?;
+    if bytes.len() as u64 > limit {
+        return Err(SendError::Usage(format!(
+            "the job key file {} is larger than any job secret; it is not one",
+            file.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Refuses a key file that is not a regular file of the user's that only
+/// they may read.
+fn check_file(file: &Path, meta: &std::fs::Metadata) -> Result<(), SendError> {
+    let shown = file.display();
+    if !meta.file_type().is_file() {
+        return Err(SendError::Usage(format!(
+            "the job key file {shown} is not a regular file (a link, say); a job secret is only read from a file of its own"
+        )));
+    }
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(SendError::Usage(format!(
+            "the job key file {shown} belongs to another user; a job secret is only read from a file of your own"
+        )));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(SendError::Usage(format!(
+            "the job key file {shown} may be read by other users (mode {mode:03o}); make it private: chmod 600 {shown}"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a key folder that is a link, someone else's, or open to others.
+fn check_dir(dir: &Path, meta: &std::fs::Metadata) -> Result<(), SendError> {
+    let shown = dir.display();
+    if meta.file_type().is_symlink() {
+        return Err(SendError::Usage(format!(
+            "{DIR_SETTING} {shown} is a link; name the folder it points to, if it is yours"
+        )));
+    }
+    if !meta.is_dir() {
+        return Err(SendError::Usage(format!(
+            "{DIR_SETTING} {shown} is not a folder"
+        )));
+    }
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(SendError::Usage(format!(
+            "{DIR_SETTING} {shown} belongs to another user; give a folder of your own"
+        )));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(SendError::Usage(format!(
+            "{DIR_SETTING} {shown} may be read by other users (mode {mode:03o}); job secrets are kept only in a private folder: chmod 700 {shown}"
+        )));
+    }
+    Ok(())
 }
 
 /// Removes `job`'s key file from `dir` once its answer has been read; a
@@ -141,22 +238,9 @@ fn private_dir(dir: &Path) -> Result<std::fs::Metadata, SendError> {
                 dir.display()
             ))
         })?;
-    let meta = std::fs::metadata(dir)
+    let meta = std::fs::symlink_metadata(dir)
         .map_err(|e| SendError::Io(format!("{DIR_SETTING} {}: {e}", dir.display())))?;
-    if !meta.is_dir() {
-        return Err(SendError::Usage(format!(
-            "{DIR_SETTING} {} is not a folder",
-            dir.display()
-        )));
-    }
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(SendError::Usage(format!(
-            "{DIR_SETTING} {} may be read by other users (mode {mode:03o}); job secrets are kept only in a private folder: chmod 700 {}",
-            dir.display(),
-            dir.display()
-        )));
-    }
+    check_dir(dir, &meta)?;
     Ok(meta)
 }
 
@@ -217,8 +301,16 @@ mod tests {
     #[test]
     fn a_damaged_key_file_says_so_without_its_content() {
         let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
         let job = JobId::new();
-        std::fs::write(path(tmp.path(), job), "# comment\nnot-base64-secret!\n").unwrap();
+        let file = path(tmp.path(), job);
+        std::fs::write(&file, "# comment\nnot-base64-secret!\n").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let e = read(tmp.path(), job).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("cannot open job"), "{msg}");
@@ -228,5 +320,59 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("holds no secret"));
+    }
+
+    #[test]
+    fn a_key_file_others_may_read_or_a_link_is_refused_naming_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("keys");
+        let job = JobId::new();
+        let file = write(&dir, job, &secret(), false).unwrap();
+        let shown = file.display().to_string();
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let msg = read(&dir, job).unwrap_err().to_string();
+        assert!(
+            msg.contains(&shown) && msg.contains(&format!("chmod 600 {shown}")),
+            "{msg}"
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read(&dir, job).unwrap().is_some());
+
+        // A link to a private secret elsewhere is not followed, nor is a
+        // link to something that is not there.
+        let other = JobId::new();
+        let target = write(&dir, other, &secret(), false).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(&target, &file).unwrap();
+        let msg = read(&dir, job).unwrap_err().to_string();
+        assert!(
+            msg.contains("not a regular file") && msg.contains(&shown),
+            "{msg}"
+        );
+        std::fs::remove_file(path(&dir, job)).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("nowhere"), path(&dir, job)).unwrap();
+        assert!(read(&dir, job).is_err());
+
+        // A folder of secrets is one's own: neither open to others on
+        // reading, nor a link.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let msg = read(&dir, other).unwrap_err().to_string();
+        assert!(
+            msg.contains("mode 750") && msg.contains("chmod 700"),
+            "{msg}"
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let msg = read(&link, other).unwrap_err().to_string();
+        assert!(msg.contains("is a link"), "{msg}");
+        let msg = write(&link, JobId::new(), &secret(), false)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("is a link"), "{msg}");
+        // A missing folder holds no secret.
+        assert!(read(&tmp.path().join("none"), job).unwrap().is_none());
     }
 }

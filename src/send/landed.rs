@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::kafka::fetcher::Fetcher;
 use crate::kafka::record_batch::Item;
 use crate::kafka::{self, KafkaError, RecordAndOffset};
-use crate::protocol::seal::{RecordHeaders, RecordKey};
+use crate::protocol::seal::{KeyId, RecordHeaders, RecordKey};
 use crate::protocol::trace::{self, TraceContext};
 use crate::protocol::wire::{self, Body, EndInfo, Frame, JobId, RequestStart};
 use crate::protocol::Failure;
@@ -58,6 +58,8 @@ pub(super) struct Landed {
     pub sealed: bool,
     /// Sealed records of the job that no key given opened.
     pub unopened: u32,
+    /// The portal key the start found is sealed to.
+    pub key_id: Option<KeyId>,
 }
 
 impl Landed {
@@ -196,6 +198,21 @@ pub(super) async fn find(
             if frame.job != job {
                 return Ok(());
             }
+            // Only the sender writes a sealed job's request records, all
+            // sealed: a clear one is someone else's. Taken as landed, a
+            // clear End would stop the upload, and a clear chunk compared
+            // with the body would tell its author whether a guess was right.
+            if key.is_some() && !frame.body.is_sealed() {
+                log::debug!(
+                    "job {job}: clear request record at offset {} in a sealed job; not the sender's, passed over",
+                    rec.offset
+                );
+                return Ok(());
+            }
+            let key_id = match &frame.body {
+                Body::SealedStart(s) => Some(KeyId(s.key_id)),
+                _ => None,
+            };
             let Some((frame, payload, sealed_headers)) = open(key, value, frame, payload) else {
                 landed.unopened += 1;
                 return Ok(());
@@ -206,6 +223,7 @@ pub(super) async fn find(
                     same(&start)?;
                     landed.start = Some((start, rec.offset));
                     landed.sealed = sealed_headers.is_some();
+                    landed.key_id = key_id;
                     let header = |name: &str| match &sealed_headers {
                         Some(sealed) => sealed
                             .iter()

@@ -128,7 +128,7 @@ pub(crate) async fn wait(
         r = follow_job(job, sink, pickup.show, cfg, report, reading.clone()) => r.map_err(older_portal_hint),
     };
     if let (Reading::Sealed(_), Some(dir)) = (&reading, &cfg.job_key_dir) {
-        if answer_final(&result) {
+        if answer_final(&result, job) {
             job_key::remove(dir, job);
         }
     }
@@ -146,21 +146,30 @@ fn wait_reading(job: JobId, cfg: &Settings) -> Result<Reading, SendError> {
             job_key::DIR_SETTING
         )));
     };
-    Ok(match job_key::read(dir, job)? {
-        Some(secret) => Reading::Sealed(Arc::new(secret.keys(job))),
-        None => Reading::NoSecret(format!(
+    // A key file that cannot be read says nothing of the job: a clear
+    // job's answer is still read; only a sealed one fails, saying why.
+    Ok(match job_key::read(dir, job) {
+        Ok(Some(secret)) => Reading::Sealed(Arc::new(secret.keys(job))),
+        Ok(None) => Reading::NoSecret(format!(
             "the answer is sealed and its secret is not in {} (send keeps it there until the answer is read)",
             job_key::path(dir, job).display()
+        )),
+        Err(e) => Reading::NoSecret(format!(
+            "the answer is sealed and its secret cannot be read: {e}"
         )),
     })
 }
 
-/// Whether a job's answer has been read for good: whole, or an `Error`
-/// of the portal. Only then is a sealed job's secret no longer needed.
-fn answer_final(result: &Result<Outcome, SendError>) -> bool {
+/// Whether `job`'s answer has been read for good: whole, or an `Error` of
+/// the portal that is authenticated. Only then is a sealed job's secret no
+/// longer needed; a clear `Error` leaves it for the sealed answer.
+fn answer_final(result: &Result<Outcome, SendError>, job: JobId) -> bool {
     match result {
         Ok(outcome) => outcome.status.is_some(),
-        Err(e) => matches!(e, SendError::Refused { .. } | SendError::Upstream { .. }),
+        Err(e) => {
+            matches!(e, SendError::Refused { .. } | SendError::Upstream { .. })
+                && !sealed::is_unauthenticated(e, job)
+        }
     }
 }
 
@@ -208,7 +217,7 @@ async fn send_over(
         } => r,
     };
     if let (Some(_), Some(job), Some(dir)) = (&report.sealed, report.job, &cfg.job_key_dir) {
-        if answer_final(&result) {
+        if answer_final(&result, job) {
             job_key::remove(dir, job);
         }
     }
@@ -384,5 +393,51 @@ mod tests {
             SendError::Refused { message, .. } => assert_eq!(message, "path not allowed"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn only_an_authenticated_final_record_ends_a_sealed_job_for_good() {
+        let job = JobId::new();
+        let refused = |message: String| SendError::Refused {
+            category: ErrorCategory::Rejected,
+            message,
+        };
+        // A sealed Error, opened: the portal's own word.
+        assert!(answer_final(&Err(refused("no such path".into())), job));
+        // A clear Error as a sealed job's reading words it: anyone may
+        // have written it, so the secret stays.
+        let portal = crate::protocol::seal::SecretKey::generate();
+        let start = crate::protocol::wire::RequestStart {
+            method: "GET".into(),
+            path: "/".into(),
+            headers: vec![],
+            body_len: Some(0),
+            has_body: false,
+            reply_topic: "r".into(),
+            reply_partition: 0,
+            digest: crate::protocol::digest::DigestKind::Blake3,
+        };
+        let (_, _, keys) =
+            crate::protocol::seal::seal_start(portal.public(), job, &start, vec![], "q", 0)
+                .unwrap();
+        let frame = crate::protocol::wire::Frame {
+            job,
+            seq: 0,
+            body: crate::protocol::wire::Body::Error(crate::protocol::Failure {
+                category: ErrorCategory::Rejected,
+                message: "forged".into(),
+            }),
+        };
+        let read = Reading::Sealed(Arc::new(keys))
+            .read(&crate::protocol::wire::encode(&frame, &[]), None)
+            .unwrap();
+        let crate::protocol::wire::Body::Error(f) = read.frame.body else {
+            panic!("{:?}", read.frame)
+        };
+        let forged = older_portal_hint(reply::error_from_portal(f.category, f.message));
+        assert_eq!(forged.exit_code(), 3);
+        assert!(!answer_final(&Err(forged), job));
+        // Neither does a failure that is no answer.
+        assert!(!answer_final(&Err(SendError::Integrity("x".into())), job));
     }
 }

@@ -174,6 +174,9 @@ pub(super) enum Reply {
     },
     /// Reading the reply partition fails; the reader keeps retrying.
     Trouble(Trouble),
+    /// A record of this job that ends the whole wait, whatever other
+    /// attempts may bring: a sealed one read without the job's secret.
+    Fatal(String),
 }
 
 /// A reply record of this job, decoded.
@@ -329,6 +332,11 @@ async fn follow_replies(
                 at: Some((attempt.clone(), rec.offset)),
             };
             let attempt_value = headers.get(wire::ATTEMPT_HEADER).map(Vec::as_slice);
+            let value = rec.record.value.as_deref();
+            if let Some(why) = value.and_then(|v| reading.without_secret(v, job)) {
+                let _ = tx.send(Reply::Fatal(why.to_string())).await;
+                return;
+            }
             let item = match rec
                 .record
                 .value
@@ -800,6 +808,7 @@ pub(super) async fn receive(
                 trouble = Some(why);
                 continue;
             }
+            Reply::Fatal(why) => return Err(SendError::Integrity(why)),
             Reply::Broken { why, at: None } => {
                 // A batch that cannot be read does not say whose records it
                 // held. With an answer followed, its own checks (numbering,

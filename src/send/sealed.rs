@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use crate::protocol::seal::JobKeys;
-use crate::protocol::wire::{self, Body, Frame};
+use crate::protocol::wire::{self, Body, Frame, JobId};
+use crate::send::types::SendError;
 
 /// How a job's answer is read.
 #[derive(Debug, Clone)]
@@ -17,8 +18,28 @@ pub(crate) enum Reading {
     /// clear `Error`s (a portal that could not open the request).
     Sealed(Arc<JobKeys>),
     /// `wait` without the job's secret: clear records are taken as they
-    /// are, and a sealed one fails its attempt with this message.
+    /// are, and the first sealed one fails the whole wait with this message
+    /// ([`Reading::without_secret`]): else a clear answer forged under
+    /// another attempt would be taken for the job's.
     NoSecret(String),
+}
+
+/// What ends the message of a clear `Error` in a sealed job: anyone who
+/// can write the response topic can forge one, so the job's secret stays
+/// for an answer that opens.
+fn unauthenticated_note(job: JobId) -> String {
+    format!(" (a clear Error, which anyone who can write the response topic can forge: the job's secret is kept, and `kafkasend wait {job}` can still take a sealed answer that comes later)")
+}
+
+/// Whether `e` is a clear `Error` of a sealed job (one that proves nothing
+/// of its author), which must leave the job's secret in place.
+pub(crate) fn is_unauthenticated(e: &SendError, job: JobId) -> bool {
+    match e {
+        SendError::Refused { message, .. }
+        | SendError::Upstream { message, .. }
+        | SendError::Integrity(message) => message.contains(&unauthenticated_note(job)),
+        _ => false,
+    }
 }
 
 /// A reply record as the rest of `send` sees it: the clear frame, its
@@ -36,6 +57,16 @@ pub(crate) struct Read {
 }
 
 impl Reading {
+    /// Why the wait ends at once: `value` is a sealed record of `job` and
+    /// there is no secret to open it with.
+    pub(crate) fn without_secret(&self, value: &[u8], job: JobId) -> Option<&str> {
+        let Self::NoSecret(why) = self else {
+            return None;
+        };
+        let (frame, _) = wire::decode(value).ok()?;
+        (frame.job == job && frame.body.is_sealed()).then_some(why.as_str())
+    }
+
     /// Reads the record `value` of the job: `attempt` is its
     /// `kafkasend-attempt` header value, bound into a sealed record. The
     /// error says why the record counts as one that does not decode.
@@ -54,14 +85,24 @@ impl Reading {
                 payload: payload.to_vec(),
                 sealed_headers: None,
             }),
+            // Only a portal that cannot open the start answers in clear,
+            // and it answers at once (seq 0); one later is this attempt's
+            // broken record. A clear Error proves nothing of its author.
+            Self::Sealed(_) if matches!(frame.body, Body::Error(_)) && frame.seq != 0 => {
+                Err(format!(
+                    "reply record {} is a clear Error after the start of a sealed answer; only the first record may be one",
+                    frame.seq
+                ))
+            }
             Self::Sealed(_) if matches!(frame.body, Body::Error(_)) => {
                 let Frame { job, seq, body } = frame;
                 let Body::Error(mut failure) = body else {
                     unreachable!("matched as an Error just above")
                 };
                 failure.message = format!(
-                    "the portal could not open the sealed request: {}",
-                    failure.message
+                    "the portal could not open the sealed request: {}{}",
+                    failure.message,
+                    unauthenticated_note(job)
                 );
                 Ok(Read {
                     frame: Frame {
@@ -98,7 +139,7 @@ mod tests {
     use super::*;
     use crate::protocol::digest::DigestKind;
     use crate::protocol::seal::{seal_start, SecretKey};
-    use crate::protocol::wire::{ChunkInfo, JobId, RequestStart, ResponseStart};
+    use crate::protocol::wire::{ChunkInfo, RequestStart, ResponseStart};
     use crate::protocol::{ErrorCategory, Failure};
 
     fn sealed_job() -> (JobId, Arc<JobKeys>) {
@@ -180,13 +221,50 @@ mod tests {
         match read.frame.body {
             Body::Error(f) => {
                 assert_eq!(f.category, ErrorCategory::Rejected);
-                assert_eq!(
-                    f.message,
-                    "the portal could not open the sealed request: no such key"
+                assert!(
+                    f.message
+                        .starts_with("the portal could not open the sealed request: no such key"),
+                    "{}",
+                    f.message
                 );
+                assert!(
+                    f.message.contains(&format!(
+                        "`kafkasend wait {job}` can still take a sealed answer"
+                    )),
+                    "{}",
+                    f.message
+                );
+                let e = SendError::Refused {
+                    category: f.category,
+                    message: f.message,
+                };
+                assert!(is_unauthenticated(&e, job));
+                assert!(!is_unauthenticated(&e, JobId::new()));
             }
             other => panic!("{other:?}"),
         }
+        // After the start, a clear Error is a broken record of its attempt.
+        let late = Frame {
+            job,
+            seq: 2,
+            body: Body::Error(Failure {
+                category: ErrorCategory::Rejected,
+                message: "forged".into(),
+            }),
+        };
+        let e = reading.read(&wire::encode(&late, &[]), None).unwrap_err();
+        assert!(e.contains("clear Error after the start"), "{e}");
+        // A sealed Error is the portal's own word.
+        let sealed_error = keys.response.seal_clear(&late, &[], vec![], b"");
+        let read = reading.read(&sealed_error, None).unwrap();
+        let Body::Error(f) = read.frame.body else {
+            panic!("{:?}", read.frame)
+        };
+        let e = SendError::Refused {
+            category: f.category,
+            message: f.message,
+        };
+        assert!(!is_unauthenticated(&e, job));
     }
 
     #[test]
@@ -223,9 +301,12 @@ mod tests {
             why
         );
         let clear = wire::encode_in(DigestKind::Blake3, &chunk(job), b"body");
-        assert_eq!(
-            Reading::NoSecret(why).read(&clear, None).unwrap().payload,
-            b"body"
-        );
+        let no_secret = Reading::NoSecret(why.clone());
+        assert_eq!(no_secret.read(&clear, None).unwrap().payload, b"body");
+        // A sealed record ends the wait; a clear one, or another job's, does not.
+        assert_eq!(no_secret.without_secret(&value, job), Some(why.as_str()));
+        assert_eq!(no_secret.without_secret(&clear, job), None);
+        assert_eq!(no_secret.without_secret(&value, JobId::new()), None);
+        assert_eq!(Reading::Sealed(keys).without_secret(&value, job), None);
     }
 }

@@ -197,7 +197,13 @@ pub(super) async fn transmit(
         // and the end record computed from it, keep.
         Some(_) => {
             if let (true, Some(keys), Some(to)) = (landed.sealed, &resumed_keys, &cfg.seal_to) {
-                report.sealed = Some(to.id().to_string());
+                // The key the job was sealed to, which --seal-to may no
+                // longer name (the portal's keys rotated since).
+                let id = landed.key_id.unwrap_or(to.id());
+                show.info(|| {
+                    format!("job {job}: sealed to portal key {id}, as its start record says")
+                });
+                report.sealed = Some(id.to_string());
                 reading = Reading::Sealed(keys.clone());
                 sealing = Some(keys.clone());
             }
