@@ -23,7 +23,7 @@ use crate::protocol::wire::{self, Body, ChunkInfo, EndInfo, Frame, JobId};
 use crate::protocol::ErrorCategory;
 use crate::send::attempts::{Attempt, Attempts, Kind, Reason, Whose};
 use crate::send::destination::Destination;
-use crate::send::sealed::Reading;
+use crate::send::sealed::{is_unauthenticated, Reading};
 use crate::send::types::{Notice, Outcome, SendError, Settings, Show, Verbose};
 use crate::send::ui::{Progress, Report};
 
@@ -248,7 +248,7 @@ pub(super) async fn follow_job(
         job,
         reading,
     );
-    receive(sink, show, cfg, job, None, &mut follower, report).await
+    receive(sink, show, cfg, job, None, &mut follower, report, true).await
 }
 
 /// Follows the reply partition from `from`, passing on this job's frames.
@@ -746,7 +746,9 @@ fn no_answer(trouble: Option<Trouble>, job: JobId, secs: u64) -> SendError {
 /// come to its `End`, that one is. The wait ends `--timeout` after the last
 /// record of any attempt of the job; with no whole answer, the followed
 /// answer's `Error`, else another's, else the first fault, else the timeout
-/// is reported.
+/// is reported. With `past_clear_error` (`wait`), a sealed job's clear
+/// `Error`, which anyone could have written, does not end the wait either:
+/// a sealed answer may still come, until `--timeout`.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn receive(
     sink: Destination,
@@ -756,6 +758,7 @@ pub(super) async fn receive(
     expect: Option<DigestKind>,
     replies: &mut impl Replies,
     report: &mut Report,
+    past_clear_error: bool,
 ) -> Result<Outcome, SendError> {
     let started = Instant::now();
     let mut r = Receiving {
@@ -860,6 +863,11 @@ pub(super) async fn receive(
                     fallback.keep(e, is_error);
                     idle_deadline = now() + cfg.timeout;
                     followed_heard = now();
+                    continue;
+                }
+                if past_clear_error && is_unauthenticated(&e, job) {
+                    log::info!("job {job}: {e}; waiting on for a sealed answer");
+                    fallback.keep(e, is_error);
                     continue;
                 }
                 return Err(fallback.settle(e, is_error));
@@ -1129,7 +1137,7 @@ mod tests {
     ) -> Result<Outcome, SendError> {
         let job = job_of(&script.items);
         let sink = Destination::open(Some(output), options)?;
-        receive(sink, Show::default(), cfg, job, None, script, report).await
+        receive(sink, Show::default(), cfg, job, None, script, report, false).await
     }
 
     /// The job of the first record in `items`.
@@ -1183,6 +1191,7 @@ mod tests {
             expect,
             &mut script,
             report,
+            expect.is_none(),
         )
         .await
     }

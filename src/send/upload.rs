@@ -465,7 +465,18 @@ pub(super) async fn transmit(
     let Some((sink, mut follower)) = waiting else {
         return Ok(Outcome { job, status: None });
     };
-    receive(sink, show, cfg, job, Some(digest), &mut follower, report).await
+    // A clear Error ends `send` (the secret stays, for `wait`).
+    receive(
+        sink,
+        show,
+        cfg,
+        job,
+        Some(digest),
+        &mut follower,
+        report,
+        false,
+    )
+    .await
 }
 
 /// Most times one run resumes an upload broken by a lost connection.

@@ -414,6 +414,62 @@ async fn answer_sealed(topics: &Topics, job: JobId, secret: &JobSecret, body: &[
     produce_reply(topics, job, records).await;
 }
 
+/// A whole answer in clear under `attempt`: what anyone who can write the
+/// response topic can forge.
+fn clear_answer(job: JobId, body: &[u8], attempt: &[u8]) -> Vec<Record> {
+    use kafkasend::protocol::digest::{Digest, DigestKind};
+    let frames = [
+        (
+            Frame {
+                job,
+                seq: 0,
+                body: Body::ResponseStart(ResponseStart {
+                    status: 200,
+                    headers: vec![],
+                    body_len: Some(body.len() as u64),
+                    digest: DigestKind::Blake3,
+                }),
+            },
+            &[][..],
+        ),
+        (
+            Frame {
+                job,
+                seq: 1,
+                body: Body::Chunk(ChunkInfo {
+                    offset: 0,
+                    crc32c: wire::checksum(body),
+                }),
+            },
+            body,
+        ),
+        (
+            Frame {
+                job,
+                seq: 2,
+                body: Body::End(EndInfo {
+                    chunks: 1,
+                    total_len: body.len() as u64,
+                    digest: Digest {
+                        kind: DigestKind::Blake3,
+                        bytes: *blake3::hash(body).as_bytes(),
+                    },
+                }),
+            },
+            &[][..],
+        ),
+    ];
+    frames
+        .iter()
+        .map(|(frame, payload)| Record {
+            key: Some(job.key()),
+            value: Some(wire::encode_in(DigestKind::Blake3, frame, payload)),
+            headers: [(wire::ATTEMPT_HEADER.to_string(), attempt.to_vec())].into(),
+            timestamp_ms: chrono_now_ms(),
+        })
+        .collect()
+}
+
 fn chrono_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -444,6 +500,9 @@ async fn wait_opens_a_sealed_answer_with_the_job_key_file_then_removes_it() {
     let secret = JobSecret::from_text(text.lines().nth(1).unwrap()).unwrap();
     let answer = b"sealed answer body".repeat(50);
     answer_sealed(&topics, job, &secret, &answer).await;
+    // A whole clear answer forged under another attempt: taken without the
+    // secret, it would pass for the job's answer.
+    produce_reply(&topics, job, clear_answer(job, b"forged", b"forged")).await;
 
     let env = [("KAFKASEND_JOB_KEY_DIR", sent.keys.display().to_string())];
     let out_file = dir.path().join("answer.txt");
@@ -467,7 +526,8 @@ async fn wait_opens_a_sealed_answer_with_the_job_key_file_then_removes_it() {
             .await
         }
     };
-    // Elsewhere, without the secret: refused, saying where it should be.
+    // Elsewhere, without the secret: refused at the first sealed record,
+    // saying where the secret should be; the forged answer is not taken.
     let elsewhere = dir.path().join("other-keys");
     let out = wait(vec![(
         "KAFKASEND_JOB_KEY_DIR",
@@ -483,6 +543,23 @@ async fn wait_opens_a_sealed_answer_with_the_job_key_file_then_removes_it() {
         out.stderr
     );
     assert!(!out_file.exists());
+    assert!(!out.stdout_text().contains("forged"));
+
+    // A key file that is not private is refused, and says so; the secret
+    // is not used, nor removed.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = wait(env.to_vec()).await;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the answer is sealed and its secret cannot be read")
+            && out.stderr.contains("chmod 600"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out_file.exists() && file.exists());
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     let out = wait(env.to_vec()).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -501,7 +578,7 @@ async fn wait_opens_a_sealed_answer_with_the_job_key_file_then_removes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_clear_error_to_a_sealed_job_is_shown_and_ends_it() {
+async fn a_clear_error_to_a_sealed_job_ends_send_but_not_the_job() {
     let topics = Topics::new("sealclear");
     let dir = tempfile::tempdir().unwrap();
     let sent = send_sealed(&topics, dir.path(), b"tiny").await;
@@ -562,11 +639,59 @@ async fn a_clear_error_to_a_sealed_job_is_shown_and_ends_it() {
         out.stderr
     );
     assert!(
+        out.stderr.contains(&format!(
+            "`kafkasend wait {job}` can still take a sealed answer that comes later"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
         out.stdout.is_empty(),
         "nothing of the forged answer is written"
     );
-    // A portal's Error is final: the secret is no longer needed.
-    assert!(!sent.keys.join(format!("{job}.secret")).exists());
+    // Anyone could have written a clear Error: the secret stays, and the
+    // sealed answer that comes later is still read with it.
+    let file = sent.keys.join(format!("{job}.secret"));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let secret = JobSecret::from_text(text.lines().nth(1).unwrap()).unwrap();
+    answer_sealed(&topics, job, &secret, b"the real answer").await;
+    let out = run_with_env(
+        &topics,
+        &[("KAFKASEND_JOB_KEY_DIR", sent.keys.display().to_string())],
+        &["wait", &job.to_string(), "--timeout", "5"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, b"the real answer");
+    assert!(!file.exists(), "removed once the answer is read");
+
+    // A clear Error after the start is no portal's: a broken record.
+    let late = Frame {
+        job,
+        seq: 3,
+        body: error.body.clone(),
+    };
+    let second = dir.path().join("second");
+    std::fs::create_dir(&second).unwrap();
+    let sent2 = send_sealed(&topics, &second, b"tiny").await;
+    let job2 = sent2.job;
+    let late = Frame { job: job2, ..late };
+    let mut late_record = record(&late, b"portal");
+    late_record.key = Some(job2.key());
+    produce_reply(&topics, job2, vec![late_record]).await;
+    let out = run_with_env(
+        &topics,
+        &[("KAFKASEND_JOB_KEY_DIR", sent2.keys.display().to_string())],
+        &["wait", &job2.to_string(), "--timeout", "3"],
+    )
+    .await;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("clear Error after the start"),
+        "{}",
+        out.stderr
+    );
+    assert!(sent2.keys.join(format!("{job2}.secret")).exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -694,14 +819,20 @@ async fn a_broken_sealed_upload_is_finished_by_resume_with_its_secret() {
     );
     let keys_dir = dir.path().join("keys");
     std::fs::create_dir(&keys_dir).unwrap();
+    let key_file = keys_dir.join(format!("{job}.secret"));
     std::fs::write(
-        keys_dir.join(format!("{job}.secret")),
+        &key_file,
         format!(
             "# kafkasend job secret for job {job}\n{}\n",
             &*secret.to_text()
         ),
     )
     .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&keys_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let cluster = kafka::connect(&kafka_settings(&topics, "it-killed"))
         .await
         .unwrap();
@@ -724,9 +855,48 @@ async fn a_broken_sealed_upload_is_finished_by_resume_with_its_secret() {
             )],
         ),
         record(chunk, &[]),
+        // Clear records under the job's id, someone else's: a clear End
+        // would end the upload, a clear chunk be compared with the body.
+        record(
+            wire::encode_in(
+                DigestKind::Blake3,
+                &Frame {
+                    job,
+                    seq: 2,
+                    body: Body::Chunk(ChunkInfo {
+                        offset: 1024,
+                        crc32c: wire::checksum(&body[1024..2048]),
+                    }),
+                },
+                &body[1024..2048],
+            ),
+            &[],
+        ),
+        record(
+            wire::encode_in(
+                DigestKind::Blake3,
+                &Frame {
+                    job,
+                    seq: 5,
+                    body: Body::End(EndInfo {
+                        chunks: 4,
+                        total_len: 4000,
+                        digest: kafkasend::protocol::digest::Digest {
+                            kind: DigestKind::Blake3,
+                            bytes: *blake3::hash(&body).as_bytes(),
+                        },
+                    }),
+                },
+                &[],
+            ),
+            &[],
+        ),
     ])
     .await
     .unwrap();
+    // The portal's keys rotated since: --seal-to names a newer one, and the
+    // job is still reported sealed to the key its start names.
+    assert_eq!(keygen(&topics, &dir.path().join("newer")).await.code, 0);
 
     let out = run_with_env(
         &topics,
@@ -739,9 +909,10 @@ async fn a_broken_sealed_upload_is_finished_by_resume_with_its_secret() {
             "--resume",
             &job.to_string(),
             "--seal-to",
-            dir.path().join("portal.pub").to_str().unwrap(),
+            dir.path().join("newer.pub").to_str().unwrap(),
             "--no-wait",
             "--json",
+            "-v",
         ],
     )
     .await;
@@ -750,16 +921,29 @@ async fn a_broken_sealed_upload_is_finished_by_resume_with_its_secret() {
     assert_eq!(summary["bytes_found"], 1024);
     assert_eq!(summary["bytes_sent"], 4000 - 1024);
     assert_eq!(summary["sealed"], public.id().to_string().as_str());
+    assert!(
+        out.stderr
+            .contains(&format!("sealed to portal key {}", public.id())),
+        "{}",
+        out.stderr
+    );
 
     // Start (not sent again), 4 chunks, end: all sealed, and they open
-    // with the job's one secret into the body.
+    // with the job's one secret into the body; the clear ones are the two
+    // planted.
     let (_, records) = job_records(&topics, &topics.request, job).await;
-    assert_eq!(records.len(), 6);
+    let (sealed, clear): (Vec<_>, Vec<_>) = records.iter().partition(|r| {
+        wire::decode(r.value.as_deref().unwrap())
+            .unwrap()
+            .0
+            .body
+            .is_sealed()
+    });
+    assert_eq!((sealed.len(), clear.len()), (6, 2));
     let mut got = Vec::new();
-    for record in &records[1..] {
+    for record in &sealed[1..] {
         let value = record.value.as_deref().unwrap();
         let (frame, payload) = wire::decode(value).unwrap();
-        assert!(frame.body.is_sealed());
         let opened = keys.request.open_frame(value, frame, payload, b"").unwrap();
         match opened.frame.body {
             Body::Chunk(_) => got.extend(opened.payload),
