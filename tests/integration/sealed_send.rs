@@ -953,3 +953,30 @@ async fn a_broken_sealed_upload_is_finished_by_resume_with_its_secret() {
     }
     assert_eq!(got, body);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clear_answer_is_read_whatever_is_wrong_with_a_key_file_of_its_id() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let topics = Topics::new("sealbadkey");
+    make_topics(&topics).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let job = JobId::new();
+    // Open to others, and no secret in it: the job was not sealed, so
+    // neither matters.
+    let file = keys.join(format!("{job}.secret"));
+    std::fs::write(&file, "not a secret\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    produce_reply(&topics, job, clear_answer(job, b"clear answer", b"a1")).await;
+    let out = run_with_env(
+        &topics,
+        &[("KAFKASEND_JOB_KEY_DIR", keys.display().to_string())],
+        &["wait", &job.to_string(), "--timeout", "5"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, b"clear answer");
+    assert!(file.exists(), "a file wait did not use is left alone");
+}
