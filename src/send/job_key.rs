@@ -22,14 +22,20 @@ pub(crate) fn path(dir: &Path, job: JobId) -> PathBuf {
 }
 
 /// Writes `secret` as `job`'s key file in `dir` (created 0700 if missing),
-/// mode 0600, synced to disk before anything is produced. A file there
-/// already is an error unless `replace` (a resumed job whose start record
-/// never landed gets a new secret).
+/// mode 0600. A file there already is an error unless `replace` (a resumed
+/// job whose start record never landed gets a new secret). With `durable`
+/// (`--no-wait`: the file is then all there is) it is synced to disk,
+/// and its name with it, before this returns; otherwise a thread of its
+/// own syncs them while the job goes on: `send` holds the secret in memory
+/// while it waits, and a sync is a millisecond or more on a small
+/// request's path (the file matters after a crash of the machine, for
+/// `wait` and `--resume`, and is synced long before a large upload ends).
 pub(crate) fn write(
     dir: &Path,
     job: JobId,
     secret: &JobSecret,
     replace: bool,
+    durable: bool,
 ) -> Result<PathBuf, SendError> {
     let dir_meta = private_dir(dir)?;
     let file = path(dir, job);
@@ -75,15 +81,32 @@ pub(crate) fn write(
         .write_all(comment.as_bytes())
         .and_then(|()| out.write_all(text.as_bytes()))
         .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.sync_all());
+        .and_then(|()| if durable { out.sync_all() } else { Ok(()) });
     if let Err(e) = written {
         drop(out);
         let _ = std::fs::remove_file(&file);
         return Err(failed(e));
     }
     // The new name must survive a crash too, or the answer cannot be opened.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+    let folder = std::fs::File::open(dir);
+    if durable {
+        if let Ok(d) = folder {
+            let _ = d.sync_all();
+        }
+    } else {
+        let sync = move || {
+            let _ = out.sync_all();
+            if let Ok(d) = folder {
+                let _ = d.sync_all();
+            }
+        };
+        // The file is written either way; only its sync waits on a thread.
+        if let Err(e) = std::thread::Builder::new()
+            .name("job-key-sync".into())
+            .spawn(sync)
+        {
+            log::debug!("job {job}: no thread to sync its key file to disk: {e}");
+        }
     }
     Ok(file)
 }
@@ -257,7 +280,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("state/job-keys");
         let job = JobId::new();
-        let file = write(&dir, job, &secret(), false).unwrap();
+        let file = write(&dir, job, &secret(), false, false).unwrap();
         assert_eq!(file, dir.join(format!("{job}.secret")));
         assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
@@ -267,13 +290,13 @@ mod tests {
         assert_eq!(*back.to_text(), *secret().to_text());
 
         // Written once: a second write for the job is refused, naming the file.
-        let again = write(&dir, job, &secret(), false).unwrap_err();
+        let again = write(&dir, job, &secret(), false, true).unwrap_err();
         assert!(
             matches!(&again, SendError::Usage(m) if m.contains(&file.display().to_string())),
             "{again}"
         );
         // Unless it replaces it (resume without a start record).
-        write(&dir, job, &secret(), true).unwrap();
+        write(&dir, job, &secret(), true, true).unwrap();
 
         remove(&dir, job);
         assert!(!file.exists());
@@ -289,7 +312,7 @@ mod tests {
         let dir = tmp.path().join("keys");
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let e = write(&dir, JobId::new(), &secret(), false).unwrap_err();
+        let e = write(&dir, JobId::new(), &secret(), false, false).unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.contains("mode 755") && msg.contains("chmod 700"),
@@ -328,7 +351,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("keys");
         let job = JobId::new();
-        let file = write(&dir, job, &secret(), false).unwrap();
+        let file = write(&dir, job, &secret(), false, false).unwrap();
         let shown = file.display().to_string();
 
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -343,7 +366,7 @@ mod tests {
         // A link to a private secret elsewhere is not followed, nor is a
         // link to something that is not there.
         let other = JobId::new();
-        let target = write(&dir, other, &secret(), false).unwrap();
+        let target = write(&dir, other, &secret(), false, false).unwrap();
         std::fs::remove_file(&file).unwrap();
         std::os::unix::fs::symlink(&target, &file).unwrap();
         let msg = read(&dir, job).unwrap_err().to_string();
@@ -368,7 +391,7 @@ mod tests {
         std::os::unix::fs::symlink(&dir, &link).unwrap();
         let msg = read(&link, other).unwrap_err().to_string();
         assert!(msg.contains("is a link"), "{msg}");
-        let msg = write(&link, JobId::new(), &secret(), false)
+        let msg = write(&link, JobId::new(), &secret(), false, false)
             .unwrap_err()
             .to_string();
         assert!(msg.contains("is a link"), "{msg}");

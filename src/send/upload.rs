@@ -270,7 +270,13 @@ pub(super) async fn transmit(
                     .map_err(|e| usage(format!("--seal-to (KAFKASEND_SEAL_TO): {e}")))?;
                     // A resumed job of which nothing landed gets a new
                     // secret: the one kept, if any, opens nothing.
-                    let file = job_key::write(key_dir(cfg)?, job, &secret, resume.is_some())?;
+                    let file = job_key::write(
+                        key_dir(cfg)?,
+                        job,
+                        &secret,
+                        resume.is_some(),
+                        request.no_wait,
+                    )?;
                     let id = to.id();
                     show.info(|| {
                         format!(
