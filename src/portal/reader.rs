@@ -331,7 +331,7 @@ async fn handle_record(
             }) {
                 spawn_error_reply(ctx, progress, failed, stop).await;
             } else {
-                answer_undecodable(ctx, progress, &rec, e, stop).await;
+                answer_undecodable(ctx, asm, progress, partition, &rec, e, stop).await;
             }
             return;
         }
@@ -567,9 +567,7 @@ async fn open_start(
         Err(e) => e,
     };
     ctx.metrics.sealed_job("unopened");
-    if asm.knows(&frame.job)
-        || partition != partition_for_key(&frame.job.key(), ctx.request_partitions)
-    {
+    if may_be_forged(ctx, asm, partition, frame.job) {
         log::warn!(
             "job {}: ignored a sealed start record at partition {partition} offset {} that does not open: {why}",
             frame.job,
@@ -635,11 +633,7 @@ async fn check_signature(
         // this portal holds or accepted signed, or one off the partition its
         // key hashes to, may be a forgery aimed at someone else's job, and an
         // error reply would end that job for its client.
-        Err(why)
-            if asm.knows(&frame.job)
-                || verifier.has_seen(frame.job)
-                || partition != partition_for_key(&frame.job.key(), ctx.request_partitions) =>
-        {
+        Err(why) if may_be_forged(ctx, asm, partition, frame.job) => {
             log::warn!(
                 "job {}: ignored a start record at partition {partition} offset {} that fails its signature check: {why}",
                 frame.job,
@@ -669,6 +663,28 @@ async fn check_signature(
             None
         }
     }
+}
+
+/// Whether a start or a record that fails its checks, naming `job`, may be
+/// a forgery aimed at someone else's job, so that it is only logged: an
+/// error reply would end that job for its client. It is when the job is
+/// assembling here or was handed to its call (the assembler's recent
+/// finished set is how the reader knows a job runs or was answered; the
+/// ledger knows only offsets), when a signed start of it was accepted, or
+/// when the record is off the partition its key hashes to. Only what is
+/// left can be its sender's own, and is answered.
+fn may_be_forged(ctx: &Ctx, asm: &Assembler, partition: i32, job: JobId) -> bool {
+    forged_suspect(
+        asm.knows(&job),
+        ctx.verifier.as_ref().is_some_and(|v| v.has_seen(job)),
+        partition,
+        partition_for_key(&job.key(), ctx.request_partitions),
+    )
+}
+
+/// [`may_be_forged`]'s rule on what the reader knows of the job.
+fn forged_suspect(held: bool, seen_signed: bool, partition: i32, home: i32) -> bool {
+    held || seen_signed || partition != home
 }
 
 /// The trace context a start record's headers carry. A hostile or broken
@@ -706,10 +722,13 @@ fn job_of(rec: &RecordAndOffset) -> Option<JobId> {
 }
 
 /// A record we cannot read may still say who sent it and where they listen;
-/// if so, tell them instead of letting them time out.
+/// if so, and it cannot be a forgery aimed at another job
+/// ([`may_be_forged`]), tell them instead of letting them time out.
 async fn answer_undecodable(
     ctx: &Arc<Ctx>,
+    asm: &Assembler,
     progress: &Arc<Mutex<Progress>>,
+    partition: i32,
     rec: &RecordAndOffset,
     e: wire::WireError,
     stop: &watch::Receiver<bool>,
@@ -723,6 +742,13 @@ async fn answer_undecodable(
     let Some(job) = job_of(rec) else {
         return;
     };
+    if may_be_forged(ctx, asm, partition, job) {
+        log::warn!(
+            "job {job}: not answering an unreadable record at partition {partition} offset {}: the job is held, running or signed here, or the record is off its partition",
+            rec.offset
+        );
+        return;
+    }
     lock(progress).add(rec.offset);
     spawn_error_reply(
         ctx,
@@ -740,4 +766,18 @@ async fn answer_undecodable(
         stop,
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forged_suspect;
+
+    /// Only a record of a job unknown here, on its own partition, is answered.
+    #[test]
+    fn a_failing_record_is_answered_only_for_an_unknown_job_on_its_partition() {
+        assert!(!forged_suspect(false, false, 3, 3));
+        assert!(forged_suspect(true, false, 3, 3), "held or running");
+        assert!(forged_suspect(false, true, 3, 3), "seen signed");
+        assert!(forged_suspect(false, false, 2, 3), "off its partition");
+    }
 }
