@@ -22,7 +22,7 @@ use crate::portal::job::{spawn_job, spawn_pipelined};
 use crate::portal::ledger::Progress;
 use crate::portal::replies::spawn_error_reply;
 use crate::portal::settings::StartFrom;
-use crate::portal::spans::JobTrace;
+use crate::portal::spans::{shown, JobTrace};
 use crate::protocol::seal::{JobKeys, OpenedStart};
 use crate::protocol::trace::{self, TraceContext, TraceParent};
 use crate::protocol::wire::{self, Body, Frame, JobId};
@@ -165,7 +165,7 @@ pub(crate) async fn read_partition(
         if caught_up && last_sweep.elapsed() >= Duration::from_secs(1) {
             last_sweep = Instant::now();
             for failed in held.asm.expire(Instant::now()) {
-                log::warn!("job {}: {}", failed.job, failed.message);
+                log_failed(&failed);
                 spawn_error_reply(&ctx, &progress, failed, &stop).await;
             }
         }
@@ -431,7 +431,7 @@ async fn handle_record(
             let checked = ctx
                 .cfg
                 .policy
-                .check(frame.job, start)
+                .check_as(frame.job, start, sealed.is_some())
                 .and_then(|()| ctx.routes.admit(start));
             policy_span = Some((received, SystemTime::now()));
             match checked {
@@ -501,7 +501,7 @@ async fn handle_record(
             "partition {partition} offset {offset}: ignoring job {job}: {what} (not a request, or one answered before this portal took the partition over); its later records are ignored quietly"
         ),
         Outcome::Failed(failed) => {
-            log::warn!("job {}: {}", failed.job, failed.message);
+            log_failed(&failed);
             spawn_error_reply(ctx, progress, failed, stop).await;
         }
         Outcome::Complete(job) => spawn_job(ctx, progress, job, stop).await,
@@ -634,18 +634,22 @@ async fn check_signature(
         // key hashes to, may be a forgery aimed at someone else's job, and an
         // error reply would end that job for its client.
         Err(why) if may_be_forged(ctx, asm, partition, frame.job) => {
+            let why = why.to_string();
             log::warn!(
-                "job {}: ignored a start record at partition {partition} offset {} that fails its signature check: {why}",
+                "job {}: ignored a start record at partition {partition} offset {} that fails its signature check: {}",
                 frame.job,
-                rec.offset
+                rec.offset,
+                shown(sealed.is_some(), &why)
             );
             None
         }
         Err(why) => {
+            let why = why.to_string();
             log::warn!(
-                "job {}: refused (partition {partition} offset {}): {why}",
+                "job {}: refused (partition {partition} offset {}): {}",
                 frame.job,
-                rec.offset
+                rec.offset,
+                shown(sealed.is_some(), &why)
             );
             asm.skip(frame.job);
             lock(progress).add(rec.offset);
@@ -655,7 +659,7 @@ async fn check_signature(
                 reply_partition: start.reply_partition,
                 first_offset: rec.offset,
                 category: ErrorCategory::Rejected,
-                message: why.to_string(),
+                message: why,
                 pipelined: false,
                 sealed: sealed.cloned(),
             };
@@ -685,6 +689,19 @@ fn may_be_forged(ctx: &Ctx, asm: &Assembler, partition: i32, job: JobId) -> bool
 /// [`may_be_forged`]'s rule on what the reader knows of the job.
 fn forged_suspect(held: bool, seen_signed: bool, partition: i32, home: i32) -> bool {
     held || seen_signed || partition != home
+}
+
+/// Logs why a job failed before its call; a sealed job's message, which may
+/// quote its request (a refused path, a header), is withheld.
+fn log_failed(failed: &FailedJob) {
+    let sealed = failed.sealed.is_some();
+    let how = if sealed { " (sealed)" } else { "" };
+    log::warn!(
+        "job {}{how}: {} ({})",
+        failed.job,
+        shown(sealed, &failed.message),
+        failed.category
+    );
 }
 
 /// The trace context a start record's headers carry. A hostile or broken
