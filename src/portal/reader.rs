@@ -322,6 +322,8 @@ async fn handle_record(
             ctx.metrics.records_skipped("not_kafkasend", 1);
             // A broken record of a job being assembled dooms that job: say so now.
             let job = job_of(&rec);
+            // Judged before `abort`, which marks the job finished.
+            let forged = job.is_some_and(|j| may_be_forged(ctx, asm, partition, j));
             if let Some(failed) = job.and_then(|j| {
                 asm.abort(
                     j,
@@ -331,7 +333,7 @@ async fn handle_record(
             }) {
                 spawn_error_reply(ctx, progress, failed, stop).await;
             } else {
-                answer_undecodable(ctx, asm, progress, partition, &rec, e, stop).await;
+                answer_undecodable(ctx, forged, progress, partition, &rec, e, stop).await;
             }
             return;
         }
@@ -739,11 +741,12 @@ fn job_of(rec: &RecordAndOffset) -> Option<JobId> {
 }
 
 /// A record we cannot read may still say who sent it and where they listen;
-/// if so, and it cannot be a forgery aimed at another job
-/// ([`may_be_forged`]), tell them instead of letting them time out.
+/// if so, and it cannot be a forgery aimed at another job (`forged`, from
+/// [`may_be_forged`]), tell them instead of letting them time out.
+#[allow(clippy::too_many_arguments)]
 async fn answer_undecodable(
     ctx: &Arc<Ctx>,
-    asm: &Assembler,
+    forged: bool,
     progress: &Arc<Mutex<Progress>>,
     partition: i32,
     rec: &RecordAndOffset,
@@ -759,7 +762,7 @@ async fn answer_undecodable(
     let Some(job) = job_of(rec) else {
         return;
     };
-    if may_be_forged(ctx, asm, partition, job) {
+    if forged {
         log::warn!(
             "job {job}: not answering an unreadable record at partition {partition} offset {}: the job is held, running or signed here, or the record is off its partition",
             rec.offset
