@@ -569,7 +569,7 @@ async fn an_unreadable_record_of_a_job_already_run_is_not_answered() {
     let servers = Servers::start().await;
     let topics = Topics::new("forgedend");
     let portal = Portal::start(&topics, &servers.plain_env());
-    let reply = vec![(
+    let reply = [(
         wire::REPLY_TO_HEADER.to_string(),
         wire::reply_to_header(&topics.response, 0),
     )];
