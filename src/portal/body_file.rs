@@ -1,14 +1,14 @@
 //! A body's spool file as its readers and writers see it. A sealed job's
 //! body never reaches the disk in clear: its file is AES-256-CTR encrypted
-//! under a key the portal process draws once and keeps only in memory, with
-//! a random IV per file. Every read and write of a spool file (the
-//! assembler's writes and digest read-back, the API call's reads, pipelined
-//! or not, and its retries) goes through [`BodyFile`]; a clear job's file is
-//! read and written as it is, at no cost.
+//! under a key of its own, drawn when the file is made and kept only in
+//! memory with it. Every read and write of a spool file (the assembler's
+//! writes and digest read-back, the API call's reads, pipelined or not, and
+//! its retries) goes through [`BodyFile`]; a clear job's file is read and
+//! written as it is, at no cost.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use aes::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use rand_core::{OsRng, TryRngCore as _};
@@ -19,64 +19,54 @@ pub(crate) const CIPHER_STEP: usize = 256 * 1024;
 
 type Aes256Ctr = ctr::Ctr64BE<aes::Aes256>;
 
-/// The key of every encrypted spool file of this process: drawn at the
-/// first sealed body to spool, never written anywhere, gone with the
-/// process (so are the files, unlinked).
-static PROCESS_KEY: OnceLock<Zeroizing<[u8; 32]>> = OnceLock::new();
-
-fn process_key() -> std::io::Result<&'static [u8; 32]> {
-    if let Some(k) = PROCESS_KEY.get() {
-        return Ok(k);
-    }
-    let mut key = Zeroizing::new([0u8; 32]);
-    OsRng
-        .try_fill_bytes(&mut key[..])
-        .map_err(|e| std::io::Error::other(format!("no random key for the spool: {e}")))?;
-    Ok(PROCESS_KEY.get_or_init(|| key))
-}
-
 /// A body's spool file, its bytes at their body offsets: in clear, or for a
-/// sealed job AES-256-CTR encrypted under the process key, with an IV of a
-/// random 64-bit prefix and a 64-bit block counter from 0, so any offset
-/// can be read or written on its own.
-#[derive(Debug)]
+/// sealed job AES-256-CTR encrypted under the file's own key with an IV of
+/// zero (the key is never used for another file, so no keystream repeats)
+/// and a block counter from 0, so any offset can be read or written on its
+/// own.
 pub(crate) struct BodyFile {
     file: File,
-    /// The IV's random prefix, for an encrypted file.
-    iv_prefix: Option<[u8; 8]>,
+    /// The file's key, for an encrypted file: shared only with this file's
+    /// other descriptors, never written anywhere, wiped when the last goes
+    /// (the file, unlinked, goes with it).
+    key: Option<Arc<Zeroizing<[u8; 32]>>>,
+}
+
+impl std::fmt::Debug for BodyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyFile")
+            .field("file", &self.file)
+            .field("encrypted", &self.key.is_some())
+            .finish()
+    }
 }
 
 impl From<File> for BodyFile {
     fn from(file: File) -> Self {
-        Self {
-            file,
-            iv_prefix: None,
-        }
+        Self { file, key: None }
     }
 }
 
 impl BodyFile {
-    /// `file`, encrypted under the process key with a fresh IV.
+    /// `file`, encrypted under a key drawn for it alone.
     pub(crate) fn encrypted(file: File) -> std::io::Result<Self> {
-        process_key()?;
-        let mut prefix = [0u8; 8];
+        let mut key = Zeroizing::new([0u8; 32]);
         OsRng
-            .try_fill_bytes(&mut prefix)
-            .map_err(|e| std::io::Error::other(format!("no random IV for the spool: {e}")))?;
+            .try_fill_bytes(&mut key[..])
+            .map_err(|e| std::io::Error::other(format!("no random key for the spool: {e}")))?;
         Ok(Self {
             file,
-            iv_prefix: Some(prefix),
+            key: Some(Arc::new(key)),
         })
     }
 
     /// The keystream positioned at byte `offset`, for an encrypted file.
     fn keystream(&self, offset: u64) -> std::io::Result<Option<Aes256Ctr>> {
-        let Some(prefix) = self.iv_prefix else {
+        let Some(key) = &self.key else {
             return Ok(None);
         };
-        let mut iv = [0u8; 16];
-        iv[..8].copy_from_slice(&prefix);
-        let mut ctr = Aes256Ctr::new(process_key()?.into(), &iv.into());
+        let key: &[u8; 32] = key;
+        let mut ctr = Aes256Ctr::new(key.into(), &[0u8; 16].into());
         ctr.try_seek(offset)
             .map_err(|_| std::io::Error::other("spool offset past the cipher's range"))?;
         Ok(Some(ctr))
@@ -108,11 +98,11 @@ impl BodyFile {
         Ok(())
     }
 
-    /// Another descriptor of the same file, with the same key and IV.
+    /// Another descriptor of the same file, with the same key.
     pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
         Ok(Self {
             file: self.file.try_clone()?,
-            iv_prefix: self.iv_prefix,
+            key: self.key.clone(),
         })
     }
 
@@ -132,5 +122,37 @@ impl BodyFile {
             .read_exact_at(&mut v, 0)
             .unwrap_or_else(|e| panic!("{e}"));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BodyFile;
+
+    fn temp() -> std::fs::File {
+        tempfile::tempfile().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Each file gets a key of its own; a second descriptor keeps its file's.
+    #[test]
+    fn each_encrypted_file_has_its_own_key() {
+        let a = BodyFile::encrypted(temp()).unwrap_or_else(|e| panic!("{e}"));
+        let b = BodyFile::encrypted(temp()).unwrap_or_else(|e| panic!("{e}"));
+        let (Some(ka), Some(kb)) = (&a.key, &b.key) else {
+            panic!("an encrypted file without a key");
+        };
+        assert_ne!(ka.as_slice(), kb.as_slice());
+        // The same plaintext at the same offset lies differently on disk.
+        let data = vec![0u8; 4096];
+        a.write_all_at(&data, 100).unwrap_or_else(|e| panic!("{e}"));
+        b.write_all_at(&data, 100).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(a.raw()[100..], b.raw()[100..]);
+        assert_ne!(a.raw()[100..], data[..]);
+        let c = a.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        let mut back = vec![1u8; 4096];
+        c.read_exact_at(&mut back, 100)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, data);
+        assert!(!format!("{a:?}").contains(&format!("{:?}", ka.as_slice())));
     }
 }

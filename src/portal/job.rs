@@ -23,7 +23,7 @@ use crate::portal::http_dispatch::Called;
 use crate::portal::ledger::Progress;
 use crate::portal::pipe::{Deadline, Pipe, PipeState};
 use crate::portal::replies::{reply_partition, report_error_reply, send_error, ReplyTo};
-use crate::portal::spans::{record_run, JobTrace, RunMarks};
+use crate::portal::spans::{record_run, shown, JobTrace, RunMarks};
 use crate::portal::spool::SpooledBody;
 use crate::protocol::chunker::Chunker;
 use crate::protocol::wire::{
@@ -65,14 +65,10 @@ pub(crate) async fn spawn_job(
     let Some(queued) = queue_slot(ctx, progress, job.first_offset, stop).await else {
         return;
     };
-    // Method and path are logged for a sealed job too: the portal's
-    // operator runs the API side and sees them there; header values and
-    // bodies never are.
     log::info!(
-        "job {}: {} {} ({} bytes) assembled{}",
+        "job {}: {} ({} bytes) assembled{}",
         job.job,
-        job.start.method,
-        job.start.path,
+        request_line(&job),
         job.body.len(),
         sealed_note(&job)
     );
@@ -95,10 +91,9 @@ pub(crate) fn spawn_pipelined(
     stop: &watch::Receiver<bool>,
 ) {
     log::info!(
-        "job {}: {} {} ({} bytes){} pipelined: calling the API while the body arrives",
+        "job {}: {} ({} bytes){} pipelined: calling the API while the body arrives",
         job.job,
-        job.start.method,
-        job.start.path,
+        request_line(&job),
         job.body.len(),
         sealed_note(&job)
     );
@@ -109,6 +104,16 @@ pub(crate) fn spawn_pipelined(
     spawn_tracked(ctx, progress, id, first, queued, async move {
         run_job(&ctx2, job, stop).await
     });
+}
+
+/// The method and path, as a job's log lines name its request: a sealed
+/// job's are withheld (its request's plaintext is never logged).
+fn request_line(job: &CompletedJob) -> String {
+    if job.sealed.is_some() {
+        "a request".to_string()
+    } else {
+        format!("{} {}", job.start.method, job.start.path)
+    }
 }
 
 /// What a job's log lines add when it is sealed.
@@ -165,8 +170,9 @@ async fn run_job(ctx: &Ctx, mut job: CompletedJob, stop: watch::Receiver<bool>) 
         broken = pipe.broken() => match broken {
             Some(failure) => {
                 let id = job.job;
-                log::warn!("job {id}: the pipelined call is aborted: {} ({})", failure.message, failure.category);
-                record_aborted(ctx, &job, &trace, run_at, failure.message.clone());
+                let why = shown(job.sealed.is_some(), &failure.message);
+                log::warn!("job {id}: the pipelined call is aborted: {why} ({})", failure.category);
+                record_aborted(ctx, &job, &trace, run_at, why.to_string());
                 let category = failure.category;
                 let sent = send_error(&pc, id, 0, failure, &attempt, job.sealed.as_deref()).await;
                 report_error_reply(ctx, id, sent, category)
@@ -206,7 +212,7 @@ fn record_aborted(
         trace,
         job.job,
         route,
-        &job.start.method,
+        shown(job.sealed.is_some(), &job.start.method),
         job.body.len(),
         &marks,
         Some(why),
@@ -316,16 +322,17 @@ async fn call_and_answer(
         .pick(&job.start)
         .map_or("none", |(_, d)| d.route());
     let result = answer(ctx, pc, job, trace, attempt, &mut marks).await;
+    let sealed = job.sealed.is_some();
     let error = match &result {
         Ok(_) => None,
-        Err(AnswerError::Failed { error, .. }) => Some(error.message.clone()),
+        Err(AnswerError::Failed { error, .. }) => Some(shown(sealed, &error.message).to_string()),
         Err(AnswerError::Kafka { error, .. }) => Some(error.to_string()),
     };
     record_run(
         trace,
         id,
         route,
-        &job.start.method,
+        shown(sealed, &job.start.method),
         job.body.len(),
         &marks,
         error,
@@ -333,9 +340,8 @@ async fn call_and_answer(
     let settled = match result {
         Ok((status, bytes)) => {
             log::info!(
-                "job {id}: {} {} -> {status}, {bytes} bytes back in {:.2} s{how} (route {route}) trace_id={trace_id}",
-                job.start.method,
-                job.start.path,
+                "job {id}: {} -> {status}, {bytes} bytes back in {:.2} s{how} (route {route}) trace_id={trace_id}",
+                request_line(job),
                 started.elapsed().as_secs_f64()
             );
             ctx.metrics.job_completed(bytes, started.elapsed());
@@ -344,8 +350,8 @@ async fn call_and_answer(
         }
         Err(AnswerError::Failed { seq, error }) => {
             log::warn!(
-                "job {id}: {} ({}) (route {route}) trace_id={trace_id}",
-                error.message,
+                "job {id}: {} ({}){how} (route {route}) trace_id={trace_id}",
+                shown(sealed, &error.message),
                 error.category
             );
             ctx.metrics.route_job(route, "failed");

@@ -22,7 +22,7 @@ use crate::portal::job::{spawn_job, spawn_pipelined};
 use crate::portal::ledger::Progress;
 use crate::portal::replies::spawn_error_reply;
 use crate::portal::settings::StartFrom;
-use crate::portal::spans::JobTrace;
+use crate::portal::spans::{shown, JobTrace};
 use crate::protocol::seal::{JobKeys, OpenedStart};
 use crate::protocol::trace::{self, TraceContext, TraceParent};
 use crate::protocol::wire::{self, Body, Frame, JobId};
@@ -165,7 +165,7 @@ pub(crate) async fn read_partition(
         if caught_up && last_sweep.elapsed() >= Duration::from_secs(1) {
             last_sweep = Instant::now();
             for failed in held.asm.expire(Instant::now()) {
-                log::warn!("job {}: {}", failed.job, failed.message);
+                log_failed(&failed);
                 spawn_error_reply(&ctx, &progress, failed, &stop).await;
             }
         }
@@ -322,6 +322,8 @@ async fn handle_record(
             ctx.metrics.records_skipped("not_kafkasend", 1);
             // A broken record of a job being assembled dooms that job: say so now.
             let job = job_of(&rec);
+            // Judged before `abort`, which marks the job finished.
+            let forged = job.is_some_and(|j| may_be_forged(ctx, asm, partition, j));
             if let Some(failed) = job.and_then(|j| {
                 asm.abort(
                     j,
@@ -331,7 +333,7 @@ async fn handle_record(
             }) {
                 spawn_error_reply(ctx, progress, failed, stop).await;
             } else {
-                answer_undecodable(ctx, progress, &rec, e, stop).await;
+                answer_undecodable(ctx, forged, progress, partition, &rec, e, stop).await;
             }
             return;
         }
@@ -431,7 +433,7 @@ async fn handle_record(
             let checked = ctx
                 .cfg
                 .policy
-                .check(frame.job, start)
+                .check_as(frame.job, start, sealed.is_some())
                 .and_then(|()| ctx.routes.admit(start));
             policy_span = Some((received, SystemTime::now()));
             match checked {
@@ -501,7 +503,7 @@ async fn handle_record(
             "partition {partition} offset {offset}: ignoring job {job}: {what} (not a request, or one answered before this portal took the partition over); its later records are ignored quietly"
         ),
         Outcome::Failed(failed) => {
-            log::warn!("job {}: {}", failed.job, failed.message);
+            log_failed(&failed);
             spawn_error_reply(ctx, progress, failed, stop).await;
         }
         Outcome::Complete(job) => spawn_job(ctx, progress, job, stop).await,
@@ -567,9 +569,7 @@ async fn open_start(
         Err(e) => e,
     };
     ctx.metrics.sealed_job("unopened");
-    if asm.knows(&frame.job)
-        || partition != partition_for_key(&frame.job.key(), ctx.request_partitions)
-    {
+    if may_be_forged(ctx, asm, partition, frame.job) {
         log::warn!(
             "job {}: ignored a sealed start record at partition {partition} offset {} that does not open: {why}",
             frame.job,
@@ -635,23 +635,23 @@ async fn check_signature(
         // this portal holds or accepted signed, or one off the partition its
         // key hashes to, may be a forgery aimed at someone else's job, and an
         // error reply would end that job for its client.
-        Err(why)
-            if asm.knows(&frame.job)
-                || verifier.has_seen(frame.job)
-                || partition != partition_for_key(&frame.job.key(), ctx.request_partitions) =>
-        {
+        Err(why) if may_be_forged(ctx, asm, partition, frame.job) => {
+            let why = why.to_string();
             log::warn!(
-                "job {}: ignored a start record at partition {partition} offset {} that fails its signature check: {why}",
+                "job {}: ignored a start record at partition {partition} offset {} that fails its signature check: {}",
                 frame.job,
-                rec.offset
+                rec.offset,
+                shown(sealed.is_some(), &why)
             );
             None
         }
         Err(why) => {
+            let why = why.to_string();
             log::warn!(
-                "job {}: refused (partition {partition} offset {}): {why}",
+                "job {}: refused (partition {partition} offset {}): {}",
                 frame.job,
-                rec.offset
+                rec.offset,
+                shown(sealed.is_some(), &why)
             );
             asm.skip(frame.job);
             lock(progress).add(rec.offset);
@@ -661,7 +661,7 @@ async fn check_signature(
                 reply_partition: start.reply_partition,
                 first_offset: rec.offset,
                 category: ErrorCategory::Rejected,
-                message: why.to_string(),
+                message: why,
                 pipelined: false,
                 sealed: sealed.cloned(),
             };
@@ -669,6 +669,41 @@ async fn check_signature(
             None
         }
     }
+}
+
+/// Whether a start or a record that fails its checks, naming `job`, may be
+/// a forgery aimed at someone else's job, so that it is only logged: an
+/// error reply would end that job for its client. It is when the job is
+/// assembling here or was handed to its call (the assembler's recent
+/// finished set is how the reader knows a job runs or was answered; the
+/// ledger knows only offsets), when a signed start of it was accepted, or
+/// when the record is off the partition its key hashes to. Only what is
+/// left can be its sender's own, and is answered.
+fn may_be_forged(ctx: &Ctx, asm: &Assembler, partition: i32, job: JobId) -> bool {
+    forged_suspect(
+        asm.knows(&job),
+        ctx.verifier.as_ref().is_some_and(|v| v.has_seen(job)),
+        partition,
+        partition_for_key(&job.key(), ctx.request_partitions),
+    )
+}
+
+/// [`may_be_forged`]'s rule on what the reader knows of the job.
+fn forged_suspect(held: bool, seen_signed: bool, partition: i32, home: i32) -> bool {
+    held || seen_signed || partition != home
+}
+
+/// Logs why a job failed before its call; a sealed job's message, which may
+/// quote its request (a refused path, a header), is withheld.
+fn log_failed(failed: &FailedJob) {
+    let sealed = failed.sealed.is_some();
+    let how = if sealed { " (sealed)" } else { "" };
+    log::warn!(
+        "job {}{how}: {} ({})",
+        failed.job,
+        shown(sealed, &failed.message),
+        failed.category
+    );
 }
 
 /// The trace context a start record's headers carry. A hostile or broken
@@ -706,10 +741,14 @@ fn job_of(rec: &RecordAndOffset) -> Option<JobId> {
 }
 
 /// A record we cannot read may still say who sent it and where they listen;
-/// if so, tell them instead of letting them time out.
+/// if so, and it cannot be a forgery aimed at another job (`forged`, from
+/// [`may_be_forged`]), tell them instead of letting them time out.
+#[allow(clippy::too_many_arguments)]
 async fn answer_undecodable(
     ctx: &Arc<Ctx>,
+    forged: bool,
     progress: &Arc<Mutex<Progress>>,
+    partition: i32,
     rec: &RecordAndOffset,
     e: wire::WireError,
     stop: &watch::Receiver<bool>,
@@ -723,6 +762,13 @@ async fn answer_undecodable(
     let Some(job) = job_of(rec) else {
         return;
     };
+    if forged {
+        log::warn!(
+            "job {job}: not answering an unreadable record at partition {partition} offset {}: the job is held, running or signed here, or the record is off its partition",
+            rec.offset
+        );
+        return;
+    }
     lock(progress).add(rec.offset);
     spawn_error_reply(
         ctx,
@@ -740,4 +786,18 @@ async fn answer_undecodable(
         stop,
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forged_suspect;
+
+    /// Only a record of a job unknown here, on its own partition, is answered.
+    #[test]
+    fn a_failing_record_is_answered_only_for_an_unknown_job_on_its_partition() {
+        assert!(!forged_suspect(false, false, 3, 3));
+        assert!(forged_suspect(true, false, 3, 3), "held or running");
+        assert!(forged_suspect(false, true, 3, 3), "seen signed");
+        assert!(forged_suspect(false, false, 2, 3), "off its partition");
+    }
 }

@@ -10,6 +10,23 @@ use crate::protocol::trace::{SpanId, TraceContext, TraceParent};
 use crate::protocol::wire::JobId;
 use crate::telemetry::{self, Kind, Span};
 
+/// What logs and spans show in place of text built from a sealed job's
+/// request (its method, path, header values, or a message quoting them).
+pub(crate) const WITHHELD: &str = "(sealed: withheld)";
+
+/// `text`, built from a job's request, as logs and exported spans may show
+/// it: as it is for a clear job; [`WITHHELD`] for a sealed one, whose
+/// request is secret from everything but the API call, the portal's logs
+/// and its trace collector included. A sealed job's full messages go to its
+/// sender only, sealed.
+pub(crate) fn shown(sealed: bool, text: &str) -> &str {
+    if sealed {
+        WITHHELD
+    } else {
+        text
+    }
+}
+
 /// One job's trace as the portal runs it: the trace its start record
 /// carried (or a new one for a request that carried none), the job span
 /// under the sender's span, and the call span under it. Drawn when the start

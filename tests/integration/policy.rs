@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kafkasend::kafka::{self, Record};
+use kafkasend::kafka::{self, partitioner::partition_for_key, Record};
 use kafkasend::protocol::wire::{self, Body, EndInfo, Frame, JobId, ResponseStart};
 use kafkasend::protocol::ErrorCategory;
 
@@ -412,11 +412,19 @@ async fn a_burst_of_garbage_does_not_stop_real_jobs() {
     let settings = kafka_settings(&topics, "it-garbage");
     let client = kafka::connect(&settings).await.unwrap();
     let mut expected = Vec::new();
+    let mut off_partition = Vec::new();
     for p in 0..3 {
         let pc = client.partition(&topics.request, p).await.unwrap();
         for (record, error) in garbage(&topics.response) {
             pc.produce(record).await.unwrap();
-            expected.extend(error);
+            match error {
+                // An unreadable record off the partition its key hashes to
+                // may be a forgery aimed at another job: never answered.
+                Some((job, "version" | "cannot read")) if partition_for_key(&job.key(), 3) != p => {
+                    off_partition.push(job)
+                }
+                e => expected.extend(e),
+            }
         }
     }
     let mut digests = Vec::new();
@@ -448,6 +456,13 @@ async fn a_burst_of_garbage_does_not_stop_real_jobs() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    for job in &off_partition {
+        assert!(
+            !errors.contains_key(job),
+            "an unreadable record off its partition was answered: {:?}",
+            errors[job]
+        );
+    }
     for (job, why) in &expected {
         let (category, message) = &errors[job];
         assert!(
@@ -543,4 +558,83 @@ async fn an_idle_upload_is_dropped_its_spool_freed_and_its_client_told() {
     portal.signal("TERM");
     assert_eq!(portal.wait_exit().await, Some(0), "{}", portal.log());
     assert_committed_to_end(&topics);
+}
+
+/// An unreadable record naming a job this portal has run, with a reply
+/// address, is a forgery or a copy: answering it would put an error after
+/// that job's answer. One for a job unknown here, on its partition, is
+/// answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_record_of_a_job_already_run_is_not_answered() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("forgedend");
+    let portal = Portal::start(&topics, &servers.plain_env());
+    let reply = [(
+        wire::REPLY_TO_HEADER.to_string(),
+        wire::reply_to_header(&topics.response, 0),
+    )];
+    let client = kafka::connect(&kafka_settings(&topics, "it-forged"))
+        .await
+        .unwrap();
+    let job = JobId::new();
+    let mut start = post_start(job, "/api/items/3", None, vec![], &topics.response);
+    if let Body::RequestStart(s) = &mut start.body {
+        s.method = "GET".into();
+        s.has_body = false;
+    }
+    let home = client
+        .partition(&topics.request, partition_for_key(&job.key(), 3))
+        .await
+        .unwrap();
+    let reply_ref: Vec<(&str, Vec<u8>)> =
+        reply.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    home.produce(kafka::record(&start, &[], &reply_ref))
+        .await
+        .unwrap();
+    wait_until("the job reaches the API", || {
+        servers.state.requests().len() == 1
+    })
+    .await;
+    let unreadable = |job: JobId| Record {
+        key: Some(job.key()),
+        value: Some(b"KSND\x09not a frame".to_vec()),
+        headers: reply.iter().cloned().collect(),
+        timestamp_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    };
+    home.produce(unreadable(job)).await.unwrap();
+    // A job nobody started, on the same partition, so read after the
+    // forgery: answered.
+    let marker = loop {
+        let m = JobId::new();
+        if partition_for_key(&m.key(), 3) == partition_for_key(&job.key(), 3) {
+            break m;
+        }
+    };
+    home.produce(unreadable(marker)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let errors = loop {
+        let errors = error_replies(&topics).await;
+        if errors.contains_key(&marker) {
+            break errors;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no answer to the unknown job; log:\n{}",
+            portal.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        errors[&marker].1.contains("version"),
+        "{:?}",
+        errors[&marker]
+    );
+    assert!(
+        !errors.contains_key(&job),
+        "the job already run got an error: {:?}",
+        errors[&job]
+    );
+    assert!(portal.log().contains("not answering an unreadable record"));
 }

@@ -563,3 +563,75 @@ async fn a_sealed_body_is_spooled_encrypted_and_a_clear_one_as_it_is() {
     let reply = crate::support::api::json(&a.body);
     assert_eq!(reply["body_sha256"], sha256_hex(&sealed_body));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sealed_job_refused_or_failed_leaves_no_path_query_or_header_value_in_the_log() {
+    let servers = Servers::start().await;
+    let topics = Topics::new("seallog");
+    let dir = tempfile::tempdir().unwrap();
+    let portal_key = SecretKey::generate();
+    let files = key_file(dir.path(), "portal.key", &[&portal_key]);
+    // An API that is not there: a port just freed.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone_url = format!("http://{}", gone.local_addr().unwrap());
+    drop(gone);
+    let mut env = sealing_env(&servers, &files);
+    env.retain(|(k, _)| *k != "PORTAL_TARGET_API_URL");
+    env.push(("PORTAL_TARGET_API_URL", gone_url));
+    env.push(("PORTAL_ALLOWED_ENDPOINTS", "POST /allowed/*".into()));
+    let portal = Portal::start(&topics, &env);
+
+    let body = pattern(5, 3000);
+    // Refused by the policy: its path is outside PORTAL_ALLOWED_ENDPOINTS.
+    let refused = JobId::new();
+    let refused_path = "/refused/path-e41b?query-7d20=yes";
+    let (recs, refused_keys) = sealed_post(
+        &topics,
+        portal_key.public(),
+        refused,
+        refused_path,
+        &body,
+        1000,
+    );
+    produce(&topics, refused, recs).await;
+    // Allowed, but the call fails: the API cannot be reached.
+    let failed = JobId::new();
+    let failed_path = "/allowed/path-90c3?query-a5f1=yes";
+    let (recs, failed_keys) = sealed_post(
+        &topics,
+        portal_key.public(),
+        failed,
+        failed_path,
+        &body,
+        1000,
+    );
+    produce(&topics, failed, recs).await;
+
+    let a = answer(&topics, refused, &refused_keys, &portal).await;
+    let (category, message) = a.error.clone().unwrap_or_else(|| panic!("{a:?}"));
+    assert_eq!(category, ErrorCategory::Rejected);
+    assert_eq!(a.clear, 0, "the refusal is sealed to its sender");
+    assert!(message.contains("/refused/path-e41b"), "{message}");
+    let a = answer(&topics, failed, &failed_keys, &portal).await;
+    let (category, message) = a.error.clone().unwrap_or_else(|| panic!("{a:?}"));
+    assert_eq!(category, ErrorCategory::UpstreamUnreachable);
+    assert!(message.contains("/allowed/path-90c3"), "{message}");
+
+    let log = portal.log();
+    let leaked: Vec<&str> = [
+        "path-e41b",
+        "query-7d20",
+        "path-90c3",
+        "query-a5f1",
+        SECRET_HEADER.1,
+        "application/octet-stream",
+    ]
+    .into_iter()
+    .filter(|s| log.contains(s))
+    .collect();
+    assert!(leaked.is_empty(), "{leaked:?} in the log:\n{log}");
+    assert!(
+        log.contains(&format!("job {refused} (sealed)")),
+        "the refusal is logged by job id: {log}"
+    );
+}

@@ -454,6 +454,14 @@ impl Assembler {
             if a.start == start {
                 return Outcome::Ignored("duplicate start record");
             }
+            if a.sealed.is_some() {
+                // Anyone can seal a start to this portal's public key, and
+                // its genuine sender never repeats one differently: failing
+                // the job would let a stranger end it. What the repeat says
+                // is request data, so it stays out of the log.
+                log::warn!("job {job} (sealed): ignored a repeated start record that differs from the first");
+                return Outcome::Ignored("a differing repeat of a sealed job's start record");
+            }
             let msg = "the start record was repeated with different metadata".to_string();
             return self.fail(job, ErrorCategory::BadRequest, msg);
         }

@@ -1810,3 +1810,51 @@ fn a_repeated_sealed_start_is_a_duplicate_and_a_refused_start_keeps_the_keys() {
     assert_eq!(f.category, ErrorCategory::Rejected);
     assert!(f.sealed.is_some());
 }
+
+#[test]
+fn a_differing_repeat_of_a_sealed_start_is_ignored_and_the_job_goes_on() {
+    let body = pattern_body(300);
+    let job = JobId::new();
+    let s = sealed_job(job, &body, 100);
+    let mut asm = Assembler::new(Limits::default());
+    assert!(matches!(feed_sealed(&mut asm, &s, &[]), Outcome::Pending));
+    // A clear start of the same job, and a sealed one that opened (anyone
+    // can seal to the portal's key) to other content.
+    let clear = start(job, Some(999));
+    let Body::RequestStart(mut other) = s.start.body.clone() else {
+        unreachable!()
+    };
+    other.path = "/elsewhere".into();
+    let forged = Frame {
+        job,
+        seq: 0,
+        body: Body::RequestStart(other),
+    };
+    let other_keys = sealed_job(job, &body, 100).keys;
+    for (frame, keys) in [(clear, None), (forged, Some(other_keys))] {
+        let o = asm.accept_with(frame, &[], 7, Instant::now(), keys);
+        assert!(matches!(o, Outcome::Ignored(_)), "{o:?}");
+    }
+    // An identical repeat is a duplicate, as before.
+    let o = asm.accept_with(
+        s.start.clone(),
+        &[],
+        8,
+        Instant::now(),
+        Some(Arc::clone(&s.keys)),
+    );
+    assert!(
+        matches!(o, Outcome::Ignored("duplicate start record")),
+        "{o:?}"
+    );
+    // The genuine job completes.
+    let mut last = Outcome::Pending;
+    for (i, r) in s.recs.iter().enumerate() {
+        let (f, p) = decode(r).unwrap();
+        last = asm.accept_record(r, f, p, i as i64 + 1, Instant::now());
+    }
+    let Outcome::Complete(mut c) = last else {
+        panic!("{last:?}");
+    };
+    assert_eq!(body_bytes(&mut c.body), body);
+}

@@ -39,7 +39,7 @@ use crate::portal::http_dispatch::client::{full_body, with_tls_hint, DispatchBod
 use crate::portal::http_dispatch::token_cache::TokenCache;
 use crate::portal::pipe::{Deadline, Pipe, PipeState};
 use crate::portal::policy::{plan_headers, HeaderPlan};
-use crate::portal::spans::CallSpan;
+use crate::portal::spans::{shown, CallSpan};
 use crate::portal::spool::{SpoolFile, SpooledBody};
 use crate::protocol::trace::{self, SpanId};
 use crate::protocol::wire::RequestStart;
@@ -530,7 +530,7 @@ impl Dispatcher {
                             self.timeout_setting()
                         ),
                     );
-                    span.finish(Err(failure.message.clone()));
+                    span.finish(Err(shown(job.sealed.is_some(), &failure.message).into()));
                     return Err(failure);
                 }
                 Some(Err(e)) => {
@@ -540,7 +540,7 @@ impl Dispatcher {
                         category,
                         format!("{method} {url} failed: {}", with_tls_hint(error_chain(&e))),
                     );
-                    span.finish(Err(failure.message.clone()));
+                    span.finish(Err(shown(job.sealed.is_some(), &failure.message).into()));
                     return Err(failure);
                 }
                 Some(Ok(resp)) => resp,
@@ -639,6 +639,7 @@ impl Dispatcher {
         let mut agent_forwarded = false;
         let plan = self.header_plan(&job.start);
         if let Some(line) = plan.dropped_line() {
+            let line = shown(job.sealed.is_some(), &line);
             log::debug!("job {}: not forwarding headers {line}", job.job);
         }
         for (name, value) in plan.forward {
