@@ -25,11 +25,8 @@ pub(crate) fn path(dir: &Path, job: JobId) -> PathBuf {
 /// mode 0600. A file there already is an error unless `replace` (a resumed
 /// job whose start record never landed gets a new secret). With `durable`
 /// (`--no-wait`: the file is then all there is) it is synced to disk,
-/// and its name with it, before this returns; otherwise a thread of its
-/// own syncs them while the job goes on: `send` holds the secret in memory
-/// while it waits, and a sync is a millisecond or more on a small
-/// request's path (the file matters after a crash of the machine, for
-/// `wait` and `--resume`, and is synced long before a large upload ends).
+/// and its name with it, before this returns; otherwise it is synced
+/// [`SYNC_DELAY`] later if it is still there (see [`sync_later`]).
 pub(crate) fn write(
     dir: &Path,
     job: JobId,
@@ -87,28 +84,66 @@ pub(crate) fn write(
         let _ = std::fs::remove_file(&file);
         return Err(failed(e));
     }
-    // The new name must survive a crash too, or the answer cannot be opened.
-    let folder = std::fs::File::open(dir);
     if durable {
-        if let Ok(d) = folder {
-            let _ = d.sync_all();
-        }
+        sync(&file);
     } else {
-        let sync = move || {
-            let _ = out.sync_all();
-            if let Ok(d) = folder {
-                let _ = d.sync_all();
-            }
-        };
-        // The file is written either way; only its sync waits on a thread.
-        if let Err(e) = std::thread::Builder::new()
-            .name("job-key-sync".into())
-            .spawn(sync)
-        {
-            log::debug!("job {job}: no thread to sync its key file to disk: {e}");
-        }
+        sync_later(file.clone());
     }
     Ok(file)
+}
+
+/// How long a job key file may stay unsynced: a job that ends sooner (a
+/// small request) never pays for a sync, one that runs longer has its
+/// secret on disk within this, long before a crash could make `wait` or
+/// `--resume` need it.
+pub(crate) const SYNC_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Most key files waiting for their delayed sync; past that a file is
+/// synced at once.
+const SYNC_QUEUE: usize = 1024;
+
+/// Syncs `file` to disk and its name in its folder.
+fn sync(file: &Path) {
+    if let Ok(f) = std::fs::File::open(file) {
+        let _ = f.sync_all();
+        // The new name must survive a crash too, or the answer cannot be opened.
+        if let Some(Ok(d)) = file.parent().map(std::fs::File::open) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+/// Syncs `file` [`SYNC_DELAY`] from now if it still exists then, on one
+/// thread the process starts for this: a sync takes a millisecond or more
+/// here, which a small sealed request would otherwise wait for, and it
+/// slows the file system's other work even off the request's path. Files
+/// come in the order of their deadlines, so the thread takes them in turn.
+fn sync_later(file: PathBuf) {
+    type Queue = std::sync::mpsc::SyncSender<(PathBuf, std::time::Instant)>;
+    static SYNCER: std::sync::OnceLock<Option<Queue>> = std::sync::OnceLock::new();
+    let queue = SYNCER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(PathBuf, std::time::Instant)>(SYNC_QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("job-key-sync".into())
+            .spawn(move || {
+                for (file, at) in rx {
+                    std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
+                    sync(&file);
+                }
+            });
+        spawned.ok().map(|_| tx)
+    });
+    let at = std::time::Instant::now() + SYNC_DELAY;
+    match queue {
+        Some(q) => {
+            if let Err(e) = q.try_send((file, at)) {
+                let (std::sync::mpsc::TrySendError::Full((file, _))
+                | std::sync::mpsc::TrySendError::Disconnected((file, _))) = e;
+                sync(&file);
+            }
+        }
+        None => sync(&file),
+    }
 }
 
 /// Reads `job`'s secret from its key file in `dir`; `None` when there is
