@@ -799,8 +799,9 @@ pub fn record_in(
     )
 }
 
-/// The record of a value `wire` laid out already, keyed by its job id.
-pub(crate) fn record_of_value(job: JobId, value: Vec<u8>, headers: &[(&str, Vec<u8>)]) -> Record {
+/// The record of a value `wire` laid out already (or sealed), keyed by
+/// its job id, stamped now.
+pub fn record_of_value(job: JobId, value: Vec<u8>, headers: &[(&str, Vec<u8>)]) -> Record {
     Record {
         key: Some(job.key()),
         value: Some(value),

@@ -17,7 +17,7 @@ use kafkasend::protocol::ErrorCategory;
 
 use crate::support::api::{json, Servers};
 use crate::support::broker::{kafka_settings, records_in, Topics};
-use crate::support::payload::{pattern, pattern_file};
+use crate::support::payload::{contains, pattern, pattern_file};
 use crate::support::run::{admin_addr, admin_get, kafkasend_cmd, run_with_env, Portal};
 
 /// A portal key pair made by `kafkasend keygen`: (dir, PREFIX.key, PREFIX.pub).
@@ -68,10 +68,6 @@ async fn raw_bytes(topics: &Topics, topic: &str) -> Vec<Vec<u8>> {
         }
     }
     out
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Asserts that no record of `topic` holds any of `secrets`.
@@ -504,7 +500,7 @@ impl Sealer {
         )
         .unwrap();
         let reply_to = wire::reply_to_header(&self.topics.response, 0);
-        let start = record(id, value, &[(wire::REPLY_TO_HEADER, reply_to)]);
+        let start = kafka::record_of_value(id, value, &[(wire::REPLY_TO_HEADER, reply_to)]);
         let chunks: Vec<Record> = body
             .chunks(chunk)
             .enumerate()
@@ -516,7 +512,7 @@ impl Sealer {
                         offset: (i * chunk) as u64,
                     }),
                 };
-                record(id, keys.request.seal_frame(&frame, piece, &[]), &[])
+                kafka::record_of_value(id, keys.request.seal_frame(&frame, piece, &[]), &[])
             })
             .collect();
         let mut hasher = DigestKind::Blake3.hasher();
@@ -530,7 +526,7 @@ impl Sealer {
                 digest: hasher.finalize(),
             }),
         };
-        let end = record(id, keys.request.seal_clear(&end, &[], vec![], &[]), &[]);
+        let end = kafka::record_of_value(id, keys.request.seal_clear(&end, &[], vec![], &[]), &[]);
         Job {
             id,
             partition,
@@ -555,21 +551,6 @@ impl Sealer {
     }
 }
 
-fn record(job: JobId, value: Vec<u8>, headers: &[(&str, Vec<u8>)]) -> Record {
-    Record {
-        key: Some(job.key()),
-        value: Some(value),
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-        timestamp_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    }
-}
-
 /// `value` moved to `job` at `seq`: the clear header rewritten, the sealed
 /// payload kept.
 fn moved(value: &[u8], job: JobId, seq: Option<u32>) -> Record {
@@ -580,7 +561,7 @@ fn moved(value: &[u8], job: JobId, seq: Option<u32>) -> Record {
     }
     let mut v = wire::encode_in(DigestKind::Blake3, &frame, &[]);
     v.extend_from_slice(payload);
-    record(job, v, &[])
+    kafka::record_of_value(job, v, &[])
 }
 
 /// The answers on partition 0 of the response topic, opened with each
@@ -715,7 +696,11 @@ async fn moved_replayed_truncated_and_malformed_records_fail_only_their_own_job(
     sealer
         .produce(
             f.partition,
-            vec![record(f.id, v, &[(wire::REPLY_TO_HEADER, reply_to)])],
+            vec![kafka::record_of_value(
+                f.id,
+                v,
+                &[(wire::REPLY_TO_HEADER, reply_to)],
+            )],
         )
         .await;
     // Job g: whole and untouched, with a chunk repeated (a producer retry).

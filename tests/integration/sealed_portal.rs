@@ -17,7 +17,7 @@ use kafkasend::protocol::ErrorCategory;
 
 use crate::support::api::Servers;
 use crate::support::broker::{kafka_settings, post_start, records_in, wait_error, Topics};
-use crate::support::payload::{pattern, sha256_hex};
+use crate::support::payload::{contains, pattern, sha256_hex};
 use crate::support::run::{admin_addr, get, sample, Portal};
 use crate::support::WAIT;
 
@@ -37,20 +37,6 @@ fn key_file(dir: &Path, name: &str, keys: &[&SecretKey]) -> String {
 /// The request partition a job's records go to, as `send` picks it.
 fn partition_of(job: JobId) -> i32 {
     partition_for_key(&job.key(), 3)
-}
-
-fn record(job: JobId, value: Vec<u8>, headers: &[(&str, Vec<u8>)]) -> Record {
-    Record {
-        key: Some(job.key()),
-        value: Some(value),
-        headers: headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.clone()))
-            .collect(),
-        timestamp_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
-    }
 }
 
 /// A sealed POST of `body` to `path`: its records (start, chunks, end), in
@@ -79,18 +65,22 @@ fn sealed_post(
     let (value, _secret, keys) =
         seal_start(to, job, &start, vec![], &topics.request, partition_of(job)).unwrap();
     let reply_to = wire::reply_to_header(&topics.response, 0);
-    let mut recs = vec![record(job, value, &[(wire::REPLY_TO_HEADER, reply_to)])];
+    let mut recs = vec![kafka::record_of_value(
+        job,
+        value,
+        &[(wire::REPLY_TO_HEADER, reply_to)],
+    )];
     let mut chunker = Chunker::new(job, 1, DigestKind::Blake3);
     for piece in body.chunks(chunk) {
         let c = chunker.chunk(piece.to_vec());
-        recs.push(record(
+        recs.push(kafka::record_of_value(
             job,
             keys.request.seal_clear(&c.frame, &c.payload, vec![], &[]),
             &[],
         ));
     }
     let end = chunker.finish();
-    recs.push(record(
+    recs.push(kafka::record_of_value(
         job,
         keys.request.seal_clear(&end, &[], vec![], &[]),
         &[],
@@ -183,8 +173,7 @@ async fn raw_topic(topics: &Topics, topic: &str) -> Vec<Vec<u8>> {
 }
 
 fn holds(hay: &[Vec<u8>], needle: &[u8]) -> bool {
-    hay.iter()
-        .any(|v| v.windows(needle.len()).any(|w| w == needle))
+    hay.iter().any(|v| contains(v, needle))
 }
 
 fn sealing_env(servers: &Servers, files: &str) -> Vec<(&'static str, String)> {
@@ -287,7 +276,7 @@ async fn sealed_records_that_were_moved_or_cut_never_reach_the_api() {
     let (mut frame, payload) = wire::decode(&b_value).unwrap();
     frame.job = a_job;
     let moved: Frame = frame;
-    a_recs[1] = record(
+    a_recs[1] = kafka::record_of_value(
         a_job,
         wire::encode_in(DigestKind::Blake3, &moved, payload),
         &[],

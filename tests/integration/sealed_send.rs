@@ -13,7 +13,7 @@ use kafkasend::protocol::{ErrorCategory, Failure};
 
 use crate::support::api::json;
 use crate::support::broker::{kafka_settings, records_in, Topics};
-use crate::support::payload::pattern;
+use crate::support::payload::{contains, pattern};
 use crate::support::pki::sender_key_files;
 use crate::support::run::{kafkasend_cmd, run_with_env};
 
@@ -229,10 +229,6 @@ async fn send_sealed(topics: &Topics, dir: &Path, body: &[u8]) -> Sent {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sealed_request_leaves_neither_path_header_nor_body_in_kafka() {
     let topics = Topics::new("sealraw");
@@ -401,14 +397,7 @@ async fn answer_sealed(topics: &Topics, job: JobId, secret: &JobSecret, body: &[
                 _ => Vec::new(),
             };
             let value = keys.response.seal_clear(frame, payload, sealed, &attempt);
-            let mut headers = std::collections::BTreeMap::new();
-            headers.insert(wire::ATTEMPT_HEADER.to_string(), attempt.clone());
-            Record {
-                key: Some(job.key()),
-                value: Some(value),
-                headers,
-                timestamp_ms: chrono_now_ms(),
-            }
+            kafka::record_of_value(job, value, &[(wire::ATTEMPT_HEADER, attempt.clone())])
         })
         .collect();
     produce_reply(topics, job, records).await;
@@ -461,20 +450,14 @@ fn clear_answer(job: JobId, body: &[u8], attempt: &[u8]) -> Vec<Record> {
     ];
     frames
         .iter()
-        .map(|(frame, payload)| Record {
-            key: Some(job.key()),
-            value: Some(wire::encode_in(DigestKind::Blake3, frame, payload)),
-            headers: [(wire::ATTEMPT_HEADER.to_string(), attempt.to_vec())].into(),
-            timestamp_ms: chrono_now_ms(),
+        .map(|(frame, payload)| {
+            kafka::record_of_value(
+                job,
+                wire::encode_in(DigestKind::Blake3, frame, payload),
+                &[(wire::ATTEMPT_HEADER, attempt.to_vec())],
+            )
         })
         .collect()
-}
-
-fn chrono_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 async fn produce_reply(topics: &Topics, job: JobId, records: Vec<Record>) {
@@ -606,18 +589,8 @@ async fn a_clear_error_to_a_sealed_job_ends_send_but_not_the_job() {
         }),
     };
     let record = |frame: &Frame, attempt: &[u8]| {
-        let mut headers = std::collections::BTreeMap::new();
-        headers.insert(wire::ATTEMPT_HEADER.to_string(), attempt.to_vec());
-        Record {
-            key: Some(job.key()),
-            value: Some(wire::encode_in(
-                kafkasend::protocol::digest::DigestKind::Blake3,
-                frame,
-                &[],
-            )),
-            headers,
-            timestamp_ms: chrono_now_ms(),
-        }
+        let value = wire::encode_in(kafkasend::protocol::digest::DigestKind::Blake3, frame, &[]);
+        kafka::record_of_value(job, value, &[(wire::ATTEMPT_HEADER, attempt.to_vec())])
     };
     produce_reply(
         &topics,
@@ -837,15 +810,8 @@ async fn a_broken_sealed_upload_is_finished_by_resume_with_its_secret() {
         .await
         .unwrap();
     let pc = cluster.partition(&topics.request, partition).await.unwrap();
-    let record = |value: Vec<u8>, headers: &[(&str, Vec<u8>)]| Record {
-        key: Some(job.key()),
-        value: Some(value),
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-        timestamp_ms: chrono_now_ms(),
-    };
+    let record =
+        |value: Vec<u8>, headers: &[(&str, Vec<u8>)]| kafka::record_of_value(job, value, headers);
     pc.produce_all(vec![
         record(
             value,

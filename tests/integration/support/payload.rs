@@ -48,3 +48,8 @@ pub fn pattern_file(dir: &Path, name: &str, seed: u64, len: usize) -> (PathBuf, 
     }
     (path, hex(&hasher.finalize()))
 }
+
+/// Whether `needle` occurs in `hay`, byte for byte.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
