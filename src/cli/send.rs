@@ -171,6 +171,9 @@ pub struct WaitArgs {
     /// Decode a body compressed with gzip, deflate or br by its Content-Encoding (ask for one with send --compressed --no-wait)
     #[arg(long)]
     pub compressed: bool,
+    /// The portal public key sends are sealed to: the answer must then be sealed, and only the job's key file opens it
+    #[arg(long, env = "KAFKASEND_SEAL_TO", value_name = "FILE")]
+    pub seal_to: Option<PathBuf>,
     /// Folder where send kept the job's secret, for a sealed answer [default: $XDG_STATE_HOME/kafkasend/job-keys, else ~/.local/state/kafkasend/job-keys]
     #[arg(long, env = "KAFKASEND_JOB_KEY_DIR", value_name = "DIR")]
     pub job_key_dir: Option<PathBuf>,
@@ -271,7 +274,10 @@ pub fn resolve_wait(a: &WaitArgs) -> anyhow::Result<Settings> {
         compression: Codec::None,
         // Nothing is sent; the answer is checked with the digest it names.
         digest: DigestKind::default(),
-        seal_to: None,
+        seal_to: match pick(&a.seal_to, &f.seal_to).filter(|p| !p.as_os_str().is_empty()) {
+            Some(path) => Some(read_seal_to(&path)?),
+            None => None,
+        },
         job_key_dir: job_key_dir(pick(&a.job_key_dir, &f.job_key_dir), &process_env),
     })
 }

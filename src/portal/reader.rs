@@ -387,6 +387,15 @@ async fn handle_record(
             }
         }
         Body::RequestStart(start) if ctx.cfg.require_sealed && !asm.knows(&frame.job) => {
+            // A clear start under the id of a sealed job run or accepted
+            // before, or off its partition, is a forgery's way to end it.
+            if may_be_forged(ctx, asm, partition, frame.job) {
+                log::warn!(
+                    "job {}: ignored a clear start record at partition {partition} offset {offset} (PORTAL_REQUIRE_SEALED is on): an answer could end another job of that id",
+                    frame.job
+                );
+                return;
+            }
             log::warn!(
                 "job {}: refused a clear request (partition {partition} offset {offset}): PORTAL_REQUIRE_SEALED is on",
                 frame.job

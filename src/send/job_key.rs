@@ -79,13 +79,13 @@ pub(crate) fn write(
         .and_then(|()| out.write_all(text.as_bytes()))
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| if durable { out.sync_all() } else { Ok(()) });
+    drop(out);
     if let Err(e) = written {
-        drop(out);
         let _ = std::fs::remove_file(&file);
         return Err(failed(e));
     }
     if durable {
-        sync(&file);
+        sync_folder(&file);
     } else {
         sync_later(file.clone());
     }
@@ -106,11 +106,23 @@ const SYNC_QUEUE: usize = 1024;
 fn sync(file: &Path) {
     if let Ok(f) = std::fs::File::open(file) {
         let _ = f.sync_all();
-        // The new name must survive a crash too, or the answer cannot be opened.
-        if let Some(Ok(d)) = file.parent().map(std::fs::File::open) {
-            let _ = d.sync_all();
-        }
+        sync_folder(file);
     }
+}
+
+/// Syncs the folder holding `file`: the new name must survive a crash
+/// too, or the answer cannot be opened.
+fn sync_folder(file: &Path) {
+    if let Some(Ok(d)) = file.parent().map(std::fs::File::open) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Syncs `job`'s key file in `dir` now, if it is there: for a job that
+/// ends before its answer was read (interrupted, failed, or told a clear
+/// error), whose file `wait` or `--resume` needs later.
+pub(crate) fn keep(dir: &Path, job: JobId) {
+    sync(&path(dir, job));
 }
 
 /// Syncs `file` [`SYNC_DELAY`] from now if it still exists then, on one

@@ -150,6 +150,14 @@ fn wait_reading(job: JobId, cfg: &Settings) -> Result<Reading, SendError> {
     // job's answer is still read; only a sealed one fails, saying why.
     Ok(match job_key::read(dir, job) {
         Ok(Some(secret)) => Reading::Sealed(Arc::new(secret.keys(job))),
+        // With a seal-to setting the job is sealed as the user's sends
+        // are: without its secret no answer can be told from a forgery.
+        Ok(None) if cfg.seal_to.is_some() => {
+            return Err(SendError::Integrity(format!(
+                "the answer is sealed (KAFKASEND_SEAL_TO is set) and its secret is not in {} (send keeps it there until the answer is read); for a job sent in clear, run wait without that setting",
+                job_key::path(dir, job).display()
+            )))
+        }
         Ok(None) => Reading::NoSecret(format!(
             "the answer is sealed and its secret is not in {} (send keeps it there until the answer is read)",
             job_key::path(dir, job).display()
@@ -219,6 +227,8 @@ async fn send_over(
     if let (Some(_), Some(job), Some(dir)) = (&report.sealed, report.job, &cfg.job_key_dir) {
         if answer_final(&result, job) {
             job_key::remove(dir, job);
+        } else {
+            job_key::keep(dir, job);
         }
     }
     // A resumed job continues the trace its start record, found in Kafka,

@@ -225,9 +225,25 @@ async fn wait_opens_a_sealed_answer_with_the_secret_send_left_for_it() {
             .to_string()
     ));
 
-    // Without the secret, wait says where it looked.
+    // Without the secret, wait says where it looked; with a seal-to
+    // setting it does not even read the answer, which could be forged.
     let aside = dir.path().join("aside.secret");
     std::fs::rename(&secret, &aside).unwrap();
+    let sealing = [
+        (
+            "KAFKASEND_JOB_KEY_DIR",
+            job_keys.to_str().unwrap().to_string(),
+        ),
+        ("KAFKASEND_SEAL_TO", public.to_str().unwrap().to_string()),
+    ];
+    let out = run_with_env(&topics, &sealing, &["wait", &job, "--timeout", "60"]).await;
+    assert_eq!(out.code, 4, "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains("KAFKASEND_SEAL_TO is set"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty());
     let env = [(
         "KAFKASEND_JOB_KEY_DIR",
         job_keys.to_str().unwrap().to_string(),
@@ -349,7 +365,7 @@ async fn a_portal_that_requires_sealing_refuses_clear_requests() {
     let topics = Topics::new("sealed-require");
     let (key, public) = keygen(&topics, dir.path(), "portal").await;
     let servers = Servers::start().await;
-    let _portal = sealed_portal(
+    let portal = sealed_portal(
         &topics,
         &servers,
         key.to_str().unwrap(),
@@ -359,6 +375,41 @@ async fn a_portal_that_requires_sealing_refuses_clear_requests() {
     let out = send_sealed(&topics, &job_keys, &["--endpoint", "/clear"]).await;
     assert_eq!(out.code, 3, "stderr: {}", out.stderr);
     assert!(out.stderr.contains("--seal-to"), "{}", out.stderr);
+    // A clear start off the partition its id hashes to (a forgery aimed at
+    // a sealed job of that id) is not answered: that would end the job.
+    let forged = JobId::new();
+    let home = partition_for_key(&forged.key(), 3);
+    let start = RequestStart {
+        method: "GET".into(),
+        path: "/forged".into(),
+        headers: vec![],
+        body_len: None,
+        has_body: false,
+        reply_topic: topics.response.clone(),
+        reply_partition: 0,
+        digest: DigestKind::Blake3,
+    };
+    let frame = Frame {
+        job: forged,
+        seq: 0,
+        body: Body::RequestStart(start),
+    };
+    let reply_to = wire::reply_to_header(&topics.response, 0);
+    let client = kafka::connect(&kafka_settings(&topics, "it-forger"))
+        .await
+        .unwrap();
+    let pc = client
+        .partition(&topics.request, (home + 1) % 3)
+        .await
+        .unwrap();
+    pc.produce(kafka::record_in(
+        DigestKind::Blake3,
+        &frame,
+        &[],
+        &[(wire::REPLY_TO_HEADER, reply_to)],
+    ))
+    .await
+    .unwrap();
     let out = send_sealed(
         &topics,
         &job_keys,
@@ -378,6 +429,19 @@ async fn a_portal_that_requires_sealing_refuses_clear_requests() {
         .map(|r| r.path)
         .collect();
     assert_eq!(paths, vec!["/sealed".to_string()]);
+    // The portal read the forged start, and said so, but answered nothing.
+    portal
+        .wait_for_log(&format!("job {forged}: ignored a clear start"))
+        .await;
+    let answered: Vec<JobId> = records_in(&topics, &topics.response, 0)
+        .await
+        .iter()
+        .filter_map(|r| wire::decode(r.value.as_deref()?).ok().map(|(f, _)| f.job))
+        .collect();
+    assert!(
+        !answered.contains(&forged),
+        "the forged clear start was answered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
