@@ -384,22 +384,10 @@ mod tests {
 
     #[test]
     fn a_sealed_answer_carries_only_its_attempt_and_seals_the_rest() {
-        use crate::protocol::seal::{seal_start, SecretKey};
-        use crate::protocol::wire::{decode, RequestStart, ResponseStart, ATTEMPT_HEADER};
+        use crate::protocol::seal::JobKeys;
+        use crate::protocol::wire::{decode, ResponseStart, ATTEMPT_HEADER};
         let job = JobId::new();
-        let start = RequestStart {
-            method: "GET".into(),
-            path: "/".into(),
-            headers: vec![],
-            body_len: Some(0),
-            has_body: false,
-            reply_topic: "r".into(),
-            reply_partition: 0,
-            digest: DigestKind::Blake3,
-        };
-        let portal = SecretKey::generate();
-        let (_, _, keys) = seal_start(portal.public(), job, &start, vec![], "q", 0).unwrap();
-        let keys = std::sync::Arc::new(keys);
+        let keys = std::sync::Arc::new(JobKeys::random(job));
         let attempt = b"01J0ATTEMPT".to_vec();
         let sealing = (std::sync::Arc::clone(&keys), attempt.clone());
         let every = [(ATTEMPT_HEADER, attempt.clone())];

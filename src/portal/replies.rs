@@ -167,25 +167,13 @@ pub(crate) fn report_error_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::digest::DigestKind;
-    use crate::protocol::seal::{seal_start, SecretKey};
-    use crate::protocol::wire::{self, RequestStart};
+    use crate::protocol::seal::JobKeys;
+    use crate::protocol::wire;
 
     #[test]
     fn a_sealed_jobs_error_opens_only_with_its_response_key_and_attempt() {
         let job = JobId::new();
-        let portal = SecretKey::generate();
-        let start = RequestStart {
-            method: "GET".into(),
-            path: "/x".into(),
-            headers: vec![],
-            body_len: Some(0),
-            has_body: false,
-            reply_topic: "r".into(),
-            reply_partition: 0,
-            digest: DigestKind::Blake3,
-        };
-        let (_, _, keys) = seal_start(portal.public(), job, &start, vec![], "q", 0).unwrap();
+        let keys = JobKeys::random(job);
         let message = "the route refused /x/secret-path";
         let info = Failure::new(ErrorCategory::Rejected, message.to_string());
         let attempt = new_attempt();

@@ -416,20 +416,7 @@ mod tests {
         assert!(answer_final(&Err(refused("no such path".into())), job));
         // A clear Error as a sealed job's reading words it: anyone may
         // have written it, so the secret stays.
-        let portal = crate::protocol::seal::SecretKey::generate();
-        let start = crate::protocol::wire::RequestStart {
-            method: "GET".into(),
-            path: "/".into(),
-            headers: vec![],
-            body_len: Some(0),
-            has_body: false,
-            reply_topic: "r".into(),
-            reply_partition: 0,
-            digest: crate::protocol::digest::DigestKind::Blake3,
-        };
-        let (_, _, keys) =
-            crate::protocol::seal::seal_start(portal.public(), job, &start, vec![], "q", 0)
-                .unwrap();
+        let keys = crate::protocol::seal::JobKeys::random(job);
         let frame = crate::protocol::wire::Frame {
             job,
             seq: 0,

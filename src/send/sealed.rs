@@ -138,25 +138,12 @@ impl Reading {
 mod tests {
     use super::*;
     use crate::protocol::digest::DigestKind;
-    use crate::protocol::seal::{seal_start, SecretKey};
-    use crate::protocol::wire::{ChunkInfo, RequestStart, ResponseStart};
+    use crate::protocol::wire::{ChunkInfo, ResponseStart};
     use crate::protocol::{ErrorCategory, Failure};
 
     fn sealed_job() -> (JobId, Arc<JobKeys>) {
-        let portal = SecretKey::generate();
         let job = JobId::new();
-        let start = RequestStart {
-            method: "GET".into(),
-            path: "/x".into(),
-            headers: vec![],
-            body_len: Some(0),
-            has_body: false,
-            reply_topic: "replies".into(),
-            reply_partition: 0,
-            digest: DigestKind::Blake3,
-        };
-        let (_, _, keys) = seal_start(portal.public(), job, &start, vec![], "requests", 0).unwrap();
-        (job, Arc::new(keys))
+        (job, Arc::new(JobKeys::random(job)))
     }
 
     fn chunk(job: JobId) -> Frame {

@@ -583,6 +583,19 @@ pub struct JobKeys {
     pub response: RecordKey,
 }
 
+#[cfg(test)]
+impl JobKeys {
+    /// The keys of a job with a random secret, for tests of code that only
+    /// seals or opens its records.
+    pub(crate) fn random(job: JobId) -> Self {
+        let mut secret = JobSecret::empty();
+        OsRng
+            .try_fill_bytes(&mut secret.0[..])
+            .expect("the operating system's random generator");
+        secret.keys(job)
+    }
+}
+
 /// The AES-256-GCM key of one direction of one job.
 pub struct RecordKey {
     key: LessSafeKey,
