@@ -232,10 +232,7 @@ pub fn resolve_send(a: &SendArgs) -> anyhow::Result<Settings> {
         .unwrap_or(defaults::DIGEST)
         .parse::<DigestKind>()
         .map_err(|why| anyhow::anyhow!("--digest (KAFKASEND_DIGEST): {why}"))?;
-    let seal_to = match pick(&a.seal_to, &f.seal_to).filter(|p| !p.as_os_str().is_empty()) {
-        Some(path) => Some(read_seal_to(&path)?),
-        None => None,
-    };
+    let seal_to = read_seal_to(pick(&a.seal_to, &f.seal_to))?;
     if seal_to.is_some() && digest != DigestKind::Blake3 {
         bail!("--seal-to (KAFKASEND_SEAL_TO) cannot be used with --digest {} (KAFKASEND_DIGEST): sealed jobs use BLAKE3 (protocol version 3); drop --digest", digest.name());
     }
@@ -274,20 +271,21 @@ pub fn resolve_wait(a: &WaitArgs) -> anyhow::Result<Settings> {
         compression: Codec::None,
         // Nothing is sent; the answer is checked with the digest it names.
         digest: DigestKind::default(),
-        seal_to: match pick(&a.seal_to, &f.seal_to).filter(|p| !p.as_os_str().is_empty()) {
-            Some(path) => Some(read_seal_to(&path)?),
-            None => None,
-        },
+        seal_to: read_seal_to(pick(&a.seal_to, &f.seal_to))?,
         job_key_dir: job_key_dir(pick(&a.job_key_dir, &f.job_key_dir), &process_env),
     })
 }
 
-/// The portal public key `--seal-to` names; the error says what is wrong
-/// with the file.
-fn read_seal_to(path: &std::path::Path) -> anyhow::Result<crate::protocol::seal::PublicKey> {
+/// The portal public key `--seal-to` names, if it names a file; the error
+/// says what is wrong with the file.
+fn read_seal_to(path: Option<PathBuf>) -> anyhow::Result<Option<crate::protocol::seal::PublicKey>> {
     use crate::util::file_read::{read, Kind};
-    let pem = read("KAFKASEND_SEAL_TO", path, Kind::Key)?;
+    let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(None);
+    };
+    let pem = read("KAFKASEND_SEAL_TO", &path, Kind::Key)?;
     crate::protocol::seal::PublicKey::from_pem(&pem)
+        .map(Some)
         .map_err(|e| anyhow::anyhow!("--seal-to (KAFKASEND_SEAL_TO): {} {e}", path.display()))
 }
 
