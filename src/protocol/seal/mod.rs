@@ -181,11 +181,7 @@ impl PublicKey {
                 "holds no PEM public key (-----BEGIN PUBLIC KEY-----); give the portal's .pub file, as `kafkasend keygen` writes it".into(),
             )
         })?;
-        let raw = der
-            .as_ref()
-            .strip_prefix(&SPKI_PREFIX[..])
-            .filter(|k| k.len() == KEY_LEN)
-            .ok_or_else(|| {
+        let raw = x25519_bytes(der.as_ref(), &SPKI_PREFIX).ok_or_else(|| {
                 SealError::Key(
                     "is not an X25519 public key (a sealing key is X25519: `kafkasend keygen` or `openssl genpkey -algorithm X25519`)".into(),
                 )
@@ -242,11 +238,7 @@ impl SecretKey {
         let mut keys = Vec::new();
         for item in PrivatePkcs8KeyDer::pem_slice_iter(pem) {
             let der = item.map_err(|_| SealError::Key("holds a malformed PEM block".into()))?;
-            let raw = der
-                .secret_pkcs8_der()
-                .strip_prefix(&PKCS8_PREFIX[..])
-                .filter(|k| k.len() == KEY_LEN)
-                .ok_or_else(|| {
+            let raw = x25519_bytes(der.secret_pkcs8_der(), &PKCS8_PREFIX).ok_or_else(|| {
                     SealError::Key(
                         "holds a private key that is not X25519 (a sealing key is X25519: `kafkasend keygen` or `openssl genpkey -algorithm X25519`)".into(),
                     )
@@ -267,6 +259,11 @@ impl SecretKey {
         der.extend_from_slice(&self.key.to_bytes());
         Zeroizing::new(pem("PRIVATE KEY", &der))
     }
+}
+
+/// The 32 key bytes of an X25519 key's DER, which is `prefix` and them.
+fn x25519_bytes<'a>(der: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    der.strip_prefix(prefix).filter(|k| k.len() == KEY_LEN)
 }
 
 /// PEM text of `der` under `label`, in lines of 64 characters.
